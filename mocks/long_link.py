@@ -1,0 +1,269 @@
+"""The long link (PROTOCOL.md section 2): an asyncio `Protocol` per connection.
+
+`asyncio.Protocol` rather than streams: measured ~3x less memory per idle connection. NOOP
+is answered inline from `data_received`; every other request goes through the command table
+to `Service.handle`, one at a time per link so replies keep the order of requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import struct
+from typing import Optional
+
+from testbed.lab.clock import Clock
+from testbed.wire import (BY_CMD, DEFAULT_MAX_PACKET_LEN, FrameDecoder, RemoteProtocolError,
+                          Ret, ServiceError, decode_request, encode_frame, error_body,
+                          notify_body)
+from testbed.wire.commands import IDENTIFY_CMD, NOOP_CMD, NOTIFY_CMD
+from testbed.wire.frames import HEADER, REPLY_OFFSET
+
+from .service import RequestContext, Service
+from .state import PushEvent, SessionEnded
+
+log = logging.getLogger(__name__)
+
+_NOOP_REPLY = NOOP_CMD + REPLY_OFFSET
+_pack_header = HEADER.pack
+MAX_QUEUED_REQUESTS = 256  # per link; reading pauses beyond this
+
+
+class LongLinkProtocol(asyncio.Protocol):
+    __slots__ = ("server", "transport", "decoder", "last_rx", "session", "queue", "worker",
+                 "idle_handle", "peer", "closed", "_reading_paused", "_write_paused")
+
+    def __init__(self, server: "LongLinkServer") -> None:
+        self.server = server
+        self.transport: Optional[asyncio.Transport] = None
+        self.decoder = FrameDecoder(server.max_packet_len)
+        self.last_rx = 0.0
+        self.session = None
+        self.queue: Optional[collections.deque] = None
+        self.worker: Optional[asyncio.Task] = None
+        self.idle_handle: Optional[asyncio.TimerHandle] = None
+        self.peer = None
+        self.closed = False
+        self._reading_paused = False
+        self._write_paused = False
+
+    # -- asyncio callbacks
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        srv = self.server
+        srv.links.add(self)
+        srv.connections_total += 1
+        self.last_rx = srv.loop.time()
+        self.idle_handle = srv.loop.call_at(self.last_rx + srv.idle_wall, self._idle_check)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.server.forget(self)
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+        if self.worker is not None and not self.worker.done():
+            self.worker.cancel()
+
+    def pause_writing(self) -> None:
+        # a peer that does not read its replies stops us reading its requests
+        self._write_paused = True
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._set_reading()
+
+    def data_received(self, data: bytes) -> None:
+        srv = self.server
+        self.last_rx = srv.loop.time()
+        srv.bytes_in += len(data)
+        try:
+            frames = self.decoder.receive_data(data)
+        except RemoteProtocolError as exc:
+            self.violation(exc)
+            return
+        out = None
+        for frame in frames:
+            cmd = frame[0]
+            if cmd == NOOP_CMD:
+                if out is None:
+                    out = []
+                out.append(_pack_header(16, 16, 1, _NOOP_REPLY, frame[1]))
+            else:
+                if out:  # keep replies in request order around a slow request
+                    self.transport.write(b"".join(out))
+                    out = None
+                self._request(frame)
+        if out:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+        srv.frames_in += len(frames)
+        if self.decoder.error is not None:
+            self.violation(self.decoder.error)
+
+    # -- requests
+    def violation(self, exc: Exception) -> None:
+        """Close this link at once and send nothing more; other links are untouched."""
+        self.server.violations += 1
+        log.info("long link %s: protocol violation: %s", self.peer, exc)
+        self.close(abort=False)
+
+    def _request(self, frame) -> None:
+        cmd, seq, body = frame
+        command = BY_CMD.get(cmd)
+        if command is None or command.push_only:
+            self.send(cmd + REPLY_OFFSET if cmd < REPLY_OFFSET else cmd, seq,
+                      error_body(Ret.SERVER_FAULT, f"unknown command {cmd}"))
+            return
+        if self.session is None and cmd != IDENTIFY_CMD:
+            self.send(cmd + REPLY_OFFSET, seq,
+                      error_body(Ret.SESSION_INVALID, "link not identified"))
+            return
+        try:
+            request = decode_request(command, body)
+        except RemoteProtocolError as exc:
+            self.send(cmd + REPLY_OFFSET, seq, error_body(Ret.BAD_ARGUMENT, str(exc)))
+            return
+        if self.queue is None:
+            self.queue = collections.deque()
+        self.queue.append((command, seq, request))
+        if self.worker is None or self.worker.done():
+            self.worker = self.server.loop.create_task(self._work())
+        if len(self.queue) >= MAX_QUEUED_REQUESTS:
+            self._set_reading()
+
+    def _set_reading(self) -> None:
+        want_pause = self._write_paused or (self.queue is not None
+                                            and len(self.queue) >= MAX_QUEUED_REQUESTS)
+        if want_pause != self._reading_paused and self.transport is not None \
+                and not self.transport.is_closing():
+            self._reading_paused = want_pause
+            (self.transport.pause_reading if want_pause else self.transport.resume_reading)()
+
+    async def _work(self) -> None:
+        srv = self.server
+        while self.queue and not self.closed:
+            command, seq, request = self.queue.popleft()
+            if self._reading_paused:
+                self._set_reading()
+            ctx = RequestContext(door="long", origin=self, peer=self.peer)
+            try:
+                response = await srv.service.handle(command, request, ctx)
+                body = response.SerializeToString()
+            except ServiceError as exc:
+                body = error_body(exc.code, exc.message)
+            except Exception as exc:  # a server fault: answer -1, keep the link, report it
+                srv.record_error(exc)
+                body = error_body(Ret.SERVER_FAULT, "server fault")
+            if self.closed:
+                return
+            self.send(command.reply_cmd, seq, body)
+            if ctx.session is not None:
+                srv.bind(self, ctx.session)
+                if ctx.notify_after:
+                    self.push(ctx.notify_after)
+
+    # -- output
+    def send(self, cmd: int, seq: int, body: bytes = b"") -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(cmd, seq, body, self.server.max_packet_len))
+
+    def push(self, selector: int) -> None:
+        self.server.pushes_sent += 1
+        self.send(NOTIFY_CMD, 0, notify_body(selector))
+
+    def close(self, abort: bool = False) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            (self.transport.abort if abort else self.transport.close)()
+
+    def _idle_check(self) -> None:
+        srv = self.server
+        due = self.last_rx + srv.idle_wall
+        now = srv.loop.time()
+        if now >= due:
+            self.idle_handle = None
+            srv.idle_closed += 1
+            self.close()
+        else:  # data came since this timer was set: one timer per link, moved lazily
+            self.idle_handle = srv.loop.call_at(due, self._idle_check)
+
+
+class LongLinkServer:
+    """Every long link of one lab: registry by user and session, pushes, idle timeouts."""
+
+    def __init__(self, service: Service, clock: Optional[Clock] = None,
+                 idle_timeout_s: float = 660.0,
+                 max_packet_len: int = DEFAULT_MAX_PACKET_LEN) -> None:
+        self.service = service
+        self.clock = clock or service.clock
+        self.idle_timeout_s = idle_timeout_s
+        self.idle_wall = self.clock.to_wall(idle_timeout_s)
+        self.max_packet_len = max_packet_len
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.links: set[LongLinkProtocol] = set()
+        self.by_uin: dict[int, set[LongLinkProtocol]] = {}
+        self.by_session: dict[bytes, set[LongLinkProtocol]] = {}
+        self.servers: list[asyncio.base_events.Server] = []
+        self.errors: list[BaseException] = []
+        self.connections_total = 0
+        self.violations = 0
+        self.idle_closed = 0
+        self.pushes_sent = 0
+        self.frames_in = 0
+        self.bytes_in = 0
+        self._unsubscribe = service.store.subscribe(self._on_event)
+
+    async def listen(self, host: str, port: int, **kwargs) -> asyncio.base_events.Server:
+        self.loop = asyncio.get_running_loop()
+        server = await self.loop.create_server(lambda: LongLinkProtocol(self), host, port,
+                                               reuse_address=True, **kwargs)
+        self.servers.append(server)
+        return server
+
+    def bind(self, link: LongLinkProtocol, session) -> None:
+        if link.session is not None and link.session is not session:
+            self.forget(link, keep_in_links=True)
+        link.session = session
+        self.by_uin.setdefault(session.uin, set()).add(link)
+        self.by_session.setdefault(session.session_key, set()).add(link)
+
+    def forget(self, link: LongLinkProtocol, keep_in_links: bool = False) -> None:
+        if not keep_in_links:
+            self.links.discard(link)
+        s = link.session
+        if s is not None:
+            for index, key in ((self.by_uin, s.uin), (self.by_session, s.session_key)):
+                group = index.get(key)
+                if group is not None:
+                    group.discard(link)
+                    if not group:
+                        del index[key]
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, PushEvent):
+            for link in tuple(self.by_uin.get(event.uin, ())):
+                if link is not event.origin:
+                    link.push(event.selector)
+        elif isinstance(event, SessionEnded):
+            for link in tuple(self.by_session.get(event.session_key, ())):
+                self.forget(link, keep_in_links=True)
+                link.session = None
+                link.close()
+
+    def record_error(self, exc: BaseException) -> None:
+        log.exception("long link handler failed", exc_info=exc)
+        self.errors.append(exc)
+
+    def identified_count(self) -> int:
+        return sum(len(v) for v in self.by_uin.values())
+
+    async def close(self) -> None:
+        self._unsubscribe()
+        for server in self.servers:
+            server.close()
+        for link in list(self.links):
+            link.close(abort=True)
+        for server in self.servers:
+            await server.wait_closed()

@@ -1,0 +1,447 @@
+"""The messenger's domain, behind both doors (PROTOCOL.md sections 4, 5 and 7).
+
+The long link and the short link are thin adapters: they decode a request with the command
+table and call `Service.handle(command, request, ctx)`. Nothing here knows which door a
+request came through, except `ctx.origin`, which only says which long link (if any) must not
+be sent the NOTIFY its own request caused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+from google.protobuf.message import Message
+
+from testbed.lab.addressing import LONG, QLOGO, QPIC, SHORT
+from testbed.lab.clock import Clock
+from testbed.wire import Command, Ret, ServiceError, pb
+from testbed.wire.commands import (ITEM_ADD_MSG, ITEM_MOD_CONTACT, ITEM_MOD_USER_INFO,
+                                   MEDIA_MSG_TYPE, MSG_FRIEND_REQUEST, MSG_IMAGE, MSG_TEXT)
+
+from . import nearby
+from .state import (ALL_SELECTOR, LOG_CONTACTS, LOG_KEYS, LOG_MESSAGES, LOG_PROFILE,
+                    SELECTOR_BIT, MediaRecord, PushEvent, SessionEnded, SessionRecord, Store,
+                    UploadRecord, UserRecord)
+
+log = logging.getLogger(__name__)
+
+SYNC_PAGE = 100
+MEDIA_CHUNK_MAX = 64 * 1024
+MEDIA_MAX_TOTAL = 25 * 1024 * 1024
+NEARBY_MAX = 100
+AVATAR_SIZES = (0, 46, 64, 96, 132)
+# newsync hands out contacts and the profile before messages, so that a client knows every
+# sender before it sees their messages; within a log, oldest first.
+SYNC_ORDER = (LOG_PROFILE, LOG_CONTACTS, LOG_MESSAGES)
+LBS_FLUSH_S = 600
+
+NICKNAMES = ("小明", "小红", "阿强", "晓燕", "大伟", "丽丽", "志刚", "芳芳", "建国", "秀英")
+CITIES = ("Beijing", "Shanghai", "Guangzhou", "Shenzhen", "Wuhan", "Chengdu", "Nanjing", "Xi'an")
+
+
+@dataclass
+class RequestContext:
+    """Who is asking, through which door; filled in by the adapters."""
+
+    door: str                     # "long", "short" or "tls"
+    command: Optional[Command] = None
+    origin: Optional[object] = None   # the long link that carried the request, if any
+    session: Optional[SessionRecord] = None   # set by identify on a long link
+    notify_after: int = 0         # set by identify: selector to push right after the reply
+    peer: str = ""
+
+
+def avatar_url(key: str, size: int) -> str:
+    return f"http://{QLOGO}/mmhead/{key}/{size}"
+
+
+def image_url(key: str) -> str:
+    return f"http://{QPIC}/mmsns/{key}/0"
+
+
+def _item(cmd_id: int, body: Message) -> bytes:
+    return pb.CmdItem(cmd_id=cmd_id, cmd_buf=body.SerializeToString()).SerializeToString()
+
+
+@dataclass
+class ServiceStats:
+    """What the servers saw, for tests and the lab's summary."""
+
+    requests: Counter = field(default_factory=Counter)     # (door, command name) -> count
+    errors: Counter = field(default_factory=Counter)       # (command name, ret) -> count
+    pushes: int = 0
+    messages_stored: int = 0
+
+
+class Service:
+    """Accounts, sessions, sync logs, friends, sending, media, nearby and reports."""
+
+    def __init__(self, store: Store, clock: Optional[Clock] = None,
+                 nearby_radius_m: float = 5000.0) -> None:
+        self.store = store
+        self.clock = clock or Clock()
+        self.nearby_radius_m = nearby_radius_m
+        self.stats = ServiceStats()
+
+    # ------------------------------------------------------------------ lab set-up
+    async def create_user(self, username: str, password: str, *, nickname: str = "",
+                          sex: int = 1, city: str = "Beijing", signature: str = "") -> UserRecord:
+        """Create an account whose logs start with its own ModUserInfo."""
+        key = hashlib.sha256(b"avatar:" + username.encode()).hexdigest()[:24]
+        user = await self.store.create_user(username, password, nickname or username, sex,
+                                            city, signature, key)
+        await self._store_item(user.uin, LOG_PROFILE,
+                               _item(ITEM_MOD_USER_INFO, self._user_info(user)), None)
+        return user
+
+    async def make_friends(self, a: UserRecord, b: UserRecord) -> None:
+        if await self.store.add_friends(a.uin, b.uin):
+            await self._store_item(a.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(b)),
+                                   None)
+            await self._store_item(b.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(a)),
+                                   None)
+
+    async def seed_users(self, n: int, friends: str = "all") -> list[UserRecord]:
+        """`user0001`... with `pass0001`...; friends "all" (every pair) or "none"."""
+        if friends not in ("all", "none"):
+            raise ValueError(f"friends must be 'all' or 'none', not {friends!r}")
+        width = max(4, len(str(n)))
+        users = []
+        for i in range(1, n + 1):
+            num = str(i).zfill(width)
+            users.append(await self.create_user(
+                f"user{num}", f"pass{num}", nickname=f"{NICKNAMES[(i - 1) % len(NICKNAMES)]}{num}",
+                sex=1 + (i % 2), city=CITIES[(i - 1) % len(CITIES)],
+                signature=f"lab user {num}"))
+        if friends == "all":
+            for i, a in enumerate(users):
+                for b in users[i + 1:]:
+                    await self.make_friends(a, b)
+        return users
+
+    # ------------------------------------------------------------------ dispatch
+    async def handle(self, command: Command, request: Message, ctx: RequestContext) -> Message:
+        """Answer one decoded request; a `ServiceError` becomes `{1: BaseResponse{ret}}`."""
+        ctx.command = command
+        self.stats.requests[(ctx.door, command.name)] += 1
+        try:
+            return await getattr(self, command.method)(request, ctx)
+        except ServiceError as exc:
+            self.stats.errors[(command.name, exc.code)] += 1
+            raise
+
+    async def _auth(self, base: pb.BaseRequest) -> SessionRecord:
+        session = await self.store.get_session(bytes(base.session_key))
+        if session is None or session.uin != base.uin:
+            raise ServiceError(Ret.SESSION_INVALID, "session invalid, expired or logged out")
+        return session
+
+    async def _store_item(self, uin: int, log_key: int, item: bytes, origin) -> None:
+        await self.store.append(uin, log_key, item)
+        self.stats.pushes += 1
+        await self.store.publish(PushEvent(uin, SELECTOR_BIT[log_key], origin))
+
+    @staticmethod
+    def _ok() -> pb.BaseResponse:
+        return pb.BaseResponse(ret=0)
+
+    def _user_info(self, u: UserRecord) -> pb.ModUserInfo:
+        return pb.ModUserInfo(username=u.username, nickname=u.nickname, sex=u.sex,
+                              signature=u.signature, city=u.city,
+                              avatar_small_url=avatar_url(u.avatar_key, 96),
+                              avatar_big_url=avatar_url(u.avatar_key, 0))
+
+    def _contact(self, u: UserRecord) -> pb.ModContact:
+        return pb.ModContact(username=u.username, nickname=u.nickname, sex=u.sex,
+                             signature=u.signature, city=u.city,
+                             avatar_small_url=avatar_url(u.avatar_key, 96),
+                             avatar_big_url=avatar_url(u.avatar_key, 0))
+
+    # ------------------------------------------------------------------ login
+    async def manualauth(self, req: pb.ManualAuthRequest, ctx: RequestContext):
+        user = await self.store.user_by_name(req.username)
+        if user is None:
+            raise ServiceError(Ret.NOT_FOUND, "no such user")
+        if not secrets.compare_digest(user.password.encode(), req.password.encode()):
+            raise ServiceError(Ret.WRONG_PASSWORD, "wrong password")
+        key = os.urandom(16)
+        await self.store.put_session(SessionRecord(key, user.uin, user.username,
+                                                   bytes(req.base.device_id)))
+        return pb.ManualAuthResponse(base=self._ok(), uin=user.uin, session_key=key,
+                                     nickname=user.nickname, long_hosts=[LONG],
+                                     short_hosts=[SHORT])
+
+    async def identify(self, req: pb.IdentifyRequest, ctx: RequestContext):
+        session = await self._auth(req.base)
+        ctx.session = session
+        lengths = await self.store.log_lengths(session.uin)
+        have = {kv.key: kv.val for kv in req.key_buf.keys}
+        ctx.notify_after = sum(SELECTOR_BIT[k] for k in LOG_KEYS if lengths[k] > have.get(k, 0))
+        return pb.IdentifyResponse(base=self._ok())
+
+    async def logout(self, req: pb.LogoutRequest, ctx: RequestContext):
+        session = await self._auth(req.base)
+        await self.store.delete_session(session.session_key)
+        await self.store.publish(SessionEnded(session.session_key, session.uin))
+        return pb.LogoutResponse(base=self._ok())
+
+    # ------------------------------------------------------------------ sync
+    async def newsync(self, req: pb.NewSyncRequest, ctx: RequestContext):
+        session = await self._auth(req.base)
+        have = {kv.key: kv.val for kv in req.key_buf.keys}
+        return await self._sync(session.uin, req.selector or ALL_SELECTOR, have)
+
+    async def newinit(self, req: pb.NewSyncRequest, ctx: RequestContext):
+        session = await self._auth(req.base)
+        return await self._sync(session.uin, ALL_SELECTOR, {})
+
+    async def _sync(self, uin: int, selector: int, have: dict[int, int]) -> pb.NewSyncResponse:
+        lengths = await self.store.log_lengths(uin)
+        resp = pb.NewSyncResponse(base=self._ok())
+        room = SYNC_PAGE
+        more = False
+        new_keys = {}
+        for k in SYNC_ORDER:
+            pos = min(int(have.get(k, 0)), lengths[k])
+            if selector & SELECTOR_BIT[k] and pos < lengths[k]:
+                items = await self.store.read_log(uin, k, pos, room) if room else []
+                for raw in items:
+                    resp.cmd_list.add().ParseFromString(raw)
+                room -= len(items)
+                pos += len(items)
+                more = more or pos < lengths[k]
+            new_keys[k] = pos
+        resp.continue_flag = 1 if more else 0
+        for k in LOG_KEYS:
+            resp.key_buf.keys.add(key=k, val=new_keys[k])
+        return resp
+
+    # ------------------------------------------------------------------ contacts
+    async def getcontact(self, req: pb.GetContactRequest, ctx: RequestContext):
+        await self._auth(req.base)
+        resp = pb.GetContactResponse(base=self._ok())
+        for name in req.usernames:
+            u = await self.store.user_by_name(name)
+            if u is not None:
+                resp.contacts.append(self._contact(u))
+        return resp
+
+    async def getprofile(self, req: pb.GetProfileRequest, ctx: RequestContext):
+        session = await self._auth(req.base)
+        user = await self.store.user_by_uin(session.uin)
+        return pb.GetProfileResponse(base=self._ok(), profile=self._user_info(user))
+
+    async def batchgetheadimg(self, req: pb.BatchGetHeadImgRequest, ctx: RequestContext):
+        await self._auth(req.base)
+        resp = pb.BatchGetHeadImgResponse(base=self._ok())
+        for name in req.usernames:
+            u = await self.store.user_by_name(name)
+            if u is not None:
+                resp.imgs.add(username=u.username, url_small=avatar_url(u.avatar_key, 96),
+                              url_big=avatar_url(u.avatar_key, 0))
+        return resp
+
+    async def verifyuser(self, req: pb.VerifyUserRequest, ctx: RequestContext):
+        session = await self._auth(req.base)
+        if req.opcode not in (1, 2, 3):
+            raise ServiceError(Ret.BAD_ARGUMENT, f"opcode {req.opcode}")
+        me = await self.store.user_by_uin(session.uin)
+        other = await self.store.user_by_name(req.username)
+        if other is None:
+            raise ServiceError(Ret.NOT_FOUND, "no such user")
+        if other.uin == me.uin:
+            raise ServiceError(Ret.BAD_ARGUMENT, "cannot befriend oneself")
+        if req.opcode == 1:
+            await self._befriend(me, other, ctx.origin)
+        elif req.opcode == 2:
+            if not await self.store.are_friends(me.uin, other.uin):
+                await self.store.add_pending(other.uin, me.uin)
+                msg = pb.AddMsg(new_msg_id=await self.store.next_msg_id(), from_user=me.username,
+                                to_user=other.username, msg_type=MSG_FRIEND_REQUEST,
+                                content=req.verify_content, create_time=self._now())
+                await self._store_item(other.uin, LOG_MESSAGES, _item(ITEM_ADD_MSG, msg),
+                                       ctx.origin)
+        else:
+            if not await self.store.take_pending(me.uin, other.uin):
+                raise ServiceError(Ret.NOT_ALLOWED, "no pending friend request")
+            await self._befriend(me, other, ctx.origin)
+        return pb.VerifyUserResponse(base=self._ok(), username=other.username)
+
+    async def _befriend(self, a: UserRecord, b: UserRecord, origin) -> None:
+        if await self.store.add_friends(a.uin, b.uin):
+            await self._store_item(a.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(b)),
+                                   origin)
+            await self._store_item(b.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(a)),
+                                   origin)
+
+    # ------------------------------------------------------------------ messages
+    def _now(self) -> int:
+        return int(self.clock.epoch()) & 0xFFFFFFFF
+
+    async def newsendmsg(self, req: pb.NewSendMsgRequest, ctx: RequestContext):
+        session = await self._auth(req.base)
+        me = await self.store.user_by_uin(session.uin)
+        resp = pb.NewSendMsgResponse(base=self._ok())
+        for m in req.msgs:
+            out = resp.msgs.add(to_user=m.to_user, client_msg_id=m.client_msg_id)
+            out.ret = await self._send_one(me, m, out, ctx.origin)
+        return resp
+
+    async def _send_one(self, me: UserRecord, m: pb.MicroMsgRequest, out: pb.MicroMsgResponse,
+                        origin) -> int:
+        to = await self.store.user_by_name(m.to_user)
+        if to is None:
+            return Ret.NOT_FOUND
+        if to.uin != me.uin and not await self.store.are_friends(me.uin, to.uin):
+            return Ret.NOT_ALLOWED
+        msg_type = m.msg_type or MSG_TEXT
+        if msg_type != MSG_TEXT:
+            return Ret.BAD_ARGUMENT  # media go through the upload commands
+        value = (await self.store.next_msg_id(), self._now())
+        if m.client_msg_id:
+            value, fresh = await self.store.claim_send(me.uin, m.client_msg_id, value)
+        else:
+            fresh = True
+        out.new_msg_id, out.create_time = value
+        if fresh:
+            msg = pb.AddMsg(new_msg_id=value[0], from_user=me.username, to_user=to.username,
+                            msg_type=msg_type, content=m.content, create_time=value[1],
+                            client_msg_id=m.client_msg_id)
+            await self._deliver(me.uin, to.uin, msg, origin)
+        return Ret.OK
+
+    async def _deliver(self, sender: int, receiver: int, msg: pb.AddMsg, origin) -> None:
+        item = _item(ITEM_ADD_MSG, msg)
+        await self._store_item(receiver, LOG_MESSAGES, item, origin)
+        if receiver != sender:
+            await self._store_item(sender, LOG_MESSAGES, item, origin)
+        self.stats.messages_stored += 1
+
+    # ------------------------------------------------------------------ media
+    async def upload_media(self, req: pb.UploadMediaRequest, ctx: RequestContext):
+        session = await self._auth(req.base)
+        cmd = ctx.command.cmd if ctx.command else None
+        msg_type = MEDIA_MSG_TYPE.get(cmd, req.msg_type or MSG_IMAGE)
+        resp = pb.UploadMediaResponse(base=self._ok(), client_media_id=req.client_media_id,
+                                      total_len=req.total_len)
+        if not req.client_media_id:
+            raise ServiceError(Ret.BAD_ARGUMENT, "client_media_id is empty")
+        rec = await self.store.get_upload(session.uin, req.client_media_id)
+        if rec is not None and rec.new_msg_id:
+            resp.start_pos, resp.total_len, resp.new_msg_id = rec.total_len, rec.total_len, \
+                rec.new_msg_id
+            return resp
+        if len(req.data) > MEDIA_CHUNK_MAX:
+            raise ServiceError(Ret.BAD_ARGUMENT, f"chunk of {len(req.data)} bytes over 64 KiB")
+        if not 0 < req.total_len <= MEDIA_MAX_TOTAL:
+            raise ServiceError(Ret.BAD_ARGUMENT, f"total_len {req.total_len}")
+        if rec is None:
+            to = await self.store.user_by_name(req.to_user)
+            if to is None:
+                raise ServiceError(Ret.NOT_FOUND, "no such user")
+            if to.uin != session.uin and not await self.store.are_friends(session.uin, to.uin):
+                raise ServiceError(Ret.NOT_ALLOWED, "not a friend")
+            rec = UploadRecord(session.uin, req.client_media_id, to.username, msg_type,
+                               req.total_len)
+            await self.store.put_upload(rec)
+        elif rec.total_len != req.total_len:
+            raise ServiceError(Ret.BAD_ARGUMENT, "total_len changed between chunks")
+        if req.start_pos + len(req.data) > rec.total_len:
+            raise ServiceError(Ret.BAD_ARGUMENT, "chunk runs past total_len")
+        got = await self.store.append_upload(session.uin, req.client_media_id, req.start_pos,
+                                             bytes(req.data))
+        if got < 0:
+            resp.base.ret = Ret.MEDIA_OUT_OF_ORDER
+            resp.base.errmsg = "chunk out of order"
+            resp.start_pos = -1 - got
+            self.stats.errors[(ctx.command.name, Ret.MEDIA_OUT_OF_ORDER)] += 1
+            return resp
+        resp.start_pos = got
+        if got == rec.total_len:
+            resp.new_msg_id = await self._complete_upload(session.uin, rec, ctx.origin)
+        return resp
+
+    async def _complete_upload(self, uin: int, rec: UploadRecord, origin) -> int:
+        rec = await self.store.get_upload(uin, rec.client_media_id)
+        data = bytes(rec.data)
+        me = await self.store.user_by_uin(uin)
+        to = await self.store.user_by_name(rec.to_user)
+        msg_id = await self.store.next_msg_id()
+        digest = hashlib.sha256(data).digest()
+        cdn_key = secrets.token_hex(16) if rec.msg_type == MSG_IMAGE else ""
+        await self.store.put_media(MediaRecord(msg_id, uin, to.uin, rec.msg_type, data, digest,
+                                               cdn_key))
+        rec.new_msg_id = msg_id
+        rec.data = bytearray()  # the bytes live in the media record now
+        await self.store.put_upload(rec)
+        msg = pb.AddMsg(new_msg_id=msg_id, from_user=me.username, to_user=to.username,
+                        msg_type=rec.msg_type, create_time=self._now(),
+                        client_msg_id=rec.client_media_id,
+                        media=pb.MediaRef(total_len=len(data), sha256=digest,
+                                          cdn_url=image_url(cdn_key) if cdn_key else ""))
+        await self._deliver(uin, to.uin, msg, origin)
+        return msg_id
+
+    async def download_media(self, req: pb.DownloadMediaRequest, ctx: RequestContext):
+        session = await self._auth(req.base)
+        media = await self.store.get_media(req.msg_id)
+        if media is None:
+            raise ServiceError(Ret.NOT_FOUND, "no such media")
+        if session.uin not in (media.sender, media.receiver):
+            raise ServiceError(Ret.NOT_ALLOWED, "someone else's media")
+        total = len(media.data)
+        if req.start_pos > total:
+            raise ServiceError(Ret.BAD_ARGUMENT, f"start_pos {req.start_pos} past {total}")
+        n = min(req.max_len or MEDIA_CHUNK_MAX, MEDIA_CHUNK_MAX)
+        return pb.DownloadMediaResponse(base=self._ok(), msg_id=media.msg_id, total_len=total,
+                                        start_pos=req.start_pos,
+                                        data=media.data[req.start_pos:req.start_pos + n])
+
+    async def media_for_cdn(self, key: str) -> Optional[MediaRecord]:
+        """Uploaded images by CDN key, for mmsns.qpic.cn."""
+        return await self.store.media_by_cdn_key(key)
+
+    # ------------------------------------------------------------------ nearby
+    async def lbsfind(self, req: pb.LbsFindRequest, ctx: RequestContext):
+        session = await self._auth(req.base)
+        if req.opcode == 2:
+            await self.store.clear_location(session.uin)
+            return pb.LbsFindResponse(base=self._ok(), contact_count=0, state=0)
+        if req.opcode != 1:
+            raise ServiceError(Ret.BAD_ARGUMENT, f"opcode {req.opcode}")
+        lon, lat = float(req.longitude), float(req.latitude)
+        if not nearby.valid_coordinates(lon, lat):
+            raise ServiceError(Ret.BAD_ARGUMENT, "coordinates out of range")
+        await self.store.set_location(session.uin, lon, lat)
+        found = []
+        for uin, x, y in await self.store.candidates_near(lon, lat, self.nearby_radius_m):
+            if uin == session.uin:
+                continue
+            d = nearby.great_circle_m(lon, lat, x, y)
+            if d <= self.nearby_radius_m:
+                found.append((d, uin))
+        found.sort()
+        resp = pb.LbsFindResponse(base=self._ok(), state=1, flush_time=LBS_FLUSH_S)
+        for d, uin in found[:NEARBY_MAX]:
+            u = await self.store.user_by_uin(uin)
+            dm = nearby.round_distance(d)
+            resp.contacts.add(username=u.username, nickname=u.nickname, city=u.city,
+                              signature=u.signature, distance=nearby.bucket(dm), distance_m=dm,
+                              sex=u.sex, avatar_url=avatar_url(u.avatar_key, 96))
+        resp.contact_count = len(resp.contacts)
+        return resp
+
+    # ------------------------------------------------------------------ behaviour logs
+    async def report(self, req: pb.ReportRequest, ctx: RequestContext):
+        session = await self._auth(req.base)
+        await self.store.count_report(ctx.command.cgi, session.uin, len(req.items))
+        return pb.ReportResponse(base=self._ok(), accepted=len(req.items))
+
+    async def noop(self, req, ctx):  # NOOP is answered by the long link itself
+        return None

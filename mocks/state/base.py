@@ -1,0 +1,212 @@
+"""The store interface behind `mocks.service.Service`.
+
+Every method is a coroutine so that a networked store (Redis, for the container lab) can
+implement the same interface as the embedded in-memory one; both must pass
+`tests/unit/test_store.py`. Methods that must be atomic say so: the service relies on that,
+not on locks of its own, so several worker processes can share one store.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Optional, Union
+
+LOG_MESSAGES, LOG_CONTACTS, LOG_PROFILE = 1, 2, 3
+LOG_KEYS = (LOG_MESSAGES, LOG_CONTACTS, LOG_PROFILE)
+SELECTOR_BIT = {LOG_MESSAGES: 0x1, LOG_CONTACTS: 0x2, LOG_PROFILE: 0x4}
+ALL_SELECTOR = 0x7
+
+
+@dataclass
+class UserRecord:
+    uin: int
+    username: str
+    password: str
+    nickname: str
+    sex: int
+    city: str
+    signature: str
+    avatar_key: str
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session_key: bytes
+    uin: int
+    username: str
+    device_id: bytes = b""
+
+
+@dataclass
+class UploadRecord:
+    """An upload in progress or complete, keyed by (uploader uin, client_media_id)."""
+
+    uploader: int
+    client_media_id: str
+    to_user: str
+    msg_type: int
+    total_len: int
+    data: bytearray = field(default_factory=bytearray)
+    new_msg_id: int = 0  # set when complete
+
+
+@dataclass(frozen=True)
+class MediaRecord:
+    msg_id: int
+    sender: int
+    receiver: int
+    msg_type: int
+    data: bytes
+    sha256: bytes
+    cdn_key: str  # images only: served by mmsns.qpic.cn
+
+
+@dataclass(frozen=True)
+class PushEvent:
+    """A user's logs grew (`selector` bits); `origin` is the link that caused it, if any."""
+
+    uin: int
+    selector: int
+    origin: Optional[object] = None
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    """A session logged out: its long links are closed."""
+
+    session_key: bytes
+    uin: int
+
+
+Event = Union[PushEvent, SessionEnded]
+Listener = Callable[[Event], None]
+
+
+class Store(abc.ABC):
+    """State of one lab. Usernames are unique; uins are assigned by the store from 1."""
+
+    # --- accounts
+    @abc.abstractmethod
+    async def create_user(self, username: str, password: str, nickname: str, sex: int,
+                          city: str, signature: str, avatar_key: str) -> UserRecord:
+        """Create a user (atomic); `ValueError` if the name is taken."""
+
+    @abc.abstractmethod
+    async def user_by_name(self, username: str) -> Optional[UserRecord]: ...
+
+    @abc.abstractmethod
+    async def user_by_uin(self, uin: int) -> Optional[UserRecord]: ...
+
+    @abc.abstractmethod
+    async def user_by_avatar_key(self, key: str) -> Optional[UserRecord]: ...
+
+    @abc.abstractmethod
+    async def user_count(self) -> int: ...
+
+    # --- sessions
+    @abc.abstractmethod
+    async def put_session(self, session: SessionRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_session(self, session_key: bytes) -> Optional[SessionRecord]: ...
+
+    @abc.abstractmethod
+    async def delete_session(self, session_key: bytes) -> bool: ...
+
+    # --- sync logs
+    @abc.abstractmethod
+    async def append(self, uin: int, log: int, item: bytes) -> int:
+        """Append one serialized CmdItem (atomic); return the log's new length."""
+
+    @abc.abstractmethod
+    async def read_log(self, uin: int, log: int, after: int, limit: int) -> list[bytes]:
+        """Items `after`..`after+limit-1` (0-based positions), oldest first."""
+
+    @abc.abstractmethod
+    async def log_lengths(self, uin: int) -> dict[int, int]: ...
+
+    # --- friends
+    @abc.abstractmethod
+    async def add_friends(self, a: int, b: int) -> bool:
+        """Make a and b friends (atomic); False if they already were."""
+
+    @abc.abstractmethod
+    async def are_friends(self, a: int, b: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def add_pending(self, to_uin: int, from_uin: int) -> None: ...
+
+    @abc.abstractmethod
+    async def take_pending(self, to_uin: int, from_uin: int) -> bool:
+        """Remove a pending request from -> to (atomic); False if there was none."""
+
+    # --- messages
+    @abc.abstractmethod
+    async def next_msg_id(self) -> int: ...
+
+    @abc.abstractmethod
+    async def claim_send(self, sender: int, client_msg_id: str,
+                         value: tuple[int, int]) -> tuple[tuple[int, int], bool]:
+        """Remember (new_msg_id, create_time) for a send unless one is there (atomic).
+
+        Returns the value stored and whether this call stored it.
+        """
+
+    # --- media
+    @abc.abstractmethod
+    async def get_upload(self, uploader: int, client_media_id: str) -> Optional[UploadRecord]: ...
+
+    @abc.abstractmethod
+    async def put_upload(self, record: UploadRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def append_upload(self, uploader: int, client_media_id: str, start_pos: int,
+                            data: bytes) -> int:
+        """Append a chunk if `start_pos` is where the upload stands (atomic).
+
+        Returns the new length, or -1 - (current length) if `start_pos` is wrong.
+        """
+
+    @abc.abstractmethod
+    async def put_media(self, media: MediaRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_media(self, msg_id: int) -> Optional[MediaRecord]: ...
+
+    @abc.abstractmethod
+    async def media_by_cdn_key(self, key: str) -> Optional[MediaRecord]: ...
+
+    # --- people nearby
+    @abc.abstractmethod
+    async def set_location(self, uin: int, lon: float, lat: float) -> None: ...
+
+    @abc.abstractmethod
+    async def clear_location(self, uin: int) -> None: ...
+
+    @abc.abstractmethod
+    async def candidates_near(self, lon: float, lat: float,
+                              radius_m: float) -> list[tuple[int, float, float]]:
+        """(uin, lon, lat) of every stored location that may lie within `radius_m`.
+
+        A superset is fine (the service computes the exact distance); Redis answers it with
+        GEOSEARCH, the memory store with a scan.
+        """
+
+    # --- behaviour logs
+    @abc.abstractmethod
+    async def count_report(self, cgi: str, uin: int, items: int) -> None: ...
+
+    @abc.abstractmethod
+    async def report_counts(self) -> dict[str, int]: ...
+
+    # --- events (NOTIFY pushes, logouts) to every door of every process
+    @abc.abstractmethod
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event)` for every published event; returns an unsubscribe."""
+
+    @abc.abstractmethod
+    async def publish(self, event: Event) -> None: ...
+
+    async def close(self) -> None:
+        """Release connections; the memory store has none."""

@@ -1,0 +1,159 @@
+"""The embedded in-memory store: the default, needs nothing, one process."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Optional
+
+from .base import (LOG_KEYS, Event, Listener, MediaRecord, SessionRecord, Store, UploadRecord,
+                   UserRecord)
+
+
+class MemoryStore(Store):
+    """Coroutines that never await: each call is atomic on the event loop."""
+
+    def __init__(self) -> None:
+        self._users: dict[int, UserRecord] = {}
+        self._by_name: dict[str, int] = {}
+        self._by_avatar: dict[str, int] = {}
+        self._sessions: dict[bytes, SessionRecord] = {}
+        self._logs: dict[tuple[int, int], list[bytes]] = {}
+        self._friends: dict[int, set[int]] = {}
+        self._pending: set[tuple[int, int]] = set()
+        self._msg_ids = itertools.count(1_000_001)
+        self._sends: dict[tuple[int, str], tuple[int, int]] = {}
+        self._uploads: dict[tuple[int, str], UploadRecord] = {}
+        self._media: dict[int, MediaRecord] = {}
+        self._media_by_key: dict[str, int] = {}
+        self._locations: dict[int, tuple[float, float]] = {}
+        self._reports: dict[str, int] = {}
+        self._listeners: list[Listener] = []
+
+    async def create_user(self, username, password, nickname, sex, city, signature, avatar_key):
+        if username in self._by_name:
+            raise ValueError(f"user {username!r} exists")
+        uin = len(self._users) + 1
+        rec = UserRecord(uin, username, password, nickname, sex, city, signature, avatar_key)
+        self._users[uin] = rec
+        self._by_name[username] = uin
+        self._by_avatar[avatar_key] = uin
+        return rec
+
+    async def user_by_name(self, username):
+        uin = self._by_name.get(username)
+        return None if uin is None else self._users[uin]
+
+    async def user_by_uin(self, uin):
+        return self._users.get(uin)
+
+    async def user_by_avatar_key(self, key):
+        uin = self._by_avatar.get(key)
+        return None if uin is None else self._users[uin]
+
+    async def user_count(self):
+        return len(self._users)
+
+    async def put_session(self, session):
+        self._sessions[session.session_key] = session
+
+    async def get_session(self, session_key):
+        return self._sessions.get(session_key)
+
+    async def delete_session(self, session_key):
+        return self._sessions.pop(session_key, None) is not None
+
+    async def append(self, uin, log, item):
+        items = self._logs.setdefault((uin, log), [])
+        items.append(item)
+        return len(items)
+
+    async def read_log(self, uin, log, after, limit):
+        items = self._logs.get((uin, log), ())
+        return list(items[after:after + limit])
+
+    async def log_lengths(self, uin):
+        return {k: len(self._logs.get((uin, k), ())) for k in LOG_KEYS}
+
+    async def add_friends(self, a, b):
+        fa = self._friends.setdefault(a, set())
+        if b in fa:
+            return False
+        fa.add(b)
+        self._friends.setdefault(b, set()).add(a)
+        return True
+
+    async def are_friends(self, a, b):
+        return b in self._friends.get(a, ())
+
+    async def add_pending(self, to_uin, from_uin):
+        self._pending.add((to_uin, from_uin))
+
+    async def take_pending(self, to_uin, from_uin):
+        try:
+            self._pending.remove((to_uin, from_uin))
+            return True
+        except KeyError:
+            return False
+
+    async def next_msg_id(self):
+        return next(self._msg_ids)
+
+    async def claim_send(self, sender, client_msg_id, value):
+        key = (sender, client_msg_id)
+        old = self._sends.get(key)
+        if old is not None:
+            return old, False
+        self._sends[key] = value
+        return value, True
+
+    async def get_upload(self, uploader, client_media_id):
+        return self._uploads.get((uploader, client_media_id))
+
+    async def put_upload(self, record):
+        self._uploads[(record.uploader, record.client_media_id)] = record
+
+    async def append_upload(self, uploader, client_media_id, start_pos, data):
+        rec = self._uploads[(uploader, client_media_id)]
+        if start_pos != len(rec.data):
+            return -1 - len(rec.data)
+        rec.data += data
+        return len(rec.data)
+
+    async def put_media(self, media):
+        self._media[media.msg_id] = media
+        if media.cdn_key:
+            self._media_by_key[media.cdn_key] = media.msg_id
+
+    async def get_media(self, msg_id):
+        return self._media.get(msg_id)
+
+    async def media_by_cdn_key(self, key):
+        mid = self._media_by_key.get(key)
+        return None if mid is None else self._media[mid]
+
+    async def set_location(self, uin, lon, lat):
+        self._locations[uin] = (lon, lat)
+
+    async def clear_location(self, uin):
+        self._locations.pop(uin, None)
+
+    async def candidates_near(self, lon, lat, radius_m):
+        return [(uin, x, y) for uin, (x, y) in self._locations.items()]
+
+    async def count_report(self, cgi, uin, items):
+        self._reports[cgi] = self._reports.get(cgi, 0) + items
+
+    async def report_counts(self):
+        return dict(self._reports)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+        return unsubscribe
+
+    async def publish(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            listener(event)

@@ -1,0 +1,64 @@
+"""The addressing plan: which loopback address each lab host gets.
+
+Every host has its own address in one /24 of 127.0.0.0/8 (Linux answers on all of it), so
+each server can keep its profile's port and a capture shows hosts apart by address, as the
+lab report's did. Where only 127.0.0.1 exists (macOS), the lab falls back to that one address
+and gives every server its own port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import dataclass
+
+LONG = "long.weixin.qq.com"
+SHORT = "short.weixin.qq.com"
+MAPABC = "mapi.mapabc.com"
+QLOGO = "wx.qlogo.cn"
+QPIC = "mmsns.qpic.cn"
+HOST_NAMES = (LONG, SHORT, MAPABC, QLOGO, QPIC)
+
+# last octet of each host's addresses; long and short get two A records each (PROTOCOL 1)
+HOST_OCTETS: dict[str, tuple[int, ...]] = {
+    LONG: (11, 12), SHORT: (21, 22), MAPABC: (31,), QLOGO: (41,), QPIC: (51,),
+}
+DNS_OCTET = 53
+PHONE_OCTET = 87  # the emulator's source address, as the report's phone was .87
+
+
+@dataclass(frozen=True)
+class AddressPlan:
+    """Addresses of the lab's hosts in `prefix.0/24` (prefix like "127.0.0")."""
+
+    prefix: str = "127.0.0"
+
+    def __post_init__(self) -> None:
+        net = ipaddress.ip_network(f"{self.prefix}.0/24", strict=True)
+        if not net.subnet_of(ipaddress.ip_network("127.0.0.0/8")) and \
+                not net.subnet_of(ipaddress.ip_network("198.18.0.0/15")):
+            raise ValueError(f"lab addresses must be in 127.0.0.0/8 or 198.18.0.0/15, "
+                             f"not {net}")
+
+    def addresses(self, host: str) -> list[str]:
+        return [f"{self.prefix}.{o}" for o in HOST_OCTETS[host]]
+
+    @property
+    def dns(self) -> str:
+        return f"{self.prefix}.{DNS_OCTET}"
+
+    @property
+    def phone(self) -> str:
+        return f"{self.prefix}.{PHONE_OCTET}"
+
+    @classmethod
+    def random_loopback(cls, rng: random.Random | None = None) -> "AddressPlan":
+        """A /24 in 127.0.0.0/8 away from 127.0.0.x, for tests that run many labs at once."""
+        r = rng or random.SystemRandom()
+        return cls(f"127.{r.randint(100, 254)}.{r.randint(1, 254)}")
+
+
+def is_lab_address(addr: str) -> bool:
+    """Only loopback and the benchmarking range (namespace labs) may ever be targeted."""
+    ip = ipaddress.ip_address(addr)
+    return ip.is_loopback or ip in ipaddress.ip_network("198.18.0.0/15")

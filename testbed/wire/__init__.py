@@ -1,0 +1,21 @@
+"""Sans-I/O wire core: frames, the command table, protobuf messages, DNS helpers, errors.
+
+Nothing in this package performs I/O or imports asyncio, aiohttp or socket-level servers;
+`tests/unit/test_wire_sans_io.py` checks that.
+"""
+
+from . import mm_pb2 as pb
+from .commands import (BY_CGI, BY_CMD, BY_NAME, BY_PATH, CGI_PREFIX, COMMANDS, Command,
+                       decode_request, decode_response, error_body, notify_body, parse_notify)
+from .errors import (FrameTooLarge, LocalProtocolError, ProtocolError, RemoteProtocolError,
+                     Ret, ServiceError)
+from .frames import (DEFAULT_MAX_PACKET_LEN, HEADER_LEN, REPLY_OFFSET, Frame, FrameDecoder,
+                     encode_frame, reply_cmd)
+
+__all__ = [
+    "pb", "BY_CGI", "BY_CMD", "BY_NAME", "BY_PATH", "CGI_PREFIX", "COMMANDS", "Command",
+    "decode_request", "decode_response", "error_body", "notify_body", "parse_notify",
+    "FrameTooLarge", "LocalProtocolError", "ProtocolError", "RemoteProtocolError", "Ret",
+    "ServiceError", "DEFAULT_MAX_PACKET_LEN", "HEADER_LEN", "REPLY_OFFSET", "Frame",
+    "FrameDecoder", "encode_frame", "reply_cmd",
+]

@@ -1,0 +1,131 @@
+"""The one command table (PROTOCOL.md sections 2 and 3).
+
+Every door reads this table: the long-link dispatcher, the CGI router, the emulator, the
+dissector and the replayer. Adding a command is one row here plus one service method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from google.protobuf.message import DecodeError, Message
+
+from . import mm_pb2 as pb
+from .errors import RemoteProtocolError
+from .frames import REPLY_OFFSET
+
+CGI_PREFIX = "/cgi-bin/micromsg-bin/"
+NOTIFY_CMD = 24
+NOOP_CMD = 6
+IDENTIFY_CMD = 205
+
+
+@dataclass(frozen=True)
+class Command:
+    """One row: a request that a door accepts and the service method that answers it."""
+
+    name: str                      # upper-case long-link name, or the CGI name
+    method: str                    # service method name
+    request: Optional[type[Message]]
+    response: Optional[type[Message]]
+    cmd: Optional[int] = None      # long-link command id, None if short-link only
+    cgi: Optional[str] = None      # CGI name, None if long-link only
+    tls_only: bool = False         # short link: served only on the TLS port
+    push_only: bool = False        # NOTIFY: a server push, never a request
+
+    @property
+    def reply_cmd(self) -> Optional[int]:
+        return None if self.cmd is None or self.push_only else self.cmd + REPLY_OFFSET
+
+    @property
+    def path(self) -> Optional[str]:
+        return None if self.cgi is None else CGI_PREFIX + self.cgi
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("NOOP", "noop", None, None, cmd=6),
+    Command("IDENTIFY", "identify", pb.IdentifyRequest, pb.IdentifyResponse, cmd=205),
+    Command("NEWSENDMSG", "newsendmsg", pb.NewSendMsgRequest, pb.NewSendMsgResponse,
+            cmd=237, cgi="newsendmsg"),
+    Command("NEWSYNC", "newsync", pb.NewSyncRequest, pb.NewSyncResponse, cmd=121, cgi="newsync"),
+    Command("GETCONTACT", "getcontact", pb.GetContactRequest, pb.GetContactResponse,
+            cmd=71, cgi="getcontact"),
+    Command("UPLOADMSGIMG", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=9),
+    Command("UPLOADVOICE", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=19),
+    Command("UPLOADVIDEO", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=39),
+    Command("GETMSGIMG", "download_media", pb.DownloadMediaRequest, pb.DownloadMediaResponse,
+            cmd=10),
+    Command("DOWNLOADVOICE", "download_media", pb.DownloadMediaRequest,
+            pb.DownloadMediaResponse, cmd=20),
+    Command("DOWNLOADVIDEO", "download_media", pb.DownloadMediaRequest,
+            pb.DownloadMediaResponse, cmd=40),
+    Command("NOTIFY", "", None, None, cmd=NOTIFY_CMD, push_only=True),
+    Command("MANUALAUTH", "manualauth", pb.ManualAuthRequest, pb.ManualAuthResponse,
+            cgi="manualauth", tls_only=True),
+    Command("NEWINIT", "newinit", pb.NewSyncRequest, pb.NewSyncResponse, cgi="newinit"),
+    Command("VERIFYUSER", "verifyuser", pb.VerifyUserRequest, pb.VerifyUserResponse,
+            cgi="verifyuser"),
+    Command("GETPROFILE", "getprofile", pb.GetProfileRequest, pb.GetProfileResponse,
+            cgi="getprofile"),
+    Command("BATCHGETHEADIMG", "batchgetheadimg", pb.BatchGetHeadImgRequest,
+            pb.BatchGetHeadImgResponse, cgi="batchgetheadimg"),
+    Command("LBSFIND", "lbsfind", pb.LbsFindRequest, pb.LbsFindResponse, cgi="lbsfind"),
+    Command("LOGOUT", "logout", pb.LogoutRequest, pb.LogoutResponse, cgi="logout"),
+    Command("STATREPORT", "report", pb.ReportRequest, pb.ReportResponse, cgi="statreport"),
+    Command("KVREPORT", "report", pb.ReportRequest, pb.ReportResponse, cgi="kvreport"),
+)
+
+BY_CMD: dict[int, Command] = {c.cmd: c for c in COMMANDS if c.cmd is not None}
+BY_CGI: dict[str, Command] = {c.cgi: c for c in COMMANDS if c.cgi is not None}
+BY_PATH: dict[str, Command] = {c.path: c for c in COMMANDS if c.path is not None}
+BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS}
+
+#: msg_type of the AddMsg an upload creates, by upload command id
+MEDIA_MSG_TYPE = {9: 3, 19: 34, 39: 43}
+MSG_TEXT, MSG_IMAGE, MSG_VOICE, MSG_VIDEO, MSG_FRIEND_REQUEST = 1, 3, 34, 43, 37
+
+#: NewSync CmdItem.cmd_id -> body type
+CMD_ITEM_TYPES: dict[int, type[Message]] = {
+    1: pb.ModUserInfo, 2: pb.ModContact, 4: pb.DelContact, 5: pb.AddMsg,
+}
+ITEM_MOD_USER_INFO, ITEM_MOD_CONTACT, ITEM_DEL_CONTACT, ITEM_ADD_MSG = 1, 2, 4, 5
+
+
+def command_for_frame(cmd: int) -> Optional[Command]:
+    """The table row for a long-link frame's cmd, request or reply."""
+    return BY_CMD.get(cmd - REPLY_OFFSET if cmd >= REPLY_OFFSET else cmd)
+
+
+def decode_request(command: Command, body: bytes) -> Message:
+    """Parse a request body; `RemoteProtocolError` if it is not the command's request."""
+    msg = command.request()
+    try:
+        msg.ParseFromString(body)
+    except (DecodeError, ValueError, RuntimeError) as exc:  # upb raises DecodeError
+        raise RemoteProtocolError(f"{command.name}: body does not decode: {exc}") from exc
+    return msg
+
+
+def decode_response(command: Command, body: bytes) -> Message:
+    msg = command.response()
+    try:
+        msg.ParseFromString(body)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise RemoteProtocolError(f"{command.name}: reply does not decode: {exc}") from exc
+    return msg
+
+
+def error_body(ret: int, errmsg: str = "") -> bytes:
+    """`{1: BaseResponse{ret}}`: decodes as any response type."""
+    return pb.ErrorResponse(base=pb.BaseResponse(ret=ret, errmsg=errmsg)).SerializeToString()
+
+
+def notify_body(selector: int) -> bytes:
+    return selector.to_bytes(4, "big")
+
+
+def parse_notify(body: bytes) -> int:
+    if len(body) != 4:
+        raise RemoteProtocolError(f"NOTIFY body of {len(body)} bytes, expected 4")
+    return int.from_bytes(body, "big")
