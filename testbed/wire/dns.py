@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import ipaddress
 from dataclasses import dataclass
 
 import dpkt
@@ -53,7 +53,7 @@ def build_response(question: Question, addresses: list[str] | None, ttl: int = D
     r.rcode = rcode
     if addresses and question.qtype == TYPE_A and rcode == RCODE_NOERROR:
         r.an = [dpkt.dns.DNS.RR(name=question.name, type=TYPE_A, ttl=ttl,
-                                ip=socket.inet_aton(a)) for a in addresses]
+                                ip=ipaddress.IPv4Address(a).packed) for a in addresses]
     return bytes(r)
 
 
@@ -83,5 +83,8 @@ def parse_response(data: bytes) -> Answer:
         raise RemoteProtocolError("not a response")
     name = msg.qd[0].name if msg.qd else ""
     a = [rr for rr in msg.an if rr.type == TYPE_A]
-    return Answer(msg.id, msg.rcode, name, tuple(socket.inet_ntoa(rr.ip) for rr in a),
+    for rr in a:
+        if len(rr.ip) != 4:
+            raise RemoteProtocolError(f"A record with {len(rr.ip)} bytes of data, expected 4")
+    return Answer(msg.id, msg.rcode, name, tuple(str(ipaddress.IPv4Address(rr.ip)) for rr in a),
                   tuple(rr.ttl for rr in a))

@@ -1,0 +1,138 @@
+"""`testbed …`: the command line. `main(argv) -> int` so tests call it directly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="testbed", description=__doc__)
+    p.add_argument("--version", action="version", version=f"testbed {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    lab = sub.add_parser("lab", help="run the mock hosts")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
+    up = lab_sub.add_parser("up", help="start every host in one process until Ctrl-C")
+    up.add_argument("--users", type=_positive_int, default=10, help="lab users (default 10)")
+    up.add_argument("--friends", choices=("all", "none"), default="all",
+                    help="make every pair of users friends (default) or none")
+    up.add_argument("--manifest", type=Path, default=Path("lab-manifest.json"),
+                    help="where to write the lab manifest (default ./lab-manifest.json)")
+    up.add_argument("--time-scale", type=_positive_float, default=1.0,
+                    help="protocol seconds per wall second (default 1)")
+    up.add_argument("--profile", default="lab-report-2013",
+                    help="profile name or JSON file (see `testbed profiles`)")
+    up.add_argument("--subnet", default="127.0.0",
+                    help="first three octets of the lab's loopback /24 (default 127.0.0)")
+    up.add_argument("--privileged-ports", action="store_true",
+                    help="bind the profile's real ports (80, 443, 53); needs root")
+    up.add_argument("--uvloop", action="store_true", help="run on uvloop if installed")
+
+    sub.add_parser("profiles", help="list the built-in profiles")
+    return p
+
+
+def _lab_up(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mocks.lab import Lab, LabConfig
+    from testbed.lab.addressing import AddressPlan
+    from testbed.lab.profiles import load_profile
+
+    console = Console(stderr=True)
+    try:
+        load_profile(args.profile)
+        plan = AddressPlan(args.subnet)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    cfg = LabConfig(users=args.users, friends=args.friends, profile=args.profile,
+                    time_scale=args.time_scale, plan=plan,
+                    privileged_ports=args.privileged_ports, manifest_path=args.manifest)
+
+    async def run() -> int:
+        lab = Lab(cfg)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            manifest = await lab.start()
+        except OSError as exc:
+            console.print(f"[red]error:[/red] cannot bind the lab: {exc}. Is another lab "
+                          f"running on {plan.prefix}.x? Try --subnet 127.0.1")
+            await lab.stop()
+            return 1
+        table = Table(title=f"lab up: profile {manifest.profile}, time scale "
+                            f"{manifest.time_scale:g}, {args.users} users")
+        table.add_column("host")
+        table.add_column("addresses")
+        table.add_column("port")
+        for name, h in manifest.hosts.items():
+            port = str(h.port) + (f", TLS {h.tls_port}" if h.tls_port else "")
+            table.add_row(name, " ".join(h.addresses), port)
+        table.add_row("lab resolver (DNS)", manifest.dns_address, str(manifest.dns_port))
+        console.print(table)
+        console.print(f"manifest: {lab.manifest_path.resolve()}   (Ctrl-C to stop)")
+        await stop.wait()
+        console.print("stopping")
+        await lab.stop()
+        return 0
+
+    if args.uvloop:
+        try:
+            import uvloop
+            return uvloop.run(run())
+        except ImportError:
+            console.print("[yellow]uvloop not installed; using asyncio[/yellow]")
+    return asyncio.run(run())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "lab" and args.lab_command == "up":
+        return _lab_up(args)
+    if args.command == "profiles":
+        from testbed.lab.profiles import load_profile, profile_names
+        for name in profile_names():
+            print(f"{name:20} {load_profile(name).description}")
+        return 0
+    parser.print_help(sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The phone's side: resolver, long-link and short-link connections, sessions."""
