@@ -1,0 +1,179 @@
+"""The lab resolver over a real UDP socket: answers, NXDOMAIN, FORMERR and garbage."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+
+import dpkt
+import pytest
+
+from mocks.dns import LabDNS
+from testbed.wire.dns import (RCODE_FORMERR, RCODE_NOERROR, RCODE_NXDOMAIN, TYPE_A, TYPE_AAAA,
+                              build_query, parse_response)
+
+RECORDS = {
+    "long.weixin.qq.com": ["127.0.0.11", "127.0.0.12"],
+    "Short.Weixin.QQ.com.": ["127.0.0.21", "127.0.0.22"],   # config is normalised too
+    "mapi.mapabc.com": ["127.0.0.31"],
+}
+
+
+class Client(asyncio.DatagramProtocol):
+    """A UDP client socket whose replies land in a queue."""
+
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data, addr) -> None:
+        self.replies.put_nowait(data)
+
+    async def ask(self, data: bytes, timeout: float = 1.0) -> bytes:
+        self.transport.sendto(data)
+        return await asyncio.wait_for(self.replies.get(), timeout)
+
+    async def silence(self, wait: float = 0.1) -> bool:
+        try:
+            await asyncio.wait_for(self.replies.get(), wait)
+        except asyncio.TimeoutError:
+            return True
+        return False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+
+@pytest.fixture
+async def dns():
+    server = LabDNS(RECORDS)
+    await server.listen("127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(
+        Client, remote_addr=server.address, family=socket.AF_INET)
+    yield server, client
+    transport.close()
+    server.close()
+
+
+def full(data: bytes) -> dpkt.dns.DNS:
+    return dpkt.dns.DNS(data)
+
+
+async def test_a_record_two_addresses_ttl_600(dns):
+    server, client = dns
+    reply = await client.ask(build_query("long.weixin.qq.com", 0x1234))
+    ans = parse_response(reply)
+    assert ans.id == 0x1234 and ans.rcode == RCODE_NOERROR
+    assert ans.addresses == ("127.0.0.11", "127.0.0.12")
+    assert ans.ttls == (600, 600)
+    msg = full(reply)
+    assert msg.qr == 1 and msg.aa == 0 and len(msg.qd) == 1 and msg.qd[0].type == TYPE_A
+    assert server.seen[-1] == ("long.weixin.qq.com", TYPE_A)
+
+
+async def test_case_insensitive_and_trailing_dot(dns):
+    server, client = dns
+    for name in ("LONG.WeiXin.qq.COM", "long.weixin.qq.com.", "short.weixin.qq.com"):
+        ans = parse_response(await client.ask(build_query(name, 7)))
+        assert ans.rcode == RCODE_NOERROR and len(ans.addresses) == 2, name
+    assert parse_response(await client.ask(build_query("short.weixin.qq.com", 8))).addresses \
+        == ("127.0.0.21", "127.0.0.22")
+
+
+@pytest.mark.parametrize("qtype", [TYPE_AAAA, dpkt.dns.DNS_MX, dpkt.dns.DNS_TXT, 255])
+async def test_other_types_empty_noerror(dns, qtype):
+    _, client = dns
+    msg = full(await client.ask(build_query("long.weixin.qq.com", 99, qtype)))
+    assert msg.id == 99 and msg.rcode == RCODE_NOERROR and msg.an == []
+    assert msg.qd[0].type == qtype
+
+
+async def test_unknown_name_nxdomain(dns):
+    server, client = dns
+    for name in ("weixin.qq.com", "www.google.com", "long.weixin.qq.com.evil", "x"):
+        ans = parse_response(await client.ask(build_query(name, 5)))
+        assert ans.rcode == RCODE_NXDOMAIN and ans.addresses == (), name
+    assert server.stats["nxdomain"] == 4
+
+
+async def test_garbage_formerr_or_silence(dns):
+    server, client = dns
+    # Two bytes of id and nothing else: FORMERR echoing the id.
+    msg = full(await client.ask(b"\xab\xcd"))
+    assert msg.id == 0xABCD and msg.qr == 1 and msg.rcode == RCODE_FORMERR
+    # A header claiming one question that is not there.
+    msg = full(await client.ask(b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"))
+    assert msg.id == 7 and msg.rcode == RCODE_FORMERR
+    # Two questions: not a single-question query.
+    two = dpkt.dns.DNS(id=9, qd=[dpkt.dns.DNS.Q(name="a"), dpkt.dns.DNS.Q(name="b")])
+    assert full(await client.ask(bytes(two))).rcode == RCODE_FORMERR
+    # One byte: no id to answer. A response (QR set) is never answered. Over 512: dropped.
+    client.transport.sendto(b"\x01")
+    client.transport.sendto(b"\x00\x03\x81\x80" + b"\x00" * 8)
+    client.transport.sendto(build_query("long.weixin.qq.com", 4) + b"\x00" * 500)
+    assert await client.silence(0.2)
+    assert server.stats["dropped"] == 3 and server.stats["formerr"] == 3
+    assert server.stats["queries"] == 6
+
+
+async def test_500_garbage_datagrams_then_still_answers(dns):
+    server, client = dns
+    rng = random.Random(20130917)
+    good = build_query("long.weixin.qq.com", 0x4242)
+    for i in range(500):
+        kind = i % 4
+        if kind == 0:      # pure noise of any length up to 600
+            data = rng.randbytes(rng.randint(0, 600))
+        elif kind == 1:    # a real query with random bytes flipped
+            data = bytearray(good)
+            for _ in range(rng.randint(1, 6)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            data = bytes(data)
+        elif kind == 2:    # a real query cut short
+            data = good[:rng.randrange(len(good))]
+        else:              # a valid header followed by noise
+            data = good[:12] + rng.randbytes(rng.randint(0, 80))
+        client.transport.sendto(data)
+        if i % 25 == 24:
+            # Let the server catch up so the kernel's receive buffer never overflows: every
+            # datagram must reach it for the counts below to be exact.
+            while server.stats["queries"] < i + 1:
+                await asyncio.sleep(0.001)
+    # Whatever came back for the garbage (in order, on loopback), the next good query must
+    # still be answered.
+    client.transport.sendto(build_query("LONG.weixin.qq.com", 0x7777))
+    while True:
+        msg = full(await asyncio.wait_for(client.replies.get(), 2.0))
+        if msg.id == 0x7777 and msg.qd and msg.qd[0].name == "long.weixin.qq.com":
+            break
+    ans = parse_response(bytes(msg))
+    assert ans.rcode == RCODE_NOERROR and ans.addresses == ("127.0.0.11", "127.0.0.12")
+    s = server.stats
+    assert s["queries"] == 501
+    assert s["queries"] == s["answered"] + s["nxdomain"] + s["formerr"] + s["dropped"]
+    assert s["formerr"] > 0 and s["dropped"] > 0
+
+
+def test_bad_config_rejected():
+    with pytest.raises(ValueError):
+        LabDNS({"x": ["not-an-ip"]})
+    with pytest.raises(ValueError):
+        LabDNS({"x": ["127.0.0.1"]}, ttl=-1)
+
+
+def test_oversized_answer_truncated():
+    many = [f"10.0.{i // 256}.{i % 256}" for i in range(100)]
+    server = LabDNS({"big.example": many})
+    reply, outcome = server.answer(build_query("big.example", 1))
+    assert outcome == "answered" and len(reply) <= 512
+    msg = full(reply)
+    assert msg.tc == 1 and 0 < len(msg.an) < 100
+
+
+def test_seen_is_bounded():
+    server = LabDNS(RECORDS)
+    q = build_query("long.weixin.qq.com", 1)
+    for _ in range(10_050):
+        server.answer(q)
+    assert len(server.seen) == 10_000

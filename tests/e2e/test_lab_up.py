@@ -1,0 +1,102 @@
+"""`testbed lab up` as a user runs it: a process, a manifest, every host reachable, a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from testbed.client.resolver import Resolver
+from testbed.client.session import Session
+from testbed.lab.addressing import AddressPlan, HOST_NAMES, LONG, SHORT
+from testbed.lab.manifest import load_manifest
+
+
+def _start(tmp_path, *extra):
+    manifest = tmp_path / "m.json"
+    plan = AddressPlan.random_loopback()
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "lab", "up", "--users", "3",
+                             "--manifest", str(manifest), "--subnet", plan.prefix, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, manifest
+
+
+def _wait_manifest(proc, manifest, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not manifest.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"lab exited early: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError("no manifest in time")
+        time.sleep(0.02)
+    return load_manifest(manifest)
+
+
+def test_lab_up_serves_then_stops_cleanly(tmp_path):
+    proc, path = _start(tmp_path, "--time-scale", "50")
+    try:
+        m = _wait_manifest(proc, path)
+        # every server listens the moment the manifest exists
+        for name in HOST_NAMES:
+            h = m.hosts[name]
+            for addr in h.addresses:
+                for port in filter(None, (h.port, h.tls_port)):
+                    socket.create_connection((addr, port), timeout=2).close()
+        assert len(m.hosts[LONG].addresses) >= 2 and len(m.hosts[SHORT].addresses) >= 2
+        assert m.time_scale == 50.0 and m.profile == "lab-report-2013"
+        assert [u["username"] for u in m.users] == ["user0001", "user0002", "user0003"]
+        assert m.users[0]["password"] == "pass0001"
+        raw = json.loads(path.read_text())
+        assert set(raw) >= {"contract", "profile", "time_scale", "dns", "hosts", "ca_cert",
+                            "users", "heartbeat_s", "server_idle_s"}
+        assert raw["heartbeat_s"] == 300 and raw["server_idle_s"] == 660
+
+        async def use_it():
+            assert len(await Resolver(m.dns_address, m.dns_port).resolve(LONG)) == 2
+            s = Session(m, "user0001", "pass0001")
+            await s.login()
+            await s.connect_long()
+            await s.link.noop()
+            await s.close()
+        asyncio.run(use_it())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert not path.exists()      # a stopped lab leaves no stale manifest behind
+
+
+def test_lab_up_sigint_and_bad_arguments(tmp_path):
+    proc, path = _start(tmp_path)
+    _wait_manifest(proc, path)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    bad = subprocess.run([sys.executable, "-m", "testbed.cli", "lab", "up", "--profile",
+                          "nosuch"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "unknown profile" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "testbed.cli", "lab", "up", "--time-scale",
+                          "0"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "must be positive" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "testbed.cli", "lab", "up", "--subnet",
+                          "10.1.2"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "127.0.0.0/8" in bad.stderr
+
+
+def test_lab_up_refuses_a_taken_block(tmp_path):
+    proc, path = _start(tmp_path)
+    try:
+        m = _wait_manifest(proc, path)
+        prefix = m.dns_address.rsplit(".", 1)[0]
+        second = subprocess.run([sys.executable, "-m", "testbed.cli", "lab", "up", "--subnet",
+                                 prefix, "--manifest", str(tmp_path / "m2.json")],
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1 and "cannot bind" in second.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
