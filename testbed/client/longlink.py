@@ -46,6 +46,9 @@ class LongLink:
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
         self.notifies: list[int] = []
         self.address: Optional[tuple[str, int]] = None
+        self.bytes_sent = self.bytes_received = 0
+        self.frames_sent = self.frames_received = 0
+        self.last_rx = self.last_tx = asyncio.get_running_loop().time()
 
     @classmethod
     async def connect(cls, host: str, port: int, *, local_addr: Optional[str] = None,
@@ -69,6 +72,8 @@ class LongLink:
         if not self.is_open:
             raise LinkClosed("long link is closed")
         self._transport.write(data)
+        self.bytes_sent += len(data)
+        self.last_tx = asyncio.get_running_loop().time()
 
     def request_frame(self, cmd: int, body: bytes = b"", seq: Optional[int] = None) -> \
             asyncio.Future:
@@ -77,25 +82,37 @@ class LongLink:
         fut = asyncio.get_running_loop().create_future()
         self._pending[seq] = (cmd + REPLY_OFFSET, fut)
         self.send_raw(encode_frame(cmd, seq, body))
+        self.frames_sent += 1
         return fut
+
+    async def request(self, cmd: int, body: bytes = b"", timeout: float = 10.0) -> bytes:
+        """Send a request frame and wait for its reply body; a timeout forgets the seq."""
+        seq = self.next_seq()
+        fut = self.request_frame(cmd, body, seq)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(seq, None)
 
     async def call(self, name: str, request: Optional[Message] = None,
                    timeout: float = 10.0) -> Message:
         """Send a table command by name and decode its reply."""
         command = BY_NAME[name]
         body = request.SerializeToString() if request is not None else b""
-        reply = await asyncio.wait_for(self.request_frame(command.cmd, body), timeout)
-        return decode_response(command, reply)
+        return decode_response(command, await self.request(command.cmd, body, timeout))
 
     async def noop(self, timeout: float = 10.0) -> None:
-        await asyncio.wait_for(self.request_frame(NOOP_CMD), timeout)
+        await self.request(NOOP_CMD, b"", timeout)
 
     def _received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        self.last_rx = asyncio.get_running_loop().time()
         try:
             frames = self.decoder.receive_data(data)
         except RemoteProtocolError as exc:
             self.abort(exc)
             return
+        self.frames_received += len(frames)
         for cmd, seq, body in frames:
             if cmd == NOTIFY_CMD and seq == 0:
                 try:

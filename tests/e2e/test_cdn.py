@@ -83,6 +83,14 @@ async def test_every_size_is_a_valid_png(lab):
         pixels = {raw[i:i + 3] for y in range(h) for i in
                   range(y * (1 + 3 * w) + 1, (y + 1) * (1 + 3 * w), 3 * max(1, w // 23))}
         assert len(pixels) == 2
+        # Mirrored left to right, pixel for pixel, with a background margin all round.
+        stride = 1 + 3 * w
+        lines = [raw[y * stride + 1:(y + 1) * stride] for y in range(h)]
+        for line in lines:
+            px = [line[i:i + 3] for i in range(0, len(line), 3)]
+            assert px == px[::-1]
+            assert px[0] == b"\xf0\xf0\xf0"
+        assert lines[0] == lines[-1] == b"\xf0\xf0\xf0" * w
     assert app["stats"][f"/mmhead/{key}/0"] == 1
     assert sum(app["stats"].values()) == len(AVATAR_SIZES)
 

@@ -72,9 +72,11 @@ async def test_a_record_two_addresses_ttl_600(dns):
     assert server.seen[-1] == ("long.weixin.qq.com", TYPE_A)
 
 
-async def test_case_insensitive_and_trailing_dot(dns):
+async def test_case_insensitive(dns):
     server, client = dns
-    for name in ("LONG.WeiXin.qq.COM", "long.weixin.qq.com.", "short.weixin.qq.com"):
+    # (No trailing-dot case: on the wire a name never has one; the configured
+    # "Short.Weixin.QQ.com." shows that configuration is normalised.)
+    for name in ("LONG.WeiXin.qq.COM", "long.weixin.qq.com", "short.weixin.qq.com"):
         ans = parse_response(await client.ask(build_query(name, 7)))
         assert ans.rcode == RCODE_NOERROR and len(ans.addresses) == 2, name
     assert parse_response(await client.ask(build_query("short.weixin.qq.com", 8))).addresses \
@@ -121,6 +123,8 @@ async def test_500_garbage_datagrams_then_still_answers(dns):
     server, client = dns
     rng = random.Random(20130917)
     good = build_query("long.weixin.qq.com", 0x4242)
+    sent = 0
+    loop = asyncio.get_running_loop()
     for i in range(500):
         kind = i % 4
         if kind == 0:      # pure noise of any length up to 600
@@ -135,10 +139,13 @@ async def test_500_garbage_datagrams_then_still_answers(dns):
         else:              # a valid header followed by noise
             data = good[:12] + rng.randbytes(rng.randint(0, 80))
         client.transport.sendto(data)
+        sent += bool(data)  # asyncio's sendto silently skips an empty datagram
         if i % 25 == 24:
             # Let the server catch up so the kernel's receive buffer never overflows: every
             # datagram must reach it for the counts below to be exact.
-            while server.stats["queries"] < i + 1:
+            deadline = loop.time() + 2.0
+            while server.stats["queries"] < sent:
+                assert loop.time() < deadline, "server stopped reading"
                 await asyncio.sleep(0.001)
     # Whatever came back for the garbage (in order, on loopback), the next good query must
     # still be answered.
@@ -150,7 +157,7 @@ async def test_500_garbage_datagrams_then_still_answers(dns):
     ans = parse_response(bytes(msg))
     assert ans.rcode == RCODE_NOERROR and ans.addresses == ("127.0.0.11", "127.0.0.12")
     s = server.stats
-    assert s["queries"] == 501
+    assert s["queries"] == sent + 1
     assert s["queries"] == s["answered"] + s["nxdomain"] + s["formerr"] + s["dropped"]
     assert s["formerr"] > 0 and s["dropped"] > 0
 
