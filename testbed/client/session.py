@@ -23,7 +23,7 @@ from testbed.wire import BY_CGI, BY_NAME, Ret, pb
 from testbed.wire.commands import (CMD_ITEM_TYPES, ITEM_ADD_MSG, ITEM_DEL_CONTACT,
                                    ITEM_MOD_CONTACT, ITEM_MOD_USER_INFO, MSG_TEXT)
 
-from .longlink import LongLink
+from .longlink import LinkClosed, LongLink
 from .resolver import Resolver
 from .shortlink import ShortLink
 
@@ -90,7 +90,7 @@ class Session:
         if self.short is None:
             addrs = await self.resolve(SHORT)
             h = self.manifest.hosts[SHORT]
-            self.short = ShortLink(addrs[0], h.port, h.tls_port, self.ssl, self.local_addr)
+            self.short = ShortLink(addrs, h.port, h.tls_port, self.ssl, self.local_addr)
         return self.short
 
     @staticmethod
@@ -105,17 +105,17 @@ class Session:
         return self._check(cgi, resp) if check else resp
 
     async def long_call(self, name: str, request: Optional[Message], *,
-                        check: bool = True) -> Message:
+                        check: bool = True, timeout: float = 10.0) -> Message:
         if self.link is None or not self.link.is_open:
-            raise ConnectionError("long link is not open")
-        resp = await self.link.call(name, request)
+            raise LinkClosed("long link is not open")
+        resp = await self.link.call(name, request, timeout=timeout)
         return self._check(name, resp) if check else resp
 
     async def call(self, name: str, request: Message, door: str = "long",
-                   check: bool = True) -> Message:
+                   check: bool = True, timeout: float = 10.0) -> Message:
         """A command available on both doors, through the one asked for."""
         if door == "long":
-            return await self.long_call(name, request, check=check)
+            return await self.long_call(name, request, check=check, timeout=timeout)
         return await self.cgi(BY_NAME[name].cgi, request, check=check)
 
     # ------------------------------------------------------------------ login
@@ -157,13 +157,14 @@ class Session:
             await self.link.close()
 
     # ------------------------------------------------------------------ sync
-    async def sync(self, door: str = "long", selector: int = 7) -> list[pb.CmdItem]:
+    async def sync(self, door: str = "long", selector: int = 7,
+                   timeout: float = 10.0) -> list[pb.CmdItem]:
         """newsync until `continue_flag` is 0; applies items to `sync_state`."""
         items: list[pb.CmdItem] = []
         while True:
             req = pb.NewSyncRequest(base=self.base(), selector=selector,
                                     key_buf=self.sync_state.key_buf())
-            resp = await self.call("NEWSYNC", req, door)
+            resp = await self.call("NEWSYNC", req, door, timeout=timeout)
             self._apply(resp)
             items.extend(resp.cmd_list)
             if not resp.continue_flag:
@@ -195,11 +196,11 @@ class Session:
 
     # ------------------------------------------------------------------ messages
     async def send_text(self, to: str, content: str, *, client_msg_id: Optional[str] = None,
-                        door: str = "long") -> pb.MicroMsgResponse:
+                        door: str = "long", timeout: float = 10.0) -> pb.MicroMsgResponse:
         cid = client_msg_id or uuid.uuid4().hex
         req = pb.NewSendMsgRequest(base=self.base(), msgs=[pb.MicroMsgRequest(
             to_user=to, content=content, msg_type=MSG_TEXT, client_msg_id=cid)])
-        resp = await self.call("NEWSENDMSG", req, door)
+        resp = await self.call("NEWSENDMSG", req, door, timeout=timeout)
         out = resp.msgs[0]
         if out.ret != 0:
             raise RequestFailed("NEWSENDMSG", out.ret)
@@ -208,7 +209,7 @@ class Session:
     # ------------------------------------------------------------------ media
     async def upload(self, to: str, data: bytes, *, msg_type: int = 3,
                      client_media_id: Optional[str] = None, chunk: int = CHUNK,
-                     start_pos: int = 0) -> pb.UploadMediaResponse:
+                     start_pos: int = 0, timeout: float = 10.0) -> pb.UploadMediaResponse:
         """Upload in chunks over the long link, resuming where the server says on -100."""
         cid = client_media_id or uuid.uuid4().hex
         pos = start_pos
@@ -217,7 +218,7 @@ class Session:
             req = pb.UploadMediaRequest(base=self.base(), client_media_id=cid, to_user=to,
                                         msg_type=msg_type, total_len=len(data), start_pos=pos,
                                         data=data[pos:pos + chunk])
-            resp = await self.long_call(name, req, check=False)
+            resp = await self.long_call(name, req, check=False, timeout=timeout)
             if resp.base.ret == Ret.MEDIA_OUT_OF_ORDER:
                 pos = resp.start_pos
                 continue
@@ -226,13 +227,14 @@ class Session:
                 return resp
             pos = resp.start_pos
 
-    async def download(self, msg_id: int, msg_type: int = 3, chunk: int = CHUNK) -> bytes:
+    async def download(self, msg_id: int, msg_type: int = 3, chunk: int = CHUNK,
+                       timeout: float = 10.0) -> bytes:
         name = DOWNLOAD_CMD[msg_type]
         out = bytearray()
         while True:
             req = pb.DownloadMediaRequest(base=self.base(), msg_id=msg_id, start_pos=len(out),
                                           max_len=chunk)
-            resp = await self.long_call(name, req)
+            resp = await self.long_call(name, req, timeout=timeout)
             out += resp.data
             if len(out) >= resp.total_len or not resp.data:
                 return bytes(out)

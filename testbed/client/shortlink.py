@@ -9,7 +9,7 @@ import aiohttp
 from google.protobuf.message import Message
 
 from testbed.lab.addressing import SHORT
-from testbed.wire import BY_CGI, CGI_PREFIX, RemoteProtocolError
+from testbed.wire import BY_CGI, CGI_PREFIX
 from testbed.wire.commands import decode_response
 
 
@@ -21,12 +21,15 @@ class HTTPStatusError(Exception):
 
 
 class ShortLink:
-    """Posts CGI requests to one address of `short.weixin.qq.com`."""
+    """Posts CGI requests to `short.weixin.qq.com`: the first address that accepts, falling
+    back to the next A record when a connect fails."""
 
-    def __init__(self, address: str, port: int, tls_port: Optional[int] = None,
+    def __init__(self, address: str | list[str], port: int, tls_port: Optional[int] = None,
                  ssl_context: Optional[ssl.SSLContext] = None,
                  local_addr: Optional[str] = None, timeout: float = 10.0) -> None:
-        self.address, self.port, self.tls_port = address, port, tls_port
+        self.addresses = [address] if isinstance(address, str) else list(address)
+        self.port, self.tls_port = port, tls_port
+        self.bytes_sent = self.bytes_received = self.requests = 0
         self.ssl_context = ssl_context
         self.local_addr = local_addr
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -35,30 +38,42 @@ class ShortLink:
         return aiohttp.TCPConnector(force_close=True, limit=0,
                                     local_addr=(self.local_addr, 0) if self.local_addr else None)
 
+    @property
+    def address(self) -> str:
+        return self.addresses[0]
+
     async def post(self, path: str, body: bytes, *, tls: bool = False) -> tuple[int, bytes]:
         """Raw POST; returns (status, body). Each call is its own connection."""
-        if tls:
-            if self.tls_port is None or self.ssl_context is None:
-                raise ValueError("no TLS port or CA for this short link")
-            url = f"https://{self.address}:{self.tls_port}{path}"
-        else:
-            url = f"http://{self.address}:{self.port}{path}"
+        if tls and (self.tls_port is None or self.ssl_context is None):
+            raise ValueError("no TLS port or CA for this short link")
         port = self.tls_port if tls else self.port
         headers = {"Host": f"{SHORT}:{port}", "Content-Type": "application/octet-stream",
                    "Connection": "close"}
-        async with aiohttp.ClientSession(connector=self._connector(), timeout=self.timeout,
-                                         auto_decompress=False) as http:
-            async with http.post(url, data=body, headers=headers,
-                                 ssl=self.ssl_context if tls else None,
-                                 server_hostname=SHORT if tls else None) as resp:
-                return resp.status, await resp.read()
+        last: Optional[Exception] = None
+        for i, addr in enumerate(self.addresses):
+            url = f"{'https' if tls else 'http'}://{addr}:{port}{path}"
+            try:
+                async with aiohttp.ClientSession(connector=self._connector(),
+                                                 timeout=self.timeout,
+                                                 auto_decompress=False) as http:
+                    async with http.post(url, data=body, headers=headers,
+                                         ssl=self.ssl_context if tls else None,
+                                         server_hostname=SHORT if tls else None) as resp:
+                        data = await resp.read()
+            except aiohttp.ClientConnectorError as exc:
+                last = exc
+                continue
+            if i:  # remember the address that works
+                self.addresses.insert(0, self.addresses.pop(i))
+            self.requests += 1
+            self.bytes_sent += len(body)
+            self.bytes_received += len(data)
+            return resp.status, data
+        raise ConnectionError(f"no address of {SHORT} answered: {last!r}")
 
     async def call(self, cgi: str, request: Message, *, tls: bool = False) -> Message:
         command = BY_CGI[cgi]
         status, body = await self.post(CGI_PREFIX + cgi, request.SerializeToString(), tls=tls)
         if status != 200:
             raise HTTPStatusError(status, body)
-        try:
-            return decode_response(command, body)
-        except RemoteProtocolError:
-            raise
+        return decode_response(command, body)

@@ -12,7 +12,7 @@ from typing import Optional
 from google.protobuf.message import DecodeError, Message
 
 from . import mm_pb2 as pb
-from .errors import RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError
 from .frames import REPLY_OFFSET
 
 CGI_PREFIX = "/cgi-bin/micromsg-bin/"
@@ -97,8 +97,12 @@ def command_for_frame(cmd: int) -> Optional[Command]:
     return BY_CMD.get(cmd - REPLY_OFFSET if cmd >= REPLY_OFFSET else cmd)
 
 
-def decode_request(command: Command, body: bytes) -> Message:
+def decode_request(command: Command, body: bytes) -> Optional[Message]:
     """Parse a request body; `RemoteProtocolError` if it is not the command's request."""
+    if command.request is None:  # NOOP: an empty body is the whole request
+        if body:
+            raise RemoteProtocolError(f"{command.name}: takes no body, got {len(body)} bytes")
+        return None
     msg = command.request()
     try:
         msg.ParseFromString(body)
@@ -122,6 +126,8 @@ def error_body(ret: int, errmsg: str = "") -> bytes:
 
 
 def notify_body(selector: int) -> bytes:
+    if not 0 <= selector < 1 << 32:
+        raise LocalProtocolError(f"selector {selector} does not fit 32 bits")
     return selector.to_bytes(4, "big")
 
 

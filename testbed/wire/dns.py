@@ -25,7 +25,9 @@ class Question:
 
 
 def build_query(name: str, qid: int, qtype: int = TYPE_A) -> bytes:
-    q = dpkt.dns.DNS(id=qid, op=dpkt.dns.DNS_RD, qd=[dpkt.dns.DNS.Q(name=name, type=qtype)])
+    # dpkt turns a trailing dot into an empty label, which corrupts the question
+    q = dpkt.dns.DNS(id=qid, op=dpkt.dns.DNS_RD,
+                     qd=[dpkt.dns.DNS.Q(name=name.rstrip("."), type=qtype)])
     return bytes(q)
 
 

@@ -1,0 +1,266 @@
+"""The emulated phone: a session that stays online the way the 2013 client did.
+
+It logs in over TLS, keeps one long link identified, sends a NOOP whenever the link has been
+quiet for the heartbeat policy's interval, answers every NOTIFY with newsync, and when a NOOP
+goes unanswered (a carrier NAT forgot the link) or the server closes the link, reconnects with
+back-off and syncs so that nothing is missed. All waits are in protocol time on the lab clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from testbed.lab.clock import Clock
+from testbed.lab.manifest import Manifest
+from testbed.wire import Ret, pb
+
+from .heartbeat import HeartbeatPolicy, parse_policy
+from .longlink import LinkClosed
+from .session import RequestFailed, Session
+
+log = logging.getLogger(__name__)
+
+# Below this many wall seconds a timer is at the mercy of event-loop jitter; timeouts are
+# floored here (at k = 2000 the 20 s NOOP timeout becomes 0.05 s = 100 protocol s).
+MIN_WALL_TIMEOUT = 0.05
+BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+
+
+@dataclass
+class PhoneMetrics:
+    """What one phone did, for scenario summaries and the heartbeat study."""
+
+    heartbeats_sent: int = 0
+    heartbeats_answered: int = 0
+    silent_deaths: int = 0       # a NOOP went unanswered: the link had died without a word
+    links_closed: int = 0        # the server (or a relay) closed the link with FIN/RST
+    reconnects: int = 0
+    reconnect_attempts: int = 0
+    wakeups: int = 0             # timer wake-ups: heartbeat alarms and reconnect timers
+    pushes: int = 0              # NOTIFYs received
+    syncs: int = 0
+    tcp_connections: int = 0     # long links opened
+    long_bytes: int = 0          # application bytes both ways on closed long links
+    long_frames: int = 0
+    intervals: list[float] = field(default_factory=list)   # idle seconds before each NOOP
+    received: dict[int, float] = field(default_factory=dict)  # new_msg_id -> protocol time
+    duplicates: int = 0
+
+
+class Phone:
+    """One emulated phone for one user."""
+
+    def __init__(self, manifest: Manifest, username: str, password: str, *,
+                 policy: HeartbeatPolicy | str | None = None, clock: Optional[Clock] = None,
+                 sync_door: str = "long", local_addr: Optional[str] = None,
+                 on_message: Optional[Callable[[pb.AddMsg, float], None]] = None,
+                 rng: Optional[random.Random] = None) -> None:
+        if sync_door not in ("long", "short"):
+            raise ValueError("sync_door is 'long' or 'short'")
+        self.manifest = manifest
+        self.clock = clock or Clock(manifest.time_scale)
+        if policy is None:
+            policy = f"fixed:{manifest.heartbeat_s:g}"
+        self.policy = parse_policy(policy) if isinstance(policy, str) else policy
+        self.session = Session(manifest, username, password, local_addr=local_addr,
+                               on_notify=self._on_notify)
+        self.sync_door = sync_door
+        self.on_message = on_message
+        self.metrics = PhoneMetrics()
+        self.rng = rng or random.Random()
+        self._sync_task: Optional[asyncio.Task] = None
+        self._sync_again = False
+        self._stopping = False
+        self._link_ok = asyncio.Event()
+        self.errors: list[BaseException] = []
+
+    @property
+    def username(self) -> str:
+        return self.session.username
+
+    def wall(self, protocol_s: float) -> float:
+        return max(self.clock.to_wall(protocol_s), MIN_WALL_TIMEOUT)
+
+    # ------------------------------------------------------------------ start and stop
+    async def start(self, init_door: str = "short") -> None:
+        """Log in over TLS, take the initial sync, open and identify the long link."""
+        await self.session.login()
+        if init_door == "short":
+            await self.session.init()
+        await self._connect()
+        await self.sync()
+
+    async def stop(self, logout: bool = False) -> None:
+        self._stopping = True
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            try:
+                await self._sync_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if logout:
+            await self.session.logout()
+        self._account_link()
+        await self.session.close()
+
+    # ------------------------------------------------------------------ long link
+    async def _connect(self) -> None:
+        link = await self.session.connect_long()
+        self.metrics.tcp_connections += 1
+        self._link_ok.set()
+        link.closed.add_done_callback(lambda _f: self._link_ok.clear())
+
+    def _account_link(self) -> None:
+        link = self.session.link
+        if link is not None and not getattr(link, "_accounted", False):
+            link._accounted = True
+            self.metrics.long_bytes += link.bytes_sent + link.bytes_received
+            self.metrics.long_frames += link.frames_sent + link.frames_received
+
+    async def reconnect(self) -> None:
+        """Drop the link and build a new one, backing off between failed attempts."""
+        if self.session.link is not None:
+            self.session.link.abort()
+            self._account_link()
+        attempt = 0
+        while not self._stopping:
+            self.metrics.reconnect_attempts += 1
+            try:
+                await self._connect()
+            except RequestFailed as exc:
+                if exc.ret == Ret.SESSION_INVALID:   # the session is gone: log in again
+                    await self.session.login()
+                    continue
+                raise
+            except (OSError, asyncio.TimeoutError, LinkClosed) as exc:
+                delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+                delay *= 0.5 + self.rng.random()     # jitter, so phones do not stampede
+                log.info("%s: reconnect failed (%r); next try in %.0f s", self.username,
+                         exc, delay)
+                attempt += 1
+                self.metrics.wakeups += 1
+                await asyncio.sleep(self.wall(delay))
+                continue
+            self.metrics.reconnects += 1
+            await self.sync()   # catch up on whatever the dead link missed
+            return
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the link alive until `stop` is set: the heartbeat loop."""
+        try:
+            while not stop.is_set():
+                link = self.session.link
+                if link is None or not link.is_open:
+                    self.metrics.links_closed += 1
+                    await self.reconnect()
+                    continue
+                interval = self.policy.interval()
+                loop = asyncio.get_running_loop()
+                due = link.last_tx + self.clock.to_wall(interval)
+                if due > loop.time():
+                    stop_wait = asyncio.ensure_future(stop.wait())
+                    try:
+                        await asyncio.wait({stop_wait, link.closed},
+                                           timeout=due - loop.time(),
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        stop_wait.cancel()
+                    if stop.is_set() or not link.is_open:
+                        continue
+                    if link.last_tx + self.clock.to_wall(interval) > loop.time() + 1e-6:
+                        continue   # the link carried something meanwhile: NAT state is fresh
+                idle = self.clock.to_protocol(loop.time() - link.last_tx)
+                self.metrics.wakeups += 1
+                self.metrics.heartbeats_sent += 1
+                self.metrics.intervals.append(idle)
+                try:
+                    await link.noop(timeout=self.wall(self.policy.noop_timeout_s))
+                except (asyncio.TimeoutError, LinkClosed):
+                    if stop.is_set():
+                        break
+                    if link.is_open:   # no answer on an open link: it died silently
+                        self.metrics.silent_deaths += 1
+                        self.policy.on_failure(interval)
+                    else:
+                        self.metrics.links_closed += 1
+                    await self.reconnect()
+                    continue
+                self.metrics.heartbeats_answered += 1
+                self.policy.on_success(interval)
+        except Exception as exc:
+            self.errors.append(exc)
+            raise
+
+    # ------------------------------------------------------------------ sync
+    def _on_notify(self, selector: int) -> None:
+        self.metrics.pushes += 1
+        if self._stopping:
+            return
+        if self._sync_task is not None and not self._sync_task.done():
+            self._sync_again = True
+            return
+        self._sync_task = asyncio.ensure_future(self._sync_loop())
+
+    async def _sync_loop(self) -> None:
+        while True:
+            self._sync_again = False
+            try:
+                await self.sync()
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError) as exc:
+                # the heartbeat loop notices the dead link and reconnects, then syncs
+                log.info("%s: sync after NOTIFY failed: %r", self.username, exc)
+                return
+            if not self._sync_again:
+                return
+
+    async def sync(self) -> list[pb.CmdItem]:
+        before = len(self.session.sync_state.messages)
+        items = await self.session.sync(door=self.sync_door, timeout=self.wall(60.0))
+        self.metrics.syncs += 1
+        now = self.clock.now()
+        for msg in self.session.sync_state.messages[before:]:
+            if msg.new_msg_id in self.metrics.received:
+                self.metrics.duplicates += 1
+                continue
+            self.metrics.received[msg.new_msg_id] = now
+            if self.on_message is not None:
+                self.on_message(msg, now)
+        return items
+
+    # ------------------------------------------------------------------ sending
+    async def send_text(self, to: str, content: str, *, tries: int = 5,
+                        door: str = "long") -> pb.MicroMsgResponse:
+        """Send once, whatever happens to the link: retries reuse the client_msg_id."""
+        cid = uuid.uuid4().hex
+        for attempt in range(tries):
+            try:
+                return await self.session.send_text(to, content, client_msg_id=cid, door=door,
+                                                    timeout=self.wall(20.0))
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
+                if attempt == tries - 1:
+                    raise
+                log.info("%s: send failed (%r), retrying with the same id", self.username, exc)
+                if door == "long":
+                    await self.reconnect()
+        raise AssertionError("unreachable")
+
+    async def send_image(self, to: str, data: bytes, *, tries: int = 5) -> pb.UploadMediaResponse:
+        """Upload in chunks; after a broken link, reconnect and resume where the server is."""
+        cid = uuid.uuid4().hex
+        pos = 0
+        for attempt in range(tries):
+            try:
+                return await self.session.upload(to, data, client_media_id=cid, start_pos=pos,
+                                                 timeout=self.wall(20.0))
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
+                if attempt == tries - 1:
+                    raise
+                log.info("%s: upload broke (%r); resuming", self.username, exc)
+                pos = 0     # the server answers -100 with where to resume
+                await self.reconnect()
+        raise AssertionError("unreachable")

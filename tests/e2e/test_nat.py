@@ -1,0 +1,488 @@
+"""The carrier-NAT relay (mocks/nat.py) over real loopback sockets.
+
+Time runs at scale 100 (an idle timeout of 30 protocol seconds is 0.3 s of wall time), so the
+whole file stays fast while exercising the real timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from mocks.nat import NatRelay, NatStats
+from testbed.lab.clock import Clock
+
+HOST = "127.0.0.1"
+SCALE = 100.0
+
+
+class ManualClock(Clock):
+    """A clock whose protocol time only moves when the test says so (timers never fire:
+    scale 1 and long delays), to check the exact idleness rule on arrival of bytes."""
+
+    __slots__ = ("t",)
+
+    def __init__(self) -> None:
+        super().__init__(scale=1.0)
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+
+class Target:
+    """The server behind the NAT: echo (default) or hold (accept and never read)."""
+
+    def __init__(self, echo: bool = True) -> None:
+        self.echo = echo
+        self.writers: list[asyncio.StreamWriter] = []
+        self.received = 0
+        self.ended = 0      # handler finished (EOF, reset or local close)
+        self.eofs = 0
+        self.resets = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+        self._hold = asyncio.Event()
+
+    async def start(self) -> "Target":
+        self.server = await asyncio.start_server(self.handle, HOST, 0, backlog=1024)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        try:
+            if not self.echo:
+                await self._hold.wait()
+                return
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    self.eofs += 1
+                    break
+                self.received += len(data)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            self.resets += 1
+        finally:
+            self.ended += 1
+            writer.close()
+
+    async def stop(self) -> None:
+        self._hold.set()
+        for w in self.writers:
+            w.transport.abort()
+        self.server.close()
+        await self.server.wait_closed()
+        await asyncio.sleep(0.01)
+
+
+async def wait_until(predicate, timeout: float = 3.0, interval: float = 0.01) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+async def read_closed(reader: asyncio.StreamReader, timeout: float = 2.0) -> str:
+    """Read until the connection ends; 'eof' or 'reset'. Fails on timeout."""
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), timeout)
+            if not data:
+                return "eof"
+    except (ConnectionResetError, BrokenPipeError):
+        return "reset"
+
+
+async def assert_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        wait: float = 0.3) -> None:
+    """Nothing comes back: no data, no EOF, no reset, and the writer stays open."""
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(reader.read(65536), wait)
+    assert not reader.at_eof()
+    assert reader.exception() is None
+    assert not writer.is_closing()
+
+
+def rst_close(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.fixture
+async def target():
+    t = await Target().start()
+    yield t
+    await t.stop()
+
+
+@pytest.fixture
+async def make_relay():
+    relays: list[NatRelay] = []
+
+    async def make(target: Target, *, clock: Clock | None = None, idle_timeout_s: float = 30.0,
+                   **kwargs) -> tuple[NatRelay, int]:
+        relay = NatRelay(clock or Clock(scale=SCALE), idle_timeout_s, **kwargs)
+        relays.append(relay)
+        port = await relay.add_mapping(HOST, 0, HOST, target.port)
+        return relay, port
+
+    yield make
+    for relay in relays:
+        await relay.close()
+
+
+async def connect(port: int):
+    return await asyncio.open_connection(HOST, port)
+
+
+async def echo(reader, writer, data: bytes, timeout: float = 2.0) -> bytes:
+    writer.write(data)
+    await writer.drain()
+    return await asyncio.wait_for(reader.readexactly(len(data)), timeout)
+
+
+# -- relaying
+
+
+async def test_relays_both_ways_byte_exact(target, make_relay):
+    relay, port = await make_relay(target, idle_timeout_s=3000)
+    reader, writer = await connect(port)
+    assert await echo(reader, writer, b"hello") == b"hello"
+    garbage = bytes(range(256)) * 3 + b"\x00\xff\r\n"  # never parsed: just bytes
+    assert await echo(reader, writer, garbage) == garbage
+
+    big = os.urandom(1 << 20)
+    writer.write(big)
+    got = await asyncio.wait_for(reader.readexactly(len(big)), 5)
+    await writer.drain()
+    assert got == big
+
+    total = 5 + len(garbage) + len(big)
+    st = relay.stats
+    assert isinstance(st, NatStats)
+    assert st.bytes_up == total and st.bytes_down == total
+    assert st.mappings_opened == 1 and st.mappings_active == 1
+    assert st.mappings_expired == 0 and st.bytes_blackholed == 0
+    assert target.received == total
+    writer.close()
+
+
+async def test_200_concurrent_mappings(target, make_relay):
+    relay, port = await make_relay(target, idle_timeout_s=3000)
+
+    async def one(i: int) -> None:
+        reader, writer = await connect(port)
+        payload = i.to_bytes(4, "big") * 256
+        assert await echo(reader, writer, payload, timeout=5) == payload
+        writer.close()
+        assert await read_closed(reader) == "eof"
+
+    await asyncio.gather(*(one(i) for i in range(200)))
+    await wait_until(lambda: relay.stats.mappings_active == 0)
+    st = relay.stats
+    assert st.mappings_opened == 200
+    assert st.closed_by_client == 200
+    assert st.bytes_up == st.bytes_down == 200 * 1024
+    assert len(relay) == 0
+
+
+# -- idle expiry
+
+
+async def test_idle_mapping_blackholes_silently(target, make_relay):
+    events = []
+    relay, port = await make_relay(target, idle_timeout_s=30,
+                                   on_event=lambda kind, p, t: events.append((kind, p, t)))
+    reader, writer = await connect(port)
+    assert await echo(reader, writer, b"ping") == b"ping"
+
+    await asyncio.sleep(0.4)  # 40 protocol seconds of silence > 30
+    st = relay.stats
+    assert st.mappings_expired == 1  # marked by the timer, with no traffic at all
+    assert st.mappings_active == 0 and st.mappings_blackholed == 1
+
+    writer.write(b"hello")  # the client's kernel accepts it ...
+    await writer.drain()
+    await assert_silent(reader, writer)  # ... but nothing ever comes back
+    assert target.received == 4  # the server never saw it
+
+    target.writers[0].write(b"push")  # the server's bytes go nowhere either
+    await target.writers[0].drain()
+    await assert_silent(reader, writer, wait=0.2)
+
+    st = relay.stats
+    assert st.bytes_blackholed == 5 + 4
+    assert st.bytes_up == 4 and st.bytes_down == 4
+    assert st.mappings_expired == 1
+    assert target.ended == 0  # the server was not told either
+    assert [e[0] for e in events] == ["open", "expire"]
+    assert events[0][1] == port
+    assert events[1][2] - events[0][2] == pytest.approx(30, abs=10)
+    writer.close()
+
+
+async def test_busy_mapping_never_expires(target, make_relay):
+    relay, port = await make_relay(target, idle_timeout_s=30)  # 0.3 s wall
+    reader, writer = await connect(port)
+    for i in range(10):  # a ping every 0.1 s (10 protocol s) for 1 s: 3x the timeout
+        msg = b"ping %d" % i
+        assert await echo(reader, writer, msg, timeout=1) == msg
+        await asyncio.sleep(0.1)
+    st = relay.stats
+    assert st.mappings_expired == 0 and st.mappings_active == 1
+    assert st.bytes_blackholed == 0
+    writer.close()
+
+
+async def test_one_way_traffic_keeps_mapping(target, make_relay):
+    """Bytes in either direction count: server pushes alone keep the mapping alive."""
+    relay, port = await make_relay(target, idle_timeout_s=30)
+    reader, writer = await connect(port)
+    assert await echo(reader, writer, b"x") == b"x"
+    server = target.writers[0]
+    for _ in range(5):  # 0.5 s > the 0.3 s timeout, a push every 0.1 s
+        await asyncio.sleep(0.1)
+        server.write(b"push")
+        assert await asyncio.wait_for(reader.readexactly(4), 1) == b"push"
+    assert relay.stats.mappings_expired == 0
+    writer.close()
+
+
+async def test_idleness_is_exact_on_arrival(target, make_relay):
+    clock = ManualClock()  # protocol time moves only by hand; the lazy timer never fires
+    relay, port = await make_relay(target, clock=clock, idle_timeout_s=30)
+    reader, writer = await connect(port)
+    assert await echo(reader, writer, b"a") == b"a"
+    clock.t = 30.0  # exactly the timeout: still alive
+    assert await echo(reader, writer, b"b") == b"b"
+    clock.t = 60.0
+    assert await echo(reader, writer, b"c") == b"c"
+    clock.t = 90.001  # just over: dead before these bytes are relayed
+    writer.write(b"late")
+    await writer.drain()
+    await assert_silent(reader, writer, wait=0.2)
+    st = relay.stats
+    assert st.mappings_expired == 1
+    assert st.bytes_blackholed == 4
+    assert st.bytes_up == 3 and st.bytes_down == 3
+    writer.close()
+
+
+# -- FIN and reset
+
+
+async def test_server_fin_relayed_before_expiry(make_relay):
+    async def hello_bye(reader, writer):
+        writer.write(b"bye")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(hello_bye, HOST, 0)
+    try:
+        relay = NatRelay(Clock(scale=SCALE), 3000)
+        port = await relay.add_mapping(HOST, 0, HOST, server.sockets[0].getsockname()[1])
+        reader, writer = await connect(port)
+        assert await asyncio.wait_for(reader.readexactly(3), 2) == b"bye"
+        assert await asyncio.wait_for(reader.read(10), 2) == b""  # the FIN came through
+        # half-close: the client can still send (the server is gone, so it goes nowhere)
+        writer.close()
+        await wait_until(lambda: relay.stats.mappings_active == 0)
+        st = relay.stats
+        assert st.closed_by_server == 1 and st.closed_by_client == 0
+        assert len(relay) == 0
+        await relay.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_client_half_close_relayed(target, make_relay):
+    relay, port = await make_relay(target, idle_timeout_s=3000)
+    reader, writer = await connect(port)
+    writer.write(b"last words")
+    writer.write_eof()  # client FIN -> server FIN; the echo server answers, then closes
+    assert await asyncio.wait_for(reader.read(100), 2) == b"last words"
+    assert await read_closed(reader) == "eof"
+    await wait_until(lambda: relay.stats.mappings_active == 0)
+    assert target.eofs == 1
+    assert relay.stats.closed_by_client == 1
+    writer.close()
+
+
+async def test_client_reset_aborts_server_leg(target, make_relay):
+    relay, port = await make_relay(target, idle_timeout_s=3000)
+    reader, writer = await connect(port)
+    assert await echo(reader, writer, b"x") == b"x"
+    rst_close(writer)
+    await wait_until(lambda: target.ended == 1)
+    await wait_until(lambda: relay.stats.mappings_active == 0)
+    assert relay.stats.closed_by_client == 1
+    assert len(relay) == 0
+
+
+async def test_server_reset_aborts_client_leg(target, make_relay):
+    relay, port = await make_relay(target, idle_timeout_s=3000)
+    reader, writer = await connect(port)
+    assert await echo(reader, writer, b"x") == b"x"
+    rst_close(target.writers[0])
+    assert await read_closed(reader) in ("eof", "reset")
+    await wait_until(lambda: relay.stats.mappings_active == 0)
+    assert relay.stats.closed_by_server == 1
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+async def test_server_close_after_expiry_not_relayed(target, make_relay, how):
+    relay, port = await make_relay(target, idle_timeout_s=30)
+    reader, writer = await connect(port)
+    assert await echo(reader, writer, b"x") == b"x"
+    await wait_until(lambda: relay.stats.mappings_expired == 1)
+    if how == "fin":
+        target.writers[0].close()
+    else:
+        rst_close(target.writers[0])
+    await assert_silent(reader, writer)  # the phone never hears of it
+    writer.write(b"anyone?")
+    await writer.drain()
+    await assert_silent(reader, writer, wait=0.2)
+    st = relay.stats
+    assert st.mappings_blackholed == 1  # the client leg is held until the linger ends
+    assert st.closed_by_server == 0 and st.closed_by_client == 0
+    writer.close()
+
+
+async def test_client_close_after_expiry_closes_server_quietly(target, make_relay):
+    relay, port = await make_relay(target, idle_timeout_s=30)
+    reader, writer = await connect(port)
+    assert await echo(reader, writer, b"x") == b"x"
+    await wait_until(lambda: relay.stats.mappings_expired == 1)
+    assert target.ended == 0
+    writer.close()
+    await wait_until(lambda: target.ended == 1)  # the server leg is closed by the NAT
+    assert relay.stats.mappings_blackholed == 1  # the phone's leg waits for the linger
+
+
+# -- linger, close, connect failure
+
+
+async def test_blackhole_linger_release(target, make_relay):
+    relay, port = await make_relay(target, idle_timeout_s=30, blackhole_linger_s=40)
+    reader, writer = await connect(port)
+    assert await echo(reader, writer, b"x") == b"x"
+    await wait_until(lambda: relay.stats.mappings_expired == 1)
+    st = relay.stats
+    assert st.mappings_blackholed == 1 and st.mappings_released == 0 and len(relay) == 1
+    assert target.ended == 0
+    # 40 protocol seconds (0.4 s) later both legs are aborted and the mapping is gone
+    assert await read_closed(reader, timeout=2) in ("eof", "reset")
+    await wait_until(lambda: target.ended == 1)
+    st = relay.stats
+    assert st.mappings_blackholed == 0 and st.mappings_released == 1
+    assert st.mappings_expired == 1 and len(relay) == 0
+    writer.close()
+
+
+async def test_close_releases_everything(target, make_relay):
+    relay, port = await make_relay(target, idle_timeout_s=3000)
+    conns = [await connect(port) for _ in range(3)]
+    for r, w in conns:
+        assert await echo(r, w, b"hi") == b"hi"
+    assert relay.blackhole_all() == 3
+    conns += [await connect(port) for _ in range(2)]
+    for r, w in conns[3:]:
+        assert await echo(r, w, b"hi") == b"hi"
+    st = relay.stats
+    assert st.mappings_active == 2 and st.mappings_blackholed == 3 and st.mappings_expired == 3
+
+    await relay.close()
+    for r, w in conns:
+        assert await read_closed(r) in ("eof", "reset")
+        w.close()
+    await wait_until(lambda: target.ended == 5)
+    st = relay.stats
+    assert st.mappings_active == 0 and st.mappings_blackholed == 0
+    assert st.mappings_released == 3 and len(relay) == 0
+    assert relay.ports == {}
+    with pytest.raises(OSError):
+        await connect(port)
+
+
+async def test_upstream_connect_failure_aborts_client(make_relay):
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind((HOST, 0))
+        dead_port = s.getsockname()[1]
+    relay = NatRelay(Clock(scale=SCALE), 30)
+    try:
+        port = await relay.add_mapping(HOST, 0, HOST, dead_port)
+        reader, writer = await connect(port)
+        assert await read_closed(reader) in ("eof", "reset")
+        st = relay.stats
+        assert st.connect_failures == 1 and st.mappings_active == 0 and len(relay) == 0
+        writer.close()
+    finally:
+        await relay.close()
+
+
+# -- latency and back-pressure
+
+
+async def test_latency_delays_each_direction(target, make_relay):
+    relay, port = await make_relay(target, idle_timeout_s=3000, latency_s=10)  # 0.1 s wall
+    reader, writer = await connect(port)
+    for _ in range(3):
+        t0 = time.monotonic()  # not loop.time(): uvloop caches it per iteration
+        assert await echo(reader, writer, b"ping") == b"ping"
+        rtt = time.monotonic() - t0
+        assert 0.2 <= rtt < 1.0, rtt
+    # order is kept across many chunks, and a FIN follows the bytes sent before it
+    chunks = [b"%05d|" % i for i in range(300)]
+    for c in chunks:
+        writer.write(c)
+        await asyncio.sleep(0)
+    writer.write_eof()
+    got = await asyncio.wait_for(reader.read(1 << 20), 2)
+    while len(got) < len(b"".join(chunks)):
+        more = await asyncio.wait_for(reader.read(1 << 20), 2)
+        assert more
+        got += more
+    assert got == b"".join(chunks)
+    assert await read_closed(reader) == "eof"
+    await wait_until(lambda: relay.stats.mappings_active == 0)
+    writer.close()
+
+
+@pytest.mark.parametrize("latency_s", [0.0, 1.0])
+async def test_backpressure_bounds_relay_memory(make_relay, latency_s):
+    hold = await Target(echo=False).start()  # accepts, never reads
+    try:
+        relay, port = await make_relay(hold, idle_timeout_s=3000, latency_s=latency_s)
+        reader, writer = await connect(port)
+        chunk = b"\xab" * (256 * 1024)
+        sent = 0
+        blocked = False
+        while sent < (256 << 20):
+            writer.write(chunk)
+            sent += len(chunk)
+            try:
+                await asyncio.wait_for(writer.drain(), 0.25)
+            except asyncio.TimeoutError:
+                blocked = True
+                break
+        assert blocked, "the client was never pushed back"
+        assert relay.buffered_bytes() < (1 << 20)
+        st = relay.stats
+        assert st.bytes_up < sent  # the rest sits in kernel buffers, not in the relay
+        assert st.mappings_expired == 0
+        writer.transport.abort()
+    finally:
+        await hold.stop()
