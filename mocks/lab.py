@@ -21,6 +21,7 @@ from testbed.lab.profiles import DEFAULT_PROFILE, Profile, load_profile
 from . import cdn, mapabc
 from .dns import LabDNS
 from .long_link import LongLinkServer
+from .nat import NatRelay
 from .service import Service
 from .short_link import ShortLinkServer
 from .state import MemoryStore, Store
@@ -46,6 +47,8 @@ class LabConfig:
     workdir: Optional[Path] = None       # where the CA PEM goes (default: beside the manifest)
     server_idle_s: Optional[float] = None
     max_packet_len: Optional[int] = None
+    nat_timeout_s: Optional[float] = None   # put a carrier NAT in front of every TCP host
+    nat_latency_s: float = 0.0
 
 
 class Lab:
@@ -67,6 +70,7 @@ class Lab:
         self.apps = {MAPABC: mapabc.make_app(), QLOGO: cdn.make_qlogo_app(self.service),
                      QPIC: cdn.make_qpic_app(self.service)}
         self.dns: Optional[LabDNS] = None
+        self.nat: Optional[NatRelay] = self._make_nat()
         self.manifest: Optional[Manifest] = None
         self.manifest_path: Optional[Path] = None
         self._runners: list[web.AppRunner] = []
@@ -93,41 +97,60 @@ class Lab:
             self.manifest_path = self.manifest.write(cfg.manifest_path)
         return self.manifest
 
+    async def _expose(self, addr: str, port: int, start) -> int:
+        """Start a server on addr; behind the NAT (if any) when the lab has one.
+
+        `start(addr, port)` binds a server and returns its port. With a NAT the server takes
+        a free port and the NAT relay takes the public one, so clients reach the server only
+        through the relay, as a phone behind a carrier gateway does."""
+        if self.nat is None:
+            return await start(addr, port)
+        inner = await start(addr, 0)
+        return await self.nat.add_mapping(addr, port, addr, inner)
+
     async def _bind(self, plan: Optional[AddressPlan], ports: dict[str, int]):
         def addrs(host: str) -> list[str]:
             return plan.addresses(host) if plan else [FALLBACK_ADDRESS] * (2 if host in (LONG, SHORT) else 1)
 
-        hosts: dict[str, HostEntry] = {}
-        # long link: the same port on every address (the manifest has one port per host)
-        long_port = ports["long"]
-        for addr in dict.fromkeys(addrs(LONG)):
-            server = await self.long.listen(addr, long_port)
-            long_port = server.sockets[0].getsockname()[1]
-        hosts[LONG] = HostEntry(addrs(LONG), long_port)
-        if "long_fallback" in ports:
-            fb = ports["long_fallback"]
-            for addr in dict.fromkeys(addrs(LONG)):
-                server = await self.long.listen(addr, fb)
-                fb = server.sockets[0].getsockname()[1]
-            hosts[LONG].fallback_port = fb
+        async def long_server(addr: str, port: int) -> int:
+            server = await self.long.listen(addr, port)
+            return server.sockets[0].getsockname()[1]
 
-        short_port, tls_port = ports["short"], ports["tls"]
-        ctx = self.ca.server_context()
-        for addr in dict.fromkeys(addrs(SHORT)):
-            short_port = await self.short.listen(addr, short_port)
-            tls_port = await self.short.listen(addr, tls_port, ssl_context=ctx)
+        tls_ctx = self.ca.server_context()
+
+        async def short_plain(addr: str, port: int) -> int:
+            return await self.short.listen(addr, port)
+
+        async def short_tls(addr: str, port: int) -> int:
+            return await self.short.listen(addr, port, ssl_context=tls_ctx)
+
+        hosts: dict[str, HostEntry] = {}
+        # one port per host in the manifest: every address of a host binds the same port
+        # (a free port found on the first address is reused on the next)
+        async def same_port(host: str, port: int, start) -> int:
+            for addr in dict.fromkeys(addrs(host)):
+                port = await self._expose(addr, port, start)
+            return port
+
+        hosts[LONG] = HostEntry(addrs(LONG), await same_port(LONG, ports["long"], long_server))
+        if "long_fallback" in ports:
+            hosts[LONG].fallback_port = await same_port(LONG, ports["long_fallback"], long_server)
+        short_port = await same_port(SHORT, ports["short"], short_plain)
+        tls_port = await same_port(SHORT, ports["tls"], short_tls)
         hosts[SHORT] = HostEntry(addrs(SHORT), short_port, tls_port=tls_port)
 
         for name in (MAPABC, QLOGO, QPIC):
             runner = web.AppRunner(self.apps[name], access_log=None, handle_signals=False)
             await runner.setup()
             self._runners.append(runner)
-            port = ports["http"]
-            for addr in dict.fromkeys(addrs(name)):
+
+            async def http_server(addr: str, port: int, runner=runner) -> int:
                 site = web.TCPSite(runner, addr, port, reuse_address=True)
                 await site.start()
-                port = runner.addresses[-1][1]
-            hosts[name] = HostEntry(addrs(name), port)
+                return runner.addresses[-1][1]
+
+            hosts[name] = HostEntry(addrs(name), await same_port(name, ports["http"],
+                                                                 http_server))
 
         records = {name: hosts[name].addresses for name in HOST_NAMES}
         self.dns = LabDNS(records)
@@ -135,6 +158,14 @@ class Lab:
         await self.dns.listen(dns_addr, ports["dns"])
         dns_port = self.dns.address[1]
         return hosts, dns_addr, dns_port
+
+    def _make_nat(self) -> Optional[NatRelay]:
+        cfg = self.config
+        if cfg.nat_timeout_s is None:
+            return None
+        if not cfg.nat_timeout_s > 0:
+            raise ValueError(f"NAT timeout must be positive, got {cfg.nat_timeout_s}")
+        return NatRelay(self.clock, cfg.nat_timeout_s, latency_s=cfg.nat_latency_s)
 
     def _ca_path(self) -> Path:
         cfg = self.config
@@ -149,13 +180,21 @@ class Lab:
     def _make_manifest(self, hosts, dns_addr, dns_port) -> Manifest:
         ca = self.ca.write_ca_pem(self._ca_path())
         users = [{"username": u.username, "password": u.password} for u in self.users]
+        extra = {}
+        if self.nat is not None:
+            extra["nat"] = {"idle_timeout_s": self.nat.idle_timeout_s,
+                            "latency_s": self.config.nat_latency_s,
+                            "hosts": sorted(h for h in hosts)}
         return Manifest(profile=self.profile.name, time_scale=self.clock.scale,
                         dns_address=dns_addr, dns_port=dns_port, hosts=hosts,
                         ca_cert=str(ca.resolve()), users=users,
                         heartbeat_s=self.profile.heartbeat_s,
-                        server_idle_s=self.long.idle_timeout_s)
+                        server_idle_s=self.long.idle_timeout_s, extra=extra)
 
     async def _unbind(self) -> None:
+        if self.nat is not None:
+            await self.nat.close()
+            self.nat = self._make_nat()
         await self.long.close()
         await self.short.close()
         for runner in self._runners:
@@ -172,6 +211,8 @@ class Lab:
                      QPIC: cdn.make_qpic_app(self.service)}
 
     async def stop(self) -> None:
+        if self.nat is not None:
+            await self.nat.close()
         await self.long.close()
         await self.short.close()
         for runner in self._runners:

@@ -55,6 +55,15 @@ class ShortLinkServer:
         declared = request.content_length
         if declared is not None and declared > MAX_BODY:
             raise BodyTooLarge(declared)
+        content = request.content
+        if content.is_eof():
+            # The whole body is already buffered (the usual case: a small request that came
+            # in one segment with its headers): take it at once. The chunk iterator below
+            # costs ~9 us more per request here (bench/bench_short_link.py).
+            body = content.read_nowait()
+            if len(body) > MAX_BODY:
+                raise BodyTooLarge(len(body))
+            return body
         chunks, size = [], 0
         async for chunk in request.content.iter_chunked(64 * 1024):
             size += len(chunk)

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="first three octets of the lab's loopback /24 (default 127.0.0)")
     up.add_argument("--privileged-ports", action="store_true",
                     help="bind the profile's real ports (80, 443, 53); needs root")
+    up.add_argument("--nat-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                    help="put a carrier NAT in front of every TCP host that forgets a "
+                         "connection idle this many protocol seconds (e.g. 300)")
+    up.add_argument("--nat-latency", type=float, default=0.0, metavar="SECONDS",
+                    help="fixed one-way latency the NAT adds (protocol seconds)")
     up.add_argument("--uvloop", action="store_true", help="run on uvloop if installed")
 
     sub.add_parser("profiles", help="list the built-in profiles")
@@ -78,7 +83,8 @@ def _lab_up(args) -> int:
         return 2
     cfg = LabConfig(users=args.users, friends=args.friends, profile=args.profile,
                     time_scale=args.time_scale, plan=plan,
-                    privileged_ports=args.privileged_ports, manifest_path=args.manifest)
+                    privileged_ports=args.privileged_ports, manifest_path=args.manifest,
+                    nat_timeout_s=args.nat_timeout, nat_latency_s=args.nat_latency)
 
     async def run() -> int:
         lab = Lab(cfg)
@@ -103,6 +109,9 @@ def _lab_up(args) -> int:
             table.add_row(name, " ".join(h.addresses), port)
         table.add_row("lab resolver (DNS)", manifest.dns_address, str(manifest.dns_port))
         console.print(table)
+        if lab.nat is not None:
+            console.print(f"carrier NAT in front of every TCP host: idle timeout "
+                          f"{args.nat_timeout:g} s, latency {args.nat_latency:g} s")
         console.print(f"manifest: {lab.manifest_path.resolve()}   (Ctrl-C to stop)")
         await stop.wait()
         console.print("stopping")

@@ -77,6 +77,7 @@ class Phone:
         self._sync_again = False
         self._stopping = False
         self._link_ok = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
         self.errors: list[BaseException] = []
 
     @property
@@ -219,6 +220,12 @@ class Phone:
                 return
 
     async def sync(self) -> list[pb.CmdItem]:
+        # one sync at a time: two concurrent syncs from the same key would both get the
+        # same items (the server delivers once per key, not once per client)
+        async with self._sync_lock:
+            return await self._sync_locked()
+
+    async def _sync_locked(self) -> list[pb.CmdItem]:
         before = len(self.session.sync_state.messages)
         items = await self.session.sync(door=self.sync_door, timeout=self.wall(60.0))
         self.metrics.syncs += 1

@@ -1,0 +1,314 @@
+"""Shared plumbing for the benchmarks in this directory.
+
+Every benchmark runs each server under test in its own process (multiprocessing, spawn) and
+its load generator in another, so the two never share a GIL. Servers bind 127.x addresses
+only. A benchmark stops exactly the processes it started, by PID, and reports ratios against
+baselines measured in the same run: absolute figures depend on the machine and on whatever
+else runs on it, ratios much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import gc
+import multiprocessing as mp
+import os
+import resource
+import signal
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python bench/X.py` puts bench/ first, not the repo
+    sys.path.insert(0, str(REPO))
+
+HEADER = struct.Struct(">IHHII")
+REPLY_OFFSET = 1_000_000_000
+NOOP_CMD = 6
+LOOPS = ("asyncio", "uvloop")
+
+_SPAWN = mp.get_context("spawn")
+_STARTED: list = []  # every child process we started, for the atexit sweep
+
+
+# ---------------------------------------------------------------------------- process set-up
+def have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if kind == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop
+    if kind == "asyncio":
+        return asyncio.new_event_loop
+    raise ValueError(kind)
+
+
+def run(kind: str, coro) -> Any:
+    """asyncio.run on the default loop or on uvloop."""
+    with asyncio.Runner(loop_factory=loop_factory(kind)) as runner:
+        return runner.run(coro)
+
+
+def raise_nofile() -> int:
+    """Soft open-file limit up to the hard limit (20,000 on these machines)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def rss_kb() -> int:
+    """VmRSS of this process in KiB, after a full collection."""
+    gc.collect()
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: Optional[int] = None) -> float:
+    """User + system CPU seconds of a process (this one by default)."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / _TICK  # fields 14 and 15: utime, stime
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / _TICK
+
+
+class CpuWindow:
+    """CPU used during a window: by given PIDs, and by everything else on the machine.
+
+    The figures are noisy on a shared machine; `other` (cores busy with processes we did not
+    start) says how much, so a run that competed with something else can be told apart.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.t0 = time.perf_counter()
+        self.sys0 = system_busy_seconds()
+        self.p0 = [cpu_seconds(p) for p in pids]
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        per = [(cpu_seconds(p) - a) / wall for p, a in zip(self.pids, self.p0)]
+        total = (system_busy_seconds() - self.sys0) / wall
+        return {"wall": wall, "per_pid": per, "total": total,
+                "other": max(0.0, total - sum(per))}
+
+
+# ---------------------------------------------------------------------------- child control
+async def control_loop(conn, handlers: dict[str, Callable[..., Any]]) -> None:
+    """Answer `(name, *args)` requests from the parent on `conn` until it sends ("stop",).
+
+    The pipe is watched with `add_reader`, so the event loop under test runs alone in the
+    process: no thread, no polling.
+    """
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+
+    def readable() -> None:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # parent gone: stop
+            msg = ("stop",)
+        name, args = msg[0], msg[1:]
+        if name == "stop":
+            loop.remove_reader(conn.fileno())
+            if not stop.done():
+                stop.set_result(None)
+            return
+        try:
+            result = handlers[name](*args)
+            if asyncio.iscoroutine(result):
+                task = loop.create_task(result)
+                task.add_done_callback(lambda t: conn.send(("ok", t.result())
+                                                           if not t.exception()
+                                                           else ("error", repr(t.exception()))))
+                return
+            conn.send(("ok", result))
+        except Exception as exc:  # noqa: BLE001 - report to the parent, keep serving
+            conn.send(("error", repr(exc)))
+
+    loop.add_reader(conn.fileno(), readable)
+    await stop
+
+
+class Child:
+    """A spawned child process with a duplex pipe; the child sends ("ready", info) first."""
+
+    def __init__(self, target: Callable, *args, name: str = "bench-child") -> None:
+        self.conn, child_conn = _SPAWN.Pipe()
+        self.proc = _SPAWN.Process(target=target, args=(child_conn, *args), name=name,
+                                   daemon=True)
+        self.proc.start()
+        child_conn.close()
+        _STARTED.append(self)
+        self.info = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def recv(self, timeout: float = 60.0):
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"{self.proc.name} (pid {self.pid}) sent nothing in {timeout} s")
+        msg = self.conn.recv()
+        if msg[0] == "error":
+            raise RuntimeError(f"{self.proc.name} (pid {self.pid}): {msg[1]}")
+        return msg[1]
+
+    def ready(self, timeout: float = 60.0):
+        self.info = self.recv(timeout)
+        return self.info
+
+    def call(self, name: str, *args, timeout: float = 120.0):
+        self.conn.send((name, *args))
+        return self.recv(timeout)
+
+    def send(self, *msg) -> None:
+        self.conn.send(msg)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask politely, then SIGTERM, then SIGKILL: only this child's PID."""
+        if self.proc.is_alive():
+            try:
+                self.conn.send(("stop",))
+            except (BrokenPipeError, OSError):
+                pass
+            self.proc.join(timeout)
+        if self.proc.is_alive():
+            os.kill(self.pid, signal.SIGTERM)
+            self.proc.join(2)
+        if self.proc.is_alive():
+            os.kill(self.pid, signal.SIGKILL)
+            self.proc.join(2)
+        self.conn.close()
+        if self in _STARTED:
+            _STARTED.remove(self)
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@atexit.register
+def _sweep() -> None:
+    for child in list(_STARTED):
+        try:
+            child.stop(timeout=1.0)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+# ---------------------------------------------------------------------------- baseline server
+class BareEcho(asyncio.Protocol):
+    """The baseline long-link server: parse 16-byte headers with struct, answer each frame
+    with a bare header (cmd + 1000000000, same seq), one `transport.write` per
+    `data_received`. Bodies are skipped; partial frames are buffered."""
+
+    __slots__ = ("transport", "buf")
+
+    def __init__(self) -> None:
+        self.transport = None
+        self.buf = b""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.buf:
+            data = self.buf + data
+        unpack, pack = HEADER.unpack_from, HEADER.pack
+        pos, end, out = 0, len(data), []
+        while end - pos >= 16:
+            plen, _, _, cmd, seq = unpack(data, pos)
+            if plen < 16:  # garbage: drop the connection
+                self.transport.close()
+                return
+            if end - pos < plen:
+                break
+            out.append(pack(16, 16, 1, cmd + REPLY_OFFSET, seq))
+            pos += plen
+        self.buf = data[pos:] if pos < end else b""
+        if out:
+            self.transport.write(b"".join(out))
+
+
+# ---------------------------------------------------------------------------- output
+def parse_args(description: str, extra: Optional[Callable[[argparse.ArgumentParser], None]]
+               = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a few seconds, for a smoke run")
+    if extra:
+        extra(p)
+    return p.parse_args()
+
+
+def loops_available() -> list[str]:
+    return list(LOOPS) if have_uvloop() else ["asyncio"]
+
+
+def verdict(ratio: float, target: float, higher_is_better: bool = True) -> str:
+    ok = ratio >= target if higher_is_better else ratio <= target
+    return "ok" if ok else "BELOW TARGET"
+
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # plain lines
+        print(title)
+        print("  " + " | ".join(columns))
+        for r in rows:
+            print("  " + " | ".join(str(x) for x in r))
+        return
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="left" if c == columns[0] else "right")
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    Console(width=max(100, 20 * len(columns))).print(t)
+
+
+def note(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    import socket
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -1,0 +1,240 @@
+"""Short-link requests/s, one new TCP connection per request: ours against a bare aiohttp app.
+
+wrk (`-t1 -c50 -H 'Connection: close'`, a Lua script for the POST body) drives
+(a) our ShortLinkServer answering POST /cgi-bin/micromsg-bin/newsync with a valid
+NewSyncRequest for a real session (a user and a session are created in the server process
+at start-up; one response is checked first: 200 and ret 0), and (b) a bare aiohttp
+web.Application with one POST route that reads the body and returns a small fixed body with
+Connection: close. Each server runs alone in its own process, on the default asyncio loop
+and on uvloop. Prints req/s and ours/bare on the same loop (target >= 0.8), and checks with
+a server-side counter of accepted connections that every request had its own connection.
+
+    python bench/bench_short_link.py [--quick] [--duration S] [--conns N] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as c  # noqa: E402
+
+PATH = "/cgi-bin/micromsg-bin/newsync"
+TARGET = 0.8
+BARE_BODY = b"\x0a\x02\x08\x00" + b"x" * 124  # 128 bytes, fixed
+# one 127.x address per server, so TIME_WAIT sockets left by one run never meet the next
+ADDRESSES = {("ours", "asyncio"): "127.0.0.21", ("bare", "asyncio"): "127.0.0.22",
+             ("ours", "uvloop"): "127.0.0.23", ("bare", "uvloop"): "127.0.0.24"}
+
+
+# ---------------------------------------------------------------------------- server process
+def count_connections(runner) -> dict:
+    """Count accepted connections on an aiohttp runner's low-level server (one per
+    RequestHandler), by wrapping its `connection_made` on this instance only."""
+    counter = {"connections": 0}
+    server = runner.server
+    original = server.connection_made
+
+    def connection_made(handler, transport):
+        counter["connections"] += 1
+        return original(handler, transport)
+
+    server.connection_made = connection_made
+    return counter
+
+
+def server_main(conn, kind: str, loop_kind: str, host: str, session_key: bytes) -> None:
+    c.raise_nofile()
+
+    async def main() -> None:
+        from aiohttp import web
+        if kind == "ours":
+            from mocks.service import Service
+            from mocks.short_link import ShortLinkServer
+            from mocks.state import MemoryStore, SessionRecord
+            service = Service(MemoryStore())
+            user = (await service.seed_users(1))[0]
+            await service.store.put_session(SessionRecord(session_key, user.uin, user.username))
+            srv = ShortLinkServer(service)
+            port = await srv.listen(host, 0)
+            runner = srv.runners[0]
+            counter = count_connections(runner)
+            requests = lambda: sum(srv.status_counts.values())  # noqa: E731
+            info = (port, user.uin)
+        else:
+            srv = None
+            count = {"requests": 0}
+
+            async def handler(request: web.Request) -> web.Response:
+                await request.read()
+                count["requests"] += 1
+                resp = web.Response(body=BARE_BODY, content_type="application/octet-stream")
+                resp.force_close()
+                resp.headers["Connection"] = "close"
+                return resp
+
+            app = web.Application()
+            app.router.add_post(PATH, handler)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, host, 0, reuse_address=True)
+            await site.start()
+            counter = count_connections(runner)
+            requests = lambda: count["requests"]  # noqa: E731
+            info = (runner.addresses[-1][1], 0)
+        conn.send(("ready", info))
+        await c.control_loop(conn, {"stats": lambda: {"connections": counter["connections"],
+                                                      "requests": requests()}})
+        if srv is not None:
+            await srv.close()
+        else:
+            await runner.cleanup()
+
+    c.run(loop_kind, main())
+
+
+# ---------------------------------------------------------------------------- parent
+def lua_script(body: bytes) -> str:
+    escaped = "".join(f"\\{b:03d}" for b in body)  # Lua decimal escapes: any byte is safe
+    return ("wrk.method = \"POST\"\n"
+            f"wrk.body = \"{escaped}\"\n"
+            "wrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n")
+
+
+def check_once(url: str, body: bytes, kind: str) -> int:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        status, data, connection = resp.status, resp.read(), resp.headers.get("Connection")
+    if status != 200:
+        raise RuntimeError(f"{kind}: status {status}")
+    if (connection or "").lower() != "close":
+        raise RuntimeError(f"{kind}: Connection header is {connection!r}, not close")
+    if kind == "ours":
+        from testbed.wire import pb
+        r = pb.NewSyncResponse.FromString(data)
+        if r.base.ret != 0:
+            raise RuntimeError(f"ours: newsync ret {r.base.ret} {r.base.errmsg!r}")
+    return len(data)
+
+
+def parse_wrk(out: str) -> dict:
+    def num(pattern, default=0.0):
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else default
+    errors = {}
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
+    return {"rps": num(r"Requests/sec:\s+([\d.]+)"),
+            "requests": int(num(r"(\d+) requests in")),
+            "non2xx": int(num(r"Non-2xx or 3xx responses: (\d+)")),
+            "errors": errors}
+
+
+def measure(kind: str, loop_kind: str, args, lua_dir: str) -> dict:
+    host = ADDRESSES[(kind, loop_kind)]
+    key = os.urandom(16)
+    with c.Child(server_main, kind, loop_kind, host, key, name=f"short-{kind}-{loop_kind}") \
+            as server:
+        port, uin = server.ready()
+        url = f"http://{host}:{port}{PATH}"
+        if kind == "ours":
+            from testbed.wire import pb
+            body = pb.NewSyncRequest(base=pb.BaseRequest(session_key=key, uin=uin),
+                                     selector=7).SerializeToString()
+        else:
+            body = b"\x08\x07"
+        resp_len = check_once(url, body, kind)
+        lua = os.path.join(lua_dir, f"post-{kind}.lua")
+        with open(lua, "w") as f:
+            f.write(lua_script(body))
+        before = server.call("stats")
+        cmd = [args.wrk, "-t1", f"-c{args.conns}", f"-d{args.duration:g}s", "-s", lua,
+               "-H", "Connection: close", url]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            time.sleep(min(1.0, args.duration / 4))
+            window = c.CpuWindow([server.pid, proc.pid])
+            time.sleep(max(0.5, args.duration - 2 * min(1.0, args.duration / 4)))
+            cpu = window.stop()
+            out, _ = proc.communicate(timeout=args.duration + 30)
+        finally:
+            if proc.poll() is None:  # only the wrk we started, by its PID
+                proc.kill()
+                proc.wait()
+        after = server.call("stats")
+    r = parse_wrk(out)
+    if not r["rps"]:
+        raise RuntimeError(f"could not parse wrk output:\n{out}")
+    r.update(kind=kind, loop=loop_kind, server_cpu=cpu["per_pid"][0], wrk_cpu=cpu["per_pid"][1],
+             other_cpu=cpu["other"], resp_len=resp_len, body_len=len(body),
+             conns=after["connections"] - before["connections"],
+             served=after["requests"] - before["requests"])
+    return r
+
+
+def main() -> int:
+    def extra(p):
+        p.add_argument("--duration", type=float, help="wrk seconds per server (10; 3 quick)")
+        p.add_argument("--conns", type=int, default=50, help="wrk -c")
+        p.add_argument("--repeat", type=int, default=1, help="runs per server; best is kept")
+        p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
+    args = c.parse_args(__doc__.splitlines()[0], extra)
+    args.duration = args.duration or (3.0 if args.quick else 10.0)
+    if not os.path.exists(args.wrk):
+        print(f"wrk not found at {args.wrk}: apt-get install wrk")
+        return 0
+    loops = c.loops_available()
+    c.note(f"short link: wrk -t1 -c{args.conns} -d{args.duration:g}s, Connection: close, "
+           f"{os.cpu_count()} CPUs, best of {args.repeat}")
+    best: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-short-") as lua_dir:
+        for _ in range(args.repeat):
+            for loop_kind in loops:
+                for kind in ("ours", "bare"):
+                    r = measure(kind, loop_kind, args, lua_dir)
+                    per = r["conns"] / r["served"] if r["served"] else float("nan")
+                    errs = ", ".join(f"{k} {v}" for k, v in r["errors"].items() if v) or "none"
+                    c.note(f"  {kind:4} on {loop_kind:7}: {r['rps']:>8,.0f} req/s  "
+                           f"({r['requests']:,} by wrk, {r['served']:,} served on "
+                           f"{r['conns']:,} connections = {per:.3f} conn/req; non-2xx "
+                           f"{r['non2xx']}; socket errors: {errs})  server CPU "
+                           f"{r['server_cpu']:.0%}, wrk CPU {r['wrk_cpu']:.0%}, everything "
+                           f"else {r['other_cpu']:.0%}")
+                    key = (kind, loop_kind)
+                    if key not in best or r["rps"] > best[key]["rps"]:
+                        best[key] = r
+    rows = []
+    for loop_kind in loops:
+        ours, bare = best[("ours", loop_kind)], best[("bare", loop_kind)]
+        ratio = ours["rps"] / bare["rps"]
+        cost_o = ours["server_cpu"] / ours["rps"] * 1e6
+        cost_b = bare["server_cpu"] / bare["rps"] * 1e6
+        rows.append([loop_kind, f"{ours['rps']:,.0f}", f"{bare['rps']:,.0f}", f"{ratio:.2f}",
+                     f">= {TARGET}", c.verdict(ratio, TARGET),
+                     f"{cost_o:.0f} / {cost_b:.0f}", f"{cost_b / cost_o:.2f}"])
+    c.print_table("short link: requests/s, one connection per request (same run)",
+                  ["server loop", "ours (newsync)", "bare aiohttp", "ours/bare", "target",
+                   "verdict", "server CPU us/req ours / bare", "bare/ours CPU"], rows)
+    c.note("CPU us/req is server CPU time per request: less sensitive than req/s to other "
+           "load on the machine; bare/ours CPU is the req/s ratio a saturated server would "
+           "show.")
+    if len(loops) == 2:
+        for kind in ("ours", "bare"):
+            gain = best[(kind, "uvloop")]["rps"] / best[(kind, "asyncio")]["rps"]
+            c.note(f"uvloop/asyncio for {kind}: {gain:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
