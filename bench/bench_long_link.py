@@ -171,15 +171,15 @@ def measure(kind: str, loop_kind: str, args) -> dict:
 
 def main() -> int:
     def extra(p):
-        p.add_argument("--duration", type=float, help="measured seconds per server (10; 2 quick)")
+        p.add_argument("--duration", type=float, help="measured seconds per server (10; 1.5 quick)")
         p.add_argument("--warmup", type=float, help="seconds of load before measuring")
         p.add_argument("--conns", type=int, default=100)
         p.add_argument("--depth", type=int, default=DEPTH, help="NOOPs pipelined per write")
         p.add_argument("--clients", type=int, default=1, help="client processes (2 cores here)")
         p.add_argument("--repeat", type=int, default=1, help="runs per server; best is kept")
     args = c.parse_args(__doc__.splitlines()[0], extra)
-    args.duration = args.duration or (2.0 if args.quick else 10.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
+    args.duration = args.duration or (1.5 if args.quick else 10.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
     loops = c.loops_available()
     c.note(f"long link: {args.conns} connections x {args.depth} pipelined NOOPs, "
            f"{args.duration:g} s per run (+{args.warmup:g} s warm-up), {args.clients} client "

@@ -51,7 +51,9 @@ def count_connections(runner) -> dict:
     return counter
 
 
-def server_main(conn, kind: str, loop_kind: str, host: str, session_key: bytes) -> None:
+def server_main(conn, kind: str, loop_kind: str, host: str, session_key: bytes,
+                netns) -> None:
+    c.enter_netns(netns)
     c.raise_nofile()
 
     async def main() -> None:
@@ -143,8 +145,17 @@ def parse_wrk(out: str) -> dict:
 def measure(kind: str, loop_kind: str, args, lua_dir: str) -> dict:
     host = ADDRESSES[(kind, loop_kind)]
     key = os.urandom(16)
-    with c.Child(server_main, kind, loop_kind, host, key, name=f"short-{kind}-{loop_kind}") \
-            as server:
+    netns = None if args.no_netns else c.netns_create("bench-short")
+    try:
+        return _measure(kind, loop_kind, args, lua_dir, host, key, netns)
+    finally:
+        if netns:
+            c.netns_delete(netns)
+
+
+def _measure(kind, loop_kind, args, lua_dir, host, key, netns) -> dict:
+    with c.Child(server_main, kind, loop_kind, host, key, netns,
+                 name=f"short-{kind}-{loop_kind}") as server:
         port, uin = server.ready()
         url = f"http://{host}:{port}{PATH}"
         if kind == "ours":
@@ -153,13 +164,15 @@ def measure(kind: str, loop_kind: str, args, lua_dir: str) -> dict:
                                      selector=7).SerializeToString()
         else:
             body = b"\x08\x07"
-        resp_len = check_once(url, body, kind)
+        with c.InNetns(netns):
+            resp_len = check_once(url, body, kind)
         lua = os.path.join(lua_dir, f"post-{kind}.lua")
         with open(lua, "w") as f:
             f.write(lua_script(body))
         before = server.call("stats")
-        cmd = [args.wrk, "-t1", f"-c{args.conns}", f"-d{args.duration:g}s", "-s", lua,
-               "-H", "Connection: close", url]
+        cmd = (["ip", "netns", "exec", netns] if netns else []) + [
+            args.wrk, "-t1", f"-c{args.conns}", f"-d{args.duration:g}s", "-s", lua,
+            "-H", "Connection: close", url]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         try:
@@ -176,8 +189,8 @@ def measure(kind: str, loop_kind: str, args, lua_dir: str) -> dict:
     r = parse_wrk(out)
     if not r["rps"]:
         raise RuntimeError(f"could not parse wrk output:\n{out}")
-    r.update(kind=kind, loop=loop_kind, server_cpu=cpu["per_pid"][0], wrk_cpu=cpu["per_pid"][1],
-             other_cpu=cpu["other"], resp_len=resp_len, body_len=len(body),
+    r.update(kind=kind, loop=loop_kind, netns=netns, server_cpu=cpu["per_pid"][0],
+             wrk_cpu=cpu["per_pid"][1], other_cpu=cpu["other"], resp_len=resp_len, body_len=len(body),
              conns=after["connections"] - before["connections"],
              served=after["requests"] - before["requests"])
     return r
@@ -185,12 +198,15 @@ def measure(kind: str, loop_kind: str, args, lua_dir: str) -> dict:
 
 def main() -> int:
     def extra(p):
-        p.add_argument("--duration", type=float, help="wrk seconds per server (10; 3 quick)")
+        p.add_argument("--duration", type=float, help="wrk seconds per server (10; 2 quick)")
         p.add_argument("--conns", type=int, default=50, help="wrk -c")
         p.add_argument("--repeat", type=int, default=1, help="runs per server; best is kept")
         p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
+        p.add_argument("--no-netns", action="store_true",
+                       help="stay in this network namespace (default: a fresh one per run, "
+                            "so TIME_WAIT sockets of earlier runs do not weigh on the next)")
     args = c.parse_args(__doc__.splitlines()[0], extra)
-    args.duration = args.duration or (3.0 if args.quick else 10.0)
+    args.duration = args.duration or (2.0 if args.quick else 10.0)
     if not os.path.exists(args.wrk):
         print(f"wrk not found at {args.wrk}: apt-get install wrk")
         return 0
@@ -205,7 +221,8 @@ def main() -> int:
                     r = measure(kind, loop_kind, args, lua_dir)
                     per = r["conns"] / r["served"] if r["served"] else float("nan")
                     errs = ", ".join(f"{k} {v}" for k, v in r["errors"].items() if v) or "none"
-                    c.note(f"  {kind:4} on {loop_kind:7}: {r['rps']:>8,.0f} req/s  "
+                    where = f"netns {r['netns']}" if r["netns"] else "host netns"
+                    c.note(f"  {kind:4} on {loop_kind:7}: {r['rps']:>8,.0f} req/s  [{where}] "
                            f"({r['requests']:,} by wrk, {r['served']:,} served on "
                            f"{r['conns']:,} connections = {per:.3f} conn/req; non-2xx "
                            f"{r['non2xx']}; socket errors: {errs})  server CPU "

@@ -62,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fixed one-way latency the NAT adds (protocol seconds)")
     up.add_argument("--uvloop", action="store_true", help="run on uvloop if installed")
 
+    em = sub.add_parser("emulate", help="run emulated phones against a lab")
+    em.add_argument("scenario", choices=("login", "chat", "media", "nearby", "heartbeat",
+                                         "storyboard"))
+    em.add_argument("--manifest", type=Path, default=Path("lab-manifest.json"),
+                    help="the lab's manifest (default ./lab-manifest.json)")
+    em.add_argument("--clients", type=_positive_int, default=2, help="phones (default 2)")
+    em.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
+                    help="protocol seconds for the heartbeat scenario (default: 3 beats)")
+    em.add_argument("--processes", type=_positive_int, default=None,
+                    help="spread the phones over this many processes (default: 1 per "
+                         "5,000 phones)")
+    em.add_argument("--seed", type=int, default=None, help="random seed")
+    em.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
     sub.add_parser("profiles", help="list the built-in profiles")
     return p
 
@@ -127,6 +141,61 @@ def _lab_up(args) -> int:
     return asyncio.run(run())
 
 
+def _emulate(args) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from testbed.client.swarm import run_swarm
+    from testbed.lab.manifest import load_manifest
+
+    console = Console(stderr=True)
+    try:
+        manifest = load_manifest(args.manifest)
+    except FileNotFoundError:
+        console.print(f"[red]error:[/red] no manifest at {args.manifest}: start a lab with "
+                      f"`testbed lab up` or pass --manifest")
+        return 2
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {args.manifest}: {exc}")
+        return 2
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True,
+                  disable=args.json and not console.is_terminal) as progress:
+        task = progress.add_task(f"{args.scenario} x{args.clients}", total=1.0)
+
+        def on_progress(frac: float, text: str) -> None:
+            progress.update(task, completed=frac, description=f"{args.scenario}: {text}")
+
+        result = run_swarm(args.scenario, str(args.manifest), args.clients,
+                           processes=args.processes, duration=args.duration, seed=args.seed,
+                           progress=on_progress)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        table = Table(title=f"{result.scenario}: {result.clients} phones against "
+                            f"{manifest.profile} (k={manifest.time_scale:g}), "
+                            f"{result.wall_s:.1f} s")
+        table.add_column("step")
+        table.add_column("verdict")
+        table.add_column("detail")
+        for s in result.steps:
+            table.add_row(s.name, "[green]ok[/green]" if s.ok else "[red]FAILED[/red]", s.detail)
+        for e in result.errors:
+            table.add_row("error", "[red]FAILED[/red]", e)
+        console.print(table)
+        m = Table(title="what the phones did")
+        m.add_column("metric")
+        m.add_column("value", justify="right")
+        for k, v in result.metrics.items():
+            m.add_row(k, f"{v:g}")
+        console.print(m)
+    return 0 if result.ok else 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -134,6 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "lab" and args.lab_command == "up":
         return _lab_up(args)
+    if args.command == "emulate":
+        return _emulate(args)
     if args.command == "profiles":
         from testbed.lab.profiles import load_profile, profile_names
         for name in profile_names():

@@ -271,3 +271,55 @@ class Phone:
                 pos = 0     # the server answers -100 with where to resume
                 await self.reconnect()
         raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ friends, nearby, logs
+    async def add_friend(self, username: str, *, opcode: int = 1,
+                         verify_content: str = "") -> pb.VerifyUserResponse:
+        """verifyuser: 1 add at once, 2 send a request, 3 accept a request."""
+        return await self.session.cgi("verifyuser", pb.VerifyUserRequest(
+            base=self.session.base(), opcode=opcode, username=username,
+            verify_content=verify_content))
+
+    async def people_nearby(self, lon: float, lat: float, *, cell: Optional[tuple] = None,
+                            fetch_avatars: bool = True) -> "NearbyResult":
+        """As the report saw it: ask mapi.mapabc.com where we are, then `lbsfind`, then GET
+        the avatars of the people found from wx.qlogo.cn."""
+        from .web import WebClient
+        from testbed.lab.addressing import MAPABC
+
+        web = WebClient(self.manifest, self.session.resolver, local_addr=self.session.local_addr)
+        result = NearbyResult()
+        if cell is not None:
+            mcc, mnc, lac, cid = cell
+            r = await web.get(f"http://{MAPABC}/v3/cell?mcc={mcc}&mnc={mnc}&lac={lac}&cid={cid}")
+            result.cell = _json(r)
+        r = await web.get(f"http://{MAPABC}/v3/geocode/regeo?location={lon:.6f},{lat:.6f}")
+        result.address = _json(r)
+        result.lbs = await self.session.cgi("lbsfind", pb.LbsFindRequest(
+            base=self.session.base(), opcode=1, longitude=lon, latitude=lat, precision=65,
+            gps_source=0))
+        if fetch_avatars:
+            for contact in result.lbs.contacts:
+                resp = await web.get(contact.avatar_url)
+                result.avatars[contact.username] = resp.body if resp.status == 200 else b""
+        return result
+
+    async def report(self, items: dict[int, str], cgi: str = "statreport") -> int:
+        resp = await self.session.cgi(cgi, pb.ReportRequest(
+            base=self.session.base(), items=[pb.KV(key=k, value=v) for k, v in items.items()]))
+        return resp.accepted
+
+
+@dataclass
+class NearbyResult:
+    cell: Optional[dict] = None
+    address: Optional[dict] = None
+    lbs: Optional[pb.LbsFindResponse] = None
+    avatars: dict[str, bytes] = field(default_factory=dict)
+
+
+def _json(resp) -> dict:
+    import json
+    if resp.status != 200:
+        raise ConnectionError(f"location service answered HTTP {resp.status}")
+    return json.loads(resp.body)

@@ -1,0 +1,310 @@
+"""Scenarios: what the emulated phones do, step by step, in the order of the lab report.
+
+`login`, `chat`, `media`, `nearby`, `heartbeat`, and `storyboard` (all of them, as the report
+walked through them). Each runs against any lab given its manifest and returns a
+`ScenarioResult` of checked steps and metrics; `testbed emulate` prints it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Awaitable, Callable, Optional
+
+from testbed.lab.addressing import LONG, MAPABC
+from testbed.lab.clock import Clock
+from testbed.lab.manifest import Manifest
+
+from .phone import Phone
+
+ProgressFn = Callable[[float, str], None]
+
+# people nearby: around the report's university district in Beijing (Haidian)
+BASE_LON, BASE_LAT = 116.3105, 39.9925
+CELL = (460, 0, 4120, 17_311)
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool
+    detail: str = ""
+    at: float = 0.0   # protocol seconds since the scenario started
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    clients: int
+    steps: list[Step] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(s.ok for s in self.steps)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+class Run:
+    """The state of one scenario run: phones, clock, checked steps."""
+
+    def __init__(self, manifest: Manifest, clients: int, duration: Optional[float],
+                 progress: Optional[ProgressFn], local_addr: Optional[str],
+                 rng: random.Random, user_offset: int = 0) -> None:
+        self.manifest = manifest
+        self.clients = clients
+        self.duration = duration
+        self.progress = progress or (lambda f, t: None)
+        self.local_addr = local_addr
+        self.rng = rng
+        self.clock = Clock(manifest.time_scale)
+        self.user_offset = user_offset
+        self.phones: list[Phone] = []
+        self.seen: list[Phone] = []     # every phone of the run, for the metrics
+        self.result: Optional[ScenarioResult] = None
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.result.steps.append(Step(name, bool(ok), detail, round(self.clock.now(), 3)))
+        return ok
+
+    def user(self, i: int) -> dict:
+        users = self.manifest.users
+        if not users:
+            raise ValueError("the manifest lists no users")
+        return users[(self.user_offset + i) % len(users)]
+
+    async def start_phones(self, n: int, policy: Optional[str] = None) -> list[Phone]:
+        async def one(i: int) -> Phone:
+            u = self.user(i)
+            p = Phone(self.manifest, u["username"], u["password"], clock=self.clock,
+                      policy=policy, local_addr=self.local_addr, rng=self.rng)
+            await p.start()
+            return p
+        self.phones = list(await asyncio.gather(*(one(i) for i in range(n))))
+        self.seen.extend(self.phones)
+        return self.phones
+
+    async def wait_received(self, phone: Phone, msg_id: int, timeout_s: float = 60.0) -> bool:
+        """Wait (protocol time) until a phone has a message by push-then-sync."""
+        deadline = time.monotonic() + max(phone.wall(timeout_s), 5.0)
+        while msg_id not in phone.metrics.received:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+
+def _pairs(n: int) -> list[tuple[int, int]]:
+    return [(i, (i + 1) % n) for i in range(n)] if n > 1 else []
+
+
+# ---------------------------------------------------------------------- the scenarios
+async def login(run: Run) -> None:
+    phones = await run.start_phones(run.clients)
+    run.check("login over TLS", all(p.session.uin and len(p.session.session_key) == 16
+                                    for p in phones), f"{len(phones)} phones")
+    run.check("initial sync: own profile", all(p.session.sync_state.profile is not None
+                                               and p.session.sync_state.profile.username
+                                               == p.username for p in phones))
+    run.check("long link identified", all(p.session.link and p.session.link.is_open
+                                          for p in phones))
+
+
+async def chat(run: Run) -> None:
+    if run.clients < 2:
+        raise ValueError("chat needs at least 2 clients")
+    phones = run.phones or await run.start_phones(run.clients)
+    delivered = replied = 0
+    for n, (a, b) in enumerate(_pairs(len(phones))):
+        pa, pb_ = phones[a], phones[b]
+        r = await pa.send_text(pb_.username, f"你好 {pb_.username}, from {pa.username}")
+        delivered += await run.wait_received(pb_, r.new_msg_id)
+        back = await pb_.send_text(pa.username, "收到", door="short")
+        replied += await run.wait_received(pa, back.new_msg_id)
+        run.progress((n + 1) / len(phones), "chat")
+    pairs = len(_pairs(len(phones)))
+    run.check("push then sync delivers (long link)", delivered == pairs, f"{delivered}/{pairs}")
+    run.check("reply over the short link delivered", replied == pairs, f"{replied}/{pairs}")
+    dup = sum(p.metrics.duplicates for p in phones)
+    run.check("nothing delivered twice", dup == 0, f"{dup} duplicates")
+
+
+async def media(run: Run) -> None:
+    from .web import WebClient
+    if run.clients < 2:
+        raise ValueError("media needs at least 2 clients")
+    phones = run.phones or await run.start_phones(run.clients)
+    ok_dl = ok_cdn = 0
+    pairs = _pairs(len(phones))
+    for n, (a, b) in enumerate(pairs):
+        pa, pb_ = phones[a], phones[b]
+        image = b"\xff\xd8\xff\xe0" + os.urandom(run.rng.randint(60_000, 150_000))
+        done = await pa.send_image(pb_.username, image)
+        await run.wait_received(pb_, done.new_msg_id)
+        msg = next((m for m in pb_.session.sync_state.messages
+                    if m.new_msg_id == done.new_msg_id), None)
+        if msg is None:
+            continue
+        data = await pb_.session.download(done.new_msg_id)
+        ok_dl += data == image and msg.media.sha256 == hashlib.sha256(image).digest()
+        web = WebClient(run.manifest, pb_.session.resolver, local_addr=run.local_addr)
+        cdn = await web.get(msg.media.cdn_url)
+        ok_cdn += cdn.status == 200 and cdn.body == image
+        run.progress((n + 1) / len(pairs), "media")
+    run.check("image uploaded in chunks, downloaded identical", ok_dl == len(pairs),
+              f"{ok_dl}/{len(pairs)}")
+    run.check("image served by mmsns.qpic.cn", ok_cdn == len(pairs), f"{ok_cdn}/{len(pairs)}")
+
+
+async def nearby(run: Run) -> None:
+    phones = run.phones or await run.start_phones(run.clients)
+    spots = []
+    for i, p in enumerate(phones):   # everyone within ~2 km of the base point
+        spots.append((BASE_LON + run.rng.uniform(-0.01, 0.01),
+                      BASE_LAT + run.rng.uniform(-0.01, 0.01)))
+    # first pass stores every location; second pass sees the others
+    for p, (lon, lat) in zip(phones, spots):
+        await p.people_nearby(lon, lat, cell=CELL, fetch_avatars=False)
+    found_all = avatars_ok = located = 0
+    for n, (p, (lon, lat)) in enumerate(zip(phones, spots)):
+        res = await p.people_nearby(lon, lat, cell=CELL)
+        located += bool(res.address and res.address.get("status") == "1"
+                        and res.cell and res.cell.get("status") == "1")
+        others = {q.username for q in phones if q.username != p.username}
+        names = {c.username for c in res.lbs.contacts}
+        dist = [c.distance_m for c in res.lbs.contacts]
+        found_all += names >= others and dist == sorted(dist) and p.username not in names
+        avatars_ok += all(body.startswith(b"\x89PNG\r\n\x1a\n") for body in res.avatars.values()) \
+            and len(res.avatars) == len(names)
+        run.progress((n + 1) / len(phones), "nearby")
+    run.check(f"location from {MAPABC}", located == len(phones), f"{located}/{len(phones)}")
+    run.check("lbsfind finds the others, nearest first", found_all == len(phones),
+              f"{found_all}/{len(phones)}")
+    run.check("avatars downloaded from wx.qlogo.cn", avatars_ok == len(phones),
+              f"{avatars_ok}/{len(phones)}")
+
+
+async def heartbeat(run: Run, beats: int = 3) -> None:
+    phones = run.phones or await run.start_phones(run.clients)
+    interval = max(p.policy.interval() for p in phones)
+    duration = run.duration or interval * (beats + 0.2)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(p.run(stop)) for p in phones]
+    t0 = run.clock.now()
+    while run.clock.now() - t0 < duration:
+        await asyncio.sleep(min(0.2, max(0.01, run.clock.to_wall(duration) / 50)))
+        run.progress(min(1.0, (run.clock.now() - t0) / duration), "heartbeat")
+        if any(t.done() for t in tasks):
+            break
+    stop.set()
+    await asyncio.gather(*tasks)
+    sent = [p.metrics.heartbeats_sent for p in phones]
+    expect = int(duration // interval)
+    run.check(f"heartbeat every {interval:g} s", min(sent) >= expect,
+              f"{min(sent)}..{max(sent)} NOOPs per phone in {duration:g} s")
+    deaths = sum(p.metrics.silent_deaths for p in phones)
+    gaps = [g for p in phones for g in p.metrics.intervals]
+    run.check("heartbeats answered", deaths == 0 or "nat" in run.manifest.extra,
+              f"{deaths} silent deaths")
+    if gaps:
+        run.result.metrics["heartbeat_interval_median_s"] = sorted(gaps)[len(gaps) // 2]
+
+
+async def storyboard(run: Run) -> None:
+    """The report's order: DNS for the long host first, TLS login, HTTP sync on the short
+    link, chat over the long link, an image, people nearby with avatars, heartbeats,
+    behaviour logs, logout."""
+    n = max(2, run.clients)
+    run.clients = n
+    # 1. the first packet: a DNS query for long.weixin.qq.com (answered with several A)
+    first = Phone(run.manifest, run.user(0)["username"], run.user(0)["password"],
+                  clock=run.clock, local_addr=run.local_addr, rng=run.rng)
+    addrs = await first.session.resolve(LONG)
+    run.check("DNS: several A records for long.weixin.qq.com", len(addrs) >= 2, ", ".join(addrs))
+    phones = [first] + [Phone(run.manifest, run.user(i)["username"], run.user(i)["password"],
+                              clock=run.clock, local_addr=run.local_addr, rng=run.rng)
+                        for i in range(1, n)]
+    run.seen.extend(phones)
+    for p in phones:
+        await p.start()       # TLS login, newinit over HTTP, long link, identify
+    run.phones = phones
+    run.check("login over TLS; newinit over HTTP", all(p.session.uin for p in phones))
+    from testbed.wire import pb
+    contacts = await first.session.cgi("getcontact", pb.GetContactRequest(
+        base=first.session.base(), usernames=[p.username for p in phones[1:]]))
+    run.check("getcontact over the short link", len(contacts.contacts) == n - 1)
+    run.progress(0.15, "chat")
+    await chat(run)
+    run.progress(0.35, "media")
+    await media(run)
+    run.progress(0.5, "nearby")
+    await nearby(run)
+    run.progress(0.6, "heartbeat")
+    await heartbeat(run)
+    accepted = 0
+    for p in phones:
+        accepted += await p.report({1: "chat_open", 2: "nearby_open", 3: f"beats:"
+                                    f"{p.metrics.heartbeats_sent}"})
+        accepted += await p.report({10: "session_end"}, cgi="kvreport")
+    run.check("behaviour logs reported", accepted == 4 * n, f"{accepted} items")
+    for p in phones:
+        await p.stop(logout=True)
+    run.phones = []
+    run.check("logout", True, f"{n} sessions ended")
+
+
+SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
+    "login": login, "chat": chat, "media": media, "nearby": nearby, "heartbeat": heartbeat,
+    "storyboard": storyboard,
+}
+
+
+def _collect_metrics(run: Run, phones: list[Phone]) -> None:
+    m = run.result.metrics
+    keys = ("heartbeats_sent", "heartbeats_answered", "silent_deaths", "links_closed",
+            "reconnects", "pushes", "syncs", "tcp_connections", "duplicates", "long_bytes")
+    for k in keys:
+        m[k] = m.get(k, 0) + sum(getattr(p.metrics, k) for p in phones)
+    m["messages_received"] = m.get("messages_received", 0) + sum(
+        len(p.metrics.received) for p in phones)
+
+
+async def run_scenario(name: str, manifest: Manifest, *, clients: int = 2,
+                       duration: Optional[float] = None, progress: Optional[ProgressFn] = None,
+                       local_addr: Optional[str] = None, seed: Optional[int] = None,
+                       user_offset: int = 0) -> ScenarioResult:
+    """Run one scenario in this process and return its checked steps and metrics."""
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; one of {', '.join(SCENARIOS)}")
+    if clients < 1:
+        raise ValueError("clients must be at least 1")
+    run = Run(manifest, clients, duration, progress, local_addr, random.Random(seed),
+              user_offset)
+    run.result = ScenarioResult(name, clients)
+    t0 = time.monotonic()
+    seen: list[Phone] = []
+    try:
+        await SCENARIOS[name](run)
+    except Exception as exc:   # a failed step is a result, not a crash of the tool
+        run.result.errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        seen = run.seen
+        for p in run.phones:
+            try:
+                await p.stop()
+            except Exception:   # noqa: BLE001 - closing what is left, best effort
+                pass
+    _collect_metrics(run, seen)
+    run.result.wall_s = round(time.monotonic() - t0, 3)
+    run.progress(1.0, name)
+    return run.result

@@ -1,0 +1,1 @@
+"""Studies: experiments that run real clients against a real lab and report figures."""
