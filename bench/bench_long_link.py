@@ -4,9 +4,11 @@
 all 16 replies (256 bytes) are in, write again. Four servers, each alone in its own process:
 ours and the bare echo (bench/_common.py: BareEcho), each on the default asyncio loop and on
 uvloop. The load comes from separate client process(es) on uvloop whose connections only
-count reply bytes. Prints frames/s and ours/bare on the same loop (target >= 0.7).
+count reply bytes. All four servers are up at once and take turns in short slices, so a
+drift in the machine's speed (it is shared) hits ours and bare alike. Prints frames/s and
+ours/bare on the same loop (target >= 0.7).
 
-    python bench/bench_long_link.py [--quick] [--duration S] [--clients N] [--repeat N]
+    python bench/bench_long_link.py [--quick] [--duration S] [--rounds N] [--clients N]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import statistics
 import sys
 import time
 
@@ -87,36 +90,39 @@ class NoopConn(asyncio.Protocol):
         self.lost = True
 
 
-def client_main(conn, host: str, port: int, nconns: int, depth: int) -> None:
+def client_main(conn, depth: int) -> None:
+    """Runs slices on command: ("run", host, port, nconns) connects, acks, waits for
+    ("go", warmup, duration), loads, reports and closes; ("stop",) ends the process."""
     c.raise_nofile()
     NoopConn.blob = make_blob(depth)
     NoopConn.size = 16 * depth
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        conns = []
-        for _ in range(nconns):
-            _, p = await loop.create_connection(NoopConn, host, port)
-            conns.append(p)
-        conn.send(("ready", len(conns)))
-        got = loop.create_future()
-        loop.add_reader(conn.fileno(), lambda: got.done() or got.set_result(conn.recv()))
-        _, warmup, duration = await got
-        loop.remove_reader(conn.fileno())
-        for p in conns:
-            p.start()
-        await asyncio.sleep(warmup)
-        r0, c0, t0 = sum(p.rounds for p in conns), c.cpu_seconds(), time.perf_counter()
-        await asyncio.sleep(duration)
-        r1, c1, t1 = sum(p.rounds for p in conns), c.cpu_seconds(), time.perf_counter()
-        lost = sum(p.lost for p in conns)
-        for p in conns:
-            p.t.abort()
-        conn.send(("ok", {"frames": (r1 - r0) * depth, "seconds": t1 - t0, "cpu": c1 - c0,
-                          "lost": lost}))
-        stop = loop.create_future()
-        loop.add_reader(conn.fileno(), lambda: stop.done() or stop.set_result(None))
-        await stop
+        inbox: asyncio.Queue = asyncio.Queue()
+        loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
+        conn.send(("ready", None))
+        while True:
+            msg = await inbox.get()
+            if msg[0] == "stop":
+                return
+            _, host, port, nconns = msg
+            conns = []
+            for _ in range(nconns):
+                _, p = await loop.create_connection(NoopConn, host, port)
+                conns.append(p)
+            conn.send(("ok", len(conns)))
+            _, warmup, duration = await inbox.get()
+            for p in conns:
+                p.start()
+            await asyncio.sleep(warmup)
+            r0, t0 = sum(p.rounds for p in conns), time.perf_counter()
+            await asyncio.sleep(duration)
+            r1, t1 = sum(p.rounds for p in conns), time.perf_counter()
+            lost = sum(p.lost for p in conns)
+            for p in conns:
+                p.t.abort()
+            conn.send(("ok", {"frames": (r1 - r0) * depth, "seconds": t1 - t0, "lost": lost}))
 
     c.run("uvloop" if c.have_uvloop() else "asyncio", main())
 
@@ -138,83 +144,107 @@ def sanity_check(port: int, depth: int) -> None:
             raise RuntimeError(f"bad reply {i}: {(plen, hlen, ver, cmd, seq)}")
 
 
-def measure(kind: str, loop_kind: str, args) -> dict:
-    with c.Child(server_main, kind, loop_kind, HOST, name=f"long-{kind}-{loop_kind}") as server:
-        port = server.ready()
-        sanity_check(port, args.depth)
-        shares = [args.conns // args.clients + (i < args.conns % args.clients)
-                  for i in range(args.clients)]
-        clients = [c.Child(client_main, HOST, port, n, args.depth, name=f"long-client{i}")
-                   for i, n in enumerate(shares)]
-        try:
-            for cl in clients:
-                cl.ready()
-            for cl in clients:
-                cl.send("go", args.warmup, args.duration)
-            time.sleep(args.warmup)
-            window = c.CpuWindow([server.pid] + [cl.pid for cl in clients])
-            time.sleep(args.duration)
-            cpu = window.stop()
-            results = [cl.recv(args.duration + 30) for cl in clients]
-            stats = server.call("stats")
-        finally:
-            for cl in clients:
-                cl.stop()
-    frames = sum(r["frames"] for r in results)
-    secs = max(r["seconds"] for r in results)
+def run_slice(server: "c.Child", port: int, clients: list, args, seconds: float) -> dict:
+    """Load one server for `seconds` (after the warm-up) from every client process."""
+    shares = [args.conns // len(clients) + (i < args.conns % len(clients))
+              for i in range(len(clients))]
+    for cl, n in zip(clients, shares):
+        cl.send("run", HOST, port, n)
+    for cl in clients:
+        cl.recv()
+    for cl in clients:
+        cl.send("go", args.warmup, seconds)
+    time.sleep(args.warmup)
+    window = c.CpuWindow([server.pid] + [cl.pid for cl in clients])
+    time.sleep(seconds)
+    cpu = window.stop()
+    results = [cl.recv(seconds + 30) for cl in clients]
     lost = sum(r["lost"] for r in results)
     if lost:
-        c.note(f"  warning: {lost} connections lost during the {kind}/{loop_kind} run")
-    return {"fps": frames / secs, "server_cpu": cpu["per_pid"][0],
-            "client_cpu": cpu["per_pid"][1:], "other_cpu": cpu["other"], "stats": stats}
+        c.note(f"  warning: {lost} connections lost")
+    fps = sum(r["frames"] for r in results) / max(r["seconds"] for r in results)
+    return {"fps": fps, "server_cpu": cpu["per_pid"][0], "client_cpu": cpu["per_pid"][1:],
+            "other_cpu": cpu["other"]}
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
 
 
 def main() -> int:
     def extra(p):
-        p.add_argument("--duration", type=float, help="measured seconds per server (10; 1.5 quick)")
-        p.add_argument("--warmup", type=float, help="seconds of load before measuring")
+        p.add_argument("--duration", type=float,
+                       help="measured seconds per server in all (10; 1.5 quick)")
+        p.add_argument("--rounds", type=int,
+                       help="slices the duration is cut into, servers taking turns (5; 1 quick)")
+        p.add_argument("--warmup", type=float, help="seconds of load before each slice")
         p.add_argument("--conns", type=int, default=100)
         p.add_argument("--depth", type=int, default=DEPTH, help="NOOPs pipelined per write")
         p.add_argument("--clients", type=int, default=1, help="client processes (2 cores here)")
-        p.add_argument("--repeat", type=int, default=1, help="runs per server; best is kept")
     args = c.parse_args(__doc__.splitlines()[0], extra)
     args.duration = args.duration or (1.5 if args.quick else 10.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
+    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 0.5)
     loops = c.loops_available()
-    c.note(f"long link: {args.conns} connections x {args.depth} pipelined NOOPs, "
-           f"{args.duration:g} s per run (+{args.warmup:g} s warm-up), {args.clients} client "
-           f"process(es) on {'uvloop' if c.have_uvloop() else 'asyncio'}, "
-           f"{os.cpu_count()} CPUs, best of {args.repeat}")
-    best: dict = {}
-    for _ in range(args.repeat):
-        for loop_kind in loops:
-            for kind in ("ours", "bare"):
-                r = measure(kind, loop_kind, args)
-                c.note(f"  {kind:4} on {loop_kind:7}: {r['fps']:>10,.0f} frames/s   server CPU "
-                       f"{r['server_cpu']:.0%}, client CPU "
-                       + ", ".join(f"{u:.0%}" for u in r["client_cpu"])
-                       + f", everything else {r['other_cpu']:.0%} (of one core)")
-                key = (kind, loop_kind)
-                if key not in best or r["fps"] > best[key]["fps"]:
-                    best[key] = r
+    configs = [(kind, lk) for lk in loops for kind in ("ours", "bare")]
+    slice_s = args.duration / args.rounds
+    c.note(f"long link: {args.conns} connections x {args.depth} pipelined NOOPs; "
+           f"{args.duration:g} s per server in {args.rounds} slice(s) of {slice_s:g} s "
+           f"(+{args.warmup:g} s warm-up each), servers taking turns; {args.clients} client "
+           f"process(es) on {'uvloop' if c.have_uvloop() else 'asyncio'}; "
+           f"{os.cpu_count()} CPUs")
+    servers, ports, clients = {}, {}, []
+    try:
+        for key in configs:  # all up at once: an idle server costs no CPU
+            servers[key] = c.Child(server_main, key[0], key[1], HOST,
+                                   name=f"long-{key[0]}-{key[1]}")
+        for key, srv in servers.items():
+            ports[key] = srv.ready()
+            sanity_check(ports[key], args.depth)
+        clients = [c.Child(client_main, args.depth, name=f"long-client{i}")
+                   for i in range(args.clients)]
+        for cl in clients:
+            cl.ready()
+        slices: dict = {key: [] for key in configs}
+        for r in range(args.rounds):
+            order = configs if r % 2 == 0 else configs[::-1]  # cancel drift within a round
+            for key in order:
+                res = run_slice(servers[key], ports[key], clients, args, slice_s)
+                slices[key].append(res)
+                c.note(f"  round {r + 1} {key[0]:4} on {key[1]:7}: {res['fps']:>10,.0f} "
+                       f"frames/s  server CPU {res['server_cpu']:.0%}, client CPU "
+                       + ", ".join(f"{u:.0%}" for u in res["client_cpu"])
+                       + f", everything else {res['other_cpu']:.0%} (of one core)")
+        stats = {key: srv.call("stats") for key, srv in servers.items()}
+    finally:
+        for cl in clients:
+            cl.stop()
+        for srv in servers.values():
+            srv.stop()
+    for lk in loops:
+        st = stats[("ours", lk)]
+        if not st.get("frames_in"):
+            raise RuntimeError(f"our server on {lk} counted no frames: {st}")
     rows = []
-    for loop_kind in loops:
-        ours, bare = best[("ours", loop_kind)], best[("bare", loop_kind)]
-        ratio = ours["fps"] / bare["fps"]
-        cost_o = ours["server_cpu"] / ours["fps"] * 1e9
-        cost_b = bare["server_cpu"] / bare["fps"] * 1e9
-        rows.append([loop_kind, f"{ours['fps']:,.0f}", f"{bare['fps']:,.0f}", f"{ratio:.2f}",
-                     f">= {TARGET}", c.verdict(ratio, TARGET),
-                     f"{cost_o:.0f} / {cost_b:.0f}", f"{cost_b / cost_o:.2f}"])
-    c.print_table("long link: NOOP frames/s (same run, same client)",
+    for lk in loops:
+        o, b = slices[("ours", lk)], slices[("bare", lk)]
+        fps_o, fps_b = median([x["fps"] for x in o]), median([x["fps"] for x in b])
+        ratio = median([x["fps"] / y["fps"] for x, y in zip(o, b)])
+        cost_o = median([x["server_cpu"] / x["fps"] * 1e9 for x in o])
+        cost_b = median([x["server_cpu"] / x["fps"] * 1e9 for x in b])
+        rows.append([lk, f"{fps_o:,.0f}", f"{fps_b:,.0f}", f"{ratio:.2f}", f">= {TARGET}",
+                     c.verdict(ratio, TARGET), f"{cost_o:.0f} / {cost_b:.0f}",
+                     f"{cost_b / cost_o:.2f}"])
+    c.print_table("long link: NOOP frames/s, medians over slices (same run, same client)",
                   ["server loop", "ours", "bare echo", "ours/bare", "target", "verdict",
                    "server CPU ns/frame ours / bare", "bare/ours CPU"], rows)
-    c.note("CPU ns/frame is server CPU time per frame: less sensitive than frames/s to other "
-           "load on the machine; bare/ours CPU is the frames/s ratio a saturated server "
-           "would show.")
+    c.note("ours/bare is the median of the per-round ratios (servers measured back to back). "
+           "CPU ns/frame is server CPU time per frame: less sensitive than frames/s to other "
+           "load on the machine; bare/ours CPU is the ratio a saturated server would show.")
     if len(loops) == 2:
         for kind in ("ours", "bare"):
-            gain = best[(kind, "uvloop")]["fps"] / best[(kind, "asyncio")]["fps"]
+            gain = median([x["fps"] for x in slices[(kind, "uvloop")]]) / \
+                median([x["fps"] for x in slices[(kind, "asyncio")]])
             c.note(f"uvloop/asyncio for {kind}: {gain:.2f}x")
     return 0
 

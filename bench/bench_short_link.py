@@ -9,7 +9,7 @@ Connection: close. Each server runs alone in its own process, on the default asy
 and on uvloop. Prints req/s and ours/bare on the same loop (target >= 0.8), and checks with
 a server-side counter of accepted connections that every request had its own connection.
 
-    python bench/bench_short_link.py [--quick] [--duration S] [--conns N] [--repeat N]
+    python bench/bench_short_link.py [--quick] [--duration S] [--conns N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import statistics
 import shutil
 import subprocess
 import sys
@@ -200,7 +201,8 @@ def main() -> int:
     def extra(p):
         p.add_argument("--duration", type=float, help="wrk seconds per server (10; 2 quick)")
         p.add_argument("--conns", type=int, default=50, help="wrk -c")
-        p.add_argument("--repeat", type=int, default=1, help="runs per server; best is kept")
+        p.add_argument("--rounds", type=int, default=1,
+                       help="wrk runs per server, ours and bare back to back; medians kept")
         p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
         p.add_argument("--no-netns", action="store_true",
                        help="stay in this network namespace (default: a fresh one per run, "
@@ -212,11 +214,11 @@ def main() -> int:
         return 0
     loops = c.loops_available()
     c.note(f"short link: wrk -t1 -c{args.conns} -d{args.duration:g}s, Connection: close, "
-           f"{os.cpu_count()} CPUs, best of {args.repeat}")
-    best: dict = {}
+           f"{os.cpu_count()} CPUs, {args.rounds} round(s)")
+    runs: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-short-") as lua_dir:
-        for _ in range(args.repeat):
-            for loop_kind in loops:
+        for rnd in range(args.rounds):
+            for loop_kind in (loops if rnd % 2 == 0 else loops[::-1]):
                 for kind in ("ours", "bare"):
                     r = measure(kind, loop_kind, args, lua_dir)
                     per = r["conns"] / r["served"] if r["served"] else float("nan")
@@ -228,27 +230,29 @@ def main() -> int:
                            f"{r['non2xx']}; socket errors: {errs})  server CPU "
                            f"{r['server_cpu']:.0%}, wrk CPU {r['wrk_cpu']:.0%}, everything "
                            f"else {r['other_cpu']:.0%}")
-                    key = (kind, loop_kind)
-                    if key not in best or r["rps"] > best[key]["rps"]:
-                        best[key] = r
+                    runs.setdefault((kind, loop_kind), []).append(r)
+    med = statistics.median
     rows = []
     for loop_kind in loops:
-        ours, bare = best[("ours", loop_kind)], best[("bare", loop_kind)]
-        ratio = ours["rps"] / bare["rps"]
-        cost_o = ours["server_cpu"] / ours["rps"] * 1e6
-        cost_b = bare["server_cpu"] / bare["rps"] * 1e6
-        rows.append([loop_kind, f"{ours['rps']:,.0f}", f"{bare['rps']:,.0f}", f"{ratio:.2f}",
+        o, b = runs[("ours", loop_kind)], runs[("bare", loop_kind)]
+        ratio = med([x["rps"] / y["rps"] for x, y in zip(o, b)])
+        cost_o = med([x["server_cpu"] / x["rps"] * 1e6 for x in o])
+        cost_b = med([x["server_cpu"] / x["rps"] * 1e6 for x in b])
+        rows.append([loop_kind, f"{med([x['rps'] for x in o]):,.0f}",
+                     f"{med([x['rps'] for x in b]):,.0f}", f"{ratio:.2f}",
                      f">= {TARGET}", c.verdict(ratio, TARGET),
                      f"{cost_o:.0f} / {cost_b:.0f}", f"{cost_b / cost_o:.2f}"])
-    c.print_table("short link: requests/s, one connection per request (same run)",
+    c.print_table("short link: requests/s, one connection per request (same run, medians)",
                   ["server loop", "ours (newsync)", "bare aiohttp", "ours/bare", "target",
                    "verdict", "server CPU us/req ours / bare", "bare/ours CPU"], rows)
-    c.note("CPU us/req is server CPU time per request: less sensitive than req/s to other "
-           "load on the machine; bare/ours CPU is the req/s ratio a saturated server would "
-           "show.")
+    c.note("Medians over rounds; ours/bare is the median of per-round ratios (ours and bare "
+           "run back to back). CPU us/req is server CPU time per request: less sensitive than "
+           "req/s to other load on the machine; bare/ours CPU is the req/s ratio a saturated "
+           "server would show.")
     if len(loops) == 2:
         for kind in ("ours", "bare"):
-            gain = best[(kind, "uvloop")]["rps"] / best[(kind, "asyncio")]["rps"]
+            gain = med([x["rps"] for x in runs[(kind, "uvloop")]]) / \
+                med([x["rps"] for x in runs[(kind, "asyncio")]])
             c.note(f"uvloop/asyncio for {kind}: {gain:.2f}x")
     return 0
 

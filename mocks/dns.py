@@ -9,6 +9,9 @@ server: each one is handled under its own try/except and counted.
 
 `stats` counts every datagram under "queries" and then under exactly one of "answered"
 (NOERROR), "nxdomain", "formerr" or "dropped", so queries == the sum of the other four.
+
+An optional `tap` (e.g. `testbed.capture.tap.Tap`) is told every datagram received and
+every reply sent, with the real addresses: `tap.udp(src, dst, payload)`.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def normalize(name: str) -> str:
 class LabDNS(asyncio.DatagramProtocol):
     """`records` maps host name -> IPv4 addresses, served in the order given."""
 
-    def __init__(self, records: dict[str, list[str]], ttl: int = 600) -> None:
+    def __init__(self, records: dict[str, list[str]], ttl: int = 600, *, tap=None) -> None:
         if not 0 <= ttl <= 0x7FFFFFFF:
             raise ValueError(f"TTL {ttl} outside 0..2^31-1")
         self.ttl = ttl
@@ -50,6 +53,8 @@ class LabDNS(asyncio.DatagramProtocol):
         self.stats: collections.Counter = collections.Counter()
         self.seen: collections.deque[tuple[str, int]] = collections.deque(maxlen=SEEN_LIMIT)
         self.transport: Optional[asyncio.DatagramTransport] = None
+        self.tap = tap
+        self._tap_failed = False
 
     # ------------------------------------------------------------------ lifecycle
     async def listen(self, host: str, port: int) -> None:
@@ -81,8 +86,20 @@ class LabDNS(asyncio.DatagramProtocol):
         log.debug("lab DNS socket error: %s", exc)
 
     # ------------------------------------------------------------------ queries
+    def _tap_udp(self, src, dst, payload: bytes) -> None:
+        try:
+            self.tap.udp(tuple(src[:2]), tuple(dst[:2]), payload)
+        except Exception:  # noqa: BLE001 - a broken tap must not stop the resolver
+            if not self._tap_failed:
+                self._tap_failed = True
+                log.exception("lab DNS: tap failed")
+
     def datagram_received(self, data: bytes, addr) -> None:
         self.stats["queries"] += 1
+        here = None
+        if self.tap is not None and self.transport is not None:
+            here = self.transport.get_extra_info("sockname")
+            self._tap_udp(addr, here, data)
         try:
             reply, outcome = self.answer(data)
         except Exception:  # noqa: BLE001 - one bad datagram must never stop the resolver
@@ -94,6 +111,9 @@ class LabDNS(asyncio.DatagramProtocol):
             except Exception:  # noqa: BLE001 - e.g. the socket closed under us
                 log.debug("lab DNS could not reply to %s", addr, exc_info=True)
                 outcome = "dropped"
+            else:
+                if here is not None:
+                    self._tap_udp(here, addr, reply)
         self.stats[outcome] += 1
 
     def answer(self, data: bytes) -> tuple[Optional[bytes], str]:

@@ -1,4 +1,16 @@
-"""Run every lab host in one process and write the manifest once all of them listen."""
+"""Run every lab host in one process and write the manifest once all of them listen.
+
+Recording (`LabConfig.record`): the lab writes a pcapng of everything a phone would see on
+its wire, made by the in-process tap (`testbed.capture.tap.Tap`, no privileges). A relay sits
+in front of every TCP server (the carrier NAT when one is configured, else a pass-through
+`NatRelay` that never expires anything) and reports every accepted connection, chunk, FIN and
+reset on its client side; the resolver reports every query and answer. The section comment
+records the lab manifest without passwords, which exists only once every server is bound, so
+the tap buffers (bounded) until `start()` has the manifest, then opens the file, writes the
+section header with the comment and the buffered packets. In practice nothing is buffered:
+no client knows an address before the manifest is written. `stop()` closes the capture after
+the relays have closed their connections, so their last FINs are in it.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +19,15 @@ import errno
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from aiohttp import web
 
+from testbed.capture.pcapng_writer import capture_comment
+from testbed.capture.tap import Tap
 from testbed.lab.addressing import HOST_NAMES, LONG, MAPABC, QLOGO, QPIC, SHORT, AddressPlan
 from testbed.lab.clock import Clock
 from testbed.lab.manifest import HostEntry, Manifest
@@ -49,6 +64,9 @@ class LabConfig:
     max_packet_len: Optional[int] = None
     nat_timeout_s: Optional[float] = None   # put a carrier NAT in front of every TCP host
     nat_latency_s: float = 0.0
+    record: Optional[Path] = None        # write a pcapng made by the in-process tap here
+    record_comment_extra: dict = field(default_factory=dict)  # added to its section comment
+    record_mss: int = 1460               # the tap's segment size
 
 
 class Lab:
@@ -70,7 +88,14 @@ class Lab:
         self.apps = {MAPABC: mapabc.make_app(), QLOGO: cdn.make_qlogo_app(self.service),
                      QPIC: cdn.make_qpic_app(self.service)}
         self.dns: Optional[LabDNS] = None
-        self.nat: Optional[NatRelay] = self._make_nat()
+        self.record_path: Optional[Path] = (Path(self.config.record)
+                                            if self.config.record is not None else None)
+        self.tap: Optional[Tap] = (Tap(self.record_path, mss=self.config.record_mss)
+                                   if self.record_path is not None else None)
+        self._record_started: Optional[float] = None
+        self.nat: Optional[NatRelay] = None
+        self.relay: Optional[NatRelay] = None   # the NAT, or a pass-through when recording
+        self._make_relay()
         self.manifest: Optional[Manifest] = None
         self.manifest_path: Optional[Path] = None
         self._runners: list[web.AppRunner] = []
@@ -80,6 +105,7 @@ class Lab:
     # ------------------------------------------------------------------
     async def start(self) -> Manifest:
         cfg = self.config
+        self._record_started = time.time()
         self.users = await self.service.seed_users(cfg.users, cfg.friends)
         ports = cfg.ports or self.profile.port_plan(cfg.privileged_ports)
         try:
@@ -93,20 +119,34 @@ class Lab:
             await self._unbind()
             hosts, dns_addr, dns_port = await self._bind(None, {k: 0 for k in ports})
         self.manifest = self._make_manifest(hosts, dns_addr, dns_port)
+        if self.tap is not None:
+            self.tap.start(self.record_comment())
         if cfg.manifest_path is not None:
             self.manifest_path = self.manifest.write(cfg.manifest_path)
         return self.manifest
 
-    async def _expose(self, addr: str, port: int, start) -> int:
-        """Start a server on addr; behind the NAT (if any) when the lab has one.
+    def record_comment(self) -> dict:
+        """The capture's section comment (how=tap, profile, time scale, manifest without
+        passwords, fault plan and seed: null unless `record_comment_extra` sets them)."""
+        cfg = self.config
+        extra = {"tap": {"mss": self.tap.mss if self.tap else cfg.record_mss,
+                         "isn_seed": self.tap.seed if self.tap else 0,
+                         "relay": "nat" if self.nat is not None else "pass-through"}}
+        extra.update(cfg.record_comment_extra)
+        return capture_comment("tap", profile=self.profile.name, time_scale=self.clock.scale,
+                               manifest=self.manifest, started=self._record_started, **extra)
 
-        `start(addr, port)` binds a server and returns its port. With a NAT the server takes
-        a free port and the NAT relay takes the public one, so clients reach the server only
-        through the relay, as a phone behind a carrier gateway does."""
-        if self.nat is None:
+    async def _expose(self, addr: str, port: int, start) -> int:
+        """Start a server on addr; behind the relay (if any) when the lab has one.
+
+        `start(addr, port)` binds a server and returns its port. With a relay (the NAT, or
+        the recorder's pass-through) the server takes a free port and the relay takes the
+        public one, so clients reach the server only through the relay, as a phone behind a
+        carrier gateway does."""
+        if self.relay is None:
             return await start(addr, port)
         inner = await start(addr, 0)
-        return await self.nat.add_mapping(addr, port, addr, inner)
+        return await self.relay.add_mapping(addr, port, addr, inner)
 
     async def _bind(self, plan: Optional[AddressPlan], ports: dict[str, int]):
         def addrs(host: str) -> list[str]:
@@ -153,19 +193,26 @@ class Lab:
                                                                  http_server))
 
         records = {name: hosts[name].addresses for name in HOST_NAMES}
-        self.dns = LabDNS(records)
+        self.dns = LabDNS(records, tap=self.tap)
         dns_addr = plan.dns if plan else FALLBACK_ADDRESS
         await self.dns.listen(dns_addr, ports["dns"])
         dns_port = self.dns.address[1]
         return hosts, dns_addr, dns_port
 
-    def _make_nat(self) -> Optional[NatRelay]:
+    def _make_relay(self) -> None:
+        """The carrier NAT when configured; else a pass-through relay when recording."""
         cfg = self.config
-        if cfg.nat_timeout_s is None:
-            return None
-        if not cfg.nat_timeout_s > 0:
-            raise ValueError(f"NAT timeout must be positive, got {cfg.nat_timeout_s}")
-        return NatRelay(self.clock, cfg.nat_timeout_s, latency_s=cfg.nat_latency_s)
+        self.nat = None
+        if cfg.nat_timeout_s is not None:
+            if not cfg.nat_timeout_s > 0:
+                raise ValueError(f"NAT timeout must be positive, got {cfg.nat_timeout_s}")
+            self.nat = NatRelay(self.clock, cfg.nat_timeout_s, latency_s=cfg.nat_latency_s,
+                                tap=self.tap)
+            self.relay = self.nat
+        elif self.tap is not None:
+            self.relay = NatRelay(self.clock, None, tap=self.tap)
+        else:
+            self.relay = None
 
     def _ca_path(self) -> Path:
         cfg = self.config
@@ -192,9 +239,9 @@ class Lab:
                         server_idle_s=self.long.idle_timeout_s, extra=extra)
 
     async def _unbind(self) -> None:
-        if self.nat is not None:
-            await self.nat.close()
-            self.nat = self._make_nat()
+        if self.relay is not None:
+            await self.relay.close()
+            self._make_relay()
         await self.long.close()
         await self.short.close()
         for runner in self._runners:
@@ -211,8 +258,8 @@ class Lab:
                      QPIC: cdn.make_qpic_app(self.service)}
 
     async def stop(self) -> None:
-        if self.nat is not None:
-            await self.nat.close()
+        if self.relay is not None:
+            await self.relay.close()
         await self.long.close()
         await self.short.close()
         for runner in self._runners:
@@ -220,6 +267,8 @@ class Lab:
         self._runners.clear()
         if self.dns is not None:
             self.dns.close()
+        if self.tap is not None:
+            self.tap.close()   # after the relays: their closing FINs are in the capture
         if self.manifest_path is not None:
             try:
                 os.unlink(self.manifest_path)

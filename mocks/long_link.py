@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 _NOOP_REPLY = NOOP_CMD + REPLY_OFFSET
 _pack_header = HEADER.pack
-# the first 12 bytes of a valid body-less NOOP: packet_len 16, header_len 16, version 1, cmd 6
+# the first 12 bytes of a valid body-less NOOP (packet_len 16, header_len 16, version 1,
+# cmd 6) and of its reply (cmd 1000000006); the seq follows in the last 4
 _NOOP_HEAD = HEADER.pack(16, 16, 1, NOOP_CMD, 0)[:12]
-_unpack_seq = struct.Struct(">12xI").unpack_from
+_NOOP_REPLY_HEAD = HEADER.pack(16, 16, 1, _NOOP_REPLY, 0)[:12]
 MAX_QUEUED_REQUESTS = 256  # per link; reading pauses beyond this
 
 
@@ -86,20 +87,23 @@ class LongLinkProtocol(asyncio.Protocol):
         decoder = self.decoder
         out = None
         # Fast path for heartbeats: answer a leading run of body-less NOOPs straight from
-        # the bytes, without building Frame tuples. Only when nothing is buffered, so `data`
-        # starts on a frame boundary; a header that is not exactly a valid empty NOOP ends the
-        # run and everything from it on goes through the decoder, which checks it as before.
+        # the bytes, without building Frame tuples (about twice the bare echo's speed instead
+        # of half; bench/bench_long_link.py). Only when nothing is buffered, so `data` starts
+        # on a frame boundary; a header that is not exactly a valid empty NOOP ends the run,
+        # and everything from it on goes through the decoder, which checks it as before.
         if not decoder.buffered and decoder.error is None:
             pos, end = 0, len(data)
             while end - pos >= 16 and data.startswith(_NOOP_HEAD, pos):
-                if out is None:
-                    out = []
-                out.append(_pack_header(16, 16, 1, _NOOP_REPLY, _unpack_seq(data, pos)[0]))
                 pos += 16
             if pos:
-                srv.frames_in += len(out)
+                srv.frames_in += pos >> 4
+                # In a run of such frames the 12-byte head occurs only at frame starts (no
+                # shift of it fits over its own fixed bytes), so one replace turns the run
+                # into its replies: same headers, cmd + 1000000000, same seqs, same order.
+                run = data if pos == end else data[:pos]
+                out = [run.replace(_NOOP_HEAD, _NOOP_REPLY_HEAD)]
                 if pos == end:
-                    self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+                    self.transport.write(out[0])
                     return
                 data = data[pos:]
         try:

@@ -31,6 +31,21 @@ loop lagging d wall seconds misjudges idleness by up to k*d protocol seconds.
 
 Both legs are bare `asyncio.Protocol`s with `__slots__` (no streams, no task per mapping once
 connected), so thousands of mappings cost a few KB each. The relay never parses anything.
+
+With `idle_timeout_s=None` the relay is a pure relay that never expires a mapping (only
+`blackhole_all()` still black-holes): the lab puts one in front of every TCP server when it
+records, so that a tap sees every connection (see below) even without a NAT.
+
+The tap (`tap=`, an observer such as `testbed.capture.tap.Tap`) is told what crosses the wire
+between the phone and the relay's public address, which is what a capture at the phone would
+show: `tcp_open(client_addr, public_addr) -> conn` when a connection is accepted,
+`tcp_data(conn, from_client, data, acked=...)` for every chunk the client leg reads (at
+reading, before relaying) and every chunk delivered to the client leg (at delivery, so a
+latency line delays it in the capture too), and `tcp_close(conn, from_client, reset=...,
+acked=...)` for FINs and resets on the client leg, whichever side they come from. After a
+mapping is black-holed the phone's bytes and FIN are reported with `acked=False` (they go into
+the hole) and nothing from the server side is reported. A failing observer is logged once and
+never breaks the relay.
 """
 
 from __future__ import annotations
@@ -150,6 +165,8 @@ class _Leg(asyncio.Protocol):
     def abort(self) -> None:
         t = self.transport
         if t is not None and not self.lost:
+            if self.is_client and self.m.tconn is not None:  # the phone sees our FIN
+                self.m.relay._tap("tcp_close", self.m.tconn, False)
             t.abort()
 
     def reset(self) -> None:
@@ -157,6 +174,8 @@ class _Leg(asyncio.Protocol):
         t = self.transport
         if t is None or self.lost:
             return
+        if self.is_client and self.m.tconn is not None:
+            self.m.relay._tap("tcp_close", self.m.tconn, False, reset=True)
         sock = t.get_extra_info("socket")
         if sock is not None:
             try:
@@ -233,7 +252,7 @@ class _Mapping:
 
     __slots__ = ("relay", "target", "client", "server", "state", "last", "timer",
                  "connect_task", "fin_up", "fin_down", "closer", "up", "down",
-                 "listen_port", "pending", "pending_n")
+                 "listen_port", "pending", "pending_n", "tconn")
 
     def __init__(self, relay: "NatRelay", target: tuple[str, int], listen_port: int) -> None:
         self.relay = relay
@@ -255,6 +274,7 @@ class _Mapping:
         # early bytes are kept here, bounded by pausing the client at LINE_HIGH.
         self.pending: Optional[list] = None
         self.pending_n = 0
+        self.tconn = None                # the tap's handle for this connection, if tapped
 
     # -- set-up
     def client_made(self, leg: _Leg) -> None:
@@ -269,10 +289,15 @@ class _Mapping:
         st.mappings_active += 1
         relay._mappings.add(self)
         self.last = relay.clock.now()
+        if relay.tap is not None:
+            t = leg.transport
+            self.tconn = relay._tap("tcp_open", t.get_extra_info("peername")[:2],
+                                    t.get_extra_info("sockname")[:2])
         if relay._latency_wall > 0:
             self.up = _Line(self, True)
             self.down = _Line(self, False)
-        self._arm(relay.idle_timeout_s)
+        if relay.idle_timeout_s is not None:
+            self._arm(relay.idle_timeout_s)
         self.connect_task = relay._loop.create_task(self._connect())
         relay._event("open", self)
 
@@ -343,7 +368,8 @@ class _Mapping:
         """Exact idleness check at the arrival of bytes (or FIN); stamps the activity."""
         relay = self.relay
         now = relay.clock.now()
-        if now - self.last > relay.idle_timeout_s:
+        idle_timeout = relay.idle_timeout_s
+        if idle_timeout is not None and now - self.last > idle_timeout:
             self.expire()
             return False
         self.last = now
@@ -352,17 +378,26 @@ class _Mapping:
     # -- data path
     def on_data(self, leg: _Leg, data: bytes) -> None:
         st = self.state
+        tapped = self.tconn is not None and leg.is_client
         if st != _OPEN:
             if st == _BLACKHOLED:
                 self.relay._stats.bytes_blackholed += len(data)
+                if tapped:  # the phone's bytes go into the hole, unanswered
+                    self.relay._tap("tcp_data", self.tconn, True, data, acked=False)
             elif st == _CONNECTING:  # the client spoke first: hold it for the upstream
+                if tapped:
+                    self.relay._tap("tcp_data", self.tconn, True, data)
                 self._hold(data)
             return
         if not self._alive():
             self.relay._stats.bytes_blackholed += len(data)
+            if tapped:
+                self.relay._tap("tcp_data", self.tconn, True, data, acked=False)
             return
         up = leg.is_client
         if up:
+            if tapped:
+                self.relay._tap("tcp_data", self.tconn, True, data)
             self.relay._stats.bytes_up += len(data)
             line = self.up
         else:
@@ -389,6 +424,8 @@ class _Mapping:
         dst = self.server if up else self.client
         if dst is not None and dst.usable():
             dst.transport.write(data)
+            if not up and self.tconn is not None:
+                self.relay._tap("tcp_data", self.tconn, False, data)
 
     def on_write_full(self, leg: _Leg, full: bool) -> None:
         """`leg`'s write buffer crossed a watermark: pause/resume reading the other leg."""
@@ -404,6 +441,9 @@ class _Mapping:
     # -- FIN
     def on_eof(self, leg: _Leg):
         leg.eof = True
+        if leg.is_client and self.tconn is not None:
+            alive = self.state == _CONNECTING or (self.state == _OPEN and self._alive())
+            self.relay._tap("tcp_close", self.tconn, True, acked=alive)
         if self.state == _OPEN and self._alive():
             if self.closer is None:
                 self.closer = leg.is_client
@@ -435,6 +475,8 @@ class _Mapping:
                 t.write_eof()
             else:
                 t.close()
+            if not up and self.tconn is not None:
+                self.relay._tap("tcp_close", self.tconn, False)
         if up:
             self.fin_up = True
         else:
@@ -448,6 +490,8 @@ class _Mapping:
     # -- end of a leg
     def on_lost(self, leg: _Leg, exc) -> None:
         st = self.state
+        if exc is not None and leg.is_client and self.tconn is not None:
+            self.relay._tap("tcp_close", self.tconn, True, reset=True)  # the phone reset
         if st == _DONE:
             return
         if st == _BLACKHOLED:
@@ -530,19 +574,25 @@ class NatRelay:
     """A carrier NAT: TCP port mappings that black-hole after `idle_timeout_s` of silence.
 
     All durations are protocol seconds, read from and converted with `clock`.
+    `idle_timeout_s=None` makes a pure relay whose mappings never expire.
     `on_event(kind, listen_port, protocol_time)` (optional) is called with kind "open",
     "expire" or "close" for every mapping, for timelines in reports.
+    `tap` (optional) is told every connection, chunk, FIN and reset on the client side (see
+    the module docstring); `testbed.capture.tap.Tap` renders them as packets.
     """
 
-    def __init__(self, clock: Clock, idle_timeout_s: float, latency_s: float = 0.0,
+    def __init__(self, clock: Clock, idle_timeout_s: Optional[float], latency_s: float = 0.0,
                  blackhole_linger_s: float = 7200.0, *,
-                 on_event: Optional[Callable[[str, int, float], None]] = None) -> None:
-        if not idle_timeout_s > 0:
+                 on_event: Optional[Callable[[str, int, float], None]] = None,
+                 tap=None) -> None:
+        if idle_timeout_s is not None and not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be positive, got {idle_timeout_s!r}")
         if latency_s < 0 or blackhole_linger_s < 0:
             raise ValueError("latency_s and blackhole_linger_s must not be negative")
         self.clock = clock
-        self.idle_timeout_s = float(idle_timeout_s)
+        self.idle_timeout_s = None if idle_timeout_s is None else float(idle_timeout_s)
+        self.tap = tap
+        self._tap_failed = False
         self.latency_s = float(latency_s)
         self.blackhole_linger_s = float(blackhole_linger_s)
         self.on_event = on_event
@@ -630,6 +680,16 @@ class NatRelay:
         # let the aborted transports run connection_lost
         await asyncio.sleep(0)
         await asyncio.sleep(0)
+
+    def _tap(self, method: str, *args, **kwargs):
+        """Call the tap; a failing tap is logged once and never breaks the relay."""
+        try:
+            return getattr(self.tap, method)(*args, **kwargs)
+        except Exception:
+            if not self._tap_failed:
+                self._tap_failed = True
+                log.exception("nat: tap %s failed", method)
+            return None
 
     def _event(self, kind: str, m: _Mapping) -> None:
         cb = self.on_event

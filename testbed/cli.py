@@ -76,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--seed", type=int, default=None, help="random seed")
     em.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
+    an = sub.add_parser("analyze", help="flows, DNS and TCP analysis of a capture")
+    an.add_argument("capture", type=Path)
+    an.add_argument("--json", action="store_true", help="print the analysis as JSON")
+
+    ve = sub.add_parser("verify", help="check a capture against expectations")
+    ve.add_argument("capture", type=Path)
+    ve.add_argument("--storyboard", action="store_true",
+                    help="the lab report's statements (the default expectation set)")
+    ve.add_argument("--secret", action="append", default=[], metavar="TEXT",
+                    help="a password that must never appear in clear (repeatable)")
+    ve.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+
     sub.add_parser("profiles", help="list the built-in profiles")
     return p
 
@@ -196,6 +208,96 @@ def _emulate(args) -> int:
     return 0 if result.ok else 1
 
 
+def _open_analysis(path: Path, console, needles=()):
+    from testbed.capture.analyze import analyze
+    from testbed.capture.packets import CaptureError
+
+    try:
+        return analyze(str(path), needles=needles)
+    except (CaptureError, OSError) as exc:
+        console.print(f"[red]error:[/red] {path}: {exc}")
+        return None
+
+
+def _analyze(args) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    a = _open_analysis(args.capture, console)
+    if a is None:
+        return 2
+    doc = a.summary()
+    if args.json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+    else:
+        out = Console()
+        out.print(f"{args.capture}: {doc['packets']} packets, {doc['duration_s']:.3f} s"
+                  + (f" (time scale {a.time_scale:g})" if a.time_scale != 1 else "")
+                  + (f", made by the {doc['made_by']}" if doc["made_by"] else ""))
+        if a.truncated:
+            out.print(f"[yellow]truncated:[/yellow] {a.error}")
+        for iface, n in (a.drops or {}).items():
+            if n:
+                out.print(f"[yellow]kernel dropped {n} packets on interface {iface}[/yellow]")
+        if doc["dns"]:
+            t = Table(title="DNS")
+            t.add_column("name")
+            t.add_column("answers")
+            for name, addrs in doc["dns"].items():
+                t.add_row(name, " ".join(addrs))
+            out.print(t)
+        t = Table(title="flows")
+        for col in ("client", "server", "host", "app", "kind", "requests", "closed_by",
+                    "packets", "bytes c>s", "bytes s>c", "heartbeat_s"):
+            t.add_column(col)
+        for f in doc["flows"]:
+            t.add_row(f["client"], f["server"], f["host"], f["app"], f["kind"],
+                      str(f["requests"]), str(f["closed_by"] or ""),
+                      f"{f['packets_c2s']}/{f['packets_s2c']}", str(f["bytes_c2s"]),
+                      str(f["bytes_s2c"]),
+                      "" if f["heartbeat_s"] is None else f"{f['heartbeat_s']:g}")
+        out.print(t)
+        out.print("tcp: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["tcp"].items()))
+                             or "no retransmissions, duplicate ACKs or other analysis flags"))
+    return 0
+
+
+def _verify(args) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from testbed.verify import verify_storyboard
+
+    console = Console(stderr=True)
+    secrets = [s.encode() for s in args.secret]
+    a = _open_analysis(args.capture, console, needles=secrets)
+    if a is None:
+        return 2
+    verdicts = verify_storyboard(a, secrets=secrets)
+    failed = [v for v in verdicts if v.ok is False]
+    if args.json:
+        print(json.dumps({"capture": str(args.capture), "ok": not failed,
+                          "verdicts": [v.to_dict() for v in verdicts]}, indent=2,
+                         ensure_ascii=False))
+    else:
+        t = Table(title=f"storyboard verdicts for {args.capture}")
+        t.add_column("#")
+        t.add_column("statement")
+        t.add_column("verdict")
+        t.add_column("detail")
+        for v in verdicts:
+            verdict = {True: "[green]holds[/green]", False: "[red]FAILS[/red]",
+                       None: f"[dim]n/a ({v.scope})[/dim]"}[v.ok]
+            t.add_row(v.id, v.statement, verdict, v.detail)
+        Console().print(t)
+    return 1 if failed else 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -205,6 +307,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _lab_up(args)
     if args.command == "emulate":
         return _emulate(args)
+    if args.command == "analyze":
+        return _analyze(args)
+    if args.command == "verify":
+        return _verify(args)
     if args.command == "profiles":
         from testbed.lab.profiles import load_profile, profile_names
         for name in profile_names():

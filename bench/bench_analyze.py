@@ -1,0 +1,293 @@
+"""Capture analysis throughput: our pipeline against a bare dpkt loop and tshark.
+
+Synthesises a pcap of N packets (1,000,000; --quick: 100,000) of many interleaved TCP flows
+with handshakes, data both ways, ACKs, FINs and some retransmissions and reordering, written
+with struct into a temporary directory. Then, in the same run, measures packets/s of
+
+  (a) read_capture + decode + FlowTable (reassembly, on_data) + TCP analysis  -- ours
+  (b) dpkt.pcap.Reader + dpkt.ethernet.Ethernet(buf) -> .data (IP) -> .data (TCP), touching
+      a field                                                              -- bare dpkt
+  (c) tshark -r FILE -T fields -e frame.number -e tcp.seq (lines counted)  -- tshark
+
+and prints the ratios (targets: (a) >= 1.5x (b), (a) >= 2x (c)) and the peak RSS of (a), in
+a child process of its own, against the peak RSS of just reading the file: memory follows the
+open flows, not the file size. Exit status is always 0; a missed target prints BELOW TARGET.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import multiprocessing as mp
+import os
+import random
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TARGET_DPKT = 1.5
+TARGET_TSHARK = 2.0
+
+
+# ----------------------------------------------------------------------------- synthesis
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def synthesize(path: str, packets: int, seed: int = 1, concurrent: int = 300) -> dict:
+    """Write a pcap of `packets` Ethernet/IPv4/TCP frames; returns what it put in."""
+    rnd = random.Random(seed)
+    blob = bytes(rnd.getrandbits(8) for _ in range(4096)) * 2
+    eth = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"
+    hdr = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
+    rec = struct.Struct("<IIII")
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+    ts = 1_700_000_000.0
+    stats = {"packets": 0, "flows": 0, "retransmissions": 0, "payload": 0}
+
+    def frame(src, dst, sport, dport, seq, ack, flags, payload, win=502):
+        tot = 40 + len(payload)
+        ip_tcp = hdr.pack(0x45, 0, tot, 0, 0x4000, 64, 6, 0, src, dst,
+                          sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 0x50, flags, win, 0,
+                          0)
+        return eth + ip_tcp + payload
+
+    flows: list[dict] = []
+    next_port = 20000
+    n = 0
+    f = open(path, "wb")
+    while n < packets:
+        while len(flows) < concurrent:
+            cip = bytes([198, 18, rnd.randrange(256), rnd.randrange(1, 255)])
+            sip = bytes([198, 19, rnd.randrange(256), rnd.randrange(1, 255)])
+            next_port = 20000 + (next_port - 19999) % 40000
+            fl = {"c": cip, "s": sip, "cp": next_port, "sp": 443,
+                  "cseq": rnd.getrandbits(32), "sseq": rnd.getrandbits(32),
+                  "state": 0, "left": rnd.randrange(20, 600), "sent": []}
+            flows.append(fl)
+            stats["flows"] += 1
+        fl = flows[rnd.randrange(len(flows))]
+        ts += rnd.uniform(0.000001, 0.00002)
+        st = fl["state"]
+        c, s, cp, sp = fl["c"], fl["s"], fl["cp"], fl["sp"]
+        frames = []
+        if st == 0:
+            frames.append(frame(c, s, cp, sp, fl["cseq"], 0, 0x02, b""))
+            fl["cseq"] += 1
+            fl["state"] = 1
+        elif st == 1:
+            frames.append(frame(s, c, sp, cp, fl["sseq"], fl["cseq"], 0x12, b""))
+            fl["sseq"] += 1
+            fl["state"] = 2
+        elif st == 2:
+            frames.append(frame(c, s, cp, sp, fl["cseq"], fl["sseq"], 0x10, b""))
+            fl["state"] = 3
+        elif st == 3:
+            r = rnd.random()
+            if r < 0.01 and fl["sent"]:
+                # retransmit a recent segment
+                fr = fl["sent"][rnd.randrange(len(fl["sent"]))]
+                frames.append(fr)
+                stats["retransmissions"] += 1
+            elif r < 0.5:
+                size = rnd.randrange(1, 1400)
+                off = rnd.randrange(4096)
+                p = blob[off:off + size]
+                fr = frame(c, s, cp, sp, fl["cseq"], fl["sseq"], 0x18, p)
+                fl["cseq"] += size
+                frames.append(fr)
+                fl["sent"] = (fl["sent"] + [fr])[-4:]
+                stats["payload"] += size
+            elif r < 0.75:
+                size = rnd.randrange(1, 1400)
+                off = rnd.randrange(4096)
+                p = blob[off:off + size]
+                frames.append(frame(s, c, sp, cp, fl["sseq"], fl["cseq"], 0x18, p))
+                fl["sseq"] += size
+                stats["payload"] += size
+            else:
+                if rnd.random() < 0.5:
+                    frames.append(frame(c, s, cp, sp, fl["cseq"], fl["sseq"], 0x10, b""))
+                else:
+                    frames.append(frame(s, c, sp, cp, fl["sseq"], fl["cseq"], 0x10, b""))
+            fl["left"] -= 1
+            if fl["left"] <= 0:
+                fl["state"] = 4
+        elif st == 4:
+            frames.append(frame(c, s, cp, sp, fl["cseq"], fl["sseq"], 0x11, b""))
+            fl["cseq"] += 1
+            fl["state"] = 5
+        elif st == 5:
+            frames.append(frame(s, c, sp, cp, fl["sseq"], fl["cseq"], 0x11, b""))
+            fl["sseq"] += 1
+            fl["state"] = 6
+        else:
+            frames.append(frame(c, s, cp, sp, fl["cseq"], fl["sseq"], 0x10, b""))
+            flows.remove(fl)
+        for fr in frames:
+            sec = int(ts)
+            out += rec.pack(sec, int(round((ts - sec) * 1e6)) % 1000000, len(fr), len(fr))
+            out += fr
+            n += 1
+        if len(out) > 1 << 22:
+            f.write(out)
+            out.clear()
+    f.write(out)
+    f.close()
+    stats["packets"] = n
+    stats["bytes"] = os.path.getsize(path)
+    return stats
+
+
+# ----------------------------------------------------------------------------- the runs
+def run_ours(path: str, conn=None) -> dict:
+    from testbed.capture.flows import FlowTable
+    from testbed.capture.packets import decode, read_capture
+    delivered = [0]
+
+    def on_data(flow, d, ts, data):
+        delivered[0] += len(data)
+
+    table = FlowTable(on_data=on_data)
+    feed = table.feed
+    gc.collect()
+    t0 = time.perf_counter()
+    n = 0
+    for pkt in read_capture(path):
+        n += 1
+        item = decode(pkt)
+        if item is not None:
+            feed(item)
+    table.close()
+    dt = time.perf_counter() - t0
+    res = {"packets": n, "seconds": dt, "flows": len(table.flows),
+           "open_max": None, "delivered": delivered[0], "analysis": table.totals(),
+           "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    if conn is not None:
+        conn.send(res)
+    return res
+
+
+def run_read_only(path: str, conn=None) -> dict:
+    """Baseline for memory: the interpreter, the modules and reading the file."""
+    from testbed.capture.flows import FlowTable  # noqa: F401 - same imports as run_ours
+    from testbed.capture.packets import read_capture
+    n = 0
+    for _ in read_capture(path):
+        n += 1
+    res = {"packets": n, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    if conn is not None:
+        conn.send(res)
+    return res
+
+
+def run_dpkt(path: str) -> dict:
+    import dpkt
+    gc.collect()
+    t0 = time.perf_counter()
+    n = 0
+    touched = 0
+    with open(path, "rb") as f:
+        for _ts, buf in dpkt.pcap.Reader(f):
+            n += 1
+            ip = dpkt.ethernet.Ethernet(buf).data
+            tcp = ip.data
+            touched += tcp.seq & 1
+    return {"packets": n, "seconds": time.perf_counter() - t0}
+
+
+def run_tshark(path: str) -> dict:
+    exe = shutil.which("tshark")
+    if exe is None:
+        return {"packets": 0, "seconds": None, "error": "tshark not installed"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([exe, "-r", path, "-T", "fields", "-e", "frame.number",
+                             "-e", "tcp.seq"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    lines = 0
+    for chunk in iter(lambda: proc.stdout.read(1 << 20), b""):
+        lines += chunk.count(b"\n")
+    proc.wait()
+    return {"packets": lines, "seconds": time.perf_counter() - t0}
+
+
+def in_child(fn, path: str) -> dict:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=fn, args=(path, child))
+    p.start()
+    child.close()
+    res = parent.recv()
+    p.join()
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="100,000 packets instead of 1,000,000")
+    ap.add_argument("--packets", type=int, default=None)
+    ap.add_argument("--keep", metavar="PATH", help="also keep the synthesised capture here")
+    args = ap.parse_args(argv)
+    n = args.packets or (100_000 if args.quick else 1_000_000)
+    tmp = tempfile.mkdtemp(prefix="bench-analyze-")
+    try:
+        path = os.path.join(tmp, "synth.pcap")
+        t0 = time.perf_counter()
+        st = synthesize(path, n)
+        print(f"synthesised {st['packets']:,} packets, {st['flows']:,} flows, "
+              f"{st['retransmissions']:,} retransmissions, {st['bytes'] / 1e6:.1f} MB "
+              f"in {time.perf_counter() - t0:.1f} s")
+        if args.keep:
+            shutil.copy(path, args.keep)
+        ours = in_child(run_ours, path)
+        base = in_child(run_read_only, path)
+        dp = run_dpkt(path)
+        ts = run_tshark(path)
+        rate = lambda r: r["packets"] / r["seconds"] if r.get("seconds") else float("nan")
+        ro, rd, rt = rate(ours), rate(dp), rate(ts)
+        print(f"(a) ours   read+decode+flows+analysis: {ro:>10,.0f} pkt/s "
+              f"({ours['seconds']:.2f} s, {ours['flows']:,} flows, "
+              f"{ours['delivered'] / 1e6:.1f} MB delivered)")
+        print(f"(b) dpkt   Reader+Ethernet->IP->TCP:    {rd:>10,.0f} pkt/s ({dp['seconds']:.2f} s)")
+        if ts.get("seconds"):
+            print(f"(c) tshark -T fields frame.number,tcp.seq: {rt:>7,.0f} pkt/s "
+                  f"({ts['seconds']:.2f} s, {ts['packets']:,} lines)")
+        else:
+            print(f"(c) tshark: {ts.get('error')}")
+        print(f"analysis: {ours['analysis']}")
+        ok = True
+        r1 = ro / rd
+        print(f"ratio ours/dpkt   = {r1:.2f}x (target >= {TARGET_DPKT}x)"
+              f"{'' if r1 >= TARGET_DPKT else '  BELOW TARGET'}")
+        ok &= r1 >= TARGET_DPKT
+        if ts.get("seconds"):
+            r2 = ro / rt
+            print(f"ratio ours/tshark = {r2:.2f}x (target >= {TARGET_TSHARK}x)"
+                  f"{'' if r2 >= TARGET_TSHARK else '  BELOW TARGET'}")
+            ok &= r2 >= TARGET_TSHARK
+        print(f"peak RSS: pipeline {ours['maxrss_kb'] / 1024:.1f} MiB, just reading the file "
+              f"{base['maxrss_kb'] / 1024:.1f} MiB, capture file {st['bytes'] / 2**20:.1f} MiB "
+              f"({st['flows']:,} flows, at most 300 open at a time)")
+        if not ok:
+            print("BELOW TARGET")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""From a capture file to events, flows and TCP analysis: what `testbed analyze` prints and
+what the verifier and the report read.
+
+One pass over the file: packets are decoded, TCP segments reassembled per flow, stream bytes
+dissected into events. Memory is bounded by the open flows (and by the events kept, which a
+caller can switch off for huge captures).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional
+
+from . import events as ev
+from .dissect import HttpStream, LongLinkStream, TlsStream, classify, dns_events
+from .events import Event
+from .flows import FlowTable
+from .packets import Datagram, Segment, decode, read_capture
+from .tcp_analysis import KEEP_ALIVE
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+SMALL_MESSAGE = 64          # bytes: a client burst this small may be a heartbeat
+LONG_LIVED_S = 60.0         # protocol seconds: a connection that lived this long is long
+
+
+@dataclass
+class FlowInfo:
+    """Per-flow state the dissection keeps beside the reassembly."""
+
+    id: int
+    client: tuple[str, int]
+    server: tuple[str, int]
+    app: Optional[str] = None
+    head: bytearray = field(default_factory=bytearray)
+    head_dir: str = "c2s"
+    stream: Any = None
+    host: str = ""
+    exchanges: int = 0
+    last_dir: str = ""
+    small_client_ts: list[float] = field(default_factory=list)
+    noop_ts: list[float] = field(default_factory=list)
+    keepalive_ts: list[float] = field(default_factory=list)
+    needles: set = field(default_factory=set)
+    tails: dict = field(default_factory=lambda: {"c2s": b"", "s2c": b""})
+    burst: int = 0
+
+
+@dataclass
+class Analysis:
+    path: str
+    packets: int = 0
+    first_ts: Optional[float] = None
+    last_ts: Optional[float] = None
+    meta: Optional[dict] = None
+    truncated: bool = False
+    error: Optional[str] = None
+    drops: dict = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    dns: dict[str, list[str]] = field(default_factory=dict)
+    flows: list[dict] = field(default_factory=list)
+    tcp: dict[str, int] = field(default_factory=dict)
+    udp: list[dict] = field(default_factory=list)
+    needles_seen: dict[str, list[dict]] = field(default_factory=dict)
+    arp: int = 0
+    handshakes: list[dict] = field(default_factory=list)
+
+    @property
+    def sniffed(self) -> bool:
+        """Real packets from an interface, rather than synthesised by the tap."""
+        return (self.meta or {}).get("how") != "tap"
+
+    @property
+    def duration(self) -> float:
+        if self.first_ts is None:
+            return 0.0
+        return self.last_ts - self.first_ts
+
+    @property
+    def time_scale(self) -> float:
+        try:
+            return float((self.meta or {}).get("time_scale") or 1.0)
+        except (TypeError, ValueError):
+            return 1.0
+
+    def protocol_seconds(self, wall: float) -> float:
+        return wall * self.time_scale
+
+    def summary(self) -> dict:
+        """The `testbed analyze --json` document."""
+        return {
+            "file": self.path, "packets": self.packets,
+            "duration_s": round(self.duration, 6), "time_scale": self.time_scale,
+            "made_by": (self.meta or {}).get("how"), "truncated": self.truncated,
+            "error": self.error, "kernel_drops": self.drops,
+            "dns": {name: addrs for name, addrs in sorted(self.dns.items())},
+            "flows": self.flows, "udp": self.udp, "tcp": self.tcp,
+        }
+
+
+def _regular_interval(ts: list[float]) -> Optional[float]:
+    """The median gap of a periodic series (>= 3 points, gaps within 25% of the median)."""
+    if len(ts) < 3:
+        return None
+    gaps = [b - a for a, b in zip(ts, ts[1:]) if b > a]
+    if len(gaps) < 2:
+        return None
+    med = statistics.median(gaps)
+    if med <= 0:
+        return None
+    regular = [g for g in gaps if abs(g - med) <= 0.25 * med]
+    if len(regular) < 0.6 * len(gaps):
+        return None
+    return statistics.median(regular)
+
+
+class Analyzer:
+    """Feed packets (or a whole file) and collect events, flows and counts."""
+
+    def __init__(self, *, keep_events: bool = True, needles: Iterable[bytes] = (),
+                 on_event: Optional[Callable[[Event], None]] = None,
+                 time_scale: float = 1.0) -> None:
+        self.keep_events = keep_events
+        self.on_event = on_event
+        self.needles = [n for n in needles if n]
+        self.result = Analysis(path="")
+        self.time_scale = time_scale
+        self.info: dict[int, FlowInfo] = {}
+        self.ip_names: dict[str, str] = {}
+        self.table = FlowTable(on_data=self._on_data, on_flow_end=self._on_flow_end,
+                               on_analysis=self._on_analysis)
+        self._handshakes: dict[tuple, dict] = {}
+        self._cur_index = 0
+        self._cur_dir = "c2s"
+
+    # ---------------------------------------------------------------- events
+    def _emit(self, event: Event) -> None:
+        if self.keep_events:
+            self.result.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _flow_emitter(self, info: FlowInfo):
+        def emit(kind: str, ts: float, fields: dict) -> None:
+            direction = fields.pop("direction", None) or ("s2c" if kind in (
+                ev.HTTP_RESPONSE,) else "c2s")
+            if kind == ev.FRAME or kind == ev.TLS_RECORD:
+                direction = self._cur_dir
+            if kind == ev.TLS_CLIENT_HELLO and fields.get("sni"):
+                info.host = info.host or fields["sni"]
+            if kind == ev.HTTP_REQUEST and fields.get("host"):
+                info.host = info.host or fields["host"].split(":")[0]
+            src, dst = (info.client, info.server) if direction == "c2s" else \
+                (info.server, info.client)
+            self._emit(Event(ts, kind, info.id, direction, src, dst, info.host, fields,
+                             self._cur_index))
+            if kind == ev.FRAME and direction == "c2s" and fields.get("noop") \
+                    and not fields.get("reply"):
+                info.noop_ts.append(ts)
+        return emit
+
+    # ---------------------------------------------------------------- flows
+    def _flow_info(self, flow) -> FlowInfo:
+        info = self.info.get(flow.id)
+        if info is None:
+            info = FlowInfo(flow.id, tuple(flow.client), tuple(flow.server))
+            info.host = self.ip_names.get(flow.server[0], "")
+            self.info[flow.id] = info
+        return info
+
+    def _on_data(self, flow, direction: str, ts: float, data: bytes) -> None:
+        info = self._flow_info(flow)
+        self._cur_dir = direction
+        if direction != info.last_dir:
+            if direction == "c2s":
+                info.exchanges += 1
+                info.burst = 0
+            info.last_dir = direction
+        if direction == "c2s":
+            info.burst += len(data)
+            if len(data) <= SMALL_MESSAGE and info.burst == len(data):
+                info.small_client_ts.append(ts)
+        if self.needles:
+            self._scan(info, direction, data)
+        if info.app is None:
+            info.head += data
+            app = classify(bytes(info.head[:64]))
+            if app is None and len(info.head) < 64:
+                return
+            info.app = app or "unknown"
+            emit = self._flow_emitter(info)
+            info.stream = {"tls": TlsStream, "http": HttpStream,
+                           "longlink": LongLinkStream}.get(info.app, lambda e: None)(emit)
+            data = bytes(info.head)
+            info.head = bytearray()
+        if info.stream is not None:
+            info.stream.data(direction, ts, data)
+
+    def _scan(self, info: FlowInfo, direction: str, data: bytes) -> None:
+        tail = info.tails[direction]
+        window = tail + data
+        for needle in self.needles:
+            if needle not in info.needles and needle in window:
+                info.needles.add(needle)
+        keep = max(len(n) for n in self.needles) - 1
+        info.tails[direction] = window[-keep:] if keep else b""
+
+    def _on_flow_end(self, flow) -> None:
+        info = self._flow_info(flow)
+        if isinstance(info.stream, HttpStream):
+            self._cur_dir = "s2c"
+            info.stream.close()
+        self.result.flows.append(self._row(flow, info))
+        for needle in info.needles:
+            self.result.needles_seen.setdefault(needle.decode("utf-8", "replace"), []).append(
+                {"flow": flow.id, "app": info.app, "host": info.host})
+        del self.info[flow.id]
+
+    def _row(self, flow, info: FlowInfo) -> dict:
+        app = info.app or ("unknown" if (flow.bytes_c2s or flow.bytes_s2c) else "none")
+        stream = info.stream
+        requests = getattr(stream, "requests", 0) if stream is not None else 0
+        if app in ("unknown", "tls", "none"):
+            requests = info.exchanges
+        lived = (flow.last_ts - flow.first_ts) * self.time_scale
+        closed = flow.closed_by
+        if app == "longlink" or info.exchanges >= 3 or lived >= LONG_LIVED_S:
+            kind = "long"
+        elif closed is not None and info.exchanges <= 1:
+            kind = "short"
+        else:
+            kind = "other"
+        beats = info.noop_ts if app == "longlink" else sorted(info.small_client_ts +
+                                                              info.keepalive_ts)
+        hb = _regular_interval(beats)
+        return {
+            "id": flow.id, "client": f"{flow.client[0]}:{flow.client[1]}",
+            "server": f"{flow.server[0]}:{flow.server[1]}",
+            "host": info.host or self.ip_names.get(flow.server[0], ""), "app": app,
+            "kind": kind, "requests": requests, "closed_by": closed,
+            "packets_c2s": flow.packets_c2s, "packets_s2c": flow.packets_s2c,
+            "bytes_c2s": flow.bytes_c2s, "bytes_s2c": flow.bytes_s2c,
+            "start": flow.first_ts, "end": flow.last_ts,
+            "heartbeat_s": None if hb is None else round(hb * self.time_scale, 3),
+            "violation": getattr(stream, "violation", None),
+            "tcp": dict(flow.analysis) if getattr(flow, "analysis", None) else {},
+        }
+
+    # ---------------------------------------------------------------- packets
+    def feed_packet(self, pkt) -> None:
+        r = self.result
+        r.packets += 1
+        if r.first_ts is None:
+            r.first_ts = pkt.ts
+        r.last_ts = pkt.ts
+        item = decode(pkt)
+        if item is None:
+            data = pkt.data
+            if pkt.linktype == 1 and len(data) >= 14 and data[12:14] == b"\x08\x06":
+                r.arp += 1
+            return
+        self._cur_index = pkt.index
+        if type(item) is Segment:
+            self.table.feed(item)
+            if item.flags & (SYN | FIN | RST) or self._handshakes:
+                self._control(item)
+        elif type(item) is Datagram:
+            self.table.feed(item)
+            if 53 in (item.sport, item.dport) or 5353 in (item.sport, item.dport):
+                self._dns(item)
+
+    def _on_analysis(self, flow, seg, flags: int) -> None:
+        if flags & KEEP_ALIVE and (seg.src, seg.sport) == tuple(flow.client):
+            self._flow_info(flow).keepalive_ts.append(seg.ts)
+
+    def _lookup(self, s: Segment):
+        # FlowTable keys its flows by the directed 4-tuple
+        return self.table._map.get((s.src, s.sport, s.dst, s.dport))
+
+    def _control(self, s: Segment) -> None:
+        """SYN, SYN-ACK, FIN and RST as events, and the handshake's relative numbers."""
+        flags = s.flags
+        key = (s.src, s.sport, s.dst, s.dport)
+        rkey = (s.dst, s.dport, s.src, s.sport)
+        hs = self._handshakes.get(key)
+        if hs is not None and not flags & SYN and hs.get("isn_s") is not None:
+            hs["ack_seq"] = (s.seq - hs["isn_c"]) % (1 << 32)
+            hs["ack_ack"] = (s.ack - hs["isn_s"]) % (1 << 32)
+            self.result.handshakes.append({k: v for k, v in hs.items() if k != "key"})
+            del self._handshakes[key]
+        if not flags & (SYN | FIN | RST):
+            return
+        found = self._lookup(s)
+        if found is None:
+            return
+        flow, c2s = found
+        info = self.info.get(flow.id)   # gone once the flow has ended (a late FIN)
+        host = (info.host if info else "") or self.ip_names.get(flow.server[0], "")
+        if flags & SYN and not flags & ACK:
+            if len(self._handshakes) > 4096:   # SYNs never answered: keep the map bounded
+                self._handshakes.pop(next(iter(self._handshakes)))
+            kind = ev.TCP_SYN
+            self._handshakes[key] = {"flow": flow.id, "key": key, "isn_c": s.seq, "isn_s": None}
+        elif flags & SYN:
+            kind = ev.TCP_SYNACK
+            hs = self._handshakes.get(rkey)
+            if hs is not None:
+                hs["isn_s"] = s.seq
+                hs["syn_ack_ack"] = (s.ack - hs["isn_c"]) % (1 << 32)
+        elif flags & RST:
+            kind = ev.TCP_RST
+        else:
+            kind = ev.TCP_FIN
+        self._emit(Event(s.ts, kind, flow.id, "c2s" if c2s else "s2c",
+                         (s.src, s.sport), (s.dst, s.dport), host, {}, s.index))
+
+    def _dns(self, d: Datagram) -> None:
+        parsed = dns_events(d.payload)
+        if parsed is None:
+            return
+        kind, fields = parsed
+        if kind == ev.DNS_ANSWER:
+            if fields["addresses"]:
+                self.result.dns.setdefault(fields["name"], [])
+                for a in fields["addresses"]:
+                    if a not in self.result.dns[fields["name"]]:
+                        self.result.dns[fields["name"]].append(a)
+                    self.ip_names.setdefault(a, fields["name"])
+        direction = "c2s" if kind == ev.DNS_QUERY else "s2c"
+        self._emit(Event(d.ts, kind, None, direction, (d.src, d.sport), (d.dst, d.dport),
+                         fields["name"], fields, d.index))
+
+    def finish(self) -> Analysis:
+        self.table.close()
+        r = self.result
+        r.tcp = self.table.totals()
+        r.udp = [u.summary() for u in self.table.udp.values()]
+        r.flows.sort(key=lambda f: (f["start"], f["id"]))
+        r.events.sort(key=lambda e: (e.ts, e.index))
+        return r
+
+
+def analyze(path: str, *, keep_events: bool = True, needles: Iterable[bytes] = (),
+            on_event: Optional[Callable[[Event], None]] = None) -> Analysis:
+    """Read a capture file and return its analysis (partial if the file is damaged)."""
+    cap = read_capture(path)
+    meta = cap.meta if isinstance(getattr(cap, "meta", None), dict) else None
+    scale = 1.0
+    if meta:
+        try:
+            scale = float(meta.get("time_scale") or 1.0)
+        except (TypeError, ValueError):
+            scale = 1.0
+    a = Analyzer(keep_events=keep_events, needles=needles, on_event=on_event, time_scale=scale)
+    a.result.path = str(path)
+    a.result.meta = meta
+    for pkt in cap:
+        a.feed_packet(pkt)
+    r = a.finish()
+    r.meta = cap.meta if isinstance(cap.meta, dict) else meta
+    r.truncated = bool(getattr(cap, "truncated", False))
+    r.error = getattr(cap, "error", None)
+    r.drops = dict(getattr(cap, "drops", {}) or {})
+    return r

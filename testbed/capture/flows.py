@@ -1,0 +1,521 @@
+"""TCP flows with per-direction stream reassembly, and UDP conversations.
+
+`FlowTable.feed(item)` takes the `Segment`s and `Datagram`s that `packets.decode` makes, in
+capture order. For TCP it
+
+- finds the flow by its 4-tuple, with Wireshark's rule for a reused 4-tuple (a SYN with a new
+  ISN starts a new flow), so flows line up one to one with tshark's `tcp.stream`;
+- decides who is the client: the sender of the SYN (or the receiver of the SYN-ACK); without
+  a handshake, the side with the higher (ephemeral) port, or the first sender if equal;
+- runs Wireshark's sequence analysis (`tcp_analysis`) and counts its flags per flow;
+- reassembles each direction by sequence number: retransmissions and overlaps are trimmed,
+  out-of-order data is held (up to `max_buffer` bytes per direction) until the hole is
+  filled; a hole the peer has already ACKed (the capture missed it) or that outgrows the
+  buffer is skipped and counted in `gaps`; a capture that starts mid-stream starts at the
+  first segment seen. In-order bytes go to `on_data(flow, direction, ts, data)`, skipped
+  holes to `on_gap(flow, direction, ts, nbytes)`;
+- ends a flow on RST, or when both FINs are in and both directions are complete, or at
+  `close()`: `on_flow_end(flow)` is called once per flow, and the flow then keeps only its
+  summary (counters, no payload). Late segments of an ended flow (the last ACK) still count.
+
+Memory is bounded by the open flows (each holds at most `max_buffer` bytes per direction of
+out-of-order data) plus a small summary per flow.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Callable, Optional
+
+from .packets import Datagram, Segment
+from .tcp_analysis import (ConvState, Counts, DirState, after_segment, analyze_segment,
+                           filter_names, syn_check)
+
+__all__ = ["FlowTable", "TcpFlow", "UdpConversation", "DEFAULT_MAX_BUFFER"]
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+M32 = 0xFFFFFFFF
+HALF = 0x80000000
+DEFAULT_MAX_BUFFER = 4 << 20      # out-of-order bytes held per direction before skipping
+
+
+class _Half:
+    """Reassembly state of one direction. Sequence numbers are unwrapped to Python ints."""
+
+    __slots__ = ("started", "nxt", "ooo", "heap", "ooo_bytes", "fin", "done", "peer_ack",
+                 "delivered", "gaps")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.nxt = 0                  # next expected byte (unwrapped)
+        self.ooo: dict[int, tuple[bytes, int]] = {}   # start -> (payload, seglen)
+        self.heap: list[int] = []
+        self.ooo_bytes = 0
+        self.fin: Optional[int] = None   # unwrapped seq of the FIN
+        self.done = False             # all bytes up to the FIN delivered
+        self.peer_ack: Optional[int] = None   # latest raw ACK from the other side
+        self.delivered = 0
+        self.gaps = 0
+
+    def unwrap(self, seq32: int) -> int:
+        return self.nxt + (((seq32 - (self.nxt & M32) + HALF) & M32) - HALF)
+
+
+class TcpFlow:
+    """One TCP connection (a tshark `tcp.stream`). Directions are "c2s" and "s2c"."""
+
+    __slots__ = ("id", "client", "server", "first_ts", "last_ts", "syn_seen", "synack_seen",
+                 "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "closed_by",
+                 "rst_by", "fin_first", "fin_c2s_ts", "fin_s2c_ts", "rst_ts", "ended", "end_ts",
+                 "analysis", "_conv", "_ac", "_as", "_hc", "_hs", "mss", "wscale",
+                 "sack_perm")
+
+    def __init__(self, id: int, client: tuple[str, int], server: tuple[str, int],
+                 ts: float) -> None:
+        self.id = id
+        self.client = client
+        self.server = server
+        self.first_ts = ts
+        self.last_ts = ts
+        self.syn_seen = False
+        self.synack_seen = False
+        self.packets_c2s = 0
+        self.packets_s2c = 0
+        self.bytes_c2s = 0            # payload bytes on the wire, retransmissions included
+        self.bytes_s2c = 0
+        self.closed_by: Optional[str] = None     # "fin" (both ways) or "rst"
+        self.rst_by: Optional[str] = None        # "client" or "server"
+        self.fin_first: Optional[str] = None     # who sent the first FIN
+        self.fin_c2s_ts: Optional[float] = None
+        self.fin_s2c_ts: Optional[float] = None
+        self.rst_ts: Optional[float] = None
+        self.ended = False
+        self.end_ts: Optional[float] = None
+        self.analysis: Counts = Counts()         # tcp.analysis filter name -> segments
+        self.mss = {"c2s": 0, "s2c": 0}
+        self.wscale = {"c2s": -1, "s2c": -1}
+        self.sack_perm = {"c2s": False, "s2c": False}
+        self._conv = ConvState()
+        self._ac = DirState()                    # analysis state, client -> server
+        self._as = DirState()
+        self._hc: Optional[_Half] = _Half()      # reassembly, client -> server
+        self._hs: Optional[_Half] = _Half()
+
+    # ------------------------------------------------------------------ summary
+    @property
+    def packets(self) -> dict[str, int]:
+        return {"c2s": self.packets_c2s, "s2c": self.packets_s2c}
+
+    @property
+    def bytes(self) -> dict[str, int]:
+        return {"c2s": self.bytes_c2s, "s2c": self.bytes_s2c}
+
+    @property
+    def total_packets(self) -> int:
+        return self.packets_c2s + self.packets_s2c
+
+    @property
+    def duration(self) -> float:
+        return self.last_ts - self.first_ts
+
+    @property
+    def fin_ts(self) -> dict[str, Optional[float]]:
+        return {"c2s": self.fin_c2s_ts, "s2c": self.fin_s2c_ts}
+
+    # gaps and delivered bytes survive the end of the flow (then _hc/_hs hold the counts)
+    @property
+    def gaps(self) -> int:
+        """Bytes that were never captured and were skipped over (both directions)."""
+        return self.gaps_c2s + self.gaps_s2c
+
+    @property
+    def gaps_c2s(self) -> int:
+        h = self._hc
+        return h.gaps if type(h) is _Half else h[0]
+
+    @property
+    def gaps_s2c(self) -> int:
+        h = self._hs
+        return h.gaps if type(h) is _Half else h[0]
+
+    @property
+    def delivered_c2s(self) -> int:
+        h = self._hc
+        return h.delivered if type(h) is _Half else h[1]
+
+    @property
+    def delivered_s2c(self) -> int:
+        h = self._hs
+        return h.delivered if type(h) is _Half else h[1]
+
+    @property
+    def closer(self) -> Optional[str]:
+        """Who closed: the RST sender for "rst", the first FIN sender for "fin"."""
+        if self.closed_by == "rst":
+            return self.rst_by
+        if self.closed_by == "fin":
+            return self.fin_first
+        return None
+
+    def summary(self) -> dict:
+        return {
+            "id": self.id, "client": f"{self.client[0]}:{self.client[1]}",
+            "server": f"{self.server[0]}:{self.server[1]}",
+            "start": self.first_ts, "end": self.last_ts,
+            "packets_c2s": self.packets_c2s, "packets_s2c": self.packets_s2c,
+            "bytes_c2s": self.bytes_c2s, "bytes_s2c": self.bytes_s2c,
+            "delivered_c2s": self.delivered_c2s, "delivered_s2c": self.delivered_s2c,
+            "gaps": self.gaps, "syn_seen": self.syn_seen, "closed_by": self.closed_by,
+            "closer": self.closer, "tcp": dict(self.analysis),
+        }
+
+    def __repr__(self) -> str:
+        return (f"<TcpFlow {self.id} {self.client[0]}:{self.client[1]} -> "
+                f"{self.server[0]}:{self.server[1]} pkts {self.packets_c2s}/"
+                f"{self.packets_s2c} closed_by={self.closed_by}>")
+
+
+class UdpConversation:
+    """UDP traffic between two endpoints; `a` (alias `client`) sent the first datagram."""
+
+    __slots__ = ("id", "a", "b", "first_ts", "last_ts", "packets_ab", "packets_ba",
+                 "bytes_ab", "bytes_ba")
+
+    def __init__(self, id: int, a: tuple[str, int], b: tuple[str, int], ts: float) -> None:
+        self.id = id
+        self.a = a
+        self.b = b
+        self.first_ts = ts
+        self.last_ts = ts
+        self.packets_ab = 0
+        self.packets_ba = 0
+        self.bytes_ab = 0
+        self.bytes_ba = 0
+
+    client = property(lambda self: self.a)
+    server = property(lambda self: self.b)
+
+    @property
+    def packets(self) -> int:
+        return self.packets_ab + self.packets_ba
+
+    def summary(self) -> dict:
+        return {"id": self.id, "a": f"{self.a[0]}:{self.a[1]}", "b": f"{self.b[0]}:{self.b[1]}",
+                "start": self.first_ts, "end": self.last_ts,
+                "packets_ab": self.packets_ab, "packets_ba": self.packets_ba,
+                "bytes_ab": self.bytes_ab, "bytes_ba": self.bytes_ba}
+
+    def __repr__(self) -> str:
+        return (f"<UdpConversation {self.id} {self.a[0]}:{self.a[1]} <-> "
+                f"{self.b[0]}:{self.b[1]} pkts {self.packets_ab}/{self.packets_ba}>")
+
+
+OnData = Callable[[TcpFlow, str, float, bytes], None]
+
+
+class FlowTable:
+    """Flows of a capture: feed Segments and Datagrams in capture order, then `close()`."""
+
+    def __init__(self, on_data: Optional[OnData] = None,
+                 on_flow_end: Optional[Callable[[TcpFlow], None]] = None, *,
+                 on_gap: Optional[Callable[[TcpFlow, str, float, int], None]] = None,
+                 on_datagram: Optional[Callable[[UdpConversation, str, Datagram], None]] = None,
+                 on_analysis: Optional[Callable[[TcpFlow, Segment, int], None]] = None,
+                 max_buffer: int = DEFAULT_MAX_BUFFER, keep_flows: bool = True) -> None:
+        self.on_data = on_data
+        self.on_flow_end = on_flow_end
+        self.on_gap = on_gap
+        self.on_datagram = on_datagram
+        self.on_analysis = on_analysis
+        self.max_buffer = max_buffer
+        self.keep_flows = keep_flows
+        self.flows: list[TcpFlow] = []       # every TCP flow, in order of first packet
+        self.udp: dict[tuple, UdpConversation] = {}
+        self.counts = Counts()               # tcp.analysis totals over all flows
+        self.n_flows = 0
+        self.open: dict[int, TcpFlow] = {}   # flows not ended yet, by id
+        self._map: dict[tuple, tuple[TcpFlow, bool]] = {}
+        self._umap: dict[tuple, tuple[UdpConversation, bool]] = {}
+        self.segments = 0
+        self.datagrams = 0
+
+    # ------------------------------------------------------------------ input
+    def feed(self, item) -> None:
+        t = type(item)
+        if t is Segment:
+            self.feed_segment(item)
+        elif t is Datagram:
+            self.feed_datagram(item)
+        elif item is not None:
+            raise TypeError(f"FlowTable.feed takes Segment or Datagram, not {t.__name__}")
+
+    def totals(self) -> dict[str, int]:
+        """tcp.analysis filter name -> number of segments, over all flows."""
+        return dict(self.counts)
+
+    def close(self) -> None:
+        """End every open flow (flushing held data with gaps) and report it."""
+        for flow in list(self.open.values()):
+            self._end(flow, flow.last_ts)
+
+    # ------------------------------------------------------------------ TCP
+    def _new_flow(self, s: Segment, flags: int) -> tuple[TcpFlow, bool]:
+        src, dst = (s.src, s.sport), (s.dst, s.dport)
+        if flags & SYN:
+            c2s = not flags & ACK               # SYN: sender is client; SYN-ACK: receiver
+        elif s.sport != s.dport:
+            c2s = s.sport > s.dport             # ephemeral (higher) port is the client
+        else:
+            c2s = True                          # first sender
+        client, server = (src, dst) if c2s else (dst, src)
+        flow = TcpFlow(self.n_flows, client, server, s.ts)
+        self.n_flows += 1
+        if self.keep_flows:
+            self.flows.append(flow)
+        self.open[flow.id] = flow
+        self._map[(s.src, s.sport, s.dst, s.dport)] = (flow, c2s)
+        self._map[(s.dst, s.dport, s.src, s.sport)] = (flow, not c2s)
+        return flow, c2s
+
+    def feed_segment(self, s: Segment) -> None:
+        self.segments += 1
+        flags = s.flags
+        ent = self._map.get((s.src, s.sport, s.dst, s.dport))
+        ta = 0
+        if ent is None:
+            flow, c2s = self._new_flow(s, flags)
+        else:
+            flow, c2s = ent
+            if flags & SYN:
+                new, ta = syn_check(flow._ac if c2s else flow._as, s.seq, flags)
+                if new:
+                    if not flow.ended:
+                        self._end(flow, s.ts)
+                    flow, c2s = self._new_flow(s, flags)
+        if c2s:
+            f, r = flow._ac, flow._as
+        else:
+            f, r = flow._as, flow._ac
+        seq = s.seq
+        seglen = s.seglen
+        ts = s.ts
+        conv = flow._conv
+        ta = analyze_segment(conv, f, r, s.index, ts, seq, s.ack, seglen, flags, s.window, ta)
+        if flags & SYN or s.wscale >= 0 or (flags & (SYN | ACK)) == ACK and (
+                f.is_first_ack or (conv.ts_mru_syn and not conv.ts_first_rtt)):
+            after_segment(conv, f, r, ts, flags, s.wscale)
+        if ta:
+            names = filter_names(ta)
+            if names:
+                fa = flow.analysis
+                tot = self.counts
+                for n in names:
+                    fa[n] = fa.get(n, 0) + 1
+                    tot[n] = tot.get(n, 0) + 1
+            if self.on_analysis is not None:
+                self.on_analysis(flow, s, ta)
+        flow.last_ts = ts
+        if c2s:
+            flow.packets_c2s += 1
+            flow.bytes_c2s += seglen
+        else:
+            flow.packets_s2c += 1
+            flow.bytes_s2c += seglen
+        if flags & (SYN | FIN | RST):
+            self._control(flow, c2s, s, flags)
+        if flow.ended:
+            return
+        # -------------------------------------------------------------- reassembly
+        if c2s:
+            h, other = flow._hc, flow._hs
+        else:
+            h, other = flow._hs, flow._hc
+        if seglen and not flags & RST:
+            dseq = (seq + 1) & M32 if flags & SYN else seq
+            if not h.started:
+                h.started = True
+                h.nxt = dseq
+            self._data(flow, h, "c2s" if c2s else "s2c", ts, dseq, s.payload, seglen)
+        if flags & ACK:
+            other.peer_ack = s.ack
+            if other.heap or (other.fin is not None and not other.done):
+                self._acked(flow, other, "s2c" if c2s else "c2s", ts)
+        if flags & RST:
+            if flow.closed_by is None:
+                flow.closed_by = "rst"
+            flow.rst_by = "client" if c2s else "server"
+            flow.rst_ts = ts
+            self._end(flow, ts)
+        elif h.done and other.done:
+            self._end(flow, ts)
+
+    def _control(self, flow: TcpFlow, c2s: bool, s: Segment, flags: int) -> None:
+        d = "c2s" if c2s else "s2c"
+        if flags & SYN:
+            if flags & ACK:
+                flow.synack_seen = True
+            else:
+                flow.syn_seen = True
+            if s.mss:
+                flow.mss[d] = s.mss
+            if s.wscale >= 0:
+                flow.wscale[d] = s.wscale
+            if s.sack_perm:
+                flow.sack_perm[d] = True
+            if flow.ended:
+                return
+            h = flow._hc if c2s else flow._hs
+            if not h.started:
+                h.started = True
+                h.nxt = (s.seq + 1) & M32
+        if flags & FIN:
+            if c2s:
+                if flow.fin_c2s_ts is None:
+                    flow.fin_c2s_ts = s.ts
+            elif flow.fin_s2c_ts is None:
+                flow.fin_s2c_ts = s.ts
+            if flow.fin_first is None:
+                flow.fin_first = "client" if c2s else "server"
+            if flow.ended:
+                return
+            h = flow._hc if c2s else flow._hs
+            dseq = (s.seq + 1) & M32 if flags & SYN else s.seq
+            if not h.started:
+                h.started = True
+                h.nxt = dseq
+            if h.fin is None:
+                h.fin = h.unwrap((dseq + s.seglen) & M32)
+                if h.nxt >= h.fin and not h.heap:
+                    h.done = True
+            if flow.fin_c2s_ts is not None and flow.fin_s2c_ts is not None \
+                    and flow.closed_by is None:
+                flow.closed_by = "fin"
+
+    def _data(self, flow: TcpFlow, h: _Half, d: str, ts: float, seq32: int,
+              payload: bytes, seglen: int) -> None:
+        nxt = h.nxt
+        off = ((seq32 - (nxt & M32) + HALF) & M32) - HALF
+        if off < 0:
+            if off + seglen <= 0:
+                return                                   # all old: a retransmission
+            payload = payload[-off:]
+            seglen += off
+            off = 0
+        if off == 0:
+            self._deliver(flow, h, d, ts, payload, seglen)
+            if h.heap:
+                self._drain(flow, h, d, ts)
+        else:
+            start = nxt + off
+            pa = h.peer_ack
+            if pa is not None and (((pa - (nxt & M32) + HALF) & M32) - HALF) >= off:
+                # the peer already ACKed past this hole: the capture missed it
+                self._skip(flow, h, d, ts, off)
+                self._deliver(flow, h, d, ts, payload, seglen)
+                if h.heap:
+                    self._drain(flow, h, d, ts)
+            else:
+                old = h.ooo.get(start)
+                if old is None:
+                    heapq.heappush(h.heap, start)
+                    h.ooo[start] = (payload, seglen)
+                    h.ooo_bytes += seglen
+                elif old[1] < seglen:
+                    h.ooo[start] = (payload, seglen)
+                    h.ooo_bytes += seglen - old[1]
+                if h.ooo_bytes > self.max_buffer:
+                    self._skip(flow, h, d, ts, h.heap[0] - h.nxt)
+                    self._drain(flow, h, d, ts)
+        if h.fin is not None and not h.done and h.nxt >= h.fin and not h.heap:
+            h.done = True
+
+    def _deliver(self, flow, h: _Half, d: str, ts: float, payload: bytes, seglen: int) -> None:
+        if payload:
+            h.delivered += len(payload)
+            if self.on_data is not None:
+                self.on_data(flow, d, ts, payload)
+        missing = seglen - len(payload)
+        h.nxt += seglen
+        if missing > 0:                                  # cut by the snaplen
+            h.gaps += missing
+            if self.on_gap is not None:
+                self.on_gap(flow, d, ts, missing)
+
+    def _skip(self, flow, h: _Half, d: str, ts: float, n: int) -> None:
+        if n <= 0:
+            return
+        h.gaps += n
+        h.nxt += n
+        if self.on_gap is not None:
+            self.on_gap(flow, d, ts, n)
+
+    def _drain(self, flow, h: _Half, d: str, ts: float) -> None:
+        heap, ooo = h.heap, h.ooo
+        while heap and heap[0] <= h.nxt:
+            start = heapq.heappop(heap)
+            payload, seglen = ooo.pop(start)
+            h.ooo_bytes -= seglen
+            cut = h.nxt - start
+            if cut >= seglen:
+                continue
+            if cut:
+                payload = payload[cut:]
+                seglen -= cut
+            self._deliver(flow, h, d, ts, payload, seglen)
+
+    def _acked(self, flow, h: _Half, d: str, ts: float) -> None:
+        """The peer ACKed up to `h.peer_ack`: holes below it were missed by the capture."""
+        ack = h.unwrap(h.peer_ack)
+        if h.heap and h.heap[0] <= ack and h.heap[0] > h.nxt:
+            self._skip(flow, h, d, ts, h.heap[0] - h.nxt)
+            self._drain(flow, h, d, ts)
+        if h.fin is not None and not h.done:
+            if ack > h.fin and h.nxt < h.fin:            # the FIN itself was ACKed
+                while h.heap:
+                    self._skip(flow, h, d, ts, h.heap[0] - h.nxt)
+                    self._drain(flow, h, d, ts)
+                self._skip(flow, h, d, ts, h.fin - h.nxt)
+            if h.nxt >= h.fin and not h.heap:
+                h.done = True
+
+    def _flush(self, flow, h: _Half, d: str, ts: float) -> None:
+        while h.heap:
+            self._skip(flow, h, d, ts, h.heap[0] - h.nxt)
+            self._drain(flow, h, d, ts)
+
+    def _end(self, flow: TcpFlow, ts: float) -> None:
+        if flow.ended:
+            return
+        self._flush(flow, flow._hc, "c2s", ts)
+        self._flush(flow, flow._hs, "s2c", ts)
+        flow.ended = True
+        flow.end_ts = ts
+        self.open.pop(flow.id, None)
+        # keep the counters of the reassembly, drop its buffers
+        flow._hc = (flow._hc.gaps, flow._hc.delivered)
+        flow._hs = (flow._hs.gaps, flow._hs.delivered)
+        if self.on_flow_end is not None:
+            self.on_flow_end(flow)
+
+    # ------------------------------------------------------------------ UDP
+    def feed_datagram(self, d: Datagram) -> None:
+        self.datagrams += 1
+        ent = self._umap.get((d.src, d.sport, d.dst, d.dport))
+        if ent is None:
+            a, b = (d.src, d.sport), (d.dst, d.dport)
+            conv = UdpConversation(len(self.udp), a, b, d.ts)
+            self.udp[(a, b) if a <= b else (b, a)] = conv
+            self._umap[(d.src, d.sport, d.dst, d.dport)] = (conv, True)
+            self._umap[(d.dst, d.dport, d.src, d.sport)] = (conv, False)
+            ab = True
+        else:
+            conv, ab = ent
+        conv.last_ts = d.ts
+        if ab:
+            conv.packets_ab += 1
+            conv.bytes_ab += len(d.payload)
+        else:
+            conv.packets_ba += 1
+            conv.bytes_ba += len(d.payload)
+        if self.on_datagram is not None:
+            self.on_datagram(conv, "c2s" if ab else "s2c", d)

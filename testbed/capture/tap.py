@@ -1,0 +1,384 @@
+"""The in-process tap: transports report what they read and write; we render packets.
+
+No privileges and no interface: the lab's relay (`mocks/nat.py`) and resolver
+(`mocks/dns.py`) call a `Tap` with every connection they accept, every chunk they read or
+deliver, every FIN and reset, and every DNS datagram; the tap renders those events as the
+Ethernet/IPv4/TCP (and UDP) packets a real stack would have put on the wire, and writes them
+to a pcapng file through `PcapngWriter`. The file is honest about it: its section comment
+says `"how": "tap"` and `"synthesised": true` (DESIGN.md "The recorder").
+
+What is rendered, per TCP connection (`tcp_open` -> `Conn`):
+
+* the three-way handshake at open: SYN, SYN-ACK, ACK, each SYN with an MSS option; initial
+  sequence numbers come from a seeded RNG, so the same events give the same file;
+* each chunk of data split into MSS-sized segments (PSH on the last), acknowledged by the
+  peer with a pure ACK after every second segment and after the last one (delayed ACK);
+* FIN from each side when that side closes (half-close aware), each ACKed by the other;
+  RST|ACK on a reset, after which the connection renders nothing more;
+* correct IPv4 header, TCP and UDP checksums (pseudo-header included), IP ids incrementing
+  per source address, TTL 64, DF set, window 65535 (no scaling);
+* Ethernet addresses derived from the IPv4 addresses (locally administered 02:00:a.b.c.d).
+
+Timestamps are the wall clock (`time.time()`) when the event is reported; packets of one
+event share it plus one microsecond per packet for ordering, and stamps never go backwards.
+
+A chunk the relay reports with `acked=False` (a black-holed NAT mapping: the phone's bytes
+go into a hole) is rendered without the peer's ACK; retransmissions a real phone would make
+then are not invented.
+
+Deferred start: a `Tap` made from a path without a comment (as the lab does: the lab
+manifest, which the comment records, only exists once every server is bound) buffers up to
+`max_pending` packets in memory until `start(comment)` opens the file, then writes them in
+order; packets beyond that bound are counted as drops and recorded in the Interface
+Statistics Block written at `close()`. A tap closed without being started writes nothing.
+
+Everything runs in the event-loop thread; nothing here is thread-safe, and nothing needs
+to be. Memory is bounded: packets go straight to the writer's buffered file.
+"""
+
+from __future__ import annotations
+
+import array
+import ipaddress
+import logging
+import os
+import random
+import struct
+import sys
+import time
+from typing import Any, BinaryIO, Optional, Union
+
+from .pcapng_writer import PcapngWriter
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Tap", "Conn", "mac_for", "DEFAULT_MSS"]
+
+Addr = tuple[str, int]
+
+DEFAULT_MSS = 1460
+WINDOW = 65535
+TTL = 64
+_ETH_IPV4 = 0x0800
+_PROTO_TCP = 6
+_PROTO_UDP = 17
+
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+_MOD = 1 << 32
+_TICK = 1e-6   # ordering offset between packets of one event (one microsecond)
+
+_LITTLE = sys.byteorder == "little"
+
+
+def _sum16(data: bytes) -> int:
+    """The 16-bit one's-complement sum of `data` in *native* word order (RFC 1071: the sum
+    is byte-order independent, so it is stored back in native order with "=H")."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(array.array("H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def _checksum(*parts: bytes) -> bytes:
+    s = 0
+    for p in parts:
+        s += _sum16(p)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return struct.pack("=H", ~s & 0xFFFF)
+
+
+def mac_for(ip: str) -> bytes:
+    """A locally administered unicast MAC derived from an IPv4 address: 02:00:a:b:c:d."""
+    return b"\x02\x00" + ipaddress.IPv4Address(ip).packed
+
+
+class Conn:
+    """One rendered TCP connection (client side first)."""
+
+    __slots__ = ("client", "server", "cip", "sip", "cmac", "smac", "c_next", "s_next",
+                 "c_fin", "s_fin", "reset", "bytes_up", "bytes_down")
+
+    def __init__(self, client: Addr, server: Addr, c_isn: int, s_isn: int) -> None:
+        self.client = (str(client[0]), int(client[1]))
+        self.server = (str(server[0]), int(server[1]))
+        self.cip = ipaddress.IPv4Address(self.client[0]).packed
+        self.sip = ipaddress.IPv4Address(self.server[0]).packed
+        self.cmac = mac_for(self.client[0])
+        self.smac = mac_for(self.server[0])
+        self.c_next = c_isn    # next sequence number the client sends
+        self.s_next = s_isn
+        self.c_fin = False
+        self.s_fin = False
+        self.reset = False
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.reset or (self.c_fin and self.s_fin)
+
+    def __repr__(self) -> str:
+        return (f"Conn({self.client[0]}:{self.client[1]} -> {self.server[0]}:{self.server[1]}"
+                f"{' reset' if self.reset else ''}{' closed' if self.closed else ''})")
+
+
+class Tap:
+    """Renders transport events as packets into a pcapng file.
+
+    `writer_or_path`: a `PcapngWriter` (already carrying its comment), or a path / binary
+    file, in which case `comment` (dict or str) is the section comment; when it is None the
+    file is opened later by `start(comment)` and packets are buffered until then.
+    """
+
+    def __init__(self, writer_or_path: Union[PcapngWriter, str, os.PathLike, BinaryIO], *,
+                 comment: Union[dict, str, None] = None, mss: int = DEFAULT_MSS,
+                 seed: int = 0, max_pending: int = 10_000, if_name: str = "lab0",
+                 snaplen: int = 262144) -> None:
+        if not 64 <= mss <= 65495:
+            raise ValueError(f"MSS {mss} out of range")
+        self.mss = mss
+        self.seed = seed
+        self.if_name = if_name
+        self.snaplen = snaplen
+        self._rng = random.Random(seed)
+        self._ip_ids: dict[bytes, int] = {}
+        self._last_us = 0
+        self._target = writer_or_path
+        self.writer: Optional[PcapngWriter] = None
+        self._pending: Optional[list] = None
+        self.max_pending = max_pending
+        self.dropped = 0       # packets lost because the file was not open yet
+        self.packets = 0       # packets rendered (written or buffered)
+        self.connections = 0
+        self.datagrams = 0
+        self.closed = False
+        self._errors = 0
+        if isinstance(writer_or_path, PcapngWriter):
+            self.writer = writer_or_path
+        elif comment is not None:
+            self.start(comment)
+        else:
+            self._pending = []
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def started(self) -> bool:
+        return self.writer is not None
+
+    @property
+    def path(self):
+        return self.writer.path if self.writer is not None else self._target
+
+    def start(self, comment: Union[dict, str]) -> None:
+        """Open the file with its section comment and write what was buffered."""
+        if self.writer is not None:
+            raise RuntimeError("tap already started")
+        if self.closed:
+            raise RuntimeError("tap is closed")
+        self.writer = PcapngWriter(self._target, comment=comment, snaplen=self.snaplen,
+                                   if_name=self.if_name)
+        pending, self._pending = self._pending or [], None
+        for ts_us, frame in pending:
+            self.writer.write_ns(ts_us * 1000, frame)
+
+    def close(self) -> None:
+        """Write the statistics block (tap drops, if any) and close the file."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.writer is None:
+            self._pending = None
+            return
+        try:
+            self.writer.write_stats(self.dropped, self.packets, time.time())
+        finally:
+            self.writer.close()
+
+    def __enter__(self) -> "Tap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ output
+    def _stamp(self, ts: Optional[float]) -> int:
+        """Microseconds for the next packet: the event's time, never before the last one."""
+        us = int((time.time() if ts is None else ts) * 1_000_000)
+        if us <= self._last_us:
+            us = self._last_us + 1
+        self._last_us = us
+        return us
+
+    def _next(self) -> int:
+        """The next packet of the same event: one microsecond later."""
+        self._last_us += 1
+        return self._last_us
+
+    def _emit(self, ts_us: int, frame: bytes) -> None:
+        if self.closed:
+            return
+        self.packets += 1
+        if self.writer is not None:
+            try:
+                self.writer.write_ns(ts_us * 1000, frame)
+            except (OSError, ValueError):
+                self._errors += 1
+                self.dropped += 1
+                if self._errors == 1:
+                    log.exception("tap: cannot write %s", self.path)
+        elif self._pending is not None and len(self._pending) < self.max_pending:
+            self._pending.append((ts_us, frame))
+        else:
+            self.dropped += 1
+
+    def _ip_id(self, src: bytes) -> int:
+        i = self._ip_ids.get(src)
+        if i is None:
+            i = self._rng.randrange(0x10000)
+        self._ip_ids[src] = (i + 1) & 0xFFFF
+        return i
+
+    def _ipv4(self, src: bytes, dst: bytes, proto: int, payload: bytes) -> bytes:
+        hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload),
+                                    self._ip_id(src), 0x4000, TTL, proto, 0, src, dst))
+        hdr[10:12] = _checksum(bytes(hdr))
+        return bytes(hdr) + payload
+
+    @staticmethod
+    def _eth(src_mac: bytes, dst_mac: bytes, packet: bytes) -> bytes:
+        return dst_mac + src_mac + struct.pack("!H", _ETH_IPV4) + packet
+
+    def _tcp(self, c: Conn, from_client: bool, seq: int, ack: int, flags: int,
+             payload: bytes = b"", options: bytes = b"") -> bytes:
+        if from_client:
+            sip, dip, sport, dport, smac, dmac = c.cip, c.sip, c.client[1], c.server[1], \
+                c.cmac, c.smac
+        else:
+            sip, dip, sport, dport, smac, dmac = c.sip, c.cip, c.server[1], c.client[1], \
+                c.smac, c.cmac
+        off = (20 + len(options)) // 4
+        seg = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq % _MOD,
+                                    ack % _MOD if flags & ACK else 0, off << 4, flags, WINDOW,
+                                    0, 0))
+        seg += options
+        seg += payload
+        pseudo = sip + dip + struct.pack("!BBH", 0, _PROTO_TCP, len(seg))
+        seg[16:18] = _checksum(pseudo, bytes(seg))
+        return self._eth(smac, dmac, self._ipv4(sip, dip, _PROTO_TCP, bytes(seg)))
+
+    # ------------------------------------------------------------------ TCP events
+    def tcp_open(self, client: Addr, server: Addr, ts: Optional[float] = None) -> Conn:
+        """A connection was accepted: SYN, SYN-ACK, ACK (MSS option on both SYNs)."""
+        rng = self._rng
+        c = Conn(client, server, rng.getrandbits(32), rng.getrandbits(32))
+        self.connections += 1
+        mss_opt = struct.pack("!BBH", 2, 4, self.mss)
+        t = self._stamp(ts)
+        self._emit(t, self._tcp(c, True, c.c_next, 0, SYN, options=mss_opt))
+        c.c_next = (c.c_next + 1) % _MOD
+        self._emit(self._next(), self._tcp(c, False, c.s_next, c.c_next, SYN | ACK,
+                                           options=mss_opt))
+        c.s_next = (c.s_next + 1) % _MOD
+        self._emit(self._next(), self._tcp(c, True, c.c_next, c.s_next, ACK))
+        return c
+
+    def tcp_data(self, conn: Conn, from_client: bool, data: bytes,
+                 ts: Optional[float] = None, *, acked: bool = True) -> None:
+        """`data` went from one side to the other: MSS-sized segments, ACKed every second
+        segment and at the end (unless `acked` is False)."""
+        c = conn
+        if not data or c.reset:
+            return
+        if (c.c_fin if from_client else c.s_fin):
+            log.debug("tap: data after FIN on %r ignored", c)
+            return
+        t = self._stamp(ts)
+        mss = self.mss
+        n = len(data)
+        mv = memoryview(data)
+        unacked = 0
+        for off in range(0, n, mss):
+            piece = bytes(mv[off:off + mss])
+            last = off + mss >= n
+            if from_client:
+                seq, ack = c.c_next, c.s_next
+            else:
+                seq, ack = c.s_next, c.c_next
+            flags = ACK | (PSH if last else 0)
+            frame = self._tcp(c, from_client, seq, ack, flags, piece)
+            self._emit(t, frame)
+            if from_client:
+                c.c_next = (c.c_next + len(piece)) % _MOD
+            else:
+                c.s_next = (c.s_next + len(piece)) % _MOD
+            unacked += 1
+            if acked and (unacked == 2 or last):
+                self._peer_ack(c, from_client)
+                unacked = 0
+            if not last:
+                t = self._next()
+        if from_client:
+            c.bytes_up += n
+        else:
+            c.bytes_down += n
+
+    def _peer_ack(self, c: Conn, from_client: bool) -> None:
+        """The receiver of `from_client`'s bytes acknowledges everything so far."""
+        if from_client:
+            frame = self._tcp(c, False, c.s_next, c.c_next, ACK)
+        else:
+            frame = self._tcp(c, True, c.c_next, c.s_next, ACK)
+        self._emit(self._next(), frame)
+
+    def tcp_close(self, conn: Conn, from_client: bool, reset: bool = False,
+                  ts: Optional[float] = None, *, acked: bool = True) -> None:
+        """One side closed: FIN|ACK (ACKed by the other side unless `acked` is False), or
+        RST|ACK on a reset. A second FIN from the same side, or anything after a reset, is
+        ignored."""
+        c = conn
+        if c.reset:
+            return
+        t = self._stamp(ts)
+        if reset:
+            seq = c.c_next if from_client else c.s_next
+            ack = c.s_next if from_client else c.c_next
+            self._emit(t, self._tcp(c, from_client, seq, ack, RST | ACK))
+            c.reset = True
+            return
+        if from_client:
+            if c.c_fin:
+                return
+            self._emit(t, self._tcp(c, True, c.c_next, c.s_next, FIN | ACK))
+            c.c_next = (c.c_next + 1) % _MOD
+            c.c_fin = True
+        else:
+            if c.s_fin:
+                return
+            self._emit(t, self._tcp(c, False, c.s_next, c.c_next, FIN | ACK))
+            c.s_next = (c.s_next + 1) % _MOD
+            c.s_fin = True
+        if acked:
+            self._peer_ack(c, from_client)
+
+    # ------------------------------------------------------------------ UDP
+    def udp(self, src: Addr, dst: Addr, payload: bytes, ts: Optional[float] = None) -> None:
+        """One datagram (DNS): Ethernet/IPv4/UDP with its checksum."""
+        sip = ipaddress.IPv4Address(src[0]).packed
+        dip = ipaddress.IPv4Address(dst[0]).packed
+        ulen = 8 + len(payload)
+        seg = bytearray(struct.pack("!HHHH", int(src[1]), int(dst[1]), ulen, 0) + payload)
+        pseudo = sip + dip + struct.pack("!BBH", 0, _PROTO_UDP, ulen)
+        cs = _checksum(pseudo, bytes(seg))
+        if cs == b"\0\0":
+            cs = b"\xff\xff"   # 0 means "no checksum" in UDP
+        seg[6:8] = cs
+        self.datagrams += 1
+        self._emit(self._stamp(ts), self._eth(mac_for(src[0]), mac_for(dst[0]),
+                                              self._ipv4(sip, dip, _PROTO_UDP, bytes(seg))))
+
+    def stats(self) -> dict[str, Any]:
+        return {"packets": self.packets, "dropped": self.dropped,
+                "connections": self.connections, "datagrams": self.datagrams}

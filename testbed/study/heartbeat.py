@@ -1,0 +1,1076 @@
+"""The heartbeat study (STORYBOARD.md section 5): real phones behind a carrier NAT, per policy.
+
+`testbed study heartbeat` starts one lab with a carrier NAT (`LabConfig.nat_timeout_s`), logs
+in `clients` phones per heartbeat policy (`testbed.client.phone.Phone`, the same emulator the
+other scenarios use) plus one sender, and lets every phone live for `hours` of protocol time
+(PROTOCOL.md section 6: at time scale k a protocol day takes 86400/k wall seconds). All
+policies share the lab, the NAT and the clock, so one day takes one day of protocol time.
+
+What is measured, per policy (docs/heartbeat-study.md explains each choice):
+
+* each phone's window is `hours` of protocol time from the moment its own `Phone.start()`
+  returned (phones start a few at a time, so windows are staggered by the set-up time); the
+  phone's counters are snapshotted at the end of its window: heartbeats sent, silent deaths
+  (a NOOP went unanswered), reconnects, wake-ups, long-link frames and bytes;
+* wake-ups and bytes are scaled to a 24 h day per client; bytes are the long link's
+  application bytes, plus an estimate of TCP/IP overhead (`TCPIP_HEADER_BYTES` per frame for
+  its own segment and as much again for the ACK it draws, and `TCP_CONN_SEGMENTS` header-only
+  segments per TCP connection for handshake and teardown);
+* the sender (a lab user on the short link: one HTTP connection per message, as the report
+  saw) messages each phone at random times, uniform over the phone's window, on average
+  `messages_per_client_per_day`; a message's send time is read on the shared lab clock just
+  before the request goes out, its receive time is the phone's `metrics.received` entry
+  (stamped when the newsync that brought it returned); delay = received - sent;
+* after its window a phone keeps running (a "drain", not counted in any rate) until every
+  message sent to it has arrived or `drain_s` has passed, so that a message sent just before
+  the end reaches the phone the way it would have (at the next heartbeat of a dead link);
+  then its loop stops, its long link is aborted and it takes one last newsync on the short
+  link: a message first seen there is counted `caught_up` (delivered, but no delay figure),
+  one still missing is `lost`;
+* NAT expiries are attributed to phones by source address (each phone binds its own
+  loopback address; see `_hook_nat`), counting only expiries inside the phone's window;
+* an event-loop lag monitor records how late a 5 ms wall sleep wakes up; the lag times k is
+  the worst error, in protocol seconds, of any timer in the run (heartbeat due times, the
+  NAT's idleness stamps, the NOOP timeout), and is reported with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import errno
+import gc
+import json
+import logging
+import math
+import random
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86400.0
+TCPIP_HEADER_BYTES = 52     # IPv4 (20) + TCP (20) + timestamps option (12)
+TCP_CONN_SEGMENTS = 7       # SYN, SYN-ACK, ACK, FIN, ACK, FIN, ACK: header-only segments
+LAG_PERIOD_S = 0.005        # wall seconds between lag probes
+SOURCE_OCTET = 99           # phones bind 127.99.x.y; random lab blocks are 127.100-254.x
+SENDER_SOURCE = "127.99.255.254"
+
+ProgressFn = Callable[[float, float, str], None]
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass
+class StudyConfig:
+    """What `testbed study heartbeat` takes. Durations are protocol seconds (hours: hours)."""
+
+    nat_timeout_s: float = 300.0
+    policies: tuple[str, ...] = ("fixed:270", "fixed:1680", "mars")
+    clients: int = 100                      # phones per policy
+    hours: float = 24.0                     # each phone's measured window
+    time_scale: float = 2000.0
+    messages_per_client_per_day: float = 4.0
+    seed: int = 1
+    server_idle_s: Optional[float] = None   # None: the profile's (660 s)
+    profile: str = "lab-report-2013"
+    start_concurrency: int = 8              # phones logging in at once
+    pause_gc: bool = True                   # no cyclic GC during the run (see run_study)
+    drain_s: Optional[float] = None         # None: longest policy interval + 2 NOOP timeouts + 120
+
+    def validate(self) -> None:
+        """Raise ValueError with a message a user can act on."""
+        from testbed.client.heartbeat import parse_policy
+
+        if not _positive(self.nat_timeout_s):
+            raise ValueError(f"--nat-timeout must be a positive number of seconds, "
+                             f"got {self.nat_timeout_s!r}")
+        if not self.policies:
+            raise ValueError("give at least one --policy (fixed:<seconds> or mars)")
+        seen = set()
+        for spec in self.policies:
+            parse_policy(spec)   # raises ValueError with the accepted forms
+            if spec in seen:
+                raise ValueError(f"policy {spec!r} given twice")
+            seen.add(spec)
+        if not isinstance(self.clients, int) or self.clients < 1:
+            raise ValueError(f"--clients must be a whole number >= 1, got {self.clients!r}")
+        if self.clients * len(self.policies) > 250 * 250:
+            raise ValueError("at most 62500 phones in one study")
+        if not _positive(self.hours):
+            raise ValueError(f"--hours must be positive, got {self.hours!r}")
+        if not _positive(self.time_scale):
+            raise ValueError(f"--time-scale must be positive, got {self.time_scale!r}")
+        m = self.messages_per_client_per_day
+        if not (isinstance(m, (int, float)) and math.isfinite(m) and m >= 0):
+            raise ValueError(f"--messages-per-client-per-day must be >= 0, got {m!r}")
+        if self.server_idle_s is not None and not _positive(self.server_idle_s):
+            raise ValueError(f"--server-idle must be positive, got {self.server_idle_s!r}")
+        if self.drain_s is not None and not (math.isfinite(self.drain_s) and self.drain_s >= 0):
+            raise ValueError(f"drain_s must be >= 0, got {self.drain_s!r}")
+        if self.start_concurrency < 1:
+            raise ValueError("start_concurrency must be >= 1")
+
+    @property
+    def window_s(self) -> float:
+        return self.hours * 3600.0
+
+    def noop_timeout_effective(self) -> float:
+        """The NOOP timeout the phones really wait, in protocol seconds: 20 s, but never
+        under MIN_WALL_TIMEOUT wall seconds (100 protocol s at k = 2000)."""
+        from testbed.client.phone import MIN_WALL_TIMEOUT
+
+        return max(20.0, MIN_WALL_TIMEOUT * self.time_scale)
+
+    def effective_drain_s(self) -> float:
+        if self.drain_s is not None:
+            return self.drain_s
+        return max(_max_interval(p) for p in self.policies) \
+            + 2 * self.noop_timeout_effective() + 120.0
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def _max_interval(spec: str) -> float:
+    from testbed.client.heartbeat import FixedHeartbeat, MarsHeartbeat, parse_policy
+
+    p = parse_policy(spec)
+    if isinstance(p, FixedHeartbeat):
+        return p.seconds
+    if isinstance(p, MarsHeartbeat):
+        return p.p.max_s
+    return 1800.0
+
+
+# ---------------------------------------------------------------------------- results
+@dataclass
+class PolicyResult:
+    """One policy's figures. `*_per_day` are per client per 24 h of protocol time; plain
+    counts are totals over the policy's clients and their windows."""
+
+    policy: str
+    clients: int
+    window_s: float
+    heartbeats_sent: int = 0
+    heartbeats_answered: int = 0
+    silent_deaths: int = 0
+    links_closed: int = 0
+    reconnects: int = 0
+    reconnect_attempts: int = 0
+    wakeups: int = 0
+    pushes: int = 0
+    tcp_connections: int = 0
+    app_bytes: int = 0
+    long_frames: int = 0
+    tcpip_bytes: int = 0                    # estimated header overhead (see module doc)
+    nat_expiries: Optional[int] = None      # None when phones could not be told apart
+    heartbeats_per_day: float = 0.0
+    silent_deaths_per_day: float = 0.0
+    reconnects_per_day: float = 0.0
+    wakeups_per_day: float = 0.0
+    nat_expiries_per_day: Optional[float] = None
+    app_bytes_per_day: float = 0.0
+    bytes_per_day: float = 0.0              # app bytes + TCP/IP estimate
+    interval_p50_s: Optional[float] = None  # idle time before a NOOP, as the phone saw it
+    interval_max_s: Optional[float] = None
+    messages_sent: int = 0                  # accepted by the server (new_msg_id returned)
+    send_failures: int = 0                  # the sender gave up (never accepted)
+    messages_delivered: int = 0             # by the phone's own loop (window or drain)
+    messages_caught_up: int = 0             # only by the final short-link newsync
+    messages_lost: int = 0                  # not even then
+    duplicates: int = 0
+    loop_errors: int = 0                    # Phone.run raised and was restarted
+    delay_p50_s: Optional[float] = None
+    delay_p99_s: Optional[float] = None
+    delay_max_s: Optional[float] = None
+    delay_mean_s: Optional[float] = None
+    settled_interval_s: Optional[float] = None   # mars: median interval of settled phones
+    settled_clients: Optional[int] = None        # mars: phones no longer probing
+    settled_intervals: dict[str, int] = field(default_factory=dict)  # interval -> phones
+
+
+@dataclass
+class StudyResult:
+    config: dict[str, Any]
+    policies: list[PolicyResult]
+    wall_s: float = 0.0                     # whole run, lab start to lab stop
+    setup_wall_s: float = 0.0               # until the last phone had started
+    protocol_span_s: float = 0.0            # protocol time from first start to last stop
+    # event-loop lag (wall lag x k, protocol seconds) while phones were in their windows
+    # (first start to last window end); `whole` includes lab set-up, logins and the drain
+    max_loop_lag_s: float = 0.0
+    p99_loop_lag_s: float = 0.0
+    p50_loop_lag_s: float = 0.0
+    max_loop_lag_wall_ms: float = 0.0
+    max_loop_lag_whole_s: float = 0.0
+    lag_samples: int = 0
+    lag_histogram: dict[str, int] = field(default_factory=dict)   # protocol s -> samples
+    timing_margin_s: Optional[float] = None # slack of the tightest policy below the NAT timeout
+    stalls_over_margin: int = 0             # in-window lag samples at least that long
+    cpu_s: float = 0.0                      # process CPU time (user + system) for the run
+    nat: dict[str, Any] = field(default_factory=dict)
+    drain_s: float = 0.0
+    noop_timeout_effective_s: float = 0.0
+    event_loop: str = ""
+    gc_paused: bool = False
+    max_rss_mb: float = 0.0                 # peak resident memory of the process
+    tcpip_estimate: str = (f"{TCPIP_HEADER_BYTES} B per frame for its segment + "
+                           f"{TCPIP_HEADER_BYTES} B for its ACK; {TCP_CONN_SEGMENTS} x "
+                           f"{TCPIP_HEADER_BYTES} B per TCP connection")
+
+    def by_policy(self, spec: str) -> PolicyResult:
+        for p in self.policies:
+            if p.policy == spec:
+                return p
+        raise KeyError(spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- the run
+@dataclass
+class _Sent:
+    target: int
+    offset: float
+    sent_at: float = math.nan
+    acked_at: float = math.nan
+    new_msg_id: int = 0
+    error: str = ""
+
+
+@dataclass
+class _Client:
+    index: int
+    policy_index: int
+    username: str
+    password: str
+    source: Optional[str]
+    offsets: list[float]
+    phone: Any = None
+    t0: float = math.nan
+    t_end: float = math.nan
+    window_s: float = math.nan
+    snapshot: dict[str, Any] = field(default_factory=dict)
+    sends: list[_Sent] = field(default_factory=list)
+    nat_expiries: int = 0
+    caught_up: set[int] = field(default_factory=set)
+    received_before_catchup: dict[int, float] = field(default_factory=dict)
+    arrived: Optional[asyncio.Event] = None
+    loop_errors: list[str] = field(default_factory=list)
+    started: bool = False
+    done: bool = False
+
+
+class _LagMonitor:
+    """How late a short wall sleep wakes up: the event loop's lag, with when it was seen."""
+
+    def __init__(self, period: float = LAG_PERIOD_S) -> None:
+        self.period = period
+        self.samples: list[tuple[float, float]] = []   # (perf_counter at wake-up, lag)
+
+    async def run(self) -> None:
+        perf = time.perf_counter
+        period = self.period
+        append = self.samples.append
+        while True:
+            t = perf()
+            await asyncio.sleep(period)
+            now = perf()
+            append((now, max(0.0, now - t - period)))
+
+    def between(self, a: float, b: float) -> list[float]:
+        return [lag for t, lag in self.samples if a <= t <= b]
+
+
+LAG_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 100.0)
+
+
+def _histogram(values: list[float]) -> dict[str, int]:
+    """Counts of values (protocol seconds) in LAG_BUCKETS: "<1", "1-5", ..., ">=100"."""
+    edges = LAG_BUCKETS
+    labels = [f"<{edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:])] \
+        + [f">={edges[-1]:g}"]
+    out = dict.fromkeys(labels, 0)
+    for v in values:
+        i = next((j for j, e in enumerate(edges) if v < e), len(edges))
+        out[labels[i]] += 1
+    return out
+
+
+def _cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def timing_margin(config: StudyConfig) -> Optional[float]:
+    """Protocol seconds by which the tightest interval that should survive the NAT stays
+    under its timeout (fixed:270 behind 300 s: 30 s; mars probes its steps too). A loop stall
+    longer than this can turn a heartbeat due just in time into a NAT expiry."""
+    from testbed.client.heartbeat import FixedHeartbeat, MarsHeartbeat, parse_policy
+
+    slack = []
+    nat = config.nat_timeout_s
+    for spec in config.policies:
+        p = parse_policy(spec)
+        if isinstance(p, FixedHeartbeat) and p.seconds < nat:
+            slack.append(nat - p.seconds)
+        elif isinstance(p, MarsHeartbeat):
+            v = p.p.min_s
+            below = None
+            while v < nat and v <= p.p.max_s:
+                below, v = v, v + p.p.step_s
+            if below is not None:
+                slack.append(nat - below)
+    return min(slack) if slack else None
+
+
+def _percentile(sorted_values: list[float], q: float) -> Optional[float]:
+    """Nearest-rank percentile (q in 0..100) of an already sorted list."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+_COUNTERS = ("heartbeats_sent", "heartbeats_answered", "silent_deaths", "links_closed",
+             "reconnects", "reconnect_attempts", "wakeups", "pushes", "syncs",
+             "tcp_connections")
+
+
+def _snapshot(phone) -> dict[str, Any]:
+    """The phone's counters now, bytes of the link in use included."""
+    m = phone.metrics
+    d: dict[str, Any] = {k: getattr(m, k) for k in _COUNTERS}
+    app, frames = m.long_bytes, m.long_frames
+    link = phone.session.link
+    # Phone folds a link's counters into metrics when the link is dropped (and marks it);
+    # the live link's bytes are added here
+    if link is not None and not getattr(link, "_accounted", False):
+        app += link.bytes_sent + link.bytes_received
+        frames += link.frames_sent + link.frames_received
+    d["app_bytes"], d["long_frames"] = app, frames
+    d["intervals"] = list(m.intervals)
+    pol = phone.policy
+    d["policy_current"] = getattr(pol, "current", None)
+    d["policy_probing"] = getattr(pol, "probing", None)
+    return d
+
+
+def _quiescent(phone) -> bool:
+    """No NOOP awaiting its answer and no reconnect under way. Each `reconnect()` follows
+    exactly one silent death or one closed link, and counts once when it succeeds."""
+    m = phone.metrics
+    in_flight = m.heartbeats_sent - m.heartbeats_answered - m.silent_deaths - m.links_closed
+    return in_flight <= 0 and m.silent_deaths + m.links_closed == m.reconnects
+
+
+def _source_address(g: int) -> str:
+    return f"127.{SOURCE_OCTET}.{g // 250}.{1 + g % 250}"
+
+
+def _can_bind(addr: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((addr, 0))
+        return True
+    except OSError:
+        return False
+
+
+def _hook_nat(nat, on_expire: Callable[[str, float], None]) -> bool:
+    """Call `on_expire(client_ip, protocol_time)` for every NAT mapping that expires.
+
+    `NatRelay.on_event` names only the listening port, which every phone shares; the client's
+    address is on the mapping, which the relay hands to its private `_event`. Wrap that (on
+    this instance only), and give up quietly if the relay changes shape."""
+    orig = getattr(nat, "_event", None)
+    if orig is None or not callable(orig):
+        return False
+
+    def event(kind, m):
+        if kind == "expire":
+            try:
+                peer = m.client.transport.get_extra_info("peername")
+                on_expire(peer[0], nat.clock.now())
+            except Exception:   # never break the relay for a statistic
+                pass
+        orig(kind, m)
+
+    nat._event = event
+    return True
+
+
+class _Study:
+    def __init__(self, config: StudyConfig, progress: Optional[ProgressFn]) -> None:
+        self.cfg = config
+        self.progress = progress
+        self.window = config.window_s
+        self.drain = config.effective_drain_s()
+        self.lab = None
+        self.clock = None
+        self.clients: list[_Client] = []
+        self.by_source: dict[str, _Client] = {}
+        self.sender = None
+        self.lag = _LagMonitor()
+        self.nat_attributed = False
+        self.t_setup_done_wall = math.nan
+        self.first_start_perf = math.nan
+        self.last_window_end_perf = math.nan
+        self.first_t0 = math.nan
+        self.last_end = math.nan
+
+    # ------------------------------------------------------------------ lab
+    async def start_lab(self, workdir: Path):
+        from mocks.lab import Lab, LabConfig
+        from testbed.lab.addressing import AddressPlan
+
+        cfg = self.cfg
+        n = cfg.clients * len(cfg.policies) + 1
+        last: Optional[OSError] = None
+        for _ in range(8):
+            lab = Lab(LabConfig(users=n, friends="none", profile=cfg.profile,
+                                time_scale=cfg.time_scale, nat_timeout_s=cfg.nat_timeout_s,
+                                server_idle_s=cfg.server_idle_s,
+                                plan=AddressPlan.random_loopback(),
+                                manifest_path=workdir / "manifest.json"))
+            try:
+                await lab.start()
+            except OSError as exc:
+                await lab.stop()
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                last = exc
+                continue
+            self.lab = lab
+            self.clock = lab.clock
+            # the sender must be allowed to message every phone; "all" would make N^2 pairs
+            sender_rec = lab.users[-1]
+            for rec in lab.users[:-1]:
+                await lab.service.make_friends(sender_rec, rec)
+            return lab
+        raise RuntimeError(f"no free loopback block for the lab after 8 tries: {last}")
+
+    # ------------------------------------------------------------------ plan
+    def plan(self) -> None:
+        from testbed.lab.addressing import LONG
+
+        cfg, manifest = self.cfg, self.lab.manifest
+        users = manifest.users
+        # own source addresses only where the lab has its own block (not the 127.0.0.1
+        # fallback) and the kernel lets us bind them
+        own = manifest.hosts[LONG].addresses[0] != "127.0.0.1" and \
+            _can_bind(_source_address(0)) and _can_bind(SENDER_SOURCE)
+        rng = random.Random(cfg.seed)
+        per_window = cfg.messages_per_client_per_day * self.window / DAY_S
+        whole, frac = int(per_window), per_window - int(per_window)
+        P = len(cfg.policies)
+        for i in range(cfg.clients):
+            for p in range(P):   # interleaved, so every policy's starts spread the same way
+                g = i * P + p
+                n = whole + (1 if rng.random() < frac else 0)
+                offsets = sorted(rng.uniform(0.0, self.window) for _ in range(n))
+                src = _source_address(g) if own else None
+                c = _Client(index=g, policy_index=p, username=users[g]["username"],
+                            password=users[g]["password"], source=src, offsets=offsets)
+                self.clients.append(c)
+                if src is not None:
+                    self.by_source[src] = c
+        if own:
+            self.nat_attributed = _hook_nat(self.lab.nat, self._on_expire)
+
+    def _on_expire(self, ip: str, now: float) -> None:
+        c = self.by_source.get(ip)
+        if c is not None and c.started and not c.snapshot:
+            c.nat_expiries += 1
+
+    # ------------------------------------------------------------------ helpers
+    def wall(self, protocol_s: float) -> float:
+        return max(0.0, self.clock.to_wall(protocol_s))
+
+    async def sleep_until(self, t: float, watch: Optional[asyncio.Future] = None) -> None:
+        """Sleep until protocol time t; if `watch` (a phone's loop) ends first, raise."""
+        # loop timers may fire a millisecond early (uvloop rounds): sleep again until due
+        while (delay := self.wall(t - self.clock.now())) > 0:
+            if watch is None:
+                await asyncio.sleep(delay)
+                continue
+            done, _ = await asyncio.wait({watch}, timeout=delay)
+            if done:
+                watch.result()   # re-raise the phone's error
+                raise RuntimeError("a phone's heartbeat loop ended early")
+
+    # ------------------------------------------------------------------ phones
+    async def _send(self, c: _Client, off: float, k: int) -> None:
+        import aiohttp
+
+        from testbed.client.shortlink import HTTPStatusError
+
+        await self.sleep_until(c.t0 + off)
+        rec = _Sent(target=c.index, offset=off)
+        c.sends.append(rec)
+        cid = uuid.uuid4().hex
+        rec.sent_at = self.clock.now()
+        for attempt in range(5):
+            try:
+                r = await self.sender.send_text(c.username, f"study {c.index}/{k}",
+                                                client_msg_id=cid, door="short")
+            except (OSError, asyncio.TimeoutError, aiohttp.ClientError,
+                    HTTPStatusError) as exc:
+                rec.error = repr(exc)
+                log.info("send to %s failed (%r); retrying", c.username, exc)
+                await asyncio.sleep(0.02 * (attempt + 1))
+                continue
+            rec.new_msg_id, rec.acked_at, rec.error = r.new_msg_id, self.clock.now(), ""
+            return
+
+    def _all_received(self, c: _Client) -> bool:
+        got = c.phone.metrics.received
+        return all(s.new_msg_id in got for s in c.sends if s.new_msg_id)
+
+    async def _keep_running(self, c: _Client, stop: asyncio.Event) -> None:
+        """`Phone.run` until `stop`; if the loop dies of a network timeout (the sync that ends
+        `Phone.reconnect` is not guarded, and its wall timeout is floored at 50 ms), count
+        it, sync and go on, so one slow reply does not end the study."""
+        from testbed.client.longlink import LinkClosed
+
+        transient = (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError)
+        while True:
+            try:
+                await c.phone.run(stop)
+                return
+            except transient as exc:
+                if stop.is_set():
+                    return
+                c.loop_errors.append(f"{self.clock.now():.0f}: {exc!r}")
+                log.info("%s: heartbeat loop died (%r); restarting it", c.username, exc)
+            try:
+                await c.phone.sync()
+            except transient:
+                pass
+
+    async def _drive(self, c: _Client, sem: asyncio.Semaphore) -> None:
+        from testbed.client.phone import Phone
+
+        c.arrived = asyncio.Event()
+        async with sem:
+            # built here, not all at once: a Session loads the CA into a fresh SSL context
+            c.phone = Phone(self.lab.manifest, c.username, c.password,
+                            policy=self.cfg.policies[c.policy_index], clock=self.clock,
+                            local_addr=c.source,
+                            on_message=lambda _m, _t, ev=c.arrived: ev.set(),
+                            rng=random.Random(self.cfg.seed * 1_000_003 + c.index))
+            await c.phone.start()
+        c.t0 = self.clock.now()
+        c.started = True
+        if math.isnan(self.first_start_perf):
+            self.first_start_perf = time.perf_counter()
+        stop = asyncio.Event()
+        run = asyncio.ensure_future(self._keep_running(c, stop))
+        sends = [asyncio.ensure_future(self._send(c, off, k)) for k, off in enumerate(c.offsets)]
+        try:
+            await self.sleep_until(c.t0 + self.window, run)
+            # close the window when no heartbeat or reconnect is in flight, so that every
+            # heartbeat counted has its outcome counted too (at most a NOOP timeout later)
+            cap = c.t0 + self.window + self.cfg.noop_timeout_effective() + 300.0
+            while not _quiescent(c.phone) and self.clock.now() < cap and not run.done():
+                await asyncio.sleep(0.002)
+            c.snapshot = _snapshot(c.phone)
+            c.window_s = self.clock.now() - c.t0
+            self.last_window_end_perf = time.perf_counter()
+            await asyncio.gather(*sends)
+            deadline = c.t0 + self.window + self.drain
+            while not self._all_received(c):
+                remaining = deadline - self.clock.now()
+                if remaining <= 0:
+                    break
+                c.arrived.clear()
+                waiter = asyncio.ensure_future(c.arrived.wait())
+                try:
+                    await asyncio.wait({waiter, run}, timeout=self.wall(remaining),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                if run.done():
+                    run.result()
+                    raise RuntimeError("a phone's heartbeat loop ended early")
+        finally:
+            for s in sends:
+                s.cancel()
+            stop.set()
+            await run
+            c.t_end = self.clock.now()
+            c.done = True
+
+    async def _catch_up(self, c: _Client, sem: asyncio.Semaphore) -> None:
+        """The loop has stopped: drop the long link and take one newsync on the short link."""
+        phone = c.phone
+        c.received_before_catchup = dict(phone.metrics.received)
+        if phone.session.link is not None:
+            phone.session.link.abort()
+        async with sem:
+            phone.sync_door = "short"
+            await phone.sync()
+        c.caught_up = set(phone.metrics.received) - set(c.received_before_catchup)
+        await phone.stop()
+
+    async def _ticker(self) -> None:
+        total = self.window
+        n = len(self.clients)
+        while True:
+            started = [c for c in self.clients if c.started]
+            if len(started) < n:
+                self._report(0.0, total, f"starting phones {len(started)}/{n}")
+            else:
+                now = self.clock.now()
+                done = min(min(now - c.t0, self.window) for c in self.clients)
+                if done >= self.window:
+                    left = sum(1 for c in self.clients if not c.done)
+                    self._report(total, total, f"draining ({left} phones)")
+                else:
+                    self._report(done, total, "protocol time")
+            await asyncio.sleep(0.1)
+
+    def _report(self, done: float, total: float, what: str) -> None:
+        if self.progress is not None:
+            try:
+                self.progress(done, total, what)
+            except Exception:
+                log.exception("progress callback failed")
+
+    # ------------------------------------------------------------------ main
+    async def run(self) -> StudyResult:
+        wall0 = time.perf_counter()
+        self.cpu0 = _cpu_seconds()
+        gc_was = gc.isenabled()
+        if self.cfg.pause_gc:
+            gc.collect()
+            gc.disable()
+        try:
+            return await self._run(wall0)
+        finally:
+            if self.cfg.pause_gc and gc_was:
+                gc.enable()
+
+    async def _run(self, wall0: float) -> StudyResult:
+        from testbed.client.session import Session
+
+        lag_task = asyncio.ensure_future(self.lag.run())
+        ticker = None
+        with tempfile.TemporaryDirectory(prefix="testbed-study-") as tmp:
+            await self.start_lab(Path(tmp))
+            try:
+                self.plan()
+                m = self.lab.manifest
+                su = m.users[-1]
+                self.sender = Session(m, su["username"], su["password"],
+                                      local_addr=SENDER_SOURCE if self.by_source else None)
+                await self.sender.login()
+                ticker = asyncio.ensure_future(self._ticker())
+                sem = asyncio.Semaphore(self.cfg.start_concurrency)
+                drives = [asyncio.ensure_future(self._drive(c, sem)) for c in self.clients]
+
+                async def steady_marker():
+                    while not all(c.started for c in self.clients):
+                        await asyncio.sleep(0.01)
+                    self.t_setup_done_wall = time.perf_counter() - wall0
+
+                marker = asyncio.ensure_future(steady_marker())
+                try:
+                    await asyncio.gather(*drives)
+                except BaseException:
+                    for d in drives:
+                        d.cancel()
+                    await asyncio.gather(*drives, return_exceptions=True)
+                    raise
+                finally:
+                    marker.cancel()
+                lag_task.cancel()
+                ticker.cancel()
+                ticker = None
+                sem = asyncio.Semaphore(32)
+                await asyncio.gather(*(self._catch_up(c, sem) for c in self.clients))
+                nat_stats = dataclasses.asdict(self.lab.nat.stats) if self.lab.nat else {}
+                errors = self.lab.server_errors()
+                if errors:
+                    raise RuntimeError(f"lab handlers raised: {errors!r}")
+            finally:
+                lag_task.cancel()
+                if ticker is not None:
+                    ticker.cancel()
+                await self.lab.stop()
+        return self.result(time.perf_counter() - wall0, nat_stats)
+
+    # ------------------------------------------------------------------ figures
+    def result(self, wall_s: float, nat_stats: dict[str, Any]) -> StudyResult:
+        cfg = self.cfg
+        k = cfg.time_scale
+        out = []
+        for p, spec in enumerate(cfg.policies):
+            cs = [c for c in self.clients if c.policy_index == p]
+            out.append(self._policy_result(spec, cs))
+        whole = [lag for _, lag in self.lag.samples]
+        inwin = sorted(self.lag.between(self.first_start_perf, self.last_window_end_perf))
+        margin = timing_margin(cfg)
+        loop = asyncio.get_running_loop()
+        loop_name = f"{type(loop).__module__}.{type(loop).__name__}"
+        config = dataclasses.asdict(cfg)
+        config["policies"] = list(cfg.policies)
+        return StudyResult(
+            config=config, policies=out, wall_s=wall_s,
+            setup_wall_s=self.t_setup_done_wall,
+            protocol_span_s=max(c.t_end for c in self.clients) - min(c.t0 for c in self.clients),
+            max_loop_lag_s=(inwin[-1] if inwin else 0.0) * k,
+            p99_loop_lag_s=(_percentile(inwin, 99) or 0.0) * k,
+            p50_loop_lag_s=(_percentile(inwin, 50) or 0.0) * k,
+            max_loop_lag_wall_ms=(inwin[-1] if inwin else 0.0) * 1000,
+            max_loop_lag_whole_s=max(whole, default=0.0) * k, lag_samples=len(inwin),
+            lag_histogram=_histogram([v * k for v in inwin]),
+            timing_margin_s=margin,
+            stalls_over_margin=0 if margin is None else sum(1 for v in inwin if v * k >= margin),
+            cpu_s=_cpu_seconds() - self.cpu0, nat=nat_stats,
+            drain_s=self.drain, noop_timeout_effective_s=cfg.noop_timeout_effective(),
+            event_loop=loop_name, gc_paused=cfg.pause_gc,
+            max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    def _policy_result(self, spec: str, cs: list[_Client]) -> PolicyResult:
+        r = PolicyResult(policy=spec, clients=len(cs),
+                         window_s=statistics.fmean(c.window_s for c in cs))
+        for c in cs:
+            s = c.snapshot
+            r.heartbeats_sent += s["heartbeats_sent"]
+            r.heartbeats_answered += s["heartbeats_answered"]
+            r.silent_deaths += s["silent_deaths"]
+            r.links_closed += s["links_closed"]
+            r.reconnects += s["reconnects"]
+            r.reconnect_attempts += s["reconnect_attempts"]
+            r.wakeups += s["wakeups"]
+            r.pushes += s["pushes"]
+            r.tcp_connections += s["tcp_connections"]
+            r.app_bytes += s["app_bytes"]
+            r.long_frames += s["long_frames"]
+        r.tcpip_bytes = (2 * r.long_frames + TCP_CONN_SEGMENTS * r.tcp_connections) \
+            * TCPIP_HEADER_BYTES
+        days = sum(c.window_s for c in cs) / DAY_S
+        r.heartbeats_per_day = r.heartbeats_sent / days
+        r.silent_deaths_per_day = r.silent_deaths / days
+        r.reconnects_per_day = r.reconnects / days
+        r.wakeups_per_day = r.wakeups / days
+        r.app_bytes_per_day = r.app_bytes / days
+        r.bytes_per_day = (r.app_bytes + r.tcpip_bytes) / days
+        if self.nat_attributed:
+            r.nat_expiries = sum(c.nat_expiries for c in cs)
+            r.nat_expiries_per_day = r.nat_expiries / days
+        intervals = sorted(v for c in cs for v in c.snapshot["intervals"])
+        r.interval_p50_s = _percentile(intervals, 50)
+        r.interval_max_s = intervals[-1] if intervals else None
+
+        delays = []
+        for c in cs:
+            r.duplicates += c.phone.metrics.duplicates
+            r.loop_errors += len(c.loop_errors)
+            for s in c.sends:
+                if not s.new_msg_id:
+                    r.send_failures += 1
+                    continue
+                r.messages_sent += 1
+                if s.new_msg_id in c.received_before_catchup:
+                    r.messages_delivered += 1
+                    delays.append(c.received_before_catchup[s.new_msg_id] - s.sent_at)
+                elif s.new_msg_id in c.caught_up:
+                    r.messages_caught_up += 1
+                else:
+                    r.messages_lost += 1
+        delays.sort()
+        r.delay_p50_s = _percentile(delays, 50)
+        r.delay_p99_s = _percentile(delays, 99)
+        r.delay_max_s = delays[-1] if delays else None
+        r.delay_mean_s = statistics.fmean(delays) if delays else None
+
+        settled = [c.snapshot["policy_current"] for c in cs
+                   if c.snapshot.get("policy_probing") is False]
+        if any(c.snapshot.get("policy_probing") is not None for c in cs):
+            r.settled_clients = len(settled)
+            r.settled_intervals = {f"{v:g}": n for v, n in sorted(Counter(settled).items())}
+            r.settled_interval_s = statistics.median(settled) if settled else None
+        return r
+
+
+async def run_study(config: StudyConfig, progress: Optional[ProgressFn] = None) -> StudyResult:
+    """Run the study in the current event loop; `progress(done, total, what)` is called
+    about ten times a wall second with protocol seconds of the slowest phone's window."""
+    config.validate()
+    return await _Study(config, progress).run()
+
+
+# ---------------------------------------------------------------------------- output
+def _fmt_s(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    if v >= 600:
+        return f"{v / 60:.1f} min"
+    return f"{v:.0f} s" if v >= 10 else f"{v:.1f} s"
+
+
+def timing_summary(result: StudyResult) -> str:
+    return (f"wall {result.wall_s:.1f} s (set-up {result.setup_wall_s:.1f} s), CPU "
+            f"{result.cpu_s:.1f} s, peak RSS {result.max_rss_mb:.0f} MB, on {result.event_loop}; "
+            f"event-loop lag while phones ran: p50 {result.p50_loop_lag_s:.1f}, p99 "
+            f"{result.p99_loop_lag_s:.1f}, max {result.max_loop_lag_s:.1f} protocol s "
+            f"({result.max_loop_lag_wall_ms:.1f} ms wall); stalls over the "
+            f"{result.timing_margin_s or 0:g} s margin: {result.stalls_over_margin}")
+
+
+def render_table(result: StudyResult):
+    """A rich Table of the figures, one row per policy (rates per client per 24 h)."""
+    from rich.table import Table
+
+    c = result.config
+    t = Table(title=f"Heartbeat study: {c['clients']} phones per policy behind a "
+                    f"{c['nat_timeout_s']:g} s NAT, {c['hours']:g} h at time scale "
+                    f"{c['time_scale']:g} (rates per phone per day)",
+              caption=f"Messages: totals, sent / delivered / lost / duplicated. Delay: protocol "
+                      f"seconds from send to the phone's newsync. KB: long-link application "
+                      f"bytes, then with TCP/IP headers estimated ({result.tcpip_estimate}). "
+                      f"Wall {result.wall_s:.1f} s; event-loop lag max "
+                      f"{result.max_loop_lag_s:.1f} protocol s "
+                      f"({result.max_loop_lag_wall_ms:.1f} ms wall).")
+    for name in ("policy", "heartbeats", "silent deaths", "reconnects", "NAT expiries",
+                 "wake-ups", "app KB", "KB +TCP/IP", "messages", "delay p50", "delay p99",
+                 "delay max", "settled"):
+        t.add_column(name, justify="left" if name == "policy" else "right")
+    for p in result.policies:
+        settled = "-"
+        if p.settled_clients is not None:
+            settled = (f"{p.settled_interval_s:g} s ({p.settled_clients}/{p.clients})"
+                       if p.settled_interval_s is not None else f"none (0/{p.clients})")
+        msgs = f"{p.messages_sent}/{p.messages_delivered}"
+        if p.messages_caught_up:
+            msgs += f"(+{p.messages_caught_up} at end)"
+        msgs += f"/{p.messages_lost}/{p.duplicates}"
+        if p.send_failures:
+            msgs += f" ({p.send_failures} not sent)"
+        t.add_row(p.policy, f"{p.heartbeats_per_day:.1f}", f"{p.silent_deaths_per_day:.2f}",
+                  f"{p.reconnects_per_day:.2f}",
+                  "-" if p.nat_expiries_per_day is None else f"{p.nat_expiries_per_day:.2f}",
+                  f"{p.wakeups_per_day:.1f}", f"{p.app_bytes_per_day / 1000:.1f}",
+                  f"{p.bytes_per_day / 1000:.1f}", msgs, _fmt_s(p.delay_p50_s),
+                  _fmt_s(p.delay_p99_s), _fmt_s(p.delay_max_s), settled)
+    return t
+
+
+def write_plot(result: StudyResult, path) -> Path:
+    """Bar charts side by side: wake-ups per client-day and silent deaths per client-day."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    names = [p.policy for p in result.policies]
+    wake = [p.wakeups_per_day for p in result.policies]
+    deaths = [p.silent_deaths_per_day for p in result.policies]
+    c = result.config
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
+    for ax, values, title in ((a, wake, "wake-ups per client per day"),
+                              (b, deaths, "silent link deaths per client per day")):
+        bars = ax.bar(names, values, color=[colors[i % len(colors)] for i in range(len(names))])
+        ax.set_title(title)
+        ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=2)
+        ax.set_ylim(0, max(values + [1.0]) * 1.18)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    a.axhline(DAY_S / c["nat_timeout_s"], color="grey", ls="--", lw=1)
+    a.text(len(names) - 0.5, DAY_S / c["nat_timeout_s"],
+           f"one per NAT timeout ({DAY_S / c['nat_timeout_s']:.0f})",
+           ha="right", va="bottom", fontsize=8, color="grey")
+    fig.suptitle(f"{c['clients']} phones per policy behind a {c['nat_timeout_s']:g} s carrier "
+                 f"NAT, {c['hours']:g} h (time scale {c['time_scale']:g})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------- command line
+def _arg_positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return v
+
+
+def _arg_nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be zero or more: {text!r}")
+    return v
+
+
+def _arg_positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return v
+
+
+def _arg_policy(text: str) -> str:
+    from testbed.client.heartbeat import parse_policy
+
+    try:
+        parse_policy(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return text.strip()
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add `study heartbeat` to an argparse subparsers object. Dispatch with
+    `args.study_func(args)`; `testbed study` alone prints help and returns 2."""
+    study = subparsers.add_parser("study", help="experiments: real clients against a real lab")
+    ssub = study.add_subparsers(dest="study_command", metavar="STUDY")
+
+    def study_help(_args) -> int:
+        study.print_help(sys.stderr)
+        return 2
+
+    study.set_defaults(study_func=study_help)
+    hb = ssub.add_parser(
+        "heartbeat", help="heartbeat policies behind a carrier NAT: wake-ups, deaths, delay",
+        description="Run real phones through the carrier NAT of a real lab, one group per "
+                    "heartbeat policy, for a protocol-time day; report heartbeats, silent "
+                    "link deaths, reconnects, wake-ups and bytes per day and the delivery "
+                    "delay of messages sent to them (docs/heartbeat-study.md).")
+    hb.add_argument("--nat-timeout", type=_arg_positive_float, default=300.0,
+                    metavar="SECONDS", help="carrier NAT idle timeout (default 300)")
+    hb.add_argument("--policy", dest="policies", action="append", type=_arg_policy,
+                    metavar="SPEC", help="heartbeat policy, repeatable: fixed:<seconds>, mars "
+                                         "(default: fixed:270 fixed:1680 mars)")
+    hb.add_argument("--clients", type=_arg_positive_int, default=100,
+                    help="phones per policy (default 100)")
+    hb.add_argument("--hours", type=_arg_positive_float, default=24.0,
+                    help="protocol hours each phone is measured (default 24)")
+    hb.add_argument("--time-scale", type=_arg_positive_float, default=2000.0,
+                    help="protocol seconds per wall second (default 2000)")
+    hb.add_argument("--messages-per-client-per-day", type=_arg_nonneg_float, default=4.0,
+                    metavar="M", help="messages sent to each phone per day (default 4)")
+    hb.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    hb.add_argument("--server-idle", type=_arg_positive_float, default=None,
+                    metavar="SECONDS", help="server idle timeout (default: the profile's)")
+    hb.add_argument("--json", type=Path, default=None, metavar="OUT",
+                    help="write the figures as JSON")
+    hb.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                    help="draw wake-ups/day and silent deaths per policy (needs matplotlib)")
+    hb.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                    help="event loop (default: uvloop if installed)")
+    hb.add_argument("--quiet", action="store_true", help="no progress bar")
+    hb.set_defaults(study_func=main_heartbeat)
+    return hb
+
+
+def config_from_args(args: argparse.Namespace) -> StudyConfig:
+    return StudyConfig(nat_timeout_s=args.nat_timeout,
+                       policies=tuple(args.policies or StudyConfig.policies),
+                       clients=args.clients, hours=args.hours, time_scale=args.time_scale,
+                       messages_per_client_per_day=args.messages_per_client_per_day,
+                       seed=args.seed, server_idle_s=args.server_idle)
+
+
+def _runner(choice: str):
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+            return uvloop.run
+        except ImportError:
+            if choice == "uvloop":
+                raise ValueError("--loop uvloop: uvloop is not installed "
+                                 "(pip install 'wechat-testbed[fast]')")
+    return asyncio.run
+
+
+def main_heartbeat(args: argparse.Namespace) -> int:
+    """`testbed study heartbeat`: 0 on success, 2 on bad arguments, 1 if the run failed."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    err = Console(stderr=True)
+    try:
+        config = config_from_args(args)
+        config.validate()
+        runner = _runner(getattr(args, "loop", "auto"))
+        for opt, target in (("--json", args.json), ("--plot", args.plot)):
+            if target is not None and target.exists() and target.is_dir():
+                raise ValueError(f"{opt} {target}: is a directory")
+        if args.plot is not None:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise ValueError("--plot needs matplotlib (pip install 'wechat-testbed[plot]')")
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        return 2
+
+    quiet = getattr(args, "quiet", False)
+    progress = Progress(TextColumn("[bold]heartbeat study[/bold]"), BarColumn(),
+                        TextColumn("{task.completed:>7.0f}/{task.total:.0f} protocol s"),
+                        TextColumn("{task.description}"), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=err, transient=True,
+                        disable=quiet)
+
+    async def go() -> StudyResult:
+        with progress:
+            task = progress.add_task("starting", total=config.window_s)
+
+            def report(done: float, total: float, what: str) -> None:
+                progress.update(task, completed=done, total=total, description=what)
+
+            return await run_study(config, report)
+
+    try:
+        result = runner(go())
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]")
+        return 130
+    except Exception as exc:
+        log.exception("heartbeat study failed")
+        err.print(f"[red]study failed:[/red] {exc!r}")
+        return 1
+
+    Console().print(render_table(result))
+    err.print(timing_summary(result), soft_wrap=True)
+    if result.stalls_over_margin:
+        err.print(f"[yellow]warning:[/yellow] the event loop stalled {result.stalls_over_margin} "
+                  f"time(s) for {result.timing_margin_s:g} protocol s or more (the slack of the "
+                  f"tightest policy under the NAT timeout): some silent deaths of policies that "
+                  f"should survive may be the testbed's, not the policy's. A busy machine "
+                  f"does this; rerun, or use a lower --time-scale.", soft_wrap=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        err.print(f"figures: {args.json}")
+    if args.plot is not None:
+        write_plot(result, args.plot)
+        err.print(f"plot: {args.plot}")
+    return 0

@@ -1,0 +1,121 @@
+"""`testbed study heartbeat`: a small but real run of the heartbeat study, through its CLI.
+
+Three phones per policy behind a 300 s carrier NAT for 3 protocol hours at k = 1200 (about
+10 s of wall time): the shape of the report's heartbeat argument must show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from testbed.study.heartbeat import (StudyConfig, main_heartbeat, register, render_table,
+                                     timing_margin)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+POLICIES = ["fixed:270", "fixed:1680", "mars"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="testbed")
+    sub = p.add_subparsers(dest="command")
+    register(sub)
+    return p
+
+
+def test_study_heartbeat_cli_shows_the_shape(tmp_path):
+    out, png = tmp_path / "study.json", tmp_path / "study.png"
+    args = _parser().parse_args([
+        "study", "heartbeat", "--nat-timeout", "300",
+        *[x for p in POLICIES for x in ("--policy", p)],
+        "--clients", "3", "--hours", "3", "--time-scale", "1200",
+        "--messages-per-client-per-day", "16", "--seed", "7",
+        "--json", str(out), "--plot", str(png), "--quiet"])
+    assert args.study_func is main_heartbeat
+    assert args.study_func(args) == 0
+
+    data = json.loads(out.read_text())
+    by = {p["policy"]: p for p in data["policies"]}
+    assert list(by) == POLICIES
+    assert data["config"]["clients"] == 3 and data["config"]["nat_timeout_s"] == 300
+    for p in by.values():
+        assert p["clients"] == 3
+        assert p["window_s"] >= 3 * 3600
+        assert p["loop_errors"] == 0, p
+
+    # timing held, or the run says why not: a loop stall longer than the 30 s slack of
+    # fixed:270 under the NAT can kill a link that would have lived
+    stalls = data["stalls_over_margin"]
+    assert data["timing_margin_s"] == 30
+
+    # 270 s under a 300 s NAT: the link lives all day
+    p270 = by["fixed:270"]
+    assert p270["silent_deaths"] == 0 or stalls > 0, (p270, data["lag_histogram"])
+    assert p270["reconnects"] == p270["silent_deaths"]
+    assert 3 * 35 <= p270["heartbeats_sent"] <= 3 * 41   # 3 h / 270 s = 40 each
+    assert 280 <= p270["wakeups_per_day"] <= 330
+    assert p270["interval_p50_s"] == pytest.approx(270, abs=5)
+
+    # 1680 s behind a 300 s NAT: every heartbeat finds a dead link, then a reconnect
+    p1680 = by["fixed:1680"]
+    assert p1680["heartbeats_sent"] >= 3 * 5
+    assert p1680["silent_deaths"] == p1680["heartbeats_sent"]
+    assert p1680["reconnects"] >= p1680["silent_deaths"]
+    assert p1680["nat_expiries"] >= p1680["silent_deaths"]
+    assert p1680["tcp_connections"] == 3 + p1680["reconnects"]
+    # messages wait for the next heartbeat of a black-holed link
+    assert p1680["delay_max_s"] > 300
+
+    # mars probes 210, 270, dies at 330, settles at 270 - 20 = 250
+    mars = by["mars"]
+    assert mars["settled_clients"] == 3
+    assert mars["settled_interval_s"] < 300
+    assert mars["settled_interval_s"] == 250 or stalls > 0, mars
+    assert mars["silent_deaths"] >= 3
+
+    # every message delivered by the phone itself, exactly once
+    for p in by.values():
+        assert p["messages_sent"] > 0 and p["send_failures"] == 0, p
+        assert p["messages_lost"] == 0, p
+        assert p["duplicates"] == 0, p
+        assert p["messages_caught_up"] == 0, p
+        assert p["messages_delivered"] == p["messages_sent"], p
+    assert p270["delay_p99_s"] < 100   # a live link hears its NOTIFY at once
+
+    assert data["max_loop_lag_s"] >= 0 and data["lag_samples"] > 0
+    assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 5000
+
+
+def test_study_bad_arguments_exit_2(tmp_path, capsys):
+    parser = _parser()
+    for bad in (["--policy", "sometimes"], ["--clients", "0"], ["--hours", "-1"],
+                ["--time-scale", "zero"], ["--nat-timeout", "0"],
+                ["--messages-per-client-per-day", "-2"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["study", "heartbeat", *bad])
+        assert exc.value.code == 2, bad
+    # caught after parsing: a policy given twice, an output that is a directory
+    args = parser.parse_args(["study", "heartbeat", "--policy", "mars", "--policy", "mars"])
+    assert args.study_func(args) == 2
+    assert "given twice" in capsys.readouterr().err
+    args = parser.parse_args(["study", "heartbeat", "--json", str(tmp_path)])
+    assert args.study_func(args) == 2
+    assert "is a directory" in capsys.readouterr().err
+    # `testbed study` alone: help, exit 2
+    args = parser.parse_args(["study"])
+    assert args.study_func(args) == 2
+
+
+def test_study_config_defaults_and_margin():
+    c = StudyConfig()
+    c.validate()
+    assert c.policies == ("fixed:270", "fixed:1680", "mars") and c.clients == 100
+    assert c.hours == 24 and c.time_scale == 2000 and c.messages_per_client_per_day == 4
+    assert timing_margin(c) == 30
+    # at k = 2000 the phone's NOOP timeout is floored at 50 ms of wall time: 100 protocol s
+    assert c.noop_timeout_effective() == 100
+    with pytest.raises(ValueError, match="fixed"):
+        StudyConfig(policies=("fixed:x",)).validate()
+    assert render_table is not None
