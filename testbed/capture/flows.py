@@ -240,15 +240,6 @@ class FlowTable:
         self.datagrams = 0
 
     # ------------------------------------------------------------------ input
-    def feed(self, item) -> None:
-        t = type(item)
-        if t is Segment:
-            self.feed_segment(item)
-        elif t is Datagram:
-            self.feed_datagram(item)
-        elif item is not None:
-            raise TypeError(f"FlowTable.feed takes Segment or Datagram, not {t.__name__}")
-
     def totals(self) -> dict[str, int]:
         """tcp.analysis filter name -> number of segments, over all flows."""
         return dict(self.counts)
@@ -277,33 +268,47 @@ class FlowTable:
         self._map[(s.dst, s.dport, s.src, s.sport)] = (flow, not c2s)
         return flow, c2s
 
-    def feed_segment(self, s: Segment) -> None:
+    def feed(self, s) -> None:
+        """Take a Segment or a Datagram (None is ignored), in capture order."""
+        if type(s) is not Segment:
+            if type(s) is Datagram:
+                self.feed_datagram(s)
+            elif s is not None:
+                raise TypeError(f"FlowTable.feed takes Segment or Datagram, not "
+                                f"{type(s).__name__}")
+            return
         self.segments += 1
-        flags = s.flags
-        ent = self._map.get((s.src, s.sport, s.dst, s.dport))
+        (index, ts, src, sport, dst, dport, seq, ack, flags, window, payload, seglen,
+         wscale) = s[:13]
+        ent = self._map.get((src, sport, dst, dport))
         ta = 0
         if ent is None:
             flow, c2s = self._new_flow(s, flags)
         else:
             flow, c2s = ent
             if flags & SYN:
-                new, ta = syn_check(flow._ac if c2s else flow._as, s.seq, flags)
+                new, ta = syn_check(flow._ac if c2s else flow._as, seq, flags)
                 if new:
                     if not flow.ended:
-                        self._end(flow, s.ts)
+                        self._end(flow, ts)
                     flow, c2s = self._new_flow(s, flags)
         if c2s:
             f, r = flow._ac, flow._as
+            flow.packets_c2s += 1
+            flow.bytes_c2s += seglen
         else:
             f, r = flow._as, flow._ac
-        seq = s.seq
-        seglen = s.seglen
-        ts = s.ts
+            flow.packets_s2c += 1
+            flow.bytes_s2c += seglen
+        flow.last_ts = ts
         conv = flow._conv
-        ta = analyze_segment(conv, f, r, s.index, ts, seq, s.ack, seglen, flags, s.window, ta)
-        if flags & SYN or s.wscale >= 0 or (flags & (SYN | ACK)) == ACK and (
-                f.is_first_ack or (conv.ts_mru_syn and not conv.ts_first_rtt)):
-            after_segment(conv, f, r, ts, flags, s.wscale)
+        ta = analyze_segment(conv, f, r, index, ts, seq, ack, seglen, flags, window, ta)
+        if flags & (SYN | FIN | RST) or wscale >= 0:
+            after_segment(conv, f, r, ts, flags, wscale)
+            if flags & (SYN | FIN | RST):
+                self._control(flow, c2s, s, flags)
+        elif flags & ACK and (f.is_first_ack or (conv.ts_mru_syn and not conv.ts_first_rtt)):
+            after_segment(conv, f, r, ts, flags, wscale)
         if ta:
             names = filter_names(ta)
             if names:
@@ -314,30 +319,34 @@ class FlowTable:
                     tot[n] = tot.get(n, 0) + 1
             if self.on_analysis is not None:
                 self.on_analysis(flow, s, ta)
-        flow.last_ts = ts
-        if c2s:
-            flow.packets_c2s += 1
-            flow.bytes_c2s += seglen
-        else:
-            flow.packets_s2c += 1
-            flow.bytes_s2c += seglen
-        if flags & (SYN | FIN | RST):
-            self._control(flow, c2s, s, flags)
         if flow.ended:
             return
         # -------------------------------------------------------------- reassembly
         if c2s:
             h, other = flow._hc, flow._hs
+            d = "c2s"
         else:
             h, other = flow._hs, flow._hc
+            d = "s2c"
         if seglen and not flags & RST:
-            dseq = (seq + 1) & M32 if flags & SYN else seq
+            if flags & SYN:
+                seq = (seq + 1) & M32
             if not h.started:
                 h.started = True
-                h.nxt = dseq
-            self._data(flow, h, "c2s" if c2s else "s2c", ts, dseq, s.payload, seglen)
+                h.nxt = seq
+            nxt = h.nxt
+            if (nxt - seq) & M32 == 0 and not h.heap and seglen == len(payload):
+                # in order, nothing held: the common case
+                h.nxt = nxt + seglen
+                h.delivered += seglen
+                if self.on_data is not None:
+                    self.on_data(flow, d, ts, payload)
+                if h.fin is not None and h.nxt >= h.fin:
+                    h.done = True
+            else:
+                self._data(flow, h, d, ts, seq, payload, seglen)
         if flags & ACK:
-            other.peer_ack = s.ack
+            other.peer_ack = ack
             if other.heap or (other.fin is not None and not other.done):
                 self._acked(flow, other, "s2c" if c2s else "c2s", ts)
         if flags & RST:
@@ -348,6 +357,8 @@ class FlowTable:
             self._end(flow, ts)
         elif h.done and other.done:
             self._end(flow, ts)
+
+    feed_segment = feed
 
     def _control(self, flow: TcpFlow, c2s: bool, s: Segment, flags: int) -> None:
         d = "c2s" if c2s else "s2c"

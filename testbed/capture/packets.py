@@ -573,14 +573,18 @@ _VLAN = (0x8100, 0x88A8, 0x9100, 0x9200)
 _V6EXT = (0, 43, 60, 135, 139, 140, 253, 254)
 
 
-def decode(pkt) -> "Segment | Datagram | None":
-    """A TCP `Segment`, a UDP `Datagram`, or None for anything else or anything broken."""
+def decode(pkt, *, _fast=_FAST, _a4=_A4.get, _new=_new, _seg=Segment, _tsopt=_TSOPT
+           ) -> "Segment | Datagram | None":
+    """A TCP `Segment`, a UDP `Datagram`, or None for anything else or anything broken.
+
+    (The keyword-only parameters are constants bound for speed; do not pass them.)
+    """
     index, ts, lt, data, origlen, _iface = pkt
     if lt == 1:
         if data[12:15] == b"\x08\x00\x45" and len(data) >= 54:
             # The overwhelmingly common case, inlined: Ethernet II, IPv4 without options.
             totlen, frag, proto, src, dst, sport, dport, seq, ack, off, flags, win = \
-                _FAST(data, 16)
+                _fast(data, 16)
             if proto == 6 and not frag & 0x1FFF:
                 avail = origlen - 14
                 if totlen == 0 or totlen > avail:
@@ -591,17 +595,17 @@ def decode(pkt) -> "Segment | Datagram | None":
                     return None
                 if off & 1:
                     flags |= 0x100
-                a = _A4.get(src) or _ip4(src)
-                b = _A4.get(dst) or _ip4(dst)
+                a = _a4(src) or _ip4(src)
+                b = _a4(dst) or _ip4(dst)
                 if hl == 20:
-                    return _new(Segment, (index, ts, a, sport, b, dport, seq, ack, flags, win,
-                                          data[54:54 + seglen], seglen, -1, 0, False, False,
-                                          None, None))
+                    return _new(_seg, (index, ts, a, sport, b, dport, seq, ack, flags, win,
+                                       data[54:54 + seglen], seglen, -1, 0, False, False,
+                                       None, None))
                 if hl == 32 and data[54:58] == b"\x01\x01\x08\x0a" and len(data) >= 66:
-                    tsval, tsecr = _TSOPT(data, 58)
-                    return _new(Segment, (index, ts, a, sport, b, dport, seq, ack, flags, win,
-                                          data[66:66 + seglen], seglen, -1, 0, False, False,
-                                          tsval, tsecr))
+                    tsval, tsecr = _tsopt(data, 58)
+                    return _new(_seg, (index, ts, a, sport, b, dport, seq, ack, flags, win,
+                                       data[66:66 + seglen], seglen, -1, 0, False, False,
+                                       tsval, tsecr))
                 return _tcp(index, ts, data, 34, totlen - 20, a, b)
             return _ipv4(index, ts, data, 14, origlen)
         if len(data) < 14:

@@ -22,9 +22,10 @@ What is rendered, per TCP connection (`tcp_open` -> `Conn`):
 Timestamps are the wall clock (`time.time()`) when the event is reported; packets of one
 event share it plus one microsecond per packet for ordering, and stamps never go backwards.
 
-A chunk the relay reports with `acked=False` (a black-holed NAT mapping: the phone's bytes
-go into a hole) is rendered without the peer's ACK; retransmissions a real phone would make
-then are not invented.
+A chunk (or FIN) the relay reports with `acked=False` (a black-holed NAT mapping: the
+phone's bytes go into a hole) is rendered without the peer's ACK, and the peer's later
+packets keep acknowledging only what it had before; retransmissions a real phone would make
+are not invented.
 
 Deferred start: a `Tap` made from a path without a comment (as the lab does: the lab
 manifest, which the comment records, only exists once every server is bound) buffers up to
@@ -99,6 +100,7 @@ class Conn:
     """One rendered TCP connection (client side first)."""
 
     __slots__ = ("client", "server", "cip", "sip", "cmac", "smac", "c_next", "s_next",
+                 "c_rcv", "s_rcv",
                  "c_fin", "s_fin", "reset", "bytes_up", "bytes_down")
 
     def __init__(self, client: Addr, server: Addr, c_isn: int, s_isn: int) -> None:
@@ -110,6 +112,8 @@ class Conn:
         self.smac = mac_for(self.server[0])
         self.c_next = c_isn    # next sequence number the client sends
         self.s_next = s_isn
+        self.c_rcv = 0         # what the client acknowledges (the server's bytes it has)
+        self.s_rcv = 0         # what the server acknowledges
         self.c_fin = False
         self.s_fin = False
         self.reset = False
@@ -279,10 +283,12 @@ class Tap:
         t = self._stamp(ts)
         self._emit(t, self._tcp(c, True, c.c_next, 0, SYN, options=mss_opt))
         c.c_next = (c.c_next + 1) % _MOD
-        self._emit(self._next(), self._tcp(c, False, c.s_next, c.c_next, SYN | ACK,
+        c.s_rcv = c.c_next
+        self._emit(self._next(), self._tcp(c, False, c.s_next, c.s_rcv, SYN | ACK,
                                            options=mss_opt))
         c.s_next = (c.s_next + 1) % _MOD
-        self._emit(self._next(), self._tcp(c, True, c.c_next, c.s_next, ACK))
+        c.c_rcv = c.s_next
+        self._emit(self._next(), self._tcp(c, True, c.c_next, c.c_rcv, ACK))
         return c
 
     def tcp_data(self, conn: Conn, from_client: bool, data: bytes,
@@ -304,9 +310,9 @@ class Tap:
             piece = bytes(mv[off:off + mss])
             last = off + mss >= n
             if from_client:
-                seq, ack = c.c_next, c.s_next
+                seq, ack = c.c_next, c.c_rcv
             else:
-                seq, ack = c.s_next, c.c_next
+                seq, ack = c.s_next, c.s_rcv
             flags = ACK | (PSH if last else 0)
             frame = self._tcp(c, from_client, seq, ack, flags, piece)
             self._emit(t, frame)
@@ -328,9 +334,11 @@ class Tap:
     def _peer_ack(self, c: Conn, from_client: bool) -> None:
         """The receiver of `from_client`'s bytes acknowledges everything so far."""
         if from_client:
-            frame = self._tcp(c, False, c.s_next, c.c_next, ACK)
+            c.s_rcv = c.c_next
+            frame = self._tcp(c, False, c.s_next, c.s_rcv, ACK)
         else:
-            frame = self._tcp(c, True, c.c_next, c.s_next, ACK)
+            c.c_rcv = c.s_next
+            frame = self._tcp(c, True, c.c_next, c.c_rcv, ACK)
         self._emit(self._next(), frame)
 
     def tcp_close(self, conn: Conn, from_client: bool, reset: bool = False,
@@ -344,20 +352,20 @@ class Tap:
         t = self._stamp(ts)
         if reset:
             seq = c.c_next if from_client else c.s_next
-            ack = c.s_next if from_client else c.c_next
+            ack = c.c_rcv if from_client else c.s_rcv
             self._emit(t, self._tcp(c, from_client, seq, ack, RST | ACK))
             c.reset = True
             return
         if from_client:
             if c.c_fin:
                 return
-            self._emit(t, self._tcp(c, True, c.c_next, c.s_next, FIN | ACK))
+            self._emit(t, self._tcp(c, True, c.c_next, c.c_rcv, FIN | ACK))
             c.c_next = (c.c_next + 1) % _MOD
             c.c_fin = True
         else:
             if c.s_fin:
                 return
-            self._emit(t, self._tcp(c, False, c.s_next, c.c_next, FIN | ACK))
+            self._emit(t, self._tcp(c, False, c.s_next, c.s_rcv, FIN | ACK))
             c.s_next = (c.s_next + 1) % _MOD
             c.s_fin = True
         if acked:

@@ -188,6 +188,9 @@ def analyze_segment(conv: ConvState, f: DirState, r: DirState, index: int, ts: f
 
     `ta` carries flags already set for the segment (REUSED_PORTS from `syn_check`).
     Call `after_segment` next (the handshake and window-scale bookkeeping).
+
+    Sequence comparisons are Wireshark's 32-bit ones: with d = (seq - nextseq) mod 2**32,
+    GT_SEQ(seq, nextseq) is 0 < d <= 2**31 and LT_SEQ(seq, nextseq) is d >= 2**31.
     """
     # base sequence numbers (only used to tell a new SYN from a retransmitted one)
     if not f.base_set:
@@ -198,71 +201,75 @@ def analyze_segment(conv: ConvState, f: DirState, r: DirState, index: int, ts: f
         r.base_set = True
 
     nextseq = f.nextseq
-    if seglen == 1 and seq == nextseq and r.window == 0:
-        ta |= ZERO_WINDOW_PROBE
+    d = (seq - nextseq) & M32
+    flastack = f.lastack
+    if seglen == 1 and d == 0 and r.window == 0:
+        ta |= ZERO_WINDOW_PROBE                                 # ... goto finished_fwd
     else:
         ctl = flags & _SFR
         if window == 0 and not ctl:
             ta |= ZERO_WINDOW
-        if nextseq and ((nextseq - seq) & M32) >= HALF and not flags & RST:
+        if nextseq and 0 < d <= HALF and not flags & RST:
             ta |= LOST_SEGMENT
-        if seglen <= 1 and seq == ((nextseq - 1) & M32) and not ctl:
+        if seglen <= 1 and d == M32 and not ctl:                 # seq == nextseq - 1
             ta |= KEEP_ALIVE
-        same = seglen == 0 and not ctl and seq == nextseq and ack == f.lastack
-        if same and window and window != f.window:
-            ta |= WINDOW_UPDATE
-        if seglen > 0 and r.win_scale != -1 and not ctl:
+        if seglen == 0:
+            if d == 0 and ack == flastack and not ctl:
+                fwin = f.window
+                if window and window != fwin:
+                    ta |= WINDOW_UPDATE
+                if window and window == fwin and r.lastsegflags & KEEP_ALIVE:
+                    ta |= KEEP_ALIVE_ACK                         # ... goto finished_fwd
+                elif window == 0 and fwin == 0 and r.lastsegflags & ZERO_WINDOW_PROBE:
+                    ta |= ZERO_WINDOW_PROBE_ACK                  # ... goto finished_fwd
+                elif window and window == fwin:
+                    f.dupacknum = 1 if f.dupacknum == -1 else f.dupacknum + 1
+                    ta |= DUPLICATE_ACK
+        elif r.win_scale != -1 and not ctl:
             shift = 0 if (r.is_first_ack or r.win_scale == -2) else r.win_scale
             if (seq + seglen) & M32 == (r.lastack + ((r.window << shift) & M32)) & M32:
                 ta |= WINDOW_FULL
-        if same and window and window == f.window and r.lastsegflags & KEEP_ALIVE:
-            ta |= KEEP_ALIVE_ACK
-        elif same and window == 0 and f.window == 0 and r.lastsegflags & ZERO_WINDOW_PROBE:
-            ta |= ZERO_WINDOW_PROBE_ACK
-        elif same and window and window == f.window:
-            f.dupacknum = 1 if f.dupacknum == -1 else f.dupacknum + 1
-            ta |= DUPLICATE_ACK
 
     # finished_fwd:
-    if ack != f.lastack:
+    if ack != flastack:
         f.lastnondupack = index
         f.dupacknum = 0
 
     # ACKed unseen segment
-    rmax = r.maxseqtobeacked
-    if rmax and ((rmax - ack) & M32) >= HALF and flags & ACK:
-        if ((rmax - r.nextseq) & M32) >= HALF:            # LT_SEQ(max, nextseq)
-            r.maxseqtobeacked = r.nextseq
-            ta |= ACK_LOST_SEGMENT
-        else:
-            # the other way is stalled with pure ACKs: report the same hole only once
-            if r.dupacknum == 0:
+    if flags & ACK:
+        rmax = r.maxseqtobeacked
+        if rmax and ((rmax - ack) & M32) >= HALF:                # GT_SEQ(ack, rmax)
+            if ((rmax - r.nextseq) & M32) >= HALF:               # LT_SEQ(rmax, nextseq)
+                r.maxseqtobeacked = r.nextseq
                 ta |= ACK_LOST_SEGMENT
-            r.dupacknum = -1
+            else:
+                # the other way is stalled with pure ACKs: report the same hole only once
+                if r.dupacknum == 0:
+                    ta |= ACK_LOST_SEGMENT
+                r.dupacknum = -1
 
     # retransmission / fast retransmission / spurious / out-of-order
     synfin = flags & _SF
-    if seglen > 0 or synfin:
-        if not ta & KEEP_ALIVE:
-            seq_not_advanced = nextseq and ((seq - nextseq) & M32) >= HALF
-            if seglen > 1 and ((nextseq - 1) & M32) == seq:
-                seq_not_advanced = False
-            rlastack = r.lastack
-            d = (seq + seglen - rlastack) & M32
-            if seglen > 0 and rlastack and (d == 0 or d >= HALF):     # LE_SEQ
-                ta |= SPURIOUS_RETRANSMISSION
-            elif seq_not_advanced:
-                t = ts - r.lastacktime
-                if r.dupacknum >= 2 and rlastack == seq and -_EPS < t < FAST_RTX_WINDOW - _EPS:
-                    ta |= FAST_RETRANSMISSION
+    if (seglen > 0 or synfin) and not ta & KEEP_ALIVE:
+        seq_not_advanced = nextseq and d >= HALF                 # LT_SEQ(seq, nextseq)
+        if seglen > 1 and d == M32:                              # nextseq - 1 == seq
+            seq_not_advanced = False
+        rlastack = r.lastack
+        e = (seq + seglen - rlastack) & M32
+        if seglen > 0 and rlastack and (e == 0 or e >= HALF):    # LE_SEQ(seq+len, lastack)
+            ta |= SPURIOUS_RETRANSMISSION
+        elif seq_not_advanced:
+            t = ts - r.lastacktime
+            if r.dupacknum >= 2 and rlastack == seq and -_EPS < t < FAST_RTX_WINDOW - _EPS:
+                ta |= FAST_RETRANSMISSION
+            else:
+                t = ts - f.nextseqtime
+                thres = conv.ts_first_rtt or OOO_DEFAULT
+                if -_EPS < t < thres - _EPS and \
+                        nextseq != ((seq + seglen + (1 if synfin else 0)) & M32):
+                    ta |= OUT_OF_ORDER
                 else:
-                    t = ts - f.nextseqtime
-                    thres = conv.ts_first_rtt or OOO_DEFAULT
-                    if -_EPS < t < thres - _EPS and \
-                            nextseq != ((seq + seglen + (1 if synfin else 0)) & M32):
-                        ta |= OUT_OF_ORDER
-                    else:
-                        ta |= RETRANSMISSION
+                    ta |= RETRANSMISSION
 
     # finished_checking_retransmission_type: update this direction
     nxt = (seq + seglen) & M32
@@ -275,12 +282,12 @@ def analyze_segment(conv: ConvState, f: DirState, r: DirState, index: int, ts: f
                 nxt = (nxt + 1) & M32
             unacked.append(nxt)
     if not ta & ZERO_WINDOW_PROBE:
-        if not nextseq or ((nextseq - nxt) & M32) >= HALF:
+        if not nextseq or ((nextseq - nxt) & M32) >= HALF:        # GT_SEQ(nxt, nextseq)
             f.nextseq = nextseq = nxt
             f.nextseqtime = ts
             f.nextseqframe = index
         if seq == f.maxseqtobeacked or not f.maxseqtobeacked:
-            f.maxseqtobeacked = f.nextseq
+            f.maxseqtobeacked = nextseq
     f.window = window
     f.lastack = ack
     f.lastacktime = ts

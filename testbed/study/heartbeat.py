@@ -83,7 +83,9 @@ class StudyConfig:
     seed: int = 1
     server_idle_s: Optional[float] = None   # None: the profile's (660 s)
     profile: str = "lab-report-2013"
-    start_concurrency: int = 8              # phones logging in at once
+    start_concurrency: int = 8              # phones logging in (or going online) at once
+    processes: int = 0                      # 0: phones in the lab's process; N: N processes
+    loop: str = "auto"                      # event loop of phone processes: auto/asyncio/uvloop
     pause_gc: bool = True                   # no cyclic GC during the run (see run_study)
     drain_s: Optional[float] = None         # None: longest policy interval + 2 NOOP timeouts + 120
 
@@ -119,6 +121,11 @@ class StudyConfig:
             raise ValueError(f"drain_s must be >= 0, got {self.drain_s!r}")
         if self.start_concurrency < 1:
             raise ValueError("start_concurrency must be >= 1")
+        if not isinstance(self.processes, int) or self.processes < 0:
+            raise ValueError(f"--processes must be 0 (phones in the lab's process) or more, "
+                             f"got {self.processes!r}")
+        if self.loop not in ("auto", "asyncio", "uvloop"):
+            raise ValueError(f"--loop must be auto, asyncio or uvloop, got {self.loop!r}")
 
     @property
     def window_s(self) -> float:
@@ -195,6 +202,10 @@ class PolicyResult:
     delay_p99_s: Optional[float] = None
     delay_max_s: Optional[float] = None
     delay_mean_s: Optional[float] = None
+    # the sender's own request (send to server's answer), part of every delay: at time scale
+    # k each wall millisecond of processing reads as k/1000 protocol seconds
+    send_latency_p50_s: Optional[float] = None
+    send_latency_p99_s: Optional[float] = None
     settled_interval_s: Optional[float] = None   # mars: median interval of settled phones
     settled_clients: Optional[int] = None        # mars: phones no longer probing
     settled_intervals: dict[str, int] = field(default_factory=dict)  # interval -> phones
@@ -205,7 +216,9 @@ class StudyResult:
     config: dict[str, Any]
     policies: list[PolicyResult]
     wall_s: float = 0.0                     # whole run, lab start to lab stop
-    setup_wall_s: float = 0.0               # until the last phone had started
+    setup_wall_s: float = 0.0               # until the last phone was online
+    login_wall_s: float = 0.0               # of which: every phone's TLS login and newinit
+    start_spread_s: float = 0.0             # protocol s between first and last window start
     protocol_span_s: float = 0.0            # protocol time from first start to last stop
     # event-loop lag (wall lag x k, protocol seconds) while phones were in their windows
     # (first start to last window end); `whole` includes lab set-up, logins and the drain
@@ -216,6 +229,7 @@ class StudyResult:
     max_loop_lag_whole_s: float = 0.0
     lag_samples: int = 0
     lag_histogram: dict[str, int] = field(default_factory=dict)   # protocol s -> samples
+    lag_by_process: dict[str, dict[str, float]] = field(default_factory=dict)
     timing_margin_s: Optional[float] = None # slack of the tightest policy below the NAT timeout
     stalls_over_margin: int = 0             # in-window lag samples at least that long
     cpu_s: float = 0.0                      # process CPU time (user + system) for the run
@@ -223,6 +237,7 @@ class StudyResult:
     drain_s: float = 0.0
     noop_timeout_effective_s: float = 0.0
     event_loop: str = ""
+    processes: int = 0                      # phone processes (0: phones in the lab's)
     gc_paused: bool = False
     max_rss_mb: float = 0.0                 # peak resident memory of the process
     tcpip_estimate: str = (f"{TCPIP_HEADER_BYTES} B per frame for its segment + "
@@ -241,57 +256,68 @@ class StudyResult:
 
 # ---------------------------------------------------------------------------- the run
 @dataclass
-class _Sent:
-    target: int
-    offset: float
-    sent_at: float = math.nan
-    acked_at: float = math.nan
-    new_msg_id: int = 0
-    error: str = ""
+class _Plan:
+    """One phone of the study, decided before anything runs (picklable, for child processes)."""
+
+    index: int
+    policy_index: int
+    policy: str
+    username: str
+    password: str
+    source: Optional[str]        # loopback address the phone binds, for NAT attribution
+    offsets: list[float]         # protocol seconds into its window when it gets a message
+    seed: int
 
 
 @dataclass
-class _Client:
+class _Outcome:
+    """What one phone did, as a fleet reports it (picklable)."""
+
     index: int
     policy_index: int
-    username: str
-    password: str
-    source: Optional[str]
-    offsets: list[float]
-    phone: Any = None
-    t0: float = math.nan
-    t_end: float = math.nan
-    window_s: float = math.nan
-    snapshot: dict[str, Any] = field(default_factory=dict)
-    sends: list[_Sent] = field(default_factory=list)
-    nat_expiries: int = 0
-    caught_up: set[int] = field(default_factory=set)
-    received_before_catchup: dict[int, float] = field(default_factory=dict)
-    arrived: Optional[asyncio.Event] = None
-    loop_errors: list[str] = field(default_factory=list)
-    started: bool = False
-    done: bool = False
+    t0: float                    # protocol time its window opened
+    window_s: float
+    t_end: float                 # protocol time its loop stopped (after the drain)
+    snapshot: dict[str, Any]     # the window's counters
+    sends: list[tuple[float, float, int, str]]   # (sent_at, acked_at, new_msg_id, error)
+    received: dict[int, float]   # new_msg_id -> protocol time, by the phone's own loop
+    caught_up: list[int]         # new_msg_ids first seen by the final short-link newsync
+    duplicates: int
+    loop_errors: list[str]
+
+
+@dataclass
+class _FleetReport:
+    outcomes: list[_Outcome]
+    lag: list[tuple[float, float]]     # (protocol time, wall seconds of lag)
+    login_done: float                  # protocol time: every phone of the fleet logged in
+    online_done: float                 # protocol time: every phone of the fleet online
+    event_loop: str
+    cpu_s: float
+    max_rss_mb: float
 
 
 class _LagMonitor:
-    """How late a short wall sleep wakes up: the event loop's lag, with when it was seen."""
+    """How late a short wall sleep wakes up: the event loop's lag, stamped in protocol time."""
 
-    def __init__(self, period: float = LAG_PERIOD_S) -> None:
+    def __init__(self, clock, period: float = LAG_PERIOD_S) -> None:
+        self.clock = clock
         self.period = period
-        self.samples: list[tuple[float, float]] = []   # (perf_counter at wake-up, lag)
+        self.samples: list[tuple[float, float]] = []
 
     async def run(self) -> None:
         perf = time.perf_counter
         period = self.period
+        now = self.clock.now
         append = self.samples.append
         while True:
             t = perf()
             await asyncio.sleep(period)
-            now = perf()
-            append((now, max(0.0, now - t - period)))
+            append((now(), max(0.0, perf() - t - period)))
 
-    def between(self, a: float, b: float) -> list[float]:
-        return [lag for t, lag in self.samples if a <= t <= b]
+
+def _lag_between(samples: list[tuple[float, float]], a: float, b: float) -> list[float]:
+    return sorted(lag for t, lag in samples if a <= t <= b)
 
 
 LAG_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 100.0)
@@ -309,9 +335,13 @@ def _histogram(values: list[float]) -> dict[str, int]:
     return out
 
 
-def _cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
+def _cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    ru = resource.getrusage(who)
     return ru.ru_utime + ru.ru_stime
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def timing_margin(config: StudyConfig) -> Optional[float]:
@@ -368,12 +398,24 @@ def _snapshot(phone) -> dict[str, Any]:
     return d
 
 
-def _quiescent(phone) -> bool:
-    """No NOOP awaiting its answer and no reconnect under way. Each `reconnect()` follows
-    exactly one silent death or one closed link, and counts once when it succeeds."""
+def _window(base: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
+    """What happened between two snapshots."""
+    d = dict(end)
+    for k in (*_COUNTERS, "app_bytes", "long_frames"):
+        d[k] = end[k] - base[k]
+    d["intervals"] = end["intervals"][len(base["intervals"]):]
+    return d
+
+
+def _quiescent(phone, base: dict[str, Any]) -> bool:
+    """No NOOP awaiting its answer and no reconnect under way. In the window each
+    `reconnect()` follows exactly one silent death or one closed link, and counts once when
+    it succeeds (`base`: the counters when the window opened)."""
     m = phone.metrics
     in_flight = m.heartbeats_sent - m.heartbeats_answered - m.silent_deaths - m.links_closed
-    return in_flight <= 0 and m.silent_deaths + m.links_closed == m.reconnects
+    owed = (m.silent_deaths - base["silent_deaths"]) + (m.links_closed - base["links_closed"]) \
+        - (m.reconnects - base["reconnects"])
+    return in_flight <= 0 and owed == 0
 
 
 def _source_address(g: int) -> str:
@@ -412,26 +454,448 @@ def _hook_nat(nat, on_expire: Callable[[str, float], None]) -> bool:
     return True
 
 
+def _loop_name() -> str:
+    loop = asyncio.get_running_loop()
+    return f"{type(loop).__module__}.{type(loop).__name__}"
+
+
+class _Phone:
+    """A planned phone while it runs."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.phone = None
+        self.arrived = asyncio.Event()
+        self.t0 = math.nan
+        self.t_end = math.nan
+        self.window_s = math.nan
+        self.baseline: dict[str, Any] = {}
+        self.snapshot: dict[str, Any] = {}
+        self.sends: list[list] = []      # [sent_at, acked_at, new_msg_id, error]
+        self.loop_errors: list[str] = []
+        self.received: dict[int, float] = {}
+        self.caught_up: list[int] = []
+        self.started = False
+        self.done = False
+
+    def outcome(self) -> _Outcome:
+        ids = {s[2] for s in self.sends if s[2]}
+        return _Outcome(index=self.plan.index, policy_index=self.plan.policy_index, t0=self.t0,
+                        window_s=self.window_s, t_end=self.t_end, snapshot=self.snapshot,
+                        sends=[tuple(s) for s in self.sends],
+                        received={i: t for i, t in self.received.items() if i in ids},
+                        caught_up=[i for i in self.caught_up if i in ids],
+                        duplicates=self.phone.metrics.duplicates if self.phone else 0,
+                        loop_errors=self.loop_errors)
+
+
+class _Fleet:
+    """Phones and a sender in one event loop (the lab's, or a phone process's).
+
+    Phase 1 logs every phone in (TLS) and takes its newinit on the short link; once every
+    phone of the study is in (`barrier`), phase 2 opens each phone's long link and its window
+    starts: the costly TLS handshakes are over before any heartbeat's timing matters."""
+
+    def __init__(self, manifest, clock, config: StudyConfig, plans: list[_Plan],
+                 sender: tuple[str, str, Optional[str]], *,
+                 report: Optional[Callable[..., None]] = None,
+                 barrier: Optional[Callable[[], Any]] = None) -> None:
+        self.manifest = manifest
+        self.clock = clock
+        self.cfg = config
+        self.window = config.window_s
+        self.drain = config.effective_drain_s()
+        self.phones = [_Phone(p) for p in plans]
+        self.sender_user = sender
+        self.sender = None
+        self.report = report
+        self.barrier = barrier
+        self.lag = _LagMonitor(clock)
+        self.logged_in = 0
+        self.login_done = math.nan
+        self.online_done = math.nan
+        self.everyone_in = asyncio.Event()
+
+    # ------------------------------------------------------------------ helpers
+    def wall(self, protocol_s: float) -> float:
+        return max(0.0, self.clock.to_wall(protocol_s))
+
+    async def sleep_until(self, t: float, watch: Optional[asyncio.Future] = None) -> None:
+        """Sleep until protocol time t; if `watch` (a phone's loop) ends first, raise."""
+        # loop timers may fire a millisecond early (uvloop rounds): sleep again until due
+        while (delay := self.wall(t - self.clock.now())) > 0:
+            if watch is None:
+                await asyncio.sleep(delay)
+                continue
+            done, _ = await asyncio.wait({watch}, timeout=delay)
+            if done:
+                watch.result()   # re-raise the phone's error
+                raise RuntimeError("a phone's heartbeat loop ended early")
+
+    def _progress(self, done: float, total: float, what: str) -> None:
+        if self.report is not None:
+            try:
+                self.report("progress", done, total, what)
+            except Exception:
+                log.exception("progress report failed")
+
+    async def _ticker(self) -> None:
+        total = self.window
+        n = len(self.phones)
+        while True:
+            started = sum(1 for p in self.phones if p.started)
+            if self.logged_in < n:
+                self._progress(0.0, total, f"logging in {self.logged_in}/{n}")
+            elif started < n:
+                self._progress(0.0, total, f"going online {started}/{n}")
+            else:
+                now = self.clock.now()
+                done = min(min(now - p.t0, self.window) for p in self.phones)
+                if done >= self.window:
+                    left = sum(1 for p in self.phones if not p.done)
+                    self._progress(total, total, f"draining ({left} phones)")
+                else:
+                    self._progress(done, total, "protocol time")
+            await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ one phone
+    async def _send(self, p: _Phone, off: float, k: int) -> None:
+        import aiohttp
+
+        from testbed.client.shortlink import HTTPStatusError
+
+        await self.sleep_until(p.t0 + off)
+        rec = [math.nan, math.nan, 0, ""]
+        p.sends.append(rec)
+        cid = uuid.uuid4().hex
+        rec[0] = self.clock.now()
+        for attempt in range(5):
+            try:
+                r = await self.sender.send_text(p.plan.username, f"study {p.plan.index}/{k}",
+                                                client_msg_id=cid, door="short")
+            except (OSError, asyncio.TimeoutError, aiohttp.ClientError,
+                    HTTPStatusError) as exc:
+                rec[3] = repr(exc)
+                log.info("send to %s failed (%r); retrying", p.plan.username, exc)
+                await asyncio.sleep(0.02 * (attempt + 1))
+                continue
+            rec[1], rec[2], rec[3] = self.clock.now(), r.new_msg_id, ""
+            return
+
+    def _all_received(self, p: _Phone) -> bool:
+        got = p.phone.metrics.received
+        return all(s[2] in got for s in p.sends if s[2])
+
+    async def _keep_running(self, p: _Phone, stop: asyncio.Event) -> None:
+        """`Phone.run` until `stop`; if the loop dies of a network timeout (the sync that ends
+        `Phone.reconnect` is not guarded, and its wall timeout is floored at 50 ms), count
+        it, sync and go on, so one slow reply does not end the study."""
+        from testbed.client.longlink import LinkClosed
+
+        transient = (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError)
+        while True:
+            try:
+                await p.phone.run(stop)
+                return
+            except transient as exc:
+                if stop.is_set():
+                    return
+                p.loop_errors.append(f"{self.clock.now():.0f}: {exc!r}")
+                log.info("%s: heartbeat loop died (%r); restarting it", p.plan.username, exc)
+            try:
+                await p.phone.sync()
+            except transient:
+                pass
+
+    async def _log_in(self, p: _Phone, sem: asyncio.Semaphore) -> None:
+        """Phase 1: TLS login and newinit on the short link; no long link yet."""
+        from testbed.client.phone import Phone
+
+        async with sem:
+            # built here, not all at once: a Session loads the CA into a fresh SSL context
+            p.phone = Phone(self.manifest, p.plan.username, p.plan.password,
+                            policy=p.plan.policy, clock=self.clock, local_addr=p.plan.source,
+                            on_message=lambda _m, _t, ev=p.arrived: ev.set(),
+                            rng=random.Random(p.plan.seed))
+            await p.phone.session.login()
+            await p.phone.session.init()
+        self.logged_in += 1
+        if self.logged_in == len(self.phones):
+            self.login_done = self.clock.now()
+            asyncio.ensure_future(self._cross_barrier())
+
+    async def _cross_barrier(self) -> None:
+        if self.barrier is not None:
+            await self.barrier()
+        self.everyone_in.set()
+
+    async def _go_online(self, p: _Phone) -> None:
+        """Phase 2: open and identify the long link and sync (what the end of `Phone.start`
+        does; `reconnect()` is its public form, counted once and subtracted by the baseline)."""
+        from testbed.client.longlink import LinkClosed
+
+        for attempt in range(3):
+            try:
+                await p.phone.reconnect()
+                return
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError):
+                if attempt == 2:
+                    raise
+
+    async def _drive(self, p: _Phone, sem: asyncio.Semaphore) -> None:
+        await self._log_in(p, sem)
+        await self.everyone_in.wait()
+        async with sem:
+            await self._go_online(p)
+        p.t0 = self.clock.now()
+        p.baseline = _snapshot(p.phone)
+        p.started = True
+        if all(q.started for q in self.phones):
+            self.online_done = self.clock.now()
+        stop = asyncio.Event()
+        run = asyncio.ensure_future(self._keep_running(p, stop))
+        sends = [asyncio.ensure_future(self._send(p, off, k))
+                 for k, off in enumerate(p.plan.offsets)]
+        try:
+            await self.sleep_until(p.t0 + self.window, run)
+            # close the window when no heartbeat or reconnect is in flight, so that every
+            # heartbeat counted has its outcome counted too (at most a NOOP timeout later)
+            cap = p.t0 + self.window + self.cfg.noop_timeout_effective() + 300.0
+            while not _quiescent(p.phone, p.baseline) and self.clock.now() < cap \
+                    and not run.done():
+                await asyncio.sleep(0.002)
+            p.snapshot = _window(p.baseline, _snapshot(p.phone))
+            p.window_s = self.clock.now() - p.t0
+            await asyncio.gather(*sends)
+            # the drain: keep running until every message sent to this phone has arrived
+            deadline = p.t0 + self.window + self.drain
+            while not self._all_received(p):
+                remaining = deadline - self.clock.now()
+                if remaining <= 0:
+                    break
+                p.arrived.clear()
+                waiter = asyncio.ensure_future(p.arrived.wait())
+                try:
+                    await asyncio.wait({waiter, run}, timeout=self.wall(remaining),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                if run.done():
+                    run.result()
+                    raise RuntimeError("a phone's heartbeat loop ended early")
+        finally:
+            for s in sends:
+                s.cancel()
+            stop.set()
+            await run
+            p.t_end = self.clock.now()
+            p.done = True
+
+    async def _catch_up(self, p: _Phone, sem: asyncio.Semaphore) -> None:
+        """The loop has stopped: drop the long link and take one newsync on the short link."""
+        phone = p.phone
+        p.received = dict(phone.metrics.received)
+        if phone.session.link is not None:
+            phone.session.link.abort()
+        async with sem:
+            phone.sync_door = "short"
+            await phone.sync()
+        p.caught_up = [i for i in phone.metrics.received if i not in p.received]
+        await phone.stop()
+
+    # ------------------------------------------------------------------ main
+    async def run(self) -> _FleetReport:
+        from testbed.client.session import Session
+
+        cpu0 = _cpu_seconds()
+        lag_task = asyncio.ensure_future(self.lag.run())
+        ticker = asyncio.ensure_future(self._ticker())
+        try:
+            user, password, source = self.sender_user
+            self.sender = Session(self.manifest, user, password, local_addr=source)
+            await self.sender.login()
+            sem = asyncio.Semaphore(self.cfg.start_concurrency)
+            drives = [asyncio.ensure_future(self._drive(p, sem)) for p in self.phones]
+            try:
+                await asyncio.gather(*drives)
+            except BaseException:
+                for d in drives:
+                    d.cancel()
+                await asyncio.gather(*drives, return_exceptions=True)
+                raise
+        finally:
+            lag_task.cancel()
+            ticker.cancel()
+        sem = asyncio.Semaphore(32)
+        await asyncio.gather(*(self._catch_up(p, sem) for p in self.phones))
+        return _FleetReport(outcomes=[p.outcome() for p in self.phones], lag=self.lag.samples,
+                            login_done=self.login_done, online_done=self.online_done,
+                            event_loop=_loop_name(), cpu_s=_cpu_seconds() - cpu0,
+                            max_rss_mb=_max_rss_mb())
+
+
+# ---------------------------------------------------------------------------- phone processes
+def _child_main(conn, payload: dict[str, Any]) -> None:
+    """A phone process (multiprocessing, spawn): run one fleet against the parent's lab.
+
+    The lab's clock is shared by giving this process's Clock the lab's wall origin (both read
+    CLOCK_MONOTONIC), so protocol times on both sides are one time line."""
+    import traceback
+
+    from testbed.lab.clock import Clock
+    from testbed.lab.manifest import Manifest
+
+    logging.basicConfig(level=payload.get("log_level", logging.WARNING))
+    try:
+        cfg_d = dict(payload["config"])
+        cfg_d["policies"] = tuple(cfg_d["policies"])
+        cfg = StudyConfig(**cfg_d)
+        if cfg.pause_gc:
+            gc.collect()
+            gc.disable()
+        manifest = Manifest.from_dict(payload["manifest"])
+        clock = Clock(cfg.time_scale)
+        clock._wall0 = payload["wall0"]   # the lab's origin: one protocol time line
+        plans = [_Plan(**p) for p in payload["plans"]]
+
+        async def main() -> _FleetReport:
+            loop = asyncio.get_running_loop()
+            go = loop.create_future()
+
+            def readable() -> None:
+                while conn.poll():
+                    msg = conn.recv()
+                    if msg[0] == "go" and not go.done():
+                        go.set_result(None)
+
+            loop.add_reader(conn.fileno(), readable)
+
+            async def barrier() -> None:
+                conn.send(("logged_in",))
+                await go
+
+            fleet = _Fleet(manifest, clock, cfg, plans, tuple(payload["sender"]),
+                           report=lambda *msg: conn.send(msg), barrier=barrier)
+            try:
+                return await fleet.run()
+            finally:
+                loop.remove_reader(conn.fileno())
+
+        report = _runner(payload.get("loop", "auto"))(main())
+        conn.send(("result", report))
+    except BaseException:
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except Exception:
+            pass
+    finally:
+        conn.close()
+
+
+class _Children:
+    """Phone processes seen from the lab's event loop, through one pipe each."""
+
+    def __init__(self, payloads: list[dict[str, Any]], progress: Callable[[float, float, str],
+                                                                            None]) -> None:
+        import multiprocessing
+
+        self.ctx = multiprocessing.get_context("spawn")
+        self.payloads = payloads
+        self.progress = progress
+        self.procs: list = []
+        self.conns: list = []
+        self.results: list[asyncio.Future] = []
+        self.logged_in = 0
+        self.last_progress: dict[int, tuple[float, float, str]] = {}
+
+    async def run(self) -> list[_FleetReport]:
+        loop = asyncio.get_running_loop()
+        for i, payload in enumerate(self.payloads):
+            parent, child = self.ctx.Pipe()
+            proc = self.ctx.Process(target=_child_main, args=(child, payload),
+                                    name=f"study-phones-{i + 1}", daemon=True)
+            proc.start()
+            child.close()
+            fut = loop.create_future()
+            self.procs.append(proc)
+            self.conns.append(parent)
+            self.results.append(fut)
+            loop.add_reader(parent.fileno(), self._readable, i)
+            loop.add_reader(proc.sentinel, self._exited, i)
+        try:
+            return list(await asyncio.gather(*self.results))
+        finally:
+            for i, (proc, conn) in enumerate(zip(self.procs, self.conns)):
+                loop.remove_reader(conn.fileno())
+                loop.remove_reader(proc.sentinel)
+            for proc in self.procs:
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join(5)
+            for conn in self.conns:
+                conn.close()
+
+    def _readable(self, i: int) -> None:
+        conn, fut = self.conns[i], self.results[i]
+        try:
+            while conn.poll():
+                msg = conn.recv()
+                kind = msg[0]
+                if kind == "progress":
+                    self.last_progress[i] = msg[1:]
+                    self._merge_progress()
+                elif kind == "logged_in":
+                    self.logged_in += 1
+                    if self.logged_in == len(self.conns):
+                        for c in self.conns:
+                            c.send(("go",))
+                elif kind == "result" and not fut.done():
+                    fut.set_result(msg[1])
+                elif kind == "error" and not fut.done():
+                    fut.set_exception(RuntimeError(f"phone process {i + 1} failed:\n{msg[1]}"))
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+        except Exception as exc:   # e.g. a result that does not unpickle
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+            if not fut.done():
+                fut.set_exception(RuntimeError(f"phone process {i + 1}: bad message: {exc!r}"))
+
+    def _exited(self, i: int) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.procs[i].sentinel)
+        # let a result still in the pipe arrive first
+        loop.call_later(0.5, self._check_exit, i)
+
+    def _check_exit(self, i: int) -> None:
+        fut = self.results[i]
+        if not fut.done():
+            self._readable(i)
+        if not fut.done():
+            fut.set_exception(RuntimeError(f"phone process {i + 1} exited with code "
+                                           f"{self.procs[i].exitcode} before reporting"))
+
+    def _merge_progress(self) -> None:
+        if len(self.last_progress) < len(self.conns):
+            return
+        vals = list(self.last_progress.values())
+        done = min(v[0] for v in vals)
+        total = vals[0][1]
+        what = next((v[2] for v in vals if v[0] == done), vals[0][2])
+        self.progress(done, total, what)
+
+
+# ---------------------------------------------------------------------------- the study
 class _Study:
     def __init__(self, config: StudyConfig, progress: Optional[ProgressFn]) -> None:
         self.cfg = config
         self.progress = progress
-        self.window = config.window_s
-        self.drain = config.effective_drain_s()
         self.lab = None
-        self.clock = None
-        self.clients: list[_Client] = []
-        self.by_source: dict[str, _Client] = {}
-        self.sender = None
-        self.lag = _LagMonitor()
+        self.plans: list[_Plan] = []
+        self.sender: tuple[str, str, Optional[str]] = ("", "", None)
+        self.by_source: dict[str, int] = {}
+        self.expiries: list[tuple[str, float]] = []
         self.nat_attributed = False
-        self.t_setup_done_wall = math.nan
-        self.first_start_perf = math.nan
-        self.last_window_end_perf = math.nan
-        self.first_t0 = math.nan
-        self.last_end = math.nan
 
-    # ------------------------------------------------------------------ lab
     async def start_lab(self, workdir: Path):
         from mocks.lab import Lab, LabConfig
         from testbed.lab.addressing import AddressPlan
@@ -454,7 +918,6 @@ class _Study:
                 last = exc
                 continue
             self.lab = lab
-            self.clock = lab.clock
             # the sender must be allowed to message every phone; "all" would make N^2 pairs
             sender_rec = lab.users[-1]
             for rec in lab.users[:-1]:
@@ -462,7 +925,6 @@ class _Study:
             return lab
         raise RuntimeError(f"no free loopback block for the lab after 8 tries: {last}")
 
-    # ------------------------------------------------------------------ plan
     def plan(self) -> None:
         from testbed.lab.addressing import LONG
 
@@ -473,174 +935,26 @@ class _Study:
         own = manifest.hosts[LONG].addresses[0] != "127.0.0.1" and \
             _can_bind(_source_address(0)) and _can_bind(SENDER_SOURCE)
         rng = random.Random(cfg.seed)
-        per_window = cfg.messages_per_client_per_day * self.window / DAY_S
+        per_window = cfg.messages_per_client_per_day * cfg.window_s / DAY_S
         whole, frac = int(per_window), per_window - int(per_window)
         P = len(cfg.policies)
         for i in range(cfg.clients):
             for p in range(P):   # interleaved, so every policy's starts spread the same way
                 g = i * P + p
                 n = whole + (1 if rng.random() < frac else 0)
-                offsets = sorted(rng.uniform(0.0, self.window) for _ in range(n))
+                offsets = sorted(rng.uniform(0.0, cfg.window_s) for _ in range(n))
                 src = _source_address(g) if own else None
-                c = _Client(index=g, policy_index=p, username=users[g]["username"],
-                            password=users[g]["password"], source=src, offsets=offsets)
-                self.clients.append(c)
+                self.plans.append(_Plan(index=g, policy_index=p, policy=cfg.policies[p],
+                                        username=users[g]["username"],
+                                        password=users[g]["password"], source=src,
+                                        offsets=offsets, seed=cfg.seed * 1_000_003 + g))
                 if src is not None:
-                    self.by_source[src] = c
+                    self.by_source[src] = g
+        su = users[-1]
+        self.sender = (su["username"], su["password"], SENDER_SOURCE if own else None)
         if own:
-            self.nat_attributed = _hook_nat(self.lab.nat, self._on_expire)
-
-    def _on_expire(self, ip: str, now: float) -> None:
-        c = self.by_source.get(ip)
-        if c is not None and c.started and not c.snapshot:
-            c.nat_expiries += 1
-
-    # ------------------------------------------------------------------ helpers
-    def wall(self, protocol_s: float) -> float:
-        return max(0.0, self.clock.to_wall(protocol_s))
-
-    async def sleep_until(self, t: float, watch: Optional[asyncio.Future] = None) -> None:
-        """Sleep until protocol time t; if `watch` (a phone's loop) ends first, raise."""
-        # loop timers may fire a millisecond early (uvloop rounds): sleep again until due
-        while (delay := self.wall(t - self.clock.now())) > 0:
-            if watch is None:
-                await asyncio.sleep(delay)
-                continue
-            done, _ = await asyncio.wait({watch}, timeout=delay)
-            if done:
-                watch.result()   # re-raise the phone's error
-                raise RuntimeError("a phone's heartbeat loop ended early")
-
-    # ------------------------------------------------------------------ phones
-    async def _send(self, c: _Client, off: float, k: int) -> None:
-        import aiohttp
-
-        from testbed.client.shortlink import HTTPStatusError
-
-        await self.sleep_until(c.t0 + off)
-        rec = _Sent(target=c.index, offset=off)
-        c.sends.append(rec)
-        cid = uuid.uuid4().hex
-        rec.sent_at = self.clock.now()
-        for attempt in range(5):
-            try:
-                r = await self.sender.send_text(c.username, f"study {c.index}/{k}",
-                                                client_msg_id=cid, door="short")
-            except (OSError, asyncio.TimeoutError, aiohttp.ClientError,
-                    HTTPStatusError) as exc:
-                rec.error = repr(exc)
-                log.info("send to %s failed (%r); retrying", c.username, exc)
-                await asyncio.sleep(0.02 * (attempt + 1))
-                continue
-            rec.new_msg_id, rec.acked_at, rec.error = r.new_msg_id, self.clock.now(), ""
-            return
-
-    def _all_received(self, c: _Client) -> bool:
-        got = c.phone.metrics.received
-        return all(s.new_msg_id in got for s in c.sends if s.new_msg_id)
-
-    async def _keep_running(self, c: _Client, stop: asyncio.Event) -> None:
-        """`Phone.run` until `stop`; if the loop dies of a network timeout (the sync that ends
-        `Phone.reconnect` is not guarded, and its wall timeout is floored at 50 ms), count
-        it, sync and go on, so one slow reply does not end the study."""
-        from testbed.client.longlink import LinkClosed
-
-        transient = (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError)
-        while True:
-            try:
-                await c.phone.run(stop)
-                return
-            except transient as exc:
-                if stop.is_set():
-                    return
-                c.loop_errors.append(f"{self.clock.now():.0f}: {exc!r}")
-                log.info("%s: heartbeat loop died (%r); restarting it", c.username, exc)
-            try:
-                await c.phone.sync()
-            except transient:
-                pass
-
-    async def _drive(self, c: _Client, sem: asyncio.Semaphore) -> None:
-        from testbed.client.phone import Phone
-
-        c.arrived = asyncio.Event()
-        async with sem:
-            # built here, not all at once: a Session loads the CA into a fresh SSL context
-            c.phone = Phone(self.lab.manifest, c.username, c.password,
-                            policy=self.cfg.policies[c.policy_index], clock=self.clock,
-                            local_addr=c.source,
-                            on_message=lambda _m, _t, ev=c.arrived: ev.set(),
-                            rng=random.Random(self.cfg.seed * 1_000_003 + c.index))
-            await c.phone.start()
-        c.t0 = self.clock.now()
-        c.started = True
-        if math.isnan(self.first_start_perf):
-            self.first_start_perf = time.perf_counter()
-        stop = asyncio.Event()
-        run = asyncio.ensure_future(self._keep_running(c, stop))
-        sends = [asyncio.ensure_future(self._send(c, off, k)) for k, off in enumerate(c.offsets)]
-        try:
-            await self.sleep_until(c.t0 + self.window, run)
-            # close the window when no heartbeat or reconnect is in flight, so that every
-            # heartbeat counted has its outcome counted too (at most a NOOP timeout later)
-            cap = c.t0 + self.window + self.cfg.noop_timeout_effective() + 300.0
-            while not _quiescent(c.phone) and self.clock.now() < cap and not run.done():
-                await asyncio.sleep(0.002)
-            c.snapshot = _snapshot(c.phone)
-            c.window_s = self.clock.now() - c.t0
-            self.last_window_end_perf = time.perf_counter()
-            await asyncio.gather(*sends)
-            deadline = c.t0 + self.window + self.drain
-            while not self._all_received(c):
-                remaining = deadline - self.clock.now()
-                if remaining <= 0:
-                    break
-                c.arrived.clear()
-                waiter = asyncio.ensure_future(c.arrived.wait())
-                try:
-                    await asyncio.wait({waiter, run}, timeout=self.wall(remaining),
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                if run.done():
-                    run.result()
-                    raise RuntimeError("a phone's heartbeat loop ended early")
-        finally:
-            for s in sends:
-                s.cancel()
-            stop.set()
-            await run
-            c.t_end = self.clock.now()
-            c.done = True
-
-    async def _catch_up(self, c: _Client, sem: asyncio.Semaphore) -> None:
-        """The loop has stopped: drop the long link and take one newsync on the short link."""
-        phone = c.phone
-        c.received_before_catchup = dict(phone.metrics.received)
-        if phone.session.link is not None:
-            phone.session.link.abort()
-        async with sem:
-            phone.sync_door = "short"
-            await phone.sync()
-        c.caught_up = set(phone.metrics.received) - set(c.received_before_catchup)
-        await phone.stop()
-
-    async def _ticker(self) -> None:
-        total = self.window
-        n = len(self.clients)
-        while True:
-            started = [c for c in self.clients if c.started]
-            if len(started) < n:
-                self._report(0.0, total, f"starting phones {len(started)}/{n}")
-            else:
-                now = self.clock.now()
-                done = min(min(now - c.t0, self.window) for c in self.clients)
-                if done >= self.window:
-                    left = sum(1 for c in self.clients if not c.done)
-                    self._report(total, total, f"draining ({left} phones)")
-                else:
-                    self._report(done, total, "protocol time")
-            await asyncio.sleep(0.1)
+            self.nat_attributed = _hook_nat(self.lab.nat,
+                                            lambda ip, t: self.expiries.append((ip, t)))
 
     def _report(self, done: float, total: float, what: str) -> None:
         if self.progress is not None:
@@ -649,102 +963,115 @@ class _Study:
             except Exception:
                 log.exception("progress callback failed")
 
-    # ------------------------------------------------------------------ main
     async def run(self) -> StudyResult:
         wall0 = time.perf_counter()
-        self.cpu0 = _cpu_seconds()
+        cpu0 = _cpu_seconds() + _cpu_seconds(resource.RUSAGE_CHILDREN)
         gc_was = gc.isenabled()
         if self.cfg.pause_gc:
             gc.collect()
             gc.disable()
         try:
-            return await self._run(wall0)
+            with tempfile.TemporaryDirectory(prefix="testbed-study-") as tmp:
+                await self.start_lab(Path(tmp))
+                lab_lag = _LagMonitor(self.lab.clock)
+                lag_task = asyncio.ensure_future(lab_lag.run()) if self.cfg.processes else None
+                try:
+                    self.plan()
+                    fleets = await self._run_fleets()
+                    nat_stats = dataclasses.asdict(self.lab.nat.stats) if self.lab.nat else {}
+                    errors = self.lab.server_errors()
+                    if errors:
+                        raise RuntimeError(f"lab handlers raised: {errors!r}")
+                finally:
+                    if lag_task is not None:
+                        lag_task.cancel()
+                    await self.lab.stop()
+            wall = time.perf_counter() - wall0
+            cpu = _cpu_seconds() + _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
+            return self.result(fleets, lab_lag if self.cfg.processes else None, wall, cpu,
+                               nat_stats)
         finally:
             if self.cfg.pause_gc and gc_was:
                 gc.enable()
 
-    async def _run(self, wall0: float) -> StudyResult:
-        from testbed.client.session import Session
-
-        lag_task = asyncio.ensure_future(self.lag.run())
-        ticker = None
-        with tempfile.TemporaryDirectory(prefix="testbed-study-") as tmp:
-            await self.start_lab(Path(tmp))
-            try:
-                self.plan()
-                m = self.lab.manifest
-                su = m.users[-1]
-                self.sender = Session(m, su["username"], su["password"],
-                                      local_addr=SENDER_SOURCE if self.by_source else None)
-                await self.sender.login()
-                ticker = asyncio.ensure_future(self._ticker())
-                sem = asyncio.Semaphore(self.cfg.start_concurrency)
-                drives = [asyncio.ensure_future(self._drive(c, sem)) for c in self.clients]
-
-                async def steady_marker():
-                    while not all(c.started for c in self.clients):
-                        await asyncio.sleep(0.01)
-                    self.t_setup_done_wall = time.perf_counter() - wall0
-
-                marker = asyncio.ensure_future(steady_marker())
-                try:
-                    await asyncio.gather(*drives)
-                except BaseException:
-                    for d in drives:
-                        d.cancel()
-                    await asyncio.gather(*drives, return_exceptions=True)
-                    raise
-                finally:
-                    marker.cancel()
-                lag_task.cancel()
-                ticker.cancel()
-                ticker = None
-                sem = asyncio.Semaphore(32)
-                await asyncio.gather(*(self._catch_up(c, sem) for c in self.clients))
-                nat_stats = dataclasses.asdict(self.lab.nat.stats) if self.lab.nat else {}
-                errors = self.lab.server_errors()
-                if errors:
-                    raise RuntimeError(f"lab handlers raised: {errors!r}")
-            finally:
-                lag_task.cancel()
-                if ticker is not None:
-                    ticker.cancel()
-                await self.lab.stop()
-        return self.result(time.perf_counter() - wall0, nat_stats)
-
-    # ------------------------------------------------------------------ figures
-    def result(self, wall_s: float, nat_stats: dict[str, Any]) -> StudyResult:
-        cfg = self.cfg
-        k = cfg.time_scale
-        out = []
-        for p, spec in enumerate(cfg.policies):
-            cs = [c for c in self.clients if c.policy_index == p]
-            out.append(self._policy_result(spec, cs))
-        whole = [lag for _, lag in self.lag.samples]
-        inwin = sorted(self.lag.between(self.first_start_perf, self.last_window_end_perf))
-        margin = timing_margin(cfg)
-        loop = asyncio.get_running_loop()
-        loop_name = f"{type(loop).__module__}.{type(loop).__name__}"
+    async def _run_fleets(self) -> list[_FleetReport]:
+        cfg, lab = self.cfg, self.lab
+        if not cfg.processes:
+            fleet = _Fleet(lab.manifest, lab.clock, cfg, self.plans, self.sender,
+                           report=lambda _kind, *a: self._report(*a))
+            return [await fleet.run()]
+        n = min(cfg.processes, len(self.plans))
+        chunks = [self.plans[i::n] for i in range(n)]
         config = dataclasses.asdict(cfg)
         config["policies"] = list(cfg.policies)
-        return StudyResult(
-            config=config, policies=out, wall_s=wall_s,
-            setup_wall_s=self.t_setup_done_wall,
-            protocol_span_s=max(c.t_end for c in self.clients) - min(c.t0 for c in self.clients),
-            max_loop_lag_s=(inwin[-1] if inwin else 0.0) * k,
-            p99_loop_lag_s=(_percentile(inwin, 99) or 0.0) * k,
-            p50_loop_lag_s=(_percentile(inwin, 50) or 0.0) * k,
-            max_loop_lag_wall_ms=(inwin[-1] if inwin else 0.0) * 1000,
-            max_loop_lag_whole_s=max(whole, default=0.0) * k, lag_samples=len(inwin),
-            lag_histogram=_histogram([v * k for v in inwin]),
-            timing_margin_s=margin,
-            stalls_over_margin=0 if margin is None else sum(1 for v in inwin if v * k >= margin),
-            cpu_s=_cpu_seconds() - self.cpu0, nat=nat_stats,
-            drain_s=self.drain, noop_timeout_effective_s=cfg.noop_timeout_effective(),
-            event_loop=loop_name, gc_paused=cfg.pause_gc,
-            max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        payloads = [{"config": config, "manifest": lab.manifest.to_dict(),
+                     "wall0": lab.clock._wall0, "plans": [dataclasses.asdict(p) for p in chunk],
+                     "sender": self.sender, "loop": cfg.loop,
+                     "log_level": logging.getLogger().getEffectiveLevel()}
+                    for chunk in chunks]
+        return await _Children(payloads, self._report).run()
 
-    def _policy_result(self, spec: str, cs: list[_Client]) -> PolicyResult:
+    # ------------------------------------------------------------------ figures
+    def result(self, fleets: list[_FleetReport], lab_lag: Optional[_LagMonitor], wall: float,
+               cpu: float, nat_stats: dict[str, Any]) -> StudyResult:
+        cfg = self.cfg
+        k = cfg.time_scale
+        outcomes = sorted((o for f in fleets for o in f.outcomes), key=lambda o: o.index)
+        first = min(o.t0 for o in outcomes)
+        last_window_end = max(o.t0 + o.window_s for o in outcomes)
+        # NAT expiries of each phone's mappings inside its window
+        expiries: Counter = Counter()
+        if self.nat_attributed:
+            by_index = {o.index: o for o in outcomes}
+            for ip, t in self.expiries:
+                g = self.by_source.get(ip)
+                if g is not None and by_index[g].t0 <= t <= by_index[g].t0 + by_index[g].window_s:
+                    expiries[g] += 1
+        policies = [self._policy_result(spec, [o for o in outcomes if o.policy_index == p],
+                                        expiries)
+                    for p, spec in enumerate(cfg.policies)]
+        # event-loop lag while phones were in their windows, per process
+        lags: dict[str, list[float]] = {}
+        sources = [("phones" if not lab_lag else f"phones-{i + 1}", f.lag)
+                   for i, f in enumerate(fleets)]
+        if lab_lag is not None:
+            sources.insert(0, ("lab", lab_lag.samples))
+        else:
+            sources = [("lab+phones", fleets[0].lag)]
+        whole_max = 0.0
+        for name, samples in sources:
+            lags[name] = _lag_between(samples, first, last_window_end)
+            whole_max = max(whole_max, max((lag for _, lag in samples), default=0.0))
+        allv = sorted(v for vs in lags.values() for v in vs)
+        margin = timing_margin(cfg)
+        lag_by_process = {name: {"max_s": (vs[-1] if vs else 0.0) * k,
+                                 "p99_s": (_percentile(vs, 99) or 0.0) * k,
+                                 "p50_s": (_percentile(vs, 50) or 0.0) * k,
+                                 "samples": len(vs)} for name, vs in lags.items()}
+        config = dataclasses.asdict(cfg)
+        config["policies"] = list(cfg.policies)
+        login_done = max(f.login_done for f in fleets)
+        online_done = max(f.online_done for f in fleets)
+        return StudyResult(
+            config=config, policies=policies, wall_s=wall,
+            # the lab's clock starts with the lab: protocol time / k is wall time since then
+            setup_wall_s=online_done / k, login_wall_s=login_done / k,
+            start_spread_s=max(o.t0 for o in outcomes) - first,
+            protocol_span_s=max(o.t_end for o in outcomes) - first,
+            max_loop_lag_s=(allv[-1] if allv else 0.0) * k,
+            p99_loop_lag_s=(_percentile(allv, 99) or 0.0) * k,
+            p50_loop_lag_s=(_percentile(allv, 50) or 0.0) * k,
+            max_loop_lag_wall_ms=(allv[-1] if allv else 0.0) * 1000,
+            max_loop_lag_whole_s=whole_max * k, lag_samples=len(allv),
+            lag_histogram=_histogram([v * k for v in allv]), lag_by_process=lag_by_process,
+            timing_margin_s=margin,
+            stalls_over_margin=0 if margin is None else sum(1 for v in allv if v * k >= margin),
+            cpu_s=cpu, nat=nat_stats, drain_s=cfg.effective_drain_s(),
+            noop_timeout_effective_s=cfg.noop_timeout_effective(),
+            event_loop=fleets[0].event_loop, processes=cfg.processes, gc_paused=cfg.pause_gc,
+            max_rss_mb=max([_max_rss_mb()] + [f.max_rss_mb for f in fleets]))
+
+    def _policy_result(self, spec: str, cs: list[_Outcome], expiries: Counter) -> PolicyResult:
         r = PolicyResult(policy=spec, clients=len(cs),
                          window_s=statistics.fmean(c.window_s for c in cs))
         for c in cs:
@@ -770,25 +1097,27 @@ class _Study:
         r.app_bytes_per_day = r.app_bytes / days
         r.bytes_per_day = (r.app_bytes + r.tcpip_bytes) / days
         if self.nat_attributed:
-            r.nat_expiries = sum(c.nat_expiries for c in cs)
+            r.nat_expiries = sum(expiries[c.index] for c in cs)
             r.nat_expiries_per_day = r.nat_expiries / days
         intervals = sorted(v for c in cs for v in c.snapshot["intervals"])
         r.interval_p50_s = _percentile(intervals, 50)
         r.interval_max_s = intervals[-1] if intervals else None
 
-        delays = []
+        delays, latencies = [], []
         for c in cs:
-            r.duplicates += c.phone.metrics.duplicates
+            r.duplicates += c.duplicates
             r.loop_errors += len(c.loop_errors)
-            for s in c.sends:
-                if not s.new_msg_id:
+            caught = set(c.caught_up)
+            for sent_at, acked_at, msg_id, _err in c.sends:
+                if not msg_id:
                     r.send_failures += 1
                     continue
                 r.messages_sent += 1
-                if s.new_msg_id in c.received_before_catchup:
+                latencies.append(acked_at - sent_at)
+                if msg_id in c.received:
                     r.messages_delivered += 1
-                    delays.append(c.received_before_catchup[s.new_msg_id] - s.sent_at)
-                elif s.new_msg_id in c.caught_up:
+                    delays.append(c.received[msg_id] - sent_at)
+                elif msg_id in caught:
                     r.messages_caught_up += 1
                 else:
                     r.messages_lost += 1
@@ -797,6 +1126,9 @@ class _Study:
         r.delay_p99_s = _percentile(delays, 99)
         r.delay_max_s = delays[-1] if delays else None
         r.delay_mean_s = statistics.fmean(delays) if delays else None
+        latencies.sort()
+        r.send_latency_p50_s = _percentile(latencies, 50)
+        r.send_latency_p99_s = _percentile(latencies, 99)
 
         settled = [c.snapshot["policy_current"] for c in cs
                    if c.snapshot.get("policy_probing") is False]
@@ -808,8 +1140,13 @@ class _Study:
 
 
 async def run_study(config: StudyConfig, progress: Optional[ProgressFn] = None) -> StudyResult:
-    """Run the study in the current event loop; `progress(done, total, what)` is called
-    about ten times a wall second with protocol seconds of the slowest phone's window."""
+    """Run the study from the current event loop (the lab runs in it; the phones too, or in
+    `config.processes` child processes); `progress(done, total, what)` is called about ten
+    times a wall second with the protocol seconds of the slowest phone's window.
+
+    The cyclic garbage collector is paused for the run (`pause_gc`): a full collection of
+    the lab's objects stalls the loop 50-80 ms, 100-160 protocol seconds at k = 2000, enough
+    to kill links that should live. Reference counting still frees nearly everything."""
     config.validate()
     return await _Study(config, progress).run()
 
@@ -824,7 +1161,8 @@ def _fmt_s(v: Optional[float]) -> str:
 
 
 def timing_summary(result: StudyResult) -> str:
-    return (f"wall {result.wall_s:.1f} s (set-up {result.setup_wall_s:.1f} s), CPU "
+    return (f"wall {result.wall_s:.1f} s (set-up {result.setup_wall_s:.1f} s, of which "
+            f"logins {result.login_wall_s:.1f} s), CPU "
             f"{result.cpu_s:.1f} s, peak RSS {result.max_rss_mb:.0f} MB, on {result.event_loop}; "
             f"event-loop lag while phones ran: p50 {result.p50_loop_lag_s:.1f}, p99 "
             f"{result.p99_loop_lag_s:.1f}, max {result.max_loop_lag_s:.1f} protocol s "
@@ -846,10 +1184,10 @@ def render_table(result: StudyResult):
                       f"Wall {result.wall_s:.1f} s; event-loop lag max "
                       f"{result.max_loop_lag_s:.1f} protocol s "
                       f"({result.max_loop_lag_wall_ms:.1f} ms wall).")
-    for name in ("policy", "heartbeats", "silent deaths", "reconnects", "NAT expiries",
-                 "wake-ups", "app KB", "KB +TCP/IP", "messages", "delay p50", "delay p99",
-                 "delay max", "settled"):
-        t.add_column(name, justify="left" if name == "policy" else "right")
+    for name in ("policy", "heart-\nbeats", "silent\ndeaths", "re-\nconnects", "NAT\nexpiries",
+                 "wake-\nups", "app\nKB", "KB with\nTCP/IP", "messages\nsent/ok/lost/dup",
+                 "delay\np50", "delay\np99", "delay\nmax", "settled\ninterval"):
+        t.add_column(name, justify="left" if name == "policy" else "right", no_wrap=True)
     for p in result.policies:
         settled = "-"
         if p.settled_clients is not None:
@@ -982,6 +1320,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                     help="write the figures as JSON")
     hb.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                     help="draw wake-ups/day and silent deaths per policy (needs matplotlib)")
+    hb.add_argument("--processes", type=int, default=0, metavar="N",
+                    help="run the phones in N processes of their own, the lab in this one "
+                         "(default 0: everything in one process)")
     hb.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                     help="event loop (default: uvloop if installed)")
     hb.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -994,7 +1335,9 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
                        policies=tuple(args.policies or StudyConfig.policies),
                        clients=args.clients, hours=args.hours, time_scale=args.time_scale,
                        messages_per_client_per_day=args.messages_per_client_per_day,
-                       seed=args.seed, server_idle_s=args.server_idle)
+                       seed=args.seed, server_idle_s=args.server_idle,
+                       processes=getattr(args, "processes", 0),
+                       loop=getattr(args, "loop", "auto"))
 
 
 def _runner(choice: str):
@@ -1058,7 +1401,8 @@ def main_heartbeat(args: argparse.Namespace) -> int:
         err.print(f"[red]study failed:[/red] {exc!r}")
         return 1
 
-    Console().print(render_table(result))
+    # a pipe or file gets the whole table, not 80 columns of it
+    Console(width=None if sys.stdout.isatty() else 150).print(render_table(result))
     err.print(timing_summary(result), soft_wrap=True)
     if result.stalls_over_margin:
         err.print(f"[yellow]warning:[/yellow] the event loop stalled {result.stalls_over_margin} "
@@ -1074,3 +1418,18 @@ def main_heartbeat(args: argparse.Namespace) -> int:
         write_plot(result, args.plot)
         err.print(f"plot: {args.plot}")
     return 0
+
+
+def _main(argv=None) -> int:
+    """`python -m testbed.study.heartbeat ...`: the same as `testbed study heartbeat ...`."""
+    parser = argparse.ArgumentParser(prog="python -m testbed.study.heartbeat")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["study", "heartbeat", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.WARNING)
+    return args.study_func(args)
+
+
+if __name__ == "__main__":
+    # run the imported module, not __main__: phone processes pickle its classes by name
+    from testbed.study.heartbeat import _main as _canonical_main
+    sys.exit(_canonical_main())

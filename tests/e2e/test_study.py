@@ -64,7 +64,7 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
     assert p1680["silent_deaths"] == p1680["heartbeats_sent"]
     assert p1680["reconnects"] >= p1680["silent_deaths"]
     assert p1680["nat_expiries"] >= p1680["silent_deaths"]
-    assert p1680["tcp_connections"] == 3 + p1680["reconnects"]
+    assert p1680["tcp_connections"] == p1680["reconnects"]   # one new link per death
     # messages wait for the next heartbeat of a black-holed link
     assert p1680["delay_max_s"] > 300
 

@@ -91,7 +91,8 @@ def test_segments_acks_and_close(capture):
                   filt="tcp.port==40001")
     up = [r for r in rows[3:] if r[0] == "127.0.0.87"]
     data = [int(r[3]) for r in up if int(r[3])]
-    assert data == [1460, 1460, 1460, len(REQUEST) - 3 * 1460]
+    full, rest = divmod(len(REQUEST), 1460)
+    assert data == [1460] * full + ([rest] if rest else []) and len(data) >= 3
     # the server ACKs every second segment and the end of the flight
     acks = [r for r in rows[3:] if r[0] == "127.0.0.21" and r[4] == "0x0010"]
     assert [int(a[2]) for a in acks][:2] == [1 + 2920, 1 + len(REQUEST)]
@@ -107,7 +108,8 @@ def test_segments_acks_and_close(capture):
     # the half-closed connection still carries the server's answer after the client's FIN
     half = fields(capture, "ip.src", "tcp.len", "tcp.flags", filt="tcp.port==40003")
     order = [(r[0][-2:], int(r[2], 16) & 1, int(r[1])) for r in half[3:]]
-    assert order.index(("87", 1, 0)) < order.index(("21", 0, 37))
+    answer = len(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert order.index(("87", 1, 0)) < order.index(("21", 0, answer))
 
 
 @needs_tshark
@@ -140,14 +142,16 @@ def test_same_events_same_bytes(tmp_path):
             script(tap)
     a, b = ((tmp_path / f"{n}.pcapng").read_bytes() for n in "ab")
     # identical but for the statistics block's time stamp at the end
-    assert a[:-64] == b[:-64]
+    isb = int.from_bytes(a[-4:], "little")
+    assert isb == int.from_bytes(b[-4:], "little") and a[:-isb] == b[:-isb]
 
 
 @needs_tshark
 def test_small_mss_and_sequence_wrap(tmp_path):
     path = tmp_path / "wrap.pcapng"
     with Tap(path, comment="wrap", mss=536) as tap:
-        tap._rng.getrandbits = lambda bits: (1 << 32) - 700   # ISNs just below 2^32
+        real = tap._rng.getrandbits
+        tap._rng.getrandbits = lambda bits: (1 << 32) - 700 if bits == 32 else real(bits)
         c = tap.tcp_open(PHONE, SHORT, ts=T0)
         tap.tcp_data(c, True, b"a" * 3000, ts=T0 + 0.1)
         tap.tcp_data(c, False, b"b" * 3000, ts=T0 + 0.2)

@@ -1,0 +1,121 @@
+"""Wireshark's tcp.analysis rules on hand-made segment sequences."""
+
+from __future__ import annotations
+
+import pytest
+
+from testbed.capture import tcp_analysis as ta
+from testbed.capture.flows import FlowTable
+from testbed.capture.tcp_analysis import (FILTERS, TcpAnalyzer, describe, filter_names,
+                                          names)
+
+from .builders import ACK, FIN, PSH, SYN, Conn
+from .scenarios import SCENARIOS, build
+
+
+def analyse(segs):
+    a = TcpAnalyzer(keep=True)
+    a.feed_all(segs)
+    got = {}
+    for index, flags in a.per_packet:
+        n = set(filter_names(flags))
+        if n:
+            got[index] = n
+    return a, got
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_scenario_flags(name):
+    segs, expected = build(name)
+    _, got = analyse(segs)
+    assert got == expected
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_flow_table_counts_match_the_analyzer(name):
+    segs, expected = build(name)
+    table = FlowTable()
+    for s in segs:
+        table.feed(s)
+    table.close()
+    want = {}
+    for names_ in expected.values():
+        for n in names_:
+            want[n] = want.get(n, 0) + 1
+    assert table.totals() == want
+    per_flow = {}
+    for f in table.flows:
+        for k, v in f.analysis.items():
+            per_flow[k] = per_flow.get(k, 0) + v
+    assert per_flow == want
+
+
+def test_retransmission_filter_matches_all_three_kinds():
+    assert FILTERS["retransmission"] == (ta.RETRANSMISSION | ta.FAST_RETRANSMISSION
+                                         | ta.SPURIOUS_RETRANSMISSION)
+    assert filter_names(ta.FAST_RETRANSMISSION) == ("retransmission", "fast_retransmission")
+    assert filter_names(ta.SPURIOUS_RETRANSMISSION) == ("retransmission",
+                                                        "spurious_retransmission")
+    assert names(ta.KEEP_ALIVE | ta.DUPLICATE_ACK) == ["duplicate_ack", "keep_alive"]
+    assert describe(ta.RETRANSMISSION) == "[TCP Retransmission]"
+    assert describe(0) is None
+
+
+def test_keep_alive_is_never_a_retransmission():
+    c = Conn(step=1.0)
+    segs = c.handshake() + [c.c(b"data"), c.s()]
+    ka = c.c(b"\x00", seq=c.cseq - 1, advance=False)          # 1 byte, one before next seq
+    _, got = analyse(segs + [ka])
+    assert got == {len(segs) + 1: {"keep_alive"}}
+
+
+def test_keep_alive_ack_is_not_a_duplicate_ack():
+    segs, expected = build("keep_alive")
+    _, got = analyse(segs)
+    assert all("duplicate_ack" not in v for v in got.values())
+
+
+def test_dup_ack_needs_same_window():
+    c = Conn()
+    segs = c.handshake() + [c.c(b"x" * 10), c.s(), c.s(win=999), c.s(win=999)]
+    _, got = analyse(segs)
+    assert got == {len(segs) - 1: {"window_update"}, len(segs): {"duplicate_ack"}}
+
+
+def test_fast_retransmission_needs_it_within_20ms():
+    segs, expected = build("fast_retransmission_and_dup_acks")
+    slow = segs[:-1] + [segs[-1]._replace(ts=segs[-2].ts + 0.021)]
+    _, got = analyse(slow)
+    assert got[len(slow)] == {"retransmission"}
+
+
+def test_out_of_order_limit_is_the_handshake_rtt():
+    c = Conn(step=0.010)
+    hs = c.handshake()                               # SYN->ACK: 20 ms
+    a, b, cc = c.c(b"a" * 10), c.c(b"b" * 10), c.c(b"c" * 10)
+    fast = b._replace(ts=cc.ts + 0.015)             # 15 ms after the highest: out of order
+    slow = b._replace(ts=cc.ts + 0.025)             # 25 ms: a retransmission
+    renumber = lambda segs: [s._replace(index=i + 1) for i, s in enumerate(segs)]
+    _, got = analyse(renumber(hs + [a, cc, fast]))
+    assert got == {5: {"lost_segment"}, 6: {"out_of_order"}}
+    _, got = analyse(renumber(hs + [a, cc, slow]))
+    assert got == {5: {"lost_segment"}, 6: {"retransmission"}}
+
+
+def test_counts_by_filter():
+    segs, _ = build("fast_retransmission_and_dup_acks")
+    a, _ = analyse(segs)
+    assert a.counts == {"duplicate_ack": 3, "retransmission": 1, "fast_retransmission": 1,
+                        "lost_segment": 1}
+    assert a.counts["zero_window"] == 0 and a.conversations == 1
+
+
+def test_unacked_list_is_bounded():
+    """A one-way capture (no ACKs seen) keeps at most 10,000 unacked segments, as Wireshark."""
+    c = Conn(step=0.0001)
+    segs = c.handshake()
+    segs += [c.c(b"x") for _ in range(10_050)]
+    a = TcpAnalyzer()
+    a.feed_all(segs)
+    (conv, f, r) = a._convs[(segs[0].src, segs[0].sport, segs[0].dst, segs[0].dport)]
+    assert len(f.unacked) == ta.MAX_UNACKED
