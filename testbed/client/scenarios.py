@@ -243,6 +243,9 @@ async def storyboard(run: Run) -> None:
     contacts = await first.session.cgi("getcontact", pb.GetContactRequest(
         base=first.session.base(), usernames=[p.username for p in phones[1:]]))
     run.check("getcontact over the short link", len(contacts.contacts) == n - 1)
+    heads = await first.session.cgi("batchgetheadimg", pb.BatchGetHeadImgRequest(
+        base=first.session.base(), usernames=[p.username for p in phones]))
+    run.check("avatar URLs from batchgetheadimg", len(heads.imgs) == n)
     run.progress(0.15, "chat")
     await chat(run)
     run.progress(0.35, "media")

@@ -44,6 +44,7 @@ import gc
 import json
 import logging
 import math
+import os
 import random
 import resource
 import socket
@@ -769,13 +770,20 @@ def _child_main(conn, payload: dict[str, Any]) -> None:
                         go.set_result(None)
 
             loop.add_reader(conn.fileno(), readable)
+            os.set_blocking(conn.fileno(), True)   # uvloop made it non-blocking: big sends
+
+            def report(*msg) -> None:
+                try:
+                    conn.send(msg)
+                except BlockingIOError:   # never expected; a lost progress tick is harmless
+                    pass
 
             async def barrier() -> None:
                 conn.send(("logged_in",))
                 await go
 
             fleet = _Fleet(manifest, clock, cfg, plans, tuple(payload["sender"]),
-                           report=lambda *msg: conn.send(msg), barrier=barrier)
+                           report=report, barrier=barrier)
             try:
                 return await fleet.run()
             finally:
@@ -821,6 +829,7 @@ class _Children:
             self.conns.append(parent)
             self.results.append(fut)
             loop.add_reader(parent.fileno(), self._readable, i)
+            os.set_blocking(parent.fileno(), True)   # recv() reads whole messages
             loop.add_reader(proc.sentinel, self._exited, i)
         try:
             return list(await asyncio.gather(*self.results))
