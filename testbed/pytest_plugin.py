@@ -83,7 +83,7 @@ class LabHandle:
             cfg = LabConfig(plan=AddressPlan.random_loopback(),
                             manifest_path=self.record_dir / "manifest.json",
                             record=self.record_dir / "lab.pcapng", **self.config)
-            lab = Lab(cfg)
+            lab = self.run(Lab, cfg)     # aiohttp servers bind to the loop they are made in
             try:
                 self.call(lab.start())
                 self.lab = lab

@@ -1,0 +1,69 @@
+"""The pytest plugin, tested the way a user meets it: in a fresh pytest run (pytester)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+
+
+def _run(pytester, *args):
+    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=240)
+
+
+def test_documented_example_runs(pytester):
+    pytester.makepyfile(test_example=(EXAMPLES / "test_new_scenario.py").read_text())
+    result = _run(pytester)
+    result.assert_outcomes(passed=1)
+
+
+def test_wire_assertion_failure_is_reported(pytester):
+    pytester.makepyfile(test_fail="""
+        async def test_wrong_order(lab, wx_client, recorder):
+            a, b = await wx_client(0), await wx_client(1)
+            await a.send_text(b.username, "hi")
+            recorder.capture().expect_sequence(
+                {"kind": "frame", "name": "NOTIFY"}, {"kind": "dns_query"})
+    """)
+    result = _run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*sequence stopped at step 2*"])
+
+
+def test_server_errors_surface_in_the_test(pytester):
+    pytester.makepyfile(test_boom="""
+        import asyncio
+        from testbed.wire import pb
+
+        async def test_handler_raises(lab, wx_client):
+            a = await wx_client(0)
+            def explode(*args, **kw):
+                raise RuntimeError("boom inside the server")
+            lab.run(setattr, lab.lab.service, "getprofile", explode)
+            resp = await a.session.cgi("getprofile", pb.GetProfileRequest(
+                base=a.session.base()), check=False)
+            assert resp.base.ret == -1      # the client sees a server fault...
+    """)
+    result = _run(pytester)
+    result.assert_outcomes(errors=1, passed=1)   # ...and the test is told why
+    result.stdout.fnmatch_lines(["*RuntimeError: boom inside the server*"])
+
+
+def test_session_scope_and_options(pytester):
+    pytester.makepyfile(test_scope="""
+        def test_one(lab):
+            assert len(lab.users) == 3
+            pytest_lab = lab
+            globals()["first"] = lab.manifest.dns_address
+
+        def test_two(lab):
+            assert lab.manifest.dns_address == globals()["first"]   # the same lab
+            assert lab.manifest.time_scale == 50
+    """)
+    result = _run(pytester, "--testbed-scope", "session", "--testbed-users", "3",
+                  "--testbed-time-scale", "50")
+    result.assert_outcomes(passed=2)
