@@ -16,8 +16,9 @@ Supported:
 
 `decode(pkt)` turns a packet into a `Segment` (TCP), a `Datagram` (UDP) or None, for link
 types Ethernet (with 802.1Q/802.1ad tags), Linux cooked (SLL, SLL2), raw IP, BSD null and
-OpenBSD loop, over IPv4 (options; non-first fragments skipped) and IPv6 (extension headers
-skipped). It is the hot path: struct.unpack_from on the frame, no per-packet objects but the
+OpenBSD loop, over IPv4 (options) and IPv6 (extension headers skipped). IP fragments are
+skipped, the first one too: its transport header describes the whole datagram, and IP
+reassembly is not done here. It is the hot path: struct.unpack_from on the frame, no per-packet objects but the
 result tuple.
 """
 
@@ -585,7 +586,7 @@ def decode(pkt, *, _fast=_FAST, _a4=_A4.get, _new=_new, _seg=Segment, _tsopt=_TS
             # The overwhelmingly common case, inlined: Ethernet II, IPv4 without options.
             totlen, frag, proto, src, dst, sport, dport, seq, ack, off, flags, win = \
                 _fast(data, 16)
-            if proto == 6 and not frag & 0x1FFF:
+            if proto == 6 and not frag & 0x3FFF:
                 avail = origlen - 14
                 if totlen == 0 or totlen > avail:
                     totlen = avail
@@ -658,7 +659,10 @@ def _ipv4(index, ts, data, off, origlen):
     ihl = (vihl & 0x0F) << 2
     if ihl < 20:
         return None
-    if frag & 0x1FFF:                    # a non-first fragment: no transport header
+    if frag & 0x3FFF:
+        # A fragment. Non-first ones have no transport header; a first one has a header
+        # whose lengths describe the whole datagram, not this piece (tshark reassembles
+        # and dissects TCP in the last fragment). We do not reassemble IP: skip them all.
         return None
     avail = origlen - off                # bytes of the IP packet on the wire
     if totlen == 0 or totlen > avail:    # 0: TSO capture; larger: trust the frame
@@ -689,8 +693,8 @@ def _ipv6(index, ts, data, off, origlen):
         if len(data) < p + 8:
             return None
         if nh == 44:                     # fragment header
-            if _H(data, p + 2)[0] & 0xFFF8:
-                return None              # not the first fragment
+            if _H(data, p + 2)[0] & 0xFFF9:
+                return None              # a fragment (an atomic fragment header is fine)
             hl = 8
         elif nh == 51:                   # AH
             hl = (data[p + 1] + 2) << 2

@@ -365,16 +365,17 @@ def test_decode_ipv6_with_extension_headers_and_link_types():
     tcp = tcp_header(40000, 443, 10, 20, SYN, 512, options=b"\x02\x04\x05\xb4") + b""
     hop = bytes([0, 0]) + b"\x01\x04\x00\x00\x00\x00"            # hop-by-hop, PadN
     dst = bytes([0, 0]) + b"\x01\x04\x00\x00\x00\x00"            # destination options
-    frag_first = bytes([0, 0]) + struct.pack("!HI", 0x0001, 99)  # offset 0, more fragments
-    ip = ipv6("2001:db8::1", "2001:db8::2", 6, tcp, ext=[(0, hop), (60, dst), (44, frag_first)])
+    atomic = bytes([0, 0]) + struct.pack("!HI", 0x0000, 99)     # offset 0, no more fragments
+    ip = ipv6("2001:db8::1", "2001:db8::2", 6, tcp, ext=[(0, hop), (60, dst), (44, atomic)])
     for lt, fr in [(1, ether(ip, 0x86DD)), (229, ip), (101, ip), (0, struct.pack("<I", 30) + ip),
                    (113, b"\x00" * 14 + b"\x86\xdd" + ip)]:
         seg = decode(_pkt(fr, lt))
         assert isinstance(seg, Segment), lt
         assert (seg.src, seg.dst, seg.flags, seg.mss) == ("2001:db8::1", "2001:db8::2", SYN, 1460)
-    later = bytes([0, 0]) + struct.pack("!HI", 0x0009, 99)       # offset 1: not first
-    assert decode(_pkt(ipv6("2001:db8::1", "2001:db8::2", 6, tcp, ext=[(44, later)]), 229)) \
-        is None
+    for fo in (0x0009, 0x0001):                                 # offset 1; first with M
+        frag = bytes([0, 0]) + struct.pack("!HI", fo, 99)
+        assert decode(_pkt(ipv6("2001:db8::1", "2001:db8::2", 6, tcp, ext=[(44, frag)]),
+                           229)) is None
     udp = ipv6("2001:db8::1", "2001:db8::2", 17, udp_header(53, 5353, 3) + b"abc")
     d = decode(_pkt(udp, 229))
     assert isinstance(d, Datagram) and d.payload == b"abc" and d.sport == 53
@@ -385,9 +386,11 @@ def test_decode_ipv4_options_fragments_and_others():
     opt = decode(_pkt(ether(ipv4("198.18.0.1", "198.18.0.2", 6, body,
                                  options=b"\x94\x04\x00\x00"))))
     assert isinstance(opt, Segment) and opt.payload == b"data"
-    first = decode(_pkt(ether(ipv4("198.18.0.1", "198.18.0.2", 6, body, frag=0x2000))))
-    assert isinstance(first, Segment)                      # first fragment: header is there
-    assert decode(_pkt(ether(ipv4("198.18.0.1", "198.18.0.2", 6, body, frag=0x2003)))) is None
+    df = decode(_pkt(ether(ipv4("198.18.0.1", "198.18.0.2", 6, body, frag=0x4000))))
+    assert isinstance(df, Segment)                         # Don't Fragment: a whole packet
+    # fragments, the first one too (its lengths are the datagram's, not the fragment's)
+    assert decode(_pkt(ether(ipv4("198.18.0.1", "198.18.0.2", 6, body, frag=0x2000)))) is None
+    assert decode(_pkt(ether(ipv4("198.18.0.1", "198.18.0.2", 6, body, frag=0x0003)))) is None
     assert decode(_pkt(ether(ipv4("198.18.0.1", "198.18.0.2", 1, b"\x08\x00" + b"\x00" * 6)))) \
         is None                                            # ICMP
     assert decode(_pkt(ether(b"\x00" * 28, ethertype=0x0806))) is None   # ARP
