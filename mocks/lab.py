@@ -93,6 +93,7 @@ class Lab:
         self.tap: Optional[Tap] = (Tap(self.record_path, mss=self.config.record_mss)
                                    if self.record_path is not None else None)
         self._record_started: Optional[float] = None
+        self._flush_handle: Optional[asyncio.TimerHandle] = None
         self.nat: Optional[NatRelay] = None
         self.relay: Optional[NatRelay] = None   # the NAT, or a pass-through when recording
         self._make_relay()
@@ -121,9 +122,17 @@ class Lab:
         self.manifest = self._make_manifest(hosts, dns_addr, dns_port)
         if self.tap is not None:
             self.tap.start(self.record_comment())
+            self._flush_tap()
         if cfg.manifest_path is not None:
             self.manifest_path = self.manifest.write(cfg.manifest_path)
         return self.manifest
+
+    def _flush_tap(self) -> None:
+        """Every second, so `tshark -r` on a live `lab up --record` file sees recent packets."""
+        self._flush_handle = None
+        if self.tap is not None and not self.tap.closed:
+            self.tap.flush()
+            self._flush_handle = asyncio.get_running_loop().call_later(1.0, self._flush_tap)
 
     def record_comment(self) -> dict:
         """The capture's section comment (how=tap, profile, time scale, manifest without
@@ -267,6 +276,9 @@ class Lab:
         self._runners.clear()
         if self.dns is not None:
             self.dns.close()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if self.tap is not None:
             self.tap.close()   # after the relays: their closing FINs are in the capture
         if self.manifest_path is not None:

@@ -290,9 +290,7 @@ class _Mapping:
         relay._mappings.add(self)
         self.last = relay.clock.now()
         if relay.tap is not None:
-            t = leg.transport
-            self.tconn = relay._tap("tcp_open", t.get_extra_info("peername")[:2],
-                                    t.get_extra_info("sockname")[:2])
+            self.tconn = relay._tap_open(leg.transport)
         if relay._latency_wall > 0:
             self.up = _Line(self, True)
             self.down = _Line(self, False)
@@ -690,6 +688,14 @@ class NatRelay:
                 self._tap_failed = True
                 log.exception("nat: tap %s failed", method)
             return None
+
+    def _tap_open(self, transport):
+        """Tell the tap about an accepted connection: the phone's address and ours."""
+        peer = transport.get_extra_info("peername")
+        here = transport.get_extra_info("sockname")
+        if not peer or not here:   # already gone: nothing the tap could show
+            return None
+        return self._tap("tcp_open", tuple(peer[:2]), tuple(here[:2]))
 
     def _event(self, kind: str, m: _Mapping) -> None:
         cb = self.on_event

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "connection idle this many protocol seconds (e.g. 300)")
     up.add_argument("--nat-latency", type=float, default=0.0, metavar="SECONDS",
                     help="fixed one-way latency the NAT adds (protocol seconds)")
+    up.add_argument("--record", type=Path, default=None, metavar="FILE",
+                    help="record everything with the in-process tap to this pcapng")
     up.add_argument("--uvloop", action="store_true", help="run on uvloop if installed")
 
     em = sub.add_parser("emulate", help="run emulated phones against a lab")
@@ -95,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="protocol seconds per wall second (default 100: a 300 s "
                          "heartbeat every 3 s)")
 
+    rec = sub.add_parser("record", help="capture from a network interface (root)")
+    rec.add_argument("--iface", required=True, help="interface, e.g. lo or a veth")
+    rec.add_argument("--out", required=True, type=Path, help="pcapng file to write")
+    rec.add_argument("--filter", default=None, metavar="BPF",
+                     help="capture filter, e.g. 'tcp port 8080 or udp port 5353'")
+    rec.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
+                     help="stop after this many seconds (default: at Ctrl-C)")
+
     sub.add_parser("profiles", help="list the built-in profiles")
     return p
 
@@ -117,7 +127,8 @@ def _lab_up(args) -> int:
     cfg = LabConfig(users=args.users, friends=args.friends, profile=args.profile,
                     time_scale=args.time_scale, plan=plan,
                     privileged_ports=args.privileged_ports, manifest_path=args.manifest,
-                    nat_timeout_s=args.nat_timeout, nat_latency_s=args.nat_latency)
+                    nat_timeout_s=args.nat_timeout, nat_latency_s=args.nat_latency,
+                    record=args.record)
 
     async def run() -> int:
         lab = Lab(cfg)
@@ -142,6 +153,8 @@ def _lab_up(args) -> int:
             table.add_row(name, " ".join(h.addresses), port)
         table.add_row("lab resolver (DNS)", manifest.dns_address, str(manifest.dns_port))
         console.print(table)
+        if lab.record_path is not None:
+            console.print(f"recording to {lab.record_path} (closed when the lab stops)")
         if lab.nat is not None:
             console.print(f"carrier NAT in front of every TCP host: idle timeout "
                           f"{args.nat_timeout:g} s, latency {args.nat_latency:g} s")
@@ -363,6 +376,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _analyze(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "record":
+        from testbed.capture.sniffer import record_main
+        return record_main(args.iface, args.out, args.filter, args.duration)
     if args.command == "verify":
         return _verify(args)
     if args.command == "profiles":

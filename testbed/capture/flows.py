@@ -19,12 +19,14 @@ capture order. For TCP it
   summary (counters, no payload). Late segments of an ended flow (the last ACK) still count.
 
 Memory is bounded by the open flows (each holds at most `max_buffer` bytes per direction of
-out-of-order data) plus a small summary per flow.
+out-of-order data) plus a small summary per flow; with `keep_flows=False` and a `linger`,
+ended flows are forgotten `linger` capture-seconds after their end, summaries included.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from typing import Callable, Optional
 
 from .packets import Datagram, Segment
@@ -214,14 +216,29 @@ OnData = Callable[[TcpFlow, str, float, bytes], None]
 
 
 class FlowTable:
-    """Flows of a capture: feed Segments and Datagrams in capture order, then `close()`."""
+    """Flows of a capture: feed Segments and Datagrams in capture order, then `close()`.
+
+    Callbacks (all optional):
+      on_data(flow, direction, ts, data)   in-order stream bytes, "c2s" or "s2c"; `ts` is the
+                                           time of the segment that made them available
+      on_gap(flow, direction, ts, nbytes)  bytes the capture never had, skipped over
+      on_flow_end(flow)                    once per flow: RST, both FINs and all data in, a
+                                           new SYN on the 4-tuple, or close()
+      on_datagram(conv, direction, dgram)  every UDP datagram ("c2s": from the first sender)
+      on_analysis(flow, segment, flags)    segments with tcp.analysis flags (tcp_analysis.*)
+
+    Results: `flows` (TcpFlow, in order of first packet, ids 0.. as tshark's tcp.stream),
+    `udp` ({(endpoint, endpoint) sorted: UdpConversation}), `totals()` / `counts`
+    (tcp.analysis filter name -> segments), `open` (flows not ended yet).
+    """
 
     def __init__(self, on_data: Optional[OnData] = None,
                  on_flow_end: Optional[Callable[[TcpFlow], None]] = None, *,
                  on_gap: Optional[Callable[[TcpFlow, str, float, int], None]] = None,
                  on_datagram: Optional[Callable[[UdpConversation, str, Datagram], None]] = None,
                  on_analysis: Optional[Callable[[TcpFlow, Segment, int], None]] = None,
-                 max_buffer: int = DEFAULT_MAX_BUFFER, keep_flows: bool = True) -> None:
+                 max_buffer: int = DEFAULT_MAX_BUFFER, keep_flows: bool = True,
+                 linger: Optional[float] = None) -> None:
         self.on_data = on_data
         self.on_flow_end = on_flow_end
         self.on_gap = on_gap
@@ -229,6 +246,11 @@ class FlowTable:
         self.on_analysis = on_analysis
         self.max_buffer = max_buffer
         self.keep_flows = keep_flows
+        # Ended flows stay findable by their 4-tuple (late ACKs, retransmitted FINs count in
+        # them, as in tshark) - forever by default, or for `linger` capture seconds. With
+        # keep_flows=False and a linger, memory follows the open flows only.
+        self.linger = linger
+        self._ended: deque = deque()
         self.flows: list[TcpFlow] = []       # every TCP flow, in order of first packet
         self.udp: dict[tuple, UdpConversation] = {}
         self.counts = Counts()               # tcp.analysis totals over all flows
@@ -250,7 +272,20 @@ class FlowTable:
             self._end(flow, flow.last_ts)
 
     # ------------------------------------------------------------------ TCP
+    def _forget_ended(self, now: float) -> None:
+        limit = now - self.linger
+        ended = self._ended
+        while ended and ended[0][0] < limit:
+            _, flow = ended.popleft()
+            (a, pa), (b, pb) = flow.client, flow.server
+            for key in ((a, pa, b, pb), (b, pb, a, pa)):
+                ent = self._map.get(key)
+                if ent is not None and ent[0] is flow:
+                    del self._map[key]
+
     def _new_flow(self, s: Segment, flags: int) -> tuple[TcpFlow, bool]:
+        if self._ended:
+            self._forget_ended(s.ts)
         src, dst = (s.src, s.sport), (s.dst, s.dport)
         if flags & SYN:
             c2s = not flags & ACK               # SYN: sender is client; SYN-ACK: receiver
@@ -502,6 +537,8 @@ class FlowTable:
         flow.ended = True
         flow.end_ts = ts
         self.open.pop(flow.id, None)
+        if self.linger is not None:
+            self._ended.append((ts, flow))
         # keep the counters of the reassembly, drop its buffers
         flow._hc = (flow._hc.gaps, flow._hc.delivered)
         flow._hs = (flow._hs.gaps, flow._hs.delivered)

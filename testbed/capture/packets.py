@@ -18,8 +18,8 @@ Supported:
 types Ethernet (with 802.1Q/802.1ad tags), Linux cooked (SLL, SLL2), raw IP, BSD null and
 OpenBSD loop, over IPv4 (options) and IPv6 (extension headers skipped). IP fragments are
 skipped, the first one too: its transport header describes the whole datagram, and IP
-reassembly is not done here. It is the hot path: struct.unpack_from on the frame, no per-packet objects but the
-result tuple.
+reassembly is not done here. It is the hot path: struct.unpack_from on the frame, no
+per-packet objects but the result tuple.
 """
 
 from __future__ import annotations

@@ -176,8 +176,12 @@ def sniff(iface: str, out: Union[str, os.PathLike], bpf: Optional[str] = None, *
     deadline = None if duration is None else time.monotonic() + duration
     anc = socket.CMSG_SPACE(16)
     try:
-        with PcapngWriter(out, comment=info, linktype=linktype, snaplen=snaplen, if_name=iface,
-                          tsresol_ns=nanoseconds) as w:
+        try:
+            w = PcapngWriter(out, comment=info, linktype=linktype, snaplen=snaplen,
+                             if_name=iface, tsresol_ns=nanoseconds)
+        except OSError as exc:
+            raise SnifferError(f"cannot write {out}: {exc}") from None
+        with w:
             if ready is not None:
                 ready.set()
             while True:

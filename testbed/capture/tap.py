@@ -188,6 +188,11 @@ class Tap:
         for ts_us, frame in pending:
             self.writer.write_ns(ts_us * 1000, frame)
 
+    def flush(self) -> None:
+        """Push what is written so far to the file (for readers following a live capture)."""
+        if self.writer is not None and not self.closed:
+            self.writer.flush()
+
     def close(self) -> None:
         """Write the statistics block (tap drops, if any) and close the file."""
         if self.closed:

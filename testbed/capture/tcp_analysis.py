@@ -1,8 +1,9 @@
 """Wireshark's TCP sequence analysis (`tcp.analysis.*`), per segment, per flow and in total.
 
 This follows Wireshark 4.0.17's `tcp_analyze_sequence_number()` and the conversation
-handling of `dissect_tcp()` (epan/dissectors/packet-tcp.c) rule by rule and in its order, with its default preferences (analyze sequence numbers on,
-"fast retransmission supersedes out-of-order" on, no default window scaling):
+handling of `dissect_tcp()` (epan/dissectors/packet-tcp.c) rule by rule and in its order,
+with its default preferences (analyze sequence numbers on, "fast retransmission supersedes
+out-of-order" on, no default window scaling):
 
 1. zero window probe (1 byte at the next expected seq while the peer's window is 0) - skips
    the checks up to the ACK analysis;

@@ -109,6 +109,8 @@ class Session:
         if self.link is None or not self.link.is_open:
             raise LinkClosed("long link is not open")
         resp = await self.link.call(name, request, timeout=timeout)
+        if resp is None:     # NOOP
+            return None
         return self._check(name, resp) if check else resp
 
     async def call(self, name: str, request: Message, door: str = "long",

@@ -1,37 +1,44 @@
 """The heartbeat study (STORYBOARD.md section 5): real phones behind a carrier NAT, per policy.
 
-`testbed study heartbeat` starts one lab with a carrier NAT (`LabConfig.nat_timeout_s`), logs
-in `clients` phones per heartbeat policy (`testbed.client.phone.Phone`, the same emulator the
-other scenarios use) plus one sender, and lets every phone live for `hours` of protocol time
+`testbed study heartbeat` starts one lab with a carrier NAT (`LabConfig.nat_timeout_s`), and
+`clients` phones per heartbeat policy (`testbed.client.phone.Phone`, the emulator the other
+scenarios use) plus one sender, all lab users; every phone lives `hours` of protocol time
 (PROTOCOL.md section 6: at time scale k a protocol day takes 86400/k wall seconds). All
 policies share the lab, the NAT and the clock, so one day takes one day of protocol time.
+The phones run in the lab's event loop (`processes=0`) or in child processes of their own
+(spawned, each with a share of the phones and its own sender session), whose clocks take the
+lab clock's origin so that protocol times on both sides are one time line.
 
-What is measured, per policy (docs/heartbeat-study.md explains each choice):
+How it is measured (docs/heartbeat-study.md explains each choice):
 
-* each phone's window is `hours` of protocol time from the moment its own `Phone.start()`
-  returned (phones start a few at a time, so windows are staggered by the set-up time); the
-  phone's counters are snapshotted at the end of its window: heartbeats sent, silent deaths
-  (a NOOP went unanswered), reconnects, wake-ups, long-link frames and bytes;
-* wake-ups and bytes are scaled to a 24 h day per client; bytes are the long link's
-  application bytes, plus an estimate of TCP/IP overhead (`TCPIP_HEADER_BYTES` per frame for
-  its own segment and as much again for the ACK it draws, and `TCP_CONN_SEGMENTS` header-only
+* set-up: every phone logs in over TLS and takes newinit on the short link first; only when
+  all are in do phones open their long links (a few at a time), so the costly handshakes are
+  over before any heartbeat's timing matters. A phone's window opens when its long link is
+  identified and synced, and closes `hours` later, at the first moment no heartbeat or
+  reconnect is in flight (so every heartbeat counted has its outcome counted); its counters
+  are the difference of two snapshots of `PhoneMetrics`;
+* wake-ups and bytes are scaled to 24 h per phone; bytes are the long link's application
+  bytes, plus an estimate of TCP/IP overhead (`TCPIP_HEADER_BYTES` per frame for its own
+  segment and as much again for the ACK it draws, and `TCP_CONN_SEGMENTS` header-only
   segments per TCP connection for handshake and teardown);
 * the sender (a lab user on the short link: one HTTP connection per message, as the report
   saw) messages each phone at random times, uniform over the phone's window, on average
-  `messages_per_client_per_day`; a message's send time is read on the shared lab clock just
+  `messages_per_client_per_day`; a message's send time is read on the shared clock just
   before the request goes out, its receive time is the phone's `metrics.received` entry
   (stamped when the newsync that brought it returned); delay = received - sent;
-* after its window a phone keeps running (a "drain", not counted in any rate) until every
-  message sent to it has arrived or `drain_s` has passed, so that a message sent just before
-  the end reaches the phone the way it would have (at the next heartbeat of a dead link);
-  then its loop stops, its long link is aborted and it takes one last newsync on the short
-  link: a message first seen there is counted `caught_up` (delivered, but no delay figure),
-  one still missing is `lost`;
+* after its window a phone keeps running (the drain, in no rate) until every message sent
+  to it has arrived or `drain_s` has passed, so that a message sent just before the end
+  reaches the phone the way it would have (at the next heartbeat of a dead link); then its
+  loop stops, its long link is aborted and it takes one last newsync on the short link: a
+  message first seen there is counted `caught_up` (delivered, no delay figure), one still
+  missing is `lost`;
 * NAT expiries are attributed to phones by source address (each phone binds its own
   loopback address; see `_hook_nat`), counting only expiries inside the phone's window;
-* an event-loop lag monitor records how late a 5 ms wall sleep wakes up; the lag times k is
-  the worst error, in protocol seconds, of any timer in the run (heartbeat due times, the
-  NAT's idleness stamps, the NOOP timeout), and is reported with the figures.
+* an event-loop lag monitor in every process records how late a 5 ms sleep wakes up; lag
+  times k is the error, in protocol seconds, of every timer and time stamp in the run
+  (heartbeat due times, the NAT's idleness stamps, the NOOP timeout). Stalls longer than the
+  slack of the tightest policy under the NAT timeout (`timing_margin`) are counted: each can
+  kill a link that should have lived.
 """
 
 from __future__ import annotations
@@ -85,7 +92,8 @@ class StudyConfig:
     server_idle_s: Optional[float] = None   # None: the profile's (660 s)
     profile: str = "lab-report-2013"
     start_concurrency: int = 8              # phones logging in (or going online) at once
-    processes: int = 0                      # 0: phones in the lab's process; N: N processes
+    processes: Optional[int] = None         # phone processes; 0: phones in the lab's process;
+                                            # None: 2 where there are 2 CPUs or more, else 0
     loop: str = "auto"                      # event loop of phone processes: auto/asyncio/uvloop
     pause_gc: bool = True                   # no cyclic GC during the run (see run_study)
     drain_s: Optional[float] = None         # None: longest policy interval + 2 NOOP timeouts + 120
@@ -122,11 +130,17 @@ class StudyConfig:
             raise ValueError(f"drain_s must be >= 0, got {self.drain_s!r}")
         if self.start_concurrency < 1:
             raise ValueError("start_concurrency must be >= 1")
-        if not isinstance(self.processes, int) or self.processes < 0:
-            raise ValueError(f"--processes must be 0 (phones in the lab's process) or more, "
-                             f"got {self.processes!r}")
+        if self.processes is not None and (not isinstance(self.processes, int)
+                                           or not 0 <= self.processes <= 64):
+            raise ValueError(f"--processes must be 0 (phones in the lab's process) to 64, or "
+                             f"auto, got {self.processes!r}")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"--loop must be auto, asyncio or uvloop, got {self.loop!r}")
+
+    def phone_processes(self) -> int:
+        if self.processes is not None:
+            return self.processes
+        return 2 if (os.cpu_count() or 1) >= 2 else 0
 
     @property
     def window_s(self) -> float:
@@ -983,7 +997,8 @@ class _Study:
             with tempfile.TemporaryDirectory(prefix="testbed-study-") as tmp:
                 await self.start_lab(Path(tmp))
                 lab_lag = _LagMonitor(self.lab.clock)
-                lag_task = asyncio.ensure_future(lab_lag.run()) if self.cfg.processes else None
+                nproc = self.cfg.phone_processes()
+                lag_task = asyncio.ensure_future(lab_lag.run()) if nproc else None
                 try:
                     self.plan()
                     fleets = await self._run_fleets()
@@ -997,19 +1012,18 @@ class _Study:
                     await self.lab.stop()
             wall = time.perf_counter() - wall0
             cpu = _cpu_seconds() + _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
-            return self.result(fleets, lab_lag if self.cfg.processes else None, wall, cpu,
-                               nat_stats)
+            return self.result(fleets, lab_lag if nproc else None, wall, cpu, nat_stats)
         finally:
             if self.cfg.pause_gc and gc_was:
                 gc.enable()
 
     async def _run_fleets(self) -> list[_FleetReport]:
         cfg, lab = self.cfg, self.lab
-        if not cfg.processes:
+        if not cfg.phone_processes():
             fleet = _Fleet(lab.manifest, lab.clock, cfg, self.plans, self.sender,
                            report=lambda _kind, *a: self._report(*a))
             return [await fleet.run()]
-        n = min(cfg.processes, len(self.plans))
+        n = min(cfg.phone_processes(), len(self.plans))
         chunks = [self.plans[i::n] for i in range(n)]
         config = dataclasses.asdict(cfg)
         config["policies"] = list(cfg.policies)
@@ -1077,7 +1091,8 @@ class _Study:
             stalls_over_margin=0 if margin is None else sum(1 for v in allv if v * k >= margin),
             cpu_s=cpu, nat=nat_stats, drain_s=cfg.effective_drain_s(),
             noop_timeout_effective_s=cfg.noop_timeout_effective(),
-            event_loop=fleets[0].event_loop, processes=cfg.processes, gc_paused=cfg.pause_gc,
+            event_loop=fleets[0].event_loop, processes=len(fleets) if lab_lag else 0,
+            gc_paused=cfg.pause_gc,
             max_rss_mb=max([_max_rss_mb()] + [f.max_rss_mb for f in fleets]))
 
     def _policy_result(self, spec: str, cs: list[_Outcome], expiries: Counter) -> PolicyResult:
@@ -1282,6 +1297,18 @@ def _arg_positive_int(text: str) -> int:
     return v
 
 
+def _arg_processes(text: str) -> Optional[int]:
+    if text == "auto":
+        return None
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or auto: {text!r}")
+    if not 0 <= v <= 64:
+        raise argparse.ArgumentTypeError(f"must be 0 to 64: {text!r}")
+    return v
+
+
 def _arg_policy(text: str) -> str:
     from testbed.client.heartbeat import parse_policy
 
@@ -1329,9 +1356,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                     help="write the figures as JSON")
     hb.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                     help="draw wake-ups/day and silent deaths per policy (needs matplotlib)")
-    hb.add_argument("--processes", type=int, default=0, metavar="N",
-                    help="run the phones in N processes of their own, the lab in this one "
-                         "(default 0: everything in one process)")
+    hb.add_argument("--processes", type=_arg_processes, default=None, metavar="N",
+                    help="run the phones in N processes of their own, the lab in this one; "
+                         "0: everything in one process (default: 2 with 2 CPUs or more)")
     hb.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                     help="event loop (default: uvloop if installed)")
     hb.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -1345,7 +1372,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
                        clients=args.clients, hours=args.hours, time_scale=args.time_scale,
                        messages_per_client_per_day=args.messages_per_client_per_day,
                        seed=args.seed, server_idle_s=args.server_idle,
-                       processes=getattr(args, "processes", 0),
+                       processes=getattr(args, "processes", None),
                        loop=getattr(args, "loop", "auto"))
 
 

@@ -111,7 +111,9 @@ def decode_request(command: Command, body: bytes) -> Optional[Message]:
     return msg
 
 
-def decode_response(command: Command, body: bytes) -> Message:
+def decode_response(command: Command, body: bytes) -> Optional[Message]:
+    if command.response is None:  # NOOP: the reply has no body to decode
+        return None
     msg = command.response()
     try:
         msg.ParseFromString(body)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import random
+import os
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testbed.capture.flows import FlowTable, TcpFlow
-from testbed.capture.packets import Segment
 
 from .builders import ACK, FIN, PSH, RST, SYN, Conn, datagram
 
@@ -277,7 +276,7 @@ def test_flow_memory_is_bounded_by_open_flows():
     assert all(type(f._hc) is tuple and type(f._hs) is tuple for f in t.flows)
 
 
-@settings(max_examples=150, deadline=2000)
+@settings(max_examples=int(os.environ.get("TESTBED_FUZZ_EXAMPLES", "150")), deadline=2000)
 @given(st.data())
 def test_any_arrival_order_with_duplicates_reassembles(data):
     """Shuffled, duplicated and overlapping segments always give back the original bytes."""
@@ -298,3 +297,17 @@ def test_any_arrival_order_with_duplicates_reassembles(data):
     r.table.close()
     assert r.stream() == payload
     assert r.table.flows[0].gaps == 0
+
+
+def test_linger_forgets_ended_flows():
+    t = FlowTable(keep_flows=False, linger=60.0)
+    ended = []
+    t.on_flow_end = ended.append
+    for i in range(2000):
+        c = Conn(client=("198.18.1.1", 10000 + i), t0=float(i))
+        for s in c.handshake() + [c.c(b"x"), c.c(flags=FIN | ACK), c.s(flags=FIN | ACK),
+                                  c.c()]:
+            t.feed(s)
+    assert len(ended) == 2000 and t.flows == [] and not t.open
+    assert len(t._map) <= 2 * 62                  # only the last minute's flows
+    assert t.n_flows == 2000 and t.totals() == {}

@@ -17,7 +17,7 @@ from testbed.capture.flows import FlowTable
 from testbed.capture.packets import (CaptureError, Datagram, Packet, Segment, decode,
                                      read_capture)
 
-from .builders import (ACK, FIN, PSH, SYN, custom_block, epb, ether, idb, ipv4, ipv6, isb, pb,
+from .builders import (ACK, PSH, SYN, custom_block, epb, ether, idb, ipv4, ipv6, isb, pb,
                        pcap_bytes, shb, spb, tcp_frame, tcp_header, udp_frame, udp_header)
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "captures" / "real"
@@ -240,7 +240,9 @@ def test_pcapng_trailing_length_mismatch(tmp_path):
 
 
 # ============================================================================== fuzzing
-FUZZ = settings(max_examples=120, deadline=2000,
+# TESTBED_FUZZ_EXAMPLES=5000 for a long local run; the suite keeps it short.
+EXAMPLES = int(os.environ.get("TESTBED_FUZZ_EXAMPLES", "120"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=2000,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 
@@ -310,7 +312,7 @@ def test_fuzz_mutated_real_captures(tmp_path_factory, name, edits):
     _consume(p)
 
 
-@settings(max_examples=300, deadline=1000)
+@settings(max_examples=max(300, EXAMPLES), deadline=1000)
 @given(linktype=st.sampled_from([0, 1, 12, 101, 108, 113, 228, 229, 276, 147]),
        data=st.binary(max_size=200), origlen=st.integers(0, 70000))
 def test_fuzz_decode_never_raises(linktype, data, origlen):
@@ -477,3 +479,19 @@ def test_read_is_streamed(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert n == 14000 and peak < 8e6, peak
+
+
+def test_reads_what_the_project_writer_writes(tmp_path):
+    """The tap/sniffer writer's files: section comment as meta, ns stamps, ISB drops."""
+    w = pytest.importorskip("testbed.capture.pcapng_writer")
+    p = tmp_path / "w.pcapng"
+    with w.PcapngWriter(p, comment={"how": "tap", "seed": 3}, tsresol_ns=True) as out:
+        out.write_ns(1_700_000_000_123_456_789, F1)
+        out.write(1_700_000_000.5, F3)
+        out.write_stats(ifdrop=4, ifrecv=9)
+    cap, pkts = read_all(p)
+    assert cap.error is None and cap.meta["how"] == "tap" and cap.meta["seed"] == 3
+    assert cap.drops == {0: 4} and cap.interfaces[0].tsresol == 10 ** 9
+    assert [pk.data for pk in pkts] == [F1, F3]
+    assert abs(pkts[0].ts - 1_700_000_000.123456789) < 1e-6
+    assert decode(pkts[1]).payload == b"GET / HTTP/1.0\r\n\r\n"

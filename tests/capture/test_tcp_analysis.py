@@ -9,7 +9,7 @@ from testbed.capture.flows import FlowTable
 from testbed.capture.tcp_analysis import (FILTERS, TcpAnalyzer, describe, filter_names,
                                           names)
 
-from .builders import ACK, FIN, PSH, SYN, Conn
+from .builders import Conn
 from .scenarios import SCENARIOS, build
 
 
@@ -95,7 +95,10 @@ def test_out_of_order_limit_is_the_handshake_rtt():
     a, b, cc = c.c(b"a" * 10), c.c(b"b" * 10), c.c(b"c" * 10)
     fast = b._replace(ts=cc.ts + 0.015)             # 15 ms after the highest: out of order
     slow = b._replace(ts=cc.ts + 0.025)             # 25 ms: a retransmission
-    renumber = lambda segs: [s._replace(index=i + 1) for i, s in enumerate(segs)]
+
+    def renumber(segs):
+        return [s._replace(index=i + 1) for i, s in enumerate(segs)]
+
     _, got = analyse(renumber(hs + [a, cc, fast]))
     assert got == {5: {"lost_segment"}, 6: {"out_of_order"}}
     _, got = analyse(renumber(hs + [a, cc, slow]))

@@ -31,7 +31,7 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
         "study", "heartbeat", "--nat-timeout", "300",
         *[x for p in POLICIES for x in ("--policy", p)],
         "--clients", "3", "--hours", "3", "--time-scale", "1200",
-        "--messages-per-client-per-day", "16", "--seed", "7",
+        "--messages-per-client-per-day", "16", "--seed", "7", "--processes", "0",
         "--json", str(out), "--plot", str(png), "--quiet"])
     assert args.study_func is main_heartbeat
     assert args.study_func(args) == 0
@@ -85,14 +85,42 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
     assert p270["delay_p99_s"] < 100   # a live link hears its NOTIFY at once
 
     assert data["max_loop_lag_s"] >= 0 and data["lag_samples"] > 0
+    assert data["processes"] == 0 and list(data["lag_by_process"]) == ["lab+phones"]
     assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 5000
+
+
+def test_study_phones_in_their_own_processes(tmp_path):
+    """The lab in this process, the phones in two spawned ones, on one protocol time line."""
+    out = tmp_path / "study.json"
+    args = _parser().parse_args([
+        "study", "heartbeat", "--policy", "fixed:270", "--policy", "fixed:1680",
+        "--clients", "2", "--hours", "1", "--time-scale", "2000",
+        "--messages-per-client-per-day", "48", "--processes", "2", "--json", str(out),
+        "--quiet"])
+    assert args.study_func(args) == 0
+    data = json.loads(out.read_text())
+    assert data["processes"] == 2
+    assert set(data["lag_by_process"]) == {"lab", "phones-1", "phones-2"}
+    by = {p["policy"]: p for p in data["policies"]}
+    p270, p1680 = by["fixed:270"], by["fixed:1680"]
+    assert p270["heartbeats_sent"] >= 2 * 12
+    assert p270["silent_deaths"] == 0 or data["stalls_over_margin"] > 0
+    # 1 h = 3600 s: each 1680 phone dies twice, and the NAT, in this process, saw it happen
+    # to the phones of the other processes (attributed by their source addresses)
+    assert p1680["silent_deaths"] == p1680["heartbeats_sent"] >= 2 * 2
+    assert p1680["nat_expiries"] >= p1680["silent_deaths"]
+    for p in by.values():
+        assert p["messages_sent"] == 2 * 2 and p["messages_delivered"] == p["messages_sent"]
+        assert p["messages_lost"] == 0 and p["duplicates"] == 0
+        # send and receive times come from two processes' clocks: same origin, sane delays
+        assert 0 < p["delay_p50_s"] < 1800 + 200
 
 
 def test_study_bad_arguments_exit_2(tmp_path, capsys):
     parser = _parser()
     for bad in (["--policy", "sometimes"], ["--clients", "0"], ["--hours", "-1"],
                 ["--time-scale", "zero"], ["--nat-timeout", "0"],
-                ["--messages-per-client-per-day", "-2"]):
+                ["--messages-per-client-per-day", "-2"], ["--processes", "-1"]):
         with pytest.raises(SystemExit) as exc:
             parser.parse_args(["study", "heartbeat", *bad])
         assert exc.value.code == 2, bad
@@ -113,6 +141,7 @@ def test_study_config_defaults_and_margin():
     c.validate()
     assert c.policies == ("fixed:270", "fixed:1680", "mars") and c.clients == 100
     assert c.hours == 24 and c.time_scale == 2000 and c.messages_per_client_per_day == 4
+    assert c.phone_processes() in (0, 2)
     assert timing_margin(c) == 30
     # at k = 2000 the phone's NOOP timeout is floored at 50 ms of wall time: 100 protocol s
     assert c.noop_timeout_effective() == 100

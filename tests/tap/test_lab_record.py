@@ -159,3 +159,18 @@ async def test_failed_start_leaves_no_capture(tmp_path):
         assert not path.exists()
     finally:
         await first.stop()
+
+
+@needs_tshark
+async def test_live_capture_is_readable_while_the_lab_runs(tmp_path):
+    path = tmp_path / "live.pcapng"
+    lab = await start_lab(tmp_path, users=1, record=path)
+    try:
+        s = await session(lab, 0)
+        await s.resolve(LONG)
+        await asyncio.sleep(1.3)            # the lab flushes the capture every second
+        dns = f"udp.port=={lab.manifest.dns_port},dns"
+        rows = fields(path, "dns.qry.name", extra=("-d", dns))
+        assert [LONG] in rows
+    finally:
+        await lab.stop()

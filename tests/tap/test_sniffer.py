@@ -157,3 +157,12 @@ def test_filter_attaches_to_a_packet_socket():
         assert s.family == socket.AF_PACKET
     finally:
         s.close()
+
+
+def test_record_main_unwritable_output(tmp_path, capsys):
+    if _netns_reason():
+        pytest.skip(_netns_reason())
+    (tmp_path / "file").write_text("")
+    assert sniffer.record_main("lo", tmp_path / "file" / "x.pcapng", None, 0.1) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "needs root" not in err

@@ -1,0 +1,47 @@
+"""`testbed report CAPTURE [--html OUT] [--secret TEXT ...]`, as a function the CLI calls."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def default_output(capture: str) -> Path:
+    """`lab.pcapng` -> `lab.pcapng.html`, next to the capture."""
+    return Path(f"{capture}.html")
+
+
+def report_main(capture: str, html_out: Optional[str], secrets: Sequence[str] = ()) -> int:
+    """Analyse `capture` (searching for `secrets` in clear), verify the storyboard, write the
+    HTML report to `html_out` (default `<capture>.html`) and print its path.
+
+    Returns 0, or 2 with a message on stderr when the capture cannot be read or the report
+    cannot be written. Failed storyboard statements do not change the exit status: the
+    report shows them (`testbed verify` is the command that fails on them)."""
+    from testbed.capture.analyze import analyze
+    from testbed.capture.packets import CaptureError
+    from testbed.verify import verify_storyboard
+
+    from .html import write_report
+
+    needles = [s.encode("utf-8") for s in secrets or () if s]
+    try:
+        analysis = analyze(str(capture), needles=needles)
+    except (CaptureError, OSError) as exc:
+        text = str(exc)
+        where = "" if str(capture) in text else f"{capture}: "
+        print(f"testbed report: cannot read the capture: {where}{text}", file=sys.stderr)
+        return 2
+    verdicts = verify_storyboard(analysis, secrets=needles)
+    out = Path(html_out) if html_out else default_output(str(capture))
+    try:
+        path = write_report(out, analysis, verdicts, secrets_checked=len(needles))
+    except OSError as exc:
+        print(f"testbed report: cannot write {out}: {exc}", file=sys.stderr)
+        return 2
+    if analysis.error:
+        print(f"testbed report: warning: {capture}: {analysis.error} (report shows what "
+              f"could be read)", file=sys.stderr)
+    print(path)
+    return 0
