@@ -130,6 +130,7 @@ class Analyzer:
         self.table = FlowTable(on_data=self._on_data, on_flow_end=self._on_flow_end,
                                on_analysis=self._on_analysis)
         self._handshakes: dict[tuple, dict] = {}
+        self._data_segments: dict[tuple, int] = {}   # directed 4-tuple -> segments with data
         self._cur_index = 0
         self._cur_dir = "c2s"
 
@@ -242,6 +243,10 @@ class Analyzer:
             "bytes_c2s": flow.bytes_c2s, "bytes_s2c": flow.bytes_s2c,
             "start": flow.first_ts, "end": flow.last_ts,
             "heartbeat_s": None if hb is None else round(hb * self.time_scale, 3),
+            "data_segments_c2s": self._data_segments.pop(
+                (*flow.client, *flow.server), 0),
+            "data_segments_s2c": self._data_segments.pop(
+                (*flow.server, *flow.client), 0),
             "violation": getattr(stream, "violation", None),
             "tcp": dict(flow.analysis) if getattr(flow, "analysis", None) else {},
         }
@@ -261,6 +266,9 @@ class Analyzer:
             return
         self._cur_index = pkt.index
         if type(item) is Segment:
+            if item.payload:
+                k = (item.src, item.sport, item.dst, item.dport)
+                self._data_segments[k] = self._data_segments.get(k, 0) + 1
             self.table.feed(item)
             if item.flags & (SYN | FIN | RST) or self._handshakes:
                 self._control(item)

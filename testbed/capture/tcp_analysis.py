@@ -261,7 +261,9 @@ def analyze_segment(conv: ConvState, f: DirState, r: DirState, index: int, ts: f
             ta |= SPURIOUS_RETRANSMISSION
         elif seq_not_advanced:
             t = ts - r.lastacktime
-            if r.dupacknum >= 2 and rlastack == seq and -_EPS < t < FAST_RTX_WINDOW - _EPS:
+            # dupacknum is a guint32 in Wireshark: its -1 marker compares as 0xFFFFFFFF >= 2
+            if (r.dupacknum >= 2 or r.dupacknum == -1) and rlastack == seq and \
+                    -_EPS < t < FAST_RTX_WINDOW - _EPS:
                 ta |= FAST_RETRANSMISSION
             else:
                 t = ts - f.nextseqtime

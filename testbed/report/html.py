@@ -34,7 +34,7 @@ from .timeline import Timeline, build_timeline
 __all__ = ["render_report", "write_report"]
 
 # ---------------------------------------------------------------- geometry (px)
-WIDTH = 1320                # the drawings' width
+WIDTH = 1290                # the drawings' width
 LADDER_X0 = 200             # the first lifeline
 LADDER_RIGHT = 90           # room right of the last lifeline for labels
 ROW_H = 26
@@ -194,9 +194,9 @@ def render_ladder(ladder: Ladder) -> str:
             f'<rect class="hit" x="0" y="0" width="{WIDTH}" height="{ROW_H}"/>'
             f'<text class="tt" x="78" y="17" text-anchor="end">{row.t:.1f}</text>'
             f'<text class="ft" x="88" y="17">{esc(_flow_tag(row))}</text>'
-            + _arrow(xa, xb, 16.5, cls, width=2.6 if row.collapsed else 1.6)
+            + _arrow(xa, xb, 17.5, cls, width=2.6 if row.collapsed else 1.6)
             + (_arrow(xb, xa, 22.5, cls, dashed=True, width=1.1) if row.back else "")
-            + f'<text class="lb" x="{min(xa, xb) + 9:.1f}" y="12">{esc(shown)}</text></g>')
+            + f'<text class="lb" x="{min(xa, xb) + 9:.1f}" y="11.5">{esc(shown)}</text></g>')
         arrows += 1
         y += ROW_H
         prev = row
@@ -209,8 +209,7 @@ def render_ladder(ladder: Ladder) -> str:
            f'viewBox="0 0 {WIDTH} {height:.0f}" data-arrows="{arrows}" '
            f'role="img" aria-label="ladder diagram">'
            + "".join(lifelines) + "".join(body) + "</svg>")
-    return (f'<div class="ladder-wrap"><div class="sticky">{"".join(head)}</div>'
-            f'{svg}</div>')
+    return f'<div class="sticky">{"".join(head)}</div>{svg}'
 
 
 # ---------------------------------------------------------------- heartbeat timeline
@@ -223,6 +222,8 @@ def _nice_step(span: float, max_ticks: int = 12) -> float:
 
 
 def _tick_label(t: float, step: float) -> str:
+    if t == 0:
+        return "0"
     if step >= 3600 and t % 3600 == 0:
         return f"{int(t // 3600)} h"
     if step >= 60:
@@ -252,8 +253,7 @@ def render_timeline(tl: Timeline) -> str:
                    f'y2="{height - 4}"/><text class="ax" x="{x:.1f}" y="{HB_AXIS_H - 10}" '
                    f'text-anchor="middle">{esc(_tick_label(t, step))}</text>')
         t += step
-    out.append(f'<text class="ax" x="{x0 - 12}" y="{HB_AXIS_H - 10}" text-anchor="end">'
-               f'protocol time</text>')
+    out.append(f'<text class="ax" x="12" y="{HB_AXIS_H - 10}">protocol time →</text>')
     for li, lane in enumerate(tl.lanes):
         y0 = HB_AXIS_H + li * HB_LANE_H
         ybar = y0 + 38
@@ -264,21 +264,28 @@ def render_timeline(tl: Timeline) -> str:
                    f'{esc(clean(flows, 30))}</text>')
         for link in lane.links:
             xs_, xe = X(link.start), X(link.end)
-            kind = "dead" if link.died else "alive"
+            kind = "alive"
             out.append(f'<line class="bar bar-{kind}" x1="{xs_:.1f}" y1="{ybar}" '
                        f'x2="{max(xe, xs_ + 1):.1f}" y2="{ybar}">'
                        f'<title>flow #{link.flow}: {link.start:.1f} … {link.end:.1f} s, '
                        f'{esc(link.end_note)}</title></line>')
+            lost = [b for b in link.beats if not b.answered]
+            if link.died and lost:
+                out.append(f'<line class="bar bar-lost" x1="{X(lost[-1].t):.1f}" y1="{ybar}" '
+                           f'x2="{max(xe, X(lost[-1].t) + 1):.1f}" y2="{ybar}"><title>NOOP '
+                           f'unanswered: the link is dead from here</title></line>')
             for t in link.activity:
                 out.append(f'<circle class="act" cx="{X(t):.1f}" cy="{ybar}" r="2"/>')
             if link.reconnect_of is not None:
                 what = "reconnect" if link.reconnect else "new link"
+                near_end = xs_ > x1 - 130
+                anchor = ' text-anchor="end"' if near_end else ""
                 out.append(f'<g class="reconnect" data-flow="{link.flow}">'
                            f'<title>{what} {link.reconnect_gap:.1f} s after flow '
                            f'#{link.reconnect_of} ended</title>'
                            f'<circle cx="{xs_:.1f}" cy="{ybar}" r="5"/>'
-                           f'<text x="{xs_ + 4:.1f}" y="{ybar + 22}">↻ {what} '
-                           f'+{link.reconnect_gap:.1f} s</text></g>')
+                           f'<text x="{xs_ + (6 if near_end else 4):.1f}" y="{ybar + 22}"'
+                           f'{anchor}>↻ {what} +{link.reconnect_gap:.1f} s</text></g>')
             prev_x = None
             for b in link.beats:
                 bx = X(b.t)
@@ -501,7 +508,7 @@ nav{position:sticky;top:0;z-index:5;background:var(--bg);padding:6px 0;border-bo
 nav a{margin-right:16px;color:var(--http);text-decoration:none;font-weight:600}
 section{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:14px 16px;margin:0 0 16px}
 section>p.intro{color:var(--muted);margin:-4px 0 10px}
-dl.meta{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:6px 18px;margin:0 0 8px}
+dl.meta{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:6px 18px;margin:0 0 8px}
 dl.meta div{display:flex;gap:8px}dl.meta dt{color:var(--muted);min-width:84px}dl.meta dd{margin:0;font-weight:500}
 .pill{display:inline-block;border-radius:10px;padding:0 9px;font-weight:600;font-size:12px;text-decoration:none;color:#fff}
 .pill.ok{background:var(--ok)}.pill.fail{background:var(--fail)}.pill.na{background:#8c959f}
@@ -529,7 +536,6 @@ td.detail{font-size:12.5px;color:#424a53;max-width:520px;overflow-wrap:anywhere}
 .k.tick-lost{width:0;height:14px;border-top:0;border-left:3px solid var(--rst)}
 .k.dot{width:6px;height:6px;border:0;border-radius:3px;background:#8c959f}
 .sym{margin:0 4px 0 12px;font-weight:700}.sym.dead{color:var(--rst)}.sym.re{color:var(--http)}
-.ladder-wrap{overflow-x:auto}
 .sticky{position:sticky;top:36px;z-index:3;background:var(--card);border-bottom:1px solid var(--line)}
 svg text{font-family:inherit}
 .ladder-head rect{fill:#f6f8fa;stroke:#afb8c1}
@@ -543,7 +549,7 @@ svg text{font-family:inherit}
 .msg.collapsed .hit{fill:#fbf8ef}.msg.collapsed:hover .hit{fill:#eef6ff}
 .msg .tt{font-size:11.5px;fill:var(--muted);font-variant-numeric:tabular-nums}
 .msg .ft{font-size:11px;fill:#8c959f}
-.msg .lb{font-size:12px;paint-order:stroke;stroke:#fff;stroke-width:3.5px;stroke-linejoin:round}
+.msg .lb{font-size:12px;paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
 .msg.collapsed .lb{font-weight:600}
 .msg{cursor:pointer}
 .ln{fill:none}
@@ -555,12 +561,13 @@ svg text{font-family:inherit}
 .s-frame .ln{stroke:var(--frame)}.s-frame .ah{fill:var(--frame)}.s-frame .lb{fill:#116329}
 .s-push .ln{stroke:var(--push)}.s-push .ah{fill:var(--push)}.s-push .lb{fill:#953800}
 .s-noop .ln{stroke:var(--noop)}.s-noop .ah{fill:var(--noop)}.s-noop .lb{fill:#7d4e00}
+.s-lost .ln{stroke:var(--rst)}.s-lost .ah{fill:var(--rst)}.s-lost .lb{fill:var(--rst);font-weight:600}
 .s-rst .ln{stroke:var(--rst)}.s-rst .ah{fill:var(--rst)}.s-rst .lb{fill:var(--rst);font-weight:700}
 .idle text{font-size:11.5px;fill:var(--muted);font-style:italic}
 .more .band{fill:#fff8c5;stroke:#d4a72c}.more text{font-size:12.5px;fill:#7d4e00;font-weight:600}
 .hb .grid{stroke:#eaeef2}.hb .ax{font-size:11px;fill:var(--muted)}
 .hb .ln1{font-size:12px;font-weight:600;fill:var(--fg)}.hb .ln2{font-size:11px;fill:var(--muted)}
-.hb .bar{stroke-width:6;stroke-linecap:round}.hb .bar-alive{stroke:#aceebb}.hb .bar-dead{stroke:#ffcecb}
+.hb .bar{stroke-width:6;stroke-linecap:round}.hb .bar-alive{stroke:#aceebb}.hb .bar-lost{stroke:#ff8182}
 .hb .act{fill:#8c959f}
 .hb .hb-tick{stroke-width:2.5}.hb .hb-tick.ok{stroke:var(--ok)}.hb .hb-tick.lost{stroke:var(--rst)}
 .hb .span{stroke:#afb8c1;stroke-dasharray:2 2}

@@ -326,6 +326,8 @@ def _messages(analysis, cols: _Columns) -> list[tuple[Row, str, str]]:
     scale = getattr(analysis, "time_scale", 1.0) or 1.0
     handshakes_done = {h.get("flow") for h in (getattr(analysis, "handshakes", None) or [])
                        if isinstance(h, dict) and h.get("ack_seq") is not None}
+    replied = {(e.flow, e.fields.get("seq")) for e in events
+               if e.kind == ev.FRAME and e.direction == "s2c" and e.fields.get("reply")}
     out: list[tuple[Row, str, str]] = []
     syn_rows: dict[Any, Row] = {}
     tls_rows: dict[Any, Row] = {}
@@ -364,6 +366,11 @@ def _messages(analysis, cols: _Columns) -> list[tuple[Row, str, str]]:
         row = Row(t=t, kind=k, a=a, b=b, label=label, sig=(), flows=[e.flow]
                   if e.flow is not None else [], times=[t], packet=e.index,
                   detail=_details(e, t), style=_style(e))
+        if k == ev.FRAME and e.direction == "c2s" and not e.fields.get("reply") and \
+                not e.fields.get("push") and (e.flow, e.fields.get("seq")) not in replied:
+            row.label += " — no reply"
+            row.style = "lost"
+            row.detail.append("no reply with this sequence number on the connection")
         if k == ev.TCP_SYN:
             row.label = "SYN"
             syn_rows[e.flow] = row
@@ -439,7 +446,7 @@ def _every(times: list[float]) -> str:
 
 def _base_label(row: Row) -> str:
     """The label without the per-message parts (sequence numbers) for a collapsed row."""
-    label = re.sub(r" seq \d+$", "", row.label)
+    label = re.sub(r" seq \d+( — no reply)?$", r"\1", row.label)
     return label
 
 

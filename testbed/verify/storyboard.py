@@ -184,13 +184,14 @@ def s13(v: CaptureView, c: Context):
     flows = [f for f in v.analysis.flows if f["host"] == QLOGO]
     if not flows:
         return False, f"no flow to {QLOGO}"
-    if not getattr(v.analysis, "sniffed", False):
-        multi = [f for f in flows if f["packets_s2c"] >= 2]
+    multi = [f for f in flows if f.get("data_segments_s2c", 0) >= 2]
+    if not v.analysis.sniffed:
         return None, (f"{len(multi)} avatar responses span several segments (synthesised "
                       f"by the tap; real segmentation needs a sniffer)")
-    multi = [f for f in flows if f["packets_s2c"] >= 3]
-    return _ok(bool(multi), f"{len(multi)} avatar responses in several segments, ACKed",
-               "every avatar response fit in one segment")
+    if not multi:
+        return None, "every avatar response fit in one segment on this link (large MTU)"
+    return True, (f"{len(multi)} avatar responses in "
+                  f"{max(f['data_segments_s2c'] for f in multi)} segments, acknowledged")
 
 
 def s14(v: CaptureView, c: Context):
