@@ -34,7 +34,10 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="testbed", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="testbed",
+        description="A lab for the 2013 WeChat protocol: mock hosts, emulated phones, "
+                    "capture, verification and reports. Start with `testbed demo`.")
     p.add_argument("--version", action="version", version=f"testbed {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -104,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="capture filter, e.g. 'tcp port 8080 or udp port 5353'")
     rec.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
                      help="stop after this many seconds (default: at Ctrl-C)")
+
+    rp = sub.add_parser("report", help="a self-contained HTML report of a capture")
+    rp.add_argument("capture", type=Path)
+    rp.add_argument("--html", type=Path, default=None, metavar="OUT",
+                    help="where to write it (default: CAPTURE.html beside the capture)")
+    rp.add_argument("--secret", action="append", default=[], metavar="TEXT",
+                    help="a password that must never appear in clear (repeatable)")
+
+    try:
+        from testbed.study.heartbeat import register as register_study
+    except ImportError:  # pragma: no cover - the study needs nothing optional to import
+        register_study = None
+    if register_study is not None:
+        register_study(sub)
 
     sub.add_parser("profiles", help="list the built-in profiles")
     return p
@@ -376,6 +393,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _analyze(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "report":
+        from testbed.report.command import report_main
+        return report_main(str(args.capture), None if args.html is None else str(args.html),
+                           args.secret)
+    if getattr(args, "study_func", None) is not None:
+        return args.study_func(args)
     if args.command == "record":
         from testbed.capture.sniffer import record_main
         return record_main(args.iface, args.out, args.filter, args.duration)

@@ -35,6 +35,8 @@ def report_main(capture: str, html_out: Optional[str], secrets: Sequence[str] = 
         return 2
     verdicts = verify_storyboard(analysis, secrets=needles)
     out = Path(html_out) if html_out else default_output(str(capture))
+    if out.is_dir():
+        out = out / f"{Path(capture).name}.html"
     try:
         path = write_report(out, analysis, verdicts, secrets_checked=len(needles))
     except OSError as exc:

@@ -34,7 +34,7 @@ from .timeline import Timeline, build_timeline
 __all__ = ["render_report", "write_report"]
 
 # ---------------------------------------------------------------- geometry (px)
-WIDTH = 1290                # the drawings' width
+WIDTH = 1250                # the drawings' width
 LADDER_X0 = 200             # the first lifeline
 LADDER_RIGHT = 90           # room right of the last lifeline for labels
 ROW_H = 26
@@ -45,6 +45,8 @@ HB_X0 = 200
 HB_RIGHT = 40
 HB_LANE_H = 78
 HB_AXIS_H = 28
+MAX_TABLE_ROWS = 2000       # flows / DNS names listed
+MAX_LANES = 40              # long links (chains of reconnects) drawn in the timeline
 CHAR_W = 6.6                # average width of a 12 px character, for layout estimates
 
 SHORT_TITLES = {"long.weixin.qq.com": "long", "short.weixin.qq.com": "short",
@@ -142,8 +144,8 @@ def render_ladder(ladder: Ladder) -> str:
     # --- the sticky header: one box per column
     head = [f'<svg class="ladder-head" width="{WIDTH}" height="{HEAD_H}" '
             f'viewBox="0 0 {WIDTH} {HEAD_H}" role="img" aria-label="hosts">',
-            f'<text class="th" x="78" y="27" text-anchor="end">t (s)</text>',
-            f'<text class="th" x="88" y="27">flow</text>']
+            '<text class="th" x="78" y="27" text-anchor="end">t (s)</text>',
+            '<text class="th" x="88" y="27">flow</text>']
     for col, x in zip(ladder.columns, xs):
         title = SHORT_TITLES.get(col.title, col.title) if use_short else col.title
         w = min(step - 8, max(74.0, CHAR_W * max(len(title), len(col.subtitle)) + 16))
@@ -184,13 +186,13 @@ def render_ladder(ladder: Ladder) -> str:
         cls = f"s-{row.style}" if row.style else "s-other"
         label = row.label
         shown = clean(label, 96)
-        tip = "\n".join([label] + [clean(d, 300) for d in row.detail])
+        tip = html.escape("\n".join(clean(d, 300) for d in [label, *row.detail]), quote=True)
         classes = f"msg {cls}" + (" collapsed" if row.collapsed else "")
         body.append(
             f'<g class="{classes}" data-kind="{esc(row.kind)}" data-label="{esc(label)}" '
             f'data-count="{row.count}" data-flows="{esc(_flows_attr(row))}" '
             f'data-t="{row.t:.3f}" transform="translate(0,{y:.1f})">'
-            f'<title>{esc(tip)}</title>'
+            f'<title>{tip}</title>'
             f'<rect class="hit" x="0" y="0" width="{WIDTH}" height="{ROW_H}"/>'
             f'<text class="tt" x="78" y="17" text-anchor="end">{row.t:.1f}</text>'
             f'<text class="ft" x="88" y="17">{esc(_flow_tag(row))}</text>'
@@ -200,6 +202,10 @@ def render_ladder(ladder: Ladder) -> str:
         arrows += 1
         y += ROW_H
         prev = row
+    if not arrows:
+        body.append(f'<text class="empty" x="{LADDER_X0 + 10}" y="24">no message in this '
+                    f'capture</text>')
+        y = 40.0
     height = max(y, 40)
     lifelines = []
     for col, x in zip(ladder.columns, xs):
@@ -231,6 +237,20 @@ def _tick_label(t: float, step: float) -> str:
     return f"{t:g} s"
 
 
+def _bins(beats, X, px: float = 3.0) -> list[list]:
+    """Beats grouped so that no two ticks are drawn closer than `px` pixels."""
+    groups: list[list] = []
+    last_x = None
+    for b in beats:
+        x = X(b.t)
+        if groups and last_x is not None and x - last_x < px:
+            groups[-1].append(b)
+        else:
+            groups.append([b])
+            last_x = x
+    return groups
+
+
 def render_timeline(tl: Timeline) -> str:
     if not tl.lanes:
         return '<p class="none">No long-link connection in this capture: no heartbeat to show.</p>'
@@ -240,11 +260,10 @@ def render_timeline(tl: Timeline) -> str:
     def X(t: float) -> float:
         return x0 + (x1 - x0) * max(0.0, min(t, span)) / span
 
-    out: list[str] = []
-    height = HB_AXIS_H + HB_LANE_H * len(tl.lanes) + 6
-    out.append(f'<svg id="hb-svg" class="hb" width="{WIDTH}" height="{height}" '
-               f'viewBox="0 0 {WIDTH} {height}" data-ticks="{tl.beats}" role="img" '
-               f'aria-label="heartbeat timeline">')
+    lanes = tl.lanes[:MAX_LANES]
+    out: list[str] = [""]          # the <svg> tag, once the ticks are counted
+    ticks = 0
+    height = HB_AXIS_H + HB_LANE_H * len(lanes) + 6
     step = _nice_step(span)
     t = 0.0
     while t <= span + 1e-9:
@@ -254,7 +273,7 @@ def render_timeline(tl: Timeline) -> str:
                    f'text-anchor="middle">{esc(_tick_label(t, step))}</text>')
         t += step
     out.append(f'<text class="ax" x="12" y="{HB_AXIS_H - 10}">protocol time →</text>')
-    for li, lane in enumerate(tl.lanes):
+    for li, lane in enumerate(lanes):
         y0 = HB_AXIS_H + li * HB_LANE_H
         ybar = y0 + 38
         flows = ", ".join(f"#{link.flow}" for link in lane.links)
@@ -274,8 +293,8 @@ def render_timeline(tl: Timeline) -> str:
                 out.append(f'<line class="bar bar-lost" x1="{X(lost[-1].t):.1f}" y1="{ybar}" '
                            f'x2="{max(xe, X(lost[-1].t) + 1):.1f}" y2="{ybar}"><title>NOOP '
                            f'unanswered: the link is dead from here</title></line>')
-            for t in link.activity:
-                out.append(f'<circle class="act" cx="{X(t):.1f}" cy="{ybar}" r="2"/>')
+            for x in sorted({round(X(t) / 3) * 3 for t in link.activity}):
+                out.append(f'<circle class="act" cx="{x:.1f}" cy="{ybar}" r="2"/>')
             if link.reconnect_of is not None:
                 what = "reconnect" if link.reconnect else "new link"
                 near_end = xs_ > x1 - 130
@@ -287,18 +306,24 @@ def render_timeline(tl: Timeline) -> str:
                            f'<text x="{xs_ + (6 if near_end else 4):.1f}" y="{ybar + 22}"'
                            f'{anchor}>↻ {what} +{link.reconnect_gap:.1f} s</text></g>')
             prev_x = None
-            for b in link.beats:
+            for group in _bins(link.beats, X):
+                b = next((g for g in group if not g.answered), group[-1])
                 bx = X(b.t)
-                cls = "ok" if b.answered else "lost"
+                cls = "ok" if all(g.answered for g in group) else "lost"
                 over = tl.nat_timeout_s is not None and b.idle is not None and \
                     b.idle > tl.nat_timeout_s
                 tip = (f"NOOP seq {clean(b.seq, 12)} at {b.t:.1f} s, "
                        + (f"{b.idle:.1f} s idle before it, " if b.idle is not None else "")
                        + ("answered" if b.answered else "NOT answered"))
+                if len(group) > 1:
+                    lost_n = sum(not g.answered for g in group)
+                    tip = (f"{len(group)} NOOPs from {group[0].t:.1f} to {group[-1].t:.1f} s, "
+                           f"{lost_n} not answered")
                 out.append(f'<line class="hb-tick {cls}" data-t="{b.t:.3f}" '
-                           f'x1="{bx:.1f}" y1="{ybar - 13}" x2="{bx:.1f}" y2="{ybar + 13}">'
-                           f'<title>{esc(tip)}</title></line>')
-                if b.idle is not None:
+                           f'data-beats="{len(group)}" x1="{bx:.1f}" y1="{ybar - 13}" '
+                           f'x2="{bx:.1f}" y2="{ybar + 13}"><title>{esc(tip)}</title></line>')
+                ticks += 1
+                if b.idle is not None and len(group) == 1:
                     ax = X(b.t - b.idle)
                     text = f"{b.idle:.0f} s"
                     if bx - ax >= len(text) * CHAR_W + 6 and (prev_x is None or ax >= prev_x - 1):
@@ -325,9 +350,15 @@ def render_timeline(tl: Timeline) -> str:
                            f'{link.end:.1f} s</title></line>')
         out.append("</g>")
     out.append("</svg>")
+    out[0] = (f'<svg id="hb-svg" class="hb" width="{WIDTH}" height="{height}" '
+              f'viewBox="0 0 {WIDTH} {height}" data-ticks="{ticks}" data-beats="{tl.beats}" '
+              f'role="img" aria-label="heartbeat timeline">')
+    if len(tl.lanes) > len(lanes):
+        out.append(f'<p class="warn">… {len(tl.lanes) - len(lanes)} more long links not '
+                   f'drawn.</p>')
     # --- per lane numbers
     rows = []
-    for lane in tl.lanes:
+    for lane in tl.lanes[:MAX_TABLE_ROWS]:
         s = lane.stats()
         med = s["median_idle_s"]
         rows.append(
@@ -382,7 +413,8 @@ def render_flows(analysis) -> str:
     first = getattr(analysis, "first_ts", None) or 0.0
     scale = getattr(analysis, "time_scale", 1.0) or 1.0
     rows = []
-    for f in flows:
+    shown = flows if len(flows) <= MAX_TABLE_ROWS else flows[:MAX_TABLE_ROWS]
+    for f in shown:
         try:
             start = (float(f.get("start")) - first) * scale
             lasted = (float(f.get("end")) - float(f.get("start"))) * scale
@@ -414,8 +446,10 @@ def render_flows(analysis) -> str:
         ("app", "text"), ("kind", "text"), ("requests", "num"), ("packets ↑/↓", "num"),
         ("bytes ↑/↓", "num"), ("start (s)", "num"), ("lasted (s)", "num"),
         ("heartbeat (s)", "num"), ("closed by", "text"), ("notes", "text")))
-    return (f'<table id="flow-table" class="sortable small"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+    more = (f'<p class="warn">… {len(flows) - len(shown)} more flows not listed.</p>'
+            if len(shown) < len(flows) else "")
+    return (f'<div class="scroll"><table id="flow-table" class="sortable small"><thead><tr>'
+            f'{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{more}')
 
 
 def render_dns(analysis) -> str:
@@ -435,14 +469,17 @@ def render_dns(analysis) -> str:
         n["addrs"] = list(addrs or [])
     if not names:
         return '<p class="none">No DNS in this capture.</p>'
+    items = list(names.items())
+    more = (f'<p class="warn">… {len(items) - MAX_TABLE_ROWS} more names not listed.</p>'
+            if len(items) > MAX_TABLE_ROWS else "")
     rows = "".join(
         f"<tr><td>{esc(name)}</td><td>{esc(', '.join(clean(a, 60) for a in v['addrs'][:16]))}"
         f"</td><td class=n>{v['q']}</td><td class=n>{v['a']}</td>"
         f"<td>{esc(', '.join(sorted(v['rcode'])))}</td></tr>"
-        for name, v in names.items())
+        for name, v in items[:MAX_TABLE_ROWS])
     return ('<table id="dns-table" class="small"><thead><tr><th>name</th><th>addresses (A)</th>'
             '<th>queries</th><th>answers</th><th>errors</th></tr></thead><tbody>'
-            + rows + "</tbody></table>")
+            + rows + "</tbody></table>" + more)
 
 
 # ---------------------------------------------------------------- the page
@@ -674,7 +711,7 @@ def render_report(analysis, verdicts: Iterable[Any], *, title: Optional[str] = N
         f'<span class="k {k}"></span>{t}' for k, t in (
             ("dns", "DNS"), ("tcp", "TCP (SYN · SYN-ACK · ACK, FIN)"), ("tls", "TLS"),
             ("http", "HTTP"), ("frame", "long-link frame"), ("push", "push"),
-            ("noop", "heartbeat (NOOP)"), ("rst", "RST")))
+            ("noop", "heartbeat (NOOP)"), ("rst", "RST, request without reply")))
         + " — dashed: the answer in the same row; bold: a collapsed run of repeats. "
           "Hover an arrow for details, click it to highlight its connection.</p>")
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

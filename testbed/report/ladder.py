@@ -83,6 +83,10 @@ class Row:
     up: int = 0                    # TLS rows: bytes from the client / from the server
     down: int = 0
     records: int = 0               # TLS rows: records in the connection
+    reply: bool = False            # a long-link reply frame or an HTTP response
+    pair: bool = False             # collapsed together with its replies (one row, two arrows)
+    base: str = ""                 # collapsed rows: the label without ×N and the remark
+    remark: str = ""
     gap: bool = False              # an "… N more" row, not a message
     omitted: int = 0
 
@@ -365,7 +369,8 @@ def _messages(analysis, cols: _Columns) -> list[tuple[Row, str, str]]:
         label = _event_label(e)
         row = Row(t=t, kind=k, a=a, b=b, label=label, sig=(), flows=[e.flow]
                   if e.flow is not None else [], times=[t], packet=e.index,
-                  detail=_details(e, t), style=_style(e))
+                  detail=_details(e, t), style=_style(e),
+                  reply=k == ev.HTTP_RESPONSE or (k == ev.FRAME and bool(e.fields.get("reply"))))
         if k == ev.FRAME and e.direction == "c2s" and not e.fields.get("reply") and \
                 not e.fields.get("push") and (e.flow, e.fields.get("seq")) not in replied:
             row.label += " — no reply"
@@ -423,7 +428,7 @@ def _is_reply_pair(p: Row, q: Row) -> bool:
     if p.a != q.b or p.b != q.a:
         return False
     if p.kind == ev.FRAME and q.kind == ev.FRAME:
-        return p.flows == q.flows and "reply" in q.label and "reply" not in p.label
+        return p.flows == q.flows and q.reply and not p.reply
     return p.kind == ev.HTTP_REQUEST and q.kind == ev.HTTP_RESPONSE
 
 
@@ -444,37 +449,43 @@ def _every(times: list[float]) -> str:
     return f"within {times[-1] - times[0]:.1f} s"
 
 
-def _base_label(row: Row) -> str:
-    """The label without the per-message parts (sequence numbers) for a collapsed row."""
-    label = re.sub(r" seq \d+( — no reply)?$", r"\1", row.label)
-    return label
+def _base_label(row: Row) -> tuple[str, str]:
+    """The label without its per-message part (the sequence number), and its remark."""
+    if row.base:
+        return row.base, row.remark
+    m = re.fullmatch(r"(.*?)(?: seq \d+)?( — no reply)?", row.label, re.S)
+    return (m.group(1), m.group(2) or "") if m else (row.label, "")
+
+
+def _collapsed_label(row: Row) -> str:
+    every = _every(row.times)
+    return (f"{row.base} ×{row.count}{' ⇄ reply' if row.pair else ''}{row.remark}"
+            + (f" ({every})" if every else ""))
 
 
 def _merge(group: list[Row]) -> Row:
     """Repetitions of one pattern element -> one row labelled ×N."""
     first = group[0]
     n = sum(r.count for r in group)
-    times = [r.t for r in group]
+    times = sorted(t for r in group for t in (r.times or [r.t]))
     flows: list = []
     for r in group:
         for f in r.flows:
             if f not in flows:
                 flows.append(f)
+    base, remark = _base_label(first)
     row = Row(t=first.t, kind=first.kind, a=first.a, b=first.b, label="", sig=first.sig,
               flows=flows, back=first.back, back_label=first.back_label, count=n, times=times,
-              packet=first.packet, style=first.style, end_t=group[-1].t)
-    every = _every(times)
-    row.label = f"{_base_label(first)} ×{n}" + (f" ({every})" if every else "")
+              packet=first.packet, style=first.style, end_t=times[-1], reply=first.reply,
+              base=base, remark=remark, pair=first.pair)
+    row.label = _collapsed_label(row)
     row.detail = [f"{n} times, t = {times[0]:.1f} … {times[-1]:.1f} s (protocol)",
                   f"first: {first.label}", f"last: {group[-1].label}"] + \
         ([f"flows: {', '.join(f'#{f}' for f in flows[:12])}"] if flows else [])
     return row
 
 
-def collapse(rows: list[Row], max_period: int = MAX_PERIOD) -> list[Row]:
-    """Collapse runs of a repeated pattern of up to `max_period` rows: a single row repeated
-    twice or more, a pattern of request/reply pairs twice or more, any other pattern three
-    times or more (twice would save little and scramble the order of a few rows)."""
+def _collapse_once(rows: list[Row], max_period: int) -> list[Row]:
     out: list[Row] = []
     n = len(rows)
     sigs = [r.sig for r in rows]
@@ -499,11 +510,14 @@ def collapse(rows: list[Row], max_period: int = MAX_PERIOD) -> list[Row]:
         merged = [_merge([rows[i + r * p + k] for r in range(best_reps)]) for k in range(p)]
         j = 0
         while j < len(merged):   # a request and its reply, repeated: one row, two arrows
-            if j + 1 < len(merged) and _is_reply_pair(merged[j], merged[j + 1]):
+            if j + 1 < len(merged) and not merged[j].pair and \
+                    _is_reply_pair(merged[j], merged[j + 1]):
                 req, rep = merged[j], merged[j + 1]
                 req.back = True
                 req.back_label = "reply"
-                req.label = req.label.replace(f" ×{req.count}", f" ×{req.count} ⇄ reply", 1)
+                req.pair = True
+                req.sig = (req.sig, "pair")
+                req.label = _collapsed_label(req)
                 req.detail.append(f"each answered: {rep.label}")
                 out.append(req)
                 j += 2
@@ -512,6 +526,19 @@ def collapse(rows: list[Row], max_period: int = MAX_PERIOD) -> list[Row]:
                 j += 1
         i += best_reps * p
     return out
+
+
+def collapse(rows: list[Row], max_period: int = MAX_PERIOD, passes: int = 3) -> list[Row]:
+    """Collapse runs of a repeated pattern of up to `max_period` rows: a single row repeated
+    twice or more, a pattern of request/reply pairs twice or more, any other pattern three
+    times or more (twice would save little and scramble the order of a few rows). A second
+    pass collapses patterns of collapsed rows (heartbeats with a periodic sync between)."""
+    for _ in range(passes):
+        out = _collapse_once(rows, max_period)
+        if len(out) == len(rows):
+            return out
+        rows = out
+    return rows
 
 
 def bound(rows: list[Row], max_rows: int) -> tuple[list[Row], int]:

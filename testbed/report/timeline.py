@@ -195,7 +195,6 @@ def build_timeline(analysis) -> Timeline:
     # chain the links into lanes: a link that starts after another of the same client ended
     links.sort(key=lambda k: (k.start, k.flow))
     lanes: list[Lane] = []
-    tail: dict[int, Lane] = {}          # id(lane) -> lane, lanes whose last link has ended
     for link in links:
         best: Optional[Lane] = None
         for lane in lanes:
@@ -212,5 +211,4 @@ def build_timeline(analysis) -> Timeline:
         link.reconnect_gap = link.start - prev_link.end
         link.reconnect = prev_link.end_kind in ("died", "rst", "fin-server")
         best.links.append(link)
-    del tail
     return Timeline(lanes, duration, nat_timeout, expected)

@@ -213,6 +213,8 @@ class PolicyResult:
     messages_lost: int = 0                  # not even then
     duplicates: int = 0
     loop_errors: int = 0                    # Phone.run raised and was restarted
+    notify_sync_failures: int = 0           # a NOTIFY's newsync failed, not retried by Phone
+    reconnect_failures: int = 0             # reconnect attempts that failed (then backed off)
     delay_p50_s: Optional[float] = None
     delay_p99_s: Optional[float] = None
     delay_max_s: Optional[float] = None
@@ -247,6 +249,7 @@ class StudyResult:
     lag_by_process: dict[str, dict[str, float]] = field(default_factory=dict)
     timing_margin_s: Optional[float] = None # slack of the tightest policy below the NAT timeout
     stalls_over_margin: int = 0             # in-window lag samples at least that long
+    timing_ok: bool = True                  # no such stall: deaths are the policies' own
     cpu_s: float = 0.0                      # process CPU time (user + system) for the run
     nat: dict[str, Any] = field(default_factory=dict)
     drain_s: float = 0.0
@@ -299,6 +302,8 @@ class _Outcome:
     caught_up: list[int]         # new_msg_ids first seen by the final short-link newsync
     duplicates: int
     loop_errors: list[str]
+    notify_sync_failures: int = 0
+    reconnect_failures: int = 0
 
 
 @dataclass
@@ -469,6 +474,42 @@ def _hook_nat(nat, on_expire: Callable[[str, float], None]) -> bool:
     return True
 
 
+class _PhoneLogCounter(logging.Filter):
+    """Counts what `Phone` reports only in its log, per user: a newsync after a NOTIFY that
+    failed (the phone does not retry it: the items wait for the next push or reconnect) and
+    failed reconnect attempts. Installed as a filter on the phone's logger for the run; the
+    INFO records it counts go no further unless that logger was already at INFO."""
+
+    KINDS = {"sync after NOTIFY failed": "notify_sync_failures",
+             "reconnect failed": "reconnect_failures"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter = Counter()
+        self.logger = logging.getLogger("testbed.client.phone")
+        self.level = self.logger.level
+        self.pass_info = self.logger.getEffectiveLevel() <= logging.INFO
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and isinstance(record.msg, str) and record.args:
+            for text, kind in self.KINDS.items():
+                if text in record.msg:
+                    self.counts[(str(record.args[0]), kind)] += 1
+                    break
+            return self.pass_info
+        return True
+
+    def __enter__(self) -> "_PhoneLogCounter":
+        self.logger.addFilter(self)
+        if not self.pass_info:
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeFilter(self)
+        self.logger.setLevel(self.level)
+
+
 def _loop_name() -> str:
     loop = asyncio.get_running_loop()
     return f"{type(loop).__module__}.{type(loop).__name__}"
@@ -493,15 +534,18 @@ class _Phone:
         self.started = False
         self.done = False
 
-    def outcome(self) -> _Outcome:
+    def outcome(self, logs: Counter) -> _Outcome:
         ids = {s[2] for s in self.sends if s[2]}
+        user = self.plan.username
         return _Outcome(index=self.plan.index, policy_index=self.plan.policy_index, t0=self.t0,
                         window_s=self.window_s, t_end=self.t_end, snapshot=self.snapshot,
                         sends=[tuple(s) for s in self.sends],
                         received={i: t for i, t in self.received.items() if i in ids},
                         caught_up=[i for i in self.caught_up if i in ids],
                         duplicates=self.phone.metrics.duplicates if self.phone else 0,
-                        loop_errors=self.loop_errors)
+                        loop_errors=self.loop_errors,
+                        notify_sync_failures=logs[(user, "notify_sync_failures")],
+                        reconnect_failures=logs[(user, "reconnect_failures")])
 
 
 class _Fleet:
@@ -720,6 +764,10 @@ class _Fleet:
 
     # ------------------------------------------------------------------ main
     async def run(self) -> _FleetReport:
+        with _PhoneLogCounter() as logs:
+            return await self._run(logs)
+
+    async def _run(self, logs: _PhoneLogCounter) -> _FleetReport:
         from testbed.client.session import Session
 
         cpu0 = _cpu_seconds()
@@ -743,7 +791,8 @@ class _Fleet:
             ticker.cancel()
         sem = asyncio.Semaphore(32)
         await asyncio.gather(*(self._catch_up(p, sem) for p in self.phones))
-        return _FleetReport(outcomes=[p.outcome() for p in self.phones], lag=self.lag.samples,
+        return _FleetReport(outcomes=[p.outcome(logs.counts) for p in self.phones],
+                            lag=self.lag.samples,
                             login_done=self.login_done, online_done=self.online_done,
                             event_loop=_loop_name(), cpu_s=_cpu_seconds() - cpu0,
                             max_rss_mb=_max_rss_mb())
@@ -1088,7 +1137,9 @@ class _Study:
             max_loop_lag_whole_s=whole_max * k, lag_samples=len(allv),
             lag_histogram=_histogram([v * k for v in allv]), lag_by_process=lag_by_process,
             timing_margin_s=margin,
-            stalls_over_margin=0 if margin is None else sum(1 for v in allv if v * k >= margin),
+            stalls_over_margin=(stalls := 0 if margin is None
+                                else sum(1 for v in allv if v * k >= margin)),
+            timing_ok=stalls == 0,
             cpu_s=cpu, nat=nat_stats, drain_s=cfg.effective_drain_s(),
             noop_timeout_effective_s=cfg.noop_timeout_effective(),
             event_loop=fleets[0].event_loop, processes=len(fleets) if lab_lag else 0,
@@ -1131,6 +1182,8 @@ class _Study:
         for c in cs:
             r.duplicates += c.duplicates
             r.loop_errors += len(c.loop_errors)
+            r.notify_sync_failures += c.notify_sync_failures
+            r.reconnect_failures += c.reconnect_failures
             caught = set(c.caught_up)
             for sent_at, acked_at, msg_id, _err in c.sends:
                 if not msg_id:

@@ -154,3 +154,56 @@ def build(name: str):
 
 
 __all__ = ["SCENARIOS", "build", "ACK", "PSH"]
+
+
+def adversarial(seed: int, n: int = 1500):
+    """Random, hostile sequences over a few reused 4-tuples: data, pure ACKs, zero windows,
+    replays of recent segments, jumps ahead, keep-alives, FINs, RSTs, new SYNs, ISNs near
+    2**32, gaps from 0.1 ms to 2 s. Segments renumbered 1..n; no expectations: tshark's
+    answer is the reference."""
+    import random
+
+    from .builders import FIN, RST, SYN, Conn
+    rnd = random.Random(seed)
+    conns: list[Conn] = []
+    segs = []
+    t = 1000.0
+    for _ in range(n):
+        if not conns or rnd.random() < 0.01:
+            port = rnd.choice([40000, 40001, 40002, 40003])
+            c = Conn(client=("198.18.0.1", port), server=("198.18.0.2", 80),
+                     cisn=rnd.choice([rnd.getrandbits(32), 0xFFFFFF00, 0, 1]),
+                     sisn=rnd.getrandbits(32))
+            conns.append(c)
+            if rnd.random() < 0.8:
+                segs += c.handshake()
+        c = rnd.choice(conns)
+        t += rnd.choice([0.0001, 0.001, 0.002, 0.005, 0.03, 0.3, 2.0])
+        c.ts = t - c.step
+        r = rnd.random()
+        client = rnd.random() < 0.6
+        side = c.c if client else c.s
+        base = c.cseq if client else c.sseq
+        if r < 0.35:
+            s = side(bytes(rnd.randrange(1, 300)), win=rnd.choice([1000, 1000, 0, 500]))
+        elif r < 0.55:
+            s = side(win=rnd.choice([1000, 1000, 1000, 0, 2000]))
+        elif r < 0.62 and segs:
+            s = rnd.choice(segs[-20:])
+        elif r < 0.68:
+            s = side(bytes(rnd.randrange(1, 300)), advance=False,
+                     seq=(base + rnd.randrange(1, 3000)) & 0xFFFFFFFF)
+        elif r < 0.72:
+            s = side(rnd.choice([b"", b"\x00"]), seq=(base - 1) & 0xFFFFFFFF, advance=False)
+        elif r < 0.75:
+            s = side(b"", flags=FIN | ACK)
+        elif r < 0.77:
+            s = side(b"", flags=RST | ACK)
+        elif r < 0.80:
+            s = side(flags=SYN, ack=0) if client else side(flags=SYN | ACK)
+        elif r < 0.85:
+            s = side(b"z", seq=base, advance=False, win=0)
+        else:
+            s = side(bytes(rnd.randrange(1, 1400)))
+        segs.append(s._replace(ts=t))
+    return [s._replace(index=i + 1) for i, s in enumerate(segs)]

@@ -122,3 +122,21 @@ def test_unacked_list_is_bounded():
     a.feed_all(segs)
     (conv, f, r) = a._convs[(segs[0].src, segs[0].sport, segs[0].dst, segs[0].dport)]
     assert len(f.unacked) == ta.MAX_UNACKED
+
+
+def test_unsigned_dupack_marker_makes_a_fast_retransmission():
+    """After an "ACKed unseen segment" the other side's dupack counter holds Wireshark's -1
+    marker; being a guint32 it passes the ">= 2 duplicate ACKs" test of a fast
+    retransmission (tshark 4.0 flags exactly this)."""
+    c = Conn(step=0.001)
+    hs = c.handshake()
+    s1 = c.s(b"s" * 50)
+    a = c.c(b"a" * 100)
+    b = c.c(b"b" * 100)
+    ack_a = c.s(ack=a.seq + 100)
+    unseen = c.c(ack=c.sseq + 500)                # ACKs server data never captured
+    again = b._replace(ts=unseen.ts + 0.001)      # seq == the server's last ACK, 2 ms later
+    segs = [x._replace(index=i + 1) for i, x in enumerate(hs + [s1, a, b, ack_a, unseen,
+                                                                 again])]
+    _, got = analyse(segs)
+    assert got == {8: {"ack_lost_segment"}, 9: {"retransmission", "fast_retransmission"}}

@@ -43,20 +43,23 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
     for p in by.values():
         assert p["clients"] == 3
         assert p["window_s"] >= 3 * 3600
-        assert p["loop_errors"] == 0, p
 
-    # timing held, or the run says why not: a loop stall longer than the 30 s slack of
-    # fixed:270 under the NAT can kill a link that would have lived
-    stalls = data["stalls_over_margin"]
+    # Some figures hold whatever the machine does; the rest hold when timing held. A loop
+    # stall longer than the 30 s slack of fixed:270 under the NAT (25 ms of wall time at
+    # k = 1200) can kill a link that would have lived, and the run says so (`timing_ok`).
     assert data["timing_margin_s"] == 30
+    timing_ok = data["timing_ok"]
+    assert timing_ok == (data["stalls_over_margin"] == 0)
+    why = f"lag histogram {data['lag_histogram']}"
 
     # 270 s under a 300 s NAT: the link lives all day
     p270 = by["fixed:270"]
-    assert p270["silent_deaths"] == 0 or stalls > 0, (p270, data["lag_histogram"])
-    assert p270["reconnects"] == p270["silent_deaths"]
-    assert 3 * 35 <= p270["heartbeats_sent"] <= 3 * 41   # 3 h / 270 s = 40 each
-    assert 280 <= p270["wakeups_per_day"] <= 330
     assert p270["interval_p50_s"] == pytest.approx(270, abs=5)
+    assert 3 * 30 <= p270["heartbeats_sent"] <= 3 * 41   # 3 h / 270 s = 40 each
+    assert p270["reconnects"] == p270["silent_deaths"]
+    if timing_ok:
+        assert p270["silent_deaths"] == 0, (p270, why)
+        assert 280 <= p270["wakeups_per_day"] <= 330
 
     # 1680 s behind a 300 s NAT: every heartbeat finds a dead link, then a reconnect
     p1680 = by["fixed:1680"]
@@ -72,17 +75,21 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
     mars = by["mars"]
     assert mars["settled_clients"] == 3
     assert mars["settled_interval_s"] < 300
-    assert mars["settled_interval_s"] == 250 or stalls > 0, mars
     assert mars["silent_deaths"] >= 3
+    if timing_ok:
+        assert mars["settled_intervals"] == {"250": 3}, (mars, why)
 
-    # every message delivered by the phone itself, exactly once
+    # every message delivered exactly once; by the phone itself unless a stall made one of
+    # its newsyncs time out (Phone does not retry those: the final catch-up finds them)
     for p in by.values():
         assert p["messages_sent"] > 0 and p["send_failures"] == 0, p
         assert p["messages_lost"] == 0, p
         assert p["duplicates"] == 0, p
-        assert p["messages_caught_up"] == 0, p
-        assert p["messages_delivered"] == p["messages_sent"], p
-    assert p270["delay_p99_s"] < 100   # a live link hears its NOTIFY at once
+        assert p["messages_delivered"] + p["messages_caught_up"] == p["messages_sent"], p
+        if timing_ok:
+            assert p["messages_caught_up"] == 0 and p["loop_errors"] == 0, (p, why)
+    if timing_ok:
+        assert p270["delay_p99_s"] < 100, why   # a live link hears its NOTIFY at once
 
     assert data["max_loop_lag_s"] >= 0 and data["lag_samples"] > 0
     assert data["processes"] == 0 and list(data["lag_by_process"]) == ["lab+phones"]
@@ -104,7 +111,7 @@ def test_study_phones_in_their_own_processes(tmp_path):
     by = {p["policy"]: p for p in data["policies"]}
     p270, p1680 = by["fixed:270"], by["fixed:1680"]
     assert p270["heartbeats_sent"] >= 2 * 12
-    assert p270["silent_deaths"] == 0 or data["stalls_over_margin"] > 0
+    assert p270["silent_deaths"] == 0 or not data["timing_ok"]
     # 1 h = 3600 s: each 1680 phone dies twice, and the NAT, in this process, saw it happen
     # to the phones of the other processes (attributed by their source addresses)
     assert p1680["silent_deaths"] == p1680["heartbeats_sent"] >= 2 * 2

@@ -1,0 +1,85 @@
+"""Every command in the README runs as written (in a scratch directory beside ../shared)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+# run elsewhere: the README's own first lines (setup, the test suite itself)
+NOT_HERE = {"bash .ci/setup": "installs the package: done before the tests run",
+            "python -m pytest": "the suite this test belongs to"}
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    cmds = []
+    for block in re.findall(r"```(?:bash|console)\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            line = line.strip()
+            if line.startswith("$ "):
+                line = line[2:]
+            line = re.sub(r"\s+#.*$", "", line)
+            if line:
+                cmds += [c.strip() for c in line.split("&&")]
+    return cmds
+
+
+def test_readme_opens_with_the_two_commands():
+    cmds = readme_commands()
+    assert cmds[:3] == ["bash .ci/setup", "testbed demo", "python -m pytest"]
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared is not beside the repo")
+def test_every_readme_command_runs(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "shared").symlink_to(SHARED)
+    env = dict(os.environ, COLUMNS="160")
+    lab = None
+
+    def stop_lab():
+        nonlocal lab
+        if lab is not None:
+            lab.send_signal(signal.SIGINT)
+            out, err = lab.communicate(timeout=60)
+            assert lab.returncode == 0, err
+            lab = None
+
+    try:
+        for cmd in readme_commands():
+            if cmd in NOT_HERE:
+                continue
+            argv = shlex.split(cmd)
+            assert argv[0] == "testbed", cmd
+            argv = [sys.executable, "-m", "testbed.cli", *argv[1:]]
+            if argv[3:5] == ["lab", "up"]:
+                stop_lab()
+                manifest = work / argv[argv.index("--manifest") + 1]
+                lab = subprocess.Popen(argv, cwd=work, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+                deadline = time.monotonic() + 30
+                while not manifest.exists():
+                    assert lab.poll() is None, lab.stderr.read()
+                    assert time.monotonic() < deadline, f"{cmd}: no manifest"
+                    time.sleep(0.05)
+                continue
+            p = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True,
+                               timeout=240)
+            assert p.returncode == 0, f"{cmd}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+    finally:
+        if lab is not None and lab.poll() is None:
+            lab.kill()
+            lab.wait()
+    stop_lab()
+    assert (work / "captures" / "demo" / "demo.pcapng").exists()
+    assert (work / "captures" / "demo" / "report.html").exists()
