@@ -76,10 +76,10 @@ def test_every_readme_command_runs(tmp_path):
             p = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True,
                                timeout=240)
             assert p.returncode == 0, f"{cmd}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+        stop_lab()
     finally:
-        if lab is not None and lab.poll() is None:
+        if lab is not None and lab.poll() is None:   # a command failed: kill our own lab
             lab.kill()
             lab.wait()
-    stop_lab()
     assert (work / "captures" / "demo" / "demo.pcapng").exists()
     assert (work / "captures" / "demo" / "report.html").exists()
