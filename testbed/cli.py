@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     an = sub.add_parser("analyze", help="flows, DNS and TCP analysis of a capture")
     an.add_argument("capture", type=Path)
     an.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    an.add_argument("--events", action="store_true",
+                    help="also list every protocol event, bodies decoded (with --json: an "
+                         "\"events\" array)")
 
     ve = sub.add_parser("verify", help="check a capture against expectations")
     ve.add_argument("capture", type=Path)
@@ -256,6 +259,10 @@ def _open_analysis(path: Path, console, needles=()):
         return None
 
 
+def doc_start(a) -> float:
+    return a.first_ts or 0.0
+
+
 def _analyze(args) -> int:
     import json
 
@@ -267,6 +274,8 @@ def _analyze(args) -> int:
     if a is None:
         return 2
     doc = a.summary()
+    if args.events:
+        doc["events"] = [e.to_dict() for e in a.events]
     if args.json:
         print(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
     else:
@@ -297,6 +306,13 @@ def _analyze(args) -> int:
                       str(f["bytes_s2c"]),
                       "" if f["heartbeat_s"] is None else f"{f['heartbeat_s']:g}")
         out.print(t)
+        if args.events:
+            for e in doc["events"]:
+                msg = e["fields"].get("message")
+                t = (e["ts"] - doc_start(a)) * a.time_scale   # protocol seconds
+                out.print(f"{t:10.3f} {e['src']:>21} -> {e['dst']:<21} "
+                          f"{e['label']}" + (f"  {json.dumps(msg, ensure_ascii=False)[:200]}"
+                                             if msg else ""), markup=False, highlight=False)
         out.print("tcp: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["tcp"].items()))
                              or "no retransmissions, duplicate ACKs or other analysis flags"))
     return 0

@@ -41,6 +41,46 @@ class Event:
     def get(self, key: str, default: Any = None) -> Any:
         return self.fields.get(key, default)
 
+    def message(self):
+        """The protobuf body decoded with the command table (a long-link frame, or a CGI
+        request or response); None when there is no such body or it does not decode."""
+        from google.protobuf.message import DecodeError
+
+        from testbed.wire.commands import BY_CGI, command_for_frame, parse_notify
+
+        f = self.fields
+        command, reply = None, False
+        if self.kind == FRAME:
+            if f.get("push"):
+                return None
+            command, reply = command_for_frame(f.get("cmd", 0)), bool(f.get("reply"))
+        elif self.kind in (HTTP_REQUEST, HTTP_RESPONSE) and f.get("cgi"):
+            command, reply = BY_CGI.get(f["cgi"]), self.kind == HTTP_RESPONSE
+        if command is None:
+            return None
+        cls = command.response if reply else command.request
+        body = f.get("body", b"")
+        if cls is None or len(body) < f.get("body_len", len(body)):
+            return None      # no body type, or the body was kept only in part
+        try:
+            return cls.FromString(body)
+        except (DecodeError, ValueError):
+            return None
+
+    def to_dict(self, decode: bool = True) -> dict:
+        """JSON-ready: bodies as their decoded protobuf (or their length)."""
+        from google.protobuf.json_format import MessageToDict
+
+        fields = {k: v for k, v in self.fields.items() if k != "body"}
+        if decode:
+            msg = self.message()
+            if msg is not None:
+                fields["message"] = MessageToDict(msg, preserving_proto_field_name=True)
+        return {"ts": self.ts, "kind": self.kind, "label": self.label(), "flow": self.flow,
+                "direction": self.direction, "src": f"{self.src[0]}:{self.src[1]}",
+                "dst": f"{self.dst[0]}:{self.dst[1]}", "host": self.host,
+                "packet": self.index, "fields": fields}
+
     def label(self) -> str:
         """A short human label: `POST /cgi-bin/micromsg-bin/newsync`, `NEWSENDMSG seq 12`."""
         f = self.fields

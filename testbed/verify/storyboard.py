@@ -110,7 +110,7 @@ def s6(v: CaptureView, c: Context):
     resps = [e for e in v.select({"kind": ev.HTTP_RESPONSE, "host": SHORT})
              if port is None or e.src[1] == port]
     # the report's 314-byte packet: a head that ends with the empty line
-    heads = [e.get("head_len", 0) for e in reqs]
+    heads = [e.get("head_len", 0) for e in reqs] or [0]
     return _ok(bool(reqs) and bool(resps),
                f"{len(reqs)} HTTP requests / {len(resps)} responses on port {port}; request "
                f"heads {min(heads)}..{max(heads)} bytes, each ending with an empty line",

@@ -100,3 +100,27 @@ def test_lab_up_refuses_a_taken_block(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
+
+
+async def test_lab_falls_back_to_one_address_when_its_block_is_missing(tmp_path):
+    """198.18.0.0/15 addresses exist only inside namespace labs: binding them here fails
+    with EADDRNOTAVAIL, as 127.0.0.11 does on a machine with only 127.0.0.1."""
+    from mocks.lab import Lab, LabConfig
+    lab = Lab(LabConfig(users=2, plan=AddressPlan("198.18.250"),
+                        manifest_path=tmp_path / "m.json"))
+    m = await lab.start()
+    try:
+        ports = set()
+        for name in HOST_NAMES:
+            h = m.hosts[name]
+            assert set(h.addresses) == {"127.0.0.1"}
+            ports |= {h.port, h.tls_port} - {None}
+        assert len(ports) == 6          # every server its own port on the one address
+        assert m.dns_address == "127.0.0.1"
+        s = Session(m, "user0001", "pass0001")
+        await s.login()
+        await s.connect_long()
+        await s.link.noop()
+        await s.close()
+    finally:
+        await lab.stop()
