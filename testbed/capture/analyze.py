@@ -224,7 +224,8 @@ class Analyzer:
         if app in ("unknown", "tls", "none"):
             requests = info.exchanges
         lived = (flow.last_ts - flow.first_ts) * self.time_scale
-        closed = flow.closed_by
+        # a FIN from one side is a close by FIN, even if the capture ends before the other's
+        closed = flow.closed_by or ("fin" if (flow.fin_c2s_ts or flow.fin_s2c_ts) else None)
         if app == "longlink" or info.exchanges >= 3 or lived >= LONG_LIVED_S:
             kind = "long"
         elif closed is not None and info.exchanges <= 1:
