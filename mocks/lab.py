@@ -247,10 +247,10 @@ class Lab:
                         heartbeat_s=self.profile.heartbeat_s,
                         server_idle_s=self.long.idle_timeout_s, extra=extra)
 
-    async def _unbind(self) -> None:
+    async def _close_servers(self) -> None:
+        """Stop every listener and connection: the relay first, then the servers."""
         if self.relay is not None:
             await self.relay.close()
-            self._make_relay()
         await self.long.close()
         await self.short.close()
         for runner in self._runners:
@@ -259,6 +259,11 @@ class Lab:
         if self.dns is not None:
             self.dns.close()
             self.dns = None
+
+    async def _unbind(self) -> None:
+        await self._close_servers()
+        if self.relay is not None:
+            self._make_relay()
         # fresh servers for a second attempt
         self.long = LongLinkServer(self.service, self.clock, self.long.idle_timeout_s,
                                    self.long.max_packet_len)
@@ -267,15 +272,7 @@ class Lab:
                      QPIC: cdn.make_qpic_app(self.service)}
 
     async def stop(self) -> None:
-        if self.relay is not None:
-            await self.relay.close()
-        await self.long.close()
-        await self.short.close()
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
-        if self.dns is not None:
-            self.dns.close()
+        await self._close_servers()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
