@@ -14,7 +14,6 @@ a server-side counter of accepted connections that every request had its own con
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import statistics

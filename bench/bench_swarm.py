@@ -54,6 +54,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -135,17 +136,21 @@ class Counters:
         self.sent = self.answered = self.late = self.failed = self.lost = self.slipped = 0
         self.rtts = array.array("d")   # wall seconds, since the last mark
 
-    def snapshot(self, reset_rtts: bool) -> dict:
+    def snapshot(self, path: str) -> dict:
+        """Counters, and the round trips since the last snapshot written to `path`: the
+        control pipe carries small replies only (under uvloop, `add_reader` leaves it
+        non-blocking, so a reply larger than the socket buffer would fail half-sent)."""
         out = {k: getattr(self, k) for k in self.__slots__ if k != "rtts"}
-        out["rtts"] = self.rtts.tobytes()
-        if reset_rtts:
-            self.rtts = array.array("d")
+        with open(path, "wb") as f:
+            self.rtts.tofile(f)
+        out["rtts"] = path
+        self.rtts = array.array("d")
         return out
 
 
 def client_main(conn, index: int, src: str, servers: tuple, port: int, first: int,
                 count: int, users: int, scale: float, policy_spec: str, noop_timeout_s: float,
-                concurrency: int, loop_kind: str) -> None:
+                concurrency: int, loop_kind: str, tmpdir: str) -> None:
     _child_setup()
 
     async def main() -> None:
@@ -167,6 +172,7 @@ def client_main(conn, index: int, src: str, servers: tuple, port: int, first: in
         all_done = loop.create_future()
         stopping = [False]
         tasks: list = []
+        ramp_times = array.array("d")   # (connect s, IDENTIFY round trip s) per link
 
         def wall(protocol_s: float) -> float:
             return max(clock.to_wall(protocol_s), MIN_WALL_TIMEOUT)
@@ -199,7 +205,9 @@ def client_main(conn, index: int, src: str, servers: tuple, port: int, first: in
             host = servers[i % len(servers)]
             try:
                 async with sem:
+                    t0 = perf_counter()
                     link = await LongLink.connect(host, port, local_addr=src, timeout=30.0)
+                    t1 = perf_counter()
                     try:
                         resp = await link.call("IDENTIFY", pb.IdentifyRequest(
                             base=pb.BaseRequest(session_key=session_key(i), uin=uin)),
@@ -207,7 +215,9 @@ def client_main(conn, index: int, src: str, servers: tuple, port: int, first: in
                     except BaseException:
                         link.abort()
                         raise
-            except (OSError, asyncio.TimeoutError, LinkClosed) as exc:
+                    ramp_times.append(t1 - t0)
+                    ramp_times.append(perf_counter() - t1)
+            except Exception as exc:  # noqa: BLE001 - refused, timed out, closed, bad reply
                 phase["connect_failed"] += 1
                 phase["first_error"] = phase["first_error"] or f"client {i}: {exc!r}"
                 finished_one()
@@ -260,10 +270,15 @@ def client_main(conn, index: int, src: str, servers: tuple, port: int, first: in
             if count:
                 await all_done
             t_done = time.monotonic()
-            return {**phase, "t_start": t_start, "t_done": t_done}
+            path = os.path.join(tmpdir, f"ramp-{index}")
+            with open(path, "wb") as f:
+                ramp_times.tofile(f)
+            return {**phase, "t_start": t_start, "t_done": t_done, "times": path}
 
-        def mark(reset: bool = True) -> dict:
-            out = st.snapshot(reset)
+        marks = iter(range(1 << 30))
+
+        def mark() -> dict:
+            out = st.snapshot(os.path.join(tmpdir, f"rtts-{index}-{next(marks)}"))
             out["open"] = sum(1 for link in links if link.is_open)
             return out
 
@@ -292,7 +307,8 @@ def _delta(a: dict, b: dict) -> dict:
 def _rtts(marks: list[dict]) -> array.array:
     out = array.array("d")
     for m in marks:
-        out.frombytes(m["rtts"])
+        with open(m["rtts"], "rb") as f:
+            out.frombytes(f.read())
     return out
 
 
@@ -316,6 +332,86 @@ def print_table(title: str, columns: list, rows: list) -> None:
     for r in rows:
         t.add_row(*[str(x) for x in r])
     Console(width=140).print(t)
+
+
+def tcp_diff(a: dict, b: dict, key: str) -> str:
+    return f"{b[key] - a[key]:,}" if key in a and key in b else "?"
+
+
+def tcp_counters() -> dict:
+    """Kernel TCP counters of this network namespace (the whole host's without one)."""
+    out = {}
+    for path in ("/proc/net/netstat", "/proc/net/snmp"):
+        with open(path) as f:
+            lines = f.read().splitlines()
+        for names, values in zip(lines[0::2], lines[1::2]):
+            prefix = names.split(":")[0]
+            for k, v in zip(names.split()[1:], values.split()[1:]):
+                out[f"{prefix}.{k}"] = int(v)
+    return out
+
+
+class UserSys:
+    """User and system CPU seconds per PID over a window (system: syscalls and, on
+    loopback, most of the TCP work of both ends of a segment, charged to the sender)."""
+
+    def __init__(self, pids: list) -> None:
+        self.pids = pids
+        self.t0 = time.perf_counter()
+        self.a = [self._read(p) for p in pids]
+
+    @staticmethod
+    def _read(pid: int) -> tuple:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(rest[11]) / tick, int(rest[12]) / tick
+
+    def stop(self) -> list:
+        wall = time.perf_counter() - self.t0
+        return [((u1 - u0) / wall, (s1 - s0) / wall)
+                for (u0, s0), (u1, s1) in zip(self.a, (self._read(p) for p in self.pids))]
+
+
+def _softirq_seconds() -> float:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[5] + v[6]) / os.sysconf("SC_CLK_TCK")     # irq + softirq, all cores
+
+
+def _process_seconds(exclude: set) -> dict:
+    """utime + stime of every other process now, keyed by (pid, start time)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in exclude:
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[(int(name), rest[19])] = (int(rest[11]) + int(rest[12])) / tick
+    return out
+
+
+class Elsewhere:
+    """Where the machine's CPU went besides our processes, over a window: interrupts and
+    softirqs (on loopback most TCP work runs there, largely ours, and no process is charged
+    for it) and other processes (sessions sharing the machine; only those alive at both ends
+    of the window are seen, the rest shows in the remainder)."""
+
+    def __init__(self, ours: list) -> None:
+        self.ours = set(ours) | {os.getpid()}
+        self.t0 = time.perf_counter()
+        self.irq0 = _softirq_seconds()
+        self.p0 = _process_seconds(self.ours)
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        p1 = _process_seconds(self.ours)
+        others = sum(v - self.p0[k] for k, v in p1.items() if k in self.p0)
+        return {"softirq": (_softirq_seconds() - self.irq0) / wall, "processes": others / wall}
 
 
 def free_port(hosts: tuple) -> int:
@@ -365,6 +461,8 @@ def run_bench(args, netns: str | None) -> int:
            f"{timeout_w * 1000:.0f} ms; {where}; open files {limit:,} per process")
 
     servers, clients = [], []
+    tmp = tempfile.TemporaryDirectory(prefix="bench-swarm-")
+    tmpdir = tmp.name
     try:
         t = time.monotonic()
         for i, addr in enumerate(SERVER_ADDRS):
@@ -381,27 +479,36 @@ def run_bench(args, netns: str | None) -> int:
             src = f"{CLIENT_NET}{CLIENT_FIRST_OCTET + i}"
             clients.append(c.Child(client_main, i, src, SERVER_ADDRS, port, first, shares[i],
                                    users, args.time_scale, args.heartbeat, args.noop_timeout,
-                                   args.connect_concurrency, args.client_loop,
+                                   args.connect_concurrency, args.client_loop, tmpdir,
                                    name=f"swarm-client-{i}"))
             first += shares[i]
         for cl in clients:
             cl.ready(timeout=120)
+        tcp0 = tcp_counters()
         spids = [s.pid for s in servers]
         cpids = [cl.pid for cl in clients]
 
         # ---- ramp: open and identify every link
         c.note(f"  opening and identifying {n:,} links ...")
         cpu_ramp = c.CpuWindow(spids + cpids)
+        else_ramp = Elsewhere(spids + cpids)
         for cl in clients:
             cl.send("connect")
         ramps = [cl.recv(timeout=900) for cl in clients]
         ramp_cpu = cpu_ramp.stop()
+        ramp_else = else_ramp.stop()
         t0 = min(r["t_start"] for r in ramps)
         ramp_s = max(r["t_done"] for r in ramps) - t0
         ok = sum(r["ok"] for r in ramps)
         conn_fail = sum(r["connect_failed"] for r in ramps)
         id_fail = sum(r["identify_failed"] for r in ramps)
         first_error = next((r["first_error"] for r in ramps if r["first_error"]), "")
+        times = array.array("d")
+        for r in ramps:
+            with open(r["times"], "rb") as f:
+                times.frombytes(f.read())
+        t_connect, t_identify = sorted(times[0::2]), sorted(times[1::2])
+        tcp_ramp = tcp_counters()
         after_ramp = [s.call("stats") for s in servers]
         c.note(f"  {ok:,} identified in {ramp_s:.2f} s ({ok / ramp_s:,.0f} links/s); "
                f"servers report {' + '.join(format(x['identified'], ',') for x in after_ramp)}"
@@ -416,6 +523,8 @@ def run_bench(args, netns: str | None) -> int:
         m0 = [cl.call("mark") for cl in clients]
         s0 = [s.call("stats") for s in servers]
         cpu = c.CpuWindow(spids + cpids)
+        split = UserSys(spids + cpids)
+        elsewhere = Elsewhere(spids + cpids)
         t_end = time.monotonic() + args.duration
         samples = [[x["identified"]] for x in s0]
         while True:
@@ -427,23 +536,27 @@ def run_bench(args, netns: str | None) -> int:
                 for k, s in enumerate(servers):
                     samples[k].append(s.call("stats")["identified"])
         win_cpu = cpu.stop()
+        win_split = split.stop()
+        win_else = elsewhere.stop()
+        tcp_end = tcp_counters()
         m1 = [cl.call("mark") for cl in clients]
         s1 = [s.call("stats") for s in servers]
         for k, x in enumerate(s1):
             samples[k].append(x["identified"])
         rss_servers = [s.call("rss") for s in servers]
         rss_clients = [cl.call("rss") for cl in clients]
+        rtts = sorted(_rtts(m1))
     finally:
         for cl in clients:
             cl.stop()
         for s in servers:
             s.stop()
+        tmp.cleanup()
 
     # ---- figures
     wall = win_cpu["wall"]
     d = _delta(_sum_counters(m0), _sum_counters(m1))
     ramp_d = _sum_counters(ramp_marks)
-    rtts = sorted(_rtts(m1))
     p50, p99 = _pct(rtts, 0.50) * 1000, _pct(rtts, 0.99) * 1000
     pmax = (rtts[-1] * 1000) if rtts else float("nan")
     answered_rate = d["answered"] / wall
@@ -467,10 +580,17 @@ def run_bench(args, netns: str | None) -> int:
     client_us_per_noop = c_cpu * wall / max(1, d["answered"] + d["late"]) * 1e6
 
     pct = lambda x: f"{x * 100:.0f} %"  # noqa: E731
+    ms = lambda v, q: f"{_pct(v, q) * 1000:.1f}"  # noqa: E731
+    retrans = tcp_diff(tcp0, tcp_end, "Tcp.RetransSegs")
     rows = [
         ["links opened + identified", f"{ok:,} of {n:,}",
          f"{conn_fail} connect / {id_fail} identify failures"],
         ["time to open + identify all", f"{ramp_s:.2f} s", f"{ok / ramp_s:,.0f} links/s"],
+        ["per link: connect / IDENTIFY p50, p99",
+         f"{ms(t_connect, .5)}, {ms(t_connect, .99)} / {ms(t_identify, .5)}, "
+         f"{ms(t_identify, .99)} ms",
+         f"{args.connect_concurrency} in flight per client process; SYN queue overflows "
+         f"{tcp_diff(tcp0, tcp_ramp, 'TcpExt.ListenOverflows')}"],
         ["identified at the servers (min in window)",
          " + ".join(f"{v:,}" for v in min_ident) + f" = {total_min_ident:,}",
          f"{end_ident:,} at the end; client side open {open_end:,}"],
@@ -478,7 +598,8 @@ def run_bench(args, netns: str | None) -> int:
          f"nominal {nominal:,.0f}/s; servers saw {server_noops:,.0f} frames/s"],
         ["NOOPs in window: sent / answered / late / failed",
          f"{d['sent']:,} / {d['answered']:,} / {d['late']:,} / {d['failed']:,}",
-         f"links lost {d['lost']}, schedule slips {d['slipped']}"],
+         f"links lost {d['lost']}, schedule slips {d['slipped']}, TCP retransmits "
+         f"{retrans}"],
         ["NOOP round trip p50 / p99 / max", f"{p50:.2f} / {p99:.2f} / {pmax:.1f} ms",
          f"timeout {timeout_w * 1000:.0f} ms; {len(rtts):,} samples"],
         ["during the ramp: NOOPs sent / answered / late / failed",
@@ -491,13 +612,18 @@ def run_bench(args, netns: str | None) -> int:
          + " KB", "after gc.collect(); socket buffers are kernel memory"],
         ["client RSS per link (over start-up)", " / ".join(f"{k:.2f}" for k in client_kb)
          + " KB", "LongLink + heartbeat task + policy + its pending NOOP"],
-        ["CPU in ramp: servers / clients / other",
+        ["CPU in ramp: servers / clients / elsewhere",
          f"{pct(s_cpu_ramp)} / {pct(c_cpu_ramp)} / {pct(ramp_cpu['other'])}",
-         "of one core; 2 cores = 200 %"],
-        ["CPU in window: servers / clients / other",
+         f"% of one core (2 cores = 200 %); elsewhere: irq+softirq "
+         f"{pct(ramp_else['softirq'])}, other processes {pct(ramp_else['processes'])}"],
+        ["CPU in window: servers / clients / elsewhere",
          f"{pct(s_cpu)} / {pct(c_cpu)} / {pct(win_cpu['other'])}",
          f"per NOOP: server {server_ns_per_noop / 1000:.1f} µs, client "
-         f"{client_us_per_noop:.0f} µs"],
+         f"{client_us_per_noop:.0f} µs (process time)"],
+        ["elsewhere in window: irq+softirq / other processes / rest",
+         f"{pct(win_else['softirq'])} / {pct(win_else['processes'])} / "
+         f"{pct(max(0.0, win_cpu['other'] - win_else['softirq'] - win_else['processes']))}",
+         "rest: processes that came and went (other sessions' jobs)"],
     ]
     print_table(f"many clients: {n:,} long links, {policy.describe()} at x"
                   f"{args.time_scale:g}, {wall:.0f} s steady state", ["", "value", "note"], rows)
@@ -505,12 +631,15 @@ def run_bench(args, netns: str | None) -> int:
     for k, s in enumerate(servers):
         prow.append([f"server {SERVER_ADDRS[k]}", f"{s1[k]['links']:,}",
                      pct(ramp_cpu["per_pid"][k]), pct(win_cpu["per_pid"][k]),
+                     f"{pct(win_split[k][0])} / {pct(win_split[k][1])}",
                      f"{rss_servers[k] / 1024:.1f}", f"{per_link_kb[k]:.2f}"])
     for k, cl in enumerate(clients):
         prow.append([f"client {CLIENT_NET}{CLIENT_FIRST_OCTET + k}", f"{m1[k]['open']:,}",
                      pct(ramp_cpu["per_pid"][ns + k]), pct(win_cpu["per_pid"][ns + k]),
+                     f"{pct(win_split[ns + k][0])} / {pct(win_split[ns + k][1])}",
                      f"{rss_clients[k] / 1024:.1f}", f"{client_kb[k]:.2f}"])
-    print_table("per process", ["process", "links", "CPU ramp", "CPU window", "RSS MB",
+    print_table("per process", ["process", "links", "CPU ramp", "CPU window",
+                                "window user / sys", "RSS MB",
                                   "KB/link"], prow)
 
     problems = []
@@ -526,6 +655,10 @@ def run_bench(args, netns: str | None) -> int:
         problems.append(f"{answered_rate:,.0f} NOOPs/s answered of {nominal:,.0f} nominal")
     if srv_err or idle_closed:
         problems.append(f"server errors {srv_err}, idle-closed links {idle_closed}")
+    busy = win_cpu["other"] - win_else["softirq"]
+    if problems and busy > 0.5:
+        problems.append(f"the machine was busy elsewhere during the window: {pct(busy)} of a "
+                        f"core besides ours; rerun when it is quieter")
     head = f"{n:,} concurrent identified links with heartbeats"
     print(f"{head}: OK" if not problems else f"{head}: BELOW TARGET ({'; '.join(problems)})",
           flush=True)

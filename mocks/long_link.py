@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import struct
 from typing import Optional
 
 from testbed.lab.clock import Clock

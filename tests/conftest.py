@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import errno
+import os
+import shutil
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -47,3 +51,31 @@ async def lab(tmp_path, request):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "lab(**config): LabConfig fields for the lab fixture")
+
+
+def netns_unavailable() -> str | None:
+    """Why network-namespace tests cannot run here, or None if they can."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "needs root (network namespaces, AF_PACKET)"
+    for tool in ("ip", "tcpdump"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+@pytest.fixture
+def netns():
+    """A fresh network namespace with only `lo` (up), deleted afterwards with all in it."""
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    name = f"tb-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"ip netns add failed: {made.stderr.strip()}")
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
+                       check=True, capture_output=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

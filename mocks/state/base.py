@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 LOG_MESSAGES, LOG_CONTACTS, LOG_PROFILE = 1, 2, 3
 LOG_KEYS = (LOG_MESSAGES, LOG_CONTACTS, LOG_PROFILE)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Optional
+from typing import Callable
 
 from .base import (LOG_KEYS, Event, Listener, MediaRecord, SessionRecord, Store, UploadRecord,
                    UserRecord)

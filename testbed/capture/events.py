@@ -46,7 +46,7 @@ class Event:
         request or response); None when there is no such body or it does not decode."""
         from google.protobuf.message import DecodeError
 
-        from testbed.wire.commands import BY_CGI, command_for_frame, parse_notify
+        from testbed.wire.commands import BY_CGI, command_for_frame
 
         f = self.fields
         command, reply = None, False

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from google.protobuf.message import Message
 
-from testbed.wire import (BY_CMD, BY_NAME, FrameDecoder, RemoteProtocolError, encode_frame,
+from testbed.wire import (BY_NAME, FrameDecoder, RemoteProtocolError, encode_frame,
                           parse_notify)
 from testbed.wire.commands import NOOP_CMD, NOTIFY_CMD, decode_response
 from testbed.wire.frames import REPLY_OFFSET

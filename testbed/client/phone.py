@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # Below this many wall seconds a timer is at the mercy of event-loop jitter; timeouts are
 # floored here (at k = 2000 the 20 s NOOP timeout becomes 0.05 s = 100 protocol s).
 MIN_WALL_TIMEOUT = 0.05
+# Requests that carry data (newsync, sends, uploads) get at least this much wall time: their
+# timeout only guards against a dead link, and a tight one would fail them under load.
+REQUEST_MIN_WALL = 1.0
 BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
@@ -78,6 +81,7 @@ class Phone:
         self._stopping = False
         self._link_ok = asyncio.Event()
         self._sync_lock = asyncio.Lock()
+        self._sync_owed = False      # a NOTIFY's sync failed: retry it
         self.errors: list[BaseException] = []
 
     @property
@@ -86,6 +90,19 @@ class Phone:
 
     def wall(self, protocol_s: float) -> float:
         return max(self.clock.to_wall(protocol_s), MIN_WALL_TIMEOUT)
+
+    def request_wall(self, protocol_s: float) -> float:
+        return max(self.clock.to_wall(protocol_s), REQUEST_MIN_WALL)
+
+    def long_totals(self) -> tuple[int, int]:
+        """(application bytes, frames), both ways, on every long link so far, the live one
+        included (closed links are folded into `metrics` when they are dropped)."""
+        link = self.session.link
+        nbytes, frames = self.metrics.long_bytes, self.metrics.long_frames
+        if link is not None and not getattr(link, "_accounted", False):
+            nbytes += link.bytes_sent + link.bytes_received
+            frames += link.frames_sent + link.frames_received
+        return nbytes, frames
 
     # ------------------------------------------------------------------ start and stop
     async def start(self, init_door: str = "short") -> None:
@@ -148,7 +165,11 @@ class Phone:
                 await asyncio.sleep(self.wall(delay))
                 continue
             self.metrics.reconnects += 1
-            await self.sync()   # catch up on whatever the dead link missed
+            try:
+                await self.sync()   # catch up on whatever the dead link missed
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError) as exc:
+                log.info("%s: catch-up sync failed (%r); owed", self.username, exc)
+                self._sync_owed = True
             return
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -160,6 +181,8 @@ class Phone:
                     self.metrics.links_closed += 1
                     await self.reconnect()
                     continue
+                if self._sync_owed and (self._sync_task is None or self._sync_task.done()):
+                    self._sync_task = asyncio.ensure_future(self._sync_loop())
                 interval = self.policy.interval()
                 loop = asyncio.get_running_loop()
                 due = link.last_tx + self.clock.to_wall(interval)
@@ -208,13 +231,15 @@ class Phone:
         self._sync_task = asyncio.ensure_future(self._sync_loop())
 
     async def _sync_loop(self) -> None:
+        self._sync_owed = False
         while True:
             self._sync_again = False
             try:
                 await self.sync()
             except (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError) as exc:
-                # the heartbeat loop notices the dead link and reconnects, then syncs
+                # owed: the heartbeat loop retries it, after a reconnect if the link died
                 log.info("%s: sync after NOTIFY failed: %r", self.username, exc)
+                self._sync_owed = True
                 return
             if not self._sync_again:
                 return
@@ -227,7 +252,8 @@ class Phone:
 
     async def _sync_locked(self) -> list[pb.CmdItem]:
         before = len(self.session.sync_state.messages)
-        items = await self.session.sync(door=self.sync_door, timeout=self.wall(60.0))
+        items = await self.session.sync(door=self.sync_door,
+                                        timeout=self.request_wall(60.0))
         self.metrics.syncs += 1
         now = self.clock.now()
         for msg in self.session.sync_state.messages[before:]:
@@ -247,7 +273,7 @@ class Phone:
         for attempt in range(tries):
             try:
                 return await self.session.send_text(to, content, client_msg_id=cid, door=door,
-                                                    timeout=self.wall(20.0))
+                                                    timeout=self.request_wall(20.0))
             except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
                 if attempt == tries - 1:
                     raise
@@ -263,7 +289,7 @@ class Phone:
         for attempt in range(tries):
             try:
                 return await self.session.upload(to, data, client_media_id=cid, start_pos=pos,
-                                                 timeout=self.wall(20.0))
+                                                 timeout=self.request_wall(20.0))
             except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
                 if attempt == tries - 1:
                     raise

@@ -7,7 +7,6 @@ the emulated phone's timing on top of this.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import ssl
@@ -19,7 +18,7 @@ from google.protobuf.message import Message
 
 from testbed.lab.addressing import LONG, SHORT
 from testbed.lab.manifest import Manifest
-from testbed.wire import BY_CGI, BY_NAME, Ret, pb
+from testbed.wire import BY_NAME, Ret, pb
 from testbed.wire.commands import (CMD_ITEM_TYPES, ITEM_ADD_MSG, ITEM_DEL_CONTACT,
                                    ITEM_MOD_CONTACT, ITEM_MOD_USER_INFO, MSG_TEXT)
 

@@ -15,12 +15,19 @@ class Clock:
 
     __slots__ = ("scale", "_wall0", "_epoch0")
 
-    def __init__(self, scale: float = 1.0, epoch: float | None = None) -> None:
+    def __init__(self, scale: float = 1.0, epoch: float | None = None,
+                 origin: float | None = None) -> None:
+        """`origin`: the `time.monotonic()` value at protocol time 0; pass another clock's
+        `origin` (another process on this machine) to share its time line."""
         if not scale > 0:
             raise ValueError(f"time scale must be positive, got {scale!r}")
         self.scale = float(scale)
-        self._wall0 = time.monotonic()
+        self._wall0 = time.monotonic() if origin is None else float(origin)
         self._epoch0 = time.time() if epoch is None else float(epoch)
+
+    @property
+    def origin(self) -> float:
+        return self._wall0
 
     def now(self) -> float:
         """Protocol seconds since the clock started (monotonic)."""

@@ -73,6 +73,7 @@ TCP_CONN_SEGMENTS = 7       # SYN, SYN-ACK, ACK, FIN, ACK, FIN, ACK: header-only
 LAG_PERIOD_S = 0.005        # wall seconds between lag probes
 SOURCE_OCTET = 99           # phones bind 127.99.x.y; random lab blocks are 127.100-254.x
 SENDER_SOURCE = "127.99.255.254"
+LATE_S = 60.0               # a message later than this did not come by push on a live link
 
 ProgressFn = Callable[[float, float, str], None]
 
@@ -219,6 +220,7 @@ class PolicyResult:
     delay_p99_s: Optional[float] = None
     delay_max_s: Optional[float] = None
     delay_mean_s: Optional[float] = None
+    messages_late: int = 0                  # delivered more than LATE_S after being sent
     # the sender's own request (send to server's answer), part of every delay: at time scale
     # k each wall millisecond of processing reads as k/1000 protocol seconds
     send_latency_p50_s: Optional[float] = None
@@ -248,16 +250,17 @@ class StudyResult:
     lag_histogram: dict[str, int] = field(default_factory=dict)   # protocol s -> samples
     lag_by_process: dict[str, dict[str, float]] = field(default_factory=dict)
     timing_margin_s: Optional[float] = None # slack of the tightest policy below the NAT timeout
-    stalls_over_margin: int = 0             # in-window lag samples at least that long
+    stall_threshold_s: Optional[float] = None   # half of it (see timing_margin)
+    stalls: int = 0                         # in-window lag samples at least that long
     timing_ok: bool = True                  # no such stall: deaths are the policies' own
-    cpu_s: float = 0.0                      # process CPU time (user + system) for the run
+    cpu_s: float = 0.0                      # CPU time (user + system), phone processes included
     nat: dict[str, Any] = field(default_factory=dict)
     drain_s: float = 0.0
     noop_timeout_effective_s: float = 0.0
     event_loop: str = ""
     processes: int = 0                      # phone processes (0: phones in the lab's)
     gc_paused: bool = False
-    max_rss_mb: float = 0.0                 # peak resident memory of the process
+    max_rss_mb: float = 0.0                 # peak resident memory of the largest process
     tcpip_estimate: str = (f"{TCPIP_HEADER_BYTES} B per frame for its segment + "
                            f"{TCPIP_HEADER_BYTES} B for its ACK; {TCP_CONN_SEGMENTS} x "
                            f"{TCPIP_HEADER_BYTES} B per TCP connection")
@@ -270,6 +273,16 @@ class StudyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudyResult":
+        """Back from `to_dict()` (the --json file), e.g. to redraw the table or the plot."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        pknown = {f.name for f in dataclasses.fields(PolicyResult)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["policies"] = [PolicyResult(**{k: v for k, v in p.items() if k in pknown})
+                         for p in d.get("policies", [])]
+        return cls(**d)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -366,8 +379,10 @@ def _max_rss_mb() -> float:
 
 def timing_margin(config: StudyConfig) -> Optional[float]:
     """Protocol seconds by which the tightest interval that should survive the NAT stays
-    under its timeout (fixed:270 behind 300 s: 30 s; mars probes its steps too). A loop stall
-    longer than this can turn a heartbeat due just in time into a NAT expiry."""
+    under its timeout (fixed:270 behind 300 s: 30 s; mars probes its steps too). Errors that
+    add up to this turn a heartbeat due in time into a NAT expiry: a late heartbeat timer in
+    the phone's loop, and the NAT stamping the NOOP late in the lab's; a stall of half the
+    margin in one loop (`stall_threshold_s`) is already suspect."""
     from testbed.client.heartbeat import FixedHeartbeat, MarsHeartbeat, parse_policy
 
     slack = []
@@ -403,14 +418,7 @@ def _snapshot(phone) -> dict[str, Any]:
     """The phone's counters now, bytes of the link in use included."""
     m = phone.metrics
     d: dict[str, Any] = {k: getattr(m, k) for k in _COUNTERS}
-    app, frames = m.long_bytes, m.long_frames
-    link = phone.session.link
-    # Phone folds a link's counters into metrics when the link is dropped (and marks it);
-    # the live link's bytes are added here
-    if link is not None and not getattr(link, "_accounted", False):
-        app += link.bytes_sent + link.bytes_received
-        frames += link.frames_sent + link.frames_received
-    d["app_bytes"], d["long_frames"] = app, frames
+    d["app_bytes"], d["long_frames"] = phone.long_totals()
     d["intervals"] = list(m.intervals)
     pol = phone.policy
     d["policy_current"] = getattr(pol, "current", None)
@@ -574,6 +582,7 @@ class _Fleet:
         self.login_done = math.nan
         self.online_done = math.nan
         self.everyone_in = asyncio.Event()
+        self._barrier_task: Optional[asyncio.Future] = None
 
     # ------------------------------------------------------------------ helpers
     def wall(self, protocol_s: float) -> float:
@@ -681,7 +690,7 @@ class _Fleet:
         self.logged_in += 1
         if self.logged_in == len(self.phones):
             self.login_done = self.clock.now()
-            asyncio.ensure_future(self._cross_barrier())
+            self._barrier_task = asyncio.ensure_future(self._cross_barrier())
 
     async def _cross_barrier(self) -> None:
         if self.barrier is not None:
@@ -818,8 +827,7 @@ def _child_main(conn, payload: dict[str, Any]) -> None:
             gc.collect()
             gc.disable()
         manifest = Manifest.from_dict(payload["manifest"])
-        clock = Clock(cfg.time_scale)
-        clock._wall0 = payload["wall0"]   # the lab's origin: one protocol time line
+        clock = Clock(cfg.time_scale, origin=payload["wall0"])   # the lab's time line
         plans = [_Plan(**p) for p in payload["plans"]]
 
         async def main() -> _FleetReport:
@@ -1077,7 +1085,7 @@ class _Study:
         config = dataclasses.asdict(cfg)
         config["policies"] = list(cfg.policies)
         payloads = [{"config": config, "manifest": lab.manifest.to_dict(),
-                     "wall0": lab.clock._wall0, "plans": [dataclasses.asdict(p) for p in chunk],
+                     "wall0": lab.clock.origin, "plans": [dataclasses.asdict(p) for p in chunk],
                      "sender": self.sender, "loop": cfg.loop,
                      "log_level": logging.getLogger().getEffectiveLevel()}
                     for chunk in chunks]
@@ -1137,8 +1145,9 @@ class _Study:
             max_loop_lag_whole_s=whole_max * k, lag_samples=len(allv),
             lag_histogram=_histogram([v * k for v in allv]), lag_by_process=lag_by_process,
             timing_margin_s=margin,
-            stalls_over_margin=(stalls := 0 if margin is None
-                                else sum(1 for v in allv if v * k >= margin)),
+            stall_threshold_s=None if margin is None else margin / 2,
+            stalls=(stalls := 0 if margin is None
+                    else sum(1 for v in allv if v * k >= margin / 2)),
             timing_ok=stalls == 0,
             cpu_s=cpu, nat=nat_stats, drain_s=cfg.effective_drain_s(),
             noop_timeout_effective_s=cfg.noop_timeout_effective(),
@@ -1203,6 +1212,7 @@ class _Study:
         r.delay_p99_s = _percentile(delays, 99)
         r.delay_max_s = delays[-1] if delays else None
         r.delay_mean_s = statistics.fmean(delays) if delays else None
+        r.messages_late = sum(1 for d in delays if d > LATE_S)
         latencies.sort()
         r.send_latency_p50_s = _percentile(latencies, 50)
         r.send_latency_p99_s = _percentile(latencies, 99)
@@ -1244,11 +1254,41 @@ def timing_summary(result: StudyResult) -> str:
             f"event-loop lag while phones ran: p50 {result.p50_loop_lag_s:.1f}, p99 "
             f"{result.p99_loop_lag_s:.1f}, max {result.max_loop_lag_s:.1f} protocol s "
             f"({result.max_loop_lag_wall_ms:.1f} ms wall); stalls over the "
-            f"{result.timing_margin_s or 0:g} s margin: {result.stalls_over_margin}")
+            f"{result.stall_threshold_s or 0:g} s threshold: {result.stalls}")
 
 
-def render_table(result: StudyResult):
-    """A rich Table of the figures, one row per policy (rates per client per 24 h)."""
+TABLE_WIDTH = 150   # what the one-row-per-policy table needs; narrower consoles get it turned
+
+
+def _rows(p: PolicyResult) -> list[tuple[str, str]]:
+    settled = "-"
+    if p.settled_clients is not None:
+        settled = (f"{p.settled_interval_s:g} s ({p.settled_clients}/{p.clients})"
+                   if p.settled_interval_s is not None else f"none (0/{p.clients})")
+    msgs = f"{p.messages_sent}/{p.messages_delivered}"
+    if p.messages_caught_up:
+        msgs += f"(+{p.messages_caught_up} at end)"
+    msgs += f"/{p.messages_lost}/{p.duplicates}"
+    if p.send_failures:
+        msgs += f" ({p.send_failures} not sent)"
+    return [("heart-\nbeats", f"{p.heartbeats_per_day:.1f}"),
+            ("silent\ndeaths", f"{p.silent_deaths_per_day:.2f}"),
+            ("re-\nconnects", f"{p.reconnects_per_day:.2f}"),
+            ("NAT\nexpiries", "-" if p.nat_expiries_per_day is None
+             else f"{p.nat_expiries_per_day:.2f}"),
+            ("wake-\nups", f"{p.wakeups_per_day:.1f}"),
+            ("app\nKB", f"{p.app_bytes_per_day / 1000:.1f}"),
+            ("KB with\nTCP/IP", f"{p.bytes_per_day / 1000:.1f}"),
+            ("messages\nsent/ok/lost/dup", msgs),
+            ("delay\np50", _fmt_s(p.delay_p50_s)),
+            ("delay\np99", _fmt_s(p.delay_p99_s)),
+            ("delay\nmax", _fmt_s(p.delay_max_s)),
+            ("settled\ninterval", settled)]
+
+
+def render_table(result: StudyResult, vertical: bool = False):
+    """A rich Table of the figures, one row per policy (rates per phone per 24 h); with
+    `vertical`, one row per figure and a column per policy (for narrow terminals)."""
     from rich.table import Table
 
     c = result.config
@@ -1261,27 +1301,21 @@ def render_table(result: StudyResult):
                       f"Wall {result.wall_s:.1f} s; event-loop lag max "
                       f"{result.max_loop_lag_s:.1f} protocol s "
                       f"({result.max_loop_lag_wall_ms:.1f} ms wall).")
-    for name in ("policy", "heart-\nbeats", "silent\ndeaths", "re-\nconnects", "NAT\nexpiries",
-                 "wake-\nups", "app\nKB", "KB with\nTCP/IP", "messages\nsent/ok/lost/dup",
-                 "delay\np50", "delay\np99", "delay\nmax", "settled\ninterval"):
-        t.add_column(name, justify="left" if name == "policy" else "right", no_wrap=True)
-    for p in result.policies:
-        settled = "-"
-        if p.settled_clients is not None:
-            settled = (f"{p.settled_interval_s:g} s ({p.settled_clients}/{p.clients})"
-                       if p.settled_interval_s is not None else f"none (0/{p.clients})")
-        msgs = f"{p.messages_sent}/{p.messages_delivered}"
-        if p.messages_caught_up:
-            msgs += f"(+{p.messages_caught_up} at end)"
-        msgs += f"/{p.messages_lost}/{p.duplicates}"
-        if p.send_failures:
-            msgs += f" ({p.send_failures} not sent)"
-        t.add_row(p.policy, f"{p.heartbeats_per_day:.1f}", f"{p.silent_deaths_per_day:.2f}",
-                  f"{p.reconnects_per_day:.2f}",
-                  "-" if p.nat_expiries_per_day is None else f"{p.nat_expiries_per_day:.2f}",
-                  f"{p.wakeups_per_day:.1f}", f"{p.app_bytes_per_day / 1000:.1f}",
-                  f"{p.bytes_per_day / 1000:.1f}", msgs, _fmt_s(p.delay_p50_s),
-                  _fmt_s(p.delay_p99_s), _fmt_s(p.delay_max_s), settled)
+    rows = [_rows(p) for p in result.policies]
+    if vertical:
+        t.add_column("per phone per day")
+        for p in result.policies:
+            t.add_column(p.policy, justify="right", no_wrap=True)
+        for i, (name, _) in enumerate(rows[0] if rows else []):
+            label = "wake-ups" if name.startswith("wake") else \
+                name.replace("-\n", "").replace("\n", " ")
+            t.add_row(label, *[r[i][1] for r in rows])
+        return t
+    t.add_column("policy", no_wrap=True)
+    for name, _ in (rows[0] if rows else []):
+        t.add_column(name, justify="right", no_wrap=True)
+    for p, r in zip(result.policies, rows):
+        t.add_row(p.policy, *[v for _, v in r])
     return t
 
 
@@ -1298,11 +1332,12 @@ def write_plot(result: StudyResult, path) -> Path:
     c = result.config
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
     colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
-    for ax, values, title in ((a, wake, "wake-ups per client per day"),
-                              (b, deaths, "silent link deaths per client per day")):
+    for ax, values, title, fmt in ((a, wake, "wake-ups per phone per day", "{:.1f}"),
+                                   (b, deaths, "silent link deaths per phone per day",
+                                    "{:.2f}")):
         bars = ax.bar(names, values, color=[colors[i % len(colors)] for i in range(len(names))])
         ax.set_title(title)
-        ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=2)
+        ax.bar_label(bars, labels=[fmt.format(v) for v in values], padding=2)
         ax.set_ylim(0, max(values + [1.0]) * 1.3)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
@@ -1469,7 +1504,7 @@ def main_heartbeat(args: argparse.Namespace) -> int:
                         TextColumn("{task.completed:>7.0f}/{task.total:.0f} protocol s"),
                         TextColumn("{task.description}"), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=err, transient=True,
-                        disable=quiet)
+                        disable=quiet, refresh_per_second=4)
 
     async def go() -> StudyResult:
         with progress:
@@ -1490,15 +1525,18 @@ def main_heartbeat(args: argparse.Namespace) -> int:
         err.print(f"[red]study failed:[/red] {exc!r}")
         return 1
 
-    # a pipe or file gets the whole table, not 80 columns of it
-    Console(width=None if sys.stdout.isatty() else 150).print(render_table(result))
+    # a pipe or file gets the whole table, not 80 columns of it; a narrow terminal gets it
+    # turned, one row per figure
+    out = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH)
+    out.print(render_table(result, vertical=out.width < TABLE_WIDTH))
     err.print(timing_summary(result), soft_wrap=True)
-    if result.stalls_over_margin:
-        err.print(f"[yellow]warning:[/yellow] the event loop stalled {result.stalls_over_margin} "
-                  f"time(s) for {result.timing_margin_s:g} protocol s or more (the slack of the "
-                  f"tightest policy under the NAT timeout): some silent deaths of policies that "
-                  f"should survive may be the testbed's, not the policy's. A busy machine "
-                  f"does this; rerun, or use a lower --time-scale.", soft_wrap=True)
+    if result.stalls:
+        err.print(f"[yellow]warning:[/yellow] an event loop stalled {result.stalls} time(s) "
+                  f"for {result.stall_threshold_s:g} protocol s or more (half the "
+                  f"{result.timing_margin_s:g} s slack of the tightest policy under the NAT "
+                  f"timeout): some silent deaths of policies that should survive, and some "
+                  f"late messages, may be the testbed's doing, not the policy's. A busy "
+                  f"machine does this; rerun, or use a lower --time-scale.", soft_wrap=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

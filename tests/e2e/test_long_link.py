@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import struct
 
 import pytest
 
 from testbed.wire import encode_frame, pb
-from testbed.wire.commands import BY_NAME
 
 from .helpers import HEADER, logged_in, raw_long, read_frame, wait_for
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 from testbed.client.phone import Phone
 from testbed.lab.clock import Clock

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 pytest_plugins = ["pytester"]
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
-
-import pytest
 
 from testbed.cli import main
 from testbed.client.scenarios import run_scenario
@@ -38,31 +34,6 @@ async def test_tap_capture_verifies(tmp_path, capsys):
     assert "2 passwords searched" in by_id["4"]["detail"]
     # a capture where a password leaks fails statement 4 and the command exits 1
     assert main(["verify", str(capture), "--storyboard", "--secret", "user0001"]) == 1
-
-
-def _netns_reason():
-    if os.geteuid() != 0:
-        return "needs root for AF_PACKET and network namespaces"
-    if shutil.which("ip") is None or shutil.which("tcpdump") is None:
-        return "needs iproute2 and tcpdump"
-    return None
-
-
-@pytest.fixture
-def netns():
-    reason = _netns_reason()
-    if reason:
-        pytest.skip(reason)
-    name = f"tbstory-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    p = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if p.returncode:
-        pytest.skip(f"ip netns add failed: {p.stderr.strip()}")
-    try:
-        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
-                       check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def test_sniffer_capture_in_a_namespace_verifies(netns, tmp_path, capsys):

@@ -5,12 +5,10 @@ the page as headless Chromium renders it (offline, in a network namespace with o
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import struct
 import subprocess
-import uuid
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
@@ -415,26 +413,6 @@ def _chromium() -> str | None:
         if found:
             return found
     return None
-
-
-@pytest.fixture
-def netns():
-    """A fresh network namespace with only `lo`, deleted afterwards."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2")
-    name = f"tbrep-{uuid.uuid4().hex[:10]}"
-    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"ip netns add failed: {made.stderr.strip()}")
-    try:
-        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
-                       check=True, capture_output=True)
-        links = subprocess.run(["ip", "netns", "exec", name, "ip", "-o", "link"],
-                               check=True, capture_output=True, text=True).stdout
-        assert [ln.split(":")[1].strip() for ln in links.splitlines()] == ["lo"]
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def _chromium_run(netns: str, browser: str, profile: Path, url: str, *extra: str):

@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from testbed.capture import sniffer
 from testbed.capture.pcapng_writer import read_section_info
 
 from .netns_sniff import MESSAGES
+from ..conftest import netns_unavailable
 from .tshark import fields, needs_tshark, tshark
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,30 +24,7 @@ HELPER = Path(__file__).with_name("netns_sniff.py")
 
 
 def _netns_reason() -> str | None:
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "the sniffer needs root (AF_PACKET) and network namespaces"
-    if shutil.which("ip") is None:
-        return "iproute2 (ip) not installed"
-    if shutil.which("tcpdump") is None:
-        return "tcpdump not installed (it compiles the BPF filter)"
-    return None
-
-
-@pytest.fixture
-def netns():
-    reason = _netns_reason()
-    if reason:
-        pytest.skip(reason)
-    name = f"tbsniff-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    p = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"ip netns add failed: {p.stderr.strip()}")
-    try:
-        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
-                       check=True, capture_output=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return netns_unavailable()
 
 
 def run_in(ns: str, mode: str, out: Path) -> dict:
