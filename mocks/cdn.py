@@ -21,7 +21,7 @@ from aiohttp import web
 from testbed.wire.commands import MSG_IMAGE
 
 from .mapabc import counting_middleware, set_stats
-from .png import identicon
+from testbed.png import identicon
 from .service import AVATAR_SIZES, Service
 
 FULL_SIZE = 640                   # size 0 in an avatar URL means the full picture

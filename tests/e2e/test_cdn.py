@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from mocks.cdn import AvatarCache, make_qlogo_app, make_qpic_app, sniff_content_type
-from mocks.png import encode_png, identicon
+from testbed.png import encode_png, identicon
 from mocks.service import AVATAR_SIZES, RequestContext, Service
 from mocks.state import MediaRecord, MemoryStore
 from testbed.wire import BY_NAME, pb
