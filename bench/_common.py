@@ -145,15 +145,22 @@ async def control_loop(conn, handlers: dict[str, Callable[..., Any]]) -> None:
             result = handlers[name](*args)
             if asyncio.iscoroutine(result):
                 task = loop.create_task(result)
-                task.add_done_callback(lambda t: conn.send(("ok", t.result())
-                                                           if not t.exception()
-                                                           else ("error", repr(t.exception()))))
+
+                def reply(t: asyncio.Task) -> None:
+                    if t.cancelled():        # the child is being stopped: nobody waits
+                        return
+                    exc = t.exception()
+                    conn.send(("error", repr(exc)) if exc else ("ok", t.result()))
+                task.add_done_callback(reply)
                 return
             conn.send(("ok", result))
         except Exception as exc:  # noqa: BLE001 - report to the parent, keep serving
             conn.send(("error", repr(exc)))
 
     loop.add_reader(conn.fileno(), readable)
+    # uvloop's add_reader makes the pipe non-blocking: a reply larger than the pipe buffer
+    # would then be sent in part and leave the parent waiting for the rest forever
+    os.set_blocking(conn.fileno(), True)
     await stop
 
 
