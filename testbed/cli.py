@@ -11,26 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return v
+from .argtypes import nonneg_float, positive_float, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,12 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="run the mock hosts")
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
     up = lab_sub.add_parser("up", help="start every host in one process until Ctrl-C")
-    up.add_argument("--users", type=_positive_int, default=10, help="lab users (default 10)")
+    up.add_argument("--users", type=positive_int, default=10, help="lab users (default 10)")
     up.add_argument("--friends", choices=("all", "none"), default="all",
                     help="make every pair of users friends (default) or none")
     up.add_argument("--manifest", type=Path, default=Path("lab-manifest.json"),
                     help="where to write the lab manifest (default ./lab-manifest.json)")
-    up.add_argument("--time-scale", type=_positive_float, default=1.0,
+    up.add_argument("--time-scale", type=positive_float, default=1.0,
                     help="protocol seconds per wall second (default 1)")
     up.add_argument("--profile", default="lab-report-2013",
                     help="profile name or JSON file (see `testbed profiles`)")
@@ -58,10 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="first three octets of the lab's loopback /24 (default 127.0.0)")
     up.add_argument("--privileged-ports", action="store_true",
                     help="bind the profile's real ports (80, 443, 53); needs root")
-    up.add_argument("--nat-timeout", type=_positive_float, default=None, metavar="SECONDS",
+    up.add_argument("--nat-timeout", type=positive_float, default=None, metavar="SECONDS",
                     help="put a carrier NAT in front of every TCP host that forgets a "
                          "connection idle this many protocol seconds (e.g. 300)")
-    up.add_argument("--nat-latency", type=float, default=0.0, metavar="SECONDS",
+    up.add_argument("--nat-latency", type=nonneg_float, default=0.0, metavar="SECONDS",
                     help="fixed one-way latency the NAT adds (protocol seconds)")
     up.add_argument("--record", type=Path, default=None, metavar="FILE",
                     help="record everything with the in-process tap to this pcapng")
@@ -72,10 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "storyboard"))
     em.add_argument("--manifest", type=Path, default=Path("lab-manifest.json"),
                     help="the lab's manifest (default ./lab-manifest.json)")
-    em.add_argument("--clients", type=_positive_int, default=2, help="phones (default 2)")
-    em.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
+    em.add_argument("--clients", type=positive_int, default=2, help="phones (default 2)")
+    em.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS",
                     help="protocol seconds for the heartbeat scenario (default: 3 beats)")
-    em.add_argument("--processes", type=_positive_int, default=None,
+    em.add_argument("--processes", type=positive_int, default=None,
                     help="spread the phones over this many processes (default: 1 per "
                          "5,000 phones)")
     em.add_argument("--seed", type=int, default=None, help="random seed")
@@ -99,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="run the lab report's session, record, verify, report")
     de.add_argument("--out", type=Path, default=Path("captures/demo"),
                     help="where demo.pcapng and report.html go (default ./captures/demo)")
-    de.add_argument("--time-scale", type=_positive_float, default=100.0,
+    de.add_argument("--time-scale", type=positive_float, default=100.0,
                     help="protocol seconds per wall second (default 100: a 300 s "
                          "heartbeat every 3 s)")
 
@@ -108,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--out", required=True, type=Path, help="pcapng file to write")
     rec.add_argument("--filter", default=None, metavar="BPF",
                      help="capture filter, e.g. 'tcp port 8080 or udp port 5353'")
-    rec.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
+    rec.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS",
                      help="stop after this many seconds (default: at Ctrl-C)")
 
     rp = sub.add_parser("report", help="a self-contained HTML report of a capture")

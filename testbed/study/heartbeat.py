@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from testbed.argtypes import nonneg_float, positive_float, positive_int
+
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
@@ -1355,36 +1357,6 @@ def write_plot(result: StudyResult, path) -> Path:
 
 
 # ---------------------------------------------------------------------------- command line
-def _arg_positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return v
-
-
-def _arg_nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be zero or more: {text!r}")
-    return v
-
-
-def _arg_positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return v
-
-
 def _arg_processes(text: str) -> Optional[int]:
     if text == "auto":
         return None
@@ -1424,21 +1396,21 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "heartbeat policy, for a protocol-time day; report heartbeats, silent "
                     "link deaths, reconnects, wake-ups and bytes per day and the delivery "
                     "delay of messages sent to them (docs/heartbeat-study.md).")
-    hb.add_argument("--nat-timeout", type=_arg_positive_float, default=300.0,
+    hb.add_argument("--nat-timeout", type=positive_float, default=300.0,
                     metavar="SECONDS", help="carrier NAT idle timeout (default 300)")
     hb.add_argument("--policy", dest="policies", action="append", type=_arg_policy,
                     metavar="SPEC", help="heartbeat policy, repeatable: fixed:<seconds>, mars "
                                          "(default: fixed:270 fixed:1680 mars)")
-    hb.add_argument("--clients", type=_arg_positive_int, default=100,
+    hb.add_argument("--clients", type=positive_int, default=100,
                     help="phones per policy (default 100)")
-    hb.add_argument("--hours", type=_arg_positive_float, default=24.0,
+    hb.add_argument("--hours", type=positive_float, default=24.0,
                     help="protocol hours each phone is measured (default 24)")
-    hb.add_argument("--time-scale", type=_arg_positive_float, default=2000.0,
+    hb.add_argument("--time-scale", type=positive_float, default=2000.0,
                     help="protocol seconds per wall second (default 2000)")
-    hb.add_argument("--messages-per-client-per-day", type=_arg_nonneg_float, default=4.0,
+    hb.add_argument("--messages-per-client-per-day", type=nonneg_float, default=4.0,
                     metavar="M", help="messages sent to each phone per day (default 4)")
     hb.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    hb.add_argument("--server-idle", type=_arg_positive_float, default=None,
+    hb.add_argument("--server-idle", type=positive_float, default=None,
                     metavar="SECONDS", help="server idle timeout (default: the profile's)")
     hb.add_argument("--json", type=Path, default=None, metavar="OUT",
                     help="write the figures as JSON")
