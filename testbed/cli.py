@@ -85,12 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "heartbeat every 3 s)")
 
     rec = sub.add_parser("record", help="capture from a network interface (root)")
-    rec.add_argument("--iface", required=True, help="interface, e.g. lo or a veth")
+    rec.add_argument("--iface", default=None, help="interface, e.g. lo or a veth (root)")
     rec.add_argument("--out", required=True, type=Path, help="pcapng file to write")
     rec.add_argument("--filter", default=None, metavar="BPF",
                      help="capture filter, e.g. 'tcp port 8080 or udp port 5353'")
     rec.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS",
                      help="stop after this many seconds (default: at Ctrl-C)")
+    rec.add_argument("--time-scale", type=positive_float, default=None,
+                     help="the time scale of the lab being recorded, kept in the capture so "
+                          "intervals read back in protocol time")
+    rec.add_argument("--run", nargs=argparse.REMAINDER, default=None, metavar="-- COMMAND",
+                     help="instead of --iface: run COMMAND in a private network namespace "
+                          "and record its lo (no root needed where user namespaces are "
+                          "allowed), e.g. --run -- testbed demo")
 
     rp = sub.add_parser("report", help="a self-contained HTML report of a capture")
     rp.add_argument("capture", type=Path)
@@ -397,8 +404,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "study_func", None) is not None:
         return args.study_func(args)
     if args.command == "record":
+        comment = {"time_scale": args.time_scale} if args.time_scale else None
+        if args.run is not None:
+            from testbed.capture.isolated import record_command
+            command = args.run[1:] if args.run[:1] == ["--"] else args.run
+            return record_command(args.out, command, bpf=args.filter, comment=comment)
+        if args.iface is None:
+            parser.error("record needs --iface IF, or --run -- COMMAND")
         from testbed.capture.sniffer import record_main
-        return record_main(args.iface, args.out, args.filter, args.duration)
+        return record_main(args.iface, args.out, args.filter, args.duration, comment=comment)
     if args.command == "verify":
         return _verify(args)
     if args.command == "profiles":
