@@ -94,10 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--time-scale", type=positive_float, default=None,
                      help="the time scale of the lab being recorded, kept in the capture so "
                           "intervals read back in protocol time")
-    rec.add_argument("--run", nargs=argparse.REMAINDER, default=None, metavar="-- COMMAND",
-                     help="instead of --iface: run COMMAND in a private network namespace "
-                          "and record its lo (no root needed where user namespaces are "
-                          "allowed), e.g. --run -- testbed demo")
+    rec.add_argument("--run", action="store_true",
+                     help="instead of --iface: --run -- COMMAND ARGS... runs COMMAND in a "
+                          "private network namespace and records its lo (no root needed "
+                          "where user namespaces are allowed), e.g. --run -- testbed demo")
 
     rp = sub.add_parser("report", help="a self-contained HTML report of a capture")
     rp.add_argument("capture", type=Path)
@@ -386,7 +386,15 @@ def _demo(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if argv[:1] == ["record"] and "--run" in argv:
+        # everything after `--run [--]` is the command to record, not our options
+        cut = argv.index("--run") + 1
+        command = argv[cut + 1:] if argv[cut:cut + 1] == ["--"] else argv[cut:]
+        argv = argv[:cut]
     args = parser.parse_args(argv)
+    args.run_command = command
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "lab" and args.lab_command == "up":
@@ -405,10 +413,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.study_func(args)
     if args.command == "record":
         comment = {"time_scale": args.time_scale} if args.time_scale else None
-        if args.run is not None:
+        if args.run:
             from testbed.capture.isolated import record_command
-            command = args.run[1:] if args.run[:1] == ["--"] else args.run
-            return record_command(args.out, command, bpf=args.filter, comment=comment)
+            return record_command(args.out, args.run_command, bpf=args.filter,
+                                  comment=comment)
         if args.iface is None:
             parser.error("record needs --iface IF, or --run -- COMMAND")
         from testbed.capture.sniffer import record_main
