@@ -161,9 +161,12 @@ class HttpDirection:
                 cl = msg["headers"].get("content-length")
                 self.chunked = "chunked" in te
                 status = msg.get("status", 0)
-                no_body = (not self.is_request and (100 <= status < 200 or status in (204, 304)
-                                                    or (self.no_body_next and
-                                                        self.no_body_next.pop(0))))
+                # one entry per request, taken for every response, so they stay paired
+                interim = 100 <= status < 200 and status != 101   # 100 Continue: more to come
+                head_reply = (not self.is_request and not interim and bool(self.no_body_next)
+                              and self.no_body_next.pop(0))
+                no_body = not self.is_request and (100 <= status < 200 or
+                                                   status in (204, 304) or head_reply)
                 if self.chunked and not no_body:
                     self.state = "chunk-size"
                 elif cl is not None and cl.strip().isdigit() and not no_body:
@@ -179,11 +182,7 @@ class HttpDirection:
                     self._take(bytes(self.buf))
                     self.buf.clear()
                     return out
-                n = min(self.remaining, len(self.buf))
-                self._take(bytes(self.buf[:n]))
-                del self.buf[:n]
-                self.remaining -= n
-                if self.remaining:
+                if not self._consume():
                     return out
                 self.state = "done"
             if self.state == "chunk-size":
@@ -203,11 +202,7 @@ class HttpDirection:
                     self.remaining = size
                     self.state = "chunk"
             if self.state == "chunk":
-                n = min(self.remaining, len(self.buf))
-                self._take(bytes(self.buf[:n]))
-                del self.buf[:n]
-                self.remaining -= n
-                if self.remaining:
+                if not self._consume():
                     return out
                 self.state = "chunk-end"
             if self.state == "chunk-end":
@@ -237,6 +232,14 @@ class HttpDirection:
             self.state = "head"
             return [self._finish()]
         return []
+
+    def _consume(self) -> bool:
+        """Take up to `remaining` body bytes from the buffer; True once all have come."""
+        n = min(self.remaining, len(self.buf))
+        self._take(bytes(self.buf[:n]))
+        del self.buf[:n]
+        self.remaining -= n
+        return not self.remaining
 
     def _take(self, data: bytes) -> None:
         self.body_len += len(data)
@@ -311,7 +314,11 @@ class HttpStream:
         self.emit(ev.HTTP_REQUEST, msg["ts"], fields)
 
     def _response(self, msg: dict) -> None:
-        req = self.pending.pop(0) if self.pending else None
+        interim = 100 <= msg["status"] < 200 and msg["status"] != 101
+        if not self.pending:
+            req = None
+        else:   # an interim answer (100 Continue) leaves its request waiting for the real one
+            req = self.pending[0] if interim else self.pending.pop(0)
         fields = {"status": msg["status"], "reason": msg["reason"], "headers": msg["headers"],
                   "content_type": msg["headers"].get("content-type", ""),
                   "body_len": msg["body_len"], "body": msg["body"], "head_len": msg["head_len"]}

@@ -1,0 +1,114 @@
+"""Stream dissectors fed whole, byte by byte and split at every offset."""
+
+from __future__ import annotations
+
+import ssl
+import struct
+
+import pytest
+
+from testbed.capture import events as ev
+from testbed.capture.dissect import (HttpStream, LongLinkStream, TlsStream, classify,
+                                     client_hello_sni, dns_events)
+from testbed.wire import dns, encode_frame, pb
+
+
+def collect(stream_cls):
+    out = []
+    return out, stream_cls(lambda kind, ts, fields: out.append((kind, fields)))
+
+
+REQ = (b"POST /cgi-bin/micromsg-bin/newsync HTTP/1.1\r\nHost: short.weixin.qq.com:8080\r\n"
+       b"Content-Length: 5\r\n\r\nhello"
+       b"GET /mmhead/abc/96 HTTP/1.1\r\nHost: wx.qlogo.cn\r\n\r\n"
+       b"HEAD /x HTTP/1.1\r\nHost: h\r\n\r\n")
+RESP = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n"
+        b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n\r\nuntil-close")
+
+
+def run_http(splits):
+    out, s = collect(HttpStream)
+    for direction, data in (("c2s", REQ), ("s2c", RESP)):
+        pos = 0
+        for cut in splits(len(data)):
+            s.data(direction, 1.0, data[pos:cut])
+            pos = cut
+        s.data(direction, 1.0, data[pos:])
+    s.close()
+    return out
+
+
+@pytest.mark.parametrize("how", ["whole", "bytewise", "every-offset"])
+def test_http_requests_and_responses(how):
+    if how == "every-offset":
+        results = [run_http(lambda n, k=k: [min(k, n)]) for k in range(0, len(RESP) + 1, 7)]
+        assert all(r == results[0] for r in results)
+        out = results[0]
+    else:
+        out = run_http((lambda n: []) if how == "whole" else (lambda n: range(1, n)))
+    reqs = [f for k, f in out if k == ev.HTTP_REQUEST]
+    resps = [f for k, f in out if k == ev.HTTP_RESPONSE]
+    assert [(r["method"], r["uri"]) for r in reqs] == [
+        ("POST", "/cgi-bin/micromsg-bin/newsync"), ("GET", "/mmhead/abc/96"), ("HEAD", "/x")]
+    assert reqs[0]["body"] == b"hello" and reqs[0]["cgi"] == "newsync"
+    assert [r["status"] for r in resps] == [200, 304, 200, 200]
+    assert resps[0]["body"] == b"abcde" and resps[0]["cgi"] == "newsync"
+    assert resps[1]["body_len"] == 0
+    assert resps[2]["body_len"] == 0          # the answer to HEAD carries no body
+    assert resps[3]["body"] == b"until-close"  # delimited by the end of the flow
+
+
+def test_http_garbage_is_not_fatal():
+    out, s = collect(HttpStream)
+    s.data("c2s", 0, b"NOT HTTP AT ALL\r\n\r\n" + b"x" * 100)
+    s.data("s2c", 0, b"\x00" * 70_000)
+    s.close()
+    assert out == []
+
+
+def test_tls_client_hello_sni_split_anywhere():
+    ctx = ssl.create_default_context()
+    inc, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, outb, server_hostname="short.weixin.qq.com")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    hello = outb.read()
+    assert client_hello_sni(hello) == "short.weixin.qq.com"
+    assert classify(hello[:16]) == "tls"
+    for cut in range(1, len(hello), 13):
+        out, s = collect(TlsStream)
+        s.data("c2s", 0, hello[:cut])
+        s.data("c2s", 0, hello[cut:] + b"\x17\x03\x03\x00\x05" + b"abcde")
+        assert [k for k, _ in out] == [ev.TLS_CLIENT_HELLO, ev.TLS_RECORD]
+        assert out[0][1]["sni"] == "short.weixin.qq.com"
+    assert client_hello_sni(b"\x16\x03\x01\x00\x05\x01\x00") is None   # truncated: no crash
+
+
+def test_long_link_frames_and_violation():
+    body = pb.NewSendMsgRequest(msgs=[pb.MicroMsgRequest(content="你好")]).SerializeToString()
+    stream = (encode_frame(237, 7, body) + encode_frame(6, 8) +
+              struct.pack(">IHHII", 16, 16, 2, 6, 9))          # version 2: a violation
+    assert classify(stream[:16]) == "longlink"
+    for cut in range(len(stream) + 1):
+        out, s = collect(LongLinkStream)
+        s.data("c2s", 0, stream[:cut])
+        s.data("c2s", 0, stream[cut:])
+        assert [(f["name"], f["seq"]) for _, f in out] == [("NEWSENDMSG", 7), ("NOOP", 8)]
+        assert s.violation and "version" in s.violation
+    out, s = collect(LongLinkStream)
+    s.data("s2c", 0, encode_frame(24, 0, b"\x00\x00\x00\x01"))
+    assert out[0][1]["push"] and out[0][1]["selector"] == 1
+
+
+def test_classify_and_dns():
+    assert classify(b"\x16\xf1\x04\x00" + b"\x00" * 20) == "unknown"    # MMTLS
+    assert classify(b"PO") is None and classify(b"GET /") == "http"
+    q = dns.build_query("long.weixin.qq.com", 9)
+    assert dns_events(q) == (ev.DNS_QUERY, {"name": "long.weixin.qq.com", "qtype": 1, "id": 9})
+    a = dns.build_response(dns.parse_query(q), ["127.0.0.11", "127.0.0.12"])
+    kind, fields = dns_events(a)
+    assert kind == ev.DNS_ANSWER and fields["addresses"] == ["127.0.0.11", "127.0.0.12"]
+    assert dns_events(b"\xff" * 7) is None
