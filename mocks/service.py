@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 SYNC_PAGE = 100
 MEDIA_CHUNK_MAX = 64 * 1024
 MEDIA_MAX_TOTAL = 25 * 1024 * 1024
+# unfinished uploads a user may hold; starting one more forgets the oldest, so a client that
+# starts uploads and never finishes them holds at most this many times MEDIA_MAX_TOTAL
+MAX_UPLOADS_IN_PROGRESS = 8
 NEARBY_MAX = 100
 AVATAR_SIZES = (0, 46, 64, 96, 132)
 # newsync hands out contacts and the profile before messages, so that a client knows every
@@ -347,6 +350,9 @@ class Service:
                 raise ServiceError(Ret.NOT_FOUND, "no such user")
             if to.uin != session.uin and not await self.store.are_friends(session.uin, to.uin):
                 raise ServiceError(Ret.NOT_ALLOWED, "not a friend")
+            pending = await self.store.uploads_in_progress(session.uin)
+            for old in pending[:max(0, len(pending) - MAX_UPLOADS_IN_PROGRESS + 1)]:
+                await self.store.drop_upload(session.uin, old)
             rec = UploadRecord(session.uin, req.client_media_id, to.username, msg_type,
                                req.total_len)
             await self.store.put_upload(rec)

@@ -169,6 +169,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def uploads_in_progress(self, uploader: int) -> list[str]:
+        """client_media_ids of the user's unfinished uploads, oldest first."""
+
+    @abc.abstractmethod
+    async def drop_upload(self, uploader: int, client_media_id: str) -> None:
+        """Forget an unfinished upload and its bytes."""
+
+    @abc.abstractmethod
     async def put_media(self, media: MediaRecord) -> None: ...
 
     @abc.abstractmethod

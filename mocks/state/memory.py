@@ -23,6 +23,7 @@ class MemoryStore(Store):
         self._msg_ids = itertools.count(1_000_001)
         self._sends: dict[tuple[int, str], tuple[int, int]] = {}
         self._uploads: dict[tuple[int, str], UploadRecord] = {}
+        self._in_progress: dict[int, dict[str, None]] = {}   # uploader -> ids, oldest first
         self._media: dict[int, MediaRecord] = {}
         self._media_by_key: dict[str, int] = {}
         self._locations: dict[int, tuple[float, float]] = {}
@@ -111,6 +112,20 @@ class MemoryStore(Store):
 
     async def put_upload(self, record):
         self._uploads[(record.uploader, record.client_media_id)] = record
+        mine = self._in_progress.setdefault(record.uploader, {})
+        if record.new_msg_id:
+            mine.pop(record.client_media_id, None)
+        else:
+            mine.setdefault(record.client_media_id, None)
+
+    async def uploads_in_progress(self, uploader):
+        return list(self._in_progress.get(uploader, ()))
+
+    async def drop_upload(self, uploader, client_media_id):
+        rec = self._uploads.get((uploader, client_media_id))
+        if rec is not None and not rec.new_msg_id:
+            del self._uploads[(uploader, client_media_id)]
+        self._in_progress.get(uploader, {}).pop(client_media_id, None)
 
     async def append_upload(self, uploader, client_media_id, start_pos, data):
         rec = self._uploads[(uploader, client_media_id)]

@@ -32,6 +32,7 @@ MIN_WALL_TIMEOUT = 0.05
 # timeout only guards against a dead link, and a tight one would fail them under load.
 REQUEST_MIN_WALL = 1.0
 BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+SYNC_RETRY_S = 10.0   # protocol seconds before a failed newsync is tried again
 
 
 @dataclass
@@ -167,7 +168,8 @@ class Phone:
             self.metrics.reconnects += 1
             try:
                 await self.sync()   # catch up on whatever the dead link missed
-            except (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError) as exc:
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError,
+                    RequestFailed) as exc:
                 log.info("%s: catch-up sync failed (%r); owed", self.username, exc)
                 self._sync_owed = True
             return
@@ -236,13 +238,23 @@ class Phone:
             self._sync_again = False
             try:
                 await self.sync()
-            except (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError) as exc:
-                # owed: the heartbeat loop retries it, after a reconnect if the link died
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError,
+                    RequestFailed) as exc:
+                # owed: retried after a pause (and by the heartbeat loop, after a reconnect
+                # if the link died), so a failed sync never leaves a message waiting long
                 log.info("%s: sync after NOTIFY failed: %r", self.username, exc)
                 self._sync_owed = True
+                asyncio.get_running_loop().call_later(self.request_wall(SYNC_RETRY_S),
+                                                      self._retry_owed_sync)
                 return
             if not self._sync_again:
                 return
+
+    def _retry_owed_sync(self) -> None:
+        link = self.session.link
+        if (self._sync_owed and not self._stopping and link is not None and link.is_open
+                and (self._sync_task is None or self._sync_task.done())):
+            self._sync_task = asyncio.ensure_future(self._sync_loop())
 
     async def sync(self) -> list[pb.CmdItem]:
         # one sync at a time: two concurrent syncs from the same key would both get the

@@ -190,3 +190,30 @@ async def test_sync_selector_and_keys(lab):
     resp = await a.cgi("newsync", pb.NewSyncRequest(base=a.base(), selector=0))
     assert [i.cmd_id for i in resp.cmd_list] == [1, 2, 2, 2, 5]
     assert {kv.key: kv.val for kv in resp.key_buf.keys} == {1: 1, 2: 3, 3: 1}
+
+
+async def test_unfinished_uploads_are_bounded_per_user(lab):
+    from mocks.service import MAX_UPLOADS_IN_PROGRESS
+
+    a = await logged_in(lab, 0)
+    b = lab.manifest.users[1]["username"]
+    chunk = b"y" * 1000
+
+    def first_chunk(cid):
+        return a.long_call("UPLOADMSGIMG", pb.UploadMediaRequest(
+            base=a.base(), client_media_id=cid, to_user=b, msg_type=3, total_len=10_000,
+            start_pos=0, data=chunk), check=False)
+
+    for i in range(MAX_UPLOADS_IN_PROGRESS + 3):
+        assert (await first_chunk(f"u{i}")).start_pos == 1000
+    pending = await lab.store.uploads_in_progress(1)
+    assert pending == [f"u{i}" for i in range(3, MAX_UPLOADS_IN_PROGRESS + 3)]
+    # the oldest was forgotten: its next chunk is told to start again from 0
+    resp = await a.long_call("UPLOADMSGIMG", pb.UploadMediaRequest(
+        base=a.base(), client_media_id="u0", to_user=b, msg_type=3, total_len=10_000,
+        start_pos=1000, data=chunk), check=False)
+    assert resp.base.ret == -100 and resp.start_pos == 0
+    # a finished upload no longer counts
+    done = await a.upload(b, os.urandom(5000), client_media_id="fin")
+    assert done.new_msg_id and "fin" not in await lab.store.uploads_in_progress(1)
+    await a.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 
 from testbed.client.phone import Phone
 from testbed.lab.clock import Clock
@@ -123,5 +125,36 @@ async def test_reconnect_after_server_closes_and_resend_is_idempotent(lab):
     await task
     assert r.new_msg_id in b.metrics.received
     assert lab.service.stats.messages_stored == 1
+    await a.stop()
+    await b.stop()
+
+
+@pytest.mark.lab(users=2, time_scale=100.0)
+async def test_a_failed_sync_after_notify_is_retried(lab):
+    """A server fault on the newsync a NOTIFY triggered: the phone tries again shortly, so
+    the message still arrives, once, without waiting for a heartbeat."""
+    from testbed.wire import ServiceError
+
+    clock = Clock(lab.manifest.time_scale)
+    a, b = (Phone(lab.manifest, u["username"], u["password"], clock=clock)
+            for u in lab.manifest.users[:2])
+    await a.start()
+    await b.start()
+    real = lab.service.newsync
+    failures = []
+
+    async def flaky(req, ctx):
+        if not failures:
+            failures.append(ctx.door)
+            raise ServiceError(-1, "injected fault")
+        return await real(req, ctx)
+
+    lab.service.newsync = flaky
+    r = await a.send_text(b.username, "despite the fault", door="short")
+    deadline = asyncio.get_running_loop().time() + 5
+    while r.new_msg_id not in b.metrics.received:
+        assert asyncio.get_running_loop().time() < deadline, "the owed sync was not retried"
+        await asyncio.sleep(0.02)
+    assert failures == ["long"] and b.metrics.duplicates == 0
     await a.stop()
     await b.stop()
