@@ -195,6 +195,7 @@ def lab(request, tmp_path, _testbed_session_lab):
 async def wx_client(lab):
     """`await wx_client(0)` -> a logged-in `Phone` for a lab user (index or name)."""
     from testbed.client.phone import Phone
+    from testbed.lab.addressing import PHONE_OCTET, lab_host_address
 
     phones = []
 
@@ -203,7 +204,8 @@ async def wx_client(lab):
         u = users[user] if isinstance(user, int) else next(
             x for x in users if x["username"] == user)
         phone = Phone(lab.manifest, u["username"], u["password"], policy=policy,
-                      sync_door=sync_door, local_addr=_phone_address(lab.manifest))
+                      sync_door=sync_door,
+                      local_addr=lab_host_address(lab.manifest.dns_address, PHONE_OCTET))
         await phone.start()
         phones.append(phone)
         return phone
@@ -211,11 +213,6 @@ async def wx_client(lab):
     yield make
     for p in phones:
         await p.stop()
-
-
-def _phone_address(manifest) -> Optional[str]:
-    prefix = manifest.dns_address.rsplit(".", 1)[0]
-    return None if manifest.dns_address == "127.0.0.1" else f"{prefix}.87"
 
 
 class Recorder:

@@ -78,10 +78,7 @@ class Analysis:
 
     @property
     def time_scale(self) -> float:
-        try:
-            return float((self.meta or {}).get("time_scale") or 1.0)
-        except (TypeError, ValueError):
-            return 1.0
+        return time_scale_of(self.meta)
 
     def protocol_seconds(self, wall: float) -> float:
         return wall * self.time_scale
@@ -349,25 +346,28 @@ class Analyzer:
         return r
 
 
+def time_scale_of(meta: Optional[dict]) -> float:
+    """The time scale a capture's section comment recorded (1 when it says nothing usable)."""
+    try:
+        return float((meta or {}).get("time_scale") or 1.0)
+    except (TypeError, ValueError):
+        return 1.0
+
+
 def analyze(path: str, *, keep_events: bool = True, needles: Iterable[bytes] = (),
             on_event: Optional[Callable[[Event], None]] = None) -> Analysis:
     """Read a capture file and return its analysis (partial if the file is damaged)."""
     cap = read_capture(path)
-    meta = cap.meta if isinstance(getattr(cap, "meta", None), dict) else None
-    scale = 1.0
-    if meta:
-        try:
-            scale = float(meta.get("time_scale") or 1.0)
-        except (TypeError, ValueError):
-            scale = 1.0
-    a = Analyzer(keep_events=keep_events, needles=needles, on_event=on_event, time_scale=scale)
+    # the section comment is read when the file is opened, before any packet
+    meta = cap.meta if isinstance(cap.meta, dict) else None
+    a = Analyzer(keep_events=keep_events, needles=needles, on_event=on_event,
+                 time_scale=time_scale_of(meta))
     a.result.path = str(path)
     a.result.meta = meta
     for pkt in cap:
         a.feed_packet(pkt)
     r = a.finish()
-    r.meta = cap.meta if isinstance(cap.meta, dict) else meta
-    r.truncated = bool(getattr(cap, "truncated", False))
-    r.error = getattr(cap, "error", None)
-    r.drops = dict(getattr(cap, "drops", {}) or {})
+    r.truncated = cap.truncated
+    r.error = cap.error
+    r.drops = dict(cap.drops or {})
     return r

@@ -8,11 +8,11 @@ its own loopback source address and its own slice of the lab's users.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import multiprocessing as mp
 import queue
 from typing import Optional
 
+from testbed.lab.addressing import lab_host_address
 from testbed.lab.manifest import Manifest, load_manifest
 
 from .scenarios import ProgressFn, ScenarioResult, Step, run_scenario
@@ -22,11 +22,7 @@ CLIENTS_PER_PROCESS = 5000
 
 def source_address(manifest: Manifest, index: int) -> Optional[str]:
     """A loopback source address for process `index`, in the lab's own /24 (.100 up)."""
-    base = ipaddress.ip_address(manifest.dns_address)
-    if str(base) == "127.0.0.1" or not base.is_loopback:
-        return None      # a one-address lab (or a namespace lab): let the kernel choose
-    net = ipaddress.ip_network(f"{base}/24", strict=False)
-    return str(net.network_address + 100 + (index % 150))
+    return lab_host_address(manifest.dns_address, 100 + index % 150)
 
 
 def _child(name, manifest_path, clients, duration, seed, index, user_offset, q) -> None:

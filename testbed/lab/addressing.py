@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import dataclass
+from typing import Optional
 
 LONG = "long.weixin.qq.com"
 SHORT = "short.weixin.qq.com"
@@ -56,6 +57,16 @@ class AddressPlan:
         """A /24 in 127.0.0.0/8 away from 127.0.0.x, for tests that run many labs at once."""
         r = rng or random.SystemRandom()
         return cls(f"127.{r.randint(100, 254)}.{r.randint(1, 254)}")
+
+
+def lab_host_address(dns_address: str, octet: int) -> Optional[str]:
+    """Address `octet` in the /24 of a loopback lab whose resolver is `dns_address`, for a
+    client's source address (the phone is `PHONE_OCTET`); None for a one-address lab
+    (127.0.0.1) or a namespace lab, where the kernel should choose."""
+    base = ipaddress.ip_address(dns_address)
+    if str(base) == "127.0.0.1" or not base.is_loopback:
+        return None
+    return str(ipaddress.ip_network(f"{base}/24", strict=False).network_address + octet)
 
 
 def is_lab_address(addr: str) -> bool:
