@@ -121,7 +121,7 @@ def _lab_up(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from mocks.lab import Lab, LabConfig
+    from mocks.runner import Lab, LabConfig
     from testbed.lab.addressing import AddressPlan
     from testbed.lab.profiles import load_profile
 

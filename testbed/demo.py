@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from mocks.lab import Lab, LabConfig
+from mocks.runner import Lab, LabConfig
 from testbed.client.scenarios import ScenarioResult, run_scenario
 from testbed.lab.addressing import AddressPlan
 

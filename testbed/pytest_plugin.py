@@ -74,7 +74,7 @@ class LabHandle:
         self.errors_seen = 0
 
     def start(self) -> "LabHandle":
-        from mocks.lab import Lab, LabConfig
+        from mocks.runner import Lab, LabConfig
         from testbed.lab.addressing import AddressPlan
 
         self.thread.start()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mocks.lab import Lab, LabConfig
+from mocks.runner import Lab, LabConfig
 from testbed.lab.addressing import AddressPlan
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

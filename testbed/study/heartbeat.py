@@ -979,7 +979,7 @@ class _Study:
         self.nat_attributed = False
 
     async def start_lab(self, workdir: Path):
-        from mocks.lab import Lab, LabConfig
+        from mocks.runner import Lab, LabConfig
         from testbed.lab.addressing import AddressPlan
 
         cfg = self.cfg

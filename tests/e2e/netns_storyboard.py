@@ -11,7 +11,7 @@ import json
 import sys
 import threading
 
-from mocks.lab import Lab, LabConfig
+from mocks.runner import Lab, LabConfig
 from testbed.capture.pcapng_writer import capture_comment
 from testbed.capture.sniffer import sniff
 from testbed.client.scenarios import run_scenario

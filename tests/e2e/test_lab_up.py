@@ -104,7 +104,7 @@ def test_lab_up_refuses_a_taken_block(tmp_path):
 async def test_lab_falls_back_to_one_address_when_its_block_is_missing(tmp_path):
     """198.18.0.0/15 addresses exist only inside namespace labs: binding them here fails
     with EADDRNOTAVAIL, as 127.0.0.11 does on a machine with only 127.0.0.1."""
-    from mocks.lab import Lab, LabConfig
+    from mocks.runner import Lab, LabConfig
     lab = Lab(LabConfig(users=2, plan=AddressPlan("198.18.250"),
                         manifest_path=tmp_path / "m.json"))
     m = await lab.start()

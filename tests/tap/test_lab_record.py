@@ -149,7 +149,7 @@ async def test_failed_start_leaves_no_capture(tmp_path):
     path = tmp_path / "none.pcapng"
     first = await start_lab(tmp_path, users=1)
     try:
-        from mocks.lab import Lab, LabConfig
+        from mocks.runner import Lab, LabConfig
         cfg = LabConfig(users=1, plan=first.config.plan, record=path,
                         manifest_path=tmp_path / "second.json")
         second = Lab(cfg)

@@ -1,4 +1,5 @@
-"""Run every lab host in one process and write the manifest once all of them listen.
+"""The running lab: every lab host in one process, the manifest written once all of them
+listen. (`testbed.lab` is the lab's configuration as data: profiles, plan, manifest, clock.)
 
 Recording (`LabConfig.record`): the lab writes a pcapng of everything a phone would see on
 its wire, made by the in-process tap (`testbed.capture.tap.Tap`, no privileges). A relay sits
