@@ -1,17 +1,26 @@
-"""The lab resolver (PROTOCOL.md section 1): authoritative A records for the lab's hosts, over UDP.
+"""The lab resolver (PROTOCOL.md section 1): authoritative for the lab's zones, over UDP and TCP.
 
-Only what a 2013 phone asks is answered: A queries for the lab's names, every configured
-address in every answer (the client picks one and falls back to the next), TTL 600. Other
-types for a known name are NOERROR with an empty answer, so a client asking AAAA first falls
-back to A instead of giving up; unknown names are NXDOMAIN. Malformed datagrams get FORMERR
-when there is at least a query id to answer, otherwise nothing, and no datagram can stop the
-server: each one is handled under its own try/except and counted.
+Only what a 2013 phone asks is answered, the way an authoritative server that does not
+recurse answers it: A queries for the lab's names with every configured address (the client
+picks one and falls back to the next), TTL 600, AA set and RA clear. Each host's parent name is
+a zone (`weixin.qq.com`, `mapabc.com`, `qlogo.cn`, `qpic.cn`) with an SOA and one NS,
+`ns.<zone>`, whose A record is the resolver's own address, so `dig SOA` and `dig NS` show a
+well-formed zone. Other types for a known name are NOERROR with an empty answer (and the SOA
+in the authority section), so a client asking AAAA first falls back to A instead of giving up;
+unknown names are NXDOMAIN; opcodes other than QUERY are NOTIMP. Malformed messages get
+FORMERR when there is at least a query id to answer, otherwise nothing, and no message can
+stop the server: each one is handled under its own try/except and counted.
 
-`stats` counts every datagram under "queries" and then under exactly one of "answered"
-(NOERROR), "nxdomain", "formerr" or "dropped", so queries == the sum of the other four.
+DNS over TCP (RFC 7766) is served on the same port: two-byte length-prefixed messages,
+several per connection, answered in order; connections are capped in number and closed when
+idle, so clients that never finish hold nothing for long.
+
+`stats` counts every message under "queries" and then under exactly one of "answered"
+(NOERROR), "nxdomain", "formerr", "notimp" or "dropped", so queries == the sum of the others.
 
 An optional `tap` (e.g. `testbed.capture.tap.Tap`) is told every datagram received and
-every reply sent, with the real addresses: `tap.udp(src, dst, payload)`.
+every reply sent, with the real addresses: `tap.udp(src, dst, payload)`. TCP is recorded by
+the relay in front of the TCP listener when the lab has one (`mocks.runner`).
 """
 
 from __future__ import annotations
@@ -22,8 +31,9 @@ import ipaddress
 import logging
 from typing import Optional
 
-from testbed.wire.dns import (RCODE_NXDOMAIN, TYPE_A, Question, build_response, formerr,
-                              parse_query)
+from testbed.wire.dns import (OPCODE_QUERY, RCODE_NOTIMP, RCODE_NXDOMAIN, SOA, TYPE_A,
+                              TYPE_NS, TYPE_SOA, Question, build_response, error_response,
+                              formerr, parse_query)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +41,10 @@ MAX_DATAGRAM = 512          # classic DNS over UDP (RFC 1035 4.2.1); we never ad
 SEEN_LIMIT = 10_000
 _QR_BIT = 0x80              # in the third header byte: set on responses
 _TC_BIT = 0x02              # in the third header byte: the answer was truncated
+MAX_TCP_MESSAGE = 0xFFFF    # the two-byte length prefix's bound
+MAX_TCP_CONNECTIONS = 256   # at once; a connection beyond this is closed at once
+TCP_IDLE_S = 10.0           # wall seconds a TCP client may stay silent (RFC 7766 6.2.3)
+NS_LABEL = "ns"
 
 
 def normalize(name: str) -> str:
@@ -38,10 +52,21 @@ def normalize(name: str) -> str:
     return name.rstrip(".").lower()
 
 
-class LabDNS(asyncio.DatagramProtocol):
-    """`records` maps host name -> IPv4 addresses, served in the order given."""
+def zone_of(host: str) -> str:
+    """The zone a lab host name lives in: its parent (`long.weixin.qq.com` -> `weixin.qq.com`)."""
+    labels = normalize(host).split(".")
+    return ".".join(labels[1:]) if len(labels) > 2 else ".".join(labels)
 
-    def __init__(self, records: dict[str, list[str]], ttl: int = 600, *, tap=None) -> None:
+
+class LabDNS(asyncio.DatagramProtocol):
+    """`records` maps host name -> IPv4 addresses, served in the order given.
+
+    `ns_address` is the address `ns.<zone>` resolves to (default: the address the UDP socket
+    is bound to)."""
+
+    def __init__(self, records: dict[str, list[str]], ttl: int = 600, *, tap=None,
+                 ns_address: Optional[str] = None, tcp_idle_s: float = TCP_IDLE_S,
+                 max_tcp_connections: int = MAX_TCP_CONNECTIONS) -> None:
         if not 0 <= ttl <= 0x7FFFFFFF:
             raise ValueError(f"TTL {ttl} outside 0..2^31-1")
         self.ttl = ttl
@@ -55,14 +80,37 @@ class LabDNS(asyncio.DatagramProtocol):
         self.transport: Optional[asyncio.DatagramTransport] = None
         self.tap = tap
         self._tap_failed = False
+        self.zones: dict[str, SOA] = {}
+        for name in self.records:
+            zone = zone_of(name)
+            self.zones.setdefault(zone, SOA(zone, f"{NS_LABEL}.{zone}", f"hostmaster.{zone}"))
+        self.ns_address = ns_address
+        self.tcp_server: Optional[asyncio.base_events.Server] = None
+        self.tcp_connections: set[_TCPConnection] = set()
+        self.tcp_idle_s = tcp_idle_s
+        self.max_tcp_connections = max_tcp_connections
 
     # ------------------------------------------------------------------ lifecycle
-    async def listen(self, host: str, port: int) -> None:
-        """Bind a UDP socket; with port 0 read the chosen one from `address`."""
+    async def listen(self, host: str, port: int, *, tcp: bool = True) -> None:
+        """Bind a UDP socket and (unless `tcp` is False) a TCP listener on the same port; with
+        port 0 read the chosen one from `address`."""
         if self.transport is not None:
             raise RuntimeError("already listening")
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        if tcp:
+            try:
+                await self.listen_tcp(host, self.address[1])
+            except OSError:
+                self.close()
+                raise
+
+    async def listen_tcp(self, host: str, port: int) -> int:
+        """Serve DNS over TCP on host:port (port 0: any free one); returns the bound port."""
+        loop = asyncio.get_running_loop()
+        self.tcp_server = await loop.create_server(lambda: _TCPConnection(self), host, port,
+                                                   reuse_address=True)
+        return self.tcp_server.sockets[0].getsockname()[1]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -74,6 +122,11 @@ class LabDNS(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+            self.tcp_server = None
+        for conn in list(self.tcp_connections):
+            conn.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -116,9 +169,11 @@ class LabDNS(asyncio.DatagramProtocol):
                     self._tap_udp(here, addr, reply)
         self.stats[outcome] += 1
 
-    def answer(self, data: bytes) -> tuple[Optional[bytes], str]:
-        """The reply to one datagram (or None) and how it is counted."""
-        if len(data) > MAX_DATAGRAM:
+    def answer(self, data: bytes, tcp: bool = False) -> tuple[Optional[bytes], str]:
+        """The reply to one message (or None) and how it is counted; over TCP neither the
+        query nor the answer is held to the 512 bytes of a classic datagram."""
+        limit = MAX_TCP_MESSAGE if tcp else MAX_DATAGRAM
+        if len(data) > limit:
             return None, "dropped"
         try:
             q = parse_query(data)
@@ -130,21 +185,106 @@ class LabDNS(asyncio.DatagramProtocol):
                 return formerr(int.from_bytes(data[:2], "big")), "formerr"
             return None, "dropped"
         self.seen.append((q.name, q.qtype))
-        addresses = self.records.get(normalize(q.name))
-        if addresses is None:
-            return build_response(q, None, self.ttl, rcode=RCODE_NXDOMAIN), "nxdomain"
-        return self._fit(q, list(addresses) if q.qtype == TYPE_A else []), "answered"
+        if q.opcode != OPCODE_QUERY:
+            return error_response(q.id, RCODE_NOTIMP, q), "notimp"
+        name = normalize(q.name)
+        addresses = self._addresses(name)
+        soa = self._zone_soa(name)
+        if addresses is None and name not in self.zones:
+            if soa is None:     # not ours at all: NXDOMAIN, as the contract fixes, not AA
+                return build_response(q, None, self.ttl, rcode=RCODE_NXDOMAIN,
+                                      authoritative=False), "nxdomain"
+            return build_response(q, None, self.ttl, rcode=RCODE_NXDOMAIN, soa=soa), "nxdomain"
+        if name in self.zones and q.qtype in (TYPE_SOA, TYPE_NS):
+            server = f"{NS_LABEL}.{name}"
+            return build_response(q, None, self.ttl, soa=soa, answer_soa=q.qtype == TYPE_SOA,
+                                  ns=(server, self._addresses(server) or [])), "answered"
+        return self._fit(q, list(addresses or ()) if q.qtype == TYPE_A else [], soa,
+                         limit), "answered"
 
-    def _fit(self, q: Question, addresses: list[str]) -> bytes:
-        """An answer within 512 bytes: drop trailing records and set TC if it would not fit."""
-        reply = build_response(q, addresses, self.ttl)
-        if len(reply) <= MAX_DATAGRAM:
+    def _addresses(self, name: str) -> Optional[tuple[str, ...]]:
+        """A records of a lab name; `ns.<zone>` is the resolver itself."""
+        found = self.records.get(name)
+        if found is None and name.startswith(NS_LABEL + ".") and name[3:] in self.zones:
+            ns = self.ns_address or (self.address[0] if self.transport is not None else None)
+            found = (ns,) if ns else None
+        return found
+
+    def _zone_soa(self, name: str) -> Optional[SOA]:
+        """The SOA of the lab zone `name` is in (or is), None for a name outside them."""
+        while name:
+            if name in self.zones:
+                return self.zones[name]
+            name = name.partition(".")[2]
+        return None
+
+    def _fit(self, q: Question, addresses: list[str], soa: Optional[SOA],
+             limit: int) -> bytes:
+        """An answer within `limit` bytes: drop trailing records and set TC if it would not
+        fit."""
+        reply = build_response(q, addresses, self.ttl, soa=soa)
+        if len(reply) <= limit:
             return reply
         while addresses:
             addresses.pop()
-            reply = build_response(q, addresses, self.ttl)
-            if len(reply) <= MAX_DATAGRAM:
+            reply = build_response(q, addresses, self.ttl, soa=soa)
+            if len(reply) <= limit:
                 break
         out = bytearray(reply)
         out[2] |= _TC_BIT
         return bytes(out)
+
+
+class _TCPConnection(asyncio.Protocol):
+    """One DNS-over-TCP client: length-prefixed queries in, answers out in the same order."""
+
+    def __init__(self, server: LabDNS) -> None:
+        self.server = server
+        self.transport: Optional[asyncio.Transport] = None
+        self.buf = bytearray()
+        self.idle: Optional[asyncio.TimerHandle] = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if len(self.server.tcp_connections) >= self.server.max_tcp_connections:
+            transport.abort()
+            return
+        self.server.tcp_connections.add(self)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(self.server.tcp_idle_s, self.close)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        srv = self.server
+        while len(self.buf) >= 2:
+            n = int.from_bytes(self.buf[:2], "big")
+            if len(self.buf) < 2 + n:
+                break
+            msg = bytes(self.buf[2:2 + n])
+            del self.buf[:2 + n]
+            srv.stats["queries"] += 1
+            try:
+                reply, outcome = srv.answer(msg, tcp=True)
+            except Exception:  # noqa: BLE001 - one bad message must never stop the resolver
+                log.exception("lab DNS failed on a %d-byte TCP message", n)
+                reply, outcome = None, "dropped"
+            srv.stats[outcome] += 1
+            if reply is None:   # nothing to say to it: a TCP client learns that by a close
+                self.close()
+                return
+            self.transport.write(len(reply).to_bytes(2, "big") + reply)
+        self._rearm()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        self.server.tcp_connections.discard(self)
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None

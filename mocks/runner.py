@@ -203,10 +203,14 @@ class Lab:
                                                                  http_server))
 
         records = {name: hosts[name].addresses for name in HOST_NAMES}
-        self.dns = LabDNS(records, tap=self.tap)
         dns_addr = plan.dns if plan else FALLBACK_ADDRESS
-        await self.dns.listen(dns_addr, ports["dns"])
+        self.dns = LabDNS(records, tap=self.tap, ns_address=dns_addr)
+        # DNS over TCP shares the UDP port; behind the relay (NAT or recorder) like every
+        # other TCP server, so a capture shows it and the NAT forgets it like the rest
+        await self.dns.listen(dns_addr, ports["dns"], tcp=self.relay is None)
         dns_port = self.dns.address[1]
+        if self.relay is not None:
+            await self._expose(dns_addr, dns_port, self.dns.listen_tcp)
         return hosts, dns_addr, dns_port
 
     def _make_relay(self) -> None:

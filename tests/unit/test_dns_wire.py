@@ -23,7 +23,8 @@ def header_of(msg: bytes) -> dict:
     """Read the 12-byte DNS header by hand (RFC 1035 4.1.1), independently of dpkt."""
     qid, flags, qd, an, ns, ar = struct.unpack(">HHHHHH", msg[:12])
     return {"id": qid, "qr": flags >> 15, "opcode": (flags >> 11) & 0xF,
-            "rd": (flags >> 8) & 1, "ra": (flags >> 7) & 1, "rcode": flags & 0xF,
+            "aa": (flags >> 10) & 1, "tc": (flags >> 9) & 1, "rd": (flags >> 8) & 1,
+            "ra": (flags >> 7) & 1, "rcode": flags & 0xF,
             "qd": qd, "an": an, "ns": ns, "ar": ar}
 
 
@@ -64,7 +65,8 @@ def test_query_defaults_to_a():
 def test_query_wire_format():
     q = build_query(LONG, 0xBEEF)
     h = header_of(q)
-    assert h == {"id": 0xBEEF, "qr": 0, "opcode": 0, "rd": 1, "ra": 0, "rcode": 0,
+    assert h == {"id": 0xBEEF, "qr": 0, "opcode": 0, "aa": 0, "tc": 0, "rd": 1, "ra": 0,
+                 "rcode": 0,
                  "qd": 1, "an": 0, "ns": 0, "ar": 0}
     assert q[12:] == encode_name(LONG) + b"\x00\x01\x00\x01"
 
@@ -116,7 +118,8 @@ def test_response_with_several_a_records():
     r = build_response(q, ADDRS)
     h = header_of(r)
     assert h["id"] == 0x4242 and h["qr"] == 1 and h["rcode"] == RCODE_NOERROR
-    assert h["rd"] == 1 and h["ra"] == 1
+    # authoritative and not recursive: AA set, RA clear, RD copied from the query
+    assert h["rd"] == 1 and h["ra"] == 0 and h["aa"] == 1
     assert h["qd"] == 1 and h["an"] == 3
     assert parse_response(r) == Answer(0x4242, RCODE_NOERROR, LONG, tuple(ADDRS),
                                        (600, 600, 600))
