@@ -1,4 +1,4 @@
-"""The lab report's observations (`../shared/STORYBOARD.md`) as checks over a capture.
+"""The lab report's observations (`docs/storyboard.md`) as checks over a capture.
 
 Statements marked (lab) must hold on a plain loopback lab; (wire) ones need real links
 (a namespace or container lab with a sniffer): on a tap capture they are reported as not
