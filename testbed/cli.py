@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--events", action="store_true",
                     help="also list every protocol event, bodies decoded (with --json: an "
                          "\"events\" array)")
+    an.add_argument("--radio", action="append", default=[], metavar="PROFILE",
+                    help="what each client's traffic costs a cellular radio on this profile "
+                         "(repeatable; umts-2010, lte-2012, or a profile .json): wake-ups, "
+                         "signalling, radio-on time, energy, battery share")
 
     ve = sub.add_parser("verify", help="check a capture against expectations")
     ve.add_argument("capture", type=Path)
@@ -258,12 +262,23 @@ def _analyze(args) -> int:
     from rich.table import Table
 
     console = Console(stderr=True)
+    radios = []
+    for name in args.radio:
+        from testbed.radio import load_radio_profile
+        try:
+            radios.append(load_radio_profile(name))
+        except (ValueError, OSError) as exc:
+            console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            return 2
     a = _open_analysis(args.capture, console)
     if a is None:
         return 2
     doc = a.summary()
     if args.events:
         doc["events"] = [e.to_dict() for e in a.events]
+    if radios:
+        from testbed.radio.report import radio_section
+        doc["radio"] = radio_section(str(args.capture), a, radios)
     if args.json:
         print(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
     else:
@@ -303,6 +318,9 @@ def _analyze(args) -> int:
                                              if msg else ""), markup=False, highlight=False)
         out.print("tcp: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["tcp"].items()))
                              or "no retransmissions, duplicate ACKs or other analysis flags"))
+        if radios:
+            from testbed.radio.report import print_radio
+            print_radio(out, doc["radio"])
     return 0
 
 
