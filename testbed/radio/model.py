@@ -74,7 +74,7 @@ class RadioCost:
         return self.battery_share * DAY_S / self.observed_s
 
     def to_dict(self) -> dict:
-        r = lambda v: round(v, 6)   # noqa: E731 - JSON-friendly figures
+        r = lambda v: float(f"{v:.10g}")   # noqa: E731 - no float noise in the JSON
         per_day = self.battery_share_per_day
         return {
             "profile": self.profile, "packets_c2s": self.packets["c2s"],

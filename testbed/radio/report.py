@@ -48,4 +48,4 @@ def print_radio(console, section: dict) -> None:
     if not section["clients"]:
         console.print("radio: no client traffic in this capture")
     for c in section["clients"]:
-        console.print(c["summary"], markup=False, highlight=False)
+        console.print(c["summary"], markup=False, highlight=False, soft_wrap=True)
