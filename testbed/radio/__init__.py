@@ -3,7 +3,8 @@
 A `RadioProfile` (data, in `profiles/`, every number with its source) is an RRC state
 machine; `simulate(timeline, profile)` runs one phone's packet timeline through it and
 returns a `RadioCost`: promotions, seconds per state, tails, signalling messages, energy
-and battery share. `capture_costs` does it for every client of a capture file.
+and battery share. `testbed.radio.timeline.capture_costs` does it for every client of a
+capture file.
 """
 
 from .model import RadioCost, RadioMeter, RadioPacket, simulate
