@@ -180,9 +180,10 @@ class Phone:
             return
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Keep the link alive until `stop` is set: the heartbeat loop."""
+        """Keep the link alive until `stop` is set (or the phone is stopped): the heartbeat
+        loop."""
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not self._stopping:
                 link = self.session.link
                 if link is None or not link.is_open:
                     self.metrics.links_closed += 1

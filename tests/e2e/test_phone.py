@@ -1,9 +1,11 @@
-"""`PhoneMetrics` counts the phone's failures itself: nobody has to read its log to know."""
+"""The phone against a real lab: `PhoneMetrics` counts its failures itself (nobody has to read
+its log to know), and a stopped phone's heartbeat loop ends."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 import pytest
 
@@ -72,3 +74,30 @@ async def test_failed_sync_after_notify_is_counted(lab, quiet_phone_log):
     finally:
         await sender.close()
         await phone.stop()
+
+
+@pytest.fixture
+def alarm():
+    """Fail, not hang, if the event loop never yields again: SIGALRM raises in the loop."""
+    def ring(*_):
+        raise TimeoutError("the event loop did not get back control in time")
+
+    old = signal.signal(signal.SIGALRM, ring)
+    yield lambda seconds: signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.lab(users=1, time_scale=K)
+async def test_stopping_the_phone_ends_its_heartbeat_loop(lab, alarm):
+    """What Ctrl-C of `testbed emulate` does: the scenario stops its phones while their
+    loops run; each loop must end (it used to spin, reconnecting a stopped phone)."""
+    u = lab.manifest.users[0]
+    phone = Phone(lab.manifest, u["username"], u["password"], policy="fixed:300")
+    await phone.start()
+    run = asyncio.ensure_future(phone.run(asyncio.Event()))   # nobody sets this one
+    await asyncio.sleep(0.01)
+    alarm(5.0)
+    await phone.stop()
+    await asyncio.wait_for(run, 2.0)
+    assert phone.metrics.reconnects == 0
