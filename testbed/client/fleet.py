@@ -214,7 +214,11 @@ class Fleet:
 
     # ------------------------------------------------------------------ start and stop
     async def __aenter__(self) -> "Fleet":
-        self.start()
+        try:
+            self.start()
+        except BaseException:   # the workers started so far must not outlive this
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -357,9 +361,7 @@ class Fleet:
 
     def _exited(self, i: int) -> None:
         self._loop.remove_reader(self._procs[i].sentinel)
-        # what it wrote before exiting is all in the pipe now: read it first
-        if self._conns[i].fileno() >= 0:
-            self._readable(i)
+        self._readable(i)   # what it wrote before exiting is all in the pipe now
         proc = self._procs[i]
         proc.join(1.0)   # its sentinel closes a moment before it can be reaped
         self._inbox.put_nowait(Message(i, _EXIT, (proc.exitcode,)))
