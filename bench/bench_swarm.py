@@ -10,7 +10,9 @@ are empty and IDENTIFY triggers no NOTIFY) and one session per client
 so any client can IDENTIFY on either address.
 
 The clients are lightweight, not the full `Phone`: several processes (default 4 x 5,000, on
-uvloop), each bound to its own source address 127.77.0.100+i; client i connects to server
+uvloop), run by the testbed's fleet runner (`testbed.client.fleet.Fleet`, as `testbed
+emulate` and the heartbeat study run theirs), each bound to its own source address
+(`client_address`: 127.99.0.1+i); client i connects to server
 address i mod 2 with the testbed's `LongLink`, sends `IDENTIFY` with its own session, checks
 ret 0, then runs a heartbeat loop: a NOOP every `interval()` protocol seconds of the policy
 (default `fixed:300`, converted with the lab `Clock` at the time scale, default 100: a NOOP per
@@ -67,8 +69,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as c  # noqa: E402
 
 SERVER_ADDRS = ("127.77.0.11", "127.77.0.12")   # the long link's two A records
-CLIENT_NET = "127.77.0."
-CLIENT_FIRST_OCTET = 100
 NETNS_PORT = 8080                                # the long link's port, in our own namespace
 MIN_WALL_TIMEOUT = 0.05                          # as testbed.client.phone: timer jitter floor
 BACKLOG = 4096
@@ -154,158 +154,168 @@ class Counters:
         return out
 
 
-def client_main(conn, index: int, src: str, servers: tuple, port: int, first: int,
-                count: int, users: int, scale: float, policy_spec: str, noop_timeout_s: float,
-                concurrency: int, loop_kind: str, tmpdir: str) -> None:
-    _child_setup()
+async def client_worker(p: dict, channel) -> None:
+    """A client process (a fleet worker): `p` holds its share of the links; the parent asks
+    "connect" (answered "ramp" when every link is identified), "mark", "rss" and "stop"."""
+    c.raise_nofile()
+    await _clients(channel, **p)
 
-    async def main() -> None:
-        from testbed.client.heartbeat import parse_policy
-        from testbed.client.longlink import LinkClosed, LongLink
-        from testbed.lab.clock import Clock
-        from testbed.wire import pb
-        from testbed.wire.commands import NOOP_CMD
 
-        loop = asyncio.get_running_loop()
-        perf_counter = time.perf_counter   # uvloop's loop.time() has 1 ms resolution
-        clock = Clock(scale)
-        st = Counters()
-        rng = random.Random(index)
-        links: list = []
-        sem = asyncio.Semaphore(concurrency)
-        phase = {"done": 0, "ok": 0, "connect_failed": 0, "identify_failed": 0,
-                 "first_error": ""}
-        all_done = loop.create_future()
-        stopping = [False]
-        tasks: list = []
-        ramp_times = array.array("d")   # (connect s, IDENTIFY round trip s) per link
+async def _clients(channel, index: int, src: str, servers: tuple, port: int, first: int,
+                   count: int, users: int, scale: float, policy_spec: str,
+                   noop_timeout_s: float, concurrency: int, tmpdir: str) -> None:
+    from testbed.client.heartbeat import parse_policy
+    from testbed.client.longlink import LinkClosed, LongLink
+    from testbed.lab.clock import Clock
+    from testbed.wire import pb
+    from testbed.wire.commands import NOOP_CMD
 
-        def wall(protocol_s: float) -> float:
-            return max(clock.to_wall(protocol_s), MIN_WALL_TIMEOUT)
+    loop = asyncio.get_running_loop()
+    perf_counter = time.perf_counter   # uvloop's loop.time() has 1 ms resolution
+    clock = Clock(scale)
+    st = Counters()
+    rng = random.Random(index)
+    links: list = []
+    sem = asyncio.Semaphore(concurrency)
+    phase = {"done": 0, "ok": 0, "connect_failed": 0, "identify_failed": 0,
+             "first_error": ""}
+    all_done = loop.create_future()
+    stopping = [False]
+    tasks: list = []
+    ramp_times = array.array("d")   # (connect s, IDENTIFY round trip s) per link
 
-        def on_reply(t0: float, timeout_w: float, policy, interval: float, fut) -> None:
-            if fut.cancelled():          # no reply when the next NOOP was due
-                st.failed += 1
-                policy.on_failure(interval)
-                return
-            if fut.exception() is not None:   # the link closed with the NOOP pending
-                st.failed += 1
-                policy.on_failure(interval)
-                return
-            rtt = perf_counter() - t0
-            st.rtts.append(rtt)
-            if rtt <= timeout_w:
-                st.answered += 1
-                policy.on_success(interval)
-            else:
-                st.late += 1
-                policy.on_failure(interval)
+    def wall(protocol_s: float) -> float:
+        return max(clock.to_wall(protocol_s), MIN_WALL_TIMEOUT)
 
-        def finished_one() -> None:
-            phase["done"] += 1
-            if phase["done"] == count and not all_done.done():
-                all_done.set_result(None)
+    def on_reply(t0: float, timeout_w: float, policy, interval: float, fut) -> None:
+        if fut.cancelled():          # no reply when the next NOOP was due
+            st.failed += 1
+            policy.on_failure(interval)
+            return
+        if fut.exception() is not None:   # the link closed with the NOOP pending
+            st.failed += 1
+            policy.on_failure(interval)
+            return
+        rtt = perf_counter() - t0
+        st.rtts.append(rtt)
+        if rtt <= timeout_w:
+            st.answered += 1
+            policy.on_success(interval)
+        else:
+            st.late += 1
+            policy.on_failure(interval)
 
-        async def life(i: int) -> None:
-            uin, _ = user_of(i, users)
-            host = servers[i % len(servers)]
-            try:
-                async with sem:
-                    t0 = perf_counter()
-                    link = await LongLink.connect(host, port, local_addr=src, timeout=30.0)
-                    t1 = perf_counter()
-                    try:
-                        resp = await link.call("IDENTIFY", pb.IdentifyRequest(
-                            base=pb.BaseRequest(session_key=session_key(i), uin=uin)),
-                            timeout=30.0)
-                    except BaseException:
-                        link.abort()
-                        raise
-                    ramp_times.append(t1 - t0)
-                    ramp_times.append(perf_counter() - t1)
-            except Exception as exc:  # noqa: BLE001 - refused, timed out, closed, bad reply
-                phase["connect_failed"] += 1
-                phase["first_error"] = phase["first_error"] or f"client {i}: {exc!r}"
-                finished_one()
-                return
-            if resp.base.ret != 0:
-                phase["identify_failed"] += 1
-                phase["first_error"] = phase["first_error"] or \
-                    f"client {i}: IDENTIFY ret {resp.base.ret}"
-                link.abort()
-                finished_one()
-                return
-            links.append(link)
-            phase["ok"] += 1
-            finished_one()
-            # the heartbeat loop: a NOOP every interval(), at a fixed cadence
-            policy = parse_policy(policy_spec, noop_timeout_s)
-            timeout_w = wall(policy.noop_timeout_s)
-            due = loop.time() + clock.to_wall(policy.interval()) * rng.random()
-            prev = None
-            while not stopping[0]:
-                delay = due - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if stopping[0]:
-                    return
-                if not link.is_open:
-                    st.lost += 1
-                    return
-                if prev is not None and not prev.done():
-                    prev.cancel()        # counted failed by on_reply
-                interval = policy.interval()
+    def finished_one() -> None:
+        phase["done"] += 1
+        if phase["done"] == count and not all_done.done():
+            all_done.set_result(None)
+
+    async def life(i: int) -> None:
+        uin, _ = user_of(i, users)
+        host = servers[i % len(servers)]
+        try:
+            async with sem:
+                t0 = perf_counter()
+                link = await LongLink.connect(host, port, local_addr=src, timeout=30.0)
+                t1 = perf_counter()
                 try:
-                    prev = link.request_frame(NOOP_CMD)
-                except LinkClosed:
-                    st.lost += 1
-                    return
-                st.sent += 1
-                prev.add_done_callback(functools.partial(on_reply, perf_counter(), timeout_w,
-                                                         policy, interval))
-                now = loop.time()
-                due += clock.to_wall(interval)
-                if due < now:            # this process fell a whole interval behind
-                    st.slipped += 1
-                    due = now
-
-        async def connect_all() -> None:
-            t_start = time.monotonic()
-            for i in range(first, first + count):
-                tasks.append(loop.create_task(life(i)))
-            try:
-                if count:
-                    await all_done
-            except asyncio.CancelledError:   # stopped mid-ramp: nobody waits for a reply
-                return
-            t_done = time.monotonic()
-            path = os.path.join(tmpdir, f"ramp-{index}")
-            with open(path, "wb") as f:
-                ramp_times.tofile(f)
-            conn.send(("ok", {**phase, "t_start": t_start, "t_done": t_done, "times": path}))
-
-        def start_connecting() -> str:
-            # answered at once; the ramp's result follows as a second message when done
-            tasks.append(loop.create_task(connect_all()))
-            return "started"
-
-        marks = iter(range(1 << 30))
-
-        def mark() -> dict:
-            out = st.snapshot(os.path.join(tmpdir, f"rtts-{index}-{next(marks)}"))
-            out["open"] = sum(1 for link in links if link.is_open)
-            return out
-
-        conn.send(("ready", {"pid": os.getpid(), "src": src, "rss_base": c.rss_kb()}))
-        await c.control_loop(conn, {"connect": start_connecting, "mark": mark, "rss": c.rss_kb})
-        stopping[0] = True
-        for link in links:
+                    resp = await link.call("IDENTIFY", pb.IdentifyRequest(
+                        base=pb.BaseRequest(session_key=session_key(i), uin=uin)),
+                        timeout=30.0)
+                except BaseException:
+                    link.abort()
+                    raise
+                ramp_times.append(t1 - t0)
+                ramp_times.append(perf_counter() - t1)
+        except Exception as exc:  # noqa: BLE001 - refused, timed out, closed, bad reply
+            phase["connect_failed"] += 1
+            phase["first_error"] = phase["first_error"] or f"client {i}: {exc!r}"
+            finished_one()
+            return
+        if resp.base.ret != 0:
+            phase["identify_failed"] += 1
+            phase["first_error"] = phase["first_error"] or \
+                f"client {i}: IDENTIFY ret {resp.base.ret}"
             link.abort()
-        for t in tasks:
-            t.cancel()
-        await asyncio.sleep(0)
+            finished_one()
+            return
+        links.append(link)
+        phase["ok"] += 1
+        finished_one()
+        # the heartbeat loop: a NOOP every interval(), at a fixed cadence
+        policy = parse_policy(policy_spec, noop_timeout_s)
+        timeout_w = wall(policy.noop_timeout_s)
+        due = loop.time() + clock.to_wall(policy.interval()) * rng.random()
+        prev = None
+        while not stopping[0]:
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if stopping[0]:
+                return
+            if not link.is_open:
+                st.lost += 1
+                return
+            if prev is not None and not prev.done():
+                prev.cancel()        # counted failed by on_reply
+            interval = policy.interval()
+            try:
+                prev = link.request_frame(NOOP_CMD)
+            except LinkClosed:
+                st.lost += 1
+                return
+            st.sent += 1
+            prev.add_done_callback(functools.partial(on_reply, perf_counter(), timeout_w,
+                                                     policy, interval))
+            now = loop.time()
+            due += clock.to_wall(interval)
+            if due < now:            # this process fell a whole interval behind
+                st.slipped += 1
+                due = now
 
-    c.run(loop_kind, main())
+    async def connect_all() -> None:
+        t_start = time.monotonic()
+        for i in range(first, first + count):
+            tasks.append(loop.create_task(life(i)))
+        try:
+            if count:
+                await all_done
+        except asyncio.CancelledError:   # stopped mid-ramp: nobody waits for a reply
+            return
+        t_done = time.monotonic()
+        path = os.path.join(tmpdir, f"ramp-{index}")
+        with open(path, "wb") as f:
+            ramp_times.tofile(f)
+        channel.send("ramp", {**phase, "t_start": t_start, "t_done": t_done, "times": path})
+
+    marks = iter(range(1 << 30))
+
+    def mark() -> dict:
+        out = st.snapshot(os.path.join(tmpdir, f"rtts-{index}-{next(marks)}"))
+        out["open"] = sum(1 for link in links if link.is_open)
+        return out
+
+    channel.send("ready", {"pid": os.getpid(), "src": src, "rss_base": c.rss_kb()})
+    while (kind := (await channel.receive())[0]) != "stop":
+        if kind == "connect":   # the ramp's result follows when every link is identified
+            tasks.append(loop.create_task(connect_all()))
+        elif kind == "mark":
+            channel.send("mark", mark())
+        elif kind == "rss":
+            channel.send("rss", c.rss_kb())
+    stopping[0] = True
+    for link in links:
+        link.abort()
+    for t in tasks:
+        t.cancel()
+    await asyncio.sleep(0)
+
+
+
+async def ask(clients, kind: str, timeout: float = 120.0) -> list:
+    """Ask every client process `kind` and return their answers, in order."""
+    clients.broadcast(kind)
+    return await clients.collect(kind, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -470,10 +480,12 @@ def free_port(hosts: tuple) -> int:
     raise RuntimeError("no port free on every server address")
 
 
-def run_bench(args, netns: str | None) -> int:
+async def run_bench(args, netns: str | None) -> int:
     n, nproc = args.links, args.clients
     users = args.users or n
+    from testbed.client.fleet import Fleet
     from testbed.client.heartbeat import parse_policy
+    from testbed.lab.addressing import client_address
     from testbed.lab.clock import Clock
     policy = parse_policy(args.heartbeat, args.noop_timeout)
     clock = Clock(args.time_scale)
@@ -493,12 +505,12 @@ def run_bench(args, netns: str | None) -> int:
     where = f"network namespace {netns}" if netns else "host network namespace"
     c.note(f"many clients: {n:,} links = {len(SERVER_ADDRS)} servers "
            f"({', '.join(SERVER_ADDRS)}:{port}, {args.server_loop}) x {nproc} client processes "
-           f"({CLIENT_NET}{CLIENT_FIRST_OCTET}+, {args.client_loop}); {users:,} users; "
+           f"({client_address(SERVER_ADDRS[0], 0)}+, {args.client_loop}); {users:,} users; "
            f"{policy.describe()} at time scale {args.time_scale:g} = a NOOP every "
            f"{interval_w:.2f} s per link (~{nominal:,.0f}/s), NOOP timeout "
            f"{timeout_w * 1000:.0f} ms; {where}; open files {limit:,} per process")
 
-    servers, clients = [], []
+    servers, clients = [], None
     tmp = tempfile.TemporaryDirectory(prefix="bench-swarm-")
     tmpdir = tmp.name
     try:
@@ -512,27 +524,25 @@ def run_bench(args, netns: str | None) -> int:
                f"{time.monotonic() - t:.1f} s; RSS "
                + ", ".join(f"{s.info['rss_base'] / 1024:.0f} MB" for s in servers))
         shares = [n // nproc + (i < n % nproc) for i in range(nproc)]
-        first = 0
-        for i in range(nproc):
-            src = f"{CLIENT_NET}{CLIENT_FIRST_OCTET + i}"
-            clients.append(c.Child(client_main, i, src, SERVER_ADDRS, port, first, shares[i],
-                                   users, args.time_scale, args.heartbeat, args.noop_timeout,
-                                   args.connect_concurrency, args.client_loop, tmpdir,
-                                   name=f"swarm-client-{i}"))
-            first += shares[i]
-        for cl in clients:
-            cl.ready(timeout=120)
+        clients = Fleet(client_worker, [
+            {"index": i, "src": client_address(SERVER_ADDRS[0], i), "servers": SERVER_ADDRS,
+             "port": port, "first": sum(shares[:i]), "count": shares[i], "users": users,
+             "scale": args.time_scale, "policy_spec": args.heartbeat,
+             "noop_timeout_s": args.noop_timeout, "concurrency": args.connect_concurrency,
+             "tmpdir": tmpdir} for i in range(nproc)],
+            loop=args.client_loop, name="swarm-client")
+        clients.start()
+        ready = await clients.collect("ready", timeout=120)
         tcp0 = tcp_counters()
         kmem0 = kernel_memory()
         spids = [s.pid for s in servers]
-        cpids = [cl.pid for cl in clients]
+        cpids = clients.pids
 
         # ---- ramp: open and identify every link
         c.note(f"  opening and identifying {n:,} links ...")
         cpu_ramp = c.CpuWindow(spids + cpids)
-        for cl in clients:
-            cl.call("connect")
-        ramps = [cl.recv(timeout=900) for cl in clients]
+        clients.broadcast("connect")
+        ramps = await clients.collect("ramp", timeout=900)
         ramp_cpu = cpu_ramp.stop()
         t0 = min(r["t_start"] for r in ramps)
         ramp_s = max(1e-6, max(r["t_done"] for r in ramps) - t0)
@@ -551,13 +561,13 @@ def run_bench(args, netns: str | None) -> int:
                f"servers report {' + '.join(format(x['identified'], ',') for x in after_ramp)}"
                + (f"; {conn_fail} connect and {id_fail} identify failures ({first_error})"
                   if conn_fail or id_fail else ""))
-        ramp_marks = [cl.call("mark") for cl in clients]   # NOOPs sent during the ramp
+        ramp_marks = await ask(clients, "mark")   # NOOPs sent during the ramp
 
         # ---- settle one interval, then the steady-state window
         settle = max(1.0, interval_w)
         c.note(f"  settling {settle:.1f} s, then {args.duration:g} s of steady state ...")
-        time.sleep(settle)
-        m0 = [cl.call("mark") for cl in clients]
+        await asyncio.sleep(settle)
+        m0 = await ask(clients, "mark")
         s0 = [s.call("stats") for s in servers]
         cpu = c.CpuWindow(spids + cpids)
         split = UserSys(spids + cpids)
@@ -568,7 +578,7 @@ def run_bench(args, netns: str | None) -> int:
             left = t_end - time.monotonic()
             if left <= 0:
                 break
-            time.sleep(min(SAMPLE_EVERY_S, left))
+            await asyncio.sleep(min(SAMPLE_EVERY_S, left))
             if time.monotonic() < t_end - 0.5:
                 for k, s in enumerate(servers):
                     samples[k].append(s.call("stats")["identified"])
@@ -577,16 +587,18 @@ def run_bench(args, netns: str | None) -> int:
         win_else = elsewhere.stop()
         tcp_end = tcp_counters()
         kmem1 = kernel_memory()
-        m1 = [cl.call("mark") for cl in clients]
+        m1 = await ask(clients, "mark")
         s1 = [s.call("stats") for s in servers]
         for k, x in enumerate(s1):
             samples[k].append(x["identified"])
         rss_servers = [s.call("rss") for s in servers]
-        rss_clients = [cl.call("rss") for cl in clients]
+        rss_clients = await ask(clients, "rss")
         rtts = sorted(_rtts(m1))
+        clients.broadcast("stop")
+        await asyncio.wait_for(clients.run(), 10)
     finally:
-        for cl in clients:
-            cl.stop()
+        if clients is not None:
+            await clients.close()   # SIGTERM to any still running, by PID
         for s in servers:
             s.stop()
         tmp.cleanup()
@@ -612,8 +624,8 @@ def run_bench(args, netns: str | None) -> int:
     c_cpu = sum(win_cpu["per_pid"][ns:])
     per_link_kb = [(r - s.info["rss_base"]) / max(1, x["links"])
                    for r, s, x in zip(rss_servers, servers, s1)]
-    client_kb = [(r - cl.info["rss_base"]) / max(1, m["open"])
-                 for r, cl, m in zip(rss_clients, clients, m1)]
+    client_kb = [(r - info["rss_base"]) / max(1, m["open"])
+                 for r, info, m in zip(rss_clients, ready, m1)]
     server_ns_per_noop = s_cpu * wall / max(1, d["answered"] + d["late"]) * 1e9
     client_us_per_noop = c_cpu * wall / max(1, d["answered"] + d["late"]) * 1e6
 
@@ -676,8 +688,8 @@ def run_bench(args, netns: str | None) -> int:
                      pct(ramp_cpu["per_pid"][k]), pct(win_cpu["per_pid"][k]),
                      f"{pct(win_split[k][0])} / {pct(win_split[k][1])}",
                      f"{rss_servers[k] / 1024:.1f}", f"{per_link_kb[k]:.2f}"])
-    for k, cl in enumerate(clients):
-        prow.append([f"client {CLIENT_NET}{CLIENT_FIRST_OCTET + k}", f"{m1[k]['open']:,}",
+    for k, info in enumerate(ready):
+        prow.append([f"client {info['src']}", f"{m1[k]['open']:,}",
                      pct(ramp_cpu["per_pid"][ns + k]), pct(win_cpu["per_pid"][ns + k]),
                      f"{pct(win_split[ns + k][0])} / {pct(win_split[ns + k][1])}",
                      f"{rss_clients[k] / 1024:.1f}", f"{client_kb[k]:.2f}"])
@@ -783,7 +795,7 @@ def main() -> int:
             return run_in_netns(name)
         c.note("could not create a network namespace: running in the host namespace")
     try:
-        return run_bench(args, args.netns_inner)
+        return asyncio.run(run_bench(args, args.netns_inner))
     except KeyboardInterrupt:
         print("interrupted: stopped every process this benchmark started", flush=True)
         return 130

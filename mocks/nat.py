@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import enum
 import logging
 import socket
 import struct
@@ -63,7 +64,7 @@ from testbed.lab.clock import Clock
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NatRelay", "NatStats"]
+__all__ = ["NatEvent", "NatEventKind", "NatRelay", "NatStats"]
 
 # Why a leg's reading is paused (bit mask; reading resumes when no reason is left).
 _P_CONNECTING = 1  # client leg, while connecting upstream with LINE_HIGH bytes waiting
@@ -103,6 +104,24 @@ class NatStats:
     mappings_blackholed: int = 0  # currently held black-holed (awaiting linger or client)
     mappings_released: int = 0    # black-holed mappings freed (linger, client gone, close())
     connect_failures: int = 0     # upstream connects that failed (client leg aborted)
+
+
+class NatEventKind(str, enum.Enum):
+    """What happened to a mapping (equal to its name in lower case: "expire")."""
+
+    OPEN = "open"        # a client connection was accepted
+    EXPIRE = "expire"    # black-holed for idleness (or by `blackhole_all`)
+    CLOSE = "close"      # the mapping ended: FINs, a reset, a failed connect, release
+
+
+@dataclass(frozen=True)
+class NatEvent:
+    """One event of one mapping, for `NatRelay.on_event` observers."""
+
+    kind: NatEventKind
+    client: Optional[tuple[str, int]]   # the phone's (address, port), as the NAT accepted it
+    listen_port: int                    # the relay's public port it connected to
+    at: float                           # protocol time
 
 
 class _Leg(asyncio.Protocol):
@@ -252,7 +271,7 @@ class _Mapping:
 
     __slots__ = ("relay", "target", "client", "server", "state", "last", "timer",
                  "connect_task", "fin_up", "fin_down", "closer", "up", "down",
-                 "listen_port", "pending", "pending_n", "tconn")
+                 "listen_port", "pending", "pending_n", "tconn", "peer")
 
     def __init__(self, relay: "NatRelay", target: tuple[str, int], listen_port: int) -> None:
         self.relay = relay
@@ -275,6 +294,7 @@ class _Mapping:
         self.pending: Optional[list] = None
         self.pending_n = 0
         self.tconn = None                # the tap's handle for this connection, if tapped
+        self.peer: Optional[tuple[str, int]] = None   # the client's (address, port)
 
     # -- set-up
     def client_made(self, leg: _Leg) -> None:
@@ -289,15 +309,17 @@ class _Mapping:
         st.mappings_active += 1
         relay._mappings.add(self)
         self.last = relay.clock.now()
+        peer = leg.transport.get_extra_info("peername")
+        self.peer = tuple(peer[:2]) if peer else None
         if relay.tap is not None:
-            self.tconn = relay._tap_open(leg.transport)
+            self.tconn = relay._tap_open(self.peer, leg.transport)
         if relay._latency_wall > 0:
             self.up = _Line(self, True)
             self.down = _Line(self, False)
         if relay.idle_timeout_s is not None:
             self._arm(relay.idle_timeout_s)
         self.connect_task = relay._loop.create_task(self._connect())
-        relay._event("open", self)
+        relay._event(NatEventKind.OPEN, self)
 
     async def _connect(self) -> None:
         relay = self.relay
@@ -529,7 +551,7 @@ class _Mapping:
         if self.timer is not None:
             self.timer.cancel()
         self._arm(relay.blackhole_linger_s)
-        relay._event("expire", self)
+        relay._event(NatEventKind.EXPIRE, self)
 
     def _end(self, by_client: Optional[bool]) -> None:
         """A live mapping ends (FINs both ways, reset, connect failure, relay close)."""
@@ -556,7 +578,7 @@ class _Mapping:
             self.connect_task = None
         self.pending = None
         relay._mappings.discard(self)
-        relay._event("close", self)
+        relay._event(NatEventKind.CLOSE, self)
 
     def release(self) -> None:
         """Free a mapping now: abort both legs (linger over, or the relay closes)."""
@@ -573,15 +595,16 @@ class NatRelay:
 
     All durations are protocol seconds, read from and converted with `clock`.
     `idle_timeout_s=None` makes a pure relay whose mappings never expire.
-    `on_event(kind, listen_port, protocol_time)` (optional) is called with kind "open",
-    "expire" or "close" for every mapping, for timelines in reports.
+    `on_event(NatEvent)` (optional, may be set at any time) is called when a mapping opens,
+    expires and closes, with the client's address: a timeline for reports, NAT expiries per
+    phone for studies.
     `tap` (optional) is told every connection, chunk, FIN and reset on the client side (see
     the module docstring); `testbed.capture.tap.Tap` renders them as packets.
     """
 
     def __init__(self, clock: Clock, idle_timeout_s: Optional[float], latency_s: float = 0.0,
                  blackhole_linger_s: float = 7200.0, *,
-                 on_event: Optional[Callable[[str, int, float], None]] = None,
+                 on_event: Optional[Callable[[NatEvent], None]] = None,
                  tap=None) -> None:
         if idle_timeout_s is not None and not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be positive, got {idle_timeout_s!r}")
@@ -689,18 +712,17 @@ class NatRelay:
                 log.exception("nat: tap %s failed", method)
             return None
 
-    def _tap_open(self, transport):
+    def _tap_open(self, peer: Optional[tuple[str, int]], transport):
         """Tell the tap about an accepted connection: the phone's address and ours."""
-        peer = transport.get_extra_info("peername")
         here = transport.get_extra_info("sockname")
         if not peer or not here:   # already gone: nothing the tap could show
             return None
-        return self._tap("tcp_open", tuple(peer[:2]), tuple(here[:2]))
+        return self._tap("tcp_open", peer, tuple(here[:2]))
 
-    def _event(self, kind: str, m: _Mapping) -> None:
+    def _event(self, kind: NatEventKind, m: _Mapping) -> None:
         cb = self.on_event
         if cb is not None:
             try:
-                cb(kind, m.listen_port, self.clock.now())
+                cb(NatEvent(kind, m.peer, m.listen_port, self.clock.now()))
             except Exception:  # a broken observer must not break the relay
                 log.exception("nat: on_event callback failed")

@@ -16,6 +16,7 @@ the relays have closed their connections, so their last FINs are in it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -301,3 +302,33 @@ class Lab:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+
+# a block of 127/8 is taken by another lab (EADDRINUSE) or refused to us (EACCES)
+_BLOCK_TAKEN = (errno.EADDRINUSE, errno.EACCES)
+
+
+async def start_lab(config: LabConfig | None = None, *, first: AddressPlan | None = None,
+                    tries: int = 8) -> Lab:
+    """Start a lab on a free /24 of loopback and return it running.
+
+    Tries `first` (say the report's 127.0.0.x) if given, then random blocks of 127/8 away
+    from 127.0.0.x (`AddressPlan.random_loopback`), so that many labs (tests, studies) can
+    run at once; a block that is taken is left for the next. `config.plan` is replaced;
+    every other field is kept. Raises OSError when `tries` blocks were all taken."""
+    config = config or LabConfig()
+    plans = [first] if first is not None else []
+    plans += [AddressPlan.random_loopback() for _ in range(tries - len(plans))]
+    last: Optional[OSError] = None
+    for plan in plans:
+        lab = Lab(dataclasses.replace(config, plan=plan))
+        try:
+            await lab.start()
+            return lab
+        except OSError as exc:
+            await lab.stop()
+            if exc.errno not in _BLOCK_TAKEN:
+                raise
+            last = exc
+    raise OSError(errno.EADDRINUSE, f"no free loopback block for a lab after {len(plans)} "
+                                    f"tries: {last}")

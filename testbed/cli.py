@@ -214,9 +214,13 @@ def _emulate(args) -> int:
         def on_progress(frac: float, text: str) -> None:
             progress.update(task, completed=frac, description=f"{args.scenario}: {text}")
 
-        result = run_swarm(args.scenario, str(args.manifest), args.clients,
-                           processes=args.processes, duration=args.duration, seed=args.seed,
-                           progress=on_progress)
+        try:
+            result = run_swarm(args.scenario, str(args.manifest), args.clients,
+                               processes=args.processes, duration=args.duration,
+                               seed=args.seed, progress=on_progress)
+        except KeyboardInterrupt:   # the phone processes are stopped already
+            console.print("[yellow]interrupted[/yellow]")
+            return 130
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:

@@ -8,13 +8,12 @@ phones, stops the lab, verifies every storyboard statement on the capture and wr
 from __future__ import annotations
 
 import asyncio
-import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from mocks.runner import Lab, LabConfig
+from mocks.runner import LabConfig, start_lab
 from testbed.client.scenarios import ScenarioResult, run_scenario
 from testbed.lab.addressing import AddressPlan
 
@@ -37,23 +36,6 @@ class DemoResult:
         return self.scenario.ok and lab_ok and all(v.ok is not False for v in self.verdicts)
 
 
-async def _start_lab(out: Path, time_scale: float) -> Lab:
-    plans = [AddressPlan("127.0.0")] + [AddressPlan.random_loopback() for _ in range(6)]
-    last: Optional[OSError] = None
-    for plan in plans:
-        lab = Lab(LabConfig(users=2, time_scale=time_scale, plan=plan,
-                            record=out / "demo.pcapng", manifest_path=out / "manifest.json"))
-        try:
-            await lab.start()
-            return lab
-        except OSError as exc:
-            await lab.stop()
-            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
-                raise
-            last = exc
-    raise OSError(f"no free loopback block for the demo lab: {last}")
-
-
 async def run_demo(out_dir: Path, time_scale: float = 100.0,
                    progress: Optional[ProgressFn] = None) -> DemoResult:
     from testbed.capture.analyze import analyze
@@ -64,7 +46,10 @@ async def run_demo(out_dir: Path, time_scale: float = 100.0,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress(0.02, "starting the lab")
-    lab = await _start_lab(out, time_scale)
+    # the report's addresses (127.0.0.x) when free, else any free block
+    lab = await start_lab(LabConfig(users=2, time_scale=time_scale, record=out / "demo.pcapng",
+                                    manifest_path=out / "manifest.json"),
+                          first=AddressPlan("127.0.0"))
     passwords = [u["password"].encode() for u in lab.manifest.users]
     try:
         phone_addr = lab.config.plan.phone

@@ -20,7 +20,6 @@ time_scale=100, nat_timeout_s=300)` (function scope only).
 from __future__ import annotations
 
 import asyncio
-import errno
 import threading
 import time
 from pathlib import Path
@@ -74,26 +73,19 @@ class LabHandle:
         self.errors_seen = 0
 
     def start(self) -> "LabHandle":
-        from mocks.runner import Lab, LabConfig
-        from testbed.lab.addressing import AddressPlan
+        from mocks.runner import LabConfig, start_lab
 
         self.thread.start()
-        last: Optional[BaseException] = None
-        for attempt in range(8):   # a random /24 of 127/8 is very rarely taken; retry then
-            cfg = LabConfig(plan=AddressPlan.random_loopback(),
-                            manifest_path=self.record_dir / "manifest.json",
-                            record=self.record_dir / "lab.pcapng", **self.config)
-            lab = self.run(Lab, cfg)     # aiohttp servers bind to the loop they are made in
-            try:
-                self.call(lab.start())
-                self.lab = lab
-                return self
-            except OSError as exc:
-                self.call(lab.stop())
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                last = exc
-        raise RuntimeError(f"could not bind a lab: {last}")
+        cfg = LabConfig(manifest_path=self.record_dir / "manifest.json",
+                        record=self.record_dir / "lab.pcapng", **self.config)
+        try:
+            # made and started in the lab's thread: aiohttp servers bind to the loop they
+            # are made in
+            self.lab = self.call(start_lab(cfg))
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def call(self, coro, timeout: float = 60.0):
         """Run a coroutine in the lab's loop and wait for its result."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import subprocess
@@ -11,28 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from mocks import runner
 from mocks.runner import Lab, LabConfig
-from testbed.lab.addressing import AddressPlan
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 async def start_lab(tmp_path: Path, **kwargs) -> Lab:
-    """Start a lab on a random loopback /24, retrying if that block happens to be taken."""
-    last: OSError | None = None
-    for _ in range(8):
-        cfg = LabConfig(plan=AddressPlan.random_loopback(),
-                        manifest_path=tmp_path / "manifest.json", **kwargs)
-        lab = Lab(cfg)
-        try:
-            await lab.start()
-            return lab
-        except OSError as exc:
-            await lab.stop()
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            last = exc
-    raise RuntimeError(f"no free lab block after 8 tries: {last}")
+    """A lab on a free loopback /24 (`mocks.runner.start_lab`), its manifest in tmp_path."""
+    return await runner.start_lab(LabConfig(manifest_path=tmp_path / "manifest.json", **kwargs))
 
 
 @pytest.fixture

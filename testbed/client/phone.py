@@ -20,7 +20,7 @@ from testbed.lab.manifest import Manifest
 from testbed.wire import Ret, pb
 
 from .heartbeat import HeartbeatPolicy, parse_policy
-from .longlink import LinkClosed
+from .longlink import LinkClosed, LongLink
 from .session import RequestFailed, Session
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class PhoneMetrics:
     wakeups: int = 0             # timer wake-ups: heartbeat alarms and reconnect timers
     pushes: int = 0              # NOTIFYs received
     syncs: int = 0
+    notify_sync_failures: int = 0   # a NOTIFY's newsync failed (owed: tried again later)
+    reconnect_failures: int = 0     # a reconnect attempt failed (then backed off)
     tcp_connections: int = 0     # long links opened
     long_bytes: int = 0          # application bytes both ways on closed long links
     long_frames: int = 0
@@ -83,6 +85,7 @@ class Phone:
         self._link_ok = asyncio.Event()
         self._sync_lock = asyncio.Lock()
         self._sync_owed = False      # a NOTIFY's sync failed: retry it
+        self._folded: Optional[LongLink] = None   # the link whose counts are in metrics
         self.errors: list[BaseException] = []
 
     @property
@@ -100,7 +103,7 @@ class Phone:
         included (closed links are folded into `metrics` when they are dropped)."""
         link = self.session.link
         nbytes, frames = self.metrics.long_bytes, self.metrics.long_frames
-        if link is not None and not getattr(link, "_accounted", False):
+        if link is not None and link is not self._folded:
             nbytes += link.bytes_sent + link.bytes_received
             frames += link.frames_sent + link.frames_received
         return nbytes, frames
@@ -135,9 +138,10 @@ class Phone:
         link.closed.add_done_callback(lambda _f: self._link_ok.clear())
 
     def _account_link(self) -> None:
+        """Fold the current link's counts into `metrics`, once per link."""
         link = self.session.link
-        if link is not None and not getattr(link, "_accounted", False):
-            link._accounted = True
+        if link is not None and link is not self._folded:
+            self._folded = link
             self.metrics.long_bytes += link.bytes_sent + link.bytes_received
             self.metrics.long_frames += link.frames_sent + link.frames_received
 
@@ -162,6 +166,7 @@ class Phone:
                 log.info("%s: reconnect failed (%r); next try in %.0f s", self.username,
                          exc, delay)
                 attempt += 1
+                self.metrics.reconnect_failures += 1
                 self.metrics.wakeups += 1
                 await asyncio.sleep(self.wall(delay))
                 continue
@@ -175,9 +180,10 @@ class Phone:
             return
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Keep the link alive until `stop` is set: the heartbeat loop."""
+        """Keep the link alive until `stop` is set (or the phone is stopped): the heartbeat
+        loop."""
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not self._stopping:
                 link = self.session.link
                 if link is None or not link.is_open:
                     self.metrics.links_closed += 1
@@ -243,6 +249,7 @@ class Phone:
                 # owed: retried after a pause (and by the heartbeat loop, after a reconnect
                 # if the link died), so a failed sync never leaves a message waiting long
                 log.info("%s: sync after NOTIFY failed: %r", self.username, exc)
+                self.metrics.notify_sync_failures += 1
                 self._sync_owed = True
                 asyncio.get_running_loop().call_later(self.request_wall(SYNC_RETRY_S),
                                                       self._retry_owed_sync)

@@ -8,39 +8,41 @@ its own loopback source address and its own slice of the lab's users.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
-import queue
-from typing import Optional
+from typing import Any, Optional
 
-from testbed.lab.addressing import lab_host_address
-from testbed.lab.manifest import Manifest, load_manifest
+from testbed.lab.addressing import client_address
+from testbed.lab.manifest import load_manifest
 
+from .fleet import Channel, Fleet, Message, WorkerFailed
 from .scenarios import ProgressFn, ScenarioResult, Step, run_scenario
 
 CLIENTS_PER_PROCESS = 5000
 
 
-def source_address(manifest: Manifest, index: int) -> Optional[str]:
-    """A loopback source address for process `index`, in the lab's own /24 (.100 up)."""
-    return lab_host_address(manifest.dns_address, 100 + index % 150)
+async def _run_share(share: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """One process's share of the phones (a fleet worker): its own source address and its
+    own slice of the lab's users."""
+    manifest = load_manifest(share["manifest_path"])
+    index, seed = share["index"], share["seed"]
+    result = await run_scenario(
+        share["name"], manifest, clients=share["clients"], duration=share["duration"],
+        progress=lambda frac, text: channel.send("progress", frac, text),
+        local_addr=client_address(manifest.dns_address, index),
+        seed=None if seed is None else seed + index, user_offset=share["user_offset"])
+    return result.to_dict()
 
 
-def _child(name, manifest_path, clients, duration, seed, index, user_offset, q) -> None:
-    manifest = load_manifest(manifest_path)
-
-    def progress(frac: float, text: str) -> None:
-        q.put(("progress", index, frac, text))
-
-    result = asyncio.run(run_scenario(name, manifest, clients=clients, duration=duration,
-                                      progress=progress,
-                                      local_addr=source_address(manifest, index),
-                                      seed=None if seed is None else seed + index,
-                                      user_offset=user_offset))
-    q.put(("result", index, result.to_dict(), ""))
+def _from_dict(d: dict[str, Any]) -> ScenarioResult:
+    d = dict(d)
+    steps = [Step(**s) for s in d.pop("steps")]
+    d.pop("ok", None)
+    return ScenarioResult(steps=steps, **d)
 
 
 def merge(results: list[ScenarioResult]) -> ScenarioResult:
     """One result for the whole swarm: a step holds if it held in every process."""
+    if len(results) == 1:
+        return results[0]
     out = ScenarioResult(results[0].scenario, sum(r.clients for r in results))
     order: list[str] = []
     by_name: dict[str, list[Step]] = {}
@@ -65,49 +67,30 @@ def run_swarm(name: str, manifest_path: str, clients: int, *, processes: Optiona
               duration: Optional[float] = None, seed: Optional[int] = None,
               progress: Optional[ProgressFn] = None) -> ScenarioResult:
     """Run `clients` phones of one scenario over `processes` processes (default: as many as
-    the per-process cap needs)."""
-    manifest = load_manifest(manifest_path)
+    the per-process cap needs; one runs in this process). A process that dies counts as an
+    error of its share of the phones; the others' results still come back."""
     if processes is None:
         processes = max(1, -(-clients // CLIENTS_PER_PROCESS))
     processes = max(1, min(processes, clients))
-    if processes == 1:
-        return asyncio.run(run_scenario(name, manifest, clients=clients, duration=duration,
-                                        progress=progress, seed=seed,
-                                        local_addr=source_address(manifest, 0)))
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
-    offsets = [sum(shares[:i]) for i in range(processes)]
-    procs = [ctx.Process(target=_child, args=(name, str(manifest_path), shares[i], duration,
-                                              seed, i, offsets[i], q), daemon=True)
-             for i in range(processes)]
-    for p in procs:
-        p.start()
+    payloads = [{"name": name, "manifest_path": str(manifest_path), "clients": shares[i],
+                 "duration": duration, "seed": seed, "index": i,
+                 "user_offset": sum(shares[:i])} for i in range(processes)]
     fractions = [0.0] * processes
-    results: dict[int, ScenarioResult] = {}
-    try:
-        while len(results) < processes:
-            try:
-                kind, index, payload, text = q.get(timeout=1.0)
-            except queue.Empty:
-                dead = [i for i, p in enumerate(procs) if not p.is_alive() and i not in results]
-                if dead:
-                    for i in dead:
-                        r = ScenarioResult(name, shares[i])
-                        r.errors.append(f"process {i} died (exit code {procs[i].exitcode})")
-                        results[i] = r
-                continue
-            if kind == "progress":
-                fractions[index] = payload
-                if progress:
-                    progress(sum(fractions) / processes, text)
-            else:
-                steps = [Step(**s) for s in payload.pop("steps")]
-                payload.pop("ok", None)
-                results[index] = ScenarioResult(steps=steps, **payload)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()   # only the processes this call started, by handle
-    return merge([results[i] for i in range(processes)])
+
+    def on_message(m: Message) -> None:
+        if m.kind == "progress" and progress is not None:
+            fractions[m.worker] = m.args[0]
+            progress(sum(fractions) / processes, m.args[1])
+
+    def on_failure(failed: WorkerFailed) -> dict[str, Any]:
+        r = ScenarioResult(name, shares[failed.worker])
+        r.errors.append(f"process {failed.worker}: {failed.detail}"[:2000])
+        return r.to_dict()
+
+    async def go() -> list[dict[str, Any]]:
+        async with Fleet(_run_share, payloads, spawn=processes > 1, loop="asyncio",
+                         name="emulate") as fleet:
+            return await fleet.run(on_message, on_failure)
+
+    return merge([_from_dict(d) for d in asyncio.run(go())])

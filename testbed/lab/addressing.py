@@ -26,6 +26,10 @@ HOST_OCTETS: dict[str, tuple[int, ...]] = {
 }
 DNS_OCTET = 53
 PHONE_OCTET = 87  # the emulator's source address, as the report's phone was .87
+# Many clients (phones, or processes of phones) bind 127.99.x.y: 62,500 addresses outside
+# every lab block (random ones are 127.100-254.x), each with its own ~28,000 ephemeral ports
+CLIENT_NET = "127.99"
+MAX_CLIENTS = 250 * 250
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,19 @@ def lab_host_address(dns_address: str, octet: int) -> Optional[str]:
     if str(base) == "127.0.0.1" or not base.is_loopback:
         return None
     return str(ipaddress.ip_network(f"{base}/24", strict=False).network_address + octet)
+
+
+def client_address(lab_address: str, index: int) -> Optional[str]:
+    """The loopback source address of client `index` of the lab that answers at
+    `lab_address` (its resolver, say): 127.99.{index // 250}.{1 + index % 250}, so that a
+    NAT, a capture or a port count can tell clients apart. None where the lab is not on a
+    block of loopback of its own (127.0.0.1, a namespace lab): the kernel chooses there."""
+    if not 0 <= index < MAX_CLIENTS:
+        raise ValueError(f"client index must be 0 to {MAX_CLIENTS - 1}, got {index}")
+    base = ipaddress.ip_address(lab_address)
+    if str(base) == "127.0.0.1" or not base.is_loopback:
+        return None
+    return f"{CLIENT_NET}.{index // 250}.{1 + index % 250}"
 
 
 def is_lab_address(addr: str) -> bool:

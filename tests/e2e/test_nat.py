@@ -203,7 +203,7 @@ async def test_200_concurrent_mappings(target, make_relay):
 async def test_idle_mapping_blackholes_silently(target, make_relay):
     events = []
     relay, port = await make_relay(target, idle_timeout_s=30,
-                                   on_event=lambda kind, p, t: events.append((kind, p, t)))
+                                   on_event=lambda e: events.append((e.kind, e.listen_port, e.at)))
     reader, writer = await connect(port)
     assert await echo(reader, writer, b"ping") == b"ping"
 

@@ -82,7 +82,7 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
         assert mars["settled_intervals"] == {"250": 3}, (mars, why)
 
     # every message delivered exactly once; by the phone itself unless a stall made one of
-    # its newsyncs time out (Phone does not retry those: the final catch-up finds them)
+    # its newsyncs time out and the retry came after the drain (the final catch-up finds it)
     for p in by.values():
         assert p["messages_sent"] > 0 and p["send_failures"] == 0, p
         assert p["messages_lost"] == 0, p

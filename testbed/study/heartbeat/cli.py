@@ -1,0 +1,184 @@
+"""`testbed study heartbeat`: its options, and the command that runs the study and prints
+the table (stdout), the timing line and warnings (stderr), `--json` and `--plot`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from testbed.argtypes import nonneg_float, positive_float, positive_int
+from testbed.client.fleet import WorkerFailed, loop_runner
+
+from .config import StudyConfig
+from .orchestrate import run_study
+from .render import TABLE_WIDTH, render_table, timing_summary, write_plot
+from .results import StudyResult
+
+log = logging.getLogger(__name__)
+
+
+def _arg_processes(text: str) -> Optional[int]:
+    if text == "auto":
+        return None
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or auto: {text!r}")
+    if not 0 <= v <= 64:
+        raise argparse.ArgumentTypeError(f"must be 0 to 64: {text!r}")
+    return v
+
+
+def _arg_policy(text: str) -> str:
+    from testbed.client.heartbeat import parse_policy
+
+    try:
+        parse_policy(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return text.strip()
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add `study heartbeat` to an argparse subparsers object. Dispatch with
+    `args.study_func(args)`; `testbed study` alone prints help and returns 2."""
+    study = subparsers.add_parser("study", help="experiments: real clients against a real lab")
+    ssub = study.add_subparsers(dest="study_command", metavar="STUDY")
+
+    def study_help(_args) -> int:
+        study.print_help(sys.stderr)
+        return 2
+
+    study.set_defaults(study_func=study_help)
+    hb = ssub.add_parser(
+        "heartbeat", help="heartbeat policies behind a carrier NAT: wake-ups, deaths, delay",
+        description="Run real phones through the carrier NAT of a real lab, one group per "
+                    "heartbeat policy, for a protocol-time day; report heartbeats, silent "
+                    "link deaths, reconnects, wake-ups and bytes per day and the delivery "
+                    "delay of messages sent to them (docs/heartbeat-study.md).")
+    hb.add_argument("--nat-timeout", type=positive_float, default=300.0,
+                    metavar="SECONDS", help="carrier NAT idle timeout (default 300)")
+    hb.add_argument("--policy", dest="policies", action="append", type=_arg_policy,
+                    metavar="SPEC", help="heartbeat policy, repeatable: fixed:<seconds>, mars "
+                                         "(default: fixed:270 fixed:1680 mars)")
+    hb.add_argument("--clients", type=positive_int, default=100,
+                    help="phones per policy (default 100)")
+    hb.add_argument("--hours", type=positive_float, default=24.0,
+                    help="protocol hours each phone is measured (default 24)")
+    hb.add_argument("--time-scale", type=positive_float, default=2000.0,
+                    help="protocol seconds per wall second (default 2000)")
+    hb.add_argument("--messages-per-client-per-day", type=nonneg_float, default=4.0,
+                    metavar="M", help="messages sent to each phone per day (default 4)")
+    hb.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    hb.add_argument("--server-idle", type=positive_float, default=None,
+                    metavar="SECONDS", help="server idle timeout (default: the profile's)")
+    hb.add_argument("--json", type=Path, default=None, metavar="OUT",
+                    help="write the figures as JSON")
+    hb.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                    help="draw wake-ups/day and silent deaths per policy (needs matplotlib)")
+    hb.add_argument("--processes", type=_arg_processes, default=None, metavar="N",
+                    help="run the phones in N processes of their own, the lab in this one; "
+                         "0: everything in one process (default: 2 with 2 CPUs or more)")
+    hb.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                    help="event loop (default: uvloop if installed)")
+    hb.add_argument("--quiet", action="store_true", help="no progress bar")
+    hb.set_defaults(study_func=main_heartbeat)
+    return hb
+
+
+def config_from_args(args: argparse.Namespace) -> StudyConfig:
+    return StudyConfig(nat_timeout_s=args.nat_timeout,
+                       policies=tuple(args.policies or StudyConfig.policies),
+                       clients=args.clients, hours=args.hours, time_scale=args.time_scale,
+                       messages_per_client_per_day=args.messages_per_client_per_day,
+                       seed=args.seed, server_idle_s=args.server_idle,
+                       processes=getattr(args, "processes", None),
+                       loop=getattr(args, "loop", "auto"))
+
+
+def main_heartbeat(args: argparse.Namespace) -> int:
+    """`testbed study heartbeat`: 0 on success, 2 on bad arguments, 1 if the run failed."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    err = Console(stderr=True)
+    try:
+        config = config_from_args(args)
+        config.validate()
+        runner = loop_runner(getattr(args, "loop", "auto"))
+        for opt, target in (("--json", args.json), ("--plot", args.plot)):
+            if target is not None and target.exists() and target.is_dir():
+                raise ValueError(f"{opt} {target}: is a directory")
+        if args.plot is not None:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise ValueError("--plot needs matplotlib (pip install 'wechat-testbed[plot]')")
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        return 2
+
+    quiet = getattr(args, "quiet", False)
+    progress = Progress(TextColumn("[bold]heartbeat study[/bold]"), BarColumn(),
+                        TextColumn("{task.completed:>7.0f}/{task.total:.0f} protocol s"),
+                        TextColumn("{task.description}"), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=err, transient=True,
+                        disable=quiet, refresh_per_second=4)
+
+    async def go() -> StudyResult:
+        with progress:
+            task = progress.add_task("starting", total=config.window_s)
+
+            def report(done: float, total: float, what: str) -> None:
+                progress.update(task, completed=done, total=total, description=what)
+
+            return await run_study(config, report)
+
+    try:
+        result = runner(go())
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]")
+        return 130
+    except WorkerFailed as exc:   # a phone process: its traceback is in the log
+        log.error("heartbeat study failed: %s", exc)
+        err.print(f"[red]study failed:[/red] {exc.name}: {exc.detail.strip().splitlines()[-1]}")
+        return 1
+    except Exception as exc:
+        log.exception("heartbeat study failed")
+        err.print(f"[red]study failed:[/red] {exc!r}")
+        return 1
+
+    # a pipe or file gets the whole table, not 80 columns of it; a narrow terminal gets it
+    # turned, one row per figure
+    out = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH)
+    out.print(render_table(result, vertical=out.width < TABLE_WIDTH))
+    err.print(timing_summary(result), soft_wrap=True)
+    if result.stalls:
+        err.print(f"[yellow]warning:[/yellow] an event loop stalled {result.stalls} time(s) "
+                  f"for {result.stall_threshold_s:g} protocol s or more (half the "
+                  f"{result.timing_margin_s:g} s slack of the tightest policy under the NAT "
+                  f"timeout): some silent deaths of policies that should survive, and some "
+                  f"late messages, may be the testbed's doing, not the policy's. A busy "
+                  f"machine does this; rerun, or use a lower --time-scale.", soft_wrap=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        err.print(f"figures: {args.json}")
+    if args.plot is not None:
+        write_plot(result, args.plot)
+        err.print(f"plot: {args.plot}")
+    return 0
+
+
+def _main(argv=None) -> int:
+    """`python -m testbed.study.heartbeat ...`: the same as `testbed study heartbeat ...`."""
+    parser = argparse.ArgumentParser(prog="python -m testbed.study.heartbeat")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["study", "heartbeat", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.WARNING)
+    return args.study_func(args)

@@ -1,0 +1,148 @@
+"""What a heartbeat study is asked to do (`StudyConfig`), and what follows from it alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from testbed.lab.addressing import MAX_CLIENTS
+
+DAY_S = 86400.0
+TCPIP_HEADER_BYTES = 52     # IPv4 (20) + TCP (20) + timestamps option (12)
+TCP_CONN_SEGMENTS = 7       # SYN, SYN-ACK, ACK, FIN, ACK, FIN, ACK: header-only segments
+LATE_S = 60.0               # a message later than this did not come by push on a live link
+MAX_PHONES = MAX_CLIENTS - 1   # one source address each, and one for the sender
+
+
+@dataclass
+class StudyConfig:
+    """What `testbed study heartbeat` takes. Durations are protocol seconds (hours: hours)."""
+
+    nat_timeout_s: float = 300.0
+    policies: tuple[str, ...] = ("fixed:270", "fixed:1680", "mars")
+    clients: int = 100                      # phones per policy
+    hours: float = 24.0                     # each phone's measured window
+    time_scale: float = 2000.0
+    messages_per_client_per_day: float = 4.0
+    seed: int = 1
+    server_idle_s: Optional[float] = None   # None: the profile's (660 s)
+    profile: str = "lab-report-2013"
+    start_concurrency: int = 8              # phones logging in (or going online) at once
+    processes: Optional[int] = None         # phone processes; 0: phones in the lab's process;
+                                            # None: 2 where there are 2 CPUs or more, else 0
+    loop: str = "auto"                      # event loop of phone processes: auto/asyncio/uvloop
+    pause_gc: bool = True                   # no cyclic GC during the run (see run_study)
+    drain_s: Optional[float] = None         # None: longest policy interval + 2 NOOP timeouts + 120
+
+    def validate(self) -> None:
+        """Raise ValueError with a message a user can act on."""
+        from testbed.client.heartbeat import parse_policy
+
+        if not _positive(self.nat_timeout_s):
+            raise ValueError(f"--nat-timeout must be a positive number of seconds, "
+                             f"got {self.nat_timeout_s!r}")
+        if not self.policies:
+            raise ValueError("give at least one --policy (fixed:<seconds> or mars)")
+        seen = set()
+        for spec in self.policies:
+            parse_policy(spec)   # raises ValueError with the accepted forms
+            if spec in seen:
+                raise ValueError(f"policy {spec!r} given twice")
+            seen.add(spec)
+        if not isinstance(self.clients, int) or self.clients < 1:
+            raise ValueError(f"--clients must be a whole number >= 1, got {self.clients!r}")
+        if self.clients * len(self.policies) > MAX_PHONES:
+            raise ValueError(f"at most {MAX_PHONES} phones in one study")
+        if not _positive(self.hours):
+            raise ValueError(f"--hours must be positive, got {self.hours!r}")
+        if not _positive(self.time_scale):
+            raise ValueError(f"--time-scale must be positive, got {self.time_scale!r}")
+        m = self.messages_per_client_per_day
+        if not (isinstance(m, (int, float)) and math.isfinite(m) and m >= 0):
+            raise ValueError(f"--messages-per-client-per-day must be >= 0, got {m!r}")
+        if self.server_idle_s is not None and not _positive(self.server_idle_s):
+            raise ValueError(f"--server-idle must be positive, got {self.server_idle_s!r}")
+        if self.drain_s is not None and not (math.isfinite(self.drain_s) and self.drain_s >= 0):
+            raise ValueError(f"drain_s must be >= 0, got {self.drain_s!r}")
+        if self.start_concurrency < 1:
+            raise ValueError("start_concurrency must be >= 1")
+        if self.processes is not None and (not isinstance(self.processes, int)
+                                           or not 0 <= self.processes <= 64):
+            raise ValueError(f"--processes must be 0 (phones in the lab's process) to 64, or "
+                             f"auto, got {self.processes!r}")
+        if self.loop not in ("auto", "asyncio", "uvloop"):
+            raise ValueError(f"--loop must be auto, asyncio or uvloop, got {self.loop!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON has it (and a phone process gets it): `policies` as a list."""
+        d = dataclasses.asdict(self)
+        d["policies"] = list(self.policies)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
+        return cls(**{**d, "policies": tuple(d["policies"])})
+
+    def phone_processes(self) -> int:
+        if self.processes is not None:
+            return self.processes
+        return 2 if (os.cpu_count() or 1) >= 2 else 0
+
+    @property
+    def window_s(self) -> float:
+        return self.hours * 3600.0
+
+    def noop_timeout_effective(self) -> float:
+        """The NOOP timeout the phones really wait, in protocol seconds: 20 s, but never
+        under MIN_WALL_TIMEOUT wall seconds (100 protocol s at k = 2000)."""
+        from testbed.client.phone import MIN_WALL_TIMEOUT
+
+        return max(20.0, MIN_WALL_TIMEOUT * self.time_scale)
+
+    def effective_drain_s(self) -> float:
+        if self.drain_s is not None:
+            return self.drain_s
+        return max(_max_interval(p) for p in self.policies) \
+            + 2 * self.noop_timeout_effective() + 120.0
+
+
+def timing_margin(config: StudyConfig) -> Optional[float]:
+    """Protocol seconds by which the tightest interval that should survive the NAT stays
+    under its timeout (fixed:270 behind 300 s: 30 s; mars probes its steps too). Errors that
+    add up to this turn a heartbeat due in time into a NAT expiry: a late heartbeat timer in
+    the phone's loop, and the NAT stamping the NOOP late in the lab's; a stall of half the
+    margin in one loop (`stall_threshold_s`) is already suspect."""
+    from testbed.client.heartbeat import FixedHeartbeat, MarsHeartbeat, parse_policy
+
+    slack = []
+    nat = config.nat_timeout_s
+    for spec in config.policies:
+        p = parse_policy(spec)
+        if isinstance(p, FixedHeartbeat) and p.seconds < nat:
+            slack.append(nat - p.seconds)
+        elif isinstance(p, MarsHeartbeat):
+            v = p.p.min_s
+            below = None
+            while v < nat and v <= p.p.max_s:
+                below, v = v, v + p.p.step_s
+            if below is not None:
+                slack.append(nat - below)
+    return min(slack) if slack else None
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def _max_interval(spec: str) -> float:
+    from testbed.client.heartbeat import FixedHeartbeat, MarsHeartbeat, parse_policy
+
+    p = parse_policy(spec)
+    if isinstance(p, FixedHeartbeat):
+        return p.seconds
+    if isinstance(p, MarsHeartbeat):
+        return p.p.max_s
+    return 1800.0

@@ -1,0 +1,385 @@
+"""The fleet driver: planned phones and a sender in one event loop (the lab's, or a phone
+process's), from login to the final catch-up, each phone's window measured as it goes.
+
+`run_fleet(payload, channel)` is the worker that `testbed.client.fleet.Fleet` runs once per
+phone process (or once in the lab's loop): the phones' plans come in the payload, progress
+and the barrier go over the channel, the `FleetReport` comes back as its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import logging
+import math
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .config import StudyConfig
+from .measure import (LagMonitor, cpu_seconds, loop_name, max_rss_mb, quiescent, snapshot,
+                      window)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PhonePlan:
+    """One phone of the study, decided before anything runs (picklable, for child processes)."""
+
+    index: int
+    policy_index: int
+    policy: str
+    username: str
+    password: str
+    source: Optional[str]        # loopback address the phone binds, for NAT attribution
+    offsets: list[float]         # protocol seconds into its window when it gets a message
+    seed: int
+
+
+@dataclass
+class PhoneOutcome:
+    """What one phone did, as a fleet reports it (picklable)."""
+
+    index: int
+    policy_index: int
+    t0: float                    # protocol time its window opened
+    window_s: float
+    t_end: float                 # protocol time its loop stopped (after the drain)
+    snapshot: dict[str, Any]     # the window's counters
+    sends: list[tuple[float, float, int, str]]   # (sent_at, acked_at, new_msg_id, error)
+    received: dict[int, float]   # new_msg_id -> protocol time, by the phone's own loop
+    caught_up: list[int]         # new_msg_ids first seen by the final short-link newsync
+    duplicates: int
+    loop_errors: list[str]
+    notify_sync_failures: int = 0   # over the whole run (PhoneMetrics)
+    reconnect_failures: int = 0
+
+
+@dataclass
+class FleetReport:
+    """What one fleet (a phone process, or the lab's loop) returns."""
+
+    outcomes: list[PhoneOutcome]
+    lag: list[tuple[float, float]]     # (protocol time, wall seconds of lag)
+    login_done: float                  # protocol time: every phone of the fleet logged in
+    online_done: float                 # protocol time: every phone of the fleet online
+    event_loop: str
+    cpu_s: float
+    max_rss_mb: float
+
+
+class _RunningPhone:
+    """A planned phone while it runs."""
+
+    def __init__(self, plan: PhonePlan) -> None:
+        self.plan = plan
+        self.phone = None
+        self.arrived = asyncio.Event()
+        self.t0 = math.nan
+        self.t_end = math.nan
+        self.window_s = math.nan
+        self.baseline: dict[str, Any] = {}
+        self.snapshot: dict[str, Any] = {}
+        self.sends: list[list] = []      # [sent_at, acked_at, new_msg_id, error]
+        self.loop_errors: list[str] = []
+        self.received: dict[int, float] = {}
+        self.caught_up: list[int] = []
+        self.started = False
+        self.done = False
+
+    def outcome(self) -> PhoneOutcome:
+        ids = {s[2] for s in self.sends if s[2]}
+        m = self.phone.metrics if self.phone else None
+        return PhoneOutcome(
+            index=self.plan.index, policy_index=self.plan.policy_index, t0=self.t0,
+            window_s=self.window_s, t_end=self.t_end, snapshot=self.snapshot,
+            sends=[tuple(s) for s in self.sends],
+            received={i: t for i, t in self.received.items() if i in ids},
+            caught_up=[i for i in self.caught_up if i in ids],
+            duplicates=m.duplicates if m else 0, loop_errors=self.loop_errors,
+            notify_sync_failures=m.notify_sync_failures if m else 0,
+            reconnect_failures=m.reconnect_failures if m else 0)
+
+
+class PhoneFleet:
+    """Phones and a sender in one event loop (the lab's, or a phone process's).
+
+    Phase 1 logs every phone in (TLS) and takes its newinit on the short link; once every
+    phone of the study is in (`barrier`), phase 2 opens each phone's long link and its window
+    starts: the costly TLS handshakes are over before any heartbeat's timing matters."""
+
+    def __init__(self, manifest, clock, config: StudyConfig, plans: list[PhonePlan],
+                 sender: tuple[str, str, Optional[str]], *,
+                 report: Optional[Callable[..., None]] = None,
+                 barrier: Optional[Callable[[], Any]] = None) -> None:
+        self.manifest = manifest
+        self.clock = clock
+        self.cfg = config
+        self.window = config.window_s
+        self.drain = config.effective_drain_s()
+        self.phones = [_RunningPhone(p) for p in plans]
+        self.sender_user = sender
+        self.sender = None
+        self.report = report
+        self.barrier = barrier
+        self.lag = LagMonitor(clock)
+        self.logged_in = 0
+        self.login_done = math.nan
+        self.online_done = math.nan
+        self.everyone_in = asyncio.Event()
+        self._barrier_task: Optional[asyncio.Future] = None
+
+    # ------------------------------------------------------------------ helpers
+    def wall(self, protocol_s: float) -> float:
+        return max(0.0, self.clock.to_wall(protocol_s))
+
+    async def sleep_until(self, t: float, watch: Optional[asyncio.Future] = None) -> None:
+        """Sleep until protocol time t; if `watch` (a phone's loop) ends first, raise."""
+        # loop timers may fire a millisecond early (uvloop rounds): sleep again until due
+        while (delay := self.wall(t - self.clock.now())) > 0:
+            if watch is None:
+                await asyncio.sleep(delay)
+                continue
+            done, _ = await asyncio.wait({watch}, timeout=delay)
+            if done:
+                watch.result()   # re-raise the phone's error
+                raise RuntimeError("a phone's heartbeat loop ended early")
+
+    def _progress(self, done: float, total: float, what: str) -> None:
+        if self.report is not None:
+            try:
+                self.report("progress", done, total, what)
+            except Exception:
+                log.exception("progress report failed")
+
+    async def _ticker(self) -> None:
+        total = self.window
+        n = len(self.phones)
+        while True:
+            started = sum(1 for p in self.phones if p.started)
+            if self.logged_in < n:
+                self._progress(0.0, total, f"logging in {self.logged_in}/{n}")
+            elif started < n:
+                self._progress(0.0, total, f"going online {started}/{n}")
+            else:
+                now = self.clock.now()
+                done = min(min(now - p.t0, self.window) for p in self.phones)
+                if done >= self.window:
+                    left = sum(1 for p in self.phones if not p.done)
+                    self._progress(total, total, f"draining ({left} phones)")
+                else:
+                    self._progress(done, total, "protocol time")
+            await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ one phone
+    async def _send(self, p: _RunningPhone, off: float, k: int) -> None:
+        import aiohttp
+
+        from testbed.client.shortlink import HTTPStatusError
+
+        await self.sleep_until(p.t0 + off)
+        rec = [math.nan, math.nan, 0, ""]
+        p.sends.append(rec)
+        cid = uuid.uuid4().hex
+        rec[0] = self.clock.now()
+        for attempt in range(5):
+            try:
+                r = await self.sender.send_text(p.plan.username, f"study {p.plan.index}/{k}",
+                                                client_msg_id=cid, door="short")
+            except (OSError, asyncio.TimeoutError, aiohttp.ClientError,
+                    HTTPStatusError) as exc:
+                rec[3] = repr(exc)
+                log.info("send to %s failed (%r); retrying", p.plan.username, exc)
+                await asyncio.sleep(0.02 * (attempt + 1))
+                continue
+            rec[1], rec[2], rec[3] = self.clock.now(), r.new_msg_id, ""
+            return
+
+    def _all_received(self, p: _RunningPhone) -> bool:
+        got = p.phone.metrics.received
+        return all(s[2] in got for s in p.sends if s[2])
+
+    async def _keep_running(self, p: _RunningPhone, stop: asyncio.Event) -> None:
+        """`Phone.run` until `stop`; if the loop dies of a network error all the same (a
+        timeout the phone does not catch), count it, sync and go on, so that one slow reply
+        does not end the study."""
+        from testbed.client.longlink import LinkClosed
+
+        transient = (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError)
+        while True:
+            try:
+                await p.phone.run(stop)
+                return
+            except transient as exc:
+                if stop.is_set():
+                    return
+                p.loop_errors.append(f"{self.clock.now():.0f}: {exc!r}")
+                log.info("%s: heartbeat loop died (%r); restarting it", p.plan.username, exc)
+            try:
+                await p.phone.sync()
+            except transient:
+                pass
+
+    async def _log_in(self, p: _RunningPhone, sem: asyncio.Semaphore) -> None:
+        """Phase 1: TLS login and newinit on the short link; no long link yet."""
+        from testbed.client.phone import Phone
+
+        async with sem:
+            # built here, not all at once: a Session loads the CA into a fresh SSL context
+            p.phone = Phone(self.manifest, p.plan.username, p.plan.password,
+                            policy=p.plan.policy, clock=self.clock, local_addr=p.plan.source,
+                            on_message=lambda _m, _t, ev=p.arrived: ev.set(),
+                            rng=random.Random(p.plan.seed))
+            await p.phone.session.login()
+            await p.phone.session.init()
+        self.logged_in += 1
+        if self.logged_in == len(self.phones):
+            self.login_done = self.clock.now()
+            self._barrier_task = asyncio.ensure_future(self._cross_barrier())
+
+    async def _cross_barrier(self) -> None:
+        if self.barrier is not None:
+            await self.barrier()
+        self.everyone_in.set()
+
+    async def _go_online(self, p: _RunningPhone) -> None:
+        """Phase 2: open and identify the long link and sync (what the end of `Phone.start`
+        does; `reconnect()` is its public form, counted once and subtracted by the baseline)."""
+        from testbed.client.longlink import LinkClosed
+
+        for attempt in range(3):
+            try:
+                await p.phone.reconnect()
+                return
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError, OSError):
+                if attempt == 2:
+                    raise
+
+    async def _drive(self, p: _RunningPhone, sem: asyncio.Semaphore) -> None:
+        await self._log_in(p, sem)
+        await self.everyone_in.wait()
+        async with sem:
+            await self._go_online(p)
+        p.t0 = self.clock.now()
+        p.baseline = snapshot(p.phone)
+        p.started = True
+        if all(q.started for q in self.phones):
+            self.online_done = self.clock.now()
+        stop = asyncio.Event()
+        run = asyncio.ensure_future(self._keep_running(p, stop))
+        sends = [asyncio.ensure_future(self._send(p, off, k))
+                 for k, off in enumerate(p.plan.offsets)]
+        try:
+            await self.sleep_until(p.t0 + self.window, run)
+            # close the window when no heartbeat or reconnect is in flight, so that every
+            # heartbeat counted has its outcome counted too (at most a NOOP timeout later)
+            cap = p.t0 + self.window + self.cfg.noop_timeout_effective() + 300.0
+            while not quiescent(p.phone, p.baseline) and self.clock.now() < cap \
+                    and not run.done():
+                await asyncio.sleep(0.002)
+            p.snapshot = window(p.baseline, snapshot(p.phone))
+            p.window_s = self.clock.now() - p.t0
+            await asyncio.gather(*sends)
+            # the drain: keep running until every message sent to this phone has arrived
+            deadline = p.t0 + self.window + self.drain
+            while not self._all_received(p):
+                remaining = deadline - self.clock.now()
+                if remaining <= 0:
+                    break
+                p.arrived.clear()
+                waiter = asyncio.ensure_future(p.arrived.wait())
+                try:
+                    await asyncio.wait({waiter, run}, timeout=self.wall(remaining),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                if run.done():
+                    run.result()
+                    raise RuntimeError("a phone's heartbeat loop ended early")
+        finally:
+            for s in sends:
+                s.cancel()
+            stop.set()
+            await run
+            p.t_end = self.clock.now()
+            p.done = True
+
+    async def _catch_up(self, p: _RunningPhone, sem: asyncio.Semaphore) -> None:
+        """The loop has stopped: drop the long link and take one newsync on the short link."""
+        phone = p.phone
+        p.received = dict(phone.metrics.received)
+        if phone.session.link is not None:
+            phone.session.link.abort()
+        async with sem:
+            phone.sync_door = "short"
+            await phone.sync()
+        p.caught_up = [i for i in phone.metrics.received if i not in p.received]
+        await phone.stop()
+
+    # ------------------------------------------------------------------ main
+    async def run(self) -> FleetReport:
+        from testbed.client.session import Session
+
+        cpu0 = cpu_seconds()
+        lag_task = asyncio.ensure_future(self.lag.run())
+        ticker = asyncio.ensure_future(self._ticker())
+        try:
+            user, password, source = self.sender_user
+            self.sender = Session(self.manifest, user, password, local_addr=source)
+            await self.sender.login()
+            sem = asyncio.Semaphore(self.cfg.start_concurrency)
+            drives = [asyncio.ensure_future(self._drive(p, sem)) for p in self.phones]
+            try:
+                await asyncio.gather(*drives)
+            except BaseException:
+                for d in drives:
+                    d.cancel()
+                await asyncio.gather(*drives, return_exceptions=True)
+                raise
+        finally:
+            lag_task.cancel()
+            ticker.cancel()
+        sem = asyncio.Semaphore(32)
+        await asyncio.gather(*(self._catch_up(p, sem) for p in self.phones))
+        return FleetReport(outcomes=[p.outcome() for p in self.phones],
+                           lag=self.lag.samples,
+                           login_done=self.login_done, online_done=self.online_done,
+                           event_loop=loop_name(), cpu_s=cpu_seconds() - cpu0,
+                           max_rss_mb=max_rss_mb())
+
+
+async def run_fleet(payload: dict[str, Any], channel) -> FleetReport:
+    """A fleet worker: run the plans of `payload` against the lab of its manifest.
+
+    Its clock takes the lab clock's wall origin (both read CLOCK_MONOTONIC), so protocol
+    times in every process are one time line. The barrier: "logged_in" to the parent once
+    every phone here is in, then wait for its "go" (sent when every fleet is in)."""
+    from testbed.lab.clock import Clock
+    from testbed.lab.manifest import Manifest
+
+    cfg = StudyConfig.from_dict(payload["config"])
+    if payload["own_process"] and cfg.pause_gc:   # the lab's process paused its own
+        gc.collect()
+        gc.disable()
+
+    async def barrier() -> None:
+        channel.send("logged_in")
+        while (await channel.receive())[0] != "go":
+            pass
+
+    fleet = PhoneFleet(Manifest.from_dict(payload["manifest"]),
+                       Clock(cfg.time_scale, origin=payload["wall0"]), cfg,
+                       [PhonePlan(**p) for p in payload["plans"]], tuple(payload["sender"]),
+                       report=lambda *msg: channel.send(*msg), barrier=barrier)
+    return await fleet.run()
+
+
+def fleet_payload(config: StudyConfig, lab, plans: list[PhonePlan],
+                  sender: tuple[str, str, Optional[str]], own_process: bool) -> dict[str, Any]:
+    """What `run_fleet` needs, picklable: for a phone process, or for the lab's own loop."""
+    return {"config": config.to_dict(), "manifest": lab.manifest.to_dict(),
+            "wall0": lab.clock.origin, "plans": [dataclasses.asdict(p) for p in plans],
+            "sender": sender, "own_process": own_process}

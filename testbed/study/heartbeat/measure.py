@@ -1,0 +1,111 @@
+"""How the study measures: what a phone did between two moments (snapshots of its
+`PhoneMetrics`), how late each event loop ran (`LagMonitor`), and the statistics of both."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import resource
+import time
+from typing import Any, Optional
+
+LAG_PERIOD_S = 0.005        # wall seconds between lag probes
+LAG_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 100.0)   # protocol seconds
+
+# the PhoneMetrics counters a phone's window is the difference of
+COUNTERS = ("heartbeats_sent", "heartbeats_answered", "silent_deaths", "links_closed",
+            "reconnects", "reconnect_attempts", "wakeups", "pushes", "syncs",
+            "tcp_connections")
+
+
+# ---------------------------------------------------------------------------- a phone
+def snapshot(phone) -> dict[str, Any]:
+    """The phone's counters now, bytes of the link in use included."""
+    m = phone.metrics
+    d: dict[str, Any] = {k: getattr(m, k) for k in COUNTERS}
+    d["app_bytes"], d["long_frames"] = phone.long_totals()
+    d["intervals"] = list(m.intervals)
+    pol = phone.policy
+    d["policy_current"] = getattr(pol, "current", None)
+    d["policy_probing"] = getattr(pol, "probing", None)
+    return d
+
+
+def window(base: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
+    """What happened between two snapshots."""
+    d = dict(end)
+    for k in (*COUNTERS, "app_bytes", "long_frames"):
+        d[k] = end[k] - base[k]
+    d["intervals"] = end["intervals"][len(base["intervals"]):]
+    return d
+
+
+def quiescent(phone, base: dict[str, Any]) -> bool:
+    """No NOOP awaiting its answer and no reconnect under way. In the window each
+    `reconnect()` follows exactly one silent death or one closed link, and counts once when
+    it succeeds (`base`: the counters when the window opened)."""
+    m = phone.metrics
+    in_flight = m.heartbeats_sent - m.heartbeats_answered - m.silent_deaths - m.links_closed
+    owed = (m.silent_deaths - base["silent_deaths"]) + (m.links_closed - base["links_closed"]) \
+        - (m.reconnects - base["reconnects"])
+    return in_flight <= 0 and owed == 0
+
+
+# ---------------------------------------------------------------------------- an event loop
+class LagMonitor:
+    """How late a short wall sleep wakes up: the event loop's lag, stamped in protocol time."""
+
+    def __init__(self, clock, period: float = LAG_PERIOD_S) -> None:
+        self.clock = clock
+        self.period = period
+        self.samples: list[tuple[float, float]] = []   # (protocol time, wall s of lag)
+
+    async def run(self) -> None:
+        perf = time.perf_counter
+        period = self.period
+        now = self.clock.now
+        append = self.samples.append
+        while True:
+            t = perf()
+            await asyncio.sleep(period)
+            append((now(), max(0.0, perf() - t - period)))
+
+
+def lag_between(samples: list[tuple[float, float]], a: float, b: float) -> list[float]:
+    """The lags (sorted) of the samples stamped from protocol time a to b."""
+    return sorted(lag for t, lag in samples if a <= t <= b)
+
+
+def loop_name() -> str:
+    loop = asyncio.get_running_loop()
+    return f"{type(loop).__module__}.{type(loop).__name__}"
+
+
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    ru = resource.getrusage(who)
+    return ru.ru_utime + ru.ru_stime
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------- statistics
+def percentile(sorted_values: list[float], q: float) -> Optional[float]:
+    """Nearest-rank percentile (q in 0..100) of an already sorted list."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def histogram(values: list[float]) -> dict[str, int]:
+    """Counts of values (protocol seconds) in LAG_BUCKETS: "<1", "1-5", ..., ">=100"."""
+    edges = LAG_BUCKETS
+    labels = [f"<{edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:])] \
+        + [f">={edges[-1]:g}"]
+    out = dict.fromkeys(labels, 0)
+    for v in values:
+        i = next((j for j, e in enumerate(edges) if v < e), len(edges))
+        out[labels[i]] += 1
+    return out

@@ -1,0 +1,180 @@
+"""The run: one lab with a carrier NAT, the phones planned, their fleets run in the lab's
+loop or in processes of their own (`testbed.client.fleet.Fleet`), NAT expiries collected
+per client address, and the figures made from it all."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import logging
+import random
+import resource
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from testbed.client.fleet import Fleet, Message
+from testbed.lab.addressing import client_address
+
+from .config import DAY_S, StudyConfig
+from .driver import FleetReport, PhonePlan, fleet_payload, run_fleet
+from .figures import expiries_in_windows, study_result
+from .measure import LagMonitor, cpu_seconds
+from .results import StudyResult
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, float, str], None]
+
+
+def _can_bind(addr: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((addr, 0))
+        return True
+    except OSError:
+        return False
+
+
+class _Study:
+    def __init__(self, config: StudyConfig, progress: Optional[ProgressFn]) -> None:
+        self.cfg = config
+        self.progress = progress
+        self.lab = None
+        self.plans: list[PhonePlan] = []
+        self.sender: tuple[str, str, Optional[str]] = ("", "", None)
+        self.by_source: dict[str, int] = {}
+        self.expiries: list[tuple[str, float]] = []   # (client address, protocol time)
+        self.nat_attributed = False
+
+    async def start_lab(self, workdir: Path):
+        from mocks.runner import LabConfig, start_lab
+
+        cfg = self.cfg
+        lab = await start_lab(LabConfig(
+            users=cfg.clients * len(cfg.policies) + 1, friends="none", profile=cfg.profile,
+            time_scale=cfg.time_scale, nat_timeout_s=cfg.nat_timeout_s,
+            server_idle_s=cfg.server_idle_s, manifest_path=workdir / "manifest.json"))
+        self.lab = lab
+        # the sender must be allowed to message every phone; "all" would make N^2 pairs
+        sender_rec = lab.users[-1]
+        for rec in lab.users[:-1]:
+            await lab.service.make_friends(sender_rec, rec)
+        return lab
+
+    def plan(self) -> None:
+        cfg, manifest = self.cfg, self.lab.manifest
+        users = manifest.users
+        n = cfg.clients * len(cfg.policies)
+        # each phone its own source address (the sender the next one), where the lab has a
+        # block of its own (not the 127.0.0.1 fallback) and the kernel lets us bind them
+        first = client_address(manifest.dns_address, 0)
+        own = first is not None and _can_bind(first)
+        rng = random.Random(cfg.seed)
+        per_window = cfg.messages_per_client_per_day * cfg.window_s / DAY_S
+        whole, frac = int(per_window), per_window - int(per_window)
+        P = len(cfg.policies)
+        for i in range(cfg.clients):
+            for p in range(P):   # interleaved, so every policy's starts spread the same way
+                g = i * P + p
+                k = whole + (1 if rng.random() < frac else 0)
+                offsets = sorted(rng.uniform(0.0, cfg.window_s) for _ in range(k))
+                src = client_address(manifest.dns_address, g) if own else None
+                self.plans.append(PhonePlan(index=g, policy_index=p, policy=cfg.policies[p],
+                                            username=users[g]["username"],
+                                            password=users[g]["password"], source=src,
+                                            offsets=offsets, seed=cfg.seed * 1_000_003 + g))
+                if src is not None:
+                    self.by_source[src] = g
+        su = users[-1]
+        self.sender = (su["username"], su["password"],
+                       client_address(manifest.dns_address, n) if own else None)
+        if own and self.lab.nat is not None:
+            self.lab.nat.on_event = self._nat_event
+            self.nat_attributed = True
+
+    def _nat_event(self, event) -> None:
+        if event.kind == "expire" and event.client is not None:
+            self.expiries.append((event.client[0], event.at))
+
+    def _report(self, done: float, total: float, what: str) -> None:
+        if self.progress is not None:
+            try:
+                self.progress(done, total, what)
+            except Exception:
+                log.exception("progress callback failed")
+
+    async def run(self) -> StudyResult:
+        wall0 = time.perf_counter()
+        cpu0 = cpu_seconds() + cpu_seconds(resource.RUSAGE_CHILDREN)
+        gc_was = gc.isenabled()
+        if self.cfg.pause_gc:
+            gc.collect()
+            gc.disable()
+        try:
+            with tempfile.TemporaryDirectory(prefix="testbed-study-") as tmp:
+                await self.start_lab(Path(tmp))
+                lab_lag = LagMonitor(self.lab.clock)
+                nproc = self.cfg.phone_processes()
+                lag_task = asyncio.ensure_future(lab_lag.run()) if nproc else None
+                try:
+                    self.plan()
+                    fleets = await self._run_fleets(nproc)
+                    nat_stats = dataclasses.asdict(self.lab.nat.stats) if self.lab.nat else {}
+                    errors = self.lab.server_errors()
+                    if errors:
+                        raise RuntimeError(f"lab handlers raised: {errors!r}")
+                finally:
+                    if lag_task is not None:
+                        lag_task.cancel()
+                    await self.lab.stop()
+            wall = time.perf_counter() - wall0
+            cpu = cpu_seconds() + cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
+            outcomes = [o for f in fleets for o in f.outcomes]
+            expiries = (expiries_in_windows(outcomes, self.expiries, self.by_source)
+                        if self.nat_attributed else None)
+            return study_result(self.cfg, fleets, lab_lag.samples if nproc else None, wall,
+                                cpu, nat_stats, expiries)
+        finally:
+            if self.cfg.pause_gc and gc_was:
+                gc.enable()
+
+    async def _run_fleets(self, nproc: int) -> list[FleetReport]:
+        """One fleet in the lab's loop (`nproc` 0), or one per phone process; a fleet sends
+        "progress" ticks and "logged_in", and all go online on the one "go"."""
+        n = min(nproc, len(self.plans)) if nproc else 1
+        payloads = [fleet_payload(self.cfg, self.lab, self.plans[i::n], self.sender,
+                                  own_process=nproc > 0) for i in range(n)]
+        last: dict[int, tuple] = {}
+        logged_in: set[int] = set()
+
+        async with Fleet(run_fleet, payloads, spawn=nproc > 0, loop=self.cfg.loop,
+                         name="study-phones") as fleet:
+            def on_message(m: Message) -> None:
+                if m.kind == "progress":   # the slowest fleet's, once every fleet has said
+                    last[m.worker] = m.args
+                    if len(last) == n:
+                        done = min(v[0] for v in last.values())
+                        what = next(v[2] for v in last.values() if v[0] == done)
+                        self._report(done, m.args[1], what)
+                elif m.kind == "logged_in":
+                    logged_in.add(m.worker)
+                    if len(logged_in) == n:
+                        fleet.broadcast("go")
+
+            return await fleet.run(on_message)
+
+
+async def run_study(config: StudyConfig, progress: Optional[ProgressFn] = None) -> StudyResult:
+    """Run the study from the current event loop (the lab runs in it; the phones too, or in
+    `config.processes` child processes); `progress(done, total, what)` is called about ten
+    times a wall second with the protocol seconds of the slowest phone's window.
+
+    The cyclic garbage collector is paused for the run (`pause_gc`): a full collection of
+    the lab's objects stalls the loop 50-80 ms, 100-160 protocol seconds at k = 2000, enough
+    to kill links that should live. Reference counting still frees nearly everything."""
+    config.validate()
+    return await _Study(config, progress).run()
