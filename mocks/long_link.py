@@ -20,7 +20,8 @@ from testbed.wire.commands import IDENTIFY_CMD, NOOP_CMD, NOTIFY_CMD
 from testbed.wire.frames import HEADER, REPLY_OFFSET
 
 from .service import RequestContext, Service
-from .state import PushEvent, SessionEnded
+from .state import PushEvent, SessionEnded, new_link_id
+from .stats import count_request
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ MAX_QUEUED_REQUESTS = 256  # per link; reading pauses beyond this
 
 class LongLinkProtocol(asyncio.Protocol):
     __slots__ = ("server", "transport", "decoder", "last_rx", "session", "queue", "worker",
-                 "idle_handle", "peer", "closed", "_reading_paused", "_write_paused")
+                 "idle_handle", "peer", "closed", "link_id", "_reading_paused", "_write_paused")
 
     def __init__(self, server: "LongLinkServer") -> None:
         self.server = server
@@ -48,6 +49,7 @@ class LongLinkProtocol(asyncio.Protocol):
         self.idle_handle: Optional[asyncio.TimerHandle] = None
         self.peer = None
         self.closed = False
+        self.link_id: str = new_link_id()   # what events name this link by
         self._reading_paused = False
         self._write_paused = False
 
@@ -174,8 +176,9 @@ class LongLinkProtocol(asyncio.Protocol):
             command, seq, request = self.queue.popleft()
             if self._reading_paused:
                 self._set_reading()
-            ctx = RequestContext(door="long", origin=self, peer=self.peer)
+            ctx = RequestContext(origin=self.link_id, peer=self.peer)
             try:
+                await count_request(srv.service.store, "long", command.name)
                 response = await srv.service.handle(command, request, ctx)
                 body = response.SerializeToString()
             except ServiceError as exc:
@@ -275,7 +278,7 @@ class LongLinkServer:
     def _on_event(self, event) -> None:
         if isinstance(event, PushEvent):
             for link in tuple(self.by_uin.get(event.uin, ())):
-                if link is not event.origin:
+                if link.link_id != event.origin:
                     link.push(event.selector)
         elif isinstance(event, SessionEnded):
             for link in tuple(self.by_session.get(event.session_key, ())):

@@ -1,9 +1,12 @@
 """The messenger's domain, behind both doors (PROTOCOL.md sections 4, 5 and 7).
 
 The long link and the short link are thin adapters: they decode a request with the command
-table and call `Service.handle(command, request, ctx)`. Nothing here knows which door a
-request came through, except `ctx.origin`, which only says which long link (if any) must not
-be sent the NOTIFY its own request caused.
+table, count it under their door (`mocks.stats`) and call `Service.handle(command, request,
+ctx)`. Nothing here knows which door a request came through: what differs between commands
+(the message type an upload creates, the kind a report counts under) is in the command's
+row, and `ctx.origin` is only an id of the long link (if any) that must not be sent the
+NOTIFY its own request caused. Every counter lives in the store, so several processes can
+serve one lab.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ import hashlib
 import logging
 import os
 import secrets
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from google.protobuf.message import Message
@@ -22,9 +24,10 @@ from testbed.lab.addressing import LONG, QLOGO, QPIC, SHORT
 from testbed.lab.clock import Clock
 from testbed.wire import Command, Ret, ServiceError, pb
 from testbed.wire.commands import (ITEM_ADD_MSG, ITEM_MOD_CONTACT, ITEM_MOD_USER_INFO,
-                                   MEDIA_MSG_TYPE, MSG_FRIEND_REQUEST, MSG_IMAGE, MSG_TEXT)
+                                   MSG_FRIEND_REQUEST, MSG_IMAGE, MSG_TEXT)
 
 from . import nearby
+from .stats import MESSAGES_STORED, error_key, report_key
 from .state import (ALL_SELECTOR, LOG_CONTACTS, LOG_KEYS, LOG_MESSAGES, LOG_PROFILE,
                     SELECTOR_BIT, MediaRecord, PushEvent, SessionEnded, SessionRecord, Store,
                     UploadRecord, UserRecord)
@@ -50,11 +53,10 @@ CITIES = ("Beijing", "Shanghai", "Guangzhou", "Shenzhen", "Wuhan", "Chengdu", "N
 
 @dataclass
 class RequestContext:
-    """Who is asking, through which door; filled in by the adapters."""
+    """Who is asking; filled in by the adapters."""
 
-    door: str                     # "long", "short" or "tls"
     command: Optional[Command] = None
-    origin: Optional[object] = None   # the long link that carried the request, if any
+    origin: Optional[str] = None  # id of the long link that carried the request, if any
     session: Optional[SessionRecord] = None   # set by identify on a long link
     notify_after: int = 0         # set by identify: selector to push right after the reply
     peer: str = ""
@@ -72,16 +74,6 @@ def _item(cmd_id: int, body: Message) -> bytes:
     return pb.CmdItem(cmd_id=cmd_id, cmd_buf=body.SerializeToString()).SerializeToString()
 
 
-@dataclass
-class ServiceStats:
-    """What the servers saw, for tests and the lab's summary."""
-
-    requests: Counter = field(default_factory=Counter)     # (door, command name) -> count
-    errors: Counter = field(default_factory=Counter)       # (command name, ret) -> count
-    pushes: int = 0
-    messages_stored: int = 0
-
-
 class Service:
     """Accounts, sessions, sync logs, friends, sending, media, nearby and reports."""
 
@@ -90,7 +82,6 @@ class Service:
         self.store = store
         self.clock = clock or Clock()
         self.nearby_radius_m = nearby_radius_m
-        self.stats = ServiceStats()
 
     # ------------------------------------------------------------------ lab set-up
     async def create_user(self, username: str, password: str, *, nickname: str = "",
@@ -132,11 +123,10 @@ class Service:
     async def handle(self, command: Command, request: Message, ctx: RequestContext) -> Message:
         """Answer one decoded request; a `ServiceError` becomes `{1: BaseResponse{ret}}`."""
         ctx.command = command
-        self.stats.requests[(ctx.door, command.name)] += 1
         try:
             return await getattr(self, command.method)(request, ctx)
         except ServiceError as exc:
-            self.stats.errors[(command.name, exc.code)] += 1
+            await self.store.count({error_key(command.name, exc.code): 1})
             raise
 
     async def _auth(self, base: pb.BaseRequest) -> SessionRecord:
@@ -147,7 +137,6 @@ class Service:
 
     async def _store_item(self, uin: int, log_key: int, item: bytes, origin) -> None:
         await self.store.append(uin, log_key, item)
-        self.stats.pushes += 1
         await self.store.publish(PushEvent(uin, SELECTOR_BIT[log_key], origin))
 
     @staticmethod
@@ -324,13 +313,12 @@ class Service:
         await self._store_item(receiver, LOG_MESSAGES, item, origin)
         if receiver != sender:
             await self._store_item(sender, LOG_MESSAGES, item, origin)
-        self.stats.messages_stored += 1
+        await self.store.count({MESSAGES_STORED: 1})
 
     # ------------------------------------------------------------------ media
     async def upload_media(self, req: pb.UploadMediaRequest, ctx: RequestContext):
         session = await self._auth(req.base)
-        cmd = ctx.command.cmd if ctx.command else None
-        msg_type = MEDIA_MSG_TYPE.get(cmd, req.msg_type or MSG_IMAGE)
+        msg_type = (ctx.command and ctx.command.msg_type) or req.msg_type or MSG_IMAGE
         resp = pb.UploadMediaResponse(base=self._ok(), client_media_id=req.client_media_id,
                                       total_len=req.total_len)
         if not req.client_media_id:
@@ -366,7 +354,8 @@ class Service:
             resp.base.ret = Ret.MEDIA_OUT_OF_ORDER
             resp.base.errmsg = "chunk out of order"
             resp.start_pos = -1 - got
-            self.stats.errors[(ctx.command.name, Ret.MEDIA_OUT_OF_ORDER)] += 1
+            if ctx.command is not None:
+                await self.store.count({error_key(ctx.command.name, Ret.MEDIA_OUT_OF_ORDER): 1})
             return resp
         resp.start_pos = got
         if got == rec.total_len:
@@ -446,7 +435,7 @@ class Service:
     # ------------------------------------------------------------------ behaviour logs
     async def report(self, req: pb.ReportRequest, ctx: RequestContext):
         session = await self._auth(req.base)
-        await self.store.count_report(ctx.command.cgi, session.uin, len(req.items))
+        await self.store.count({report_key(ctx.command.report_kind): len(req.items)})
         return pb.ReportResponse(base=self._ok(), accepted=len(req.items))
 
     async def noop(self, req, ctx):  # NOOP is answered by the long link itself

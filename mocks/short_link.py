@@ -16,6 +16,7 @@ from testbed.wire import (BY_PATH, RemoteProtocolError, Ret, ServiceError, decod
                           error_body)
 
 from .service import RequestContext, Service
+from .stats import count_request
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,9 @@ class ShortLinkServer:
         except BodyTooLarge:
             await self._drain(request)
             return self._status(413, b"body over 1 MiB\n")
-        ctx = RequestContext(door="tls" if tls else "short", peer=request.remote or "")
+        ctx = RequestContext(peer=request.remote or "")
         try:
+            await count_request(self.service.store, "tls" if tls else "short", command.name)
             req = decode_request(command, body)
             out = (await self.service.handle(command, req, ctx)).SerializeToString()
         except RemoteProtocolError as exc:

@@ -110,14 +110,16 @@ class LabHandle:
         return self.lab.record_path
 
     def stats(self) -> dict:
-        """What the servers saw: requests per (door, command), messages stored, pushes."""
-        def snap():
-            s = self.lab.service.stats
-            return {"requests": dict(s.requests), "errors": dict(s.errors),
-                    "messages_stored": s.messages_stored,
-                    "pushes_sent": self.lab.long.pushes_sent,
-                    "identified_links": self.lab.long.identified_count()}
-        return self.run(snap)
+        """What the servers saw: requests per (door, command), errors per (command, ret),
+        behaviour-log items per report kind, messages stored, NOTIFYs sent, links held."""
+        from mocks.stats import read_stats
+
+        async def snap():
+            out = (await read_stats(self.lab.store)).to_dict()
+            out.update(pushes_sent=self.lab.long.pushes_sent,
+                       identified_links=self.lab.long.identified_count())
+            return out
+        return self.call(snap())
 
     def new_errors(self) -> list[BaseException]:
         errs = self.run(self.lab.server_errors)

@@ -1,10 +1,12 @@
-"""State behind an interface: the in-memory store (default); a Redis store comes later."""
+"""State behind an interface: the in-memory store (the default) and the Redis store
+(`mocks.state.redis`, for labs of several processes); `make_store(url)` opens either."""
 
 from .base import (ALL_SELECTOR, LOG_CONTACTS, LOG_KEYS, LOG_MESSAGES, LOG_PROFILE, SELECTOR_BIT,
                    MediaRecord, PushEvent, SessionEnded, SessionRecord, Store, UploadRecord,
-                   UserRecord)
+                   UserRecord, decode_event, encode_event, new_link_id)
 from .memory import MemoryStore
 
 __all__ = ["ALL_SELECTOR", "LOG_CONTACTS", "LOG_KEYS", "LOG_MESSAGES", "LOG_PROFILE",
            "SELECTOR_BIT", "MediaRecord", "PushEvent", "SessionEnded", "SessionRecord", "Store",
-           "UploadRecord", "UserRecord", "MemoryStore"]
+           "UploadRecord", "UserRecord", "MemoryStore", "decode_event", "encode_event",
+           "new_link_id"]

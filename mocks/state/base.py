@@ -9,8 +9,12 @@ not on locks of its own, so several worker processes can share one store.
 from __future__ import annotations
 
 import abc
+import itertools
+import json
+import os
+import secrets
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 LOG_MESSAGES, LOG_CONTACTS, LOG_PROFILE = 1, 2, 3
 LOG_KEYS = (LOG_MESSAGES, LOG_CONTACTS, LOG_PROFILE)
@@ -64,11 +68,12 @@ class MediaRecord:
 
 @dataclass(frozen=True)
 class PushEvent:
-    """A user's logs grew (`selector` bits); `origin` is the link that caused it, if any."""
+    """A user's logs grew (`selector` bits); `origin` is the id of the long link whose
+    request caused it, if any (that link is not sent the NOTIFY)."""
 
     uin: int
     selector: int
-    origin: Optional[object] = None
+    origin: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,52 @@ class SessionEnded:
 
 Event = Union[PushEvent, SessionEnded]
 Listener = Callable[[Event], None]
+
+
+class _Process:
+    """This process's token for link ids; a forked child draws its own."""
+
+    token = secrets.token_hex(6)
+
+    @classmethod
+    def renew(cls) -> None:
+        cls.token = secrets.token_hex(6)
+
+
+os.register_at_fork(after_in_child=_Process.renew)
+_link_counter = itertools.count(1)
+
+
+def new_link_id() -> str:
+    """An id for a long link, unique across processes and hosts: a random token of this
+    process, then a counter. Events carry these ids (never the link objects), so the process
+    that holds a link recognises it in an event published by any other."""
+    return f"{_Process.token}-{next(_link_counter)}"
+
+
+def encode_event(event: Event) -> bytes:
+    """An event as JSON, for stores that carry events between processes."""
+    if isinstance(event, PushEvent):
+        doc = {"push": event.uin, "selector": event.selector, "origin": event.origin}
+    elif isinstance(event, SessionEnded):
+        doc = {"ended": event.uin, "session_key": event.session_key.hex()}
+    else:
+        raise TypeError(f"not a store event: {event!r}")
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_event(data: bytes) -> Event:
+    """The inverse of `encode_event`; `ValueError` if `data` is not an encoded event."""
+    try:
+        doc = json.loads(data)
+        if "push" in doc:
+            origin = doc["origin"]
+            if origin is not None and not isinstance(origin, str):
+                raise ValueError("origin is not a link id")
+            return PushEvent(int(doc["push"]), int(doc["selector"]), origin)
+        return SessionEnded(bytes.fromhex(doc["session_key"]), int(doc["ended"]))
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not an encoded store event: {data[:80]!r}") from exc
 
 
 class Store(abc.ABC):
@@ -201,12 +252,14 @@ class Store(abc.ABC):
         GEOSEARCH, the memory store with a scan.
         """
 
-    # --- behaviour logs
+    # --- counters (the lab's statistics, summed over every process: `mocks.stats`)
     @abc.abstractmethod
-    async def count_report(self, cgi: str, uin: int, items: int) -> None: ...
+    async def count(self, counts: Mapping[str, int]) -> None:
+        """Add each amount to its named counter (each addition atomic)."""
 
     @abc.abstractmethod
-    async def report_counts(self) -> dict[str, int]: ...
+    async def counters(self) -> dict[str, int]:
+        """Every counter that was ever added to."""
 
     # --- events (NOTIFY pushes, logouts) to every door of every process
     @abc.abstractmethod

@@ -27,7 +27,7 @@ class MemoryStore(Store):
         self._media: dict[int, MediaRecord] = {}
         self._media_by_key: dict[str, int] = {}
         self._locations: dict[int, tuple[float, float]] = {}
-        self._reports: dict[str, int] = {}
+        self._counters: dict[str, int] = {}
         self._listeners: list[Listener] = []
 
     async def create_user(self, username, password, nickname, sex, city, signature, avatar_key):
@@ -155,11 +155,13 @@ class MemoryStore(Store):
     async def candidates_near(self, lon, lat, radius_m):
         return [(uin, x, y) for uin, (x, y) in self._locations.items()]
 
-    async def count_report(self, cgi, uin, items):
-        self._reports[cgi] = self._reports.get(cgi, 0) + items
+    async def count(self, counts):
+        mine = self._counters
+        for name, n in counts.items():
+            mine[name] = mine.get(name, 0) + n
 
-    async def report_counts(self):
-        return dict(self._reports)
+    async def counters(self):
+        return dict(self._counters)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)

@@ -19,6 +19,7 @@ CGI_PREFIX = "/cgi-bin/micromsg-bin/"
 NOTIFY_CMD = 24
 NOOP_CMD = 6
 IDENTIFY_CMD = 205
+MSG_TEXT, MSG_IMAGE, MSG_VOICE, MSG_VIDEO, MSG_FRIEND_REQUEST = 1, 3, 34, 43, 37
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class Command:
     cgi: Optional[str] = None      # CGI name, None if long-link only
     tls_only: bool = False         # short link: served only on the TLS port
     push_only: bool = False        # NOTIFY: a server push, never a request
+    msg_type: Optional[int] = None     # uploads: the msg_type of the AddMsg it creates
+    report_kind: Optional[str] = None  # behaviour logs: the kind its items are counted under
 
     @property
     def reply_cmd(self) -> Optional[int]:
@@ -51,9 +54,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("NEWSYNC", "newsync", pb.NewSyncRequest, pb.NewSyncResponse, cmd=121, cgi="newsync"),
     Command("GETCONTACT", "getcontact", pb.GetContactRequest, pb.GetContactResponse,
             cmd=71, cgi="getcontact"),
-    Command("UPLOADMSGIMG", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=9),
-    Command("UPLOADVOICE", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=19),
-    Command("UPLOADVIDEO", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=39),
+    Command("UPLOADMSGIMG", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=9,
+            msg_type=MSG_IMAGE),
+    Command("UPLOADVOICE", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=19,
+            msg_type=MSG_VOICE),
+    Command("UPLOADVIDEO", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=39,
+            msg_type=MSG_VIDEO),
     Command("GETMSGIMG", "download_media", pb.DownloadMediaRequest, pb.DownloadMediaResponse,
             cmd=10),
     Command("DOWNLOADVOICE", "download_media", pb.DownloadMediaRequest,
@@ -72,18 +78,16 @@ COMMANDS: tuple[Command, ...] = (
             pb.BatchGetHeadImgResponse, cgi="batchgetheadimg"),
     Command("LBSFIND", "lbsfind", pb.LbsFindRequest, pb.LbsFindResponse, cgi="lbsfind"),
     Command("LOGOUT", "logout", pb.LogoutRequest, pb.LogoutResponse, cgi="logout"),
-    Command("STATREPORT", "report", pb.ReportRequest, pb.ReportResponse, cgi="statreport"),
-    Command("KVREPORT", "report", pb.ReportRequest, pb.ReportResponse, cgi="kvreport"),
+    Command("STATREPORT", "report", pb.ReportRequest, pb.ReportResponse, cgi="statreport",
+            report_kind="statreport"),
+    Command("KVREPORT", "report", pb.ReportRequest, pb.ReportResponse, cgi="kvreport",
+            report_kind="kvreport"),
 )
 
 BY_CMD: dict[int, Command] = {c.cmd: c for c in COMMANDS if c.cmd is not None}
 BY_CGI: dict[str, Command] = {c.cgi: c for c in COMMANDS if c.cgi is not None}
 BY_PATH: dict[str, Command] = {c.path: c for c in COMMANDS if c.path is not None}
 BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS}
-
-#: msg_type of the AddMsg an upload creates, by upload command id
-MEDIA_MSG_TYPE = {9: 3, 19: 34, 39: 43}
-MSG_TEXT, MSG_IMAGE, MSG_VOICE, MSG_VIDEO, MSG_FRIEND_REQUEST = 1, 3, 34, 43, 37
 
 #: NewSync CmdItem.cmd_id -> body type
 CMD_ITEM_TYPES: dict[int, type[Message]] = {

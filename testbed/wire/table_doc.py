@@ -17,6 +17,10 @@ def markdown_table() -> str:
             notes.append("TLS port only")
         if c.push_only:
             notes.append("server push, seq 0, 4-byte selector")
+        if c.msg_type is not None:
+            notes.append(f"creates an AddMsg of msg_type {c.msg_type}")
+        if c.report_kind is not None:
+            notes.append(f"items counted as `{c.report_kind}`")
         rows.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
             c.name, c.cmd if c.cmd is not None else "—",
             c.reply_cmd if c.reply_cmd is not None else "—",

@@ -214,7 +214,7 @@ async def test_uploaded_image_reaches_the_cdn(lab):
     svc, users, http, _, (_, base) = lab
     auth = await svc.handle(BY_NAME["MANUALAUTH"],
                             pb.ManualAuthRequest(username="user0001", password="pass0001"),
-                            RequestContext(door="tls"))
+                            RequestContext())
     gif = b"GIF89a" + bytes(range(256)) * 300   # > one 64 KiB chunk: two uploads
     base_req = pb.BaseRequest(uin=auth.uin, session_key=auth.session_key)
     pos, resp = 0, None
@@ -222,7 +222,7 @@ async def test_uploaded_image_reaches_the_cdn(lab):
         chunk = gif[pos:pos + 65536]
         resp = await svc.handle(BY_NAME["UPLOADMSGIMG"], pb.UploadMediaRequest(
             base=base_req, client_media_id="img-1", to_user=users[1].username,
-            total_len=len(gif), start_pos=pos, data=chunk), RequestContext(door="long"))
+            total_len=len(gif), start_pos=pos, data=chunk), RequestContext())
         assert resp.base.ret == 0
         pos = resp.start_pos
     media = await svc.store.get_media(resp.new_msg_id)

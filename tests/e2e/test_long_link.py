@@ -119,6 +119,25 @@ async def test_push_then_sync_between_two_users(lab):
         await s.close()
 
 
+async def test_notify_skips_only_the_link_that_sent(lab):
+    """A user on two devices: a send through one device's link notifies the other device
+    (and the receiver) but not the link the request came through."""
+    phone = await logged_in(lab, 0)
+    tablet = await logged_in(lab, 0, device_id=b"tablet-device-01")
+    bob = await logged_in(lab, 1)
+    for s in (phone, tablet, bob):
+        await s.sync()
+    before = len(phone.link.notifies), len(tablet.link.notifies), len(bob.link.notifies)
+    await phone.send_text(bob.username, "from my phone")
+    # a NOTIFY for the phone would have been written before the reply to its send
+    assert len(phone.link.notifies) == before[0]
+    await wait_for(lambda: len(tablet.link.notifies) > before[1]
+                   and len(bob.link.notifies) > before[2])
+    assert tablet.link.notifies[-1] & 0x1 and bob.link.notifies[-1] & 0x1
+    for s in (phone, tablet, bob):
+        await s.close()
+
+
 async def test_identify_pushes_notify_for_missed_items(lab):
     bob = await logged_in(lab, 1, long=False)
     await bob.init()

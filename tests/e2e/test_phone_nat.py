@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 
+from mocks.stats import read_stats
 from testbed.client.phone import Phone
 from testbed.lab.clock import Clock
 
@@ -124,7 +125,7 @@ async def test_reconnect_after_server_closes_and_resend_is_idempotent(lab):
     stop.set()
     await task
     assert r.new_msg_id in b.metrics.received
-    assert lab.service.stats.messages_stored == 1
+    assert (await read_stats(lab.store)).messages_stored == 1
     await a.stop()
     await b.stop()
 
@@ -145,7 +146,7 @@ async def test_a_failed_sync_after_notify_is_retried(lab):
 
     async def flaky(req, ctx):
         if not failures:
-            failures.append(ctx.door)
+            failures.append("long" if ctx.origin is not None else "short")
             raise ServiceError(-1, "injected fault")
         return await real(req, ctx)
 

@@ -6,34 +6,35 @@ import json
 
 import pytest
 
+from mocks.stats import read_stats
 from testbed.cli import main
 from testbed.client.scenarios import run_scenario
 
 FAST = dict(time_scale=1000.0)
 
 
-def seen(lab, door, name):
-    return lab.service.stats.requests[(door, name)]
+async def seen(lab, door, name):
+    return (await read_stats(lab.store)).requests[(door, name)]
 
 
 @pytest.mark.lab(users=4, **FAST)
 async def test_login(lab):
     r = await run_scenario("login", lab.manifest, clients=3)
     assert r.ok, r
-    assert seen(lab, "tls", "MANUALAUTH") == 3
-    assert seen(lab, "short", "NEWINIT") == 3
-    assert seen(lab, "long", "IDENTIFY") == 3
+    assert await seen(lab, "tls", "MANUALAUTH") == 3
+    assert await seen(lab, "short", "NEWINIT") == 3
+    assert await seen(lab, "long", "IDENTIFY") == 3
     # the password never went over the plain port
-    assert seen(lab, "short", "MANUALAUTH") == 0
+    assert await seen(lab, "short", "MANUALAUTH") == 0
 
 
 @pytest.mark.lab(users=4, **FAST)
 async def test_chat(lab):
     r = await run_scenario("chat", lab.manifest, clients=4)
     assert r.ok, r
-    assert seen(lab, "long", "NEWSENDMSG") == 4       # one per pair, over the long link
-    assert seen(lab, "short", "NEWSENDMSG") == 4      # the replies, over HTTP
-    assert lab.service.stats.messages_stored == 8
+    assert await seen(lab, "long", "NEWSENDMSG") == 4       # one per pair, over the long link
+    assert await seen(lab, "short", "NEWSENDMSG") == 4      # the replies, over HTTP
+    assert (await read_stats(lab.store)).messages_stored == 8
     assert lab.long.pushes_sent >= 8
     assert r.metrics["duplicates"] == 0
 
@@ -42,8 +43,8 @@ async def test_chat(lab):
 async def test_media(lab):
     r = await run_scenario("media", lab.manifest, clients=2, seed=3)
     assert r.ok, r
-    assert seen(lab, "long", "UPLOADMSGIMG") >= 2 * 1   # chunked: at least one per image
-    assert seen(lab, "long", "GETMSGIMG") >= 2
+    assert await seen(lab, "long", "UPLOADMSGIMG") >= 2 * 1   # chunked: at least one per image
+    assert await seen(lab, "long", "GETMSGIMG") >= 2
     assert sum(lab.apps["mmsns.qpic.cn"]["stats"].values()) == 2
 
 
@@ -51,7 +52,7 @@ async def test_media(lab):
 async def test_nearby(lab):
     r = await run_scenario("nearby", lab.manifest, clients=3, seed=1)
     assert r.ok, r
-    assert seen(lab, "short", "LBSFIND") == 6
+    assert await seen(lab, "short", "LBSFIND") == 6
     mapabc = lab.apps["mapi.mapabc.com"]["stats"]
     assert mapabc["/v3/geocode/regeo"] == 6 and mapabc["/v3/cell"] == 6
     assert sum(lab.apps["wx.qlogo.cn"]["stats"].values()) == 6   # 2 others each
@@ -76,8 +77,9 @@ async def test_storyboard_in_the_reports_order(lab):
     order = ["login", "push then sync", "image", "lbsfind", "heartbeat", "behaviour", "logout"]
     idx = [next(i for i, n in enumerate(names) if key in n) for key in order]
     assert idx == sorted(idx)
-    assert seen(lab, "short", "STATREPORT") == 2 and seen(lab, "short", "KVREPORT") == 2
-    assert seen(lab, "short", "LOGOUT") == 2
+    assert await seen(lab, "short", "STATREPORT") == 2
+    assert await seen(lab, "short", "KVREPORT") == 2
+    assert await seen(lab, "short", "LOGOUT") == 2
     assert not lab.long.by_session        # every session ended
 
 
@@ -99,7 +101,7 @@ def test_emulate_cli_json_and_exit_codes(tmp_path, capsys):
             rc = await loop.run_in_executor(None, main, [
                 "emulate", "chat", "--manifest", str(lab.manifest_path), "--clients", "4",
                 "--processes", "2", "--json"])
-            return rc, lab.service.stats.messages_stored
+            return rc, (await read_stats(lab.store)).messages_stored
         finally:
             await lab.stop()
 

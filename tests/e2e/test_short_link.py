@@ -8,6 +8,7 @@ import ssl
 
 import pytest
 
+from mocks.stats import read_stats
 from testbed.client.session import RequestFailed, Session
 from testbed.lab.addressing import SHORT
 from testbed.wire import CGI_PREFIX, pb
@@ -164,9 +165,10 @@ async def test_every_cgi_answers(lab):
                                                                 pb.KV(key=2, value="b")]))
         assert r.accepted == 2
         seen.add(cgi)
-    assert await lab.store.report_counts() == {"statreport": 2, "kvreport": 2}
+    assert (await read_stats(lab.store)).reports == {"statreport": 2, "kvreport": 2}
     await a.cgi("logout", pb.LogoutRequest(base=base))
     seen.add("logout")
     assert seen == set(BY_CGI)
-    assert lab.service.stats.requests[("tls", "MANUALAUTH")] == 2
-    assert lab.service.stats.requests[("short", "NEWSYNC")] == 1
+    requests = (await read_stats(lab.store)).requests
+    assert requests[("tls", "MANUALAUTH")] == 2
+    assert requests[("short", "NEWSYNC")] == 1

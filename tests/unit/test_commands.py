@@ -14,7 +14,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from testbed.wire import mm_pb2 as pb
 from testbed.wire.commands import (BY_CGI, BY_CMD, BY_NAME, BY_PATH, CGI_PREFIX, CMD_ITEM_TYPES,
-                                   COMMANDS, IDENTIFY_CMD, MEDIA_MSG_TYPE, NOOP_CMD, NOTIFY_CMD,
+                                   COMMANDS, IDENTIFY_CMD, NOOP_CMD, NOTIFY_CMD,
                                    command_for_frame, decode_request, decode_response,
                                    error_body, notify_body, parse_notify)
 from testbed.wire.errors import RemoteProtocolError, Ret
@@ -214,10 +214,15 @@ def test_command_for_frame():
 
 
 def test_media_and_item_type_tables_match_section_4():
-    # msg_type 3 image, 34 voice, 43 video; uploads: 9 image, 19 voice, 39 video
-    assert MEDIA_MSG_TYPE == {9: 3, 19: 34, 39: 43}
-    assert {c: BY_CMD[c].name for c in MEDIA_MSG_TYPE} == {
-        9: "UPLOADMSGIMG", 19: "UPLOADVOICE", 39: "UPLOADVIDEO"}
+    # msg_type 3 image, 34 voice, 43 video; uploads: 9 image, 19 voice, 39 video. The row
+    # says what an upload creates, so the service never looks at which cmd carried it
+    assert {c.cmd: (c.name, c.msg_type) for c in COMMANDS if c.msg_type is not None} == {
+        9: ("UPLOADMSGIMG", 3), 19: ("UPLOADVOICE", 34), 39: ("UPLOADVIDEO", 43)}
+    assert all(c.method == "upload_media" for c in COMMANDS if c.msg_type is not None)
+    # behaviour logs: the kind their items are counted under is in the row, not the CGI
+    assert {c.name: c.report_kind for c in COMMANDS if c.report_kind is not None} == {
+        "STATREPORT": "statreport", "KVREPORT": "kvreport"}
+    assert all(c.method == "report" for c in COMMANDS if c.report_kind is not None)
     # cmd_id 1 = ModUserInfo, 2 = ModContact, 4 = DelContact, 5 = AddMsg
     assert {k: v.DESCRIPTOR.name for k, v in CMD_ITEM_TYPES.items()} == {
         1: "ModUserInfo", 2: "ModContact", 4: "DelContact", 5: "AddMsg"}

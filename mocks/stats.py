@@ -1,0 +1,71 @@
+"""The lab's statistics, kept as named counters in the store so that every process of a lab
+(long-link and short-link workers alike) adds to the same ones.
+
+The doors count the requests that came through them (`count_request`); the service counts
+what it decided (errors by command and ret, messages stored, behaviour-log items by report
+kind). `read_stats` gathers them into one `LabStats`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .state import Store
+
+MESSAGES_STORED = "messages_stored"
+_REQUESTS, _ERRORS, _REPORTS = "requests", "errors", "reports"
+
+
+def request_key(door: str, command: str) -> str:
+    """A request for `command` ("NEWSYNC") that came through `door` ("long", "short", "tls")."""
+    return f"{_REQUESTS} {door} {command}"
+
+
+def error_key(command: str, ret: int) -> str:
+    return f"{_ERRORS} {command} {ret}"
+
+
+def report_key(kind: str) -> str:
+    """Behaviour-log items of one report kind ("statreport", "kvreport")."""
+    return f"{_REPORTS} {kind}"
+
+
+async def count_request(store: Store, door: str, command: str) -> None:
+    await store.count({request_key(door, command): 1})
+
+
+@dataclass
+class LabStats:
+    """What the servers of a lab saw, summed over its processes."""
+
+    requests: Counter = field(default_factory=Counter)   # (door, command) -> count
+    errors: Counter = field(default_factory=Counter)     # (command, ret) -> count
+    reports: Counter = field(default_factory=Counter)    # report kind -> items
+    messages_stored: int = 0
+
+    @classmethod
+    def from_counters(cls, counters: dict[str, int]) -> "LabStats":
+        stats = cls()
+        for name, n in counters.items():
+            kind, _, rest = name.partition(" ")
+            if kind == _REQUESTS:
+                door, _, command = rest.partition(" ")
+                stats.requests[(door, command)] += n
+            elif kind == _ERRORS:
+                command, _, ret = rest.rpartition(" ")
+                stats.errors[(command, int(ret))] += n
+            elif kind == _REPORTS:
+                stats.reports[rest] += n
+            elif name == MESSAGES_STORED:
+                stats.messages_stored += n
+        return stats
+
+    def to_dict(self) -> dict:
+        """Plain values: requests and errors keyed by (door, command) and (command, ret)."""
+        return {"requests": dict(self.requests), "errors": dict(self.errors),
+                "reports": dict(self.reports), "messages_stored": self.messages_stored}
+
+
+async def read_stats(store: Store) -> LabStats:
+    return LabStats.from_counters(await store.counters())
