@@ -341,10 +341,9 @@ class Service:
             pending = await self.store.uploads_in_progress(session.uin)
             for old in pending[:max(0, len(pending) - MAX_UPLOADS_IN_PROGRESS + 1)]:
                 await self.store.drop_upload(session.uin, old)
-            rec = UploadRecord(session.uin, req.client_media_id, to.username, msg_type,
-                               req.total_len)
-            await self.store.put_upload(rec)
-        elif rec.total_len != req.total_len:
+            rec = await self.store.start_upload(UploadRecord(
+                session.uin, req.client_media_id, to.username, msg_type, req.total_len))
+        if rec.total_len != req.total_len:
             raise ServiceError(Ret.BAD_ARGUMENT, "total_len changed between chunks")
         if req.start_pos + len(req.data) > rec.total_len:
             raise ServiceError(Ret.BAD_ARGUMENT, "chunk runs past total_len")
@@ -363,18 +362,16 @@ class Service:
         return resp
 
     async def _complete_upload(self, uin: int, rec: UploadRecord, origin) -> int:
-        rec = await self.store.get_upload(uin, rec.client_media_id)
-        data = bytes(rec.data)
+        msg_id = await self.store.next_msg_id()
+        data = await self.store.finish_upload(uin, rec.client_media_id, msg_id)
+        if data is None:   # a retried last chunk: another request (or worker) finished it
+            return (await self.store.get_upload(uin, rec.client_media_id)).new_msg_id
         me = await self.store.user_by_uin(uin)
         to = await self.store.user_by_name(rec.to_user)
-        msg_id = await self.store.next_msg_id()
         digest = hashlib.sha256(data).digest()
         cdn_key = secrets.token_hex(16) if rec.msg_type == MSG_IMAGE else ""
         await self.store.put_media(MediaRecord(msg_id, uin, to.uin, rec.msg_type, data, digest,
                                                cdn_key))
-        rec.new_msg_id = msg_id
-        rec.data = bytearray()  # the bytes live in the media record now
-        await self.store.put_upload(rec)
         msg = pb.AddMsg(new_msg_id=msg_id, from_user=me.username, to_user=to.username,
                         msg_type=rec.msg_type, create_time=self._now(),
                         client_msg_id=rec.client_media_id,
@@ -385,18 +382,18 @@ class Service:
 
     async def download_media(self, req: pb.DownloadMediaRequest, ctx: RequestContext):
         session = await self._auth(req.base)
-        media = await self.store.get_media(req.msg_id)
-        if media is None:
-            raise ServiceError(Ret.NOT_FOUND, "no such media")
-        if session.uin not in (media.sender, media.receiver):
-            raise ServiceError(Ret.NOT_ALLOWED, "someone else's media")
-        total = len(media.data)
-        if req.start_pos > total:
-            raise ServiceError(Ret.BAD_ARGUMENT, f"start_pos {req.start_pos} past {total}")
         n = min(req.max_len or MEDIA_CHUNK_MAX, MEDIA_CHUNK_MAX)
-        return pb.DownloadMediaResponse(base=self._ok(), msg_id=media.msg_id, total_len=total,
-                                        start_pos=req.start_pos,
-                                        data=media.data[req.start_pos:req.start_pos + n])
+        part = await self.store.media_part(req.msg_id, req.start_pos, n)
+        if part is None:
+            raise ServiceError(Ret.NOT_FOUND, "no such media")
+        if session.uin not in (part.sender, part.receiver):
+            raise ServiceError(Ret.NOT_ALLOWED, "someone else's media")
+        if req.start_pos > part.total_len:
+            raise ServiceError(Ret.BAD_ARGUMENT,
+                               f"start_pos {req.start_pos} past {part.total_len}")
+        return pb.DownloadMediaResponse(base=self._ok(), msg_id=part.msg_id,
+                                        total_len=part.total_len, start_pos=req.start_pos,
+                                        data=part.data)
 
     async def media_for_cdn(self, key: str) -> Optional[MediaRecord]:
         """Uploaded images by CDN key, for mmsns.qpic.cn."""

@@ -13,6 +13,8 @@ import pytest
 from mocks import runner
 from mocks.runner import Lab, LabConfig
 
+from .redis_server import REQUIRE_ENV, RedisServer, redis_unavailable, required
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
@@ -65,3 +67,41 @@ def netns():
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """The URL of a redis-server started for this test session (and stopped after it).
+
+    Skips the test where redis-server is not installed, unless TESTBED_REQUIRE_REDIS=1 (CI),
+    where that is a failure."""
+    reason = redis_unavailable()
+    if reason:
+        if required():
+            pytest.fail(f"{reason}, but {REQUIRE_ENV}=1")
+        pytest.skip(reason)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis_stores(redis_url):
+    """`open()` -> a RedisStore on its own connections, in a namespace of this test (the same
+    for every call unless one is given); each namespace used is emptied afterwards."""
+    from mocks.state import make_store
+
+    default = f"test-{uuid.uuid4().hex[:12]}"
+    opened = []
+
+    async def open_store(namespace: str | None = None):
+        store = await make_store(redis_url, namespace=namespace or default)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        await store.clear()
+        await store.close()

@@ -13,7 +13,7 @@ import itertools
 import json
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Union
 
 LOG_MESSAGES, LOG_CONTACTS, LOG_PROFILE = 1, 2, 3
@@ -42,17 +42,20 @@ class SessionRecord:
     device_id: bytes = b""
 
 
-@dataclass
+@dataclass(frozen=True)
 class UploadRecord:
-    """An upload in progress or complete, keyed by (uploader uin, client_media_id)."""
+    """An upload in progress or complete, keyed by (uploader uin, client_media_id).
+
+    Its bytes stay in the store (`append_upload`, `finish_upload`): a record is small, so
+    every chunk can look it up wherever it lands."""
 
     uploader: int
     client_media_id: str
     to_user: str
     msg_type: int
     total_len: int
-    data: bytearray = field(default_factory=bytearray)
     new_msg_id: int = 0  # set when complete
+    received: int = 0    # bytes stored so far (total_len once complete)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,19 @@ class MediaRecord:
     data: bytes
     sha256: bytes
     cdn_key: str  # images only: served by mmsns.qpic.cn
+
+
+@dataclass(frozen=True)
+class MediaPart:
+    """A range of a stored media's bytes, with what a download needs to check and answer."""
+
+    msg_id: int
+    sender: int
+    receiver: int
+    msg_type: int
+    total_len: int
+    start_pos: int
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -209,15 +225,26 @@ class Store(abc.ABC):
     async def get_upload(self, uploader: int, client_media_id: str) -> Optional[UploadRecord]: ...
 
     @abc.abstractmethod
-    async def put_upload(self, record: UploadRecord) -> None: ...
+    async def start_upload(self, record: UploadRecord) -> UploadRecord:
+        """Create an unfinished upload unless one has this key (atomic); return the stored
+        record (so two workers starting the same upload agree on one). The new upload is the
+        user's newest in `uploads_in_progress`."""
 
     @abc.abstractmethod
     async def append_upload(self, uploader: int, client_media_id: str, start_pos: int,
                             data: bytes) -> int:
         """Append a chunk if `start_pos` is where the upload stands (atomic).
 
-        Returns the new length, or -1 - (current length) if `start_pos` is wrong.
+        Returns the new length, or -1 - (current length) if `start_pos` is wrong (a finished
+        upload stands at its total_len). `KeyError` if there is no such upload.
         """
+
+    @abc.abstractmethod
+    async def finish_upload(self, uploader: int, client_media_id: str,
+                            new_msg_id: int) -> Optional[bytes]:
+        """Mark an unfinished upload complete as `new_msg_id` and hand over its bytes, which
+        the store then forgets (atomic). None if it was already finished, or is unknown:
+        of two workers finishing one upload, exactly one gets the bytes."""
 
     @abc.abstractmethod
     async def uploads_in_progress(self, uploader: int) -> list[str]:
@@ -225,13 +252,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def drop_upload(self, uploader: int, client_media_id: str) -> None:
-        """Forget an unfinished upload and its bytes."""
+        """Forget an unfinished upload and its bytes (a finished one is kept)."""
 
     @abc.abstractmethod
     async def put_media(self, media: MediaRecord) -> None: ...
 
     @abc.abstractmethod
     async def get_media(self, msg_id: int) -> Optional[MediaRecord]: ...
+
+    @abc.abstractmethod
+    async def media_part(self, msg_id: int, start_pos: int, max_len: int) -> Optional[MediaPart]:
+        """Bytes `start_pos`..`start_pos+max_len-1` of a media (fewer at its end), without
+        reading the rest of it."""
 
     @abc.abstractmethod
     async def media_by_cdn_key(self, key: str) -> Optional[MediaRecord]: ...
@@ -264,10 +296,16 @@ class Store(abc.ABC):
     # --- events (NOTIFY pushes, logouts) to every door of every process
     @abc.abstractmethod
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call `listener(event)` for every published event; returns an unsubscribe."""
+        """Call `listener(event)` for every event published through any store of the lab
+        (any process), in publish order per publisher; returns an unsubscribe. A networked
+        store may call it after `publish` has returned."""
 
     @abc.abstractmethod
     async def publish(self, event: Event) -> None: ...
+
+    @abc.abstractmethod
+    async def clear(self) -> None:
+        """Forget everything this store holds (a Redis store: its namespace only)."""
 
     async def close(self) -> None:
         """Release connections; the memory store has none."""

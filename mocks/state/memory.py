@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Callable
 
-from .base import (LOG_KEYS, Event, Listener, MediaRecord, SessionRecord, Store, UploadRecord,
-                   UserRecord)
+from .base import (LOG_KEYS, Event, Listener, MediaPart, MediaRecord, SessionRecord, Store,
+                   UploadRecord, UserRecord)
+
+
+class _Upload:
+    """An upload's record and the bytes received so far."""
+
+    __slots__ = ("meta", "data")
+
+    def __init__(self, meta: UploadRecord) -> None:
+        self.meta = meta
+        self.data = bytearray()
+
+    def record(self) -> UploadRecord:
+        received = self.meta.total_len if self.meta.new_msg_id else len(self.data)
+        return dataclasses.replace(self.meta, received=received)
 
 
 class MemoryStore(Store):
     """Coroutines that never await: each call is atomic on the event loop."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._users: dict[int, UserRecord] = {}
         self._by_name: dict[str, int] = {}
         self._by_avatar: dict[str, int] = {}
@@ -22,13 +40,18 @@ class MemoryStore(Store):
         self._pending: set[tuple[int, int]] = set()
         self._msg_ids = itertools.count(1_000_001)
         self._sends: dict[tuple[int, str], tuple[int, int]] = {}
-        self._uploads: dict[tuple[int, str], UploadRecord] = {}
+        self._uploads: dict[tuple[int, str], _Upload] = {}
         self._in_progress: dict[int, dict[str, None]] = {}   # uploader -> ids, oldest first
         self._media: dict[int, MediaRecord] = {}
         self._media_by_key: dict[str, int] = {}
         self._locations: dict[int, tuple[float, float]] = {}
         self._counters: dict[str, int] = {}
         self._listeners: list[Listener] = []
+
+    async def clear(self):
+        listeners = self._listeners
+        self._reset()
+        self._listeners = listeners   # subscriptions outlive the data, as on Redis
 
     async def create_user(self, username, password, nickname, sex, city, signature, avatar_key):
         if username in self._by_name:
@@ -108,31 +131,44 @@ class MemoryStore(Store):
         return value, True
 
     async def get_upload(self, uploader, client_media_id):
-        return self._uploads.get((uploader, client_media_id))
+        up = self._uploads.get((uploader, client_media_id))
+        return None if up is None else up.record()
 
-    async def put_upload(self, record):
-        self._uploads[(record.uploader, record.client_media_id)] = record
-        mine = self._in_progress.setdefault(record.uploader, {})
-        if record.new_msg_id:
-            mine.pop(record.client_media_id, None)
-        else:
-            mine.setdefault(record.client_media_id, None)
+    async def start_upload(self, record):
+        key = (record.uploader, record.client_media_id)
+        up = self._uploads.get(key)
+        if up is None:
+            up = self._uploads[key] = _Upload(dataclasses.replace(record, new_msg_id=0,
+                                                                  received=0))
+            self._in_progress.setdefault(record.uploader, {})[record.client_media_id] = None
+        return up.record()
+
+    async def append_upload(self, uploader, client_media_id, start_pos, data):
+        up = self._uploads[(uploader, client_media_id)]
+        have = up.meta.total_len if up.meta.new_msg_id else len(up.data)
+        if start_pos != have or up.meta.new_msg_id:
+            return -1 - have
+        up.data += data
+        return len(up.data)
+
+    async def finish_upload(self, uploader, client_media_id, new_msg_id):
+        up = self._uploads.get((uploader, client_media_id))
+        if up is None or up.meta.new_msg_id:
+            return None
+        data = bytes(up.data)
+        up.meta = dataclasses.replace(up.meta, new_msg_id=new_msg_id)
+        up.data = bytearray()
+        self._in_progress.get(uploader, {}).pop(client_media_id, None)
+        return data
 
     async def uploads_in_progress(self, uploader):
         return list(self._in_progress.get(uploader, ()))
 
     async def drop_upload(self, uploader, client_media_id):
-        rec = self._uploads.get((uploader, client_media_id))
-        if rec is not None and not rec.new_msg_id:
+        up = self._uploads.get((uploader, client_media_id))
+        if up is not None and not up.meta.new_msg_id:
             del self._uploads[(uploader, client_media_id)]
         self._in_progress.get(uploader, {}).pop(client_media_id, None)
-
-    async def append_upload(self, uploader, client_media_id, start_pos, data):
-        rec = self._uploads[(uploader, client_media_id)]
-        if start_pos != len(rec.data):
-            return -1 - len(rec.data)
-        rec.data += data
-        return len(rec.data)
 
     async def put_media(self, media):
         self._media[media.msg_id] = media
@@ -141,6 +177,13 @@ class MemoryStore(Store):
 
     async def get_media(self, msg_id):
         return self._media.get(msg_id)
+
+    async def media_part(self, msg_id, start_pos, max_len):
+        m = self._media.get(msg_id)
+        if m is None:
+            return None
+        return MediaPart(m.msg_id, m.sender, m.receiver, m.msg_type, len(m.data), start_pos,
+                         m.data[start_pos:start_pos + max(0, max_len)])
 
     async def media_by_cdn_key(self, key):
         mid = self._media_by_key.get(key)

@@ -1,0 +1,495 @@
+"""The Redis store: one lab's state shared by every process that serves it (redis-py asyncio).
+
+Every key of a lab is under `testbed:{NAMESPACE}:` (the braces make them one Redis Cluster
+slot, so the multi-key scripts below would run there too), so labs and tests can share one
+redis-server and `clear()` removes exactly one lab. What must be atomic is one server-side
+step: a single command (RPUSH, INCR, SREM, HINCRBY), MULTI/EXEC, or a Lua script.
+
+Layout (P is the prefix):
+  P uins, P msgid, P upload-seq       counters (INCR)
+  P users    hash uin -> JSON [username, password, nickname, sex, city, signature, avatar]
+  P names, P avatars                  hash username / avatar key -> uin
+  P sessions hash session_key -> JSON [uin, username, device_id hex]
+  P log:UIN:K                         list of serialized CmdItems (the sync key is its length)
+  P friends:UIN                       set of uins;  P pending  set of "to:from"
+  P sends    hash "sender:client_msg_id" -> "new_msg_id:create_time"
+  P upload:UIN:ID / P upload-data:UIN:ID   hash of the record / string of its bytes;
+  P uploads:UIN                       sorted set of unfinished ids, oldest first
+  P media:ID / P media-data:ID        hash of the record / string of its bytes; P cdn: key -> id
+  P geo (GEOADD), P locations (hash uin -> "lon lat", exact), P polar (set: |lat| > 85.05)
+  P counters hash name -> count;      P events: the pub/sub channel
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+from typing import Callable, Optional
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import base
+from .base import (LOG_KEYS, Event, Listener, MediaPart, MediaRecord, SessionRecord, Store,
+                   UploadRecord, UserRecord)
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")   # no glob characters
+FIRST_MSG_ID = 1_000_001          # as the memory store
+MAX_CONNECTIONS = 32              # per store (process), besides the one for events
+POOL_WAIT_S = 30.0
+GEO_MAX_LAT = 85.05112878         # GEOADD refuses latitudes beyond this
+# GEOSEARCH measures on a sphere of 6,372,797.56 m and on 52-bit geohashes; we measure on
+# 6,371,008.8 m from the exact stored point. A slightly wider search keeps it a superset.
+RADIUS_PAD = 1.001
+RADIUS_PAD_M = 5.0
+
+_CREATE_USER = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return false end
+local uin = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[3], uin, ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], uin)
+redis.call('HSET', KEYS[2], ARGV[2], uin)
+return uin
+"""
+
+_USER_BY_INDEX = """
+local uin = redis.call('HGET', KEYS[1], ARGV[1])
+if not uin then return false end
+return {uin, redis.call('HGET', KEYS[2], uin)}
+"""
+
+# KEYS: record, data, queue, seq; ARGV: member, to_user, msg_type, total_len
+_START_UPLOAD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'to_user', ARGV[2], 'msg_type', ARGV[3], 'total_len', ARGV[4],
+             'new_msg_id', 0)
+  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[1])
+end
+local r = redis.call('HMGET', KEYS[1], 'to_user', 'msg_type', 'total_len', 'new_msg_id')
+r[5] = redis.call('STRLEN', KEYS[2])
+return r
+"""
+
+# KEYS: record, data; ARGV: start_pos, chunk
+_APPEND_UPLOAD = """
+local r = redis.call('HMGET', KEYS[1], 'total_len', 'new_msg_id')
+if not r[1] then return false end
+if r[2] ~= '0' then return -1 - tonumber(r[1]) end
+local have = redis.call('STRLEN', KEYS[2])
+if have ~= tonumber(ARGV[1]) then return -1 - have end
+return redis.call('APPEND', KEYS[2], ARGV[2])
+"""
+
+# KEYS: record, data, queue; ARGV: member, new_msg_id
+_FINISH_UPLOAD = """
+local done = redis.call('HGET', KEYS[1], 'new_msg_id')
+if done ~= '0' then return false end
+redis.call('HSET', KEYS[1], 'new_msg_id', ARGV[2])
+local data = redis.call('GET', KEYS[2]) or ''
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return {data}
+"""
+
+# KEYS: record, data, queue; ARGV: member
+_DROP_UPLOAD = """
+if redis.call('HGET', KEYS[1], 'new_msg_id') == '0' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+"""
+
+# KEYS: meta, data; ARGV: start, max_len
+_MEDIA_PART = """
+local r = redis.call('HMGET', KEYS[1], 'sender', 'receiver', 'msg_type')
+if not r[1] then return false end
+local total = redis.call('STRLEN', KEYS[2])
+local s, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+r[4] = total
+if n > 0 and s < total then
+  r[5] = redis.call('GETRANGE', KEYS[2], s, s + n - 1)
+else
+  r[5] = ''
+end
+return r
+"""
+
+# KEYS: geo, polar, locations; ARGV: lon, lat, radius_m
+_CANDIDATES_NEAR = """
+local out = {}
+local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
+                         'BYRADIUS', ARGV[3], 'm')
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do table.insert(found, m) end
+for _, m in ipairs(found) do
+  table.insert(out, m)
+  table.insert(out, redis.call('HGET', KEYS[3], m))
+end
+return out
+"""
+
+
+class RedisStore(Store):
+    """A lab's state in Redis; several of these (in any processes) may serve one lab.
+
+    Make one with `await RedisStore.connect(url, namespace)` (or `make_store(url)`), which
+    also subscribes to the lab's event channel, so that once it returns no event published
+    anywhere in the lab is missed by its listeners.
+    """
+
+    def __init__(self, client: aioredis.Redis, namespace: str = "lab") -> None:
+        if not NAMESPACE.fullmatch(namespace):
+            raise ValueError(f"bad store namespace {namespace!r}: letters, digits and . _ : - "
+                             f"only (at most 64)")
+        self.namespace = namespace
+        self.prefix = f"testbed:{{{namespace}}}:"
+        self._r = client
+        self._listeners: list[Listener] = []
+        self._pubsub = None
+        self._reader: Optional[asyncio.Task] = None
+        p = self.prefix
+        self._k_uins, self._k_users = p + "uins", p + "users"
+        self._k_names, self._k_avatars = p + "names", p + "avatars"
+        self._k_sessions, self._k_pending = p + "sessions", p + "pending"
+        self._k_msgid, self._k_sends = p + "msgid", p + "sends"
+        self._k_upload_seq, self._k_cdn = p + "upload-seq", p + "cdn"
+        self._k_geo, self._k_locations, self._k_polar = p + "geo", p + "locations", p + "polar"
+        self._k_counters, self.channel = p + "counters", p + "events"
+        reg = client.register_script
+        self._create_user = reg(_CREATE_USER)
+        self._user_by_index = reg(_USER_BY_INDEX)
+        self._start_upload = reg(_START_UPLOAD)
+        self._append_upload = reg(_APPEND_UPLOAD)
+        self._finish_upload = reg(_FINISH_UPLOAD)
+        self._drop_upload = reg(_DROP_UPLOAD)
+        self._media_part = reg(_MEDIA_PART)
+        self._candidates_near = reg(_CANDIDATES_NEAR)
+
+    @classmethod
+    async def connect(cls, url: str, namespace: str = "lab") -> "RedisStore":
+        """Connect, check the server answers, and subscribe to the lab's events."""
+        # Blocking: past MAX_CONNECTIONS commands in flight, callers wait for a connection
+        # (redis-py's default pool raises instead, which a busy server would turn into -1s)
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS,
+                                                        timeout=POOL_WAIT_S)
+        client = aioredis.Redis.from_pool(pool)   # closing the client closes the pool
+        store = cls(client, namespace)
+        try:
+            await client.ping()
+            await store._listen()
+        except (RedisError, OSError) as exc:
+            await store.close()
+            raise ConnectionError(f"cannot use the Redis store at {url}: {exc}") from exc
+        return store
+
+    # ------------------------------------------------------------------ keys
+    def _log(self, uin: int, log_key: int) -> str:
+        return f"{self.prefix}log:{uin}:{log_key}"
+
+    def _friends(self, uin: int) -> str:
+        return f"{self.prefix}friends:{uin}"
+
+    def _upload_keys(self, uploader: int, client_media_id: str) -> tuple[str, str, str]:
+        tail = f"{uploader}:{client_media_id}"
+        return (f"{self.prefix}upload:{tail}", f"{self.prefix}upload-data:{tail}",
+                f"{self.prefix}uploads:{uploader}")
+
+    def _media(self, msg_id: int) -> tuple[str, str]:
+        return f"{self.prefix}media:{msg_id}", f"{self.prefix}media-data:{msg_id}"
+
+    # ------------------------------------------------------------------ accounts
+    @staticmethod
+    def _user(uin, raw) -> UserRecord:
+        name, password, nickname, sex, city, signature, avatar = json.loads(raw)
+        return UserRecord(int(uin), name, password, nickname, sex, city, signature, avatar)
+
+    async def create_user(self, username, password, nickname, sex, city, signature, avatar_key):
+        raw = json.dumps([username, password, nickname, sex, city, signature, avatar_key])
+        uin = await self._create_user(
+            keys=[self._k_names, self._k_avatars, self._k_users, self._k_uins],
+            args=[username, avatar_key, raw])
+        if uin is None:
+            raise ValueError(f"user {username!r} exists")
+        return self._user(uin, raw)
+
+    async def _user_by(self, index: str, value: str) -> Optional[UserRecord]:
+        got = await self._user_by_index(keys=[index, self._k_users], args=[value])
+        return None if got is None else self._user(*got)
+
+    async def user_by_name(self, username):
+        return await self._user_by(self._k_names, username)
+
+    async def user_by_avatar_key(self, key):
+        return await self._user_by(self._k_avatars, key)
+
+    async def user_by_uin(self, uin):
+        raw = await self._r.hget(self._k_users, uin)
+        return None if raw is None else self._user(uin, raw)
+
+    async def user_count(self):
+        return await self._r.hlen(self._k_users)
+
+    # ------------------------------------------------------------------ sessions
+    async def put_session(self, session):
+        await self._r.hset(self._k_sessions, session.session_key, json.dumps(
+            [session.uin, session.username, session.device_id.hex()]))
+
+    async def get_session(self, session_key):
+        raw = await self._r.hget(self._k_sessions, session_key)
+        if raw is None:
+            return None
+        uin, username, device = json.loads(raw)
+        return SessionRecord(bytes(session_key), uin, username, bytes.fromhex(device))
+
+    async def delete_session(self, session_key):
+        return await self._r.hdel(self._k_sessions, session_key) == 1
+
+    # ------------------------------------------------------------------ sync logs
+    async def append(self, uin, log, item):
+        return await self._r.rpush(self._log(uin, log), item)
+
+    async def read_log(self, uin, log, after, limit):
+        if limit <= 0:
+            return []
+        return await self._r.lrange(self._log(uin, log), after, after + limit - 1)
+
+    async def log_lengths(self, uin):
+        async with self._r.pipeline(transaction=True) as pipe:   # one snapshot of the three
+            for k in LOG_KEYS:
+                pipe.llen(self._log(uin, k))
+            lengths = await pipe.execute()
+        return dict(zip(LOG_KEYS, lengths))
+
+    # ------------------------------------------------------------------ friends
+    async def add_friends(self, a, b):
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.sadd(self._friends(a), b)
+            pipe.sadd(self._friends(b), a)
+            added, _ = await pipe.execute()
+        return added == 1
+
+    async def are_friends(self, a, b):
+        return bool(await self._r.sismember(self._friends(a), b))
+
+    async def add_pending(self, to_uin, from_uin):
+        await self._r.sadd(self._k_pending, f"{to_uin}:{from_uin}")
+
+    async def take_pending(self, to_uin, from_uin):
+        return await self._r.srem(self._k_pending, f"{to_uin}:{from_uin}") == 1
+
+    # ------------------------------------------------------------------ messages
+    async def next_msg_id(self):
+        return FIRST_MSG_ID - 1 + await self._r.incr(self._k_msgid)
+
+    async def claim_send(self, sender, client_msg_id, value):
+        field = f"{sender}:{client_msg_id}"
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(self._k_sends, field, f"{value[0]}:{value[1]}")
+            pipe.hget(self._k_sends, field)
+            fresh, stored = await pipe.execute()
+        msg_id, create_time = stored.split(b":")
+        return (int(msg_id), int(create_time)), bool(fresh)
+
+    # ------------------------------------------------------------------ uploads
+    async def get_upload(self, uploader, client_media_id):
+        rec, data, _ = self._upload_keys(uploader, client_media_id)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hmget(rec, "to_user", "msg_type", "total_len", "new_msg_id")
+            pipe.strlen(data)
+            fields, received = await pipe.execute()
+        if fields[0] is None:
+            return None
+        return self._upload(uploader, client_media_id, [*fields, received])
+
+    @staticmethod
+    def _upload(uploader, client_media_id, r) -> UploadRecord:
+        to_user, msg_type, total_len, new_msg_id, received = r
+        total_len, new_msg_id = int(total_len), int(new_msg_id)
+        return UploadRecord(uploader, client_media_id, to_user.decode(), int(msg_type),
+                            total_len, new_msg_id, total_len if new_msg_id else int(received))
+
+    async def start_upload(self, record):
+        keys = self._upload_keys(record.uploader, record.client_media_id)
+        got = await self._start_upload(
+            keys=[*keys, self._k_upload_seq],
+            args=[record.client_media_id, record.to_user, record.msg_type, record.total_len])
+        return self._upload(record.uploader, record.client_media_id, got)
+
+    async def append_upload(self, uploader, client_media_id, start_pos, data):
+        rec, blob, _ = self._upload_keys(uploader, client_media_id)
+        got = await self._append_upload(keys=[rec, blob], args=[start_pos, data])
+        if got is None:
+            raise KeyError((uploader, client_media_id))
+        return got
+
+    async def finish_upload(self, uploader, client_media_id, new_msg_id):
+        got = await self._finish_upload(keys=list(self._upload_keys(uploader, client_media_id)),
+                                        args=[client_media_id, new_msg_id])
+        return None if got is None else bytes(got[0])
+
+    async def uploads_in_progress(self, uploader):
+        _, _, queue = self._upload_keys(uploader, "")
+        return [m.decode() for m in await self._r.zrange(queue, 0, -1)]
+
+    async def drop_upload(self, uploader, client_media_id):
+        await self._drop_upload(keys=list(self._upload_keys(uploader, client_media_id)),
+                                args=[client_media_id])
+
+    # ------------------------------------------------------------------ media
+    async def put_media(self, media):
+        meta, data = self._media(media.msg_id)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(meta, mapping={"sender": media.sender, "receiver": media.receiver,
+                                     "msg_type": media.msg_type, "sha256": media.sha256,
+                                     "cdn_key": media.cdn_key})
+            pipe.set(data, media.data)
+            if media.cdn_key:
+                pipe.hset(self._k_cdn, media.cdn_key, media.msg_id)
+            await pipe.execute()
+
+    async def get_media(self, msg_id):
+        meta, data = self._media(msg_id)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hmget(meta, "sender", "receiver", "msg_type", "sha256", "cdn_key")
+            pipe.get(data)
+            (sender, receiver, msg_type, sha256, cdn_key), blob = await pipe.execute()
+        if sender is None:
+            return None
+        return MediaRecord(int(msg_id), int(sender), int(receiver), int(msg_type),
+                           blob or b"", sha256, cdn_key.decode())
+
+    async def media_part(self, msg_id, start_pos, max_len):
+        got = await self._media_part(keys=list(self._media(msg_id)), args=[start_pos, max_len])
+        if got is None:
+            return None
+        sender, receiver, msg_type, total, data = got
+        return MediaPart(int(msg_id), int(sender), int(receiver), int(msg_type), int(total),
+                         start_pos, bytes(data))
+
+    async def media_by_cdn_key(self, key):
+        msg_id = await self._r.hget(self._k_cdn, key)
+        return None if msg_id is None else await self.get_media(int(msg_id))
+
+    # ------------------------------------------------------------------ people nearby
+    async def set_location(self, uin, lon, lat):
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(self._k_locations, uin, f"{lon!r} {lat!r}")
+            if abs(lat) <= GEO_MAX_LAT:
+                pipe.geoadd(self._k_geo, (lon, lat, uin))
+                pipe.srem(self._k_polar, uin)
+            else:   # GEOADD cannot index it: kept aside, always a candidate
+                pipe.zrem(self._k_geo, uin)
+                pipe.sadd(self._k_polar, uin)
+            await pipe.execute()
+
+    async def clear_location(self, uin):
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._k_locations, uin)
+            pipe.zrem(self._k_geo, uin)
+            pipe.srem(self._k_polar, uin)
+            await pipe.execute()
+
+    async def candidates_near(self, lon, lat, radius_m):
+        # a centre beyond GEOSEARCH's latitudes is moved to its edge, the radius widened by
+        # the distance moved
+        edge = max(-GEO_MAX_LAT, min(GEO_MAX_LAT, lat))
+        moved = abs(math.radians(lat - edge)) * 6_372_797.560856
+        radius = (radius_m + moved) * RADIUS_PAD + RADIUS_PAD_M
+        got = await self._candidates_near(
+            keys=[self._k_geo, self._k_polar, self._k_locations],
+            args=[repr(lon), repr(edge), repr(radius)])
+        out = []
+        for uin, where in zip(got[::2], got[1::2]):
+            x, y = where.split()
+            out.append((int(uin), float(x), float(y)))
+        return out
+
+    # ------------------------------------------------------------------ counters
+    async def count(self, counts):
+        if len(counts) == 1:
+            (name, n), = counts.items()
+            await self._r.hincrby(self._k_counters, name, n)
+            return
+        async with self._r.pipeline(transaction=False) as pipe:
+            for name, n in counts.items():
+                pipe.hincrby(self._k_counters, name, n)
+            await pipe.execute()
+
+    async def counters(self):
+        return {k.decode(): int(v) for k, v in (await self._r.hgetall(self._k_counters)).items()}
+
+    # ------------------------------------------------------------------ events
+    async def _listen(self) -> None:
+        """Subscribe to the lab's channel and wait until the server confirms it."""
+        self._pubsub = self._r.pubsub()
+        await self._pubsub.subscribe(self.channel)
+        while True:
+            msg = await self._pubsub.get_message(timeout=5.0)
+            if msg is None:
+                raise ConnectionError("no answer to SUBSCRIBE")
+            if msg["type"] == "subscribe":
+                break
+        self._reader = asyncio.get_running_loop().create_task(self._read_events())
+
+    async def _read_events(self) -> None:
+        pubsub = self._pubsub
+        while True:
+            try:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:  # redis-py reconnects and resubscribes
+                log.warning("store events: %s; retrying", exc)
+                await asyncio.sleep(0.1)
+                continue
+            if msg is None or msg["type"] != "message":
+                continue
+            try:
+                event = base.decode_event(msg["data"])
+            except ValueError as exc:
+                log.warning("store events: ignored %s", exc)
+                continue
+            for listener in list(self._listeners):
+                try:
+                    listener(event)
+                except Exception:  # one listener's bug must not stop the others' events
+                    log.exception("store event listener failed")
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+        return unsubscribe
+
+    async def publish(self, event: Event) -> None:
+        await self._r.publish(self.channel, base.encode_event(event))
+
+    # ------------------------------------------------------------------ lifetime
+    async def clear(self):
+        batch = []
+        async for key in self._r.scan_iter(match=self.prefix + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await self._r.unlink(*batch)
+                batch.clear()
+        if batch:
+            await self._r.unlink(*batch)
+
+    async def close(self):
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+            self._reader = None
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+            self._pubsub = None
+        await self._r.aclose()
