@@ -109,7 +109,6 @@ class Lab:
     async def start(self) -> Manifest:
         cfg = self.config
         self._record_started = time.time()
-        self.users = await self.service.seed_users(cfg.users, cfg.friends)
         ports = cfg.ports or self.profile.port_plan(cfg.privileged_ports)
         try:
             hosts, dns_addr, dns_port = await self._bind(cfg.plan, ports)
@@ -121,6 +120,10 @@ class Lab:
                         cfg.plan.prefix, FALLBACK_ADDRESS)
             await self._unbind()
             hosts, dns_addr, dns_port = await self._bind(None, {k: 0 for k in ports})
+        # seeded once every server is bound, so a start that cannot bind leaves a store it
+        # was given (shared with other processes, say) as it was; no client knows an address
+        # before the manifest
+        self.users = await self.service.seed_users(cfg.users, cfg.friends)
         self.manifest = self._make_manifest(hosts, dns_addr, dns_port)
         if self.tap is not None:
             self.tap.start(self.record_comment())
@@ -309,19 +312,20 @@ _BLOCK_TAKEN = (errno.EADDRINUSE, errno.EACCES)
 
 
 async def start_lab(config: LabConfig | None = None, *, first: AddressPlan | None = None,
-                    tries: int = 8) -> Lab:
+                    tries: int = 8, store: Store | None = None) -> Lab:
     """Start a lab on a free /24 of loopback and return it running.
 
     Tries `first` (say the report's 127.0.0.x) if given, then random blocks of 127/8 away
     from 127.0.0.x (`AddressPlan.random_loopback`), so that many labs (tests, studies) can
     run at once; a block that is taken is left for the next. `config.plan` is replaced;
-    every other field is kept. Raises OSError when `tries` blocks were all taken."""
+    every other field is kept. The lab's state is in `store` if given (else in memory).
+    Raises OSError when `tries` blocks were all taken."""
     config = config or LabConfig()
     plans = [first] if first is not None else []
     plans += [AddressPlan.random_loopback() for _ in range(tries - len(plans))]
     last: Optional[OSError] = None
     for plan in plans:
-        lab = Lab(dataclasses.replace(config, plan=plan))
+        lab = Lab(dataclasses.replace(config, plan=plan), store=store)
         try:
             await lab.start()
             return lab

@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--record", type=Path, default=None, metavar="FILE",
                     help="record everything with the in-process tap to this pcapng")
     up.add_argument("--uvloop", action="store_true", help="run on uvloop if installed")
+    up.add_argument("--store", default="memory:", metavar="URL",
+                    help="where the lab's state lives: memory: (default, this process) or "
+                         "redis://HOST:PORT/DB[?namespace=NAME], which other processes can "
+                         "share; the lab empties its namespace when it stops")
+    up.add_argument("--reset-store", action="store_true",
+                    help="empty the store's namespace first (keys left by a lab that was "
+                         "killed)")
 
     em = sub.add_parser("emulate", help="run emulated phones against a lab")
     em.add_argument("scenario", choices=("login", "chat", "media", "nearby", "heartbeat",
@@ -126,6 +133,7 @@ def _lab_up(args) -> int:
     from rich.table import Table
 
     from mocks.runner import Lab, LabConfig
+    from mocks.state import make_store
     from testbed.lab.addressing import AddressPlan
     from testbed.lab.profiles import load_profile
 
@@ -143,7 +151,32 @@ def _lab_up(args) -> int:
                     record=args.record)
 
     async def run() -> int:
-        lab = Lab(cfg)
+        try:
+            store = await make_store(args.store)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 2
+        except ConnectionError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 1
+        try:
+            if args.reset_store:
+                await store.clear()
+            elif (held := await store.user_count()) > 0:
+                console.print(f"[red]error:[/red] the store {args.store} already holds a lab "
+                              f"({held} users): another lab uses that namespace, or one was "
+                              f"killed before it could empty it. Choose another with "
+                              f"?namespace=NAME, or pass --reset-store")
+                return 1
+            try:
+                return await serve(store)
+            finally:
+                await store.clear()     # a lab leaves nothing behind in a shared Redis
+        finally:
+            await store.close()
+
+    async def serve(store) -> int:
+        lab = Lab(cfg, store=store)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -170,6 +203,8 @@ def _lab_up(args) -> int:
         if lab.nat is not None:
             console.print(f"carrier NAT in front of every TCP host: idle timeout "
                           f"{args.nat_timeout:g} s, latency {args.nat_latency:g} s")
+        if getattr(store, "namespace", None):
+            console.print(f"state: Redis {store.url}, namespace {store.namespace}")
         console.print(f"manifest: {lab.manifest_path.resolve()}   (Ctrl-C to stop)")
         await stop.wait()
         console.print("stopping")

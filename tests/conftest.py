@@ -18,9 +18,11 @@ from .redis_server import REQUIRE_ENV, RedisServer, redis_unavailable, required
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-async def start_lab(tmp_path: Path, **kwargs) -> Lab:
-    """A lab on a free loopback /24 (`mocks.runner.start_lab`), its manifest in tmp_path."""
-    return await runner.start_lab(LabConfig(manifest_path=tmp_path / "manifest.json", **kwargs))
+async def start_lab(tmp_path: Path, store=None, **kwargs) -> Lab:
+    """A lab on a free loopback /24 (`mocks.runner.start_lab`), its manifest in tmp_path,
+    its state in `store` if given."""
+    return await runner.start_lab(LabConfig(manifest_path=tmp_path / "manifest.json",
+                                            **kwargs), store=store)
 
 
 @pytest.fixture

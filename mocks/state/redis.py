@@ -133,6 +133,12 @@ return out
 """
 
 
+def check_namespace(namespace: str) -> None:
+    if not isinstance(namespace, str) or not NAMESPACE.fullmatch(namespace):
+        raise ValueError(f"bad store namespace {namespace!r}: letters, digits and . _ : - "
+                         f"only, at most 64")
+
+
 class RedisStore(Store):
     """A lab's state in Redis; several of these (in any processes) may serve one lab.
 
@@ -142,10 +148,9 @@ class RedisStore(Store):
     """
 
     def __init__(self, client: aioredis.Redis, namespace: str = "lab") -> None:
-        if not NAMESPACE.fullmatch(namespace):
-            raise ValueError(f"bad store namespace {namespace!r}: letters, digits and . _ : - "
-                             f"only (at most 64)")
+        check_namespace(namespace)
         self.namespace = namespace
+        self.url = ""      # set by `connect`
         self.prefix = f"testbed:{{{namespace}}}:"
         self._r = client
         self._listeners: list[Listener] = []
@@ -172,12 +177,14 @@ class RedisStore(Store):
     @classmethod
     async def connect(cls, url: str, namespace: str = "lab") -> "RedisStore":
         """Connect, check the server answers, and subscribe to the lab's events."""
+        check_namespace(namespace)
         # Blocking: past MAX_CONNECTIONS commands in flight, callers wait for a connection
         # (redis-py's default pool raises instead, which a busy server would turn into -1s)
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS,
                                                         timeout=POOL_WAIT_S)
         client = aioredis.Redis.from_pool(pool)   # closing the client closes the pool
         store = cls(client, namespace)
+        store.url = url
         try:
             await client.ping()
             await store._listen()

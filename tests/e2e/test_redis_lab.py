@@ -1,0 +1,217 @@
+"""Labs on the Redis store: services in different places share users, logs, counters and
+events through one redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+
+import pytest
+
+from mocks.service import RequestContext, Service
+from mocks.state import PushEvent, make_store, new_link_id
+from mocks.stats import read_stats
+from testbed.client.phone import Phone
+from testbed.lab.addressing import AddressPlan
+from testbed.lab.clock import Clock
+from testbed.lab.manifest import load_manifest
+from testbed.wire import BY_NAME, Ret, ServiceError, pb
+
+from ..conftest import start_lab
+
+
+async def test_a_send_through_one_service_wakes_a_listener_on_another(redis_stores):
+    """Two Service instances on two Redis connections stand in for two workers."""
+    one, two = Service(await redis_stores()), Service(await redis_stores())
+    heard = []
+    two.store.subscribe(heard.append)
+    alice, bob = await one.seed_users(2)
+    login = await two.handle(BY_NAME["MANUALAUTH"], pb.ManualAuthRequest(
+        username=alice.username, password=alice.password), RequestContext())
+    base = pb.BaseRequest(session_key=login.session_key, uin=login.uin)
+    with pytest.raises(ServiceError):
+        await two.handle(BY_NAME["MANUALAUTH"], pb.ManualAuthRequest(
+            username=bob.username, password="wrong"), RequestContext())
+    heard.clear()
+    link = new_link_id()
+    resp = await one.handle(BY_NAME["NEWSENDMSG"], pb.NewSendMsgRequest(base=base, msgs=[
+        pb.MicroMsgRequest(to_user=bob.username, content="across", client_msg_id="c1")]),
+        RequestContext(origin=link))
+    assert resp.msgs[0].ret == 0
+    deadline = time.monotonic() + 5
+    while PushEvent(bob.uin, 0x1, link) not in heard:
+        assert time.monotonic() < deadline, f"no push for bob on the other store: {heard}"
+        await asyncio.sleep(0.005)
+    # the sender's own copy was pushed too, naming the same link so it can skip it
+    assert PushEvent(alice.uin, 0x1, link) in heard
+    # what either service counted is in the store, for both
+    stats = await read_stats(one.store)
+    assert stats.messages_stored == 1
+    assert stats.errors[("MANUALAUTH", Ret.WRONG_PASSWORD)] == 1
+    # the same client_msg_id through the other service is the same message, stored once
+    again = await two.handle(BY_NAME["NEWSENDMSG"], pb.NewSendMsgRequest(base=base, msgs=[
+        pb.MicroMsgRequest(to_user=bob.username, content="across", client_msg_id="c1")]),
+        RequestContext())
+    assert again.msgs[0].new_msg_id == resp.msgs[0].new_msg_id
+    assert (await read_stats(two.store)).messages_stored == 1
+    assert (await two.store.log_lengths(bob.uin))[1] == 1
+
+
+async def test_chat_among_50_users_across_two_labs_on_one_redis(tmp_path, redis_stores):
+    """Two labs (long and short links each) share one Redis namespace; half the phones use
+    each. Every message is delivered exactly once, in each sender's order, though most go
+    from a phone on one lab to a phone on the other (pushed by pub/sub)."""
+    n, per_sender = 50, 4
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    lab_b = await start_lab(tmp_path / "b", store=await redis_stores(), users=0)
+    lab_a = await start_lab(tmp_path / "a", store=await redis_stores(), users=n)
+    phones = []
+    try:
+        clock = Clock(1.0)
+        users = lab_a.manifest.users
+        for i, u in enumerate(users):
+            lab = (lab_a, lab_b)[i % 2]
+            phones.append(Phone(lab.manifest, u["username"], u["password"], clock=clock))
+        await asyncio.gather(*(p.start() for p in phones))
+        # each sender: to its 1st, 2nd, 3rd and 5th neighbours, alternating the doors
+        plan = {i: [(i + d) % n for d in (1, 2, 3, 5)][:per_sender] for i in range(n)}
+
+        async def sender(i):
+            for k, j in enumerate(plan[i]):
+                await phones[i].send_text(phones[j].username, f"{i}:{k}",
+                                          door=("long", "short")[(i + k) % 2])
+
+        await asyncio.gather(*(sender(i) for i in range(n)))
+        expected = defaultdict(list)      # receiver -> [(sender, k)] in the order sent
+        for i in range(n):
+            for k, j in enumerate(plan[i]):
+                expected[j].append((i, k))
+
+        def inbox(j):
+            me = phones[j].username
+            return [m for m in phones[j].session.sync_state.messages
+                    if m.to_user == me and m.from_user != me]
+
+        deadline = time.monotonic() + 30
+        while any(len(inbox(j)) < len(expected[j]) for j in range(n)):
+            assert time.monotonic() < deadline, "not every message arrived"
+            await asyncio.sleep(0.02)
+        for j in range(n):
+            got = [tuple(map(int, m.content.split(":"))) for m in inbox(j)]
+            assert sorted(got) == sorted(expected[j])            # each exactly once
+            for i in {s for s, _ in got}:                        # in each sender's order
+                assert [k for s, k in got if s == i] == sorted(k for s, k in got if s == i)
+            assert phones[j].metrics.duplicates == 0
+        stats = await read_stats(lab_a.store)
+        assert stats.messages_stored == n * per_sender
+        sent = sum(stats.requests[(door, "NEWSENDMSG")] for door in ("long", "short"))
+        assert sent == n * per_sender
+        # both labs carried pushes: the receivers' links are split between them
+        assert lab_a.long.pushes_sent > 0 and lab_b.long.pushes_sent > 0
+    finally:
+        await asyncio.gather(*(p.stop() for p in phones), return_exceptions=True)
+        await lab_a.stop()
+        await lab_b.stop()
+    assert not lab_a.server_errors() and not lab_b.server_errors()
+
+
+# ---------------------------------------------------------------------- `testbed lab up`
+
+def _lab_up(tmp_path, store_url, name="m.json", *extra):
+    manifest = tmp_path / name
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "testbed.cli", "lab", "up", "--users", "4", "--manifest",
+         str(manifest), "--subnet", AddressPlan.random_loopback().prefix, "--time-scale",
+         "100", "--store", store_url, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, manifest
+
+
+def _wait_manifest(proc, manifest, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not manifest.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"lab exited early: {proc.stderr.read()}")
+        assert time.monotonic() < deadline, "no manifest in time"
+        time.sleep(0.02)
+    return load_manifest(manifest)
+
+
+async def _keys(redis_url, namespace):
+    store = await make_store(redis_url, namespace=namespace)
+    try:
+        return await store.user_count(), await store.counters()
+    finally:
+        await store.close()
+
+
+def test_lab_up_on_redis_runs_a_chat_and_leaves_nothing(tmp_path, redis_url):
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    url = f"{redis_url}?namespace={namespace}"
+    proc, path = _lab_up(tmp_path, url)
+    try:
+        _wait_manifest(proc, path)
+        users, _ = asyncio.run(_keys(redis_url, namespace))
+        assert users == 4                      # the lab's users are in Redis
+        # a second lab on the same namespace is refused, and the first is untouched
+        other, _ = _lab_up(tmp_path, url, "other.json")
+        out, err = other.communicate(timeout=30)
+        assert other.returncode == 1 and "already holds a lab (4 users)" in " ".join(err.split())
+        assert "Traceback" not in err
+        emu = subprocess.run([sys.executable, "-m", "testbed.cli", "emulate", "chat",
+                              "--manifest", str(path), "--clients", "4", "--json"],
+                             capture_output=True, text=True, timeout=120)
+        assert emu.returncode == 0, emu.stderr
+        result = json.loads(emu.stdout)
+        assert result["ok"] and result["clients"] == 4
+        _, counters = asyncio.run(_keys(redis_url, namespace))
+        assert counters["messages_stored"] == 8            # 4 pairs, a message and a reply
+        assert counters["requests long NEWSENDMSG"] == 4
+        assert counters["requests short NEWSENDMSG"] == 4
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"state: Redis {redis_url}, namespace {namespace}" in " ".join(err.split())
+    assert asyncio.run(_keys(redis_url, namespace)) == (0, {})   # its keys are gone
+
+
+def test_lab_up_store_errors_are_one_line(tmp_path, redis_url):
+    for store, rc, words in (("postgres://db/1", 2, "unsupported store"),
+                             ("redis://127.0.0.1:1/0", 1, "cannot use the Redis store"),
+                             (f"{redis_url}?namespace=bad*name", 2, "bad store namespace")):
+        proc, path = _lab_up(tmp_path, store)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == rc, err
+        assert words in " ".join(err.split()) and "Traceback" not in err
+        assert not path.exists()
+
+
+def test_lab_up_reset_store_clears_what_a_killed_lab_left(tmp_path, redis_url):
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    url = f"{redis_url}?namespace={namespace}"
+    proc, path = _lab_up(tmp_path, url)
+    _wait_manifest(proc, path)
+    os.kill(proc.pid, signal.SIGKILL)           # no chance to clean up
+    proc.communicate(timeout=30)
+    assert asyncio.run(_keys(redis_url, namespace))[0] == 4
+    path.unlink()
+    proc, path = _lab_up(tmp_path, url, "m.json", "--reset-store")
+    try:
+        m = _wait_manifest(proc, path)
+        assert [u["username"] for u in m.users] == ["user0001", "user0002", "user0003",
+                                                    "user0004"]
+        assert asyncio.run(_keys(redis_url, namespace))[0] == 4
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert asyncio.run(_keys(redis_url, namespace)) == (0, {})
