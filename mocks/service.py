@@ -29,7 +29,7 @@ from testbed.wire.commands import (ITEM_ADD_MSG, ITEM_MOD_CONTACT, ITEM_MOD_USER
 from . import nearby
 from .stats import MESSAGES_STORED, error_key, report_key
 from .state import (ALL_SELECTOR, LOG_CONTACTS, LOG_KEYS, LOG_MESSAGES, LOG_PROFILE,
-                    SELECTOR_BIT, MediaRecord, PushEvent, SessionEnded, SessionRecord, Store,
+                    SELECTOR_BIT, MediaRecord, SessionEnded, SessionRecord, Store,
                     UploadRecord, UserRecord)
 
 log = logging.getLogger(__name__)
@@ -90,16 +90,14 @@ class Service:
         key = hashlib.sha256(b"avatar:" + username.encode()).hexdigest()[:24]
         user = await self.store.create_user(username, password, nickname or username, sex,
                                             city, signature, key)
-        await self._store_item(user.uin, LOG_PROFILE,
-                               _item(ITEM_MOD_USER_INFO, self._user_info(user)), None)
+        await self.store.append(user.uin, LOG_PROFILE,
+                                _item(ITEM_MOD_USER_INFO, self._user_info(user)))
         return user
 
     async def make_friends(self, a: UserRecord, b: UserRecord) -> None:
         if await self.store.add_friends(a.uin, b.uin):
-            await self._store_item(a.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(b)),
-                                   None)
-            await self._store_item(b.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(a)),
-                                   None)
+            await self.store.append(a.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(b)))
+            await self.store.append(b.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(a)))
 
     async def seed_users(self, n: int, friends: str = "all") -> list[UserRecord]:
         """`user0001`... with `pass0001`...; friends "all" (every pair) or "none"."""
@@ -134,10 +132,6 @@ class Service:
         if session is None or session.uin != base.uin:
             raise ServiceError(Ret.SESSION_INVALID, "session invalid, expired or logged out")
         return session
-
-    async def _store_item(self, uin: int, log_key: int, item: bytes, origin) -> None:
-        await self.store.append(uin, log_key, item)
-        await self.store.publish(PushEvent(uin, SELECTOR_BIT[log_key], origin))
 
     @staticmethod
     def _ok() -> pb.BaseResponse:
@@ -257,8 +251,8 @@ class Service:
                 msg = pb.AddMsg(new_msg_id=await self.store.next_msg_id(), from_user=me.username,
                                 to_user=other.username, msg_type=MSG_FRIEND_REQUEST,
                                 content=req.verify_content, create_time=self._now())
-                await self._store_item(other.uin, LOG_MESSAGES, _item(ITEM_ADD_MSG, msg),
-                                       ctx.origin)
+                await self.store.append(other.uin, LOG_MESSAGES, _item(ITEM_ADD_MSG, msg),
+                                        ctx.origin)
         else:
             if not await self.store.take_pending(me.uin, other.uin):
                 raise ServiceError(Ret.NOT_ALLOWED, "no pending friend request")
@@ -267,10 +261,10 @@ class Service:
 
     async def _befriend(self, a: UserRecord, b: UserRecord, origin) -> None:
         if await self.store.add_friends(a.uin, b.uin):
-            await self._store_item(a.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(b)),
-                                   origin)
-            await self._store_item(b.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(a)),
-                                   origin)
+            await self.store.append(a.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(b)),
+                                    origin)
+            await self.store.append(b.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(a)),
+                                    origin)
 
     # ------------------------------------------------------------------ messages
     def _now(self) -> int:
@@ -310,9 +304,9 @@ class Service:
 
     async def _deliver(self, sender: int, receiver: int, msg: pb.AddMsg, origin) -> None:
         item = _item(ITEM_ADD_MSG, msg)
-        await self._store_item(receiver, LOG_MESSAGES, item, origin)
+        await self.store.append(receiver, LOG_MESSAGES, item, origin)
         if receiver != sender:
-            await self._store_item(sender, LOG_MESSAGES, item, origin)
+            await self.store.append(sender, LOG_MESSAGES, item, origin)
         await self.store.count({MESSAGES_STORED: 1})
 
     # ------------------------------------------------------------------ media
@@ -431,7 +425,7 @@ class Service:
 
     # ------------------------------------------------------------------ behaviour logs
     async def report(self, req: pb.ReportRequest, ctx: RequestContext):
-        session = await self._auth(req.base)
+        await self._auth(req.base)
         await self.store.count({report_key(ctx.command.report_kind): len(req.items)})
         return pb.ReportResponse(base=self._ok(), accepted=len(req.items))
 

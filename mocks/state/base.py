@@ -153,6 +153,9 @@ def decode_event(data: bytes) -> Event:
 class Store(abc.ABC):
     """State of one lab. Usernames are unique; uins are assigned by the store from 1."""
 
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []   # of this store object, see `subscribe`
+
     # --- accounts
     @abc.abstractmethod
     async def create_user(self, username: str, password: str, nickname: str, sex: int,
@@ -183,8 +186,10 @@ class Store(abc.ABC):
 
     # --- sync logs
     @abc.abstractmethod
-    async def append(self, uin: int, log: int, item: bytes) -> int:
-        """Append one serialized CmdItem (atomic); return the log's new length."""
+    async def append(self, uin: int, log: int, item: bytes, origin: Optional[str] = None) -> int:
+        """Append one serialized CmdItem and publish `PushEvent(uin, SELECTOR_BIT[log],
+        origin)` (atomic, one step: no listener hears of an item it cannot read yet);
+        return the log's new length."""
 
     @abc.abstractmethod
     async def read_log(self, uin: int, log: int, after: int, limit: int) -> list[bytes]:
@@ -294,11 +299,16 @@ class Store(abc.ABC):
         """Every counter that was ever added to."""
 
     # --- events (NOTIFY pushes, logouts) to every door of every process
-    @abc.abstractmethod
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener(event)` for every event published through any store of the lab
         (any process), in publish order per publisher; returns an unsubscribe. A networked
         store may call it after `publish` has returned."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+        return unsubscribe
 
     @abc.abstractmethod
     async def publish(self, event: Event) -> None: ...

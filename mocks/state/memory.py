@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Callable
 
-from .base import (LOG_KEYS, Event, Listener, MediaPart, MediaRecord, SessionRecord, Store,
-                   UploadRecord, UserRecord)
+from .base import (LOG_KEYS, SELECTOR_BIT, Event, MediaPart, MediaRecord, PushEvent,
+                   SessionRecord, Store, UploadRecord, UserRecord)
 
 
 class _Upload:
@@ -28,6 +27,7 @@ class MemoryStore(Store):
     """Coroutines that never await: each call is atomic on the event loop."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._reset()
 
     def _reset(self) -> None:
@@ -46,12 +46,9 @@ class MemoryStore(Store):
         self._media_by_key: dict[str, int] = {}
         self._locations: dict[int, tuple[float, float]] = {}
         self._counters: dict[str, int] = {}
-        self._listeners: list[Listener] = []
 
     async def clear(self):
-        listeners = self._listeners
-        self._reset()
-        self._listeners = listeners   # subscriptions outlive the data, as on Redis
+        self._reset()   # not the subscriptions: they outlive the data, as on Redis
 
     async def create_user(self, username, password, nickname, sex, city, signature, avatar_key):
         if username in self._by_name:
@@ -86,9 +83,10 @@ class MemoryStore(Store):
     async def delete_session(self, session_key):
         return self._sessions.pop(session_key, None) is not None
 
-    async def append(self, uin, log, item):
+    async def append(self, uin, log, item, origin=None):
         items = self._logs.setdefault((uin, log), [])
         items.append(item)
+        await self.publish(PushEvent(uin, SELECTOR_BIT[log], origin))
         return len(items)
 
     async def read_log(self, uin, log, after, limit):
@@ -205,14 +203,6 @@ class MemoryStore(Store):
 
     async def counters(self):
         return dict(self._counters)
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-        return unsubscribe
 
     async def publish(self, event: Event) -> None:
         for listener in list(self._listeners):

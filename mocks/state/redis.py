@@ -10,7 +10,8 @@ Layout (P is the prefix):
   P users    hash uin -> JSON [username, password, nickname, sex, city, signature, avatar]
   P names, P avatars                  hash username / avatar key -> uin
   P sessions hash session_key -> JSON [uin, username, device_id hex]
-  P log:UIN:K                         list of serialized CmdItems (the sync key is its length)
+  P log:UIN:K                         list of serialized CmdItems (the sync key is its length);
+                                      appended to and published from in one script
   P friends:UIN                       set of uins;  P pending  set of "to:from"
   P sends    hash "sender:client_msg_id" -> "new_msg_id:create_time"
   P upload:UIN:ID / P upload-data:UIN:ID   hash of the record / string of its bytes;
@@ -27,14 +28,13 @@ import json
 import logging
 import math
 import re
-from typing import Callable, Optional
+from typing import Optional
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import base
-from .base import (LOG_KEYS, Event, Listener, MediaPart, MediaRecord, SessionRecord, Store,
-                   UploadRecord, UserRecord)
+from .base import (LOG_KEYS, SELECTOR_BIT, Event, MediaPart, MediaRecord, PushEvent,
+                   SessionRecord, Store, UploadRecord, UserRecord, decode_event, encode_event)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ redis.call('HSET', KEYS[3], uin, ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], uin)
 redis.call('HSET', KEYS[2], ARGV[2], uin)
 return uin
+"""
+
+# KEYS: log; ARGV: item, channel, event
+_APPEND = """
+local n = redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return n
 """
 
 _USER_BY_INDEX = """
@@ -148,12 +155,12 @@ class RedisStore(Store):
     """
 
     def __init__(self, client: aioredis.Redis, namespace: str = "lab") -> None:
+        super().__init__()
         check_namespace(namespace)
         self.namespace = namespace
         self.url = ""      # set by `connect`
         self.prefix = f"testbed:{{{namespace}}}:"
         self._r = client
-        self._listeners: list[Listener] = []
         self._pubsub = None
         self._reader: Optional[asyncio.Task] = None
         p = self.prefix
@@ -167,6 +174,7 @@ class RedisStore(Store):
         reg = client.register_script
         self._create_user = reg(_CREATE_USER)
         self._user_by_index = reg(_USER_BY_INDEX)
+        self._append = reg(_APPEND)
         self._start_upload = reg(_START_UPLOAD)
         self._append_upload = reg(_APPEND_UPLOAD)
         self._finish_upload = reg(_FINISH_UPLOAD)
@@ -256,8 +264,9 @@ class RedisStore(Store):
         return await self._r.hdel(self._k_sessions, session_key) == 1
 
     # ------------------------------------------------------------------ sync logs
-    async def append(self, uin, log, item):
-        return await self._r.rpush(self._log(uin, log), item)
+    async def append(self, uin, log, item, origin=None):
+        event = encode_event(PushEvent(uin, SELECTOR_BIT[log], origin))
+        return await self._append(keys=[self._log(uin, log)], args=[item, self.channel, event])
 
     async def read_log(self, uin, log, after, limit):
         if limit <= 0:
@@ -456,7 +465,7 @@ class RedisStore(Store):
             if msg is None or msg["type"] != "message":
                 continue
             try:
-                event = base.decode_event(msg["data"])
+                event = decode_event(msg["data"])
             except ValueError as exc:
                 log.warning("store events: ignored %s", exc)
                 continue
@@ -466,16 +475,8 @@ class RedisStore(Store):
                 except Exception:  # one listener's bug must not stop the others' events
                     log.exception("store event listener failed")
 
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-        return unsubscribe
-
     async def publish(self, event: Event) -> None:
-        await self._r.publish(self.channel, base.encode_event(event))
+        await self._r.publish(self.channel, encode_event(event))
 
     # ------------------------------------------------------------------ lifetime
     async def clear(self):

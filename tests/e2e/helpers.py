@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import subprocess
+import sys
+import time
 
 from testbed.client.session import Session
-from testbed.lab.addressing import LONG
+from testbed.lab.addressing import LONG, AddressPlan
+from testbed.lab.manifest import load_manifest
 
 HEADER = struct.Struct(">IHHII")
 
@@ -38,3 +42,26 @@ async def wait_for(predicate, timeout=5.0, interval=0.01):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def start_lab_up(tmp_path, *extra, users: int = 3, name: str = "m.json"):
+    """`testbed lab up` as a subprocess on a random loopback /24: (process, manifest path)."""
+    manifest = tmp_path / name
+    plan = AddressPlan.random_loopback()
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "lab", "up", "--users",
+                             str(users), "--manifest", str(manifest), "--subnet", plan.prefix,
+                             *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, manifest
+
+
+def wait_manifest(proc, manifest, timeout=20.0):
+    """The manifest of a `lab up` process, once it exists (the lab listens then)."""
+    deadline = time.monotonic() + timeout
+    while not manifest.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"lab exited early: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError("no manifest in time")
+        time.sleep(0.02)
+    return load_manifest(manifest)

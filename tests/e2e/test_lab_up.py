@@ -8,38 +8,22 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 from testbed.client.resolver import Resolver
 from testbed.client.session import Session
 from testbed.lab.addressing import AddressPlan, HOST_NAMES, LONG, SHORT
-from testbed.lab.manifest import load_manifest
+
+from .helpers import start_lab_up, wait_manifest
 
 
 def _start(tmp_path, *extra):
-    manifest = tmp_path / "m.json"
-    plan = AddressPlan.random_loopback()
-    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "lab", "up", "--users", "3",
-                             "--manifest", str(manifest), "--subnet", plan.prefix, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return proc, manifest
-
-
-def _wait_manifest(proc, manifest, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not manifest.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"lab exited early: {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            raise AssertionError("no manifest in time")
-        time.sleep(0.02)
-    return load_manifest(manifest)
+    return start_lab_up(tmp_path, *extra)
 
 
 def test_lab_up_serves_then_stops_cleanly(tmp_path):
     proc, path = _start(tmp_path, "--time-scale", "50")
     try:
-        m = _wait_manifest(proc, path)
+        m = wait_manifest(proc, path)
         # every server listens the moment the manifest exists
         for name in HOST_NAMES:
             h = m.hosts[name]
@@ -72,7 +56,7 @@ def test_lab_up_serves_then_stops_cleanly(tmp_path):
 
 def test_lab_up_sigint_and_bad_arguments(tmp_path):
     proc, path = _start(tmp_path)
-    _wait_manifest(proc, path)
+    wait_manifest(proc, path)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=15)
     assert proc.returncode == 0
@@ -90,7 +74,7 @@ def test_lab_up_sigint_and_bad_arguments(tmp_path):
 def test_lab_up_refuses_a_taken_block(tmp_path):
     proc, path = _start(tmp_path)
     try:
-        m = _wait_manifest(proc, path)
+        m = wait_manifest(proc, path)
         prefix = m.dns_address.rsplit(".", 1)[0]
         second = subprocess.run([sys.executable, "-m", "testbed.cli", "lab", "up", "--subnet",
                                  prefix, "--manifest", str(tmp_path / "m2.json")],

@@ -19,12 +19,11 @@ from mocks.service import RequestContext, Service
 from mocks.state import PushEvent, make_store, new_link_id
 from mocks.stats import read_stats
 from testbed.client.phone import Phone
-from testbed.lab.addressing import AddressPlan
 from testbed.lab.clock import Clock
-from testbed.lab.manifest import load_manifest
 from testbed.wire import BY_NAME, Ret, ServiceError, pb
 
 from ..conftest import start_lab
+from .helpers import start_lab_up, wait_manifest
 
 
 async def test_a_send_through_one_service_wakes_a_listener_on_another(redis_stores):
@@ -126,23 +125,8 @@ async def test_chat_among_50_users_across_two_labs_on_one_redis(tmp_path, redis_
 # ---------------------------------------------------------------------- `testbed lab up`
 
 def _lab_up(tmp_path, store_url, name="m.json", *extra):
-    manifest = tmp_path / name
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "testbed.cli", "lab", "up", "--users", "4", "--manifest",
-         str(manifest), "--subnet", AddressPlan.random_loopback().prefix, "--time-scale",
-         "100", "--store", store_url, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return proc, manifest
-
-
-def _wait_manifest(proc, manifest, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not manifest.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"lab exited early: {proc.stderr.read()}")
-        assert time.monotonic() < deadline, "no manifest in time"
-        time.sleep(0.02)
-    return load_manifest(manifest)
+    return start_lab_up(tmp_path, "--time-scale", "100", "--store", store_url, *extra,
+                        users=4, name=name)
 
 
 async def _keys(redis_url, namespace):
@@ -158,7 +142,7 @@ def test_lab_up_on_redis_runs_a_chat_and_leaves_nothing(tmp_path, redis_url):
     url = f"{redis_url}?namespace={namespace}"
     proc, path = _lab_up(tmp_path, url)
     try:
-        _wait_manifest(proc, path)
+        wait_manifest(proc, path)
         users, _ = asyncio.run(_keys(redis_url, namespace))
         assert users == 4                      # the lab's users are in Redis
         # a second lab on the same namespace is refused, and the first is untouched
@@ -199,14 +183,14 @@ def test_lab_up_reset_store_clears_what_a_killed_lab_left(tmp_path, redis_url):
     namespace = f"test-{uuid.uuid4().hex[:12]}"
     url = f"{redis_url}?namespace={namespace}"
     proc, path = _lab_up(tmp_path, url)
-    _wait_manifest(proc, path)
+    wait_manifest(proc, path)
     os.kill(proc.pid, signal.SIGKILL)           # no chance to clean up
     proc.communicate(timeout=30)
     assert asyncio.run(_keys(redis_url, namespace))[0] == 4
     path.unlink()
     proc, path = _lab_up(tmp_path, url, "m.json", "--reset-store")
     try:
-        m = _wait_manifest(proc, path)
+        m = wait_manifest(proc, path)
         assert [u["username"] for u in m.users] == ["user0001", "user0002", "user0003",
                                                     "user0004"]
         assert asyncio.run(_keys(redis_url, namespace))[0] == 4

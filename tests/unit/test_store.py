@@ -135,6 +135,17 @@ async def test_logs_append_and_read(store):
     assert await store.read_log(6, LOG_MESSAGES, 0, 5) == [b"other user"]
 
 
+async def test_an_append_pushes_to_listeners_on_every_connection(stores):
+    a, b = stores
+    heard = []
+    b.subscribe(heard.append)
+    link = new_link_id()
+    await a.append(4, LOG_CONTACTS, b"contact", link)
+    await a.append(4, LOG_MESSAGES, b"message")
+    await eventually(lambda: len(heard) == 2)
+    assert heard == [PushEvent(4, 0x2, link), PushEvent(4, 0x1, None)]
+
+
 async def test_concurrent_appends_on_two_connections(stores):
     a, b = stores
     n = 100

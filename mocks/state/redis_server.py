@@ -1,18 +1,14 @@
-"""A private redis-server for the tests: a free loopback port, a temp dir, no persistence,
-stopped by its own PID."""
+"""A private redis-server for tests and benchmarks: a free loopback port, a temp dir, no
+persistence, stopped by its own PID."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Optional
-
-REQUIRE_ENV = "TESTBED_REQUIRE_REDIS"   # "1" in CI: a missing redis-server fails, not skips
-
 
 def redis_unavailable() -> Optional[str]:
     """Why the Redis tests cannot run here, or None."""
@@ -37,6 +33,8 @@ def _pong(port: int) -> bool:
 
 
 class RedisServer:
+    """`RedisServer(dir).start()` ... `.stop()`; `.url` names it, `.proc.pid` is its PID."""
+
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.proc: Optional[subprocess.Popen] = None
@@ -75,7 +73,3 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-
-
-def required() -> bool:
-    return os.environ.get(REQUIRE_ENV) == "1"
