@@ -19,6 +19,7 @@ from mocks.service import RequestContext, Service
 from mocks.state import PushEvent, make_store, new_link_id
 from mocks.stats import read_stats
 from testbed.client.phone import Phone
+from testbed.client.session import Session
 from testbed.lab.clock import Clock
 from testbed.wire import BY_NAME, Ret, ServiceError, pb
 
@@ -61,6 +62,70 @@ async def test_a_send_through_one_service_wakes_a_listener_on_another(redis_stor
     assert again.msgs[0].new_msg_id == resp.msgs[0].new_msg_id
     assert (await read_stats(two.store)).messages_stored == 1
     assert (await two.store.log_lengths(bob.uin))[1] == 1
+
+
+async def test_an_upload_resumed_on_another_worker_is_one_message(redis_stores):
+    """Chunks alternate between two services; the last chunk arrives at both at once (a
+    retry): the image is stored, and delivered, once."""
+    one, two = Service(await redis_stores()), Service(await redis_stores())
+    alice, bob = await one.seed_users(2)
+    login = await one.handle(BY_NAME["MANUALAUTH"], pb.ManualAuthRequest(
+        username=alice.username, password=alice.password), RequestContext())
+    base = pb.BaseRequest(session_key=login.session_key, uin=login.uin)
+    data = bytes(range(256)) * 1000       # 256,000 bytes: four chunks
+    chunk = 64 * 1024
+    upload = BY_NAME["UPLOADVOICE"]
+
+    def part(pos):
+        return pb.UploadMediaRequest(base=base, client_media_id="voice-1", to_user=bob.username,
+                                     total_len=len(data), start_pos=pos,
+                                     data=data[pos:pos + chunk])
+
+    starts = list(range(0, len(data), chunk))
+    for k, pos in enumerate(starts[:-1]):
+        r = await (one, two)[k % 2].handle(upload, part(pos), RequestContext())
+        assert r.base.ret == 0 and r.start_pos == pos + chunk and not r.new_msg_id
+    last = await asyncio.gather(one.handle(upload, part(starts[-1]), RequestContext()),
+                                two.handle(upload, part(starts[-1]), RequestContext()))
+    done = [r for r in last if r.base.ret == 0 and r.new_msg_id]
+    assert done and len({r.new_msg_id for r in done}) == 1
+    assert all(r.base.ret in (0, Ret.MEDIA_OUT_OF_ORDER) for r in last)
+    msg_id = done[0].new_msg_id
+    bob_log = await two.store.read_log(bob.uin, 1, 0, 100)
+    items = [pb.CmdItem.FromString(raw) for raw in bob_log]
+    msgs = [pb.AddMsg.FromString(i.cmd_buf) for i in items]
+    assert [(m.new_msg_id, m.msg_type) for m in msgs] == [(msg_id, 34)]   # the row's type
+    got = bytearray()
+    while len(got) < len(data):
+        r = await (two, one)[len(got) // chunk % 2].handle(
+            BY_NAME["DOWNLOADVOICE"], pb.DownloadMediaRequest(
+                base=base, msg_id=msg_id, start_pos=len(got), max_len=chunk), RequestContext())
+        assert r.base.ret == 0 and r.total_len == len(data)
+        got += r.data
+    assert bytes(got) == data
+    assert (await read_stats(one.store)).messages_stored == 1
+
+
+async def test_a_logout_through_one_lab_closes_the_link_held_by_another(tmp_path,
+                                                                        redis_stores):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    lab_b = await start_lab(tmp_path / "b", store=await redis_stores(), users=0)
+    lab_a = await start_lab(tmp_path / "a", store=await redis_stores(), users=2)
+    try:
+        u = lab_a.manifest.users[0]
+        on_b = Session(lab_b.manifest, u["username"], u["password"])
+        await on_b.login()
+        await on_b.connect_long()
+        await on_b.link.noop()
+        via_a = Session(lab_a.manifest, u["username"], u["password"])
+        via_a.uin, via_a.session_key = on_b.uin, on_b.session_key
+        await via_a.logout()
+        await asyncio.wait_for(on_b.link.closed, 5)        # closed by lab B's server
+        assert lab_b.long.identified_count() == 0
+    finally:
+        await lab_a.stop()
+        await lab_b.stop()
 
 
 async def test_chat_among_50_users_across_two_labs_on_one_redis(tmp_path, redis_stores):
