@@ -12,12 +12,12 @@ import collections
 import logging
 from typing import Optional
 
-from testbed.lab.clock import Clock
-from testbed.wire import (BY_CMD, DEFAULT_MAX_PACKET_LEN, FrameDecoder, RemoteProtocolError,
-                          Ret, ServiceError, decode_request, encode_frame, error_body,
-                          notify_body)
-from testbed.wire.commands import IDENTIFY_CMD, NOOP_CMD, NOTIFY_CMD
-from testbed.wire.frames import HEADER, REPLY_OFFSET
+from testbed.lab.clock import Clock, Timer
+from testbed.wire import (DEFAULT_MAX_PACKET_LEN, RemoteProtocolError, Ret, ServerConnection,
+                          ServiceError, State, error_body)
+from testbed.wire.commands import NOOP_CMD
+from testbed.wire.connection import IdleTimeout, Request
+from testbed.wire.frames import HEADER, reply_cmd
 
 from .service import RequestContext, Service
 from .state import PushEvent, SessionEnded, new_link_id
@@ -25,28 +25,30 @@ from .stats import count_request
 
 log = logging.getLogger(__name__)
 
-_NOOP_REPLY = NOOP_CMD + REPLY_OFFSET
-_pack_header = HEADER.pack
 # the first 12 bytes of a valid body-less NOOP (packet_len 16, header_len 16, version 1,
 # cmd 6) and of its reply (cmd 1000000006); the seq follows in the last 4
 _NOOP_HEAD = HEADER.pack(16, 16, 1, NOOP_CMD, 0)[:12]
-_NOOP_REPLY_HEAD = HEADER.pack(16, 16, 1, _NOOP_REPLY, 0)[:12]
+_NOOP_REPLY_HEAD = HEADER.pack(16, 16, 1, reply_cmd(NOOP_CMD), 0)[:12]
 MAX_QUEUED_REQUESTS = 256  # per link; reading pauses beyond this
 
 
 class LongLinkProtocol(asyncio.Protocol):
-    __slots__ = ("server", "transport", "decoder", "last_rx", "session", "queue", "worker",
-                 "idle_handle", "peer", "closed", "link_id", "_reading_paused", "_write_paused")
+    """The asyncio adapter of one link: bytes to `ServerConnection`, its requests to the
+    service, its replies and pushes to the socket, its idle deadline to the lab clock."""
+
+    __slots__ = ("server", "transport", "conn", "session", "queue", "worker",
+                 "idle_timer", "peer", "closed", "link_id", "_reading_paused",
+                 "_write_paused")
 
     def __init__(self, server: "LongLinkServer") -> None:
         self.server = server
         self.transport: Optional[asyncio.Transport] = None
-        self.decoder = FrameDecoder(server.max_packet_len)
-        self.last_rx = 0.0
+        self.conn = ServerConnection(max_packet_len=server.max_packet_len,
+                                     idle_timeout=server.idle_timeout_s)
         self.session = None
         self.queue: Optional[collections.deque] = None
         self.worker: Optional[asyncio.Task] = None
-        self.idle_handle: Optional[asyncio.TimerHandle] = None
+        self.idle_timer: Optional[Timer] = None
         self.peer = None
         self.closed = False
         self.link_id: str = new_link_id()   # what events name this link by
@@ -60,15 +62,16 @@ class LongLinkProtocol(asyncio.Protocol):
         srv = self.server
         srv.links.add(self)
         srv.connections_total += 1
-        self.last_rx = srv.loop.time()
-        self.idle_handle = srv.loop.call_at(self.last_rx + srv.idle_wall, self._idle_check)
+        self.conn.last_rx = srv.clock.now()
+        self._arm_idle()
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        self.conn.close()
         self.server.forget(self)
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-            self.idle_handle = None
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         if self.worker is not None and not self.worker.done():
             self.worker.cancel()
 
@@ -83,53 +86,49 @@ class LongLinkProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         srv = self.server
-        self.last_rx = srv.loop.time()
+        now = srv.clock.now()
         srv.bytes_in += len(data)
-        decoder = self.decoder
+        conn = self.conn
         out = None
         # Fast path for heartbeats: answer a leading run of body-less NOOPs straight from
-        # the bytes, without building Frame tuples (about twice the bare echo's speed instead
-        # of half; bench/bench_long_link.py). Only when nothing is buffered, so `data` starts
-        # on a frame boundary; a header that is not exactly a valid empty NOOP ends the run,
-        # and everything from it on goes through the decoder, which checks it as before.
-        if not decoder.buffered and decoder.error is None:
+        # the bytes, without building frames or events (about twice the bare echo's speed
+        # instead of half; bench/bench_long_link.py). Only at a frame boundary (nothing
+        # buffered), so `data` starts on a frame; a header that is not exactly a valid
+        # empty NOOP ends the run, and everything from it on goes to the connection, which
+        # checks it as the contract says.
+        if conn.at_frame_boundary:
             pos, end = 0, len(data)
             while end - pos >= 16 and data.startswith(_NOOP_HEAD, pos):
                 pos += 16
             if pos:
+                conn.noops_answered(pos >> 4, now)
                 srv.frames_in += pos >> 4
                 # In a run of such frames the 12-byte head occurs only at frame starts (no
                 # shift of it fits over its own fixed bytes), so one replace turns the run
                 # into its replies: same headers, cmd + 1000000000, same seqs, same order.
                 run = data if pos == end else data[:pos]
-                out = [run.replace(_NOOP_HEAD, _NOOP_REPLY_HEAD)]
+                out = run.replace(_NOOP_HEAD, _NOOP_REPLY_HEAD)
                 if pos == end:
-                    self.transport.write(out[0])
+                    self.transport.write(out)
                     return
                 data = data[pos:]
+        frames_before = conn.frames_received
         try:
-            frames = decoder.receive_data(data)
+            events = conn.receive_data(data, now)
         except RemoteProtocolError as exc:
             if out:  # the NOOPs before the bad header are answered, as the decoder path does
-                self.transport.write(b"".join(out))
+                self.transport.write(out)
             self.violation(exc)
             return
-        for frame in frames:
-            cmd = frame[0]
-            if cmd == NOOP_CMD:
-                if out is None:
-                    out = []
-                out.append(_pack_header(16, 16, 1, _NOOP_REPLY, frame[1]))
-            else:
-                if out:  # keep replies in request order around a slow request
-                    self.transport.write(b"".join(out))
-                    out = None
-                self._request(frame)
-        if out:
-            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
-        srv.frames_in += len(frames)
-        if self.decoder.error is not None:
-            self.violation(self.decoder.error)
+        srv.frames_in += conn.frames_received - frames_before
+        answered = conn.data_to_send()   # NOOP and error replies, in request order
+        if out or answered:
+            self.transport.write(out + answered if out and answered else out or answered)
+        for ev in events:
+            if type(ev) is Request:
+                self._request(ev)
+        if conn.error is not None:
+            self.violation(conn.error)
 
     # -- requests
     def violation(self, exc: Exception) -> None:
@@ -138,25 +137,10 @@ class LongLinkProtocol(asyncio.Protocol):
         log.info("long link %s: protocol violation: %s", self.peer, exc)
         self.close(abort=False)
 
-    def _request(self, frame) -> None:
-        cmd, seq, body = frame
-        command = BY_CMD.get(cmd)
-        if command is None or command.push_only:
-            self.send(cmd + REPLY_OFFSET if cmd < REPLY_OFFSET else cmd, seq,
-                      error_body(Ret.SERVER_FAULT, f"unknown command {cmd}"))
-            return
-        if self.session is None and cmd != IDENTIFY_CMD:
-            self.send(cmd + REPLY_OFFSET, seq,
-                      error_body(Ret.SESSION_INVALID, "link not identified"))
-            return
-        try:
-            request = decode_request(command, body)
-        except RemoteProtocolError as exc:
-            self.send(cmd + REPLY_OFFSET, seq, error_body(Ret.BAD_ARGUMENT, str(exc)))
-            return
+    def _request(self, req: Request) -> None:
         if self.queue is None:
             self.queue = collections.deque()
-        self.queue.append((command, seq, request))
+        self.queue.append(req)
         if self.worker is None or self.worker.done():
             self.worker = self.server.loop.create_task(self._work())
         if len(self.queue) >= MAX_QUEUED_REQUESTS:
@@ -173,22 +157,22 @@ class LongLinkProtocol(asyncio.Protocol):
     async def _work(self) -> None:
         srv = self.server
         while self.queue and not self.closed:
-            command, seq, request = self.queue.popleft()
+            req = self.queue.popleft()
             if self._reading_paused:
                 self._set_reading()
             ctx = RequestContext(origin=self.link_id, peer=self.peer)
             try:
-                await count_request(srv.service.store, "long", command.name)
-                response = await srv.service.handle(command, request, ctx)
+                await count_request(srv.service.store, "long", req.command.name)
+                response = await srv.service.handle(req.command, req.message, ctx)
                 body = response.SerializeToString()
             except ServiceError as exc:
                 body = error_body(exc.code, exc.message)
             except Exception as exc:  # a server fault: answer -1, keep the link, report it
                 srv.record_error(exc)
                 body = error_body(Ret.SERVER_FAULT, "server fault")
-            if self.closed:
-                return
-            self.send(command.reply_cmd, seq, body)
+            if self.closed or self.conn.state is not State.OPEN:
+                return   # closed (idle, violation) while the service worked: send nothing
+            self._write(self.conn.send_reply(req.command, req.seq, body))
             if ctx.session is not None:
                 srv.bind(self, ctx.session)
                 if ctx.notify_after:
@@ -200,28 +184,36 @@ class LongLinkProtocol(asyncio.Protocol):
         self.worker = None
 
     # -- output
-    def send(self, cmd: int, seq: int, body: bytes = b"") -> None:
+    def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(cmd, seq, body, self.server.max_packet_len))
+            self.transport.write(data)
 
     def push(self, selector: int) -> None:
+        if self.transport is None or self.transport.is_closing() \
+                or self.conn.state is not State.OPEN:
+            return
         self.server.pushes_sent += 1
-        self.send(NOTIFY_CMD, 0, notify_body(selector))
+        self._write(self.conn.send_push(selector))
 
     def close(self, abort: bool = False) -> None:
         if self.transport is not None and not self.transport.is_closing():
             (self.transport.abort if abort else self.transport.close)()
 
+    def _arm_idle(self) -> None:
+        when = self.conn.get_timer()
+        self.idle_timer = None if when is None else self.server.clock.call_at(
+            when, self._idle_check)
+
     def _idle_check(self) -> None:
+        # one timer per link, moved lazily: data since it was set only pushes the deadline
+        self.idle_timer = None
         srv = self.server
-        due = self.last_rx + srv.idle_wall
-        now = srv.loop.time()
-        if now >= due:
-            self.idle_handle = None
-            srv.idle_closed += 1
-            self.close()
-        else:  # data came since this timer was set: one timer per link, moved lazily
-            self.idle_handle = srv.loop.call_at(due, self._idle_check)
+        for ev in self.conn.handle_timer(srv.clock.now()):
+            if type(ev) is IdleTimeout:
+                srv.idle_closed += 1
+                self.close()
+                return
+        self._arm_idle()
 
 
 class LongLinkServer:
@@ -233,7 +225,6 @@ class LongLinkServer:
         self.service = service
         self.clock = clock or service.clock
         self.idle_timeout_s = idle_timeout_s
-        self.idle_wall = self.clock.to_wall(idle_timeout_s)
         self.max_packet_len = max_packet_len
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.links: set[LongLinkProtocol] = set()
@@ -260,6 +251,7 @@ class LongLinkServer:
         if link.session is not None and link.session is not session:
             self.forget(link, keep_in_links=True)
         link.session = session
+        link.conn.identify()
         self.by_uin.setdefault(session.uin, set()).add(link)
         self.by_session.setdefault(session.session_key, set()).add(link)
 
@@ -284,6 +276,7 @@ class LongLinkServer:
             for link in tuple(self.by_session.get(event.session_key, ())):
                 self.forget(link, keep_in_links=True)
                 link.session = None
+                link.conn.unidentify()
                 link.close()
 
     def record_error(self, exc: BaseException) -> None:

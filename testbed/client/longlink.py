@@ -1,18 +1,20 @@
-"""A long-link connection from the phone's side: requests matched to replies by seq,
-NOTIFY pushes handed to a callback, a protocol violation from the server closes the link."""
+"""A long-link connection from the phone's side: the asyncio adapter around the sans-I/O
+`testbed.wire.ClientConnection`, which numbers requests, matches replies by seq, checks their
+cmd, hands NOTIFY pushes over and times requests out. A protocol violation from the server
+closes the link. Times (timeouts, `last_tx`, `last_rx`) are protocol seconds on `clock`."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import functools
 from typing import Callable, Optional
 
 from google.protobuf.message import Message
 
-from testbed.wire import (BY_NAME, FrameDecoder, RemoteProtocolError, encode_frame,
-                          parse_notify)
-from testbed.wire.commands import NOOP_CMD, NOTIFY_CMD, decode_response
-from testbed.wire.frames import REPLY_OFFSET
+from testbed.lab.clock import Clock, Timer
+from testbed.wire import BY_NAME, ClientConnection, RemoteProtocolError
+from testbed.wire.commands import NOOP_CMD, decode_response
+from testbed.wire.connection import Push, Reply, TimedOut, WrongReply
 
 
 class LinkClosed(ConnectionError):
@@ -34,25 +36,31 @@ class _LinkProtocol(asyncio.Protocol):
 
 
 class LongLink:
-    """One TCP connection to `long.weixin.qq.com`."""
+    """One TCP connection to `long.weixin.qq.com`.
+
+    `clock` (default: a clock at scale 1, so seconds are wall seconds) measures the request
+    timeouts and stamps `last_tx`/`last_rx`."""
 
     def __init__(self, on_notify: Optional[Callable[[int], None]] = None,
-                 max_packet_len: int = 1 << 20, first_seq: int = 1) -> None:
+                 max_packet_len: int = 1 << 20, first_seq: int = 1,
+                 clock: Optional[Clock] = None) -> None:
         self.on_notify = on_notify
-        self.decoder = FrameDecoder(max_packet_len)
-        self._seq = itertools.count(first_seq)
-        self._pending: dict[int, tuple[int, asyncio.Future]] = {}
+        self.clock = clock or Clock()
+        self.conn = ClientConnection(max_packet_len=max_packet_len, first_seq=first_seq)
+        self._futures: dict[int, asyncio.Future] = {}
+        self._timer: Optional[Timer] = None
         self._transport: Optional[asyncio.Transport] = None
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
         self.notifies: list[int] = []
         self.address: Optional[tuple[str, int]] = None
         self.bytes_sent = self.bytes_received = 0
-        self.frames_sent = self.frames_received = 0
-        self.last_rx = self.last_tx = asyncio.get_running_loop().time()
+        self.last_rx = self.last_tx = self.clock.now()
 
     @classmethod
     async def connect(cls, host: str, port: int, *, local_addr: Optional[str] = None,
                       timeout: float = 5.0, **kwargs) -> "LongLink":
+        """Open the TCP connection; `timeout` is wall seconds (a connect is not protocol
+        time: it is the kernel's)."""
         link = cls(**kwargs)
         loop = asyncio.get_running_loop()
         await asyncio.wait_for(loop.create_connection(
@@ -65,34 +73,53 @@ class LongLink:
     def is_open(self) -> bool:
         return self._transport is not None and not self.closed.done()
 
+    @property
+    def sockname(self) -> Optional[tuple[str, int]]:
+        """The link's own (address, port): what a NAT in front of the server sees."""
+        if self._transport is None:
+            return None
+        name = self._transport.get_extra_info("sockname")
+        return tuple(name[:2]) if name else None
+
+    @property
+    def frames_sent(self) -> int:
+        return self.conn.frames_sent
+
+    @property
+    def frames_received(self) -> int:
+        return self.conn.frames_received
+
     def next_seq(self) -> int:
-        return next(self._seq) & 0xFFFFFFFF
+        return self.conn.next_seq()
 
     def send_raw(self, data: bytes) -> None:
         if not self.is_open:
             raise LinkClosed("long link is closed")
         self._transport.write(data)
         self.bytes_sent += len(data)
-        self.last_tx = asyncio.get_running_loop().time()
+        self.last_tx = self.clock.now()
 
-    def request_frame(self, cmd: int, body: bytes = b"", seq: Optional[int] = None) -> \
-            asyncio.Future:
-        """Send one request frame; the future resolves to the reply's body."""
-        seq = self.next_seq() if seq is None else seq
+    def request_frame(self, cmd: int, body: bytes = b"", seq: Optional[int] = None,
+                      timeout: Optional[float] = None) -> asyncio.Future:
+        """Send one request frame; the future resolves to the reply's body, or fails with
+        TimeoutError after `timeout` protocol seconds (None: it waits until the link
+        closes). Cancelling the future forgets the request."""
+        if not self.is_open:
+            raise LinkClosed("long link is closed")
+        deadline = None if timeout is None else self.clock.now() + timeout
+        seq, data = self.conn.send_request(cmd, body, seq=seq, deadline=deadline)
         fut = asyncio.get_running_loop().create_future()
-        self._pending[seq] = (cmd + REPLY_OFFSET, fut)
-        self.send_raw(encode_frame(cmd, seq, body))
-        self.frames_sent += 1
+        self._futures[seq] = fut
+        fut.add_done_callback(functools.partial(self._request_done, seq))
+        self.send_raw(data)
+        if deadline is not None:
+            self._arm()
         return fut
 
     async def request(self, cmd: int, body: bytes = b"", timeout: float = 10.0) -> bytes:
-        """Send a request frame and wait for its reply body; a timeout forgets the seq."""
-        seq = self.next_seq()
-        fut = self.request_frame(cmd, body, seq)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            self._pending.pop(seq, None)
+        """Send a request frame and wait for its reply body; TimeoutError after `timeout`
+        protocol seconds."""
+        return await self.request_frame(cmd, body, timeout=timeout)
 
     async def call(self, name: str, request: Optional[Message] = None,
                    timeout: float = 10.0) -> Message:
@@ -104,45 +131,73 @@ class LongLink:
     async def noop(self, timeout: float = 10.0) -> None:
         await self.request(NOOP_CMD, b"", timeout)
 
+    # ------------------------------------------------------------------ internals
+    def _request_done(self, seq: int, fut: asyncio.Future) -> None:
+        if fut.cancelled() and self._futures.get(seq) is fut:
+            del self._futures[seq]
+            self.conn.forget(seq)
+
+    def _settle(self, seq: int, result: Optional[bytes] = None,
+                exc: Optional[BaseException] = None) -> None:
+        fut = self._futures.pop(seq, None)
+        if fut is None or fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def _arm(self) -> None:
+        """One clock timer per link, at the connection's earliest request deadline."""
+        when = self.conn.get_timer()
+        timer = self._timer
+        if timer is not None and not timer.cancelled and when is not None \
+                and timer.when <= when:
+            return   # armed early enough: it re-arms for the rest when it fires
+        if timer is not None:
+            timer.cancel()
+        self._timer = None if when is None else self.clock.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        for ev in self.conn.handle_timer(self.clock.now()):
+            if isinstance(ev, TimedOut):
+                self._settle(ev.seq, exc=asyncio.TimeoutError(
+                    f"no reply to cmd {ev.cmd} seq {ev.seq}"))
+        self._arm()
+
     def _received(self, data: bytes) -> None:
         self.bytes_received += len(data)
-        self.last_rx = asyncio.get_running_loop().time()
+        self.last_rx = self.clock.now()
         try:
-            frames = self.decoder.receive_data(data)
+            events = self.conn.receive_data(data)
         except RemoteProtocolError as exc:
             self.abort(exc)
             return
-        self.frames_received += len(frames)
-        for cmd, seq, body in frames:
-            if cmd == NOTIFY_CMD and seq == 0:
-                try:
-                    selector = parse_notify(body)
-                except RemoteProtocolError:
-                    continue
-                self.notifies.append(selector)
+        for ev in events:
+            if isinstance(ev, Reply):
+                self._settle(ev.seq, ev.body)
+            elif isinstance(ev, Push):
+                self.notifies.append(ev.selector)
                 if self.on_notify is not None:
-                    self.on_notify(selector)
-                continue
-            entry = self._pending.pop(seq, None)
-            if entry is None:
-                continue
-            expected, fut = entry
-            if fut.done():
-                continue
-            if cmd != expected:
-                fut.set_exception(RemoteProtocolError(
-                    f"reply cmd {cmd} for seq {seq}, expected {expected}"))
-            else:
-                fut.set_result(body)
-        if self.decoder.error is not None:
-            self.abort(self.decoder.error)
+                    self.on_notify(ev.selector)
+            elif isinstance(ev, WrongReply):
+                self._settle(ev.seq, exc=RemoteProtocolError(
+                    f"reply cmd {ev.got} for seq {ev.seq}, expected {ev.expected}"))
+            # Stray frames (late replies, odd pushes) are dropped, as the 2013 client did
+        if self.conn.error is not None:
+            self.abort(self.conn.error)
 
     def _lost(self, exc) -> None:
         err = LinkClosed(f"long link closed: {exc!r}" if exc else "long link closed by peer")
-        for _, fut in self._pending.values():
+        self.conn.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        futures, self._futures = self._futures, {}
+        for fut in futures.values():
             if not fut.done():
                 fut.set_exception(err)
-        self._pending.clear()
         if not self.closed.done():
             self.closed.set_result(exc)
 

@@ -74,7 +74,7 @@ class Phone:
             policy = f"fixed:{manifest.heartbeat_s:g}"
         self.policy = parse_policy(policy) if isinstance(policy, str) else policy
         self.session = Session(manifest, username, password, local_addr=local_addr,
-                               on_notify=self._on_notify)
+                               on_notify=self._on_notify, clock=self.clock)
         self.sync_door = sync_door
         self.on_message = on_message
         self.metrics = PhoneMetrics()
@@ -92,11 +92,14 @@ class Phone:
     def username(self) -> str:
         return self.session.username
 
-    def wall(self, protocol_s: float) -> float:
-        return max(self.clock.to_wall(protocol_s), MIN_WALL_TIMEOUT)
+    def timeout(self, protocol_s: float) -> float:
+        """A NOOP timeout or back-off in protocol seconds, floored at MIN_WALL_TIMEOUT of
+        wall time on a scaled clock."""
+        return self.clock.floor_wall(protocol_s, MIN_WALL_TIMEOUT)
 
-    def request_wall(self, protocol_s: float) -> float:
-        return max(self.clock.to_wall(protocol_s), REQUEST_MIN_WALL)
+    def request_timeout(self, protocol_s: float) -> float:
+        """A data request's timeout in protocol seconds, floored at REQUEST_MIN_WALL."""
+        return self.clock.floor_wall(protocol_s, REQUEST_MIN_WALL)
 
     def long_totals(self) -> tuple[int, int]:
         """(application bytes, frames), both ways, on every long link so far, the live one
@@ -168,7 +171,7 @@ class Phone:
                 attempt += 1
                 self.metrics.reconnect_failures += 1
                 self.metrics.wakeups += 1
-                await asyncio.sleep(self.wall(delay))
+                await self.clock.sleep(self.timeout(delay))
                 continue
             self.metrics.reconnects += 1
             try:
@@ -192,26 +195,28 @@ class Phone:
                 if self._sync_owed and (self._sync_task is None or self._sync_task.done()):
                     self._sync_task = asyncio.ensure_future(self._sync_loop())
                 interval = self.policy.interval()
-                loop = asyncio.get_running_loop()
-                due = link.last_tx + self.clock.to_wall(interval)
-                if due > loop.time():
+                clock = self.clock
+                due = link.last_tx + interval
+                if due > clock.now():
                     stop_wait = asyncio.ensure_future(stop.wait())
                     try:
-                        await asyncio.wait({stop_wait, link.closed},
-                                           timeout=due - loop.time(),
-                                           return_when=asyncio.FIRST_COMPLETED)
+                        async with clock.timeout_at(due):
+                            await asyncio.wait({stop_wait, link.closed},
+                                               return_when=asyncio.FIRST_COMPLETED)
+                    except TimeoutError:
+                        pass
                     finally:
                         stop_wait.cancel()
                     if stop.is_set() or not link.is_open:
                         continue
-                    if link.last_tx + self.clock.to_wall(interval) > loop.time() + 1e-6:
+                    if link.last_tx + interval > clock.now():
                         continue   # the link carried something meanwhile: NAT state is fresh
-                idle = self.clock.to_protocol(loop.time() - link.last_tx)
+                idle = clock.now() - link.last_tx
                 self.metrics.wakeups += 1
                 self.metrics.heartbeats_sent += 1
                 self.metrics.intervals.append(idle)
                 try:
-                    await link.noop(timeout=self.wall(self.policy.noop_timeout_s))
+                    await link.noop(timeout=self.timeout(self.policy.noop_timeout_s))
                 except (asyncio.TimeoutError, LinkClosed):
                     if stop.is_set():
                         break
@@ -251,8 +256,8 @@ class Phone:
                 log.info("%s: sync after NOTIFY failed: %r", self.username, exc)
                 self.metrics.notify_sync_failures += 1
                 self._sync_owed = True
-                asyncio.get_running_loop().call_later(self.request_wall(SYNC_RETRY_S),
-                                                      self._retry_owed_sync)
+                self.clock.call_later(self.request_timeout(SYNC_RETRY_S),
+                                      self._retry_owed_sync)
                 return
             if not self._sync_again:
                 return
@@ -272,7 +277,7 @@ class Phone:
     async def _sync_locked(self) -> list[pb.CmdItem]:
         before = len(self.session.sync_state.messages)
         items = await self.session.sync(door=self.sync_door,
-                                        timeout=self.request_wall(60.0))
+                                        timeout=self.request_timeout(60.0))
         self.metrics.syncs += 1
         now = self.clock.now()
         for msg in self.session.sync_state.messages[before:]:
@@ -292,7 +297,7 @@ class Phone:
         for attempt in range(tries):
             try:
                 return await self.session.send_text(to, content, client_msg_id=cid, door=door,
-                                                    timeout=self.request_wall(20.0))
+                                                    timeout=self.request_timeout(20.0))
             except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
                 if attempt == tries - 1:
                     raise
@@ -308,7 +313,7 @@ class Phone:
         for attempt in range(tries):
             try:
                 return await self.session.upload(to, data, client_media_id=cid, start_pos=pos,
-                                                 timeout=self.request_wall(20.0))
+                                                 timeout=self.request_timeout(20.0))
             except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
                 if attempt == tries - 1:
                     raise

@@ -95,7 +95,7 @@ class Run:
 
     async def wait_received(self, phone: Phone, msg_id: int, timeout_s: float = 60.0) -> bool:
         """Wait (protocol time) until a phone has a message by push-then-sync."""
-        deadline = time.monotonic() + max(phone.wall(timeout_s), 5.0)
+        deadline = time.monotonic() + max(self.clock.to_wall(timeout_s), 5.0)
         while msg_id not in phone.metrics.received:
             if time.monotonic() > deadline:
                 return False

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 from google.protobuf.message import Message
 
 from testbed.lab.addressing import LONG, SHORT
+from testbed.lab.clock import Clock
 from testbed.lab.manifest import Manifest
 from testbed.wire import BY_NAME, Ret, pb
 from testbed.wire.commands import (CMD_ITEM_TYPES, ITEM_ADD_MSG, ITEM_DEL_CONTACT,
@@ -27,6 +28,10 @@ from .resolver import Resolver
 from .shortlink import ShortLink
 
 CHUNK = 64 * 1024
+# A long-link request's timeout when the caller names none: 10 protocol seconds, and at
+# least 10 wall seconds (it only guards against a dead link; a scaled clock must not make it
+# a few milliseconds).
+DEFAULT_TIMEOUT_S = 10.0
 UPLOAD_CMD = {3: "UPLOADMSGIMG", 34: "UPLOADVOICE", 43: "UPLOADVIDEO"}
 DOWNLOAD_CMD = {3: "GETMSGIMG", 34: "DOWNLOADVOICE", 43: "DOWNLOADVIDEO"}
 
@@ -54,12 +59,15 @@ def ssl_context_for(manifest: Manifest) -> ssl.SSLContext:
 
 
 class Session:
-    """One device of one user."""
+    """One device of one user. Long-link timeouts are protocol seconds on `clock` (default:
+    the manifest's time scale)."""
 
     def __init__(self, manifest: Manifest, username: str, password: str, *,
                  local_addr: Optional[str] = None, device_id: Optional[bytes] = None,
-                 on_notify: Optional[Callable[[int], None]] = None) -> None:
+                 on_notify: Optional[Callable[[int], None]] = None,
+                 clock: Optional[Clock] = None) -> None:
         self.manifest = manifest
+        self.clock = clock or Clock(manifest.time_scale)
         self.username, self.password = username, password
         self.local_addr = local_addr
         self.device_id = device_id or hashlib.md5(f"{username}:{os.getpid()}".encode()).digest()
@@ -104,16 +112,18 @@ class Session:
         return self._check(cgi, resp) if check else resp
 
     async def long_call(self, name: str, request: Optional[Message], *,
-                        check: bool = True, timeout: float = 10.0) -> Message:
+                        check: bool = True, timeout: Optional[float] = None) -> Message:
         if self.link is None or not self.link.is_open:
             raise LinkClosed("long link is not open")
+        if timeout is None:
+            timeout = self.clock.floor_wall(DEFAULT_TIMEOUT_S, DEFAULT_TIMEOUT_S)
         resp = await self.link.call(name, request, timeout=timeout)
         if resp is None:     # NOOP
             return None
         return self._check(name, resp) if check else resp
 
     async def call(self, name: str, request: Message, door: str = "long",
-                   check: bool = True, timeout: float = 10.0) -> Message:
+                   check: bool = True, timeout: Optional[float] = None) -> Message:
         """A command available on both doors, through the one asked for."""
         if door == "long":
             return await self.long_call(name, request, check=check, timeout=timeout)
@@ -136,7 +146,7 @@ class Session:
         for addr in addrs:
             try:
                 self.link = await LongLink.connect(addr, port, local_addr=self.local_addr,
-                                                   on_notify=self._notified)
+                                                   on_notify=self._notified, clock=self.clock)
                 break
             except OSError as exc:
                 last = exc
@@ -159,7 +169,7 @@ class Session:
 
     # ------------------------------------------------------------------ sync
     async def sync(self, door: str = "long", selector: int = 7,
-                   timeout: float = 10.0) -> list[pb.CmdItem]:
+                   timeout: Optional[float] = None) -> list[pb.CmdItem]:
         """newsync until `continue_flag` is 0; applies items to `sync_state`."""
         items: list[pb.CmdItem] = []
         while True:
@@ -197,7 +207,8 @@ class Session:
 
     # ------------------------------------------------------------------ messages
     async def send_text(self, to: str, content: str, *, client_msg_id: Optional[str] = None,
-                        door: str = "long", timeout: float = 10.0) -> pb.MicroMsgResponse:
+                        door: str = "long",
+                        timeout: Optional[float] = None) -> pb.MicroMsgResponse:
         cid = client_msg_id or uuid.uuid4().hex
         req = pb.NewSendMsgRequest(base=self.base(), msgs=[pb.MicroMsgRequest(
             to_user=to, content=content, msg_type=MSG_TEXT, client_msg_id=cid)])
@@ -210,7 +221,8 @@ class Session:
     # ------------------------------------------------------------------ media
     async def upload(self, to: str, data: bytes, *, msg_type: int = 3,
                      client_media_id: Optional[str] = None, chunk: int = CHUNK,
-                     start_pos: int = 0, timeout: float = 10.0) -> pb.UploadMediaResponse:
+                     start_pos: int = 0,
+                     timeout: Optional[float] = None) -> pb.UploadMediaResponse:
         """Upload in chunks over the long link, resuming where the server says on -100."""
         cid = client_media_id or uuid.uuid4().hex
         pos = start_pos
@@ -229,7 +241,7 @@ class Session:
             pos = resp.start_pos
 
     async def download(self, msg_id: int, msg_type: int = 3, chunk: int = CHUNK,
-                       timeout: float = 10.0) -> bytes:
+                       timeout: Optional[float] = None) -> bytes:
         name = DOWNLOAD_CMD[msg_type]
         out = bytearray()
         while True:

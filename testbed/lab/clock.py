@@ -1,17 +1,52 @@
-"""One clock that knows the time scale (PROTOCOL.md section 6).
+"""One clock that knows the time scale (PROTOCOL.md section 6), and the timers that run on it.
 
-Protocol seconds run `scale` times faster than wall seconds. Every timer (heartbeats, idle
-timeouts, NAT expiry) reads `now()` from here and converts its delays with `to_wall()`, so a
-day of heartbeats can run in seconds.
+Protocol seconds run `scale` times faster than wall seconds. Every timer of the lab and the
+emulator (heartbeats, NOOP and request timeouts, reconnect back-off, idle timeouts, NAT
+expiry) takes its time from a clock and is set on it (`call_at`, `sleep_until`,
+`timeout_at`), in protocol seconds, so a day of heartbeats can run in seconds and a test can
+swap in a `ManualClock` whose time moves only when the test says so.
+
+A timer on a `Clock` never fires before its protocol time: the event loop may wake a little
+early (uvloop rounds its timers to the millisecond), so a timer that does is set again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import time
+from typing import Any, Awaitable, Callable, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+class Timer:
+    """A call set on a clock for protocol time `when`; `cancel()` stops it."""
+
+    __slots__ = ("when", "_callback", "_args", "_handle", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple) -> None:
+        self.when = when
+        self._callback = callback
+        self._args = args
+        self._handle: Optional[asyncio.TimerHandle] = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _run(self) -> None:
+        self._handle = None
+        if not self.cancelled:
+            self._callback(*self._args)
 
 
 class Clock:
-    """Protocol time = start + (wall elapsed) * scale."""
+    """Protocol time = (wall seconds since `origin`) * scale, with timers on the running loop."""
 
     __slots__ = ("scale", "_wall0", "_epoch0")
 
@@ -43,3 +78,190 @@ class Clock:
 
     def to_protocol(self, wall_seconds: float) -> float:
         return wall_seconds * self.scale
+
+    def floor_wall(self, protocol_seconds: float, min_wall_seconds: float) -> float:
+        """`protocol_seconds`, lengthened if needed to last at least `min_wall_seconds` of
+        wall time: below a few tens of milliseconds a timeout is at the mercy of event-loop
+        jitter. (A manual clock has no wall time: it returns `protocol_seconds`.)"""
+        return max(protocol_seconds, min_wall_seconds * self.scale)
+
+    # ------------------------------------------------------------------ timers
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Call `callback(*args)` at protocol time `when` (at once if it has passed)."""
+        timer = Timer(when, callback, args)
+        self._arm(timer, asyncio.get_running_loop())
+        return timer
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Call `callback(*args)` `delay` protocol seconds from now."""
+        return self.call_at(self.now() + delay, callback, *args)
+
+    def _arm(self, timer: Timer, loop: asyncio.AbstractEventLoop) -> None:
+        wall = (timer.when - self.now()) / self.scale
+        timer._handle = loop.call_later(wall if wall > 0 else 0, self._fire, timer, loop)
+
+    def _fire(self, timer: Timer, loop: asyncio.AbstractEventLoop) -> None:
+        if timer.cancelled:
+            return
+        if self.now() < timer.when:   # the loop woke early: not yet
+            self._arm(timer, loop)
+            return
+        timer._run()
+
+    async def sleep_until(self, when: float) -> None:
+        """Return at protocol time `when`."""
+        while (left := when - self.now()) > 0:
+            await asyncio.sleep(left / self.scale)
+
+    async def sleep(self, delay: float) -> None:
+        """Return `delay` protocol seconds from now."""
+        await self.sleep_until(self.now() + delay)
+
+    def timeout_at(self, when: Optional[float]):
+        """`async with clock.timeout_at(t):` raises TimeoutError if the body is still
+        running at protocol time `t` (None: never)."""
+        if when is None:
+            return asyncio.timeout(None)
+        loop = asyncio.get_running_loop()
+        return asyncio.timeout_at(loop.time() + (when - self.now()) / self.scale)
+
+    def timeout(self, delay: Optional[float]):
+        """`async with clock.timeout(d):` as `timeout_at(now + d)`."""
+        return self.timeout_at(None if delay is None else self.now() + delay)
+
+    async def wait_for(self, aw: Awaitable[T], timeout: Optional[float]) -> T:
+        """`aw`'s result, or TimeoutError after `timeout` protocol seconds (it is cancelled)."""
+        async with self.timeout(timeout):
+            return await aw
+
+
+class ManualClock(Clock):
+    """A clock whose time moves only when `advance()` or `advance_to()` is awaited: for
+    tests, which then run heartbeats, idle timeouts and NAT expiry without sleeping and
+    without depending on how loaded the machine is.
+
+    Advancing fires the due timers in time order, each at its own time (`now()` reads its
+    `when` while it runs), and between instants lets the event loop run a few rounds, so a
+    task a timer woke can set its next timer before time moves past it. Advancing does not
+    wait for I/O: a test awaits what it expects (a reply, a closed socket) before it moves
+    time past a timeout that the I/O would have stopped.
+
+    `scale` is only reported (the manifest, a capture's comment): nothing converts a manual
+    clock's time to wall time.
+    """
+
+    __slots__ = ("_t", "_heap", "_order", "settle_rounds")
+
+    #: timers fired at one instant before advancing gives up (a timer re-arming itself
+    #: at the same instant would otherwise spin for ever)
+    MAX_FIRES_PER_INSTANT = 100_000
+
+    def __init__(self, start: float = 0.0, *, scale: float = 1.0,
+                 epoch: float | None = None, settle_rounds: int = 8) -> None:
+        super().__init__(scale, epoch)
+        self._t = float(start)
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._order = itertools.count()
+        self.settle_rounds = settle_rounds
+
+    def now(self) -> float:
+        return self._t
+
+    def floor_wall(self, protocol_seconds: float, min_wall_seconds: float) -> float:
+        return protocol_seconds
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        timer = Timer(float(when), callback, args)
+        if timer.when <= self._t:   # due already: at once, as on a real clock
+            timer._handle = asyncio.get_running_loop().call_soon(timer._run)
+        else:
+            heapq.heappush(self._heap, (timer.when, next(self._order), timer))
+        return timer
+
+    def next_timer(self) -> Optional[float]:
+        """Protocol time of the earliest timer still set, or None."""
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def timers(self) -> int:
+        """How many timers are set (not cancelled, not fired)."""
+        return sum(1 for _, _, t in self._heap if not t.cancelled)
+
+    async def advance(self, delay: float) -> None:
+        """Move time forward by `delay` protocol seconds, firing what falls due."""
+        await self.advance_to(self._t + delay)
+
+    async def advance_to(self, when: float) -> None:
+        """Move time forward to protocol time `when`, firing what falls due on the way."""
+        if when < self._t:
+            raise ValueError(f"time does not run backwards: {when} < {self._t}")
+        await self._settle()
+        while (due := self.next_timer()) is not None and due <= when:
+            self._t = max(self._t, due)
+            fired = 0
+            heap = self._heap
+            while heap and heap[0][0] <= self._t:
+                timer = heapq.heappop(heap)[2]
+                if timer.cancelled:
+                    continue
+                fired += 1
+                if fired > self.MAX_FIRES_PER_INSTANT:
+                    raise RuntimeError(f"timers keep re-arming at protocol time {self._t}")
+                timer._run()
+            await self._settle()
+        self._t = when
+        await self._settle()
+
+    async def _settle(self) -> None:
+        for _ in range(self.settle_rounds):
+            await asyncio.sleep(0)
+
+    async def sleep_until(self, when: float) -> None:
+        if when <= self._t:
+            await asyncio.sleep(0)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        timer = self.call_at(when, _resolve, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+
+    def timeout_at(self, when: Optional[float]):
+        return _ManualTimeout(self, when)
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _ManualTimeout:
+    """`asyncio.timeout` whose deadline is a manual clock's time: the clock's timer moves the
+    asyncio timeout to "now", which cancels the body and raises TimeoutError on exit."""
+
+    __slots__ = ("_clock", "_when", "_cm", "_timer")
+
+    def __init__(self, clock: ManualClock, when: Optional[float]) -> None:
+        self._clock = clock
+        self._when = when
+        self._cm = asyncio.timeout(None)
+        self._timer: Optional[Timer] = None
+
+    async def __aenter__(self) -> "_ManualTimeout":
+        await self._cm.__aenter__()
+        if self._when is not None:
+            self._timer = self._clock.call_at(self._when, self._expire)
+        return self
+
+    def _expire(self) -> None:
+        if self._cm.expired():
+            return
+        self._cm.reschedule(asyncio.get_running_loop().time())
+
+    async def __aexit__(self, *exc_info) -> Optional[bool]:
+        if self._timer is not None:
+            self._timer.cancel()
+        return await self._cm.__aexit__(*exc_info)

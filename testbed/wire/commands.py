@@ -13,13 +13,14 @@ from google.protobuf.message import DecodeError, Message
 
 from . import mm_pb2 as pb
 from .errors import LocalProtocolError, RemoteProtocolError
-from .frames import REPLY_OFFSET
+from .frames import reply_cmd, request_cmd
 
 CGI_PREFIX = "/cgi-bin/micromsg-bin/"
 NOTIFY_CMD = 24
 NOOP_CMD = 6
 IDENTIFY_CMD = 205
 MSG_TEXT, MSG_IMAGE, MSG_VOICE, MSG_VIDEO, MSG_FRIEND_REQUEST = 1, 3, 34, 43, 37
+PUSH_SEQ = 0        # server pushes (NOTIFY) carry seq 0; replies carry their request's seq
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Command:
 
     @property
     def reply_cmd(self) -> Optional[int]:
-        return None if self.cmd is None or self.push_only else self.cmd + REPLY_OFFSET
+        return None if self.cmd is None or self.push_only else reply_cmd(self.cmd)
 
     @property
     def path(self) -> Optional[str]:
@@ -98,7 +99,12 @@ ITEM_MOD_USER_INFO, ITEM_MOD_CONTACT, ITEM_DEL_CONTACT, ITEM_ADD_MSG = 1, 2, 4, 
 
 def command_for_frame(cmd: int) -> Optional[Command]:
     """The table row for a long-link frame's cmd, request or reply."""
-    return BY_CMD.get(cmd - REPLY_OFFSET if cmd >= REPLY_OFFSET else cmd)
+    return BY_CMD.get(request_cmd(cmd))
+
+
+def is_push(cmd: int, seq: int) -> bool:
+    """A server push: NOTIFY with seq 0 (PROTOCOL.md section 2)."""
+    return cmd == NOTIFY_CMD and seq == PUSH_SEQ
 
 
 def decode_request(command: Command, body: bytes) -> Optional[Message]:

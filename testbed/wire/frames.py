@@ -26,15 +26,6 @@ class Frame(NamedTuple):
     seq: int
     body: bytes = b""
 
-    @property
-    def is_reply(self) -> bool:
-        return self.cmd >= REPLY_OFFSET
-
-    @property
-    def request_cmd(self) -> int:
-        """The request command this frame is, or answers."""
-        return self.cmd - REPLY_OFFSET if self.cmd >= REPLY_OFFSET else self.cmd
-
 
 def encode_frame(cmd: int, seq: int, body: bytes = b"",
                  max_packet_len: int = DEFAULT_MAX_PACKET_LEN) -> bytes:
@@ -47,8 +38,19 @@ def encode_frame(cmd: int, seq: int, body: bytes = b"",
     return HEADER.pack(total, HEADER_LEN, VERSION, cmd, seq) + body
 
 
+def is_reply(cmd: int) -> bool:
+    """A reply carries its request's cmd + 1000000000."""
+    return cmd >= REPLY_OFFSET
+
+
 def reply_cmd(cmd: int) -> int:
+    """The cmd of the reply to request `cmd`."""
     return cmd + REPLY_OFFSET
+
+
+def request_cmd(cmd: int) -> int:
+    """The request command a frame's `cmd` is, or answers."""
+    return cmd - REPLY_OFFSET if cmd >= REPLY_OFFSET else cmd
 
 
 def check_header(packet_len: int, header_len: int, version: int, max_packet_len: int) -> None:

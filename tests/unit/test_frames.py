@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from testbed.wire.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from testbed.wire.frames import (DEFAULT_MAX_PACKET_LEN, HEADER_LEN, REPLY_OFFSET, Frame,
-                                 FrameDecoder, encode_frame, reply_cmd)
+                                 FrameDecoder, encode_frame, is_reply, reply_cmd, request_cmd)
 
 # The vectors of PROTOCOL.md section 2, written out as hex, not built with the code under test.
 HEARTBEAT_REQUEST = bytes.fromhex("00000010" "0010" "0001" "00000006" "0000000b")
@@ -54,14 +54,13 @@ def test_constants_match_the_contract():
     assert reply_cmd(205) == 1_000_000_205
 
 
-def test_frame_reply_properties():
-    req = Frame(6, 11)
-    rep = Frame(1_000_000_006, 11)
-    assert req.body == b""
-    assert not req.is_reply and req.request_cmd == 6
-    assert rep.is_reply and rep.request_cmd == 6
-    assert Frame(REPLY_OFFSET - 1, 0).is_reply is False
-    assert Frame(REPLY_OFFSET, 0).is_reply is True
+def test_reply_and_request_cmd_rules():
+    assert Frame(6, 11).body == b""
+    assert not is_reply(6) and request_cmd(6) == 6
+    assert is_reply(1_000_000_006) and request_cmd(1_000_000_006) == 6
+    assert request_cmd(reply_cmd(237)) == 237
+    assert is_reply(REPLY_OFFSET - 1) is False
+    assert is_reply(REPLY_OFFSET) is True
 
 
 # --------------------------------------------------------------------- the heartbeat vector
@@ -81,7 +80,7 @@ def test_heartbeat_vectors_decode():
     assert dec.buffered == 0
     [reply] = dec.receive_data(HEARTBEAT_REPLY)
     assert reply == Frame(1_000_000_006, 11, b"")
-    assert reply.is_reply and reply.request_cmd == 6
+    assert is_reply(reply.cmd) and request_cmd(reply.cmd) == 6
     assert dec.error is None
 
 

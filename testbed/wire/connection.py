@@ -1,0 +1,365 @@
+"""One long-link connection without I/O (PROTOCOL.md section 2), in the manner of h11.
+
+Bytes go in with `receive_data(data)`, which returns events (frozen dataclasses); the `send_*`
+methods return the bytes to write. Nothing here reads a socket or a clock: time is passed in
+as protocol seconds (`now`), and the owner asks `get_timer()` when to call
+`handle_timer(now)` (aioquic's habit), so the same object runs on the lab clock, on a test's
+manual clock or over a capture being replayed.
+
+Two roles, one rule book:
+
+* `ServerConnection` checks each request in the contract's order (a command that is not a
+  request in the table: -1; anything but NOOP and IDENTIFY before the link is identified:
+  -13; a body that does not decode: -2), answers NOOPs and those errors itself (their bytes
+  wait in `data_to_send()`, as h2 answers a PING), hands every other request over as a
+  `Request` event, and keeps the idle timeout.
+* `ClientConnection` numbers requests, matches each reply to its request by seq and checks
+  the reply's cmd, hands NOTIFY pushes over as `Push` events and times requests out.
+
+Bad bytes from the peer raise `RemoteProtocolError` (and nothing else); asking to send what
+the contract forbids raises `LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from google.protobuf.message import Message
+
+from .commands import (BY_CMD, IDENTIFY_CMD, NOOP_CMD, NOTIFY_CMD, PUSH_SEQ, Command,
+                       decode_request, error_body, is_push, notify_body, parse_notify)
+from .errors import LocalProtocolError, RemoteProtocolError, Ret
+from .frames import (DEFAULT_MAX_PACKET_LEN, HEADER, Frame, FrameDecoder, encode_frame,
+                     is_reply, reply_cmd)
+
+_NOOP_REPLY = reply_cmd(NOOP_CMD)
+_pack_header = HEADER.pack
+
+
+class State(enum.Enum):
+    """Where a connection is. `ERROR` follows a violation by the peer: the owner closes."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+# ---------------------------------------------------------------------- server events
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request that passed every check: answer it with `send_reply(command, seq, body)`."""
+
+    command: Command
+    seq: int
+    message: Optional[Message]   # the decoded request body
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A request answered at once with an error reply (already in `data_to_send()`)."""
+
+    cmd: int
+    seq: int
+    ret: Ret
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdleTimeout:
+    """Nothing arrived for the idle timeout: the connection is closed; close the socket."""
+
+    idle_s: float
+
+
+# ---------------------------------------------------------------------- client events
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The reply to a pending request; `cmd` is the request's command id."""
+
+    cmd: int
+    seq: int
+    body: bytes
+
+    @property
+    def command(self) -> Optional[Command]:
+        return BY_CMD.get(self.cmd)
+
+
+@dataclass(frozen=True, slots=True)
+class WrongReply:
+    """A reply with a pending request's seq but another command: that request failed."""
+
+    seq: int
+    expected: int   # the reply cmd the request called for
+    got: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """A NOTIFY from the server: run newsync for the logs in `selector`."""
+
+    selector: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut:
+    """A pending request whose deadline passed with no reply; a late reply becomes `Stray`."""
+
+    cmd: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stray:
+    """A well-framed frame that answers nothing: a reply to no pending request (a late one,
+    say), a request from the server, or a NOTIFY whose body is not 4 bytes."""
+
+    frame: Frame
+    reason: str
+
+
+ServerEvent = Union[Request, Rejected, IdleTimeout]
+ClientEvent = Union[Reply, WrongReply, Push, TimedOut, Stray]
+
+
+class _Connection:
+    """What both roles share: the frame decoder, the state, the counters."""
+
+    __slots__ = ("_decoder", "state", "frames_received", "frames_sent")
+
+    def __init__(self, max_packet_len: int) -> None:
+        self._decoder = FrameDecoder(max_packet_len)
+        self.state = State.OPEN
+        self.frames_received = 0
+        self.frames_sent = 0
+
+    @property
+    def max_packet_len(self) -> int:
+        return self._decoder.max_packet_len
+
+    @property
+    def error(self) -> Optional[RemoteProtocolError]:
+        """The peer's violation, once one was seen (the state is then `ERROR`)."""
+        return self._decoder.error
+
+    def _frames(self, data: bytes) -> list[Frame]:
+        """Decode; a violation with no good frame before it raises at once, one after good
+        frames lets those through first (and the next call raises)."""
+        if self.state is State.ERROR:
+            raise self._decoder.error
+        try:
+            frames = self._decoder.receive_data(data)
+        except RemoteProtocolError:
+            self.state = State.ERROR
+            raise
+        if self._decoder.error is not None:
+            self.state = State.ERROR
+        self.frames_received += len(frames)
+        return frames
+
+    def _encode(self, cmd: int, seq: int, body: bytes) -> bytes:
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(f"cannot send on a connection that is {self.state.value}")
+        data = encode_frame(cmd, seq, body, self._decoder.max_packet_len)
+        self.frames_sent += 1
+        return data
+
+    def close(self) -> None:
+        """The socket is gone (or going): nothing more is sent; bytes still fed are dropped."""
+        if self.state is State.OPEN:
+            self.state = State.CLOSED
+
+
+class ServerConnection(_Connection):
+    """The server's side of one long link (the mock server; a replayer's server side)."""
+
+    __slots__ = ("identified", "idle_timeout", "last_rx", "_out")
+
+    def __init__(self, *, max_packet_len: int = DEFAULT_MAX_PACKET_LEN,
+                 idle_timeout: Optional[float] = None, now: float = 0.0) -> None:
+        super().__init__(max_packet_len)
+        self.identified = False         # an IDENTIFY succeeded (set by `identify()`)
+        self.idle_timeout = idle_timeout
+        self.last_rx = now              # protocol time bytes last arrived
+        self._out: list[bytes] = []
+
+    @property
+    def at_frame_boundary(self) -> bool:
+        """No partial frame is held and no violation seen: the next byte fed starts a frame.
+        Only then may an owner read frame headers itself (the NOOP fast path)."""
+        dec = self._decoder
+        return not dec._buf and dec._error is None
+
+    def noops_answered(self, count: int, now: float) -> None:
+        """The owner answered `count` body-less NOOPs straight from the bytes, at a frame
+        boundary: keep the idle clock and the counters as if they had been fed here."""
+        self.last_rx = now
+        self.frames_received += count
+        self.frames_sent += count
+
+    def receive_data(self, data: bytes, now: float) -> list[ServerEvent]:
+        """Feed bytes that arrived at protocol time `now`; the events they complete."""
+        if self.state is State.CLOSED:
+            return []
+        self.last_rx = now
+        events: list[ServerEvent] = []
+        out = self._out
+        for cmd, seq, body in self._frames(data):
+            command = BY_CMD.get(cmd)
+            if cmd == NOOP_CMD and not body:   # the heartbeat, answered here
+                out.append(_pack_header(16, 16, 1, _NOOP_REPLY, seq))
+                self.frames_sent += 1
+            elif command is None or command.push_only:
+                self._reject(events, cmd, seq, Ret.SERVER_FAULT, f"unknown command {cmd}")
+            elif not self.identified and cmd != IDENTIFY_CMD and cmd != NOOP_CMD:
+                self._reject(events, cmd, seq, Ret.SESSION_INVALID, "link not identified")
+            else:
+                try:
+                    message = decode_request(command, body)
+                except RemoteProtocolError as exc:
+                    self._reject(events, cmd, seq, Ret.BAD_ARGUMENT, str(exc))
+                else:
+                    events.append(Request(command, seq, message))
+        return events
+
+    def _reject(self, events: list, cmd: int, seq: int, ret: Ret, reason: str) -> None:
+        # a reply cmd sent as a request is answered with that same cmd: +1e9 would not fit
+        rcmd = cmd if is_reply(cmd) else reply_cmd(cmd)
+        self._out.append(encode_frame(rcmd, seq, error_body(ret, reason)))
+        self.frames_sent += 1
+        events.append(Rejected(cmd, seq, ret, reason))
+
+    def data_to_send(self) -> bytes:
+        """The replies `receive_data` made by itself (NOOPs, errors), in request order."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        if self.state is State.CLOSED:
+            return b""
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def identify(self) -> None:
+        """An IDENTIFY on this link succeeded: every command is allowed from now on."""
+        self.identified = True
+
+    def unidentify(self) -> None:
+        """The session ended: back to NOOP and IDENTIFY only."""
+        self.identified = False
+
+    def send_reply(self, command: Command, seq: int, body: bytes = b"") -> bytes:
+        """The reply to the `Request` for `command` with `seq`."""
+        rcmd = command.reply_cmd
+        if rcmd is None:
+            raise LocalProtocolError(f"{command.name} is not a long-link request")
+        return self._encode(rcmd, seq, body)
+
+    def send_push(self, selector: int) -> bytes:
+        """A NOTIFY (seq 0) telling the client to sync the logs in `selector`."""
+        if not self.identified:
+            raise LocalProtocolError("NOTIFY to a link that has not identified")
+        return self._encode(NOTIFY_CMD, PUSH_SEQ, notify_body(selector))
+
+    def get_timer(self) -> Optional[float]:
+        """Protocol time of the idle deadline, or None (no timeout, or closed)."""
+        if self.idle_timeout is None or self.state is not State.OPEN:
+            return None
+        return self.last_rx + self.idle_timeout
+
+    def handle_timer(self, now: float) -> list[ServerEvent]:
+        """`[IdleTimeout]` (and the state is `CLOSED`) if the deadline has passed, else []."""
+        due = self.get_timer()
+        if due is None or now < due:
+            return []
+        self.state = State.CLOSED
+        return [IdleTimeout(now - self.last_rx)]
+
+
+class ClientConnection(_Connection):
+    """The client's side of one long link (the emulator; a replayer's client side)."""
+
+    __slots__ = ("_seq", "_pending")
+
+    def __init__(self, *, max_packet_len: int = DEFAULT_MAX_PACKET_LEN,
+                 first_seq: int = 1) -> None:
+        super().__init__(max_packet_len)
+        self._seq = first_seq & 0xFFFFFFFF
+        # seq -> (request cmd, deadline or None)
+        self._pending: dict[int, tuple[int, Optional[float]]] = {}
+
+    @property
+    def pending(self) -> dict[int, int]:
+        """seq -> request cmd of every request still waiting for its reply (a copy)."""
+        return {seq: cmd for seq, (cmd, _) in self._pending.items()}
+
+    def next_seq(self) -> int:
+        seq = self._seq
+        self._seq = (seq + 1) & 0xFFFFFFFF
+        return seq
+
+    def send_request(self, cmd: int, body: bytes = b"", *, seq: Optional[int] = None,
+                     deadline: Optional[float] = None) -> tuple[int, bytes]:
+        """(seq, bytes) of a request; it waits for its reply until `deadline` (protocol
+        time; None: no deadline). Any cmd below the reply range may be sent: the server
+        answers one it does not know with -1."""
+        if is_reply(cmd):
+            raise LocalProtocolError(f"cmd {cmd} is a reply, not a request")
+        if seq is None:
+            seq = self.next_seq()
+        if seq in self._pending:
+            raise LocalProtocolError(f"a request with seq {seq} is already pending")
+        data = self._encode(cmd, seq, body)
+        self._pending[seq] = (cmd, deadline)
+        return seq, data
+
+    def forget(self, seq: int) -> None:
+        """Stop waiting for `seq` (its caller gave up); a late reply becomes `Stray`."""
+        self._pending.pop(seq, None)
+
+    def receive_data(self, data: bytes) -> list[ClientEvent]:
+        """Feed bytes from the server; the events they complete."""
+        if self.state is State.CLOSED:
+            return []
+        events: list[ClientEvent] = []
+        pending = self._pending
+        for frame in self._frames(data):
+            cmd, seq, body = frame
+            if is_push(cmd, seq):
+                try:
+                    events.append(Push(parse_notify(body)))
+                except RemoteProtocolError as exc:
+                    events.append(Stray(frame, str(exc)))
+            elif not is_reply(cmd):
+                events.append(Stray(frame, f"the server sent request cmd {cmd}"))
+            else:
+                entry = pending.pop(seq, None)
+                if entry is None:
+                    events.append(Stray(frame, f"no request pending with seq {seq}"))
+                elif cmd != reply_cmd(entry[0]):
+                    events.append(WrongReply(seq, reply_cmd(entry[0]), cmd, body))
+                else:
+                    events.append(Reply(entry[0], seq, body))
+        return events
+
+    def get_timer(self) -> Optional[float]:
+        """Protocol time of the earliest request deadline, or None."""
+        deadlines = [d for _, d in self._pending.values() if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> list[ClientEvent]:
+        """`TimedOut` for every pending request whose deadline is `now` or earlier."""
+        late = sorted((d, seq, cmd) for seq, (cmd, d) in self._pending.items()
+                      if d is not None and d <= now)
+        for _, seq, _ in late:
+            del self._pending[seq]
+        return [TimedOut(cmd, seq) for _, seq, cmd in late]
+
+    def close(self) -> list[int]:
+        """The socket is gone: the seqs that will never be answered (now forgotten)."""
+        super().close()
+        abandoned = list(self._pending)
+        self._pending.clear()
+        return abandoned
