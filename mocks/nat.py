@@ -18,9 +18,10 @@ reproduces it on loopback:
 
 Idleness is judged exactly, against protocol-time stamps taken when bytes arrive: a chunk
 arriving when `now - last_activity > idle_timeout_s` finds the mapping already dead. A single
-lazy `TimerHandle` per mapping (armed for the earliest possible expiry and re-armed when it
-fires early, never touched on the data path) marks and counts mappings that expire with no
-traffic at all, and later runs the linger release.
+lazy timer per mapping on the relay's clock (set for the earliest possible expiry and set
+again for the rest when traffic came meanwhile, never touched on the data path) marks and
+counts mappings that expire with no traffic at all, and later runs the linger release. Every
+timer is on the clock, so a test's `ManualClock` drives expiry, linger and latency.
 
 Limits of the emulation: the relay terminates TCP, so after expiry the phone's kernel gets
 its writes ACKed by ours and never sees the ETIMEDOUT a real black hole ends in (death must be
@@ -60,7 +61,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from testbed.lab.clock import Clock
+from testbed.lab.clock import Clock, Timer
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ _BLACKHOLED = 2
 _DONE = 3
 
 _EOF = None  # marker in a latency line
+# Expiry needs idleness *over* the timeout: a timer set for exactly the timeout would find
+# the mapping still alive, so the idle timer is set this far (protocol seconds) beyond it.
+_PAST = 1e-6
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 
@@ -205,11 +209,8 @@ class _Leg(asyncio.Protocol):
 
 
 class _Line:
-    """A fixed-latency line in one direction: FIFO of (due protocol time, chunk or EOF).
-
-    Due times are protocol times from the clock, not `loop.time()`: uvloop's loop time is
-    cached per iteration with millisecond steps, so a timer may fire a little early; the
-    flush re-checks against the clock and re-arms, so no chunk is ever delivered early."""
+    """A fixed-latency line in one direction: FIFO of (due protocol time, chunk or EOF),
+    flushed by a timer on the relay's clock (which never fires before its time)."""
 
     __slots__ = ("m", "up", "q", "qbytes", "handle")
 
@@ -218,7 +219,7 @@ class _Line:
         self.up = up
         self.q: collections.deque = collections.deque()
         self.qbytes = 0
-        self.handle: Optional[asyncio.TimerHandle] = None
+        self.handle: Optional[Timer] = None
 
     def push(self, item) -> None:
         relay = self.m.relay
@@ -230,7 +231,7 @@ class _Line:
                 src = self.m.client if self.up else self.m.server
                 src.pause(_P_LINE_FULL)
         if self.handle is None:
-            self.handle = relay._loop.call_later(relay._latency_wall, self.flush)
+            self.handle = relay.clock.call_at(due, self.flush)
 
     def flush(self) -> None:
         self.handle = None
@@ -252,7 +253,7 @@ class _Line:
                 self.qbytes -= len(item)
                 m.deliver(self.up, item)
         if q:
-            self.handle = relay._loop.call_later(relay.clock.to_wall(q[0][0] - now), self.flush)
+            self.handle = relay.clock.call_at(q[0][0], self.flush)
         if self.qbytes < LINE_LOW:
             src = m.client if self.up else m.server
             if src is not None:
@@ -281,7 +282,7 @@ class _Mapping:
         self.server: Optional[_Leg] = None
         self.state = _CONNECTING
         self.last = 0.0                  # protocol time of the last byte/FIN relayed
-        self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer: Optional[Timer] = None
         self.connect_task: Optional[asyncio.Task] = None
         self.fin_up = False              # client FIN passed on to the server
         self.fin_down = False            # server FIN passed on to the client
@@ -313,11 +314,11 @@ class _Mapping:
         self.peer = tuple(peer[:2]) if peer else None
         if relay.tap is not None:
             self.tconn = relay._tap_open(self.peer, leg.transport)
-        if relay._latency_wall > 0:
+        if relay.latency_s > 0:
             self.up = _Line(self, True)
             self.down = _Line(self, False)
         if relay.idle_timeout_s is not None:
-            self._arm(relay.idle_timeout_s)
+            self._arm(relay.idle_timeout_s + _PAST)
         self.connect_task = relay._loop.create_task(self._connect())
         relay._event(NatEventKind.OPEN, self)
 
@@ -363,8 +364,7 @@ class _Mapping:
 
     # -- timer: idle check while live, linger release once black-holed
     def _arm(self, protocol_delay: float) -> None:
-        self.timer = self.relay._loop.call_later(self.relay.clock.to_wall(protocol_delay),
-                                                 self._on_timer)
+        self.timer = self.relay.clock.call_later(protocol_delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -376,13 +376,13 @@ class _Mapping:
             return
         relay = self.relay
         if st == _CONNECTING:  # the idle clock starts when the upstream answers
-            self._arm(relay.idle_timeout_s)
+            self._arm(relay.idle_timeout_s + _PAST)
             return
         idle = relay.clock.now() - self.last
         if idle > relay.idle_timeout_s:
             self.expire()
-        else:  # traffic since we were armed (or fired a hair early): re-arm for the rest
-            self._arm(max(relay.idle_timeout_s - idle, 0.0))
+        else:  # traffic since we were armed: re-arm for the rest
+            self._arm(relay.idle_timeout_s - idle + _PAST)
 
     def _alive(self) -> bool:
         """Exact idleness check at the arrival of bytes (or FIN); stamps the activity."""
@@ -617,7 +617,6 @@ class NatRelay:
         self.latency_s = float(latency_s)
         self.blackhole_linger_s = float(blackhole_linger_s)
         self.on_event = on_event
-        self._latency_wall = clock.to_wall(self.latency_s) if latency_s > 0 else 0.0
         self._stats = NatStats()
         self._mappings: set[_Mapping] = set()
         self._servers: list[asyncio.AbstractServer] = []

@@ -72,12 +72,17 @@ class LabConfig:
 
 
 class Lab:
-    """The five hosts and the resolver, sharing one service and one clock."""
+    """The five hosts and the resolver, sharing one service and one clock.
 
-    def __init__(self, config: LabConfig | None = None, store: Store | None = None) -> None:
+    `clock` (default: a `Clock` at the config's time scale) times everything in the lab;
+    a test passes a `ManualClock` (and gives the same one to its phones) to move time itself.
+    """
+
+    def __init__(self, config: LabConfig | None = None, store: Store | None = None,
+                 clock: Clock | None = None) -> None:
         self.config = config or LabConfig()
         self.profile: Profile = load_profile(self.config.profile)
-        self.clock = Clock(self.config.time_scale)
+        self.clock = clock or Clock(self.config.time_scale)
         self.store = store or MemoryStore()
         self.service = Service(self.store, self.clock,
                                nearby_radius_m=self.profile.nearby_radius_m)
@@ -312,20 +317,22 @@ _BLOCK_TAKEN = (errno.EADDRINUSE, errno.EACCES)
 
 
 async def start_lab(config: LabConfig | None = None, *, first: AddressPlan | None = None,
-                    tries: int = 8, store: Store | None = None) -> Lab:
+                    tries: int = 8, store: Store | None = None,
+                    clock: Clock | None = None) -> Lab:
     """Start a lab on a free /24 of loopback and return it running.
 
     Tries `first` (say the report's 127.0.0.x) if given, then random blocks of 127/8 away
     from 127.0.0.x (`AddressPlan.random_loopback`), so that many labs (tests, studies) can
     run at once; a block that is taken is left for the next. `config.plan` is replaced;
-    every other field is kept. The lab's state is in `store` if given (else in memory).
-    Raises OSError when `tries` blocks were all taken."""
+    every other field is kept. The lab's state is in `store` if given (else in memory);
+    `clock` is its clock (default: one at the config's time scale). Raises OSError when
+    `tries` blocks were all taken."""
     config = config or LabConfig()
     plans = [first] if first is not None else []
     plans += [AddressPlan.random_loopback() for _ in range(tries - len(plans))]
     last: Optional[OSError] = None
     for plan in plans:
-        lab = Lab(dataclasses.replace(config, plan=plan), store=store)
+        lab = Lab(dataclasses.replace(config, plan=plan), store=store, clock=clock)
         try:
             await lab.start()
             return lab

@@ -19,11 +19,12 @@ REQUIRE_REDIS = "TESTBED_REQUIRE_REDIS"   # "1" in CI: a missing redis-server fa
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-async def start_lab(tmp_path: Path, store=None, **kwargs) -> Lab:
+async def start_lab(tmp_path: Path, store=None, clock=None, **kwargs) -> Lab:
     """A lab on a free loopback /24 (`mocks.runner.start_lab`), its manifest in tmp_path,
-    its state in `store` if given."""
+    its state in `store` if given, its clock `clock` if given (a `ManualClock` for tests
+    that move time themselves)."""
     return await runner.start_lab(LabConfig(manifest_path=tmp_path / "manifest.json",
-                                            **kwargs), store=store)
+                                            **kwargs), store=store, clock=clock)
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """The carrier-NAT relay (mocks/nat.py) over real loopback sockets.
 
-Time runs at scale 100 (an idle timeout of 30 protocol seconds is 0.3 s of wall time), so the
-whole file stays fast while exercising the real timers.
+Time is a `ManualClock`: a test moves it (`await clock.advance(40)`) and the relay's timers
+(idle expiry, linger, latency) fire then and only then, so nothing here depends on how fast
+or how loaded the machine is. "Nothing came back" is asserted after a barrier: an echo
+round trip through a fresh mapping of the same relay.
 """
 
 from __future__ import annotations
@@ -10,20 +12,19 @@ import asyncio
 import os
 import socket
 import struct
-import time
 
 import pytest
 
 from mocks.nat import NatRelay, NatStats
-from testbed.lab.clock import Clock
+from testbed.lab.clock import Clock, ManualClock
 
 HOST = "127.0.0.1"
-SCALE = 100.0
 
 
-class ManualClock(Clock):
-    """A clock whose protocol time only moves when the test says so (timers never fire:
-    scale 1 and long delays), to check the exact idleness rule on arrival of bytes."""
+class HandSetClock(Clock):
+    """Protocol time set by hand, whose timers never fire (they are set on the real loop at
+    scale 1, hours away): to check the exact idleness rule on the arrival of bytes alone,
+    with no expiry timer racing it."""
 
     __slots__ = ("t",)
 
@@ -83,7 +84,7 @@ class Target:
         await asyncio.sleep(0.01)
 
 
-async def wait_until(predicate, timeout: float = 3.0, interval: float = 0.01) -> None:
+async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.005) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
@@ -92,7 +93,7 @@ async def wait_until(predicate, timeout: float = 3.0, interval: float = 0.01) ->
         await asyncio.sleep(interval)
 
 
-async def read_closed(reader: asyncio.StreamReader, timeout: float = 2.0) -> str:
+async def read_closed(reader: asyncio.StreamReader, timeout: float = 10.0) -> str:
     """Read until the connection ends; 'eof' or 'reset'. Fails on timeout."""
     try:
         while True:
@@ -103,11 +104,35 @@ async def read_closed(reader: asyncio.StreamReader, timeout: float = 2.0) -> str
         return "reset"
 
 
-async def assert_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        wait: float = 0.3) -> None:
-    """Nothing comes back: no data, no EOF, no reset, and the writer stays open."""
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(reader.read(65536), wait)
+async def barrier() -> None:
+    """Round trips on loopback to an echo server of their own, as many hops as a relayed
+    round trip (client, relay, target, relay, client) and begun after it: whatever the
+    relay or the target sent back before the barrier ends has been read by then."""
+    server = await asyncio.start_server(_echo_once, HOST, 0)
+    try:
+        r, w = await asyncio.open_connection(HOST, server.sockets[0].getsockname()[1])
+        for _ in range(2):
+            assert await echo(r, w, b"barrier") == b"barrier"
+        w.close()
+    finally:
+        server.close()
+
+
+async def _echo_once(reader, writer) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+    writer.close()
+
+
+async def assert_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Nothing came back (no data, no EOF, no reset) after a `barrier()`, and the writer
+    is still open."""
+    await barrier()
+    pending = asyncio.ensure_future(reader.read(65536))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not pending.done(), f"something came back: {pending.result()!r}"
+    pending.cancel()
     assert not reader.at_eof()
     assert reader.exception() is None
     assert not writer.is_closing()
@@ -132,7 +157,7 @@ async def make_relay():
 
     async def make(target: Target, *, clock: Clock | None = None, idle_timeout_s: float = 30.0,
                    **kwargs) -> tuple[NatRelay, int]:
-        relay = NatRelay(clock or Clock(scale=SCALE), idle_timeout_s, **kwargs)
+        relay = NatRelay(clock or ManualClock(), idle_timeout_s, **kwargs)
         relays.append(relay)
         port = await relay.add_mapping(HOST, 0, HOST, target.port)
         return relay, port
@@ -146,7 +171,7 @@ async def connect(port: int):
     return await asyncio.open_connection(HOST, port)
 
 
-async def echo(reader, writer, data: bytes, timeout: float = 2.0) -> bytes:
+async def echo(reader, writer, data: bytes, timeout: float = 10.0) -> bytes:
     writer.write(data)
     await writer.drain()
     return await asyncio.wait_for(reader.readexactly(len(data)), timeout)
@@ -207,19 +232,23 @@ async def test_idle_mapping_blackholes_silently(target, make_relay):
     reader, writer = await connect(port)
     assert await echo(reader, writer, b"ping") == b"ping"
 
-    await asyncio.sleep(0.4)  # 40 protocol seconds of silence > 30
+    await relay.clock.advance(29.0)
+    assert relay.stats.mappings_expired == 0
+    await relay.clock.advance(11.0)   # 40 protocol seconds of silence > 30
     st = relay.stats
     assert st.mappings_expired == 1  # marked by the timer, with no traffic at all
     assert st.mappings_active == 0 and st.mappings_blackholed == 1
 
     writer.write(b"hello")  # the client's kernel accepts it ...
     await writer.drain()
+    await wait_until(lambda: relay.stats.bytes_blackholed == 5)
     await assert_silent(reader, writer)  # ... but nothing ever comes back
     assert target.received == 4  # the server never saw it
 
     target.writers[0].write(b"push")  # the server's bytes go nowhere either
     await target.writers[0].drain()
-    await assert_silent(reader, writer, wait=0.2)
+    await wait_until(lambda: relay.stats.bytes_blackholed == 9)
+    await assert_silent(reader, writer)
 
     st = relay.stats
     assert st.bytes_blackholed == 5 + 4
@@ -228,17 +257,17 @@ async def test_idle_mapping_blackholes_silently(target, make_relay):
     assert target.ended == 0  # the server was not told either
     assert [e[0] for e in events] == ["open", "expire"]
     assert events[0][1] == port
-    assert events[1][2] - events[0][2] == pytest.approx(30, abs=10)
+    assert events[1][2] - events[0][2] == pytest.approx(30, abs=1e-3)  # expired on time
     writer.close()
 
 
 async def test_busy_mapping_never_expires(target, make_relay):
-    relay, port = await make_relay(target, idle_timeout_s=30)  # 0.3 s wall
+    relay, port = await make_relay(target, idle_timeout_s=30)
     reader, writer = await connect(port)
-    for i in range(10):  # a ping every 0.1 s (10 protocol s) for 1 s: 3x the timeout
+    for i in range(10):  # a ping every 29 protocol s for 290 s: ~10x the timeout
         msg = b"ping %d" % i
-        assert await echo(reader, writer, msg, timeout=1) == msg
-        await asyncio.sleep(0.1)
+        assert await echo(reader, writer, msg) == msg
+        await relay.clock.advance(29.0)
     st = relay.stats
     assert st.mappings_expired == 0 and st.mappings_active == 1
     assert st.bytes_blackholed == 0
@@ -251,16 +280,16 @@ async def test_one_way_traffic_keeps_mapping(target, make_relay):
     reader, writer = await connect(port)
     assert await echo(reader, writer, b"x") == b"x"
     server = target.writers[0]
-    for _ in range(5):  # 0.5 s > the 0.3 s timeout, a push every 0.1 s
-        await asyncio.sleep(0.1)
+    for _ in range(5):  # 125 s > the 30 s timeout, a push every 25 s
+        await relay.clock.advance(25.0)
         server.write(b"push")
-        assert await asyncio.wait_for(reader.readexactly(4), 1) == b"push"
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"push"
     assert relay.stats.mappings_expired == 0
     writer.close()
 
 
 async def test_idleness_is_exact_on_arrival(target, make_relay):
-    clock = ManualClock()  # protocol time moves only by hand; the lazy timer never fires
+    clock = HandSetClock()  # protocol time moves only by hand; the lazy timer never fires
     relay, port = await make_relay(target, clock=clock, idle_timeout_s=30)
     reader, writer = await connect(port)
     assert await echo(reader, writer, b"a") == b"a"
@@ -271,7 +300,8 @@ async def test_idleness_is_exact_on_arrival(target, make_relay):
     clock.t = 90.001  # just over: dead before these bytes are relayed
     writer.write(b"late")
     await writer.drain()
-    await assert_silent(reader, writer, wait=0.2)
+    await wait_until(lambda: relay.stats.bytes_blackholed == 4)
+    await assert_silent(reader, writer)
     st = relay.stats
     assert st.mappings_expired == 1
     assert st.bytes_blackholed == 4
@@ -290,7 +320,7 @@ async def test_server_fin_relayed_before_expiry(make_relay):
 
     server = await asyncio.start_server(hello_bye, HOST, 0)
     try:
-        relay = NatRelay(Clock(scale=SCALE), 3000)
+        relay = NatRelay(ManualClock(), 3000)
         port = await relay.add_mapping(HOST, 0, HOST, server.sockets[0].getsockname()[1])
         reader, writer = await connect(port)
         assert await asyncio.wait_for(reader.readexactly(3), 2) == b"bye"
@@ -346,15 +376,18 @@ async def test_server_close_after_expiry_not_relayed(target, make_relay, how):
     relay, port = await make_relay(target, idle_timeout_s=30)
     reader, writer = await connect(port)
     assert await echo(reader, writer, b"x") == b"x"
-    await wait_until(lambda: relay.stats.mappings_expired == 1)
+    await relay.clock.advance(31.0)
+    assert relay.stats.mappings_expired == 1
     if how == "fin":
         target.writers[0].close()
     else:
         rst_close(target.writers[0])
+    await wait_until(lambda: target.ended == 1)
     await assert_silent(reader, writer)  # the phone never hears of it
     writer.write(b"anyone?")
     await writer.drain()
-    await assert_silent(reader, writer, wait=0.2)
+    await wait_until(lambda: relay.stats.bytes_blackholed == 7)
+    await assert_silent(reader, writer)
     st = relay.stats
     assert st.mappings_blackholed == 1  # the client leg is held until the linger ends
     assert st.closed_by_server == 0 and st.closed_by_client == 0
@@ -365,7 +398,8 @@ async def test_client_close_after_expiry_closes_server_quietly(target, make_rela
     relay, port = await make_relay(target, idle_timeout_s=30)
     reader, writer = await connect(port)
     assert await echo(reader, writer, b"x") == b"x"
-    await wait_until(lambda: relay.stats.mappings_expired == 1)
+    await relay.clock.advance(31.0)
+    assert relay.stats.mappings_expired == 1
     assert target.ended == 0
     writer.close()
     await wait_until(lambda: target.ended == 1)  # the server leg is closed by the NAT
@@ -379,12 +413,17 @@ async def test_blackhole_linger_release(target, make_relay):
     relay, port = await make_relay(target, idle_timeout_s=30, blackhole_linger_s=40)
     reader, writer = await connect(port)
     assert await echo(reader, writer, b"x") == b"x"
-    await wait_until(lambda: relay.stats.mappings_expired == 1)
+    await relay.clock.advance(31.0)
     st = relay.stats
+    assert st.mappings_expired == 1
     assert st.mappings_blackholed == 1 and st.mappings_released == 0 and len(relay) == 1
     assert target.ended == 0
-    # 40 protocol seconds (0.4 s) later both legs are aborted and the mapping is gone
-    assert await read_closed(reader, timeout=2) in ("eof", "reset")
+    await relay.clock.advance(39.0)
+    assert relay.stats.mappings_released == 0
+    # 40 protocol seconds after the expiry both legs are aborted and the mapping is gone
+    await relay.clock.advance(1.0)
+    assert relay.stats.mappings_released == 1
+    assert await read_closed(reader) in ("eof", "reset")
     await wait_until(lambda: target.ended == 1)
     st = relay.stats
     assert st.mappings_blackholed == 0 and st.mappings_released == 1
@@ -421,7 +460,7 @@ async def test_upstream_connect_failure_aborts_client(make_relay):
     with socket.socket() as s:  # a port with nobody listening
         s.bind((HOST, 0))
         dead_port = s.getsockname()[1]
-    relay = NatRelay(Clock(scale=SCALE), 30)
+    relay = NatRelay(ManualClock(), 30)
     try:
         port = await relay.add_mapping(HOST, 0, HOST, dead_port)
         reader, writer = await connect(port)
@@ -437,25 +476,41 @@ async def test_upstream_connect_failure_aborts_client(make_relay):
 
 
 async def test_latency_delays_each_direction(target, make_relay):
-    relay, port = await make_relay(target, idle_timeout_s=3000, latency_s=10)  # 0.1 s wall
+    relay, port = await make_relay(target, idle_timeout_s=3000, latency_s=10)
+    clock = relay.clock
     reader, writer = await connect(port)
-    for _ in range(3):
-        t0 = time.monotonic()  # not loop.time(): uvloop caches it per iteration
-        assert await echo(reader, writer, b"ping") == b"ping"
-        rtt = time.monotonic() - t0
-        assert 0.2 <= rtt < 1.0, rtt
+    for i in range(3):
+        writer.write(b"ping")
+        await writer.drain()
+        await barrier()
+        assert target.received == 4 * i          # held in the line towards the server
+        await clock.advance(9.999)
+        await barrier()
+        assert target.received == 4 * i
+        await clock.advance(0.001)               # 10 s after it was sent
+        await wait_until(lambda: target.received == 4 * (i + 1))
+        await clock.advance(9.999)               # the echo waits in the line back
+        await assert_silent(reader, writer)
+        await clock.advance(0.001)
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
     # order is kept across many chunks, and a FIN follows the bytes sent before it
     chunks = [b"%05d|" % i for i in range(300)]
     for c in chunks:
         writer.write(c)
         await asyncio.sleep(0)
     writer.write_eof()
-    got = await asyncio.wait_for(reader.read(1 << 20), 2)
-    while len(got) < len(b"".join(chunks)):
-        more = await asyncio.wait_for(reader.read(1 << 20), 2)
+    want = b"".join(chunks)
+    await barrier()
+    await clock.advance(10.0)
+    await wait_until(lambda: target.received == 12 + len(want))
+    await clock.advance(10.0)
+    got = b""
+    while len(got) < len(want):
+        more = await asyncio.wait_for(reader.read(1 << 20), 5)
         assert more
         got += more
-    assert got == b"".join(chunks)
+    assert got == want
+    await clock.advance(10.0)          # the target's FIN, after the echo, is 10 s behind
     assert await read_closed(reader) == "eof"
     await wait_until(lambda: relay.stats.mappings_active == 0)
     writer.close()
