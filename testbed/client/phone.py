@@ -86,11 +86,19 @@ class Phone:
         self._sync_lock = asyncio.Lock()
         self._sync_owed = False      # a NOTIFY's sync failed: retry it
         self._folded: Optional[LongLink] = None   # the link whose counts are in metrics
+        self._reconnecting = False
         self.errors: list[BaseException] = []
 
     @property
     def username(self) -> str:
         return self.session.username
+
+    @property
+    def busy(self) -> bool:
+        """A reconnect or a sync is under way (a heartbeat NOOP awaiting its answer is not
+        counted). Whoever moves a manual clock waits for this to clear first."""
+        return (self._reconnecting or self._sync_lock.locked()
+                or (self._sync_task is not None and not self._sync_task.done()))
 
     def timeout(self, protocol_s: float) -> float:
         """A NOOP timeout or back-off in protocol seconds, floored at MIN_WALL_TIMEOUT of
@@ -150,6 +158,13 @@ class Phone:
 
     async def reconnect(self) -> None:
         """Drop the link and build a new one, backing off between failed attempts."""
+        self._reconnecting = True
+        try:
+            await self._reconnect()
+        finally:
+            self._reconnecting = False
+
+    async def _reconnect(self) -> None:
         if self.session.link is not None:
             self.session.link.abort()
             self._account_link()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import struct
 import subprocess
 import sys
 import time
@@ -11,8 +10,7 @@ import time
 from testbed.client.session import Session
 from testbed.lab.addressing import LONG, AddressPlan
 from testbed.lab.manifest import load_manifest
-
-HEADER = struct.Struct(">IHHII")
+from testbed.wire.frames import HEADER, Frame, FrameDecoder
 
 
 async def logged_in(lab, i: int, *, long: bool = True, **kwargs) -> Session:
@@ -29,14 +27,16 @@ async def raw_long(lab):
     return await asyncio.open_connection(h.addresses[0], h.port)
 
 
-async def read_frame(reader, timeout=5.0):
+async def read_frame(reader, timeout=10.0) -> Frame:
+    """One frame from a raw stream, checked by the wire's decoder."""
     head = await asyncio.wait_for(reader.readexactly(16), timeout)
-    plen, hlen, ver, cmd, seq = HEADER.unpack(head)
-    body = await asyncio.wait_for(reader.readexactly(plen - 16), timeout)
-    return cmd, seq, body
+    body = await asyncio.wait_for(reader.readexactly(HEADER.unpack(head)[0] - 16), timeout)
+    [frame] = FrameDecoder().receive_data(head + body)
+    return frame
 
 
-async def wait_for(predicate, timeout=5.0, interval=0.01):
+async def wait_for(predicate, timeout=10.0, interval=0.005):
+    """Poll `predicate` until true; fail after `timeout` wall seconds (only a guard)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from testbed.lab.clock import ManualClock
 from testbed.wire import encode_frame, pb
 
 from .helpers import HEADER, logged_in, raw_long, read_frame, wait_for
@@ -105,8 +106,10 @@ async def test_push_then_sync_between_two_users(lab):
     msgs = [m for m in bob.sync_state.messages if m.content == "你好, bob"]
     assert len(items) == 1 and len(msgs) == 1
     assert msgs[0].new_msg_id == out.new_msg_id and msgs[0].from_user == alice.username
-    # the sender's own link caused it, so it gets no NOTIFY; its log has the message too
-    await asyncio.sleep(0.05)
+    # the sender's own link caused it, so it gets no NOTIFY; its log has the message too.
+    # (A NOTIFY to alice would have been pushed before her send was answered; a NOOP round
+    # trip after it is the barrier.)
+    await alice.link.noop()
     assert len(alice.link.notifies) == alice_notified
     await alice.sync()
     assert [m.content for m in alice.sync_state.messages][-1] == "你好, bob"
@@ -148,10 +151,11 @@ async def test_identify_pushes_notify_for_missed_items(lab):
     assert bob.link.notifies == [0x1]
     await bob.sync()
     assert bob.sync_state.messages[-1].content == "while you were away"
-    # up to date: a fresh link gets no NOTIFY
+    # up to date: a fresh link gets no NOTIFY (it would follow the IDENTIFY reply at once,
+    # before the barrier NOOP's reply)
     await bob.close()
     await bob.connect_long()
-    await asyncio.sleep(0.1)
+    await bob.link.noop()
     assert bob.link.notifies == []
     await bob.close()
     await alice.close()
@@ -212,14 +216,21 @@ async def test_logout_closes_that_sessions_links_with_fin(lab):
 
 async def test_idle_link_is_closed(tmp_path):
     from tests.conftest import start_lab
-    lab = await start_lab(tmp_path, users=2, time_scale=100.0, server_idle_s=20)
+    clock = ManualClock()
+    lab = await start_lab(tmp_path, users=2, server_idle_s=20, clock=clock)
     try:
         reader, writer = await raw_long(lab)
-        writer.write(encode_frame(6, 1))
-        await read_frame(reader)
-        # 20 protocol seconds at k=100 are 0.2 s of wall time
-        assert await asyncio.wait_for(reader.read(), 3) == b""
+        await clock.advance(19.0)
+        writer.write(encode_frame(6, 1))      # bytes push the deadline to 39
+        assert await read_frame(reader) == (6 + REPLY, 1, b"")
+        await clock.advance(19.5)
+        writer.write(encode_frame(6, 2))      # still open at 38.5; the deadline is 58.5
+        assert await read_frame(reader) == (6 + REPLY, 2, b"")
+        await clock.advance(19.75)
+        assert lab.long.idle_closed == 0
+        await clock.advance(0.25)             # 20 s after the last byte: closed with a FIN
         assert lab.long.idle_closed == 1
+        assert await asyncio.wait_for(reader.read(), 10) == b""
     finally:
         await lab.stop()
 
