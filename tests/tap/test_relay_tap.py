@@ -11,15 +11,15 @@ import pytest
 
 from mocks.nat import NatRelay
 from testbed.capture.tap import Tap
-from testbed.lab.clock import Clock
+from testbed.lab.clock import Clock, ManualClock
 
 from .tshark import CHECKSUMS, conversations, fields, needs_tshark, tshark
 
 HOST = "127.0.0.1"
 
 
-async def echo_server():
-    """Echo every chunk; answer a FIN with a FIN."""
+async def echo_server(ended: list | None = None):
+    """Echo every chunk; answer a FIN with a FIN. Each connection's end goes in `ended`."""
     async def handle(reader, writer):
         try:
             while data := await reader.read(65536):
@@ -28,6 +28,9 @@ async def echo_server():
             writer.close()
         except ConnectionError:
             writer.close()
+        finally:
+            if ended is not None:
+                ended.append(writer.get_extra_info("peername"))
     server = await asyncio.start_server(handle, HOST, 0)
     return server, server.sockets[0].getsockname()[1]
 
@@ -45,7 +48,8 @@ async def test_pure_relay_reports_the_phone_side(tmp_path):
     path = tmp_path / "relay.pcapng"
     tap = Tap(path, comment={"how": "tap"})
     server, target = await echo_server()
-    relay = NatRelay(Clock(1e6), None, tap=tap)   # a day passes in 0.1 s: nothing expires
+    clock = ManualClock()
+    relay = NatRelay(clock, None, tap=tap)        # a pure relay: nothing ever expires
     port = await relay.add_mapping(HOST, 0, HOST, target)
     reader, writer = await asyncio.open_connection(HOST, port)
     me = writer.get_extra_info("sockname")
@@ -55,7 +59,7 @@ async def test_pure_relay_reports_the_phone_side(tmp_path):
         writer.write(chunk)
         sent += chunk
         assert await reader.readexactly(len(chunk)) == chunk
-        await asyncio.sleep(0.05)
+        await clock.advance(86400.0)             # a day of silence between chunks
     assert relay.stats.mappings_expired == 0 and len(relay) == 1
     writer.write_eof()
     assert await asyncio.wait_for(reader.read(), 5) == b""
@@ -84,18 +88,19 @@ async def test_pure_relay_reports_the_phone_side(tmp_path):
 async def test_blackholed_bytes_go_unanswered(tmp_path):
     path = tmp_path / "hole.pcapng"
     tap = Tap(path, comment={"how": "tap"})
-    server, target = await echo_server()
-    relay = NatRelay(Clock(1.0), 3600.0, tap=tap)
+    ended: list = []
+    server, target = await echo_server(ended)
+    relay = NatRelay(ManualClock(), 3600.0, tap=tap)
     port = await relay.add_mapping(HOST, 0, HOST, target)
     reader, writer = await asyncio.open_connection(HOST, port)
     writer.write(b"hello")
     assert await reader.readexactly(5) == b"hello"
     assert relay.blackhole_all() == 1            # the carrier forgets the mapping
     writer.write(b"heartbeat")
-    await asyncio.sleep(0.1)
+    await until(lambda: relay.stats.bytes_blackholed == 9)   # read, and dropped
     writer.write_eof()
-    await asyncio.sleep(0.1)
-    await relay.close()                           # linger over: the relay lets go
+    await until(lambda: ended)                # the FIN reached the relay: it let the
+    await relay.close()                       # server leg go; then the linger ends
     writer.close()
     server.close()
     tap.close()
