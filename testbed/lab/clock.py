@@ -24,14 +24,20 @@ T = TypeVar("T")
 class Timer:
     """A call set on a clock for protocol time `when`; `cancel()` stops it."""
 
-    __slots__ = ("when", "_callback", "_args", "_handle", "cancelled")
+    # small on purpose: the long-link server keeps one per idle connection
+    __slots__ = ("when", "_callback", "_args", "_handle", "_clock", "cancelled")
 
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple) -> None:
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple,
+                 clock: "Clock") -> None:
         self.when = when
         self._callback = callback
         self._args = args
-        self._handle: Optional[asyncio.TimerHandle] = None
+        self._handle: Optional[asyncio.Handle] = None
+        self._clock = clock
         self.cancelled = False
+
+    def __call__(self) -> None:   # what the event loop calls: the clock decides
+        self._clock._fire(self)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -88,23 +94,23 @@ class Clock:
     # ------------------------------------------------------------------ timers
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """Call `callback(*args)` at protocol time `when` (at once if it has passed)."""
-        timer = Timer(when, callback, args)
-        self._arm(timer, asyncio.get_running_loop())
+        timer = Timer(when, callback, args, self)
+        self._arm(timer)
         return timer
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """Call `callback(*args)` `delay` protocol seconds from now."""
         return self.call_at(self.now() + delay, callback, *args)
 
-    def _arm(self, timer: Timer, loop: asyncio.AbstractEventLoop) -> None:
+    def _arm(self, timer: Timer) -> None:
         wall = (timer.when - self.now()) / self.scale
-        timer._handle = loop.call_later(wall if wall > 0 else 0, self._fire, timer, loop)
+        timer._handle = asyncio.get_running_loop().call_later(wall if wall > 0 else 0, timer)
 
-    def _fire(self, timer: Timer, loop: asyncio.AbstractEventLoop) -> None:
+    def _fire(self, timer: Timer) -> None:
         if timer.cancelled:
             return
         if self.now() < timer.when:   # the loop woke early: not yet
-            self._arm(timer, loop)
+            self._arm(timer)
             return
         timer._run()
 
@@ -167,7 +173,7 @@ class ManualClock(Clock):
         return protocol_seconds
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> Timer:
-        timer = Timer(float(when), callback, args)
+        timer = Timer(float(when), callback, args, self)
         if timer.when <= self._t:   # due already: at once, as on a real clock
             timer._handle = asyncio.get_running_loop().call_soon(timer._run)
         else:

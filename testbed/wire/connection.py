@@ -184,7 +184,7 @@ class ServerConnection(_Connection):
         self.identified = False         # an IDENTIFY succeeded (set by `identify()`)
         self.idle_timeout = idle_timeout
         self.last_rx = now              # protocol time bytes last arrived
-        self._out: list[bytes] = []
+        self._out: Optional[list[bytes]] = None   # made when needed: 10,000s of idle links
 
     @property
     def at_frame_boundary(self) -> bool:
@@ -206,6 +206,8 @@ class ServerConnection(_Connection):
             return []
         self.last_rx = now
         events: list[ServerEvent] = []
+        if self._out is None:
+            self._out = []
         out = self._out
         for cmd, seq, body in self._frames(data):
             command = BY_CMD.get(cmd)
@@ -235,9 +237,9 @@ class ServerConnection(_Connection):
     def data_to_send(self) -> bytes:
         """The replies `receive_data` made by itself (NOOPs, errors), in request order."""
         out = self._out
+        self._out = None
         if not out:
             return b""
-        self._out = []
         if self.state is State.CLOSED:
             return b""
         return out[0] if len(out) == 1 else b"".join(out)
