@@ -17,7 +17,6 @@ import multiprocessing as mp
 import os
 import resource
 import signal
-import struct
 import sys
 import time
 from pathlib import Path
@@ -27,9 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python bench/X.py` puts bench/ first, not the repo
     sys.path.insert(0, str(REPO))
 
-HEADER = struct.Struct(">IHHII")
-REPLY_OFFSET = 1_000_000_000
-NOOP_CMD = 6
+from testbed.wire.commands import NOOP_CMD  # noqa: E402,F401 (re-exported to the benches)
+from testbed.wire.frames import HEADER, REPLY_OFFSET  # noqa: E402,F401
+
 LOOPS = ("asyncio", "uvloop")
 
 _SPAWN = mp.get_context("spawn")

@@ -15,8 +15,8 @@ from typing import Callable, Optional
 import dpkt
 
 from testbed.wire import FrameDecoder, RemoteProtocolError
-from testbed.wire.commands import BY_PATH, NOOP_CMD, NOTIFY_CMD, command_for_frame
-from testbed.wire.frames import REPLY_OFFSET
+from testbed.wire.commands import BY_PATH, NOOP_CMD, command_for_frame, is_push
+from testbed.wire.frames import is_reply, request_cmd
 
 from . import events as ev
 from .events import Event
@@ -352,12 +352,12 @@ class LongLinkStream:
             return
         for cmd, seq, body in frames:
             command = command_for_frame(cmd)
-            reply = cmd >= REPLY_OFFSET
-            push = cmd == NOTIFY_CMD and seq == 0 and direction == "s2c"
+            reply = is_reply(cmd)
+            push = is_push(cmd, seq) and direction == "s2c"
             fields = {"cmd": cmd, "seq": seq, "reply": reply, "push": push,
                       "name": command.name if command else f"cmd {cmd}",
                       "body_len": len(body), "body": body[:BODY_KEEP],
-                      "noop": (cmd - REPLY_OFFSET if reply else cmd) == NOOP_CMD}
+                      "noop": request_cmd(cmd) == NOOP_CMD}
             if push and len(body) == 4:
                 fields["selector"] = int.from_bytes(body, "big")
             if direction == "c2s" and not reply:
