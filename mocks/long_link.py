@@ -13,8 +13,8 @@ import logging
 from typing import Optional
 
 from testbed.lab.clock import Clock, Timer
-from testbed.wire import (DEFAULT_MAX_PACKET_LEN, RemoteProtocolError, Ret, ServerConnection,
-                          ServiceError, State, error_body)
+from testbed.wire import (DEFAULT_MAX_PACKET_LEN, ConnectionState, RemoteProtocolError, Ret,
+                          ServerConnection, ServiceError, error_body)
 from testbed.wire.commands import NOOP_CMD
 from testbed.wire.connection import IdleTimeout, Request
 from testbed.wire.frames import HEADER, reply_cmd
@@ -170,7 +170,7 @@ class LongLinkProtocol(asyncio.Protocol):
             except Exception as exc:  # a server fault: answer -1, keep the link, report it
                 srv.record_error(exc)
                 body = error_body(Ret.SERVER_FAULT, "server fault")
-            if self.closed or self.conn.state is not State.OPEN:
+            if self.closed or self.conn.state is not ConnectionState.OPEN:
                 return   # closed (idle, violation) while the service worked: send nothing
             self._write(self.conn.send_reply(req.command, req.seq, body))
             if ctx.session is not None:
@@ -190,7 +190,7 @@ class LongLinkProtocol(asyncio.Protocol):
 
     def push(self, selector: int) -> None:
         if self.transport is None or self.transport.is_closing() \
-                or self.conn.state is not State.OPEN:
+                or self.conn.state is not ConnectionState.OPEN:
             return
         self.server.pushes_sent += 1
         self._write(self.conn.send_push(selector))

@@ -9,7 +9,7 @@ from . import mm_pb2 as pb
 from .commands import (BY_CGI, BY_CMD, BY_NAME, BY_PATH, CGI_PREFIX, COMMANDS, PUSH_SEQ,
                        Command, command_for_frame, decode_request, decode_response,
                        error_body, is_push, notify_body, parse_notify)
-from .connection import ClientConnection, ServerConnection, State
+from .connection import ClientConnection, ConnectionState, ServerConnection
 from .errors import (FrameTooLarge, LocalProtocolError, ProtocolError, RemoteProtocolError,
                      Ret, ServiceError)
 from .frames import (DEFAULT_MAX_PACKET_LEN, HEADER_LEN, REPLY_OFFSET, Frame, FrameDecoder,
@@ -19,7 +19,7 @@ __all__ = [
     "pb", "BY_CGI", "BY_CMD", "BY_NAME", "BY_PATH", "CGI_PREFIX", "COMMANDS", "PUSH_SEQ",
     "Command", "command_for_frame", "decode_request", "decode_response", "error_body",
     "is_push", "notify_body", "parse_notify", "ClientConnection", "ServerConnection",
-    "State", "FrameTooLarge", "LocalProtocolError", "ProtocolError", "RemoteProtocolError",
-    "Ret", "ServiceError", "DEFAULT_MAX_PACKET_LEN", "HEADER_LEN", "REPLY_OFFSET", "Frame",
+    "ConnectionState", "FrameTooLarge", "LocalProtocolError", "ProtocolError",
+    "RemoteProtocolError", "Ret", "ServiceError", "DEFAULT_MAX_PACKET_LEN", "HEADER_LEN", "REPLY_OFFSET", "Frame",
     "FrameDecoder", "encode_frame", "is_reply", "reply_cmd", "request_cmd",
 ]

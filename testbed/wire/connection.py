@@ -38,7 +38,7 @@ _NOOP_REPLY = reply_cmd(NOOP_CMD)
 _pack_header = HEADER.pack
 
 
-class State(enum.Enum):
+class ConnectionState(enum.Enum):
     """Where a connection is. `ERROR` follows a violation by the peer: the owner closes."""
 
     OPEN = "open"
@@ -132,7 +132,7 @@ class _Connection:
 
     def __init__(self, max_packet_len: int) -> None:
         self._decoder = FrameDecoder(max_packet_len)
-        self.state = State.OPEN
+        self.state = ConnectionState.OPEN
         self.frames_received = 0
         self.frames_sent = 0
 
@@ -148,20 +148,20 @@ class _Connection:
     def _frames(self, data: bytes) -> list[Frame]:
         """Decode; a violation with no good frame before it raises at once, one after good
         frames lets those through first (and the next call raises)."""
-        if self.state is State.ERROR:
+        if self.state is ConnectionState.ERROR:
             raise self._decoder.error
         try:
             frames = self._decoder.receive_data(data)
         except RemoteProtocolError:
-            self.state = State.ERROR
+            self.state = ConnectionState.ERROR
             raise
         if self._decoder.error is not None:
-            self.state = State.ERROR
+            self.state = ConnectionState.ERROR
         self.frames_received += len(frames)
         return frames
 
     def _encode(self, cmd: int, seq: int, body: bytes) -> bytes:
-        if self.state is not State.OPEN:
+        if self.state is not ConnectionState.OPEN:
             raise LocalProtocolError(f"cannot send on a connection that is {self.state.value}")
         data = encode_frame(cmd, seq, body, self._decoder.max_packet_len)
         self.frames_sent += 1
@@ -169,8 +169,8 @@ class _Connection:
 
     def close(self) -> None:
         """The socket is gone (or going): nothing more is sent; bytes still fed are dropped."""
-        if self.state is State.OPEN:
-            self.state = State.CLOSED
+        if self.state is ConnectionState.OPEN:
+            self.state = ConnectionState.CLOSED
 
 
 class ServerConnection(_Connection):
@@ -202,7 +202,7 @@ class ServerConnection(_Connection):
 
     def receive_data(self, data: bytes, now: float) -> list[ServerEvent]:
         """Feed bytes that arrived at protocol time `now`; the events they complete."""
-        if self.state is State.CLOSED:
+        if self.state is ConnectionState.CLOSED:
             return []
         self.last_rx = now
         events: list[ServerEvent] = []
@@ -240,7 +240,7 @@ class ServerConnection(_Connection):
         self._out = None
         if not out:
             return b""
-        if self.state is State.CLOSED:
+        if self.state is ConnectionState.CLOSED:
             return b""
         return out[0] if len(out) == 1 else b"".join(out)
 
@@ -267,7 +267,7 @@ class ServerConnection(_Connection):
 
     def get_timer(self) -> Optional[float]:
         """Protocol time of the idle deadline, or None (no timeout, or closed)."""
-        if self.idle_timeout is None or self.state is not State.OPEN:
+        if self.idle_timeout is None or self.state is not ConnectionState.OPEN:
             return None
         return self.last_rx + self.idle_timeout
 
@@ -276,7 +276,7 @@ class ServerConnection(_Connection):
         due = self.get_timer()
         if due is None or now < due:
             return []
-        self.state = State.CLOSED
+        self.state = ConnectionState.CLOSED
         return [IdleTimeout(now - self.last_rx)]
 
 
@@ -323,7 +323,7 @@ class ClientConnection(_Connection):
 
     def receive_data(self, data: bytes) -> list[ClientEvent]:
         """Feed bytes from the server; the events they complete."""
-        if self.state is State.CLOSED:
+        if self.state is ConnectionState.CLOSED:
             return []
         events: list[ClientEvent] = []
         pending = self._pending

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from testbed.wire import (BY_CMD, BY_NAME, ClientConnection, LocalProtocolError,
-                          RemoteProtocolError, Ret, ServerConnection, State, pb)
+                          RemoteProtocolError, Ret, ServerConnection, ConnectionState, pb)
 from testbed.wire.connection import (IdleTimeout, Push, Rejected, Reply, Request, Stray,
                                      TimedOut, WrongReply)
 
@@ -164,7 +164,7 @@ def test_violation_after_good_frames(bad):
     conn = ServerConnection()
     [ev] = conn.receive_data(frame(6, 1) + frame(999, 2) + bad, 0.0)
     assert (type(ev), ev.seq, ev.ret) == (Rejected, 2, Ret.SERVER_FAULT)
-    assert conn.state is State.ERROR and isinstance(conn.error, RemoteProtocolError)
+    assert conn.state is ConnectionState.ERROR and isinstance(conn.error, RemoteProtocolError)
     # the frames before the bad header are answered; then nothing more
     assert [(c, s) for c, s, _ in split_frames(conn.data_to_send())] == [
         (1_000_000_006, 1), (1_000_000_999, 2)]
@@ -178,7 +178,7 @@ def test_violation_first_raises_at_once():
     conn = ServerConnection()
     with pytest.raises(RemoteProtocolError):
         conn.receive_data(frame(6, 1, version=9), 0.0)
-    assert conn.state is State.ERROR and conn.data_to_send() == b""
+    assert conn.state is ConnectionState.ERROR and conn.data_to_send() == b""
 
 
 def test_idle_timeout_is_a_timer_on_passed_in_time():
@@ -191,7 +191,7 @@ def test_idle_timeout_is_a_timer_on_passed_in_time():
     assert conn.get_timer() == 1260.0 and conn.frames_received == 4
     assert conn.handle_timer(1259.0) == []
     assert conn.handle_timer(1260.0) == [IdleTimeout(660.0)]
-    assert conn.state is State.CLOSED and conn.get_timer() is None
+    assert conn.state is ConnectionState.CLOSED and conn.get_timer() is None
     # a closed connection drops what still arrives and refuses to send
     assert conn.receive_data(HEARTBEAT_REQUEST, 1300.0) == [] and conn.data_to_send() == b""
     conn.identify()
@@ -281,7 +281,7 @@ def test_client_close_abandons_pending_requests():
     conn = ClientConnection()
     seqs = [conn.send_request(6)[0] for _ in range(3)]
     assert conn.close() == seqs
-    assert conn.state is State.CLOSED and conn.pending == {}
+    assert conn.state is ConnectionState.CLOSED and conn.pending == {}
     assert conn.receive_data(frame(1_000_000_006, seqs[0])) == []
     with pytest.raises(LocalProtocolError):
         conn.send_request(6)
@@ -292,7 +292,7 @@ def test_client_violation():
     seq, _ = conn.send_request(6)
     events = conn.receive_data(frame(1_000_000_006, seq) + frame(6, 0, header_len=8))
     assert events == [Reply(6, seq, b"")]
-    assert conn.state is State.ERROR
+    assert conn.state is ConnectionState.ERROR
     with pytest.raises(RemoteProtocolError):
         conn.receive_data(b"")
 
