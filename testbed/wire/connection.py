@@ -46,6 +46,9 @@ class ConnectionState(enum.Enum):
     ERROR = "error"
 
 
+_CLOSED = ConnectionState.CLOSED
+
+
 # ---------------------------------------------------------------------- server events
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -193,6 +196,13 @@ class ServerConnection(_Connection):
         dec = self._decoder
         return not dec._buf and dec._error is None
 
+    @property
+    def bytes_needed(self) -> int:
+        """Bytes that would finish the partial frame held (or, while fewer than 16 are held,
+        its header); 0 at a frame boundary. An owner that feeds just these can take the
+        fast path again on what follows."""
+        return self._decoder.needed
+
     def noops_answered(self, count: int, now: float) -> None:
         """The owner answered `count` body-less NOOPs straight from the bytes, at a frame
         boundary: keep the idle clock and the counters as if they had been fed here."""
@@ -202,19 +212,21 @@ class ServerConnection(_Connection):
 
     def receive_data(self, data: bytes, now: float) -> list[ServerEvent]:
         """Feed bytes that arrived at protocol time `now`; the events they complete."""
-        if self.state is ConnectionState.CLOSED:
+        if self.state is _CLOSED:
             return []
         self.last_rx = now
         events: list[ServerEvent] = []
-        if self._out is None:
-            self._out = []
         out = self._out
-        for cmd, seq, body in self._frames(data):
+        if out is None:
+            out = self._out = []
+        frames = self._frames(data)
+        pack, noop, noop_reply = _pack_header, NOOP_CMD, _NOOP_REPLY
+        for cmd, seq, body in frames:
+            if cmd == noop and not body:   # the heartbeat, answered here
+                out.append(pack(16, 16, 1, noop_reply, seq))
+                continue
             command = BY_CMD.get(cmd)
-            if cmd == NOOP_CMD and not body:   # the heartbeat, answered here
-                out.append(_pack_header(16, 16, 1, _NOOP_REPLY, seq))
-                self.frames_sent += 1
-            elif command is None or command.push_only:
+            if command is None or command.push_only:
                 self._reject(events, cmd, seq, Ret.SERVER_FAULT, f"unknown command {cmd}")
             elif not self.identified and cmd != IDENTIFY_CMD and cmd != NOOP_CMD:
                 self._reject(events, cmd, seq, Ret.SESSION_INVALID, "link not identified")
@@ -225,6 +237,7 @@ class ServerConnection(_Connection):
                     self._reject(events, cmd, seq, Ret.BAD_ARGUMENT, str(exc))
                 else:
                     events.append(Request(command, seq, message))
+        self.frames_sent += len(frames) - len(events)   # the NOOPs: every other frame is an event
         return events
 
     def _reject(self, events: list, cmd: int, seq: int, ret: Ret, reason: str) -> None:

@@ -90,6 +90,16 @@ class FrameDecoder:
         """Bytes held that do not yet make a whole frame."""
         return len(self._buf)
 
+    @property
+    def needed(self) -> int:
+        """Bytes that would complete what is held: the rest of the header while fewer than
+        16 bytes are held (the frame's length is not known yet), else the rest of the
+        frame; 0 when nothing is held."""
+        held = len(self._buf)
+        if held < HEADER_LEN:
+            return HEADER_LEN - held if held else 0
+        return HEADER.unpack_from(self._buf)[0] - held   # a held header was checked
+
     def receive_data(self, data: bytes) -> list[Frame]:
         """Feed bytes; return every frame now complete, in order."""
         if self._error is not None:
