@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import ipaddress
 import logging
 from typing import Optional
@@ -45,6 +46,7 @@ MAX_TCP_MESSAGE = 0xFFFF    # the two-byte length prefix's bound
 MAX_TCP_CONNECTIONS = 256   # at once; a connection beyond this is closed at once
 TCP_IDLE_S = 10.0           # wall seconds a TCP client may stay silent (RFC 7766 6.2.3)
 NS_LABEL = "ns"
+PORT_TRIES = 20              # port 0: UDP ports tried until the same TCP port is free
 
 
 def normalize(name: str) -> str:
@@ -97,13 +99,18 @@ class LabDNS(asyncio.DatagramProtocol):
         if self.transport is not None:
             raise RuntimeError("already listening")
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
-        if tcp:
+        # with port 0 the UDP port is free but its TCP twin may not be: try a few
+        for attempt in range(1 if port or not tcp else PORT_TRIES):
+            await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+            if not tcp:
+                return
             try:
                 await self.listen_tcp(host, self.address[1])
-            except OSError:
+                return
+            except OSError as exc:
                 self.close()
-                raise
+                if port or exc.errno != errno.EADDRINUSE or attempt == PORT_TRIES - 1:
+                    raise
 
     async def listen_tcp(self, host: str, port: int) -> int:
         """Serve DNS over TCP on host:port (port 0: any free one); returns the bound port."""
