@@ -3,11 +3,12 @@
 `FlowTable.feed(item)` takes the `Segment`s and `Datagram`s that `packets.decode` makes, in
 capture order. For TCP it
 
-- finds the flow by its 4-tuple, with Wireshark's rule for a reused 4-tuple (a SYN with a new
-  ISN starts a new flow), so flows line up one to one with tshark's `tcp.stream`;
+- finds the flow by its 4-tuple; a SYN with a new ISN on a 4-tuple already seen starts a
+  new flow, so flows line up one to one with tshark's `tcp.stream`;
 - decides who is the client: the sender of the SYN (or the receiver of the SYN-ACK); without
   a handshake, the side with the higher (ephemeral) port, or the first sender if equal;
-- runs Wireshark's sequence analysis (`tcp_analysis`) and counts its flags per flow;
+- runs the sequence analysis (`tcp_analysis`: tshark's `tcp.analysis.*` flags) and counts
+  its flags per flow;
 - reassembles each direction by sequence number: retransmissions and overlaps are trimmed,
   out-of-order data is held (up to `max_buffer` bytes per direction) until the hole is
   filled; a hole the peer has already ACKed (the capture missed it) or that outgrows the
@@ -30,8 +31,7 @@ from collections import deque
 from typing import Callable, Optional
 
 from .packets import Datagram, Segment
-from .tcp_analysis import (ConvState, Counts, DirState, after_segment, analyze_segment,
-                           filter_names, syn_check)
+from .tcp_analysis import REUSED_PORTS, Connection, Counts, filter_names
 
 __all__ = ["FlowTable", "TcpFlow", "UdpConversation", "DEFAULT_MAX_BUFFER"]
 
@@ -41,7 +41,7 @@ HALF = 0x80000000
 DEFAULT_MAX_BUFFER = 4 << 20      # out-of-order bytes held per direction before skipping
 
 
-class _Half:
+class _Reassembly:
     """Reassembly state of one direction. Sequence numbers are unwrapped to Python ints."""
 
     __slots__ = ("started", "nxt", "ooo", "heap", "ooo_bytes", "fin", "done", "peer_ack",
@@ -67,10 +67,11 @@ class TcpFlow:
     """One TCP connection (a tshark `tcp.stream`). Directions are "c2s" and "s2c"."""
 
     __slots__ = ("id", "client", "server", "first_ts", "last_ts", "syn_seen", "synack_seen",
-                 "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "closed_by",
+                 "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c",
+                 "data_segments_c2s", "data_segments_s2c", "quiet_s", "closed_by",
                  "rst_by", "fin_first", "fin_c2s_ts", "fin_s2c_ts", "rst_ts", "ended", "end_ts",
-                 "analysis", "_conv", "_ac", "_as", "_hc", "_hs", "mss", "wscale",
-                 "sack_perm")
+                 "analysis", "_sequence", "_reassembly_c2s", "_reassembly_s2c", "mss",
+                 "wscale", "sack_perm")
 
     def __init__(self, id: int, client: tuple[str, int], server: tuple[str, int],
                  ts: float) -> None:
@@ -85,6 +86,9 @@ class TcpFlow:
         self.packets_s2c = 0
         self.bytes_c2s = 0            # payload bytes on the wire, retransmissions included
         self.bytes_s2c = 0
+        self.data_segments_c2s = 0    # segments carrying payload, retransmissions included
+        self.data_segments_s2c = 0
+        self.quiet_s = 0.0            # silence (both ways) before the latest segment
         self.closed_by: Optional[str] = None     # "fin" (both ways) or "rst"
         self.rst_by: Optional[str] = None        # "client" or "server"
         self.fin_first: Optional[str] = None     # who sent the first FIN
@@ -97,11 +101,10 @@ class TcpFlow:
         self.mss = {"c2s": 0, "s2c": 0}
         self.wscale = {"c2s": -1, "s2c": -1}
         self.sack_perm = {"c2s": False, "s2c": False}
-        self._conv = ConvState()
-        self._ac = DirState()                    # analysis state, client -> server
-        self._as = DirState()
-        self._hc: Optional[_Half] = _Half()      # reassembly, client -> server
-        self._hs: Optional[_Half] = _Half()
+        self._sequence = Connection()            # tcp.analysis state; side a: the client
+        # reassembly of each direction, then (gaps, delivered) once the flow has ended
+        self._reassembly_c2s = _Reassembly()
+        self._reassembly_s2c = _Reassembly()
 
     # ------------------------------------------------------------------ summary
     @property
@@ -124,7 +127,7 @@ class TcpFlow:
     def fin_ts(self) -> dict[str, Optional[float]]:
         return {"c2s": self.fin_c2s_ts, "s2c": self.fin_s2c_ts}
 
-    # gaps and delivered bytes survive the end of the flow (then _hc/_hs hold the counts)
+    # gaps and delivered bytes survive the end of the flow (as a (gaps, delivered) tuple)
     @property
     def gaps(self) -> int:
         """Bytes that were never captured and were skipped over (both directions)."""
@@ -132,23 +135,23 @@ class TcpFlow:
 
     @property
     def gaps_c2s(self) -> int:
-        h = self._hc
-        return h.gaps if type(h) is _Half else h[0]
+        h = self._reassembly_c2s
+        return h.gaps if type(h) is _Reassembly else h[0]
 
     @property
     def gaps_s2c(self) -> int:
-        h = self._hs
-        return h.gaps if type(h) is _Half else h[0]
+        h = self._reassembly_s2c
+        return h.gaps if type(h) is _Reassembly else h[0]
 
     @property
     def delivered_c2s(self) -> int:
-        h = self._hc
-        return h.delivered if type(h) is _Half else h[1]
+        h = self._reassembly_c2s
+        return h.delivered if type(h) is _Reassembly else h[1]
 
     @property
     def delivered_s2c(self) -> int:
-        h = self._hs
-        return h.delivered if type(h) is _Half else h[1]
+        h = self._reassembly_s2c
+        return h.delivered if type(h) is _Reassembly else h[1]
 
     @property
     def closer(self) -> Optional[str]:
@@ -316,34 +319,31 @@ class FlowTable:
         (index, ts, src, sport, dst, dport, seq, ack, flags, window, payload, seglen,
          wscale) = s[:13]
         ent = self._map.get((src, sport, dst, dport))
-        ta = 0
+        reused = 0
         if ent is None:
             flow, c2s = self._new_flow(s, flags)
         else:
             flow, c2s = ent
-            if flags & SYN:
-                new, ta = syn_check(flow._ac if c2s else flow._as, seq, flags)
-                if new:
-                    if not flow.ended:
-                        self._end(flow, ts)
-                    flow, c2s = self._new_flow(s, flags)
+            if flags & SYN and flow._sequence.opens_new(c2s, seq, flags):
+                if not flow.ended:
+                    self._end(flow, ts)
+                flow, c2s = self._new_flow(s, flags)
+                reused = REUSED_PORTS
         if c2s:
-            f, r = flow._ac, flow._as
             flow.packets_c2s += 1
-            flow.bytes_c2s += seglen
+            if seglen:
+                flow.bytes_c2s += seglen
+                flow.data_segments_c2s += 1
         else:
-            f, r = flow._as, flow._ac
             flow.packets_s2c += 1
-            flow.bytes_s2c += seglen
+            if seglen:
+                flow.bytes_s2c += seglen
+                flow.data_segments_s2c += 1
+        flow.quiet_s = ts - flow.last_ts
         flow.last_ts = ts
-        conv = flow._conv
-        ta = analyze_segment(conv, f, r, index, ts, seq, ack, seglen, flags, window, ta)
-        if flags & (SYN | FIN | RST) or wscale >= 0:
-            after_segment(conv, f, r, ts, flags, wscale)
-            if flags & (SYN | FIN | RST):
-                self._control(flow, c2s, s, flags)
-        elif flags & ACK and (f.is_first_ack or (conv.ts_mru_syn and not conv.ts_first_rtt)):
-            after_segment(conv, f, r, ts, flags, wscale)
+        ta = flow._sequence.segment(c2s, ts, seq, ack, seglen, flags, window, wscale) | reused
+        if flags & (SYN | FIN | RST):
+            self._control(flow, c2s, s, flags)
         if ta:
             names = filter_names(ta)
             if names:
@@ -358,10 +358,10 @@ class FlowTable:
             return
         # -------------------------------------------------------------- reassembly
         if c2s:
-            h, other = flow._hc, flow._hs
+            h, other = flow._reassembly_c2s, flow._reassembly_s2c
             d = "c2s"
         else:
-            h, other = flow._hs, flow._hc
+            h, other = flow._reassembly_s2c, flow._reassembly_c2s
             d = "s2c"
         if seglen and not flags & RST:
             if flags & SYN:
@@ -410,7 +410,7 @@ class FlowTable:
                 flow.sack_perm[d] = True
             if flow.ended:
                 return
-            h = flow._hc if c2s else flow._hs
+            h = flow._reassembly_c2s if c2s else flow._reassembly_s2c
             if not h.started:
                 h.started = True
                 h.nxt = (s.seq + 1) & M32
@@ -424,7 +424,7 @@ class FlowTable:
                 flow.fin_first = "client" if c2s else "server"
             if flow.ended:
                 return
-            h = flow._hc if c2s else flow._hs
+            h = flow._reassembly_c2s if c2s else flow._reassembly_s2c
             dseq = (s.seq + 1) & M32 if flags & SYN else s.seq
             if not h.started:
                 h.started = True
@@ -437,7 +437,7 @@ class FlowTable:
                     and flow.closed_by is None:
                 flow.closed_by = "fin"
 
-    def _data(self, flow: TcpFlow, h: _Half, d: str, ts: float, seq32: int,
+    def _data(self, flow: TcpFlow, h: _Reassembly, d: str, ts: float, seq32: int,
               payload: bytes, seglen: int) -> None:
         nxt = h.nxt
         off = ((seq32 - (nxt & M32) + HALF) & M32) - HALF
@@ -475,7 +475,7 @@ class FlowTable:
         if h.fin is not None and not h.done and h.nxt >= h.fin and not h.heap:
             h.done = True
 
-    def _deliver(self, flow, h: _Half, d: str, ts: float, payload: bytes, seglen: int) -> None:
+    def _deliver(self, flow, h: _Reassembly, d: str, ts: float, payload: bytes, seglen: int) -> None:
         if payload:
             h.delivered += len(payload)
             if self.on_data is not None:
@@ -487,7 +487,7 @@ class FlowTable:
             if self.on_gap is not None:
                 self.on_gap(flow, d, ts, missing)
 
-    def _skip(self, flow, h: _Half, d: str, ts: float, n: int) -> None:
+    def _skip(self, flow, h: _Reassembly, d: str, ts: float, n: int) -> None:
         if n <= 0:
             return
         h.gaps += n
@@ -495,7 +495,7 @@ class FlowTable:
         if self.on_gap is not None:
             self.on_gap(flow, d, ts, n)
 
-    def _drain(self, flow, h: _Half, d: str, ts: float) -> None:
+    def _drain(self, flow, h: _Reassembly, d: str, ts: float) -> None:
         heap, ooo = h.heap, h.ooo
         while heap and heap[0] <= h.nxt:
             start = heapq.heappop(heap)
@@ -509,7 +509,7 @@ class FlowTable:
                 seglen -= cut
             self._deliver(flow, h, d, ts, payload, seglen)
 
-    def _acked(self, flow, h: _Half, d: str, ts: float) -> None:
+    def _acked(self, flow, h: _Reassembly, d: str, ts: float) -> None:
         """The peer ACKed up to `h.peer_ack`: holes below it were missed by the capture."""
         ack = h.unwrap(h.peer_ack)
         if h.heap and h.heap[0] <= ack and h.heap[0] > h.nxt:
@@ -524,7 +524,7 @@ class FlowTable:
             if h.nxt >= h.fin and not h.heap:
                 h.done = True
 
-    def _flush(self, flow, h: _Half, d: str, ts: float) -> None:
+    def _flush(self, flow, h: _Reassembly, d: str, ts: float) -> None:
         while h.heap:
             self._skip(flow, h, d, ts, h.heap[0] - h.nxt)
             self._drain(flow, h, d, ts)
@@ -532,16 +532,16 @@ class FlowTable:
     def _end(self, flow: TcpFlow, ts: float) -> None:
         if flow.ended:
             return
-        self._flush(flow, flow._hc, "c2s", ts)
-        self._flush(flow, flow._hs, "s2c", ts)
+        self._flush(flow, flow._reassembly_c2s, "c2s", ts)
+        self._flush(flow, flow._reassembly_s2c, "s2c", ts)
         flow.ended = True
         flow.end_ts = ts
         self.open.pop(flow.id, None)
         if self.linger is not None:
             self._ended.append((ts, flow))
         # keep the counters of the reassembly, drop its buffers
-        flow._hc = (flow._hc.gaps, flow._hc.delivered)
-        flow._hs = (flow._hs.gaps, flow._hs.delivered)
+        flow._reassembly_c2s = (flow._reassembly_c2s.gaps, flow._reassembly_c2s.delivered)
+        flow._reassembly_s2c = (flow._reassembly_s2c.gaps, flow._reassembly_s2c.delivered)
         if self.on_flow_end is not None:
             self.on_flow_end(flow)
 

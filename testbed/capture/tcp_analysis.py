@@ -1,32 +1,54 @@
-"""Wireshark's TCP sequence analysis (`tcp.analysis.*`), per segment, per flow and in total.
+"""TCP sequence analysis: the `tcp.analysis.*` flags tshark would give each segment.
 
-This follows Wireshark 4.0.17's `tcp_analyze_sequence_number()` and the conversation
-handling of `dissect_tcp()` (epan/dissectors/packet-tcp.c) rule by rule and in its order,
-with its default preferences (analyze sequence numbers on, "fast retransmission supersedes
-out-of-order" on, no default window scaling):
+Written for this project from the behaviour the Wireshark User's Guide describes for each
+flag (chapter "Advanced Topics", section "TCP Analysis") and from black-box comparison with
+tshark 4.0: `tests/capture/test_tshark_agreement.py` compares every segment's flags with
+tshark's on real captures, captures of real loss and hostile random sequences, and stays
+the reference. No Wireshark source was used.
 
-1. zero window probe (1 byte at the next expected seq while the peer's window is 0) - skips
-   the checks up to the ACK analysis;
-2. zero window (window 0, no SYN/FIN/RST);
-3. lost segment, "previous segment not captured" (seq beyond the next expected, no RST);
-4. keep-alive (0 or 1 byte at next expected - 1, no SYN/FIN/RST);
-5. window update, 6. window full;
-7. keep-alive ACK and 8. zero window probe ACK (both skip the duplicate ACK check);
-9. duplicate ACK (no data, same seq/ack/window as the previous segment that way);
-10. ACKed unseen segment (acks beyond what was seen the other way);
-11. for segments with data or SYN/FIN whose seq does not advance: keep-alives are never
-    retransmissions; spurious retransmission (all the data already ACKed); fast
-    retransmission (>= 2 duplicate ACKs the other way for this seq, within 20 ms of the last
-    ACK); out-of-order (within the first handshake RTT, or 3 ms without a handshake, of the
-    highest segment, and not a plain repeat of it); otherwise retransmission.
+The analysis keeps, for each side of a connection, what that side's segments told so far:
+the sequence number its next segment should carry (and when that last moved forward), how
+far the other side has to acknowledge, its last acknowledgement and window, its window
+scale, and how many duplicate ACKs it has sent in a row. A segment's flags come from
+comparing it with that state (both sides'), in one pass; then the state takes it in.
 
-Then the per-direction state is updated the same way Wireshark does it (next expected seq,
-max seq to be ACKed, last ACK and window, the unacked segment list bounded at 10,000).
+What a flag means, in the guide's terms and as tshark does it:
+- `zero_window_probe`: one byte at the expected sequence number while the peer's window is
+  0; such a segment is exempt from the window and ACK checks and does not move the state;
+- `zero_window`: window 0 on a segment without SYN, FIN or RST;
+- `lost_segment` ("previous segment not captured"): the sequence number is past the
+  expected one (never for a RST);
+- `keep_alive`: 0 or 1 byte one before the expected sequence number, no SYN/FIN/RST;
+  a keep-alive is never any kind of retransmission;
+- an empty segment at the expected sequence number that acknowledges what this side
+  acknowledged last (no SYN/FIN/RST) is a `window_update` if its window changed, else a
+  `keep_alive_ack` after a keep-alive from the peer, a `zero_window_probe_ack` (window still
+  0) after a zero window probe, or else a `duplicate_ack`;
+- `window_full`: data that ends exactly where the peer's advertised window ends;
+- `ack_lost_segment`: an ACK beyond anything the peer was seen sending. When the peer has
+  sent nothing new since (its data stalled behind a hole), the same hole is reported once,
+  and the peer counts as having sent enough duplicate ACKs for a fast retransmission;
+- data (or SYN/FIN) whose sequence number is behind the expected one: a
+  `spurious_retransmission` when the peer already acknowledged all of it (this is checked
+  first, for any data); a `fast_retransmission` when the peer has sent two or more
+  duplicate ACKs for exactly this sequence number, the last one less than 20 ms ago; an
+  `out_of_order` segment when it comes within the handshake's round trip (3 ms without
+  one) of the segment that last moved the expected sequence number forward, and is not just
+  a repeat of that segment's end; else a `retransmission`. One byte past the expected number
+  minus one (the data after a zero window probe) is not "behind".
+- `reused_ports`: a SYN with a new initial sequence number on a 4-tuple already seen starts
+  a new connection (the caller asks `opens_new`); a SYN-ACK with a new one is flagged too.
+
+Sequence numbers are compared by their signed 32-bit distance: `(a - b + 2**31) & M32 <
+2**31` says a comes before b. As in tshark, 0 stands for "not
+known yet" in the expected sequence and acknowledgement numbers and in the last ACK.
 
 The display filter `tcp.analysis.retransmission` matches retransmissions, fast
-retransmissions and spurious retransmissions alike (Wireshark adds the retransmission expert
-item to all three); `FILTERS` maps each filter name to the flags it matches, so counts here
-compare one to one with `tshark -Y tcp.analysis.<name>`.
+retransmissions and spurious retransmissions alike; `FILTERS` maps each filter name to the
+flags it matches, so counts here compare one to one with `tshark -Y tcp.analysis.<name>`.
+Like tshark, it remembers at most 10,000 segments per side that wait for an ACK: in a
+one-way capture, once that many are outstanding, a FIN no longer moves the expected
+sequence number (and tshark's next flags follow from that).
 """
 
 from __future__ import annotations
@@ -35,29 +57,28 @@ from typing import Iterable, Optional
 
 __all__ = [
     "RETRANSMISSION", "FAST_RETRANSMISSION", "SPURIOUS_RETRANSMISSION", "OUT_OF_ORDER",
-    "LOST_SEGMENT", "ACK_LOST_SEGMENT", "WINDOW_UPDATE", "WINDOW_FULL", "KEEP_ALIVE",
-    "KEEP_ALIVE_ACK", "DUPLICATE_ACK", "ZERO_WINDOW", "ZERO_WINDOW_PROBE",
-    "ZERO_WINDOW_PROBE_ACK", "REUSED_PORTS", "FLAG_NAMES", "FILTERS", "names",
-    "filter_names", "DirState", "ConvState", "analyze_segment", "after_segment",
-    "TcpAnalyzer", "Counts",
+    "LOST_SEGMENT", "ACK_LOST_SEGMENT", "DUPLICATE_ACK", "ZERO_WINDOW", "ZERO_WINDOW_PROBE",
+    "ZERO_WINDOW_PROBE_ACK", "KEEP_ALIVE", "KEEP_ALIVE_ACK", "WINDOW_UPDATE", "WINDOW_FULL",
+    "REUSED_PORTS", "FLAG_NAMES", "FILTERS", "names", "filter_names", "describe",
+    "Counts", "Connection", "TcpAnalyzer",
 ]
 
-# Wireshark's TCP_A_* bits (same values).
-RETRANSMISSION = 0x0001
-LOST_SEGMENT = 0x0002
-ACK_LOST_SEGMENT = 0x0004
-KEEP_ALIVE = 0x0008
-DUPLICATE_ACK = 0x0010
-ZERO_WINDOW = 0x0020
-ZERO_WINDOW_PROBE = 0x0040
-ZERO_WINDOW_PROBE_ACK = 0x0080
-KEEP_ALIVE_ACK = 0x0100
-OUT_OF_ORDER = 0x0200
-FAST_RETRANSMISSION = 0x0400
-WINDOW_UPDATE = 0x0800
-WINDOW_FULL = 0x1000
-REUSED_PORTS = 0x2000
-SPURIOUS_RETRANSMISSION = 0x4000
+# One bit per flag; FLAG_NAMES gives each its `tcp.analysis.<name>` name.
+RETRANSMISSION = 1 << 0
+FAST_RETRANSMISSION = 1 << 1
+SPURIOUS_RETRANSMISSION = 1 << 2
+OUT_OF_ORDER = 1 << 3
+LOST_SEGMENT = 1 << 4
+ACK_LOST_SEGMENT = 1 << 5
+DUPLICATE_ACK = 1 << 6
+ZERO_WINDOW = 1 << 7
+ZERO_WINDOW_PROBE = 1 << 8
+ZERO_WINDOW_PROBE_ACK = 1 << 9
+KEEP_ALIVE = 1 << 10
+KEEP_ALIVE_ACK = 1 << 11
+WINDOW_UPDATE = 1 << 12
+WINDOW_FULL = 1 << 13
+REUSED_PORTS = 1 << 14
 
 FLAG_NAMES = {
     RETRANSMISSION: "retransmission",
@@ -77,260 +98,62 @@ FLAG_NAMES = {
     REUSED_PORTS: "reused_ports",
 }
 
-# tshark display filter `tcp.analysis.<name>` -> the flags that make it match.
-FILTERS = {
-    "retransmission": RETRANSMISSION | FAST_RETRANSMISSION | SPURIOUS_RETRANSMISSION,
-    "fast_retransmission": FAST_RETRANSMISSION,
-    "spurious_retransmission": SPURIOUS_RETRANSMISSION,
-    "out_of_order": OUT_OF_ORDER,
-    "lost_segment": LOST_SEGMENT,
-    "ack_lost_segment": ACK_LOST_SEGMENT,
-    "duplicate_ack": DUPLICATE_ACK,
-    "zero_window": ZERO_WINDOW,
-    "zero_window_probe": ZERO_WINDOW_PROBE,
-    "zero_window_probe_ack": ZERO_WINDOW_PROBE_ACK,
-    "keep_alive": KEEP_ALIVE,
-    "keep_alive_ack": KEEP_ALIVE_ACK,
-    "window_update": WINDOW_UPDATE,
-    "window_full": WINDOW_FULL,
-    "reused_ports": REUSED_PORTS,
-}
+# tshark display filter `tcp.analysis.<name>` -> the flags that make it match: each flag
+# its own filter, and `retransmission` also matches the fast and the spurious kind.
+FILTERS = {name: bit for bit, name in FLAG_NAMES.items()}
+FILTERS["retransmission"] = RETRANSMISSION | FAST_RETRANSMISSION | SPURIOUS_RETRANSMISSION
 
-M32 = 0xFFFFFFFF
-HALF = 0x80000000
-MAX_UNACKED = 10000          # TCP_MAX_UNACKED_SEGMENTS
-FAST_RTX_WINDOW = 0.020      # a fast retransmission comes within 20 ms of the last dup ACK
-OOO_DEFAULT = 0.003          # out-of-order threshold without a handshake RTT
-# Timestamps are floats; Wireshark compares integer nanoseconds with "<". Captures carry
-# micro- (or nano-) second stamps, so "t < limit" on exact values is "t < limit - 0.5 us"
-# on floats that carry ~0.2 us of rounding error.
-_EPS = 5e-7
+# Wireshark's Info column labels (as tshark prints them), in the order it shows them.
+_LABELS = (
+    (RETRANSMISSION, "TCP Retransmission"),
+    (FAST_RETRANSMISSION, "TCP Fast Retransmission"),
+    (SPURIOUS_RETRANSMISSION, "TCP Spurious Retransmission"),
+    (OUT_OF_ORDER, "TCP Out-Of-Order"),
+    (LOST_SEGMENT, "TCP Previous segment not captured"),
+    (ACK_LOST_SEGMENT, "TCP ACKed unseen segment"),
+    (WINDOW_UPDATE, "TCP Window Update"),
+    (WINDOW_FULL, "TCP Window Full"),
+    (KEEP_ALIVE, "TCP Keep-Alive"),
+    (KEEP_ALIVE_ACK, "TCP Keep-Alive ACK"),
+    (DUPLICATE_ACK, "TCP Dup ACK"),
+    (ZERO_WINDOW_PROBE, "TCP ZeroWindowProbe"),
+    (ZERO_WINDOW, "TCP ZeroWindow"),
+    (ZERO_WINDOW_PROBE_ACK, "TCP ZeroWindowProbeAck"),
+)
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-_SFR = SYN | FIN | RST
-_SF = SYN | FIN
+M32 = 0xFFFFFFFF
+HALF = 0x80000000
+FAST_RETRANSMISSION_WITHIN = 0.020   # s after the peer's last duplicate ACK
+OUT_OF_ORDER_WITHIN = 0.003          # s, when no handshake gave a round-trip time
+UNKNOWN_WINDOW = M32                 # no 16-bit window field holds this
+SCALING_OFF = -1                     # a side's window scale when scaling is not in use
+# Capture timestamps are integer micro- or nanoseconds, read here as floats (about 0.2 us
+# of rounding at today's epoch): "less than" a limit means below it by more than this.
+TIME_SLACK = 5e-7
+MAX_WAITING = 10_000                 # segments per side awaiting an ACK that tshark tracks
 
 
 def names(flags: int) -> list[str]:
-    """The analysis flags of a segment as names (Wireshark's order of bits)."""
+    """The analysis flags of a segment as names."""
     return [n for b, n in FLAG_NAMES.items() if flags & b]
 
 
-_FILTER_CACHE: dict[int, tuple[str, ...]] = {}
+_FILTERS_OF: dict[int, tuple[str, ...]] = {}
 
 
 def filter_names(flags: int) -> tuple[str, ...]:
     """The `tcp.analysis.<name>` filters a segment with these flags matches."""
-    r = _FILTER_CACHE.get(flags)
-    if r is None:
-        r = tuple(n for n, mask in FILTERS.items() if flags & mask)
-        _FILTER_CACHE[flags] = r
-    return r
+    found = _FILTERS_OF.get(flags)
+    if found is None:
+        found = tuple(n for n, mask in FILTERS.items() if flags & mask)
+        _FILTERS_OF[flags] = found
+    return found
 
 
-class DirState:
-    """What Wireshark keeps per direction of a conversation (tcp_flow_t + seq info)."""
-
-    __slots__ = ("base_set", "base_seq", "nextseq", "nextseqtime", "nextseqframe", "lastack",
-                 "lastacktime", "lastnondupack", "dupacknum", "maxseqtobeacked", "window",
-                 "win_scale", "lastsegflags", "is_first_ack", "unacked")
-
-    def __init__(self) -> None:
-        self.base_set = False
-        self.base_seq = 0
-        self.nextseq = 0              # 0 means "not known yet", as in Wireshark
-        self.nextseqtime = 0.0
-        self.nextseqframe = 0
-        self.lastack = 0
-        self.lastacktime = 0.0
-        self.lastnondupack = 0
-        self.dupacknum = 0
-        self.maxseqtobeacked = 0
-        self.window = M32             # G_MAXUINT32 until the first segment
-        self.win_scale = -1           # -1 unknown, -2 no scaling, else the shift
-        self.lastsegflags = 0
-        self.is_first_ack = False
-        self.unacked: list = []       # next-seq of each unacked segment, send order
-
-
-class ConvState:
-    """Per conversation: its two directions and the handshake timing."""
-
-    __slots__ = ("ts_mru_syn", "ts_first_rtt")
-
-    def __init__(self) -> None:
-        self.ts_mru_syn = 0.0
-        self.ts_first_rtt = 0.0
-
-
-def syn_check(f: DirState, seq: int, flags: int) -> tuple[bool, int]:
-    """Wireshark's port-reuse check, run before the analysis of a segment.
-
-    Returns (new_conversation, initial_flags): a SYN whose seq differs from the ISN already
-    seen that way starts a new conversation on the same 4-tuple; a retransmitted SYN
-    restores the next expected seq.
-    """
-    sa = flags & (SYN | ACK)
-    if sa == SYN and f.base_set:
-        if seq != f.base_seq:
-            return True, REUSED_PORTS
-        f.nextseq = f.maxseqtobeacked        # issue 17616
-        return False, 0
-    if sa == (SYN | ACK) and f.base_set and seq != f.base_seq:
-        f.base_seq = seq
-        return False, REUSED_PORTS
-    return False, 0
-
-
-def analyze_segment(conv: ConvState, f: DirState, r: DirState, index: int, ts: float,
-                    seq: int, ack: int, seglen: int, flags: int, window: int,
-                    ta: int = 0) -> int:
-    """Analyse one segment sent in direction `f` (the other one is `r`); returns its flags.
-
-    `ta` carries flags already set for the segment (REUSED_PORTS from `syn_check`).
-    Call `after_segment` next (the handshake and window-scale bookkeeping).
-
-    Sequence comparisons are Wireshark's 32-bit ones: with d = (seq - nextseq) mod 2**32,
-    GT_SEQ(seq, nextseq) is 0 < d <= 2**31 and LT_SEQ(seq, nextseq) is d >= 2**31.
-    """
-    # base sequence numbers (only used to tell a new SYN from a retransmitted one)
-    if not f.base_set:
-        f.base_seq = seq if flags & SYN else (seq - 1) & M32
-        f.base_set = True
-    if not r.base_set and flags & ACK:
-        r.base_seq = (ack - 1) & M32
-        r.base_set = True
-
-    nextseq = f.nextseq
-    d = (seq - nextseq) & M32
-    flastack = f.lastack
-    if seglen == 1 and d == 0 and r.window == 0:
-        ta |= ZERO_WINDOW_PROBE                                 # ... goto finished_fwd
-    else:
-        ctl = flags & _SFR
-        if window == 0 and not ctl:
-            ta |= ZERO_WINDOW
-        if nextseq and 0 < d <= HALF and not flags & RST:
-            ta |= LOST_SEGMENT
-        if seglen <= 1 and d == M32 and not ctl:                 # seq == nextseq - 1
-            ta |= KEEP_ALIVE
-        if seglen == 0:
-            if d == 0 and ack == flastack and not ctl:
-                fwin = f.window
-                if window and window != fwin:
-                    ta |= WINDOW_UPDATE
-                if window and window == fwin and r.lastsegflags & KEEP_ALIVE:
-                    ta |= KEEP_ALIVE_ACK                         # ... goto finished_fwd
-                elif window == 0 and fwin == 0 and r.lastsegflags & ZERO_WINDOW_PROBE:
-                    ta |= ZERO_WINDOW_PROBE_ACK                  # ... goto finished_fwd
-                elif window and window == fwin:
-                    f.dupacknum = 1 if f.dupacknum == -1 else f.dupacknum + 1
-                    ta |= DUPLICATE_ACK
-        elif r.win_scale != -1 and not ctl:
-            shift = 0 if (r.is_first_ack or r.win_scale == -2) else r.win_scale
-            if (seq + seglen) & M32 == (r.lastack + ((r.window << shift) & M32)) & M32:
-                ta |= WINDOW_FULL
-
-    # finished_fwd:
-    if ack != flastack:
-        f.lastnondupack = index
-        f.dupacknum = 0
-
-    # ACKed unseen segment
-    if flags & ACK:
-        rmax = r.maxseqtobeacked
-        if rmax and ((rmax - ack) & M32) >= HALF:                # GT_SEQ(ack, rmax)
-            if ((rmax - r.nextseq) & M32) >= HALF:               # LT_SEQ(rmax, nextseq)
-                r.maxseqtobeacked = r.nextseq
-                ta |= ACK_LOST_SEGMENT
-            else:
-                # the other way is stalled with pure ACKs: report the same hole only once
-                if r.dupacknum == 0:
-                    ta |= ACK_LOST_SEGMENT
-                r.dupacknum = -1
-
-    # retransmission / fast retransmission / spurious / out-of-order
-    synfin = flags & _SF
-    if (seglen > 0 or synfin) and not ta & KEEP_ALIVE:
-        seq_not_advanced = nextseq and d >= HALF                 # LT_SEQ(seq, nextseq)
-        if seglen > 1 and d == M32:                              # nextseq - 1 == seq
-            seq_not_advanced = False
-        rlastack = r.lastack
-        e = (seq + seglen - rlastack) & M32
-        if seglen > 0 and rlastack and (e == 0 or e >= HALF):    # LE_SEQ(seq+len, lastack)
-            ta |= SPURIOUS_RETRANSMISSION
-        elif seq_not_advanced:
-            t = ts - r.lastacktime
-            # dupacknum is a guint32 in Wireshark: its -1 marker compares as 0xFFFFFFFF >= 2
-            if (r.dupacknum >= 2 or r.dupacknum == -1) and rlastack == seq and \
-                    -_EPS < t < FAST_RTX_WINDOW - _EPS:
-                ta |= FAST_RETRANSMISSION
-            else:
-                t = ts - f.nextseqtime
-                thres = conv.ts_first_rtt or OOO_DEFAULT
-                if -_EPS < t < thres - _EPS and \
-                        nextseq != ((seq + seglen + (1 if synfin else 0)) & M32):
-                    ta |= OUT_OF_ORDER
-                else:
-                    ta |= RETRANSMISSION
-
-    # finished_checking_retransmission_type: update this direction
-    nxt = (seq + seglen) & M32
-    if seglen or synfin:
-        unacked = f.unacked
-        if len(unacked) >= MAX_UNACKED:
-            _prune_all(unacked, r.lastack)
-        if len(unacked) < MAX_UNACKED:
-            if synfin:
-                nxt = (nxt + 1) & M32
-            unacked.append(nxt)
-    if not ta & ZERO_WINDOW_PROBE:
-        if not nextseq or ((nextseq - nxt) & M32) >= HALF:        # GT_SEQ(nxt, nextseq)
-            f.nextseq = nextseq = nxt
-            f.nextseqtime = ts
-            f.nextseqframe = index
-        if seq == f.maxseqtobeacked or not f.maxseqtobeacked:
-            f.maxseqtobeacked = nextseq
-    f.window = window
-    f.lastack = ack
-    f.lastacktime = ts
-    f.lastsegflags = ta
-
-    # segments of the other direction this ACKs (only their count matters here)
-    ru = r.unacked
-    if ru and ((ack - ru[0]) & M32) < HALF:
-        i, n = 1, len(ru)
-        while i < n and ((ack - ru[i]) & M32) < HALF:
-            i += 1
-        del ru[:i]
-    return ta
-
-
-def _prune_all(unacked: list, ack: int) -> None:
-    """Drop every segment `ack` covers, wherever it sits in the list (rarely needed)."""
-    unacked[:] = [n for n in unacked if ((ack - n) & M32) >= HALF]
-
-
-def after_segment(conv: ConvState, f: DirState, r: DirState, ts: float, flags: int,
-                  wscale: int) -> None:
-    """The bookkeeping dissect_tcp does after the analysis: handshake RTT, window scale."""
-    sa = flags & (SYN | ACK)
-    if wscale >= 0:                       # the option is stored from any segment
-        f.win_scale = wscale
-    if flags & SYN:
-        if not flags & ACK:
-            conv.ts_mru_syn = ts
-        f.is_first_ack = True
-        # verify_tcp_window_scaling
-        if f.win_scale == -1:
-            f.win_scale = -2
-            r.win_scale = -2
-        elif flags & ACK and r.win_scale == -2:
-            f.win_scale = -2
-    elif sa == ACK:
-        if conv.ts_mru_syn and not conv.ts_first_rtt:
-            conv.ts_first_rtt = ts - conv.ts_mru_syn
-        f.is_first_ack = False
+def describe(flags: int) -> Optional[str]:
+    """What the Info column would start with, e.g. "[TCP Retransmission]"; None if nothing."""
+    return " ".join(f"[{label}]" for bit, label in _LABELS if flags & bit) or None
 
 
 class Counts(dict):
@@ -344,17 +167,199 @@ class Counts(dict):
         return 0
 
 
+class _Side:
+    """What the analysis knows of one endpoint from the segments it sent."""
+
+    __slots__ = ("isn", "nxt", "nxt_ts", "to_ack", "ack", "ack_ts", "window", "scale",
+                 "handshaking", "dups", "stalled", "last", "waiting")
+
+    def __init__(self) -> None:
+        self.isn: Optional[int] = None   # initial sequence number (assumed seq - 1 mid-stream)
+        self.nxt = 0                     # sequence number its next segment should carry
+        self.nxt_ts = 0.0                # when `nxt` last moved forward
+        self.to_ack = 0                  # how far the peer has yet to acknowledge it
+        self.ack = 0                     # the acknowledgement number it sent last
+        self.ack_ts = 0.0                # ... and when
+        self.window = UNKNOWN_WINDOW     # the (unscaled) window it sent last
+        self.scale: Optional[int] = None  # its window scale shift; None until known
+        self.handshaking = False         # its SYN was its latest segment with SYN or ACK
+        self.dups = 0                    # duplicate ACKs it sent in a row
+        self.stalled = False             # acknowledged past its data: a hole was reported
+        self.last = 0                    # flags of its latest segment
+        self.waiting: list[int] = []     # ends of its segments the peer may not have acked
+
+
+def _forget_acked(waiting: list, ack: int) -> None:
+    """Drop the ends `ack` covers from the front; all of them once the list is full."""
+    i = 0
+    n = len(waiting)
+    while i < n and (ack - waiting[i]) & M32 < HALF:
+        i += 1
+    del waiting[:i]
+    if len(waiting) >= MAX_WAITING:
+        waiting[:] = [e for e in waiting if (ack - e) & M32 >= HALF]
+
+
+class Connection:
+    """The sequence analysis of one TCP connection; `a` and `b` are its two sides.
+
+    Call `segment(from_a, ...)` for each segment in capture order; it returns the
+    segment's flags. Before a SYN on a connection already seen, `opens_new` says whether
+    it starts a new connection on the same 4-tuple (then start a new `Connection` and add
+    `REUSED_PORTS` to that segment's flags).
+    """
+
+    __slots__ = ("a", "b", "syn_ts", "rtt")
+
+    def __init__(self) -> None:
+        self.a = _Side()
+        self.b = _Side()
+        self.syn_ts = 0.0      # time of the latest SYN (without ACK)
+        self.rtt = 0.0         # handshake round trip: that SYN to the first plain ACK
+
+    def opens_new(self, from_a: bool, seq: int, flags: int) -> bool:
+        """A SYN (not SYN-ACK) whose initial sequence number differs from this side's."""
+        if flags & (SYN | ACK) != SYN:
+            return False
+        isn = (self.a if from_a else self.b).isn
+        return isn is not None and seq != isn
+
+    def segment(self, from_a: bool, ts: float, seq: int, ack: int, seglen: int, flags: int,
+                window: int, wscale: int = -1) -> int:
+        """The `tcp.analysis` flags of one segment; then the state takes it in.
+
+        `seglen` is the TCP payload length on the wire, `window` the raw window field,
+        `wscale` the window scale option's shift (-1 when absent).
+        """
+        if from_a:
+            me, peer = self.a, self.b
+        else:
+            me, peer = self.b, self.a
+        found = 0
+        if flags & SYN and me.isn is not None:
+            if flags & ACK:
+                if seq != me.isn:                     # a SYN-ACK with a new ISN
+                    me.isn = seq
+                    found = REUSED_PORTS
+            else:                                     # the same SYN again: expect it anew
+                me.nxt = me.to_ack
+        if me.isn is None:
+            me.isn = seq if flags & SYN else (seq - 1) & M32
+        if peer.isn is None and flags & ACK:
+            peer.isn = (ack - 1) & M32
+
+        nxt = me.nxt
+        off = ((seq - nxt + HALF) & M32) - HALF       # 0: the expected seq; -1: one before
+        control = flags & (SYN | FIN | RST)
+        probe = seglen == 1 and off == 0 and peer.window == 0
+        if probe:
+            found |= ZERO_WINDOW_PROBE
+        else:
+            if not control:
+                if window == 0:
+                    found |= ZERO_WINDOW
+                if off == -1 and seglen <= 1:
+                    found |= KEEP_ALIVE
+            if off > 0 and nxt and not flags & RST:
+                found |= LOST_SEGMENT
+            if seglen == 0:
+                if off == 0 and ack == me.ack and not control:
+                    if window == 0:
+                        if me.window == 0 and peer.last & ZERO_WINDOW_PROBE:
+                            found |= ZERO_WINDOW_PROBE_ACK
+                    elif window != me.window:
+                        found |= WINDOW_UPDATE
+                    elif peer.last & KEEP_ALIVE:
+                        found |= KEEP_ALIVE_ACK
+                    else:
+                        found |= DUPLICATE_ACK
+                        me.dups = 1 if me.stalled else me.dups + 1
+                        me.stalled = False
+            elif not control and peer.scale is not None:
+                shift = 0 if peer.handshaking or peer.scale == SCALING_OFF else peer.scale
+                if (seq + seglen - peer.ack - (peer.window << shift)) & M32 == 0:
+                    found |= WINDOW_FULL
+        if ack != me.ack:
+            me.dups = 0
+            me.stalled = False
+
+        if flags & ACK:
+            upto = peer.to_ack
+            if upto and (upto - ack + HALF) & M32 < HALF:    # acks what was never seen
+                if (upto - peer.nxt + HALF) & M32 < HALF:
+                    peer.to_ack = peer.nxt
+                    found |= ACK_LOST_SEGMENT
+                else:
+                    if not peer.dups and not peer.stalled:
+                        found |= ACK_LOST_SEGMENT
+                    peer.dups = 0
+                    peer.stalled = True
+
+        end = (seq + seglen) & M32
+        if (seglen or flags & (SYN | FIN)) and not found & KEEP_ALIVE:
+            acked = peer.ack
+            if seglen and acked and (acked - end + HALF) & M32 >= HALF:
+                found |= SPURIOUS_RETRANSMISSION
+            elif nxt and off < 0 and not (off == -1 and seglen > 1):
+                if (peer.stalled or peer.dups >= 2) and acked == seq and \
+                        -TIME_SLACK < ts - peer.ack_ts < FAST_RETRANSMISSION_WITHIN - TIME_SLACK:
+                    found |= FAST_RETRANSMISSION
+                elif -TIME_SLACK < ts - me.nxt_ts < (self.rtt or OUT_OF_ORDER_WITHIN) - TIME_SLACK \
+                        and (end + (1 if flags & (SYN | FIN) else 0)) & M32 != nxt:
+                    found |= OUT_OF_ORDER
+                else:
+                    found |= RETRANSMISSION
+
+        if seglen or flags & (SYN | FIN):
+            # tshark remembers at most MAX_WAITING segments awaiting an ACK per side; past
+            # that (a one-way capture) a SYN or FIN no longer counts in the next sequence
+            waiting = me.waiting
+            if len(waiting) >= 32:
+                _forget_acked(waiting, peer.ack)
+            if len(waiting) < MAX_WAITING:
+                if flags & (SYN | FIN):
+                    end = (end + 1) & M32
+                waiting.append(end)
+        if not probe:
+            if not nxt or (nxt - end + HALF) & M32 < HALF:
+                me.nxt = nxt = end
+                me.nxt_ts = ts
+            if not me.to_ack or seq == me.to_ack:
+                me.to_ack = nxt
+        me.window = window
+        me.ack = ack
+        me.ack_ts = ts
+        me.last = found
+
+        # the handshake: window scaling in use or not, and its round-trip time
+        if wscale >= 0:
+            me.scale = wscale
+        if flags & SYN:
+            me.handshaking = True
+            if not flags & ACK:
+                self.syn_ts = ts
+            if me.scale is None:                      # no scale option: none either way
+                me.scale = peer.scale = SCALING_OFF
+            elif flags & ACK and peer.scale == SCALING_OFF:
+                me.scale = SCALING_OFF
+        elif flags & ACK and (me.handshaking or (self.syn_ts and not self.rtt)):
+            me.handshaking = False
+            if self.syn_ts and not self.rtt:
+                self.rtt = ts - self.syn_ts
+        return found
+
+
 class TcpAnalyzer:
     """Sequence analysis alone (no reassembly): feed Segments in capture order.
 
-    Conversations follow Wireshark's rules: keyed by the unordered 4-tuple, and a SYN with a
-    new ISN on a known 4-tuple starts a new one. `feed` returns the segment's flags;
-    `counts` totals them per filter name, `per_packet` keeps (index, flags) of flagged
-    segments when `keep=True`.
+    Connections are keyed by their 4-tuple either way round; a SYN with a new initial
+    sequence number on a known 4-tuple starts a new one (as tshark numbers `tcp.stream`).
+    `feed` returns the segment's flags; `counts` totals them per filter name, and
+    `per_packet` keeps (index, flags) of flagged segments when `keep=True`.
     """
 
     def __init__(self, keep: bool = False) -> None:
-        self._convs: dict = {}
+        self._by_tuple: dict[tuple, tuple[Connection, bool]] = {}
         self.counts = Counts()
         self.keep = keep
         self.per_packet: list[tuple[int, int]] = []
@@ -362,75 +367,27 @@ class TcpAnalyzer:
 
     def feed(self, seg) -> int:
         key = (seg.src, seg.sport, seg.dst, seg.dport)
-        ent = self._convs.get(key)
-        flags = seg.flags
-        ta = 0
-        if ent is not None:
-            conv, f, r = ent
-            new, ta = syn_check(f, seg.seq, flags)
-            if new:
-                ent = None
-        if ent is None:
-            conv, f, r = ConvState(), DirState(), DirState()
-            self._convs[key] = (conv, f, r)
-            self._convs[(seg.dst, seg.dport, seg.src, seg.sport)] = (conv, r, f)
+        known = self._by_tuple.get(key)
+        extra = 0
+        if known is not None and seg.flags & SYN and known[0].opens_new(known[1], seg.seq,
+                                                                         seg.flags):
+            known = None
+            extra = REUSED_PORTS
+        if known is None:
+            known = (Connection(), True)
+            self._by_tuple[key] = known
+            self._by_tuple[(seg.dst, seg.dport, seg.src, seg.sport)] = (known[0], False)
             self.conversations += 1
-        ta = analyze_segment(conv, f, r, seg.index, seg.ts, seg.seq, seg.ack, seg.seglen,
-                             flags, seg.window, ta)
-        after_segment(conv, f, r, seg.ts, flags, seg.wscale)
-        if ta:
-            self.counts.add(ta)
+        conn, from_a = known
+        flags = conn.segment(from_a, seg.ts, seg.seq, seg.ack, seg.seglen, seg.flags,
+                             seg.window, seg.wscale) | extra
+        if flags:
+            self.counts.add(flags)
             if self.keep:
-                self.per_packet.append((seg.index, ta))
-        return ta
+                self.per_packet.append((seg.index, flags))
+        return flags
 
     def feed_all(self, segments: Iterable) -> "TcpAnalyzer":
         for s in segments:
             self.feed(s)
         return self
-
-
-def analyze_file(path) -> dict:
-    """`tcp.analysis.*` counts of a capture file (flows and reassembly left out)."""
-    from .packets import Segment, decode, read_capture
-    a = TcpAnalyzer()
-    cap = read_capture(path)
-    for pkt in cap:
-        s = decode(pkt)
-        if type(s) is Segment:
-            a.feed(s)
-    return dict(a.counts)
-
-
-def describe(flags: int) -> Optional[str]:
-    """Wireshark's Info column prefix for the flags, e.g. "[TCP Retransmission]"."""
-    labels = []
-    if flags & RETRANSMISSION:
-        labels.append("TCP Retransmission")
-    if flags & FAST_RETRANSMISSION:
-        labels.append("TCP Fast Retransmission")
-    if flags & SPURIOUS_RETRANSMISSION:
-        labels.append("TCP Spurious Retransmission")
-    if flags & OUT_OF_ORDER:
-        labels.append("TCP Out-Of-Order")
-    if flags & LOST_SEGMENT:
-        labels.append("TCP Previous segment not captured")
-    if flags & ACK_LOST_SEGMENT:
-        labels.append("TCP ACKed unseen segment")
-    if flags & WINDOW_UPDATE:
-        labels.append("TCP Window Update")
-    if flags & WINDOW_FULL:
-        labels.append("TCP Window Full")
-    if flags & KEEP_ALIVE:
-        labels.append("TCP Keep-Alive")
-    if flags & KEEP_ALIVE_ACK:
-        labels.append("TCP Keep-Alive ACK")
-    if flags & DUPLICATE_ACK:
-        labels.append("TCP Dup ACK")
-    if flags & ZERO_WINDOW_PROBE:
-        labels.append("TCP ZeroWindowProbe")
-    if flags & ZERO_WINDOW:
-        labels.append("TCP ZeroWindow")
-    if flags & ZERO_WINDOW_PROBE_ACK:
-        labels.append("TCP ZeroWindowProbeAck")
-    return " ".join(f"[{x}]" for x in labels) or None

@@ -2,7 +2,8 @@
 
 Every scenario is a list of (Segment, expected filter names); `build(name)` renumbers the
 segments 1..n (frame numbers, as if written to a file). The expectations were written from
-Wireshark's rules; the tshark agreement test also runs tshark over each one written as pcap.
+the flags' descriptions in the Wireshark User's Guide; the tshark agreement test also runs
+tshark over each one written as pcap.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Wireshark's tcp.analysis rules on hand-made segment sequences."""
+"""The tcp.analysis flags on hand-made segment sequences (what tshark gives each one)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from testbed.capture.flows import FlowTable
 from testbed.capture.tcp_analysis import (FILTERS, TcpAnalyzer, describe, filter_names,
                                           names)
 
-from .builders import Conn
+from .builders import ACK, FIN, Conn
 from .scenarios import SCENARIOS, build
 
 
@@ -113,21 +113,37 @@ def test_counts_by_filter():
     assert a.counts["zero_window"] == 0 and a.conversations == 1
 
 
-def test_unacked_list_is_bounded():
-    """A one-way capture (no ACKs seen) keeps at most 10,000 unacked segments, as Wireshark."""
+def test_one_way_capture_stops_counting_fins_after_10000_waiting_segments():
+    """A side with 10,000 segments nobody acknowledged (a one-way capture): its FIN no longer
+    moves the expected sequence number, so the FIN sent again is not a retransmission and
+    the data after it is "previous segment not captured" (tshark 4.0 does the same)."""
+    c = Conn(step=0.0001)
+    segs = c.handshake() + [c.c(b"x" * 10) for _ in range(ta.MAX_WAITING + 50)]
+    fin = c.c(flags=FIN | ACK)
+    segs += [fin, fin._replace(ts=fin.ts + 0.5), c.c(b"y" * 10, ts=fin.ts + 0.6)]
+    segs = [s._replace(index=i + 1) for i, s in enumerate(segs)]
+    _, got = analyse(segs)
+    n = len(segs)
+    assert {k: v for k, v in got.items() if k > n - 3} == {n: {"lost_segment"}}
+    # with an ACK now and then the FIN counts: sent again, it is a retransmission
     c = Conn(step=0.0001)
     segs = c.handshake()
-    segs += [c.c(b"x") for _ in range(10_050)]
-    a = TcpAnalyzer()
-    a.feed_all(segs)
-    (conv, f, r) = a._convs[(segs[0].src, segs[0].sport, segs[0].dst, segs[0].dport)]
-    assert len(f.unacked) == ta.MAX_UNACKED
+    for i in range(ta.MAX_WAITING + 50):
+        segs.append(c.c(b"x" * 10))
+        if i % 1000 == 999:
+            segs.append(c.s())
+    fin = c.c(flags=FIN | ACK)
+    segs += [fin, fin._replace(ts=fin.ts + 0.5), c.c(b"y" * 10, ts=fin.ts + 0.6)]
+    segs = [s._replace(index=i + 1) for i, s in enumerate(segs)]
+    _, got = analyse(segs)
+    n = len(segs)
+    assert {k: v for k, v in got.items() if k > n - 3} == {n - 1: {"retransmission"}}
 
 
-def test_unsigned_dupack_marker_makes_a_fast_retransmission():
-    """After an "ACKed unseen segment" the other side's dupack counter holds Wireshark's -1
-    marker; being a guint32 it passes the ">= 2 duplicate ACKs" test of a fast
-    retransmission (tshark 4.0 flags exactly this)."""
+def test_a_stalled_sender_counts_as_having_sent_duplicate_acks():
+    """Once one side acknowledges data of the other that was never captured while that
+    other side sends nothing new, its retransmission at the ACKed number within 20 ms is a
+    fast retransmission, without any duplicate ACK seen (tshark 4.0 flags exactly this)."""
     c = Conn(step=0.001)
     hs = c.handshake()
     s1 = c.s(b"s" * 50)

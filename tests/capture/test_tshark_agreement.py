@@ -106,11 +106,27 @@ def test_scenario_against_tshark(tmp_path, name):
 
 @pytest.mark.parametrize("seed", [0, 4, 9, 17])
 def test_adversarial_sequences(tmp_path, seed):
-    """Hostile random sequences (these seeds once found a difference: Wireshark's dupack
-    counter is unsigned, so its -1 marker counts as >= 2 duplicate ACKs)."""
+    """Hostile random sequences (these seeds once found a difference: after an ACK of data
+    never captured, tshark counts the stalled sender as having sent enough duplicate ACKs
+    for a fast retransmission)."""
     p = tmp_path / f"adv{seed}.pcap"
     p.write_bytes(segments_pcap(adversarial(seed)))
     check_against_tshark(p)
+
+
+def test_one_way_capture(tmp_path):
+    """Only one direction captured, past the 10,000 segments tshark keeps waiting for an
+    ACK: its FIN, the FIN again and the data after it get tshark's flags."""
+    from .builders import ACK, FIN, Conn
+    c = Conn(step=0.0001)
+    segs = c.handshake() + [c.c(b"x" * 10) for _ in range(10_050)]
+    fin = c.c(flags=FIN | ACK)
+    segs += [fin, fin._replace(ts=fin.ts + 0.5), c.c(b"y" * 10, ts=fin.ts + 0.6),
+             c.s(ts=fin.ts + 0.7)]
+    p = tmp_path / "one-way.pcap"
+    p.write_bytes(segments_pcap([s._replace(index=i + 1) for i, s in enumerate(segs)]))
+    rows = check_against_tshark(p)
+    assert rows["lost_segment"] == {"tshark": 1, "ours": 1}
 
 
 # ============================================================================ synthetic

@@ -19,7 +19,7 @@ REQUIRED = ["retransmission", "fast_retransmission", "duplicate_ack", "zero_wind
             "keep_alive", "out_of_order", "lost_segment"]
 ALL = REQUIRED + [f for f in FILTERS if f not in REQUIRED]
 
-# Expert info messages of packet-tcp.c (4.0) -> the filter each one makes match.
+# Expert info messages tshark 4.0 prints -> the filter each one makes match.
 MESSAGES = {
     "This frame is a (suspected) retransmission": "retransmission",
     "This frame is a (suspected) fast retransmission": "fast_retransmission",
