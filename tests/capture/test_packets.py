@@ -20,8 +20,7 @@ from testbed.capture.packets import (CaptureError, Datagram, Packet, Segment, de
 from .builders import (ACK, PSH, SYN, custom_block, epb, ether, idb, ipv4, ipv6, isb, pb,
                        pcap_bytes, shb, spb, tcp_frame, tcp_header, udp_frame, udp_header)
 
-REAL = Path(__file__).resolve().parents[3] / "shared" / "captures" / "real"
-REAL_FILES = sorted(p for p in REAL.glob("*.pcap*")) if REAL.is_dir() else []
+from .real import REAL, REAL_FILES
 
 F1 = tcp_frame(seq=1, flags=SYN, ack=0)
 F2 = tcp_frame(src="198.18.0.2", dst="198.18.0.1", sport=80, dport=40000, seq=7, ack=2,
@@ -323,6 +322,7 @@ def test_fuzz_decode_never_raises(linktype, data, origlen):
 def test_fuzz_bitflips_of_every_real_capture(tmp_path):
     """A deterministic sweep besides hypothesis: 40 random corruptions of each real file."""
     rnd = random.Random(4)
+    assert len(REAL_FILES) >= 4, REAL
     for path in REAL_FILES:
         raw = path.read_bytes()
         for _ in range(40):
@@ -433,6 +433,7 @@ def test_decode_tcp_options():
 
 def test_decode_real_captures_match_dpkt():
     dpkt = pytest.importorskip("dpkt")
+    assert len(REAL_FILES) >= 4, REAL
     for path in REAL_FILES:
         for pk in read_capture(path):
             item = decode(pk)
@@ -451,8 +452,6 @@ def test_decode_real_captures_match_dpkt():
 
 
 def test_real_captures_read_cleanly():
-    if not REAL_FILES:
-        pytest.skip(f"no real captures in {REAL}")
     counts = {}
     for path in REAL_FILES:
         cap, pkts = read_all(path)

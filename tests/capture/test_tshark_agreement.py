@@ -1,8 +1,9 @@
 """Our reader, flows and tcp.analysis against tshark (run at test time), frame by frame.
 
-Files: every real capture in ../shared/captures/real, every hand-made scenario written as
-pcap, a synthetic capture of many flows, and fresh captures of real loss made here with two
-network namespaces, a veth pair, an nftables drop rule and tcpdump.
+Files: every real capture in tests/data/real (and ../shared/captures/real when present),
+every hand-made scenario written as pcap, a synthetic capture of many flows, a one-way
+capture, and fresh captures of real loss made here with two network namespaces, a veth
+pair, an nftables drop rule and tcpdump.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from .tshark import (ALL, REQUIRED, Ours, Reference, available, count_table, dif
 
 pytestmark = pytest.mark.skipif(not available(), reason="tshark is not installed")
 
-REAL = Path(__file__).resolve().parents[3] / "shared" / "captures" / "real"
-REAL_FILES = sorted(REAL.glob("*.pcap*")) if REAL.is_dir() else []
+from .real import REAL_FILES
 
 
 def check_against_tshark(path, *, follow: int = 0, literal_filters: bool = False) -> dict:
@@ -85,8 +85,6 @@ def test_real_capture(path):
 
 
 def test_real_captures_present():
-    if not REAL_FILES:
-        pytest.skip(f"no real captures in {REAL}")
     assert {p.name for p in REAL_FILES} >= {"citizenlab-wechat-android-2023.pcap",
                                            "ndpi-wechat-web-2017.pcap",
                                            "dns-multiple-a.pcapng", "http-get.pcapng"}

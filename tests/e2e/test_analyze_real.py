@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import pytest
 
 from testbed.capture.analyze import analyze
 from testbed.cli import main
 
-from ..conftest import SHARED
-
-REAL = SHARED / "captures" / "real"
-pytestmark = pytest.mark.skipif(not REAL.exists(), reason="../shared/captures/real is absent")
+from ..capture.real import REAL
 
 
 def test_citizenlab_android_2023():
