@@ -17,11 +17,13 @@ from .dissect import HttpStream, LongLinkStream, TlsStream, classify, dns_events
 from .events import Event
 from .flows import FlowTable
 from .packets import Datagram, Segment, decode, read_capture
-from .tcp_analysis import KEEP_ALIVE
+from .tcp_analysis import DUPLICATE_ACK, KEEP_ALIVE
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 SMALL_MESSAGE = 64          # bytes: a client burst this small may be a heartbeat
 LONG_LIVED_S = 60.0         # protocol seconds: a connection that lived this long is long
+PROBE_SILENCE_S = 1.0       # protocol seconds of silence before an empty ACK that is a probe
+TLS_APPLICATION_DATA = 23
 
 
 @dataclass
@@ -36,11 +38,13 @@ class FlowInfo:
     head_dir: str = "c2s"
     stream: Any = None
     host: str = ""
-    exchanges: int = 0
+    exchanges: int = 0          # client bursts of stream bytes
     last_dir: str = ""
+    tls_asked: bool = False     # TLS: client application data not answered yet
+    tls_exchanges: int = 0      # TLS: client application data answered by the server's
     small_client_ts: list[float] = field(default_factory=list)
     noop_ts: list[float] = field(default_factory=list)
-    keepalive_ts: list[float] = field(default_factory=list)
+    probe_ts: list[float] = field(default_factory=list)   # keep-alives, idle empty ACKs
     needles: set = field(default_factory=set)
     tails: dict = field(default_factory=lambda: {"c2s": b"", "s2c": b""})
     burst: int = 0
@@ -127,7 +131,7 @@ class Analyzer:
         self.table = FlowTable(on_data=self._on_data, on_flow_end=self._on_flow_end,
                                on_analysis=self._on_analysis)
         self._handshakes: dict[tuple, dict] = {}
-        self._data_segments: dict[tuple, int] = {}   # directed 4-tuple -> segments with data
+        self._ended: list[tuple] = []        # (flow, what its dissection found), by end
         self._cur_index = 0
         self._cur_dir = "c2s"
 
@@ -144,6 +148,12 @@ class Analyzer:
                 ev.HTTP_RESPONSE,) else "c2s")
             if kind == ev.FRAME or kind == ev.TLS_RECORD:
                 direction = self._cur_dir
+            if kind == ev.TLS_RECORD and fields.get("content_type") == TLS_APPLICATION_DATA:
+                if direction == "c2s":
+                    info.tls_asked = True
+                elif info.tls_asked:
+                    info.tls_asked = False
+                    info.tls_exchanges += 1
             if kind == ev.TLS_CLIENT_HELLO and fields.get("sni"):
                 info.host = info.host or fields["sni"]
             if kind == ev.HTTP_REQUEST and fields.get("host"):
@@ -208,45 +218,59 @@ class Analyzer:
         if isinstance(info.stream, HttpStream):
             self._cur_dir = "s2c"
             info.stream.close()
-        self.result.flows.append(self._row(flow, info))
+        # the flow's packet counts can still grow (its last ACK): the row is made at finish
+        self._ended.append((flow, self._dissected(flow, info)))
         for needle in info.needles:
             self.result.needles_seen.setdefault(needle.decode("utf-8", "replace"), []).append(
                 {"flow": flow.id, "app": info.app, "host": info.host})
         del self.info[flow.id]
 
-    def _row(self, flow, info: FlowInfo) -> dict:
+    def _dissected(self, flow, info: FlowInfo) -> dict:
+        """What the dissection of a flow found, once its stream has ended."""
         app = info.app or ("unknown" if (flow.bytes_c2s or flow.bytes_s2c) else "none")
         stream = info.stream
+        if app == "tls":
+            exchanges = info.tls_exchanges          # the handshake is not an exchange
+        else:
+            exchanges = info.exchanges
         requests = getattr(stream, "requests", 0) if stream is not None else 0
         if app in ("unknown", "tls", "none"):
-            requests = info.exchanges
+            requests = exchanges
+        if app == "longlink":
+            beats = info.noop_ts
+        else:
+            beats = sorted(info.small_client_ts + info.probe_ts)
+        hb = _regular_interval(beats)
+        return {"app": app, "host": info.host, "requests": requests, "exchanges": exchanges,
+                "heartbeat_s": None if hb is None else round(hb * self.time_scale, 3),
+                "violation": getattr(stream, "violation", None)}
+
+    def _row(self, flow, found: dict) -> dict:
         lived = (flow.last_ts - flow.first_ts) * self.time_scale
         # a FIN from one side is a close by FIN, even if the capture ends before the other's
         closed = flow.closed_by or ("fin" if (flow.fin_c2s_ts or flow.fin_s2c_ts) else None)
-        if app == "longlink" or info.exchanges >= 3 or lived >= LONG_LIVED_S:
+        exchanges = found["exchanges"]
+        if found["app"] == "longlink" or found["heartbeat_s"] is not None or exchanges >= 3 \
+                or (exchanges and lived >= LONG_LIVED_S):
             kind = "long"
-        elif closed is not None and info.exchanges <= 1:
+        elif exchanges == 1 and closed is not None:
             kind = "short"
         else:
-            kind = "other"
-        beats = info.noop_ts if app == "longlink" else sorted(info.small_client_ts +
-                                                              info.keepalive_ts)
-        hb = _regular_interval(beats)
+            kind = "other"          # nothing exchanged (a raced connection reset), 2, unclosed
         return {
             "id": flow.id, "client": f"{flow.client[0]}:{flow.client[1]}",
             "server": f"{flow.server[0]}:{flow.server[1]}",
-            "host": info.host or self.ip_names.get(flow.server[0], ""), "app": app,
-            "kind": kind, "requests": requests, "closed_by": closed,
+            "host": found["host"] or self.ip_names.get(flow.server[0], ""),
+            "app": found["app"], "kind": kind, "requests": found["requests"],
+            "closed_by": closed,
             "packets_c2s": flow.packets_c2s, "packets_s2c": flow.packets_s2c,
             "bytes_c2s": flow.bytes_c2s, "bytes_s2c": flow.bytes_s2c,
             "start": flow.first_ts, "end": flow.last_ts,
-            "heartbeat_s": None if hb is None else round(hb * self.time_scale, 3),
-            "data_segments_c2s": self._data_segments.pop(
-                (*flow.client, *flow.server), 0),
-            "data_segments_s2c": self._data_segments.pop(
-                (*flow.server, *flow.client), 0),
-            "violation": getattr(stream, "violation", None),
-            "tcp": dict(flow.analysis) if getattr(flow, "analysis", None) else {},
+            "heartbeat_s": found["heartbeat_s"],
+            "data_segments_c2s": flow.data_segments_c2s,
+            "data_segments_s2c": flow.data_segments_s2c,
+            "violation": found["violation"],
+            "tcp": dict(flow.analysis),
         }
 
     # ---------------------------------------------------------------- packets
@@ -264,9 +288,6 @@ class Analyzer:
             return
         self._cur_index = pkt.index
         if type(item) is Segment:
-            if item.payload:
-                k = (item.src, item.sport, item.dst, item.dport)
-                self._data_segments[k] = self._data_segments.get(k, 0) + 1
             self.table.feed(item)
             if item.flags & (SYN | FIN | RST) or self._handshakes:
                 self._control(item)
@@ -276,8 +297,12 @@ class Analyzer:
                 self._dns(item)
 
     def _on_analysis(self, flow, seg, flags: int) -> None:
-        if flags & KEEP_ALIVE and (seg.src, seg.sport) == tuple(flow.client):
-            self._flow_info(flow).keepalive_ts.append(seg.ts)
+        # A client's keep-alive, or its empty ACK after a silence that acknowledges nothing
+        # new (a duplicate ACK): a heartbeat made of TCP alone.
+        if flags & (KEEP_ALIVE | DUPLICATE_ACK) and not flow.ended \
+                and flow.quiet_s * self.time_scale >= PROBE_SILENCE_S \
+                and seg.sport == flow.client[1] and seg.src == flow.client[0]:
+            self._flow_info(flow).probe_ts.append(seg.ts)
 
     def _lookup(self, s: Segment):
         # FlowTable keys its flows by the directed 4-tuple
@@ -339,6 +364,7 @@ class Analyzer:
     def finish(self) -> Analysis:
         self.table.close()
         r = self.result
+        r.flows = [self._row(flow, found) for flow, found in self._ended]
         r.tcp = self.table.totals()
         r.udp = [u.summary() for u in self.table.udp.values()]
         r.flows.sort(key=lambda f: (f["start"], f["id"]))

@@ -184,6 +184,24 @@ def ref_conversations(ref: Reference) -> list[tuple]:
     return sorted((tuple(sorted([a, b])), ab + ba) for a, b, ab, ba in ref.conversations)
 
 
+def per_direction(rows) -> dict:
+    """(sender, receiver) -> packets, from analyze's flow rows."""
+    out = {}
+    for r in rows:
+        out[(r["client"], r["server"])] = r["packets_c2s"]
+        out[(r["server"], r["client"])] = r["packets_s2c"]
+    return out
+
+
+def tshark_per_direction(ref) -> dict:
+    """(sender, receiver) -> frames, from `tshark -z conv,tcp`."""
+    out = {}
+    for (a_ip, a_port), (b_ip, b_port), ab, ba in ref.conversations:
+        out[(f"{a_ip}:{a_port}", f"{b_ip}:{b_port}")] = ab
+        out[(f"{b_ip}:{b_port}", f"{a_ip}:{a_port}")] = ba
+    return out
+
+
 _MARKER = re.compile(rb"\[(\d+) bytes missing in capture file\]\x00?")
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
 
 from testbed.capture.analyze import analyze
 from testbed.cli import main
 
-from ..capture.real import REAL
+from ..capture.real import REAL, REAL_FILES
+from ..capture.tshark import Reference, available, per_direction, tshark_per_direction
 
 
 def test_citizenlab_android_2023():
@@ -27,14 +29,22 @@ def test_citizenlab_android_2023():
              and e.host == "sgshort.wechat.com"]
     assert sum(e.get("uri", "").startswith("/mmtls/") for e in posts) == 24
     assert all(f["heartbeat_s"] is None for f in a.flows)   # none within 26 s
+    # the raced connection on port 80, reset before any request, exchanged nothing
+    (raced,) = [f for f in a.flows if f["server"].endswith(":80") and f["closed_by"] == "rst"]
+    assert (raced["kind"], raced["app"], raced["requests"]) == ("other", "none", 0)
+    assert all(f["kind"] == "other" for f in a.flows if f["closed_by"] == "rst")
 
 
 def test_ndpi_wechat_web_2017_keepalive_and_dns():
     a = analyze(str(REAL / "ndpi-wechat-web-2017.pcap"))
     assert a.packets == 1672
     assert len(a.dns["web.wechat.com"]) == 2 and len(a.dns["res.wx.qq.com"]) == 9
+    # Google's push link on port 5228 is kept alive by empty ACKs every 45 s; another
+    # connection (safebrowsing, TLS) by TCP keep-alives at the same period
+    (gcm,) = [f for f in a.flows if f["server"].endswith(":5228")]
+    assert gcm["heartbeat_s"] == pytest.approx(45.0, abs=0.5) and gcm["kind"] == "long"
     beats = [f["heartbeat_s"] for f in a.flows if f["heartbeat_s"]]
-    assert any(abs(b - 45.0) < 1 for b in beats)    # the GCM keep-alive every 45 s
+    assert len(beats) == 2 and all(abs(b - 45.0) < 0.5 for b in beats)
     assert a.tcp["retransmission"] == 82             # what tshark counts (80 are FIN retries)
     assert any(f["app"] == "tls" and f["host"] == "web.wechat.com" for f in a.flows)
 
@@ -50,6 +60,14 @@ def test_small_captures_and_the_cli(capsys):
     assert main(["analyze", str(REAL / "dns-multiple-a.pcapng"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["packets"] == 22 and doc["flows"] == [] and "google.com" in doc["dns"]
+
+
+@pytest.mark.skipif(not available(), reason="tshark is not installed")
+@pytest.mark.parametrize("path", REAL_FILES, ids=[p.name for p in REAL_FILES])
+def test_flow_packet_counts_equal_tshark_conversations(path):
+    """Every row counts what `tshark -z conv,tcp` counts, the packets after the close too."""
+    a = analyze(str(path))
+    assert per_direction(a.flows) == tshark_per_direction(Reference(path))
 
 
 def test_damaged_capture_gives_a_partial_result(tmp_path, capsys):
