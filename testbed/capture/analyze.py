@@ -8,12 +8,14 @@ caller can switch off for huge captures).
 
 from __future__ import annotations
 
+import functools
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
 from . import events as ev
 from .dissect import HttpStream, LongLinkStream, TlsStream, classify, dns_events
+from .dns_tcp import DnsOverTcp
 from .events import Event
 from .flows import FlowTable
 from .packets import Datagram, Segment, decode, read_capture
@@ -24,6 +26,7 @@ SMALL_MESSAGE = 64          # bytes: a client burst this small may be a heartbea
 LONG_LIVED_S = 60.0         # protocol seconds: a connection that lived this long is long
 PROBE_SILENCE_S = 1.0       # protocol seconds of silence before an empty ACK that is a probe
 TLS_APPLICATION_DATA = 23
+DNS_PORT = 53
 
 
 @dataclass
@@ -190,6 +193,10 @@ class Analyzer:
                 info.small_client_ts.append(ts)
         if self.needles:
             self._scan(info, direction, data)
+        if info.app is None and DNS_PORT in (info.server[1], info.client[1]):
+            # DNS has no first bytes to know it by: its port says it
+            info.app = "dns"
+            info.stream = DnsOverTcp(functools.partial(self._dns_in_flow, info))
         if info.app is None:
             info.head += data
             app = classify(bytes(info.head[:64]))
@@ -293,8 +300,9 @@ class Analyzer:
                 self._control(item)
         elif type(item) is Datagram:
             self.table.feed(item)
-            if 53 in (item.sport, item.dport) or 5353 in (item.sport, item.dport):
-                self._dns(item)
+            if DNS_PORT in (item.sport, item.dport) or 5353 in (item.sport, item.dport):
+                self._dns(item.ts, item.payload, (item.src, item.sport),
+                          (item.dst, item.dport), item.index, None)
 
     def _on_analysis(self, flow, seg, flags: int) -> None:
         # A client's keep-alive, or its empty ACK after a silence that acknowledges nothing
@@ -345,8 +353,15 @@ class Analyzer:
         self._emit(Event(s.ts, kind, flow.id, "c2s" if c2s else "s2c",
                          (s.src, s.sport), (s.dst, s.dport), host, {}, s.index))
 
-    def _dns(self, d: Datagram) -> None:
-        parsed = dns_events(d.payload)
+    def _dns_in_flow(self, info: FlowInfo, direction: str, ts: float, message: bytes) -> None:
+        src, dst = (info.client, info.server) if direction == "c2s" else \
+            (info.server, info.client)
+        self._dns(ts, message, src, dst, self._cur_index, info.id)
+
+    def _dns(self, ts: float, payload: bytes, src: tuple, dst: tuple, index: int,
+             flow: Optional[int]) -> None:
+        """A DNS message, from a UDP datagram or (with its flow) a TCP stream."""
+        parsed = dns_events(payload)
         if parsed is None:
             return
         kind, fields = parsed
@@ -358,8 +373,7 @@ class Analyzer:
                         self.result.dns[fields["name"]].append(a)
                     self.ip_names.setdefault(a, fields["name"])
         direction = "c2s" if kind == ev.DNS_QUERY else "s2c"
-        self._emit(Event(d.ts, kind, None, direction, (d.src, d.sport), (d.dst, d.dport),
-                         fields["name"], fields, d.index))
+        self._emit(Event(ts, kind, flow, direction, src, dst, fields["name"], fields, index))
 
     def finish(self) -> Analysis:
         self.table.close()

@@ -7,16 +7,22 @@ memory, never raises for damage inside the file (it stops at the damage and says
 
 Supported:
 - pcap: both byte orders, microsecond (a1b2c3d4) and nanosecond (a1b23c4d) magic, the
-  Kuznetzov/"modified" variant (a1b2cd34), any snaplen;
+  Kuznetzov/"modified" variant (a1b2cd34), any snaplen; files older than format 2.3, whose
+  records hold the original length before the captured one (as libpcap reads them: always
+  swapped before 2.3, and in 2.3 when the "captured" length is the larger);
 - pcapng: several sections (either byte order each), Interface Description Blocks with
   if_tsresol (power of 10 or of 2) and if_tsoffset, Enhanced, Simple and obsolete Packet
   Blocks, Interface Statistics Blocks (isb_ifdrop -> `Capture.drops`), section comments
   (`Capture.comments`, and `Capture.meta` = the first one that is a JSON object); any other
   block is skipped.
 
+A compressed capture (gzip, zstd, xz, bzip2, lz4) is refused with a `CaptureError` that
+says so: decompress it first.
+
 `decode(pkt)` turns a packet into a `Segment` (TCP), a `Datagram` (UDP) or None, for link
-types Ethernet (with 802.1Q/802.1ad tags), Linux cooked (SLL, SLL2), raw IP, BSD null and
-OpenBSD loop, over IPv4 (options) and IPv6 (extension headers skipped). IP fragments are
+types Ethernet (with 802.1Q VLAN tags, stacked QinQ/802.1ad ones included, and PPPoE
+session frames), Linux cooked (SLL, SLL2), raw IP, BSD null and OpenBSD loop, over IPv4
+(options) and IPv6 (extension headers skipped). IP fragments are
 skipped, the first one too: its transport header describes the whole datagram, and IP
 reassembly is not done here. It is the hot path: struct.unpack_from on the frame, no
 per-packet objects but the result tuple.
@@ -161,6 +167,10 @@ class Capture:
             self.format = "pcapng"
         elif head in _PCAP_MAGIC:
             self.format = "pcap"
+        elif _compression(head):
+            tool = _compression(head)
+            raise CaptureError(f"{self.path}: a {tool[0]}-compressed file: decompress it "
+                               f"first ({tool[1]})")
         else:
             raise CaptureError(f"{self.path}: not a pcap or pcapng file "
                                f"(magic {head.hex()})")
@@ -185,6 +195,7 @@ class Capture:
         self.nanosecond = False
         self.byte_order = ""
         self.snaplen = 0
+        self.version: Optional[tuple[int, int]] = None      # pcap format version
         self.linktype: Optional[int] = None
         self._last_ts = 0.0
 
@@ -257,8 +268,12 @@ class Capture:
         endian, nano, modified = _PCAP_MAGIC[magic]
         self.byte_order = "little" if endian == "<" else "big"
         self.nanosecond = nano
-        _vmaj, _vmin, _zone, _sigfigs, snaplen, network = struct.unpack_from(
+        vmaj, vmin, _zone, _sigfigs, snaplen, network = struct.unpack_from(
             endian + "HHiIII", hdr, 4)
+        self.version = (vmaj, vmin)
+        # Before format 2.3 a record held the original length first: always swap them
+        # back; 2.3 files were written both ways, so swap only where "captured" > "original".
+        swapped = 2 if (vmaj, vmin) < (2, 3) else 1 if (vmaj, vmin) == (2, 3) else 0
         linktype = network & 0xFFFF
         self.snaplen = snaplen
         self.linktype = linktype
@@ -289,6 +304,8 @@ class Capture:
                 pos = 0
                 continue
             sec, frac, caplen, origlen = unpack(buf, pos)
+            if swapped and (swapped == 2 or caplen > origlen):
+                caplen, origlen = origlen, caplen
             if caplen > limit:
                 self._fail(f"corrupt packet record at byte {base + pos} (packet {index + 1}):"
                            f" captured length {caplen} exceeds the maximum {limit}")
@@ -503,6 +520,23 @@ _PCAP_MAGIC = {
     b"\xa1\xb2\xcd\x34": (">", False, True),
 }
 
+# first bytes of compressed files -> (what, how to decompress)
+_COMPRESSED = (
+    (b"\x1f\x8b", ("gzip", "gunzip FILE")),
+    (b"\x28\xb5\x2f\xfd", ("zstd", "zstd -d FILE")),
+    (b"\xfd\x37\x7a\x58", ("xz", "unxz FILE")),
+    (b"\x42\x5a\x68", ("bzip2", "bunzip2 FILE")),
+    (b"\x04\x22\x4d\x18", ("lz4", "lz4 -d FILE")),
+)
+
+
+def _compression(head: bytes) -> Optional[tuple[str, str]]:
+    for magic, what in _COMPRESSED:
+        if head.startswith(magic):
+            return what
+    return None
+
+
 _ISB_OPTS = {2: "starttime", 3: "endtime", 4: "ifrecv", 5: "ifdrop", 6: "filteraccept",
              7: "osdrop", 8: "usrdeliv"}
 
@@ -618,6 +652,8 @@ def decode(pkt, *, _fast=_FAST, _a4=_A4.get, _new=_new, _seg=Segment, _tsopt=_TS
                 return None
             et = (data[off + 2] << 8) | data[off + 3]
             off += 4
+        if et == 0x8864:                                  # PPPoE session: PPP inside
+            et, off = _pppoe(data, off)
     elif lt == 113:                                       # Linux cooked (SLL)
         if len(data) < 16:
             return None
@@ -641,6 +677,21 @@ def decode(pkt, *, _fast=_FAST, _a4=_A4.get, _new=_new, _seg=Segment, _tsopt=_TS
     if et == 0x86DD:
         return _ipv6(index, ts, data, off, origlen)
     return None
+
+
+def _pppoe(data: bytes, off: int) -> tuple[int, int]:
+    """(ethertype of the PPP payload, its offset) in a PPPoE session frame; 0 if not IP.
+
+    RFC 2516: version/type 0x11, code 0, session id, length, then the PPP protocol field,
+    two bytes, or one where it was compressed (an odd first byte): 0x21 IPv4, 0x57 IPv6.
+    """
+    if len(data) < off + 8 or data[off] != 0x11 or data[off + 1] != 0:
+        return 0, off
+    if data[off + 6] & 1:
+        proto, off = data[off + 6], off + 7
+    else:
+        proto, off = (data[off + 6] << 8) | data[off + 7], off + 8
+    return (0x0800 if proto == 0x21 else 0x86DD if proto == 0x57 else 0), off
 
 
 def _version_to_ethertype(data: bytes, off: int) -> int:

@@ -51,9 +51,21 @@ def ipv6(src: str, dst: str, nh: int, body: bytes, ext: Sequence[tuple[int, byte
                        ipaddress.IPv6Address(dst).packed) + chain + body
 
 
-def ether(ip: bytes, ethertype: int = 0x0800, vlans: Sequence[int] = ()) -> bytes:
-    tags = b"".join(struct.pack("!HH", 0x8100, v) for v in vlans)
+def ether(ip: bytes, ethertype: int = 0x0800, vlans: Sequence = ()) -> bytes:
+    """An Ethernet II frame; `vlans`: tags outermost first, each a VLAN id (802.1Q, TPID
+    0x8100) or a (TPID, VLAN id) pair (0x88a8 for an 802.1ad service tag)."""
+    tags = b"".join(struct.pack("!HH", *(v if isinstance(v, tuple) else (0x8100, v)))
+                    for v in vlans)
     return MAC_B + MAC_A + tags + struct.pack("!H", ethertype) + ip
+
+
+def pppoe(ip: bytes, session: int = 0x1234, protocol: Optional[int] = None,
+          compressed: bool = False) -> bytes:
+    """A PPPoE session payload (RFC 2516) carrying an IP packet, for ethertype 0x8864."""
+    if protocol is None:
+        protocol = 0x21 if ip[0] >> 4 == 4 else 0x57
+    field = bytes([protocol]) if compressed else struct.pack("!H", protocol)
+    return struct.pack("!BBHH", 0x11, 0, session, len(field) + len(ip)) + field + ip
 
 
 def tcp_frame(src="198.18.0.1", dst="198.18.0.2", sport=40000, dport=80, seq=1000, ack=0,
@@ -71,16 +83,19 @@ def udp_frame(src="198.18.0.1", dst="198.18.0.2", sport=5353, dport=53, payload=
 
 # ----------------------------------------------------------------------------- files
 def pcap_bytes(frames: Iterable, *, endian: str = "<", nano: bool = False, linktype: int = 1,
-               snaplen: int = 262144, modified: bool = False) -> bytes:
-    """frames: (ts, data) or (ts, data, origlen)."""
+               snaplen: int = 262144, modified: bool = False, version=(2, 4),
+               lengths_swapped: bool = False) -> bytes:
+    """frames: (ts, data) or (ts, data, origlen). `lengths_swapped` writes each record's
+    original length before its captured one (as writers before format 2.3 did)."""
     magic = 0xA1B23C4D if nano else (0xA1B2CD34 if modified else 0xA1B2C3D4)
-    out = bytearray(struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
+    out = bytearray(struct.pack(endian + "IHHiIII", magic, *version, 0, 0, snaplen, linktype))
     for fr in frames:
         ts, data = fr[0], fr[1]
         orig = fr[2] if len(fr) > 2 else len(data)
         sec = int(ts)
         frac = round((ts - sec) * (1e9 if nano else 1e6))
-        out += struct.pack(endian + "IIII", sec, frac, len(data), orig)
+        lengths = (orig, len(data)) if lengths_swapped else (len(data), orig)
+        out += struct.pack(endian + "IIII", sec, frac, *lengths)
         if modified:
             out += struct.pack(endian + "IHBx", 0, 0, 0)
         out += data
@@ -212,18 +227,30 @@ class Conn:
         return [self.c(flags=SYN, ack=0), self.s(flags=SYN | ACK), self.c()]
 
 
-def segment_to_frame(s: Segment) -> bytes:
-    """An Ethernet/IPv4 frame for a Segment (for writing hand-made sequences to pcap)."""
+def segment_ip(s: Segment) -> bytes:
+    """The IPv4 packet of a Segment."""
     opts = b""
     if s.wscale >= 0:
         opts = b"\x01\x03\x03" + bytes([s.wscale])
-    return ether(ipv4(s.src, s.dst, 6,
-                      tcp_header(s.sport, s.dport, s.seq, s.ack, s.flags, s.window, opts)
-                      + s.payload))
+    return ipv4(s.src, s.dst, 6,
+                tcp_header(s.sport, s.dport, s.seq, s.ack, s.flags, s.window, opts) + s.payload)
 
 
-def segments_pcap(segments: Iterable) -> bytes:
-    return pcap_bytes((s.ts, segment_to_frame(s)) for s in segments)
+def segment_to_frame(s: Segment) -> bytes:
+    """An Ethernet/IPv4 frame for a Segment (for writing hand-made sequences to pcap)."""
+    return ether(segment_ip(s))
+
+
+def segments_pcap(segments: Iterable, frame=segment_to_frame, snaplen: int = 0,
+                  **pcap_options) -> bytes:
+    """A pcap of Segments, each made a frame by `frame` (cut to `snaplen` when given)."""
+    out = []
+    for s in segments:
+        f = frame(s)
+        out.append((s.ts, f[:snaplen], len(f)) if snaplen else (s.ts, f))
+    if snaplen:
+        pcap_options["snaplen"] = snaplen
+    return pcap_bytes(out, **pcap_options)
 
 
 def datagram(index=1, ts=1.0, src="198.18.0.1", sport=5353, dst="198.18.0.2", dport=53,

@@ -160,3 +160,73 @@ def test_the_row_is_made_once_per_flow(tmp_path, flags):
     segs = c.handshake() + [c.c(b"a"), c.s(b"b")] + close(c) + [c.c(b"z", flags=flags)]
     a = analyze(str(write(tmp_path, segs)))
     assert len(a.flows) == (2 if flags == SYN else 1)
+
+
+# ------------------------------------------------------------------------ DNS over TCP
+def dns_message(qid: int, name: str, answers=(), cname: str = "") -> bytes:
+    import dpkt
+    msg = dpkt.dns.DNS(id=qid, qd=[dpkt.dns.DNS.Q(name=name, type=dpkt.dns.DNS_A)])
+    if answers or cname:
+        msg.op = 0x8180                               # a response, RD and RA set
+        owner = name
+        if cname:
+            msg.an.append(dpkt.dns.DNS.RR(name=name, type=dpkt.dns.DNS_CNAME, ttl=60,
+                                          cname=cname))
+            owner = cname
+        for a in answers:
+            msg.an.append(dpkt.dns.DNS.RR(name=owner, type=dpkt.dns.DNS_A, ttl=300,
+                                          rdata=bytes(int(x) for x in a.split("."))))
+    return bytes(msg)
+
+
+def framed(msg: bytes) -> bytes:
+    return struct.pack(">H", len(msg)) + msg
+
+
+def test_dns_over_tcp(tmp_path):
+    """Length-prefixed messages, split across segments and two in one segment: the
+    answers land in the `dns` section and the events carry the flow, as over UDP."""
+    q1, q2 = dns_message(1, "long.weixin.qq.com"), dns_message(2, "short.weixin.qq.com")
+    a1 = dns_message(1, "long.weixin.qq.com", ["198.18.0.11", "198.18.0.12"])
+    a2 = dns_message(2, "short.weixin.qq.com", ["198.18.0.21"], cname="s.example")
+    c = Conn(server=("198.18.0.53", 53), step=0.001)
+    segs = c.handshake()
+    segs += [c.c(framed(q1)[:1]), c.c(framed(q1)[1:9]), c.c(framed(q1)[9:] + framed(q2))]
+    both = framed(a1) + framed(a2)
+    segs += [c.s(both[:40]), c.s(both[40:])] + close(c)
+    p = write(tmp_path, segs)
+    a = analyze(str(p))
+    assert a.dns == {"long.weixin.qq.com": ["198.18.0.11", "198.18.0.12"],
+                     "short.weixin.qq.com": ["198.18.0.21"]}
+    (row,) = a.flows
+    assert (row["app"], row["requests"], row["kind"]) == ("dns", 2, "short")   # one burst
+    dns = [(e.kind, e.direction, e.flow, e.host) for e in a.events if e.kind.startswith("dns")]
+    assert dns == [("dns_query", "c2s", 0, "long.weixin.qq.com"),
+                   ("dns_query", "c2s", 0, "short.weixin.qq.com"),
+                   ("dns_answer", "s2c", 0, "long.weixin.qq.com"),
+                   ("dns_answer", "s2c", 0, "short.weixin.qq.com")]
+    answer = [e for e in a.events if e.kind == "dns_answer"][1]
+    assert answer.get("cnames") == ["s.example"] and answer.index == 8   # completed there
+    if available():
+        from .tshark import run
+        # tshark reassembles the same messages: both queries completed in frame 6, both
+        # answers in frame 8
+        out = run(["-r", str(p), "-Y", "dns", "-T", "fields", "-e", "frame.number",
+                   "-e", "dns.flags.response", "-e", "dns.qry.name", "-e", "dns.a"])
+        theirs = [line.split("\t") for line in out.splitlines()]
+        assert [(t[0], t[1]) for t in theirs] == [("6", "0,0"), ("8", "1,1")]
+        assert set(theirs[1][2].split(",")) == set(a.dns)
+        assert sorted(theirs[1][3].split(",")) == sorted(x for v in a.dns.values() for x in v)
+        assert {e.index for e in a.events if e.kind == "dns_answer"} == {8}
+        assert {e.index for e in a.events if e.kind == "dns_query"} == {6}
+
+
+def test_dns_over_tcp_bounded_and_partial(tmp_path):
+    """A message cut off by the end of the capture, and garbage, give no answer and no
+    error; a stream that is not DNS on port 53 is read as DNS and yields nothing."""
+    c = Conn(server=("198.18.0.53", 53), step=0.001)
+    segs = c.handshake() + [c.c(framed(dns_message(7, "x.example"))[:-3]),
+                            c.s(b"\xff\xff" + b"junk" * 10)]
+    a = analyze(str(write(tmp_path, segs)))
+    assert a.dns == {} and a.error is None
+    assert [e.kind for e in a.events if e.kind.startswith("dns")] == []

@@ -18,7 +18,8 @@ from testbed.capture.packets import (CaptureError, Datagram, Packet, Segment, de
                                      read_capture)
 
 from .builders import (ACK, PSH, SYN, custom_block, epb, ether, idb, ipv4, ipv6, isb, pb,
-                       pcap_bytes, shb, spb, tcp_frame, tcp_header, udp_frame, udp_header)
+                       pcap_bytes, pppoe, shb, spb, tcp_frame, tcp_header, udp_frame,
+                       udp_header)
 
 from .real import REAL, REAL_FILES
 
@@ -165,6 +166,46 @@ def test_not_a_capture(tmp_path):
         read_capture(write(tmp_path, b"\xd4\xc3", "short"))
     with pytest.raises(CaptureError):
         read_capture(tmp_path)
+
+
+@pytest.mark.parametrize("tool,compress", [
+    ("gzip", lambda b: __import__("gzip").compress(b)),
+    ("xz", lambda b: __import__("lzma").compress(b)),
+    ("bzip2", lambda b: __import__("bz2").compress(b)),
+    ("zstd", lambda b: b"\x28\xb5\x2f\xfd" + b"\x00" * 16),
+    ("lz4", lambda b: b"\x04\x22\x4d\x18" + b"\x00" * 16),
+])
+def test_compressed_captures_are_refused_saying_so(tmp_path, tool, compress):
+    p = write(tmp_path, compress(pcap_bytes(FRAMES)), f"f.pcap.{tool}")
+    with pytest.raises(CaptureError, match=f"a {tool}-compressed file: decompress it first"):
+        read_capture(p)
+
+
+# ============================================================================== old pcap
+@pytest.mark.parametrize("version", [(2, 0), (2, 1), (2, 2)])
+def test_pcap_before_2_3_has_its_lengths_swapped_back(tmp_path, version):
+    """Writers before format 2.3 put the original length first: read it the right way."""
+    frames = [(1.0, F3[:40], len(F3)), (2.0, F1, len(F1))]
+    p = write(tmp_path, pcap_bytes(frames, version=version, lengths_swapped=True, snaplen=40))
+    cap, pkts = read_all(p)
+    assert cap.error is None and cap.version == version
+    assert [(pk.data, pk.origlen) for pk in pkts] == [(F3[:40], len(F3)), (F1, len(F1))]
+
+
+def test_pcap_2_3_swaps_only_what_cannot_be_right(tmp_path):
+    """2.3 files were written both ways: a record whose "captured" length exceeds the
+    original one is swapped, the others are read as they are."""
+    frames = [(1.0, F3[:40], len(F3))]
+    swapped = write(tmp_path, pcap_bytes(frames, version=(2, 3), lengths_swapped=True),
+                    "s.pcap")
+    straight = write(tmp_path, pcap_bytes(frames, version=(2, 3)), "n.pcap")
+    for p in (swapped, straight):
+        cap, pkts = read_all(p)
+        assert cap.error is None and [(pk.data, pk.origlen) for pk in pkts] == \
+            [(F3[:40], len(F3))]
+    # from 2.4 on the fields mean what they say (a 2.4 file with them swapped is damage)
+    cap, pkts = read_all(write(tmp_path, pcap_bytes(frames, lengths_swapped=True), "b.pcap"))
+    assert cap.version == (2, 4) and (cap.error or pkts[0].data != F3[:40])
 
 
 # ============================================================================== damage
@@ -347,6 +388,11 @@ TCP_IP = ipv4("198.18.0.1", "198.18.0.2", 6,
     (1, ether(TCP_IP)),
     (1, ether(TCP_IP, vlans=[10])),
     (1, ether(TCP_IP, vlans=[10, 20])),
+    (1, ether(TCP_IP, vlans=[(0x88A8, 100), (0x8100, 20)])),           # QinQ
+    (1, ether(TCP_IP, vlans=[(0x9100, 7), (0x88A8, 100), 20])),
+    (1, ether(pppoe(TCP_IP), 0x8864)),                                  # PPPoE session
+    (1, ether(pppoe(TCP_IP, compressed=True), 0x8864)),                 # 1-byte protocol
+    (1, ether(pppoe(TCP_IP), 0x8864, vlans=[(0x88A8, 100), 20])),       # PPPoE over QinQ
     (113, b"\x00\x00\x03\x04\x00\x06" + b"\x02\x00\x00\x00\x00\x01\x00\x00" + b"\x08\x00"
      + TCP_IP),
     (276, b"\x08\x00\x00\x00" + b"\x00\x00\x00\x02" + b"\x00\x01\x00\x06"
@@ -361,6 +407,15 @@ def test_decode_link_types_ipv4(linktype, frame):
     assert (seg.src, seg.sport, seg.dst, seg.dport) == ("198.18.0.1", 40000, "198.18.0.2", 443)
     assert (seg.seq, seg.ack, seg.flags, seg.window) == (10, 20, ACK | PSH, 512)
     assert seg.payload == b"hello" and seg.seglen == 5 and seg.index == 1 and seg.ts == 1.5
+
+
+def test_decode_pppoe_other_than_ip_is_nothing():
+    assert decode(_pkt(ether(pppoe(TCP_IP, protocol=0xC021), 0x8864))) is None   # LCP
+    assert decode(_pkt(ether(b"\x11\x09\x00\x00\x00\x00", 0x8863))) is None  # discovery
+    assert decode(_pkt(ether(b"\x11\x00\x12", 0x8864))) is None                 # cut short
+    ip6 = ipv6("2001:db8::1", "2001:db8::2", 6, tcp_header(40000, 443, 10, 20, ACK))
+    seg = decode(_pkt(ether(pppoe(ip6), 0x8864)))
+    assert isinstance(seg, Segment) and seg.src == "2001:db8::1"
 
 
 def test_decode_ipv6_with_extension_headers_and_link_types():

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from .builders import segments_pcap
+from testbed.capture.packets import read_capture
+
+from .builders import ACK, FIN, Conn, ether, pppoe, segment_ip, segments_pcap
 from .scenarios import SCENARIOS, adversarial, build
 from .tshark import (ALL, REQUIRED, Ours, Reference, available, count_table, diff_flags,
-                     filter_frames, markers, ref_conversations, strip_markers)
+                     filter_frames, markers, ref_conversations, run, strip_markers)
 
 pytestmark = pytest.mark.skipif(not available(), reason="tshark is not installed")
 
@@ -115,7 +117,6 @@ def test_adversarial_sequences(tmp_path, seed):
 def test_one_way_capture(tmp_path):
     """Only one direction captured, past the 10,000 segments tshark keeps waiting for an
     ACK: its FIN, the FIN again and the data after it get tshark's flags."""
-    from .builders import ACK, FIN, Conn
     c = Conn(step=0.0001)
     segs = c.handshake() + [c.c(b"x" * 10) for _ in range(10_050)]
     fin = c.c(flags=FIN | ACK)
@@ -125,6 +126,48 @@ def test_one_way_capture(tmp_path):
     p.write_bytes(segments_pcap([s._replace(index=i + 1) for i, s in enumerate(segs)]))
     rows = check_against_tshark(p)
     assert rows["lost_segment"] == {"tshark": 1, "ours": 1}
+
+
+ENCAPSULATIONS = {
+    "vlan": lambda ip: ether(ip, vlans=[10]),
+    "qinq": lambda ip: ether(ip, vlans=[(0x88A8, 100), 20]),
+    "pppoe": lambda ip: ether(pppoe(ip), 0x8864),
+    "pppoe-over-qinq": lambda ip: ether(pppoe(ip), 0x8864, vlans=[(0x88A8, 100), 20]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENCAPSULATIONS))
+def test_vlan_and_pppoe_frames(tmp_path, name):
+    """A connection with loss and reordering in VLAN-tagged, QinQ and PPPoE frames: the
+    same flows, flags and stream bytes as tshark."""
+    wrap = ENCAPSULATIONS[name]
+    segs, _ = build("fast_retransmission_and_dup_acks")
+    c = Conn(client=("198.18.0.9", 41000), t0=segs[-1].ts + 1)
+    more = c.handshake() + [c.c(b"GET / HTTP/1.1\r\n\r\n"), c.s(b"HTTP/1.1 200 OK\r\n\r\n"),
+                            c.c(flags=FIN | ACK), c.s(flags=FIN | ACK), c.c()]
+    p = tmp_path / f"{name}.pcap"
+    p.write_bytes(segments_pcap(segs + more, frame=lambda s: wrap(segment_ip(s))))
+    rows = check_against_tshark(p, follow=2)
+    assert rows["fast_retransmission"] == {"tshark": 1, "ours": 1}
+    assert len(Ours(p).table.flows) == 2
+
+
+@pytest.mark.parametrize("version,swapped", [((2, 2), True), ((2, 3), True), ((2, 3), False)])
+def test_old_pcap_formats(tmp_path, version, swapped):
+    """Files older than format 2.3 (lengths swapped) cut by a snaplen: tshark and we read
+    the same lengths, captured and original, and give the same flags."""
+    segs, _ = build("retransmission")
+    c = Conn(client=("198.18.0.9", 41000), t0=segs[-1].ts + 1)
+    more = c.handshake() + [c.c(b"q" * 300), c.s(b"r" * 900), c.c(flags=FIN | ACK),
+                            c.s(flags=FIN | ACK), c.c()]
+    p = tmp_path / "old.pcap"
+    p.write_bytes(segments_pcap(segs + more, snaplen=200, version=version,
+                                lengths_swapped=swapped))
+    out = run(["-r", str(p), "-T", "fields", "-e", "frame.len", "-e", "frame.cap_len"])
+    theirs = [tuple(int(x) for x in line.split("\t")) for line in out.splitlines()]
+    ours = [(pk.origlen, len(pk.data)) for pk in read_capture(p)]
+    assert ours == theirs and (954, 200) in ours
+    check_against_tshark(p)
 
 
 # ============================================================================ synthetic
