@@ -144,9 +144,13 @@ class Capture:
     """An opened capture file; iterate it for `Packet`s (streamed, bounded memory).
 
     Attributes, valid after (and growing while) iterating: `format` ("pcap"/"pcapng"),
-    `truncated`, `error`, `comments`, `meta`, `interfaces`, `drops` (iface -> kernel drops
-    from the last Interface Statistics Block), `stats` (iface -> all ISB counters),
-    `packets_read`. Iterating again re-reads the file from the start.
+    `truncated`, `error`, `comments` (every section comment), `meta` (the first one that is
+    a JSON object), `os` and `userappl` (the section header's shb_os, shb_userappl),
+    `interfaces`, `drops` (iface -> kernel drops from the last Interface Statistics Block),
+    `stats` (iface -> all ISB counters), `packets_read`. The section header and the
+    interfaces before the first packet are read on opening; statistics blocks usually come
+    after the packets, so iterate to the end for `stats` and `drops`. Iterating again
+    re-reads the file from the start.
     """
 
     def __init__(self, path) -> None:
@@ -187,6 +191,8 @@ class Capture:
         self.error: Optional[str] = None
         self.comments: list[str] = []
         self.meta: Optional[dict] = None
+        self.os: Optional[str] = None
+        self.userappl: Optional[str] = None
         self.interfaces: list[Interface] = []
         self.drops: dict[int, int] = {}
         self.stats: dict[int, dict[str, int]] = {}
@@ -493,6 +499,9 @@ class Capture:
                                 doc = None
                             if isinstance(doc, dict):
                                 self.meta = doc
+                    elif code in (3, 4) and getattr(self, _SHB_TEXT[code]) is None:
+                        setattr(self, _SHB_TEXT[code],
+                                val.decode("utf-8", "replace").rstrip("\x00"))
             elif btype == 5:                                 # Interface Statistics Block
                 if blen < 24:
                     self._fail(f"corrupt interface statistics block at byte {base + start}")
@@ -537,6 +546,7 @@ def _compression(head: bytes) -> Optional[tuple[str, str]]:
     return None
 
 
+_SHB_TEXT = {3: "os", 4: "userappl"}     # shb_os, shb_userappl: the first section's
 _ISB_OPTS = {2: "starttime", 3: "endtime", 4: "ifrecv", 5: "ifdrop", 6: "filteraccept",
              7: "osdrop", 8: "usrdeliv"}
 

@@ -20,6 +20,9 @@ Built with `struct` rather than `dpkt.pcapng.Writer`: dpkt writes one comment pe
 takes the SHB/IDB as objects assembled by hand and cannot write an ISB with `isb_ifdrop`
 through its writer API; forty lines of `struct` say exactly what is on disk.
 
+What it wrote is read back by the one pcapng reader, `packets.read_capture` (section
+comment as `meta`, `userappl`, `os`, interfaces, statistics).
+
 The writer is bounded in memory: every block goes straight to the (buffered) file, and the
 file is flushed at most `flush_interval` seconds after a packet, so a reader following a
 live capture (or a crash) loses at most that much.
@@ -37,8 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Optional, Union
 
-__all__ = ["PcapngWriter", "capture_comment", "read_section_info", "LINKTYPE_ETHERNET",
-           "USERAPPL", "MAX_COMMENT"]
+__all__ = ["PcapngWriter", "capture_comment", "LINKTYPE_ETHERNET", "USERAPPL", "MAX_COMMENT"]
 
 LINKTYPE_ETHERNET = 1
 USERAPPL = "wechat-testbed"
@@ -277,84 +279,3 @@ class PcapngWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def read_section_info(path_or_file: Union[str, os.PathLike, BinaryIO]) -> dict:
-    """What a pcapng file says about itself (first section): the section comment (parsed as
-    JSON when it is JSON), shb_userappl and shb_os, each interface's link type, name and
-    time resolution, and every Interface Statistics Block (isb_ifrecv, isb_ifdrop, ...).
-    Both byte orders; packets are skipped, not read. For the packets use a reader."""
-    if isinstance(path_or_file, (str, os.PathLike)):
-        with open(path_or_file, "rb") as f:
-            return read_section_info(f)
-    f = path_or_file
-    head = f.read(12)
-    if len(head) < 12 or head[:4] != b"\x0a\x0d\x0d\x0a":
-        raise ValueError("not a pcapng file")
-    bom = head[8:12]
-    if bom == b"\x4d\x3c\x2b\x1a":
-        e = "<"
-    elif bom == b"\x1a\x2b\x3c\x4d":
-        e = ">"
-    else:
-        raise ValueError("pcapng: bad byte-order magic")
-
-    def opts(buf: bytes) -> list[tuple[int, bytes]]:
-        out, i = [], 0
-        while i + 4 <= len(buf):
-            code, ln = struct.unpack_from(e + "HH", buf, i)
-            if code == _OPT_END:
-                break
-            out.append((code, buf[i + 4:i + 4 + ln]))
-            i += 4 + ln + _pad4(ln)
-        return out
-
-    info: dict[str, Any] = {"comment": None, "comments": [], "userappl": None, "os": None,
-                            "interfaces": [], "stats": []}
-    total = struct.unpack(e + "I", head[4:8])[0]
-    body = f.read(total - 12)
-    for code, val in opts(body[12:-4]):   # after magic, versions, section length
-        text = val.decode("utf-8", "replace")
-        if code == _OPT_COMMENT:
-            info["comments"].append(text)
-        elif code == _SHB_USERAPPL:
-            info["userappl"] = text
-        elif code == _SHB_OS:
-            info["os"] = text
-    if info["comments"]:
-        try:
-            info["comment"] = json.loads(info["comments"][0])
-        except ValueError:
-            info["comment"] = info["comments"][0]
-    while True:
-        hdr = f.read(8)
-        if len(hdr) < 8:
-            break
-        btype, blen = struct.unpack(e + "II", hdr)
-        if btype == _SHB or blen < 12:
-            break  # a second section: not ours to describe
-        if btype not in (_IDB, _ISB):
-            f.seek(blen - 8, io.SEEK_CUR)
-            continue
-        body = f.read(blen - 8)[:-4]
-        if btype == _IDB:
-            linktype, _, snaplen = struct.unpack_from(e + "HHI", body)
-            iface = {"linktype": linktype, "snaplen": snaplen, "name": None, "tsresol": 6}
-            for code, val in opts(body[8:]):
-                if code == _IF_NAME:
-                    iface["name"] = val.decode("utf-8", "replace")
-                elif code == _IF_TSRESOL and val:
-                    iface["tsresol"] = val[0]
-            info["interfaces"].append(iface)
-        else:
-            if_id, hi, lo = struct.unpack_from(e + "III", body)
-            st: dict[str, Any] = {"interface": if_id, "ts_units": (hi << 32) | lo}
-            names = {_ISB_IFRECV: "ifrecv", _ISB_IFDROP: "ifdrop", _ISB_OSDROP: "osdrop"}
-            for code, val in opts(body[12:]):
-                if code in names and len(val) == 8:
-                    st[names[code]] = struct.unpack(e + "Q", val)[0]
-                elif code in (_ISB_STARTTIME, _ISB_ENDTIME) and len(val) == 8:
-                    h, lw = struct.unpack(e + "II", val)
-                    st["starttime" if code == _ISB_STARTTIME else "endtime"] = (h << 32) | lw
-            info["stats"].append(st)
-    return info

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from testbed.capture.pcapng_writer import read_section_info
+from testbed.capture.packets import read_capture
 from testbed.client.session import Session
 from testbed.lab.addressing import LONG, SHORT
 from tests.conftest import start_lab
@@ -61,8 +61,9 @@ async def test_capture_is_clean_and_says_how_it_was_made(recorded):
     assert tshark(path, "-Y", "tcp.analysis.flags") == ""
     bad = "tcp.checksum.status==2 || ip.checksum.status==2 || udp.checksum.status==2"
     assert tshark(path, *CHECKSUMS, "-Y", bad) == ""
-    meta = read_section_info(path)
-    c = meta["comment"]
+    cap = read_capture(path)
+    assert sum(1 for _ in cap) > 0 and cap.error is None
+    c = cap.meta
     assert c["how"] == "tap" and c["synthesised"] is True
     assert c["profile"] == "lab-report-2013" and c["time_scale"] == lab.clock.scale
     assert c["fault_plan"] is None and c["seed"] is None and c["testbed_version"]
@@ -71,7 +72,7 @@ async def test_capture_is_clean_and_says_how_it_was_made(recorded):
     assert [u["username"] for u in c["manifest"]["users"]] == \
         [u["username"] for u in lab.manifest.users]
     assert "password" not in json.dumps(c)
-    assert meta["stats"][0]["ifdrop"] == 0
+    assert cap.stats[0]["ifdrop"] == 0
 
 
 @needs_tshark
@@ -139,7 +140,7 @@ async def test_record_behind_the_nat(tmp_path):
         await s.close()
     finally:
         await lab.stop()
-    c = read_section_info(path)["comment"]
+    c = read_capture(path).meta
     assert c["tap"]["relay"] == "nat" and c["manifest"]["nat"]["idle_timeout_s"] == 300.0
     assert tshark(path, "-Y", "tcp.analysis.flags") == ""
     assert len(conversations(path)) == 2     # the TLS login, the long link

@@ -10,8 +10,8 @@ import time
 import dpkt
 import pytest
 
-from testbed.capture.pcapng_writer import (MAX_COMMENT, PcapngWriter, capture_comment,
-                                           read_section_info)
+from testbed.capture.packets import Interface, read_capture
+from testbed.capture.pcapng_writer import MAX_COMMENT, PcapngWriter, capture_comment
 from testbed.lab.manifest import HostEntry, Manifest
 
 from .tshark import capinfos, fields, needs_tshark, tshark
@@ -98,12 +98,12 @@ def test_read_by_tshark_capinfos_and_dpkt(tmp_path):
     assert len(pkts) == 5 and pkts[0][1] == udp_frame(0)
     assert pkts[0][0] == pytest.approx(t0, abs=1e-6)
     assert json.loads(shb_comment_via_dpkt(path)) == json.loads(json.dumps(comment))
-    # our own block reader: the statistics block says 3 were dropped
-    meta = read_section_info(path)
-    assert meta["comment"]["how"] == "tap" and meta["userappl"] == "wechat-testbed"
-    assert meta["interfaces"] == [{"linktype": 1, "snaplen": 262144, "name": "lab0",
-                                   "tsresol": 6}]
-    assert meta["stats"][0]["ifdrop"] == 3 and meta["stats"][0]["ifrecv"] == 8
+    # the project's reader: the statistics block says 3 were dropped
+    cap = read_capture(path)
+    assert len(list(cap)) == 5 and cap.error is None
+    assert cap.meta["how"] == "tap" and cap.userappl == "wechat-testbed" and cap.os
+    assert cap.interfaces == [Interface(1, 262144, 10 ** 6, "lab0")]
+    assert cap.stats[0]["ifdrop"] == 3 and cap.stats[0]["ifrecv"] == 8 and cap.drops == {0: 3}
 
 
 @needs_tshark
@@ -115,9 +115,9 @@ def test_nanoseconds_snaplen_and_file_objects(tmp_path):
         w.write_ns(ts_ns, udp_frame(0, size=100))
     rows = fields(path, "frame.time_epoch", "frame.len", "frame.cap_len")
     assert rows == [["1700000000.123456789", "142", "60"]]
-    meta = read_section_info(path)
-    assert meta["comment"] == "plain text comment"
-    assert meta["interfaces"][0]["tsresol"] == 9 and meta["interfaces"][0]["name"] == "veth-phone"
+    cap = read_capture(path)
+    assert cap.comments == ["plain text comment"] and cap.meta is None
+    assert cap.interfaces[0].tsresol == 10 ** 9 and cap.interfaces[0].name == "veth-phone"
     # a file object is written to and left open for its owner
     buf = io.BytesIO()
     w = PcapngWriter(buf, comment={"how": "tap"})

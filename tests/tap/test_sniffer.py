@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from testbed.capture import sniffer
-from testbed.capture.pcapng_writer import read_section_info
+from testbed.capture.packets import read_capture
 
 from .netns_sniff import MESSAGES
 from ..conftest import netns_unavailable
@@ -58,14 +58,15 @@ def test_sniff_lo_in_a_namespace(netns, tmp_path):
     assert st["packets"] == len(rows) and st["kernel_drops"] == 0
     assert st["skipped_outgoing"] >= st["packets"]       # lo shows every frame twice
     assert st["kernel_packets"] >= st["packets"]
-    meta = read_section_info(out)
-    c = meta["comment"]
+    cap = read_capture(out)
+    assert sum(1 for _ in cap) == len(rows) and cap.error is None
+    c = cap.meta
     assert c["how"] == "sniffer" and c["synthesised"] is False
     assert c["iface"] == "lo" and c["filter"] == f"tcp port {res['port']}"
     assert c["scenario"] == "netns echo" and c["manifest"] is None
-    assert meta["interfaces"][0]["linktype"] == 1 and meta["interfaces"][0]["name"] == "lo"
-    assert meta["stats"][0]["ifdrop"] == st["kernel_drops"]
-    assert meta["stats"][0]["ifrecv"] == st["kernel_packets"]
+    assert cap.interfaces[0].linktype == 1 and cap.interfaces[0].name == "lo"
+    assert cap.stats[0]["ifdrop"] == st["kernel_drops"]
+    assert cap.stats[0]["ifrecv"] == st["kernel_packets"]
 
 
 @needs_tshark

@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from testbed.capture.pcapng_writer import PcapngWriter, read_section_info
+from testbed.capture.packets import read_capture
+from testbed.capture.pcapng_writer import PcapngWriter
 from testbed.capture.tap import Tap, mac_for
 
 from .tshark import CHECKSUMS, conversations, fields, needs_tshark, tshark
@@ -175,9 +176,9 @@ def test_deferred_start_buffers_then_writes(tmp_path):
     tap.start({"how": "tap", "manifest": "known now"})
     tap.tcp_close(c, True, ts=T0 + 0.2)
     tap.close()
-    meta = read_section_info(path)
-    assert meta["comment"]["manifest"] == "known now"
-    assert meta["stats"][0]["ifdrop"] == 1 and meta["stats"][0]["ifrecv"] == 7
+    cap = read_capture(path)
+    assert sum(1 for _ in cap) == 6 and cap.meta["manifest"] == "known now"
+    assert cap.stats[0]["ifdrop"] == 1 and cap.stats[0]["ifrecv"] == 7
     assert len(fields(path, "frame.number")) == 6
     # a tap closed before it started writes nothing at all
     never = Tap(tmp_path / "never.pcapng")

@@ -4,7 +4,6 @@ capture agrees with testbed.capture.analyze frame for frame."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -545,13 +544,9 @@ def demo(tmp_path_factory):
         pytest.fail(f"demo wrote no capture (exit {p.returncode}): {p.stdout[-2000:]}"
                     f"{p.stderr[-2000:]}")
     from testbed.capture.analyze import analyze
-    from testbed.capture.pcapng_writer import read_section_info
 
     analysis = analyze(str(path))
-    comment = read_section_info(str(path))["comment"]
-    if isinstance(comment, str):
-        comment = json.loads(comment)
-    host = comment["manifest"]["hosts"]["long.weixin.qq.com"]
+    host = analysis.meta["manifest"]["hosts"]["long.weixin.qq.com"]
     return path, analysis, host
 
 
