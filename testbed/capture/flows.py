@@ -88,7 +88,7 @@ class TcpFlow:
         self.bytes_s2c = 0
         self.data_segments_c2s = 0    # segments carrying payload, retransmissions included
         self.data_segments_s2c = 0
-        self.quiet_s = 0.0            # silence (both ways) before the latest segment
+        self.quiet_s = 0.0            # silence (both ways) before its latest flagged segment
         self.closed_by: Optional[str] = None     # "fin" (both ways) or "rst"
         self.rst_by: Optional[str] = None        # "client" or "server"
         self.fin_first: Optional[str] = None     # who sent the first FIN
@@ -261,8 +261,6 @@ class FlowTable:
         self.open: dict[int, TcpFlow] = {}   # flows not ended yet, by id
         self._map: dict[tuple, tuple[TcpFlow, bool]] = {}
         self._umap: dict[tuple, tuple[UdpConversation, bool]] = {}
-        self.segments = 0
-        self.datagrams = 0
 
     # ------------------------------------------------------------------ input
     def totals(self) -> dict[str, int]:
@@ -315,7 +313,6 @@ class FlowTable:
                 raise TypeError(f"FlowTable.feed takes Segment or Datagram, not "
                                 f"{type(s).__name__}")
             return
-        self.segments += 1
         (index, ts, src, sport, dst, dport, seq, ack, flags, window, payload, seglen,
          wscale) = s[:13]
         ent = self._map.get((src, sport, dst, dport))
@@ -339,12 +336,13 @@ class FlowTable:
             if seglen:
                 flow.bytes_s2c += seglen
                 flow.data_segments_s2c += 1
-        flow.quiet_s = ts - flow.last_ts
+        before = flow.last_ts
         flow.last_ts = ts
         ta = flow._sequence.segment(c2s, ts, seq, ack, seglen, flags, window, wscale) | reused
         if flags & (SYN | FIN | RST):
             self._control(flow, c2s, s, flags)
         if ta:
+            flow.quiet_s = ts - before
             names = filter_names(ta)
             if names:
                 fa = flow.analysis
@@ -547,7 +545,6 @@ class FlowTable:
 
     # ------------------------------------------------------------------ UDP
     def feed_datagram(self, d: Datagram) -> None:
-        self.datagrams += 1
         ent = self._umap.get((d.src, d.sport, d.dst, d.dport))
         if ent is None:
             a, b = (d.src, d.sport), (d.dst, d.dport)

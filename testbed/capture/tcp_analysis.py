@@ -209,13 +209,15 @@ class Connection:
     `REUSED_PORTS` to that segment's flags).
     """
 
-    __slots__ = ("a", "b", "syn_ts", "rtt")
+    __slots__ = ("a", "b", "syn_ts", "rtt", "handshake", "fresh")
 
     def __init__(self) -> None:
         self.a = _Side()
         self.b = _Side()
         self.syn_ts = 0.0      # time of the latest SYN (without ACK)
         self.rtt = 0.0         # handshake round trip: that SYN to the first plain ACK
+        self.handshake = False  # a side is handshaking or the round trip is still unknown
+        self.fresh = True       # a side's initial sequence number is not known yet
 
     def opens_new(self, from_a: bool, seq: int, flags: int) -> bool:
         """A SYN (not SYN-ACK) whose initial sequence number differs from this side's."""
@@ -243,12 +245,15 @@ class Connection:
                     found = REUSED_PORTS
             else:                                     # the same SYN again: expect it anew
                 me.nxt = me.to_ack
-        if me.isn is None:
-            me.isn = seq if flags & SYN else (seq - 1) & M32
-        if peer.isn is None and flags & ACK:
-            peer.isn = (ack - 1) & M32
+        if self.fresh:                                # an ISN not known yet
+            if me.isn is None:
+                me.isn = seq if flags & SYN else (seq - 1) & M32
+            if peer.isn is None and flags & ACK:
+                peer.isn = (ack - 1) & M32
+            self.fresh = peer.isn is None
 
         nxt = me.nxt
+        last_ack = me.ack
         off = ((seq - nxt + HALF) & M32) - HALF       # 0: the expected seq; -1: one before
         control = flags & (SYN | FIN | RST)
         probe = seglen == 1 and off == 0 and peer.window == 0
@@ -263,7 +268,7 @@ class Connection:
             if off > 0 and nxt and not flags & RST:
                 found |= LOST_SEGMENT
             if seglen == 0:
-                if off == 0 and ack == me.ack and not control:
+                if off == 0 and ack == last_ack and not control:
                     if window == 0:
                         if me.window == 0 and peer.last & ZERO_WINDOW_PROBE:
                             found |= ZERO_WINDOW_PROBE_ACK
@@ -279,7 +284,7 @@ class Connection:
                 shift = 0 if peer.handshaking or peer.scale == SCALING_OFF else peer.scale
                 if (seq + seglen - peer.ack - (peer.window << shift)) & M32 == 0:
                     found |= WINDOW_FULL
-        if ack != me.ack:
+        if ack != last_ack:
             me.dups = 0
             me.stalled = False
 
@@ -296,7 +301,8 @@ class Connection:
                     peer.stalled = True
 
         end = (seq + seglen) & M32
-        if (seglen or flags & (SYN | FIN)) and not found & KEEP_ALIVE:
+        sends = seglen or flags & (SYN | FIN)         # occupies sequence space
+        if sends and not found & KEEP_ALIVE:
             acked = peer.ack
             if seglen and acked and (acked - end + HALF) & M32 >= HALF:
                 found |= SPURIOUS_RETRANSMISSION
@@ -310,13 +316,15 @@ class Connection:
                 else:
                     found |= RETRANSMISSION
 
-        if seglen or flags & (SYN | FIN):
+        if sends:
             # tshark remembers at most MAX_WAITING segments awaiting an ACK per side; past
             # that (a one-way capture) a SYN or FIN no longer counts in the next sequence
             waiting = me.waiting
-            if len(waiting) >= 32:
+            n = len(waiting)
+            if n >= MAX_WAITING or (n >= 32 and not n & 31):     # prune now and then
                 _forget_acked(waiting, peer.ack)
-            if len(waiting) < MAX_WAITING:
+                n = len(waiting)
+            if n < MAX_WAITING:
                 if flags & (SYN | FIN):
                     end = (end + 1) & M32
                 waiting.append(end)
@@ -335,17 +343,18 @@ class Connection:
         if wscale >= 0:
             me.scale = wscale
         if flags & SYN:
-            me.handshaking = True
+            me.handshaking = self.handshake = True
             if not flags & ACK:
                 self.syn_ts = ts
             if me.scale is None:                      # no scale option: none either way
                 me.scale = peer.scale = SCALING_OFF
             elif flags & ACK and peer.scale == SCALING_OFF:
                 me.scale = SCALING_OFF
-        elif flags & ACK and (me.handshaking or (self.syn_ts and not self.rtt)):
+        elif self.handshake and flags & ACK:
             me.handshaking = False
             if self.syn_ts and not self.rtt:
                 self.rtt = ts - self.syn_ts
+            self.handshake = peer.handshaking or bool(self.syn_ts and not self.rtt)
         return found
 
 
