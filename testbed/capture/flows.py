@@ -537,6 +537,7 @@ class FlowTable:
         self.open.pop(flow.id, None)
         if self.linger is not None:
             self._ended.append((ts, flow))
+        flow._sequence.compact()
         # keep the counters of the reassembly, drop its buffers
         flow._reassembly_c2s = (flow._reassembly_c2s.gaps, flow._reassembly_c2s.delivered)
         flow._reassembly_s2c = (flow._reassembly_s2c.gaps, flow._reassembly_s2c.delivered)

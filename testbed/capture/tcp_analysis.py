@@ -226,6 +226,14 @@ class Connection:
         isn = (self.a if from_a else self.b).isn
         return isn is not None and seq != isn
 
+    def compact(self) -> None:
+        """Forget the segments each side's peer has acknowledged (for a connection that has
+        ended, whose state is kept for its late segments)."""
+        for me, peer in ((self.a, self.b), (self.b, self.a)):
+            if me.waiting:
+                ack = peer.ack
+                me.waiting = [e for e in me.waiting if (ack - e) & M32 >= HALF]
+
     def segment(self, from_a: bool, ts: float, seq: int, ack: int, seglen: int, flags: int,
                 window: int, wscale: int = -1) -> int:
         """The `tcp.analysis` flags of one segment; then the state takes it in.
