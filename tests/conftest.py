@@ -16,9 +16,6 @@ from mocks.state.redis_server import RedisServer, redis_unavailable
 
 REQUIRE_REDIS = "TESTBED_REQUIRE_REDIS"   # "1" in CI: a missing redis-server fails, not skips
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
 async def start_lab(tmp_path: Path, store=None, clock=None, **kwargs) -> Lab:
     """A lab on a free loopback /24 (`mocks.runner.start_lab`), its manifest in tmp_path,
     its state in `store` if given, its clock `clock` if given (a `ManualClock` for tests

@@ -26,7 +26,7 @@ SMALL_MESSAGE = 64          # bytes: a client burst this small may be a heartbea
 LONG_LIVED_S = 60.0         # protocol seconds: a connection that lived this long is long
 PROBE_SILENCE_S = 1.0       # protocol seconds of silence before an empty ACK that is a probe
 TLS_APPLICATION_DATA = 23
-DNS_PORT = 53
+DNS_PORTS = (53, 5353)      # DNS and the lab's unprivileged DNS (also mDNS over UDP)
 
 
 @dataclass
@@ -193,7 +193,7 @@ class Analyzer:
                 info.small_client_ts.append(ts)
         if self.needles:
             self._scan(info, direction, data)
-        if info.app is None and DNS_PORT in (info.server[1], info.client[1]):
+        if info.app is None and (info.server[1] in DNS_PORTS or info.client[1] in DNS_PORTS):
             # DNS has no first bytes to know it by: its port says it
             info.app = "dns"
             info.stream = DnsOverTcp(functools.partial(self._dns_in_flow, info))
@@ -300,7 +300,7 @@ class Analyzer:
                 self._control(item)
         elif type(item) is Datagram:
             self.table.feed(item)
-            if DNS_PORT in (item.sport, item.dport) or 5353 in (item.sport, item.dport):
+            if item.sport in DNS_PORTS or item.dport in DNS_PORTS:
                 self._dns(item.ts, item.payload, (item.src, item.sport),
                           (item.dst, item.dport), item.index, None)
 

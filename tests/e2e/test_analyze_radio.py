@@ -16,7 +16,8 @@ import pytest
 
 from testbed.capture.tap import Tap
 from testbed.client.session import Session
-from tests.conftest import SHARED, start_lab
+from tests.capture.real import NDPI
+from tests.conftest import start_lab
 
 REPO = Path(__file__).resolve().parents[2]
 SCALE = 100.0                      # protocol seconds per wall second, as the comment says
@@ -157,10 +158,8 @@ def lte_by_hand(path: Path, host: str) -> tuple[int, int, float]:
     return len(times), wakeups, on
 
 
-@pytest.mark.skipif(not (SHARED / "captures" / "real").exists(),
-                    reason="../shared/captures/real is absent")
 def test_analyze_radio_on_a_real_capture_agrees_with_dpkt():
-    real = SHARED / "captures" / "real" / "ndpi-wechat-web-2017.pcap"
+    real = NDPI
     host = "192.168.1.103"             # the WeChat Web browser host
     packets, wakeups, on = lte_by_hand(real, host)
     p = run_analyze(str(real), "--radio", "lte-2012", "--json")
