@@ -219,3 +219,6 @@ async def test_running_lab_answers_dig_over_tcp(tmp_path: Path, record):
         dns_flows = [f for f in result.flows
                      if f["server"] == f"{m.dns_address}:{m.dns_port}"]
         assert dns_flows, "the TCP DNS connection is in the capture"
+        # ... and read as DNS: the answer reached the analysis' dns section
+        assert [f["app"] for f in dns_flows] == ["dns"] and dns_flows[0]["requests"] == 1
+        assert result.dns["short.weixin.qq.com"] == m.hosts["short.weixin.qq.com"].addresses
