@@ -4,7 +4,8 @@ Written for this project from the behaviour the Wireshark User's Guide describes
 flag (chapter "Advanced Topics", section "TCP Analysis") and from black-box comparison with
 tshark 4.0: `tests/capture/test_tshark_agreement.py` compares every segment's flags with
 tshark's on real captures, captures of real loss and hostile random sequences, and stays
-the reference. No Wireshark source was used.
+the reference. Each rule below is stated as that guide states it or as tshark was seen to
+behave, in this project's own terms; it is not a translation of Wireshark's code.
 
 The analysis keeps, for each side of a connection, what that side's segments told so far:
 the sequence number its next segment should carry (and when that last moved forward), how
@@ -14,7 +15,8 @@ comparing it with that state (both sides'), in one pass; then the state takes it
 
 What a flag means, in the guide's terms and as tshark does it:
 - `zero_window_probe`: one byte at the expected sequence number while the peer's window is
-  0; such a segment is exempt from the window and ACK checks and does not move the state;
+  0; such a segment is exempt from the window and ACK checks and does not move the
+  expected sequence number;
 - `zero_window`: window 0 on a segment without SYN, FIN or RST;
 - `lost_segment` ("previous segment not captured"): the sequence number is past the
   expected one (never for a RST);
@@ -40,8 +42,8 @@ What a flag means, in the guide's terms and as tshark does it:
   a new connection (the caller asks `opens_new`); a SYN-ACK with a new one is flagged too.
 
 Sequence numbers are compared by their signed 32-bit distance: `(a - b + 2**31) & M32 <
-2**31` says a comes before b. As in tshark, 0 stands for "not
-known yet" in the expected sequence and acknowledgement numbers and in the last ACK.
+2**31` says a comes before b. As in tshark, 0 stands for "not known yet" in the expected
+sequence and acknowledgement numbers and in the last ACK.
 
 The display filter `tcp.analysis.retransmission` matches retransmissions, fast
 retransmissions and spurious retransmissions alike; `FILTERS` maps each filter name to the
