@@ -16,6 +16,8 @@ from testbed.wire import BY_NAME, ClientConnection, RemoteProtocolError
 from testbed.wire.commands import NOOP_CMD, decode_response
 from testbed.wire.connection import Push, Reply, TimedOut, WrongReply
 
+from .linkobserver import LinkObserver
+
 
 class LinkClosed(ConnectionError):
     pass
@@ -27,6 +29,8 @@ class _LinkProtocol(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.link._transport = transport
+        if self.link.observer is not None:
+            self.link.observer.connected()
 
     def data_received(self, data: bytes) -> None:
         self.link._received(data)
@@ -39,12 +43,16 @@ class LongLink:
     """One TCP connection to `long.weixin.qq.com`.
 
     `clock` (default: a clock at scale 1, so seconds are wall seconds) measures the request
-    timeouts and stamps `last_tx`/`last_rx`."""
+    timeouts and stamps `last_tx`/`last_rx`. `observer` is told what the connection does on
+    the wire as it happens (`testbed.client.linkobserver`)."""
 
     def __init__(self, on_notify: Optional[Callable[[int], None]] = None,
                  max_packet_len: int = 1 << 20, first_seq: int = 1,
-                 clock: Optional[Clock] = None) -> None:
+                 clock: Optional[Clock] = None,
+                 observer: Optional[LinkObserver] = None) -> None:
         self.on_notify = on_notify
+        self.observer = observer
+        self._closing = False        # this side closed or aborted it
         self.clock = clock or Clock()
         self.conn = ClientConnection(max_packet_len=max_packet_len, first_seq=first_seq)
         self._futures: dict[int, asyncio.Future] = {}
@@ -63,6 +71,8 @@ class LongLink:
         time: it is the kernel's)."""
         link = cls(**kwargs)
         loop = asyncio.get_running_loop()
+        if link.observer is not None:
+            link.observer.connecting()
         await asyncio.wait_for(loop.create_connection(
             lambda: _LinkProtocol(link), host, port,
             local_addr=(local_addr, 0) if local_addr else None), timeout)
@@ -97,6 +107,8 @@ class LongLink:
             raise LinkClosed("long link is closed")
         self._transport.write(data)
         self.bytes_sent += len(data)
+        if self.observer is not None:
+            self.observer.sent(len(data))
         self.last_tx = self.clock.now()
 
     def request_frame(self, cmd: int, body: bytes = b"", seq: Optional[int] = None,
@@ -168,6 +180,8 @@ class LongLink:
 
     def _received(self, data: bytes) -> None:
         self.bytes_received += len(data)
+        if self.observer is not None:
+            self.observer.received(len(data))
         self.last_rx = self.clock.now()
         try:
             events = self.conn.receive_data(data)
@@ -200,13 +214,17 @@ class LongLink:
                 fut.set_exception(err)
         if not self.closed.done():
             self.closed.set_result(exc)
+            if self.observer is not None:
+                self.observer.closed(by_peer=not self._closing)
 
     def abort(self, exc: Optional[BaseException] = None) -> None:
         if self._transport is not None:
+            self._closing = self._closing or not self.closed.done()
             self._transport.abort()
 
     async def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
+            self._closing = self._closing or not self.closed.done()
             self._transport.close()
         try:
             await asyncio.wait_for(asyncio.shield(self.closed), 2.0)

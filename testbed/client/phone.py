@@ -20,6 +20,7 @@ from testbed.lab.manifest import Manifest
 from testbed.wire import Ret, pb
 
 from .heartbeat import HeartbeatPolicy, parse_policy
+from .linkobserver import LinkObserver
 from .longlink import LinkClosed, LongLink
 from .session import RequestFailed, Session
 
@@ -59,13 +60,15 @@ class PhoneMetrics:
 
 
 class Phone:
-    """One emulated phone for one user."""
+    """One emulated phone for one user. `link_observer` watches its long links on the wire
+    (`testbed.client.linkobserver`)."""
 
     def __init__(self, manifest: Manifest, username: str, password: str, *,
                  policy: HeartbeatPolicy | str | None = None, clock: Optional[Clock] = None,
                  sync_door: str = "long", local_addr: Optional[str] = None,
                  on_message: Optional[Callable[[pb.AddMsg, float], None]] = None,
-                 rng: Optional[random.Random] = None) -> None:
+                 rng: Optional[random.Random] = None,
+                 link_observer: Optional[LinkObserver] = None) -> None:
         if sync_door not in ("long", "short"):
             raise ValueError("sync_door is 'long' or 'short'")
         self.manifest = manifest
@@ -74,7 +77,8 @@ class Phone:
             policy = f"fixed:{manifest.heartbeat_s:g}"
         self.policy = parse_policy(policy) if isinstance(policy, str) else policy
         self.session = Session(manifest, username, password, local_addr=local_addr,
-                               on_notify=self._on_notify, clock=self.clock)
+                               on_notify=self._on_notify, clock=self.clock,
+                               link_observer=link_observer)
         self.sync_door = sync_door
         self.on_message = on_message
         self.metrics = PhoneMetrics()

@@ -23,6 +23,7 @@ from testbed.wire import BY_NAME, Ret, pb
 from testbed.wire.commands import (CMD_ITEM_TYPES, ITEM_ADD_MSG, ITEM_DEL_CONTACT,
                                    ITEM_MOD_CONTACT, ITEM_MOD_USER_INFO, MSG_TEXT)
 
+from .linkobserver import LinkObserver
 from .longlink import LinkClosed, LongLink
 from .resolver import Resolver
 from .shortlink import ShortLink
@@ -60,13 +61,15 @@ def ssl_context_for(manifest: Manifest) -> ssl.SSLContext:
 
 class Session:
     """One device of one user. Long-link timeouts are protocol seconds on `clock` (default:
-    the manifest's time scale)."""
+    the manifest's time scale); `link_observer` watches every long link it opens."""
 
     def __init__(self, manifest: Manifest, username: str, password: str, *,
                  local_addr: Optional[str] = None, device_id: Optional[bytes] = None,
                  on_notify: Optional[Callable[[int], None]] = None,
-                 clock: Optional[Clock] = None) -> None:
+                 clock: Optional[Clock] = None,
+                 link_observer: Optional[LinkObserver] = None) -> None:
         self.manifest = manifest
+        self.link_observer = link_observer
         self.clock = clock or Clock(manifest.time_scale)
         self.username, self.password = username, password
         self.local_addr = local_addr
@@ -146,7 +149,8 @@ class Session:
         for addr in addrs:
             try:
                 self.link = await LongLink.connect(addr, port, local_addr=self.local_addr,
-                                                   on_notify=self._notified, clock=self.clock)
+                                                   on_notify=self._notified, clock=self.clock,
+                                                   observer=self.link_observer)
                 break
             except OSError as exc:
                 last = exc

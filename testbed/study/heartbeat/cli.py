@@ -13,9 +13,9 @@ from typing import Optional
 from testbed.argtypes import nonneg_float, positive_float, positive_int
 from testbed.client.fleet import WorkerFailed, loop_runner
 
-from .config import StudyConfig
+from .config import WECHAT_USERS_2013, StudyConfig
 from .orchestrate import run_study
-from .render import TABLE_WIDTH, render_table, timing_summary, write_plot
+from .render import TABLE_WIDTH, render_radio_tables, render_table, timing_summary, write_plot
 from .results import StudyResult
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Run real phones through the carrier NAT of a real lab, one group per "
                     "heartbeat policy, for a protocol-time day; report heartbeats, silent "
                     "link deaths, reconnects, wake-ups and bytes per day and the delivery "
-                    "delay of messages sent to them (docs/heartbeat-study.md).")
+                    "delay of messages sent to them; with --radio, what that traffic costs "
+                    "the phone's battery and the operator's signalling "
+                    "(docs/heartbeat-study.md).")
     hb.add_argument("--nat-timeout", type=positive_float, default=300.0,
                     metavar="SECONDS", help="carrier NAT idle timeout (default 300)")
     hb.add_argument("--policy", dest="policies", action="append", type=_arg_policy,
@@ -76,10 +78,19 @@ def register(subparsers) -> argparse.ArgumentParser:
     hb.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     hb.add_argument("--server-idle", type=positive_float, default=None,
                     metavar="SECONDS", help="server idle timeout (default: the profile's)")
+    hb.add_argument("--radio", dest="radio", action="append", default=[], metavar="PROFILE",
+                    help="what the phones' traffic costs a cellular radio on this profile "
+                         "(umts-2010, lte-2012, or a profile .json; repeatable): wake-ups, "
+                         "signalling, radio-on time, energy and battery share per phone per "
+                         "day, and the operator's view (docs/radio.md)")
+    hb.add_argument("--population", type=positive_float, default=WECHAT_USERS_2013,
+                    metavar="USERS", help="users for the operator's view of --radio (default "
+                                          "300e6: WeChat's users in January 2013)")
     hb.add_argument("--json", type=Path, default=None, metavar="OUT",
                     help="write the figures as JSON")
     hb.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
-                    help="draw wake-ups/day and silent deaths per policy (needs matplotlib)")
+                    help="draw wake-ups/day and silent deaths per policy, with --radio the "
+                         "battery share and the operator's signalling (needs matplotlib)")
     hb.add_argument("--processes", type=_arg_processes, default=None, metavar="N",
                     help="run the phones in N processes of their own, the lab in this one; "
                          "0: everything in one process (default: 2 with 2 CPUs or more)")
@@ -97,7 +108,9 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
                        messages_per_client_per_day=args.messages_per_client_per_day,
                        seed=args.seed, server_idle_s=args.server_idle,
                        processes=getattr(args, "processes", None),
-                       loop=getattr(args, "loop", "auto"))
+                       loop=getattr(args, "loop", "auto"),
+                       radio=tuple(getattr(args, "radio", ())),
+                       population=getattr(args, "population", WECHAT_USERS_2013))
 
 
 def main_heartbeat(args: argparse.Namespace) -> int:
@@ -157,6 +170,8 @@ def main_heartbeat(args: argparse.Namespace) -> int:
     # turned, one row per figure
     out = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH)
     out.print(render_table(result, vertical=out.width < TABLE_WIDTH))
+    for table in render_radio_tables(result, vertical=out.width < TABLE_WIDTH):
+        out.print(table)
     err.print(timing_summary(result), soft_wrap=True)
     if result.stalls:
         err.print(f"[yellow]warning:[/yellow] an event loop stalled {result.stalls} time(s) "

@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from testbed.lab.addressing import MAX_CLIENTS
+from testbed.radio.link import TCPIP_HEADER_BYTES  # noqa: F401 (the study's byte estimate)
 
 DAY_S = 86400.0
-TCPIP_HEADER_BYTES = 52     # IPv4 (20) + TCP (20) + timestamps option (12)
+# WeChat's registered users when Tencent announced 300 million (15 January 2013; TechNode and
+# China Daily, 16-17 January 2013): the operator's view is given for this many phones
+WECHAT_USERS_2013 = 300e6
 TCP_CONN_SEGMENTS = 7       # SYN, SYN-ACK, ACK, FIN, ACK, FIN, ACK: header-only segments
 LATE_S = 60.0               # a message later than this did not come by push on a live link
 MAX_PHONES = MAX_CLIENTS - 1   # one source address each, and one for the sender
@@ -36,6 +39,8 @@ class StudyConfig:
     loop: str = "auto"                      # event loop of phone processes: auto/asyncio/uvloop
     pause_gc: bool = True                   # no cyclic GC during the run (see run_study)
     drain_s: Optional[float] = None         # None: longest policy interval + 2 NOOP timeouts + 120
+    radio: tuple[str, ...] = ()             # radio profiles (names or .json paths) to cost
+    population: float = WECHAT_USERS_2013   # users, for the operator's view of the radio
 
     def validate(self) -> None:
         """Raise ValueError with a message a user can act on."""
@@ -75,16 +80,29 @@ class StudyConfig:
                              f"auto, got {self.processes!r}")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"--loop must be auto, asyncio or uvloop, got {self.loop!r}")
+        names = [p.name for p in self.radio_profiles()]   # raises for an unknown profile
+        if len(set(names)) != len(names):
+            raise ValueError(f"a radio profile is given twice: {', '.join(names)}")
+        if not _positive(self.population):
+            raise ValueError(f"--population must be a positive number of users, got "
+                             f"{self.population!r}")
+
+    def radio_profiles(self) -> list:
+        """The `RadioProfile`s of `radio`, loaded (ValueError for an unknown or bad one)."""
+        from testbed.radio import load_radio_profile
+
+        return [load_radio_profile(spec) for spec in self.radio]
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON has it (and a phone process gets it): `policies` as a list."""
         d = dataclasses.asdict(self)
         d["policies"] = list(self.policies)
+        d["radio"] = list(self.radio)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
-        return cls(**{**d, "policies": tuple(d["policies"])})
+        return cls(**{**d, "policies": tuple(d["policies"]), "radio": tuple(d.get("radio", ()))})
 
     def phone_processes(self) -> int:
         if self.processes is not None:

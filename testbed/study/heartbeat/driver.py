@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .config import StudyConfig
-from .measure import (LagMonitor, cpu_seconds, loop_name, max_rss_mb, quiescent, snapshot,
-                      window)
+from .measure import (LagMonitor, RadioWindow, cpu_seconds, loop_name, max_rss_mb,
+                      quiescent, snapshot, window)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class PhoneOutcome:
     loop_errors: list[str]
     notify_sync_failures: int = 0   # over the whole run (PhoneMetrics)
     reconnect_failures: int = 0
+    radio: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # the window's RadioCost.to_dict() per radio profile name
 
 
 @dataclass
@@ -87,6 +89,8 @@ class _RunningPhone:
         self.loop_errors: list[str] = []
         self.received: dict[int, float] = {}
         self.caught_up: list[int] = []
+        self.radio: Optional[RadioWindow] = None
+        self.radio_costs: dict[str, dict[str, Any]] = {}
         self.started = False
         self.done = False
 
@@ -101,7 +105,7 @@ class _RunningPhone:
             caught_up=[i for i in self.caught_up if i in ids],
             duplicates=m.duplicates if m else 0, loop_errors=self.loop_errors,
             notify_sync_failures=m.notify_sync_failures if m else 0,
-            reconnect_failures=m.reconnect_failures if m else 0)
+            reconnect_failures=m.reconnect_failures if m else 0, radio=self.radio_costs)
 
 
 class PhoneFleet:
@@ -126,6 +130,7 @@ class PhoneFleet:
         self.report = report
         self.barrier = barrier
         self.lag = LagMonitor(clock)
+        self.radio_profiles = config.radio_profiles()
         self.logged_in = 0
         self.login_done = math.nan
         self.online_done = math.nan
@@ -227,12 +232,15 @@ class PhoneFleet:
         """Phase 1: TLS login and newinit on the short link; no long link yet."""
         from testbed.client.phone import Phone
 
+        if self.radio_profiles:
+            p.radio = RadioWindow(self.radio_profiles, self.clock)
         async with sem:
             # built here, not all at once: a Session loads the CA into a fresh SSL context
             p.phone = Phone(self.manifest, p.plan.username, p.plan.password,
                             policy=p.plan.policy, clock=self.clock, local_addr=p.plan.source,
                             on_message=lambda _m, _t, ev=p.arrived: ev.set(),
-                            rng=random.Random(p.plan.seed))
+                            rng=random.Random(p.plan.seed),
+                            link_observer=p.radio.observer if p.radio else None)
             await p.phone.session.login()
             await p.phone.session.init()
         self.logged_in += 1
@@ -265,6 +273,8 @@ class PhoneFleet:
             await self._go_online(p)
         p.t0 = self.clock.now()
         p.baseline = snapshot(p.phone)
+        if p.radio is not None:
+            p.radio.open()
         p.started = True
         if all(q.started for q in self.phones):
             self.online_done = self.clock.now()
@@ -282,6 +292,8 @@ class PhoneFleet:
                 await asyncio.sleep(0.002)
             p.snapshot = window(p.baseline, snapshot(p.phone))
             p.window_s = self.clock.now() - p.t0
+            if p.radio is not None:
+                p.radio_costs = p.radio.close(p.window_s)
             await asyncio.gather(*sends)
             # the drain: keep running until every message sent to this phone has arrived
             deadline = p.t0 + self.window + self.drain

@@ -12,7 +12,7 @@ from .config import DAY_S, LATE_S, TCP_CONN_SEGMENTS, TCPIP_HEADER_BYTES, StudyC
     timing_margin
 from .driver import FleetReport, PhoneOutcome
 from .measure import histogram, lag_between, max_rss_mb, percentile
-from .results import PolicyResult, StudyResult
+from .results import PolicyResult, RadioFigures, StudyResult
 
 
 def expiries_in_windows(outcomes: list[PhoneOutcome], expiries: list[tuple[str, float]],
@@ -29,10 +29,11 @@ def expiries_in_windows(outcomes: list[PhoneOutcome], expiries: list[tuple[str, 
 
 
 # ---------------------------------------------------------------------------- per policy
-def policy_result(spec: str, cs: list[PhoneOutcome],
-                  expiries: Optional[Counter]) -> PolicyResult:
+def policy_result(spec: str, cs: list[PhoneOutcome], expiries: Optional[Counter],
+                  radio: tuple[str, ...] = (), population: float = 0.0) -> PolicyResult:
     """One policy's figures from its phones' outcomes; `expiries` per phone index, or None
-    when the NAT could not tell phones apart."""
+    when the NAT could not tell phones apart; `radio`: the radio profile names costed, with
+    the operator's view at `population` users."""
     r = PolicyResult(policy=spec, clients=len(cs),
                      window_s=statistics.fmean(c.window_s for c in cs))
     days = sum(c.window_s for c in cs) / DAY_S
@@ -40,6 +41,7 @@ def policy_result(spec: str, cs: list[PhoneOutcome],
     _nat_expiries(r, cs, days, expiries)
     _messages(r, cs)
     _settled(r, cs)
+    _radio(r, cs, days, radio, population)
     return r
 
 
@@ -121,6 +123,39 @@ def _settled(r: PolicyResult, cs: list[PhoneOutcome]) -> None:
         r.settled_interval_s = statistics.median(settled) if settled else None
 
 
+def _radio(r: PolicyResult, cs: list[PhoneOutcome], days: float, names: tuple[str, ...],
+           population: float) -> None:
+    """Each radio profile's cost of the windows' traffic: totals, per phone-day, and the
+    operator's rates for `population` phones like these."""
+    for name in names:
+        f = RadioFigures(profile=name, population=population)
+        battery = 0.0
+        for c in cs:
+            cost = c.radio[name]
+            f.packets += cost["packets_c2s"] + cost["packets_s2c"]
+            f.wakeups += cost["wakeups"]
+            f.server_wakeups += cost["server_wakeups"]
+            f.promotions += cost["promotions"]
+            f.signalling_messages += cost["signalling_messages"]
+            f.radio_on_s += cost["radio_on_s"]
+            f.tail_s += cost["tail_s"]
+            f.energy_j += cost["energy_j"]
+            battery += cost["battery_share"]
+        f.packets_per_day = f.packets / days
+        f.wakeups_per_day = f.wakeups / days
+        f.server_wakeups_per_day = f.server_wakeups / days
+        f.promotions_per_day = f.promotions / days
+        f.signalling_per_day = f.signalling_messages / days
+        f.radio_on_s_per_day = f.radio_on_s / days
+        f.tail_s_per_day = f.tail_s / days
+        f.energy_j_per_day = f.energy_j / days
+        f.battery_share_per_day = battery / days
+        f.signalling_per_s_per_million = f.signalling_per_day * 1e6 / DAY_S
+        f.signalling_per_s = f.signalling_per_day * population / DAY_S
+        f.wakeups_per_s = f.wakeups_per_day * population / DAY_S
+        r.radio[name] = f
+
+
 # ---------------------------------------------------------------------------- the run
 def study_result(cfg: StudyConfig, fleets: list[FleetReport],
                  lab_lag: Optional[list[tuple[float, float]]], wall: float, cpu: float,
@@ -131,7 +166,10 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
     outcomes = sorted((o for f in fleets for o in f.outcomes), key=lambda o: o.index)
     first = min(o.t0 for o in outcomes)
     last_window_end = max(o.t0 + o.window_s for o in outcomes)
-    policies = [policy_result(spec, [o for o in outcomes if o.policy_index == p], expiries)
+    profiles = cfg.radio_profiles()
+    names = tuple(prof.name for prof in profiles)
+    policies = [policy_result(spec, [o for o in outcomes if o.policy_index == p], expiries,
+                              names, cfg.population)
                 for p, spec in enumerate(cfg.policies)]
     # event-loop lag while phones were in their windows, per process
     if lab_lag is not None:
@@ -170,4 +208,5 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
         noop_timeout_effective_s=cfg.noop_timeout_effective(),
         event_loop=fleets[0].event_loop, processes=len(fleets) if lab_lag is not None else 0,
         gc_paused=cfg.pause_gc,
-        max_rss_mb=max([max_rss_mb()] + [f.max_rss_mb for f in fleets]))
+        max_rss_mb=max([max_rss_mb()] + [f.max_rss_mb for f in fleets]),
+        radio_profiles=[prof.summary() for prof in profiles])

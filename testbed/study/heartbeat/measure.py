@@ -1,5 +1,6 @@
 """How the study measures: what a phone did between two moments (snapshots of its
-`PhoneMetrics`), how late each event loop ran (`LagMonitor`), and the statistics of both."""
+`PhoneMetrics`), what its traffic in that window cost its radio (`RadioWindow`), how late
+each event loop ran (`LagMonitor`), and the statistics of these."""
 
 from __future__ import annotations
 
@@ -49,6 +50,34 @@ def quiescent(phone, base: dict[str, Any]) -> bool:
     owed = (m.silent_deaths - base["silent_deaths"]) + (m.links_closed - base["links_closed"]) \
         - (m.reconnects - base["reconnects"])
     return in_flight <= 0 and owed == 0
+
+
+class RadioWindow:
+    """What a phone's traffic in its window costs each radio profile: its links' packets
+    (`testbed.radio.link.LinkTimeline`, the phone's `link_observer`) feed a `RadioMeter` per
+    profile from `open()` to `close()`; packets outside the window are not counted."""
+
+    def __init__(self, profiles: list, clock) -> None:
+        from testbed.radio.link import LinkTimeline
+
+        self.profiles = profiles
+        self.observer = LinkTimeline(clock, self._packet)
+        self._meters: Optional[list] = None
+
+    def _packet(self, t: float, direction: str, size: int) -> None:
+        if self._meters is not None:
+            for m in self._meters:
+                m.packet(t, direction, size)
+
+    def open(self) -> None:
+        from testbed.radio import RadioMeter
+
+        self._meters = [RadioMeter(p) for p in self.profiles]
+
+    def close(self, observed_s: float) -> dict[str, dict[str, Any]]:
+        """{profile name: `RadioCost.to_dict()`} of the window (the last tails run out)."""
+        meters, self._meters = self._meters or [], None
+        return {m.profile.name: m.cost(observed_s).to_dict() for m in meters}
 
 
 # ---------------------------------------------------------------------------- an event loop

@@ -1,4 +1,5 @@
-"""The study's figures for people: the table (rich), the timing line, the plot (matplotlib)."""
+"""The study's figures for people: the table and the radio table (rich), the timing line,
+the plot (matplotlib)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .config import DAY_S
-from .results import PolicyResult, StudyResult
+from testbed.radio.model import percent
+
+from .results import PolicyResult, RadioFigures, StudyResult
 
 
 def _fmt_s(v: Optional[float]) -> str:
@@ -90,6 +93,69 @@ def render_table(result: StudyResult, vertical: bool = False):
     return t
 
 
+def si(v: float) -> str:
+    """13_333_333 -> '13.3M', 950 -> '950', 0.5 -> '0.5'."""
+    for factor, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= factor:
+            return f"{v / factor:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def _radio_rows(f: RadioFigures) -> list[tuple[str, str]]:
+    pop = si(f.population)
+    return [("wake-\nups", f"{f.wakeups_per_day:.1f}"),
+            ("by\nserver", f"{f.server_wakeups_per_day:.1f}"),
+            ("promo-\ntions", f"{f.promotions_per_day:.1f}"),
+            ("signalling\nmsgs", f"{f.signalling_per_day:,.0f}"),
+            ("radio on\nmin", f"{f.radio_on_s_per_day / 60:.1f}"),
+            ("of it\ntail min", f"{f.tail_s_per_day / 60:.1f}"),
+            ("energy\nJ", f"{f.energy_j_per_day:,.0f}"),
+            ("battery", percent(f.battery_share_per_day)),
+            ("msgs/s per\nM users", f"{f.signalling_per_s_per_million:,.0f}"),
+            (f"msgs/s at\n{pop} users", si(f.signalling_per_s)),
+            (f"wake-ups/s\nat {pop}", si(f.wakeups_per_s))]
+
+
+def render_radio_tables(result: StudyResult, vertical: bool = False) -> list:
+    """What the policies' traffic cost each radio profile (`--radio`), per phone per day and
+    for the operator: one rich Table (a row per policy and profile), or with `vertical` one
+    per profile (a row per figure, a column per policy). Empty without `--radio`."""
+    from rich.table import Table
+
+    names = [prof["name"] for prof in result.radio_profiles]
+    if not names:
+        return []
+    c = result.config
+    pop = si(c["population"])
+    caption = (f"Per phone per day, from each phone's packets in its window (docs/radio.md: "
+               f"promotions from idle are wake-ups; signalling counts RRC messages on the air "
+               f"interface; energy above idle, battery of the profile). Operator: the daily "
+               f"average if {pop} users' phones did the same.")
+    title = (f"Radio: what the traffic costs, {c['nat_timeout_s']:g} s NAT, "
+             f"{c['hours']:g} h at time scale {c['time_scale']:g}")
+    if vertical:
+        tables = []
+        for name in names:
+            t = Table(title=f"{title}: {name}", caption=caption)
+            t.add_column("per phone per day")
+            for p in result.policies:
+                t.add_column(p.policy, justify="right", no_wrap=True)
+            rows = [_radio_rows(p.radio[name]) for p in result.policies]
+            for i, (label, _) in enumerate(rows[0]):
+                t.add_row(label.replace("-\n", "").replace("\n", " "), *[r[i][1] for r in rows])
+            tables.append(t)
+        return tables
+    t = Table(title=title, caption=caption)
+    t.add_column("policy", no_wrap=True)
+    t.add_column("radio", no_wrap=True)
+    for label, _ in _radio_rows(RadioFigures(profile="", population=c["population"])):
+        t.add_column(label, justify="right", no_wrap=True)
+    for p in result.policies:
+        for name in names:
+            t.add_row(p.policy, name, *[v for _, v in _radio_rows(p.radio[name])])
+    return [t]
+
+
 @dataclass(frozen=True)
 class Panel:
     """One bar chart of the plot: a figure per policy."""
@@ -111,11 +177,51 @@ PANELS = (
           _one_per_nat_timeout),
     Panel("silent link deaths per phone per day", lambda p: p.silent_deaths_per_day, "{:.2f}"),
 )
+
+
+@dataclass(frozen=True)
+class RadioPanel:
+    """One bar chart of the plot with a bar per radio profile in each policy's group."""
+
+    title: str                                          # may name {population}
+    value: Callable[[RadioFigures], float]
+    fmt: Callable[[float], str]                         # bar labels
+
+
+# after PANELS, when the study costed radio profiles (`--radio`)
+RADIO_PANELS = (
+    RadioPanel("radio energy per phone per day, % of battery",
+               lambda f: 100 * f.battery_share_per_day, lambda v: f"{v:.1f}%"),
+    RadioPanel("signalling messages per second, {population} users",
+               lambda f: f.signalling_per_s, si),
+)
 COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
 
 
+def _radio_panel(ax, panel: RadioPanel, result: StudyResult) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    names = [prof["name"] for prof in result.radio_profiles]
+    width = 0.8 / len(names)
+    top = 0.0
+    for j, name in enumerate(names):
+        values = [panel.value(p.radio[name]) for p in result.policies]
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(values))]
+        bars = ax.bar(xs, values, width, label=name, color=COLORS[(j + 3) % len(COLORS)])
+        ax.bar_label(bars, labels=[panel.fmt(v) for v in values], padding=2, fontsize=7)
+        top = max([top] + values)
+    ax.set_xticks(range(len(result.policies)), [p.policy for p in result.policies])
+    ax.set_title(panel.title.format(population=si(result.config["population"])))
+    ax.set_ylim(0, (top or 1.0) * 1.3)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: panel.fmt(v)))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+
+
 def write_plot(result: StudyResult, path) -> Path:
-    """Bar charts side by side (`PANELS`): wake-ups and silent deaths per phone-day."""
+    """Bar charts side by side (`PANELS`, then `RADIO_PANELS` with `--radio`): wake-ups and
+    silent deaths per phone-day; battery share and the operator's signalling per radio."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -123,7 +229,11 @@ def write_plot(result: StudyResult, path) -> Path:
     path = Path(path)
     names = [p.policy for p in result.policies]
     c = result.config
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4.2), squeeze=False)
+    radio = RADIO_PANELS if result.radio_profiles else ()
+    n = len(PANELS) + len(radio)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4.2), squeeze=False)
+    for ax, panel in zip(axes[0][len(PANELS):], radio):
+        _radio_panel(ax, panel, result)
     for ax, panel in zip(axes[0], PANELS):
         values = [panel.value(p) for p in result.policies]
         bars = ax.bar(names, values, color=[COLORS[i % len(COLORS)] for i in range(len(names))])

@@ -1,6 +1,6 @@
 """What a heartbeat study reports: figures per policy (`PolicyResult`) and for the whole run
-(`StudyResult`), with their JSON form. `figures.py` computes them; a new figure is a field
-here and a line there."""
+(`StudyResult`), with their JSON form; a policy's cost on each radio profile
+(`RadioFigures`). `figures.py` computes them; a new figure is a field here and a line there."""
 
 from __future__ import annotations
 
@@ -9,6 +9,37 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .config import TCP_CONN_SEGMENTS, TCPIP_HEADER_BYTES
+
+
+@dataclass
+class RadioFigures:
+    """One policy's traffic on one radio profile (`testbed.radio`): totals over the policy's
+    phones and windows, `*_per_day` per phone per 24 h, and the operator's view: the rates
+    a network would carry if `population` phones behaved like these (a daily average, not
+    a busy hour)."""
+
+    profile: str
+    packets: int = 0                        # IP packets both ways
+    wakeups: int = 0                        # promotions from idle
+    server_wakeups: int = 0                 # of those, woken by a packet from the server
+    promotions: int = 0                     # every promotion (FACH to DCH too)
+    signalling_messages: int = 0            # RRC messages of promotions and demotions
+    radio_on_s: float = 0.0                 # promoting or in a connected state
+    tail_s: float = 0.0                     # of which, inactivity timers that ran out
+    energy_j: float = 0.0                   # above the idle baseline
+    packets_per_day: float = 0.0
+    wakeups_per_day: float = 0.0
+    server_wakeups_per_day: float = 0.0
+    promotions_per_day: float = 0.0
+    signalling_per_day: float = 0.0
+    radio_on_s_per_day: float = 0.0
+    tail_s_per_day: float = 0.0
+    energy_j_per_day: float = 0.0
+    battery_share_per_day: float = 0.0      # of the profile's battery (1.0: all of it)
+    signalling_per_s_per_million: float = 0.0   # messages a second per million users
+    population: float = 0.0
+    signalling_per_s: float = 0.0           # messages a second for the population
+    wakeups_per_s: float = 0.0              # wake-ups a second for the population
 
 
 @dataclass
@@ -62,6 +93,7 @@ class PolicyResult:
     settled_interval_s: Optional[float] = None   # mars: median interval of settled phones
     settled_clients: Optional[int] = None        # mars: phones no longer probing
     settled_intervals: dict[str, int] = field(default_factory=dict)  # interval -> phones
+    radio: dict[str, RadioFigures] = field(default_factory=dict)     # by radio profile name
 
 
 @dataclass
@@ -97,6 +129,9 @@ class StudyResult:
     processes: int = 0                      # phone processes (0: phones in the lab's)
     gc_paused: bool = False
     max_rss_mb: float = 0.0                 # peak resident memory of the largest process
+    # the radio profiles costed (`--radio`): parameters and sources, as `testbed analyze`
+    # gives them
+    radio_profiles: list[dict[str, Any]] = field(default_factory=list)
     tcpip_estimate: str = (f"{TCPIP_HEADER_BYTES} B per frame for its segment + "
                            f"{TCPIP_HEADER_BYTES} B for its ACK; {TCP_CONN_SEGMENTS} x "
                            f"{TCPIP_HEADER_BYTES} B per TCP connection")
@@ -116,6 +151,12 @@ class StudyResult:
         known = {f.name for f in dataclasses.fields(cls)}
         pknown = {f.name for f in dataclasses.fields(PolicyResult)}
         d = {k: v for k, v in d.items() if k in known}
-        d["policies"] = [PolicyResult(**{k: v for k, v in p.items() if k in pknown})
-                         for p in d.get("policies", [])]
+        rknown = {f.name for f in dataclasses.fields(RadioFigures)}
+        policies = []
+        for p in d.get("policies", []):
+            p = {k: v for k, v in p.items() if k in pknown}
+            p["radio"] = {name: RadioFigures(**{k: v for k, v in r.items() if k in rknown})
+                          for name, r in p.get("radio", {}).items()}
+            policies.append(PolicyResult(**p))
+        d["policies"] = policies
         return cls(**d)
