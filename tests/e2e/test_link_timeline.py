@@ -14,6 +14,7 @@ from testbed.client.phone import Phone
 from testbed.client.session import Session
 from testbed.radio import load_radio_profile, simulate
 from testbed.radio.link import SYN_BYTES, TCPIP_HEADER_BYTES, LinkTimeline
+from tests.e2e.helpers import wait_for
 
 K = 1000.0    # 30 protocol s (longer than every tail) is 30 ms of wall time
 
@@ -36,14 +37,6 @@ class Recorder(LinkObserver):
 
     def closed(self, by_peer):
         self.events.append(("closed", by_peer))
-
-
-async def _until(cond, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)
 
 
 def _payload(packets, direction):
@@ -77,7 +70,7 @@ async def test_a_phones_timeline_both_ways(lab):
         await sender.login()
         pushes = phone.metrics.pushes
         await sender.send_text(a["username"], "wake up", door="short")
-        await _until(lambda: len(phone.metrics.received) == 1)
+        await wait_for(lambda: len(phone.metrics.received) == 1, timeout=10.0)
         assert phone.metrics.pushes == pushes + 1
         push = [p for p in packets if p[0] >= quiet]
         assert push[0][1] == "s2c"           # the NOTIFY came first

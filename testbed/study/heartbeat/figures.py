@@ -123,33 +123,26 @@ def _settled(r: PolicyResult, cs: list[PhoneOutcome]) -> None:
         r.settled_interval_s = statistics.median(settled) if settled else None
 
 
+# a radio cost's totals (`RadioCost.to_dict()` keys) and the RadioFigures per-day field of each
+_RADIO_TOTALS = {"wakeups": "wakeups_per_day", "server_wakeups": "server_wakeups_per_day",
+                 "promotions": "promotions_per_day", "signalling_messages": "signalling_per_day",
+                 "radio_on_s": "radio_on_s_per_day", "tail_s": "tail_s_per_day",
+                 "energy_j": "energy_j_per_day"}
+
+
 def _radio(r: PolicyResult, cs: list[PhoneOutcome], days: float, names: tuple[str, ...],
            population: float) -> None:
     """Each radio profile's cost of the windows' traffic: totals, per phone-day, and the
     operator's rates for `population` phones like these."""
     for name in names:
+        costs = [c.radio[name] for c in cs]
         f = RadioFigures(profile=name, population=population)
-        battery = 0.0
-        for c in cs:
-            cost = c.radio[name]
-            f.packets += cost["packets_c2s"] + cost["packets_s2c"]
-            f.wakeups += cost["wakeups"]
-            f.server_wakeups += cost["server_wakeups"]
-            f.promotions += cost["promotions"]
-            f.signalling_messages += cost["signalling_messages"]
-            f.radio_on_s += cost["radio_on_s"]
-            f.tail_s += cost["tail_s"]
-            f.energy_j += cost["energy_j"]
-            battery += cost["battery_share"]
+        for total, per_day in _RADIO_TOTALS.items():
+            setattr(f, total, sum(cost[total] for cost in costs))
+            setattr(f, per_day, getattr(f, total) / days)
+        f.packets = sum(cost["packets_c2s"] + cost["packets_s2c"] for cost in costs)
         f.packets_per_day = f.packets / days
-        f.wakeups_per_day = f.wakeups / days
-        f.server_wakeups_per_day = f.server_wakeups / days
-        f.promotions_per_day = f.promotions / days
-        f.signalling_per_day = f.signalling_messages / days
-        f.radio_on_s_per_day = f.radio_on_s / days
-        f.tail_s_per_day = f.tail_s / days
-        f.energy_j_per_day = f.energy_j / days
-        f.battery_share_per_day = battery / days
+        f.battery_share_per_day = sum(cost["battery_share"] for cost in costs) / days
         f.signalling_per_s_per_million = f.signalling_per_day * 1e6 / DAY_S
         f.signalling_per_s = f.signalling_per_day * population / DAY_S
         f.wakeups_per_s = f.wakeups_per_day * population / DAY_S
