@@ -100,8 +100,11 @@ def test_study_radio_agrees_with_a_hand_calculation(tmp_path):
                     "wakeups_per_s": per_day * POPULATION / DAY}
             for key, value in hand.items():
                 assert f[key] == pytest.approx(value, rel=0.05), (key, why)
-            # nothing was sent to the phones: the server never woke one
-            assert f["server_wakeups"] == 0, why
+            # nothing was sent to the phones and no server closed a link: a server packet
+            # that woke a radio could only be a reply held back by a stalled loop
+            assert f["server_wakeups"] == f["late_wakeups"], why
+            if data["timing_ok"]:
+                assert f["server_wakeups"] == 0, why
             assert f["population"] == POPULATION
 
     # the phones' own counters tell the same story: the radio wakes for every heartbeat and

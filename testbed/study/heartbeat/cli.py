@@ -180,6 +180,16 @@ def main_heartbeat(args: argparse.Namespace) -> int:
                   f"timeout): some silent deaths of policies that should survive, and some "
                   f"late messages, may be the testbed's doing, not the policy's. A busy "
                   f"machine does this; rerun, or use a lower --time-scale.", soft_wrap=True)
+    late = [(p.policy, f) for p in result.policies for f in p.radio.values()
+            if f.late_wakeups > 0.01 * f.wakeups]
+    if late:
+        worst = max(late, key=lambda pf: pf[1].late_wakeups / pf[1].wakeups)
+        err.print(f"[yellow]warning:[/yellow] the server woke the radio more often than "
+                  f"pushes and closes can explain ({worst[0]} on {worst[1].profile}: "
+                  f"{worst[1].late_wakeups} of {worst[1].wakeups} wake-ups): replies came so "
+                  f"late, at this time scale on a busy machine, that the radio had gone idle, "
+                  f"so the radio figures overstate. Rerun, or use a lower --time-scale "
+                  f"(docs/heartbeat-study.md).", soft_wrap=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -140,6 +140,9 @@ def _radio(r: PolicyResult, cs: list[PhoneOutcome], days: float, names: tuple[st
         for total, per_day in _RADIO_TOTALS.items():
             setattr(f, total, sum(cost[total] for cost in costs))
             setattr(f, per_day, getattr(f, total) / days)
+        # a server packet that finds the radio idle is a push, the server closing the link,
+        # or a reply held back longer than the radio's tails (the testbed's doing)
+        f.late_wakeups = max(0, f.server_wakeups - r.pushes - r.links_closed)
         f.packets = sum(cost["packets_c2s"] + cost["packets_s2c"] for cost in costs)
         f.packets_per_day = f.packets / days
         f.battery_share_per_day = sum(cost["battery_share"] for cost in costs) / days

@@ -22,6 +22,9 @@ class RadioFigures:
     packets: int = 0                        # IP packets both ways
     wakeups: int = 0                        # promotions from idle
     server_wakeups: int = 0                 # of those, woken by a packet from the server
+    # server wake-ups beyond the pushes and server closes that could cause them: replies the
+    # testbed delivered so late (a loaded loop, times k) that the radio had gone idle
+    late_wakeups: int = 0
     promotions: int = 0                     # every promotion (FACH to DCH too)
     signalling_messages: int = 0            # RRC messages of promotions and demotions
     radio_on_s: float = 0.0                 # promoting or in a connected state
