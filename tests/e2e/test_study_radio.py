@@ -28,8 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.study.heartbeat import StudyResult
-from testbed.study.heartbeat.render import render_radio_tables
+from testbed.study.heartbeat import StudyResult, render_radio_tables
 
 REPO = Path(__file__).resolve().parents[2]
 HOURS, SCALE, CLIENTS, POPULATION = 1.45, 500, 2, 300e6

@@ -36,6 +36,10 @@ How it is measured (docs/heartbeat-study.md explains each choice):
 * NAT expiries are attributed to phones by source address (each phone binds its own
   loopback address, `client_address`; the NAT's `NatEvent`s name it), counting only
   expiries inside the phone's window;
+* with radio profiles (`radio`), each phone's long links report what they put on the wire
+  (`Phone(link_observer=...)`, a `testbed.radio.link.LinkTimeline`): its IP packets in the
+  window, both ways, feed a `RadioMeter` per profile, whose costs are summed per policy and
+  scaled to a phone-day and to the operator's `population`;
 * an event-loop lag monitor in every process records how late a 5 ms sleep wakes up; lag
   times k is the error, in protocol seconds, of every timer and time stamp in the run
   (heartbeat due times, the NAT's idleness stamps, the NOOP timeout). Stalls longer than the
@@ -50,9 +54,9 @@ snapshots, loop lag, statistics), `driver` (the phones of one event loop), `orch
 from .cli import config_from_args, main_heartbeat, register
 from .config import StudyConfig, timing_margin
 from .orchestrate import run_study
-from .render import render_table, timing_summary, write_plot
-from .results import PolicyResult, StudyResult
+from .render import render_radio_tables, render_table, timing_summary, write_plot
+from .results import PolicyResult, RadioFigures, StudyResult
 
-__all__ = ["PolicyResult", "StudyConfig", "StudyResult", "config_from_args", "main_heartbeat",
-           "register", "render_table", "run_study", "timing_margin", "timing_summary",
-           "write_plot"]
+__all__ = ["PolicyResult", "RadioFigures", "StudyConfig", "StudyResult", "config_from_args",
+           "main_heartbeat", "register", "render_radio_tables", "render_table", "run_study",
+           "timing_margin", "timing_summary", "write_plot"]
