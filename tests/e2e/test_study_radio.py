@@ -1,14 +1,14 @@
 """`testbed study heartbeat --radio ...`, run as a user runs it, against a hand calculation.
 
-Two phones per policy behind a 300 s carrier NAT for 1.45 protocol hours at k = 500 (about
-11 s of wall time), no messages, so each phone's traffic is its heartbeat schedule alone:
+Three phones per policy behind a 300 s carrier NAT for 1.45 protocol hours at k = 400 (about
+13 s of wall time), no messages, so each phone's traffic is its heartbeat schedule alone:
 
 * `fixed:270`: a NOOP and its reply every 270 s: floor(5220 / 270) = 19 a window, each one
   wake-up of the radio (the reply comes inside the promotion);
 * `fixed:1680`: every NOOP finds the link black-holed (the NAT forgets after 300 s), goes
   unanswered for the NOOP timeout T, then the phone reconnects (FIN, TCP handshake, IDENTIFY,
   newsync) and the next NOOP is 1680 s after that: NOOPs at 1680 + i (1680 + T), three in the
-  window, each two wake-ups (T = 25 s is longer than either profile's tails).
+  window, each two wake-ups (T = 20 s is longer than either profile's tails).
 
 A wake-up that carries one short exchange costs what one packet costs (docs/radio.md), from
 the profiles' sourced figures: the promotion, then every tail in full. Packets (IP, both
@@ -31,7 +31,7 @@ import pytest
 from testbed.study.heartbeat import StudyResult, render_radio_tables
 
 REPO = Path(__file__).resolve().parents[2]
-HOURS, SCALE, CLIENTS, POPULATION = 1.45, 500, 2, 300e6
+HOURS, SCALE, CLIENTS, POPULATION = 1.45, 400, 3, 300e6
 WINDOW = HOURS * 3600
 DAY = 86400.0
 BATTERY_J = 1500 * 3.7 * 3.6        # 1,500 mAh at 3.7 V: 19,980 J
@@ -79,7 +79,7 @@ def test_study_radio_agrees_with_a_hand_calculation(tmp_path):
     assert "qian2010" in profiles["umts-2010"]["sources"]
     assert "huang2012" in profiles["lte-2012"]["sources"]
     noop_timeout = data["noop_timeout_effective_s"]
-    assert noop_timeout == 25          # 50 ms of wall time at k = 500
+    assert noop_timeout == 20          # the phone's own: its 50 ms floor is 20 s at k = 400
     by = {p["policy"]: p for p in data["policies"]}
 
     for policy in ("fixed:270", "fixed:1680"):
@@ -102,18 +102,16 @@ def test_study_radio_agrees_with_a_hand_calculation(tmp_path):
             # nothing was sent to the phones and no server closed a link: a server packet
             # that woke a radio could only be a reply held back by a stalled loop
             assert f["server_wakeups"] == f["late_wakeups"], why
-            if data["timing_ok"]:
-                assert f["server_wakeups"] == 0, why
             assert f["population"] == POPULATION
 
-    # the phones' own counters tell the same story: the radio wakes for every heartbeat and
-    # again for every reconnect (each of fixed:1680's heartbeats dies), unless a stall of
-    # the loop held a reply back longer than a tail (which the run would count)
+    # the phones' own counters tell the same story: the radio woke for every heartbeat and
+    # for every reconnect (each of fixed:1680's heartbeats dies), and for every reply that a
+    # stalled loop held back past the tails (counted as late)
     assert by["fixed:1680"]["silent_deaths"] == by["fixed:1680"]["heartbeats_sent"]
-    if data["timing_ok"]:
-        for p in by.values():
-            for name in WAKE:
-                assert p["radio"][name]["wakeups"] == p["heartbeats_sent"] + p["reconnects"], p
+    for p in by.values():
+        for name in WAKE:
+            f = p["radio"][name]
+            assert f["wakeups"] == p["heartbeats_sent"] + p["reconnects"] + f["late_wakeups"], p
 
     # the JSON reads back and renders, wide and turned (one table per profile)
     from rich.console import Console
