@@ -85,7 +85,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                          "day, and the operator's view (docs/radio.md)")
     hb.add_argument("--population", type=positive_float, default=WECHAT_USERS_2013,
                     metavar="USERS", help="users for the operator's view of --radio (default "
-                                          "300e6: WeChat's users in January 2013)")
+                                          "300e6: WeChat's registered users in January 2013)")
     hb.add_argument("--json", type=Path, default=None, metavar="OUT",
                     help="write the figures as JSON")
     hb.add_argument("--plot", type=Path, default=None, metavar="FILE.png",

@@ -12,8 +12,8 @@ from testbed.lab.addressing import MAX_CLIENTS
 from testbed.radio.link import TCPIP_HEADER_BYTES  # noqa: F401 (the study's byte estimate)
 
 DAY_S = 86400.0
-# WeChat's registered users when Tencent announced 300 million (15 January 2013; TechNode and
-# China Daily, 16-17 January 2013): the operator's view is given for this many phones
+# the 300 million registered users Tencent announced for WeChat in mid-January 2013 (TechNode,
+# 16 January; China Daily, 17 January 2013): the operator's view is given for this many phones
 WECHAT_USERS_2013 = 300e6
 TCP_CONN_SEGMENTS = 7       # SYN, SYN-ACK, ACK, FIN, ACK, FIN, ACK: header-only segments
 LATE_S = 60.0               # a message later than this did not come by push on a live link
