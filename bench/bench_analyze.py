@@ -13,6 +13,17 @@ and prints the ratios (targets: (a) >= 1.5x (b), (a) >= 2x (c)) and the peak RSS
 a child process of its own, against the peak RSS of just reading the file: memory follows the
 open flows, not the file size. Exit status is always 0; a missed target prints BELOW TARGET.
 
+The payloads of that capture are random bytes, which no dissector claims. A second capture of
+the same size carries the lab's protocol instead (long-link frames and CGI requests with their
+protobuf bodies, both ways), and on it, in the same rounds:
+
+  (a') read_capture + decode + FlowTable + TCP analysis, as (a)          -- reassembly only
+  (d)  analyze(): (a') plus the dissectors, one Event per message        -- `testbed analyze`
+  (e)  (d) plus Event.to_dict() of every event (bodies decoded)          -- `analyze --events`
+
+with events per CPU second and the ratios (d)/(a') and (e)/(a'): what the dissection and the
+events cost over reassembly (no target: they are for comparing one version with another).
+
 Rates are packets per CPU second of the process doing the work (wall-clock rates are shown
 too): the machines are shared, and CPU time is what a busy neighbour disturbs least. The
 three run interleaved, several rounds, and the best round of each counts.
@@ -52,9 +63,51 @@ def _csum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def synthesize(path: str, packets: int, seed: int = 1, concurrent: int = 300) -> dict:
-    """Write a pcap of `packets` Ethernet/IPv4/TCP frames; returns what it put in."""
+def _lab_messages(rnd: random.Random) -> dict:
+    """Request and reply payloads of the lab's protocol, by flow type: long-link frames
+    (NOOP, NEWSYNC, NEWSENDMSG, a NOTIFY push) and CGI POSTs over HTTP/1.1."""
+    from testbed.wire import REPLY_OFFSET as REPLY, encode_frame, notify_body, pb
+    base = pb.BaseRequest(uin=7, session_key=b"k" * 16, device_id=b"bench")
+    sync_req = pb.NewSyncRequest(base=base, selector=7).SerializeToString()
+    sync_resp = pb.NewSyncResponse(continue_flag=0).SerializeToString()
+    send = [pb.NewSendMsgRequest(base=base, msgs=[pb.MicroMsgRequest(
+        to_user="user0002", content="x" * rnd.randrange(1, 600), client_msg_id=str(i))]
+    ).SerializeToString() for i in range(32)]
+    send_resp = pb.NewSendMsgResponse(msgs=[pb.MicroMsgResponse(to_user="user0002")]
+                                      ).SerializeToString()
+    longlink = []
+    for i in range(64):
+        kind = i % 4
+        if kind == 0:
+            longlink.append((encode_frame(6, i), encode_frame(6 + REPLY, i)))
+        elif kind == 1:
+            longlink.append((encode_frame(121, i, sync_req),
+                             encode_frame(121 + REPLY, i, sync_resp)))
+        elif kind == 2:
+            longlink.append((encode_frame(237, i, send[i % 32]),
+                             encode_frame(237 + REPLY, i, send_resp)))
+        else:
+            longlink.append((encode_frame(6, i), encode_frame(24, 0, notify_body(7))))
+
+    def http(body: bytes, answer: bytes) -> tuple[bytes, bytes]:
+        req = (b"POST /cgi-bin/micromsg-bin/newsync HTTP/1.1\r\nHost: short.weixin.qq.com\r\n"
+               b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
+               % len(body)) + body
+        resp = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(answer)) + answer
+        return req, resp
+    return {8080: longlink, 80: [http(sync_req, sync_resp)]}
+
+
+def synthesize(path: str, packets: int, seed: int = 1, concurrent: int = 300,
+               lab: bool = False) -> dict:
+    """Write a pcap of `packets` Ethernet/IPv4/TCP frames; returns what it put in.
+
+    Payloads are random bytes to port 443, or with `lab` the lab's protocol: long-link flows
+    to port 8080 and short-link flows to port 80, one message per data segment, each reply
+    after its request."""
     rnd = random.Random(seed)
+    messages = _lab_messages(random.Random(seed)) if lab else None
     blob = bytes(rnd.getrandbits(8) for _ in range(4096)) * 2
     eth = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"
     hdr = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
@@ -82,6 +135,9 @@ def synthesize(path: str, packets: int, seed: int = 1, concurrent: int = 300) ->
             fl = {"c": cip, "s": sip, "cp": next_port, "sp": 443,
                   "cseq": rnd.getrandbits(32), "sseq": rnd.getrandbits(32),
                   "state": 0, "left": rnd.randrange(20, 600), "sent": []}
+            if lab:
+                fl["sp"] = 8080 if stats["flows"] % 3 else 80
+                fl["msgs"], fl["next"], fl["owed"] = messages[fl["sp"]], 0, None
             flows.append(fl)
             stats["flows"] += 1
         fl = flows[rnd.randrange(len(flows))]
@@ -107,6 +163,21 @@ def synthesize(path: str, packets: int, seed: int = 1, concurrent: int = 300) ->
                 fr = fl["sent"][rnd.randrange(len(fl["sent"]))]
                 frames.append(fr)
                 stats["retransmissions"] += 1
+            elif lab and r < 0.75:
+                # the client's next request, or the server's reply to the last one
+                if fl["owed"] is None:
+                    msgs = fl["msgs"]
+                    p, fl["owed"] = msgs[fl["next"] % len(msgs)]
+                    fl["next"] += 1
+                    fr = frame(c, s, cp, sp, fl["cseq"], fl["sseq"], 0x18, p)
+                    fl["cseq"] += len(p)
+                    fl["sent"] = (fl["sent"] + [fr])[-4:]
+                else:
+                    p, fl["owed"] = fl["owed"], None
+                    fr = frame(s, c, sp, cp, fl["sseq"], fl["cseq"], 0x18, p)
+                    fl["sseq"] += len(p)
+                frames.append(fr)
+                stats["payload"] += len(p)
             elif r < 0.5:
                 size = rnd.randrange(1, 1400)
                 off = rnd.randrange(4096)
@@ -184,6 +255,27 @@ def run_ours(path: str, conn=None) -> dict:
     if conn is not None:
         conn.send(res)
     return res
+
+
+def run_events(path: str, conn=None, to_dict: bool = False) -> dict:
+    """`analyze()` of the whole file: dissectors and events (and, with `to_dict`, every
+    event made JSON-ready as `analyze --events --json` does)."""
+    from testbed.capture.analyze import analyze
+    gc.collect()
+    t0, c0 = time.perf_counter(), time.process_time()
+    a = analyze(path)
+    if to_dict:
+        for e in a.events:
+            e.to_dict()
+    res = {"packets": a.packets, "seconds": time.perf_counter() - t0,
+           "cpu": time.process_time() - c0, "events": len(a.events), "flows": len(a.flows)}
+    if conn is not None:
+        conn.send(res)
+    return res
+
+
+def run_events_json(path: str, conn=None) -> dict:
+    return run_events(path, conn, to_dict=True)
 
 
 def run_read_only(path: str, conn=None) -> dict:
@@ -275,8 +367,15 @@ def measure(n: int, args) -> None:
               f"in {time.perf_counter() - t0:.1f} s")
         if args.keep:
             shutil.copy(path, args.keep)
+        lab_path = os.path.join(tmp, "lab.pcap")
+        t0 = time.perf_counter()
+        st_lab = synthesize(lab_path, n, lab=True)
+        print(f"synthesised {st_lab['packets']:,} packets of the lab's protocol, "
+              f"{st_lab['flows']:,} flows, {st_lab['bytes'] / 1e6:.1f} MB "
+              f"in {time.perf_counter() - t0:.1f} s")
         rounds = args.rounds or (3 if n <= 200_000 else 2)
         ours = dp = ts = None
+        lab_flows = lab_events = lab_json = None
 
         def best(old, new):
             return new if old is None or new["cpu"] < old["cpu"] else old
@@ -286,6 +385,9 @@ def measure(n: int, args) -> None:
             dp = best(dp, in_child(run_dpkt, path))
             t = run_tshark(path)
             ts = t if not t.get("cpu") else best(ts, t)
+            lab_flows = best(lab_flows, in_child(run_ours, lab_path))
+            lab_events = best(lab_events, in_child(run_events, lab_path))
+            lab_json = best(lab_json, in_child(run_events_json, lab_path))
         base = in_child(run_read_only, path)
 
         def rate(r):
@@ -320,6 +422,18 @@ def measure(n: int, args) -> None:
         print(f"peak RSS: pipeline {ours['maxrss_kb'] / 1024:.1f} MiB, just reading the file "
               f"{base['maxrss_kb'] / 1024:.1f} MiB, capture file {st['bytes'] / 2**20:.1f} MiB "
               f"({st['flows']:,} flows, at most 300 open at a time)")
+        rf, re_, rj = rate(lab_flows), rate(lab_events), rate(lab_json)
+        print(f"the lab's protocol ({lab_events['events']:,} events, "
+              f"{lab_events['flows']:,} flows):")
+        print(f"(a') reassembly only:                     {rf:>10,.0f} pkt/s "
+              f"[{wrate(lab_flows):,.0f}]")
+        print(f"(d)  analyze(): dissectors and events:    {re_:>10,.0f} pkt/s "
+              f"[{wrate(lab_events):,.0f}], "
+              f"{lab_events['events'] / lab_events['cpu']:,.0f} events/s")
+        print(f"(e)  (d) + Event.to_dict() of each event: {rj:>10,.0f} pkt/s "
+              f"[{wrate(lab_json):,.0f}], {lab_json['events'] / lab_json['cpu']:,.0f} events/s")
+        print(f"ratio (d)/(a') = {re_ / rf:.2f}x, (e)/(a') = {rj / rf:.2f}x "
+              f"(what dissection and events cost over reassembly)")
         if not ok:
             print("BELOW TARGET")
     finally:
