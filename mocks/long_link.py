@@ -13,8 +13,8 @@ import logging
 from typing import Optional
 
 from testbed.lab.clock import Clock, Timer
-from testbed.wire import (DEFAULT_MAX_PACKET_LEN, ConnectionState, RemoteProtocolError, Ret,
-                          ServerConnection, ServiceError, error_body)
+from testbed.wire import (DEFAULT_MAX_PACKET_LEN, ConnectionState, Door, RemoteProtocolError,
+                          Ret, ServerConnection, ServiceError, error_body)
 from testbed.wire.commands import NOOP_CMD
 from testbed.wire.connection import IdleTimeout, Request
 from testbed.wire.frames import HEADER, reply_cmd
@@ -184,7 +184,7 @@ class LongLinkProtocol(asyncio.Protocol):
                 self._set_reading()
             ctx = RequestContext(origin=self.link_id, peer=self.peer)
             try:
-                await count_request(srv.service.store, "long", req.command.name)
+                await count_request(srv.service.store, Door.LONG, req.command.name)
                 response = await srv.service.handle(req.command, req.message, ctx)
                 body = response.SerializeToString()
             except ServiceError as exc:

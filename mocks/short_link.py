@@ -12,8 +12,8 @@ import logging
 
 from aiohttp import web
 
-from testbed.wire import (BY_PATH, RemoteProtocolError, Ret, ServiceError, decode_request,
-                          error_body)
+from testbed.wire import (BY_PATH, Door, RemoteProtocolError, Ret, ServiceError,
+                          decode_request, error_body)
 
 from .service import RequestContext, Service
 from .stats import count_request
@@ -106,7 +106,8 @@ class ShortLinkServer:
             return self._status(413, b"body over 1 MiB\n")
         ctx = RequestContext(peer=request.remote or "")
         try:
-            await count_request(self.service.store, "tls" if tls else "short", command.name)
+            await count_request(self.service.store, Door.TLS if tls else Door.SHORT,
+                                command.name)
             req = decode_request(command, body)
             out = (await self.service.handle(command, req, ctx)).SerializeToString()
         except RemoteProtocolError as exc:

@@ -11,14 +11,16 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from testbed.wire import Door
+
 from .state import Store
 
 MESSAGES_STORED = "messages_stored"
 _REQUESTS, _ERRORS, _REPORTS = "requests", "errors", "reports"
 
 
-def request_key(door: str, command: str) -> str:
-    """A request for `command` ("NEWSYNC") that came through `door` ("long", "short", "tls")."""
+def request_key(door: Door | str, command: str) -> str:
+    """A request for `command` ("NEWSYNC") that came through `door` (a `Door`, or its name)."""
     return f"{_REQUESTS} {door} {command}"
 
 
@@ -31,7 +33,7 @@ def report_key(kind: str) -> str:
     return f"{_REPORTS} {kind}"
 
 
-async def count_request(store: Store, door: str, command: str) -> None:
+async def count_request(store: Store, door: Door | str, command: str) -> None:
     await store.count({request_key(door, command): 1})
 
 
@@ -39,7 +41,7 @@ async def count_request(store: Store, door: str, command: str) -> None:
 class LabStats:
     """What the servers of a lab saw, summed over its processes."""
 
-    requests: Counter = field(default_factory=Counter)   # (door, command) -> count
+    requests: Counter = field(default_factory=Counter)   # (Door, command) -> count
     errors: Counter = field(default_factory=Counter)     # (command, ret) -> count
     reports: Counter = field(default_factory=Counter)    # report kind -> items
     messages_stored: int = 0
@@ -51,7 +53,7 @@ class LabStats:
             kind, _, rest = name.partition(" ")
             if kind == _REQUESTS:
                 door, _, command = rest.partition(" ")
-                stats.requests[(door, command)] += n
+                stats.requests[(Door(door), command)] += n
             elif kind == _ERRORS:
                 command, _, ret = rest.rpartition(" ")
                 stats.errors[(command, int(ret))] += n

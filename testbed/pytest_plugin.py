@@ -9,7 +9,8 @@ Fixtures:
   user by index or name).
 - `recorder`: what crossed the wire during this test: `recorder.capture()` is a
   `CaptureView` with `expect_sequence(...)`, `heartbeat_interval()`, `expect_heartbeat(...)`;
-  `recorder.path` is the pcapng file.
+  `recorder.path` is the pcapng file. A spec naming a kind, field, command or door that does
+  not exist raises `testbed.verify.SpecError`, which lists the valid ones.
 
 Options (command line or ini): `--testbed-scope` / `testbed_scope` (function|session),
 `--testbed-time-scale` / `testbed_time_scale`, `--testbed-users` / `testbed_users`,
@@ -194,6 +195,7 @@ async def wx_client(lab):
     phones = []
 
     async def make(user=0, *, policy: Optional[str] = None, sync_door: str = "long"):
+        # sync_door: a `testbed.wire.Door` or its name; Phone refuses an unknown one
         users = lab.users
         u = users[user] if isinstance(user, int) else next(
             x for x in users if x["username"] == user)

@@ -13,10 +13,12 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
+from testbed.wire.commands import Command
+
 from . import events as ev
 from .dissect import HttpStream, LongLinkStream, TlsStream, classify, dns_events
 from .dns_tcp import DnsOverTcp
-from .events import Event
+from .events import Event, Kind
 from .flows import FlowTable
 from .packets import Datagram, Segment, decode, read_capture
 from .tcp_analysis import DUPLICATE_ACK, KEEP_ALIVE
@@ -146,11 +148,10 @@ class Analyzer:
             self.on_event(event)
 
     def _flow_emitter(self, info: FlowInfo):
-        def emit(kind: str, ts: float, fields: dict) -> None:
-            direction = fields.pop("direction", None) or ("s2c" if kind in (
-                ev.HTTP_RESPONSE,) else "c2s")
-            if kind == ev.FRAME or kind == ev.TLS_RECORD:
-                direction = self._cur_dir
+        # a stream reports a message while it reads the bytes of the direction it came from
+        # (an HTTP response delimited by the close: see _on_flow_end)
+        def emit(kind: Kind, ts: float, fields: dict, command: Optional[Command]) -> None:
+            direction = self._cur_dir
             if kind == ev.TLS_RECORD and fields.get("content_type") == TLS_APPLICATION_DATA:
                 if direction == "c2s":
                     info.tls_asked = True
@@ -159,14 +160,14 @@ class Analyzer:
                     info.tls_exchanges += 1
             if kind == ev.TLS_CLIENT_HELLO and fields.get("sni"):
                 info.host = info.host or fields["sni"]
-            if kind == ev.HTTP_REQUEST and fields.get("host"):
+            elif kind == ev.HTTP_REQUEST and fields.get("host"):
                 info.host = info.host or fields["host"].split(":")[0]
             src, dst = (info.client, info.server) if direction == "c2s" else \
                 (info.server, info.client)
             self._emit(Event(ts, kind, info.id, direction, src, dst, info.host, fields,
-                             self._cur_index))
-            if kind == ev.FRAME and direction == "c2s" and fields.get("noop") \
-                    and not fields.get("reply"):
+                             self._cur_index, command))
+            if kind == ev.FRAME and direction == "c2s" and fields["noop"] \
+                    and not fields["reply"]:
                 info.noop_ts.append(ts)
         return emit
 

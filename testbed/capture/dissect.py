@@ -3,7 +3,9 @@
 A TCP flow is classified by its first bytes: TLS (a handshake record 0x16 0x03), HTTP (a
 request method), the lab's long link (a 16-byte header with header_len 16 and version 1), or
 unknown (for example the real client's MMTLS, 0x16 0xf1). Each dissector is incremental and
-bounded: a message body is kept only up to `BODY_KEEP` bytes.
+bounded: a message body is kept only up to `BODY_KEEP` bytes. A stream reports each message
+as `emit(kind, ts, fields, command)`, `command` being the command-table row it found (a
+frame's cmd, a CGI path) or None.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import Callable, Optional
 import dpkt
 
 from testbed.wire import FrameDecoder, RemoteProtocolError
-from testbed.wire.commands import BY_PATH, NOOP_CMD, command_for_frame, is_push
+from testbed.wire.commands import BY_PATH, NOOP_CMD, Command, command_for_frame, is_push
 from testbed.wire.frames import is_reply, request_cmd
 
 from . import events as ev
-from .events import Event
+from .events import Kind
 
 BODY_KEEP = 64 * 1024          # bytes of a body kept for decoding and display
 HEADER_LIMIT = 64 * 1024       # an HTTP head longer than this is not HTTP we can read
@@ -27,7 +29,8 @@ METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATC
            b"CONNECT ", b"TRACE ")
 TLS_CONTENT = {20: "ChangeCipherSpec", 21: "Alert", 22: "Handshake", 23: "Application Data"}
 
-Emit = Callable[[Event], None]
+#: how a stream reports a message: kind, time, fields and the command-table row (if any)
+EmitFields = Callable[[Kind, float, dict, Optional[Command]], None]
 
 
 def classify(head: bytes) -> Optional[str]:
@@ -84,7 +87,7 @@ class TlsStream:
     Record bodies are skipped as they stream by (only a ClientHello is buffered whole), so
     memory stays at one record header per direction."""
 
-    def __init__(self, emit_fields: Callable[[str, float, dict], None]) -> None:
+    def __init__(self, emit_fields: EmitFields) -> None:
         self.emit = emit_fields
         self.buf = {"c2s": bytearray(), "s2c": bytearray()}
         self.skip = {"c2s": 0, "s2c": 0}
@@ -107,11 +110,12 @@ class TlsStream:
             if hello:
                 self.hello_done = True
                 self.emit(ev.TLS_CLIENT_HELLO, ts, {
-                    "sni": client_hello_sni(bytes(buf[:5 + length])) or "", "length": length})
+                    "sni": client_hello_sni(bytes(buf[:5 + length])) or "", "length": length},
+                    None)
             else:
                 self.emit(ev.TLS_RECORD, ts, {
                     "content_type": ctype, "content_type_name": TLS_CONTENT.get(ctype, "?"),
-                    "length": length})
+                    "length": length}, None)
             take = min(len(buf), 5 + length)
             self.skip[direction] = 5 + length - take
             del buf[:take]
@@ -279,11 +283,12 @@ class HttpDirection:
 
 
 class HttpStream:
-    def __init__(self, emit_fields: Callable[[str, float, dict], None]) -> None:
+    def __init__(self, emit_fields: EmitFields) -> None:
         self.emit = emit_fields
         self.req = HttpDirection(True)
         self.resp = HttpDirection(False)
-        self.pending: list[dict] = []     # requests awaiting their response
+        # requests awaiting their response, with their command-table row
+        self.pending: list[tuple[dict, Optional[Command]]] = []
         self.requests = 0
 
     def data(self, direction: str, ts: float, data: bytes) -> None:
@@ -300,10 +305,9 @@ class HttpStream:
 
     def _request(self, msg: dict) -> None:
         self.requests += 1
-        self.pending.append(msg)
+        command = BY_PATH.get(msg["uri"].split("?", 1)[0])
+        self.pending.append((msg, command))
         self.resp.no_body_next.append(msg["method"] == "HEAD")
-        path = msg["uri"].split("?", 1)[0]
-        command = BY_PATH.get(path)
         fields = {"method": msg["method"], "uri": msg["uri"], "version": msg["version"],
                   "headers": msg["headers"], "host": msg["headers"].get("host", ""),
                   "body_len": msg["body_len"], "body": msg["body"],
@@ -311,31 +315,30 @@ class HttpStream:
         if command is not None:
             fields["cgi"] = command.cgi
             fields["name"] = command.name
-        self.emit(ev.HTTP_REQUEST, msg["ts"], fields)
+        self.emit(ev.HTTP_REQUEST, msg["ts"], fields, command)
 
     def _response(self, msg: dict) -> None:
         interim = 100 <= msg["status"] < 200 and msg["status"] != 101
         if not self.pending:
-            req = None
+            req, command = None, None
         else:   # an interim answer (100 Continue) leaves its request waiting for the real one
-            req = self.pending[0] if interim else self.pending.pop(0)
+            req, command = self.pending[0] if interim else self.pending.pop(0)
         fields = {"status": msg["status"], "reason": msg["reason"], "headers": msg["headers"],
                   "content_type": msg["headers"].get("content-type", ""),
                   "body_len": msg["body_len"], "body": msg["body"], "head_len": msg["head_len"]}
         if req is not None:
             fields["request_uri"] = req["uri"]
-            command = BY_PATH.get(req["uri"].split("?", 1)[0])
             if command is not None:
                 fields["cgi"] = command.cgi
                 fields["name"] = command.name
-        self.emit(ev.HTTP_RESPONSE, msg["ts"], fields)
+        self.emit(ev.HTTP_RESPONSE, msg["ts"], fields, command)
 
 
 # ---------------------------------------------------------------------- long link
 class LongLinkStream:
     """Frames each way with the sans-I/O decoder; names from the command table."""
 
-    def __init__(self, emit_fields: Callable[[str, float, dict], None]) -> None:
+    def __init__(self, emit_fields: EmitFields) -> None:
         self.emit = emit_fields
         self.dec = {"c2s": FrameDecoder(), "s2c": FrameDecoder()}
         self.violation: Optional[str] = None
@@ -362,13 +365,13 @@ class LongLinkStream:
                 fields["selector"] = int.from_bytes(body, "big")
             if direction == "c2s" and not reply:
                 self.requests += 1
-            self.emit(ev.FRAME, ts, fields)
+            self.emit(ev.FRAME, ts, fields, command)
         if dec.error is not None:
             self.violation = str(dec.error)
 
 
 # ---------------------------------------------------------------------- DNS
-def dns_events(payload: bytes) -> Optional[tuple[str, dict]]:
+def dns_events(payload: bytes) -> Optional[tuple[Kind, dict]]:
     """(kind, fields) for a DNS message, or None if it does not parse."""
     try:
         msg = dpkt.dns.DNS(payload)

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 from testbed.lab.clock import Clock
 from testbed.lab.manifest import Manifest
-from testbed.wire import Ret, pb
+from testbed.wire import Door, Ret, pb
 
 from .heartbeat import HeartbeatPolicy, parse_policy
 from .linkobserver import LinkObserver
@@ -65,11 +65,12 @@ class Phone:
 
     def __init__(self, manifest: Manifest, username: str, password: str, *,
                  policy: HeartbeatPolicy | str | None = None, clock: Optional[Clock] = None,
-                 sync_door: str = "long", local_addr: Optional[str] = None,
+                 sync_door: Door | str = Door.LONG, local_addr: Optional[str] = None,
                  on_message: Optional[Callable[[pb.AddMsg, float], None]] = None,
                  rng: Optional[random.Random] = None,
                  link_observer: Optional[LinkObserver] = None) -> None:
-        if sync_door not in ("long", "short"):
+        sync_door = Door(sync_door)
+        if sync_door is Door.TLS:   # the phone syncs in clear or on its long link
             raise ValueError("sync_door is 'long' or 'short'")
         self.manifest = manifest
         self.clock = clock or Clock(manifest.time_scale)
@@ -310,8 +311,9 @@ class Phone:
 
     # ------------------------------------------------------------------ sending
     async def send_text(self, to: str, content: str, *, tries: int = 5,
-                        door: str = "long") -> pb.MicroMsgResponse:
+                        door: Door | str = Door.LONG) -> pb.MicroMsgResponse:
         """Send once, whatever happens to the link: retries reuse the client_msg_id."""
+        door = Door(door)
         cid = uuid.uuid4().hex
         for attempt in range(tries):
             try:
@@ -321,7 +323,7 @@ class Phone:
                 if attempt == tries - 1:
                     raise
                 log.info("%s: send failed (%r), retrying with the same id", self.username, exc)
-                if door == "long":
+                if door is Door.LONG:
                     await self.reconnect()
         raise AssertionError("unreachable")
 

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from testbed.lab.addressing import LONG, SHORT
 from testbed.lab.clock import Clock
 from testbed.lab.manifest import Manifest
-from testbed.wire import BY_NAME, Ret, pb
+from testbed.wire import BY_NAME, Door, Ret, pb
 from testbed.wire.commands import (CMD_ITEM_TYPES, ITEM_ADD_MSG, ITEM_DEL_CONTACT,
                                    ITEM_MOD_CONTACT, ITEM_MOD_USER_INFO, MSG_TEXT)
 
@@ -125,12 +125,14 @@ class Session:
             return None
         return self._check(name, resp) if check else resp
 
-    async def call(self, name: str, request: Message, door: str = "long",
+    async def call(self, name: str, request: Message, door: Door | str = Door.LONG,
                    check: bool = True, timeout: Optional[float] = None) -> Message:
-        """A command available on both doors, through the one asked for."""
-        if door == "long":
+        """A command available on both doors, through the one asked for (`Door` or its
+        name; an unknown name is a ValueError naming the doors)."""
+        door = Door(door)
+        if door is Door.LONG:
             return await self.long_call(name, request, check=check, timeout=timeout)
-        return await self.cgi(BY_NAME[name].cgi, request, check=check)
+        return await self.cgi(BY_NAME[name].cgi, request, check=check, tls=door is Door.TLS)
 
     # ------------------------------------------------------------------ login
     async def login(self) -> pb.ManualAuthResponse:
@@ -172,7 +174,7 @@ class Session:
             await self.link.close()
 
     # ------------------------------------------------------------------ sync
-    async def sync(self, door: str = "long", selector: int = 7,
+    async def sync(self, door: Door | str = Door.LONG, selector: int = 7,
                    timeout: Optional[float] = None) -> list[pb.CmdItem]:
         """newsync until `continue_flag` is 0; applies items to `sync_state`."""
         items: list[pb.CmdItem] = []
@@ -190,7 +192,7 @@ class Session:
         self._apply(resp)
         items = list(resp.cmd_list)
         if resp.continue_flag:
-            items += await self.sync(door="short")
+            items += await self.sync(door=Door.SHORT)
         return items
 
     def _apply(self, resp: pb.NewSyncResponse) -> None:
@@ -211,7 +213,7 @@ class Session:
 
     # ------------------------------------------------------------------ messages
     async def send_text(self, to: str, content: str, *, client_msg_id: Optional[str] = None,
-                        door: str = "long",
+                        door: Door | str = Door.LONG,
                         timeout: Optional[float] = None) -> pb.MicroMsgResponse:
         cid = client_msg_id or uuid.uuid4().hex
         req = pb.NewSendMsgRequest(base=self.base(), msgs=[pb.MicroMsgRequest(

@@ -306,9 +306,8 @@ def _details(e, t: float) -> list[str]:
 
 
 _STYLE = {ev.DNS_QUERY: "dns", ev.DNS_ANSWER: "dns", ev.TCP_SYN: "tcp", ev.TCP_SYNACK: "tcp",
-          ev.TCP_ACK: "tcp", ev.TCP_FIN: "fin", ev.TCP_RST: "rst", ev.KEEPALIVE: "tcp",
-          ev.TLS_CLIENT_HELLO: "tls", ev.TLS_RECORD: "tls", ev.HTTP_REQUEST: "http",
-          ev.HTTP_RESPONSE: "http"}
+          ev.TCP_FIN: "fin", ev.TCP_RST: "rst", ev.TLS_CLIENT_HELLO: "tls",
+          ev.TLS_RECORD: "tls", ev.HTTP_REQUEST: "http", ev.HTTP_RESPONSE: "http"}
 
 
 def _style(e) -> str:

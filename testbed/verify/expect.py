@@ -3,17 +3,22 @@
 `CaptureView` wraps an `Analysis` and answers the questions a test author asks: the first
 event of a kind, events in order across hosts, counts, intervals (wall time multiplied back
 by the capture's recorded time scale), and whether a secret ever crossed the wire in clear.
-Each `expect_*` raises `ExpectationFailed` with a readable account of what was seen instead.
+Each `expect_*` raises `ExpectationFailed` with a readable account of what was seen instead;
+a spec that could never match (a misspelled kind, field or command) raises `SpecError`.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Union
 
 from testbed.capture import events as ev
 from testbed.capture.events import Event
+from testbed.wire.choices import unknown
+from testbed.wire.commands import BY_CGI, BY_NAME, Door
 
 Matcher = Union[str, dict, Callable[[Event], bool]]
 
@@ -37,17 +42,95 @@ class Verdict:
                 "detail": self.detail, "scope": self.scope}
 
 
+class SpecError(ValueError):
+    """A spec that names an event kind, field, command, door or direction that does not
+    exist: it could never match, so it is an error (naming the valid ones), not a miss."""
+
+
+#: what a dict spec may name besides an event's fields
+ATTRIBUTES = ("kind", "host", "direction", "door", "command", "flow", "label")
+_ALL_FIELDS = sorted({name for fields in ev.FIELDS.values() for name in fields}
+                     - set(ATTRIBUTES))
+_COMMAND_NAME = re.compile(r"cmd \d+")     # a frame whose cmd is not in the table
+
+
+def _kind(value: Any) -> ev.Kind:
+    try:
+        return ev.Kind(value)
+    except ValueError as exc:
+        close = difflib.get_close_matches(str(value), BY_NAME, n=1)
+        hint = f" (a command? {{'command': {close[0]!r}}})" if close else ""
+        raise SpecError(f"{exc}{hint}") from None
+
+
+def _check(spec: dict) -> None:
+    """Raise `SpecError` unless every key and value of a dict spec can occur. A field's
+    value None stands for "absent" and is always allowed."""
+    kind = _kind(spec["kind"]) if "kind" in spec else None
+    fields = ev.FIELDS[kind] if kind is not None else None
+    for key, value in spec.items():
+        if key not in ATTRIBUTES:
+            if fields is None and key not in _ALL_FIELDS:
+                raise SpecError(str(unknown("event field", key, [*ATTRIBUTES, *_ALL_FIELDS])))
+            if fields is not None and key not in fields:
+                raise SpecError(str(unknown(f"{kind} field", key,
+                                            [*ATTRIBUTES, *fields])))
+            want = fields[key] if fields is not None else None
+            if want is not None and value is not None and (
+                    not isinstance(value, want) or (want is not bool and isinstance(value, bool))):
+                raise SpecError(f"{kind} field {key!r} is {want.__name__}, not {value!r}")
+        elif key in ("host", "label") and not isinstance(value, str) or \
+                key == "flow" and value is not None and not isinstance(value, int):
+            raise SpecError(f"{key!r} is {'int' if key == 'flow' else 'str'}, not {value!r}")
+        if value is None:
+            continue
+        try:
+            if key == "direction" and value not in ev.DIRECTIONS:
+                raise unknown("direction", value, ev.DIRECTIONS)
+            elif key == "door":
+                Door(value)
+            elif key == "command" and value not in BY_NAME:
+                raise unknown("command", value, BY_NAME)
+            elif key == "cgi" and value not in BY_CGI:
+                raise unknown("cgi", value, BY_CGI)
+            elif key == "name" and isinstance(value, str):
+                _check_name(kind, value)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+
+
+def _check_name(kind: Optional[ev.Kind], value: str) -> None:
+    """A frame's or CGI message's `name` is a command's; a DNS event's is a host name."""
+    if kind in (ev.DNS_QUERY, ev.DNS_ANSWER) or value in BY_NAME:
+        return
+    if kind is None and "." in value:         # may be a DNS name: give the kind to be sure
+        return
+    if kind == ev.FRAME and _COMMAND_NAME.fullmatch(value):
+        return
+    exc = unknown("command name", value, BY_NAME)
+    if kind is None:
+        exc = ValueError(f"{exc} (a DNS name has a dot; give the kind to match one without)")
+    raise exc
+
+
 def match(spec: Matcher) -> Callable[[Event], bool]:
     """A predicate from a spec: a callable; a kind name; a `label` substring with `~`
     (`"~POST /cgi-bin/micromsg-bin/newsync"`); or a dict of `kind`, `host`, `direction`,
-    `name`, `label` (substring) and field values (exact)."""
+    `door`, `command` (a command name), `flow`, `label` (substring) and field values (exact).
+
+    A kind, field, command, cgi, door or direction that no event can have raises
+    `SpecError`, which names the valid ones (`ev.Kind`, `ev.FIELDS`, the command table)."""
     if callable(spec):
         return spec
     if isinstance(spec, str):
         if spec.startswith("~"):
             needle = spec[1:]
             return lambda e: needle in e.label()
-        return lambda e: e.kind == spec
+        kind = _kind(spec)
+        return lambda e: e.kind == kind
+    if not isinstance(spec, dict):
+        raise SpecError(f"a spec is a kind name, '~label', a dict or a callable, not {spec!r}")
+    _check(spec)
     want = dict(spec)
 
     def pred(e: Event) -> bool:
@@ -63,6 +146,15 @@ def match(spec: Matcher) -> Callable[[Event], bool]:
                     return False
             elif k == "label":
                 if v not in e.label():
+                    return False
+            elif k == "door":
+                if e.door != v:
+                    return False
+            elif k == "command":
+                if e.command is None or e.command.name != v:
+                    return False
+            elif k == "flow":
+                if e.flow != v:
                     return False
             elif e.fields.get(k) != v:
                 return False

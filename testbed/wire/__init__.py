@@ -7,7 +7,7 @@ Nothing in this package performs I/O or imports asyncio, aiohttp or socket-level
 
 from . import mm_pb2 as pb
 from .commands import (BY_CGI, BY_CMD, BY_NAME, BY_PATH, CGI_PREFIX, COMMANDS, PUSH_SEQ,
-                       Command, command_for_frame, decode_request, decode_response,
+                       Command, Door, command_for_frame, decode_request, decode_response,
                        error_body, is_push, notify_body, parse_notify)
 from .connection import ClientConnection, ConnectionState, ServerConnection
 from .errors import (FrameTooLarge, LocalProtocolError, ProtocolError, RemoteProtocolError,
@@ -17,7 +17,7 @@ from .frames import (DEFAULT_MAX_PACKET_LEN, HEADER_LEN, REPLY_OFFSET, Frame, Fr
 
 __all__ = [
     "pb", "BY_CGI", "BY_CMD", "BY_NAME", "BY_PATH", "CGI_PREFIX", "COMMANDS", "PUSH_SEQ",
-    "Command", "command_for_frame", "decode_request", "decode_response", "error_body",
+    "Command", "Door", "command_for_frame", "decode_request", "decode_response", "error_body",
     "is_push", "notify_body", "parse_notify", "ClientConnection", "ServerConnection",
     "ConnectionState", "FrameTooLarge", "LocalProtocolError", "ProtocolError",
     "RemoteProtocolError", "Ret", "ServiceError", "DEFAULT_MAX_PACKET_LEN", "HEADER_LEN", "REPLY_OFFSET", "Frame",

@@ -12,6 +12,7 @@ from typing import Optional
 from google.protobuf.message import DecodeError, Message
 
 from . import mm_pb2 as pb
+from .choices import Choice
 from .errors import LocalProtocolError, RemoteProtocolError
 from .frames import reply_cmd, request_cmd
 
@@ -21,6 +22,15 @@ NOOP_CMD = 6
 IDENTIFY_CMD = 205
 MSG_TEXT, MSG_IMAGE, MSG_VOICE, MSG_VIDEO, MSG_FRIEND_REQUEST = 1, 3, 34, 43, 37
 PUSH_SEQ = 0        # server pushes (NOTIFY) carry seq 0; replies carry their request's seq
+
+
+class Door(Choice, what="door"):
+    """The three ways into the one service (DESIGN.md "one service, two doors"): the long
+    link's frames, the short link's CGI over HTTP, and the same CGI over TLS."""
+
+    LONG = "long"
+    SHORT = "short"
+    TLS = "tls"
 
 
 @dataclass(frozen=True)

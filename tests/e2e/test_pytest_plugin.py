@@ -33,6 +33,31 @@ def test_wire_assertion_failure_is_reported(pytester):
     result.stdout.fnmatch_lines(["*sequence stopped at step 2*"])
 
 
+def test_misspelled_names_are_errors_naming_the_valid_ones(pytester):
+    pytester.makepyfile(test_typos="""
+        async def test_command_typo(lab, wx_client, recorder):
+            a, b = await wx_client(0), await wx_client(1)
+            await a.send_text(b.username, "hi")
+            wire = recorder.capture()
+            wire.expect_sequence({"kind": "frame", "name": "NOTIFY", "push": True})
+            wire.expect_sequence({"kind": "frame", "name": "NOTIFYY"})
+
+        async def test_field_typo(lab, recorder):
+            recorder.capture().count({"kind": "frame", "pussh": True})
+
+        async def test_door_typo(lab, wx_client):
+            await wx_client(0, sync_door="shrot")
+    """)
+    result = _run(pytester)
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines(["*SpecError: unknown command name 'NOTIFYY' (did you mean "
+                                 "'NOTIFY'?); valid: NOOP, IDENTIFY, NEWSENDMSG, *"])
+    result.stdout.fnmatch_lines(["*SpecError: unknown frame field 'pussh' (did you mean "
+                                 "'push'?); valid: kind, host, direction, door, *"])
+    result.stdout.fnmatch_lines(["*ValueError: unknown door 'shrot' (did you mean 'short'?); "
+                                 "valid: long, short, tls*"])
+
+
 def test_server_errors_surface_in_the_test(pytester):
     pytester.makepyfile(test_boom="""
         import asyncio

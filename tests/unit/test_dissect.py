@@ -10,12 +10,13 @@ import pytest
 from testbed.capture import events as ev
 from testbed.capture.dissect import (HttpStream, LongLinkStream, TlsStream, classify,
                                      client_hello_sni, dns_events)
-from testbed.wire import dns, encode_frame, pb
+from testbed.wire import BY_NAME, dns, encode_frame, pb
 
 
 def collect(stream_cls):
+    """(kind, fields, command) for each message the stream reports."""
     out = []
-    return out, stream_cls(lambda kind, ts, fields: out.append((kind, fields)))
+    return out, stream_cls(lambda kind, ts, fields, command: out.append((kind, fields, command)))
 
 
 REQ = (b"POST /cgi-bin/micromsg-bin/newsync HTTP/1.1\r\nHost: short.weixin.qq.com:8080\r\n"
@@ -49,8 +50,11 @@ def test_http_requests_and_responses(how):
         out = results[0]
     else:
         out = run_http((lambda n: []) if how == "whole" else (lambda n: range(1, n)))
-    reqs = [f for k, f in out if k == ev.HTTP_REQUEST]
-    resps = [f for k, f in out if k == ev.HTTP_RESPONSE]
+    reqs = [f for k, f, _ in out if k == ev.HTTP_REQUEST]
+    resps = [f for k, f, _ in out if k == ev.HTTP_RESPONSE]
+    # the command-table row of a CGI path travels with the request and with its response
+    assert [c for _, _, c in out] == [BY_NAME["NEWSYNC"], None, None,
+                                      BY_NAME["NEWSYNC"], None, None, None]
     assert [(r["method"], r["uri"]) for r in reqs] == [
         ("POST", "/cgi-bin/micromsg-bin/newsync"), ("GET", "/mmhead/abc/96"), ("HEAD", "/x")]
     assert reqs[0]["body"] == b"hello" and reqs[0]["cgi"] == "newsync"
@@ -82,7 +86,8 @@ def test_tls_client_hello_sni_split_anywhere():
         out, s = collect(TlsStream)
         s.data("c2s", 0, hello[:cut])
         s.data("c2s", 0, hello[cut:] + b"\x17\x03\x03\x00\x05" + b"abcde")
-        assert [k for k, _ in out] == [ev.TLS_CLIENT_HELLO, ev.TLS_RECORD]
+        assert [(k, c) for k, _, c in out] == [(ev.TLS_CLIENT_HELLO, None),
+                                                (ev.TLS_RECORD, None)]
         assert out[0][1]["sni"] == "short.weixin.qq.com"
     assert client_hello_sni(b"\x16\x03\x01\x00\x05\x01\x00") is None   # truncated: no crash
 
@@ -96,11 +101,14 @@ def test_long_link_frames_and_violation():
         out, s = collect(LongLinkStream)
         s.data("c2s", 0, stream[:cut])
         s.data("c2s", 0, stream[cut:])
-        assert [(f["name"], f["seq"]) for _, f in out] == [("NEWSENDMSG", 7), ("NOOP", 8)]
+        assert [(f["name"], f["seq"]) for _, f, _ in out] == [("NEWSENDMSG", 7), ("NOOP", 8)]
+        assert [c for _, _, c in out] == [BY_NAME["NEWSENDMSG"], BY_NAME["NOOP"]]
         assert s.violation and "version" in s.violation
     out, s = collect(LongLinkStream)
     s.data("s2c", 0, encode_frame(24, 0, b"\x00\x00\x00\x01"))
-    assert out[0][1]["push"] and out[0][1]["selector"] == 1
+    s.data("s2c", 0, encode_frame(999 + 1_000_000_000, 3))
+    assert out[0][1]["push"] and out[0][1]["selector"] == 1 and out[0][2] is BY_NAME["NOTIFY"]
+    assert out[1][1]["name"] == "cmd 1000000999" and out[1][2] is None   # not in the table
 
 
 def test_classify_and_dns():
