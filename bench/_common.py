@@ -28,37 +28,13 @@ if str(REPO) not in sys.path:  # `python bench/X.py` puts bench/ first, not the 
 
 from testbed.wire.commands import NOOP_CMD  # noqa: E402,F401 (re-exported to the benches)
 from testbed.wire.frames import HEADER, REPLY_OFFSET  # noqa: E402,F401
-
-LOOPS = ("asyncio", "uvloop")
+from testbed.eventloop import LOOPS, available_loops, have_uvloop, run  # noqa: E402,F401
 
 _SPAWN = mp.get_context("spawn")
 _STARTED: list = []  # every child process we started, for the atexit sweep
 
 
 # ---------------------------------------------------------------------------- process set-up
-def have_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    if kind == "uvloop":
-        import uvloop
-        return uvloop.new_event_loop
-    if kind == "asyncio":
-        return asyncio.new_event_loop
-    raise ValueError(kind)
-
-
-def run(kind: str, coro) -> Any:
-    """asyncio.run on the default loop or on uvloop."""
-    with asyncio.Runner(loop_factory=loop_factory(kind)) as runner:
-        return runner.run(coro)
-
-
 def raise_nofile() -> int:
     """Soft open-file limit up to the hard limit (20,000 on these machines)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -357,10 +333,6 @@ def parse_args(description: str, extra: Optional[Callable[[argparse.ArgumentPars
     if extra:
         extra(p)
     return p.parse_args()
-
-
-def loops_available() -> list[str]:
-    return list(LOOPS) if have_uvloop() else ["asyncio"]
 
 
 def verdict(ratio: float, target: float, higher_is_better: bool = True) -> str:

@@ -56,7 +56,7 @@ def server_main(conn, kind: str, loop_kind: str, host: str) -> None:
         else:
             server.close()
 
-    c.run(loop_kind, main())
+    c.run(main(), loop_kind)
 
 
 # ---------------------------------------------------------------------------- client process
@@ -124,7 +124,7 @@ def client_main(conn, depth: int) -> None:
                 p.t.abort()
             conn.send(("ok", {"frames": (r1 - r0) * depth, "seconds": t1 - t0, "lost": lost}))
 
-    c.run("uvloop" if c.have_uvloop() else "asyncio", main())
+    c.run(main())   # uvloop where installed
 
 
 # ---------------------------------------------------------------------------- parent
@@ -185,7 +185,7 @@ def main() -> int:
     args.duration = args.duration or (1.5 if args.quick else 10.0)
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 0.5)
-    loops = c.loops_available()
+    loops = c.available_loops()
     configs = [(kind, lk) for lk in loops for kind in ("ours", "bare")]
     slice_s = args.duration / args.rounds
     c.note(f"long link: {args.conns} connections x {args.depth} pipelined NOOPs; "

@@ -78,7 +78,7 @@ def server_main(conn, kind: str, loop_kind: str, host: str, n: int, keyfile: str
         else:
             server.close()
 
-    c.run(loop_kind, main())
+    c.run(main(), loop_kind)
 
 
 # ---------------------------------------------------------------------------- client process
@@ -145,7 +145,7 @@ def client_main(conn, host: str, port: int, n: int, keyfile: str, check_ret: boo
         for t in conns:
             t.abort()
 
-    c.run("uvloop" if c.have_uvloop() else "asyncio", main())
+    c.run(main())   # uvloop where installed
 
 
 # ---------------------------------------------------------------------------- parent
@@ -180,7 +180,7 @@ def main() -> int:
     if n + 100 > limit:
         print(f"{n} links need more than the open-file limit {limit} in one process")
         return 0
-    loops = c.loops_available()
+    loops = c.available_loops()
     c.note(f"long link memory: {n:,} idle links per server, RSS after gc.collect()")
     rows, res = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:

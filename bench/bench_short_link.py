@@ -100,7 +100,7 @@ def server_main(conn, kind: str, loop_kind: str, host: str, session_key: bytes,
         else:
             await runner.cleanup()
 
-    c.run(loop_kind, main())
+    c.run(main(), loop_kind)
 
 
 # ---------------------------------------------------------------------------- parent
@@ -211,7 +211,7 @@ def main() -> int:
     if not os.path.exists(args.wrk):
         print(f"wrk not found at {args.wrk}: apt-get install wrk")
         return 0
-    loops = c.loops_available()
+    loops = c.available_loops()
     c.note(f"short link: wrk -t1 -c{args.conns} -d{args.duration:g}s, Connection: close, "
            f"{os.cpu_count()} CPUs, {args.rounds} round(s)")
     runs: dict = {}

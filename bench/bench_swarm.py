@@ -129,7 +129,7 @@ def server_main(conn, host: str, port: int, n: int, users: int, scale: float,
         await c.control_loop(conn, {"stats": stats, "rss": c.rss_kb})
         await srv.close()
 
-    c.run(loop_kind, main())
+    c.run(main(), loop_kind)
 
 
 # ---------------------------------------------------------------------------- client process

@@ -205,19 +205,22 @@ def _lab_up(args) -> int:
                           f"{args.nat_timeout:g} s, latency {args.nat_latency:g} s")
         if getattr(store, "namespace", None):
             console.print(f"state: Redis {store.url}, namespace {store.namespace}")
+        console.print(f"event loop: {on}")
         console.print(f"manifest: {lab.manifest_path.resolve()}   (Ctrl-C to stop)")
         await stop.wait()
         console.print("stopping")
         await lab.stop()
         return 0
 
-    if args.uvloop:
-        try:
-            import uvloop
-            return uvloop.run(run())
-        except ImportError:
-            console.print("[yellow]uvloop not installed; using asyncio[/yellow]")
-    return asyncio.run(run())
+    from testbed.eventloop import Loop, have_uvloop
+    from testbed.eventloop import run as run_on
+
+    on = Loop.ASYNCIO
+    if args.uvloop and have_uvloop():
+        on = Loop.UVLOOP
+    elif args.uvloop:
+        console.print("[yellow]uvloop not installed; using asyncio[/yellow]")
+    return run_on(run(), on)
 
 
 def _emulate(args) -> int:

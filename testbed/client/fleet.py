@@ -29,9 +29,11 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
+from testbed.eventloop import Loop, pick as pick_loop, run as run_on
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Channel", "Fleet", "Message", "WorkerFailed", "loop_runner"]
+__all__ = ["Channel", "Fleet", "Message", "WorkerFailed"]
 
 Work = Callable[[Any, "Channel"], Awaitable[Any]]
 
@@ -78,19 +80,6 @@ class Channel:
         return await self._inbox.get()
 
 
-def loop_runner(choice: str = "auto") -> Callable[[Awaitable[Any]], Any]:
-    """`asyncio.run`, or `uvloop.run` for "uvloop" (and for "auto" when installed)."""
-    if choice in ("auto", "uvloop"):
-        try:
-            import uvloop
-            return uvloop.run
-        except ImportError:
-            if choice == "uvloop":
-                raise ValueError("--loop uvloop: uvloop is not installed "
-                                 "(pip install 'wechat-testbed[fast]')")
-    return asyncio.run
-
-
 # ---------------------------------------------------------------------------- child side
 class _PipeChannel(Channel):
     def __init__(self, conn, loop: asyncio.AbstractEventLoop) -> None:
@@ -134,7 +123,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child_main(conn, work: Work, payload: Any, loop: str, parent_pid: int,
+def _child_main(conn, work: Work, payload: Any, loop: Loop | str, parent_pid: int,
                 log_level: int) -> None:
     _die_with_parent(parent_pid)
     logging.basicConfig(level=log_level)
@@ -155,7 +144,7 @@ def _child_main(conn, work: Work, payload: Any, loop: str, parent_pid: int,
         return task.result()
 
     try:
-        result = loop_runner(loop)(main())
+        result = run_on(main(), loop)
         conn.send((_RESULT, result))
     except _ParentGone:
         pass
@@ -184,7 +173,7 @@ class Fleet:
     """Workers `work(payload, channel)`, one per payload; see the module docstring."""
 
     def __init__(self, work: Work, payloads: Sequence[Any], *, spawn: bool = True,
-                 loop: str = "auto", name: str = "fleet") -> None:
+                 loop: Loop | str = Loop.AUTO, name: str = "fleet") -> None:
         if not payloads:
             raise ValueError("a fleet needs at least one payload")
         self.work = work
@@ -228,7 +217,7 @@ class Fleet:
         """Start every worker (from inside the parent's event loop)."""
         self._loop = loop = asyncio.get_running_loop()
         if not self.spawn:
-            loop_runner(self.loop_choice)   # the same error for a bad choice either way
+            pick_loop(self.loop_choice)   # the same error for a bad choice either way
             for i, payload in enumerate(self.payloads):
                 channel = _LocalChannel(self, i)
                 task = loop.create_task(self.work(payload, channel))

@@ -11,6 +11,7 @@ import sys
 
 from testbed.client.resolver import Resolver
 from testbed.client.session import Session
+from testbed.eventloop import have_uvloop
 from testbed.lab.addressing import AddressPlan, HOST_NAMES, LONG, SHORT
 
 from .helpers import start_lab_up, wait_manifest
@@ -52,6 +53,29 @@ def test_lab_up_serves_then_stops_cleanly(tmp_path):
         out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert not path.exists()      # a stopped lab leaves no stale manifest behind
+    assert "event loop: asyncio" in err
+
+
+def test_lab_up_on_uvloop(tmp_path):
+    proc, path = _start(tmp_path, "--uvloop")
+    try:
+        m = _wait_manifest(proc, path)
+
+        async def noop():
+            s = Session(m, "user0001", "pass0001")
+            await s.login()
+            await s.connect_long()
+            await s.link.noop()
+            await s.close()
+        asyncio.run(noop())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    if have_uvloop():
+        assert "event loop: uvloop" in err
+    else:
+        assert "uvloop not installed; using asyncio" in err and "event loop: asyncio" in err
 
 
 def test_lab_up_sigint_and_bad_arguments(tmp_path):

@@ -116,10 +116,11 @@ def test_study_phones_in_their_own_processes(tmp_path):
         "study", "heartbeat", "--policy", "fixed:270", "--policy", "fixed:1680",
         "--clients", "2", "--hours", "1", "--time-scale", "2000",
         "--messages-per-client-per-day", "48", "--processes", "2", "--json", str(out),
-        "--quiet"])
+        "--loop", "asyncio", "--quiet"])
     assert args.study_func(args) == 0
     data = json.loads(out.read_text())
     assert data["processes"] == 2
+    assert data["event_loop"].startswith("asyncio."), data["event_loop"]   # in the phones too
     assert set(data["lag_by_process"]) == {"lab", "phones-1", "phones-2"}
     by = {p["policy"]: p for p in data["policies"]}
     p270, p1680 = by["fixed:270"], by["fixed:1680"]

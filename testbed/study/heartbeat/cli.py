@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from testbed.argtypes import nonneg_float, positive_float, positive_int
-from testbed.client.fleet import WorkerFailed, loop_runner
+from testbed.client.fleet import WorkerFailed
+from testbed.eventloop import Loop, pick as pick_loop, run as run_on
 
 from .config import WECHAT_USERS_2013, StudyConfig
 from .orchestrate import run_study
@@ -94,7 +95,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     hb.add_argument("--processes", type=_arg_processes, default=None, metavar="N",
                     help="run the phones in N processes of their own, the lab in this one; "
                          "0: everything in one process (default: 2 with 2 CPUs or more)")
-    hb.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+    hb.add_argument("--loop", choices=list(Loop), default=Loop.AUTO,
                     help="event loop (default: uvloop if installed)")
     hb.add_argument("--quiet", action="store_true", help="no progress bar")
     hb.set_defaults(study_func=main_heartbeat)
@@ -123,7 +124,7 @@ def main_heartbeat(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         config.validate()
-        runner = loop_runner(getattr(args, "loop", "auto"))
+        loop = pick_loop(getattr(args, "loop", Loop.AUTO))
         for opt, target in (("--json", args.json), ("--plot", args.plot)):
             if target is not None and target.exists() and target.is_dir():
                 raise ValueError(f"{opt} {target}: is a directory")
@@ -153,7 +154,7 @@ def main_heartbeat(args: argparse.Namespace) -> int:
             return await run_study(config, report)
 
     try:
-        result = runner(go())
+        result = run_on(go(), loop)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow]")
         return 130

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from testbed.eventloop import Loop
 from testbed.lab.addressing import MAX_CLIENTS
 from testbed.radio.link import TCPIP_HEADER_BYTES  # noqa: F401 (the study's byte estimate)
 
@@ -78,8 +79,7 @@ class StudyConfig:
                                            or not 0 <= self.processes <= 64):
             raise ValueError(f"--processes must be 0 (phones in the lab's process) to 64, or "
                              f"auto, got {self.processes!r}")
-        if self.loop not in ("auto", "asyncio", "uvloop"):
-            raise ValueError(f"--loop must be auto, asyncio or uvloop, got {self.loop!r}")
+        Loop(self.loop)           # a ValueError naming the loops
         names = [p.name for p in self.radio_profiles()]   # raises for an unknown profile
         if len(set(names)) != len(names):
             raise ValueError(f"a radio profile is given twice: {', '.join(names)}")
