@@ -32,6 +32,7 @@ import ipaddress
 import logging
 from typing import Optional
 
+from testbed.capture.tap import GuardedTap
 from testbed.wire.dns import (OPCODE_QUERY, RCODE_NOTIMP, RCODE_NXDOMAIN, SOA, TYPE_A,
                               TYPE_NS, TYPE_SOA, Question, build_response, error_response,
                               formerr, parse_query)
@@ -80,8 +81,7 @@ class LabDNS(asyncio.DatagramProtocol):
         self.stats: collections.Counter = collections.Counter()
         self.seen: collections.deque[tuple[str, int]] = collections.deque(maxlen=SEEN_LIMIT)
         self.transport: Optional[asyncio.DatagramTransport] = None
-        self.tap = tap
-        self._tap_failed = False
+        self.tap = GuardedTap(tap, "lab DNS") if tap is not None else None
         self.zones: dict[str, SOA] = {}
         for name in self.records:
             zone = zone_of(name)
@@ -147,12 +147,7 @@ class LabDNS(asyncio.DatagramProtocol):
 
     # ------------------------------------------------------------------ queries
     def _tap_udp(self, src, dst, payload: bytes) -> None:
-        try:
-            self.tap.udp(tuple(src[:2]), tuple(dst[:2]), payload)
-        except Exception:  # noqa: BLE001 - a broken tap must not stop the resolver
-            if not self._tap_failed:
-                self._tap_failed = True
-                log.exception("lab DNS: tap failed")
+        self.tap.udp(tuple(src[:2]), tuple(dst[:2]), payload)
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.stats["queries"] += 1

@@ -61,6 +61,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from testbed.capture.tap import GuardedTap
 from testbed.lab.clock import Clock, Timer
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class _Leg(asyncio.Protocol):
         t = self.transport
         if t is not None and not self.lost:
             if self.is_client and self.m.tconn is not None:  # the phone sees our FIN
-                self.m.relay._tap("tcp_close", self.m.tconn, False)
+                self.m.relay.tap.tcp_close(self.m.tconn, False)
             t.abort()
 
     def reset(self) -> None:
@@ -198,7 +199,7 @@ class _Leg(asyncio.Protocol):
         if t is None or self.lost:
             return
         if self.is_client and self.m.tconn is not None:
-            self.m.relay._tap("tcp_close", self.m.tconn, False, reset=True)
+            self.m.relay.tap.tcp_close(self.m.tconn, False, reset=True)
         sock = t.get_extra_info("socket")
         if sock is not None:
             try:
@@ -403,21 +404,21 @@ class _Mapping:
             if st == _BLACKHOLED:
                 self.relay._stats.bytes_blackholed += len(data)
                 if tapped:  # the phone's bytes go into the hole, unanswered
-                    self.relay._tap("tcp_data", self.tconn, True, data, acked=False)
+                    self.relay.tap.tcp_data(self.tconn, True, data, acked=False)
             elif st == _CONNECTING:  # the client spoke first: hold it for the upstream
                 if tapped:
-                    self.relay._tap("tcp_data", self.tconn, True, data)
+                    self.relay.tap.tcp_data(self.tconn, True, data)
                 self._hold(data)
             return
         if not self._alive():
             self.relay._stats.bytes_blackholed += len(data)
             if tapped:
-                self.relay._tap("tcp_data", self.tconn, True, data, acked=False)
+                self.relay.tap.tcp_data(self.tconn, True, data, acked=False)
             return
         up = leg.is_client
         if up:
             if tapped:
-                self.relay._tap("tcp_data", self.tconn, True, data)
+                self.relay.tap.tcp_data(self.tconn, True, data)
             self.relay._stats.bytes_up += len(data)
             line = self.up
         else:
@@ -445,7 +446,7 @@ class _Mapping:
         if dst is not None and dst.usable():
             dst.transport.write(data)
             if not up and self.tconn is not None:
-                self.relay._tap("tcp_data", self.tconn, False, data)
+                self.relay.tap.tcp_data(self.tconn, False, data)
 
     def on_write_full(self, leg: _Leg, full: bool) -> None:
         """`leg`'s write buffer crossed a watermark: pause/resume reading the other leg."""
@@ -463,7 +464,7 @@ class _Mapping:
         leg.eof = True
         if leg.is_client and self.tconn is not None:
             alive = self.state == _CONNECTING or (self.state == _OPEN and self._alive())
-            self.relay._tap("tcp_close", self.tconn, True, acked=alive)
+            self.relay.tap.tcp_close(self.tconn, True, acked=alive)
         if self.state == _OPEN and self._alive():
             if self.closer is None:
                 self.closer = leg.is_client
@@ -496,7 +497,7 @@ class _Mapping:
             else:
                 t.close()
             if not up and self.tconn is not None:
-                self.relay._tap("tcp_close", self.tconn, False)
+                self.relay.tap.tcp_close(self.tconn, False)
         if up:
             self.fin_up = True
         else:
@@ -511,7 +512,7 @@ class _Mapping:
     def on_lost(self, leg: _Leg, exc) -> None:
         st = self.state
         if exc is not None and leg.is_client and self.tconn is not None:
-            self.relay._tap("tcp_close", self.tconn, True, reset=True)  # the phone reset
+            self.relay.tap.tcp_close(self.tconn, True, reset=True)  # the phone reset
         if st == _DONE:
             return
         if st == _BLACKHOLED:
@@ -612,8 +613,7 @@ class NatRelay:
             raise ValueError("latency_s and blackhole_linger_s must not be negative")
         self.clock = clock
         self.idle_timeout_s = None if idle_timeout_s is None else float(idle_timeout_s)
-        self.tap = tap
-        self._tap_failed = False
+        self.tap = GuardedTap(tap, "nat") if tap is not None else None
         self.latency_s = float(latency_s)
         self.blackhole_linger_s = float(blackhole_linger_s)
         self.on_event = on_event
@@ -701,22 +701,12 @@ class NatRelay:
         await asyncio.sleep(0)
         await asyncio.sleep(0)
 
-    def _tap(self, method: str, *args, **kwargs):
-        """Call the tap; a failing tap is logged once and never breaks the relay."""
-        try:
-            return getattr(self.tap, method)(*args, **kwargs)
-        except Exception:
-            if not self._tap_failed:
-                self._tap_failed = True
-                log.exception("nat: tap %s failed", method)
-            return None
-
     def _tap_open(self, peer: Optional[tuple[str, int]], transport):
         """Tell the tap about an accepted connection: the phone's address and ours."""
         here = transport.get_extra_info("sockname")
         if not peer or not here:   # already gone: nothing the tap could show
             return None
-        return self._tap("tcp_open", peer, tuple(here[:2]))
+        return self.tap.tcp_open(peer, tuple(here[:2]))
 
     def _event(self, kind: NatEventKind, m: _Mapping) -> None:
         cb = self.on_event

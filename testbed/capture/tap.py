@@ -53,7 +53,7 @@ from .pcapng_writer import PcapngWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Tap", "Conn", "mac_for", "DEFAULT_MSS"]
+__all__ = ["Tap", "Conn", "GuardedTap", "mac_for", "DEFAULT_MSS"]
 
 Addr = tuple[str, int]
 
@@ -395,3 +395,32 @@ class Tap:
     def stats(self) -> dict[str, Any]:
         return {"packets": self.packets, "dropped": self.dropped,
                 "connections": self.connections, "datagrams": self.datagrams}
+
+
+class GuardedTap:
+    """A tap as the transports that report to it hold it: the same methods, none of which
+    can raise. The first failure is logged with its traceback and later ones only counted
+    (`failures`), so a broken tap (a full disk, a bug) never breaks the relay or the
+    resolver, nor floods the log once per packet."""
+
+    def __init__(self, tap: Any, who: str) -> None:
+        self.tap = tap
+        self.who = who
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.tap, name)
+        if not callable(target):
+            return target
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return target(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - whatever the tap does, the caller goes on
+                self.failures += 1
+                if self.failures == 1:
+                    log.exception("%s: tap %s failed (logged once, later failures counted)",
+                                  self.who, name)
+                return None
+        self.__dict__[name] = guarded     # made once per method: later calls find it here
+        return guarded

@@ -171,3 +171,66 @@ async def test_latency_shows_in_the_capture(tmp_path):
     t_up = next(float(r[0]) for r in rows if r[1] != str(port) and r[2] == "4")
     t_down = next(float(r[0]) for r in rows if r[1] == str(port) and r[2] == "4")
     assert t_down - t_up >= 0.1 - 0.005   # one latency each way, shown when delivered
+
+
+class BrokenTap:
+    """Takes connections, then fails every report, as a tap on a full disk would."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def tcp_open(self, client, server):
+        return object()
+
+    def _fail(self, *args, **kwargs):
+        self.calls += 1
+        raise OSError(28, "No space left on device")
+
+    tcp_data = tcp_close = udp = _fail
+
+
+async def test_a_broken_tap_breaks_neither_the_relay_nor_the_resolver(caplog):
+    import logging
+
+    from mocks.dns import LabDNS
+    from testbed.wire.dns import build_query, parse_response
+
+    caplog.set_level(logging.ERROR)
+    server, target = await echo_server()
+    relay_tap, dns_tap = BrokenTap(), BrokenTap()
+    relay = NatRelay(Clock(1e6), None, tap=relay_tap)
+    port = await relay.add_mapping(HOST, 0, HOST, target)
+    for i in range(3):                     # every connection, chunk and FIN is reported
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(b"still relayed %d" % i)
+        assert await reader.readexactly(15) == b"still relayed %d" % i
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    await until(lambda: len(relay) == 0)
+
+    resolver = LabDNS({"long.weixin.qq.com": ["127.0.0.11"]}, tap=dns_tap)
+    await resolver.listen(HOST, 0)
+    loop = asyncio.get_running_loop()
+    got = loop.create_future()
+
+    class Ask(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            if not got.done():
+                got.set_result(data)
+    transport, _ = await loop.create_datagram_endpoint(Ask, remote_addr=resolver.address,
+                                                       family=socket.AF_INET)
+    transport.sendto(build_query("long.weixin.qq.com", 5))
+    answer = parse_response(await asyncio.wait_for(got, 5))
+    transport.close()
+    resolver.close()
+    await relay.close()
+    server.close()
+
+    assert list(answer.addresses) == ["127.0.0.11"]
+    # each broken tap was called every time, and each failure counted ...
+    assert relay.tap.failures == relay_tap.calls >= 3 * 4     # 2 chunks and 2 FINs each
+    assert resolver.tap.failures == dns_tap.calls == 2         # the query and the answer
+    # ... but logged only once per tap, with its traceback
+    logged = [r for r in caplog.records if r.name == "testbed.capture.tap"]
+    assert len(logged) == 2 and all(r.exc_info for r in logged)
