@@ -132,7 +132,7 @@ async def test_record_behind_the_nat(tmp_path):
     path = tmp_path / "nat.pcapng"
     lab = await start_lab(tmp_path, users=2, record=path, nat_timeout_s=300.0)
     try:
-        assert lab.relay is lab.nat and lab.nat.tap is lab.tap
+        assert lab.relay is lab.nat and lab.nat.tap.tap is lab.tap     # guarded: see GuardedTap
         s = await session(lab, 0)
         await s.login()
         await s.connect_long()
