@@ -5,7 +5,7 @@ no fonts, no images, and a Content-Security-Policy (`default-src 'none'`, the st
 script allowed by their hashes only) makes the browser refuse anything else, so text from a
 hostile capture that slipped past escaping still could not load or run anything. Every
 string that comes from the capture (labels, hosts, URIs, addresses, verdict details) goes
-through `html.escape` after control characters are made visible (`ladder.clean`).
+through `html.escape` after control characters are made visible (`text.clean`).
 
 Sections: a summary header; the storyboard verdicts; the heartbeat timeline of every long
 link (NOOPs at their protocol times, idle intervals, deaths, reconnects); the ladder diagram
@@ -28,7 +28,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from .ladder import Ladder, Row, build_ladder, clean
+from .ladder import Ladder, Row, build_ladder
+from .text import byte_size, clean
 from .timeline import Timeline, build_timeline
 
 __all__ = ["render_report", "write_report"]
@@ -76,18 +77,6 @@ def _human_s(seconds: float) -> str:
         return f"{m} min {s} s" if s else f"{m} min"
     h, rest = divmod(int(round(seconds)), 3600)
     return f"{h} h {rest // 60} min"
-
-
-def _bytes(n: Any) -> str:
-    try:
-        n = int(n)
-    except (TypeError, ValueError):
-        return "?"
-    if n < 10_000:
-        return f"{n}"
-    if n < 10_000_000:
-        return f"{n / 1000:.1f} k"
-    return f"{n / 1e6:.1f} M"
 
 
 # ---------------------------------------------------------------- the ladder
@@ -436,7 +425,7 @@ def render_flows(analysis) -> str:
             + cell(f.get("app")) + cell(f.get("kind")) + cell(f.get("requests"), cls="n")
             + cell(f"{f.get('packets_c2s')} / {f.get('packets_s2c')}",
                    (f.get("packets_c2s") or 0) + (f.get("packets_s2c") or 0), "n")
-            + cell(f"{_bytes(f.get('bytes_c2s'))} / {_bytes(f.get('bytes_s2c'))}",
+            + cell(f"{byte_size(f.get('bytes_c2s'))} / {byte_size(f.get('bytes_s2c'))}",
                    (f.get("bytes_c2s") or 0) + (f.get("bytes_s2c") or 0), "n")
             + cell(f"{start:.1f}", f"{start:.6f}", "n") + cell(f"{lasted:.1f}", f"{lasted:.6f}", "n")
             + cell("" if hb is None else hb, -1 if hb is None else hb, "n")

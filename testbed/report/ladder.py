@@ -27,6 +27,8 @@ from typing import Any, Iterable, Optional
 from testbed.capture import events as ev
 from testbed.lab.addressing import LONG, MAPABC, QLOGO, QPIC, SHORT
 
+from .text import byte_size, clean
+
 MAX_PHONE_COLUMNS = 3
 MAX_PERIOD = 6           # longest repeated pattern that is collapsed (rows)
 DEFAULT_MAX_ROWS = 400
@@ -36,22 +38,6 @@ LABEL_MAX = 96           # characters of a label drawn; the full text goes in th
 
 HOST_COLUMNS = ((LONG, "long"), (SHORT, "short"), (MAPABC, "mapabc"), (QLOGO, "qlogo"),
                 (QPIC, "qpic"))
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
-
-
-def clean(value: Any, limit: Optional[int] = None) -> str:
-    """Text from a capture made printable: control characters as \\xNN, cut to `limit`."""
-    if isinstance(value, (bytes, bytearray)):
-        value = bytes(value).decode("utf-8", "replace")
-    s = value if isinstance(value, str) else str(value)
-    s = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                     else "\ufffd", s)
-    s = s.replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
-    if limit is not None and len(s) > limit:
-        s = s[:max(1, limit - 1)] + "…"
-    return s
-
 
 @dataclass
 class Column:
@@ -230,18 +216,6 @@ def _addr_summary(addrs: list[str]) -> str:
 
 
 # ------------------------------------------------------------------ rows
-def _fmt_bytes(n: Any) -> str:
-    try:
-        n = int(n)
-    except (TypeError, ValueError):
-        return "?"
-    if n < 1024:
-        return f"{n} B"
-    if n < 1024 * 1024:
-        return f"{n / 1024:.1f} KB"
-    return f"{n / 1024 / 1024:.1f} MB"
-
-
 def _path(uri: str) -> str:
     return uri.split("?", 1)[0]
 
@@ -256,7 +230,7 @@ def _response_label(e) -> str:
     cgi = f.get("cgi")
     extra = [clean(cgi, 30)] if cgi else []
     if f.get("body_len") is not None:
-        extra.append(_fmt_bytes(f.get("body_len")))
+        extra.append(byte_size(f.get("body_len")))
     return label + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -404,7 +378,7 @@ def _add_tls(row: Row, e, c2s: bool) -> None:
         row.down += n
         row.back = True
     row.records += 1
-    row.label = f"TLS records ×{row.records} ({_fmt_bytes(row.up)} ↑, {_fmt_bytes(row.down)} ↓)"
+    row.label = f"TLS records ×{row.records} ({byte_size(row.up)} ↑, {byte_size(row.down)} ↓)"
     row.detail = [d for d in row.detail if not d.startswith("TLS bytes")]
     row.detail.append(f"TLS bytes: {row.up} from the client, {row.down} from the server, "
                       f"{row.records} records")

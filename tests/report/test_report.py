@@ -23,6 +23,7 @@ from testbed.client.scenarios import run_scenario
 from testbed.lab.addressing import LONG, MAPABC, QLOGO, QPIC, SHORT
 from testbed.report import build_ladder, build_timeline, render_report, report_main, write_report
 from testbed.report.ladder import message_rows
+from testbed.report.text import byte_size
 from testbed.verify import STATEMENTS, verify_storyboard
 from tests.conftest import start_lab
 
@@ -311,6 +312,28 @@ def test_hostile_capture_text_is_escaped():
     page = parse(text)
     assert any("<script>alert(1)</script>" in l for l in labels(page))  # intact once parsed
     assert page.tags.get("script") == 1 and page.tags.get("img") is None
+
+
+@pytest.mark.parametrize("n, text", [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"),
+                                     (12_345, "12.3 kB"), (999_949, "999.9 kB"),
+                                     (999_950, "1.0 MB"), (5_600_000, "5.6 MB"),
+                                     (3 * 10**9, "3.0 GB"), (None, "?"), ("x", "?")])
+def test_one_byte_size_format(n, text):
+    assert byte_size(n) == text
+
+
+def test_sizes_on_the_page_all_read_the_same_way():
+    """The flow table, an HTTP response's label and a TLS row give sizes in one format."""
+    flows = [dict(_flow(1, 0.0, 2.0, app="http", server=SHORT_ADDR, host=SHORT),
+                  bytes_c2s=12_345, bytes_s2c=5_600_000)]
+    events = [_e(0.0, ev.HTTP_REQUEST, 1, server=SHORT_ADDR, host=SHORT, method="POST",
+                 uri="/cgi-bin/micromsg-bin/newsync", cgi="newsync"),
+              _e(0.1, ev.HTTP_RESPONSE, 1, c2s=False, server=SHORT_ADDR, host=SHORT,
+                 status=200, content_type="application/octet-stream", cgi="newsync",
+                 body_len=2048)]
+    text = render_report(_analysis(events, flows, {"how": "tap"}), [])
+    assert "HTTP 200 application/octet-stream (newsync, 2.0 kB)" in labels(parse(text))
+    assert "12.3 kB / 5.6 MB" in text
 
 
 def test_repeats_collapse_and_rows_stay_bounded():
