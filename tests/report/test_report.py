@@ -323,7 +323,7 @@ def test_one_byte_size_format(n, text):
 
 
 def test_sizes_on_the_page_all_read_the_same_way():
-    """The flow table, an HTTP response's label and a TLS row give sizes in one format."""
+    """The flow table and an HTTP response's label give sizes in the one format."""
     flows = [dict(_flow(1, 0.0, 2.0, app="http", server=SHORT_ADDR, host=SHORT),
                   bytes_c2s=12_345, bytes_s2c=5_600_000)]
     events = [_e(0.0, ev.HTTP_REQUEST, 1, server=SHORT_ADDR, host=SHORT, method="POST",
