@@ -2,7 +2,7 @@
 connection, DNS helpers, errors.
 
 Nothing in this package performs I/O or imports asyncio, aiohttp or socket-level servers;
-`tests/unit/test_wire_sans_io.py` checks that.
+`tests/unit/test_import_rules.py` checks that (docs/architecture.md has the rules).
 """
 
 from . import mm_pb2 as pb
