@@ -21,6 +21,16 @@ def _start(tmp_path, *extra):
     return start_lab_up(tmp_path, *extra)
 
 
+async def _login_and_noop(m) -> None:
+    """Resolve the long link's two addresses, log in over TLS, identify, one NOOP."""
+    assert len(await Resolver(m.dns_address, m.dns_port).resolve(LONG)) == 2
+    s = Session(m, "user0001", "pass0001")
+    await s.login()
+    await s.connect_long()
+    await s.link.noop()
+    await s.close()
+
+
 def test_lab_up_serves_then_stops_cleanly(tmp_path):
     proc, path = _start(tmp_path, "--time-scale", "50")
     try:
@@ -40,14 +50,7 @@ def test_lab_up_serves_then_stops_cleanly(tmp_path):
                             "users", "heartbeat_s", "server_idle_s"}
         assert raw["heartbeat_s"] == 300 and raw["server_idle_s"] == 660
 
-        async def use_it():
-            assert len(await Resolver(m.dns_address, m.dns_port).resolve(LONG)) == 2
-            s = Session(m, "user0001", "pass0001")
-            await s.login()
-            await s.connect_long()
-            await s.link.noop()
-            await s.close()
-        asyncio.run(use_it())
+        asyncio.run(_login_and_noop(m))
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
@@ -59,15 +62,7 @@ def test_lab_up_serves_then_stops_cleanly(tmp_path):
 def test_lab_up_on_uvloop(tmp_path):
     proc, path = _start(tmp_path, "--uvloop")
     try:
-        m = _wait_manifest(proc, path)
-
-        async def noop():
-            s = Session(m, "user0001", "pass0001")
-            await s.login()
-            await s.connect_long()
-            await s.link.noop()
-            await s.close()
-        asyncio.run(noop())
+        asyncio.run(_login_and_noop(_wait_manifest(proc, path)))
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
