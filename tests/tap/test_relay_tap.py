@@ -198,7 +198,7 @@ async def test_a_broken_tap_breaks_neither_the_relay_nor_the_resolver(caplog):
     caplog.set_level(logging.ERROR)
     server, target = await echo_server()
     relay_tap, dns_tap = BrokenTap(), BrokenTap()
-    relay = NatRelay(Clock(1e6), None, tap=relay_tap)
+    relay = NatRelay(ManualClock(), None, tap=relay_tap)
     port = await relay.add_mapping(HOST, 0, HOST, target)
     for i in range(3):                     # every connection, chunk and FIN is reported
         reader, writer = await asyncio.open_connection(HOST, port)

@@ -46,7 +46,8 @@ RULES: dict[str, Rule] = {
     "wire": Rule(("testbed.wire",), _(), IO_STACK),
     "lab": Rule(("testbed.lab",), _({"wire"}), TRANSPORT),
     "state": Rule(("mocks.state",), _({"wire", "lab"})),
-    "service": Rule(("mocks.service", "mocks.nearby"), _({"wire", "lab", "state"}), TRANSPORT),
+    "service": Rule(("mocks.service", "mocks.nearby", "mocks.stats"), _({"wire", "lab", "state"}),
+                    TRANSPORT),
     "mocks": Rule(("mocks",), _({"wire", "lab", "state", "service", "capture", "shared"})),
     "client": Rule(("testbed.client",), _({"wire", "lab", "shared"})),
     "capture": Rule(("testbed.capture",), _({"wire", "shared"})),
@@ -120,7 +121,7 @@ def violations(source: str, module: str, is_package: bool = False,
         return [f"{module} belongs to no part of RULES (docs/architecture.md)"]
     rule = RULES[part]
     bad = []
-    for line, name in imports_in(source, module, is_package, known):
+    for line, name in sorted(set(imports_in(source, module, is_package, known))):
         if ours(name):
             other = part_of(name)
             if other is None:
