@@ -62,7 +62,7 @@ def test_lab_up_serves_then_stops_cleanly(tmp_path):
 def test_lab_up_on_uvloop(tmp_path):
     proc, path = _start(tmp_path, "--uvloop")
     try:
-        asyncio.run(_login_and_noop(_wait_manifest(proc, path)))
+        asyncio.run(_login_and_noop(wait_manifest(proc, path)))
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
