@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from aiohttp import web
-
 from testbed.capture.pcapng_writer import capture_comment
 from testbed.capture.tap import Tap
 from testbed.lab.addressing import HOST_NAMES, LONG, MAPABC, QLOGO, QPIC, SHORT, AddressPlan
@@ -43,6 +41,7 @@ from .service import Service
 from .short_link import ShortLinkServer
 from .state import MemoryStore, Store
 from .tls import LabCA
+from .web_server import AppServer
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ class Lab:
         self._make_relay()
         self.manifest: Optional[Manifest] = None
         self.manifest_path: Optional[Path] = None
-        self._runners: list[web.AppRunner] = []
+        self._app_servers: list[AppServer] = []
         self._tmpdir: Optional[tempfile.TemporaryDirectory] = None
         self.users = []
 
@@ -199,17 +198,10 @@ class Lab:
         hosts[SHORT] = HostEntry(addrs(SHORT), short_port, tls_port=tls_port)
 
         for name in (MAPABC, QLOGO, QPIC):
-            runner = web.AppRunner(self.apps[name], access_log=None, handle_signals=False)
-            await runner.setup()
-            self._runners.append(runner)
-
-            async def http_server(addr: str, port: int, runner=runner) -> int:
-                site = web.TCPSite(runner, addr, port, reuse_address=True)
-                await site.start()
-                return runner.addresses[-1][1]
-
+            server = AppServer(self.apps[name])
+            self._app_servers.append(server)
             hosts[name] = HostEntry(addrs(name), await same_port(name, ports["http"],
-                                                                 http_server))
+                                                                 server.listen))
 
         records = {name: hosts[name].addresses for name in HOST_NAMES}
         dns_addr = plan.dns if plan else FALLBACK_ADDRESS
@@ -267,9 +259,9 @@ class Lab:
             await self.relay.close()
         await self.long.close()
         await self.short.close()
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
+        for server in self._app_servers:
+            await server.close()
+        self._app_servers.clear()
         if self.dns is not None:
             self.dns.close()
             self.dns = None

@@ -100,22 +100,41 @@ class Service:
             await self.store.append(b.uin, LOG_CONTACTS, _item(ITEM_MOD_CONTACT, self._contact(a)))
 
     async def seed_users(self, n: int, friends: str = "all") -> list[UserRecord]:
-        """`user0001`... with `pass0001`...; friends "all" (every pair) or "none"."""
+        """`user0001`... with `pass0001`...; friends "all" (every pair) or "none".
+
+        Idempotent, and safe to run from several processes at once on one store: a user
+        whose name is taken already is kept as it is (creating a user and adding a friendship
+        are atomic, so each is made, with its sync-log items, by exactly one seeder). A taken
+        name with another password is a `ValueError`: that store holds some other lab."""
         if friends not in ("all", "none"):
             raise ValueError(f"friends must be 'all' or 'none', not {friends!r}")
         width = max(4, len(str(n)))
         users = []
         for i in range(1, n + 1):
             num = str(i).zfill(width)
-            users.append(await self.create_user(
-                f"user{num}", f"pass{num}", nickname=f"{NICKNAMES[(i - 1) % len(NICKNAMES)]}{num}",
-                sex=1 + (i % 2), city=CITIES[(i - 1) % len(CITIES)],
-                signature=f"lab user {num}"))
+            name, password = f"user{num}", f"pass{num}"
+            try:
+                user = await self.create_user(
+                    name, password, nickname=f"{NICKNAMES[(i - 1) % len(NICKNAMES)]}{num}",
+                    sex=1 + (i % 2), city=CITIES[(i - 1) % len(CITIES)],
+                    signature=f"lab user {num}")
+            except ValueError:
+                user = await self.store.user_by_name(name)
+                if user.password != password:
+                    raise ValueError(f"the store already holds a {name} with another "
+                                     f"password: it is not a lab seeded this way") from None
+            users.append(user)
         if friends == "all":
             for i, a in enumerate(users):
                 for b in users[i + 1:]:
                     await self.make_friends(a, b)
         return users
+
+    async def users(self) -> list[UserRecord]:
+        """Every user in the store, by username (uins run from 1 to the user count)."""
+        found = [await self.store.user_by_uin(uin)
+                 for uin in range(1, await self.store.user_count() + 1)]
+        return sorted((u for u in found if u is not None), key=lambda u: u.username)
 
     # ------------------------------------------------------------------ dispatch
     async def handle(self, command: Command, request: Message, ctx: RequestContext) -> Message:

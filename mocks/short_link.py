@@ -120,11 +120,14 @@ class ShortLinkServer:
             out = error_body(Ret.SERVER_FAULT, "server fault")
         return self._status(200, out, OCTET)
 
-    async def listen(self, host: str, port: int, ssl_context=None) -> int:
-        """Serve on host:port (TLS if `ssl_context`); returns the bound port."""
+    async def listen(self, host: str, port: int, ssl_context=None, *,
+                     reuse_port: bool = False) -> int:
+        """Serve on host:port (TLS if `ssl_context`; `reuse_port`: share the port with other
+        worker processes, `SO_REUSEPORT`); returns the bound port."""
         runner = web.ServerRunner(self._lowlevel, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True,
+                           reuse_port=reuse_port or None)
         await site.start()
         self.runners.append(runner)
         return runner.addresses[-1][1]

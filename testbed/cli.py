@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--reset-store", action="store_true",
                     help="empty the store's namespace first (keys left by a lab that was "
                          "killed)")
+    up.add_argument("--workers", type=positive_int, default=None,
+                    help="with a Redis store, where every host is a process of its own: "
+                         "worker processes for the long and the short link each (default 2)")
+
+    from .serve_cli import add_lab_parsers, add_serve_parser
+    add_lab_parsers(lab_sub)
+    add_serve_parser(sub)
 
     em = sub.add_parser("emulate", help="run emulated phones against a lab")
     em.add_argument("scenario", choices=("login", "chat", "media", "nearby", "heartbeat",
@@ -132,8 +139,9 @@ def _lab_up(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from mocks.lab_manifest import HOST_OF_ROLE
     from mocks.runner import Lab, LabConfig
-    from mocks.state import make_store
+    from mocks.state import make_store, redact_url
     from testbed.lab.addressing import AddressPlan
     from testbed.lab.profiles import load_profile
 
@@ -143,6 +151,15 @@ def _lab_up(args) -> int:
         plan = AddressPlan(args.subnet)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
+        return 2
+    if args.workers is not None and not args.store.startswith(("redis", "unix")):
+        console.print("[red]error:[/red] --workers needs a store the workers share: "
+                      "--store redis://HOST:PORT/DB")
+        return 2
+    if args.record is not None and args.store.startswith(("redis", "unix")):
+        console.print("[red]error:[/red] --record needs the one-process lab (the in-process "
+                      "tap); on Redis every host is a process: record with `testbed record "
+                      "--iface lo`")
         return 2
     cfg = LabConfig(users=args.users, friends=args.friends, profile=args.profile,
                     time_scale=args.time_scale, plan=plan,
@@ -176,16 +193,35 @@ def _lab_up(args) -> int:
             await store.close()
 
     async def serve(store) -> int:
-        lab = Lab(cfg, store=store)
+        from mocks.process_lab import HostFailed, ProcessLab
+
+        processes = getattr(store, "namespace", None) is not None
+        if processes:
+            lab = ProcessLab(cfg, store, args.store, workers=args.workers or 2,
+                             uvloop=args.uvloop)
+        else:
+            lab = Lab(cfg, store=store)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        starting = asyncio.ensure_future(lab.start())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():     # Ctrl-C while the hosts start
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await lab.stop()
+            return 0
         try:
-            manifest = await lab.start()
+            manifest = starting.result()
         except OSError as exc:
             console.print(f"[red]error:[/red] cannot bind the lab: {exc}. Is another lab "
                           f"running on {plan.prefix}.x? Try --subnet 127.0.1")
+            await lab.stop()
+            return 1
+        except HostFailed as exc:
+            console.print(f"[red]error:[/red] {exc}")
             await lab.stop()
             return 1
         table = Table(title=f"lab up: profile {manifest.profile}, time scale "
@@ -193,24 +229,42 @@ def _lab_up(args) -> int:
         table.add_column("host")
         table.add_column("addresses")
         table.add_column("port")
+        if processes:
+            table.add_column("processes")
+            pids = {HOST_OF_ROLE.get(c.role, c.role): " ".join(map(str, c.pids))
+                    for c in lab.children}
         for name, h in manifest.hosts.items():
             port = str(h.port) + (f", TLS {h.tls_port}" if h.tls_port else "")
-            table.add_row(name, " ".join(h.addresses), port)
-        table.add_row("lab resolver (DNS)", manifest.dns_address, str(manifest.dns_port))
+            table.add_row(name, " ".join(h.addresses), port,
+                          *([pids[name]] if processes else []))
+        table.add_row("lab resolver (DNS)", manifest.dns_address, str(manifest.dns_port),
+                      *([pids["dns"]] if processes else []))
         console.print(table)
-        if lab.record_path is not None:
+        if getattr(lab, "record_path", None) is not None:
             console.print(f"recording to {lab.record_path} (closed when the lab stops)")
-        if lab.nat is not None:
+        if args.nat_timeout is not None:
             console.print(f"carrier NAT in front of every TCP host: idle timeout "
-                          f"{args.nat_timeout:g} s, latency {args.nat_latency:g} s")
-        if getattr(store, "namespace", None):
-            console.print(f"state: Redis {store.url}, namespace {store.namespace}")
+                          f"{args.nat_timeout:g} s, latency {args.nat_latency:g} s"
+                          + (f" (pid {pids['nat']})" if processes else ""))
+        if processes:
+            console.print(f"state: Redis {redact_url(store.url)}, namespace "
+                          f"{store.namespace}; every host a `testbed serve` process, "
+                          f"{args.workers or 2} workers each for the long and short links")
         console.print(f"event loop: {on}")
         console.print(f"manifest: {lab.manifest_path.resolve()}   (Ctrl-C to stop)")
-        await stop.wait()
+        ended = asyncio.ensure_future(lab.wait()) if processes else None
+        await asyncio.wait({stopped, *([ended] if ended else [])},
+                           return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if ended is not None:
+            if ended.done():
+                console.print(f"[red]error:[/red] {ended.result()}: stopping the lab")
+                code = 1
+            else:
+                ended.cancel()
         console.print("stopping")
         await lab.stop()
-        return 0
+        return code
 
     from testbed.eventloop import Loop, have_uvloop
     from testbed.eventloop import run as run_on
@@ -459,6 +513,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "lab" and args.lab_command == "up":
         return _lab_up(args)
+    if getattr(args, "serve_func", None) is not None:
+        return args.serve_func(args)
     if args.command == "emulate":
         return _emulate(args)
     if args.command == "analyze":

@@ -4,10 +4,10 @@
 from .base import (ALL_SELECTOR, LOG_CONTACTS, LOG_KEYS, LOG_MESSAGES, LOG_PROFILE, SELECTOR_BIT,
                    MediaPart, MediaRecord, PushEvent, SessionEnded, SessionRecord, Store,
                    UploadRecord, UserRecord, decode_event, encode_event, new_link_id)
-from .factory import make_store
+from .factory import make_store, redact_url
 from .memory import MemoryStore
 
 __all__ = ["ALL_SELECTOR", "LOG_CONTACTS", "LOG_KEYS", "LOG_MESSAGES", "LOG_PROFILE",
            "SELECTOR_BIT", "MediaPart", "MediaRecord", "PushEvent", "SessionEnded",
            "SessionRecord", "Store", "UploadRecord", "UserRecord", "MemoryStore",
-           "decode_event", "encode_event", "make_store", "new_link_id"]
+           "decode_event", "encode_event", "make_store", "new_link_id", "redact_url"]

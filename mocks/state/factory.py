@@ -27,6 +27,18 @@ def split_namespace(url: str) -> tuple[str, Optional[str]]:
     return urlunsplit(parts._replace(query=rest)), (names[-1] if names else None)
 
 
+def redact_url(url: str) -> str:
+    """The store URL with any password replaced by `***`, fit to print or write down."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 async def make_store(url: Optional[str] = None, *,
                      namespace: Optional[str] = None) -> Store:
     """Open the store `url` names (connected and subscribed to its events, ready to serve).

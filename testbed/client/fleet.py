@@ -16,6 +16,7 @@ whole process group; the parent stops them), stop when the pipe to their parent 
 ask the kernel to kill them if the thread that started them dies (Linux `PR_SET_PDEATHSIG`),
 even of SIGKILL. Leaving `async with Fleet(...)` (an error, Ctrl-C, a cancellation) sends
 SIGTERM to every worker still running, by its own PID, then SIGKILL if it lingers.
+A supervisor keeps a fleet of servers up with `fleet.restart(i)` after worker i failed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from testbed.eventloop import Loop, pick as pick_loop, run as run_on
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Channel", "Fleet", "Message", "WorkerFailed"]
+__all__ = ["Channel", "Fleet", "Message", "WorkerFailed", "die_with_parent"]
 
 Work = Callable[[Any, "Channel"], Awaitable[Any]]
 
@@ -48,6 +49,7 @@ class Message:
     worker: int
     kind: str
     args: tuple
+    generation: int = 0   # which start of the worker (`Fleet.restart`) sent it
 
     @property
     def value(self) -> Any:
@@ -112,7 +114,10 @@ class _ParentGone(Exception):
     pass
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process end with `parent_pid`: SIGKILL when the parent thread that started
+    us dies (Linux), exit now if it already has; Ctrl-C is left to the parent, which stops
+    us. Fleet workers call it first; so does any child process that a supervisor stops."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C and stops us
     try:
         import ctypes
@@ -125,7 +130,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _child_main(conn, work: Work, payload: Any, loop: Loop | str, parent_pid: int,
                 log_level: int) -> None:
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     logging.basicConfig(level=log_level)
 
     async def main() -> Any:
@@ -189,6 +194,7 @@ class Fleet:
         self._tasks: list[asyncio.Task] = []
         self._local: list[_LocalChannel] = []
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._generation: list[int] = [0] * len(self.payloads)
 
     def __len__(self) -> int:
         return len(self.payloads)
@@ -198,7 +204,8 @@ class Fleet:
 
     @property
     def pids(self) -> list[int]:
-        """The workers' process IDs (none with `spawn=False`)."""
+        """The workers' process IDs (none with `spawn=False`); a restarted worker's is its
+        new process's."""
         return [p.pid for p in self._procs]
 
     # ------------------------------------------------------------------ start and stop
@@ -225,20 +232,47 @@ class Fleet:
                 self._local.append(channel)
                 self._tasks.append(task)
             return
+        for i in range(len(self.payloads)):
+            self._procs.append(None)
+            self._conns.append(None)
+            self._spawn(i)
+
+    def _spawn(self, i: int) -> None:
         ctx = multiprocessing.get_context("spawn")
         level = logging.getLogger().getEffectiveLevel()
-        for i, payload in enumerate(self.payloads):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_child_main, name=self.worker_name(i), daemon=True,
-                               args=(child, self.work, payload, self.loop_choice,
-                                     os.getpid(), level))
-            proc.start()
-            child.close()
-            self._procs.append(proc)
-            self._conns.append(parent)
-            loop.add_reader(parent.fileno(), self._readable, i)
-            os.set_blocking(parent.fileno(), True)   # see _PipeChannel
-            loop.add_reader(proc.sentinel, self._exited, i)
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_child_main, name=self.worker_name(i), daemon=True,
+                           args=(child, self.work, self.payloads[i], self.loop_choice,
+                                 os.getpid(), level))
+        proc.start()
+        child.close()
+        self._procs[i] = proc
+        self._conns[i] = parent
+        gen = self._generation[i]
+        self._loop.add_reader(parent.fileno(), self._readable, i, gen)
+        os.set_blocking(parent.fileno(), True)   # see _PipeChannel
+        self._loop.add_reader(proc.sentinel, self._exited, i, gen)
+
+    def restart(self, i: int) -> None:
+        """Start worker i again, in a new process with the same payload, once it has ended
+        (after `receive` reported its result or failure). Anything its old process sent
+        that is still unread is dropped. Spawned fleets only."""
+        if not self.spawn:
+            raise RuntimeError("only a spawned fleet restarts workers")
+        if i not in self._finished:
+            raise RuntimeError(f"{self.worker_name(i)} is still running")
+        old, conn = self._procs[i], self._conns[i]
+        self._loop.remove_reader(conn.fileno())
+        self._loop.remove_reader(old.sentinel)
+        old.join(2.0)
+        if old.is_alive():   # it returned but lingers: it must not hold on to anything
+            old.kill()
+            old.join(2.0)
+        conn.close()
+        self._generation[i] += 1
+        self._finished.discard(i)
+        self.results[i] = None
+        self._spawn(i)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop what is still running: workers that returned are waited for (they are
@@ -248,18 +282,20 @@ class Fleet:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         loop = self._loop
-        for i, (proc, conn) in enumerate(zip(self._procs, self._conns)):
+        started = [(i, p, c) for i, (p, c) in enumerate(zip(self._procs, self._conns))
+                   if p is not None]     # a start that failed midway left the rest None
+        for i, proc, conn in started:
             if loop is not None and not loop.is_closed():
                 loop.remove_reader(conn.fileno())
                 loop.remove_reader(proc.sentinel)
             if i not in self._finished and proc.is_alive():
                 proc.terminate()
-        for i, proc in enumerate(self._procs):
+        for i, proc, _ in started:
             proc.join(timeout if i in self._finished else 2.0)
             if proc.is_alive():
                 proc.kill()
                 proc.join(2.0)
-        for conn in self._conns:
+        for _, _, conn in started:
             conn.close()
         self._procs, self._conns, self._tasks = [], [], []
 
@@ -293,6 +329,8 @@ class Fleet:
                 quiet = [self.worker_name(i) for i in range(len(self))
                          if i not in self._finished]
                 raise TimeoutError(f"nothing from {', '.join(quiet)} in {timeout} s") from None
+            if m.generation != self._generation[m.worker]:
+                continue        # from a process of this worker that was since restarted
             if m.kind == _EXIT and m.worker in self._finished:
                 continue        # the process of a worker that returned (or failed) ended
             if m.kind == _RESULT:
@@ -336,24 +374,24 @@ class Fleet:
         return [got[i] for i in range(len(self))]
 
     # ------------------------------------------------------------------ readers
-    def _readable(self, i: int) -> None:
+    def _readable(self, i: int, gen: int) -> None:
         conn = self._conns[i]
         try:
             while conn.poll():
                 kind, *args = conn.recv()
-                self._inbox.put_nowait(Message(i, kind, tuple(args)))
+                self._inbox.put_nowait(Message(i, kind, tuple(args), gen))
         except (EOFError, OSError):      # the child is gone; _exited says how
             self._loop.remove_reader(conn.fileno())
         except Exception as exc:   # noqa: BLE001 - e.g. a result that does not unpickle
             self._loop.remove_reader(conn.fileno())
-            self._inbox.put_nowait(Message(i, _ERROR, (f"bad message: {exc!r}",)))
+            self._inbox.put_nowait(Message(i, _ERROR, (f"bad message: {exc!r}",), gen))
 
-    def _exited(self, i: int) -> None:
+    def _exited(self, i: int, gen: int) -> None:
         self._loop.remove_reader(self._procs[i].sentinel)
-        self._readable(i)   # what it wrote before exiting is all in the pipe now
+        self._readable(i, gen)   # what it wrote before exiting is all in the pipe now
         proc = self._procs[i]
         proc.join(1.0)   # its sentinel closes a moment before it can be reaped
-        self._inbox.put_nowait(Message(i, _EXIT, (proc.exitcode,)))
+        self._inbox.put_nowait(Message(i, _EXIT, (proc.exitcode,), gen))
 
     def _local_done(self, i: int, task: asyncio.Task) -> None:
         if task.cancelled():
