@@ -28,6 +28,7 @@ from .nat import NatRelay
 from .service import Service
 from .short_link import ShortLinkServer
 from .state import Store
+from .stats import process_name
 from .tls import LabCA
 from .web_server import AppServer
 
@@ -111,7 +112,7 @@ async def _long(spec: HostSpec, store: Store, host: RunningHost) -> None:
     clock = spec.clock()
     service = Service(store, clock, nearby_radius_m=profile.nearby_radius_m)
     server = LongLinkServer(service, clock, spec.idle_timeout_s or profile.server_idle_s,
-                            spec.max_packet_len or profile.max_packet_len)
+                            spec.max_packet_len or profile.max_packet_len, process_name())
     host._closers.append(server.close)
     host.errors = server.errors
     for e in spec.listen:
@@ -123,7 +124,7 @@ async def _long(spec: HostSpec, store: Store, host: RunningHost) -> None:
 async def _short(spec: HostSpec, store: Store, host: RunningHost) -> None:
     profile = load_profile(spec.profile)
     service = Service(store, spec.clock(), nearby_radius_m=profile.nearby_radius_m)
-    server = ShortLinkServer(service)
+    server = ShortLinkServer(service, process_name())
     host._closers.append(server.close)
     host.errors = server.errors
     for e in spec.listen:

@@ -184,7 +184,7 @@ class LongLinkProtocol(asyncio.Protocol):
                 self._set_reading()
             ctx = RequestContext(origin=self.link_id, peer=self.peer)
             try:
-                await count_request(srv.service.store, Door.LONG, req.command.name)
+                await count_request(srv.service.store, Door.LONG, req.command.name, srv.process)
                 response = await srv.service.handle(req.command, req.message, ctx)
                 body = response.SerializeToString()
             except ServiceError as exc:
@@ -243,8 +243,10 @@ class LongLinkServer:
 
     def __init__(self, service: Service, clock: Optional[Clock] = None,
                  idle_timeout_s: float = 660.0,
-                 max_packet_len: int = DEFAULT_MAX_PACKET_LEN) -> None:
+                 max_packet_len: int = DEFAULT_MAX_PACKET_LEN,
+                 process: Optional[str] = None) -> None:
         self.service = service
+        self.process = process   # counted as the serving process (`mocks.stats`), if named
         self.clock = clock or service.clock
         self.idle_timeout_s = idle_timeout_s
         self.max_packet_len = max_packet_len

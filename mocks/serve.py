@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -213,7 +214,8 @@ class HostProcess:
                 await Service(self._store).seed_users(opts.seed_users, opts.friends)
             except ValueError as exc:
                 raise HostError(str(exc)) from None
-        self.ready = {"role": spec.role, "pid": os.getpid(), "workers": pids, **bound,
+        self.ready = {"role": spec.role, "pid": os.getpid(), "workers": pids,
+                      "hostname": socket.gethostname(), **bound,
                       "store": redact_url(spec.store) if spec.role in STORE_ROLES else None,
                       "profile": spec.profile, "time_scale": spec.time_scale,
                       "epoch": spec.epoch}

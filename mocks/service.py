@@ -309,24 +309,17 @@ class Service:
         if msg_type != MSG_TEXT:
             return Ret.BAD_ARGUMENT  # media go through the upload commands
         value = (await self.store.next_msg_id(), self._now())
-        if m.client_msg_id:
-            value, fresh = await self.store.claim_send(me.uin, m.client_msg_id, value)
-        else:
-            fresh = True
-        out.new_msg_id, out.create_time = value
-        if fresh:
-            msg = pb.AddMsg(new_msg_id=value[0], from_user=me.username, to_user=to.username,
-                            msg_type=msg_type, content=m.content, create_time=value[1],
-                            client_msg_id=m.client_msg_id)
-            await self._deliver(me.uin, to.uin, msg, origin)
+        msg = pb.AddMsg(new_msg_id=value[0], from_user=me.username, to_user=to.username,
+                        msg_type=msg_type, content=m.content, create_time=value[1],
+                        client_msg_id=m.client_msg_id)
+        # claimed and stored in one step: a retry (on any worker, after any crash) of a
+        # send with this client_msg_id gets the first one's ids and stores nothing more
+        earlier = await self.store.deliver(
+            me.uin, to.uin, _item(ITEM_ADD_MSG, msg), origin,
+            claim=(m.client_msg_id, value) if m.client_msg_id else None,
+            counter=MESSAGES_STORED)
+        out.new_msg_id, out.create_time = earlier or value
         return Ret.OK
-
-    async def _deliver(self, sender: int, receiver: int, msg: pb.AddMsg, origin) -> None:
-        item = _item(ITEM_ADD_MSG, msg)
-        await self.store.append(receiver, LOG_MESSAGES, item, origin)
-        if receiver != sender:
-            await self.store.append(sender, LOG_MESSAGES, item, origin)
-        await self.store.count({MESSAGES_STORED: 1})
 
     # ------------------------------------------------------------------ media
     async def upload_media(self, req: pb.UploadMediaRequest, ctx: RequestContext):
@@ -362,6 +355,10 @@ class Service:
             raise ServiceError(Ret.BAD_ARGUMENT, "chunk runs past total_len")
         got = await self.store.append_upload(session.uin, req.client_media_id, req.start_pos,
                                              bytes(req.data))
+        if got == -1 - rec.total_len:
+            # every byte is there, unfinished: the worker that stored the last chunk died
+            # before finishing it. This retry finishes it.
+            got = rec.total_len
         if got < 0:
             resp.base.ret = Ret.MEDIA_OUT_OF_ORDER
             resp.base.errmsg = "chunk out of order"
@@ -375,22 +372,27 @@ class Service:
         return resp
 
     async def _complete_upload(self, uin: int, rec: UploadRecord, origin) -> int:
-        msg_id = await self.store.next_msg_id()
-        data = await self.store.finish_upload(uin, rec.client_media_id, msg_id)
+        data = await self.store.upload_data(uin, rec.client_media_id)
         if data is None:   # a retried last chunk: another request (or worker) finished it
             return (await self.store.get_upload(uin, rec.client_media_id)).new_msg_id
+        msg_id = await self.store.next_msg_id()
         me = await self.store.user_by_uin(uin)
         to = await self.store.user_by_name(rec.to_user)
         digest = hashlib.sha256(data).digest()
         cdn_key = secrets.token_hex(16) if rec.msg_type == MSG_IMAGE else ""
-        await self.store.put_media(MediaRecord(msg_id, uin, to.uin, rec.msg_type, data, digest,
-                                               cdn_key))
         msg = pb.AddMsg(new_msg_id=msg_id, from_user=me.username, to_user=to.username,
                         msg_type=rec.msg_type, create_time=self._now(),
                         client_msg_id=rec.client_media_id,
                         media=pb.MediaRef(total_len=len(data), sha256=digest,
                                           cdn_url=image_url(cdn_key) if cdn_key else ""))
-        await self._deliver(uin, to.uin, msg, origin)
+        # the media and its message in one step, so a worker dying here leaves the upload
+        # whole for the retry; of two workers finishing it at once, one does
+        try:
+            msg_id, _ = await self.store.complete_upload(
+                uin, rec.client_media_id, msg_id, to.uin, digest, cdn_key,
+                _item(ITEM_ADD_MSG, msg), origin, counter=MESSAGES_STORED)
+        except KeyError:   # dropped meanwhile (the user started too many others)
+            raise ServiceError(Ret.NOT_FOUND, "upload forgotten: start it again") from None
         return msg_id
 
     async def download_media(self, req: pb.DownloadMediaRequest, ctx: RequestContext):

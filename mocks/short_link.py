@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Optional
 
 from aiohttp import web
 
@@ -33,8 +34,9 @@ class BodyTooLarge(Exception):
 class ShortLinkServer:
     """One handler for the plain and the TLS port; `request.secure` tells them apart."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, process: Optional[str] = None) -> None:
         self.service = service
+        self.process = process   # counted as the serving process (`mocks.stats`), if named
         self.errors: list[BaseException] = []
         self.status_counts: dict[int, int] = {}
         self.runners: list[web.ServerRunner] = []
@@ -107,7 +109,7 @@ class ShortLinkServer:
         ctx = RequestContext(peer=request.remote or "")
         try:
             await count_request(self.service.store, Door.TLS if tls else Door.SHORT,
-                                command.name)
+                                command.name, self.process)
             req = decode_request(command, body)
             out = (await self.service.handle(command, req, ctx)).SerializeToString()
         except RemoteProtocolError as exc:

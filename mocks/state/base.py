@@ -218,11 +218,19 @@ class Store(abc.ABC):
     async def next_msg_id(self) -> int: ...
 
     @abc.abstractmethod
-    async def claim_send(self, sender: int, client_msg_id: str,
-                         value: tuple[int, int]) -> tuple[tuple[int, int], bool]:
-        """Remember (new_msg_id, create_time) for a send unless one is there (atomic).
+    async def deliver(self, sender: int, receiver: int, item: bytes,
+                      origin: Optional[str] = None, *,
+                      claim: Optional[tuple[str, tuple[int, int]]] = None,
+                      counter: Optional[str] = None) -> Optional[tuple[int, int]]:
+        """Store a message, in one atomic step: append `item` to the receiver's message log
+        and (if another user) to the sender's, publishing a `PushEvent` for each as `append`
+        does, and add 1 to `counter` if given.
 
-        Returns the value stored and whether this call stored it.
+        With `claim=(client_msg_id, (new_msg_id, create_time))` only if the sender has sent
+        no message with that id yet, the claim being stored in the same step: a message is
+        stored exactly once whichever worker takes a retry, and a worker that dies at any
+        point of a send leaves either nothing (the retry stores it) or all of it. Returns
+        None if this call stored the message, else the value the earlier send claimed.
         """
 
     # --- media
@@ -245,11 +253,24 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def finish_upload(self, uploader: int, client_media_id: str,
-                            new_msg_id: int) -> Optional[bytes]:
-        """Mark an unfinished upload complete as `new_msg_id` and hand over its bytes, which
-        the store then forgets (atomic). None if it was already finished, or is unknown:
-        of two workers finishing one upload, exactly one gets the bytes."""
+    async def upload_data(self, uploader: int, client_media_id: str) -> Optional[bytes]:
+        """The bytes an unfinished upload holds so far; None if unknown or finished."""
+
+    @abc.abstractmethod
+    async def complete_upload(self, uploader: int, client_media_id: str, msg_id: int,
+                              receiver: int, sha256: bytes, cdn_key: str, item: bytes,
+                              origin: Optional[str] = None, *,
+                              counter: Optional[str] = None) -> tuple[int, bool]:
+        """Finish an upload that holds all its bytes, in one atomic step: mark it complete
+        as `msg_id`, keep its bytes as media `msg_id` (sender the uploader, its msg_type,
+        `sha256`, `cdn_key`: "" for none) without copying them, forget it from
+        `uploads_in_progress`, and deliver `item` as `deliver` does.
+
+        Returns (the msg id it is finished as, whether this call finished it): of two
+        workers finishing one upload exactly one does, and a worker that dies before this
+        step leaves the upload whole for the retry. `KeyError` if there is no such upload,
+        `ValueError` if it lacks bytes.
+        """
 
     @abc.abstractmethod
     async def uploads_in_progress(self, uploader: int) -> list[str]:

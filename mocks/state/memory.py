@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from .base import (LOG_KEYS, SELECTOR_BIT, Event, MediaPart, MediaRecord, PushEvent,
-                   SessionRecord, Store, UploadRecord, UserRecord)
+from .base import (LOG_KEYS, LOG_MESSAGES, SELECTOR_BIT, Event, MediaPart, MediaRecord,
+                   PushEvent, SessionRecord, Store, UploadRecord, UserRecord)
 
 
 class _Upload:
@@ -120,13 +120,22 @@ class MemoryStore(Store):
     async def next_msg_id(self):
         return next(self._msg_ids)
 
-    async def claim_send(self, sender, client_msg_id, value):
-        key = (sender, client_msg_id)
-        old = self._sends.get(key)
-        if old is not None:
-            return old, False
-        self._sends[key] = value
-        return value, True
+    async def deliver(self, sender, receiver, item, origin=None, *, claim=None, counter=None):
+        if claim is not None:
+            key = (sender, claim[0])
+            old = self._sends.get(key)
+            if old is not None:
+                return old
+            self._sends[key] = claim[1]
+        await self._deliver(sender, receiver, item, origin, counter)
+        return None
+
+    async def _deliver(self, sender, receiver, item, origin, counter) -> None:
+        """Nothing here awaits anything that yields: one step on the event loop."""
+        for uin in ((receiver,) if receiver == sender else (receiver, sender)):
+            await self.append(uin, LOG_MESSAGES, item, origin)
+        if counter:
+            await self.count({counter: 1})
 
     async def get_upload(self, uploader, client_media_id):
         up = self._uploads.get((uploader, client_media_id))
@@ -149,15 +158,25 @@ class MemoryStore(Store):
         up.data += data
         return len(up.data)
 
-    async def finish_upload(self, uploader, client_media_id, new_msg_id):
+    async def upload_data(self, uploader, client_media_id):
         up = self._uploads.get((uploader, client_media_id))
-        if up is None or up.meta.new_msg_id:
-            return None
-        data = bytes(up.data)
-        up.meta = dataclasses.replace(up.meta, new_msg_id=new_msg_id)
-        up.data = bytearray()
+        return None if up is None or up.meta.new_msg_id else bytes(up.data)
+
+    async def complete_upload(self, uploader, client_media_id, msg_id, receiver, sha256,
+                              cdn_key, item, origin=None, *, counter=None):
+        up = self._uploads[(uploader, client_media_id)]
+        if up.meta.new_msg_id:
+            return up.meta.new_msg_id, False
+        if len(up.data) != up.meta.total_len:
+            raise ValueError(f"upload {client_media_id!r} holds {len(up.data)} of "
+                             f"{up.meta.total_len} bytes")
+        up.meta = dataclasses.replace(up.meta, new_msg_id=msg_id)
+        data, up.data = bytes(up.data), bytearray()
         self._in_progress.get(uploader, {}).pop(client_media_id, None)
-        return data
+        await self.put_media(MediaRecord(msg_id, uploader, receiver, up.meta.msg_type, data,
+                                         sha256, cdn_key))
+        await self._deliver(uploader, receiver, item, origin, counter)
+        return msg_id, True
 
     async def uploads_in_progress(self, uploader):
         return list(self._in_progress.get(uploader, ()))

@@ -13,10 +13,12 @@ Layout (P is the prefix):
   P log:UIN:K                         list of serialized CmdItems (the sync key is its length);
                                       appended to and published from in one script
   P friends:UIN                       set of uins;  P pending  set of "to:from"
-  P sends    hash "sender:client_msg_id" -> "new_msg_id:create_time"
+  P sends    hash "sender:client_msg_id" -> "new_msg_id:create_time", claimed in the same
+                                      script that stores the message (_DELIVER)
   P upload:UIN:ID / P upload-data:UIN:ID   hash of the record / string of its bytes;
   P uploads:UIN                       sorted set of unfinished ids, oldest first
-  P media:ID / P media-data:ID        hash of the record / string of its bytes; P cdn: key -> id
+  P media:ID / P media-data:ID        hash of the record / string of its bytes (an upload's
+                                      bytes are RENAMEd there as it completes); P cdn: key -> id
   P geo (GEOADD), P locations (hash uin -> "lon lat", exact), P polar (set: |lat| > 85.05)
   P counters hash name -> count;      P events: the pub/sub channel
 """
@@ -33,8 +35,9 @@ from typing import Optional
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .base import (LOG_KEYS, SELECTOR_BIT, Event, MediaPart, MediaRecord, PushEvent,
-                   SessionRecord, Store, UploadRecord, UserRecord, decode_event, encode_event)
+from .base import (LOG_KEYS, LOG_MESSAGES, SELECTOR_BIT, Event, MediaPart, MediaRecord,
+                   PushEvent, SessionRecord, Store, UploadRecord, UserRecord, decode_event,
+                   encode_event)
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +95,47 @@ if have ~= tonumber(ARGV[1]) then return -1 - have end
 return redis.call('APPEND', KEYS[2], ARGV[2])
 """
 
-# KEYS: record, data, queue; ARGV: member, new_msg_id
-_FINISH_UPLOAD = """
-local done = redis.call('HGET', KEYS[1], 'new_msg_id')
-if done ~= '0' then return false end
-redis.call('HSET', KEYS[1], 'new_msg_id', ARGV[2])
-local data = redis.call('GET', KEYS[2]) or ''
-redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return {data}
+# Storing a message (the tail of _DELIVER and _COMPLETE_UPLOAD). KEYS[1..3]: receiver's
+# log, sender's log (the same key for a note to oneself), counters; ARGV[1..5]: item,
+# channel, receiver's event, sender's event, counter ('' for none)
+_STORE_MESSAGE = """
+local function store_message(k, a)
+  redis.call('RPUSH', k[1], a[1])
+  redis.call('PUBLISH', a[2], a[3])
+  if k[2] ~= k[1] then
+    redis.call('RPUSH', k[2], a[1])
+    redis.call('PUBLISH', a[2], a[4])
+  end
+  if a[5] ~= '' then redis.call('HINCRBY', k[3], a[5], 1) end
+end
+"""
+
+# KEYS: receiver's log, sender's log, counters, sends; ARGV: item, channel, events x2,
+# counter, claim field ('' for none), claim value
+_DELIVER = _STORE_MESSAGE + """
+if ARGV[6] ~= '' and redis.call('HSETNX', KEYS[4], ARGV[6], ARGV[7]) == 0 then
+  return redis.call('HGET', KEYS[4], ARGV[6])
+end
+store_message(KEYS, ARGV)
+return false
+"""
+
+# KEYS: receiver's log, sender's log, counters, record, data, queue, media, media data, cdn;
+# ARGV: item, channel, events x2, counter, member, msg_id, uploader, receiver, sha256, cdn key
+_COMPLETE_UPLOAD = _STORE_MESSAGE + """
+local r = redis.call('HMGET', KEYS[4], 'total_len', 'new_msg_id', 'msg_type')
+if not r[1] then return {'unknown'} end
+if r[2] ~= '0' then return {'done', r[2]} end
+local have = redis.call('STRLEN', KEYS[5])
+if have ~= tonumber(r[1]) then return {'short', have} end
+redis.call('HSET', KEYS[4], 'new_msg_id', ARGV[7])
+redis.call('ZREM', KEYS[6], ARGV[6])
+redis.call('RENAME', KEYS[5], KEYS[8])
+redis.call('HSET', KEYS[7], 'sender', ARGV[8], 'receiver', ARGV[9], 'msg_type', r[3],
+           'sha256', ARGV[10], 'cdn_key', ARGV[11])
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[9], ARGV[11], ARGV[7]) end
+store_message(KEYS, ARGV)
+return {'finished', ARGV[7]}
 """
 
 # KEYS: record, data, queue; ARGV: member
@@ -177,7 +212,8 @@ class RedisStore(Store):
         self._append = reg(_APPEND)
         self._start_upload = reg(_START_UPLOAD)
         self._append_upload = reg(_APPEND_UPLOAD)
-        self._finish_upload = reg(_FINISH_UPLOAD)
+        self._deliver = reg(_DELIVER)
+        self._complete_upload = reg(_COMPLETE_UPLOAD)
         self._drop_upload = reg(_DROP_UPLOAD)
         self._media_part = reg(_MEDIA_PART)
         self._candidates_near = reg(_CANDIDATES_NEAR)
@@ -301,14 +337,24 @@ class RedisStore(Store):
     async def next_msg_id(self):
         return FIRST_MSG_ID - 1 + await self._r.incr(self._k_msgid)
 
-    async def claim_send(self, sender, client_msg_id, value):
-        field = f"{sender}:{client_msg_id}"
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(self._k_sends, field, f"{value[0]}:{value[1]}")
-            pipe.hget(self._k_sends, field)
-            fresh, stored = await pipe.execute()
-        msg_id, create_time = stored.split(b":")
-        return (int(msg_id), int(create_time)), bool(fresh)
+    def _message_keys_args(self, sender, receiver, item, origin, counter):
+        events = [encode_event(PushEvent(uin, SELECTOR_BIT[LOG_MESSAGES], origin))
+                  for uin in (receiver, sender)]
+        return ([self._log(receiver, LOG_MESSAGES), self._log(sender, LOG_MESSAGES),
+                 self._k_counters], [item, self.channel, *events, counter or ""])
+
+    async def deliver(self, sender, receiver, item, origin=None, *, claim=None, counter=None):
+        keys, args = self._message_keys_args(sender, receiver, item, origin, counter)
+        if claim is None:
+            args += ["", ""]
+        else:
+            client_msg_id, (msg_id, create_time) = claim
+            args += [f"{sender}:{client_msg_id}", f"{msg_id}:{create_time}"]
+        earlier = await self._deliver(keys=[*keys, self._k_sends], args=args)
+        if earlier is None:
+            return None
+        msg_id, create_time = earlier.split(b":")
+        return int(msg_id), int(create_time)
 
     # ------------------------------------------------------------------ uploads
     async def get_upload(self, uploader, client_media_id):
@@ -342,10 +388,27 @@ class RedisStore(Store):
             raise KeyError((uploader, client_media_id))
         return got
 
-    async def finish_upload(self, uploader, client_media_id, new_msg_id):
-        got = await self._finish_upload(keys=list(self._upload_keys(uploader, client_media_id)),
-                                        args=[client_media_id, new_msg_id])
-        return None if got is None else bytes(got[0])
+    async def upload_data(self, uploader, client_media_id):
+        rec, data, _ = self._upload_keys(uploader, client_media_id)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hget(rec, "new_msg_id")
+            pipe.get(data)
+            done, blob = await pipe.execute()
+        return None if done is None or done != b"0" else (blob or b"")
+
+    async def complete_upload(self, uploader, client_media_id, msg_id, receiver, sha256,
+                              cdn_key, item, origin=None, *, counter=None):
+        keys, args = self._message_keys_args(uploader, receiver, item, origin, counter)
+        got = await self._complete_upload(
+            keys=[*keys, *self._upload_keys(uploader, client_media_id), *self._media(msg_id),
+                  self._k_cdn],
+            args=[*args, client_media_id, msg_id, uploader, receiver, sha256, cdn_key])
+        outcome = got[0].decode()
+        if outcome == "unknown":
+            raise KeyError((uploader, client_media_id))
+        if outcome == "short":
+            raise ValueError(f"upload {client_media_id!r} holds {int(got[1])} bytes, not all")
+        return int(got[1]), outcome == "finished"
 
     async def uploads_in_progress(self, uploader):
         _, _, queue = self._upload_keys(uploader, "")

@@ -16,7 +16,7 @@ from collections import defaultdict
 import pytest
 
 from mocks.service import RequestContext, Service
-from mocks.state import PushEvent, make_store, new_link_id
+from mocks.state import PushEvent, UploadRecord, make_store, new_link_id
 from mocks.stats import read_stats
 from testbed.client.phone import Phone
 from testbed.client.session import Session
@@ -104,6 +104,36 @@ async def test_an_upload_resumed_on_another_worker_is_one_message(redis_stores):
         got += r.data
     assert bytes(got) == data
     assert (await read_stats(one.store)).messages_stored == 1
+
+
+async def test_an_upload_whose_worker_died_before_finishing_it_is_finished_by_the_retry(
+        redis_stores):
+    """Worker one stored the last chunk and died before finishing the upload (its store
+    calls were all made, the one that finishes it was not). The client's retry of that chunk
+    on worker two finishes it: one message, the right bytes."""
+    one, two = await redis_stores(), Service(await redis_stores())
+    alice, bob = await two.seed_users(2)
+    login = await two.handle(BY_NAME["MANUALAUTH"], pb.ManualAuthRequest(
+        username=alice.username, password=alice.password), RequestContext())
+    base = pb.BaseRequest(session_key=login.session_key, uin=login.uin)
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 300
+    await one.start_upload(UploadRecord(alice.uin, "img-9", bob.username, 3, len(data)))
+    assert await one.append_upload(alice.uin, "img-9", 0, data[:65536]) == 65536
+    assert await one.append_upload(alice.uin, "img-9", 65536, data[65536:]) == len(data)
+    await one.close()           # the dead worker
+    retry = await two.handle(BY_NAME["UPLOADMSGIMG"], pb.UploadMediaRequest(
+        base=base, client_media_id="img-9", to_user=bob.username, total_len=len(data),
+        start_pos=65536, data=data[65536:]), RequestContext())
+    assert retry.base.ret == 0 and retry.start_pos == len(data) and retry.new_msg_id
+    again = await two.handle(BY_NAME["UPLOADMSGIMG"], pb.UploadMediaRequest(
+        base=base, client_media_id="img-9", to_user=bob.username, total_len=len(data),
+        start_pos=65536, data=data[65536:]), RequestContext())
+    assert again.new_msg_id == retry.new_msg_id
+    items = await two.store.read_log(bob.uin, 1, 0, 10)
+    msgs = [pb.AddMsg.FromString(pb.CmdItem.FromString(raw).cmd_buf) for raw in items]
+    assert [m.new_msg_id for m in msgs] == [retry.new_msg_id]
+    assert (await two.store.get_media(retry.new_msg_id)).data == data
+    assert (await read_stats(two.store)).messages_stored == 1
 
 
 async def test_a_logout_through_one_lab_closes_the_link_held_by_another(tmp_path,

@@ -238,27 +238,65 @@ async def test_msg_ids_are_unique_across_connections(stores):
     assert later > max(ids)
 
 
-async def test_claim_send_remembers_the_first_value(store):
-    assert await store.claim_send(1, "cid", (1_000_001, 50)) == ((1_000_001, 50), True)
-    assert await store.claim_send(1, "cid", (1_000_002, 60)) == ((1_000_001, 50), False)
-    # another sender's id of the same text is another send
-    assert await store.claim_send(2, "cid", (1_000_003, 70)) == ((1_000_003, 70), True)
-    assert await store.claim_send(1, "cid:2", (1_000_004, 80)) == ((1_000_004, 80), True)
+async def test_deliver_stores_a_message_in_both_logs_in_one_step(stores):
+    a, b = stores
+    heard = []
+    b.subscribe(heard.append)
+    link = new_link_id()
+    assert await a.deliver(1, 2, b"m1", link, counter="stored") is None
+    assert await a.read_log(2, LOG_MESSAGES, 0, 10) == [b"m1"]
+    assert await a.read_log(1, LOG_MESSAGES, 0, 10) == [b"m1"]     # the sender's copy
+    await eventually(lambda: len(heard) == 2)
+    assert sorted(heard, key=lambda e: e.uin) == [PushEvent(1, 0x1, link),
+                                                  PushEvent(2, 0x1, link)]
+    assert await b.deliver(3, 3, b"note to self", counter="stored") is None
+    assert await b.read_log(3, LOG_MESSAGES, 0, 10) == [b"note to self"]   # one copy
+    await b.deliver(1, 2, b"uncounted")
+    assert (await a.counters())["stored"] == 2
+    assert (await a.log_lengths(2))[LOG_MESSAGES] == 2
 
 
-async def test_two_senders_with_one_client_msg_id_on_two_connections(stores):
+async def test_deliver_with_a_claim_stores_a_send_once(store):
+    first = await store.deliver(1, 2, b"hello", claim=("cid", (1_000_001, 50)), counter="n")
+    assert first is None
+    # the retry: the first send's ids, and nothing stored or counted again
+    assert await store.deliver(1, 2, b"hello", claim=("cid", (1_000_002, 60)),
+                               counter="n") == (1_000_001, 50)
+    assert await store.read_log(2, LOG_MESSAGES, 0, 10) == [b"hello"]
+    assert (await store.counters())["n"] == 1
+    # another sender's send with the same id is another send; so is another id
+    assert await store.deliver(2, 1, b"x", claim=("cid", (1_000_003, 70))) is None
+    assert await store.deliver(1, 2, b"y", claim=("cid:2", (1_000_004, 80))) is None
+    assert await store.read_log(2, LOG_MESSAGES, 0, 10) == [b"hello", b"x", b"y"]
+
+
+async def test_two_workers_taking_one_send_on_two_connections(stores):
+    """A send retried on another worker while the first still runs: one stores it, both
+    answer with its ids."""
     a, b = stores
     for round_ in range(30):
         cid = f"retry-{round_}"
-        (va, fa), (vb, fb) = await asyncio.gather(
-            a.claim_send(7, cid, (round_ * 2, 1)), b.claim_send(7, cid, (round_ * 2 + 1, 2)))
-        assert va == vb and sorted([fa, fb]) == [False, True]
+        got = await asyncio.gather(
+            a.deliver(7, 8, f"{round_}a".encode(), claim=(cid, (round_ * 2, 1))),
+            b.deliver(7, 8, f"{round_}b".encode(), claim=(cid, (round_ * 2 + 1, 2))))
+        assert got.count(None) == 1
+        winner = "ab"[got.index(None)]
+        other = next(g for g in got if g is not None)
+        assert other == ((round_ * 2, 1) if winner == "a" else (round_ * 2 + 1, 2))
+    log = await a.read_log(8, LOG_MESSAGES, 0, 100)
+    assert len(log) == 30 and [int(x[:-1]) for x in log] == list(range(30))
 
 
 # ---------------------------------------------------------------------- uploads
 
 def upload(cid="img-1", total=10, uploader=1, to="bob", msg_type=3):
     return UploadRecord(uploader, cid, to, msg_type, total)
+
+
+def finish(uploader, cid, msg_id, receiver=2):
+    """complete_upload's arguments for upload `cid` as message `msg_id` to `receiver`."""
+    return (uploader, cid, msg_id, receiver, b"\x07" * 32, f"key-{msg_id:_}",
+            f"item {msg_id}".encode())
 
 
 async def test_an_upload_from_start_to_finish(stores):
@@ -273,17 +311,35 @@ async def test_an_upload_from_start_to_finish(stores):
     assert await b.append_upload(1, "img-1", 6, b"x") == -1 - 4
     # resumed on the other worker
     assert (await b.get_upload(1, "img-1")).received == 4
+    assert await a.upload_data(1, "img-1") == b"\x00\x01\x02\x03"
+    with pytest.raises(ValueError):   # not all there yet
+        await a.complete_upload(*finish(1, "img-1", 1_000_049))
     assert await b.append_upload(1, "img-1", 4, b"\xff" * 6) == 10
-    assert await a.finish_upload(1, "img-1", 1_000_050) == b"\x00\x01\x02\x03" + b"\xff" * 6
+    data = b"\x00\x01\x02\x03" + b"\xff" * 6
+    assert await b.upload_data(1, "img-1") == data
+    assert await a.complete_upload(*finish(1, "img-1", 1_000_050), counter="n") == \
+        (1_000_050, True)
     done = await b.get_upload(1, "img-1")
     assert done.new_msg_id == 1_000_050 and done.received == 10 and done.to_user == "bob"
-    # finished: no second finish, no more bytes
-    assert await b.finish_upload(1, "img-1", 1_000_051) is None
+    # its bytes are the media now, and its message is in both logs, stored once
+    assert await b.get_media(1_000_050) == MediaRecord(1_000_050, 1, 2, 3, data,
+                                                      b"\x07" * 32, "key-1_000_050")
+    assert await b.media_by_cdn_key("key-1_000_050") == await b.get_media(1_000_050)
+    assert await b.read_log(2, LOG_MESSAGES, 0, 10) == [b"item 1000050"]
+    assert await b.read_log(1, LOG_MESSAGES, 0, 10) == [b"item 1000050"]
+    # finished: a second finish is told the first one's id and stores nothing
+    assert await b.upload_data(1, "img-1") is None
+    assert await b.complete_upload(*finish(1, "img-1", 1_000_051), counter="n") == \
+        (1_000_050, False)
+    assert await b.get_media(1_000_051) is None
+    assert (await a.counters())["n"] == 1 and (await a.log_lengths(2))[LOG_MESSAGES] == 1
     assert await a.append_upload(1, "img-1", 10, b"more") == -1 - 10
     assert await a.append_upload(1, "img-1", 0, b"more") == -1 - 10
     with pytest.raises(KeyError):
         await a.append_upload(1, "never-started", 0, b"x")
-    assert await a.finish_upload(1, "never-started", 5) is None
+    with pytest.raises(KeyError):
+        await a.complete_upload(*finish(1, "never-started", 5))
+    assert await a.upload_data(1, "never-started") is None
 
 
 async def test_concurrent_chunks_and_finishes_on_two_connections(stores):
@@ -296,11 +352,16 @@ async def test_concurrent_chunks_and_finishes_on_two_connections(stores):
                                    b.append_upload(1, "v", pos, chunk))
         assert sorted(got) == [-1 - (pos + 64), pos + 64]   # one lands, one is told where
         pos += 64
-    handed = await asyncio.gather(a.finish_upload(1, "v", 11), b.finish_upload(1, "v", 12))
-    assert sorted(h is None for h in handed) == [False, True]   # exactly one gets the bytes
-    data = next(h for h in handed if h is not None)
-    assert data == b"".join(bytes([k]) * 64 for k in range(5))
-    assert (await a.get_upload(1, "v")).new_msg_id in (11, 12)
+    handed = await asyncio.gather(a.complete_upload(*finish(1, "v", 11)),
+                                  b.complete_upload(*finish(1, "v", 12)))
+    assert sorted(fresh for _, fresh in handed) == [False, True]   # exactly one finishes it
+    assert handed[0][0] == handed[1][0] in (11, 12)                # both name its id
+    msg_id = handed[0][0]
+    assert (await a.get_upload(1, "v")).new_msg_id == msg_id
+    media = await b.get_media(msg_id)
+    assert media.data == b"".join(bytes([k]) * 64 for k in range(5)) and media.msg_type == 43
+    assert await a.get_media(23 - msg_id) is None
+    assert await a.read_log(2, LOG_MESSAGES, 0, 10) == [f"item {msg_id}".encode()]
     # two workers starting the same upload agree on one record
     r1, r2 = await asyncio.gather(a.start_upload(upload("w", total=5)),
                                   b.start_upload(upload("w", total=5)))
@@ -316,7 +377,7 @@ async def test_uploads_in_progress_oldest_first_and_drop(stores):
     assert await b.uploads_in_progress(1) == ["u1", "u2", "u3"]
     assert await b.uploads_in_progress(2) == []
     await a.append_upload(1, "u2", 0, b"0123456789")
-    await a.finish_upload(1, "u2", 77)
+    await a.complete_upload(*finish(1, "u2", 77))
     assert await a.uploads_in_progress(1) == ["u1", "u3"]
     await b.drop_upload(1, "u1")
     assert await a.get_upload(1, "u1") is None
