@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from testbed.lab.addressing import HOST_NAMES, LONG, MAPABC, QLOGO, QPIC, SHORT
+from testbed.lab.addressing import HOST_NAMES, LONG, MAPABC, QLOGO, QPIC, SHORT, is_lab_address
 from testbed.lab.manifest import HostEntry, Manifest
 from testbed.lab.profiles import load_profile
 
@@ -71,6 +71,10 @@ async def manifest_from_parts(parts: LabParts, store: Store, profile_name: str,
     missing = parts.missing()
     if missing:
         raise ValueError(f"the manifest needs {', '.join(missing)}")
+    for addr in [parts.dns.host] + [a for h in parts.hosts.values() for a in h.addresses]:
+        if not is_lab_address(addr):
+            raise ValueError(f"{addr} is outside loopback and 198.18.0.0/15: a lab manifest "
+                             f"may name only those")
     profile = load_profile(profile_name)
     users = await Service(store).users()
     if not users:

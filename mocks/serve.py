@@ -198,7 +198,9 @@ class HostProcess:
     # ------------------------------------------------------------------ start
     async def _start(self) -> None:
         spec, opts = self.spec, self.opts
-        if spec.role in STORE_ROLES or opts.seed_users:
+        # the workers open their own connections; this process needs one only to serve
+        # (one worker) or to seed
+        if (spec.role in STORE_ROLES and opts.workers == 1) or opts.seed_users:
             try:
                 self._store = await make_store(spec.store)
             except ConnectionError as exc:

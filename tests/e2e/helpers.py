@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -65,3 +69,88 @@ def wait_manifest(proc, manifest, timeout=20.0):
             raise AssertionError("no manifest in time")
         time.sleep(0.02)
     return load_manifest(manifest)
+
+
+# ---------------------------------------------------------------------- `testbed serve`
+
+def start_serve(role, ready_file, *args, env=None):
+    """`testbed serve ROLE ... --ready-file READY` as a subprocess (stderr piped)."""
+    return subprocess.Popen([sys.executable, "-m", "testbed.cli", "serve", role, *args,
+                             "--ready-file", str(ready_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def wait_ready(proc, ready_file, timeout=60.0, want=None):
+    """A serve process's ready file as a dict, once it exists (and `want(doc)` holds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if ready_file.exists():
+            doc = json.loads(ready_file.read_text())
+            if want is None or want(doc):
+                return doc
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early ({proc.returncode}): "
+                                 f"{proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{ready_file} not ready in time")
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (children, their children...), from /proc."""
+    parent_of = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent_of[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent_of.items() if pp in frontier} - out
+        out |= frontier
+    return out
+
+
+def tcp_peers(pid: int) -> set[tuple[str, int]]:
+    """The remote ends of the established TCP connections process `pid` holds (Linux
+    /proc: its socket inodes matched against the namespace's TCP table)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    peers = set()
+    with open(f"/proc/{pid}/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[3] == "01" and fields[9] in inodes:     # ESTABLISHED
+                addr, port = fields[2].split(":")
+                ip = socket.inet_ntoa(struct.pack("<I", int(addr, 16)))
+                peers.add((ip, int(port, 16)))
+    return peers
+
+
+def still_alive(pids, within: float = 2.0) -> list[int]:
+    """Which of `pids` are alive after waiting up to `within` seconds for them to end."""
+    deadline = time.monotonic() + within
+    while True:
+        left = [p for p in pids if alive(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)

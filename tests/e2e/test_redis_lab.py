@@ -24,7 +24,31 @@ from testbed.lab.clock import Clock
 from testbed.wire import BY_NAME, Ret, ServiceError, pb
 
 from ..conftest import start_lab
-from .helpers import start_lab_up, wait_manifest
+from .helpers import descendants, start_lab_up, still_alive, wait_manifest
+
+
+def cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def serve_role(pid: int) -> str:
+    """The ROLE of a `testbed serve ROLE` process."""
+    words = cmdline(pid).split()
+    return words[words.index("serve") + 1]
 
 
 async def test_a_send_through_one_service_wakes_a_listener_on_another(redis_stores):
@@ -255,10 +279,21 @@ def test_lab_up_on_redis_runs_a_chat_and_leaves_nothing(tmp_path, redis_url):
         assert counters["messages_stored"] == 8            # 4 pairs, a message and a reply
         assert counters["requests long NEWSENDMSG"] == 4
         assert counters["requests short NEWSENDMSG"] == 4
+        # every host is a `testbed serve` process; the long and short links have 2 workers
+        hosts = {serve_role(pid): pid for pid in children(proc.pid)}
+        assert set(hosts) == {"dns", "long", "short", "mapabc", "qlogo", "qpic"}
+        for role in ("long", "short"):
+            workers = [p for p in children(hosts[role]) if "spawn_main" in cmdline(p)]
+            assert len(workers) == 2
+            served = [k for k in counters if k.startswith(f"served {role} ")
+                      or (role == "short" and k.startswith("served tls "))]
+            assert served and all(k.rsplit("/", 1)[1].isdigit() for k in served)
+        everything = descendants(proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+    assert not still_alive(everything)
     assert f"state: Redis {redis_url}, namespace {namespace}" in " ".join(err.split())
     assert asyncio.run(_keys(redis_url, namespace)) == (0, {})   # its keys are gone
 
@@ -294,3 +329,27 @@ def test_lab_up_reset_store_clears_what_a_killed_lab_left(tmp_path, redis_url):
         proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert asyncio.run(_keys(redis_url, namespace)) == (0, {})
+
+
+def test_lab_up_on_redis_with_a_carrier_nat_process(tmp_path, redis_url):
+    """--nat-timeout on a lab of processes: a `serve nat` child holds the public ports and
+    relays to the servers on free ones; the phones chat through it."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    proc, path = _lab_up(tmp_path, f"{redis_url}?namespace={namespace}", "m.json",
+                         "--nat-timeout", "300", "--workers", "1")
+    try:
+        m = wait_manifest(proc, path, timeout=60)
+        assert m.extra["nat"]["idle_timeout_s"] == 300
+        assert m.hosts["long.weixin.qq.com"].port == 8080
+        hosts = {serve_role(pid): pid for pid in children(proc.pid)}
+        assert "nat" in hosts and len(hosts) == 7
+        emu = subprocess.run([sys.executable, "-m", "testbed.cli", "emulate", "chat",
+                              "--manifest", str(path), "--clients", "2", "--json"],
+                             capture_output=True, text=True, timeout=120)
+        assert emu.returncode == 0, emu.stderr
+        assert json.loads(emu.stdout)["ok"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "carrier NAT in front of every TCP host" in " ".join(err.split())
