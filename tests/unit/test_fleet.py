@@ -45,6 +45,16 @@ async def exits_on_one(payload: int, channel) -> int:
     return payload
 
 
+async def fails_once(marker: str, channel) -> str:
+    """Raises the first time (no marker file yet), then says hello and waits for stop."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        raise RuntimeError("first start fails")
+    channel.send("hello", os.getpid())
+    await channel.receive()
+    return "second start"
+
+
 async def sleeper(payload: int, channel) -> None:
     channel.send("up", os.getpid())
     await asyncio.sleep(3600)
@@ -118,6 +128,48 @@ async def test_a_worker_that_dies_is_reported_or_replaced():
     async with Fleet(exits_on_one, [0, 1, 2], loop="asyncio") as fleet:
         results = await fleet.run(on_failure=lambda f: failed.append(f.name) or -1)
     assert results == [0, -1, 2] and failed == ["fleet-2"]
+
+
+async def test_a_killed_worker_restarts_in_a_new_process_and_its_old_messages_are_dropped():
+    async with Fleet(chatty, [1, 2], loop="asyncio", name="srv") as fleet:
+        hello = await fleet.collect("hello", timeout=60)
+        old = fleet.pids[0]
+        assert hello[0] == (1, old)
+        fleet.send(0, "ping", 1)
+        fleet.send(0, "ping", 2)
+        await asyncio.sleep(0.5)          # its answers are in the pipe, unread
+        os.kill(old, signal.SIGKILL)
+        with pytest.raises(WorkerFailed, match="exited with code -9") as info:
+            while True:
+                m = await fleet.receive(timeout=10)
+                assert m.kind == "pong"   # read before the death is reported
+        assert info.value.worker == 0
+        fleet.send(1, "ping", 3)
+        fleet.restart(0)
+        new = fleet.pids[0]
+        assert new != old and _dead(old)
+        got = [await fleet.receive(timeout=60) for _ in range(2)]
+        assert sorted((m.worker, m.kind, m.value) for m in got) == [
+            (0, "hello", (1, new)), (1, "pong", 203)]
+        with pytest.raises(RuntimeError, match="still running"):
+            fleet.restart(0)
+        fleet.broadcast("stop")
+        assert await fleet.run() == [10, 20]
+
+
+async def test_a_restarted_worker_is_not_taken_for_dead_by_its_old_process_exit(tmp_path):
+    """The old process's exit is reported after its error; restarting in between, the
+    restarted worker must not be taken for the one that exited."""
+    async with Fleet(fails_once, [str(tmp_path / "marker")], loop="asyncio") as fleet:
+        with pytest.raises(WorkerFailed, match="first start fails"):
+            await fleet.receive(timeout=60)
+        await asyncio.sleep(0.5)      # its process ends meanwhile: that exit is queued
+        fleet.restart(0)
+        m = await fleet.receive(timeout=60)
+        assert (m.kind, m.value) == ("hello", fleet.pids[0])
+        await asyncio.sleep(0.3)
+        fleet.send(0, "stop")
+        assert await fleet.run() == ["second start"]
 
 
 async def test_a_quiet_fleet_times_out_naming_who():
