@@ -44,6 +44,15 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def socket_path(self) -> Path:
+        """It listens on this Unix socket too: reachable from any network namespace."""
+        return self.workdir / f"redis-{self.port}.sock"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket_path}?db=0"
+
     def start(self, timeout: float = 10.0) -> "RedisServer":
         last = ""
         for _ in range(5):   # the free port may be taken between probing and binding
@@ -51,6 +60,7 @@ class RedisServer:
             log = self.workdir / f"redis-{self.port}.log"
             self.proc = subprocess.Popen(
                 ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+                 "--unixsocket", str(self.socket_path), "--unixsocketperm", "700",
                  "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
                  "--daemonize", "no", "--logfile", str(log)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
