@@ -48,10 +48,11 @@ async def wait_for(predicate, timeout=10.0, interval=0.005):
         await asyncio.sleep(interval)
 
 
-def start_lab_up(tmp_path, *extra, users: int = 3, name: str = "m.json"):
-    """`testbed lab up` as a subprocess on a random loopback /24: (process, manifest path)."""
+def start_lab_up(tmp_path, *extra, users: int = 3, name: str = "m.json", plan=None):
+    """`testbed lab up` as a subprocess on a random loopback /24 (or `plan`'s): (process,
+    manifest path)."""
     manifest = tmp_path / name
-    plan = AddressPlan.random_loopback()
+    plan = plan or AddressPlan.random_loopback()
     proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "lab", "up", "--users",
                              str(users), "--manifest", str(manifest), "--subnet", plan.prefix,
                              *extra],

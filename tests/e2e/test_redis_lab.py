@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from mocks.state import PushEvent, UploadRecord, make_store, new_link_id
 from mocks.stats import read_stats
 from testbed.client.phone import Phone
 from testbed.client.session import Session
+from testbed.lab.addressing import AddressPlan
 from testbed.lab.clock import Clock
 from testbed.wire import BY_NAME, Ret, ServiceError, pb
 
@@ -353,3 +355,29 @@ def test_lab_up_on_redis_with_a_carrier_nat_process(tmp_path, redis_url):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "carrier NAT in front of every TCP host" in " ".join(err.split())
+
+
+def test_lab_up_on_redis_stops_every_host_when_one_cannot_start(tmp_path, redis_url):
+    """The long link's first address is taken: that host says why and exits 1, lab up says
+    which host failed, stops the others, writes no manifest and leaves the store empty."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    plan = AddressPlan.random_loopback()
+    taken = socket.socket()
+    taken.bind((plan.addresses("long.weixin.qq.com")[0], 8080))
+    taken.listen()
+    try:
+        proc, path = start_lab_up(tmp_path, "--store", f"{redis_url}?namespace={namespace}",
+                                  users=4, plan=plan)
+        seen = set()
+        while proc.poll() is None:
+            seen |= descendants(proc.pid)
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        taken.close()
+    text = " ".join(err.split())
+    assert proc.returncode == 1, err
+    assert "serve long: cannot bind" in text and "the long host did not start" in text
+    assert "Traceback" not in err and not path.exists()
+    assert not still_alive(seen)
+    assert asyncio.run(_keys(redis_url, namespace)) == (0, {})
