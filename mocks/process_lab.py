@@ -106,15 +106,6 @@ class ProcessLab:
         self.children.append(child)
         return child
 
-    def _ca_path(self) -> Path:
-        cfg = self.config
-        if cfg.workdir is not None:
-            return Path(cfg.workdir) / "lab-ca"
-        if cfg.manifest_path is not None:
-            p = Path(cfg.manifest_path)
-            return p.with_name(p.stem + "-ca")
-        return self._dir / "lab-ca"
-
     async def start(self) -> Manifest:
         cfg = self.config
         epoch = time.time()
@@ -130,7 +121,7 @@ class ProcessLab:
             ports = {k: 0 for k in ports}
             dns = Endpoint(FALLBACK_ADDRESS, 0)
         nat = cfg.nat_timeout_s is not None
-        self._ca_dir = self._ca_path()
+        self._ca_dir = cfg.lab_file("-ca") or self._dir / "lab-ca"   # `serve short --ca`
         self._made_ca = not self._ca_dir.exists()
 
         def listen(host: str, *keys: str, flag: str = "--listen") -> list[str]:

@@ -69,6 +69,16 @@ class LabConfig:
     record_comment_extra: dict = field(default_factory=dict)  # added to its section comment
     record_mss: int = 1460               # the tap's segment size
 
+    def lab_file(self, suffix: str) -> Optional[Path]:
+        """Where a file of the lab goes ("-ca.pem": the CA): `workdir/lab<suffix>`, else
+        beside the manifest as `<its stem><suffix>`; None if neither is set."""
+        if self.workdir is not None:
+            return Path(self.workdir) / f"lab{suffix}"
+        if self.manifest_path is not None:
+            p = Path(self.manifest_path)
+            return p.with_name(p.stem + suffix)
+        return None
+
 
 class Lab:
     """The five hosts and the resolver, sharing one service and one clock.
@@ -230,14 +240,11 @@ class Lab:
             self.relay = None
 
     def _ca_path(self) -> Path:
-        cfg = self.config
-        if cfg.workdir is not None:
-            return Path(cfg.workdir) / "lab-ca.pem"
-        if cfg.manifest_path is not None:
-            p = Path(cfg.manifest_path)
-            return p.with_name(p.stem + "-ca.pem")
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="testbed-lab-")
-        return Path(self._tmpdir.name) / "lab-ca.pem"
+        path = self.config.lab_file("-ca.pem")
+        if path is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="testbed-lab-")
+            path = Path(self._tmpdir.name) / "lab-ca.pem"
+        return path
 
     def _make_manifest(self, hosts, dns_addr, dns_port) -> Manifest:
         ca = self.ca.write_ca_pem(self._ca_path())

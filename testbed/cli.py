@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="run the mock hosts")
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
-    up = lab_sub.add_parser("up", help="start every host in one process until Ctrl-C")
+    up = lab_sub.add_parser("up", help="start every host until Ctrl-C: in one process, or "
+                                       "with --store redis://... each in a process of its own")
     up.add_argument("--users", type=positive_int, default=10, help="lab users (default 10)")
     up.add_argument("--friends", choices=("all", "none"), default="all",
                     help="make every pair of users friends (default) or none")
@@ -141,7 +142,8 @@ def _lab_up(args) -> int:
 
     from mocks.lab_manifest import HOST_OF_ROLE
     from mocks.runner import Lab, LabConfig
-    from mocks.state import make_store, redact_url
+    from mocks.state import redact_url
+    from testbed.serve_cli import open_store
     from testbed.lab.addressing import AddressPlan
     from testbed.lab.profiles import load_profile
 
@@ -168,14 +170,9 @@ def _lab_up(args) -> int:
                     record=args.record)
 
     async def run() -> int:
-        try:
-            store = await make_store(args.store)
-        except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            return 2
-        except ConnectionError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            return 1
+        store, failed = await open_store(args.store, console)
+        if store is None:
+            return failed
         try:
             if args.reset_store:
                 await store.clear()

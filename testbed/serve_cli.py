@@ -220,6 +220,20 @@ def _run(coro, use_uvloop: bool):
     return asyncio.run(coro)
 
 
+async def open_store(url: str, console):
+    """`(store, None)`, or `(None, exit code)` once the reason is printed: 2 for a URL that
+    cannot be used, 1 for a store that does not answer."""
+    from mocks.state import make_store
+    try:
+        return await make_store(url), None
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return None, 2
+    except ConnectionError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return None, 1
+
+
 def serve_main(args) -> int:
     from mocks.serve import HostError, HostProcess, ServeOptions
     from testbed.client.fleet import die_with_parent
@@ -299,19 +313,14 @@ def add_lab_parsers(lab_sub) -> None:
 
 def lab_seed(args) -> int:
     from mocks.service import Service
-    from mocks.state import make_store, redact_url
+    from mocks.state import redact_url
 
     console = _console()
 
     async def run() -> int:
-        try:
-            store = await make_store(args.store)
-        except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            return 2
-        except ConnectionError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            return 1
+        store, failed = await open_store(args.store, console)
+        if store is None:
+            return failed
         try:
             before = await store.user_count()
             users = await Service(store).seed_users(args.users, args.friends)
@@ -333,7 +342,6 @@ def lab_manifest(args) -> int:
 
     from mocks.endpoints import Endpoint
     from mocks.lab_manifest import LabParts, manifest_from_parts
-    from mocks.state import make_store
     from testbed.lab.addressing import LONG, MAPABC, QLOGO, QPIC, SHORT
     from testbed.lab.manifest import HostEntry
 
@@ -374,14 +382,9 @@ def lab_manifest(args) -> int:
         return 2
 
     async def run() -> int:
-        try:
-            store = await make_store(args.store)
-        except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            return 2
-        except ConnectionError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            return 1
+        store, failed = await open_store(args.store, console)
+        if store is None:
+            return failed
         try:
             manifest = await manifest_from_parts(parts, store, args.profile, time_scale)
         except ValueError as exc:

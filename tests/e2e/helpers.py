@@ -155,3 +155,38 @@ def still_alive(pids, within: float = 2.0) -> list[int]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.02)
+
+
+async def chat_round(phones, plan, timeout=30.0):
+    """Phone i sends "i:k" to phones plan[i][k], in order, the k-th through the long door
+    when i + k is even, else the short; then waits until every receiver has them all and
+    asserts each arrived exactly once and in its sender's order."""
+    from collections import defaultdict
+
+    async def sender(i):
+        for k, j in enumerate(plan[i]):
+            await phones[i].send_text(phones[j].username, f"{i}:{k}",
+                                      door=("long", "short")[(i + k) % 2])
+
+    await asyncio.gather(*(sender(i) for i in plan))
+    expected = defaultdict(list)          # receiver -> [(sender, k)] in the order sent
+    for i in plan:
+        for k, j in enumerate(plan[i]):
+            expected[j].append((i, k))
+
+    def inbox(j):
+        me = phones[j].username
+        return [m for m in phones[j].session.sync_state.messages
+                if m.to_user == me and m.from_user != me]
+
+    deadline = time.monotonic() + timeout
+    while any(len(inbox(j)) < len(want) for j, want in expected.items()):
+        assert time.monotonic() < deadline, "not every message arrived"
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)              # a duplicate would come by now
+    for j, want in expected.items():
+        got = [tuple(map(int, m.content.split(":"))) for m in inbox(j)]
+        assert sorted(got) == sorted(want)                      # each exactly once
+        for i in {s for s, _ in got}:                           # in each sender's order
+            assert [k for s, k in got if s == i] == sorted(k for s, k in got if s == i)
+        assert phones[j].metrics.duplicates == 0

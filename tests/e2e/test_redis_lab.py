@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
 
 import pytest
 
@@ -26,7 +25,7 @@ from testbed.lab.clock import Clock
 from testbed.wire import BY_NAME, Ret, ServiceError, pb
 
 from ..conftest import start_lab
-from .helpers import descendants, start_lab_up, still_alive, wait_manifest
+from .helpers import chat_round, descendants, start_lab_up, still_alive, wait_manifest
 
 
 def cmdline(pid: int) -> str:
@@ -204,32 +203,7 @@ async def test_chat_among_50_users_across_two_labs_on_one_redis(tmp_path, redis_
         # each sender: to its 1st, 2nd, 3rd and 5th neighbours, alternating the doors
         plan = {i: [(i + d) % n for d in (1, 2, 3, 5)][:per_sender] for i in range(n)}
 
-        async def sender(i):
-            for k, j in enumerate(plan[i]):
-                await phones[i].send_text(phones[j].username, f"{i}:{k}",
-                                          door=("long", "short")[(i + k) % 2])
-
-        await asyncio.gather(*(sender(i) for i in range(n)))
-        expected = defaultdict(list)      # receiver -> [(sender, k)] in the order sent
-        for i in range(n):
-            for k, j in enumerate(plan[i]):
-                expected[j].append((i, k))
-
-        def inbox(j):
-            me = phones[j].username
-            return [m for m in phones[j].session.sync_state.messages
-                    if m.to_user == me and m.from_user != me]
-
-        deadline = time.monotonic() + 30
-        while any(len(inbox(j)) < len(expected[j]) for j in range(n)):
-            assert time.monotonic() < deadline, "not every message arrived"
-            await asyncio.sleep(0.02)
-        for j in range(n):
-            got = [tuple(map(int, m.content.split(":"))) for m in inbox(j)]
-            assert sorted(got) == sorted(expected[j])            # each exactly once
-            for i in {s for s, _ in got}:                        # in each sender's order
-                assert [k for s, k in got if s == i] == sorted(k for s, k in got if s == i)
-            assert phones[j].metrics.duplicates == 0
+        await chat_round(phones, plan)
         stats = await read_stats(lab_a.store)
         assert stats.messages_stored == n * per_sender
         sent = sum(stats.requests[(door, "NEWSENDMSG")] for door in ("long", "short"))

@@ -13,7 +13,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections import defaultdict
 
 import pytest
 
@@ -24,8 +23,8 @@ from testbed.lab.addressing import AddressPlan, client_address
 from testbed.lab.clock import Clock
 from testbed.lab.manifest import load_manifest
 
-from .helpers import (alive, descendants, start_serve, still_alive, tcp_peers,
-                      wait_ready)
+from .helpers import (alive, chat_round, descendants, start_serve, still_alive,
+                      tcp_peers, wait_ready)
 
 ROLES = ("dns", "long", "short", "mapabc", "qlogo", "qpic")
 
@@ -111,34 +110,10 @@ async def test_chat_among_50_users_across_two_long_and_two_short_workers(tmp_pat
             others = groups[next(p for p in long_workers if p != worker_of[i])]
             plan_of[i] = [others[(i + k) % len(others)] for k in range(per_sender)]
 
-        async def sender(i):
-            for k, j in enumerate(plan_of[i]):
-                await phones[i].send_text(phones[j].username, f"{i}:{k}",
-                                          door=("long", "short")[(i + k) % 2])
-
-        await asyncio.gather(*(sender(i) for i in range(n)))
-        expected = defaultdict(list)
         for i in range(n):
-            for k, j in enumerate(plan_of[i]):
+            for j in plan_of[i]:
                 assert worker_of[i] != worker_of[j]
-                expected[j].append((i, k))
-
-        def inbox(j):
-            me = phones[j].username
-            return [m for m in phones[j].session.sync_state.messages
-                    if m.to_user == me and m.from_user != me]
-
-        deadline = time.monotonic() + 30
-        while any(len(inbox(j)) < len(expected[j]) for j in range(n)):
-            assert time.monotonic() < deadline, "not every message arrived"
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)      # a duplicate would come now
-        for j in range(n):
-            got = [tuple(map(int, m.content.split(":"))) for m in inbox(j)]
-            assert sorted(got) == sorted(expected[j])           # each exactly once
-            for i in {s for s, _ in got}:                       # in each sender's order
-                assert [k for s, k in got if s == i] == sorted(k for s, k in got if s == i)
-            assert phones[j].metrics.duplicates == 0
+        await chat_round(phones, plan_of)
 
         store = await make_store(store_url)
         try:
