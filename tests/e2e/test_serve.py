@@ -206,6 +206,56 @@ def test_single_process_hosts_serve_and_stop_on_signals(tmp_path):
     assert nat.returncode == 143 and web.returncode == 143, outs
 
 
+def test_the_nat_host_forgets_an_idle_connection(tmp_path):
+    """`serve nat --idle-timeout 30 --time-scale 100`: a keep-alive HTTP connection through
+    it answers at once, and after 0.3 s idle wall time (30 protocol s) the next request is
+    swallowed: no answer, no FIN, as a carrier NAT does."""
+    plan = AddressPlan.random_loopback()
+    web = start_serve("mapabc", tmp_path / "mapabc.json", "--subnet", plan.prefix)
+    nat = start_serve("nat", tmp_path / "nat.json", "--map",
+                      f"{plan.prefix}.32:8090={plan.prefix}.31:8080", "--idle-timeout", "30",
+                      "--time-scale", "100")
+    request = (f"GET /v3/geocode/regeo?location=116.30,39.96 HTTP/1.1\r\n"
+               f"Host: mapi.mapabc.com\r\n\r\n").encode()
+    try:
+        wait_ready(web, tmp_path / "mapabc.json")
+        wait_ready(nat, tmp_path / "nat.json")
+        with socket.create_connection((f"{plan.prefix}.32", 8090), timeout=5) as s:
+            s.sendall(request)
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(0.6)
+            s.sendall(request)
+            s.settimeout(1.0)
+            with pytest.raises(socket.timeout):
+                s.recv(65536)
+    finally:
+        stop_all([nat, web])
+
+
+def test_hosts_seeding_one_store_at_once_make_each_user_once(tmp_path, store_url):
+    """Three `serve qlogo --seed-users 20` on one namespace, started together: 20 users,
+    each with one profile item and 19 contacts; each host is ready only once seeded."""
+    plan = AddressPlan.random_loopback()
+    procs = [start_serve("qlogo", tmp_path / f"q{k}.json", "--listen",
+                         f"{plan.prefix}.{41 + k}:8080", "--store", store_url,
+                         "--seed-users", "20") for k in range(3)]
+    try:
+        for k, p in enumerate(procs):
+            wait_ready(p, tmp_path / f"q{k}.json")
+
+        async def check():
+            store = await make_store(store_url)
+            try:
+                assert await store.user_count() == 20
+                for uin in range(1, 21):
+                    assert await store.log_lengths(uin) == {1: 0, 2: 19, 3: 1}
+            finally:
+                await store.close()
+        asyncio.run(check())
+    finally:
+        stop_all(procs)
+
+
 def test_serve_mistakes_are_one_line_errors(tmp_path, redis_url):
     plan = AddressPlan.random_loopback()
     taken = socket.socket()
