@@ -385,17 +385,19 @@ def main() -> int:
                          f"{med([x['rps'] for x in b]):,.0f}", f"{ratio:.2f}",
                          f">= {SCALE_TARGET}" if kind in SCALE_OUT else "",
                          c.verdict(ratio, SCALE_TARGET) if kind in SCALE_OUT else "",
+                         f"{med([x['server_cpu'] / x['rps'] * 1e6 for x in o]):.0f}",
                          f"{med([x['server_cpu'] for x in o]):.2f}",
                          f"{med([x['wrk_cpu'] for x in o]):.2f}",
                          f"{med([x['other_cpu'] for x in o]):.2f}"])
         c.print_table("scale-out on uvloop: ours with 2 SO_REUSEPORT workers / the single bare "
                       "aiohttp handler (same run, medians)",
                       ["ours", "req/s", "bare req/s", "ours/bare", "target", "verdict",
-                       "server cores", "wrk cores", "other cores"], rows)
-        c.note("server cores: CPU of the server processes (x2 redis: the serve process, its "
-               "two workers and redis-server) per wall second; on 2 cores, wrk and the "
-               "servers share them, so 'server cores' + 'wrk cores' near 2 means the "
-               "machine, not the server, is the limit.")
+                       "server CPU us/req", "server cores", "wrk cores", "other cores"], rows)
+        c.note("server CPU us/req and cores: the server processes (x2 redis: the serve "
+               "process, its two workers and redis-server). Two workers can only beat one "
+               "process by the cores they get: 'server cores' + 'wrk cores' + 'other cores' "
+               "near the machine's count means the machine, not the server, was the limit; "
+               "CPU per request shows whether a worker costs more than the single process.")
     if len(loops) == 2:
         for kind in ("ours", "bare"):
             gain = med([x["rps"] for x in runs[(kind, "uvloop")]]) / \
