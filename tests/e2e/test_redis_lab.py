@@ -283,6 +283,13 @@ def test_lab_up_store_errors_are_one_line(tmp_path, redis_url):
         assert proc.returncode == rc, err
         assert words in " ".join(err.split()) and "Traceback" not in err
         assert not path.exists()
+    for store, extra, words in (("memory:", ["--workers", "2"], "--workers needs a store"),
+                                (redis_url, ["--record", str(tmp_path / "x.pcapng")],
+                                 "--record needs the one-process lab")):
+        proc, path = _lab_up(tmp_path, store, "m.json", *extra)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 2 and words in " ".join(err.split()), err
+        assert "Traceback" not in err and not path.exists()
 
 
 def test_lab_up_reset_store_clears_what_a_killed_lab_left(tmp_path, redis_url):
