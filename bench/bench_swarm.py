@@ -10,7 +10,7 @@ are empty and IDENTIFY triggers no NOTIFY) and one session per client
 so any client can IDENTIFY on either address.
 
 The clients are lightweight, not the full `Phone`: several processes (default 4 x 5,000, on
-uvloop), run by the testbed's fleet runner (`testbed.client.fleet.Fleet`, as `testbed
+uvloop), run by the testbed's fleet runner (`testbed.fleet.Fleet`, as `testbed
 emulate` and the heartbeat study run theirs), each bound to its own source address
 (`client_address`: 127.99.0.1+i); client i connects to server
 address i mod 2 with the testbed's `LongLink`, sends `IDENTIFY` with its own session, checks
@@ -483,7 +483,7 @@ def free_port(hosts: tuple) -> int:
 async def run_bench(args, netns: str | None) -> int:
     n, nproc = args.links, args.clients
     users = args.users or n
-    from testbed.client.fleet import Fleet
+    from testbed.fleet import Fleet
     from testbed.client.heartbeat import parse_policy
     from testbed.lab.addressing import client_address
     from testbed.lab.clock import Clock

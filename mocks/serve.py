@@ -3,7 +3,7 @@ that take them.
 
 With one worker the host serves in this process. With N > 1 this process is a supervisor:
 it reserves the listening ports (`mocks.endpoints`), starts N workers on the fleet runner
-(`testbed.client.fleet`, so they die with it however it ends), each binding the same ports
+(`testbed.fleet`, so they die with it however it ends), each binding the same ports
 with `SO_REUSEPORT` and opening its own connection to the shared store, and serves nothing
 itself.
 
@@ -29,14 +29,13 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from testbed.client.fleet import Channel, Fleet, WorkerFailed
+from testbed.fleet import Channel, Fleet, WorkerFailed
 
 from .endpoints import Endpoint, reserve, reserved_endpoint
 from .hosts import STORE_ROLES, WORKER_ROLES, HostSpec, start_host
@@ -217,7 +216,7 @@ class HostProcess:
             except ValueError as exc:
                 raise HostError(str(exc)) from None
         self.ready = {"role": spec.role, "pid": os.getpid(), "workers": pids,
-                      "hostname": socket.gethostname(), **bound,
+                      "hostname": os.uname().nodename, **bound,
                       "store": redact_url(spec.store) if spec.role in STORE_ROLES else None,
                       "profile": spec.profile, "time_scale": spec.time_scale,
                       "epoch": spec.epoch}

@@ -10,7 +10,6 @@ kind). `read_stats` gathers them into one `LabStats`.
 from __future__ import annotations
 
 import os
-import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
@@ -45,7 +44,7 @@ def served_key(door: Door | str, process: str) -> str:
 def process_name() -> str:
     """This process, as the served counters name it: host name and PID (containers all
     have PID 1, hosts of their own names)."""
-    return f"{socket.gethostname()}/{os.getpid()}"
+    return f"{os.uname().nodename}/{os.getpid()}"
 
 
 async def count_request(store: Store, door: Door | str, command: str,

@@ -236,7 +236,7 @@ async def open_store(url: str, console):
 
 def serve_main(args) -> int:
     from mocks.serve import HostError, HostProcess, ServeOptions
-    from testbed.client.fleet import die_with_parent
+    from testbed.fleet import die_with_parent
 
     console = _console()
     try:

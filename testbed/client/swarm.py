@@ -13,7 +13,7 @@ from typing import Any, Optional
 from testbed.lab.addressing import client_address
 from testbed.lab.manifest import load_manifest
 
-from .fleet import Channel, Fleet, Message, WorkerFailed
+from testbed.fleet import Channel, Fleet, Message, WorkerFailed
 from .scenarios import ProgressFn, ScenarioResult, Step, run_scenario
 
 CLIENTS_PER_PROCESS = 5000

@@ -123,7 +123,7 @@ async def test_chat_among_50_users_across_two_long_and_two_short_workers(tmp_pat
         assert stats.messages_stored == n * per_sender
         assert sum(stats.requests[(d, "NEWSENDMSG")] for d in ("long", "short")) == \
             n * per_sender
-        host = socket.gethostname()
+        host = docs["long"]["hostname"]
         for pid in long_workers:
             assert stats.served[("long", f"{host}/{pid}")] > 0
         for pid in docs["short"]["workers"]:       # logins (TLS) and sends (HTTP) on both
@@ -215,8 +215,8 @@ def test_the_nat_host_forgets_an_idle_connection(tmp_path):
     nat = start_serve("nat", tmp_path / "nat.json", "--map",
                       f"{plan.prefix}.32:8090={plan.prefix}.31:8080", "--idle-timeout", "30",
                       "--time-scale", "100")
-    request = (f"GET /v3/geocode/regeo?location=116.30,39.96 HTTP/1.1\r\n"
-               f"Host: mapi.mapabc.com\r\n\r\n").encode()
+    request = (b"GET /v3/geocode/regeo?location=116.30,39.96 HTTP/1.1\r\n"
+               b"Host: mapi.mapabc.com\r\n\r\n")
     try:
         wait_ready(web, tmp_path / "mapabc.json")
         wait_ready(nat, tmp_path / "nat.json")

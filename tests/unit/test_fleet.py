@@ -1,4 +1,4 @@
-"""The fleet runner (`testbed.client.fleet`): workers in processes, one channel each way,
+"""The fleet runner (`testbed.fleet`): workers in processes, one channel each way,
 children that never outlive their parent; and the one scheme for clients' source addresses."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.client.fleet import Fleet, WorkerFailed
+from testbed.fleet import Fleet, WorkerFailed
 from testbed.lab.addressing import MAX_CLIENTS, client_address
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,7 +182,7 @@ async def test_a_quiet_fleet_times_out_naming_who():
 # ---------------------------------------------------------------------------- dying together
 PARENT = """
 import asyncio, json, sys
-from testbed.client.fleet import Fleet
+from testbed.fleet import Fleet
 import tests.unit.test_fleet as t
 
 async def main():

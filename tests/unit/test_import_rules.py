@@ -57,9 +57,10 @@ RULES: dict[str, Rule] = {
     "radio": Rule(("testbed.radio",), _({"wire", "capture", "client", "shared"}), IO_STACK),
     "replay": Rule(("testbed.replay",), _({"wire", "lab", "capture", "client", "shared"})),
     "study": Rule(("testbed.study",), _({"wire", "lab", "client", "mocks", "radio", "shared"})),
-    "shared": Rule(("testbed.__init__", "testbed.argtypes", "testbed.eventloop", "testbed.png"),
-                   _({"wire"})),
-    "commands": Rule(("testbed.cli", "testbed.demo", "testbed.pytest_plugin"),
+    "shared": Rule(("testbed.__init__", "testbed.argtypes", "testbed.eventloop", "testbed.fleet",
+                    "testbed.png"), _({"wire"})),
+    "commands": Rule(("testbed.cli", "testbed.serve_cli", "testbed.demo",
+                      "testbed.pytest_plugin"),
                      _({"wire", "lab", "state", "service", "mocks", "client", "capture",
                         "verify", "report", "radio", "replay", "study", "shared"})),
 }

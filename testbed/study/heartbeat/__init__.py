@@ -6,7 +6,7 @@ scenarios use) plus one sender, all lab users; every phone lives `hours` of prot
 (PROTOCOL.md section 6: at time scale k a protocol day takes 86400/k wall seconds). All
 policies share the lab, the NAT and the clock, so one day takes one day of protocol time.
 The phones run in the lab's event loop (`processes=0`) or in child processes of their own
-(`testbed.client.fleet.Fleet`, each with a share of the phones and its own sender session),
+(`testbed.fleet.Fleet`, each with a share of the phones and its own sender session),
 whose clocks take the lab clock's origin so that protocol times on both sides are one time
 line.
 

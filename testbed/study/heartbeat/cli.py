@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from testbed.argtypes import nonneg_float, positive_float, positive_int
-from testbed.client.fleet import WorkerFailed
+from testbed.fleet import WorkerFailed
 from testbed.eventloop import Loop, pick as pick_loop, run as run_on
 
 from .config import WECHAT_USERS_2013, StudyConfig

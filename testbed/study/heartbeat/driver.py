@@ -1,7 +1,7 @@
 """The fleet driver: planned phones and a sender in one event loop (the lab's, or a phone
 process's), from login to the final catch-up, each phone's window measured as it goes.
 
-`run_fleet(payload, channel)` is the worker that `testbed.client.fleet.Fleet` runs once per
+`run_fleet(payload, channel)` is the worker that `testbed.fleet.Fleet` runs once per
 phone process (or once in the lab's loop): the phones' plans come in the payload, progress
 and the barrier go over the channel, the `FleetReport` comes back as its result.
 """

@@ -1,5 +1,5 @@
 """The run: one lab with a carrier NAT, the phones planned, their fleets run in the lab's
-loop or in processes of their own (`testbed.client.fleet.Fleet`), NAT expiries collected
+loop or in processes of their own (`testbed.fleet.Fleet`), NAT expiries collected
 per client address, and the figures made from it all."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from testbed.client.fleet import Fleet, Message
+from testbed.fleet import Fleet, Message
 from testbed.lab.addressing import client_address
 
 from .config import DAY_S, StudyConfig
