@@ -87,9 +87,14 @@ class ProcessLab:
         self.children: list[Child] = []
         self.manifest: Optional[Manifest] = None
         self.manifest_path: Optional[Path] = None
-        self._dir = Path(tempfile.mkdtemp(prefix="testbed-lab-"))
+        # the children's ready files: beside the manifest (`<stem>-run/`), so a lab that was
+        # killed leaves them there, not in /tmp; a temporary directory when there is none
+        run = config.lab_file("-run")
+        if run is None:
+            run = Path(tempfile.mkdtemp(prefix="testbed-lab-"))
+        run.mkdir(parents=True, exist_ok=True)
+        self._dir = run
         self._ca_dir: Optional[Path] = None
-        self._made_ca = False
 
     # ------------------------------------------------------------------ start
     def _common(self, epoch: float) -> list[str]:
@@ -121,8 +126,9 @@ class ProcessLab:
             ports = {k: 0 for k in ports}
             dns = Endpoint(FALLBACK_ADDRESS, 0)
         nat = cfg.nat_timeout_s is not None
-        self._ca_dir = cfg.lab_file("-ca") or self._dir / "lab-ca"   # `serve short --ca`
-        self._made_ca = not self._ca_dir.exists()
+        # `serve short --ca`: made there (or a killed lab's reused); removed on stop with the
+        # manifest that names it
+        self._ca_dir = cfg.lab_file("-ca") or self._dir / "lab-ca"
 
         def listen(host: str, *keys: str, flag: str = "--listen") -> list[str]:
             out = []
@@ -187,6 +193,7 @@ class ProcessLab:
     async def _launch(self, children: list[Child]) -> None:
         env = dict(os.environ, TESTBED_PARENT_PID=str(os.getpid()))
         for child in children:
+            child.ready_file.unlink(missing_ok=True)   # a killed lab's, not this child's
             child.proc = await asyncio.create_subprocess_exec(
                 *child.argv, stdin=asyncio.subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -257,6 +264,6 @@ class ProcessLab:
                 os.unlink(self.manifest_path)
             except FileNotFoundError:
                 pass
-        if self._made_ca and self._ca_dir is not None:
+        if self._ca_dir is not None:
             shutil.rmtree(self._ca_dir, ignore_errors=True)
         shutil.rmtree(self._dir, ignore_errors=True)

@@ -301,6 +301,7 @@ def test_lab_up_reset_store_clears_what_a_killed_lab_left(tmp_path, redis_url):
     proc.communicate(timeout=30)
     assert asyncio.run(_keys(redis_url, namespace))[0] == 4
     path.unlink()
+    assert (tmp_path / "m-run" / "long.json").exists()   # the killed lab's, not in /tmp
     proc, path = _lab_up(tmp_path, url, "m.json", "--reset-store")
     try:
         m = wait_manifest(proc, path)
@@ -312,6 +313,7 @@ def test_lab_up_reset_store_clears_what_a_killed_lab_left(tmp_path, redis_url):
         proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert asyncio.run(_keys(redis_url, namespace)) == (0, {})
+    assert not (tmp_path / "m-run").exists() and not (tmp_path / "m-ca").exists()
 
 
 def test_lab_up_on_redis_with_a_carrier_nat_process(tmp_path, redis_url):
