@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Optional
 from testbed.wire.commands import Command
 
 from . import events as ev
-from .dissect import HttpStream, LongLinkStream, TlsStream, classify, dns_events
+from .dissect import BODY_KEEP, HttpStream, LongLinkStream, TlsStream, classify, dns_events
 from .dns_tcp import DnsOverTcp
 from .events import Event, Kind
 from .flows import FlowTable
@@ -121,12 +121,16 @@ def _regular_interval(ts: list[float]) -> Optional[float]:
 
 
 class Analyzer:
-    """Feed packets (or a whole file) and collect events, flows and counts."""
+    """Feed packets (or a whole file) and collect events, flows and counts.
+
+    `body_limit`: bytes of each message body the events keep (the rest is counted in
+    `body_len`); the replayer passes the profile's maximum packet length to keep them whole."""
 
     def __init__(self, *, keep_events: bool = True, needles: Iterable[bytes] = (),
                  on_event: Optional[Callable[[Event], None]] = None,
-                 time_scale: float = 1.0) -> None:
+                 time_scale: float = 1.0, body_limit: int = BODY_KEEP) -> None:
         self.keep_events = keep_events
+        self.body_limit = body_limit
         self.on_event = on_event
         self.needles = [n for n in needles if n]
         self.result = Analysis(path="")
@@ -205,8 +209,12 @@ class Analyzer:
                 return
             info.app = app or "unknown"
             emit = self._flow_emitter(info)
-            info.stream = {"tls": TlsStream, "http": HttpStream,
-                           "longlink": LongLinkStream}.get(info.app, lambda e: None)(emit)
+            if info.app == "tls":
+                info.stream = TlsStream(emit)
+            elif info.app == "http":
+                info.stream = HttpStream(emit, self.body_limit)
+            elif info.app == "longlink":
+                info.stream = LongLinkStream(emit, self.body_limit)
             data = bytes(info.head)
             info.head = bytearray()
         if info.stream is not None:
@@ -396,13 +404,15 @@ def time_scale_of(meta: Optional[dict]) -> float:
 
 
 def analyze(path: str, *, keep_events: bool = True, needles: Iterable[bytes] = (),
-            on_event: Optional[Callable[[Event], None]] = None) -> Analysis:
-    """Read a capture file and return its analysis (partial if the file is damaged)."""
+            on_event: Optional[Callable[[Event], None]] = None,
+            body_limit: int = BODY_KEEP) -> Analysis:
+    """Read a capture file and return its analysis (partial if the file is damaged);
+    events keep `body_limit` bytes of each body."""
     cap = read_capture(path)
     # the section comment is read when the file is opened, before any packet
     meta = cap.meta if isinstance(cap.meta, dict) else None
     a = Analyzer(keep_events=keep_events, needles=needles, on_event=on_event,
-                 time_scale=time_scale_of(meta))
+                 time_scale=time_scale_of(meta), body_limit=body_limit)
     a.result.path = str(path)
     a.result.meta = meta
     for pkt in cap:

@@ -3,7 +3,8 @@
 A TCP flow is classified by its first bytes: TLS (a handshake record 0x16 0x03), HTTP (a
 request method), the lab's long link (a 16-byte header with header_len 16 and version 1), or
 unknown (for example the real client's MMTLS, 0x16 0xf1). Each dissector is incremental and
-bounded: a message body is kept only up to `BODY_KEEP` bytes. A stream reports each message
+bounded: a message body is kept only up to `body_limit` bytes (`BODY_KEEP` for display and
+decoding; the replayer asks for whole bodies, up to the profile's maximum packet length). A stream reports each message
 as `emit(kind, ts, fields, command)`, `command` being the command-table row it found (a
 frame's cmd, a CGI path) or None.
 """
@@ -125,8 +126,9 @@ class TlsStream:
 class HttpDirection:
     """An incremental, lenient HTTP/1.x message reader for one direction."""
 
-    def __init__(self, is_request: bool) -> None:
+    def __init__(self, is_request: bool, body_limit: int = BODY_KEEP) -> None:
         self.is_request = is_request
+        self.body_limit = body_limit
         self.buf = bytearray()
         self.state = "head"
         self.msg: Optional[dict] = None
@@ -247,7 +249,7 @@ class HttpDirection:
 
     def _take(self, data: bytes) -> None:
         self.body_len += len(data)
-        room = BODY_KEEP - len(self.body)
+        room = self.body_limit - len(self.body)
         if room > 0:
             self.body += data[:room]
 
@@ -283,10 +285,10 @@ class HttpDirection:
 
 
 class HttpStream:
-    def __init__(self, emit_fields: EmitFields) -> None:
+    def __init__(self, emit_fields: EmitFields, body_limit: int = BODY_KEEP) -> None:
         self.emit = emit_fields
-        self.req = HttpDirection(True)
-        self.resp = HttpDirection(False)
+        self.req = HttpDirection(True, body_limit)
+        self.resp = HttpDirection(False, body_limit)
         # requests awaiting their response, with their command-table row
         self.pending: list[tuple[dict, Optional[Command]]] = []
         self.requests = 0
@@ -338,8 +340,9 @@ class HttpStream:
 class LongLinkStream:
     """Frames each way with the sans-I/O decoder; names from the command table."""
 
-    def __init__(self, emit_fields: EmitFields) -> None:
+    def __init__(self, emit_fields: EmitFields, body_limit: int = BODY_KEEP) -> None:
         self.emit = emit_fields
+        self.body_limit = body_limit
         self.dec = {"c2s": FrameDecoder(), "s2c": FrameDecoder()}
         self.violation: Optional[str] = None
         self.requests = 0
@@ -359,7 +362,7 @@ class LongLinkStream:
             push = is_push(cmd, seq) and direction == "s2c"
             fields = {"cmd": cmd, "seq": seq, "reply": reply, "push": push,
                       "name": command.name if command else f"cmd {cmd}",
-                      "body_len": len(body), "body": body[:BODY_KEEP],
+                      "body_len": len(body), "body": body[:self.body_limit],
                       "noop": request_cmd(cmd) == NOOP_CMD}
             if push and len(body) == 4:
                 fields["selector"] = int.from_bytes(body, "big")
