@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         register_study = None
     if register_study is not None:
         register_study(sub)
+    from testbed.replay.command import register as register_replay
+    register_replay(sub)
 
     sub.add_parser("profiles", help="list the built-in profiles")
     return p
@@ -524,6 +526,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            args.secret)
     if getattr(args, "study_func", None) is not None:
         return args.study_func(args)
+    if getattr(args, "handler", None) is not None:
+        return args.handler(args)
     if args.command == "record":
         comment = {"time_scale": args.time_scale} if args.time_scale else None
         if args.run:

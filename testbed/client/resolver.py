@@ -42,7 +42,9 @@ class Resolver:
         self.server, self.port, self.timeout, self.tries = server, port, timeout, tries
         self.local_addr = local_addr
 
-    async def resolve(self, name: str) -> list[str]:
+    async def query(self, name: str, qtype: int = dns.TYPE_A) -> dns.Answer:
+        """Ask once (retrying a lost datagram up to `tries` times) and return the answer
+        whatever its rcode; `ResolveError` when no answer came."""
         loop = asyncio.get_running_loop()
         last: Exception | None = None
         for _ in range(self.tries):
@@ -51,16 +53,20 @@ class Resolver:
                 lambda: _Query(qid), remote_addr=(self.server, self.port),
                 local_addr=(self.local_addr, 0) if self.local_addr else None)
             try:
-                transport.sendto(dns.build_query(name, qid))
-                ans = await asyncio.wait_for(proto.answer, self.timeout)
+                transport.sendto(dns.build_query(name, qid, qtype))
+                return await asyncio.wait_for(proto.answer, self.timeout)
             except (asyncio.TimeoutError, OSError) as exc:
                 last = exc
-                continue
             finally:
                 transport.close()
-            if ans.rcode == dns.RCODE_NXDOMAIN:
-                raise ResolveError(f"{name}: NXDOMAIN")
-            if ans.rcode != dns.RCODE_NOERROR or not ans.addresses:
-                raise ResolveError(f"{name}: rcode {ans.rcode}, {len(ans.addresses)} addresses")
-            return list(ans.addresses)
         raise ResolveError(f"{name}: no answer from {self.server}:{self.port} ({last!r})")
+
+    async def resolve(self, name: str) -> list[str]:
+        """The A records of `name`; `ResolveError` for NXDOMAIN, another rcode, no address
+        or no answer."""
+        ans = await self.query(name)
+        if ans.rcode == dns.RCODE_NXDOMAIN:
+            raise ResolveError(f"{name}: NXDOMAIN")
+        if ans.rcode != dns.RCODE_NOERROR or not ans.addresses:
+            raise ResolveError(f"{name}: rcode {ans.rcode}, {len(ans.addresses)} addresses")
+        return list(ans.addresses)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import aiohttp
 from google.protobuf.message import Message
@@ -18,6 +18,14 @@ class HTTPStatusError(Exception):
         super().__init__(f"HTTP {status}")
         self.status = status
         self.body = body
+
+
+class ShortReply(NamedTuple):
+    """What a POST got back."""
+
+    status: int
+    content_type: str
+    body: bytes
 
 
 class ShortLink:
@@ -42,8 +50,9 @@ class ShortLink:
     def address(self) -> str:
         return self.addresses[0]
 
-    async def post(self, path: str, body: bytes, *, tls: bool = False) -> tuple[int, bytes]:
-        """Raw POST; returns (status, body). Each call is its own connection."""
+    async def post(self, path: str, body: bytes, *, tls: bool = False) -> ShortReply:
+        """Raw POST; returns its status, content type and body. Each call is its own
+        connection."""
         if tls and (self.tls_port is None or self.ssl_context is None):
             raise ValueError("no TLS port or CA for this short link")
         port = self.tls_port if tls else self.port
@@ -60,6 +69,7 @@ class ShortLink:
                                          ssl=self.ssl_context if tls else None,
                                          server_hostname=SHORT if tls else None) as resp:
                         data = await resp.read()
+                        ctype = resp.headers.get("Content-Type", "")
             except aiohttp.ClientConnectorError as exc:
                 last = exc
                 continue
@@ -68,12 +78,13 @@ class ShortLink:
             self.requests += 1
             self.bytes_sent += len(body)
             self.bytes_received += len(data)
-            return resp.status, data
+            return ShortReply(resp.status, ctype, data)
         raise ConnectionError(f"no address of {SHORT} answered: {last!r}")
 
     async def call(self, cgi: str, request: Message, *, tls: bool = False) -> Message:
         command = BY_CGI[cgi]
-        status, body = await self.post(CGI_PREFIX + cgi, request.SerializeToString(), tls=tls)
+        status, _, body = await self.post(CGI_PREFIX + cgi, request.SerializeToString(),
+                                          tls=tls)
         if status != 200:
             raise HTTPStatusError(status, body)
         return decode_response(command, body)

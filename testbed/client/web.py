@@ -28,7 +28,7 @@ class WebResponse:
 class WebClient:
     """GETs through the lab: one TCP connection per request, as the report's captures show."""
 
-    def __init__(self, manifest: Manifest, resolver: Resolver, *,
+    def __init__(self, manifest: Manifest, resolver: Optional[Resolver], *,
                  local_addr: Optional[str] = None, timeout: float = 10.0) -> None:
         self.manifest = manifest
         self.resolver = resolver
@@ -36,13 +36,17 @@ class WebClient:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.bytes_received = 0
 
-    async def get(self, url: str, headers: Optional[dict[str, str]] = None) -> WebResponse:
+    async def get(self, url: str, headers: Optional[dict[str, str]] = None, *,
+                  addresses: Optional[list[str]] = None) -> WebResponse:
+        """GET `url` from the lab host it names, at `addresses` (default: what the lab's
+        DNS answers for the host), trying the next when a connect fails."""
         parts = urlsplit(url)
         host = parts.hostname or ""
         if host not in self.manifest.hosts:
             raise ValueError(f"{host!r} is not a lab host; refusing to fetch {url}")
         port = self.manifest.hosts[host].port
-        addresses = await self.resolver.resolve(host)
+        if addresses is None:
+            addresses = await self.resolver.resolve(host)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         last: Optional[Exception] = None
         for addr in addresses:   # the next A record when a connect fails

@@ -3,9 +3,10 @@
 A protobuf message becomes a dict of its fields (every scalar, default values included, so a
 field that went from 3 to 0 shows; a sub-message only where it is set), repeated fields
 lists; a sync item's `cmd_buf` is decoded as the message its `cmd_id` names, so a path goes
-into it (`cmd_list[2].cmd_buf.content`). An HTTP reply is its status, content type and body:
-JSON as its values, an image as its SHA-256 and length, other text as text. A DNS answer is
-its rcode, CNAMEs, TTLs and the lab host each address belongs to (the address itself differs
+into it (`cmd_list[2].cmd_buf.content`). An HTTP reply is `http.status` and
+`http.content_type`, then a CGI's response fields beside them, or a plain GET's `body`: JSON
+as its values, an image as its SHA-256 and length, other text as text. A DNS answer is
+its rcode, TTLs and the lab host each address belongs to (the address itself differs
 from lab to lab).
 
 Paths are dotted field names with `[i]` for the i-th element of a repeated field; a pattern
@@ -96,12 +97,12 @@ def digest(body: bytes) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(body).hexdigest(), "length": len(body)}
 
 
-def dns_tree(rcode: int, addresses: list[str], ttls: list[int], cnames: list[str],
+def dns_tree(rcode: int, addresses: list[str], ttls: list[int],
              host_of: Callable[[str], Optional[str]]) -> dict[str, Any]:
-    """A DNS answer with each address as the lab host it belongs to (`host#i`: the i-th A
-    record of that host), or the address itself where no host has it."""
+    """A DNS answer with each address as the lab host it belongs to, or the address itself
+    where no host has it. (CNAMEs are not compared: the lab answers none.)"""
     return {"rcode": rcode, "addresses": [_host_index(a, host_of) for a in addresses],
-            "ttls": list(ttls), "cnames": list(cnames)}
+            "ttls": list(ttls)}
 
 
 def _host_index(address: str, host_of: Callable[[str], Optional[str]]) -> str:
@@ -173,6 +174,54 @@ def matches(pattern_parts: list[Any], path_parts: list[Any]) -> bool:
     return True
 
 
+def field_error(cls, pattern: str) -> Optional[str]:
+    """Why `pattern` names no field of the protobuf class `cls` (as its tree has it: a sync
+    item's `cmd_buf` holds any of the item types), or None when it names one."""
+    desc = cls.DESCRIPTOR
+    fd = None
+    for part in split_path(pattern):
+        if isinstance(part, str):
+            if fd is not None and fd.is_repeated:
+                return f"{pattern}: {fd.name} is repeated: write {fd.name}[] or {fd.name}[N]"
+            if fd is not None and fd.name == "cmd_buf":
+                found = [t.DESCRIPTOR.fields_by_name[part] for t in CMD_ITEM_TYPES.values()
+                         if part in t.DESCRIPTOR.fields_by_name]
+                names = sorted({f.name for t in CMD_ITEM_TYPES.values()
+                                for f in t.DESCRIPTOR.fields})
+                if not found:
+                    return _no_field(pattern, part, "a sync item", names)
+                fd, desc = found[0], found[0].message_type
+                continue
+            if desc is None:
+                return f"{pattern}: {fd.name} has no fields"
+            if part not in desc.fields_by_name:
+                return _no_field(pattern, part, desc.name, list(desc.fields_by_name))
+            fd = desc.fields_by_name[part]
+            desc = fd.message_type
+        else:
+            if fd is None or not fd.is_repeated:
+                return f"{pattern}: {fd.name if fd else 'the root'} is not repeated"
+            if isinstance(part, tuple) and (desc is None or part[1] not in desc.fields_by_name):
+                return f"{pattern}: the elements of {fd.name} have no field {part[1]}"
+            fd = _Element(fd)
+    return None
+
+
+class _Element:
+    """An element of a repeated field, for `field_error`'s walk."""
+
+    def __init__(self, fd) -> None:
+        self.name, self.is_repeated, self.message_type = fd.name, False, fd.message_type
+
+
+def _no_field(pattern: str, part: str, where: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(part, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{pattern}: {where} has no field {part!r}{hint}"
+
+
 # ---------------------------------------------------------------------- display
 def show(value: Any, path: str = "") -> str:
     """A value for a table or JSON: strings and numbers as they are, long bytes as a
@@ -236,13 +285,16 @@ def long_reply_tree(command, body: bytes) -> Any:
 
 
 def http_reply_tree(status: int, content_type: str, body: bytes, command=None) -> dict:
-    """An HTTP reply: status, content type, and the body as the command's response (a CGI)
-    or by its content type."""
-    if command is not None and status == 200:
-        decoded = decode_body(command.response, body)
+    """An HTTP reply: `http` (status, content type), then a CGI's response message's fields
+    beside it, or a plain GET's `body` by its content type."""
+    out: dict[str, Any] = {"http": {"status": status, "content_type": content_type}}
+    decoded = decode_body(command.response, body) if command is not None and status == 200 \
+        else None
+    if isinstance(decoded, dict):
+        out.update(decoded)
     else:
-        decoded = http_body_tree(content_type, body)
-    return {"status": status, "content_type": content_type, "body": decoded}
+        out["body"] = http_body_tree(content_type, body)
+    return out
 
 
 def push_tree(selector: Optional[int]) -> dict:
@@ -258,7 +310,7 @@ def recorded_reply(x, host_of: Callable[[str], Optional[str]]) -> Any:
     f = x.reply.event.fields
     if x.kind is ExchangeKind.DNS:
         return dns_tree(f.get("rcode", 0), f.get("addresses", []), f.get("ttls", []),
-                        f.get("cnames", []), host_of)
+                        host_of)
     if x.kind in (ExchangeKind.CGI, ExchangeKind.HTTP):
         return http_reply_tree(f.get("status", 0), f.get("content_type", ""),
                                f.get("body", b""), x.command)

@@ -138,6 +138,6 @@ def test_replies_decode_to_trees_a_path_goes_into(chat_capture):
     assert recorded_reply(dns, s.host_of)["addresses"] == ["long.weixin.qq.com"] * 2
     get = next(x for x in s.exchanges if x.host == "mmsns.qpic.cn" and x.kind is ExchangeKind.HTTP)
     tree = recorded_reply(get, s.host_of)
-    assert tree["status"] == 200 and tree["content_type"] == "image/png"
+    assert tree["http"] == {"status": 200, "content_type": "image/png"}
     assert tree["body"] == {"sha256": hashlib.sha256(facts["image"]).hexdigest(),
                             "length": len(facts["image"])}
