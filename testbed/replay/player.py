@@ -117,6 +117,7 @@ class ClientReplay:
         self.push_event = asyncio.Event()
         self.identify: dict[int, Exchange] = {}     # recorded flow -> its IDENTIFY
         self.device: dict[bytes, bytes] = {}        # recorded session -> its device id
+        self.logins: dict[bytes, asyncio.Task] = {}  # recorded session -> its login
         self.done = 0
 
     # ------------------------------------------------------------------ plan
@@ -182,9 +183,14 @@ class ClientReplay:
                     self.tick(total)
                     continue
                 await self.after(x.start, launched)
+                login = self.logins.get(x.session_key)
+                if login is not None and not login.done():
+                    await asyncio.wait([login])       # its session's key comes from there
                 if self.pace.factor is not None:
                     await self.clock.sleep_until(base + (x.start - first) / self.pace.factor)
                 task = asyncio.ensure_future(self.play(x))
+                if x.kind is ExchangeKind.LOGIN and x.session_key:
+                    self.logins[x.session_key] = task
                 task.add_done_callback(lambda _t: self.tick(total))
                 launched.append((x.end, x.index, task))
             for _, index, task in launched:

@@ -4,7 +4,7 @@ events pairs requests with their replies, then the exchanges are told apart by c
 Who an exchange belongs to comes from what it carries: a CGI or long-link request's
 `BaseRequest` (uin and session key), a long link's IDENTIFY for every frame on that link
 (heartbeats and pushes too). A TLS login is encrypted: it is given to the session whose key
-is first used after it (the latest login not yet given away that began before that first
+is first used after it (the latest login not yet given away that was over before that first
 use), so a user who logged in twice has two logins. The user name of a uin comes from a
 reply that names it: the ModUserInfo of an initial sync (newinit, newsync) or getprofile's
 profile, or a login seen in clear. DNS queries and plain GETs carry nobody's name: they are
@@ -359,11 +359,13 @@ class Attribution:
         for key, used in sorted(first_use.items(), key=lambda kv: kv[1].index):
             if key in given:
                 continue
-            before = [x for x in logins if x.index < used.index and x.index not in taken
-                      and x.reason is None]
-            if not before:
+            free = [x for x in logins if x.index < used.index and x.index not in taken
+                    and x.reason is None]
+            # the latest login over before the first use; else the latest begun before it
+            done = [x for x in free if x.end <= used.start]
+            if not (done or free):
                 continue
-            login = before[-1]
+            login = (done or free)[-1]
             taken.add(login.index)
             login.client, login.session_key = key_uin[key], key
         for x in logins:

@@ -49,6 +49,8 @@ def test_each_client_has_its_exchanges_and_its_name(chat_capture):
         kinds = [x.kind for x in c.exchanges]
         # its login first (TLS, given by the first use of its session), its logout last
         assert kinds[0] is ExchangeKind.LOGIN
+        used = next(x for x in c.exchanges if x.kind is not ExchangeKind.LOGIN and x.session_key)
+        assert c.exchanges[0].end <= used.start        # its login was over before the use
         assert c.exchanges[-1].name == "LOGOUT"
         assert all(x.client == c.uin for x in c.exchanges)
         assert all(x.session_key == c.sessions[0] for x in c.exchanges

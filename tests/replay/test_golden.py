@@ -1,0 +1,79 @@
+"""The golden captures (captures/golden): each replays against a fresh lab with zero
+differences, paced asap and as recorded; recorded pacing keeps the heartbeat's interval."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed.capture.analyze import analyze
+from testbed.replay.golden import GOLDENS, lab_options
+from testbed.replay.player import Pace, replay
+from testbed.replay.result import Status
+from testbed.replay.sessions import load_sessions
+from tests.conftest import start_lab
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "captures" / "golden"
+
+
+def clean(result) -> list:
+    """What is not a match or a masked match: nothing, for a golden."""
+    return [r.to_dict() for r in result.rows if r.status not in (Status.MATCH, Status.MASKED)]
+
+
+def test_every_golden_is_there_with_its_readme_line():
+    readme = (REPO / "captures" / "README.md").read_text()
+    files = sorted(p.name for p in GOLDEN.glob("*.pcapng"))
+    assert files == sorted(g.file for g in GOLDENS.values())
+    for g in GOLDENS.values():
+        assert f"`golden/{g.file}`" in readme, g.file
+        assert (GOLDEN / g.file).stat().st_size < 500_000     # KBs, not MBs
+        s = load_sessions(str(GOLDEN / g.file))
+        assert s.made_by == "tap" and s.time_scale == g.time_scale
+        assert len(s.clients) == g.clients and all(c.username for c in s.clients.values())
+
+
+@pytest.mark.parametrize("pace", ["asap", "recorded"])
+@pytest.mark.parametrize("name", list(GOLDENS))
+async def test_golden_replays_against_a_fresh_lab_with_zero_diffs(name, pace, tmp_path):
+    g = GOLDENS[name]
+    sessions = load_sessions(str(GOLDEN / g.file))
+    lab = await start_lab(tmp_path, record=tmp_path / "replayed.pcapng", **lab_options(g))
+    t0 = time.monotonic()
+    try:
+        result = await replay(sessions, lab.manifest, pace=Pace.parse(pace))
+    finally:
+        await lab.stop()
+    wall = time.monotonic() - t0
+    assert lab.server_errors() == []
+    assert clean(result) == []
+    assert result.replayed == len(sessions) and not result.diffs
+    assert result.by(Status.MATCH)
+    span = (sessions.exchanges[-1].start - sessions.exchanges[0].start) / g.time_scale
+    if pace == "recorded":
+        assert wall >= 0.95 * span          # the recorded gaps, on the lab's clock
+    again = analyze(str(tmp_path / "replayed.pcapng"))
+    beats = [f["heartbeat_s"] for f in again.flows if f["app"] == "longlink"]
+    if name == "heartbeat":
+        if pace == "recorded":             # NOOPs every 300 protocol seconds, as recorded
+            assert beats and all(b is not None and abs(b - 300) < 15 for b in beats), beats
+        else:                              # collapsed
+            assert wall < span / 3
+
+
+async def test_faster_pace_shortens_the_gaps(tmp_path):
+    g = GOLDENS["heartbeat"]
+    sessions = load_sessions(str(GOLDEN / g.file))
+    span = (sessions.exchanges[-1].start - sessions.exchanges[0].start) / g.time_scale
+    lab = await start_lab(tmp_path, **dict(lab_options(g), time_scale=g.time_scale / 4))
+    t0 = time.monotonic()
+    try:
+        result = await replay(sessions, lab.manifest, pace=Pace.parse("x8"))
+    finally:
+        await lab.stop()
+    # a lab at a quarter of the recorded scale, gaps 8 times shorter: half the span
+    assert 0.45 * span <= time.monotonic() - t0 < 2 * span
+    assert clean(result) == []
