@@ -68,42 +68,60 @@ def _testbed(*args: str) -> list[str]:
     return [sys.executable, "-m", "testbed.cli", *args]
 
 
-def record(g: Golden, out_dir: Path, *, tries: int = 4) -> Path:
-    """Record one golden into `out_dir`; RuntimeError saying what failed."""
+def record(g: Golden, out_dir: Path, *, how: str = "tap") -> Path:
+    """Record one golden into `out_dir` with the lab's tap (`how="tap"`), or with the
+    sniffer on a private network namespace's `lo` (`how="sniffer"`: `testbed record --run`,
+    real kernel packets); RuntimeError saying what failed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / g.file
     with tempfile.TemporaryDirectory(prefix="testbed-golden-") as tmp:
-        tmpdir = Path(tmp)
-        for attempt in range(tries):
-            manifest = tmpdir / f"manifest-{attempt}.json"
-            capture = tmpdir / g.file
-            log_path = tmpdir / f"lab-{attempt}.log"
-            with open(log_path, "wb") as log:
-                lab = subprocess.Popen(_testbed(
-                    "lab", "up", "--users", str(g.users), "--time-scale", f"{g.time_scale:g}",
-                    "--manifest", str(manifest), "--record", str(capture),
-                    "--subnet", AddressPlan.random_loopback().prefix),
-                    stdout=log, stderr=subprocess.STDOUT)
-            try:
-                if not _wait_for(manifest, lab):
-                    if attempt + 1 < tries:
-                        continue        # that block of loopback was taken: another one
-                    raise RuntimeError(f"the lab did not start: {log_path.read_text()[-400:]}")
-                run = subprocess.run(_testbed(
-                    "emulate", g.scenario, "--manifest", str(manifest), "--clients",
-                    str(g.clients), "--seed", str(g.seed), "--json"),
-                    capture_output=True, text=True, timeout=300)
-                if run.returncode != 0:
-                    raise RuntimeError(f"emulate {g.scenario} failed: "
-                                       f"{(run.stdout + run.stderr)[-600:]}")
-                result = json.loads(run.stdout)
-                if not result.get("ok"):
-                    raise RuntimeError(f"emulate {g.scenario}: {result}")
-            finally:
-                _stop(lab)
-            os.replace(capture, target)
-            return target
-    raise RuntimeError("unreachable")
+        capture = Path(tmp) / g.file
+        if how == "tap":
+            run_session(g, Path(tmp), record_to=capture)
+        elif how == "sniffer":
+            run = subprocess.run(_testbed(
+                "record", "--out", str(capture), "--time-scale", f"{g.time_scale:g}",
+                "--run", "--", sys.executable, "-m", "testbed.replay.golden", "--inside", g.scenario),
+                capture_output=True, text=True, timeout=300)
+            if run.returncode != 0:
+                raise RuntimeError(f"record --run failed: {(run.stdout + run.stderr)[-600:]}")
+        else:
+            raise ValueError(f"how is 'tap' or 'sniffer', not {how!r}")
+        os.replace(capture, target)
+    return target
+
+
+def run_session(g: Golden, workdir: Path, *, record_to: Optional[Path] = None,
+                tries: int = 4) -> None:
+    """`testbed lab up` (recording to `record_to` if given) on a free block of loopback,
+    `testbed emulate` of the golden's scenario against it, Ctrl-C to the lab."""
+    for attempt in range(tries):
+        manifest = workdir / f"manifest-{attempt}.json"
+        log_path = workdir / f"lab-{attempt}.log"
+        extra = ["--record", str(record_to)] if record_to is not None else []
+        with open(log_path, "wb") as log:
+            lab = subprocess.Popen(_testbed(
+                "lab", "up", "--users", str(g.users), "--time-scale", f"{g.time_scale:g}",
+                "--manifest", str(manifest), "--subnet", AddressPlan.random_loopback().prefix,
+                *extra), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            if not _wait_for(manifest, lab):
+                if attempt + 1 < tries:
+                    continue            # that block of loopback was taken: another one
+                raise RuntimeError(f"the lab did not start: {log_path.read_text()[-400:]}")
+            run = subprocess.run(_testbed(
+                "emulate", g.scenario, "--manifest", str(manifest), "--clients",
+                str(g.clients), "--seed", str(g.seed), "--json"),
+                capture_output=True, text=True, timeout=300)
+            if run.returncode != 0:
+                raise RuntimeError(f"emulate {g.scenario} failed: "
+                                   f"{(run.stdout + run.stderr)[-600:]}")
+            result = json.loads(run.stdout)
+            if not result.get("ok"):
+                raise RuntimeError(f"emulate {g.scenario}: {result}")
+        finally:
+            _stop(lab)
+        return
 
 
 def _wait_for(manifest: Path, lab: subprocess.Popen) -> bool:
@@ -130,15 +148,26 @@ def _stop(lab: subprocess.Popen) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m testbed.replay.golden",
                                 description="Record the golden captures again.")
-    p.add_argument("scenarios", nargs="*", choices=[*GOLDENS, []], metavar="SCENARIO",
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                    help=f"which (default: all of {', '.join(GOLDENS)})")
     p.add_argument("--out", type=Path, default=DEFAULT_DIR,
                    help=f"where they go (default {DEFAULT_DIR})")
+    p.add_argument("--sniffer", action="store_true",
+                   help="record real kernel packets with the sniffer in a private network "
+                        "namespace (testbed record --run) instead of the lab's tap")
+    p.add_argument("--inside", metavar="SCENARIO", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.inside:             # in record --run's namespace: the session, unrecorded
+        with tempfile.TemporaryDirectory(prefix="testbed-golden-") as tmp:
+            run_session(GOLDENS[args.inside], Path(tmp))
+        return 0
+    unknown = [n for n in args.scenarios if n not in GOLDENS]
+    if unknown:
+        p.error(f"unknown scenario {unknown[0]!r}; one of {', '.join(GOLDENS)}")
     for name in args.scenarios or list(GOLDENS):
         t0 = time.monotonic()
         try:
-            path = record(GOLDENS[name], args.out)
+            path = record(GOLDENS[name], args.out, how="sniffer" if args.sniffer else "tap")
         except RuntimeError as exc:
             print(f"error: {name}: {exc}", file=sys.stderr)
             return 1

@@ -28,6 +28,10 @@ from testbed.wire.commands import BY_NAME, CMD_ITEM_TYPES, ITEM_MOD_USER_INFO, N
 from .model import Client, Connection, Exchange, ExchangeKind, Message, Sessions
 
 MANUALAUTH = BY_NAME["MANUALAUTH"]
+#: requests after which the lab pushes: a message stored (a text, an upload, a friend
+#: request), a friend added, a link identified that has logs to sync
+PUSH_CAUSES = frozenset({"NEWSENDMSG", "UPLOADMSGIMG", "UPLOADVOICE", "UPLOADVIDEO",
+                         "VERIFYUSER", "IDENTIFY"})
 NOT_LAB_STREAM = ("not the lab's protocol: its first bytes are neither TLS, HTTP, DNS nor a "
                   "long-link frame (a later client's MMTLS, say), so there is nothing to send "
                   "again")
@@ -119,14 +123,17 @@ class _Builder:
         self.unknown_flows()
         self.s.exchanges.sort(key=lambda x: (x.start, x.frame, x.index))
         last_request: Optional[int] = None
+        last_cause: Optional[int] = None
         for i, x in enumerate(self.s.exchanges, 1):
             x.index = i
             if x.kind is ExchangeKind.PUSH:
-                # what the server was answering when it pushed: the last request sent
-                # before, on any connection
-                x.trigger = last_request
+                # what the server was answering when it pushed: the last request before it
+                # that makes the lab push, else the last request, on any connection
+                x.trigger = last_cause or last_request
             elif x.request is not None and x.kind is not ExchangeKind.DNS:
                 last_request = i
+                if x.command is not None and x.command.name in PUSH_CAUSES:
+                    last_cause = i
         Attribution(self.s).run()
 
     def on_tcp(self, e: Event) -> None:

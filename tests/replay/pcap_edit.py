@@ -42,3 +42,33 @@ def replace_in_frame(frame: bytes, old: bytes, new: bytes) -> bytes:
     """`old` -> `new` (the same length) in a frame's TCP payload, checksums made right."""
     assert len(old) == len(new) and old in frame
     return with_checksums(frame.replace(old, new, 1))
+
+
+def move_addresses(src: Path, dst: Path, mapping: dict[str, str]) -> Path:
+    """A copy of a capture whose IPv4 addresses are others (`mapping`, old -> new): in every
+    IP header, every DNS A record, and the lab manifest its section comment records."""
+    import ipaddress
+    import json
+
+    raw = {ipaddress.IPv4Address(a).packed: ipaddress.IPv4Address(b).packed
+           for a, b in mapping.items()}
+
+    def edit(_frame: int, data: bytes) -> bytes:
+        eth = dpkt.ethernet.Ethernet(data)
+        ip = eth.data
+        if not isinstance(ip, dpkt.ip.IP):
+            return data
+        ip.src, ip.dst = raw.get(ip.src, ip.src), raw.get(ip.dst, ip.dst)
+        if isinstance(ip.data, dpkt.udp.UDP):
+            payload = bytes(ip.data.data)
+            for old, new in raw.items():   # an A record's data is the address itself
+                payload = payload.replace(old, new)
+            ip.data.data = payload
+        return with_checksums(bytes(eth))
+
+    with read_capture(src) as cap:
+        meta = cap.meta
+    text = json.dumps(meta)
+    for old, new in mapping.items():
+        text = text.replace(f'"{old}"', f'"{new}"')
+    return copy_capture(src, dst, edit=edit, comment=json.loads(text))
