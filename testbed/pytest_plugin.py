@@ -238,3 +238,47 @@ class Recorder:
 @pytest.fixture
 def recorder(lab):
     return Recorder(lab)
+
+
+@pytest.fixture
+def replay_capture(lab):
+    """`replay_capture(path, *, pace="asap", masks=(), user_map=None, strict=False)`:
+    replay a capture against this test's lab; the test fails with the diff table unless
+    every reply is as recorded (masks aside). Runs in a thread of its own, so sync and async
+    tests alike can call it."""
+    def run(path, *, pace: str = "asap", masks=(), user_map: Optional[dict] = None,
+            strict: bool = False, timeout: float = 300.0):
+        import io
+        import threading
+
+        from rich.console import Console
+
+        from testbed.replay.masks import MaskSet, load_mask_file
+        from testbed.replay.player import Pace, replay
+        from testbed.replay.result import render
+        from testbed.replay.sessions import load_sessions
+
+        sessions = load_sessions(str(path))
+        kwargs = dict(pace=Pace.parse(pace), masks=MaskSet([load_mask_file(m) for m in masks]),
+                      user_map=user_map)
+        box: dict = {}
+
+        def worker():
+            try:
+                box["result"] = asyncio.run(replay(sessions, lab.manifest, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+                box["error"] = exc
+        t = threading.Thread(target=worker, name="testbed-replay", daemon=True)
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            pytest.fail(f"the replay of {path} did not finish in {timeout:g} s", pytrace=False)
+        if "error" in box:
+            raise box["error"]
+        result = box["result"]
+        if result.exit_status(strict):
+            text = io.StringIO()
+            render(result, Console(file=text, width=160, color_system=None))
+            pytest.fail(f"the replay of {path} diverged:\n{text.getvalue()}", pytrace=False)
+        return result
+    return run

@@ -96,10 +96,10 @@ def replay_command(args) -> int:
         err.print(f"[yellow]warning:[/yellow] {problem}", highlight=False)
     replayer = ClientReplay(sessions, manifest, pace=args.pace, masks=masks,
                             user_map=dict(args.map))
-    result = _run(replayer, len(sessions), err, quiet=args.json)
-    if result is None:
-        err.print("interrupted", highlight=False)
-        return 130
+    result, signum = _run(replayer, len(sessions), err)
+    if signum is not None:
+        err.print(f"interrupted ({signal.Signals(signum).name})", highlight=False)
+        return 128 + signum
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -110,9 +110,9 @@ def replay_command(args) -> int:
     return result.exit_status(args.strict)
 
 
-def _run(replayer: ClientReplay, total: int, err, quiet: bool):
-    """The replay with a progress bar on a terminal; None when Ctrl-C (or SIGTERM) stopped
-    it (links closed, within a moment)."""
+def _run(replayer: ClientReplay, total: int, err):
+    """(result, None) of the replay, with a progress bar on a terminal; (None, signal) when
+    Ctrl-C or SIGTERM stopped it (its links aborted at once)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     show = err.is_terminal and total >= PROGRESS_FROM
@@ -124,18 +124,19 @@ def _run(replayer: ClientReplay, total: int, err, quiet: bool):
         async def main():
             loop = asyncio.get_running_loop()
             me = asyncio.current_task()
-            stopped = []
+            stopped: list[int] = []
 
-            def stop() -> None:
-                stopped.append(True)
-                me.cancel()
+            def stop(signum: int) -> None:
+                if not stopped:
+                    stopped.append(signum)
+                    me.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop)
+                loop.add_signal_handler(sig, stop, sig)
             try:
-                return await replayer.run()
+                return await replayer.run(), None
             except asyncio.CancelledError:
                 if not stopped:
                     raise
-                return None
+                return None, stopped[0]
         return asyncio.run(main())
 

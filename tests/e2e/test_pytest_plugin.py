@@ -91,3 +91,30 @@ def test_session_scope_and_options(pytester):
     result = _run(pytester, "--testbed-scope", "session", "--testbed-users", "3",
                   "--testbed-time-scale", "50")
     result.assert_outcomes(passed=2)
+
+
+def test_a_capture_as_a_regression_test(pytester, tmp_path):
+    """The recipe of docs/replay.md: a golden capture replayed against the test's lab; a
+    copy with one reply changed fails with the diff table and the frame."""
+    from tests.replay.pcap_edit import alter_reply
+
+    golden = Path(__file__).resolve().parents[2] / "captures" / "golden" / "chat.pcapng"
+    altered = tmp_path / "altered.pcapng"
+    frame = alter_reply(golden, altered, "from user0001".encode(), b"frum user0001")
+    pytester.makepyfile(test_replays=f"""
+        import pytest
+
+        @pytest.mark.testbed_lab(users=2, time_scale=100)
+        def test_chat_still_answers_as_recorded(replay_capture):
+            result = replay_capture({str(golden)!r})
+            assert result.replayed == len(result.rows)
+
+        @pytest.mark.testbed_lab(users=2, time_scale=100)
+        async def test_altered(replay_capture):
+            replay_capture({str(altered)!r})
+    """)
+    result = _run(pytester)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*diverged*", f"*first divergence: exchange *, frame {frame}, "
+                                 f"NEWSYNC on long.weixin.qq.com: cmd_list[[]*[]].cmd_buf.content: "
+                                 f"recorded 你好 user0002, frum user0001, replayed*"])

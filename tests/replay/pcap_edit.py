@@ -72,3 +72,24 @@ def move_addresses(src: Path, dst: Path, mapping: dict[str, str]) -> Path:
     for old, new in mapping.items():
         text = text.replace(f'"{old}"', f'"{new}"')
     return copy_capture(src, dst, edit=edit, comment=json.loads(text))
+
+
+def first_reply_frame_with(path: Path, text: bytes) -> int:
+    """The number of the first frame from a server (its port below the client's ephemeral
+    one) whose payload holds `text`."""
+    with read_capture(path) as cap:
+        for pkt in cap:
+            item = decode(pkt)
+            if getattr(item, "sport", None) and item.sport < item.dport \
+                    and text in pkt.data:
+                return pkt.index
+    raise LookupError(f"no reply in {path} holds {text!r}")
+
+
+def alter_reply(src: Path, dst: Path, old: bytes, new: bytes) -> int:
+    """A copy of `src` whose first reply holding `old` holds `new` instead (the same
+    length); the frame number of that reply."""
+    frame = first_reply_frame_with(src, old)
+    copy_capture(src, dst, edit=lambda i, data: replace_in_frame(data, old, new)
+                 if i == frame else data)
+    return frame

@@ -9,11 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from testbed.capture.packets import decode, read_capture
 from testbed.replay.golden import GOLDENS, lab_options
 from testbed.replay.sessions import load_sessions
 from tests.conftest import start_lab
-from tests.replay.pcap_edit import copy_capture, replace_in_frame
+from tests.replay.pcap_edit import alter_reply
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "captures" / "golden"
@@ -55,20 +54,9 @@ async def test_a_golden_replays_from_the_command_line(tmp_path):
 async def test_one_altered_letter_is_exactly_one_diff_with_its_path_and_frame(tmp_path):
     g = GOLDENS["chat"]
     src = GOLDEN / g.file
-    text = "from user0001".encode()
+    altered = tmp_path / "altered.pcapng"
     # the first reply (server to phone) that holds the text: the receiver's newsync
-    frame = None
-    with read_capture(src) as cap:
-        for pkt in cap:
-            item = decode(pkt)
-            if getattr(item, "sport", None) and text in pkt.data and item.dport > item.sport:
-                frame = pkt.index
-                break
-    assert frame is not None
-    altered = copy_capture(src, tmp_path / "altered.pcapng",
-                           edit=lambda i, data: replace_in_frame(data, text,
-                                                                  b"frum user0001")
-                           if i == frame else data)
+    frame = alter_reply(src, altered, "from user0001".encode(), b"frum user0001")
     lab = await start_lab(tmp_path, **lab_options(g))
     try:
         rc, out, err = await run_testbed("replay", str(altered), "--manifest",
@@ -86,3 +74,35 @@ async def test_one_altered_letter_is_exactly_one_diff_with_its_path_and_frame(tm
     assert d["replayed"] == "你好 user0002, from user0001"
     assert doc["first_divergence"]["exchange"] == d["exchange"]
     assert doc["unused"] == [] and doc["unexpected"] == [] and doc["missing"] == []
+
+
+async def test_ctrl_c_stops_a_long_replay_within_two_seconds(tmp_path):
+    import signal
+    import time
+
+    g = GOLDENS["heartbeat"]
+    # a lab at a tenth of the recorded time scale: paced as recorded, 90 s of heartbeats
+    lab = await start_lab(tmp_path, **dict(lab_options(g), time_scale=g.time_scale / 10))
+    try:
+        for signum, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "testbed.cli", "replay", str(GOLDEN / g.file),
+                "--manifest", str(lab.config.manifest_path), "--pace", "recorded",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            deadline = time.monotonic() + 30
+            while lab.long.identified_count() < 2:     # both links up: it is under way
+                assert time.monotonic() < deadline and proc.returncode is None
+                await asyncio.sleep(0.02)
+            sent = time.monotonic()
+            proc.send_signal(signum)
+            out, err = await asyncio.wait_for(proc.communicate(), 10)
+            assert time.monotonic() - sent < 2.0
+            assert proc.returncode == status, err.decode()
+            assert "interrupted" in err.decode() and "Traceback" not in err.decode()
+            for _ in range(100):                       # its links are gone
+                if lab.long.identified_count() == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert lab.long.identified_count() == 0
+    finally:
+        await lab.stop()
