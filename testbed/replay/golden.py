@@ -47,15 +47,16 @@ GOLDENS: dict[str, Golden] = {g.scenario: g for g in (
                             "open and identify their long links"),
     Golden("chat", 100, 1, "login, then a text each way: over the long link with the "
                            "receiver's NOTIFY and newsync, and the answer over the short link"),
-    Golden("media", 100, 283, "login, then an image each way: uploaded in chunks over the long "
-                            "link, downloaded, and fetched from mmsns.qpic.cn"),
+    # seed 283: two small images (131 and 132 pixels square), so the file stays small
+    Golden("media", 100, 283, "login, then an image each way: uploaded in chunks over the "
+                              "long link, downloaded, and fetched from mmsns.qpic.cn"),
     Golden("nearby", 100, 1, "login, then people nearby: mapi.mapabc.com (cell and "
                              "regeo), lbsfind twice, avatars from wx.qlogo.cn"),
     Golden("heartbeat", 1000, 1, "login, then three heartbeats (NOOP every 300 s) on each "
                                  "long link: 0.9 s of wall time at k = 1000"),
     Golden("storyboard", 200, 283, "the lab report's whole session: DNS, TLS login, sync, "
-                                 "contacts and avatars, chat, images, nearby, heartbeats, "
-                                 "behaviour logs, logout"),
+                                   "contacts and avatars, chat, images, nearby, heartbeats, "
+                                   "behaviour logs, logout"),
 )}
 
 
@@ -81,7 +82,8 @@ def record(g: Golden, out_dir: Path, *, how: str = "tap") -> Path:
         elif how == "sniffer":
             run = subprocess.run(_testbed(
                 "record", "--out", str(capture), "--time-scale", f"{g.time_scale:g}",
-                "--run", "--", sys.executable, "-m", "testbed.replay.golden", "--inside", g.scenario),
+                "--run", "--", sys.executable, "-m", "testbed.replay.golden", "--inside",
+                g.scenario),
                 capture_output=True, text=True, timeout=300)
             if run.returncode != 0:
                 raise RuntimeError(f"record --run failed: {(run.stdout + run.stderr)[-600:]}")

@@ -1,13 +1,15 @@
-"""Masks: named, typed rules for reply fields that may differ from the recording.
+"""Masks: named, typed rules for reply fields that may differ from the recording. A
+replayed value passes a mask when:
 
-| mask | a replayed value passes when |
-|---|---|
-| `ignore` | always: the field is not compared |
-| `present` | it is set (not empty, not zero) exactly where the recorded one was |
-| `same-type` | it has the recorded value's type (text, number, list, ...) |
-| `tolerance N` | it is a number within N of the recorded one |
-| `captured KIND` | it equals the live value an earlier reply handed out for the recorded one (the re-binding table's kinds: msg_id, cdn_url, ...); the first time a value is seen it is captured |
-| `set` | a repeated field: the same elements in any order (lists compare in order otherwise) |
+- `ignore`: always (the field is not compared);
+- `present`: it is set (not empty, not zero) exactly where the recorded one was;
+- `same-type`: it has the recorded value's type (text, number, list, ...);
+- `tolerance N`: it is a number within N of the recorded one;
+- `captured KIND` (also `equals-a-captured-value KIND`): it equals the live value an
+  earlier reply handed out for the recorded one (the re-binding table's kinds: msg_id,
+  cdn_url, ...); the first time a value is seen it is captured;
+- `set`: a repeated field holds the same elements in any order (lists compare in order
+  otherwise).
 
 Defaults per command live in one table (`DEFAULTS`); the re-binding table
 (`testbed.wire.rebinding`) adds a `captured` mask for every field a reply hands out. A mask

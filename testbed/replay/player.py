@@ -22,13 +22,19 @@ address comes from the manifest through `LabTargets.check`.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import logging
 import time
 from urllib.parse import urlsplit
+
+import aiohttp
+from google.protobuf.message import DecodeError
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from google.protobuf.message import Message as ProtoMessage
 
+from testbed.capture.events import Kind
 from testbed.client.longlink import LinkClosed, LongLink
 from testbed.client.resolver import ResolveError, Resolver
 from testbed.client.session import ssl_context_for
@@ -48,10 +54,13 @@ from .result import ReplayResult, Row, Status
 from .targets import LabTargets, UnsafeTarget
 from .tree import dns_tree, http_reply_tree, long_reply_tree, push_tree, recorded_reply
 
+log = logging.getLogger(__name__)
+
 REPLY_TIMEOUT_S = 10.0       # protocol seconds a reply may take (at least REPLY_MIN_WALL_S)
 REPLY_MIN_WALL_S = 5.0
 PUSH_TIMEOUT_S = 10.0        # protocol seconds a push may take after its turn came
 PUSH_MIN_WALL_S = 2.0
+SETTLE_WALL_S = 0.1          # wall seconds for late pushes before the result is made
 CONDITIONAL = ("if-none-match", "if-modified-since", "range")   # GET headers sent again
 ENCRYPTED = Mask("", MaskType.IGNORE, None, "encrypted in the capture")
 
@@ -168,7 +177,8 @@ class ClientReplay:
         self.plan()
         closes = sorted((c.closed_by_client, c.flow) for c in self.s.connections.values()
                         if c.app == "longlink" and c.closed_by_client is not None)
-        launched: list[tuple[float, int, asyncio.Task]] = []
+        tasks: dict[int, asyncio.Task] = {}          # exchange index -> its task
+        ends: list[tuple[float, int]] = []           # (recorded end, index): a heap
         rows: dict[int, Row] = {}
         total = len(self.s.exchanges)
         first = next((x.start for x in self.s.exchanges if self.why_not(x) is None), 0.0)
@@ -176,13 +186,13 @@ class ClientReplay:
         try:
             for x in self.s.exchanges:
                 while closes and closes[0][0] <= x.start:
-                    await self.close_link(closes.pop(0)[1], launched)
+                    await self.close_link(closes.pop(0)[1], tasks)
                 reason = self.why_not(x)
                 if reason is not None:
                     rows[x.index] = self.row(x, Status.SKIPPED, detail=reason)
                     self.tick(total)
                     continue
-                await self.after(x.start, launched)
+                await self.after(x.start, ends, tasks)
                 login = self.logins.get(x.session_key)
                 if login is not None and not login.done():
                     await asyncio.wait([login])       # its session's key comes from there
@@ -192,8 +202,9 @@ class ClientReplay:
                 if x.kind is ExchangeKind.LOGIN and x.session_key:
                     self.logins[x.session_key] = task
                 task.add_done_callback(lambda _t: self.tick(total))
-                launched.append((x.end, x.index, task))
-            for _, index, task in launched:
+                tasks[x.index] = task
+                heapq.heappush(ends, (x.end, x.index))
+            for index, task in tasks.items():
                 rows[index] = await task
             await self.settle()
         except asyncio.CancelledError:
@@ -201,7 +212,7 @@ class ClientReplay:
                 link.abort()
             raise
         finally:
-            for _, _, task in launched:
+            for task in tasks.values():
                 task.cancel()
         await self.close_all()
         self.result.rows = [rows[x.index] for x in self.s.exchanges if x.index in rows]
@@ -215,20 +226,25 @@ class ClientReplay:
         self.done += 1
         self.progress(self.done, total)
 
-    async def after(self, t: float, launched: list) -> None:
-        """Wait for every launched exchange that was over, in the capture, by time `t`."""
-        waiting = [task for end, _, task in launched if end <= t and not task.done()]
+    @staticmethod
+    async def after(t: float, ends: list[tuple[float, int]],
+                    tasks: dict[int, asyncio.Task]) -> None:
+        """Wait for every launched exchange that was over, in the capture, by time `t`
+        (exchanges come in order of their start, so what is taken off the heap here is
+        never wanted again)."""
+        waiting = []
+        while ends and ends[0][0] <= t:
+            task = tasks[heapq.heappop(ends)[1]]
+            if not task.done():
+                waiting.append(task)
         if waiting:
             await asyncio.wait(waiting)
 
     async def settle(self) -> None:
-        """A last round trip on every live link, so pushes the lab sent are in."""
-        for link in list(self.links.values()):
-            if link.is_open:
-                try:
-                    await link.noop(timeout=self.clock.floor_wall(2.0, 1.0))
-                except (asyncio.TimeoutError, LinkClosed, RemoteProtocolError):
-                    pass
+        """A moment for pushes still on their way on the links left open (nothing is sent:
+        a replay sends only what the capture has)."""
+        if any(link.is_open for link in self.links.values()):
+            await asyncio.sleep(SETTLE_WALL_S)
 
     # ------------------------------------------------------------------ rows
     def row(self, x: Exchange, status: Status, *, outcome: Optional[Outcome] = None,
@@ -263,8 +279,12 @@ class ClientReplay:
         except (asyncio.TimeoutError, TimeoutError):
             return self.row(x, Status.MISSING, detail="no reply within the timeout")
         except (LinkClosed, ConnectionError, OSError, ResolveError, RemoteProtocolError,
-                LocalProtocolError) as exc:
+                LocalProtocolError, aiohttp.ClientError, DecodeError) as exc:
             return self.row(x, Status.MISSING, detail=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one exchange's failure is its row
+            log.debug("exchange %d failed", x.index, exc_info=True)
+            return self.row(x, Status.MISSING, detail=f"the replay of this exchange failed: "
+                                                      f"{type(exc).__name__}: {exc}")
 
     def reply_timeout(self) -> float:
         return self.clock.floor_wall(REPLY_TIMEOUT_S, REPLY_MIN_WALL_S)
@@ -320,12 +340,14 @@ class ClientReplay:
         self.bindings.bind("session_key", (), x.session_key, bytes(resp.session_key))
         self.bindings.bind("uin", (), x.client, resp.uin)
         detail = f"logged in afresh as {user.username} (uin {resp.uin})"
-        if x.reply is not None and x.request.event.kind != "tls_client_hello":
+        if x.reply is not None and x.request.event.kind == Kind.HTTP_REQUEST:
             return self.judged(x, recorded_reply(x, self.s.host_of),
                                http_reply_tree(status, ctype, body, x.command), detail=detail)
         return self.row(x, Status.MASKED, detail=detail, extra_mask=("(whole reply)", ENCRYPTED))
 
     async def play_cgi(self, x: Exchange) -> Row:
+        if x.host not in ("", SHORT):
+            raise UnsafeTarget(f"a CGI to {x.host}, which is not the lab's short link")
         msg = self.request_message(x)
         h = self.manifest.hosts[SHORT]
         addr, port = self.targets.check(
@@ -398,11 +420,15 @@ class ClientReplay:
             if link is not None and link.is_open:
                 return link
             conn = self.s.connections[x.flow]
-            host = conn.host if conn.host in self.manifest.hosts else LONG
+            if conn.host not in ("", LONG):
+                raise UnsafeTarget(f"a long link to {conn.host}, which is not the lab's "
+                                   f"long link")
+            host = LONG
             entry = self.manifest.hosts[host]
             port = entry.port
-            if conn.server[1] != self.recorded_port(host) and entry.fallback_port:
-                port = entry.fallback_port
+            recorded = (self.s.recorded_manifest or {}).get("hosts", {}).get(host, {})
+            if entry.fallback_port and recorded.get("fallback_port") == conn.server[1]:
+                port = entry.fallback_port       # the recording used the fallback port
             addr, port = self.targets.check(
                 self.targets.host_address(host, self.recorded_index(x, host)), port, host)
             link = await LongLink.connect(addr, port, local_addr=self.local_addr,
@@ -417,13 +443,9 @@ class ClientReplay:
                                          msg.SerializeToString(), timeout=self.reply_timeout())
             return link
 
-    def recorded_port(self, host: str) -> Optional[int]:
-        h = (self.s.recorded_manifest or {}).get("hosts", {}).get(host, {})
-        return h.get("port")
-
-    async def close_link(self, flow: int, launched: list) -> None:
+    async def close_link(self, flow: int, tasks: dict[int, asyncio.Task]) -> None:
         """The recorded client closed this link: close ours once its exchanges are over."""
-        mine = [t for _, i, t in launched if self.s.exchanges[i - 1].flow == flow
+        mine = [t for i, t in tasks.items() if self.s.exchanges[i - 1].flow == flow
                 and not t.done()]
         if mine:
             await asyncio.wait(mine)

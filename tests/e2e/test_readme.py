@@ -1,5 +1,5 @@
 """Every command in the README runs as written (in a scratch directory that sees the repo's
-test data where a checkout has it)."""
+test data and golden captures where a checkout has them)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def test_every_readme_command_runs(tmp_path):
     work = tmp_path / "work"
     (work / "tests" / "data").mkdir(parents=True)
     (work / "tests" / "data" / "real").symlink_to(REPO / "tests" / "data" / "real")
+    (work / "captures").mkdir()
+    (work / "captures" / "golden").symlink_to(REPO / "captures" / "golden")
     env = dict(os.environ, COLUMNS="160")
     lab = None
 

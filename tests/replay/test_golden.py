@@ -29,7 +29,7 @@ def test_every_golden_is_there_with_its_readme_line():
     files = sorted(p.name for p in GOLDEN.glob("*.pcapng"))
     assert files == sorted(g.file for g in GOLDENS.values())
     for g in GOLDENS.values():
-        assert f"`golden/{g.file}`" in readme, g.file
+        assert f"| `golden/{g.file}` | {g.scenario} | {g.time_scale:g} | {g.what} |" in readme
         assert (GOLDEN / g.file).stat().st_size < 500_000     # KBs, not MBs
         s = load_sessions(str(GOLDEN / g.file))
         assert s.made_by == "tap" and s.time_scale == g.time_scale
@@ -77,3 +77,23 @@ async def test_faster_pace_shortens_the_gaps(tmp_path):
     # a lab at a quarter of the recorded scale, gaps 8 times shorter: half the span
     assert 0.45 * span <= time.monotonic() - t0 < 2 * span
     assert clean(result) == []
+
+
+async def test_a_link_the_lab_closed_is_opened_again_and_the_replay_goes_on(tmp_path):
+    """A lab that closes a link idle for 200 protocol seconds, and heartbeats every 300: each
+    NOOP finds its link closed; the replay opens it again, identifies it as recorded, and the
+    NOOP is answered as it was."""
+    g = GOLDENS["heartbeat"]
+    sessions = load_sessions(str(GOLDEN / g.file))
+    lab = await start_lab(tmp_path, server_idle_s=200, **lab_options(g))
+    try:
+        result = await replay(sessions, lab.manifest, pace=Pace.parse("recorded"))
+        closed = lab.long.idle_closed
+    finally:
+        await lab.stop()
+    noops = [r for r in result.rows if r.command == "NOOP"]
+    assert len(noops) == 6 and all(r.status is Status.MATCH for r in noops)
+    assert not result.diffs and not result.by(Status.MISSING)
+    assert closed >= 6          # every link was closed for idleness before each beat
+    opened = [t for t in result.opened if t[0] == "long.weixin.qq.com"]
+    assert len(opened) == 2 + 6
