@@ -103,12 +103,10 @@ class ReplayResult:
     def masks_used(self) -> list[dict]:
         """Every mask that let a difference pass, with how often."""
         seen: Counter = Counter()
-        masks: dict = {}
         for r in self.rows:
             for path, m in r.masked:
-                key = (r.command, m.path, m.name, m.origin)
+                key = (r.command, m.path or "(whole reply)", m.name, m.origin)
                 seen[key] += 1
-                masks[key] = m
         return [{"command": c, "path": p, "mask": n, "origin": o, "times": seen[(c, p, n, o)]}
                 for (c, p, n, o) in sorted(seen)]
 

@@ -39,20 +39,16 @@ def message_tree(msg: Optional[Message]) -> Any:
         value = getattr(msg, fd.name)
         if fd.is_repeated:
             if fd.type == FieldDescriptor.TYPE_MESSAGE:
-                out[fd.name] = [_sub(fd, v) for v in value]
+                out[fd.name] = [message_tree(v) for v in value]
             else:
                 out[fd.name] = list(value)
         elif fd.type == FieldDescriptor.TYPE_MESSAGE:
-            out[fd.name] = _sub(fd, value) if msg.HasField(fd.name) else None
+            out[fd.name] = message_tree(value) if msg.HasField(fd.name) else None
         else:
             out[fd.name] = value
     if "cmd_id" in out and "cmd_buf" in out:      # a sync item: its body decoded
         out["cmd_buf"] = _cmd_item(out["cmd_id"], out["cmd_buf"])
     return out
-
-
-def _sub(fd, value: Message) -> Any:
-    return message_tree(value)
 
 
 def _cmd_item(cmd_id: int, buf: bytes) -> Any:
@@ -101,13 +97,8 @@ def dns_tree(rcode: int, addresses: list[str], ttls: list[int],
              host_of: Callable[[str], Optional[str]]) -> dict[str, Any]:
     """A DNS answer with each address as the lab host it belongs to, or the address itself
     where no host has it. (CNAMEs are not compared: the lab answers none.)"""
-    return {"rcode": rcode, "addresses": [_host_index(a, host_of) for a in addresses],
+    return {"rcode": rcode, "addresses": [host_of(a) or a for a in addresses],
             "ttls": list(ttls)}
-
-
-def _host_index(address: str, host_of: Callable[[str], Optional[str]]) -> str:
-    found = host_of(address)
-    return address if found is None else found
 
 
 # ---------------------------------------------------------------------- paths

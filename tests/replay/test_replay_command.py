@@ -106,3 +106,41 @@ async def test_ctrl_c_stops_a_long_replay_within_two_seconds(tmp_path):
             assert lab.long.identified_count() == 0
     finally:
         await lab.stop()
+
+
+async def test_map_replays_each_recorded_user_as_another_lab_user(tmp_path):
+    """--map swaps the two recorded users: each logs in as the other, texts go to the mapped
+    user (to_user re-bound), names and avatar URLs in replies must be the mapped ones; what
+    differs is each user's own profile (nickname, sex, city, signature), which a mask file
+    lets pass, and the output lists it."""
+    g = GOLDENS["chat"]
+    masks = tmp_path / "profiles.toml"
+    fields = ("nickname", "sex", "city", "signature")
+    masks.write_text("".join(f'[{name}]\n' + "".join(
+        f'"cmd_list[].cmd_buf.{f}" = "ignore"\n' for f in fields) for name in
+        ("NEWINIT", "NEWSYNC")))
+    lab = await start_lab(tmp_path, **lab_options(g))
+    try:
+        rc, out, err = await run_testbed(
+            "replay", str(GOLDEN / g.file), "--manifest", str(lab.config.manifest_path),
+            "--map", "user0001=user0002", "--map", "2=user0001", "--mask", str(masks),
+            "--json")
+        bad_rc, _, bad_err = await run_testbed(
+            "replay", str(GOLDEN / g.file), "--manifest", str(lab.config.manifest_path),
+            "--map", "user0001")
+    finally:
+        await lab.stop()
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["diffs"] == [] and doc["unused"] == []
+    logins = [r["detail"] for r in doc["rows"] if r["command"] == "MANUALAUTH"]
+    assert sorted(logins) == ["logged in afresh as user0001 (uin 1)",
+                              "logged in afresh as user0002 (uin 2)"]
+    rows = {r["exchange"]: r for r in doc["rows"]}
+    sends = [r for r in doc["rows"] if r["command"] == "NEWSENDMSG"]
+    assert sends and all(r["status"] in ("match", "masked") for r in sends)
+    used = {(m["path"], m["origin"]) for m in doc["masks"]}
+    assert ("cmd_list[].cmd_buf.nickname", str(masks)) in used
+    assert any(m["mask"] == "captured username" for m in doc["masks"])
+    assert rows and doc["rebound"] > 0
+    assert bad_rc == 2 and "RECORDED=LAB" in bad_err

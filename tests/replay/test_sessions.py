@@ -143,3 +143,16 @@ def test_replies_decode_to_trees_a_path_goes_into(chat_capture):
     assert tree["http"] == {"status": 200, "content_type": "image/png"}
     assert tree["body"] == {"sha256": hashlib.sha256(facts["image"]).hexdigest(),
                             "length": len(facts["image"])}
+
+
+def test_the_model_as_json(chat_capture):
+    import json
+
+    path, _ = chat_capture
+    s = load_sessions(str(path))
+    doc = json.loads(json.dumps(s.summary()))
+    assert doc["exchanges"] == doc["replayable"] == len(s)
+    assert {c["username"] for c in doc["clients"]} == {"user0001", "user0002"}
+    first = doc["list"][0]
+    assert first["exchange"] == 1 and first["kind"] == "dns" and first["frame"] >= 1
+    assert all(c["exchanges"] for c in doc["clients"])
