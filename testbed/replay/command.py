@@ -64,6 +64,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def replay_command(args) -> int:
     """Run `testbed replay`; its exit status."""
     from rich.console import Console
+    from rich.markup import escape
 
     from testbed.capture.packets import CaptureError
     from testbed.lab.manifest import load_manifest
@@ -74,7 +75,7 @@ def replay_command(args) -> int:
     err = Console(stderr=True)
 
     def fail(text: str, status: int = 2) -> int:
-        err.print(f"[red]error:[/red] {text}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(text)}", highlight=False, soft_wrap=True)
         return status
 
     try:
@@ -93,7 +94,8 @@ def replay_command(args) -> int:
     except (CaptureError, OSError) as exc:
         return fail(f"{exc}" if str(args.capture) in str(exc) else f"{args.capture}: {exc}")
     for problem in sessions.problems:
-        err.print(f"[yellow]warning:[/yellow] {problem}", highlight=False)
+        err.print(f"[yellow]warning:[/yellow] {escape(problem)}", highlight=False,
+                  soft_wrap=True)
     replayer = ClientReplay(sessions, manifest, pace=args.pace, masks=masks,
                             user_map=dict(args.map))
     result, signum = _run(replayer, len(sessions), err)
