@@ -55,13 +55,31 @@ async def test_golden_replays_against_a_fresh_lab_with_zero_diffs(name, pace, tm
     span = (sessions.exchanges[-1].start - sessions.exchanges[0].start) / g.time_scale
     if pace == "recorded":
         assert wall >= 0.95 * span          # the recorded gaps, on the lab's clock
-    again = analyze(str(tmp_path / "replayed.pcapng"))
-    beats = [f["heartbeat_s"] for f in again.flows if f["app"] == "longlink"]
-    if name == "heartbeat":
-        if pace == "recorded":             # NOOPs every 300 protocol seconds, as recorded
-            assert beats and all(b is not None and abs(b - 300) < 15 for b in beats), beats
-        else:                              # collapsed
-            assert wall < span / 3
+    if name == "heartbeat" and pace == "asap":   # collapsed: no 300 s rhythm any more
+        again = analyze(str(tmp_path / "replayed.pcapng"))
+        beats = [f["heartbeat_s"] for f in again.flows if f["app"] == "longlink"]
+        assert beats and all(b is None or b < 100 for b in beats), beats
+
+
+async def test_recorded_pacing_keeps_the_heartbeat_interval(tmp_path):
+    """The heartbeat golden (recorded at k = 1000) against a lab at k = 200, paced as
+    recorded: the lab's own capture of the replay shows a NOOP every 300 protocol seconds on
+    each link, as the recording did (15 protocol seconds are 75 ms of wall time here)."""
+    g = GOLDENS["heartbeat"]
+    sessions = load_sessions(str(GOLDEN / g.file))
+    recorded = [f["heartbeat_s"] for f in analyze(str(GOLDEN / g.file)).flows
+                if f["app"] == "longlink"]
+    lab = await start_lab(tmp_path, record=tmp_path / "replayed.pcapng",
+                          **dict(lab_options(g), time_scale=200))
+    try:
+        result = await replay(sessions, lab.manifest, pace=Pace.parse("recorded"))
+    finally:
+        await lab.stop()
+    assert clean(result) == []
+    beats = [f["heartbeat_s"] for f in analyze(str(tmp_path / "replayed.pcapng")).flows
+             if f["app"] == "longlink"]
+    assert len(beats) == len(recorded) == 2
+    assert all(b is not None and abs(b - 300) < 15 for b in recorded + beats), (recorded, beats)
 
 
 async def test_faster_pace_shortens_the_gaps(tmp_path):
@@ -80,12 +98,12 @@ async def test_faster_pace_shortens_the_gaps(tmp_path):
 
 
 async def test_a_link_the_lab_closed_is_opened_again_and_the_replay_goes_on(tmp_path):
-    """A lab that closes a link idle for 200 protocol seconds, and heartbeats every 300: each
-    NOOP finds its link closed; the replay opens it again, identifies it as recorded, and the
-    NOOP is answered as it was."""
+    """A lab that closes a link idle for 100 protocol seconds, and heartbeats every 300: each
+    NOOP finds its link closed (0.4 s of wall time after the lab closed it, at k = 500); the
+    replay opens it again, identifies it as recorded, and the NOOP is answered as it was."""
     g = GOLDENS["heartbeat"]
     sessions = load_sessions(str(GOLDEN / g.file))
-    lab = await start_lab(tmp_path, server_idle_s=200, **lab_options(g))
+    lab = await start_lab(tmp_path, server_idle_s=100, **dict(lab_options(g), time_scale=500))
     try:
         result = await replay(sessions, lab.manifest, pace=Pace.parse("recorded"))
         closed = lab.long.idle_closed
