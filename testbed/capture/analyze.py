@@ -21,6 +21,7 @@ from .dns_tcp import DnsOverTcp
 from .events import Event, Kind
 from .flows import FlowTable
 from .packets import Datagram, Segment, decode, read_capture
+from .schema import SCHEMA_VERSION, tcp_counts
 from .tcp_analysis import DUPLICATE_ACK, KEEP_ALIVE
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
@@ -29,6 +30,7 @@ LONG_LIVED_S = 60.0         # protocol seconds: a connection that lived this lon
 PROBE_SILENCE_S = 1.0       # protocol seconds of silence before an empty ACK that is a probe
 TLS_APPLICATION_DATA = 23
 DNS_PORTS = (53, 5353)      # DNS and the lab's unprivileged DNS (also mDNS over UDP)
+MADE_BY = ("tap", "sniffer")   # a section comment's "how" (anything else: not the testbed's)
 
 
 @dataclass
@@ -93,14 +95,18 @@ class Analysis:
         return wall * self.time_scale
 
     def summary(self) -> dict:
-        """The `testbed analyze --json` document."""
+        """The `testbed analyze --json` document (`schema.SCHEMA_PATH` is its contract)."""
+        how = (self.meta or {}).get("how")
         return {
+            "schema": SCHEMA_VERSION,
             "file": self.path, "packets": self.packets,
             "duration_s": round(self.duration, 6), "time_scale": self.time_scale,
-            "made_by": (self.meta or {}).get("how"), "truncated": self.truncated,
-            "error": self.error, "kernel_drops": self.drops,
+            "made_by": how if how in MADE_BY else None, "truncated": self.truncated,
+            "error": self.error,
+            "kernel_drops": {str(iface): n for iface, n in self.drops.items()},
             "dns": {name: addrs for name, addrs in sorted(self.dns.items())},
-            "flows": self.flows, "udp": self.udp, "tcp": self.tcp,
+            "flows": [{**f, "tcp": tcp_counts(f["tcp"])} for f in self.flows],
+            "udp": self.udp, "tcp": tcp_counts(self.tcp),
         }
 
 
