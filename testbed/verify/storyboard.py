@@ -276,6 +276,12 @@ STATEMENTS: tuple[Statement, ...] = (
 )
 
 
+def scenario_comment(phones: int, seed: Optional[int] = None) -> dict:
+    """What a capture's section comment says about the scenario it records (the storyboard
+    with `phones` phones): the verifier checks the capture's counts against it."""
+    return {"scenario": {"name": "storyboard", "phones": phones, "seed": seed}}
+
+
 def verify_storyboard(analysis, *, secrets: Iterable[bytes] = (),
                       heartbeat_s: Optional[float] = None) -> list[Verdict]:
     """A verdict per storyboard statement."""
