@@ -106,12 +106,10 @@ def http_exchanges(view: CaptureView, host: Optional[str] = None,
     out: list[Exchange] = []
     for e in view.events:
         if e.kind == ev.HTTP_REQUEST:
+            x = Exchange(e, None)
+            pending.setdefault(e.flow, []).append(x)    # every request takes its answer
             if (host is None or e.host == host) and (wanted is None or e.get("cgi") in wanted):
-                x = Exchange(e, None)
                 out.append(x)
-                pending.setdefault(e.flow, []).append(x)
-            elif e.flow in pending:
-                pending[e.flow].append(Exchange(e, None))   # answered in turn, not kept
         elif e.kind == ev.HTTP_RESPONSE and pending.get(e.flow):
             pending[e.flow].pop(0).response = e
     return out
