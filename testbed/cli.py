@@ -411,7 +411,7 @@ def _analyze(args) -> int:
                 out.print(f"{t:10.3f} {e['src']:>21} -> {e['dst']:<21} "
                           f"{e['label']}" + (f"  {json.dumps(msg, ensure_ascii=False)[:200]}"
                                              if msg else ""), markup=False, highlight=False)
-        out.print("tcp: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["tcp"].items()))
+        out.print("tcp: " + (", ".join(f"{k} {v}" for k, v in doc["tcp"].items() if v)
                              or "no retransmissions, duplicate ACKs or other analysis flags"))
         if radios:
             from testbed.radio.report import print_radio

@@ -16,8 +16,11 @@ from typing import Callable, Optional
 from mocks.runner import LabConfig, start_lab
 from testbed.client.scenarios import ScenarioResult, run_scenario
 from testbed.lab.addressing import AddressPlan
+from testbed.verify.storyboard import scenario_comment
 
 ProgressFn = Callable[[float, str], None]
+PHONES = 2
+SEED = 2013
 
 
 @dataclass
@@ -47,13 +50,17 @@ async def run_demo(out_dir: Path, time_scale: float = 100.0,
     out.mkdir(parents=True, exist_ok=True)
     progress(0.02, "starting the lab")
     # the report's addresses (127.0.0.x) when free, else any free block
-    lab = await start_lab(LabConfig(users=2, time_scale=time_scale, record=out / "demo.pcapng",
-                                    manifest_path=out / "manifest.json"),
+    # strangers at first, as the report's phones: the storyboard adds them as friends; the
+    # capture says what it was made for, and the verifier checks its counts against that
+    lab = await start_lab(LabConfig(users=PHONES, time_scale=time_scale, friends="none",
+                                    record=out / "demo.pcapng",
+                                    manifest_path=out / "manifest.json",
+                                    record_comment_extra=scenario_comment(PHONES, SEED)),
                           first=AddressPlan("127.0.0"))
     passwords = [u["password"].encode() for u in lab.manifest.users]
     try:
         phone_addr = lab.config.plan.phone
-        result = await run_scenario("storyboard", lab.manifest, clients=2, seed=2013,
+        result = await run_scenario("storyboard", lab.manifest, clients=PHONES, seed=SEED,
                                     local_addr=phone_addr,
                                     progress=lambda f, t: progress(0.05 + 0.8 * f, t))
     finally:

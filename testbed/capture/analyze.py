@@ -9,6 +9,7 @@ caller can switch off for huge captures).
 from __future__ import annotations
 
 import functools
+import socket
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
@@ -21,6 +22,7 @@ from .dns_tcp import DnsOverTcp
 from .events import Event, Kind
 from .flows import FlowTable
 from .packets import Datagram, Segment, decode, read_capture
+from .schema import SCHEMA_VERSION, tcp_counts
 from .tcp_analysis import DUPLICATE_ACK, KEEP_ALIVE
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
@@ -29,6 +31,9 @@ LONG_LIVED_S = 60.0         # protocol seconds: a connection that lived this lon
 PROBE_SILENCE_S = 1.0       # protocol seconds of silence before an empty ACK that is a probe
 TLS_APPLICATION_DATA = 23
 DNS_PORTS = (53, 5353)      # DNS and the lab's unprivileged DNS (also mDNS over UDP)
+ARP_IPV4_ETHERNET = b"\x00\x01\x08\x00\x06\x04"   # hardware 1, protocol IPv4, sizes 6 and 4
+MAX_ARP_KEPT = 1000         # ARP messages kept (IPv4 over Ethernet: op, sender, target)
+MADE_BY = ("tap", "sniffer")   # a section comment's "how" (anything else: not the testbed's)
 
 
 @dataclass
@@ -72,6 +77,7 @@ class Analysis:
     udp: list[dict] = field(default_factory=list)
     needles_seen: dict[str, list[dict]] = field(default_factory=dict)
     arp: int = 0
+    arp_messages: list[dict] = field(default_factory=list)   # the first MAX_ARP_KEPT
     handshakes: list[dict] = field(default_factory=list)
 
     @property
@@ -93,14 +99,18 @@ class Analysis:
         return wall * self.time_scale
 
     def summary(self) -> dict:
-        """The `testbed analyze --json` document."""
+        """The `testbed analyze --json` document (`schema.SCHEMA_PATH` is its contract)."""
+        how = (self.meta or {}).get("how")
         return {
+            "schema": SCHEMA_VERSION,
             "file": self.path, "packets": self.packets,
             "duration_s": round(self.duration, 6), "time_scale": self.time_scale,
-            "made_by": (self.meta or {}).get("how"), "truncated": self.truncated,
-            "error": self.error, "kernel_drops": self.drops,
+            "made_by": how if how in MADE_BY else None, "truncated": self.truncated,
+            "error": self.error,
+            "kernel_drops": {str(iface): n for iface, n in self.drops.items()},
             "dns": {name: addrs for name, addrs in sorted(self.dns.items())},
-            "flows": self.flows, "udp": self.udp, "tcp": self.tcp,
+            "flows": [{**f, "tcp": tcp_counts(f["tcp"])} for f in self.flows],
+            "udp": self.udp, "tcp": tcp_counts(self.tcp),
         }
 
 
@@ -278,7 +288,7 @@ class Analyzer:
             "server": f"{flow.server[0]}:{flow.server[1]}",
             "host": found["host"] or self.ip_names.get(flow.server[0], ""),
             "app": found["app"], "kind": kind, "requests": found["requests"],
-            "closed_by": closed,
+            "closed_by": closed, "fin_acks": dict(flow.fin_acks),
             "packets_c2s": flow.packets_c2s, "packets_s2c": flow.packets_s2c,
             "bytes_c2s": flow.bytes_c2s, "bytes_s2c": flow.bytes_s2c,
             "start": flow.first_ts, "end": flow.last_ts,
@@ -301,6 +311,12 @@ class Analyzer:
             data = pkt.data
             if pkt.linktype == 1 and len(data) >= 14 and data[12:14] == b"\x08\x06":
                 r.arp += 1
+                if len(data) >= 42 and data[14:20] == ARP_IPV4_ETHERNET \
+                        and len(r.arp_messages) < MAX_ARP_KEPT:
+                    r.arp_messages.append({
+                        "packet": pkt.index, "op": int.from_bytes(data[20:22], "big"),
+                        "sender": socket.inet_ntoa(data[28:32]),
+                        "target": socket.inet_ntoa(data[38:42])})
             return
         self._cur_index = pkt.index
         if type(item) is Segment:
@@ -334,6 +350,7 @@ class Analyzer:
         if hs is not None and not flags & SYN and hs.get("isn_s") is not None:
             hs["ack_seq"] = (s.seq - hs["isn_c"]) % (1 << 32)
             hs["ack_ack"] = (s.ack - hs["isn_s"]) % (1 << 32)
+            hs["packets"].append(s.index)
             self.result.handshakes.append({k: v for k, v in hs.items() if k != "key"})
             del self._handshakes[key]
         if not flags & (SYN | FIN | RST):
@@ -348,13 +365,15 @@ class Analyzer:
             if len(self._handshakes) > 4096:   # SYNs never answered: keep the map bounded
                 self._handshakes.pop(next(iter(self._handshakes)))
             kind = ev.TCP_SYN
-            self._handshakes[key] = {"flow": flow.id, "key": key, "isn_c": s.seq, "isn_s": None}
+            self._handshakes[key] = {"flow": flow.id, "key": key, "isn_c": s.seq, "isn_s": None,
+                                     "packets": [s.index]}
         elif flags & SYN:
             kind = ev.TCP_SYNACK
             hs = self._handshakes.get(rkey)
             if hs is not None:
                 hs["isn_s"] = s.seq
                 hs["syn_ack_ack"] = (s.ack - hs["isn_c"]) % (1 << 32)
+                hs["packets"].append(s.index)
         elif flags & RST:
             kind = ev.TCP_RST
         else:

@@ -70,7 +70,7 @@ class TcpFlow:
                  "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c",
                  "data_segments_c2s", "data_segments_s2c", "quiet_s", "closed_by",
                  "rst_by", "fin_first", "fin_c2s_ts", "fin_s2c_ts", "rst_ts", "ended", "end_ts",
-                 "analysis", "_sequence", "_reassembly_c2s", "_reassembly_s2c", "mss",
+                 "fin_next", "fin_acks", "analysis", "_sequence", "_reassembly_c2s", "_reassembly_s2c", "mss",
                  "wscale", "sack_perm")
 
     def __init__(self, id: int, client: tuple[str, int], server: tuple[str, int],
@@ -95,6 +95,10 @@ class TcpFlow:
         self.fin_c2s_ts: Optional[float] = None
         self.fin_s2c_ts: Optional[float] = None
         self.rst_ts: Optional[float] = None
+        # a FIN's acknowledgement: the ACK number that covers it, and the packet that came
+        # with it (by the FIN's direction; only while a FIN waits is `fin_next` not empty)
+        self.fin_next: dict[str, int] = {}
+        self.fin_acks: dict[str, Optional[int]] = {"c2s": None, "s2c": None}
         self.ended = False
         self.end_ts: Optional[float] = None
         self.analysis: Counts = Counts()         # tcp.analysis filter name -> segments
@@ -341,6 +345,8 @@ class FlowTable:
         ta = flow._sequence.segment(c2s, ts, seq, ack, seglen, flags, window, wscale) | reused
         if flags & (SYN | FIN | RST):
             self._control(flow, c2s, s, flags)
+        if flow.fin_next and flags & ACK:
+            self._fin_acked(flow, "s2c" if c2s else "c2s", ack, index)
         if ta:
             flow.quiet_s = ts - before
             names = filter_names(ta)
@@ -413,6 +419,8 @@ class FlowTable:
                 h.started = True
                 h.nxt = (s.seq + 1) & M32
         if flags & FIN:
+            if flow.fin_acks[d] is None:
+                flow.fin_next[d] = (s.seq + s.seglen + (2 if flags & SYN else 1)) & M32
             if c2s:
                 if flow.fin_c2s_ts is None:
                     flow.fin_c2s_ts = s.ts
@@ -434,6 +442,14 @@ class FlowTable:
             if flow.fin_c2s_ts is not None and flow.fin_s2c_ts is not None \
                     and flow.closed_by is None:
                 flow.closed_by = "fin"
+
+    @staticmethod
+    def _fin_acked(flow: TcpFlow, fin_dir: str, ack: int, index: int) -> None:
+        """An ACK from the other side of `fin_dir`: does it cover that side's FIN?"""
+        want = flow.fin_next.get(fin_dir)
+        if want is not None and (ack - want) & M32 < HALF:   # at or beyond it
+            flow.fin_acks[fin_dir] = index
+            del flow.fin_next[fin_dir]
 
     def _data(self, flow: TcpFlow, h: _Reassembly, d: str, ts: float, seq32: int,
               payload: bytes, seglen: int) -> None:

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 from testbed.lab.clock import Clock
 from testbed.lab.manifest import Manifest
 from testbed.wire import Door, Ret, pb
+from testbed.wire.commands import MSG_IMAGE
 
 from .heartbeat import HeartbeatPolicy, parse_policy
 from .linkobserver import LinkObserver
@@ -327,13 +328,16 @@ class Phone:
                     await self.reconnect()
         raise AssertionError("unreachable")
 
-    async def send_image(self, to: str, data: bytes, *, tries: int = 5) -> pb.UploadMediaResponse:
-        """Upload in chunks; after a broken link, reconnect and resume where the server is."""
+    async def send_media(self, to: str, data: bytes, msg_type: int = MSG_IMAGE, *,
+                         tries: int = 5) -> pb.UploadMediaResponse:
+        """An image, voice note or video (`msg_type` 3, 34 or 43), uploaded in chunks; after
+        a broken link, reconnect and resume where the server is."""
         cid = uuid.uuid4().hex
         pos = 0
         for attempt in range(tries):
             try:
-                return await self.session.upload(to, data, client_media_id=cid, start_pos=pos,
+                return await self.session.upload(to, data, msg_type=msg_type,
+                                                 client_media_id=cid, start_pos=pos,
                                                  timeout=self.request_timeout(20.0))
             except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
                 if attempt == tries - 1:

@@ -17,10 +17,16 @@ from typing import Awaitable, Callable, Optional
 from testbed.lab.addressing import LONG, MAPABC
 from testbed.lab.clock import Clock
 from testbed.lab.manifest import Manifest
+from testbed.wire import Door, pb
+from testbed.wire.commands import MSG_FRIEND_REQUEST, MSG_IMAGE, MSG_VIDEO, MSG_VOICE
 
 from .phone import Phone
 
 ProgressFn = Callable[[float, str], None]
+
+AMR_MAGIC = b"#!AMR\n"
+AMR_BYTES_PER_S = 50 * 32        # AMR-NB 12.2 kbit/s: 50 frames of 32 bytes a second
+MP4_FTYP = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 
 # people nearby: around the report's university district in Beijing (Haidian)
 BASE_LON, BASE_LAT = 116.3105, 39.9925
@@ -95,8 +101,12 @@ class Run:
 
     async def wait_received(self, phone: Phone, msg_id: int, timeout_s: float = 60.0) -> bool:
         """Wait (protocol time) until a phone has a message by push-then-sync."""
+        return await self.wait_for(lambda: msg_id in phone.metrics.received, timeout_s)
+
+    async def wait_for(self, condition: Callable[[], bool], timeout_s: float = 60.0) -> bool:
+        """Wait (protocol time, at least 5 wall seconds) until `condition()` holds."""
         deadline = time.monotonic() + max(self.clock.to_wall(timeout_s), 5.0)
-        while msg_id not in phone.metrics.received:
+        while not condition():
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.005)
@@ -108,6 +118,18 @@ def photo(rng: random.Random, side: int) -> bytes:
     compresses), so images on the wire are images to any dissector."""
     from testbed.png import encode_png
     return encode_png(side, side, rng.randbytes(side * side * 3))
+
+
+def voice_note(rng: random.Random, seconds: int) -> bytes:
+    """An AMR-NB voice note's bytes, as 2013 phones recorded them: the file magic, then
+    `seconds` of 12.2 kbit/s frames (noise: the server only stores and forwards them)."""
+    return AMR_MAGIC + rng.randbytes(seconds * AMR_BYTES_PER_S)
+
+
+def video_clip(rng: random.Random, size: int) -> bytes:
+    """A video's bytes: an MP4 `ftyp` box, then an `mdat` box of `size` bytes of noise."""
+    mdat = (8 + size).to_bytes(4, "big") + b"mdat" + rng.randbytes(size)
+    return MP4_FTYP + mdat
 
 
 def _pairs(n: int) -> list[tuple[int, int]]:
@@ -146,30 +168,42 @@ async def chat(run: Run) -> None:
 
 
 async def media(run: Run) -> None:
+    """Each pair: an image (served by mmsns.qpic.cn too), a voice note and a video over the
+    long link, each downloaded by its receiver and compared."""
     from .web import WebClient
     if run.clients < 2:
         raise ValueError("media needs at least 2 clients")
     phones = run.phones or await run.start_phones(run.clients)
-    ok_dl = ok_cdn = 0
+    ok = {MSG_IMAGE: 0, MSG_VOICE: 0, MSG_VIDEO: 0}
+    ok_cdn = 0
     pairs = _pairs(len(phones))
     for n, (a, b) in enumerate(pairs):
         pa, pb_ = phones[a], phones[b]
-        image = photo(run.rng, run.rng.randint(130, 200))
-        done = await pa.send_image(pb_.username, image)
-        await run.wait_received(pb_, done.new_msg_id)
-        msg = next((m for m in pb_.session.sync_state.messages
-                    if m.new_msg_id == done.new_msg_id), None)
-        if msg is None:
-            continue
-        data = await pb_.session.download(done.new_msg_id)
-        ok_dl += data == image and msg.media.sha256 == hashlib.sha256(image).digest()
-        web = WebClient(run.manifest, pb_.session.resolver, local_addr=run.local_addr)
-        cdn = await web.get(msg.media.cdn_url)
-        ok_cdn += cdn.status == 200 and cdn.body == image
+        sent = {MSG_IMAGE: photo(run.rng, run.rng.randint(130, 200)),
+                MSG_VOICE: voice_note(run.rng, run.rng.randint(2, 6)),
+                MSG_VIDEO: video_clip(run.rng, run.rng.randint(20_000, 40_000))}
+        for msg_type, data in sent.items():
+            done = await pa.send_media(pb_.username, data, msg_type)
+            await run.wait_received(pb_, done.new_msg_id)
+            msg = next((m for m in pb_.session.sync_state.messages
+                        if m.new_msg_id == done.new_msg_id), None)
+            if msg is None:
+                continue
+            got = await pb_.session.download(done.new_msg_id, msg_type)
+            ok[msg_type] += got == data and msg.msg_type == msg_type \
+                and msg.media.sha256 == hashlib.sha256(data).digest()
+            if msg_type == MSG_IMAGE:
+                web = WebClient(run.manifest, pb_.session.resolver, local_addr=run.local_addr)
+                cdn = await web.get(msg.media.cdn_url)
+                ok_cdn += cdn.status == 200 and cdn.body == data
         run.progress((n + 1) / len(pairs), "media")
-    run.check("image uploaded in chunks, downloaded identical", ok_dl == len(pairs),
-              f"{ok_dl}/{len(pairs)}")
+    run.check("image uploaded in chunks, downloaded identical", ok[MSG_IMAGE] == len(pairs),
+              f"{ok[MSG_IMAGE]}/{len(pairs)}")
     run.check("image served by mmsns.qpic.cn", ok_cdn == len(pairs), f"{ok_cdn}/{len(pairs)}")
+    run.check("voice note sent, downloaded identical", ok[MSG_VOICE] == len(pairs),
+              f"{ok[MSG_VOICE]}/{len(pairs)}")
+    run.check("video sent, downloaded identical", ok[MSG_VIDEO] == len(pairs),
+              f"{ok[MSG_VIDEO]}/{len(pairs)}")
 
 
 async def nearby(run: Run) -> None:
@@ -228,8 +262,9 @@ async def heartbeat(run: Run, beats: int = 3) -> None:
 
 async def storyboard(run: Run) -> None:
     """The report's order: DNS for the long host first, TLS login, HTTP sync on the short
-    link, chat over the long link, an image, people nearby with avatars, heartbeats,
-    behaviour logs, logout."""
+    link, contacts and a friend added, chat over the long link, an image, a voice note and a
+    video, people nearby with avatars, heartbeats, a sync over the short link while the long
+    link is down, behaviour logs, logout."""
     n = max(2, run.clients)
     run.clients = n
     # 1. the first packet: a DNS query for long.weixin.qq.com (answered with several A)
@@ -245,10 +280,10 @@ async def storyboard(run: Run) -> None:
         await p.start()       # TLS login, newinit over HTTP, long link, identify
     run.phones = phones
     run.check("login over TLS; newinit over HTTP", all(p.session.uin for p in phones))
-    from testbed.wire import pb
     contacts = await first.session.cgi("getcontact", pb.GetContactRequest(
         base=first.session.base(), usernames=[p.username for p in phones[1:]]))
     run.check("getcontact over the short link", len(contacts.contacts) == n - 1)
+    await befriend(run, phones)
     heads = await first.session.cgi("batchgetheadimg", pb.BatchGetHeadImgRequest(
         base=first.session.base(), usernames=[p.username for p in phones]))
     run.check("avatar URLs from batchgetheadimg", len(heads.imgs) == n)
@@ -260,6 +295,7 @@ async def storyboard(run: Run) -> None:
     await nearby(run)
     run.progress(0.6, "heartbeat")
     await heartbeat(run)
+    await sync_over_short_link(run, phones[1], phones[0])
     accepted = 0
     for p in phones:
         accepted += await p.report({1: "chat_open", 2: "nearby_open", 3: f"beats:"
@@ -270,6 +306,47 @@ async def storyboard(run: Run) -> None:
         await p.stop(logout=True)
     run.phones = []
     run.check("logout", True, f"{n} sessions ended")
+
+
+async def befriend(run: Run, phones: list[Phone]) -> None:
+    """Friends added with verifyuser over the short link, so that every pair that chats is
+    friends: one phone asks (opcode 2, a greeting), the other gets the request as a message
+    and accepts (opcode 3). Where the lab made everyone friends already, the first phone
+    adds the second at once (opcode 1), which the server answers as done."""
+    strangers = sorted({tuple(sorted(pair)) for pair in _pairs(len(phones))
+                        if phones[pair[1]].username
+                        not in phones[pair[0]].session.sync_state.contacts})
+    if not strangers:
+        resp = await phones[0].add_friend(phones[1].username, opcode=1)
+        run.check("friend added with verifyuser", resp.username == phones[1].username,
+                  "already friends: added at once")
+        return
+    added = 0
+    for a, b in strangers:
+        asker, other = phones[a], phones[b]
+        await asker.add_friend(other.username, opcode=2, verify_content=f"我是{asker.username}")
+        asked = await run.wait_for(lambda: any(
+            m.msg_type == MSG_FRIEND_REQUEST and m.from_user == asker.username
+            for m in other.session.sync_state.messages))
+        if asked:
+            await other.add_friend(asker.username, opcode=3)
+            await asker.sync()
+            await other.sync()
+        added += (other.username in asker.session.sync_state.contacts
+                  and asker.username in other.session.sync_state.contacts)
+    run.check("friend added with verifyuser", added == len(strangers),
+              f"{added}/{len(strangers)} requests sent and accepted")
+
+
+async def sync_over_short_link(run: Run, phone: Phone, sender: Phone) -> None:
+    """The short link's own sync: `phone`'s long link goes down (no NOTIFY can reach it),
+    `sender` sends it a text, and `phone` fetches it with newsync over HTTP."""
+    await phone.session.link.close()
+    sent = await sender.send_text(phone.username, f"{phone.username}, are you there?")
+    phone.sync_door = Door.SHORT
+    await phone.sync()
+    run.check("newsync over the short link while the long link is down",
+              sent.new_msg_id in phone.metrics.received, f"message {sent.new_msg_id}")
 
 
 SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {

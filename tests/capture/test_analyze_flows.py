@@ -230,3 +230,17 @@ def test_dns_over_tcp_bounded_and_partial(tmp_path):
     a = analyze(str(write(tmp_path, segs)))
     assert a.dns == {} and a.error is None
     assert [e.kind for e in a.events if e.kind.startswith("dns")] == []
+
+
+def test_fin_acks_name_the_packet_that_acknowledged_each_fin(tmp_path):
+    """The closing FIN, the other side's ACK of it (even after the flow has ended), and a
+    FIN nobody acknowledged."""
+    c = Conn()
+    segs = c.handshake() + [c.c(b"GET / HTTP/1.0\r\n\r\n"), c.s(b"HTTP/1.0 200 OK\r\n\r\n")]
+    segs += [c.s(flags=FIN | ACK), c.c(flags=FIN | ACK), c.s()]    # packets 6, 7, 8
+    assert only_flow(write(tmp_path, segs))["fin_acks"] == {"c2s": 8, "s2c": 7}
+    c = Conn()
+    segs = c.handshake() + [c.c(b"x"), c.c(flags=FIN | ACK, ack=c.sseq)]
+    segs.append(c.s(ack=c.cseq - 1))      # acknowledges the data, not the FIN
+    assert only_flow(write(tmp_path, segs, "half.pcap"))["fin_acks"] == {"c2s": None,
+                                                                         "s2c": None}

@@ -16,8 +16,10 @@ from testbed.capture.pcapng_writer import capture_comment
 from testbed.capture.sniffer import sniff
 from testbed.client.scenarios import run_scenario
 from testbed.lab.addressing import AddressPlan
+from testbed.verify.storyboard import scenario_comment
 
 TIME_SCALE = 100.0
+PHONES, SEED = 2, 7
 
 
 async def main(out: str) -> dict:
@@ -27,7 +29,7 @@ async def main(out: str) -> dict:
     stop, ready = threading.Event(), threading.Event()
     box: dict = {}
     comment = capture_comment("sniffer", profile=manifest.profile, time_scale=TIME_SCALE,
-                              manifest=manifest)
+                              manifest=manifest, **scenario_comment(PHONES, SEED))
 
     def run() -> None:
         box["stats"] = sniff("lo", out, f"net {plan.prefix}.0/24", stop=stop, ready=ready,
@@ -37,7 +39,7 @@ async def main(out: str) -> dict:
     t.start()
     ready.wait(10)
     try:
-        result = await run_scenario("storyboard", manifest, clients=2, seed=7,
+        result = await run_scenario("storyboard", manifest, clients=PHONES, seed=SEED,
                                     local_addr=plan.phone)
     finally:
         await lab.stop()

@@ -16,6 +16,7 @@ import pytest
 
 from testbed.capture.tap import Tap
 from testbed.client.session import Session
+from tests.capture.json_contract import assert_valid
 from tests.capture.real import NDPI
 from tests.conftest import start_lab
 
@@ -65,7 +66,9 @@ def test_analyze_radio_on_a_tap_capture_matches_the_hand_calculation(tmp_path):
     heartbeat_capture(cap)
     p = run_analyze(str(cap), "--radio", "umts-2010", "--radio", "lte-2012", "--json")
     assert p.returncode == 0, p.stderr
-    radio = json.loads(p.stdout)["radio"]
+    doc = json.loads(p.stdout)
+    assert_valid(doc)
+    radio = doc["radio"]
     assert [pr["name"] for pr in radio["profiles"]] == ["umts-2010", "lte-2012"]
     assert "qian2010" in radio["profiles"][0]["sources"]
     rows = {(c["client"], c["profile"]): c for c in radio["clients"]}
@@ -124,7 +127,9 @@ async def test_analyze_radio_on_a_live_lab_recording(tmp_path):
         await lab.stop()
     p = await asyncio.to_thread(run_analyze, str(path), "--radio", "lte-2012", "--json")
     assert p.returncode == 0, p.stderr
-    clients = json.loads(p.stdout)["radio"]["clients"]
+    doc = json.loads(p.stdout)
+    assert_valid(doc)
+    clients = doc["radio"]["clients"]
     if own_block:    # the phone has its own address: it alone is a client, no server is
         assert [c["client"] for c in clients] == [plan.phone]
     c = clients[0]

@@ -10,6 +10,7 @@ import pytest
 from testbed.capture.analyze import analyze
 from testbed.cli import main
 
+from ..capture.json_contract import assert_valid
 from ..capture.real import REAL, REAL_FILES
 from ..capture.tshark import Reference, available, per_direction, tshark_per_direction
 
@@ -59,6 +60,7 @@ def test_small_captures_and_the_cli(capsys):
     assert max(len(v) for v in d.dns.values()) >= 6
     assert main(["analyze", str(REAL / "dns-multiple-a.pcapng"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
+    assert_valid(doc)
     assert doc["packets"] == 22 and doc["flows"] == [] and "google.com" in doc["dns"]
 
 
