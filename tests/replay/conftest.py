@@ -30,7 +30,7 @@ async def _chat_and_media(manifest) -> dict:
     sent = await a.send_text(b.username, "hello from a")
     await b.send_text(a.username, "hello from b", door="short")
     image = photo(rng, IMAGE_SIDE)
-    up = await a.send_image(b.username, image)
+    up = await a.send_media(b.username, image)
     for _ in range(400):       # b syncs on the NOTIFY
         msg = next((m for m in b.session.sync_state.messages
                     if m.new_msg_id == up.new_msg_id), None)
