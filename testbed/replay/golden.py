@@ -47,15 +47,17 @@ GOLDENS: dict[str, Golden] = {g.scenario: g for g in (
                             "open and identify their long links"),
     Golden("chat", 100, 1, "login, then a text each way: over the long link with the "
                            "receiver's NOTIFY and newsync, and the answer over the short link"),
-    # seed 283: two small images (131 and 132 pixels square), so the file stays small
-    Golden("media", 100, 283, "login, then an image each way: uploaded in chunks over the "
-                              "long link, downloaded, and fetched from mmsns.qpic.cn"),
+    # seed 283: small images (131 and 132 pixels square), so the file stays small
+    Golden("media", 100, 283, "login, then an image, a voice note and a video each way: "
+                              "uploaded in chunks over the long link, downloaded, the image "
+                              "fetched from mmsns.qpic.cn too"),
     Golden("nearby", 100, 1, "login, then people nearby: mapi.mapabc.com (cell and "
                              "regeo), lbsfind twice, avatars from wx.qlogo.cn"),
     Golden("heartbeat", 1000, 1, "login, then three heartbeats (NOOP every 300 s) on each "
                                  "long link: 0.9 s of wall time at k = 1000"),
     Golden("storyboard", 200, 283, "the lab report's whole session: DNS, TLS login, sync, "
-                                   "contacts and avatars, chat, images, nearby, heartbeats, "
+                                   "contacts and avatars, a friend added, chat, a sync over the "
+                                   "short link, image, voice and video, nearby, heartbeats, "
                                    "behaviour logs, logout"),
 )}
 
