@@ -1,0 +1,40 @@
+"""`testbed …`: the command line. `main(argv) -> int` so tests call it directly.
+
+One module per command group (`lab`, `emulate`, `analyze`, `verify`, `report`, `record`,
+`demo`, `profiles`; `study` lives in `testbed.study`), the options of all of them in
+`parser`, what several commands print the same way in `output`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser():
+    """The argparse parser of every command (`testbed.cli.parser.build_parser`)."""
+    from .parser import build_parser as build
+    return build()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one `testbed` command; returns its exit status."""
+    from .parser import build_parser, split_run_command
+
+    parser = build_parser()
+    argv, command = split_run_command(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(argv)
+    args.run_command = command
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if getattr(args, "serve_func", None) is not None:
+        return args.serve_func(args)
+    if getattr(args, "study_func", None) is not None:
+        return args.study_func(args)
+    if getattr(args, "handler", None) is not None:
+        return args.handler(args)
+    parser.print_help(sys.stderr)
+    return 2

@@ -1,0 +1,156 @@
+"""The command line's options: one parser for every command, each handler set on its own
+subparser (`args.handler`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from testbed import __version__
+from testbed.argtypes import nonneg_float, positive_float, positive_int
+
+from . import analyze, demo, emulate, lab, profiles, record, report, verify
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and its options; each command's handler is `args.handler(args) -> int`
+    (`args.study_func` for `study`)."""
+    p = argparse.ArgumentParser(
+        prog="testbed",
+        description="A lab for the 2013 WeChat protocol: mock hosts, emulated phones, "
+                    "capture, verification and reports. Start with `testbed demo`.")
+    p.add_argument("--version", action="version", version=f"testbed {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    lab_p = sub.add_parser("lab", help="run the mock hosts")
+    lab_sub = lab_p.add_subparsers(dest="lab_command", metavar="ACTION")
+    up = lab_sub.add_parser("up", help="start every host until Ctrl-C: in one process, or "
+                                       "with --store redis://... each in a process of its own")
+    up.add_argument("--users", type=positive_int, default=10, help="lab users (default 10)")
+    up.add_argument("--friends", choices=("all", "none"), default="all",
+                    help="make every pair of users friends (default) or none")
+    up.add_argument("--manifest", type=Path, default=Path("lab-manifest.json"),
+                    help="where to write the lab manifest (default ./lab-manifest.json)")
+    up.add_argument("--time-scale", type=positive_float, default=1.0,
+                    help="protocol seconds per wall second (default 1)")
+    up.add_argument("--profile", default="lab-report-2013",
+                    help="profile name or JSON file (see `testbed profiles`)")
+    up.add_argument("--subnet", default="127.0.0",
+                    help="first three octets of the lab's loopback /24 (default 127.0.0)")
+    up.add_argument("--privileged-ports", action="store_true",
+                    help="bind the profile's real ports (80, 443, 53); needs root")
+    up.add_argument("--nat-timeout", type=positive_float, default=None, metavar="SECONDS",
+                    help="put a carrier NAT in front of every TCP host that forgets a "
+                         "connection idle this many protocol seconds (e.g. 300)")
+    up.add_argument("--nat-latency", type=nonneg_float, default=0.0, metavar="SECONDS",
+                    help="fixed one-way latency the NAT adds (protocol seconds)")
+    up.add_argument("--record", type=Path, default=None, metavar="FILE",
+                    help="record everything with the in-process tap to this pcapng")
+    up.add_argument("--uvloop", action="store_true", help="run on uvloop if installed")
+    up.add_argument("--store", default="memory:", metavar="URL",
+                    help="where the lab's state lives: memory: (default, this process) or "
+                         "redis://HOST:PORT/DB[?namespace=NAME], which other processes can "
+                         "share; the lab empties its namespace when it stops")
+    up.add_argument("--reset-store", action="store_true",
+                    help="empty the store's namespace first (keys left by a lab that was "
+                         "killed)")
+    up.add_argument("--workers", type=positive_int, default=None,
+                    help="with a Redis store, where every host is a process of its own: "
+                         "worker processes for the long and the short link each (default 2)")
+    up.set_defaults(handler=lab.lab_up)
+
+    from testbed.serve_cli import add_lab_parsers, add_serve_parser
+    add_lab_parsers(lab_sub)
+    add_serve_parser(sub)
+
+    em = sub.add_parser("emulate", help="run emulated phones against a lab")
+    em.add_argument("scenario", choices=("login", "chat", "media", "nearby", "heartbeat",
+                                         "storyboard"))
+    em.add_argument("--manifest", type=Path, default=Path("lab-manifest.json"),
+                    help="the lab's manifest (default ./lab-manifest.json)")
+    em.add_argument("--clients", type=positive_int, default=2, help="phones (default 2)")
+    em.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS",
+                    help="protocol seconds for the heartbeat scenario (default: 3 beats)")
+    em.add_argument("--processes", type=positive_int, default=None,
+                    help="spread the phones over this many processes (default: 1 per "
+                         "5,000 phones)")
+    em.add_argument("--seed", type=int, default=None, help="random seed")
+    em.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    em.set_defaults(handler=emulate.emulate)
+
+    an = sub.add_parser("analyze", help="flows, DNS and TCP analysis of a capture")
+    an.add_argument("capture", type=Path)
+    an.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    an.add_argument("--events", action="store_true",
+                    help="also list every protocol event, bodies decoded (with --json: an "
+                         "\"events\" array)")
+    an.add_argument("--radio", action="append", default=[], metavar="PROFILE",
+                    help="what each client's traffic costs a cellular radio on this profile "
+                         "(repeatable; umts-2010, lte-2012, or a profile .json): wake-ups, "
+                         "signalling, radio-on time, energy, battery share")
+    an.set_defaults(handler=analyze.analyze)
+
+    ve = sub.add_parser("verify", help="check a capture against expectations")
+    ve.add_argument("capture", type=Path)
+    ve.add_argument("--storyboard", action="store_true",
+                    help="the lab report's statements (the default expectation set)")
+    ve.add_argument("--secret", action="append", default=[], metavar="TEXT",
+                    help="a password that must never appear in clear (repeatable)")
+    ve.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    ve.set_defaults(handler=verify.verify)
+
+    de = sub.add_parser("demo", help="run the lab report's session, record, verify, report")
+    de.add_argument("--out", type=Path, default=Path("captures/demo"),
+                    help="where demo.pcapng and report.html go (default ./captures/demo)")
+    de.add_argument("--time-scale", type=positive_float, default=100.0,
+                    help="protocol seconds per wall second (default 100: a 300 s "
+                         "heartbeat every 3 s)")
+    de.set_defaults(handler=demo.demo)
+
+    rec = sub.add_parser("record", help="capture from a network interface (root)")
+    rec.add_argument("--iface", default=None, help="interface, e.g. lo or a veth (root)")
+    rec.add_argument("--out", required=True, type=Path, help="pcapng file to write")
+    rec.add_argument("--filter", default=None, metavar="BPF",
+                     help="capture filter, e.g. 'tcp port 8080 or udp port 5353'")
+    rec.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS",
+                     help="stop after this many seconds (default: at Ctrl-C)")
+    rec.add_argument("--time-scale", type=positive_float, default=None,
+                     help="the time scale of the lab being recorded, kept in the capture so "
+                          "intervals read back in protocol time")
+    rec.add_argument("--run", action="store_true",
+                     help="instead of --iface: --run -- COMMAND ARGS... runs COMMAND in a "
+                          "private network namespace and records its lo (no root needed "
+                          "where user namespaces are allowed), e.g. --run -- testbed demo")
+    rec.set_defaults(handler=record.record, usage_error=rec.error)
+
+    rp = sub.add_parser("report", help="a self-contained HTML report of a capture")
+    rp.add_argument("capture", type=Path)
+    rp.add_argument("--html", type=Path, default=None, metavar="OUT",
+                    help="where to write it (default: CAPTURE.html beside the capture)")
+    rp.add_argument("--secret", action="append", default=[], metavar="TEXT",
+                    help="a password that must never appear in clear (repeatable)")
+    rp.set_defaults(handler=report.report)
+
+    try:
+        from testbed.study.heartbeat import register as register_study
+    except ImportError:  # pragma: no cover - the study needs nothing optional to import
+        register_study = None
+    if register_study is not None:
+        register_study(sub)
+    from testbed.replay.command import register as register_replay
+    register_replay(sub)
+
+    pr = sub.add_parser("profiles", help="list the built-in profiles")
+    pr.set_defaults(handler=profiles.profiles)
+    return p
+
+
+def split_run_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`record ... --run [--] CMD ARGS`: (our options, the command to record). Everything
+    after `--run [--]` is the command's, not ours."""
+    if argv[:1] == ["record"] and "--run" in argv:
+        cut = argv.index("--run") + 1
+        command = argv[cut + 1:] if argv[cut:cut + 1] == ["--"] else argv[cut:]
+        return argv[:cut], command
+    return argv, []
