@@ -285,19 +285,23 @@ class Lab:
                      QPIC: cdn.make_qpic_app(self.service)}
 
     async def stop(self) -> None:
-        await self._close_servers()
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if self.tap is not None:
-            self.tap.close()   # after the relays: their closing FINs are in the capture
-        if self.manifest_path is not None:
-            try:
-                os.unlink(self.manifest_path)
-            except FileNotFoundError:
-                pass
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
+        """Close every server, then the capture; remove the manifest. The capture is closed
+        and the manifest removed even when this is cancelled half-way (Ctrl-C)."""
+        try:
+            await self._close_servers()
+        finally:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            if self.tap is not None:
+                self.tap.close()   # after the relays: their closing FINs are in the capture
+            if self.manifest_path is not None:
+                try:
+                    os.unlink(self.manifest_path)
+                except FileNotFoundError:
+                    pass
+            if self._tmpdir is not None:
+                self._tmpdir.cleanup()
 
     def server_errors(self) -> list[BaseException]:
         """Exceptions raised inside handlers, for tests to re-raise."""

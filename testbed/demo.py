@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 from mocks.runner import LabConfig, start_lab
 from testbed.client.scenarios import ScenarioResult, run_scenario
+from testbed.interrupt import cleaning_up
 from testbed.lab.addressing import AddressPlan
 from testbed.verify.storyboard import scenario_comment
 
@@ -65,7 +66,8 @@ async def run_demo(out_dir: Path, time_scale: float = 100.0,
                                     progress=lambda f, t: progress(0.05 + 0.8 * f, t))
     finally:
         progress(0.86, "stopping the lab")
-        await lab.stop()
+        with cleaning_up():
+            await lab.stop()
     progress(0.9, "analysing the capture")
     capture = out / "demo.pcapng"
     analysis = await asyncio.to_thread(analyze, str(capture), needles=passwords)

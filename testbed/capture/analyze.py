@@ -9,6 +9,7 @@ caller can switch off for huge captures).
 from __future__ import annotations
 
 import functools
+import math
 import socket
 import statistics
 from dataclasses import dataclass, field
@@ -91,9 +92,21 @@ class Analysis:
             return 0.0
         return self.last_ts - self.first_ts
 
+    assumed_time_scale: Optional[float] = None   # used when the capture does not say
+
     @property
     def time_scale(self) -> float:
-        return time_scale_of(self.meta)
+        """Protocol seconds per wall second: the capture's own (the tap and `testbed record
+        --time-scale` write it), else `assumed_time_scale` (`--time-scale` for a foreign
+        capture, say a tcpdump), else 1."""
+        return time_scale_of(self.meta, self.assumed_time_scale)
+
+    @property
+    def time_scale_source(self) -> str:
+        """Where `time_scale` comes from: "capture", "assumed" or "default"."""
+        if recorded_time_scale(self.meta) is not None:
+            return "capture"
+        return "default" if self.assumed_time_scale is None else "assumed"
 
     def protocol_seconds(self, wall: float) -> float:
         return wall * self.time_scale
@@ -105,6 +118,7 @@ class Analysis:
             "schema": SCHEMA_VERSION,
             "file": self.path, "packets": self.packets,
             "duration_s": round(self.duration, 6), "time_scale": self.time_scale,
+            "time_scale_from": self.time_scale_source,
             "made_by": how if how in MADE_BY else None, "truncated": self.truncated,
             "error": self.error,
             "kernel_drops": {str(iface): n for iface, n in self.drops.items()},
@@ -414,26 +428,40 @@ class Analyzer:
         return r
 
 
-def time_scale_of(meta: Optional[dict]) -> float:
-    """The time scale a capture's section comment recorded (1 when it says nothing usable)."""
+def recorded_time_scale(meta: Optional[dict]) -> Optional[float]:
+    """The time scale a capture's section comment recorded, or None when it says nothing
+    usable."""
     try:
-        return float((meta or {}).get("time_scale") or 1.0)
+        v = float((meta or {}).get("time_scale") or 0)
     except (TypeError, ValueError):
-        return 1.0
+        return None
+    return v if v > 0 and math.isfinite(v) else None
+
+
+def time_scale_of(meta: Optional[dict], assumed: Optional[float] = None) -> float:
+    """The time scale a capture's section comment recorded, else `assumed`, else 1."""
+    recorded = recorded_time_scale(meta)
+    if recorded is not None:
+        return recorded
+    return assumed if assumed else 1.0
 
 
 def analyze(path: str, *, keep_events: bool = True, needles: Iterable[bytes] = (),
             on_event: Optional[Callable[[Event], None]] = None,
-            body_limit: int = BODY_KEEP) -> Analysis:
+            body_limit: int = BODY_KEEP, time_scale: Optional[float] = None) -> Analysis:
     """Read a capture file and return its analysis (partial if the file is damaged);
-    events keep `body_limit` bytes of each body."""
+    events keep `body_limit` bytes of each body.
+
+    `time_scale`: protocol seconds per wall second to assume when the capture does not
+    record its own (a tcpdump of a lab running at 100: 100)."""
     cap = read_capture(path)
     # the section comment is read when the file is opened, before any packet
     meta = cap.meta if isinstance(cap.meta, dict) else None
     a = Analyzer(keep_events=keep_events, needles=needles, on_event=on_event,
-                 time_scale=time_scale_of(meta), body_limit=body_limit)
+                 time_scale=time_scale_of(meta, time_scale), body_limit=body_limit)
     a.result.path = str(path)
     a.result.meta = meta
+    a.result.assumed_time_scale = time_scale
     for pkt in cap:
         a.feed_packet(pkt)
     r = a.finish()

@@ -230,16 +230,26 @@ def sniff(iface: str, out: Union[str, os.PathLike], bpf: Optional[str] = None, *
 
 
 def record_main(iface: str, out: Union[str, os.PathLike], bpf: Optional[str] = None,
-                duration: Optional[float] = None, *, comment: Optional[dict] = None) -> int:
+                duration: Optional[float] = None, *, comment: Optional[dict] = None,
+                as_json: bool = False) -> int:
     """`testbed record`: capture until SIGINT/SIGTERM or `duration`; print the counts.
-    Exit status 0, or 2 when capturing is impossible (not root, no interface, bad filter)."""
+    Exit status 0 after `duration`, 128 + the signal's number after SIGINT (130) or SIGTERM
+    (143), the capture closed cleanly either way; 2 when capturing is impossible (not root,
+    no interface, bad filter). The counts go to stdout, as JSON with `as_json`."""
     stop = threading.Event()
     ready = threading.Event()
     previous = {}
+    stopped_by: list[int] = []
     in_main = threading.current_thread() is threading.main_thread()
+
+    def on_signal(signum: int, _frame) -> None:
+        if not stopped_by:
+            stopped_by.append(signum)
+        stop.set()
+
     if in_main:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+            previous[sig] = signal.signal(sig, on_signal)
 
     def announce() -> None:
         ready.wait()
@@ -262,7 +272,14 @@ def record_main(iface: str, out: Union[str, os.PathLike], bpf: Optional[str] = N
         ready.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print(f"{st.packets} packets captured ({st.bytes} bytes), "
-          f"{st.kernel_packets} received by filter, {st.kernel_drops} dropped by kernel",
-          flush=True)
-    return 0
+    status = 128 + stopped_by[0] if stopped_by else 0
+    if as_json:
+        import dataclasses
+        import json
+        print(json.dumps({"capture": str(out), **dataclasses.asdict(st),
+                          "exit_status": status}, indent=2), flush=True)
+    else:
+        print(f"{st.packets} packets captured ({st.bytes} bytes), "
+              f"{st.kernel_packets} received by filter, {st.kernel_drops} dropped by kernel",
+              flush=True)
+    return status

@@ -8,6 +8,8 @@ One module per command group (`lab`, `emulate`, `analyze`, `verify`, `report`, `
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -21,7 +23,18 @@ def build_parser():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one `testbed` command; returns its exit status."""
+    """Run one `testbed` command; returns its exit status (128 + the signal's number when
+    SIGINT or SIGTERM stopped it: 130, 143)."""
+    from testbed.interrupt import run_command
+
+    try:
+        return run_command(_dispatch, argv)
+    except BrokenPipeError:   # `testbed ... | head`: the reader has gone, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _dispatch(argv: Optional[Sequence[str]]) -> int:
     from .parser import build_parser, split_run_command
 
     parser = build_parser()

@@ -1,37 +1,77 @@
-"""`testbed lab ...`: run the mock hosts."""
+"""`testbed lab up`: run the mock hosts (`lab seed`, `lab manifest` and `serve` are in
+`testbed.serve_cli`)."""
 
 from __future__ import annotations
 
 import asyncio
-import signal
+
+from rich.markup import escape
+
+from .output import err_console, error, os_error_text, out_console, print_json
+
+
+def host_rows(manifest, pids: dict[str, str] | None = None) -> list[tuple[str, ...]]:
+    """(host, addresses, port[, processes]) for every lab host and the resolver; `pids`:
+    the processes of each host of a lab of processes, by host name ("dns" for the
+    resolver)."""
+    rows = []
+    for name, h in manifest.hosts.items():
+        port = str(h.port) + (f", TLS {h.tls_port}" if h.tls_port else "")
+        rows.append((name, " ".join(h.addresses), port, *([pids[name]] if pids else [])))
+    rows.append(("lab resolver (DNS)", manifest.dns_address, str(manifest.dns_port),
+                 *([pids["dns"]] if pids else [])))
+    return rows
+
+
+def lab_doc(lab, users: int, store=None, pids: dict[str, str] | None = None) -> dict:
+    """`lab up --json`: what the host table shows, in full (no passwords: the manifest
+    file has those)."""
+    from mocks.state import redact_url
+
+    m = lab.manifest
+    namespace = getattr(store, "namespace", None)
+    record = getattr(lab, "record_path", None)
+    return {"profile": m.profile, "time_scale": m.time_scale, "users": users,
+            "hosts": {name: h.to_dict() for name, h in m.hosts.items()},
+            "dns": {"address": m.dns_address, "port": m.dns_port},
+            "manifest": str(lab.manifest_path.resolve()) if lab.manifest_path else None,
+            "record": str(record) if record is not None else None,
+            "nat": m.extra.get("nat"),
+            "store": ({"url": redact_url(store.url), "namespace": namespace}
+                      if namespace else None),
+            "processes": ({host: [int(p) for p in pid.split()] for host, pid in pids.items()}
+                          if pids else None)}
 
 
 def lab_up(args) -> int:
-    from rich.console import Console
+    """Start the lab, print its hosts (stdout), run until SIGINT/SIGTERM (or, for a lab of
+    processes, until one of its hosts ends)."""
     from rich.table import Table
 
     from mocks.lab_manifest import HOST_OF_ROLE
     from mocks.runner import Lab, LabConfig
     from mocks.state import redact_url
-    from testbed.serve_cli import open_store
+    from testbed import interrupt
+    from testbed.eventloop import Loop, have_uvloop
+    from testbed.eventloop import run as run_on
     from testbed.lab.addressing import AddressPlan
     from testbed.lab.profiles import load_profile
+    from testbed.serve_cli import open_store
 
-    console = Console(stderr=True)
+    console = err_console()
     try:
         load_profile(args.profile)
         plan = AddressPlan(args.subnet)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(console, str(exc))
         return 2
     if args.workers is not None and not args.store.startswith(("redis", "unix")):
-        console.print("[red]error:[/red] --workers needs a store the workers share: "
-                      "--store redis://HOST:PORT/DB")
+        error(console, "--workers needs a store the workers share: --store "
+                       "redis://HOST:PORT/DB")
         return 2
     if args.record is not None and args.store.startswith(("redis", "unix")):
-        console.print("[red]error:[/red] --record needs the one-process lab (the in-process "
-                      "tap); on Redis every host is a process: record with `testbed record "
-                      "--iface lo`")
+        error(console, "--record needs the one-process lab (the in-process tap); on Redis "
+                       "every host is a process: record with `testbed record --iface lo`")
         return 2
     cfg = LabConfig(users=args.users, friends=args.friends, profile=args.profile,
                     time_scale=args.time_scale, plan=plan,
@@ -47,17 +87,19 @@ def lab_up(args) -> int:
             if args.reset_store:
                 await store.clear()
             elif (held := await store.user_count()) > 0:
-                console.print(f"[red]error:[/red] the store {args.store} already holds a lab "
-                              f"({held} users): another lab uses that namespace, or one was "
-                              f"killed before it could empty it. Choose another with "
-                              f"?namespace=NAME, or pass --reset-store")
+                error(console, f"the store {args.store} already holds a lab ({held} users): "
+                               f"another lab uses that namespace, or one was killed before "
+                               f"it could empty it. Choose another with ?namespace=NAME, or "
+                               f"pass --reset-store")
                 return 1
             try:
                 return await serve(store)
             finally:
-                await store.clear()     # a lab leaves nothing behind in a shared Redis
+                with interrupt.cleaning_up():
+                    await store.clear()     # a lab leaves nothing behind in a shared Redis
         finally:
-            await store.close()
+            with interrupt.cleaning_up():
+                await store.close()
 
     async def serve(store) -> int:
         from mocks.process_lab import HostFailed, ProcessLab
@@ -68,77 +110,61 @@ def lab_up(args) -> int:
                              uvloop=args.uvloop)
         else:
             lab = Lab(cfg, store=store)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        starting = asyncio.ensure_future(lab.start())
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():     # Ctrl-C while the hosts start
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-            await lab.stop()
-            return 0
         try:
-            manifest = starting.result()
-        except OSError as exc:
-            console.print(f"[red]error:[/red] cannot bind the lab: {exc}. Is another lab "
-                          f"running on {plan.prefix}.x? Try --subnet 127.0.1")
-            await lab.stop()
-            return 1
-        except HostFailed as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            await lab.stop()
-            return 1
-        table = Table(title=f"lab up: profile {manifest.profile}, time scale "
-                            f"{manifest.time_scale:g}, {args.users} users")
-        table.add_column("host")
-        table.add_column("addresses")
-        table.add_column("port")
-        if processes:
-            table.add_column("processes")
-            pids = {HOST_OF_ROLE.get(c.role, c.role): " ".join(map(str, c.pids))
-                    for c in lab.children}
-        for name, h in manifest.hosts.items():
-            port = str(h.port) + (f", TLS {h.tls_port}" if h.tls_port else "")
-            table.add_row(name, " ".join(h.addresses), port,
-                          *([pids[name]] if processes else []))
-        table.add_row("lab resolver (DNS)", manifest.dns_address, str(manifest.dns_port),
-                      *([pids["dns"]] if processes else []))
-        console.print(table)
-        if getattr(lab, "record_path", None) is not None:
-            console.print(f"recording to {lab.record_path} (closed when the lab stops)")
-        if args.nat_timeout is not None:
-            console.print(f"carrier NAT in front of every TCP host: idle timeout "
-                          f"{args.nat_timeout:g} s, latency {args.nat_latency:g} s"
-                          + (f" (pid {pids['nat']})" if processes else ""))
-        if processes:
-            console.print(f"state: Redis {redact_url(store.url)}, namespace "
-                          f"{store.namespace}; every host a `testbed serve` process, "
-                          f"{args.workers or 2} workers each for the long and short links")
-        console.print(f"event loop: {on}")
-        console.print(f"manifest: {lab.manifest_path.resolve()}   (Ctrl-C to stop)")
-        ended = asyncio.ensure_future(lab.wait()) if processes else None
-        await asyncio.wait({stopped, *([ended] if ended else [])},
-                           return_when=asyncio.FIRST_COMPLETED)
-        code = 0
-        if ended is not None:
-            if ended.done():
-                console.print(f"[red]error:[/red] {ended.result()}: stopping the lab")
-                code = 1
+            try:
+                manifest = await lab.start()
+            except OSError as exc:
+                if exc.filename is not None:    # the manifest, the CA or the capture
+                    error(console, f"cannot start the lab: {os_error_text(exc)}")
+                    return 1
+                error(console, f"cannot bind the lab: {exc}. Is another lab running on "
+                               f"{plan.prefix}.x? Try --subnet 127.0.1")
+                return 1
+            except HostFailed as exc:
+                error(console, str(exc))
+                return 1
+            pids = ({HOST_OF_ROLE.get(c.role, c.role): " ".join(map(str, c.pids))
+                     for c in lab.children} if processes else None)
+            if args.json:
+                print_json(lab_doc(lab, args.users, store, pids))
             else:
-                ended.cancel()
-        console.print("stopping")
-        await lab.stop()
-        return code
-
-    from testbed.eventloop import Loop, have_uvloop
-    from testbed.eventloop import run as run_on
+                table = Table(title=f"lab up: profile {manifest.profile}, time scale "
+                                    f"{manifest.time_scale:g}, {args.users} users")
+                for col in ("host", "addresses", "port", *(["processes"] if pids else [])):
+                    table.add_column(col)
+                for row in host_rows(manifest, pids):
+                    table.add_row(*row)
+                out = out_console()
+                out.print(table)
+                out.file.flush()
+            if getattr(lab, "record_path", None) is not None:
+                console.print(f"recording to {escape(str(lab.record_path))} (closed when the "
+                              f"lab stops)")
+            if args.nat_timeout is not None:
+                console.print(f"carrier NAT in front of every TCP host: idle timeout "
+                              f"{args.nat_timeout:g} s, latency {args.nat_latency:g} s"
+                              + (f" (pid {pids['nat']})" if pids else ""))
+            if processes:
+                console.print(f"state: Redis {redact_url(store.url)}, namespace "
+                              f"{store.namespace}; every host a `testbed serve` process, "
+                              f"{args.workers or 2} workers each for the long and short links")
+            console.print(f"event loop: {on}")
+            console.print(f"manifest: {escape(str(lab.manifest_path.resolve()))}   "
+                          f"(Ctrl-C to stop)", soft_wrap=True)
+            if processes:     # until a host ends, or a signal cancels this task
+                error(console, f"{await lab.wait()}: stopping the lab")
+                return 1
+            await asyncio.Event().wait()    # until a signal cancels this task
+            return 0
+        finally:
+            if lab.manifest is not None:
+                console.print("stopping")
+            with interrupt.cleaning_up():
+                await lab.stop()
 
     on = Loop.ASYNCIO
     if args.uvloop and have_uvloop():
         on = Loop.UVLOOP
     elif args.uvloop:
         console.print("[yellow]uvloop not installed; using asyncio[/yellow]")
-    return run_on(run(), on)
+    return interrupt.run(run(), lambda main: run_on(main, on))

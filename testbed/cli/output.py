@@ -1,22 +1,72 @@
-"""What several commands print the same way."""
+"""What every command prints the same way: tables on stdout at most 100 columns wide
+(cells wrap or are elided; `--json` has the full values), diagnostics and errors on stderr,
+one line per error."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
+from typing import Any, Optional
+
+from testbed.console import table_width
+
+def out_console():
+    """The console for results (tables): stdout."""
+    from rich.console import Console
+    return Console(width=table_width(sys.stdout))
 
 
-def open_analysis(path: Path, console, needles=()):
+def err_console():
+    """The console for diagnostics, progress and errors: stderr."""
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+def print_json(doc: Any) -> None:
+    """A `--json` document on stdout."""
+    print(json.dumps(doc, indent=2, ensure_ascii=False, default=str), flush=True)
+
+
+def error(console, text: str, path: Optional[os.PathLike | str] = None) -> None:
+    """`error: PATH: TEXT` on one line, the path only once even when TEXT names it."""
+    from rich.markup import escape
+
+    where = "" if path is None or str(path) in text else f"{path}: "
+    console.print(f"[red]error:[/red] {escape(where + text)}", highlight=False,
+                  soft_wrap=True)
+
+
+def os_error_text(exc: OSError) -> str:
+    """`PATH: what went wrong` for an OSError about a file, without errno or quotes."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror or str(exc)
+
+
+def note(console, text: str) -> None:
+    """A diagnostic line (`note: ...`), printed as it is (no markup), never wrapped."""
+    console.print(f"note: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+def open_analysis(path: Path, console, needles=(), time_scale: Optional[float] = None):
+    """The capture's analysis, or None after saying on `console` why it cannot be read.
+    `time_scale`: what to assume when the capture does not record its own."""
     from testbed.capture.analyze import analyze
     from testbed.capture.packets import CaptureError
 
     try:
-        return analyze(str(path), needles=needles)
+        a = analyze(str(path), needles=needles, time_scale=time_scale)
     except (CaptureError, OSError) as exc:
-        console.print(f"[red]error:[/red] {path}: {exc}")
+        error(console, str(exc), path)
         return None
+    if time_scale is not None and a.time_scale_source == "capture" \
+            and a.time_scale != time_scale:
+        note(console, f"{path} records time scale {a.time_scale:g}; --time-scale "
+                      f"{time_scale:g} ignored")
+    return a
 
 
 def doc_start(a) -> float:
     return a.first_ts or 0.0
-
-

@@ -12,6 +12,10 @@ from testbed.argtypes import nonneg_float, positive_float, positive_int
 from . import analyze, demo, emulate, lab, profiles, record, report, verify
 
 
+TIME_SCALE_HELP = ("protocol seconds per wall second of the lab that was captured, used when "
+                   "the capture does not record it (a tcpdump of `testbed demo`: 100)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and its options; each command's handler is `args.handler(args) -> int`
     (`args.study_func` for `study`)."""
@@ -58,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=positive_int, default=None,
                     help="with a Redis store, where every host is a process of its own: "
                          "worker processes for the long and the short link each (default 2)")
+    up.add_argument("--json", action="store_true",
+                    help="print the host table as JSON on stdout (once every host is up)")
     up.set_defaults(handler=lab.lab_up)
 
     from testbed.serve_cli import add_lab_parsers, add_serve_parser
@@ -89,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what each client's traffic costs a cellular radio on this profile "
                          "(repeatable; umts-2010, lte-2012, or a profile .json): wake-ups, "
                          "signalling, radio-on time, energy, battery share")
+    an.add_argument("--time-scale", type=positive_float, default=None, metavar="K",
+                    help=TIME_SCALE_HELP)
     an.set_defaults(handler=analyze.analyze)
 
     ve = sub.add_parser("verify", help="check a capture against expectations")
@@ -98,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--secret", action="append", default=[], metavar="TEXT",
                     help="a password that must never appear in clear (repeatable)")
     ve.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    ve.add_argument("--time-scale", type=positive_float, default=None, metavar="K",
+                    help=TIME_SCALE_HELP)
     ve.set_defaults(handler=verify.verify)
 
     de = sub.add_parser("demo", help="run the lab report's session, record, verify, report")
@@ -106,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--time-scale", type=positive_float, default=100.0,
                     help="protocol seconds per wall second (default 100: a 300 s "
                          "heartbeat every 3 s)")
+    de.add_argument("--json", action="store_true",
+                    help="print the verdicts, the scenario's steps and the files as JSON")
     de.set_defaults(handler=demo.demo)
 
     rec = sub.add_parser("record", help="capture from a network interface (root)")
@@ -122,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="instead of --iface: --run -- COMMAND ARGS... runs COMMAND in a "
                           "private network namespace and records its lo (no root needed "
                           "where user namespaces are allowed), e.g. --run -- testbed demo")
+    rec.add_argument("--json", action="store_true",
+                     help="print the capture's counts as JSON on stdout")
     rec.set_defaults(handler=record.record, usage_error=rec.error)
 
     rp = sub.add_parser("report", help="a self-contained HTML report of a capture")
@@ -130,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to write it (default: CAPTURE.html beside the capture)")
     rp.add_argument("--secret", action="append", default=[], metavar="TEXT",
                     help="a password that must never appear in clear (repeatable)")
+    rp.add_argument("--time-scale", type=positive_float, default=None, metavar="K",
+                    help=TIME_SCALE_HELP)
     rp.set_defaults(handler=report.report)
 
     try:
@@ -142,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_replay(sub)
 
     pr = sub.add_parser("profiles", help="list the built-in profiles")
+    pr.add_argument("--json", action="store_true", help="every field of every profile as JSON")
     pr.set_defaults(handler=profiles.profiles)
     return p
 

@@ -2,39 +2,42 @@
 
 from __future__ import annotations
 
-from .output import open_analysis
+from rich.markup import escape
+
+from .analyze import warn_incomplete
+from .output import err_console, open_analysis, out_console, print_json
+
+VERDICT_TEXT = {True: "[green]holds[/green]", False: "[red]FAILS[/red]"}
 
 
 def verify(args) -> int:
-    import json
-
-    from rich.console import Console
+    """The verdicts (stdout, or `--json`); 1 if a statement fails. A truncated capture is
+    said on stderr before them."""
     from rich.table import Table
 
     from testbed.verify import verify_storyboard
 
-    console = Console(stderr=True)
+    console = err_console()
     secrets = [s.encode() for s in args.secret]
-    a = open_analysis(args.capture, console, needles=secrets)
+    a = open_analysis(args.capture, console, needles=secrets, time_scale=args.time_scale)
     if a is None:
         return 2
+    warn_incomplete(console, a)
     verdicts = verify_storyboard(a, secrets=secrets)
     failed = [v for v in verdicts if v.ok is False]
     if args.json:
-        print(json.dumps({"capture": str(args.capture), "ok": not failed,
-                          "verdicts": [v.to_dict() for v in verdicts]}, indent=2,
-                         ensure_ascii=False))
+        print_json({"capture": str(args.capture), "ok": not failed,
+                    "truncated": a.truncated, "error": a.error,
+                    "time_scale": a.time_scale, "time_scale_from": a.time_scale_source,
+                    "verdicts": [v.to_dict() for v in verdicts]})
     else:
-        t = Table(title=f"storyboard verdicts for {args.capture}")
+        t = Table(title=f"storyboard verdicts for {escape(str(args.capture))}")
         t.add_column("#")
         t.add_column("statement")
         t.add_column("verdict")
         t.add_column("detail")
         for v in verdicts:
-            verdict = {True: "[green]holds[/green]", False: "[red]FAILS[/red]",
-                       None: f"[dim]n/a ({v.scope})[/dim]"}[v.ok]
-            t.add_row(v.id, v.statement, verdict, v.detail)
-        Console().print(t)
+            t.add_row(v.id, escape(v.statement),
+                      VERDICT_TEXT.get(v.ok, f"[dim]n/a ({v.scope})[/dim]"), escape(v.detail))
+        out_console().print(t)
     return 1 if failed else 0
-
-

@@ -27,6 +27,10 @@ ProgressFn = Callable[[float, str], None]
 AMR_MAGIC = b"#!AMR\n"
 AMR_BYTES_PER_S = 50 * 32        # AMR-NB 12.2 kbit/s: 50 frames of 32 bytes a second
 MP4_FTYP = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
+HEARTBEAT_BEATS = 3         # the heartbeat scenario waits this many intervals (and a bit)
+OTHER_STEPS_WALL_S = 2.0    # about what the storyboard's steps other than heartbeats take
+LONG_WAIT_S = 30.0          # wall seconds beyond which a command says how long it will take
+FAST_TIME_SCALE = 100.0     # the time scale to suggest: a 300 s heartbeat every 3 s
 
 # people nearby: around the report's university district in Beijing (Haidian)
 BASE_LON, BASE_LAT = 116.3105, 39.9925
@@ -70,6 +74,7 @@ class Run:
         self.clients = clients
         self.duration = duration
         self.progress = progress or (lambda f, t: None)
+        self.report: ProgressFn = self.progress   # the current step's share of the bar
         self.local_addr = local_addr
         self.rng = rng
         self.clock = Clock(manifest.time_scale)
@@ -77,6 +82,10 @@ class Run:
         self.phones: list[Phone] = []
         self.seen: list[Phone] = []     # every phone of the run, for the metrics
         self.result: Optional[ScenarioResult] = None
+
+    def span(self, start: float, end: float) -> ProgressFn:
+        """Progress of one step, drawn between `start` and `end` of the whole bar."""
+        return lambda frac, text: self.progress(start + (end - start) * frac, text)
 
     def check(self, name: str, ok: bool, detail: str = "") -> bool:
         self.result.steps.append(Step(name, bool(ok), detail, round(self.clock.now(), 3)))
@@ -159,7 +168,7 @@ async def chat(run: Run) -> None:
         delivered += await run.wait_received(pb_, r.new_msg_id)
         back = await pb_.send_text(pa.username, "收到", door="short")
         replied += await run.wait_received(pa, back.new_msg_id)
-        run.progress((n + 1) / len(phones), "chat")
+        run.report((n + 1) / len(phones), "chat")
     pairs = len(_pairs(len(phones)))
     run.check("push then sync delivers (long link)", delivered == pairs, f"{delivered}/{pairs}")
     run.check("reply over the short link delivered", replied == pairs, f"{replied}/{pairs}")
@@ -196,7 +205,7 @@ async def media(run: Run) -> None:
                 web = WebClient(run.manifest, pb_.session.resolver, local_addr=run.local_addr)
                 cdn = await web.get(msg.media.cdn_url)
                 ok_cdn += cdn.status == 200 and cdn.body == data
-        run.progress((n + 1) / len(pairs), "media")
+        run.report((n + 1) / len(pairs), "media")
     run.check("image uploaded in chunks, downloaded identical", ok[MSG_IMAGE] == len(pairs),
               f"{ok[MSG_IMAGE]}/{len(pairs)}")
     run.check("image served by mmsns.qpic.cn", ok_cdn == len(pairs), f"{ok_cdn}/{len(pairs)}")
@@ -226,7 +235,7 @@ async def nearby(run: Run) -> None:
         found_all += names >= others and dist == sorted(dist) and p.username not in names
         avatars_ok += all(body.startswith(b"\x89PNG\r\n\x1a\n") for body in res.avatars.values()) \
             and len(res.avatars) == len(names)
-        run.progress((n + 1) / len(phones), "nearby")
+        run.report((n + 1) / len(phones), "nearby")
     run.check(f"location from {MAPABC}", located == len(phones), f"{located}/{len(phones)}")
     run.check("lbsfind finds the others, nearest first", found_all == len(phones),
               f"{found_all}/{len(phones)}")
@@ -234,16 +243,71 @@ async def nearby(run: Run) -> None:
               f"{avatars_ok}/{len(phones)}")
 
 
-async def heartbeat(run: Run, beats: int = 3) -> None:
+def heartbeat_duration(interval: float, duration: Optional[float] = None,
+                       beats: int = HEARTBEAT_BEATS) -> float:
+    """Protocol seconds the heartbeat scenario runs: `duration`, or `beats` intervals and
+    a fifth."""
+    return duration or interval * (beats + 0.2)
+
+
+def protocol_wait_s(name: str, heartbeat_s: float, duration: Optional[float] = None) -> float:
+    """Protocol seconds scenario `name` spends waiting on the lab's clock (heartbeats every
+    `heartbeat_s`, the manifest's interval): at time scale k that is this / k wall seconds,
+    however fast the machine. The other steps take round trips, not protocol time."""
+    if name in ("heartbeat", "storyboard"):
+        return heartbeat_duration(heartbeat_s, duration)
+    return 0.0
+
+
+def expected_wall_s(name: str, heartbeat_s: float, time_scale: float,
+                    duration: Optional[float] = None) -> float:
+    """About how many wall seconds scenario `name` takes on a lab at `time_scale`."""
+    waits = protocol_wait_s(name, heartbeat_s, duration) / time_scale
+    return waits + (OTHER_STEPS_WALL_S if name == "storyboard" else 0.0)
+
+
+def long_wait_notice(name: str, heartbeat_s: float, time_scale: float,
+                     duration: Optional[float] = None,
+                     option: str = "`testbed lab up --time-scale {k}`") -> Optional[str]:
+    """What to tell a user before a run that will take more than LONG_WAIT_S wall seconds
+    (None for a shorter one): how long, why, and the `option` (with `{k}` for a faster time
+    scale) that makes it shorter."""
+    wall = expected_wall_s(name, heartbeat_s, time_scale, duration)
+    if wall <= LONG_WAIT_S:
+        return None
+    waits = protocol_wait_s(name, heartbeat_s, duration)
+    text = (f"{name} takes about {_duration_text(wall)}: it waits {waits:g} protocol s of "
+            f"heartbeats and the lab runs at time scale {time_scale:g}.")
+    hints = []
+    if time_scale < FAST_TIME_SCALE:
+        faster = expected_wall_s(name, heartbeat_s, FAST_TIME_SCALE, duration)
+        hints.append(f"a faster lab clock: {option.format(k=f'{FAST_TIME_SCALE:g}')} would "
+                     f"take about {_duration_text(faster)}")
+    if duration:
+        hints.append("a shorter --duration")
+    if hints:
+        text += " Shorter with " + ", or ".join(hints) + "."
+    return text
+
+
+def _duration_text(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+async def heartbeat(run: Run, beats: int = HEARTBEAT_BEATS) -> None:
     phones = run.phones or await run.start_phones(run.clients)
     interval = max(p.policy.interval() for p in phones)
-    duration = run.duration or interval * (beats + 0.2)
+    duration = heartbeat_duration(interval, run.duration, beats)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(p.run(stop)) for p in phones]
     t0 = run.clock.now()
     while run.clock.now() - t0 < duration:
         await asyncio.sleep(min(0.2, max(0.01, run.clock.to_wall(duration) / 50)))
-        run.progress(min(1.0, (run.clock.now() - t0) / duration), "heartbeat")
+        run.report(min(1.0, (run.clock.now() - t0) / duration), "heartbeat")
         if any(t.done() for t in tasks):
             break
     stop.set()
@@ -272,6 +336,10 @@ async def storyboard(run: Run) -> None:
                   clock=run.clock, local_addr=run.local_addr, rng=run.rng)
     addrs = await first.session.resolve(LONG)
     run.check("DNS: several A records for long.weixin.qq.com", len(addrs) >= 2, ", ".join(addrs))
+    # the bar moves with the wall clock: heartbeats get their share of the expected time
+    hb_wall = protocol_wait_s("storyboard", run.manifest.heartbeat_s,
+                              run.duration) / run.clock.scale
+    pre = OTHER_STEPS_WALL_S / (OTHER_STEPS_WALL_S + hb_wall)
     phones = [first] + [Phone(run.manifest, run.user(i)["username"], run.user(i)["password"],
                               clock=run.clock, local_addr=run.local_addr, rng=run.rng)
                         for i in range(1, n)]
@@ -287,15 +355,18 @@ async def storyboard(run: Run) -> None:
     heads = await first.session.cgi("batchgetheadimg", pb.BatchGetHeadImgRequest(
         base=first.session.base(), usernames=[p.username for p in phones]))
     run.check("avatar URLs from batchgetheadimg", len(heads.imgs) == n)
-    run.progress(0.15, "chat")
+    run.progress(pre * 0.2, "chat")
+    run.report = run.span(pre * 0.2, pre * 0.4)
     await chat(run)
-    run.progress(0.35, "media")
+    run.report = run.span(pre * 0.4, pre * 0.6)
     await media(run)
-    run.progress(0.5, "nearby")
+    run.report = run.span(pre * 0.6, pre)
     await nearby(run)
-    run.progress(0.6, "heartbeat")
+    run.report = run.span(pre, 0.99)
     await heartbeat(run)
     await sync_over_short_link(run, phones[1], phones[0])
+    run.report = run.progress
+    run.progress(0.99, "behaviour logs, logout")
     accepted = 0
     for p in phones:
         accepted += await p.report({1: "chat_open", 2: "nearby_open", 3: f"beats:"

@@ -7,7 +7,6 @@ its own loopback source address and its own slice of the lab's users.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Optional
 
 from testbed.lab.addressing import client_address
@@ -63,12 +62,14 @@ def merge(results: list[ScenarioResult]) -> ScenarioResult:
     return out
 
 
-def run_swarm(name: str, manifest_path: str, clients: int, *, processes: Optional[int] = None,
-              duration: Optional[float] = None, seed: Optional[int] = None,
-              progress: Optional[ProgressFn] = None) -> ScenarioResult:
+async def swarm(name: str, manifest_path: str, clients: int, *,
+                processes: Optional[int] = None, duration: Optional[float] = None,
+                seed: Optional[int] = None,
+                progress: Optional[ProgressFn] = None) -> ScenarioResult:
     """Run `clients` phones of one scenario over `processes` processes (default: as many as
-    the per-process cap needs; one runs in this process). A process that dies counts as an
-    error of its share of the phones; the others' results still come back."""
+    the per-process cap needs; one runs in this event loop). A process that dies counts as
+    an error of its share of the phones; the others' results still come back. Cancelling
+    it stops every process."""
     if processes is None:
         processes = max(1, -(-clients // CLIENTS_PER_PROCESS))
     processes = max(1, min(processes, clients))
@@ -88,9 +89,8 @@ def run_swarm(name: str, manifest_path: str, clients: int, *, processes: Optiona
         r.errors.append(f"process {failed.worker}: {failed.detail}"[:2000])
         return r.to_dict()
 
-    async def go() -> list[dict[str, Any]]:
-        async with Fleet(_run_share, payloads, spawn=processes > 1, loop="asyncio",
-                         name="emulate") as fleet:
-            return await fleet.run(on_message, on_failure)
+    async with Fleet(_run_share, payloads, spawn=processes > 1, loop="asyncio",
+                     name="emulate") as fleet:
+        results = await fleet.run(on_message, on_failure)
+    return merge([_from_dict(d) for d in results])
 
-    return merge([_from_dict(d) for d in asyncio.run(go())])

@@ -98,5 +98,15 @@ class Manifest:
 
 
 def load_manifest(path: str | os.PathLike) -> Manifest:
-    with open(path, encoding="utf-8") as f:
-        return Manifest.from_dict(json.load(f))
+    """The manifest at `path`. Raises FileNotFoundError, or ValueError saying "not a lab
+    manifest" for a file that is not one (not JSON, not a manifest's fields)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError("not a lab manifest (not JSON); `testbed lab up` writes one")
+    except IsADirectoryError:
+        raise ValueError("not a lab manifest (a directory)")
+    if not isinstance(doc, dict):
+        raise ValueError("not a lab manifest (JSON, but not an object)")
+    return Manifest.from_dict(doc)

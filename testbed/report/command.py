@@ -12,9 +12,11 @@ def default_output(capture: str) -> Path:
     return Path(f"{capture}.html")
 
 
-def report_main(capture: str, html_out: Optional[str], secrets: Sequence[str] = ()) -> int:
+def report_main(capture: str, html_out: Optional[str], secrets: Sequence[str] = (), *,
+                time_scale: Optional[float] = None) -> int:
     """Analyse `capture` (searching for `secrets` in clear), verify the storyboard, write the
-    HTML report to `html_out` (default `<capture>.html`) and print its path.
+    HTML report to `html_out` (default `<capture>.html`) and print its path. `time_scale`:
+    what to assume when the capture does not record its own (`--time-scale`).
 
     Returns 0, or 2 with a message on stderr when the capture cannot be read or the report
     cannot be written. Failed storyboard statements do not change the exit status: the
@@ -27,7 +29,7 @@ def report_main(capture: str, html_out: Optional[str], secrets: Sequence[str] = 
 
     needles = [s.encode("utf-8") for s in secrets or () if s]
     try:
-        analysis = analyze(str(capture), needles=needles)
+        analysis = analyze(str(capture), needles=needles, time_scale=time_scale)
     except (CaptureError, OSError) as exc:
         text = str(exc)
         where = "" if str(capture) in text else f"{capture}: "

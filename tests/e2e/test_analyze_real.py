@@ -79,7 +79,7 @@ def test_damaged_capture_gives_a_partial_result(tmp_path, capsys):
     a = analyze(str(cut))
     assert a.truncated and a.error and 100 < a.packets < 489
     assert main(["analyze", str(cut)]) == 0
-    assert "truncated" in capsys.readouterr().out
+    assert "truncated" in capsys.readouterr().err      # a warning, on stderr
     junk = tmp_path / "junk.pcap"
     junk.write_bytes(b"this is not a capture at all")
     assert main(["analyze", str(junk)]) == 2

@@ -268,7 +268,7 @@ def test_lab_up_on_redis_runs_a_chat_and_leaves_nothing(tmp_path, redis_url):
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err          # stopped by Ctrl-C: 128 + SIGINT
     assert not still_alive(everything)
     assert f"state: Redis {redis_url}, namespace {namespace}" in " ".join(err.split())
     assert asyncio.run(_keys(redis_url, namespace)) == (0, {})   # its keys are gone
@@ -311,7 +311,7 @@ def test_lab_up_reset_store_clears_what_a_killed_lab_left(tmp_path, redis_url):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
-    assert proc.returncode == 0
+    assert proc.returncode == 130
     assert asyncio.run(_keys(redis_url, namespace)) == (0, {})
     assert not (tmp_path / "m-run").exists() and not (tmp_path / "m-ca").exists()
 

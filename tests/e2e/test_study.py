@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def test_study_heartbeat_cli_shows_the_shape(tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs the plot extra "
+                                             "(pip install 'wechat-testbed[plot]')")
     out, png = tmp_path / "study.json", tmp_path / "study.png"
     args = _parser().parse_args([
         "study", "heartbeat", "--nat-timeout", "300",
@@ -168,3 +170,18 @@ def test_study_config_defaults_and_margin():
     assert c.noop_timeout_effective() == 100
     with pytest.raises(ValueError, match="fixed"):
         StudyConfig(policies=("fixed:x",)).validate()
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path):
+    """Without matplotlib, --plot is refused before the run, saying what to install."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['matplotlib'] = None; from testbed.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    p = subprocess.run([sys.executable, "-c", code, "study", "heartbeat", "--clients", "1",
+                        "--hours", "1", "--plot", str(tmp_path / "p.png")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert "pip install 'wechat-testbed[plot]'" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "p.png").exists()

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from testbed import interrupt
 from testbed.argtypes import nonneg_float, positive_float, positive_int
+from testbed.console import table_width
 from testbed.fleet import WorkerFailed
 from testbed.eventloop import Loop, pick as pick_loop, run as run_on
 
@@ -117,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
 def main_heartbeat(args: argparse.Namespace) -> int:
     """`testbed study heartbeat`: 0 on success, 2 on bad arguments, 1 if the run failed."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
@@ -134,7 +137,7 @@ def main_heartbeat(args: argparse.Namespace) -> int:
             except ImportError:
                 raise ValueError("--plot needs matplotlib (pip install 'wechat-testbed[plot]')")
     except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
 
     quiet = getattr(args, "quiet", False)
@@ -154,10 +157,8 @@ def main_heartbeat(args: argparse.Namespace) -> int:
             return await run_study(config, report)
 
     try:
-        result = run_on(go(), loop)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/yellow]")
-        return 130
+        # SIGINT/SIGTERM: Interrupted, once the lab and the phone processes have stopped
+        result = interrupt.run(go(), lambda main: run_on(main, loop))
     except WorkerFailed as exc:   # a phone process: its traceback is in the log
         log.error("heartbeat study failed: %s", exc)
         err.print(f"[red]study failed:[/red] {exc.name}: {exc.detail.strip().splitlines()[-1]}")
@@ -167,9 +168,9 @@ def main_heartbeat(args: argparse.Namespace) -> int:
         err.print(f"[red]study failed:[/red] {exc!r}")
         return 1
 
-    # a pipe or file gets the whole table, not 80 columns of it; a narrow terminal gets it
-    # turned, one row per figure
-    out = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH)
+    # tables fit 100 columns (the figures file has every value): the one-row-per-policy
+    # table needs TABLE_WIDTH, so narrower consoles get it turned, one row per figure
+    out = Console(width=table_width())
     out.print(render_table(result, vertical=out.width < TABLE_WIDTH))
     for table in render_radio_tables(result, vertical=out.width < TABLE_WIDTH):
         out.print(table)
@@ -207,4 +208,4 @@ def _main(argv=None) -> int:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["study", "heartbeat", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.WARNING)
-    return args.study_func(args)
+    return interrupt.run_command(args.study_func, args)
