@@ -164,6 +164,23 @@ def test_lab_up_stops(command, tmp_path, sig, ignored):
 
 @pytest.mark.parametrize("sig,group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
                          ids=["Ctrl-C-to-the-group", "SIGTERM"])
+def test_lab_of_processes_stops_with_its_hosts(command, tmp_path, redis_url, sig, group):
+    """`lab up --store redis://`: every host a `testbed serve` process of its own; all of
+    them stop, and the store's namespace is emptied."""
+    import uuid
+    manifest = tmp_path / "m.json"
+    c = command("lab", "up", "--users", "2", "--manifest", str(manifest), "--subnet",
+                _subnet(), "--store", f"{redis_url}?namespace=sig-{uuid.uuid4().hex[:12]}",
+                "--workers", "1")
+    c.wait_until(manifest.exists, timeout=60, what="the manifest")
+    assert len(c.group()) >= 7              # itself and a process per host at least
+    c.stop(sig, group)
+    assert not manifest.exists()
+    assert not (tmp_path / "m-run").exists() and not (tmp_path / "m-ca").exists()
+
+
+@pytest.mark.parametrize("sig,group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["Ctrl-C-to-the-group", "SIGTERM"])
 async def test_emulate_stops_with_its_phone_processes(command, tmp_path, sig, group):
     lab = await start_lab(LabConfig(users=4, time_scale=100,
                                     manifest_path=tmp_path / "lab" / "m.json"))
