@@ -1,5 +1,7 @@
 """Every command in the README runs as written (in a scratch directory that sees the repo's
-test data and golden captures where a checkout has them)."""
+test data and golden captures where a checkout has them). As root they run in a network
+namespace of their own, so that the README's lab, on the report's 127.0.0.x, does not meet
+another checkout's."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # run elsewhere: the README's own first lines (setup, the test suite itself)
@@ -38,7 +41,16 @@ def test_readme_opens_with_the_two_commands():
     assert cmds[:3] == ["bash .ci/setup", "testbed demo", "python -m pytest"]
 
 
-def test_every_readme_command_runs(tmp_path):
+@pytest.fixture
+def in_namespace(request):
+    """`ip netns exec NAME` (a fresh namespace with only lo) as root, else nothing."""
+    from tests.conftest import netns_unavailable
+    if netns_unavailable() is not None:
+        return []
+    return ["ip", "netns", "exec", request.getfixturevalue("netns")]
+
+
+def test_every_readme_command_runs(tmp_path, in_namespace):
     work = tmp_path / "work"
     (work / "tests" / "data").mkdir(parents=True)
     (work / "tests" / "data" / "real").symlink_to(REPO / "tests" / "data" / "real")
@@ -64,6 +76,7 @@ def test_every_readme_command_runs(tmp_path):
             assert argv[0] == "testbed", cmd
             argv = [sys.executable, "-m", "testbed.cli", *argv[1:]]
             if argv[3:5] == ["lab", "up"]:
+                argv = [*in_namespace, *argv]
                 stop_lab()
                 manifest = work / argv[argv.index("--manifest") + 1]
                 lab = subprocess.Popen(argv, cwd=work, env=env, stdout=subprocess.PIPE,
@@ -74,8 +87,8 @@ def test_every_readme_command_runs(tmp_path):
                     assert time.monotonic() < deadline, f"{cmd}: no manifest"
                     time.sleep(0.05)
                 continue
-            p = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True,
-                               timeout=240)
+            p = subprocess.run([*in_namespace, *argv], cwd=work, env=env,
+                               capture_output=True, text=True, timeout=240)
             assert p.returncode == 0, f"{cmd}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
         stop_lab()
     finally:
