@@ -5,7 +5,6 @@ progress (stderr) and one-line errors."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import signal
 from pathlib import Path
@@ -67,6 +66,7 @@ def replay_command(args) -> int:
     from rich.markup import escape
 
     from testbed.capture.packets import CaptureError
+    from testbed.console import table_width
     from testbed.lab.manifest import load_manifest
 
     from .result import render
@@ -105,7 +105,7 @@ def replay_command(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
-        render(result, Console())
+        render(result, Console(width=table_width()))   # tables fit 100 columns
     if not result.replayed and result.recorded:
         err.print("[red]error:[/red] nothing in this capture can be replayed (each row says "
                   "why)", highlight=False)
@@ -117,28 +117,16 @@ def _run(replayer: ClientReplay, total: int, err):
     Ctrl-C or SIGTERM stopped it (its links aborted at once)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from testbed import interrupt
+
     show = err.is_terminal and total >= PROGRESS_FROM
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), console=err,
                   transient=True, disable=not show) as bar:
         task = bar.add_task("replay", total=total)
         replayer.progress = lambda done, _total: bar.update(task, completed=done)
 
-        async def main():
-            loop = asyncio.get_running_loop()
-            me = asyncio.current_task()
-            stopped: list[int] = []
-
-            def stop(signum: int) -> None:
-                if not stopped:
-                    stopped.append(signum)
-                    me.cancel()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop, sig)
-            try:
-                return await replayer.run(), None
-            except asyncio.CancelledError:
-                if not stopped:
-                    raise
-                return None, stopped[0]
-        return asyncio.run(main())
+        try:
+            return interrupt.run(replayer.run()), None
+        except interrupt.Interrupted as exc:
+            return None, exc.signum
 
