@@ -395,6 +395,31 @@ def _place(messages, cols: _Columns, index: dict[str, int]) -> list[Row]:
     return rows
 
 
+def _pull_replies(rows: list[Row], reach: int = 2 * MAX_PERIOD) -> list[Row]:
+    """Each reply drawn right after its request when the rows between are other connections'.
+
+    Phones run side by side: two phones' NOOPs at the same moment arrive as NOOP, NOOP, reply,
+    reply, and neither pair would collapse with the phone's earlier heartbeats. Rows of other
+    TCP connections in between are concurrent with the exchange, not caused by it, so the
+    reply moves up past them (the request and its reply become one row with a return arrow
+    anyway); a row of the same connection in between keeps the order as captured."""
+    rows = list(rows)
+    for i in range(len(rows)):
+        req = rows[i]
+        if req.reply or not req.flows or req.kind not in (ev.FRAME, ev.HTTP_REQUEST):
+            continue
+        mine = set(req.flows)
+        for j in range(i + 1, min(len(rows), i + 1 + reach)):
+            q = rows[j]
+            if q.flows == req.flows and _is_reply_pair(req, q):
+                if j > i + 1:
+                    rows.insert(i + 1, rows.pop(j))
+                break
+            if mine & set(q.flows):
+                break
+    return rows
+
+
 # ------------------------------------------------------------------ collapsing repeats
 def _is_reply_pair(p: Row, q: Row) -> bool:
     """q answers p: same flow, the other way, a frame/HTTP request and its reply."""
@@ -536,6 +561,7 @@ def build_ladder(analysis, *, max_rows: int = DEFAULT_MAX_ROWS,
     used_other = any(server == "other" for _, _, server in messages)
     columns, index = cols.build(used_other)
     rows = _place(messages, cols, index)
+    rows = _pull_replies(rows)
     for r in rows:
         r.label = clean(r.label)
     collapsed = collapse(rows, max_period)

@@ -178,7 +178,7 @@ def test_one_arrow_per_collapsed_message(session):
     assert any(l.startswith("HTTP 200 application/octet-stream (newinit") for l in got)
     # heartbeats collapsed: each phone's NOOP / NOOP reply pairs in one row
     noops = [l for l in got if l.startswith("NOOP")]
-    assert noops and all(re.fullmatch(r"NOOP ×\d+ ⇄ reply \(every ~\d+ s\)", l) for l in noops)
+    assert noops and all(re.fullmatch(r"NOOP ×\d+ ⇄ reply \(every ~\d+ s\)", l) for l in noops), got
     assert sum(int(re.search(r"×(\d+)", l).group(1)) for l in noops) == \
         sum(1 for e in session["analysis"].events if e.kind == ev.FRAME and e.get("noop")
             and not e.get("reply"))
@@ -359,6 +359,40 @@ def test_repeats_collapse_and_rows_stay_bounded():
     assert gaps[0].label.startswith("… 600 more rows") and ladder.omitted == 600
     text = render_report(_analysis(many), [], max_rows=400)
     assert len(parse(text).arrows) == 400 and "… 600 more rows" in text
+
+
+def test_two_phones_heartbeats_at_the_same_moment_collapse_per_phone():
+    """Two phones on the same schedule: their NOOPs and replies interleave (NOOP, NOOP,
+    reply, reply) when both beat at once; each phone's heartbeats are still one row."""
+    a, b = ("198.18.0.87", 40000), ("198.18.0.88", 40001)
+    events, t = [], 0.0
+    for i in range(3):
+        events += [_e(t, ev.FRAME, 1, client=a, name="NOOP", seq=20 + i, noop=True, reply=False),
+                   _e(t + 0.1, ev.FRAME, 2, client=b, name="NOOP", seq=20 + i, noop=True,
+                      reply=False),
+                   _e(t + 0.2, ev.FRAME, 1, client=a, c2s=False, name="NOOP", seq=20 + i,
+                      noop=True, reply=True),
+                   _e(t + 0.3, ev.FRAME, 2, client=b, c2s=False, name="NOOP", seq=20 + i,
+                      noop=True, reply=True)]
+        t += 300.0
+    flows = [_flow(1, 0.0, t, client=a), _flow(2, 0.0, t, client=b)]
+    rows = list(message_rows(build_ladder(_analysis(events, flows))))
+    assert [(r.label, r.a) for r in rows] == [("NOOP ×3 ⇄ reply (every ~300 s)", 0),
+                                              ("NOOP ×3 ⇄ reply (every ~300 s)", 1)]
+    # phones behind one address share a column: their connections still tell them apart
+    one = ("127.0.0.1", 0)
+    same = [(_e(e.ts, e.kind, e.flow, c2s=e.direction == "c2s", client=(one[0], 40000 + e.flow),
+                **e.fields)) for e in events]
+    rows = list(message_rows(build_ladder(_analysis(same, flows))))
+    assert [r.label for r in rows] == ["NOOP ×3 ⇄ reply (every ~300 s)"] * 2
+    # a frame of the same connection between a request and its reply keeps the order
+    kept = [_e(0.0, ev.FRAME, 1, name="NOOP", seq=1, noop=True, reply=False),
+            _e(0.1, ev.FRAME, 1, name="NEWSENDMSG", seq=2, reply=False),
+            _e(0.2, ev.FRAME, 1, c2s=False, name="NOOP", seq=1, noop=True, reply=True),
+            _e(0.3, ev.FRAME, 1, c2s=False, name="NEWSENDMSG", seq=2, reply=True)]
+    rows = list(message_rows(build_ladder(_analysis(kept))))
+    assert [r.label for r in rows] == ["NOOP seq 1", "NEWSENDMSG seq 2", "NOOP reply seq 1",
+                                       "NEWSENDMSG reply seq 2"]
 
 
 def test_columns_per_phone_and_other_only_when_needed():
