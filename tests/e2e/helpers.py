@@ -60,8 +60,9 @@ def start_lab_up(tmp_path, *extra, users: int = 3, name: str = "m.json", plan=No
     return proc, manifest
 
 
-def wait_manifest(proc, manifest, timeout=20.0):
-    """The manifest of a `lab up` process, once it exists (the lab listens then)."""
+def wait_manifest(proc, manifest, timeout=60.0):
+    """The manifest of a `lab up` process, once it exists (the lab listens then). The timeout
+    is only a guard: a lab of processes starts seven interpreters, slow on a busy machine."""
     deadline = time.monotonic() + timeout
     while not manifest.exists():
         if proc.poll() is not None:
