@@ -69,7 +69,7 @@ class LabDNS(asyncio.DatagramProtocol):
 
     def __init__(self, records: dict[str, list[str]], ttl: int = 600, *, tap=None,
                  ns_address: Optional[str] = None, tcp_idle_s: float = TCP_IDLE_S,
-                 max_tcp_connections: int = MAX_TCP_CONNECTIONS) -> None:
+                 max_tcp_connections: int = MAX_TCP_CONNECTIONS, backlog: int = 4096) -> None:
         if not 0 <= ttl <= 0x7FFFFFFF:
             raise ValueError(f"TTL {ttl} outside 0..2^31-1")
         self.ttl = ttl
@@ -91,6 +91,7 @@ class LabDNS(asyncio.DatagramProtocol):
         self.tcp_connections: set[_TCPConnection] = set()
         self.tcp_idle_s = tcp_idle_s
         self.max_tcp_connections = max_tcp_connections
+        self.backlog = backlog
 
     # ------------------------------------------------------------------ lifecycle
     async def listen(self, host: str, port: int, *, tcp: bool = True) -> None:
@@ -116,7 +117,7 @@ class LabDNS(asyncio.DatagramProtocol):
         """Serve DNS over TCP on host:port (port 0: any free one); returns the bound port."""
         loop = asyncio.get_running_loop()
         self.tcp_server = await loop.create_server(lambda: _TCPConnection(self), host, port,
-                                                   reuse_address=True)
+                                                   reuse_address=True, backlog=self.backlog)
         return self.tcp_server.sockets[0].getsockname()[1]
 
     @property

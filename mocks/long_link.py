@@ -3,6 +3,11 @@
 `asyncio.Protocol` rather than streams: measured ~3x less memory per idle connection. NOOP
 is answered inline from `data_received`; every other request goes through the command table
 to `Service.handle`, one at a time per link so replies keep the order of requests.
+
+A link is closed when it breaks the framing, sends nothing for the idle timeout, or leaves a
+frame unfinished past the frame deadline (both on the lab clock); a close that must flush
+replies to a peer that does not read them becomes an abort after `CLOSE_FLUSH_WALL_S`, so no
+peer holds a socket by not reading. An address over the per-address cap is closed at once.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import logging
 from typing import Optional
 
 from testbed.lab.clock import Clock, Timer
+from testbed.lab.profiles import Limits
 from testbed.wire import (DEFAULT_MAX_PACKET_LEN, ConnectionState, Door, RemoteProtocolError,
                           Ret, ServerConnection, ServiceError, error_body)
 from testbed.wire.commands import NOOP_CMD
-from testbed.wire.connection import IdleTimeout, Request
+from testbed.wire.connection import FrameTimeout, IdleTimeout, Request
 from testbed.wire.frames import HEADER, reply_cmd
 
+from .limits import AddressCap, peer_address
 from .service import RequestContext, Service
 from .state import PushEvent, SessionEnded, new_link_id
 from .stats import count_request
@@ -30,6 +37,10 @@ log = logging.getLogger(__name__)
 _NOOP_HEAD = HEADER.pack(16, 16, 1, NOOP_CMD, 0)[:12]
 _NOOP_REPLY_HEAD = HEADER.pack(16, 16, 1, reply_cmd(NOOP_CMD), 0)[:12]
 MAX_QUEUED_REQUESTS = 256  # per link; reading pauses beyond this
+# a frame deadline lasts at least this much wall time, whatever the time scale: below it a
+# deadline is at the mercy of event-loop stalls (a busy machine's tens of milliseconds)
+FRAME_TIMEOUT_MIN_WALL_S = 1.0
+CLOSE_FLUSH_WALL_S = 2.0   # a closing link's unsent replies get this long, then it aborts
 
 
 class LongLinkProtocol(asyncio.Protocol):
@@ -37,14 +48,15 @@ class LongLinkProtocol(asyncio.Protocol):
     service, its replies and pushes to the socket, its idle deadline to the lab clock."""
 
     __slots__ = ("server", "transport", "conn", "session", "queue", "worker",
-                 "idle_timer", "peer", "closed", "link_id", "_reading_paused",
+                 "idle_timer", "peer", "closed", "link_id", "admitted", "_reading_paused",
                  "_write_paused")
 
     def __init__(self, server: "LongLinkServer") -> None:
         self.server = server
         self.transport: Optional[asyncio.Transport] = None
         self.conn = ServerConnection(max_packet_len=server.max_packet_len,
-                                     idle_timeout=server.idle_timeout_s)
+                                     idle_timeout=server.idle_timeout_s,
+                                     frame_timeout=server.frame_timeout)
         self.session = None
         self.queue: Optional[collections.deque] = None
         self.worker: Optional[asyncio.Task] = None
@@ -52,6 +64,7 @@ class LongLinkProtocol(asyncio.Protocol):
         self.peer = None
         self.closed = False
         self.link_id: str = new_link_id()   # what events name this link by
+        self.admitted = False   # counted by the server's per-address cap
         self._reading_paused = False
         self._write_paused = False
 
@@ -60,14 +73,22 @@ class LongLinkProtocol(asyncio.Protocol):
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
         srv = self.server
-        srv.links.add(self)
         srv.connections_total += 1
+        if not srv.address_cap.admit(peer_address(self.peer)):
+            self.conn.close()
+            transport.abort()   # over the cap: nothing read, nothing held
+            return
+        self.admitted = True
+        srv.links.add(self)
         self.conn.last_rx = srv.clock.now()
         self._arm_idle()
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.conn.close()
+        if self.admitted:
+            self.admitted = False
+            self.server.address_cap.release(peer_address(self.peer))
         self.server.forget(self)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
@@ -126,6 +147,11 @@ class LongLinkProtocol(asyncio.Protocol):
                 return
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if conn.frame_started is not None:
+            # a frame was begun: its deadline may come before the timer set for idleness
+            timer = self.idle_timer
+            if timer is None or conn.get_timer() < timer.when:
+                self._rearm()
 
     def _feed(self, chunk: bytes, now: float, out: list[bytes]) -> bool:
         """Bytes to the connection: its own replies (NOOPs, errors) join `out`, its requests
@@ -157,7 +183,7 @@ class LongLinkProtocol(asyncio.Protocol):
         """Close this link at once and send nothing more; other links are untouched."""
         self.server.violations += 1
         log.info("long link %s: protocol violation: %s", self.peer, exc)
-        self.close(abort=False)
+        self.close_bounded()
 
     def _request(self, req: Request) -> None:
         if self.queue is None:
@@ -175,6 +201,18 @@ class LongLinkProtocol(asyncio.Protocol):
                 and not self.transport.is_closing():
             self._reading_paused = want_pause
             (self.transport.pause_reading if want_pause else self.transport.resume_reading)()
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether this link is not being read (back-pressure: replies the peer does not
+        read, or our own backlog of its requests)."""
+        return self._reading_paused
+
+    @property
+    def _held_up_by_us(self) -> bool:
+        """Reading is paused by our own backlog of requests, not by a peer that does not
+        read: what it sends is not seen, so its frame deadline does not run."""
+        return self._reading_paused and not self._write_paused
 
     async def _work(self) -> None:
         srv = self.server
@@ -221,20 +259,48 @@ class LongLinkProtocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             (self.transport.abort if abort else self.transport.close)()
 
+    def close_bounded(self) -> None:
+        """Close (FIN after the replies written); if the peer does not read them within
+        `CLOSE_FLUSH_WALL_S`, abort."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            self.server.loop.call_later(CLOSE_FLUSH_WALL_S, self._abort_unflushed)
+
+    def _abort_unflushed(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.server.flush_aborts += 1
+            self.transport.abort()
+
     def _arm_idle(self) -> None:
         when = self.conn.get_timer()
         self.idle_timer = None if when is None else self.server.clock.call_at(
             when, self._idle_check)
 
+    def _rearm(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self._arm_idle()
+
     def _idle_check(self) -> None:
         # one timer per link, moved lazily: data since it was set only pushes the deadline
         self.idle_timer = None
         srv = self.server
-        for ev in self.conn.handle_timer(srv.clock.now()):
-            if type(ev) is IdleTimeout:
+        now = srv.clock.now()
+        if self._held_up_by_us:
+            self.conn.restart_frame_deadline(now)
+        for ev in self.conn.handle_timer(now):
+            kind = type(ev)
+            if kind is IdleTimeout:
                 srv.idle_closed += 1
-                self.close()
-                return
+            elif kind is FrameTimeout:
+                srv.frame_timeouts += 1
+                log.info("long link %s: frame of %d bytes so far unfinished after %.1f s",
+                         self.peer, ev.buffered, ev.held_s)
+            self.close_bounded()
+            return
         self._arm_idle()
 
 
@@ -244,12 +310,19 @@ class LongLinkServer:
     def __init__(self, service: Service, clock: Optional[Clock] = None,
                  idle_timeout_s: float = 660.0,
                  max_packet_len: int = DEFAULT_MAX_PACKET_LEN,
-                 process: Optional[str] = None) -> None:
+                 process: Optional[str] = None, *, limits: Limits = Limits()) -> None:
+        """Deadlines are protocol seconds on `clock`; from `limits` (the profile's): the
+        frame deadline (lasting at least `FRAME_TIMEOUT_MIN_WALL_S` of wall time), the
+        per-address cap and the accept backlog."""
         self.service = service
         self.process = process   # counted as the serving process (`mocks.stats`), if named
         self.clock = clock or service.clock
         self.idle_timeout_s = idle_timeout_s
         self.max_packet_len = max_packet_len
+        self.limits = limits
+        self.frame_timeout = None if limits.frame_timeout_s is None else \
+            self.clock.floor_wall(limits.frame_timeout_s, FRAME_TIMEOUT_MIN_WALL_S)
+        self.address_cap = AddressCap(limits.max_connections_per_address)
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.links: set[LongLinkProtocol] = set()
         self.by_uin: dict[int, set[LongLinkProtocol]] = {}
@@ -259,6 +332,8 @@ class LongLinkServer:
         self.connections_total = 0
         self.violations = 0
         self.idle_closed = 0
+        self.frame_timeouts = 0
+        self.flush_aborts = 0     # closes whose replies the peer never read: aborted
         self.pushes_sent = 0
         self.frames_in = 0
         self.bytes_in = 0
@@ -267,7 +342,8 @@ class LongLinkServer:
     async def listen(self, host: str, port: int, **kwargs) -> asyncio.base_events.Server:
         self.loop = asyncio.get_running_loop()
         server = await self.loop.create_server(lambda: LongLinkProtocol(self), host, port,
-                                               reuse_address=True, **kwargs)
+                                               reuse_address=True,
+                                               backlog=self.limits.listen_backlog, **kwargs)
         self.servers.append(server)
         return server
 
@@ -301,7 +377,7 @@ class LongLinkServer:
                 self.forget(link, keep_in_links=True)
                 link.session = None
                 link.conn.unidentify()
-                link.close()
+                link.close_bounded()
 
     def record_error(self, exc: BaseException) -> None:
         log.exception("long link handler failed", exc_info=exc)

@@ -64,6 +64,8 @@ from typing import Callable, Optional
 from testbed.capture.tap import GuardedTap
 from testbed.lab.clock import Clock, Timer
 
+from .limits import AddressCap, peer_address
+
 log = logging.getLogger(__name__)
 
 __all__ = ["NatEvent", "NatEventKind", "NatRelay", "NatStats"]
@@ -306,13 +308,17 @@ class _Mapping:
             self.state = _DONE
             leg.abort()
             return
+        peer = leg.transport.get_extra_info("peername")
+        self.peer = tuple(peer[:2]) if peer else None
+        if not relay.address_cap.admit(peer_address(peer)):
+            self.state = _DONE   # over the per-address cap: never a mapping, nothing held
+            leg.abort()
+            return
         st = relay._stats
         st.mappings_opened += 1
         st.mappings_active += 1
         relay._mappings.add(self)
         self.last = relay.clock.now()
-        peer = leg.transport.get_extra_info("peername")
-        self.peer = tuple(peer[:2]) if peer else None
         if relay.tap is not None:
             self.tconn = relay._tap_open(self.peer, leg.transport)
         if relay.latency_s > 0:
@@ -578,7 +584,9 @@ class _Mapping:
             self.connect_task.cancel()
             self.connect_task = None
         self.pending = None
-        relay._mappings.discard(self)
+        if self in relay._mappings:
+            relay._mappings.discard(self)
+            relay.address_cap.release(peer_address(self.peer))
         relay._event(NatEventKind.CLOSE, self)
 
     def release(self) -> None:
@@ -606,7 +614,8 @@ class NatRelay:
     def __init__(self, clock: Clock, idle_timeout_s: Optional[float], latency_s: float = 0.0,
                  blackhole_linger_s: float = 7200.0, *,
                  on_event: Optional[Callable[[NatEvent], None]] = None,
-                 tap=None) -> None:
+                 tap=None, max_connections_per_address: Optional[int] = None,
+                 backlog: int = 4096) -> None:
         if idle_timeout_s is not None and not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be positive, got {idle_timeout_s!r}")
         if latency_s < 0 or blackhole_linger_s < 0:
@@ -617,6 +626,10 @@ class NatRelay:
         self.latency_s = float(latency_s)
         self.blackhole_linger_s = float(blackhole_linger_s)
         self.on_event = on_event
+        # the relay faces the clients, so the lab's per-address cap is kept here (a mapping,
+        # live or black-holed, holds one); the servers behind see only the relay
+        self.address_cap = AddressCap(max_connections_per_address)
+        self.backlog = backlog
         self._stats = NatStats()
         self._mappings: set[_Mapping] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -639,7 +652,7 @@ class NatRelay:
         return len(self._mappings)
 
     async def add_mapping(self, listen_host: str, listen_port: int, target_host: str,
-                          target_port: int, *, backlog: int = 4096) -> int:
+                          target_port: int, *, backlog: Optional[int] = None) -> int:
         """Listen on listen_host:listen_port (0: any free port) and relay every accepted
         connection to target_host:target_port. Returns the bound port."""
         if self._closing:
@@ -651,7 +664,7 @@ class NatRelay:
         box: list[int] = [listen_port]
         server = await loop.create_server(
             lambda: _Leg(_Mapping(self, target, box[0]), True),
-            listen_host, listen_port, backlog=backlog, reuse_address=True)
+            listen_host, listen_port, backlog=backlog or self.backlog, reuse_address=True)
         port = server.sockets[0].getsockname()[1]
         box[0] = port
         self._servers.append(server)

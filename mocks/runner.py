@@ -94,15 +94,9 @@ class Lab:
         self.clock = clock or Clock(self.config.time_scale)
         self.store = store or MemoryStore()
         self.service = Service(self.store, self.clock,
-                               nearby_radius_m=self.profile.nearby_radius_m)
-        idle = self.config.server_idle_s or self.profile.server_idle_s
-        self.long = LongLinkServer(self.service, self.clock, idle_timeout_s=idle,
-                                   max_packet_len=self.config.max_packet_len
-                                   or self.profile.max_packet_len)
-        self.short = ShortLinkServer(self.service)
+                               nearby_radius_m=self.profile.nearby_radius_m,
+                               limits=self.profile.limits)
         self.ca = LabCA()
-        self.apps = {MAPABC: mapabc.make_app(), QLOGO: cdn.make_qlogo_app(self.service),
-                     QPIC: cdn.make_qpic_app(self.service)}
         self.dns: Optional[LabDNS] = None
         self.record_path: Optional[Path] = (Path(self.config.record)
                                             if self.config.record is not None else None)
@@ -113,6 +107,7 @@ class Lab:
         self.nat: Optional[NatRelay] = None
         self.relay: Optional[NatRelay] = None   # the NAT, or a pass-through when recording
         self._make_relay()
+        self._make_servers()
         self.manifest: Optional[Manifest] = None
         self.manifest_path: Optional[Path] = None
         self._app_servers: list[AppServer] = []
@@ -208,14 +203,15 @@ class Lab:
         hosts[SHORT] = HostEntry(addrs(SHORT), short_port, tls_port=tls_port)
 
         for name in (MAPABC, QLOGO, QPIC):
-            server = AppServer(self.apps[name])
+            server = AppServer(self.apps[name], limits=self.server_limits)
             self._app_servers.append(server)
             hosts[name] = HostEntry(addrs(name), await same_port(name, ports["http"],
                                                                  server.listen))
 
         records = {name: hosts[name].addresses for name in HOST_NAMES}
         dns_addr = plan.dns if plan else FALLBACK_ADDRESS
-        self.dns = LabDNS(records, tap=self.tap, ns_address=dns_addr)
+        self.dns = LabDNS(records, tap=self.tap, ns_address=dns_addr,
+                          backlog=self.server_limits.listen_backlog)
         # DNS over TCP shares the UDP port; behind the relay (NAT or recorder) like every
         # other TCP server, so a capture shows it and the NAT forgets it like the rest
         await self.dns.listen(dns_addr, ports["dns"], tcp=self.relay is None)
@@ -227,17 +223,35 @@ class Lab:
     def _make_relay(self) -> None:
         """The carrier NAT when configured; else a pass-through relay when recording."""
         cfg = self.config
+        limits = self.profile.limits
+        caps = dict(max_connections_per_address=limits.max_connections_per_address,
+                    backlog=limits.listen_backlog)
         self.nat = None
         if cfg.nat_timeout_s is not None:
             if not cfg.nat_timeout_s > 0:
                 raise ValueError(f"NAT timeout must be positive, got {cfg.nat_timeout_s}")
             self.nat = NatRelay(self.clock, cfg.nat_timeout_s, latency_s=cfg.nat_latency_s,
-                                tap=self.tap)
+                                tap=self.tap, **caps)
             self.relay = self.nat
         elif self.tap is not None:
-            self.relay = NatRelay(self.clock, None, tap=self.tap)
+            self.relay = NatRelay(self.clock, None, tap=self.tap, **caps)
         else:
             self.relay = None
+
+    def _make_servers(self) -> None:
+        """The long and short links and the HTTP apps, with the profile's limits; behind a
+        relay every connection comes from the relay, which keeps the per-address cap."""
+        cfg, limits = self.config, self.profile.limits
+        if self.relay is not None:
+            limits = dataclasses.replace(limits, max_connections_per_address=None)
+        self.server_limits = limits
+        self.long = LongLinkServer(self.service, self.clock,
+                                   idle_timeout_s=cfg.server_idle_s or self.profile.server_idle_s,
+                                   max_packet_len=cfg.max_packet_len or self.profile.max_packet_len,
+                                   limits=limits)
+        self.short = ShortLinkServer(self.service, limits=limits)
+        self.apps = {MAPABC: mapabc.make_app(), QLOGO: cdn.make_qlogo_app(self.service),
+                     QPIC: cdn.make_qpic_app(self.service)}
 
     def _ca_path(self) -> Path:
         path = self.config.lab_file("-ca.pem")
@@ -277,12 +291,7 @@ class Lab:
         await self._close_servers()
         if self.relay is not None:
             self._make_relay()
-        # fresh servers for a second attempt
-        self.long = LongLinkServer(self.service, self.clock, self.long.idle_timeout_s,
-                                   self.long.max_packet_len)
-        self.short = ShortLinkServer(self.service)
-        self.apps = {MAPABC: mapabc.make_app(), QLOGO: cdn.make_qlogo_app(self.service),
-                     QPIC: cdn.make_qpic_app(self.service)}
+        self._make_servers()   # fresh servers for a second attempt
 
     async def stop(self) -> None:
         """Close every server, then the capture; remove the manifest. The capture is closed

@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from testbed.lab.addressing import LONG, QLOGO, QPIC, SHORT
 from testbed.lab.clock import Clock
+from testbed.lab.profiles import Limits
 from testbed.wire import Command, Ret, ServiceError, pb
 from testbed.wire.commands import (ITEM_ADD_MSG, ITEM_MOD_CONTACT, ITEM_MOD_USER_INFO,
                                    MSG_FRIEND_REQUEST, MSG_IMAGE, MSG_TEXT)
@@ -78,10 +79,12 @@ class Service:
     """Accounts, sessions, sync logs, friends, sending, media, nearby and reports."""
 
     def __init__(self, store: Store, clock: Optional[Clock] = None,
-                 nearby_radius_m: float = 5000.0) -> None:
+                 nearby_radius_m: float = 5000.0, limits: Limits = Limits()) -> None:
+        """`limits` (the profile's): the login throttle and the media quotas."""
         self.store = store
         self.clock = clock or Clock()
         self.nearby_radius_m = nearby_radius_m
+        self.limits = limits
 
     # ------------------------------------------------------------------ lab set-up
     async def create_user(self, username: str, password: str, *, nickname: str = "",

@@ -12,35 +12,59 @@ import logging
 from typing import Optional
 
 from aiohttp import web
+from aiohttp.http import HttpVersion10
 
+from testbed.lab.profiles import Limits
 from testbed.wire import (BY_PATH, Door, RemoteProtocolError, Ret, ServiceError,
                           decode_request, error_body)
 
+from .http_site import SHUTDOWN_GRACE_S, GuardedSite, handler_options
+from .limits import AddressCap
 from .service import RequestContext, Service
 from .stats import count_request
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20          # PROTOCOL 3: a body over 1 MiB gets 413
-DRAIN_LIMIT = 16 << 20      # read and discard at most this much after deciding 413
-DRAIN_TIMEOUT_S = 5.0       # wall seconds to spend draining before giving up
 OCTET = "application/octet-stream"
+# what aiohttp would answer a request line without a version in: "HTTP/0.9 400 ...", which
+# no client reads as a status
+_NO_VERSION_400 = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                   b"Content-Length: 29\r\nConnection: close\r\n\r\n"
+                   b"the request line has no HTTP\n")
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-class ShortLinkServer:
-    """One handler for the plain and the TLS port; `request.secure` tells them apart."""
+class BodyTooSlow(Exception):
+    pass
 
-    def __init__(self, service: Service, process: Optional[str] = None) -> None:
+
+class ShortLinkServer:
+    """One handler for the plain and the TLS port; `request.secure` tells them apart.
+
+    The profile's `limits` bound what a client can hold (docs/robustness.md): the head must
+    arrive within `request_head_wall_s` of the accept (else the connection is closed), the
+    body at `body_min_rate` bytes/s on average once `body_grace_wall_s` have passed (else
+    408), a refused body is drained at most `drain_max_bytes` for `drain_wall_s`, the TLS
+    port's handshake and close_notify have their deadlines, and one address holds at most
+    `max_connections_per_address` connections.
+    """
+
+    def __init__(self, service: Service, process: Optional[str] = None, *,
+                 limits: Limits = Limits()) -> None:
         self.service = service
         self.process = process   # counted as the serving process (`mocks.stats`), if named
+        self.limits = limits
         self.errors: list[BaseException] = []
         self.status_counts: dict[int, int] = {}
+        self.disconnects = 0        # clients gone before the whole body came
+        self.drained_bytes = 0      # bytes of refused bodies read and discarded
+        self.address_cap = AddressCap(limits.max_connections_per_address)
         self.runners: list[web.ServerRunner] = []
-        self._lowlevel = web.Server(self.handle, access_log=None)
+        self._lowlevel = web.Server(self.handle, access_log=None, **handler_options(limits))
 
     @staticmethod
     def _close(resp: web.StreamResponse) -> web.StreamResponse:
@@ -60,52 +84,87 @@ class ShortLinkServer:
         content = request.content
         if content.is_eof():
             # The whole body is already buffered (the usual case: a small request that came
-            # in one segment with its headers): take it at once. The chunk iterator below
+            # in one segment with its headers): take it at once. Reading chunk by chunk
             # costs ~9 us more per request here (bench/bench_short_link.py).
             body = content.read_nowait()
             if len(body) > MAX_BODY:
                 raise BodyTooLarge(len(body))
             return body
+        # the rest must come at the minimum rate on average, counted from the grace period
+        # (a client trickling a chunked body for ever gets its 408 too)
+        rate, loop = self.limits.body_min_rate, asyncio.get_running_loop()
+        start = loop.time() + self.limits.body_grace_wall_s
         chunks, size = [], 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
+        while True:
+            if rate:
+                left = start + size / rate - loop.time()
+                if left <= 0:
+                    raise BodyTooSlow(size)
+                try:
+                    async with asyncio.timeout(left):
+                        chunk = await content.readany()
+                except TimeoutError:
+                    raise BodyTooSlow(size) from None
+            else:
+                chunk = await content.readany()
+            if not chunk:
+                return b"".join(chunks)
             size += len(chunk)
             if size > MAX_BODY:
                 raise BodyTooLarge(size)
             chunks.append(chunk)
-        return b"".join(chunks)
 
-    async def _drain(self, request: web.BaseRequest) -> None:
-        """Read and discard the rest of a refused body, so the client sees our status, not a
-        reset from unread data; bounded in bytes and time."""
-        async def drain() -> None:
-            seen = 0
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                seen += len(chunk)
-                if seen > DRAIN_LIMIT:
-                    return
+    async def _refuse(self, request: web.BaseRequest, resp: web.StreamResponse) -> \
+            web.StreamResponse:
+        """Send a refusal at once, then read and discard the rest of the body so that the
+        client reads our status rather than a reset from unread data: at most
+        `drain_max_bytes`, for at most `drain_wall_s` (a client sending gigabytes costs us a
+        bounded read, not a bounded time of reading), then aiohttp closes."""
+        await resp.prepare(request)
+        await resp.write_eof()
+        content, limit = request.content, self.limits.drain_max_bytes
+        seen = 0
         try:
-            await asyncio.wait_for(drain(), DRAIN_TIMEOUT_S)
-        except (asyncio.TimeoutError, ConnectionError, Exception):  # noqa: BLE001 - best effort
-            pass
+            async with asyncio.timeout(self.limits.drain_wall_s):
+                while seen < limit and not content.is_eof():
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    seen += len(chunk)
+        except (TimeoutError, ConnectionError, web.RequestPayloadError):
+            pass   # slow, gone or garbled: we stop reading either way
+        self.drained_bytes += seen
+        return resp
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.version < HttpVersion10:
+            return self._no_version(request)
         command = BY_PATH.get(request.path)
         if command is None:
-            await self._drain(request)
-            return self._status(404, b"not found\n")
+            return await self._refuse(request, self._status(404, b"not found\n"))
         if request.method != "POST":
-            await self._drain(request)
-            return self._status(405, b"method not allowed\n")
+            return await self._refuse(request, self._status(405, b"method not allowed\n"))
         tls = request.secure
         if command.tls_only and not tls:
             # PROTOCOL 3: answered without looking at the body, which is only drained
-            await self._drain(request)
-            return self._status(403, error_body(Ret.NOT_ALLOWED, "manualauth needs TLS"), OCTET)
+            return await self._refuse(request, self._status(
+                403, error_body(Ret.NOT_ALLOWED, "manualauth needs TLS"), OCTET))
         try:
             body = await self._read_body(request)
         except BodyTooLarge:
-            await self._drain(request)
-            return self._status(413, b"body over 1 MiB\n")
+            return await self._refuse(request, self._status(413, b"body over 1 MiB\n"))
+        except BodyTooSlow as exc:
+            log.info("short link %s: body too slow (%d bytes), 408", request.remote, exc.args[0])
+            return await self._refuse(request, self._status(408, b"body too slow\n"))
+        except web.RequestPayloadError as exc:   # a chunked body that breaks its framing
+            log.info("short link %s: bad body: %s", request.remote, " ".join(str(exc).split()))
+            return await self._refuse(request, self._status(400, b"bad body\n"))
+        except ConnectionError:
+            # the client went away mid-body: nobody to answer (aiohttp's write of this
+            # response fails quietly as a premature disconnection)
+            self.disconnects += 1
+            log.debug("short link %s: client gone mid-body", request.remote)
+            return self._status(400)
         ctx = RequestContext(peer=request.remote or "")
         try:
             await count_request(self.service.store, Door.TLS if tls else Door.SHORT,
@@ -122,14 +181,26 @@ class ShortLinkServer:
             out = error_body(Ret.SERVER_FAULT, "server fault")
         return self._status(200, out, OCTET)
 
+    def _no_version(self, request: web.BaseRequest) -> web.StreamResponse:
+        """A request line without "HTTP/x.y" (HTTP/0.9 style): 400 in HTTP/1.1, written
+        raw, since aiohttp would answer in the request's version."""
+        self.status_counts[400] = self.status_counts.get(400, 0) + 1
+        log.info("short link %s: request line without a version, 400", request.remote)
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(_NO_VERSION_400)
+            transport.close()
+        return self._close(web.Response(status=400))   # its write finds the socket closed
+
     async def listen(self, host: str, port: int, ssl_context=None, *,
                      reuse_port: bool = False) -> int:
         """Serve on host:port (TLS if `ssl_context`; `reuse_port`: share the port with other
         worker processes, `SO_REUSEPORT`); returns the bound port."""
-        runner = web.ServerRunner(self._lowlevel, handle_signals=False)
+        runner = web.ServerRunner(self._lowlevel, handle_signals=False,
+                                  shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True,
-                           reuse_port=reuse_port or None)
+        site = GuardedSite(runner, host, port, limits=self.limits, cap=self.address_cap,
+                           ssl_context=ssl_context, reuse_port=reuse_port)
         await site.start()
         self.runners.append(runner)
         return runner.addresses[-1][1]

@@ -31,10 +31,12 @@ from google.protobuf.message import Message
 from .commands import (BY_CMD, IDENTIFY_CMD, NOOP_CMD, NOTIFY_CMD, PUSH_SEQ, Command,
                        decode_request, error_body, is_push, notify_body, parse_notify)
 from .errors import LocalProtocolError, RemoteProtocolError, Ret
-from .frames import (DEFAULT_MAX_PACKET_LEN, HEADER, Frame, FrameDecoder, encode_frame,
-                     is_reply, reply_cmd)
+from .frames import (DEFAULT_MAX_PACKET_LEN, HEADER, REPLY_OFFSET, Frame, FrameDecoder,
+                     encode_frame, is_reply, reply_cmd)
 
 _NOOP_REPLY = reply_cmd(NOOP_CMD)
+# the largest cmd whose reply cmd (+ 1000000000) fits the header's 32 bits
+MAX_REQUEST_CMD = 0xFFFFFFFF - REPLY_OFFSET
 _pack_header = HEADER.pack
 
 
@@ -74,6 +76,15 @@ class IdleTimeout:
     """Nothing arrived for the idle timeout: the connection is closed; close the socket."""
 
     idle_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class FrameTimeout:
+    """A frame begun `held_s` ago (`buffered` bytes of it held) was not complete by the
+    frame deadline: the connection is closed; close the socket."""
+
+    held_s: float
+    buffered: int
 
 
 # ---------------------------------------------------------------------- client events
@@ -124,17 +135,18 @@ class Stray:
     reason: str
 
 
-ServerEvent = Union[Request, Rejected, IdleTimeout]
+ServerEvent = Union[Request, Rejected, IdleTimeout, FrameTimeout]
 ClientEvent = Union[Reply, WrongReply, Push, TimedOut, Stray]
 
 
 class _Connection:
     """What both roles share: the frame decoder, the state, the counters."""
 
-    __slots__ = ("_decoder", "state", "frames_received", "frames_sent")
+    __slots__ = ("_decoder", "_error", "state", "frames_received", "frames_sent")
 
     def __init__(self, max_packet_len: int) -> None:
         self._decoder = FrameDecoder(max_packet_len)
+        self._error: Optional[RemoteProtocolError] = None   # a violation past the framing
         self.state = ConnectionState.OPEN
         self.frames_received = 0
         self.frames_sent = 0
@@ -146,13 +158,13 @@ class _Connection:
     @property
     def error(self) -> Optional[RemoteProtocolError]:
         """The peer's violation, once one was seen (the state is then `ERROR`)."""
-        return self._decoder.error
+        return self._error or self._decoder.error
 
     def _frames(self, data: bytes) -> list[Frame]:
         """Decode; a violation with no good frame before it raises at once, one after good
         frames lets those through first (and the next call raises)."""
         if self.state is ConnectionState.ERROR:
-            raise self._decoder.error
+            raise self.error
         try:
             frames = self._decoder.receive_data(data)
         except RemoteProtocolError:
@@ -179,14 +191,18 @@ class _Connection:
 class ServerConnection(_Connection):
     """The server's side of one long link (the mock server; a replayer's server side)."""
 
-    __slots__ = ("identified", "idle_timeout", "last_rx", "_out")
+    __slots__ = ("identified", "idle_timeout", "frame_timeout", "last_rx", "frame_started",
+                 "_out")
 
     def __init__(self, *, max_packet_len: int = DEFAULT_MAX_PACKET_LEN,
-                 idle_timeout: Optional[float] = None, now: float = 0.0) -> None:
+                 idle_timeout: Optional[float] = None, frame_timeout: Optional[float] = None,
+                 now: float = 0.0) -> None:
         super().__init__(max_packet_len)
         self.identified = False         # an IDENTIFY succeeded (set by `identify()`)
         self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
         self.last_rx = now              # protocol time bytes last arrived
+        self.frame_started: Optional[float] = None   # when the partial frame held began
         self._out: Optional[list[bytes]] = None   # made when needed: 10,000s of idle links
 
     @property
@@ -194,7 +210,7 @@ class ServerConnection(_Connection):
         """No partial frame is held and no violation seen: the next byte fed starts a frame.
         Only then may an owner read frame headers itself (the NOOP fast path)."""
         dec = self._decoder
-        return not dec._buf and dec._error is None
+        return not dec._buf and dec._error is None and self._error is None
 
     @property
     def bytes_needed(self) -> int:
@@ -219,12 +235,27 @@ class ServerConnection(_Connection):
         out = self._out
         if out is None:
             out = self._out = []
+        continued = self.frame_started is not None
         frames = self._frames(data)
+        if not self._decoder.buffered:
+            self.frame_started = None
+        elif frames or not continued:   # the bytes held begin a frame that began just now
+            self.frame_started = now
         pack, noop, noop_reply = _pack_header, NOOP_CMD, _NOOP_REPLY
-        for cmd, seq, body in frames:
+        for index, (cmd, seq, body) in enumerate(frames):
             if cmd == noop and not body:   # the heartbeat, answered here
                 out.append(pack(16, 16, 1, noop_reply, seq))
                 continue
+            if cmd > MAX_REQUEST_CMD:
+                # no reply can carry cmd + 1000000000 in 32 bits: the peer broke the
+                # framing's rules as surely as with a bad header (the frames before are
+                # answered, as there)
+                self._error = RemoteProtocolError(
+                    f"cmd {cmd}: its reply cmd {reply_cmd(cmd)} does not fit 32 bits")
+                self.state = ConnectionState.ERROR
+                self.frame_started = None
+                self.frames_sent += index - len(events)
+                return events
             command = BY_CMD.get(cmd)
             if command is None or command.push_only:
                 self._reject(events, cmd, seq, Ret.SERVER_FAULT, f"unknown command {cmd}")
@@ -241,9 +272,8 @@ class ServerConnection(_Connection):
         return events
 
     def _reject(self, events: list, cmd: int, seq: int, ret: Ret, reason: str) -> None:
-        # a reply cmd sent as a request is answered with that same cmd: +1e9 would not fit
-        rcmd = cmd if is_reply(cmd) else reply_cmd(cmd)
-        self._out.append(encode_frame(rcmd, seq, error_body(ret, reason)))
+        # like every reply, cmd + 1000000000: a reply cmd sent as a request too
+        self._out.append(encode_frame(reply_cmd(cmd), seq, error_body(ret, reason)))
         self.frames_sent += 1
         events.append(Rejected(cmd, seq, ret, reason))
 
@@ -278,16 +308,35 @@ class ServerConnection(_Connection):
             raise LocalProtocolError("NOTIFY to a link that has not identified")
         return self._encode(NOTIFY_CMD, PUSH_SEQ, notify_body(selector))
 
+    def restart_frame_deadline(self, now: float) -> None:
+        """The owner stopped reading for a while (its own backlog, not the peer's doing):
+        the frame held, if any, gets its whole deadline again from `now`."""
+        if self.frame_started is not None:
+            self.frame_started = now
+
     def get_timer(self) -> Optional[float]:
-        """Protocol time of the idle deadline, or None (no timeout, or closed)."""
-        if self.idle_timeout is None or self.state is not ConnectionState.OPEN:
+        """Protocol time of the next deadline (idle, or the frame held), or None (none
+        set, or closed)."""
+        if self.state is not ConnectionState.OPEN:
             return None
-        return self.last_rx + self.idle_timeout
+        due = None if self.idle_timeout is None else self.last_rx + self.idle_timeout
+        if self.frame_started is not None and self.frame_timeout is not None:
+            frame_due = self.frame_started + self.frame_timeout
+            if due is None or frame_due < due:
+                return frame_due
+        return due
 
     def handle_timer(self, now: float) -> list[ServerEvent]:
-        """`[IdleTimeout]` (and the state is `CLOSED`) if the deadline has passed, else []."""
-        due = self.get_timer()
-        if due is None or now < due:
+        """`[FrameTimeout]` or `[IdleTimeout]` (and the state is `CLOSED`) if that deadline
+        has passed, else []."""
+        if self.state is not ConnectionState.OPEN:
+            return []
+        started = self.frame_started
+        if started is not None and self.frame_timeout is not None \
+                and now >= started + self.frame_timeout:
+            self.state = ConnectionState.CLOSED
+            return [FrameTimeout(now - started, self._decoder.buffered)]
+        if self.idle_timeout is None or now < self.last_rx + self.idle_timeout:
             return []
         self.state = ConnectionState.CLOSED
         return [IdleTimeout(now - self.last_rx)]

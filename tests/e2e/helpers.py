@@ -191,3 +191,21 @@ async def chat_round(phones, plan, timeout=30.0):
         for i in {s for s, _ in got}:                           # in each sender's order
             assert [k for s, k in got if s == i] == sorted(k for s, k in got if s == i)
         assert phones[j].metrics.duplicates == 0
+
+
+def limits_profile(tmp_path, name: str = "limits.json", base: str = "lab-report-2013",
+                   **limits) -> str:
+    """A profile file: `base` with some of its `limits` changed (small deadlines, caps and
+    quotas that a test can cross in a second); its path, for `LabConfig.profile` or
+    `lab up --profile`."""
+    import dataclasses
+    import json
+
+    from testbed.lab.profiles import load_profile
+    doc = dataclasses.asdict(load_profile(base))
+    doc.update(doc.pop("extra"))
+    doc["name"] = f"{base}+limits"
+    doc["limits"].update(limits)
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return str(path)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from testbed.wire import (BY_CMD, BY_NAME, ClientConnection, LocalProtocolError,
                           RemoteProtocolError, Ret, ServerConnection, ConnectionState, pb)
-from testbed.wire.connection import (IdleTimeout, Push, Rejected, Reply, Request, Stray,
-                                     TimedOut, WrongReply)
+from testbed.wire.connection import (FrameTimeout, IdleTimeout, Push, Rejected, Reply,
+                                     Request, Stray, TimedOut, WrongReply)
 
 # PROTOCOL.md section 2, written out as hex rather than built with the code under test
 HEARTBEAT_REQUEST = bytes.fromhex("00000010" "0010" "0001" "00000006" "0000000b")
@@ -87,7 +87,8 @@ def test_the_reply_appears_only_once_the_last_byte_is_in():
 # A stream that exercises every rule of section 2, in the contract's check order.
 CHECKS = (frame(999, 1)                         # 1. unknown command: -1
           + frame(24, 2, b"\0\0\0\1")           # 1. the push-only NOTIFY as a request: -1
-          + frame(1_000_000_006, 3)             # 1. a reply cmd sent as a request: -1
+          + frame(1_000_000_006, 3)             # 1. a reply cmd sent as a request: -1,
+                                                #    in reply cmd 2000000006 like any
           + frame(121, 4, b"\xff\xff")          # 2. before IDENTIFY, even a bad body: -13
           + frame(6, 5)                         # NOOP is allowed before IDENTIFY
           + frame(205, 6, b"\xff\xff\xff")      # 3. IDENTIFY that does not decode: -2
@@ -106,7 +107,7 @@ def test_request_checks_in_the_contracts_order_at_every_split():
     events, out = want
     replies = split_frames(out)
     assert [(c, s) for c, s, _ in replies] == [
-        (1_000_000_999, 1), (1_000_000_024, 2), (1_000_000_006, 3), (1_000_000_121, 4),
+        (1_000_000_999, 1), (1_000_000_024, 2), (2_000_000_006, 3), (1_000_000_121, 4),
         (1_000_000_006, 5), (1_000_000_205, 6), (1_000_000_006, 7)]
     assert [ret_of(b) for _, s, b in replies if s != 5] == [-1, -1, -1, -13, -2, -2]
     assert replies[4][2] == b""   # the NOOP's reply is empty
@@ -202,6 +203,58 @@ def test_idle_timeout_is_a_timer_on_passed_in_time():
 def test_no_idle_timeout_means_no_timer():
     conn = ServerConnection()
     assert conn.get_timer() is None and conn.handle_timer(1e12) == []
+
+
+def test_a_cmd_whose_reply_cmd_cannot_fit_32_bits_is_a_violation():
+    top = 0xFFFFFFFF - 1_000_000_000              # the last cmd whose reply fits
+    conn = ServerConnection()
+    events = conn.receive_data(frame(6, 1) + frame(top, 2) + frame(top + 1, 3)
+                               + frame(6, 4), 0.0)
+    assert [(type(e), e.seq) for e in events] == [(Rejected, 2)]
+    assert conn.state is ConnectionState.ERROR and isinstance(conn.error, RemoteProtocolError)
+    # what came before is answered (the NOOP, and -1 in reply cmd 0xFFFFFFFF); then nothing
+    assert [(c, s) for c, s, _ in split_frames(conn.data_to_send())] == [
+        (1_000_000_006, 1), (0xFFFFFFFF, 2)]
+    assert conn.frames_sent == 2 and not conn.at_frame_boundary
+    with pytest.raises(RemoteProtocolError):
+        conn.receive_data(frame(6, 5), 0.0)
+
+
+def test_a_frame_begun_must_be_complete_by_the_frame_deadline():
+    conn = ServerConnection(idle_timeout=660.0, frame_timeout=30.0, now=0.0)
+    assert conn.get_timer() == 660.0              # nothing held: only idleness counts
+    # a frame dripped one byte per protocol second: each byte restarts the idle clock, but
+    # the frame's deadline runs from its first byte
+    data = frame(121, 1, b"x" * 40)
+    for t in range(31):
+        assert conn.receive_data(data[t:t + 1], float(10 + t)) == []
+        assert conn.get_timer() == 40.0
+    assert conn.handle_timer(39.9) == []
+    assert conn.handle_timer(40.0) == [FrameTimeout(30.0, 31)]
+    assert conn.state is ConnectionState.CLOSED and conn.get_timer() is None
+
+
+def test_a_frame_completed_in_time_clears_its_deadline_and_the_next_gets_its_own():
+    conn = ServerConnection(idle_timeout=660.0, frame_timeout=30.0)
+    conn.identify()
+    first, second = frame(121, 1, b"\x10\x07"), frame(121, 2, b"\x10\x07")
+    conn.receive_data(first[:5], 1.0)
+    assert conn.get_timer() == 31.0
+    # the first completes at 20 s and the second begins in the same read
+    [req] = conn.receive_data(first[5:] + second[:3], 20.0)
+    assert req.seq == 1 and conn.get_timer() == 50.0
+    [req] = conn.receive_data(second[3:], 49.0)
+    assert req.seq == 2 and conn.get_timer() == 49.0 + 660.0 and conn.at_frame_boundary
+    assert conn.handle_timer(100.0) == []
+
+
+def test_an_owner_that_stopped_reading_restarts_the_frame_deadline():
+    conn = ServerConnection(frame_timeout=30.0)
+    conn.receive_data(HEARTBEAT_REQUEST[:4], 0.0)
+    conn.restart_frame_deadline(25.0)               # the owner's own backlog, not the peer
+    assert conn.get_timer() == 55.0 and conn.handle_timer(40.0) == []
+    conn.receive_data(HEARTBEAT_REQUEST[4:], 41.0)
+    assert conn.get_timer() is None and conn.data_to_send() == HEARTBEAT_REPLY
 
 
 # ====================================================================== client side
@@ -352,8 +405,14 @@ def test_server_hostile_frames_are_all_answered(frames, identified):
     events = conn.receive_data(b"".join(frame(c, s, b) for c, s, b in frames), 0.0)
     replies = split_frames(conn.data_to_send())
     requests = [e for e in events if isinstance(e, Request)]
-    # every frame is either answered at once or handed over: none is lost, none twice
-    assert len(replies) + len(requests) == len(frames)
+    # every frame is either answered at once or handed over: none is lost, none twice; up
+    # to a cmd whose reply cmd cannot fit, a violation that ends the connection
+    upto = next((i for i, (c, _, _) in enumerate(frames) if c > 0xFFFFFFFF - 1_000_000_000),
+                len(frames))
+    assert len(replies) + len(requests) == upto
+    assert (conn.error is not None) == (upto < len(frames))
+    # and each reply carries its request's cmd + 1000000000
+    assert {c for c, _, _ in replies} <= {c + 1_000_000_000 for c, _, _ in frames[:upto]}
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

@@ -31,6 +31,9 @@ class FakeTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closing
 
+    def get_write_buffer_size(self) -> int:
+        return 0   # every write goes out at once
+
     def close(self) -> None:
         self.closing = True
 
