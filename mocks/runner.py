@@ -93,9 +93,6 @@ class Lab:
         self.profile: Profile = load_profile(self.config.profile)
         self.clock = clock or Clock(self.config.time_scale)
         self.store = store or MemoryStore()
-        self.service = Service(self.store, self.clock,
-                               nearby_radius_m=self.profile.nearby_radius_m,
-                               limits=self.profile.limits)
         self.ca = LabCA()
         self.dns: Optional[LabDNS] = None
         self.record_path: Optional[Path] = (Path(self.config.record)
@@ -107,6 +104,14 @@ class Lab:
         self.nat: Optional[NatRelay] = None
         self.relay: Optional[NatRelay] = None   # the NAT, or a pass-through when recording
         self._make_relay()
+        # behind a relay every client has the relay's address: what counts per address
+        # (connections, wrong logins) is counted where the relay still sees them, or not
+        self.server_limits = self.profile.limits if self.relay is None else \
+            dataclasses.replace(self.profile.limits, max_connections_per_address=None,
+                                login_max_failures_per_address=0)
+        self.service = Service(self.store, self.clock,
+                               nearby_radius_m=self.profile.nearby_radius_m,
+                               limits=self.server_limits)
         self._make_servers()
         self.manifest: Optional[Manifest] = None
         self.manifest_path: Optional[Path] = None
@@ -239,12 +244,9 @@ class Lab:
             self.relay = None
 
     def _make_servers(self) -> None:
-        """The long and short links and the HTTP apps, with the profile's limits; behind a
-        relay every connection comes from the relay, which keeps the per-address cap."""
-        cfg, limits = self.config, self.profile.limits
-        if self.relay is not None:
-            limits = dataclasses.replace(limits, max_connections_per_address=None)
-        self.server_limits = limits
+        """The long and short links and the HTTP apps, with the profile's limits (behind a
+        relay, the relay keeps the per-address cap)."""
+        cfg, limits = self.config, self.server_limits
         self.long = LongLinkServer(self.service, self.clock,
                                    idle_timeout_s=cfg.server_idle_s or self.profile.server_idle_s,
                                    max_packet_len=cfg.max_packet_len or self.profile.max_packet_len,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -30,8 +31,8 @@ from testbed.wire.commands import (ITEM_ADD_MSG, ITEM_MOD_CONTACT, ITEM_MOD_USER
 from . import nearby
 from .stats import MESSAGES_STORED, error_key, report_key
 from .state import (ALL_SELECTOR, LOG_CONTACTS, LOG_KEYS, LOG_MESSAGES, LOG_PROFILE,
-                    SELECTOR_BIT, MediaRecord, SessionEnded, SessionRecord, Store,
-                    UploadRecord, UserRecord)
+                    SELECTOR_BIT, MediaRecord, QuotaExceeded, SessionEnded, SessionRecord,
+                    Store, UploadRecord, UserRecord)
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,29 @@ class Service:
     # ------------------------------------------------------------------ login
     async def manualauth(self, req: pb.ManualAuthRequest, ctx: RequestContext):
         user = await self.store.user_by_name(req.username)
-        if user is None:
-            raise ServiceError(Ret.NOT_FOUND, "no such user")
-        if not secrets.compare_digest(user.password.encode(), req.password.encode()):
+        # the throttle (docs/protocol.md section 11): wrong passwords in a row, counted in
+        # the store (so every process of a lab sees one count) per account and per address
+        lim, now = self.limits, self.clock.now()
+        watched = [(key, most) for key, most in (
+            (user and f"uin:{user.uin}", lim.login_max_failures),
+            (ctx.peer and f"addr:{ctx.peer}", lim.login_max_failures_per_address))
+            if key and most > 0]
+        for key, most in watched:
+            count, last = await self.store.login_failures(key, now, lim.login_lockout_s)
+            if count >= most:
+                wait = math.ceil(last + lim.login_lockout_s - now)
+                raise ServiceError(Ret.NOT_ALLOWED, f"too many wrong logins "
+                                   f"{'for this account' if key[0] == 'u' else 'from here'}:"
+                                   f" try again in {wait} s")
+        if user is None or not secrets.compare_digest(user.password.encode(),
+                                                      req.password.encode()):
+            for key, _ in watched:
+                await self.store.note_login_failure(key, now, lim.login_lockout_s)
+            if user is None:
+                raise ServiceError(Ret.NOT_FOUND, "no such user")
             raise ServiceError(Ret.WRONG_PASSWORD, "wrong password")
+        if lim.login_max_failures > 0:
+            await self.store.clear_login_failures(f"uin:{user.uin}")
         key = os.urandom(16)
         await self.store.put_session(SessionRecord(key, user.uin, user.username,
                                                    bytes(req.base.device_id)))
@@ -347,10 +367,7 @@ class Service:
                 raise ServiceError(Ret.NOT_FOUND, "no such user")
             if to.uin != session.uin and not await self.store.are_friends(session.uin, to.uin):
                 raise ServiceError(Ret.NOT_ALLOWED, "not a friend")
-            pending = await self.store.uploads_in_progress(session.uin)
-            for old in pending[:max(0, len(pending) - MAX_UPLOADS_IN_PROGRESS + 1)]:
-                await self.store.drop_upload(session.uin, old)
-            rec = await self.store.start_upload(UploadRecord(
+            rec = await self._start_upload(UploadRecord(
                 session.uin, req.client_media_id, to.username, msg_type, req.total_len))
         if rec.total_len != req.total_len:
             raise ServiceError(Ret.BAD_ARGUMENT, "total_len changed between chunks")
@@ -373,6 +390,28 @@ class Service:
         if got == rec.total_len:
             resp.new_msg_id = await self._complete_upload(session.uin, rec, ctx.origin)
         return resp
+
+    async def _start_upload(self, record: UploadRecord) -> UploadRecord:
+        """A new upload, within the user's count of unfinished uploads and the media quotas
+        (docs/protocol.md section 11): the oldest unfinished uploads are forgotten to make
+        room, as many as the count or the user's quota needs; what completed media hold is
+        never forgotten, so past the quota with none unfinished (or past the lab's quota)
+        the upload is refused with -5."""
+        uin, lim = record.uploader, self.limits
+        pending = await self.store.uploads_in_progress(uin)
+        excess = max(0, len(pending) - MAX_UPLOADS_IN_PROGRESS + 1)
+        for old in pending[:excess]:
+            await self.store.drop_upload(uin, old)
+        pending = pending[excess:]
+        while True:
+            try:
+                return await self.store.start_upload(
+                    record, user_quota=lim.media_quota_user_bytes,
+                    lab_quota=lim.media_quota_lab_bytes)
+            except QuotaExceeded as exc:
+                if exc.scope != "user" or not pending:
+                    raise ServiceError(Ret.NOT_ALLOWED, str(exc)) from None
+                await self.store.drop_upload(uin, pending.pop(0))
 
     async def _complete_upload(self, uin: int, rec: UploadRecord, origin) -> int:
         data = await self.store.upload_data(uin, rec.client_media_id)

@@ -100,6 +100,16 @@ class SessionEnded:
     uin: int
 
 
+class QuotaExceeded(Exception):
+    """Starting an upload would take the media bytes held past a quota: the uploader's
+    (`scope` "user") or the lab's ("lab"); nothing was started."""
+
+    def __init__(self, scope: str, held: int, limit: int, wanted: int) -> None:
+        super().__init__(f"{scope} media quota: {held:,} of {limit:,} bytes held, "
+                         f"{wanted:,} more wanted")
+        self.scope, self.held, self.limit, self.wanted = scope, held, limit, wanted
+
+
 Event = Union[PushEvent, SessionEnded]
 Listener = Callable[[Event], None]
 
@@ -238,10 +248,17 @@ class Store(abc.ABC):
     async def get_upload(self, uploader: int, client_media_id: str) -> Optional[UploadRecord]: ...
 
     @abc.abstractmethod
-    async def start_upload(self, record: UploadRecord) -> UploadRecord:
+    async def start_upload(self, record: UploadRecord, *, user_quota: Optional[int] = None,
+                           lab_quota: Optional[int] = None) -> UploadRecord:
         """Create an unfinished upload unless one has this key (atomic); return the stored
         record (so two workers starting the same upload agree on one). The new upload is the
-        user's newest in `uploads_in_progress`."""
+        user's newest in `uploads_in_progress`.
+
+        A new upload holds its `total_len` of the uploader's and of the lab's media bytes
+        (`media_bytes`) from its start, finished or not, until `drop_upload` forgets it
+        unfinished; in the same step, `QuotaExceeded` (and nothing created) if that would
+        take the uploader past `user_quota` or the lab past `lab_quota` bytes (None: no
+        quota). So every process of a lab enforces one sum."""
 
     @abc.abstractmethod
     async def append_upload(self, uploader: int, client_media_id: str, start_pos: int,
@@ -278,7 +295,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def drop_upload(self, uploader: int, client_media_id: str) -> None:
-        """Forget an unfinished upload and its bytes (a finished one is kept)."""
+        """Forget an unfinished upload and its bytes (a finished one is kept), and the
+        media bytes it held (atomic)."""
+
+    @abc.abstractmethod
+    async def media_bytes(self, uploader: int) -> tuple[int, int]:
+        """(bytes the uploader's uploads hold, bytes every upload of the lab holds)."""
 
     @abc.abstractmethod
     async def put_media(self, media: MediaRecord) -> None: ...
@@ -293,6 +315,23 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def media_by_cdn_key(self, key: str) -> Optional[MediaRecord]: ...
+
+    # --- wrong logins (the login throttle: docs/protocol.md section 11)
+    @abc.abstractmethod
+    async def note_login_failure(self, key: str, now: float, window_s: float) -> int:
+        """Count a wrong login for `key` (an account, an address) at protocol time `now`
+        (atomic): failures less than `window_s` after the one before add up, a longer gap
+        starts the count again at 1. Returns the count."""
+
+    @abc.abstractmethod
+    async def login_failures(self, key: str, now: float,
+                             window_s: float) -> tuple[int, float]:
+        """(failures in a row, protocol time of the last) of `key`; (0, 0.0) if the last
+        was `window_s` or more before `now`, or there was none. A store may forget such
+        stale entries."""
+
+    @abc.abstractmethod
+    async def clear_login_failures(self, key: str) -> None: ...
 
     # --- people nearby
     @abc.abstractmethod

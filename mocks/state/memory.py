@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 
 from .base import (LOG_KEYS, LOG_MESSAGES, SELECTOR_BIT, Event, MediaPart, MediaRecord,
-                   PushEvent, SessionRecord, Store, UploadRecord, UserRecord)
+                   PushEvent, QuotaExceeded, SessionRecord, Store, UploadRecord, UserRecord)
 
 
 class _Upload:
-    """An upload's record and the bytes received so far."""
+    """An upload's record and the bytes received so far (the media bytes it holds are its
+    record's total_len)."""
 
     __slots__ = ("meta", "data")
 
@@ -46,6 +48,11 @@ class MemoryStore(Store):
         self._media_by_key: dict[str, int] = {}
         self._locations: dict[int, tuple[float, float]] = {}
         self._counters: dict[str, int] = {}
+        self._media_bytes: dict[int, int] = {}   # uploader -> bytes its uploads hold
+        self._lab_media_bytes = 0
+        # key -> (failures in a row, protocol time of the last), least recent first
+        self._login_failures: collections.OrderedDict[str, tuple[int, float]] = \
+            collections.OrderedDict()
 
     async def clear(self):
         self._reset()   # not the subscriptions: they outlive the data, as on Redis
@@ -141,13 +148,20 @@ class MemoryStore(Store):
         up = self._uploads.get((uploader, client_media_id))
         return None if up is None else up.record()
 
-    async def start_upload(self, record):
+    async def start_upload(self, record, *, user_quota=None, lab_quota=None):
         key = (record.uploader, record.client_media_id)
         up = self._uploads.get(key)
         if up is None:
+            size, held = record.total_len, self._media_bytes.get(record.uploader, 0)
+            if user_quota is not None and held + size > user_quota:
+                raise QuotaExceeded("user", held, user_quota, size)
+            if lab_quota is not None and self._lab_media_bytes + size > lab_quota:
+                raise QuotaExceeded("lab", self._lab_media_bytes, lab_quota, size)
             up = self._uploads[key] = _Upload(dataclasses.replace(record, new_msg_id=0,
                                                                   received=0))
             self._in_progress.setdefault(record.uploader, {})[record.client_media_id] = None
+            self._media_bytes[record.uploader] = held + size
+            self._lab_media_bytes += size
         return up.record()
 
     async def append_upload(self, uploader, client_media_id, start_pos, data):
@@ -185,7 +199,12 @@ class MemoryStore(Store):
         up = self._uploads.get((uploader, client_media_id))
         if up is not None and not up.meta.new_msg_id:
             del self._uploads[(uploader, client_media_id)]
+            self._media_bytes[uploader] -= up.meta.total_len
+            self._lab_media_bytes -= up.meta.total_len
         self._in_progress.get(uploader, {}).pop(client_media_id, None)
+
+    async def media_bytes(self, uploader):
+        return self._media_bytes.get(uploader, 0), self._lab_media_bytes
 
     async def put_media(self, media):
         self._media[media.msg_id] = media
@@ -205,6 +224,27 @@ class MemoryStore(Store):
     async def media_by_cdn_key(self, key):
         mid = self._media_by_key.get(key)
         return None if mid is None else self._media[mid]
+
+    async def note_login_failure(self, key, now, window_s):
+        book = self._login_failures
+        count, last = book.pop(key, (0, 0.0))
+        count = count + 1 if count and now - last < window_s else 1
+        book[key] = (count, now)
+        # the oldest entries first: forget those past their window (memory stays bounded
+        # by the failures one window holds, however many addresses an attacker uses)
+        while book:
+            first = next(iter(book))
+            if now - book[first][1] < window_s:
+                break
+            del book[first]
+        return count
+
+    async def login_failures(self, key, now, window_s):
+        count, last = self._login_failures.get(key, (0, 0.0))
+        return (count, last) if count and now - last < window_s else (0, 0.0)
+
+    async def clear_login_failures(self, key):
+        self._login_failures.pop(key, None)
 
     async def set_location(self, uin, lon, lat):
         self._locations[uin] = (lon, lat)

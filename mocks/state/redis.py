@@ -17,10 +17,13 @@ Layout (P is the prefix):
                                       script that stores the message (_DELIVER)
   P upload:UIN:ID / P upload-data:UIN:ID   hash of the record / string of its bytes;
   P uploads:UIN                       sorted set of unfinished ids, oldest first
+  P media-bytes                       hash uin -> bytes its uploads hold, and "lab" -> all
   P media:ID / P media-data:ID        hash of the record / string of its bytes (an upload's
                                       bytes are RENAMEd there as it completes); P cdn: key -> id
   P geo (GEOADD), P locations (hash uin -> "lon lat", exact), P polar (set: |lat| > 85.05)
   P counters hash name -> count;      P events: the pub/sub channel
+  P login-failures                    hash key -> "count last" of wrong logins, beside
+  P login-last                        sorted set key by last (protocol time), for pruning
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .base import (LOG_KEYS, LOG_MESSAGES, SELECTOR_BIT, Event, MediaPart, MediaRecord,
-                   PushEvent, SessionRecord, Store, UploadRecord, UserRecord, decode_event,
-                   encode_event)
+                   PushEvent, QuotaExceeded, SessionRecord, Store, UploadRecord, UserRecord,
+                   decode_event, encode_event)
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +76,28 @@ if not uin then return false end
 return {uin, redis.call('HGET', KEYS[2], uin)}
 """
 
-# KEYS: record, data, queue, seq; ARGV: member, to_user, msg_type, total_len
+# KEYS: record, data, queue, seq, media bytes; ARGV: member, to_user, msg_type, total_len,
+# uploader, user quota ('' for none), lab quota ('' for none)
 _START_UPLOAD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  local size = tonumber(ARGV[4])
+  local held = tonumber(redis.call('HGET', KEYS[5], ARGV[5]) or '0')
+  local lab = tonumber(redis.call('HGET', KEYS[5], 'lab') or '0')
+  if ARGV[6] ~= '' and held + size > tonumber(ARGV[6]) then
+    return {'quota', 'user', held, ARGV[6]}
+  end
+  if ARGV[7] ~= '' and lab + size > tonumber(ARGV[7]) then
+    return {'quota', 'lab', lab, ARGV[7]}
+  end
   redis.call('HSET', KEYS[1], 'to_user', ARGV[2], 'msg_type', ARGV[3], 'total_len', ARGV[4],
              'new_msg_id', 0)
   redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[1])
+  redis.call('HINCRBY', KEYS[5], ARGV[5], size)
+  redis.call('HINCRBY', KEYS[5], 'lab', size)
 end
 local r = redis.call('HMGET', KEYS[1], 'to_user', 'msg_type', 'total_len', 'new_msg_id')
 r[5] = redis.call('STRLEN', KEYS[2])
-return r
+return {'ok', r}
 """
 
 # KEYS: record, data; ARGV: start_pos, chunk
@@ -138,12 +153,34 @@ store_message(KEYS, ARGV)
 return {'finished', ARGV[7]}
 """
 
-# KEYS: record, data, queue; ARGV: member
+# KEYS: record, data, queue, media bytes; ARGV: member, uploader
 _DROP_UPLOAD = """
 if redis.call('HGET', KEYS[1], 'new_msg_id') == '0' then
+  local size = tonumber(redis.call('HGET', KEYS[1], 'total_len'))
   redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('HINCRBY', KEYS[4], ARGV[2], -size)
+  redis.call('HINCRBY', KEYS[4], 'lab', -size)
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
+"""
+
+# KEYS: failures (hash key -> "count last"), last (sorted set key by last); ARGV: key, now,
+# window, now - window. Stale entries (last <= now - window) are forgotten on the way.
+_NOTE_LOGIN_FAILURE = """
+local now, window = tonumber(ARGV[2]), tonumber(ARGV[3])
+local count = 1
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  local n, last = string.match(old, '(%d+) (.+)')
+  if now - tonumber(last) < window then count = tonumber(n) + 1 end
+end
+for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])) do
+  redis.call('HDEL', KEYS[1], k)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[1], count .. ' ' .. ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return count
 """
 
 # KEYS: meta, data; ARGV: start, max_len
@@ -206,6 +243,8 @@ class RedisStore(Store):
         self._k_upload_seq, self._k_cdn = p + "upload-seq", p + "cdn"
         self._k_geo, self._k_locations, self._k_polar = p + "geo", p + "locations", p + "polar"
         self._k_counters, self.channel = p + "counters", p + "events"
+        self._k_media_bytes = p + "media-bytes"
+        self._k_login_failures, self._k_login_last = p + "login-failures", p + "login-last"
         reg = client.register_script
         self._create_user = reg(_CREATE_USER)
         self._user_by_index = reg(_USER_BY_INDEX)
@@ -215,6 +254,7 @@ class RedisStore(Store):
         self._deliver = reg(_DELIVER)
         self._complete_upload = reg(_COMPLETE_UPLOAD)
         self._drop_upload = reg(_DROP_UPLOAD)
+        self._note_login_failure = reg(_NOTE_LOGIN_FAILURE)
         self._media_part = reg(_MEDIA_PART)
         self._candidates_near = reg(_CANDIDATES_NEAR)
 
@@ -374,12 +414,17 @@ class RedisStore(Store):
         return UploadRecord(uploader, client_media_id, to_user.decode(), int(msg_type),
                             total_len, new_msg_id, total_len if new_msg_id else int(received))
 
-    async def start_upload(self, record):
+    async def start_upload(self, record, *, user_quota=None, lab_quota=None):
         keys = self._upload_keys(record.uploader, record.client_media_id)
-        got = await self._start_upload(
-            keys=[*keys, self._k_upload_seq],
-            args=[record.client_media_id, record.to_user, record.msg_type, record.total_len])
-        return self._upload(record.uploader, record.client_media_id, got)
+        outcome, *got = await self._start_upload(
+            keys=[*keys, self._k_upload_seq, self._k_media_bytes],
+            args=[record.client_media_id, record.to_user, record.msg_type, record.total_len,
+                  record.uploader, "" if user_quota is None else user_quota,
+                  "" if lab_quota is None else lab_quota])
+        if outcome == b"quota":
+            scope, held, limit = got
+            raise QuotaExceeded(scope.decode(), int(held), int(limit), record.total_len)
+        return self._upload(record.uploader, record.client_media_id, got[0])
 
     async def append_upload(self, uploader, client_media_id, start_pos, data):
         rec, blob, _ = self._upload_keys(uploader, client_media_id)
@@ -415,8 +460,32 @@ class RedisStore(Store):
         return [m.decode() for m in await self._r.zrange(queue, 0, -1)]
 
     async def drop_upload(self, uploader, client_media_id):
-        await self._drop_upload(keys=list(self._upload_keys(uploader, client_media_id)),
-                                args=[client_media_id])
+        await self._drop_upload(keys=[*self._upload_keys(uploader, client_media_id),
+                                      self._k_media_bytes], args=[client_media_id, uploader])
+
+    async def media_bytes(self, uploader):
+        mine, lab = await self._r.hmget(self._k_media_bytes, str(uploader), "lab")
+        return int(mine or 0), int(lab or 0)
+
+    # ------------------------------------------------------------------ wrong logins
+    async def note_login_failure(self, key, now, window_s):
+        return await self._note_login_failure(
+            keys=[self._k_login_failures, self._k_login_last],
+            args=[key, repr(float(now)), repr(float(window_s)), repr(float(now - window_s))])
+
+    async def login_failures(self, key, now, window_s):
+        raw = await self._r.hget(self._k_login_failures, key)
+        if raw is None:
+            return 0, 0.0
+        count, last = raw.split()
+        last = float(last)
+        return (int(count), last) if now - last < window_s else (0, 0.0)
+
+    async def clear_login_failures(self, key):
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._k_login_failures, key)
+            pipe.zrem(self._k_login_last, key)
+            await pipe.execute()
 
     # ------------------------------------------------------------------ media
     async def put_media(self, media):

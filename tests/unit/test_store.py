@@ -15,8 +15,8 @@ import pytest
 
 from mocks import nearby
 from mocks.state import (LOG_CONTACTS, LOG_MESSAGES, LOG_PROFILE, MediaRecord, MemoryStore,
-                         PushEvent, SessionEnded, SessionRecord, UploadRecord, make_store,
-                         new_link_id)
+                         PushEvent, QuotaExceeded, SessionEnded, SessionRecord, UploadRecord,
+                         make_store, new_link_id)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -390,6 +390,73 @@ async def test_uploads_in_progress_oldest_first_and_drop(stores):
     # started again after a drop, it is the newest
     await a.start_upload(upload("u1"))
     assert await a.uploads_in_progress(1) == ["u3", "u1"]
+
+
+async def test_uploads_hold_media_bytes_against_the_quotas(stores):
+    a, b = stores
+    assert await a.media_bytes(1) == (0, 0)
+    await a.start_upload(upload("m1", total=40), user_quota=100, lab_quota=150)
+    await b.start_upload(upload("m2", total=60), user_quota=100, lab_quota=150)
+    assert await b.media_bytes(1) == (100, 100)
+    # past the user's quota: refused, nothing created, nothing held
+    with pytest.raises(QuotaExceeded) as info:
+        await a.start_upload(upload("m3", total=1), user_quota=100, lab_quota=150)
+    assert (info.value.scope, info.value.held, info.value.limit) == ("user", 100, 100)
+    assert await a.get_upload(1, "m3") is None and await a.uploads_in_progress(1) == ["m1", "m2"]
+    # another user, past the lab's quota
+    await b.start_upload(upload("n1", total=50, uploader=2), user_quota=100, lab_quota=150)
+    with pytest.raises(QuotaExceeded) as info:
+        await a.start_upload(upload("n2", total=1, uploader=2), user_quota=100, lab_quota=150)
+    assert (info.value.scope, info.value.held) == ("lab", 150)
+    assert await a.media_bytes(2) == (50, 150)
+    # a second start of the same upload holds nothing more, even at the quota
+    await a.start_upload(upload("m1", total=40), user_quota=100, lab_quota=150)
+    # a finished upload keeps its bytes held; a dropped unfinished one gives them back
+    await a.append_upload(1, "m1", 0, b"x" * 40)
+    await a.complete_upload(*finish(1, "m1", 5))
+    await b.drop_upload(1, "m1")
+    await b.drop_upload(1, "m2")
+    await b.drop_upload(1, "m2")                  # twice: given back once
+    assert await a.media_bytes(1) == (40, 90)
+    await a.start_upload(upload("m3", total=60), user_quota=100, lab_quota=150)
+    assert await a.media_bytes(1) == (100, 150)
+    # no quota: held all the same
+    await a.start_upload(upload("m4", total=1000, uploader=3))
+    assert await b.media_bytes(3) == (1000, 1150)
+
+
+async def test_concurrent_starts_on_two_connections_never_pass_a_quota(stores):
+    a, b = stores
+
+    async def start(store, i):
+        try:
+            await store.start_upload(upload(f"c{i}", total=10, uploader=1 + i % 3),
+                                     lab_quota=95)
+            return True
+        except QuotaExceeded:
+            return False
+    started = await asyncio.gather(*(start((a, b)[i % 2], i) for i in range(20)))
+    assert sum(started) == 9
+    assert (await a.media_bytes(1))[1] == 90
+
+
+async def test_wrong_logins_count_in_a_row_and_go_stale(stores):
+    a, b = stores
+    assert await a.login_failures("uin:1", 0.0, 300) == (0, 0.0)
+    assert [await (a, b)[i % 2].note_login_failure("uin:1", 10.0 * i, 300)
+            for i in range(4)] == [1, 2, 3, 4]
+    assert await b.login_failures("uin:1", 100.0, 300) == (4, 30.0)
+    assert await b.login_failures("uin:1", 329.9, 300) == (4, 30.0)
+    assert await a.login_failures("uin:1", 330.0, 300) == (0, 0.0)   # stale
+    assert await a.note_login_failure("uin:1", 330.0, 300) == 1      # a new run
+    await b.note_login_failure("addr:127.0.0.5", 330.5, 300)
+    await a.clear_login_failures("uin:1")
+    assert await b.login_failures("uin:1", 331.0, 300) == (0, 0.0)
+    assert await b.login_failures("addr:127.0.0.5", 331.0, 300) == (1, 330.5)
+    # counts from two connections at once add up
+    await asyncio.gather(*(s.note_login_failure("uin:2", 400.0, 300)
+                           for s in (a, b) * 10))
+    assert (await a.login_failures("uin:2", 400.0, 300))[0] == 20
 
 
 # ---------------------------------------------------------------------- media
