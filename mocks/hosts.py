@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Optional
 
 from testbed.lab.clock import Clock
-from testbed.lab.profiles import DEFAULT_PROFILE, load_profile
+from testbed.lab.profiles import DEFAULT_PROFILE, Limits, load_profile
 
 from . import cdn, mapabc
 from .dns import LabDNS
@@ -57,6 +57,7 @@ class HostSpec:
     maps: tuple[tuple[Endpoint, Endpoint], ...] = ()        # nat: listen -> target
     nat_timeout_s: Optional[float] = None    # nat: idle timeout (None: never expires)
     nat_latency_s: float = 0.0               # nat
+    behind_relay: bool = False   # every client comes through a relay: no per-address counts
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -70,6 +71,12 @@ class HostSpec:
             return Clock(self.time_scale)
         return Clock(self.time_scale, epoch=self.epoch,
                      origin=time.monotonic() - (time.time() - self.epoch))
+
+
+    def limits(self) -> Limits:
+        """The profile's limits as this host applies them."""
+        limits = load_profile(self.profile).limits
+        return limits.behind_relay() if self.behind_relay else limits
 
 
 @dataclass
@@ -108,11 +115,12 @@ async def start_host(spec: HostSpec, store: Optional[Store]) -> RunningHost:
 
 # ---------------------------------------------------------------------------- roles
 async def _long(spec: HostSpec, store: Store, host: RunningHost) -> None:
-    profile = load_profile(spec.profile)
+    profile, limits = load_profile(spec.profile), spec.limits()
     clock = spec.clock()
-    service = Service(store, clock, nearby_radius_m=profile.nearby_radius_m)
+    service = Service(store, clock, nearby_radius_m=profile.nearby_radius_m, limits=limits)
     server = LongLinkServer(service, clock, spec.idle_timeout_s or profile.server_idle_s,
-                            spec.max_packet_len or profile.max_packet_len, process_name())
+                            spec.max_packet_len or profile.max_packet_len, process_name(),
+                            limits=limits)
     host._closers.append(server.close)
     host.errors = server.errors
     for e in spec.listen:
@@ -122,9 +130,10 @@ async def _long(spec: HostSpec, store: Store, host: RunningHost) -> None:
 
 
 async def _short(spec: HostSpec, store: Store, host: RunningHost) -> None:
-    profile = load_profile(spec.profile)
-    service = Service(store, spec.clock(), nearby_radius_m=profile.nearby_radius_m)
-    server = ShortLinkServer(service, process_name())
+    profile, limits = load_profile(spec.profile), spec.limits()
+    service = Service(store, spec.clock(), nearby_radius_m=profile.nearby_radius_m,
+                      limits=limits)
+    server = ShortLinkServer(service, process_name(), limits=limits)
     host._closers.append(server.close)
     host.errors = server.errors
     for e in spec.listen:
@@ -143,8 +152,9 @@ async def _short(spec: HostSpec, store: Store, host: RunningHost) -> None:
 
 def _app_role(make_app: Callable[[Optional[Service]], object]):
     async def start(spec: HostSpec, store: Optional[Store], host: RunningHost) -> None:
-        service = Service(store, spec.clock()) if store is not None else None
-        server = AppServer(make_app(service))
+        limits = spec.limits()
+        service = Service(store, spec.clock(), limits=limits) if store is not None else None
+        server = AppServer(make_app(service), limits=limits)
         host._closers.append(server.close)
         for e in spec.listen:
             port = await server.listen(e.host, e.port, reuse_port=spec.reuse_port)
@@ -155,7 +165,8 @@ def _app_role(make_app: Callable[[Optional[Service]], object]):
 async def _dns(spec: HostSpec, store: Optional[Store], host: RunningHost) -> None:
     records = {name: list(addrs) for name, addrs in spec.records}
     for e in spec.listen:
-        server = LabDNS(records, spec.ttl, ns_address=e.host)
+        server = LabDNS(records, spec.ttl, ns_address=e.host,
+                        backlog=spec.limits().listen_backlog)
 
         async def close(server=server) -> None:
             server.close()
@@ -167,7 +178,10 @@ async def _dns(spec: HostSpec, store: Optional[Store], host: RunningHost) -> Non
 
 
 async def _nat(spec: HostSpec, store: Optional[Store], host: RunningHost) -> None:
-    relay = NatRelay(spec.clock(), spec.nat_timeout_s, latency_s=spec.nat_latency_s)
+    limits = spec.limits()
+    relay = NatRelay(spec.clock(), spec.nat_timeout_s, latency_s=spec.nat_latency_s,
+                     max_connections_per_address=limits.max_connections_per_address,
+                     backlog=limits.listen_backlog)
     host._closers.append(relay.close)
     maps = []
     for listen, target in spec.maps:

@@ -139,7 +139,9 @@ class ProcessLab:
             return out
 
         store = ["--store", self.store_url]
-        workers = ["--workers", str(self.workers)]
+        # behind the NAT every client has the NAT's address: the NAT caps per address
+        relayed = ["--behind-relay"] if nat else []
+        workers = ["--workers", str(self.workers)] + relayed
         long_args = listen(LONG, "long", "long_fallback") + store + workers
         if cfg.server_idle_s:
             long_args += ["--idle-timeout", repr(cfg.server_idle_s)]
@@ -149,9 +151,9 @@ class ProcessLab:
             "long": long_args,
             "short": (listen(SHORT, "short") + listen(SHORT, "tls", flag="--tls-listen")
                       + ["--ca", str(self._ca_dir)] + store + workers),
-            "mapabc": listen(MAPABC, "http"),
-            "qlogo": listen(QLOGO, "http") + store,
-            "qpic": listen(QPIC, "http") + store,
+            "mapabc": listen(MAPABC, "http") + relayed,
+            "qlogo": listen(QLOGO, "http") + store + relayed,
+            "qpic": listen(QPIC, "http") + store + relayed,
         }
         records = []
         for name in HOST_NAMES:

@@ -107,8 +107,7 @@ class Lab:
         # behind a relay every client has the relay's address: what counts per address
         # (connections, wrong logins) is counted where the relay still sees them, or not
         self.server_limits = self.profile.limits if self.relay is None else \
-            dataclasses.replace(self.profile.limits, max_connections_per_address=None,
-                                login_max_failures_per_address=0)
+            self.profile.limits.behind_relay()
         self.service = Service(self.store, self.clock,
                                nearby_radius_m=self.profile.nearby_radius_m,
                                limits=self.server_limits)

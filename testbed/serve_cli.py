@@ -112,6 +112,9 @@ def _add_common(p: argparse.ArgumentParser, role: str) -> None:
         p.add_argument("--workers", type=positive_int, default=1,
                        help="worker processes sharing the port with SO_REUSEPORT (default "
                             "1: serve in this process; more need a Redis store)")
+        p.add_argument("--behind-relay", action="store_true",
+                       help="every client comes through a relay (serve nat): count nothing "
+                            "per client address here (the relay caps connections)")
 
 
 def add_serve_parser(sub) -> None:
@@ -198,7 +201,7 @@ def host_spec(args):
                       else default(SHORT, "tls"), ca_dir=str(args.ca))
     return HostSpec(role=role, listen=listen, store=getattr(args, "store", "memory:"),
                     profile=args.profile, time_scale=time_scale_of(args), epoch=args.epoch,
-                    **kwargs)
+                    behind_relay=getattr(args, "behind_relay", False), **kwargs)
 
 
 def _console():

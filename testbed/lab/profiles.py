@@ -50,6 +50,13 @@ class Limits:
     login_max_failures_per_address: int = 20     # per client address, whatever the account
     login_lockout_s: float = 300.0
 
+    def behind_relay(self) -> "Limits":
+        """These limits for a server every client reaches through a relay (the carrier NAT,
+        the recorder's pass-through): all its clients share the relay's address, so what is
+        counted per address is off there (the relay keeps the connection cap)."""
+        return dataclasses.replace(self, max_connections_per_address=None,
+                                   login_max_failures_per_address=0)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Limits":
         known = {f.name for f in dataclasses.fields(cls)}
