@@ -125,9 +125,10 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
-def tcp_peers(pid: int) -> set[tuple[str, int]]:
-    """The remote ends of the established TCP connections process `pid` holds (Linux
-    /proc: its socket inodes matched against the namespace's TCP table)."""
+def _sockets(pid: int, table: str, state: str, column: int) -> set[tuple[str, int]]:
+    """(address, port) in `column` (1 local, 2 remote) of the `table` ("tcp", "udp6"...)
+    rows in `state` that are sockets process `pid` holds (Linux /proc: its socket inodes
+    matched against its network namespace's table)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -136,16 +137,33 @@ def tcp_peers(pid: int) -> set[tuple[str, int]]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
-    peers = set()
-    with open(f"/proc/{pid}/net/tcp") as f:
+    out = set()
+    with open(f"/proc/{pid}/net/{table}") as f:
         next(f)
         for line in f:
             fields = line.split()
-            if fields[3] == "01" and fields[9] in inodes:     # ESTABLISHED
-                addr, port = fields[2].split(":")
-                ip = socket.inet_ntoa(struct.pack("<I", int(addr, 16)))
-                peers.add((ip, int(port, 16)))
-    return peers
+            if fields[3] == state and fields[9] in inodes:
+                addr, port = fields[column].split(":")
+                # the kernel prints each 32-bit word of the address in host order
+                raw = b"".join(struct.pack("<I", int(addr[i:i + 8], 16))
+                               for i in range(0, len(addr), 8))
+                ip = socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET,
+                                      raw)
+                out.add((ip, int(port, 16)))
+    return out
+
+
+def tcp_peers(pid: int) -> set[tuple[str, int]]:
+    """The remote ends of the established TCP connections process `pid` holds."""
+    return _sockets(pid, "tcp", "01", 2)
+
+
+def bound_sockets(pid: int) -> set[tuple[str, str, int]]:
+    """(table, address, port) of every listening TCP socket and every unconnected UDP
+    socket process `pid` holds, IPv4 and IPv6 ("tcp", "udp", "tcp6", "udp6")."""
+    return {(table, *a) for table, state in (("tcp", "0A"), ("udp", "07"), ("tcp6", "0A"),
+                                             ("udp6", "07"))
+            for a in _sockets(pid, table, state, 1)}
 
 
 def still_alive(pids, within: float = 2.0) -> list[int]:
