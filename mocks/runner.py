@@ -246,10 +246,10 @@ class Lab:
         """The long and short links and the HTTP apps, with the profile's limits (behind a
         relay, the relay keeps the per-address cap)."""
         cfg, limits = self.config, self.server_limits
-        self.long = LongLinkServer(self.service, self.clock,
-                                   idle_timeout_s=cfg.server_idle_s or self.profile.server_idle_s,
-                                   max_packet_len=cfg.max_packet_len or self.profile.max_packet_len,
-                                   limits=limits)
+        self.long = LongLinkServer(
+            self.service, self.clock,
+            idle_timeout_s=cfg.server_idle_s or self.profile.server_idle_s,
+            max_packet_len=cfg.max_packet_len or self.profile.max_packet_len, limits=limits)
         self.short = ShortLinkServer(self.service, limits=limits)
         self.apps = {MAPABC: mapabc.make_app(), QLOGO: cdn.make_qlogo_app(self.service),
                      QPIC: cdn.make_qpic_app(self.service)}

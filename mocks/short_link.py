@@ -12,7 +12,7 @@ import logging
 from typing import Optional
 
 from aiohttp import web
-from aiohttp.http import HttpVersion10
+from aiohttp.http import HttpVersion10, HttpVersion11
 
 from testbed.lab.profiles import Limits
 from testbed.wire import (BY_PATH, Door, RemoteProtocolError, Ret, ServiceError,
@@ -27,11 +27,14 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20          # PROTOCOL 3: a body over 1 MiB gets 413
 OCTET = "application/octet-stream"
-# what aiohttp would answer a request line without a version in: "HTTP/0.9 400 ...", which
-# no client reads as a status
-_NO_VERSION_400 = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
-                   b"Content-Length: 29\r\nConnection: close\r\n\r\n"
-                   b"the request line has no HTTP\n")
+# aiohttp answers in the request's version: "HTTP/0.9 400" to a request line without one,
+# "HTTP/2.0 200" to one that says 2.0; what we answer those with instead, in HTTP/1.1
+_BAD_VERSION = {
+    400: b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 33\r\n"
+         b"Connection: close\r\n\r\nthe request line has no version\r\n",
+    505: b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\n"
+         b"Content-Length: 23\r\nConnection: close\r\n\r\nHTTP/1.0 and 1.1 only\r\n",
+}
 
 
 class BodyTooLarge(Exception):
@@ -137,8 +140,8 @@ class ShortLinkServer:
         return resp
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.version < HttpVersion10:
-            return self._no_version(request)
+        if request.version < HttpVersion10 or request.version > HttpVersion11:
+            return self._bad_version(request)
         command = BY_PATH.get(request.path)
         if command is None:
             return await self._refuse(request, self._status(404, b"not found\n"))
@@ -181,16 +184,18 @@ class ShortLinkServer:
             out = error_body(Ret.SERVER_FAULT, "server fault")
         return self._status(200, out, OCTET)
 
-    def _no_version(self, request: web.BaseRequest) -> web.StreamResponse:
-        """A request line without "HTTP/x.y" (HTTP/0.9 style): 400 in HTTP/1.1, written
-        raw, since aiohttp would answer in the request's version."""
-        self.status_counts[400] = self.status_counts.get(400, 0) + 1
-        log.info("short link %s: request line without a version, 400", request.remote)
+    def _bad_version(self, request: web.BaseRequest) -> web.StreamResponse:
+        """A request line without "HTTP/x.y" (HTTP/0.9 style): 400; one with a version
+        past 1.1: 505. Written raw in HTTP/1.1, since aiohttp answers in the request's."""
+        status = 400 if request.version < HttpVersion10 else 505
+        self.status_counts[status] = self.status_counts.get(status, 0) + 1
+        log.info("short link %s: request line version %s, %d", request.remote,
+                 "none" if status == 400 else "%d.%d" % tuple(request.version), status)
         transport = request.transport
         if transport is not None and not transport.is_closing():
-            transport.write(_NO_VERSION_400)
+            transport.write(_BAD_VERSION[status])
             transport.close()
-        return self._close(web.Response(status=400))   # its write finds the socket closed
+        return self._close(web.Response(status=status))   # its write finds the socket closed
 
     async def listen(self, host: str, port: int, ssl_context=None, *,
                      reuse_port: bool = False) -> int:

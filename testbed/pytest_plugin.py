@@ -64,9 +64,12 @@ def _opt(config, name: str) -> str:
 class LabHandle:
     """A lab running in a background thread with its own event loop."""
 
-    def __init__(self, record_dir: Path, **config: Any) -> None:
+    def __init__(self, record_dir: Path, *, record: bool = True, **config: Any) -> None:
+        """A lab of `config` (LabConfig fields) whose manifest (and, with `record`, its
+        capture) goes in `record_dir`."""
         self.config = config
         self.record_dir = record_dir
+        self.record = record
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="testbed-lab",
                                        daemon=True)
@@ -78,7 +81,8 @@ class LabHandle:
 
         self.thread.start()
         cfg = LabConfig(manifest_path=self.record_dir / "manifest.json",
-                        record=self.record_dir / "lab.pcapng", **self.config)
+                        record=self.record_dir / "lab.pcapng" if self.record else None,
+                        **self.config)
         try:
             # made and started in the lab's thread: aiohttp servers bind to the loop they
             # are made in

@@ -14,6 +14,8 @@ from mocks import runner
 from mocks.runner import Lab, LabConfig
 from mocks.state.redis_server import RedisServer, redis_unavailable
 
+from . import fuzzing  # noqa: F401  (loads the hypothesis profile, HYPOTHESIS_PROFILE)
+
 REQUIRE_REDIS = "TESTBED_REQUIRE_REDIS"   # "1" in CI: a missing redis-server fails, not skips
 
 async def start_lab(tmp_path: Path, store=None, clock=None, **kwargs) -> Lab:

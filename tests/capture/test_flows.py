@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from testbed.capture.flows import FlowTable, TcpFlow
 
+from ..fuzzing import budget
 from .builders import ACK, FIN, PSH, RST, SYN, Conn, datagram
 
 
@@ -286,7 +285,7 @@ def test_flow_memory_is_bounded_by_open_flows():
     assert kept / 2000 < 8000, kept / 2000             # 20 kB each if held data stayed
 
 
-@settings(max_examples=int(os.environ.get("TESTBED_FUZZ_EXAMPLES", "150")), deadline=2000)
+@budget(1.5)
 @given(st.data())
 def test_any_arrival_order_with_duplicates_reassembles(data):
     """Shuffled, duplicated and overlapping segments always give back the original bytes."""

@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from testbed.capture.flows import FlowTable
 from testbed.capture.packets import (CaptureError, Datagram, Packet, Segment, decode,
                                      read_capture)
 
+from ..fuzzing import EDITS, budget, damage
 from .builders import (ACK, PSH, SYN, custom_block, epb, ether, idb, ipv4, ipv6, isb, pb,
                        pcap_bytes, pppoe, shb, spb, tcp_frame, tcp_header, udp_frame,
                        udp_header)
@@ -280,11 +281,8 @@ def test_pcapng_trailing_length_mismatch(tmp_path):
 
 
 # ============================================================================== fuzzing
-# TESTBED_FUZZ_EXAMPLES=5000 for a long local run; the suite keeps it short.
-EXAMPLES = int(os.environ.get("TESTBED_FUZZ_EXAMPLES", "120"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=2000,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+# the capture reader's fuzz suite: HYPOTHESIS_PROFILE=deep for a long run (tests/fuzzing.py)
+FUZZ = budget(1.2)
 
 
 def _consume(path) -> int:
@@ -329,30 +327,14 @@ _SEEDS = {**_REAL_SEEDS, **{f"small.{k}": v for k, v in _SMALL.items()}}
 
 
 @FUZZ
-@given(name=st.sampled_from(sorted(_SEEDS)),
-       edits=st.lists(st.tuples(st.integers(0, 59999), st.integers(0, 255),
-                                st.sampled_from(["set", "insert", "delete", "cut"])),
-                      min_size=1, max_size=12))
+@given(name=st.sampled_from(sorted(_SEEDS)), edits=EDITS)
 def test_fuzz_mutated_real_captures(tmp_path_factory, name, edits):
-    data = bytearray(_SEEDS[name])
-    for pos, val, op in edits:
-        if not data:
-            break
-        pos %= len(data)
-        if op == "set":
-            data[pos] = val
-        elif op == "insert":
-            data[pos:pos] = bytes([val]) * (val % 9 + 1)
-        elif op == "delete":
-            del data[pos:pos + val % 17 + 1]
-        else:
-            del data[pos:]
     p = tmp_path_factory.mktemp("fz") / name
-    p.write_bytes(bytes(data))
+    p.write_bytes(damage(_SEEDS[name], edits))
     _consume(p)
 
 
-@settings(max_examples=max(300, EXAMPLES), deadline=1000)
+@budget(3)
 @given(linktype=st.sampled_from([0, 1, 12, 101, 108, 113, 228, 229, 276, 147]),
        data=st.binary(max_size=200), origlen=st.integers(0, 70000))
 def test_fuzz_decode_never_raises(linktype, data, origlen):

@@ -19,7 +19,7 @@ import pytest
 
 from testbed.lab.addressing import LONG, SHORT, lab_host_address
 from testbed.lab.clock import ManualClock
-from testbed.wire import CGI_PREFIX, encode_frame, pb
+from testbed.wire import CGI_PREFIX, encode_frame
 
 from ..conftest import start_lab
 from .helpers import limits_profile, read_frame, wait_for

@@ -105,12 +105,17 @@ async def _malformed_everywhere(lab, caplog) -> None:
                 assert answer.split(b" ", 2)[1][:1] == b"4", (raw[:30], answer[:60])
 
 
-async def test_a_request_line_without_a_version_is_400(lab):
+async def test_a_request_line_without_a_version_is_400_one_past_1_1_is_505(lab):
     h = lab.manifest.hosts[SHORT]
     for line in (b"GET /\r\n\r\n", b"POST " + CGI_PREFIX.encode() + b"newsync\r\n\r\n"):
         answer = await exchange(h.addresses[0], h.port, line)
         assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[:40]
+        assert answer.endswith(b"\r\n\r\nthe request line has no version\r\n")
     assert lab.short.status_counts[400] == 2
+    answer = await exchange(h.addresses[0], h.port, b"POST " + CGI_PREFIX.encode()
+                            + b"newsync HTTP/2.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer[:60]
+    assert answer.endswith(b"\r\n\r\nHTTP/1.0 and 1.1 only\r\n")
 
 
 async def test_clients_that_vanish_mid_request_raise_nothing(lab, caplog):

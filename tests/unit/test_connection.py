@@ -7,13 +7,15 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from testbed.wire import (BY_CMD, BY_NAME, ClientConnection, LocalProtocolError,
                           RemoteProtocolError, Ret, ServerConnection, ConnectionState, pb)
 from testbed.wire.connection import (FrameTimeout, IdleTimeout, Push, Rejected, Reply,
                                      Request, Stray, TimedOut, WrongReply)
+
+from ..fuzzing import budget
 
 # PROTOCOL.md section 2, written out as hex rather than built with the code under test
 HEARTBEAT_REQUEST = bytes.fromhex("00000010" "0010" "0001" "00000006" "0000000b")
@@ -381,7 +383,7 @@ def _only_remote_errors(feed) -> None:
         pass
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@budget(3)
 @given(chunked_bytes, st.booleans())
 def test_server_hostile_bytes_raise_only_remote_protocol_error(chunks, identified):
     conn = ServerConnection(max_packet_len=256)
@@ -396,7 +398,7 @@ def test_server_hostile_bytes_raise_only_remote_protocol_error(chunks, identifie
     assert conn._decoder.buffered <= 256
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@budget(3)
 @given(framed, st.booleans())
 def test_server_hostile_frames_are_all_answered(frames, identified):
     conn = ServerConnection()
@@ -415,7 +417,7 @@ def test_server_hostile_frames_are_all_answered(frames, identified):
     assert {c for c, _, _ in replies} <= {c + 1_000_000_000 for c, _, _ in frames[:upto]}
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@budget(3)
 @given(chunked_bytes, framed)
 def test_client_hostile_input_raises_only_remote_protocol_error(chunks, frames):
     conn = ClientConnection()

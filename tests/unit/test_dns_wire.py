@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testbed.wire import dns
@@ -13,6 +13,8 @@ from testbed.wire.dns import (DEFAULT_TTL, RCODE_FORMERR, RCODE_NOERROR, RCODE_N
                               TYPE_AAAA, Answer, Question, build_query, build_response, formerr,
                               parse_query, parse_response)
 from testbed.wire.errors import RemoteProtocolError
+
+from ..fuzzing import budget
 
 LONG = "long.weixin.qq.com"
 SHORT = "short.weixin.qq.com"
@@ -215,7 +217,7 @@ def test_build_response_refuses_a_bad_address(bad):
 
 # --------------------------------------------------------------------- fuzz
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = budget(4)
 
 
 @FUZZ

@@ -6,12 +6,14 @@ import itertools
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from testbed.wire.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from testbed.wire.frames import (DEFAULT_MAX_PACKET_LEN, HEADER_LEN, REPLY_OFFSET, Frame,
                                  FrameDecoder, encode_frame, is_reply, reply_cmd, request_cmd)
+
+from ..fuzzing import budget
 
 # The vectors of PROTOCOL.md section 2, written out as hex, not built with the code under test.
 HEARTBEAT_REQUEST = bytes.fromhex("00000010" "0010" "0001" "00000006" "0000000b")
@@ -413,8 +415,7 @@ def run_decoder(dec: FrameDecoder, chunks: list[bytes]):
     return out, False
 
 
-PROP = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROP = budget(3)
 
 
 @PROP

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mocks.long_link import LongLinkProtocol, LongLinkServer
@@ -15,6 +15,8 @@ from mocks.service import Service
 from mocks.state import MemoryStore
 from testbed.lab.clock import ManualClock
 from testbed.wire import ServerConnection
+
+from ..fuzzing import budget
 
 HEADER = struct.Struct(">IHHII")
 
@@ -76,7 +78,7 @@ def _adapter_output(chunks) -> tuple[bytes, bool, int]:
     return bytes(transport.out), transport.closing, srv.frames_in
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@budget(4)
 @given(streams, st.lists(st.integers(1, 400), max_size=8), st.booleans())
 def test_any_split_answers_what_the_connection_answers(frames, cuts, bad_tail):
     data = b"".join(_frame(k, s) for k, s in frames)
