@@ -323,3 +323,41 @@ def test_lab_manifest_from_flags_and_its_errors(tmp_path, store_url):
     assert bad.returncode == 2 and "outside loopback" in bad.stderr
     for r in (empty, missing, bad):
         assert "Traceback" not in r.stderr
+
+
+def test_serve_workers_keep_the_profiles_limits(tmp_path, store_url):
+    """Each worker of a host applies the profile's limits: a frame left unfinished is
+    closed at its deadline; one address holds at most the cap per worker."""
+    from .helpers import limits_profile, read_frame
+
+    plan = AddressPlan.random_loopback()
+    ready = tmp_path / "long.json"
+    profile = limits_profile(tmp_path, frame_timeout_s=1, max_connections_per_address=2)
+    proc = start_serve("long", ready, "--subnet", plan.prefix, "--store", store_url,
+                       "--workers", "2", "--profile", profile)
+    try:
+        doc = wait_ready(proc, ready)
+
+        async def probe():
+            addr, port = doc["listen"][0]
+            conns = [await asyncio.open_connection(addr, port) for _ in range(8)]
+            open_ = 0
+            for i, (r, w) in enumerate(conns):
+                try:
+                    w.write(bytes.fromhex("0000001000100001000000060000") + bytes([0, i]))
+                    await read_frame(r, timeout=5)
+                    open_ += 1
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    pass
+            # two workers, two connections each from this address
+            assert 2 <= open_ <= 4, open_
+            r, w = next((r, w) for r, w in conns if not r.at_eof())
+            w.write(bytes.fromhex("0000002000100001"))   # half a header, never the rest
+            t0 = time.monotonic()
+            assert await asyncio.wait_for(r.read(), 10) == b""
+            return time.monotonic() - t0
+        took = asyncio.run(probe())
+        assert 0.5 < took < 5
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
