@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import time
 
 from testbed.client.session import Session
-from testbed.lab.addressing import LONG, AddressPlan
+from testbed.lab.addressing import LONG, SHORT, AddressPlan
 from testbed.lab.manifest import load_manifest
+from testbed.lab.profiles import load_profile
 from testbed.wire.frames import HEADER, Frame, FrameDecoder
 
 
@@ -216,10 +219,6 @@ def limits_profile(tmp_path, name: str = "limits.json", base: str = "lab-report-
     """A profile file: `base` with some of its `limits` changed (small deadlines, caps and
     quotas that a test can cross in a second); its path, for `LabConfig.profile` or
     `lab up --profile`."""
-    import dataclasses
-    import json
-
-    from testbed.lab.profiles import load_profile
     doc = dataclasses.asdict(load_profile(base))
     doc.update(doc.pop("extra"))
     doc["name"] = f"{base}+limits"
@@ -227,3 +226,22 @@ def limits_profile(tmp_path, name: str = "limits.json", base: str = "lab-report-
     path = tmp_path / name
     path.write_text(json.dumps(doc))
     return str(path)
+
+
+def tls_request_by_hand(sock: socket.socket, ctx: ssl.SSLContext, request: bytes):
+    """A TLS client over `sock` by hand (`ssl.MemoryBIO`), so that a test decides what it
+    never sends (a close_notify): the handshake with the short link, then `request` sent.
+    Returns (the TLS object, its incoming BIO) for the caller to read the response with."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=SHORT)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            incoming.write(sock.recv(65536))
+    sock.sendall(outgoing.read())
+    tls.write(request)
+    sock.sendall(outgoing.read())
+    return tls, incoming

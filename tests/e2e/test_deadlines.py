@@ -22,7 +22,7 @@ from testbed.lab.clock import ManualClock
 from testbed.wire import CGI_PREFIX, encode_frame
 
 from ..conftest import start_lab
-from .helpers import limits_profile, read_frame, wait_for
+from .helpers import limits_profile, read_frame, tls_request_by_hand, wait_for
 
 REPLY = 1_000_000_000
 GUARD_S = 5.0   # how long a test waits for something the limit should bring in well under
@@ -132,21 +132,10 @@ def _tls_request_without_close_notify(addr: str, port: int, cafile: str, request
     """A TLS client by hand (ssl.MemoryBIO): handshake, one request, read the response and
     the server's close_notify, then never answer it and never close. Returns (response,
     wall seconds from the server's close_notify until it dropped the TCP connection)."""
-    ctx = ssl.create_default_context(cafile=cafile)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=SHORT)
     sock = socket.create_connection((addr, port), timeout=GUARD_S)
     try:
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                sock.sendall(outgoing.read())
-                incoming.write(sock.recv(65536))
-        sock.sendall(outgoing.read())
-        tls.write(request)
-        sock.sendall(outgoing.read())
+        tls, incoming = tls_request_by_hand(sock, ssl.create_default_context(cafile=cafile),
+                                            request)
         response = b""
         while True:
             try:

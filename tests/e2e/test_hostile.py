@@ -29,7 +29,8 @@ from testbed.wire import CGI_PREFIX, encode_frame, pb
 from testbed.wire.dns import build_query, parse_response
 from testbed.wire.frames import HEADER
 
-from .helpers import limits_profile, start_lab_up, wait_manifest
+from ..fuzz.wire import dns_udp
+from .helpers import limits_profile, start_lab_up, tls_request_by_hand, wait_manifest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -208,8 +209,9 @@ class Probe:
         loop = asyncio.get_running_loop()
         for i in range(n):
             query = build_query(LONG, i)[:12] + struct.pack(">H", 0xC00C) + b"\0\1\0\1"
-            await loop.run_in_executor(None, _udp, self.m, query)
-        answer = await loop.run_in_executor(None, _udp, self.m, build_query(LONG, 9999))
+            await loop.run_in_executor(None, dns_udp, self.m, query, 1.0)
+        answer = await loop.run_in_executor(None, dns_udp, self.m,
+                                            build_query(LONG, 9999), 1.0)
         assert list(parse_response(answer).addresses) == list(self.long.addresses)
 
 
@@ -219,30 +221,9 @@ def _reset(s: socket.socket) -> bool:
     return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != TCP_ESTABLISHED
 
 
-def _udp(manifest, data: bytes):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(1.0)
-        s.sendto(data, (manifest.dns_address, manifest.dns_port))
-        try:
-            return s.recv(4096)
-        except socket.timeout:
-            return None
-
-
 def _tls_without_close_notify(host, ctx: ssl.SSLContext, request: bytes) -> None:
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=SHORT)
     with socket.create_connection((host.addresses[0], host.tls_port), timeout=SETTLE_S) as s:
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                s.sendall(outgoing.read())
-                incoming.write(s.recv(65536))
-        s.sendall(outgoing.read())
-        tls.write(request)
-        s.sendall(outgoing.read())
+        _, incoming = tls_request_by_hand(s, ctx, request)
         try:   # read to the end of TCP, answering nothing
             while data := s.recv(65536):
                 incoming.write(data)
