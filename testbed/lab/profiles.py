@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,6 +16,13 @@ from typing import Any, Optional
 
 DEFAULT_PROFILE = "lab-report-2013"
 _REQUIRED = ("name", "ports", "unprivileged_ports", "heartbeat", "heartbeat_s", "server_idle_s")
+
+
+# limits that cannot be 0 (a deadline of nothing, a queue of nothing); the others may be 0,
+# and those typed Optional may be None, to turn them off
+_POSITIVE_LIMITS = frozenset({"frame_timeout_s", "request_head_wall_s", "tls_handshake_wall_s",
+                              "tls_close_wall_s", "listen_backlog",
+                              "max_connections_per_address"})
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class Limits:
     tls_close_wall_s: float = 2.0                # TLS port: wait for the peer's close_notify
     # -- caps
     listen_backlog: int = 4096                   # every listening socket's accept queue
-    max_connections_per_address: Optional[int] = None   # per door, concurrent (None: any)
+    max_connections_per_address: Optional[int] = 5000   # per door, concurrent (None: any)
     # -- memory: media bytes held (an unfinished upload counts its total_len)
     media_quota_user_bytes: Optional[int] = 64 << 20
     media_quota_lab_bytes: Optional[int] = 512 << 20
@@ -49,6 +57,25 @@ class Limits:
     login_max_failures: int = 5                  # per account
     login_max_failures_per_address: int = 20     # per client address, whatever the account
     login_lockout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        # a profile is a user's file: a wrong value is a one-line error when it is read,
+        # not a traceback from a server starting with it
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.type.startswith("Optional"):
+                continue
+            whole = "int" in f.type
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                raise ValueError(f"limit {f.name} must be {'a whole' if whole else 'a'} number"
+                                 f"{' or null' if f.type.startswith('Optional') else ''}, "
+                                 f"got {value!r}")
+            positive = f.name in _POSITIVE_LIMITS
+            if not math.isfinite(value):
+                raise ValueError(f"limit {f.name} must be a finite number, got {value!r}")
+            if value < 0 or (positive and value == 0):
+                raise ValueError(f"limit {f.name} must be "
+                                 f"{'above 0' if positive else 'at least 0'}, got {value!r}")
 
     def behind_relay(self) -> "Limits":
         """These limits for a server every client reaches through a relay (the carrier NAT,
