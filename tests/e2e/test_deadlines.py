@@ -182,7 +182,7 @@ async def test_a_body_must_come_at_the_minimum_rate(tmp_path):
     """Slower than the minimum rate after the grace period: 408. A client above the rate
     (but slower than one segment) is served."""
     lab = await start_lab(tmp_path, users=1, profile=limits_profile(
-        tmp_path, body_min_rate=1000, body_grace_wall_s=0.3, drain_wall_s=0.3))
+        tmp_path, body_min_rate=1000, body_grace_wall_s=1.0, drain_wall_s=0.3))
     try:
         addr, port = short_addr(lab)
 
@@ -202,11 +202,12 @@ async def test_a_body_must_come_at_the_minimum_rate(tmp_path):
             resp = await response(r, GUARD_S + 3)
             task.cancel()
             return resp, time.monotonic() - t0
-        # 200 bytes every 0.1 s: 2,000 B/s, twice the minimum
-        fast, _ = await send(2000, 200, 0.1)
+        # 400 bytes every 0.1 s: 4,000 B/s, four times the minimum (a stall of the loop
+        # of up to 1.4 s, the grace plus the first chunk's due, cannot make it late)
+        fast, _ = await send(4000, 400, 0.1)
         assert status_of(fast) == 200
-        # 50 bytes every 0.1 s: 500 B/s; behind from about 0.6 s (grace + bytes / rate)
-        slow, took = await send(5000, 50, 0.1)
+        # 50 bytes every 0.2 s: 250 B/s; behind from about 1.4 s (grace + bytes / rate)
+        slow, took = await send(5000, 50, 0.2)
         assert status_of(slow) == 408 and took < GUARD_S
         assert lab.short.status_counts[408] == 1
     finally:
