@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 # cmd 6) and of its reply (cmd 1000000006); the seq follows in the last 4
 _NOOP_HEAD = HEADER.pack(16, 16, 1, NOOP_CMD, 0)[:12]
 _NOOP_REPLY_HEAD = HEADER.pack(16, 16, 1, reply_cmd(NOOP_CMD), 0)[:12]
-MAX_QUEUED_REQUESTS = 256  # per link; reading pauses beyond this
+# per link, reading pauses beyond either: requests waiting for the service, and their bodies'
+# bytes (256 bodies of up to max_packet_len would be 256 MiB held for one link)
+MAX_QUEUED_REQUESTS = 256
+MAX_QUEUED_BYTES = 4 << 20
 # a frame deadline lasts at least this much wall time, whatever the time scale: below it a
 # deadline is at the mercy of event-loop stalls (a busy machine's tens of milliseconds)
 FRAME_TIMEOUT_MIN_WALL_S = 1.0
@@ -47,7 +50,7 @@ class LongLinkProtocol(asyncio.Protocol):
     """The asyncio adapter of one link: bytes to `ServerConnection`, its requests to the
     service, its replies and pushes to the socket, its idle deadline to the lab clock."""
 
-    __slots__ = ("server", "transport", "conn", "session", "queue", "worker",
+    __slots__ = ("server", "transport", "conn", "session", "queue", "queued_bytes", "worker",
                  "idle_timer", "peer", "closed", "link_id", "admitted", "_reading_paused",
                  "_write_paused")
 
@@ -59,6 +62,7 @@ class LongLinkProtocol(asyncio.Protocol):
                                      frame_timeout=server.frame_timeout)
         self.session = None
         self.queue: Optional[collections.deque] = None
+        self.queued_bytes = 0   # the bodies' bytes in `queue`
         self.worker: Optional[asyncio.Task] = None
         self.idle_timer: Optional[Timer] = None
         self.peer = None
@@ -189,14 +193,19 @@ class LongLinkProtocol(asyncio.Protocol):
         if self.queue is None:
             self.queue = collections.deque()
         self.queue.append(req)
+        self.queued_bytes += req.size
         if self.worker is None or self.worker.done():
             self.worker = self.server.loop.create_task(self._work())
-        if len(self.queue) >= MAX_QUEUED_REQUESTS:
+        if self._backlogged:
             self._set_reading()
 
+    @property
+    def _backlogged(self) -> bool:
+        return self.queue is not None and (len(self.queue) >= MAX_QUEUED_REQUESTS
+                                           or self.queued_bytes >= MAX_QUEUED_BYTES)
+
     def _set_reading(self) -> None:
-        want_pause = self._write_paused or (self.queue is not None
-                                            and len(self.queue) >= MAX_QUEUED_REQUESTS)
+        want_pause = self._write_paused or self._backlogged
         if want_pause != self._reading_paused and self.transport is not None \
                 and not self.transport.is_closing():
             self._reading_paused = want_pause
@@ -218,6 +227,7 @@ class LongLinkProtocol(asyncio.Protocol):
         srv = self.server
         while self.queue and not self.closed:
             req = self.queue.popleft()
+            self.queued_bytes -= req.size
             if self._reading_paused:
                 self._set_reading()
             ctx = RequestContext(origin=self.link_id, peer=self.peer)

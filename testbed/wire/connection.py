@@ -59,6 +59,7 @@ class Request:
     command: Command
     seq: int
     message: Optional[Message]   # the decoded request body
+    size: int = 0                # the body's bytes on the wire (what holding it costs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +268,7 @@ class ServerConnection(_Connection):
                 except RemoteProtocolError as exc:
                     self._reject(events, cmd, seq, Ret.BAD_ARGUMENT, str(exc))
                 else:
-                    events.append(Request(command, seq, message))
+                    events.append(Request(command, seq, message, len(body)))
         self.frames_sent += len(frames) - len(events)   # the NOOPs: every other frame is an event
         return events
 
