@@ -239,13 +239,20 @@ class LabDNS(asyncio.DatagramProtocol):
 
 
 class _TCPConnection(asyncio.Protocol):
-    """One DNS-over-TCP client: length-prefixed queries in, answers out in the same order."""
+    """One DNS-over-TCP client: length-prefixed queries in, answers out in the same order.
+
+    The idle deadline runs from the accept and from each whole message, not from any byte,
+    so a message dripped a byte at a time is cut there too; a client that does not read its
+    answers is not read either (back-pressure), and its close at the deadline is an abort,
+    so no client holds a socket or a growing buffer by not reading.
+    """
 
     def __init__(self, server: LabDNS) -> None:
         self.server = server
         self.transport: Optional[asyncio.Transport] = None
         self.buf = bytearray()
         self.idle: Optional[asyncio.TimerHandle] = None
+        self.writing_paused = False   # our answers back up: answer and read nothing more
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -258,12 +265,26 @@ class _TCPConnection(asyncio.Protocol):
     def _rearm(self) -> None:
         if self.idle is not None:
             self.idle.cancel()
-        self.idle = asyncio.get_running_loop().call_later(self.server.tcp_idle_s, self.close)
+        self.idle = asyncio.get_running_loop().call_later(self.server.tcp_idle_s, self._idle)
+
+    def _idle(self) -> None:
+        t = self.transport
+        if t is not None and t.get_write_buffer_size():
+            t.abort()   # answers it never read would hold the socket until it does: drop them
+        else:
+            self.close()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        self._answer_buffered()
+
+    def _answer_buffered(self) -> None:
+        """Answer the whole messages buffered, until the answers back up (`pause_writing`):
+        the rest waits, so what a client that does not read costs is bounded by the
+        transport's high-water mark and one read, however big the answers."""
         srv = self.server
-        while len(self.buf) >= 2:
+        answered = False
+        while len(self.buf) >= 2 and not self.writing_paused:
             n = int.from_bytes(self.buf[:2], "big")
             if len(self.buf) < 2 + n:
                 break
@@ -280,11 +301,24 @@ class _TCPConnection(asyncio.Protocol):
                 self.close()
                 return
             self.transport.write(len(reply).to_bytes(2, "big") + reply)
-        self._rearm()
+            answered = True
+        if answered:
+            self._rearm()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if not self.transport.is_closing():
+            self._answer_buffered()
+            if not self.writing_paused and not self.transport.is_closing():
+                self.transport.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+            self.transport.close()   # after the answers written (the idle deadline still runs)
 
     def connection_lost(self, exc) -> None:
         self.server.tcp_connections.discard(self)

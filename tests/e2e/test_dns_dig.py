@@ -9,6 +9,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import dpkt
@@ -20,6 +21,7 @@ from testbed.capture.analyze import analyze
 from testbed.wire.dns import RCODE_NOERROR, RCODE_NOTIMP, build_query
 
 from ..conftest import start_lab
+from .helpers import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("dig") is None,
                                 reason="dig is not installed (Debian: bind9-dnsutils)")
@@ -199,6 +201,80 @@ async def test_silent_and_excess_tcp_clients_are_closed():
         assert dns.tcp_connections == set()
     finally:
         dns.close()
+
+
+async def test_a_tcp_query_dripped_a_byte_at_a_time_is_cut_at_the_idle_deadline():
+    """Each byte used to restart the idle deadline, so a query of 300 bytes dripped one every
+    50 ms held its connection for 15 s (and 256 such held every TCP slot); now the deadline
+    runs from the last whole message."""
+    dns = LabDNS(RECORDS, tcp_idle_s=0.5)
+    await dns.listen("127.0.0.1", 0)
+    try:
+        addr, port = dns.address
+        reader, writer = await asyncio.open_connection(addr, port)
+        writer.write(framed(build_query("long.weixin.qq.com", 1)))
+        n = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), 2))[0]
+        assert dpkt.dns.DNS(await reader.readexactly(n)).id == 1
+        t0 = asyncio.get_running_loop().time()
+
+        async def drip() -> None:
+            try:
+                for b in struct.pack(">H", 300) + b"\0" * 300:
+                    writer.write(bytes([b]))
+                    await asyncio.sleep(0.05)
+            except (ConnectionError, OSError):
+                pass
+        task = asyncio.ensure_future(drip())
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionError:
+            pass
+        took = asyncio.get_running_loop().time() - t0
+        task.cancel()
+        assert 0.4 < took < 5, took
+        writer.close()
+        await wait_for(lambda: not dns.tcp_connections, 2)
+    finally:
+        dns.close()
+
+
+async def test_a_tcp_client_that_never_reads_is_not_read_and_is_dropped():
+    """Queries pipelined for ever, their answers never read: the resolver stops answering
+    and reading once its answers back up (its buffer stays bounded) and drops the
+    connection at the idle deadline instead of waiting to flush."""
+    dns = LabDNS(RECORDS, tcp_idle_s=1.0)
+    await dns.listen("127.0.0.1", 0)
+    try:
+        addr, port = dns.address
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # and never read
+        sock.connect((addr, port))
+        await wait_for(lambda: dns.tcp_connections, 5)
+        [conn] = dns.tcp_connections
+        # a small send buffer on the server's side too, so that its answers back up after a
+        # few kB rather than the megabytes loopback grows to (seconds of answering here)
+        conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET,
+                                                           socket.SO_SNDBUF, 4096)
+        query = framed(build_query("long.weixin.qq.com", 1))
+        flood = threading.Thread(target=_send_quietly, args=(sock, query * 1_000_000),
+                                 daemon=True)
+        flood.start()
+        try:
+            await wait_for(lambda: not conn.transport.is_reading(), 30)
+            # its buffer: about the high-water mark (64 KiB), one answer over at most
+            assert conn.transport.get_write_buffer_size() < 128 << 10
+            await wait_for(lambda: not dns.tcp_connections, 5)
+        finally:
+            sock.close()
+    finally:
+        dns.close()
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
 
 
 @pytest.mark.parametrize("record", [False, True])
