@@ -58,7 +58,14 @@ def lab_up(args) -> int:
     from testbed.lab.profiles import load_profile
     from testbed.serve_cli import open_store
 
+    from testbed.netns_cli import lab_up_netns, not_netns_error
+
     console = err_console()
+    if args.netns:
+        return lab_up_netns(args)
+    if (problem := not_netns_error(args)) is not None:
+        error(console, problem)
+        return 2
     try:
         load_profile(args.profile)
         plan = AddressPlan(args.subnet)

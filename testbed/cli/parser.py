@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nat-latency", type=nonneg_float, default=0.0, metavar="SECONDS",
                     help="fixed one-way latency the NAT adds (protocol seconds)")
     up.add_argument("--record", type=Path, default=None, metavar="FILE",
-                    help="record everything with the in-process tap to this pcapng")
+                    help="record everything with the in-process tap to this pcapng (with "
+                         "--netns: sniff the phone's link)")
     up.add_argument("--uvloop", action="store_true", help="run on uvloop if installed")
     up.add_argument("--store", default="memory:", metavar="URL",
                     help="where the lab's state lives: memory: (default, this process) or "
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--json", action="store_true",
                     help="print the host table as JSON on stdout (once every host is up)")
     up.set_defaults(handler=lab.lab_up)
+
+    from testbed.netns_cli import add_netns_options
+    add_netns_options(up)
 
     from testbed.serve_cli import add_lab_parsers, add_serve_parser
     add_lab_parsers(lab_sub)
@@ -129,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop after this many seconds (default: at Ctrl-C)")
     rec.add_argument("--time-scale", type=positive_float, default=None,
                      help="the time scale of the lab being recorded, kept in the capture so "
-                          "intervals read back in protocol time")
+                          "intervals read back in protocol time (default: the manifest's)")
+    rec.add_argument("--manifest", type=Path, default=None,
+                     help="the manifest of the lab being recorded, kept in the capture "
+                          "(without passwords) for analyze, verify and report")
     rec.add_argument("--run", action="store_true",
                      help="instead of --iface: --run -- COMMAND ARGS... runs COMMAND in a "
                           "private network namespace and records its lo (no root needed "

@@ -1,0 +1,249 @@
+"""`testbed lab up --netns` (root): the namespace lab's options, its checks and what it prints.
+The lab itself is `mocks.netns.NetnsLab`; `testbed emulate` enters its phone's namespace
+(`enter_phone_namespace`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+from typing import Optional
+
+# the tools the namespace lab runs, and the Debian package of each
+TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "ethtool": "ethtool",
+         "sysctl": "procps", "redis-server": "redis-server"}
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+def _loss(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage") from None
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"loss must be 0 to 100 percent (not 100), got {text}")
+    return value
+
+
+def _rate(text: str) -> int:
+    from mocks.netns.network import parse_rate
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _mss(text: str) -> int:
+    from mocks.netns.network import MTU
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
+    if not 88 <= value <= MTU - 40:
+        raise argparse.ArgumentTypeError(f"MSS must be 88 to {MTU - 40} bytes, got {text}")
+    return value
+
+
+def add_netns_options(up: argparse.ArgumentParser) -> None:
+    """`lab up`'s options for the namespace lab."""
+    from mocks.netns.network import DEFAULT_MSS
+    g = up.add_argument_group(
+        "namespace lab (root)",
+        "--netns runs every host in a network namespace of its own and the phone in another, "
+        "behind a hotspot that is the carrier NAT, over real links (docs/lab.md)")
+    g.add_argument("--netns", action="store_true",
+                   help="run the lab in network namespaces (root); --record then sniffs the "
+                        "phone's link at the hotspot")
+    g.add_argument("--loss", type=_loss, default=None, metavar="PCT",
+                   help="with --netns: lose PCT%% of the packets each way on the phone's link")
+    g.add_argument("--rate", type=_rate, default=None, metavar="RATE",
+                   help="with --netns: at most RATE each way on the phone's link (tbf; "
+                        "8mbit, 512kbit)")
+    g.add_argument("--mss", type=_mss, default=None, metavar="BYTES",
+                   help=f"with --netns: the MSS the hotspot clamps TCP SYNs to (default "
+                        f"{DEFAULT_MSS}: a 96-px avatar then spans two segments, as in the "
+                        f"report; 1460: no clamp)")
+
+
+def not_netns_error(args) -> Optional[str]:
+    """The error for namespace-lab options given without --netns, else None."""
+    given = [f"--{name}" for name in ("loss", "rate", "mss") if getattr(args, name) is not None]
+    if given and not args.netns:
+        return f"{', '.join(given)} shape the namespace lab's phone link: add --netns"
+    return None
+
+
+def _refusal(args) -> Optional[str]:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "the namespace lab needs root (network namespaces, nftables, AF_PACKET): " \
+               "sudo testbed lab up --netns ..."
+    for tool, package in TOOLS.items():
+        if shutil.which(tool) is None:
+            return f"the namespace lab needs {tool}: apt-get install {package}"
+    if args.store not in ("memory", "memory:"):
+        return "--netns runs a redis-server of its own in the lab's store namespace; " \
+               "leave out --store"
+    if args.nat_latency:
+        return "--nat-latency needs a delaying relay, and the namespace lab's NAT is the " \
+               "kernel's (there is no netem here): leave it out, or use the lab without " \
+               "--netns"
+    if args.subnet != "127.0.0":
+        return "--subnet places a loopback lab; the namespace lab's addresses are fixed " \
+               "(198.18.137.0/24 and 198.19.0.0/24, docs/lab.md)"
+    return None
+
+
+def lab_up_netns(args) -> int:
+    """`testbed lab up --netns ...`: until Ctrl-C (130) or SIGTERM (143); 1 when the lab
+    cannot start or a process of it ends, 2 for a usage mistake."""
+    from rich.console import Console
+
+    from mocks.netns.lab import NetnsLab, wall_timeout_note
+    from mocks.netns.network import DEFAULT_MSS, Impairment
+    from mocks.runner import LabConfig
+    from testbed.eventloop import Loop, have_uvloop
+    from testbed.eventloop import run as run_on
+    from testbed.lab.profiles import load_profile
+
+    console = Console(stderr=True, highlight=False)
+    problem = _refusal(args)
+    try:
+        load_profile(args.profile)
+        impairment = Impairment(args.loss or 0.0, args.rate,
+                                DEFAULT_MSS if args.mss is None else args.mss)
+    except ValueError as exc:
+        problem = problem or str(exc)
+    if problem:
+        console.print(f"[red]error:[/red] {problem}")
+        return 2
+    cfg = LabConfig(users=args.users, friends=args.friends, profile=args.profile,
+                    time_scale=args.time_scale, manifest_path=args.manifest,
+                    nat_timeout_s=args.nat_timeout)
+    if args.nat_timeout is not None:
+        note = wall_timeout_note(args.nat_timeout, args.time_scale)
+        if note:
+            console.print(f"[yellow]{note}[/yellow]")
+    lab = NetnsLab(cfg, impairment=impairment, record=args.record,
+                   workers=args.workers or 2, uvloop=args.uvloop)
+
+    async def run() -> int:
+        from mocks.netns.namespaces import NetnsError
+        from mocks.process_lab import HostFailed
+
+        got: list[int] = []
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda s=sig: (got.append(s), stop.set()))
+        code = 1
+        try:
+            starting = asyncio.ensure_future(lab.start())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():         # Ctrl-C while it starts
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+            else:
+                try:
+                    manifest = starting.result()
+                except (NetnsError, HostFailed, OSError, ConnectionError, ValueError) as exc:
+                    console.print(f"[red]error:[/red] the namespace lab did not start: {exc}")
+                    return 1
+                _print_lab(console, lab, manifest, args)
+                ended = asyncio.ensure_future(lab.wait())
+                await asyncio.wait({stopped, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if ended.done():
+                    console.print(f"[red]error:[/red] {ended.result()}: stopping the lab")
+                    return 1
+                ended.cancel()
+            console.print("stopping")
+        finally:
+            await lab.stop()
+        if got:
+            code = EXIT_SIGTERM if got[0] == signal.SIGTERM else EXIT_SIGINT
+        return code
+
+    on = Loop.ASYNCIO
+    if args.uvloop and have_uvloop():
+        on = Loop.UVLOOP
+    elif args.uvloop:
+        console.print("[yellow]uvloop not installed; using asyncio[/yellow]")
+    return run_on(run(), on)
+
+
+def _print_lab(console, lab, manifest, args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mocks.lab_manifest import HOST_OF_ROLE
+    from mocks.netns.network import GATEWAY, HOTSPOT_IF, PHONE, STORE
+
+    ns = lab.namespaces
+    plan = lab.network
+    table = Table(title=f"lab up --netns: profile {manifest.profile}, time scale "
+                        f"{manifest.time_scale:g}, {len(manifest.users)} users")
+    table.add_column("host", overflow="fold")
+    table.add_column("namespace", no_wrap=True)
+    table.add_column("addresses", no_wrap=True)
+    table.add_column("port")
+    table.add_column("processes")
+    table.add_row("the phone", ns[PHONE], plan.phone, "", "")
+    table.add_row("hotspot, carrier NAT", ns[GATEWAY], f"{plan.hotspot} {plan.gateway}", "",
+                  str(lab.recorder.pid) if lab.recorder else "")
+    pids = {c.role: " ".join(map(str, c.pids)) for c in lab.children}
+    for role, name in HOST_OF_ROLE.items():
+        h = manifest.hosts[name]
+        port = str(h.port) + (f", TLS {h.tls_port}" if h.tls_port else "")
+        table.add_row(name, ns[role], " ".join(h.addresses), port, pids.get(role, ""))
+    table.add_row("lab resolver (DNS)", ns["dns"], manifest.dns_address,
+                  str(manifest.dns_port), pids.get("dns", ""))
+    table.add_row("store (Redis)", ns[STORE], "", "",
+                  str(lab.redis.proc.pid) if lab.redis and lab.redis.proc else "")
+    Console().print(table)
+    imp = lab.impairment
+    link = [f"MTU 1500, MSS clamped to {imp.mss}"]
+    if imp.loss_pct:
+        link.append(f"{imp.loss_pct:g} % loss each way")
+    if imp.rate_bps:
+        link.append(f"{imp.rate_bps / 1e6:g} Mbit/s each way")
+    console.print(f"phone's link: {', '.join(link)}")
+    nat = manifest.extra.get("nat")
+    console.print("carrier NAT: the kernel's (masquerade), "
+                  + (f"forgets a connection idle {nat['idle_timeout_s']:g} s "
+                     f"({nat['wall_timeout_s']} wall s), silently" if nat else
+                     "no idle timeout (--nat-timeout S for one)"))
+    if lab.swept:
+        console.print(f"removed {len(lab.swept)} namespaces left by labs that were killed")
+    if lab.record_path is not None:
+        console.print(f"recording the phone's link ({HOTSPOT_IF} at the hotspot) to "
+                      f"{lab.record_path} (closed when the lab stops)")
+    console.print(f"manifest: {lab.manifest_path.resolve()}   (Ctrl-C to stop)")
+    console.print(f"a phone:  sudo testbed emulate storyboard --manifest {args.manifest} "
+                  f"(it runs in {ns[PHONE]}); any other client: sudo ip netns exec "
+                  f"{ns[PHONE]} COMMAND")
+
+
+def enter_phone_namespace(manifest, console) -> Optional[int]:
+    """Move this process into the namespace lab's phone namespace if the manifest names one:
+    None when done (or there is none), else the exit code after saying why not."""
+    name = (manifest.extra.get("netns") or {}).get("namespaces", {}).get("phone")
+    if not name:
+        return None
+    from mocks.netns.namespaces import enter
+    try:
+        enter(name)
+    except FileNotFoundError:
+        console.print(f"[red]error:[/red] the lab's phone namespace {name} is gone: is the "
+                      f"lab (testbed lab up --netns) still running?")
+        return 1
+    except PermissionError:
+        console.print(f"[red]error:[/red] the lab's phone is in the network namespace {name}: "
+                      f"entering it needs root (sudo)")
+        return 2
+    except OSError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    console.print(f"in the lab's phone namespace {name}")
+    return None
