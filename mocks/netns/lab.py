@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import os
 import shutil
 import signal
 import sys
@@ -42,7 +41,7 @@ from ..runner import LabConfig
 from ..state import Store, make_store
 from ..state.redis_server import RedisServer
 from .namespaces import PREFIX, Namespaces, exec_in, is_stale, name_of, sweep_stale
-from .network import GATEWAY, HOTSPOT_IF, PHONE, STORE, Impairment, LabNetwork
+from .network import GATEWAY, HOTSPOT_IF, STORE, Impairment, LabNetwork
 
 RECORDER_READY_S = 30.0
 RECORDER_STOP_S = 5.0

@@ -1,0 +1,193 @@
+"""The namespace lab (`testbed lab up --netns`, root), as a user runs it: the lab as a
+subprocess, phones run by `testbed emulate` (which enters the lab's phone namespace), the
+capture of the phone's link verified; Ctrl-C and SIGKILL, and what each leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mocks.netns.namespaces import is_stale, list_namespaces, name_of, pids_in, sweep_stale
+from testbed.capture.packets import read_capture
+from testbed.cli import main
+from testbed.netns_cli import TOOLS
+
+from ..capture.tshark import check_against_tshark, filter_frames
+from ..conftest import netns_unavailable
+from .helpers import still_alive, wait_manifest
+
+PHONE, HOTSPOT = "198.18.137.87", "198.18.137.1"
+READY_S = 90.0      # the lab's seven processes start on a shared 2-core machine
+
+
+def _unavailable() -> str | None:
+    reason = netns_unavailable()
+    if reason:
+        return reason
+    for tool in [*TOOLS, "tshark"]:
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+needs_netns_lab = pytest.mark.skipif(_unavailable() is not None,
+                                     reason=str(_unavailable()))
+
+
+def lab_up(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
+    manifest = tmp_path / f"{name}.json"
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "lab", "up", "--netns",
+                             "--users", "2", "--workers", "1", "--manifest", str(manifest),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, manifest
+
+
+def emulate(manifest: Path, *args: str) -> dict:
+    p = subprocess.run([sys.executable, "-m", "testbed.cli", "emulate", *args, "--manifest",
+                        str(manifest), "--json"], capture_output=True, text=True, timeout=180)
+    assert "in the lab's phone namespace" in p.stderr, p.stderr[-2000:]
+    return json.loads(p.stdout)
+
+
+def processes_of(manifest) -> dict[str, list[int]]:
+    """Namespace -> the processes in it, for every namespace of a running lab."""
+    return {ns: pids_in(ns) for ns in manifest.extra["netns"]["namespaces"].values()}
+
+
+def root_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+@needs_netns_lab
+def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
+    links_before = root_links()
+
+    # -- a lab whose NAT forgets an idle connection after 200 protocol s (1 wall s) ---------
+    proc_a, man_a = lab_up(tmp_path, "a", "--time-scale", "200", "--nat-timeout", "200")
+    try:
+        manifest_a = wait_manifest(proc_a, man_a, READY_S)
+        assert manifest_a.extra["nat"]["wall_timeout_s"] == 1
+        # a phone beating every 300 s behind it: every beat finds the mapping gone, no
+        # RST or FIN comes back (the link is not closed), the NOOP goes unanswered
+        beat = emulate(man_a, "heartbeat", "--clients", "1", "--duration", "700")
+        m = beat["metrics"]
+        assert m["silent_deaths"] >= 1 and m["reconnects"] >= 1, m
+        assert m["links_closed"] == 0, m
+        left_a = processes_of(manifest_a)
+        ns_a = manifest_a.extra["netns"]["namespaces"]
+        # every host and redis-server in a namespace of its own; the phone's is the user's
+        assert all(left_a[ns_a[role]] for role in ns_a if role not in ("phone", "gateway"))
+    finally:
+        proc_a.kill()                            # a crash: it cannot clean up
+        proc_a.wait(10)
+    # what a killed lab leaves: its namespaces; its processes die with it
+    assert set(left_a) <= set(list_namespaces())
+    assert still_alive([p for pids in left_a.values() for p in pids], within=5.0) == []
+
+    # -- the next lab sweeps them, and runs the storyboard over a lossy, shaped link -------
+    capture = tmp_path / "phone-link.pcapng"
+    proc_b, man_b = lab_up(tmp_path, "b", "--time-scale", "50", "--loss", "2", "--rate",
+                           "50mbit", "--record", str(capture))
+    try:
+        manifest_b = wait_manifest(proc_b, man_b, READY_S)
+        assert not set(left_a) & set(list_namespaces()), "a killed lab's namespaces stayed"
+        story = emulate(man_b, "storyboard", "--clients", "2", "--seed", "3")
+        assert story["ok"], (story["errors"], [s for s in story["steps"] if not s["ok"]])
+        ns_b = manifest_b.extra["netns"]["namespaces"]
+        shaper = subprocess.run(["tc", "-n", ns_b["gateway"], "-s", "qdisc", "show", "dev",
+                                 "hotspot0"], capture_output=True, text=True).stdout
+        assert "tbf" in shaper and "rate 50Mbit" in shaper and " Sent 0 bytes" not in shaper
+        left_b = processes_of(manifest_b)
+        pids_b = [p for pids in left_b.values() for p in pids]
+        assert len(pids_b) >= 8                 # six hosts, redis, the recorder
+        t0 = time.monotonic()
+        proc_b.send_signal(signal.SIGINT)
+        out, err = proc_b.communicate(timeout=30)
+        stop_s = time.monotonic() - t0
+    finally:
+        if proc_b.poll() is None:
+            proc_b.kill()
+            proc_b.wait(10)
+    assert proc_b.returncode == 130, err[-3000:]
+    assert "removed 9 namespaces left by labs that were killed" in err, err[-3000:]
+    assert stop_s < 10, f"Ctrl-C took {stop_s:.1f} s"
+    # nothing left: no namespace, no link in the root namespace, no process
+    assert not (set(left_a) | set(left_b)) & set(list_namespaces())
+    assert root_links() == links_before
+    assert still_alive(pids_b, within=0) == []
+    assert not man_b.exists()
+
+    # -- the capture of the phone's link: every statement holds, (wire) ones included -----
+    cap = read_capture(capture)
+    assert cap.meta["how"] == "sniffer" and cap.meta["iface"] == "hotspot0"
+    assert cap.meta["time_scale"] == 50 and cap.meta["manifest"]["netns"]["impairment"][
+        "loss_pct"] == 2
+    args = ["verify", str(capture), "--storyboard", "--json"]
+    for u in manifest_b.users:
+        args += ["--secret", u["password"]]
+    rc = main(args)
+    doc = json.loads(capsys.readouterr().out)
+    verdicts = {v["id"]: v for v in doc["verdicts"]}
+    failed = {i: v["detail"] for i, v in verdicts.items() if v["ok"] is not True}
+    assert rc == 0 and not failed, failed
+    assert {v["id"] for v in doc["verdicts"] if v["scope"] == "wire"} == {"2", "8", "13"}
+    # statement 2 as the report saw it: the hotspot asks for the phone, the phone answers
+    from ..tap.tshark import fields
+    arp = fields(capture, "arp.opcode", "arp.src.proto_ipv4", "arp.dst.proto_ipv4",
+                 filt="arp")
+    assert ["1", HOTSPOT, PHONE] in arp and ["2", PHONE, HOTSPOT] in arp, arp
+    # retransmissions under loss, counted as tshark counts them, frame by frame
+    rows = check_against_tshark(capture, literal_filters=True)
+    retransmitted = filter_frames(capture, "retransmission")
+    assert rows["retransmission"]["ours"] == len(retransmitted) > 0
+    assert f"{len(retransmitted)} retransmissions" in verdicts["8"]["detail"]
+
+
+@needs_netns_lab
+def test_the_sweep_removes_only_namespaces_of_labs_that_are_gone():
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = name_of("phone", gone.pid)
+    live = name_of("phone", 1)                  # PID 1 runs as long as the machine does
+    foreign = f"tbfor{os.getpid()}"             # not a lab's name at all
+    made = []
+    try:
+        for ns in (stale, live, foreign):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append(ns)
+        assert is_stale(stale) and not is_stale(live) and not is_stale(foreign)
+        removed = sweep_stale()
+        assert stale in removed and live not in removed and foreign not in removed
+        left = set(list_namespaces())
+        assert stale not in left and {live, foreign} <= left
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_namespace_options_need_netns(capsys):
+    assert main(["lab", "up", "--loss", "5", "--rate", "1mbit"]) == 2
+    err = capsys.readouterr().err
+    assert "--loss, --rate shape the namespace lab's phone link: add --netns" in err
+    assert "Traceback" not in err
+
+
+@needs_netns_lab
+def test_namespace_lab_refuses_what_it_cannot_do(capsys):
+    assert main(["lab", "up", "--netns", "--store", "redis://127.0.0.1:1/0"]) == 2
+    assert "runs a redis-server of its own" in capsys.readouterr().err
+    assert main(["lab", "up", "--netns", "--nat-latency", "1"]) == 2
+    assert "there is no netem here" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["lab", "up", "--netns", "--loss", "100"])
+    assert "loss must be 0 to 100 percent" in capsys.readouterr().err
