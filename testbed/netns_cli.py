@@ -9,7 +9,9 @@ import asyncio
 import os
 import shutil
 import signal
-from typing import Optional
+from typing import Any, Callable, Optional
+
+from .argtypes import nonneg_float, positive_int
 
 # the tools the namespace lab runs, and the Debian package of each
 TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "ethtool": "ethtool",
@@ -17,14 +19,17 @@ TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "ethtool": "etht
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
-def _loss(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage") from None
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"loss must be 0 to 100 percent (not 100), got {text}")
-    return value
+def _checked(field: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: `convert`, then the `Impairment` field's own check."""
+    def parse(text: str) -> Any:
+        from mocks.netns.network import Impairment
+        value = convert(text)
+        try:
+            Impairment(**{field: value})
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+    return parse
 
 
 def _rate(text: str) -> int:
@@ -33,17 +38,6 @@ def _rate(text: str) -> int:
         return parse_rate(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _mss(text: str) -> int:
-    from mocks.netns.network import MTU
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
-    if not 88 <= value <= MTU - 40:
-        raise argparse.ArgumentTypeError(f"MSS must be 88 to {MTU - 40} bytes, got {text}")
-    return value
 
 
 def add_netns_options(up: argparse.ArgumentParser) -> None:
@@ -56,12 +50,14 @@ def add_netns_options(up: argparse.ArgumentParser) -> None:
     g.add_argument("--netns", action="store_true",
                    help="run the lab in network namespaces (root); --record then sniffs the "
                         "phone's link at the hotspot")
-    g.add_argument("--loss", type=_loss, default=None, metavar="PCT",
+    g.add_argument("--loss", type=_checked("loss_pct", nonneg_float), default=None,
+                   metavar="PCT",
                    help="with --netns: lose PCT%% of the packets each way on the phone's link")
     g.add_argument("--rate", type=_rate, default=None, metavar="RATE",
                    help="with --netns: at most RATE each way on the phone's link (tbf; "
                         "8mbit, 512kbit)")
-    g.add_argument("--mss", type=_mss, default=None, metavar="BYTES",
+    g.add_argument("--mss", type=_checked("mss", positive_int), default=None,
+                   metavar="BYTES",
                    help=f"with --netns: the MSS the hotspot clamps TCP SYNs to (default "
                         f"{DEFAULT_MSS}: a 96-px avatar then spans two segments, as in the "
                         f"report; 1460: no clamp)")
@@ -103,7 +99,7 @@ def lab_up_netns(args) -> int:
     from mocks.netns.lab import NetnsLab, wall_timeout_note
     from mocks.netns.network import DEFAULT_MSS, Impairment
     from mocks.runner import LabConfig
-    from testbed.eventloop import Loop, have_uvloop
+    from testbed.eventloop import from_flag
     from testbed.eventloop import run as run_on
     from testbed.lab.profiles import load_profile
 
@@ -165,12 +161,8 @@ def lab_up_netns(args) -> int:
             code = EXIT_SIGTERM if got[0] == signal.SIGTERM else EXIT_SIGINT
         return code
 
-    on = Loop.ASYNCIO
-    if args.uvloop and have_uvloop():
-        on = Loop.UVLOOP
-    elif args.uvloop:
-        console.print("[yellow]uvloop not installed; using asyncio[/yellow]")
-    return run_on(run(), on)
+    return run_on(run(), from_flag(args.uvloop,
+                                   lambda text: console.print(f"[yellow]{text}[/yellow]")))
 
 
 def _print_lab(console, lab, manifest, args) -> None:

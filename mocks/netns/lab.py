@@ -92,6 +92,7 @@ class NetnsLab:
         self.recorder: Optional[asyncio.subprocess.Process] = None
         self._recorder_log: Optional[asyncio.Task] = None
         self._tmp: Optional[Path] = None
+        self._preparing: Optional[asyncio.Future] = None
         self.manifest: Optional[Manifest] = None
 
     @property
@@ -104,10 +105,17 @@ class NetnsLab:
 
     # ------------------------------------------------------------------ start
     async def start(self) -> Manifest:
-        self.swept = await asyncio.to_thread(sweep_stale)
-        await asyncio.to_thread(sweep_stale_dirs)
         net = LabNetwork(self.namespaces, self.network, self.impairment, self.nat_wall_s)
-        await asyncio.to_thread(net.build)
+
+        def prepare() -> None:
+            self.swept = sweep_stale()
+            sweep_stale_dirs()
+            net.build()
+
+        # in a thread, which goes on if start() is cancelled: stop() waits for it before it
+        # removes what it made
+        self._preparing = asyncio.ensure_future(asyncio.to_thread(prepare))
+        await asyncio.shield(self._preparing)
         self._tmp = Path(tempfile.mkdtemp(prefix=f"{name_of(STORE)}-"))
         # started from this (the loop's) thread: PR_SET_PDEATHSIG follows the thread
         self.redis = RedisServer(self._tmp, place=exec_in(self.namespaces[STORE]),
@@ -199,6 +207,8 @@ class NetnsLab:
                 await asyncio.to_thread(self.redis.stop)
                 self.redis = None
         finally:
+            if self._preparing is not None:
+                await asyncio.gather(self._preparing, return_exceptions=True)
             await asyncio.to_thread(self.namespaces.remove_all)
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)

@@ -2,11 +2,11 @@
 namespace per server, joined by veth links (`testbed.lab.addressing.NetworkPlan`).
 
 ```
- phone ns                gateway ns (hotspot + carrier NAT)              a ns per host
- wlan0 198.18.137.87 ─── hotspot0 198.18.137.1                              eth0 198.19.0.11 .12 (long)
-                         wan0 (bridge) 198.19.0.1 ─┬─ srv-long ──────────── eth0 ...
-                                                   ├─ srv-short, srv-mapabc, srv-qlogo, srv-qpic
-                                                   └─ srv-dns ───────────── eth0 198.19.0.53
+ phone          gateway (hotspot, carrier NAT)         one per host
+ wlan0 ──────── hotspot0 198.18.137.1
+ 198.18.137.87  wan0 198.19.0.1 (bridge) ─ srv-long ─── eth0 198.19.0.11, .12
+                                         ─ srv-short ── eth0 198.19.0.21, .22
+                                         ─ srv-mapabc, srv-qlogo, srv-qpic, srv-dns ...
 ```
 
 Every link has MTU 1500 and no offloads (`ethtool -K … tx off tso off gso off gro off`), so
@@ -30,8 +30,8 @@ The gateway (one nftables table, `inet testbed`):
 
 The impairments of the phone's link, which have no netem here: loss with `numgen random`
 (`--loss PCT`), downlink in the phone's input hook and uplink in the gateway's forward hook,
-both past the recorder, so the capture shows each lost packet and its retransmission; the rate
-with `tbf` on both ends of the link (`--rate RATE`).
+both past the recorder, so the capture shows each lost packet and its retransmission; the
+rate with `tbf` on both ends of the link (`--rate RATE`).
 """
 
 from __future__ import annotations

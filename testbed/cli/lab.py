@@ -52,7 +52,7 @@ def lab_up(args) -> int:
     from mocks.runner import Lab, LabConfig
     from mocks.state import redact_url
     from testbed import interrupt
-    from testbed.eventloop import Loop, have_uvloop
+    from testbed.eventloop import from_flag
     from testbed.eventloop import run as run_on
     from testbed.lab.addressing import AddressPlan
     from testbed.lab.profiles import load_profile
@@ -169,9 +169,5 @@ def lab_up(args) -> int:
             with interrupt.cleaning_up():
                 await lab.stop()
 
-    on = Loop.ASYNCIO
-    if args.uvloop and have_uvloop():
-        on = Loop.UVLOOP
-    elif args.uvloop:
-        console.print("[yellow]uvloop not installed; using asyncio[/yellow]")
+    on = from_flag(args.uvloop, lambda text: console.print(f"[yellow]{text}[/yellow]"))
     return interrupt.run(run(), lambda main: run_on(main, on))

@@ -22,7 +22,7 @@ from testbed.netns_cli import TOOLS
 
 from ..capture.tshark import check_against_tshark, filter_frames
 from ..conftest import netns_unavailable
-from .helpers import still_alive, wait_manifest
+from .helpers import descendants, still_alive, wait_manifest
 
 PHONE, HOTSPOT = "198.18.137.87", "198.18.137.1"
 READY_S = 90.0      # the lab's seven processes start on a shared 2-core machine
@@ -96,12 +96,12 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
 
     # -- the next lab sweeps them, and runs the storyboard over a lossy, shaped link -------
     capture = tmp_path / "phone-link.pcapng"
-    proc_b, man_b = lab_up(tmp_path, "b", "--time-scale", "50", "--loss", "2", "--rate",
+    proc_b, man_b = lab_up(tmp_path, "b", "--time-scale", "50", "--loss", "1", "--rate",
                            "50mbit", "--record", str(capture))
     try:
         manifest_b = wait_manifest(proc_b, man_b, READY_S)
         assert not set(left_a) & set(list_namespaces()), "a killed lab's namespaces stayed"
-        story = emulate(man_b, "storyboard", "--clients", "2", "--seed", "3")
+        story = emulate(man_b, "storyboard", "--clients", "2", "--seed", "3", "--duration", "700")
         assert story["ok"], (story["errors"], [s for s in story["steps"] if not s["ok"]])
         ns_b = manifest_b.extra["netns"]["namespaces"]
         shaper = subprocess.run(["tc", "-n", ns_b["gateway"], "-s", "qdisc", "show", "dev",
@@ -131,7 +131,7 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
     cap = read_capture(capture)
     assert cap.meta["how"] == "sniffer" and cap.meta["iface"] == "hotspot0"
     assert cap.meta["time_scale"] == 50 and cap.meta["manifest"]["netns"]["impairment"][
-        "loss_pct"] == 2
+        "loss_pct"] == 1
     args = ["verify", str(capture), "--storyboard", "--json"]
     for u in manifest_b.users:
         args += ["--secret", u["password"]]
@@ -151,6 +151,30 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
     retransmitted = filter_frames(capture, "retransmission")
     assert rows["retransmission"]["ours"] == len(retransmitted) > 0
     assert f"{len(retransmitted)} retransmissions" in verdicts["8"]["detail"]
+
+
+@needs_netns_lab
+def test_ctrl_c_while_the_namespace_lab_starts_leaves_nothing(tmp_path):
+    proc, manifest = lab_up(tmp_path, "early")
+    mine = f"tblab-{proc.pid}-"
+    try:
+        deadline = time.monotonic() + 30
+        while not pids_in(f"{mine}long"):     # the hosts are starting: Ctrl-C now
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        assert not manifest.exists()
+        started = {p for ns in list_namespaces() if ns.startswith(mine) for p in pids_in(ns)}
+        started |= descendants(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err[-3000:]
+    assert not manifest.exists()
+    assert not [ns for ns in list_namespaces() if ns.startswith(mine)]
+    assert len(started) >= 2 and still_alive(sorted(started), within=0) == []
 
 
 @needs_netns_lab
