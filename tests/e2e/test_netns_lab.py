@@ -101,7 +101,9 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
     try:
         manifest_b = wait_manifest(proc_b, man_b, READY_S)
         assert not set(left_a) & set(list_namespaces()), "a killed lab's namespaces stayed"
-        story = emulate(man_b, "storyboard", "--clients", "2", "--seed", "3", "--duration", "700")
+        # two beats are enough for the heartbeat's interval (statement 17)
+        story = emulate(man_b, "storyboard", "--clients", "2", "--seed", "3",
+                        "--duration", "700")
         assert story["ok"], (story["errors"], [s for s in story["steps"] if not s["ok"]])
         ns_b = manifest_b.extra["netns"]["namespaces"]
         shaper = subprocess.run(["tc", "-n", ns_b["gateway"], "-s", "qdisc", "show", "dev",
