@@ -133,7 +133,7 @@ def lab_up_netns(args) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda s=sig: (got.append(s), stop.set()))
-        code = 1
+        failed = False      # it did not start, a process of it ended, or it left things
         try:
             starting = asyncio.ensure_future(lab.start())
             stopped = asyncio.ensure_future(stop.wait())
@@ -141,25 +141,34 @@ def lab_up_netns(args) -> int:
             if not starting.done():         # Ctrl-C while it starts
                 starting.cancel()
                 await asyncio.gather(starting, return_exceptions=True)
+            elif (exc := starting.exception()) is not None:
+                if not isinstance(exc, (NetnsError, HostFailed, OSError, ConnectionError,
+                                        ValueError)):
+                    raise exc
+                console.print(f"[red]error:[/red] the namespace lab did not start: {exc}")
+                failed = True
             else:
-                try:
-                    manifest = starting.result()
-                except (NetnsError, HostFailed, OSError, ConnectionError, ValueError) as exc:
-                    console.print(f"[red]error:[/red] the namespace lab did not start: {exc}")
-                    return 1
-                _print_lab(console, lab, manifest, args)
+                _print_lab(console, lab, starting.result(), args)
                 ended = asyncio.ensure_future(lab.wait())
                 await asyncio.wait({stopped, ended}, return_when=asyncio.FIRST_COMPLETED)
                 if ended.done():
                     console.print(f"[red]error:[/red] {ended.result()}: stopping the lab")
-                    return 1
-                ended.cancel()
-            console.print("stopping")
+                    failed = True
+                else:
+                    ended.cancel()
+                    console.print("stopping")
         finally:
-            await lab.stop()
+            try:
+                await lab.stop()
+            except NetnsError as exc:
+                console.print(f"[red]error:[/red] the namespace lab could not remove all it "
+                              f"made: {exc}")
+                failed = True
+        if failed:
+            return 1
         if got:
-            code = EXIT_SIGTERM if got[0] == signal.SIGTERM else EXIT_SIGINT
-        return code
+            return EXIT_SIGTERM if got[0] == signal.SIGTERM else EXIT_SIGINT
+        return 0
 
     return run_on(run(), from_flag(args.uvloop,
                                    lambda text: console.print(f"[yellow]{text}[/yellow]")))

@@ -173,6 +173,14 @@ class Namespaces:
         return self.made[role]
 
     def remove_all(self) -> None:
-        for name in reversed(list(self.made.values())):
-            delete(name)
-        self.made.clear()
+        """Delete every one (each tried even if another fails: the first error is raised
+        after)."""
+        failed: list[NetnsError] = []
+        for role, name in reversed(list(self.made.items())):
+            try:
+                delete(name)
+                del self.made[role]
+            except NetnsError as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]
