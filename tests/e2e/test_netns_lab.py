@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -134,7 +135,8 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
             proc_b.kill()
             proc_b.wait(10)
     assert proc_b.returncode == 130, err[-3000:]
-    assert "removed 9 namespaces left by labs that were killed" in err, err[-3000:]
+    swept = re.search(r"removed (\d+) namespaces left by labs that were killed", err)
+    assert swept and int(swept.group(1)) >= len(left_a), err[-3000:]
     assert stop_s < 10, f"Ctrl-C took {stop_s:.1f} s"
     # nothing left: no namespace, no link in the root namespace, no process
     assert not (set(left_a) | set(left_b)) & set(list_namespaces())
