@@ -11,7 +11,7 @@ import shutil
 import signal
 from typing import Any, Callable, Optional
 
-from .argtypes import nonneg_float, positive_int
+from .argtypes import nonneg_float, nonneg_int, positive_int
 
 # the tools the namespace lab runs, and the Debian package of each
 TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "ethtool": "ethtool",
@@ -53,6 +53,11 @@ def add_netns_options(up: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", type=_checked("loss_pct", nonneg_float), default=None,
                    metavar="PCT",
                    help="with --netns: lose PCT%% of the packets each way on the phone's link")
+    g.add_argument("--fade", type=_checked("fade_ms", nonneg_int), default=None,
+                   metavar="MS",
+                   help="with --loss: each loss starts MS milliseconds in which that "
+                        "direction loses everything, as a radio fades (default 0: losses "
+                        "independent); 300 makes TCP's timer back off, as in the report")
     g.add_argument("--rate", type=_rate, default=None, metavar="RATE",
                    help="with --netns: at most RATE each way on the phone's link (tbf; "
                         "8mbit, 512kbit)")
@@ -65,9 +70,10 @@ def add_netns_options(up: argparse.ArgumentParser) -> None:
 
 def not_netns_error(args) -> Optional[str]:
     """The error for namespace-lab options given without --netns, else None."""
-    given = [f"--{name}" for name in ("loss", "rate", "mss") if getattr(args, name) is not None]
+    given = [f"--{name}" for name in ("loss", "fade", "rate", "mss")
+             if getattr(args, name) is not None]
     if given and not args.netns:
-        return f"{', '.join(given)} shape the namespace lab's phone link: add --netns"
+        return f"{', '.join(given)}: for the namespace lab's phone link; add --netns"
     return None
 
 
@@ -107,7 +113,9 @@ def lab_up_netns(args) -> int:
     problem = _refusal(args)
     try:
         load_profile(args.profile)
-        impairment = Impairment(args.loss or 0.0, args.rate,
+        if args.fade and not args.loss:
+            raise ValueError("--fade MS lengthens each loss: give --loss PCT too")
+        impairment = Impairment(args.loss or 0.0, args.fade or 0, args.rate,
                                 DEFAULT_MSS if args.mss is None else args.mss)
     except ValueError as exc:
         problem = problem or str(exc)
@@ -206,7 +214,8 @@ def _print_lab(console, lab, manifest, args) -> None:
     imp = lab.impairment
     link = [f"MTU 1500, MSS clamped to {imp.mss}"]
     if imp.loss_pct:
-        link.append(f"{imp.loss_pct:g} % loss each way")
+        link.append(f"{imp.loss_pct:g} % loss each way"
+                    + (f", each the start of a {imp.fade_ms} ms fade" if imp.fade_ms else ""))
     if imp.rate_bps:
         link.append(f"{imp.rate_bps / 1e6:g} Mbit/s each way")
     console.print(f"phone's link: {', '.join(link)}")

@@ -30,7 +30,10 @@ The gateway (one nftables table, `inet testbed`):
 
 The impairments of the phone's link, which have no netem here: loss with `numgen random`
 (`--loss PCT`), downlink in the phone's input hook and uplink in the gateway's forward hook,
-both past the recorder, so the capture shows each lost packet and its retransmission; the
+both past the recorder, so the capture shows each lost packet and its retransmission; fades
+(`--fade MS`: a lost packet starts MS milliseconds in which that direction loses every
+packet, kept in an nftables set with a timeout), so a segment sent into one is lost again
+when TCP's timer sends it the first time and gets through on the second, longer wait; the
 rate with `tbf` on both ends of the link (`--rate RATE`).
 """
 
@@ -52,6 +55,7 @@ MTU = 1500
 DEFAULT_MSS = 400           # a 96-px avatar with its headers (460 bytes) spans two segments
 TABLE = "testbed"
 _LOSS_SCALE = 10_000        # loss in hundredths of a percent
+MAX_FADE_MS = 10_000
 _TBF_LATENCY = "500ms"
 
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$")
@@ -72,22 +76,27 @@ def parse_rate(text: str) -> int:
 
 @dataclass(frozen=True)
 class Impairment:
-    """What the phone's link does to packets: `loss_pct` percent lost each way, at most
-    `rate_bps` bits per second each way (None: as fast as the host goes), SYNs' MSS clamped
-    to `mss` bytes (None: not clamped)."""
+    """What the phone's link does to packets: `loss_pct` percent lost each way, each loss
+    the start of `fade_ms` milliseconds in which that direction loses everything (0: losses
+    independent of each other), at most `rate_bps` bits per second each way (None: as fast
+    as the host goes), SYNs' MSS clamped to `mss` bytes (None: not clamped)."""
 
     loss_pct: float = 0.0
+    fade_ms: int = 0
     rate_bps: Optional[int] = None
     mss: Optional[int] = DEFAULT_MSS
 
     def __post_init__(self) -> None:
         if not 0 <= self.loss_pct < 100:
             raise ValueError(f"loss must be 0 to 100 percent (not 100), got {self.loss_pct:g}")
+        if not 0 <= self.fade_ms <= MAX_FADE_MS:
+            raise ValueError(f"a fade must be 0 to {MAX_FADE_MS} ms, got {self.fade_ms}")
         if self.mss is not None and not 88 <= self.mss <= MTU - 40:
             raise ValueError(f"MSS must be 88 to {MTU - 40} bytes, got {self.mss}")
 
     def to_dict(self) -> dict:
-        return {"loss_pct": self.loss_pct, "rate_bps": self.rate_bps, "mss": self.mss}
+        return {"loss_pct": self.loss_pct, "fade_ms": self.fade_ms, "rate_bps": self.rate_bps,
+                "mss": self.mss}
 
 
 # the namespaces of the lab, by role: the servers' are the `testbed serve` roles
@@ -175,10 +184,18 @@ class LabNetwork:
     def _sysctl(self, ns: str, *settings: str) -> None:
         run(exec_in(ns, "sysctl", "-q", "-w", *settings))
 
-    def _loss_rule(self, iface: str) -> str:
+    def _loss(self, iface: str) -> tuple[str, str]:
+        """The set and the rules that lose packets arriving on `iface` (empty: no loss)."""
         n = round(self.impairment.loss_pct * _LOSS_SCALE / 100)
-        return f'iifname "{iface}" numgen random mod {_LOSS_SCALE} < {n} counter drop' \
-            if n else ""
+        if not n:
+            return "", ""
+        lose = f'iifname "{iface}" numgen random mod {_LOSS_SCALE} < {n}'
+        fade = self.impairment.fade_ms
+        if not fade:
+            return "", f"{lose} counter drop"
+        return ("set fade { type ifname; flags dynamic,timeout; }",
+                f'iifname "{iface}" iifname @fade counter drop\n'
+                f"        {lose} add @fade {{ iifname timeout {fade}ms }} counter drop")
 
     def _shape(self, ns: str, dev: str) -> None:
         rate = self.impairment.rate_bps
@@ -193,12 +210,14 @@ class LabNetwork:
         self._sysctl(gw, "net.ipv4.ip_forward=1")
         clamp = (f"tcp flags & (syn | rst) == syn tcp option maxseg size > {mss} "
                  f"tcp option maxseg size set {mss}") if mss else ""
+        fade_set, loss = self._loss(HOTSPOT_IF)
         ruleset = f"""
 table inet {TABLE} {{
+    {fade_set}
     chain forward {{
         type filter hook forward priority filter; policy accept;
         ct state invalid counter drop
-        {self._loss_rule(HOTSPOT_IF)}
+        {loss}
         {clamp}
     }}
     chain input {{
@@ -225,10 +244,11 @@ table inet {TABLE} {{
         phone = self.ns[PHONE]
         # many phones share the one address: every ephemeral port for them
         self._sysctl(phone, "net.ipv4.ip_local_port_range=1024 65535")
-        loss = self._loss_rule(PHONE_IF)
+        fade_set, loss = self._loss(PHONE_IF)
         if loss:
             run(exec_in(phone, "nft", "-f", "-"), input=f"""
 table inet {TABLE} {{
+    {fade_set}
     chain input {{
         type filter hook input priority filter; policy accept;
         {loss}
