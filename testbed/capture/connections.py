@@ -1,5 +1,5 @@
 """A capture read once more for a few connections only: their segments (`segments_of`), and
-when each end last sent anything but a reset (`last_sent`).
+when each end last sent bytes it had not sent before (`last_new_data`).
 
 The analysis reads a capture once, in bounded memory, and keeps no segment; a check that
 needs more about a connection or two (the copies of a retransmitted segment, the last time a
@@ -14,6 +14,8 @@ from .packets import Segment, decode, read_capture
 
 MAX_SEGMENTS = 200_000      # segments kept from the connections asked about
 RST = 0x04
+M32 = 0xFFFFFFFF
+HALF = 0x80000000
 
 Endpoint = tuple[str, int]
 
@@ -44,14 +46,25 @@ def segments_of(path: str, connections: Iterable[tuple[str, str]]) -> list[Segme
     return segments
 
 
-def last_sent(path: str, connections: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
-    """(sender, receiver) -> the capture time of the last segment `sender` sent on that
-    connection that was not a reset, for each direction of `connections`.
+def last_new_data(path: str, connections: Iterable[tuple[str, str]]
+                  ) -> dict[tuple[str, str], float]:
+    """(sender, receiver) -> the capture time of the last segment in which `sender` sent
+    bytes it had not sent before on that connection, for each direction of `connections`
+    that carried data.
 
-    A reset is left out because a socket that was closed still answers the peer's late
-    packets with one: the last time a program used a connection is its last other packet."""
+    That is when a program last wrote to a connection, as near as the wire tells: after it
+    closes one, its kernel may still resend what was not acknowledged, and reset the peer's
+    late packets, but sends nothing new."""
+    frontier: dict[tuple[str, str], int] = {}    # bytes past the first seq seen
+    first: dict[tuple[str, str], int] = {}
     last: dict[tuple[str, str], float] = {}
     for s in segments_of(path, connections):
-        if not s.flags & RST:
-            last[(f"{s.src}:{s.sport}", f"{s.dst}:{s.dport}")] = s.ts
+        if not s.seglen or s.flags & RST:
+            continue
+        key = (f"{s.src}:{s.sport}", f"{s.dst}:{s.dport}")
+        base = first.setdefault(key, s.seq)
+        end = ((s.seq - base) & M32) + s.seglen
+        if end > frontier.get(key, 0) and (s.seq - base) & M32 < HALF:
+            frontier[key] = end
+            last[key] = s.ts
     return last

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from google.protobuf.message import DecodeError
 
 from testbed.capture import events as ev
-from testbed.capture.connections import last_sent
+from testbed.capture.connections import last_new_data
 from testbed.capture.packets import CaptureError
 from testbed.capture.resends import resends
 from testbed.lab.addressing import LONG, MAPABC, QLOGO, QPIC, SHORT
@@ -508,14 +508,16 @@ def s16(v: CaptureView, c: Context):
 
 def _overlapping(v: CaptureView, links: dict[Party, list[dict]]) -> list[Party]:
     """The phones that used a long connection after their next one began. A connection's
-    last packet may come after that and prove nothing: on a lossy link the server's late
-    retransmissions reach a phone that closed it, and its kernel answers with resets; so
-    where the last packet is later, the phone's last packet other than a reset counts."""
+    last packet may come after that and prove nothing: on a lossy link the kernel of a
+    phone that gave a connection up still resends what was not acknowledged, and resets the
+    server's late packets; so where the last packet is later, what counts is the last time
+    the phone sent bytes it had not sent before."""
     late = [(a, b) for fs in links.values() for a, b in zip(fs, fs[1:]) if a["end"] > b["start"]]
     if not late:
         return []
     try:
-        used = last_sent(v.analysis.path, [(a["client"], a["server"]) for a, _ in late])
+        used = last_new_data(v.analysis.path,
+                             [(a["client"], a["server"]) for a, _ in late])
     except (CaptureError, OSError):
         used = {}
     return [p for p, fs in links.items()
