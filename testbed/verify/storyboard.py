@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from google.protobuf.message import DecodeError
 
 from testbed.capture import events as ev
-from testbed.capture.connections import last_new_data
+from testbed.capture.connections import last_acknowledged
 from testbed.capture.packets import CaptureError
 from testbed.capture.resends import resends
 from testbed.lab.addressing import LONG, MAPABC, QLOGO, QPIC, SHORT
@@ -509,15 +509,16 @@ def s16(v: CaptureView, c: Context):
 def _overlapping(v: CaptureView, links: dict[Party, list[dict]]) -> list[Party]:
     """The phones that used a long connection after their next one began. A connection's
     last packet may come after that and prove nothing: on a lossy link the kernel of a
-    phone that gave a connection up still resends what was not acknowledged, and resets the
-    server's late packets; so where the last packet is later, what counts is the last time
-    the phone sent bytes it had not sent before."""
+    phone that gave a connection up still sends what was left in its send buffer, resends
+    what was not acknowledged, and resets the server's late packets; so where the last
+    packet is later, what counts is the last time the phone took in (acknowledged) bytes
+    the server sent on it, which a closed socket no longer does."""
     late = [(a, b) for fs in links.values() for a, b in zip(fs, fs[1:]) if a["end"] > b["start"]]
     if not late:
         return []
     try:
-        used = last_new_data(v.analysis.path,
-                             [(a["client"], a["server"]) for a, _ in late])
+        used = last_acknowledged(v.analysis.path,
+                                 [(a["client"], a["server"]) for a, _ in late])
     except (CaptureError, OSError):
         used = {}
     return [p for p, fs in links.items()
