@@ -28,7 +28,7 @@ def emulate(args) -> int:
     except (ValueError, OSError) as exc:
         error(console, str(exc), args.manifest)
         return 2
-    from testbed.netns_cli import enter_phone_namespace
+    from .netns import enter_phone_namespace
     if (failed := enter_phone_namespace(manifest, console)) is not None:
         return failed
     notice = long_wait_notice(args.scenario, manifest.heartbeat_s, manifest.time_scale,

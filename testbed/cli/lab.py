@@ -58,7 +58,7 @@ def lab_up(args) -> int:
     from testbed.lab.profiles import load_profile
     from testbed.serve_cli import open_store
 
-    from testbed.netns_cli import lab_up_netns, not_netns_error
+    from .netns import lab_up_netns, not_netns_error
 
     console = err_console()
     if args.netns:

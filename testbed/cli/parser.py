@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the host table as JSON on stdout (once every host is up)")
     up.set_defaults(handler=lab.lab_up)
 
-    from testbed.netns_cli import add_netns_options
+    from .netns import add_netns_options
     add_netns_options(up)
 
     from testbed.serve_cli import add_lab_parsers, add_serve_parser

@@ -4,6 +4,7 @@ capture of the phone's link verified; Ctrl-C and SIGKILL, and what each leaves b
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -18,12 +19,13 @@ import pytest
 
 from mocks.netns.namespaces import is_stale, list_namespaces, name_of, pids_in, sweep_stale
 from testbed.capture.packets import read_capture
+from testbed.lab.manifest import load_manifest
 from testbed.cli import main
-from testbed.netns_cli import TOOLS
+from testbed.cli.netns import TOOLS
 
 from ..capture.tshark import check_against_tshark, filter_frames
 from ..conftest import netns_unavailable
-from .helpers import descendants, still_alive, wait_manifest
+from .helpers import descendants, process_group, still_alive
 
 PHONE, HOTSPOT = "198.18.137.87", "198.18.137.1"
 READY_S = 90.0      # the lab's seven processes start on a shared 2-core machine
@@ -56,12 +58,64 @@ def netns_lab_tools():
 needs_netns_lab = pytest.mark.usefixtures("netns_lab_tools")
 
 
-def lab_up(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
-    manifest = tmp_path / f"{name}.json"
-    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "lab", "up", "--netns",
-                             "--users", "2", "--workers", "1", "--manifest", str(manifest),
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return proc, manifest
+class LabUp:
+    """`testbed lab up --netns ...` started as a shell starts a job (a process group of its
+    own, so a Ctrl-C can go to the whole group as a terminal sends it), its stdout and
+    stderr in files (a pipe nobody reads could fill and stop the lab)."""
+
+    def __init__(self, tmp_path: Path, name: str, *args: str) -> None:
+        self.manifest = tmp_path / f"{name}.json"
+        self.out_path, self.err_path = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "testbed.cli", "lab", "up", "--netns", "--users", "2",
+                 "--workers", "1", "--manifest", str(self.manifest), *args],
+                stdout=out, stderr=err, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def out(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def err(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def wait_manifest(self, timeout: float = READY_S):
+        """The manifest, once the lab has written it (every host listens then)."""
+        deadline = time.monotonic() + timeout
+        while not self.manifest.exists():
+            assert self.proc.poll() is None, f"lab exited early: {self.err()[-3000:]}"
+            assert time.monotonic() < deadline, f"no manifest in time: {self.err()[-3000:]}"
+            time.sleep(0.02)
+        return load_manifest(self.manifest)
+
+    def wait_json(self, timeout: float = 10.0) -> dict:
+        """`--json`'s document on stdout (printed right after the manifest is written)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return json.loads(self.out())
+            except ValueError:
+                assert self.proc.poll() is None, f"lab exited: {self.err()[-3000:]}"
+                assert time.monotonic() < deadline, f"no JSON on stdout: {self.out()!r}"
+                time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGINT, group: bool = False) -> float:
+        """Send `sig` (to the whole group with `group`); the seconds until it exited."""
+        t0 = time.monotonic()
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+        self.proc.wait(30)
+        return time.monotonic() - t0
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def emulate(manifest: Path, *args: str) -> dict:
@@ -90,9 +144,51 @@ def serving(namespace: str) -> list[int]:
 
 
 def root_links() -> set[str]:
+    """The links of the root namespace named as the lab names its links (others' tests
+    may add and remove links of their own meanwhile)."""
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
                          check=True).stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+    names = {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+    return {n for n in names if n in ("wlan0", "hotspot0", "wan0") or n.startswith("srv-")}
+
+
+def link_ends(namespace: str) -> list[dict]:
+    """Every link of `namespace` but lo, as `ip -j -d addr` shows it."""
+    out = subprocess.run(["ip", "-n", namespace, "-j", "-d", "addr", "show"],
+                         capture_output=True, text=True, check=True).stdout
+    return [link for link in json.loads(out) if link["ifname"] != "lo"]
+
+
+def offloads(namespace: str, dev: str) -> dict[str, str]:
+    """`ethtool -k DEV` in `namespace`: feature -> "on" / "off"."""
+    out = subprocess.run(["ip", "netns", "exec", namespace, "ethtool", "-k", dev],
+                         capture_output=True, text=True, check=True).stdout
+    return {k.strip(): v.split()[0] for k, _, v in
+            (line.partition(":") for line in out.splitlines()[1:]) if v.strip()}
+
+
+def check_links(namespaces: dict[str, str]) -> None:
+    """The network as docs/lab.md plans it: addresses in 198.18.0.0/15 only, MTU 1500 on
+    every link, the veths' offloads off (a capture shows the segments that crossed)."""
+    lab_net = ipaddress.ip_network("198.18.0.0/15")
+    for role, ns in namespaces.items():
+        for link in link_ends(ns):
+            where = f"{ns} {link['ifname']}"
+            assert link["mtu"] == 1500, where
+            for a in link.get("addr_info", []):
+                assert a["family"] == "inet" and ipaddress.ip_address(a["local"]) in lab_net, \
+                    (where, a)
+            if link.get("linkinfo", {}).get("info_kind") == "veth":
+                features = offloads(ns, link["ifname"])
+                for f in ("tx-checksumming", "tcp-segmentation-offload",
+                          "generic-segmentation-offload", "generic-receive-offload"):
+                    assert features[f] == "off", (where, f, features[f])
+    phone = link_ends(namespaces["phone"])
+    assert [(x["ifname"], [a["local"] for a in x["addr_info"]]) for x in phone] \
+        == [("wlan0", [PHONE])]
+    gateway = {x["ifname"]: [a["local"] for a in x.get("addr_info", [])]
+               for x in link_ends(namespaces["gateway"])}
+    assert gateway["hotspot0"] == [HOTSPOT] and gateway["wan0"] == ["198.19.0.1"]
 
 
 @needs_netns_lab
@@ -100,23 +196,32 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
     links_before = root_links()
 
     # -- a lab whose NAT forgets an idle connection after 200 protocol s (1 wall s) ---------
-    proc_a, man_a = lab_up(tmp_path, "a", "--time-scale", "200", "--nat-timeout", "200")
+    lab_a = LabUp(tmp_path, "a", "--time-scale", "200", "--nat-timeout", "200", "--json")
     try:
-        manifest_a = wait_manifest(proc_a, man_a, READY_S)
+        manifest_a = lab_a.wait_manifest()
         assert manifest_a.extra["nat"]["wall_timeout_s"] == 1
+        ns_a = manifest_a.extra["netns"]["namespaces"]
+        doc = lab_a.wait_json()
+        assert doc["netns"]["namespaces"] == ns_a
+        assert doc["netns"]["phone"] == {"address": PHONE, "hotspot": HOTSPOT,
+                                         "gateway": "198.19.0.1"}
+        assert doc["hosts"]["long.weixin.qq.com"]["addresses"] == ["198.19.0.11", "198.19.0.12"]
+        # each host's processes in its own namespace
+        for host, role in (("long.weixin.qq.com", "long"), ("short.weixin.qq.com", "short"),
+                           ("dns", "dns")):
+            assert set(doc["processes"][host]) <= set(serving(ns_a[role])), host
+        check_links(ns_a)
         # a phone beating every 300 s behind it: every beat finds the mapping gone, no
         # RST or FIN comes back (the link is not closed), the NOOP goes unanswered
-        beat = emulate(man_a, "heartbeat", "--clients", "1", "--duration", "700")
+        beat = emulate(lab_a.manifest, "heartbeat", "--clients", "1", "--duration", "700")
         m = beat["metrics"]
         assert m["silent_deaths"] >= 1 and m["reconnects"] >= 1, m
         assert m["links_closed"] == 0, m
         left_a = processes_of(manifest_a)
-        ns_a = manifest_a.extra["netns"]["namespaces"]
         # every host and redis-server in a namespace of its own; the phone's is the user's
         assert all(left_a[ns_a[role]] for role in ns_a if role not in ("phone", "gateway"))
     finally:
-        proc_a.kill()                            # a crash: it cannot clean up
-        proc_a.wait(10)
+        lab_a.kill()                             # a crash: it cannot clean up
     # what a killed lab leaves: its namespaces; its processes die with it
     assert set(left_a) <= set(list_namespaces())
     assert still_alive([p for pids in left_a.values() for p in pids], within=5.0) == []
@@ -126,15 +231,16 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
     # a loss starts a 300 ms fade: a segment sent into one is sent again after TCP's first
     # timeout (lost again) and after the longer second one (through): about 0.6 s, within
     # the phone's NOOP timeout at this time scale (20 protocol s = 0.8 s)
-    proc_b, man_b = lab_up(tmp_path, "b", "--time-scale", "25", "--loss", "0.5", "--fade",
-                           "300", "--rate", "50mbit", "--record", str(capture))
+    lab_b = LabUp(tmp_path, "b", "--time-scale", "25", "--loss", "0.5", "--fade", "300",
+                  "--rate", "50mbit", "--record", str(capture))
     try:
-        manifest_b = wait_manifest(proc_b, man_b, READY_S)
+        manifest_b = lab_b.wait_manifest()
         assert not set(left_a) & set(list_namespaces()), "a killed lab's namespaces stayed"
         # two beats are enough for the heartbeat's interval (statement 17)
-        story = emulate(man_b, "storyboard", "--clients", "2", "--seed", "3",
+        story = emulate(lab_b.manifest, "storyboard", "--clients", "2", "--seed", "3",
                         "--duration", "650")
         assert story["ok"], (story["errors"], [s for s in story["steps"] if not s["ok"]])
+        assert "lab up --netns" in lab_b.out()          # the host table, on stdout
         ns_b = manifest_b.extra["netns"]["namespaces"]
         shaper = subprocess.run(["tc", "-n", ns_b["gateway"], "-s", "qdisc", "show", "dev",
                                  "hotspot0"], capture_output=True, text=True).stdout
@@ -142,15 +248,12 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
         left_b = processes_of(manifest_b)
         pids_b = [p for pids in left_b.values() for p in pids]
         assert len(pids_b) >= 8                 # six hosts, redis, the recorder
-        t0 = time.monotonic()
-        proc_b.send_signal(signal.SIGINT)
-        out, err = proc_b.communicate(timeout=30)
-        stop_s = time.monotonic() - t0
+        # Ctrl-C as a terminal sends it: to the lab and the hosts in its group at once
+        stop_s = lab_b.stop(signal.SIGINT, group=True)
     finally:
-        if proc_b.poll() is None:
-            proc_b.kill()
-            proc_b.wait(10)
-    assert proc_b.returncode == 130, err[-3000:]
+        lab_b.kill()
+    err = lab_b.err()
+    assert lab_b.proc.returncode == 130, err[-3000:]
     swept = re.search(r"removed (\d+) namespaces left by labs that were killed", err)
     assert swept and int(swept.group(1)) >= len(left_a), err[-3000:]
     assert stop_s < 10, f"Ctrl-C took {stop_s:.1f} s"
@@ -158,7 +261,8 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
     assert not (set(left_a) | set(left_b)) & set(list_namespaces())
     assert root_links() == links_before
     assert still_alive(pids_b, within=0) == []
-    assert not man_b.exists()
+    assert process_group(lab_b.pid) == []
+    assert not lab_b.manifest.exists()
 
     # -- the capture of the phone's link: every statement holds, (wire) ones included -----
     cap = read_capture(capture)
@@ -192,24 +296,21 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
 
 @needs_netns_lab
 def test_ctrl_c_while_the_namespace_lab_starts_leaves_nothing(tmp_path):
-    proc, manifest = lab_up(tmp_path, "early")
-    mine = f"tblab-{proc.pid}-"
+    lab = LabUp(tmp_path, "early")
+    mine = f"tblab-{lab.pid}-"
     try:
         deadline = time.monotonic() + 30
         while not serving(f"{mine}long"):     # the hosts are starting: Ctrl-C now
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            assert lab.proc.poll() is None and time.monotonic() < deadline, lab.err()
             time.sleep(0.02)
-        assert not manifest.exists()
+        assert not lab.manifest.exists()
         started = {p for ns in list_namespaces() if ns.startswith(mine) for p in pids_in(ns)}
-        started |= descendants(proc.pid)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        started |= descendants(lab.pid)
+        lab.stop(signal.SIGINT)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 130, err[-3000:]
-    assert not manifest.exists()
+        lab.kill()
+    assert lab.proc.returncode == 130, lab.err()[-3000:]
+    assert not lab.manifest.exists()
     assert not [ns for ns in list_namespaces() if ns.startswith(mine)]
     assert len(started) >= 2 and still_alive(sorted(started), within=0) == []
 

@@ -60,7 +60,7 @@ RULES: dict[str, Rule] = {
     "shared": Rule(("testbed.__init__", "testbed.argtypes", "testbed.console",
                     "testbed.eventloop", "testbed.fleet", "testbed.interrupt",
                     "testbed.png"), _({"wire"})),
-    "commands": Rule(("testbed.cli", "testbed.serve_cli", "testbed.netns_cli", "testbed.demo",
+    "commands": Rule(("testbed.cli", "testbed.serve_cli", "testbed.demo",
                       "testbed.pytest_plugin"),
                      _({"wire", "lab", "state", "service", "mocks", "client", "capture",
                         "verify", "report", "radio", "replay", "study", "shared"})),

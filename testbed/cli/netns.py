@@ -5,18 +5,19 @@ The lab itself is `mocks.netns.NetnsLab`; `testbed emulate` enters its phone's n
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
-import signal
 from typing import Any, Callable, Optional
 
-from .argtypes import nonneg_float, nonneg_int, positive_int
+from rich.markup import escape
+
+from testbed.argtypes import nonneg_float, nonneg_int, positive_int
+
+from .output import err_console, error, out_console, print_json
 
 # the tools the namespace lab runs, and the Debian package of each
 TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "ethtool": "ethtool",
          "sysctl": "procps", "redis-server": "redis-server"}
-EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
 def _checked(field: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -99,17 +100,17 @@ def _refusal(args) -> Optional[str]:
 
 def lab_up_netns(args) -> int:
     """`testbed lab up --netns ...`: until Ctrl-C (130) or SIGTERM (143); 1 when the lab
-    cannot start or a process of it ends, 2 for a usage mistake."""
-    from rich.console import Console
-
+    cannot start, a process of it ends, or it could not remove what it made; 2 for a usage
+    mistake."""
     from mocks.netns.lab import NetnsLab, wall_timeout_note
     from mocks.netns.network import DEFAULT_MSS, Impairment
     from mocks.runner import LabConfig
+    from testbed import interrupt
     from testbed.eventloop import from_flag
     from testbed.eventloop import run as run_on
     from testbed.lab.profiles import load_profile
 
-    console = Console(stderr=True, highlight=False)
+    console = err_console()
     problem = _refusal(args)
     try:
         load_profile(args.profile)
@@ -120,7 +121,7 @@ def lab_up_netns(args) -> int:
     except ValueError as exc:
         problem = problem or str(exc)
     if problem:
-        console.print(f"[red]error:[/red] {problem}")
+        error(console, problem)
         return 2
     cfg = LabConfig(users=args.users, friends=args.friends, profile=args.profile,
                     time_scale=args.time_scale, manifest_path=args.manifest,
@@ -128,91 +129,104 @@ def lab_up_netns(args) -> int:
     if args.nat_timeout is not None:
         note = wall_timeout_note(args.nat_timeout, args.time_scale)
         if note:
-            console.print(f"[yellow]{note}[/yellow]")
+            console.print(f"[yellow]{escape(note)}[/yellow]")
     lab = NetnsLab(cfg, impairment=impairment, record=args.record,
                    workers=args.workers or 2, uvloop=args.uvloop)
+    left_behind: list[str] = []     # what stopping could not remove
 
     async def run() -> int:
         from mocks.netns.namespaces import NetnsError
         from mocks.process_lab import HostFailed
 
-        got: list[int] = []
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda s=sig: (got.append(s), stop.set()))
-        failed = False      # it did not start, a process of it ended, or it left things
         try:
-            starting = asyncio.ensure_future(lab.start())
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not starting.done():         # Ctrl-C while it starts
-                starting.cancel()
-                await asyncio.gather(starting, return_exceptions=True)
-            elif (exc := starting.exception()) is not None:
-                if not isinstance(exc, (NetnsError, HostFailed, OSError, ConnectionError,
-                                        ValueError)):
-                    raise exc
-                console.print(f"[red]error:[/red] the namespace lab did not start: {exc}")
-                failed = True
-            else:
-                _print_lab(console, lab, starting.result(), args)
-                ended = asyncio.ensure_future(lab.wait())
-                await asyncio.wait({stopped, ended}, return_when=asyncio.FIRST_COMPLETED)
-                if ended.done():
-                    console.print(f"[red]error:[/red] {ended.result()}: stopping the lab")
-                    failed = True
-                else:
-                    ended.cancel()
-                    console.print("stopping")
-        finally:
             try:
-                await lab.stop()
-            except NetnsError as exc:
-                console.print(f"[red]error:[/red] the namespace lab could not remove all it "
-                              f"made: {exc}")
-                failed = True
-        if failed:
+                manifest = await lab.start()
+            except (NetnsError, HostFailed, OSError, ConnectionError, ValueError) as exc:
+                error(console, f"the namespace lab did not start: {exc}")
+                return 1
+            _print_lab(console, lab, manifest, args)
+            # until a process of the lab ends, or a signal cancels this task
+            error(console, f"{await lab.wait()}: stopping the lab")
             return 1
-        if got:
-            return EXIT_SIGTERM if got[0] == signal.SIGTERM else EXIT_SIGINT
-        return 0
+        finally:
+            if lab.manifest is not None:
+                console.print("stopping")
+            with interrupt.cleaning_up():
+                try:
+                    await lab.stop()
+                except NetnsError as exc:
+                    left_behind.append(str(exc))
+                    error(console, f"the namespace lab could not remove all it made: {exc}")
 
-    return run_on(run(), from_flag(args.uvloop,
-                                   lambda text: console.print(f"[yellow]{text}[/yellow]")))
+    on = from_flag(args.uvloop, lambda text: console.print(f"[yellow]{text}[/yellow]"))
+    try:
+        code = interrupt.run(run(), lambda main: run_on(main, on))
+    except interrupt.Interrupted:
+        if left_behind:
+            return 1
+        raise
+    return 1 if left_behind else code
+
+
+def netns_doc(lab, manifest, users: int) -> dict:
+    """`lab up --netns --json`: `lab up --json`'s document, with where everything is: the
+    namespace of every role, the phone's link, the recorder and redis-server."""
+    from mocks.lab_manifest import HOST_OF_ROLE
+    from mocks.netns.network import HOTSPOT_IF
+
+    from .lab import lab_doc
+
+    pids = {HOST_OF_ROLE.get(c.role, c.role): " ".join(map(str, c.pids))
+            for c in lab.children}
+    doc = lab_doc(lab, users, None, pids)
+    net = lab.network
+    doc["netns"] = {
+        "namespaces": dict(lab.namespaces.made),
+        "phone": {"address": net.phone, "hotspot": net.hotspot, "gateway": net.gateway},
+        "impairment": lab.impairment.to_dict(),
+        "recorder": ({"iface": HOTSPOT_IF, "pid": lab.recorder.pid}
+                     if lab.recorder is not None else None),
+        "redis": {"pid": lab.redis.proc.pid if lab.redis and lab.redis.proc else None},
+        "swept": list(lab.swept),
+    }
+    return doc
 
 
 def _print_lab(console, lab, manifest, args) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from mocks.lab_manifest import HOST_OF_ROLE
     from mocks.netns.network import GATEWAY, HOTSPOT_IF, PHONE, STORE
 
-    ns = lab.namespaces
-    plan = lab.network
-    table = Table(title=f"lab up --netns: profile {manifest.profile}, time scale "
-                        f"{manifest.time_scale:g}, {len(manifest.users)} users")
-    table.add_column("host", overflow="fold")
-    table.add_column("namespace", no_wrap=True)
-    table.add_column("addresses", no_wrap=True)
-    table.add_column("port")
-    table.add_column("processes")
-    table.add_row("the phone", ns[PHONE], plan.phone, "", "")
-    table.add_row("hotspot, carrier NAT", ns[GATEWAY], f"{plan.hotspot} {plan.gateway}", "",
-                  str(lab.recorder.pid) if lab.recorder else "")
-    pids = {c.role: " ".join(map(str, c.pids)) for c in lab.children}
-    for role, name in HOST_OF_ROLE.items():
-        h = manifest.hosts[name]
-        port = str(h.port) + (f", TLS {h.tls_port}" if h.tls_port else "")
-        table.add_row(name, ns[role], " ".join(h.addresses), port, pids.get(role, ""))
-    table.add_row("lab resolver (DNS)", ns["dns"], manifest.dns_address,
-                  str(manifest.dns_port), pids.get("dns", ""))
-    table.add_row("store (Redis)", ns[STORE], "", "",
-                  str(lab.redis.proc.pid) if lab.redis and lab.redis.proc else "")
-    Console().print(table)
+    if args.json:
+        print_json(netns_doc(lab, manifest, len(manifest.users)))
+    else:
+        ns = lab.namespaces
+        plan = lab.network
+        table = Table(title=f"lab up --netns: profile {manifest.profile}, time scale "
+                            f"{manifest.time_scale:g}, {len(manifest.users)} users")
+        table.add_column("host", overflow="fold")
+        table.add_column("namespace", no_wrap=True)
+        table.add_column("addresses", no_wrap=True)
+        table.add_column("port")
+        table.add_column("processes")
+        table.add_row("the phone", ns[PHONE], plan.phone, "", "")
+        table.add_row("hotspot, carrier NAT", ns[GATEWAY], f"{plan.hotspot} {plan.gateway}",
+                      "", str(lab.recorder.pid) if lab.recorder else "")
+        pids = {c.role: " ".join(map(str, c.pids)) for c in lab.children}
+        for role, name in HOST_OF_ROLE.items():
+            h = manifest.hosts[name]
+            port = str(h.port) + (f", TLS {h.tls_port}" if h.tls_port else "")
+            table.add_row(name, ns[role], " ".join(h.addresses), port, pids.get(role, ""))
+        table.add_row("lab resolver (DNS)", ns["dns"], manifest.dns_address,
+                      str(manifest.dns_port), pids.get("dns", ""))
+        table.add_row("store (Redis)", ns[STORE], "", "",
+                      str(lab.redis.proc.pid) if lab.redis and lab.redis.proc else "")
+        out = out_console()
+        out.print(table)
+        out.file.flush()
     imp = lab.impairment
-    link = [f"MTU 1500, MSS clamped to {imp.mss}"]
+    link = [f"MTU 1500, MSS clamped to {imp.mss}" if imp.mss else "MTU 1500, MSS not clamped"]
     if imp.loss_pct:
         link.append(f"{imp.loss_pct:g} % loss each way"
                     + (f", each the start of a {imp.fade_ms} ms fade" if imp.fade_ms else ""))
@@ -228,11 +242,13 @@ def _print_lab(console, lab, manifest, args) -> None:
         console.print(f"removed {len(lab.swept)} namespaces left by labs that were killed")
     if lab.record_path is not None:
         console.print(f"recording the phone's link ({HOTSPOT_IF} at the hotspot) to "
-                      f"{lab.record_path} (closed when the lab stops)")
-    console.print(f"manifest: {lab.manifest_path.resolve()}   (Ctrl-C to stop)")
-    console.print(f"a phone:  sudo testbed emulate storyboard --manifest {args.manifest} "
-                  f"(it runs in {ns[PHONE]}); any other client: sudo ip netns exec "
-                  f"{ns[PHONE]} COMMAND")
+                      f"{escape(str(lab.record_path))} (closed when the lab stops)")
+    console.print(f"manifest: {escape(str(lab.manifest_path.resolve()))}   (Ctrl-C to stop)",
+                  soft_wrap=True)
+    phone = lab.namespaces[PHONE]
+    console.print(f"a phone:  sudo testbed emulate storyboard --manifest "
+                  f"{escape(str(args.manifest))} (it runs in {phone}); any other client: "
+                  f"sudo ip netns exec {phone} COMMAND", soft_wrap=True)
 
 
 def enter_phone_namespace(manifest, console) -> Optional[int]:
@@ -245,15 +261,15 @@ def enter_phone_namespace(manifest, console) -> Optional[int]:
     try:
         enter(name)
     except FileNotFoundError:
-        console.print(f"[red]error:[/red] the lab's phone namespace {name} is gone: is the "
-                      f"lab (testbed lab up --netns) still running?")
+        error(console, f"the lab's phone namespace {name} is gone: is the lab (testbed lab "
+                       f"up --netns) still running?")
         return 1
     except PermissionError:
-        console.print(f"[red]error:[/red] the lab's phone is in the network namespace {name}: "
-                      f"entering it needs root (sudo)")
+        error(console, f"the lab's phone is in the network namespace {name}: entering it "
+                       f"needs root (sudo)")
         return 2
     except OSError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(console, str(exc))
         return 1
     console.print(f"in the lab's phone namespace {name}")
     return None
