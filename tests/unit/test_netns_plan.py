@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from mocks.netns.lab import nat_wall_timeout, wall_timeout_note
 from mocks.netns.namespaces import is_stale, name_of, owner_of
 from mocks.netns.network import Impairment, mac_of, parse_rate
+from testbed.cli.netns import TOOLS
 from testbed.lab.addressing import DNS_OCTET, LONG, QLOGO, NetworkPlan, is_lab_address
 
 
@@ -61,3 +65,14 @@ def test_namespace_names_carry_their_lab_s_pid():
     assert not is_stale("someone-elses") and not is_stale(name_of("phone", 1))
     with pytest.raises(ValueError):
         name_of("Phone-1")
+
+
+def test_ci_installs_every_tool_the_namespace_lab_and_its_test_run():
+    """CI runs the namespace lab's tests on a clean machine with TESTBED_REQUIRE_NETNS=1:
+    .ci/setup must install the package of every tool the lab runs (testbed.cli.netns.TOOLS)
+    and of the ones its test checks the capture with."""
+    setup = (Path(__file__).resolve().parents[2] / ".ci" / "setup").read_text()
+    listed = re.search(r"^\s*for pkg in ([^;]+); do", setup, re.M)
+    assert listed, "no `for pkg in ...; do` list in .ci/setup"
+    packages = set(listed.group(1).split())
+    assert set(TOOLS.values()) | {"tshark", "tcpdump"} <= packages, packages
