@@ -32,9 +32,13 @@ class NetnsError(Exception):
 
 
 def run(argv: Sequence[str], *, input: Optional[str] = None) -> str:
-    """Run a command; its stdout, or NetnsError naming it and its last line of stderr."""
+    """Run a command; its stdout, or NetnsError naming it and its last line of stderr.
+
+    In a session of its own: a terminal's Ctrl-C reaches the lab's process group, and the
+    lab, not the signal, decides when its network is built or removed."""
     try:
-        p = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=30)
+        p = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=30,
+                           start_new_session=True)
     except FileNotFoundError:
         raise NetnsError(f"{argv[0]} is not installed") from None
     except subprocess.TimeoutExpired:
@@ -164,8 +168,8 @@ class Namespaces:
 
     def add(self, role: str) -> str:
         name = name_of(role, self.pid)
+        self.made[role] = name      # before it exists: remove_all() tries it even if this fails
         run(["ip", "netns", "add", name])
-        self.made[role] = name
         run(["ip", "-n", name, "link", "set", "lo", "up"])
         return name
 

@@ -295,24 +295,38 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
 
 
 @needs_netns_lab
-def test_ctrl_c_while_the_namespace_lab_starts_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("sig,group,when", [
+    (signal.SIGINT, True, "network"), (signal.SIGINT, True, "hosts"),
+    (signal.SIGTERM, False, "hosts")],
+    ids=["Ctrl-C-to-the-group-while-the-network-is-built",
+         "Ctrl-C-to-the-group-while-the-hosts-start", "SIGTERM-while-the-hosts-start"])
+def test_a_signal_while_the_namespace_lab_starts_leaves_nothing(tmp_path, sig, group, when):
     lab = LabUp(tmp_path, "early")
     mine = f"tblab-{lab.pid}-"
+
+    def now() -> bool:
+        if when == "network":       # its first namespaces are there
+            return any(ns.startswith(mine) for ns in list_namespaces())
+        return bool(serving(f"{mine}long"))
+
     try:
         deadline = time.monotonic() + 30
-        while not serving(f"{mine}long"):     # the hosts are starting: Ctrl-C now
+        while not now():
             assert lab.proc.poll() is None and time.monotonic() < deadline, lab.err()
-            time.sleep(0.02)
+            time.sleep(0.01)
         assert not lab.manifest.exists()
         started = {p for ns in list_namespaces() if ns.startswith(mine) for p in pids_in(ns)}
         started |= descendants(lab.pid)
-        lab.stop(signal.SIGINT)
+        lab.stop(sig, group)
     finally:
         lab.kill()
-    assert lab.proc.returncode == 130, lab.err()[-3000:]
+    assert lab.proc.returncode == 128 + sig, lab.err()[-3000:]
     assert not lab.manifest.exists()
     assert not [ns for ns in list_namespaces() if ns.startswith(mine)]
-    assert len(started) >= 2 and still_alive(sorted(started), within=0) == []
+    assert still_alive(sorted(started), within=0) == []
+    if when == "hosts":
+        assert len(started) >= 2            # a host and redis-server at least
+    assert process_group(lab.pid) == []
 
 
 @needs_netns_lab
