@@ -191,12 +191,61 @@ def check_links(namespaces: dict[str, str]) -> None:
     assert gateway["hotspot0"] == [HOTSPOT] and gateway["wan0"] == ["198.19.0.1"]
 
 
+SEND = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+c.sendall(b"x" * int(sys.argv[3]))
+c.close()
+"""
+RECEIVE = """
+import socket, sys, time
+t0 = time.monotonic()
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+n = 0
+while (b := c.recv(65536)):
+    n += len(b)
+print(n, time.monotonic() - t0)
+"""
+
+
+def download_s(namespaces: dict[str, str], nbytes: int) -> float:
+    """Seconds the phone takes to receive `nbytes` over TCP from a server in the qpic
+    namespace (port 9000 of its address: the lab's hosts keep theirs), through the hotspot
+    and its NAT."""
+    server = subprocess.Popen(["ip", "netns", "exec", namespaces["qpic"], sys.executable,
+                               "-c", SEND, "198.19.0.51", "9000", str(nbytes)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        got = subprocess.run(["ip", "netns", "exec", namespaces["phone"], sys.executable,
+                              "-c", RECEIVE, "198.19.0.51", "9000"], capture_output=True,
+                             text=True, timeout=60, check=True).stdout.split()
+        assert int(got[0]) == nbytes, got
+        return float(got[1])
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def nft_drops(namespace: str) -> int:
+    """Packets the loss rules of the lab's nftables table in `namespace` dropped."""
+    out = subprocess.run(["ip", "netns", "exec", namespace, "nft", "list", "table", "inet",
+                          "testbed"], capture_output=True, text=True, check=True).stdout
+    return sum(int(m) for m in re.findall(r"numgen random .*? counter packets (\d+)", out))
+
+
 @needs_netns_lab
 def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
     links_before = root_links()
 
     # -- a lab whose NAT forgets an idle connection after 200 protocol s (1 wall s) ---------
-    lab_a = LabUp(tmp_path, "a", "--time-scale", "200", "--nat-timeout", "200", "--json")
+    lab_a = LabUp(tmp_path, "a", "--time-scale", "200", "--nat-timeout", "200", "--json",
+                  "--rate", "2mbit")
     try:
         manifest_a = lab_a.wait_manifest()
         assert manifest_a.extra["nat"]["wall_timeout_s"] == 1
@@ -217,6 +266,10 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
         m = beat["metrics"]
         assert m["silent_deaths"] >= 1 and m["reconnects"] >= 1, m
         assert m["links_closed"] == 0, m
+        # --rate: 250 kB to the phone at 2 Mbit/s takes a second at least (tbf lets a
+        # burst of 10 ms of the rate through at once; load only makes it slower)
+        took = download_s(ns_a, 250_000)
+        assert took >= 0.9 * 250_000 * 8 / 2e6, f"250 kB in {took:.2f} s through 2mbit"
         left_a = processes_of(manifest_a)
         # every host and redis-server in a namespace of its own; the phone's is the user's
         assert all(left_a[ns_a[role]] for role in ns_a if role not in ("phone", "gateway"))
@@ -245,6 +298,8 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
         shaper = subprocess.run(["tc", "-n", ns_b["gateway"], "-s", "qdisc", "show", "dev",
                                  "hotspot0"], capture_output=True, text=True).stdout
         assert "tbf" in shaper and "rate 50Mbit" in shaper and " Sent 0 bytes" not in shaper
+        # --loss: both directions of the phone's link lost packets
+        assert nft_drops(ns_b["gateway"]) > 0 and nft_drops(ns_b["phone"]) > 0
         left_b = processes_of(manifest_b)
         pids_b = [p for pids in left_b.values() for p in pids]
         assert len(pids_b) >= 8                 # six hosts, redis, the recorder
