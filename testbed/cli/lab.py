@@ -23,6 +23,13 @@ def host_rows(manifest, pids: dict[str, str] | None = None) -> list[tuple[str, .
     return rows
 
 
+def host_pids(lab) -> dict[str, str]:
+    """The processes of each host of a lab of processes ("PID PID ..."), by host name
+    ("dns" for the resolver), as `host_rows` and `lab_doc` take them."""
+    from mocks.lab_manifest import HOST_OF_ROLE
+    return {HOST_OF_ROLE.get(c.role, c.role): " ".join(map(str, c.pids)) for c in lab.children}
+
+
 def lab_doc(lab, users: int, store=None, pids: dict[str, str] | None = None) -> dict:
     """`lab up --json`: what the host table shows, in full (no passwords: the manifest
     file has those)."""
@@ -48,7 +55,6 @@ def lab_up(args) -> int:
     processes, until one of its hosts ends)."""
     from rich.table import Table
 
-    from mocks.lab_manifest import HOST_OF_ROLE
     from mocks.runner import Lab, LabConfig
     from mocks.state import redact_url
     from testbed import interrupt
@@ -130,8 +136,7 @@ def lab_up(args) -> int:
             except HostFailed as exc:
                 error(console, str(exc))
                 return 1
-            pids = ({HOST_OF_ROLE.get(c.role, c.role): " ".join(map(str, c.pids))
-                     for c in lab.children} if processes else None)
+            pids = host_pids(lab) if processes else None
             if args.json:
                 print_json(lab_doc(lab, args.users, store, pids))
             else:

@@ -168,17 +168,14 @@ def lab_up_netns(args) -> int:
     return 1 if left_behind else code
 
 
-def netns_doc(lab, manifest, users: int) -> dict:
+def netns_doc(lab, users: int) -> dict:
     """`lab up --netns --json`: `lab up --json`'s document, with where everything is: the
     namespace of every role, the phone's link, the recorder and redis-server."""
-    from mocks.lab_manifest import HOST_OF_ROLE
     from mocks.netns.network import HOTSPOT_IF
 
-    from .lab import lab_doc
+    from .lab import host_pids, lab_doc
 
-    pids = {HOST_OF_ROLE.get(c.role, c.role): " ".join(map(str, c.pids))
-            for c in lab.children}
-    doc = lab_doc(lab, users, None, pids)
+    doc = lab_doc(lab, users, None, host_pids(lab))
     net = lab.network
     doc["netns"] = {
         "namespaces": dict(lab.namespaces.made),
@@ -199,7 +196,7 @@ def _print_lab(console, lab, manifest, args) -> None:
     from mocks.netns.network import GATEWAY, HOTSPOT_IF, PHONE, STORE
 
     if args.json:
-        print_json(netns_doc(lab, manifest, len(manifest.users)))
+        print_json(netns_doc(lab, len(manifest.users)))
     else:
         ns = lab.namespaces
         plan = lab.network
