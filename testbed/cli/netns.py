@@ -229,12 +229,12 @@ def _print_lab(console, lab, manifest, args) -> None:
                     + (f", each the start of a {imp.fade_ms} ms fade" if imp.fade_ms else ""))
     if imp.rate_bps:
         link.append(f"{imp.rate_bps / 1e6:g} Mbit/s each way")
-    console.print(f"phone's link: {', '.join(link)}")
+    console.print(f"phone's link: {', '.join(link)}", soft_wrap=True)
     nat = manifest.extra.get("nat")
     console.print("carrier NAT: the kernel's (masquerade), "
                   + (f"forgets a connection idle {nat['idle_timeout_s']:g} s "
                      f"({nat['wall_timeout_s']} wall s), silently" if nat else
-                     "no idle timeout (--nat-timeout S for one)"))
+                     "no idle timeout (--nat-timeout S for one)"), soft_wrap=True)
     if lab.swept:
         console.print(f"removed {len(lab.swept)} namespaces left by labs that were killed")
     if lab.record_path is not None:
