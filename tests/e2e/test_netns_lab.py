@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mocks.netns.namespaces import is_stale, list_namespaces, name_of, pids_in, sweep_stale
+from mocks.netns.namespaces import (delete, is_stale, list_namespaces, name_of, owner_of,
+                                    pids_in, sweep_stale)
 from testbed.capture.packets import read_capture
 from testbed.lab.manifest import load_manifest
 from testbed.cli import main
@@ -116,6 +117,29 @@ class LabUp:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def remove_leftovers(self) -> None:
+        """Kill it and delete whatever namespaces of its are left (a failed test's; not
+        if its PID is running again, another lab's then)."""
+        self.kill()
+        for ns in list_namespaces():
+            if owner_of(ns) == self.pid and is_stale(ns):
+                delete(ns)
+
+
+@pytest.fixture
+def labs(tmp_path):
+    """`labs(name, *args)` starts a `LabUp`; each is killed after the test and its
+    namespaces deleted, whatever the test did."""
+    started: list[LabUp] = []
+
+    def start(name: str, *args: str) -> LabUp:
+        started.append(LabUp(tmp_path, name, *args))
+        return started[-1]
+
+    yield start
+    for lab in started:
+        lab.remove_leftovers()
 
 
 def emulate(manifest: Path, *args: str) -> dict:
@@ -240,11 +264,11 @@ def nft_drops(namespace: str) -> int:
 
 
 @needs_netns_lab
-def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
+def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys, labs):
     links_before = root_links()
 
     # -- a lab whose NAT forgets an idle connection after 200 protocol s (1 wall s) ---------
-    lab_a = LabUp(tmp_path, "a", "--time-scale", "200", "--nat-timeout", "200", "--json",
+    lab_a = labs("a", "--time-scale", "200", "--nat-timeout", "200", "--json",
                   "--rate", "2mbit")
     try:
         manifest_a = lab_a.wait_manifest()
@@ -284,7 +308,7 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
     # a loss starts a 300 ms fade: a segment sent into one is sent again after TCP's first
     # timeout (lost again) and after the longer second one (through): about 0.6 s, within
     # the phone's NOOP timeout at this time scale (20 protocol s = 0.8 s)
-    lab_b = LabUp(tmp_path, "b", "--time-scale", "25", "--loss", "0.5", "--fade", "300",
+    lab_b = labs("b", "--time-scale", "25", "--loss", "0.5", "--fade", "300",
                   "--rate", "50mbit", "--record", str(capture))
     try:
         manifest_b = lab_b.wait_manifest()
@@ -355,8 +379,8 @@ def test_namespace_lab_storyboard_on_real_links(tmp_path, capsys):
     (signal.SIGTERM, False, "hosts")],
     ids=["Ctrl-C-to-the-group-while-the-network-is-built",
          "Ctrl-C-to-the-group-while-the-hosts-start", "SIGTERM-while-the-hosts-start"])
-def test_a_signal_while_the_namespace_lab_starts_leaves_nothing(tmp_path, sig, group, when):
-    lab = LabUp(tmp_path, "early")
+def test_a_signal_while_the_namespace_lab_starts_leaves_nothing(labs, sig, group, when):
+    lab = labs("early")
     mine = f"tblab-{lab.pid}-"
 
     def now() -> bool:
