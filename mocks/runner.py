@@ -30,13 +30,17 @@ from testbed.capture.pcapng_writer import capture_comment
 from testbed.capture.tap import Tap
 from testbed.lab.addressing import HOST_NAMES, LONG, MAPABC, QLOGO, QPIC, SHORT, AddressPlan
 from testbed.lab.clock import Clock
+from testbed.lab.faults import FaultPlan, Faults
 from testbed.lab.manifest import HostEntry, Manifest
 from testbed.lab.profiles import DEFAULT_PROFILE, Profile, load_profile
+from testbed.replay.script import ServerScript, Unmatched
+from testbed.replay.sessions import load_sessions
 
 from . import cdn, mapabc
 from .dns import LabDNS
 from .long_link import LongLinkServer
 from .nat import NatRelay
+from .replay import ReplayService, dns_verdict, get_middleware
 from .service import Service
 from .short_link import ShortLinkServer
 from .state import MemoryStore, Store
@@ -68,6 +72,9 @@ class LabConfig:
     record: Optional[Path] = None        # write a pcapng made by the in-process tap here
     record_comment_extra: dict = field(default_factory=dict)  # added to its section comment
     record_mss: int = 1460               # the tap's segment size
+    replay: Optional[Path] = None        # server replay: answer from this capture
+    unmatched: str = "fail"              # server replay: fail, forward or error
+    faults: Optional[FaultPlan] = None   # frame and connection faults, seeded
 
     def lab_file(self, suffix: str) -> Optional[Path]:
         """Where a file of the lab goes ("-ca.pem": the CA): `workdir/lab<suffix>`, else
@@ -95,14 +102,15 @@ class Lab:
         self.store = store or MemoryStore()
         self.service = Service(self.store, self.clock,
                                nearby_radius_m=self.profile.nearby_radius_m)
-        idle = self.config.server_idle_s or self.profile.server_idle_s
-        self.long = LongLinkServer(self.service, self.clock, idle_timeout_s=idle,
-                                   max_packet_len=self.config.max_packet_len
-                                   or self.profile.max_packet_len)
-        self.short = ShortLinkServer(self.service)
+        self.faults: Optional[Faults] = (Faults(self.config.faults, self.clock)
+                                         if self.config.faults else None)
+        self.script: Optional[ServerScript] = None
+        if self.config.replay is not None:
+            self.script = ServerScript(load_sessions(str(self.config.replay)),
+                                       Unmatched(self.config.unmatched))
+        self._make_servers(self.config.server_idle_s or self.profile.server_idle_s,
+                           self.config.max_packet_len or self.profile.max_packet_len)
         self.ca = LabCA()
-        self.apps = {MAPABC: mapabc.make_app(), QLOGO: cdn.make_qlogo_app(self.service),
-                     QPIC: cdn.make_qpic_app(self.service)}
         self.dns: Optional[LabDNS] = None
         self.record_path: Optional[Path] = (Path(self.config.record)
                                             if self.config.record is not None else None)
@@ -118,6 +126,20 @@ class Lab:
         self._app_servers: list[AppServer] = []
         self._tmpdir: Optional[tempfile.TemporaryDirectory] = None
         self.users = []
+
+    def _make_servers(self, idle_s: float, max_packet_len: int) -> None:
+        """The doors and the HTTP apps, on the service (or, under server replay, on the
+        capture first: `mocks.replay`)."""
+        doors = self.service if self.script is None else ReplayService(self.service,
+                                                                        self.script)
+        self.long = LongLinkServer(doors, self.clock, idle_timeout_s=idle_s,
+                                   max_packet_len=max_packet_len)
+        self.short = ShortLinkServer(doors, faults=self.faults)
+        self.apps = {MAPABC: mapabc.make_app(), QLOGO: cdn.make_qlogo_app(self.service),
+                     QPIC: cdn.make_qpic_app(self.service)}
+        if self.script is not None:
+            for host, app in self.apps.items():
+                app.middlewares.append(get_middleware(self.script, host, self.clock))
 
     # ------------------------------------------------------------------
     async def start(self) -> Manifest:
@@ -160,11 +182,15 @@ class Lab:
         extra = {"tap": {"mss": self.tap.mss if self.tap else cfg.record_mss,
                          "isn_seed": self.tap.seed if self.tap else 0,
                          "relay": "nat" if self.nat is not None else "pass-through"}}
+        if self.faults is not None:
+            extra.update(fault_plan=self.faults.plan.describe(), seed=self.faults.plan.seed)
+        if cfg.replay is not None:
+            extra["replay"] = {"capture": str(cfg.replay), "unmatched": cfg.unmatched}
         extra.update(cfg.record_comment_extra)
         return capture_comment("tap", profile=self.profile.name, time_scale=self.clock.scale,
                                manifest=self.manifest, started=self._record_started, **extra)
 
-    async def _expose(self, addr: str, port: int, start) -> int:
+    async def _expose(self, addr: str, port: int, start, host: str = "") -> int:
         """Start a server on addr; behind the relay (if any) when the lab has one.
 
         `start(addr, port)` binds a server and returns its port. With a relay (the NAT, or
@@ -174,7 +200,7 @@ class Lab:
         if self.relay is None:
             return await start(addr, port)
         inner = await start(addr, 0)
-        return await self.relay.add_mapping(addr, port, addr, inner)
+        return await self.relay.add_mapping(addr, port, addr, inner, host=host)
 
     async def _bind(self, plan: Optional[AddressPlan], ports: dict[str, int]):
         def addrs(host: str) -> list[str]:
@@ -197,7 +223,7 @@ class Lab:
         # (a free port found on the first address is reused on the next)
         async def same_port(host: str, port: int, start) -> int:
             for addr in dict.fromkeys(addrs(host)):
-                port = await self._expose(addr, port, start)
+                port = await self._expose(addr, port, start, host)
             return port
 
         hosts[LONG] = HostEntry(addrs(LONG), await same_port(LONG, ports["long"], long_server))
@@ -216,26 +242,29 @@ class Lab:
         records = {name: hosts[name].addresses for name in HOST_NAMES}
         dns_addr = plan.dns if plan else FALLBACK_ADDRESS
         self.dns = LabDNS(records, tap=self.tap, ns_address=dns_addr)
+        if self.script is not None:
+            self.dns.replay = dns_verdict(self.script, self.clock)
         # DNS over TCP shares the UDP port; behind the relay (NAT or recorder) like every
         # other TCP server, so a capture shows it and the NAT forgets it like the rest
         await self.dns.listen(dns_addr, ports["dns"], tcp=self.relay is None)
         dns_port = self.dns.address[1]
         if self.relay is not None:
-            await self._expose(dns_addr, dns_port, self.dns.listen_tcp)
+            await self._expose(dns_addr, dns_port, self.dns.listen_tcp, "dns")
         return hosts, dns_addr, dns_port
 
     def _make_relay(self) -> None:
-        """The carrier NAT when configured; else a pass-through relay when recording."""
+        """The carrier NAT when configured; else a pass-through relay when recording or
+        faulting (the faults live in the relay, on what the phone's side of it sees)."""
         cfg = self.config
         self.nat = None
         if cfg.nat_timeout_s is not None:
             if not cfg.nat_timeout_s > 0:
                 raise ValueError(f"NAT timeout must be positive, got {cfg.nat_timeout_s}")
             self.nat = NatRelay(self.clock, cfg.nat_timeout_s, latency_s=cfg.nat_latency_s,
-                                tap=self.tap)
+                                tap=self.tap, faults=self.faults)
             self.relay = self.nat
-        elif self.tap is not None:
-            self.relay = NatRelay(self.clock, None, tap=self.tap)
+        elif self.tap is not None or self.faults is not None:
+            self.relay = NatRelay(self.clock, None, tap=self.tap, faults=self.faults)
         else:
             self.relay = None
 
@@ -278,11 +307,7 @@ class Lab:
         if self.relay is not None:
             self._make_relay()
         # fresh servers for a second attempt
-        self.long = LongLinkServer(self.service, self.clock, self.long.idle_timeout_s,
-                                   self.long.max_packet_len)
-        self.short = ShortLinkServer(self.service)
-        self.apps = {MAPABC: mapabc.make_app(), QLOGO: cdn.make_qlogo_app(self.service),
-                     QPIC: cdn.make_qpic_app(self.service)}
+        self._make_servers(self.long.idle_timeout_s, self.long.max_packet_len)
 
     async def stop(self) -> None:
         """Close every server, then the capture; remove the manifest. The capture is closed

@@ -13,9 +13,12 @@ from typing import Optional
 
 from aiohttp import web
 
-from testbed.wire import (BY_PATH, Door, RemoteProtocolError, Ret, ServiceError,
+from testbed.wire import (BY_PATH, Door, Hangup, RemoteProtocolError, Ret, ServiceError,
                           decode_request, error_body)
 
+from testbed.lab.faults import Faults
+
+from .faults import faulted_response
 from .service import RequestContext, Service
 from .stats import count_request
 
@@ -34,9 +37,12 @@ class BodyTooLarge(Exception):
 class ShortLinkServer:
     """One handler for the plain and the TLS port; `request.secure` tells them apart."""
 
-    def __init__(self, service: Service, process: Optional[str] = None) -> None:
+    def __init__(self, service: Service, process: Optional[str] = None,
+                 faults: Optional[Faults] = None) -> None:
         self.service = service
         self.process = process   # counted as the serving process (`mocks.stats`), if named
+        self.faults = faults     # the lab's faults: the Nth response of a CGI
+        self._stopping = asyncio.Event()
         self.errors: list[BaseException] = []
         self.status_counts: dict[int, int] = {}
         self.runners: list[web.ServerRunner] = []
@@ -116,10 +122,18 @@ class ShortLinkServer:
             out = error_body(Ret.BAD_ARGUMENT, str(exc))
         except ServiceError as exc:
             out = error_body(exc.code, exc.message)
+        except Hangup:            # no answer at all: the connection goes
+            request.transport.abort()
+            return web.Response()
         except Exception as exc:  # a server fault: answer -1 and surface it to tests
             log.exception("short link handler failed")
             self.errors.append(exc)
             out = error_body(Ret.SERVER_FAULT, "server fault")
+        fault = self.faults.frame("short", command.name, len(out)) if self.faults else None
+        if fault is not None:
+            self.status_counts[200] = self.status_counts.get(200, 0) + 1
+            return await faulted_response(request, fault, out, OCTET, self.service.clock,
+                                          self._stopping)
         return self._status(200, out, OCTET)
 
     async def listen(self, host: str, port: int, ssl_context=None, *,
@@ -135,6 +149,7 @@ class ShortLinkServer:
         return runner.addresses[-1][1]
 
     async def close(self) -> None:
+        self._stopping.set()         # held (faulted) responses let go
         for runner in self.runners:
             await runner.cleanup()
         self.runners.clear()

@@ -65,6 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
                          "worker processes for the long and the short link each (default 2)")
     up.add_argument("--json", action="store_true",
                     help="print the host table as JSON on stdout (once every host is up)")
+    up.add_argument("--replay", type=Path, default=None, metavar="CAPTURE",
+                    help="server replay: answer a client under test with this capture's "
+                         "recorded replies, matched by command and request fields "
+                         "(docs/replay.md)")
+    up.add_argument("--unmatched", choices=("fail", "forward", "error"), default=None,
+                    help="with --replay, what a request the capture does not have gets: an "
+                         "error reply (fail, the default), the lab's own service (forward), "
+                         "or a closed connection (error)")
+    up.add_argument("--report", type=Path, default=None, metavar="PATH",
+                    help="with --replay, write its report (JSON: never asked for, "
+                         "unmatched) here when the lab stops")
+    up.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                    help="a frame or connection fault on what the lab sends, seeded: "
+                         "drop:NEWSYNC#2, delay:NOTIFY#1=30s, dup:NEWSENDMSG#1, "
+                         "truncate:GETMSGIMG#1@100, split:NOOP#3@7, drop:short.NEWSYNC#1, "
+                         "reset:long@120s, blackhole:long#1@300s, seed=N (repeatable; "
+                         "docs/replay.md)")
     up.set_defaults(handler=lab.lab_up)
 
     from .netns import add_netns_options
@@ -87,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "5,000 phones)")
     em.add_argument("--seed", type=int, default=None, help="random seed")
     em.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    em.add_argument("--views", action="store_true",
+                    help="also give what each phone shows at the end (profile, contacts, "
+                         "messages, people nearby, avatars): with --json under \"views\", "
+                         "else a table of counts")
     em.set_defaults(handler=emulate.emulate)
 
     an = sub.add_parser("analyze", help="flows, DNS and TCP analysis of a capture")

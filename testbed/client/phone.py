@@ -94,6 +94,7 @@ class Phone:
         self._folded: Optional[LongLink] = None   # the link whose counts are in metrics
         self._reconnecting = False
         self.errors: list[BaseException] = []
+        self.nearby: Optional[NearbyResult] = None     # the last people_nearby
 
     @property
     def username(self) -> str:
@@ -347,6 +348,23 @@ class Phone:
                 await self.reconnect()
         raise AssertionError("unreachable")
 
+    async def download(self, msg_id: int, msg_type: int = MSG_IMAGE, *,
+                       tries: int = 5) -> bytes:
+        """A medium's bytes; after a broken link, reconnect and go on from the bytes
+        already here."""
+        have = bytearray()
+        for attempt in range(tries):
+            try:
+                return await self.session.download(msg_id, msg_type, into=have,
+                                                   timeout=self.request_timeout(20.0))
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
+                if attempt == tries - 1:
+                    raise
+                log.info("%s: download broke at %d bytes (%r); resuming", self.username,
+                         len(have), exc)
+                await self.reconnect()
+        raise AssertionError("unreachable")
+
     # ------------------------------------------------------------------ friends, nearby, logs
     async def add_friend(self, username: str, *, opcode: int = 1,
                          verify_content: str = "") -> pb.VerifyUserResponse:
@@ -377,7 +395,17 @@ class Phone:
             for contact in result.lbs.contacts:
                 resp = await web.get(contact.avatar_url)
                 result.avatars[contact.username] = resp.body if resp.status == 200 else b""
+        self.nearby = result
         return result
+
+    def view(self) -> dict:
+        """What the phone shows its user (`testbed.client.view`): profile, contacts,
+        messages, the people nearby it last found and their avatars."""
+        from .view import phone_view
+        nearby = self.nearby
+        return phone_view(self.username, self.session.uin, self.session.sync_state,
+                          nearby.lbs if nearby is not None else None,
+                          nearby.avatars if nearby is not None else {})
 
     async def report(self, items: dict[int, str], cgi: str = "statreport") -> int:
         resp = await self.session.cgi(cgi, pb.ReportRequest(

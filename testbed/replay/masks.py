@@ -202,3 +202,12 @@ class MaskSet:
         out += [Mask(f.path, MaskType.CAPTURED, f.kind, "re-binding")
                 for f in rebinding(name).hands_out]
         return out
+
+    @staticmethod
+    def for_request(name: str) -> list[Mask]:
+        """The masks server replay matches a live request of command `name` with: every
+        field the client picks afresh on each run (the re-binding table's `picks`: its device
+        id, the ids of its messages and uploads) is ignored; everything else must be as
+        recorded."""
+        return [Mask(f.path, MaskType.IGNORE, None, "the client picks it")
+                for f in rebinding(name).picks]

@@ -1,0 +1,76 @@
+"""`testbed replay --fault`: faults on what the replay sends, against a fresh lab, with the
+outcome a user would predict: a duplicated send is stored once and a split frame read whole
+(no difference at all), a dropped request is one missing reply and the replay goes on, a
+reset or black-holed link is opened and identified again for its next exchange."""
+
+from __future__ import annotations
+
+import json
+
+from testbed.replay.golden import GOLDENS, lab_options
+from tests.conftest import start_lab
+from tests.replay.test_replay_command import GOLDEN, run_testbed
+
+
+async def _replay(tmp_path, name: str, *args: str) -> tuple[int, dict, str]:
+    g = GOLDENS[name]
+    # a missing reply is waited for 5 wall seconds, which at k = 100 is longer than the
+    # lab's idle timeout (660 protocol s): the lab would close the other links meanwhile.
+    # Out of the way, so that what the test sees is the fault's doing alone.
+    lab = await start_lab(tmp_path, **lab_options(g), server_idle_s=1e6)
+    try:
+        rc, out, err = await run_testbed("replay", str(GOLDEN / g.file), "--manifest",
+                                         str(lab.config.manifest_path), "--json", *args)
+    finally:
+        await lab.stop()
+    assert not lab.server_errors()
+    return rc, json.loads(out) if out.strip() else {}, err
+
+
+async def test_a_duplicated_send_and_a_split_frame_make_no_difference(tmp_path):
+    rc, doc, err = await _replay(tmp_path, "chat", "--fault", "dup:NEWSENDMSG#1",
+                                 "--fault", "split:NEWSYNC#2@10", "--fault", "seed=5")
+    assert rc == 0, err
+    # the lab answered the send twice and stored it once: every later sync is as recorded
+    assert doc["diffs"] == [] and doc["missing"] == [] and doc["unexpected"] == []
+    f = doc["faults"]
+    assert f["plan"] == ["dup:NEWSENDMSG#1", "split:NEWSYNC#2@10"] and f["seed"] == 5
+    assert [(a["fault"], a["n"]) for a in f["applied"]] == [("split:NEWSYNC#2@10", 2),
+                                                            ("dup:NEWSENDMSG#1", 1)]
+
+
+async def test_a_dropped_request_is_one_missing_reply_and_the_replay_goes_on(tmp_path):
+    rc, doc, err = await _replay(tmp_path, "chat", "--fault", "drop:NEWSYNC#3")
+    assert rc == 1
+    [missing] = doc["missing"]                 # the third NEWSYNC sent: exchange 15
+    assert (missing["exchange"], missing["command"]) == (15, "NEWSYNC")
+    assert "no reply" in missing["detail"]
+    assert doc["diffs"] == [] and doc["unexpected"] == []
+    after = [r for r in doc["rows"] if (r.get("exchange") or 0) > 15]
+    assert len(after) == 13 and all(r["status"] in ("match", "masked") for r in after)
+
+
+async def test_a_reset_and_a_black_holed_link_are_opened_again_for_their_next_exchange(
+        tmp_path):
+    rc, doc, err = await _replay(tmp_path, "heartbeat", "--pace", "recorded",
+                                 "--fault", "reset:long#1@450s",
+                                 "--fault", "blackhole:long#2@800s")
+    # the links open at about 51 s: one is reset at about 500 s, and its next NOOP (at 660)
+    # opens it again, identified; the other goes into a hole at about 850 s, and its NOOP
+    # at 962 gets no answer
+    [missing] = doc["missing"]
+    assert rc == 1 and missing["command"] == "NOOP" and 950 < missing["t"] < 970
+    noops = [r for r in doc["rows"] if r["command"] == "NOOP"]
+    assert len(noops) == 6 and sum(r["status"] == "match" for r in noops) == 5
+    assert sorted(a["fault"] for a in doc["faults"]["applied"]) == [
+        "blackhole:long#2@800s", "reset:long#1@450s"]
+    assert doc["diffs"] == [] and doc["unexpected"] == []
+
+
+async def test_a_bad_fault_is_one_line_and_exit_2(tmp_path):
+    for spec, said in (("drop:NEWSYNC", "say which NEWSYNC"),
+                       ("drop:NOTIFY#1", "NOTIFY is a push the lab sends"),
+                       ("truncate:short.NEWSYNC#1@5", "drop or delay")):
+        rc, out, err = await run_testbed("replay", str(GOLDEN / "chat.pcapng"), "--manifest",
+                                         str(tmp_path / "none.json"), "--fault", spec)
+        assert rc == 2 and said in err and "Traceback" not in err, err
