@@ -35,6 +35,7 @@ MIN_WALL_TIMEOUT = 0.05
 REQUEST_MIN_WALL = 1.0
 BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 SYNC_RETRY_S = 10.0   # protocol seconds before a failed newsync is tried again
+SHORT_SYNC_TRIES = 3  # a newsync over the short link, sent again when its answer is lost
 
 
 @dataclass
@@ -298,8 +299,19 @@ class Phone:
 
     async def _sync_locked(self) -> list[pb.CmdItem]:
         before = len(self.session.sync_state.messages)
-        items = await self.session.sync(door=self.sync_door,
-                                        timeout=self.request_timeout(60.0))
+        for attempt in range(SHORT_SYNC_TRIES):
+            try:
+                items = await self.session.sync(door=self.sync_door,
+                                                timeout=self.request_timeout(60.0))
+                break
+            except (asyncio.TimeoutError, ConnectionError) as exc:
+                # a newsync is idempotent (the same key gets the same items): over the
+                # short link, one connection per request, it is simply sent again; a long
+                # link's failure is the caller's (it reconnects, which syncs)
+                if self.sync_door is Door.LONG or attempt == SHORT_SYNC_TRIES - 1:
+                    raise
+                log.info("%s: newsync over the short link failed (%r); again",
+                         self.username, exc)
         self.metrics.syncs += 1
         now = self.clock.now()
         for msg in self.session.sync_state.messages[before:]:

@@ -199,7 +199,7 @@ async def media(run: Run) -> None:
                         if m.new_msg_id == done.new_msg_id), None)
             if msg is None:
                 continue
-            got = await pb_.session.download(done.new_msg_id, msg_type)
+            got = await pb_.download(done.new_msg_id, msg_type)   # resumes a broken one
             ok[msg_type] += got == data and msg.msg_type == msg_type \
                 and msg.media.sha256 == hashlib.sha256(data).digest()
             if msg_type == MSG_IMAGE:

@@ -240,6 +240,7 @@ class Fault:
     spec: FaultSpec
     delay: float = 0.0
     offset: int = 0
+    n: int = 0               # links: which connection to its host it is (from 1)
 
     @property
     def kind(self) -> FaultKind:
@@ -293,12 +294,13 @@ class Faults:
     def link(self, host: str) -> list[Fault]:
         """The faults of the next connection to `host`."""
         n = self.connections[host] = self.connections.get(host, 0) + 1
-        return [Fault(s) for s in self.plan.specs if s.kind in LINK_KINDS and s.host == host
-                and (s.nth is None or s.nth == n)]
+        return [Fault(s, n=n) for s in self.plan.specs if s.kind in LINK_KINDS
+                and s.host == host and (s.nth is None or s.nth == n)]
 
     def link_fired(self, fault: Fault, host: str) -> None:
-        """A connection's fault happened (for `applied`)."""
-        self._log(fault.spec, host, self.connections.get(host, 0))
+        """A connection's fault happened (for `applied`: the connection's own number, not
+        how many were opened since)."""
+        self._log(fault.spec, host, fault.n)
 
     def to_dict(self) -> dict:
         return {"plan": self.plan.describe(), "seed": self.plan.seed,

@@ -16,6 +16,7 @@ from testbed.client.scenarios import photo
 from testbed.client.session import Session
 from testbed.lab.clock import ManualClock
 from testbed.lab.faults import FaultPlan
+from testbed.wire import Door
 
 from ..conftest import start_lab
 from .helpers import wait_for
@@ -217,6 +218,25 @@ async def test_a_dropped_short_link_answer_is_resent_and_arrives_once(tmp_path):
         await bed.close()
 
 
+async def test_a_lost_short_link_sync_is_sent_again_and_brings_the_message_once(tmp_path):
+    bed = await Bed.start(tmp_path, "drop:short.NEWSYNC#1")
+    try:
+        a, b = bed.a, bed.b
+        b.sync_door = Door.SHORT                          # b syncs over HTTP
+        await a.send_text(b.username, "fetched twice, kept once", door="short")
+        sync = asyncio.create_task(b.sync())
+        await wait_for(lambda: bed.lab.faults.frames.get(("short", "NEWSYNC")) == 1)
+        await asyncio.sleep(0.05)
+        assert not sync.done() and not bed.received(b, "fetched twice, kept once")
+        await bed.clock.advance(120)                      # the lab lets the connection go
+        await asyncio.wait_for(sync, 10)                  # ...and b asked again at once
+        assert len(bed.received(b, "fetched twice, kept once")) == 1
+        assert bed.applied() == ["drop:short.NEWSYNC#1"]
+        assert b.metrics.duplicates == 0
+    finally:
+        await bed.close()
+
+
 async def test_the_plan_and_its_seed_are_in_the_capture(tmp_path):
     out = tmp_path / "faulted.pcapng"
     bed = await Bed.start(tmp_path, "delay:NOTIFY#*=1s..5s", record=out)
@@ -309,3 +329,98 @@ def test_lab_up_fault_records_the_plan_and_says_what_it_did(tmp_path):
     assert "fault applied: drop:NOOP#1 at" in said and "(long.NOOP #1)" in said
     with read_capture(out) as cap:
         assert (cap.meta["fault_plan"], cap.meta["seed"]) == (["drop:NOOP#1"], 42)
+
+
+def _stable(views: list[dict]) -> list[dict]:
+    """Phone views without what differs from run to run of one seeded scenario on a fresh
+    lab: the ids the phones pick, the server's timestamps, the CDN keys it draws, and its
+    message ids (a resent send draws one before its first send's claim answers it, so the
+    ids after it are one higher; each phone's ids must still be distinct)."""
+    import json
+
+    out = json.loads(json.dumps(views))
+    for v in out:
+        ids = [m.pop("new_msg_id") for m in v["messages"]]
+        assert len(set(ids)) == len(ids), ids
+        for m in v["messages"]:
+            m.pop("client_msg_id", None)
+            m.pop("create_time", None)
+            m.get("media", {}).pop("cdn_url", None)
+    return out
+
+
+def _emulate_storyboard_under(tmp_path, plan: list[str]) -> tuple[dict, int, str]:
+    """`testbed lab up --fault ...` and `testbed emulate storyboard --views --json` against
+    it, as the storyboard golden was recorded; Ctrl-C to the lab: (emulate's result, its
+    exit status, the lab's stderr). Each fault applied is checked on the lab's stderr."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from testbed.replay.golden import GOLDENS
+
+    from .helpers import start_lab_up, wait_manifest
+
+    g = GOLDENS["storyboard"]
+    proc, manifest_path = start_lab_up(
+        tmp_path, "--time-scale", f"{g.time_scale:g}",
+        *[a for spec in plan + ["seed=9"] for a in ("--fault", spec)], users=g.users)
+    try:
+        wait_manifest(proc, manifest_path)
+        run = subprocess.run([sys.executable, "-m", "testbed.cli", "emulate", g.scenario,
+                              "--manifest", str(manifest_path), "--clients", str(g.clients),
+                              "--seed", str(g.seed), "--views", "--json"],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    said = " ".join(err.split())
+    for spec in plan:
+        assert f"fault applied: {spec} at" in said, (spec, err)
+    assert run.stdout.strip(), run.stderr
+    return json.loads(run.stdout), run.returncode, err
+
+
+def _recorded_storyboard_views() -> list[dict]:
+    from pathlib import Path
+
+    from testbed.replay import load_sessions
+    from testbed.replay.golden import GOLDENS
+    from testbed.replay.views import recorded_views
+
+    golden = Path(__file__).resolve().parents[2] / "captures" / "golden"
+    return recorded_views(load_sessions(str(golden / GOLDENS["storyboard"].file)))
+
+
+def test_the_emulator_recovers_from_every_frame_fault_as_a_user_runs_it(tmp_path):
+    """One fault of each frame kind in one storyboard run: the lost send is resent with its
+    id (stored once), the late NOTIFY and the duplicated sync reply change nothing, the
+    truncated download resumes after a reconnect, the split NOOP reply is read whole, the
+    late short-link sync answer is waited for. Every step passes, and the phones end up showing
+    what they show with no fault at all (the golden's replies)."""
+    plan = ["drop:NEWSENDMSG#1", "delay:NOTIFY#2=10s", "dup:NEWSYNC#3",
+            "truncate:GETMSGIMG#1@100", "split:NOOP#2@7", "delay:short.NEWSYNC#1=30s"]
+    result, rc, _ = _emulate_storyboard_under(tmp_path, plan)
+    assert rc == 0 and result["ok"] and result["errors"] == [], result["steps"]
+    m = result["metrics"]
+    # the send's and the download's links were given up: one reconnect each
+    assert (m["reconnects"], m["silent_deaths"], m["duplicates"]) == (2, 0, 0)
+    live = sorted(result["views"], key=lambda v: v["uin"])
+    assert _stable(live) == _stable(_recorded_storyboard_views())
+
+
+def test_the_emulator_recovers_from_a_reset_and_a_black_hole_as_a_user_runs_it(tmp_path):
+    """A reset of one phone's link and a black hole on the other's, mid-session: the first
+    reconnects at once, the second at its next unanswered heartbeat (the one step that
+    fails, as a user predicts: a silent death); nothing is lost."""
+    plan = ["reset:long#1@400s", "blackhole:long#2@600s"]
+    result, rc, _ = _emulate_storyboard_under(tmp_path, plan)
+    failed = [(s["name"], s["detail"]) for s in result["steps"] if not s["ok"]]
+    assert failed == [("heartbeats answered", "1 silent deaths")], result["steps"]
+    assert rc == 1 and result["errors"] == []
+    m = result["metrics"]
+    assert (m["reconnects"], m["silent_deaths"], m["duplicates"]) == (2, 1, 0)
+    live = sorted(result["views"], key=lambda v: v["uin"])
+    assert _stable(live) == _stable(_recorded_storyboard_views())
