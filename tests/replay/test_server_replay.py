@@ -221,3 +221,57 @@ def test_lab_up_replay_refuses_what_it_cannot_use_with_a_clear_error(tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert said in " ".join(r.stderr.split()) and "Traceback" not in r.stderr, r.stderr
         assert not (tmp_path / "m.json").exists()
+
+
+def test_lab_up_replay_answers_noops_itself_and_reports_at_exit_what_was_never_asked_for(
+        tmp_path):
+    """`testbed lab up --replay chat.pcapng --unmatched forward --report PATH` as a user runs
+    it, with a client that goes only part of the recorded way: its heartbeats are answered
+    by the link itself, the one request the capture lacks is answered by the lab's own
+    service, and when the lab stops (Ctrl-C) its stderr and the report list that request and
+    everything the capture has that nobody asked for."""
+    import signal
+
+    from tests.e2e.helpers import start_lab_up, wait_manifest
+
+    report_path = tmp_path / "report.json"
+    proc, manifest_path = start_lab_up(tmp_path, "--time-scale", "100", "--replay", str(CHAT),
+                                       "--unmatched", "forward", "--report", str(report_path),
+                                       users=2)
+    try:
+        manifest = wait_manifest(proc, manifest_path)
+
+        async def part_of_the_way():
+            u = manifest.users[0]
+            s = Session(manifest, u["username"], u["password"])
+            await s.login()
+            await s.init()
+            await s.connect_long()
+            await s.sync()
+            for _ in range(3):
+                await s.link.noop(timeout=100)
+            got = await s.cgi("getcontact", pb.GetContactRequest(base=s.base(),
+                                                                 usernames=["user0002"]))
+            await s.close()
+            return got
+        got = asyncio.run(part_of_the_way())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert [c.username for c in got.contacts] == ["user0002"]      # the lab's own answer
+    report = json.loads(report_path.read_text())
+    assert [(m["door"], m["request"], m["user"], m["action"]) for m in report["unmatched"]] \
+        == [("short", "GETCONTACT", "user0001", "forward")]
+    never = [(x["user"], x["command"]) for x in report["never_asked"]]
+    assert ("user0002", "MANUALAUTH") in never and ("user0001", "NEWSENDMSG") in never
+    assert ("user0001", "NEWINIT") not in never and ("user0001", "IDENTIFY") not in never
+    # user0001's way: its two DNS queries, login, newinit, identify, newsync (its NOOPs
+    # are the link's own: neither answered from the capture nor unmatched)
+    assert report["answered"] == 6 and report["answered"] + len(never) == report["replayable"]
+    said = " ".join(err.split())
+    assert f"server replay of {CHAT}" in said
+    assert (f"6 of {report['replayable']} recorded requests answered, 1 live requests "
+            f"unmatched (forward)") in said
+    assert "never asked" in said and "NEWSENDMSG" in said
+    assert f"replay report: {report_path}" in said
