@@ -33,6 +33,7 @@ from testbed.lab.clock import Clock
 from testbed.lab.faults import FaultPlan, Faults
 from testbed.lab.manifest import HostEntry, Manifest
 from testbed.lab.profiles import DEFAULT_PROFILE, Profile, load_profile
+from testbed.replay.masks import MaskSet
 from testbed.replay.script import ServerScript, Unmatched
 from testbed.replay.sessions import load_sessions
 
@@ -74,6 +75,7 @@ class LabConfig:
     record_mss: int = 1460               # the tap's segment size
     replay: Optional[Path] = None        # server replay: answer from this capture
     unmatched: str = "fail"              # server replay: fail, forward or error
+    replay_masks: Optional[MaskSet] = None   # server replay: request masks (`lab up --mask`)
     faults: Optional[FaultPlan] = None   # frame and connection faults, seeded
 
     def lab_file(self, suffix: str) -> Optional[Path]:
@@ -107,7 +109,8 @@ class Lab:
         self.script: Optional[ServerScript] = None
         if self.config.replay is not None:
             self.script = ServerScript(load_sessions(str(self.config.replay)),
-                                       Unmatched(self.config.unmatched))
+                                       Unmatched(self.config.unmatched),
+                                       masks=self.config.replay_masks)
         self._make_servers(self.config.server_idle_s or self.profile.server_idle_s,
                            self.config.max_packet_len or self.profile.max_packet_len)
         self.ca = LabCA()

@@ -109,8 +109,14 @@ def lab_up(args) -> int:
         error(console, "--record needs the one-process lab (the in-process tap); on Redis "
                        "every host is a process: record with `testbed record --iface lo`")
         return 2
-    if args.replay is None and (args.unmatched or args.report):
-        error(console, "--unmatched and --report go with --replay CAPTURE")
+    if args.replay is None and (args.unmatched or args.report or args.mask):
+        error(console, "--unmatched, --mask and --report go with --replay CAPTURE")
+        return 2
+    from testbed.replay.masks import REQUEST, MaskSet, load_mask_file
+    try:
+        replay_masks = MaskSet([load_mask_file(p, REQUEST) for p in args.mask])
+    except ValueError as exc:
+        error(console, f"--mask {exc}")
         return 2
     processes = args.store.startswith(("redis", "unix"))
     if args.replay is not None and processes:
@@ -131,7 +137,8 @@ def lab_up(args) -> int:
                     privileged_ports=args.privileged_ports, manifest_path=args.manifest,
                     nat_timeout_s=args.nat_timeout, nat_latency_s=args.nat_latency,
                     record=args.record, replay=args.replay,
-                    unmatched=args.unmatched or "fail", faults=faults)
+                    unmatched=args.unmatched or "fail", replay_masks=replay_masks,
+                    faults=faults)
 
     async def run() -> int:
         store, failed = await open_store(args.store, console)

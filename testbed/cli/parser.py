@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --replay, what a request the capture does not have gets: an "
                          "error reply (fail, the default), the lab's own service (forward), "
                          "or a closed connection (error)")
+    up.add_argument("--mask", action="append", default=[], type=Path, metavar="PATH",
+                    help="with --replay, a mask file (TOML or JSON) for the request fields "
+                         "that may differ from the recorded ones (repeatable)")
     up.add_argument("--report", type=Path, default=None, metavar="PATH",
                     help="with --replay, write its report (JSON: never asked for, "
                          "unmatched) here when the lab stops")

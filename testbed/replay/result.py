@@ -228,6 +228,10 @@ def render_server_report(report: dict, console) -> None:
                   "long", "NOTIFY", escape(f"exchange {x['exchange']}: {x['why']}"))
     if t.row_count:
         console.print(t)
+    if report.get("masks"):
+        console.print("request masks: " + "; ".join(
+            f"{m['command']} {m['path']} {m['mask']} ({m['origin']})" for m in report["masks"]),
+            markup=False, highlight=False)
     console.print(f"{report['answered']} of {report['replayable']} recorded requests answered, "
                   f"{len(report['unmatched'])} live requests unmatched "
                   f"({report['unmatched_policy']}), {report['pushes_sent']} of "

@@ -5,7 +5,8 @@ A live request is matched by what it is and what it says, the way mitmproxy's se
 keys a request by its method, URL and body minus ignore lists, but on decoded messages: a
 command's request is matched against the recorded requests of the same command in the same
 recorded session, field by field, with the fields the client picks afresh on every run let
-differ (`MaskSet.for_request`: its device id, the ids of its messages and uploads). The
+differ (`MaskSet.for_request`: its device id, the ids of its messages and uploads), and
+what the request mask files (`lab up --mask`) say may differ. The
 first unused recorded request that matches takes it, so repeated requests are answered in
 recorded order. A GET is matched by host and path with its query, a DNS query by name.
 
@@ -287,6 +288,7 @@ class ServerScript:
         asked = [x for x in self.s.exchanges if x.replayable and x.kind in ASKED_KINDS]
         return {
             "capture": self.s.path, "unmatched_policy": str(self.unmatched),
+            "masks": self.masks.listed(),
             "recorded": len(self.s.exchanges), "replayable": len(asked),
             "answered": sum(1 for x in asked if x.index in self.used),
             "pushes": sum(len(v) for v in self.by_trigger.values()),

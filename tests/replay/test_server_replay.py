@@ -208,8 +208,12 @@ def test_lab_up_replay_refuses_what_it_cannot_use_with_a_clear_error(tmp_path):
 
     bad = tmp_path / "notes.pcapng"
     bad.write_text("not a capture\n")
+    masks = tmp_path / "m.toml"
+    masks.write_text('[NEWSENDMSG]\n"msgs[].contnet" = "ignore"\n')
     cases = ((["--unmatched", "forward"], "go with --replay CAPTURE"),
              (["--report", str(tmp_path / "r.json")], "go with --replay CAPTURE"),
+             (["--mask", str(masks)], "go with --replay CAPTURE"),
+             (["--replay", str(CHAT), "--mask", str(masks)], "did you mean 'content'"),
              (["--replay", str(bad)], f"--replay {bad}"),
              (["--replay", str(tmp_path / "none.pcapng")], "none.pcapng: no such file"),
              (["--replay", str(CHAT), "--store", "redis://127.0.0.1:1/0"], "one-process lab"))
@@ -235,9 +239,11 @@ def test_lab_up_replay_answers_noops_itself_and_reports_at_exit_what_was_never_a
     from tests.e2e.helpers import start_lab_up, wait_manifest
 
     report_path = tmp_path / "report.json"
+    masks = tmp_path / "masks.toml"        # this client's texts are not the recorded ones
+    masks.write_text('[NEWSENDMSG]\n"msgs[].content" = "ignore"\n')
     proc, manifest_path = start_lab_up(tmp_path, "--time-scale", "100", "--replay", str(CHAT),
                                        "--unmatched", "forward", "--report", str(report_path),
-                                       users=2)
+                                       "--mask", str(masks), users=2)
     try:
         manifest = wait_manifest(proc, manifest_path)
 
@@ -252,26 +258,33 @@ def test_lab_up_replay_answers_noops_itself_and_reports_at_exit_what_was_never_a
                 await s.link.noop(timeout=100)
             got = await s.cgi("getcontact", pb.GetContactRequest(base=s.base(),
                                                                  usernames=["user0002"]))
+            sent = await s.send_text("user0002", "not the recorded text")
             await s.close()
-            return got
-        got = asyncio.run(part_of_the_way())
+            return got, sent
+        got, sent = asyncio.run(part_of_the_way())
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert [c.username for c in got.contacts] == ["user0002"]      # the lab's own answer
+    rec_send = next(x for x in load_sessions(str(CHAT)).exchanges if x.name == "NEWSENDMSG")
+    assert sent.new_msg_id == rec_send.reply.event.message().msgs[0].new_msg_id  # recorded
     report = json.loads(report_path.read_text())
     assert [(m["door"], m["request"], m["user"], m["action"]) for m in report["unmatched"]] \
         == [("short", "GETCONTACT", "user0001", "forward")]
     never = [(x["user"], x["command"]) for x in report["never_asked"]]
     assert ("user0002", "MANUALAUTH") in never and ("user0001", "NEWSENDMSG") in never
+    assert never.count(("user0001", "NEWSENDMSG")) == 1       # of its two, the first answered
+    assert report["masks"] == [{"command": "NEWSENDMSG", "path": "msgs[].content",
+                                "mask": "ignore", "origin": str(masks)}]
     assert ("user0001", "NEWINIT") not in never and ("user0001", "IDENTIFY") not in never
-    # user0001's way: its two DNS queries, login, newinit, identify, newsync (its NOOPs
-    # are the link's own: neither answered from the capture nor unmatched)
-    assert report["answered"] == 6 and report["answered"] + len(never) == report["replayable"]
+    # user0001's way: its two DNS queries, login, newinit, identify, newsync, a send (its
+    # NOOPs are the link's own: neither answered from the capture nor unmatched)
+    assert report["answered"] == 7 and report["answered"] + len(never) == report["replayable"]
     said = " ".join(err.split())
     assert f"server replay of {CHAT}" in said
-    assert (f"6 of {report['replayable']} recorded requests answered, 1 live requests "
+    assert (f"7 of {report['replayable']} recorded requests answered, 1 live requests "
             f"unmatched (forward)") in said
     assert "never asked" in said and "NEWSENDMSG" in said
+    assert f"request masks: NEWSENDMSG msgs[].content ignore ({masks})" in said
     assert f"replay report: {report_path}" in said
