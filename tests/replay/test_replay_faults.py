@@ -74,3 +74,38 @@ async def test_a_bad_fault_is_one_line_and_exit_2(tmp_path):
         rc, out, err = await run_testbed("replay", str(GOLDEN / "chat.pcapng"), "--manifest",
                                          str(tmp_path / "none.json"), "--fault", spec)
         assert rc == 2 and said in err and "Traceback" not in err, err
+
+
+async def test_a_truncated_request_closes_its_link_which_is_opened_again(tmp_path):
+    rc, doc, err = await _replay(tmp_path, "chat", "--fault", "truncate:NEWSYNC#3@10")
+    # the lab got 10 bytes of user0002's frame, then the connection's end, and closed the
+    # link: that newsync has no reply, and the NOTIFY that user0002's next send (over the
+    # short link) made for its own link had no link to go to. The link's next exchange opens it again (identified); the lab then
+    # announces what user0002 has not synced yet (a NOTIFY the capture does not have), and
+    # from there on everything is as recorded.
+    assert rc == 1, err
+    assert [(m["exchange"], m["command"]) for m in doc["missing"]] == [(15, "NEWSYNC"),
+                                                                        (18, "NOTIFY")]
+    assert "closed" in doc["missing"][0]["detail"]
+    [unexpected] = doc["unexpected"]
+    assert unexpected["command"] == "NOTIFY"
+    assert doc["diffs"] == []
+    after = [r for r in doc["rows"] if (r.get("exchange") or 0) > 18]
+    assert len(after) == 10 and all(r["status"] in ("match", "masked") for r in after)
+    [applied] = doc["faults"]["applied"]
+    assert (applied["fault"], applied["offset"]) == ("truncate:NEWSYNC#3@10", 10)
+
+
+async def test_the_same_seed_delays_the_same_requests_by_the_same_time(tmp_path):
+    """Each NEWSYNC delayed with probability 50 %, by 1 to 3 protocol seconds: a delay is
+    waited for (no difference at all), and two replays with one seed pick the same frames
+    and the same delays; another seed picks others."""
+    runs = []
+    for i, seed in enumerate((11, 11, 12)):
+        rc, doc, err = await _replay(tmp_path / str(i), "chat", "--fault",
+                                     "delay:NEWSYNC%50=1s..3s", "--fault", f"seed={seed}")
+        assert rc == 0 and doc["diffs"] == [] and doc["missing"] == [], err
+        runs.append([(a["n"], a["delay_s"]) for a in doc["faults"]["applied"]])
+    assert runs[0] == runs[1] and 0 < len(runs[0]) < 10
+    assert all(1 <= d <= 3 for _, d in runs[0])
+    assert runs[2] != runs[0]
