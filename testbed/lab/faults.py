@@ -23,8 +23,9 @@ is one fault, the option is repeatable:
 - DURATION is protocol seconds: `30s`, `500ms`, `5m`, `1h`, or a bare number of seconds; a
   delay may be a range, `=10s..30s`, drawn from the seed. BYTES may be `?`: a random offset
   inside the frame, drawn from the seed.
-- HOST is `long`, `short`, `mapabc`, `qlogo`, `qpic`, `dns`, or a lab host's full name; `#N`
-  is its Nth connection (without it: every connection).
+- HOST is `long`, `short`, `mapabc`, `qlogo`, `qpic`, `dns` (its TCP side), or a lab host's
+  full name; `#N` is its Nth connection (without it: every connection). On the replayer's
+  side HOST is `long`: its other connections carry one request each.
 
 Without `seed=N` a seed is drawn at random; either way the plan and the seed are recorded (a
 capture's section comment, the replay's JSON), and the same plan with the same seed on the
@@ -145,7 +146,7 @@ def parse_fault(text: str, side: str = LAB) -> FaultSpec:
     except ValueError:
         raise FaultError(f"{spec}: {unknown('fault', action, list(FaultKind))}") from None
     if kind in LINK_KINDS:
-        return _parse_link(kind, rest, spec)
+        return _parse_link(kind, rest, spec, side)
     m = re.fullmatch(r"([A-Za-z0-9_.]+)(?:#(\d+|\*)|%(\d+(?:\.\d*)?))?(.*)", rest)
     target, nth, percent, arg = m.groups()
     door, name = _frame_target(kind, target, spec, side)
@@ -182,7 +183,7 @@ def parse_fault(text: str, side: str = LAB) -> FaultSpec:
     return FaultSpec(**out)
 
 
-def _parse_link(kind: FaultKind, rest: str, spec: str) -> FaultSpec:
+def _parse_link(kind: FaultKind, rest: str, spec: str, side: str) -> FaultSpec:
     m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:#(\d+))?@(.+)", rest)
     if m is None:
         raise FaultError(f"{spec}: {kind} takes HOST[#N]@DURATION, as {kind}:long@120s (the "
@@ -191,6 +192,9 @@ def _parse_link(kind: FaultKind, rest: str, spec: str) -> FaultSpec:
     name = HOST_ALIASES.get(host, host)
     if name not in HOST_NAMES and name != "dns":
         raise FaultError(f"{spec}: {unknown('host', host, list(HOST_ALIASES) + list(HOST_NAMES))}")
+    if side == CLIENT and name != LONG:
+        raise FaultError(f"{spec}: on the replayer's side a {kind} acts on its long links "
+                         f"(write {kind}:long...); its other connections last one request")
     n = None if nth is None else int(nth)
     if n is not None and n < 1:
         raise FaultError(f"{spec}: connections count from #1")

@@ -61,6 +61,9 @@ def test_a_bad_spec_says_what_is_wrong(text, said):
 def test_the_replayers_side_has_no_pushes_and_seeds_are_whole_numbers():
     with pytest.raises(FaultError, match="NOTIFY is a push the lab sends"):
         parse_fault("drop:NOTIFY#1", CLIENT)
+    with pytest.raises(FaultError, match="acts on its long links"):
+        parse_fault("reset:short@5s", CLIENT)          # the replayer would never apply it
+    assert parse_fault("blackhole:long#2@5s", CLIENT).host == "long.weixin.qq.com"
     with pytest.raises(FaultError, match="seed=N takes a whole number"):
         FaultPlan.parse(["seed=x"])
     with pytest.raises(FaultError, match="given twice"):
