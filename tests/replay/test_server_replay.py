@@ -288,3 +288,45 @@ def test_lab_up_replay_answers_noops_itself_and_reports_at_exit_what_was_never_a
     assert "never asked" in said and "NEWSENDMSG" in said
     assert f"request masks: NEWSENDMSG msgs[].content ignore ({masks})" in said
     assert f"replay report: {report_path}" in said
+
+
+@pytest.mark.parametrize("policy", ["fail", "forward", "error"])
+async def test_an_unmatched_long_link_request_gets_what_unmatched_says(tmp_path, policy):
+    """Over the long link too: a send the capture does not have (another text) gets an error
+    reply, the lab's own answer (stored, and a later recorded request still matches), or
+    its link closed."""
+    from testbed.client.longlink import LinkClosed
+
+    lab = await _replay_lab(tmp_path, policy)
+    try:
+        a = await _logged_in(lab, 0)
+        await a.init()
+        await a.connect_long()
+        await a.sync()
+        if policy == "fail":
+            with pytest.raises(RequestFailed, match="not in the replayed capture"):
+                await a.send_text("user0002", "not in the capture")
+            assert a.link.is_open
+        elif policy == "forward":
+            from mocks.stats import MESSAGES_STORED
+
+            out = await a.send_text("user0002", "not in the capture")
+            assert out.new_msg_id                 # the lab's own service stored it
+            assert (await lab.store.counters()).get(MESSAGES_STORED) == 1
+            again = await a.send_text("user0002", RECORDED_TEXT)        # back on the script
+            rec_send = next(x for x in load_sessions(str(CHAT)).exchanges
+                            if x.name == "NEWSENDMSG")
+            assert again.new_msg_id == rec_send.reply.event.message().msgs[0].new_msg_id
+            # ...from the capture: the lab's store saw nothing of it
+            assert (await lab.store.counters()).get(MESSAGES_STORED) == 1
+        else:
+            with pytest.raises((LinkClosed, ConnectionError)):
+                await a.send_text("user0002", "not in the capture")
+            assert not a.link.is_open
+        [miss] = lab.script.report()["unmatched"]
+        assert (miss["door"], miss["request"], miss["action"]) == ("long", "NEWSENDMSG",
+                                                                   policy)
+        assert "differs at msgs[0].content" in miss["detail"]
+        await a.close()
+    finally:
+        await lab.stop()
