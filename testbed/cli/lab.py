@@ -90,6 +90,10 @@ def lab_up(args) -> int:
     from .netns import lab_up_netns, not_netns_error
 
     console = err_console()
+    if args.netns and (args.replay is not None or args.fault):
+        error(console, f"{'--replay' if args.replay is not None else '--fault'} needs the "
+                       f"one-process lab (not --netns: every host is a process there)")
+        return 2
     if args.netns:
         return lab_up_netns(args)
     if (problem := not_netns_error(args)) is not None:

@@ -216,7 +216,9 @@ def test_lab_up_replay_refuses_what_it_cannot_use_with_a_clear_error(tmp_path):
              (["--replay", str(CHAT), "--mask", str(masks)], "did you mean 'content'"),
              (["--replay", str(bad)], f"--replay {bad}"),
              (["--replay", str(tmp_path / "none.pcapng")], "none.pcapng: no such file"),
-             (["--replay", str(CHAT), "--store", "redis://127.0.0.1:1/0"], "one-process lab"))
+             (["--replay", str(CHAT), "--store", "redis://127.0.0.1:1/0"], "one-process lab"),
+             (["--replay", str(CHAT), "--netns"], "one-process lab (not --netns"),
+             (["--fault", "drop:NOOP#1", "--netns"], "--fault needs the one-process lab"))
     for args, said in cases:
         r = subprocess.run([sys.executable, "-m", "testbed.cli", "lab", "up", "--manifest",
                             str(tmp_path / "m.json"), "--subnet",
