@@ -257,7 +257,7 @@ def test_lab_up_replay_answers_noops_itself_and_reports_at_exit_what_was_never_a
             await s.connect_long()
             await s.sync()
             for _ in range(3):
-                await s.link.noop(timeout=100)
+                await s.link.noop(timeout=1000)     # a guard: 10 wall s at k = 100
             got = await s.cgi("getcontact", pb.GetContactRequest(base=s.base(),
                                                                  usernames=["user0002"]))
             sent = await s.send_text("user0002", "not the recorded text")
