@@ -16,7 +16,12 @@ several per connection, answered in order; connections are capped in number and 
 idle, so clients that never finish hold nothing for long.
 
 `stats` counts every message under "queries" and then under exactly one of "answered"
-(NOERROR), "nxdomain", "formerr", "notimp" or "dropped", so queries == the sum of the others.
+(NOERROR), "nxdomain", "formerr", "notimp", "refused" or "dropped", so queries == the sum of
+the others.
+
+Under server replay (`replay`, set by the lab) each query is first offered to the replay,
+which says whether it is answered as usual (the capture has it: the recorded answer's hosts
+are this lab's addresses), refused (REFUSED) or not answered at all.
 
 An optional `tap` (e.g. `testbed.capture.tap.Tap`) is told every datagram received and
 every reply sent, with the real addresses: `tap.udp(src, dst, payload)`. TCP is recorded by
@@ -30,10 +35,11 @@ import collections
 import errno
 import ipaddress
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 from testbed.capture.tap import GuardedTap
-from testbed.wire.dns import (OPCODE_QUERY, RCODE_NOTIMP, RCODE_NXDOMAIN, SOA, TYPE_A,
+from testbed.wire.dns import (OPCODE_QUERY, RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_REFUSED, SOA,
+                              TYPE_A,
                               TYPE_NS, TYPE_SOA, Question, build_response, error_response,
                               formerr, parse_query)
 
@@ -92,6 +98,8 @@ class LabDNS(asyncio.DatagramProtocol):
         self.tcp_idle_s = tcp_idle_s
         self.max_tcp_connections = max_tcp_connections
         self.backlog = backlog
+        #: server replay: (name, qtype) -> "answer", "refuse" or "drop"
+        self.replay: Optional[Callable[[str, int], str]] = None
 
     # ------------------------------------------------------------------ lifecycle
     async def listen(self, host: str, port: int, *, tcp: bool = True) -> None:
@@ -191,6 +199,12 @@ class LabDNS(asyncio.DatagramProtocol):
         if q.opcode != OPCODE_QUERY:
             return error_response(q.id, RCODE_NOTIMP, q), "notimp"
         name = normalize(q.name)
+        if self.replay is not None:
+            verdict = self.replay(name, q.qtype)
+            if verdict == "drop":
+                return None, "dropped"
+            if verdict == "refuse":
+                return error_response(q.id, RCODE_REFUSED, q), "refused"
         addresses = self._addresses(name)
         soa = self._zone_soa(name)
         if addresses is None and name not in self.zones:

@@ -19,8 +19,8 @@ from typing import Optional
 
 from testbed.lab.clock import Clock, Timer
 from testbed.lab.profiles import Limits
-from testbed.wire import (DEFAULT_MAX_PACKET_LEN, ConnectionState, Door, RemoteProtocolError,
-                          Ret, ServerConnection, ServiceError, error_body)
+from testbed.wire import (DEFAULT_MAX_PACKET_LEN, ConnectionState, Door, Hangup,
+                          RemoteProtocolError, Ret, ServerConnection, ServiceError, error_body)
 from testbed.wire.commands import NOOP_CMD
 from testbed.wire.connection import FrameTimeout, IdleTimeout, Request
 from testbed.wire.frames import HEADER, reply_cmd
@@ -237,6 +237,9 @@ class LongLinkProtocol(asyncio.Protocol):
                 body = response.SerializeToString()
             except ServiceError as exc:
                 body = error_body(exc.code, exc.message)
+            except Hangup:            # no answer at all: the link goes
+                self.close(abort=True)
+                return
             except Exception as exc:  # a server fault: answer -1, keep the link, report it
                 srv.record_error(exc)
                 body = error_body(Ret.SERVER_FAULT, "server fault")

@@ -31,7 +31,11 @@ user space); and an arrival is stamped when `data_received` runs, so at time sca
 loop lagging d wall seconds misjudges idleness by up to k*d protocol seconds.
 
 Both legs are bare `asyncio.Protocol`s with `__slots__` (no streams, no task per mapping once
-connected), so thousands of mappings cost a few KB each. The relay never parses anything.
+connected), so thousands of mappings cost a few KB each. The relay parses nothing, unless the
+lab has frame faults (`faults=`, `testbed.lab.faults`): then what a long-link server sends is
+read as whole frames, each sent on through the faults (dropped, delayed, duplicated,
+truncated, split in two segments), and a connection to any host can be reset or black-holed
+some protocol seconds after it opened.
 
 With `idle_timeout_s=None` the relay is a pure relay that never expires a mapping (only
 `blackhole_all()` still black-holes): the lab puts one in front of every TCP server when it
@@ -62,7 +66,12 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from testbed.capture.tap import GuardedTap
+from testbed.lab.addressing import LONG
 from testbed.lab.clock import Clock, Timer
+from testbed.lab.faults import Fault, FaultKind, Faults, FrameSender
+from testbed.wire.commands import command_for_frame
+from testbed.wire.errors import RemoteProtocolError
+from testbed.wire.frames import HEADER, HEADER_LEN, VERSION, FrameDecoder
 
 from .limits import AddressCap, peer_address
 
@@ -86,6 +95,9 @@ _BLACKHOLED = 2
 _DONE = 3
 
 _EOF = None  # marker in a latency line
+# With faults, a long link's frames are read whole: one larger than this (none of the lab's
+# are) ends the reading, and the stream goes on as it comes.
+FAULT_FRAME_MAX = 16 << 20
 # Expiry needs idleness *over* the timeout: a timer set for exactly the timeout would find
 # the mapping still alive, so the idle timer is set this far (protocol seconds) beyond it.
 _PAST = 1e-6
@@ -275,12 +287,19 @@ class _Mapping:
 
     __slots__ = ("relay", "target", "client", "server", "state", "last", "timer",
                  "connect_task", "fin_up", "fin_down", "closer", "up", "down",
-                 "listen_port", "pending", "pending_n", "tconn", "peer")
+                 "listen_port", "pending", "pending_n", "tconn", "peer", "host", "frames",
+                 "sender", "fault_timers")
 
-    def __init__(self, relay: "NatRelay", target: tuple[str, int], listen_port: int) -> None:
+    def __init__(self, relay: "NatRelay", target: tuple[str, int], listen_port: int,
+                 host: str = "") -> None:
         self.relay = relay
         self.target = target
         self.listen_port = listen_port
+        self.host = host                 # the lab host behind it (for faults)
+        # with faults on a long link: the server's bytes as frames, through the faults
+        self.frames: Optional[FrameDecoder] = None
+        self.sender: Optional[FrameSender] = None
+        self.fault_timers: Optional[list[Timer]] = None
         self.client: Optional[_Leg] = None
         self.server: Optional[_Leg] = None
         self.state = _CONNECTING
@@ -326,8 +345,72 @@ class _Mapping:
             self.down = _Line(self, False)
         if relay.idle_timeout_s is not None:
             self._arm(relay.idle_timeout_s + _PAST)
+        if relay.faults is not None:
+            self._plan_faults(relay.faults)
         self.connect_task = relay._loop.create_task(self._connect())
         relay._event(NatEventKind.OPEN, self)
+
+    # -- faults (`testbed.lab.faults`): on what the server sends, and on the connection
+    def _plan_faults(self, faults: Faults) -> None:
+        relay = self.relay
+        if self.host == LONG:
+            self.frames = FrameDecoder(max_packet_len=FAULT_FRAME_MAX)
+            self.sender = FrameSender(faults, "long", self._down, self.cut, relay.clock)
+        planned = faults.link(self.host)
+        if planned:
+            self.fault_timers = [relay.clock.call_later(f.spec.at, self._link_fault, f)
+                                 for f in planned]
+
+    def _frames_down(self, data: bytes) -> None:
+        """The server's bytes, frame by frame, through the faults (a stream that is not
+        frames goes on as it comes, from the bad header on)."""
+        try:
+            frames = self.frames.receive_data(data)
+        except RemoteProtocolError:
+            self.frames = None
+            self._down(data)
+            return
+        for f in frames:
+            command = command_for_frame(f.cmd)
+            name = command.name if command is not None else f"cmd {f.cmd}"
+            self.sender.frame(name, HEADER.pack(HEADER_LEN + len(f.body), HEADER_LEN, VERSION,
+                                                f.cmd, f.seq) + f.body)
+        if self.frames.error is not None:
+            self.frames = None
+
+    def _down(self, data: bytes) -> None:
+        if self.state != _OPEN:
+            return
+        if self.down is None:
+            self.deliver(False, data)
+        else:
+            self.down.push(data)
+
+    def _link_fault(self, fault: Fault) -> None:
+        if self.state != _OPEN:
+            return
+        self.relay.faults.link_fired(fault, self.host)
+        if fault.kind is FaultKind.BLACKHOLE:
+            self.expire()
+            return
+        self._end(None)                      # reset: an RST to each side
+        for lg in (self.client, self.server):
+            if lg is not None:
+                lg.reset()
+
+    def cut(self) -> None:
+        """After a truncated frame: the client gets what was sent and a FIN, the server's
+        leg is dropped."""
+        if self.state != _OPEN:
+            return
+        self._end(self.closer)
+        client = self.client
+        if client is not None and client.usable():
+            if self.tconn is not None:
+                self.relay.tap.tcp_close(self.tconn, False)
+            client.transport.close()         # flushes what is buffered, then the FIN
+        if self.server is not None:
+            self.server.abort()
 
     async def _connect(self) -> None:
         relay = self.relay
@@ -429,6 +512,9 @@ class _Mapping:
             line = self.up
         else:
             self.relay._stats.bytes_down += len(data)
+            if self.frames is not None:
+                self._frames_down(data)
+                return
             line = self.down
         if line is None:
             self.deliver(up, data)
@@ -583,6 +669,10 @@ class _Mapping:
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
+        if self.sender is not None:
+            self.sender.close()
+        for timer in self.fault_timers or ():
+            timer.cancel()
         self.pending = None
         if self in relay._mappings:
             relay._mappings.discard(self)
@@ -614,7 +704,8 @@ class NatRelay:
     def __init__(self, clock: Clock, idle_timeout_s: Optional[float], latency_s: float = 0.0,
                  blackhole_linger_s: float = 7200.0, *,
                  on_event: Optional[Callable[[NatEvent], None]] = None,
-                 tap=None, max_connections_per_address: Optional[int] = None,
+                 tap=None, faults: Optional[Faults] = None,
+                 max_connections_per_address: Optional[int] = None,
                  backlog: int = 4096) -> None:
         if idle_timeout_s is not None and not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be positive, got {idle_timeout_s!r}")
@@ -626,6 +717,7 @@ class NatRelay:
         self.latency_s = float(latency_s)
         self.blackhole_linger_s = float(blackhole_linger_s)
         self.on_event = on_event
+        self.faults = faults              # frame and connection faults (`testbed.lab.faults`)
         # the relay faces the clients, so the lab's per-address cap is kept here (a mapping,
         # live or black-holed, holds one); the servers behind see only the relay
         self.address_cap = AddressCap(max_connections_per_address)
@@ -652,9 +744,12 @@ class NatRelay:
         return len(self._mappings)
 
     async def add_mapping(self, listen_host: str, listen_port: int, target_host: str,
-                          target_port: int, *, backlog: Optional[int] = None) -> int:
+                          target_port: int, *, backlog: Optional[int] = None,
+                          host: str = "") -> int:
         """Listen on listen_host:listen_port (0: any free port) and relay every accepted
-        connection to target_host:target_port. Returns the bound port."""
+        connection to target_host:target_port (the lab host `host`: the faults' connections
+        are counted by it, and a long link's frames go through them). Returns the bound
+        port."""
         if self._closing:
             raise RuntimeError("NatRelay is closed")
         loop = asyncio.get_running_loop()
@@ -663,7 +758,7 @@ class NatRelay:
         target = (target_host, target_port)
         box: list[int] = [listen_port]
         server = await loop.create_server(
-            lambda: _Leg(_Mapping(self, target, box[0]), True),
+            lambda: _Leg(_Mapping(self, target, box[0], host), True),
             listen_host, listen_port, backlog=backlog or self.backlog, reuse_address=True)
         port = server.sockets[0].getsockname()[1]
         box[0] = port

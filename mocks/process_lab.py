@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from testbed.lab.addressing import HOST_NAMES, LONG, MAPABC, QLOGO, QPIC, SHORT
 from testbed.lab.manifest import Manifest
@@ -74,11 +74,18 @@ class ProcessLab:
     """`await start()` -> Manifest, `await wait()` until a host ends, `await stop()`."""
 
     def __init__(self, config: LabConfig, store: Store, store_url: str, *, workers: int = 2,
-                 uvloop: bool = False) -> None:
+                 uvloop: bool = False,
+                 place: Optional[Callable[[str], list[str]]] = None) -> None:
+        """`place(role)`, if given, is the command line prefix that runs the `role` host where
+        it belongs (`ip netns exec NS`: the namespace lab); the hosts' addresses are then
+        taken as they are, and a carrier NAT (`config.nat_timeout_s`) is left to whoever
+        placed them: no relay child."""
         if config.record is not None:
             raise ValueError("--record needs the one-process lab (the in-process tap); on "
                              "a lab of processes record with `testbed record --iface lo`")
         self.config = config
+        self.place = place
+        self.extra: dict = {}    # more for the manifest (`manifest.extra`)
         self.profile = load_profile(config.profile)
         self.store = store
         self.store_url = store_url
@@ -107,16 +114,26 @@ class ProcessLab:
         ready = self._dir / f"{role}.json"
         argv = [sys.executable, "-m", "testbed.cli", "serve", role, *args,
                 *self._common(epoch), "--ready-file", str(ready)]
+        if self.place is not None:
+            argv = self.place(role) + argv
         child = Child(role, argv, ready)
         self.children.append(child)
         return child
 
     async def start(self) -> Manifest:
+        """Start every host, seed the users, write the manifest: `start_hosts()`, then
+        `make_manifest()`, then `write_manifest()`."""
+        await self.start_hosts()
+        await self.make_manifest()
+        return self.write_manifest()
+
+    async def start_hosts(self) -> None:
+        """Every host running and ready, the users seeded."""
         cfg = self.config
         epoch = time.time()
         plan = cfg.plan
         ports = cfg.ports or self.profile.port_plan(cfg.privileged_ports)
-        if _addresses_available(plan.dns):
+        if self.place is not None or _addresses_available(plan.dns):
             def addrs(host: str) -> list[str]:
                 return plan.addresses(host)
             dns = Endpoint(plan.dns, ports["dns"])
@@ -125,7 +142,7 @@ class ProcessLab:
                 return [FALLBACK_ADDRESS]
             ports = {k: 0 for k in ports}
             dns = Endpoint(FALLBACK_ADDRESS, 0)
-        nat = cfg.nat_timeout_s is not None
+        nat = cfg.nat_timeout_s is not None and self.place is None
         # `serve short --ca`: made there (or a killed lab's reused); removed on stop with the
         # manifest that names it
         self._ca_dir = cfg.lab_file("-ca") or self._dir / "lab-ca"
@@ -170,9 +187,12 @@ class ProcessLab:
             await self._launch([child])
         # seeded once every host is up, so a start that fails leaves the store as it was
         await self._seed()
-        self.manifest = await self._make_manifest()
-        if cfg.manifest_path is not None:
-            self.manifest_path = self.manifest.write(cfg.manifest_path)
+
+    def write_manifest(self) -> Manifest:
+        """Write the manifest made by `make_manifest()` where the config says (if anywhere):
+        clients may come once it is there."""
+        if self.config.manifest_path is not None:
+            self.manifest_path = self.manifest.write(self.config.manifest_path)
         return self.manifest
 
     def _nat_maps(self, ports, addrs) -> list[str]:
@@ -217,8 +237,10 @@ class ProcessLab:
         from .service import Service
         await Service(self.store).seed_users(self.config.users, self.config.friends)
 
-    async def _make_manifest(self) -> Manifest:
+    async def make_manifest(self) -> Manifest:
+        """The manifest of the running hosts (with `extra`), kept as `self.manifest`."""
         parts = LabParts()
+        parts.extra.update(self.extra)
         nat = next((c.ready for c in self.children if c.role == "nat"), None)
         public = {}
         if nat is not None:   # clients see the NAT's ports, not the servers' own
@@ -234,8 +256,9 @@ class ProcessLab:
                 if key in doc:
                     doc[key] = [public.get(f"{h}:{p}", [h, p]) for h, p in doc[key]]
             parts.add_ready(doc)
-        return await manifest_from_parts(parts, self.store, self.config.profile,
-                                         self.config.time_scale)
+        self.manifest = await manifest_from_parts(parts, self.store, self.config.profile,
+                                                  self.config.time_scale)
+        return self.manifest
 
     # ------------------------------------------------------------------ run and stop
     async def wait(self) -> str:

@@ -30,13 +30,18 @@ from testbed.capture.pcapng_writer import capture_comment
 from testbed.capture.tap import Tap
 from testbed.lab.addressing import HOST_NAMES, LONG, MAPABC, QLOGO, QPIC, SHORT, AddressPlan
 from testbed.lab.clock import Clock
+from testbed.lab.faults import FaultPlan, Faults
 from testbed.lab.manifest import HostEntry, Manifest
 from testbed.lab.profiles import DEFAULT_PROFILE, Profile, load_profile
+from testbed.replay.masks import MaskSet
+from testbed.replay.script import ServerScript, Unmatched
+from testbed.replay.sessions import load_sessions
 
 from . import cdn, mapabc
 from .dns import LabDNS
 from .long_link import LongLinkServer
 from .nat import NatRelay
+from .replay import ReplayService, dns_verdict, get_middleware
 from .service import Service
 from .short_link import ShortLinkServer
 from .state import MemoryStore, Store
@@ -68,6 +73,10 @@ class LabConfig:
     record: Optional[Path] = None        # write a pcapng made by the in-process tap here
     record_comment_extra: dict = field(default_factory=dict)  # added to its section comment
     record_mss: int = 1460               # the tap's segment size
+    replay: Optional[Path] = None        # server replay: answer from this capture
+    unmatched: str = "fail"              # server replay: fail, forward or error
+    replay_masks: Optional[MaskSet] = None   # server replay: request masks (`lab up --mask`)
+    faults: Optional[FaultPlan] = None   # frame and connection faults, seeded
 
     def lab_file(self, suffix: str) -> Optional[Path]:
         """Where a file of the lab goes ("-ca.pem": the CA): `workdir/lab<suffix>`, else
@@ -93,6 +102,13 @@ class Lab:
         self.profile: Profile = load_profile(self.config.profile)
         self.clock = clock or Clock(self.config.time_scale)
         self.store = store or MemoryStore()
+        self.faults: Optional[Faults] = (Faults(self.config.faults, self.clock)
+                                         if self.config.faults else None)
+        self.script: Optional[ServerScript] = None
+        if self.config.replay is not None:
+            self.script = ServerScript(load_sessions(str(self.config.replay)),
+                                       Unmatched(self.config.unmatched),
+                                       masks=self.config.replay_masks)
         self.ca = LabCA()
         self.dns: Optional[LabDNS] = None
         self.record_path: Optional[Path] = (Path(self.config.record)
@@ -159,11 +175,15 @@ class Lab:
         extra = {"tap": {"mss": self.tap.mss if self.tap else cfg.record_mss,
                          "isn_seed": self.tap.seed if self.tap else 0,
                          "relay": "nat" if self.nat is not None else "pass-through"}}
+        if self.faults is not None:
+            extra.update(fault_plan=self.faults.plan.describe(), seed=self.faults.plan.seed)
+        if cfg.replay is not None:
+            extra["replay"] = {"capture": str(cfg.replay), "unmatched": cfg.unmatched}
         extra.update(cfg.record_comment_extra)
         return capture_comment("tap", profile=self.profile.name, time_scale=self.clock.scale,
                                manifest=self.manifest, started=self._record_started, **extra)
 
-    async def _expose(self, addr: str, port: int, start) -> int:
+    async def _expose(self, addr: str, port: int, start, host: str = "") -> int:
         """Start a server on addr; behind the relay (if any) when the lab has one.
 
         `start(addr, port)` binds a server and returns its port. With a relay (the NAT, or
@@ -173,7 +193,7 @@ class Lab:
         if self.relay is None:
             return await start(addr, port)
         inner = await start(addr, 0)
-        return await self.relay.add_mapping(addr, port, addr, inner)
+        return await self.relay.add_mapping(addr, port, addr, inner, host=host)
 
     async def _bind(self, plan: Optional[AddressPlan], ports: dict[str, int]):
         def addrs(host: str) -> list[str]:
@@ -196,7 +216,7 @@ class Lab:
         # (a free port found on the first address is reused on the next)
         async def same_port(host: str, port: int, start) -> int:
             for addr in dict.fromkeys(addrs(host)):
-                port = await self._expose(addr, port, start)
+                port = await self._expose(addr, port, start, host)
             return port
 
         hosts[LONG] = HostEntry(addrs(LONG), await same_port(LONG, ports["long"], long_server))
@@ -216,16 +236,19 @@ class Lab:
         dns_addr = plan.dns if plan else FALLBACK_ADDRESS
         self.dns = LabDNS(records, tap=self.tap, ns_address=dns_addr,
                           backlog=self.server_limits.listen_backlog)
+        if self.script is not None:
+            self.dns.replay = dns_verdict(self.script, self.clock)
         # DNS over TCP shares the UDP port; behind the relay (NAT or recorder) like every
         # other TCP server, so a capture shows it and the NAT forgets it like the rest
         await self.dns.listen(dns_addr, ports["dns"], tcp=self.relay is None)
         dns_port = self.dns.address[1]
         if self.relay is not None:
-            await self._expose(dns_addr, dns_port, self.dns.listen_tcp)
+            await self._expose(dns_addr, dns_port, self.dns.listen_tcp, "dns")
         return hosts, dns_addr, dns_port
 
     def _make_relay(self) -> None:
-        """The carrier NAT when configured; else a pass-through relay when recording."""
+        """The carrier NAT when configured; else a pass-through relay when recording or
+        faulting (the faults live in the relay, on what the phone's side of it sees)."""
         cfg = self.config
         limits = self.profile.limits
         caps = dict(max_connections_per_address=limits.max_connections_per_address,
@@ -235,24 +258,30 @@ class Lab:
             if not cfg.nat_timeout_s > 0:
                 raise ValueError(f"NAT timeout must be positive, got {cfg.nat_timeout_s}")
             self.nat = NatRelay(self.clock, cfg.nat_timeout_s, latency_s=cfg.nat_latency_s,
-                                tap=self.tap, **caps)
+                                tap=self.tap, faults=self.faults, **caps)
             self.relay = self.nat
-        elif self.tap is not None:
-            self.relay = NatRelay(self.clock, None, tap=self.tap, **caps)
+        elif self.tap is not None or self.faults is not None:
+            self.relay = NatRelay(self.clock, None, tap=self.tap, faults=self.faults, **caps)
         else:
             self.relay = None
 
     def _make_servers(self) -> None:
-        """The long and short links and the HTTP apps, with the profile's limits (behind a
-        relay, the relay keeps the per-address cap)."""
+        """The doors and the HTTP apps, on the service (or, under server replay, on the
+        capture first: `mocks.replay`), with the profile's limits (behind a relay, the relay
+        keeps the per-address cap)."""
         cfg, limits = self.config, self.server_limits
+        doors = self.service if self.script is None else ReplayService(self.service,
+                                                                        self.script)
         self.long = LongLinkServer(
-            self.service, self.clock,
+            doors, self.clock,
             idle_timeout_s=cfg.server_idle_s or self.profile.server_idle_s,
             max_packet_len=cfg.max_packet_len or self.profile.max_packet_len, limits=limits)
-        self.short = ShortLinkServer(self.service, limits=limits)
+        self.short = ShortLinkServer(doors, faults=self.faults, limits=limits)
         self.apps = {MAPABC: mapabc.make_app(), QLOGO: cdn.make_qlogo_app(self.service),
                      QPIC: cdn.make_qpic_app(self.service)}
+        if self.script is not None:
+            for host, app in self.apps.items():
+                app.middlewares.append(get_middleware(self.script, host, self.clock))
 
     def _ca_path(self) -> Path:
         path = self.config.lab_file("-ca.pem")

@@ -14,10 +14,12 @@ from typing import Optional
 from aiohttp import web
 from aiohttp.http import HttpVersion10, HttpVersion11
 
+from testbed.lab.faults import Faults
 from testbed.lab.profiles import Limits
-from testbed.wire import (BY_PATH, Door, RemoteProtocolError, Ret, ServiceError,
+from testbed.wire import (BY_PATH, Door, Hangup, RemoteProtocolError, Ret, ServiceError,
                           decode_request, error_body)
 
+from .faults import faulted_response
 from .http_site import SHUTDOWN_GRACE_S, GuardedSite, handler_options
 from .limits import AddressCap
 from .service import RequestContext, Service
@@ -45,6 +47,7 @@ class BodyTooSlow(Exception):
     pass
 
 
+
 class ShortLinkServer:
     """One handler for the plain and the TLS port; `request.secure` tells them apart.
 
@@ -56,11 +59,13 @@ class ShortLinkServer:
     `max_connections_per_address` connections.
     """
 
-    def __init__(self, service: Service, process: Optional[str] = None, *,
-                 limits: Limits = Limits()) -> None:
+    def __init__(self, service: Service, process: Optional[str] = None,
+                 faults: Optional[Faults] = None, *, limits: Limits = Limits()) -> None:
         self.service = service
         self.process = process   # counted as the serving process (`mocks.stats`), if named
+        self.faults = faults     # the lab's faults: the Nth response of a CGI
         self.limits = limits
+        self._stopping = asyncio.Event()
         self.errors: list[BaseException] = []
         self.status_counts: dict[int, int] = {}
         self.disconnects = 0        # clients gone before the whole body came
@@ -178,10 +183,18 @@ class ShortLinkServer:
             out = error_body(Ret.BAD_ARGUMENT, str(exc))
         except ServiceError as exc:
             out = error_body(exc.code, exc.message)
+        except Hangup:            # no answer at all: the connection goes
+            request.transport.abort()
+            return web.Response()
         except Exception as exc:  # a server fault: answer -1 and surface it to tests
             log.exception("short link handler failed")
             self.errors.append(exc)
             out = error_body(Ret.SERVER_FAULT, "server fault")
+        fault = self.faults.frame("short", command.name, len(out)) if self.faults else None
+        if fault is not None:
+            self.status_counts[200] = self.status_counts.get(200, 0) + 1
+            return await faulted_response(request, fault, out, OCTET, self.service.clock,
+                                          self._stopping)
         return self._status(200, out, OCTET)
 
     def _bad_version(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -211,6 +224,7 @@ class ShortLinkServer:
         return runner.addresses[-1][1]
 
     async def close(self) -> None:
+        self._stopping.set()         # held (faulted) responses let go
         for runner in self.runners:
             await runner.cleanup()
         self.runners.clear()

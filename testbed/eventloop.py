@@ -7,7 +7,7 @@ study's `--loop` (its phone processes too) and the benchmarks in `bench/`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from testbed.wire.choices import Choice
 
@@ -46,6 +46,16 @@ def pick(choice: Loop | str = Loop.AUTO) -> Loop:
     if choice is Loop.UVLOOP and not have_uvloop():
         raise ValueError("uvloop is not installed (pip install 'wechat-testbed[fast]')")
     return choice
+
+
+def from_flag(uvloop: bool, say: Callable[[str], None]) -> Loop:
+    """The loop for a command's `--uvloop` flag: uvloop if asked for and installed; asked for
+    but missing, asyncio, after `say`ing so (the command goes on)."""
+    if uvloop and have_uvloop():
+        return Loop.UVLOOP
+    if uvloop:
+        say("uvloop not installed; using asyncio")
+    return Loop.ASYNCIO
 
 
 def run(main: Awaitable[Any], loop: Loop | str = Loop.AUTO) -> Any:

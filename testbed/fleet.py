@@ -34,7 +34,8 @@ from testbed.eventloop import Loop, pick as pick_loop, run as run_on
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Channel", "Fleet", "Message", "WorkerFailed", "die_with_parent"]
+__all__ = ["Channel", "Fleet", "Message", "WorkerFailed", "die_with_parent",
+           "end_with_parent"]
 
 Work = Callable[[Any, "Channel"], Awaitable[Any]]
 
@@ -112,6 +113,19 @@ class _PipeChannel(Channel):
 
 class _ParentGone(Exception):
     pass
+
+
+def end_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A `preexec_fn` for a child that is not ours to change (redis-server, a recorder) and
+    must not outlive the thread that starts it: the kernel sends it `sig` when that thread
+    ends (Linux `PR_SET_PDEATHSIG`, kept across `exec`, `ip netns exec` included)."""
+    def preexec() -> None:
+        try:
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+        except (OSError, AttributeError):   # not Linux: its owner stops it, if it can
+            pass
+    return preexec
 
 
 def die_with_parent(parent_pid: int) -> None:

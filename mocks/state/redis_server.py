@@ -1,5 +1,5 @@
-"""A private redis-server for tests and benchmarks: a free loopback port, a temp dir, no
-persistence, stopped by its own PID."""
+"""A private redis-server for tests, benchmarks and the namespace lab: a free loopback port
+and a Unix socket, a temp dir, no persistence, stopped by its own PID."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 def redis_unavailable() -> Optional[str]:
     """Why the Redis tests cannot run here, or None."""
@@ -23,9 +23,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pong(port: int) -> bool:
+def _pong(path: Path) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(0.5)
+            s.connect(str(path))
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith(b"+PONG")
     except OSError:
@@ -33,10 +35,17 @@ def _pong(port: int) -> bool:
 
 
 class RedisServer:
-    """`RedisServer(dir).start()` ... `.stop()`; `.url` names it, `.proc.pid` is its PID."""
+    """`RedisServer(dir).start()` ... `.stop()`; `.url` names it, `.proc.pid` is its PID.
 
-    def __init__(self, workdir: Path) -> None:
+    `place` is a command line prefix that runs it elsewhere (`ip netns exec NS`: then only
+    its Unix socket, `unix_url`, is reachable from here); `preexec_fn` is run in the child
+    before it starts (`testbed.fleet.end_with_parent`). Readiness is checked on the socket."""
+
+    def __init__(self, workdir: Path, *, place: Sequence[str] = (),
+                 preexec_fn: Optional[Callable[[], None]] = None) -> None:
         self.workdir = workdir
+        self.place = list(place)
+        self.preexec_fn = preexec_fn
         self.proc: Optional[subprocess.Popen] = None
         self.port = 0
 
@@ -59,14 +68,15 @@ class RedisServer:
             self.port = _free_port()
             log = self.workdir / f"redis-{self.port}.log"
             self.proc = subprocess.Popen(
-                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+                [*self.place, "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
                  "--unixsocket", str(self.socket_path), "--unixsocketperm", "700",
                  "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
                  "--daemonize", "no", "--logfile", str(log)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                preexec_fn=self.preexec_fn, start_new_session=True)   # Ctrl-C is its owner's
             deadline = time.monotonic() + timeout
             while self.proc.poll() is None and time.monotonic() < deadline:
-                if _pong(self.port):
+                if _pong(self.socket_path):
                     return self
                 time.sleep(0.02)
             last = log.read_text(errors="replace")[-500:] if log.exists() else ""

@@ -29,6 +29,9 @@ from .tcp_analysis import DUPLICATE_ACK, KEEP_ALIVE
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 SMALL_MESSAGE = 64          # bytes: a client burst this small may be a heartbeat
 LONG_LIVED_S = 60.0         # protocol seconds: a connection that lived this long is long
+# ... and at least this many wall seconds: at time scale 1000 a minute is 60 wall ms, what a
+# slow request on a busy machine takes, not a connection kept open
+LONG_LIVED_WALL_S = 1.0
 PROBE_SILENCE_S = 1.0       # protocol seconds of silence before an empty ACK that is a probe
 TLS_APPLICATION_DATA = 23
 DNS_PORTS = (53, 5353)      # DNS and the lab's unprivileged DNS (also mDNS over UDP)
@@ -286,12 +289,13 @@ class Analyzer:
                 "violation": getattr(stream, "violation", None)}
 
     def _row(self, flow, found: dict) -> dict:
-        lived = (flow.last_ts - flow.first_ts) * self.time_scale
+        wall = flow.last_ts - flow.first_ts
+        lived = wall * self.time_scale
         # a FIN from one side is a close by FIN, even if the capture ends before the other's
         closed = flow.closed_by or ("fin" if (flow.fin_c2s_ts or flow.fin_s2c_ts) else None)
         exchanges = found["exchanges"]
         if found["app"] == "longlink" or found["heartbeat_s"] is not None or exchanges >= 3 \
-                or (exchanges and lived >= LONG_LIVED_S):
+                or (exchanges and lived >= LONG_LIVED_S and wall >= LONG_LIVED_WALL_S):
             kind = "long"
         elif exchanges == 1 and closed is not None:
             kind = "short"

@@ -4,8 +4,8 @@ copy went, and the packet that finally acknowledged it.
 The analysis counts retransmissions in one pass and bounded memory, and keeps no segment;
 the storyboard's timeout retransmission (a segment sent, sent again after a timeout, again
 after a longer one, then acknowledged) needs the copies themselves. `resends` reads a
-capture once more, keeping only the segments of the connections it is asked about (those
-the analysis found retransmissions on), so the first pass stays as cheap as it is.
+capture once more (`connections.segments_of`), keeping only the segments of the connections
+it is asked about (those the analysis found retransmissions on).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from .packets import Segment, decode, read_capture
+from .connections import segments_of
+from .packets import Segment
 
 M32 = 0xFFFFFFFF
 HALF = 0x80000000
 ACK = 0x10
-MAX_SEGMENTS = 200_000      # segments kept from the connections asked about
 MAX_RESENDS = 1000          # segments sent more than once, told in full
 ACK_SEARCH = 10_000         # ACKs looked at after a segment's last copy
 
@@ -48,28 +48,10 @@ class Resend:
         return len(gaps) >= 2 and all(b > a for a, b in zip(gaps, gaps[1:]))
 
 
-def _endpoint(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
-
-
 def resends(path: str, connections: Iterable[tuple[str, str]]) -> list[Resend]:
     """The data segments sent more than once on `connections` (pairs of "address:port", as
     a flow row's `client` and `server`), in the order of their first copy."""
-    wanted = set()
-    for a, b in connections:
-        ea, eb = _endpoint(a), _endpoint(b)
-        wanted.add((ea, eb))
-        wanted.add((eb, ea))
-    if not wanted:
-        return []
-    segments: list[Segment] = []
-    for pkt in read_capture(path):
-        s = decode(pkt)
-        if type(s) is Segment and ((s.src, s.sport), (s.dst, s.dport)) in wanted:
-            segments.append(s)
-            if len(segments) >= MAX_SEGMENTS:
-                break
+    segments = segments_of(path, connections)
     copies: dict[tuple, Resend] = {}
     for s in segments:
         if s.seglen:

@@ -28,6 +28,9 @@ def emulate(args) -> int:
     except (ValueError, OSError) as exc:
         error(console, str(exc), args.manifest)
         return 2
+    from .netns import enter_phone_namespace
+    if (failed := enter_phone_namespace(manifest, console)) is not None:
+        return failed
     notice = long_wait_notice(args.scenario, manifest.heartbeat_s, manifest.time_scale,
                               args.duration)
     if notice:
@@ -44,7 +47,8 @@ def emulate(args) -> int:
 
         result = interrupt.run(swarm(args.scenario, str(args.manifest), args.clients,
                                      processes=args.processes, duration=args.duration,
-                                     seed=args.seed, progress=on_progress))
+                                     seed=args.seed, progress=on_progress,
+                                     views=args.views))
     if args.json:
         print_json(result.to_dict())
         return 0 if result.ok else 1
@@ -67,4 +71,13 @@ def emulate(args) -> int:
     for k, v in result.metrics.items():
         m.add_row(k, f"{v:g}")
     out.print(m)
+    if args.views:
+        v = Table(title="what each phone shows")
+        for col in ("phone", "uin", "contacts", "messages", "nearby", "avatars"):
+            v.add_column(col, justify="left" if col == "phone" else "right")
+        for view in result.views:
+            v.add_row(escape(view["username"]), str(view["uin"]), str(len(view["contacts"])),
+                      str(len(view["messages"])), str(len(view["nearby"] or [])),
+                      str(len(view["avatars"])))
+        out.print(v)
     return 0 if result.ok else 1

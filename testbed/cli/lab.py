@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from rich.markup import escape
 
-from .output import err_console, error, os_error_text, out_console, print_json
+from .output import err_console, error, note, os_error_text, out_console, print_json
 
 
 def host_rows(manifest, pids: dict[str, str] | None = None) -> list[tuple[str, ...]]:
@@ -21,6 +22,13 @@ def host_rows(manifest, pids: dict[str, str] | None = None) -> list[tuple[str, .
     rows.append(("lab resolver (DNS)", manifest.dns_address, str(manifest.dns_port),
                  *([pids["dns"]] if pids else [])))
     return rows
+
+
+def host_pids(lab) -> dict[str, str]:
+    """The processes of each host of a lab of processes ("PID PID ..."), by host name
+    ("dns" for the resolver), as `host_rows` and `lab_doc` take them."""
+    from mocks.lab_manifest import HOST_OF_ROLE
+    return {HOST_OF_ROLE.get(c.role, c.role): " ".join(map(str, c.pids)) for c in lab.children}
 
 
 def lab_doc(lab, users: int, store=None, pids: dict[str, str] | None = None) -> dict:
@@ -40,7 +48,29 @@ def lab_doc(lab, users: int, store=None, pids: dict[str, str] | None = None) -> 
             "store": ({"url": redact_url(store.url), "namespace": namespace}
                       if namespace else None),
             "processes": ({host: [int(p) for p in pid.split()] for host, pid in pids.items()}
-                          if pids else None)}
+                          if pids else None),
+            "replay": ({"capture": str(lab.config.replay), "unmatched": lab.config.unmatched}
+                       if getattr(lab, "script", None) is not None else None),
+            "faults": ({"plan": lab.faults.plan.describe(), "seed": lab.faults.plan.seed}
+                       if getattr(lab, "faults", None) is not None else None)}
+
+
+def after_stop(lab, report_path, console) -> None:
+    """What a one-process lab says when it has stopped: each fault it applied, and server
+    replay's report (on stderr; as JSON in `report_path` if given)."""
+    faults = getattr(lab, "faults", None)
+    for a in faults.applied if faults is not None else ():
+        note(console, f"fault applied: {a['fault']} at {a['t']:.1f} s ({a['what']} #{a['n']})")
+    script = getattr(lab, "script", None)
+    if script is None:
+        return
+    from testbed.replay.result import render_server_report
+
+    report = script.report()
+    render_server_report(report, console)
+    if report_path is not None:
+        report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        note(console, f"replay report: {report_path}")
 
 
 def lab_up(args) -> int:
@@ -48,17 +78,27 @@ def lab_up(args) -> int:
     processes, until one of its hosts ends)."""
     from rich.table import Table
 
-    from mocks.lab_manifest import HOST_OF_ROLE
     from mocks.runner import Lab, LabConfig
     from mocks.state import redact_url
     from testbed import interrupt
-    from testbed.eventloop import Loop, have_uvloop
+    from testbed.eventloop import from_flag
     from testbed.eventloop import run as run_on
     from testbed.lab.addressing import AddressPlan
     from testbed.lab.profiles import load_profile
     from testbed.serve_cli import open_store
 
+    from .netns import lab_up_netns, not_netns_error
+
     console = err_console()
+    if args.netns and (args.replay is not None or args.fault):
+        error(console, f"{'--replay' if args.replay is not None else '--fault'} needs the "
+                       f"one-process lab (not --netns: every host is a process there)")
+        return 2
+    if args.netns:
+        return lab_up_netns(args)
+    if (problem := not_netns_error(args)) is not None:
+        error(console, problem)
+        return 2
     try:
         load_profile(args.profile)
         plan = AddressPlan(args.subnet)
@@ -73,11 +113,36 @@ def lab_up(args) -> int:
         error(console, "--record needs the one-process lab (the in-process tap); on Redis "
                        "every host is a process: record with `testbed record --iface lo`")
         return 2
+    if args.replay is None and (args.unmatched or args.report or args.mask):
+        error(console, "--unmatched, --mask and --report go with --replay CAPTURE")
+        return 2
+    from testbed.replay.masks import REQUEST, MaskSet, load_mask_file
+    try:
+        replay_masks = MaskSet([load_mask_file(p, REQUEST) for p in args.mask])
+    except ValueError as exc:
+        error(console, f"--mask {exc}")
+        return 2
+    processes = args.store.startswith(("redis", "unix"))
+    if args.replay is not None and processes:
+        error(console, "--replay needs the one-process lab (memory: store)")
+        return 2
+    from testbed.lab.faults import LAB, FaultError, FaultPlan
+    try:
+        faults = FaultPlan.parse(args.fault, LAB) or None    # a seed alone faults nothing
+    except FaultError as exc:
+        error(console, f"--fault {exc}")
+        return 2
+    if faults is not None and processes:
+        error(console, "--fault needs the one-process lab (memory: store), where the relay "
+                       "and the servers share the plan")
+        return 2
     cfg = LabConfig(users=args.users, friends=args.friends, profile=args.profile,
                     time_scale=args.time_scale, plan=plan,
                     privileged_ports=args.privileged_ports, manifest_path=args.manifest,
                     nat_timeout_s=args.nat_timeout, nat_latency_s=args.nat_latency,
-                    record=args.record)
+                    record=args.record, replay=args.replay,
+                    unmatched=args.unmatched or "fail", replay_masks=replay_masks,
+                    faults=faults)
 
     async def run() -> int:
         store, failed = await open_store(args.store, console)
@@ -109,7 +174,14 @@ def lab_up(args) -> int:
             lab = ProcessLab(cfg, store, args.store, workers=args.workers or 2,
                              uvloop=args.uvloop)
         else:
-            lab = Lab(cfg, store=store)
+            from testbed.capture.packets import CaptureError
+            try:
+                lab = Lab(cfg, store=store)
+            except (CaptureError, OSError) as exc:
+                error(console, f"--replay {exc}" if str(cfg.replay) in str(exc)
+                      else f"--replay {cfg.replay}: {exc}")
+                return 2
+        script = getattr(lab, "script", None)
         try:
             try:
                 manifest = await lab.start()
@@ -123,8 +195,7 @@ def lab_up(args) -> int:
             except HostFailed as exc:
                 error(console, str(exc))
                 return 1
-            pids = ({HOST_OF_ROLE.get(c.role, c.role): " ".join(map(str, c.pids))
-                     for c in lab.children} if processes else None)
+            pids = host_pids(lab) if processes else None
             if args.json:
                 print_json(lab_doc(lab, args.users, store, pids))
             else:
@@ -140,6 +211,13 @@ def lab_up(args) -> int:
             if getattr(lab, "record_path", None) is not None:
                 console.print(f"recording to {escape(str(lab.record_path))} (closed when the "
                               f"lab stops)")
+            if faults is not None:
+                note(console, f"faults on what the lab sends: {', '.join(faults.describe())} "
+                              f"(seed {faults.seed})")
+            if script is not None:
+                note(console, f"server replay of {cfg.replay}: {len(script.s.exchanges)} "
+                              f"recorded exchanges, users {', '.join(script.usernames) or 'none'}"
+                              f"; unmatched requests: {script.unmatched}")
             if args.nat_timeout is not None:
                 console.print(f"carrier NAT in front of every TCP host: idle timeout "
                               f"{args.nat_timeout:g} s, latency {args.nat_latency:g} s"
@@ -161,10 +239,8 @@ def lab_up(args) -> int:
                 console.print("stopping")
             with interrupt.cleaning_up():
                 await lab.stop()
+            if lab.manifest is not None:
+                after_stop(lab, args.report, console)
 
-    on = Loop.ASYNCIO
-    if args.uvloop and have_uvloop():
-        on = Loop.UVLOOP
-    elif args.uvloop:
-        console.print("[yellow]uvloop not installed; using asyncio[/yellow]")
+    on = from_flag(args.uvloop, lambda text: console.print(f"[yellow]{text}[/yellow]"))
     return interrupt.run(run(), lambda main: run_on(main, on))

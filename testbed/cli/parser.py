@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nat-latency", type=nonneg_float, default=0.0, metavar="SECONDS",
                     help="fixed one-way latency the NAT adds (protocol seconds)")
     up.add_argument("--record", type=Path, default=None, metavar="FILE",
-                    help="record everything with the in-process tap to this pcapng")
+                    help="record everything with the in-process tap to this pcapng (with "
+                         "--netns: sniff the phone's link)")
     up.add_argument("--uvloop", action="store_true", help="run on uvloop if installed")
     up.add_argument("--store", default="memory:", metavar="URL",
                     help="where the lab's state lives: memory: (default, this process) or "
@@ -64,7 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
                          "worker processes for the long and the short link each (default 2)")
     up.add_argument("--json", action="store_true",
                     help="print the host table as JSON on stdout (once every host is up)")
+    up.add_argument("--replay", type=Path, default=None, metavar="CAPTURE",
+                    help="server replay: answer a client under test with this capture's "
+                         "recorded replies, matched by command and request fields "
+                         "(docs/replay.md)")
+    up.add_argument("--unmatched", choices=("fail", "forward", "error"), default=None,
+                    help="with --replay, what a request the capture does not have gets: an "
+                         "error reply (fail, the default), the lab's own service (forward), "
+                         "or a closed connection (error)")
+    up.add_argument("--mask", action="append", default=[], type=Path, metavar="PATH",
+                    help="with --replay, a mask file (TOML or JSON) for the request fields "
+                         "that may differ from the recorded ones (repeatable)")
+    up.add_argument("--report", type=Path, default=None, metavar="PATH",
+                    help="with --replay, write its report (JSON: never asked for, "
+                         "unmatched) here when the lab stops")
+    up.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                    help="a frame or connection fault on what the lab sends, seeded: "
+                         "drop:NEWSYNC#2, delay:NOTIFY#1=30s, dup:NEWSENDMSG#1, "
+                         "truncate:GETMSGIMG#1@100, split:NOOP#3@7, drop:short.NEWSYNC#1, "
+                         "reset:long@120s, blackhole:long#1@300s, seed=N (repeatable; "
+                         "docs/replay.md)")
     up.set_defaults(handler=lab.lab_up)
+
+    from .netns import add_netns_options
+    add_netns_options(up)
 
     from testbed.serve_cli import add_lab_parsers, add_serve_parser
     add_lab_parsers(lab_sub)
@@ -83,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "5,000 phones)")
     em.add_argument("--seed", type=int, default=None, help="random seed")
     em.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    em.add_argument("--views", action="store_true",
+                    help="also give what each phone shows at the end (profile, contacts, "
+                         "messages, people nearby, avatars): with --json under \"views\", "
+                         "else a table of counts")
     em.set_defaults(handler=emulate.emulate)
 
     an = sub.add_parser("analyze", help="flows, DNS and TCP analysis of a capture")
@@ -129,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop after this many seconds (default: at Ctrl-C)")
     rec.add_argument("--time-scale", type=positive_float, default=None,
                      help="the time scale of the lab being recorded, kept in the capture so "
-                          "intervals read back in protocol time")
+                          "intervals read back in protocol time (default: the manifest's)")
+    rec.add_argument("--manifest", type=Path, default=None,
+                     help="the manifest of the lab being recorded, kept in the capture "
+                          "(without passwords) for analyze, verify and report")
     rec.add_argument("--run", action="store_true",
                      help="instead of --iface: --run -- COMMAND ARGS... runs COMMAND in a "
                           "private network namespace and records its lo (no root needed "

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
+import struct
 from typing import Callable, Optional
 
 from google.protobuf.message import Message
 
+from testbed.lab.addressing import LONG
 from testbed.lab.clock import Clock, Timer
-from testbed.wire import BY_NAME, ClientConnection, RemoteProtocolError
+from testbed.lab.faults import Fault, FaultKind, Faults, FrameSender
+from testbed.wire import BY_CMD, BY_NAME, ClientConnection, RemoteProtocolError
 from testbed.wire.commands import NOOP_CMD, decode_response
 from testbed.wire.connection import Push, Reply, TimedOut, WrongReply
 
@@ -44,12 +48,15 @@ class LongLink:
 
     `clock` (default: a clock at scale 1, so seconds are wall seconds) measures the request
     timeouts and stamps `last_tx`/`last_rx`. `observer` is told what the connection does on
-    the wire as it happens (`testbed.client.linkobserver`)."""
+    the wire as it happens (`testbed.client.linkobserver`). `faults` (`testbed.lab.faults`,
+    the replayer's side) act on the request frames it sends, and can reset the connection or
+    black-hole it (nothing sent or read from then on) some protocol seconds after it opened."""
 
     def __init__(self, on_notify: Optional[Callable[[int], None]] = None,
                  max_packet_len: int = 1 << 20, first_seq: int = 1,
                  clock: Optional[Clock] = None,
-                 observer: Optional[LinkObserver] = None) -> None:
+                 observer: Optional[LinkObserver] = None,
+                 faults: Optional[Faults] = None) -> None:
         self.on_notify = on_notify
         self.observer = observer
         self._closing = False        # this side closed or aborted it
@@ -63,6 +70,11 @@ class LongLink:
         self.address: Optional[tuple[str, int]] = None
         self.bytes_sent = self.bytes_received = 0
         self.last_rx = self.last_tx = self.clock.now()
+        self.faults = faults
+        self._sender = None if faults is None else FrameSender(
+            faults, "long", self._write_frame, self._cut, self.clock)
+        self._fault_timers: list[Timer] = []
+        self._holed = False           # black-holed: nothing goes out or comes in
 
     @classmethod
     async def connect(cls, host: str, port: int, *, local_addr: Optional[str] = None,
@@ -77,6 +89,9 @@ class LongLink:
             lambda: _LinkProtocol(link), host, port,
             local_addr=(local_addr, 0) if local_addr else None), timeout)
         link.address = (host, port)
+        if link.faults is not None:
+            link._fault_timers = [link.clock.call_later(f.spec.at, link._link_fault, f)
+                                  for f in link.faults.link(LONG)]
         return link
 
     @property
@@ -105,6 +120,8 @@ class LongLink:
     def send_raw(self, data: bytes) -> None:
         if not self.is_open:
             raise LinkClosed("long link is closed")
+        if self._holed:
+            return
         self._transport.write(data)
         self.bytes_sent += len(data)
         if self.observer is not None:
@@ -123,7 +140,11 @@ class LongLink:
         fut = asyncio.get_running_loop().create_future()
         self._futures[seq] = fut
         fut.add_done_callback(functools.partial(self._request_done, seq))
-        self.send_raw(data)
+        if self._sender is None:
+            self.send_raw(data)
+        else:
+            command = BY_CMD.get(cmd)
+            self._sender.frame(command.name if command is not None else f"cmd {cmd}", data)
         if deadline is not None:
             self._arm()
         return fut
@@ -142,6 +163,32 @@ class LongLink:
 
     async def noop(self, timeout: float = 10.0) -> None:
         await self.request(NOOP_CMD, b"", timeout)
+
+    # ------------------------------------------------------------------ faults
+    def _write_frame(self, data: bytes) -> None:
+        if self.is_open:
+            self.send_raw(data)
+
+    def _cut(self) -> None:
+        """After a truncated request: the lab gets what was sent, then a FIN."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._closing = True
+            self._transport.close()
+
+    def _link_fault(self, fault: Fault) -> None:
+        if not self.is_open:
+            return
+        self.faults.link_fired(fault, LONG)
+        if fault.kind is FaultKind.BLACKHOLE:
+            self._holed = True
+            return
+        sock = self._transport.get_extra_info("socket")     # reset: an RST, not a FIN
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self.abort()
 
     # ------------------------------------------------------------------ internals
     def _request_done(self, seq: int, fut: asyncio.Future) -> None:
@@ -179,6 +226,8 @@ class LongLink:
         self._arm()
 
     def _received(self, data: bytes) -> None:
+        if self._holed:
+            return
         self.bytes_received += len(data)
         if self.observer is not None:
             self.observer.received(len(data))
@@ -205,6 +254,10 @@ class LongLink:
     def _lost(self, exc) -> None:
         err = LinkClosed(f"long link closed: {exc!r}" if exc else "long link closed by peer")
         self.conn.close()
+        for timer in self._fault_timers:
+            timer.cancel()
+        if self._sender is not None:
+            self._sender.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

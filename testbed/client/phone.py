@@ -35,6 +35,7 @@ MIN_WALL_TIMEOUT = 0.05
 REQUEST_MIN_WALL = 1.0
 BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 SYNC_RETRY_S = 10.0   # protocol seconds before a failed newsync is tried again
+SHORT_SYNC_TRIES = 3  # a newsync over the short link, sent again when its answer is lost
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Phone:
         self._folded: Optional[LongLink] = None   # the link whose counts are in metrics
         self._reconnecting = False
         self.errors: list[BaseException] = []
+        self.nearby: Optional[NearbyResult] = None     # the last people_nearby
 
     @property
     def username(self) -> str:
@@ -297,8 +299,19 @@ class Phone:
 
     async def _sync_locked(self) -> list[pb.CmdItem]:
         before = len(self.session.sync_state.messages)
-        items = await self.session.sync(door=self.sync_door,
-                                        timeout=self.request_timeout(60.0))
+        for attempt in range(SHORT_SYNC_TRIES):
+            try:
+                items = await self.session.sync(door=self.sync_door,
+                                                timeout=self.request_timeout(60.0))
+                break
+            except (asyncio.TimeoutError, ConnectionError) as exc:
+                # a newsync is idempotent (the same key gets the same items): over the
+                # short link, one connection per request, it is simply sent again; a long
+                # link's failure is the caller's (it reconnects, which syncs)
+                if self.sync_door is Door.LONG or attempt == SHORT_SYNC_TRIES - 1:
+                    raise
+                log.info("%s: newsync over the short link failed (%r); again",
+                         self.username, exc)
         self.metrics.syncs += 1
         now = self.clock.now()
         for msg in self.session.sync_state.messages[before:]:
@@ -347,6 +360,23 @@ class Phone:
                 await self.reconnect()
         raise AssertionError("unreachable")
 
+    async def download(self, msg_id: int, msg_type: int = MSG_IMAGE, *,
+                       tries: int = 5) -> bytes:
+        """A medium's bytes; after a broken link, reconnect and go on from the bytes
+        already here."""
+        have = bytearray()
+        for attempt in range(tries):
+            try:
+                return await self.session.download(msg_id, msg_type, into=have,
+                                                   timeout=self.request_timeout(20.0))
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
+                if attempt == tries - 1:
+                    raise
+                log.info("%s: download broke at %d bytes (%r); resuming", self.username,
+                         len(have), exc)
+                await self.reconnect()
+        raise AssertionError("unreachable")
+
     # ------------------------------------------------------------------ friends, nearby, logs
     async def add_friend(self, username: str, *, opcode: int = 1,
                          verify_content: str = "") -> pb.VerifyUserResponse:
@@ -377,7 +407,17 @@ class Phone:
             for contact in result.lbs.contacts:
                 resp = await web.get(contact.avatar_url)
                 result.avatars[contact.username] = resp.body if resp.status == 200 else b""
+        self.nearby = result
         return result
+
+    def view(self) -> dict:
+        """What the phone shows its user (`testbed.client.view`): profile, contacts,
+        messages, the people nearby it last found and their avatars."""
+        from .view import phone_view
+        nearby = self.nearby
+        return phone_view(self.username, self.session.uin, self.session.sync_state,
+                          nearby.lbs if nearby is not None else None,
+                          nearby.avatars if nearby is not None else {})
 
     async def report(self, items: dict[int, str], cgi: str = "statreport") -> int:
         resp = await self.session.cgi(cgi, pb.ReportRequest(

@@ -53,6 +53,7 @@ class ScenarioResult:
     metrics: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    views: list[dict] = field(default_factory=list)   # each phone's at the end, if asked
 
     @property
     def ok(self) -> bool:
@@ -198,7 +199,7 @@ async def media(run: Run) -> None:
                         if m.new_msg_id == done.new_msg_id), None)
             if msg is None:
                 continue
-            got = await pb_.session.download(done.new_msg_id, msg_type)
+            got = await pb_.download(done.new_msg_id, msg_type)   # resumes a broken one
             ok[msg_type] += got == data and msg.msg_type == msg_type \
                 and msg.media.sha256 == hashlib.sha256(data).digest()
             if msg_type == MSG_IMAGE:
@@ -439,8 +440,9 @@ def _collect_metrics(run: Run, phones: list[Phone]) -> None:
 async def run_scenario(name: str, manifest: Manifest, *, clients: int = 2,
                        duration: Optional[float] = None, progress: Optional[ProgressFn] = None,
                        local_addr: Optional[str] = None, seed: Optional[int] = None,
-                       user_offset: int = 0) -> ScenarioResult:
-    """Run one scenario in this process and return its checked steps and metrics."""
+                       user_offset: int = 0, views: bool = False) -> ScenarioResult:
+    """Run one scenario in this process and return its checked steps and metrics (and,
+    with `views`, what each phone showed at the end: `Phone.view`)."""
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}; one of {', '.join(SCENARIOS)}")
     if clients < 1:
@@ -462,6 +464,8 @@ async def run_scenario(name: str, manifest: Manifest, *, clients: int = 2,
             except Exception:   # noqa: BLE001 - closing what is left, best effort
                 pass
     _collect_metrics(run, seen)
+    if views:
+        run.result.views = [p.view() for p in seen]
     run.result.wall_s = round(time.monotonic() - t0, 3)
     run.progress(1.0, name)
     return run.result

@@ -53,6 +53,23 @@ class SyncState:
     def key_buf(self) -> pb.SyncKey:
         return pb.SyncKey(keys=[pb.KeyVal(key=k, val=v) for k, v in sorted(self.keys.items())])
 
+    def apply(self, resp: pb.NewSyncResponse) -> None:
+        """A newsync or newinit answer: its items (messages, contacts, the profile) and
+        its sync keys, as the phone keeps them."""
+        for item in resp.cmd_list:
+            body = CMD_ITEM_TYPES[item.cmd_id]()
+            body.ParseFromString(item.cmd_buf)
+            if item.cmd_id == ITEM_ADD_MSG:
+                self.messages.append(body)
+            elif item.cmd_id == ITEM_MOD_CONTACT:
+                self.contacts[body.username] = body
+            elif item.cmd_id == ITEM_DEL_CONTACT:
+                self.contacts.pop(body.username, None)
+            elif item.cmd_id == ITEM_MOD_USER_INFO:
+                self.profile = body
+        for kv in resp.key_buf.keys:
+            self.keys[kv.key] = kv.val
+
 
 def ssl_context_for(manifest: Manifest) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=manifest.ca_cert)
@@ -182,34 +199,19 @@ class Session:
             req = pb.NewSyncRequest(base=self.base(), selector=selector,
                                     key_buf=self.sync_state.key_buf())
             resp = await self.call("NEWSYNC", req, door, timeout=timeout)
-            self._apply(resp)
+            self.sync_state.apply(resp)
             items.extend(resp.cmd_list)
             if not resp.continue_flag:
                 return items
 
     async def init(self) -> list[pb.CmdItem]:
         resp = await self.cgi("newinit", pb.NewSyncRequest(base=self.base()))
-        self._apply(resp)
+        self.sync_state.apply(resp)
         items = list(resp.cmd_list)
         if resp.continue_flag:
             items += await self.sync(door=Door.SHORT)
         return items
 
-    def _apply(self, resp: pb.NewSyncResponse) -> None:
-        st = self.sync_state
-        for item in resp.cmd_list:
-            body = CMD_ITEM_TYPES[item.cmd_id]()
-            body.ParseFromString(item.cmd_buf)
-            if item.cmd_id == ITEM_ADD_MSG:
-                st.messages.append(body)
-            elif item.cmd_id == ITEM_MOD_CONTACT:
-                st.contacts[body.username] = body
-            elif item.cmd_id == ITEM_DEL_CONTACT:
-                st.contacts.pop(body.username, None)
-            elif item.cmd_id == ITEM_MOD_USER_INFO:
-                st.profile = body
-        for kv in resp.key_buf.keys:
-            st.keys[kv.key] = kv.val
 
     # ------------------------------------------------------------------ messages
     async def send_text(self, to: str, content: str, *, client_msg_id: Optional[str] = None,
@@ -247,9 +249,12 @@ class Session:
             pos = resp.start_pos
 
     async def download(self, msg_id: int, msg_type: int = 3, chunk: int = CHUNK,
-                       timeout: Optional[float] = None) -> bytes:
+                       timeout: Optional[float] = None,
+                       into: Optional[bytearray] = None) -> bytes:
+        """A medium's bytes, in chunks over the long link; appended to `into` as they
+        come (given: what it holds is not asked for again, so a broken download resumes)."""
         name = DOWNLOAD_CMD[msg_type]
-        out = bytearray()
+        out = bytearray() if into is None else into
         while True:
             req = pb.DownloadMediaRequest(base=self.base(), msg_id=msg_id, start_pos=len(out),
                                           max_len=chunk)

@@ -52,7 +52,8 @@ class ShortLink:
 
     async def post(self, path: str, body: bytes, *, tls: bool = False) -> ShortReply:
         """Raw POST; returns its status, content type and body. Each call is its own
-        connection."""
+        connection. `ConnectionError` when no address accepts it, or the answer does not
+        come whole; `asyncio.TimeoutError` when it does not come in time."""
         if tls and (self.tls_port is None or self.ssl_context is None):
             raise ValueError("no TLS port or CA for this short link")
         port = self.tls_port if tls else self.port
@@ -73,6 +74,11 @@ class ShortLink:
             except aiohttp.ClientConnectorError as exc:
                 last = exc
                 continue
+            except aiohttp.ClientError as exc:
+                # connected, then the answer did not come whole (the server closed the
+                # connection first, or cut the body short): the request is lost, as a
+                # broken long link loses one, and a caller retries it the same way
+                raise ConnectionError(f"{SHORT} {path}: {exc}") from exc
             if i:  # remember the address that works
                 self.addresses.insert(0, self.addresses.pop(i))
             self.requests += 1

@@ -27,7 +27,8 @@ async def _run_share(share: dict[str, Any], channel: Channel) -> dict[str, Any]:
         share["name"], manifest, clients=share["clients"], duration=share["duration"],
         progress=lambda frac, text: channel.send("progress", frac, text),
         local_addr=client_address(manifest.dns_address, index),
-        seed=None if seed is None else seed + index, user_offset=share["user_offset"])
+        seed=None if seed is None else seed + index, user_offset=share["user_offset"],
+        views=share["views"])
     return result.to_dict()
 
 
@@ -53,6 +54,7 @@ def merge(results: list[ScenarioResult]) -> ScenarioResult:
         for k, v in r.metrics.items():
             out.metrics[k] = out.metrics.get(k, 0) + v
         out.errors.extend(r.errors)
+        out.views.extend(r.views)
         out.wall_s = max(out.wall_s, r.wall_s)
     for name in order:
         steps = by_name[name]
@@ -64,19 +66,20 @@ def merge(results: list[ScenarioResult]) -> ScenarioResult:
 
 async def swarm(name: str, manifest_path: str, clients: int, *,
                 processes: Optional[int] = None, duration: Optional[float] = None,
-                seed: Optional[int] = None,
-                progress: Optional[ProgressFn] = None) -> ScenarioResult:
+                seed: Optional[int] = None, progress: Optional[ProgressFn] = None,
+                views: bool = False) -> ScenarioResult:
     """Run `clients` phones of one scenario over `processes` processes (default: as many as
     the per-process cap needs; one runs in this event loop). A process that dies counts as
     an error of its share of the phones; the others' results still come back. Cancelling
-    it stops every process."""
+    it stops every process. `views`: each phone's view at the end (`Phone.view`) in the
+    result."""
     if processes is None:
         processes = max(1, -(-clients // CLIENTS_PER_PROCESS))
     processes = max(1, min(processes, clients))
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
     payloads = [{"name": name, "manifest_path": str(manifest_path), "clients": shares[i],
                  "duration": duration, "seed": seed, "index": i,
-                 "user_offset": sum(shares[:i])} for i in range(processes)]
+                 "user_offset": sum(shares[:i]), "views": views} for i in range(processes)]
     fractions = [0.0] * processes
 
     def on_message(m: Message) -> None:

@@ -1,9 +1,13 @@
-"""The addressing plan: which loopback address each lab host gets.
+"""The addressing plan: which address each lab host gets.
 
 Every host has its own address in one /24 of 127.0.0.0/8 (Linux answers on all of it), so
 each server can keep its profile's port and a capture shows hosts apart by address, as the
 lab report's did. Where only 127.0.0.1 exists (macOS), the lab falls back to that one address
 and gives every server its own port.
+
+A lab with real links (network namespaces, containers) uses `NetworkPlan`: the phone's link
+and the servers' network in the benchmarking range 198.18.0.0/15, the hosts at the same
+octets as on loopback.
 """
 
 from __future__ import annotations
@@ -90,3 +94,61 @@ def is_lab_address(addr: str) -> bool:
     """Only loopback and the benchmarking range (namespace labs) may ever be targeted."""
     ip = ipaddress.ip_address(addr)
     return ip.is_loopback or ip in ipaddress.ip_network("198.18.0.0/15")
+
+
+# ---------------------------------------------------------------------- labs with real links
+# The namespace lab (`lab up --netns`) and the container lab use the same two networks, in
+# 198.18.0.0/15 (RFC 2544's benchmarking range, routed nowhere): the phone's link, as the
+# report's hotspot Wi-Fi 192.168.137.0/24 was (hotspot .1, phone .87), and the servers'
+# network, where the gateway is .1 and each host has its octet of HOST_OCTETS.
+PHONE_NET = "198.18.137"
+SERVER_NET = "198.19.0"
+GATEWAY_OCTET = 1   # the hotspot on the phone's link, the gateway on the servers' network
+STORE_OCTET = 6     # the store (Redis), where it is a host on the servers' network
+NET_PREFIX_LEN = 24
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """The two networks of a lab with real links: the phone's link (`phone_net`.0/24) and
+    the servers' network (`server_net`.0/24), joined by the gateway (the carrier NAT)."""
+
+    phone_net: str = PHONE_NET
+    server_net: str = SERVER_NET
+
+    def __post_init__(self) -> None:
+        for net in (self.phone_net, self.server_net):
+            block = ipaddress.ip_network(f"{net}.0/{NET_PREFIX_LEN}", strict=True)
+            if not block.subnet_of(ipaddress.ip_network("198.18.0.0/15")):
+                raise ValueError(f"a lab's links must be in 198.18.0.0/15, not {block}")
+        if self.phone_net == self.server_net:
+            raise ValueError("the phone's link and the servers' network must differ")
+
+    @property
+    def phone(self) -> str:
+        return f"{self.phone_net}.{PHONE_OCTET}"
+
+    @property
+    def hotspot(self) -> str:
+        """The gateway's address on the phone's link (the phone's default route)."""
+        return f"{self.phone_net}.{GATEWAY_OCTET}"
+
+    @property
+    def gateway(self) -> str:
+        """The gateway's address on the servers' network: the address the NAT gives the
+        phone's connections."""
+        return f"{self.server_net}.{GATEWAY_OCTET}"
+
+    @property
+    def store(self) -> str:
+        return f"{self.server_net}.{STORE_OCTET}"
+
+    @property
+    def servers(self) -> AddressPlan:
+        """Where each host is on the servers' network."""
+        return AddressPlan(self.server_net)
+
+    def to_dict(self) -> dict:
+        return {"phone_link": f"{self.phone_net}.0/{NET_PREFIX_LEN}",
+                "server_network": f"{self.server_net}.0/{NET_PREFIX_LEN}",
+                "phone": self.phone, "hotspot": self.hotspot, "gateway": self.gateway}

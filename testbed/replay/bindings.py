@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
+from testbed.wire.commands import CMD_ITEM_TYPES
 from testbed.wire.rebinding import PER_CLIENT, Field, rebinding
 
 from .tree import split_path
@@ -46,11 +47,13 @@ class Bindings:
         return recorded if found is None else found
 
     # ------------------------------------------------------------------ requests
-    def rewrite(self, name: str, msg: Message, client: Optional[int]) -> int:
-        """Put the live values into a decoded request (in place), by the command's row of
-        the table; returns how many fields changed."""
+    def rewrite(self, name: str, msg: Message, client: Optional[int],
+                fields: Optional[tuple[Field, ...]] = None) -> int:
+        """Put the bound values into a decoded message (in place) at `fields` (default: the
+        request fields the command's row of the table `carries`); returns how many fields
+        changed."""
         changed = 0
-        for f in rebinding(name).carries:
+        for f in rebinding(name).carries if fields is None else fields:
             changed += _rewrite(msg, split_path(f.path), {}, lambda value, keys, f=f:
                                 self._live(f, value, client, keys))
         self.substituted += changed
@@ -90,6 +93,8 @@ def _rewrite(node: Message, parts: list, keys: dict, live) -> int:
     sub = getattr(node, head)
     nxt = rest[0]
     if isinstance(nxt, str):
+        if isinstance(sub, bytes):
+            return _rewrite_item(node, head, sub, rest, keys, live)
         if not node.HasField(head):
             return 0
         return _rewrite(sub, rest, keys, live)
@@ -110,3 +115,19 @@ def _rewrite(node: Message, parts: list, keys: dict, live) -> int:
                 changed += 1
     return changed
 
+
+
+def _rewrite_item(node: Message, head: str, buf: bytes, rest: list, keys: dict, live) -> int:
+    """A sync item's `cmd_buf`: decoded as the message its `cmd_id` names, rewritten, and
+    encoded again (as `testbed.replay.tree` shows it: a path goes into it)."""
+    cls = CMD_ITEM_TYPES.get(getattr(node, "cmd_id", None))
+    if cls is None:
+        return 0
+    try:
+        item = cls.FromString(buf)
+    except (DecodeError, ValueError):
+        return 0
+    changed = _rewrite(item, rest, keys, live)
+    if changed:
+        setattr(node, head, item.SerializeToString())
+    return changed

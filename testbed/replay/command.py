@@ -9,6 +9,8 @@ import json
 import signal
 from pathlib import Path
 
+from testbed.lab.faults import CLIENT, FaultError, FaultPlan
+
 from .masks import MaskSet, load_mask_file
 from .player import ClientReplay, Pace
 
@@ -55,6 +57,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     rp.add_argument("--strict", action="store_true",
                     help="also fail when an exchange could not be replayed or the lab sent "
                          "something the capture does not have")
+    rp.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                    help="a frame or connection fault on what the replay sends, seeded: "
+                         "drop:NEWSYNC#2, delay:IDENTIFY#1=5s, dup:NEWSENDMSG#1, "
+                         "truncate:UPLOADMSGIMG#1@100, split:NOOP#3@7, drop:short.NEWSYNC#1, "
+                         "reset:long@120s, blackhole:long#2@300s, seed=N (repeatable; "
+                         "docs/replay.md)")
     rp.add_argument("--json", action="store_true", help="print the result as JSON")
     rp.set_defaults(handler=replay_command)
     return rp
@@ -79,6 +87,10 @@ def replay_command(args) -> int:
         return status
 
     try:
+        faults = FaultPlan.parse(args.fault, CLIENT) or None   # a seed alone faults nothing
+    except FaultError as exc:
+        return fail(f"--fault {exc}")
+    try:
         manifest = load_manifest(args.manifest)
     except FileNotFoundError:
         return fail(f"no manifest at {args.manifest}: start a lab with `testbed lab up` or "
@@ -97,7 +109,7 @@ def replay_command(args) -> int:
         err.print(f"[yellow]warning:[/yellow] {escape(problem)}", highlight=False,
                   soft_wrap=True)
     replayer = ClientReplay(sessions, manifest, pace=args.pace, masks=masks,
-                            user_map=dict(args.map))
+                            user_map=dict(args.map), faults=faults)
     result, signum = _run(replayer, len(sessions), err)
     if signum is not None:
         err.print(f"interrupted ({signal.Signals(signum).name})", highlight=False)

@@ -95,10 +95,21 @@ def record(g: Golden, out_dir: Path, *, how: str = "tap") -> Path:
     return target
 
 
+@dataclass
+class Session:
+    """A golden's session run again: what `testbed emulate --json` printed, and the log
+    (stdout and stderr) of the lab it ran against, complete once the lab has stopped."""
+
+    result: dict
+    lab_log: Path
+
+
 def run_session(g: Golden, workdir: Path, *, record_to: Optional[Path] = None,
-                tries: int = 4) -> None:
-    """`testbed lab up` (recording to `record_to` if given) on a free block of loopback,
-    `testbed emulate` of the golden's scenario against it, Ctrl-C to the lab."""
+                lab_args: Sequence[str] = (), emulate_args: Sequence[str] = (),
+                tries: int = 4) -> Session:
+    """`testbed lab up` (recording to `record_to` if given; `lab_args` added) on a free block
+    of loopback, `testbed emulate` of the golden's scenario against it (seeded as the
+    golden; `emulate_args` added), Ctrl-C to the lab."""
     for attempt in range(tries):
         manifest = workdir / f"manifest-{attempt}.json"
         log_path = workdir / f"lab-{attempt}.log"
@@ -107,7 +118,7 @@ def run_session(g: Golden, workdir: Path, *, record_to: Optional[Path] = None,
             lab = subprocess.Popen(_testbed(
                 "lab", "up", "--users", str(g.users), "--time-scale", f"{g.time_scale:g}",
                 "--manifest", str(manifest), "--subnet", AddressPlan.random_loopback().prefix,
-                *extra), stdout=log, stderr=subprocess.STDOUT)
+                *extra, *lab_args), stdout=log, stderr=subprocess.STDOUT)
         try:
             if not _wait_for(manifest, lab):
                 if attempt + 1 < tries:
@@ -115,7 +126,7 @@ def run_session(g: Golden, workdir: Path, *, record_to: Optional[Path] = None,
                 raise RuntimeError(f"the lab did not start: {log_path.read_text()[-400:]}")
             run = subprocess.run(_testbed(
                 "emulate", g.scenario, "--manifest", str(manifest), "--clients",
-                str(g.clients), "--seed", str(g.seed), "--json"),
+                str(g.clients), "--seed", str(g.seed), "--json", *emulate_args),
                 capture_output=True, text=True, timeout=300)
             if run.returncode != 0:
                 raise RuntimeError(f"emulate {g.scenario} failed: "
@@ -125,7 +136,8 @@ def run_session(g: Golden, workdir: Path, *, record_to: Optional[Path] = None,
                 raise RuntimeError(f"emulate {g.scenario}: {result}")
         finally:
             _stop(lab)
-        return
+        return Session(result, log_path)
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def _wait_for(manifest: Path, lab: subprocess.Popen) -> bool:

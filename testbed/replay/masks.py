@@ -52,6 +52,8 @@ class MaskType(Choice, what="mask"):
 
 
 ALIASES = {"equals-a-captured-value": MaskType.CAPTURED}
+#: what a mask file's paths go into: replies (client replay) or requests (server replay)
+REPLY, REQUEST = "reply", "request"
 
 
 @dataclass(frozen=True)
@@ -138,9 +140,23 @@ NOT_COMMANDS = {"DNS": ("rcode", "addresses", "ttls"), "GET": ("http", "body"),
 _HTTP = ("http", "http.status", "http.content_type")
 
 
-def path_error(name: str, path: str) -> Optional[str]:
+def path_error(name: str, path: str, side: str = REPLY) -> Optional[str]:
     """Why a mask for exchanges named `name` at `path` could never apply (an unknown
-    command, a field its reply does not have), or None."""
+    command, a field its reply, or with `side` REQUEST its request, does not have), or
+    None."""
+    if side == REQUEST:
+        if name == "*":
+            return None
+        if name in NOT_COMMANDS:
+            return (f"[{name}]: server replay matches a {name} by its name or URL alone; a "
+                    f"request mask is for a command's request fields")
+        command = BY_NAME.get(name)
+        if command is None:
+            return f"[{name}]: {unknown('command', name, list(BY_NAME) + ['*'])}"
+        if command.request is None:
+            return f"[{name}] {path!r}: its request has no body"
+        err = field_error(command.request, path)
+        return None if err is None else f"[{name}] {err}"
     if name in NOT_COMMANDS:
         first = split_path(path)[:1]
         allowed = NOT_COMMANDS[name]
@@ -157,9 +173,10 @@ def path_error(name: str, path: str) -> Optional[str]:
     return None if err is None else f"[{name}] {err}"
 
 
-def load_mask_file(path: str | os.PathLike) -> dict[str, tuple[Mask, ...]]:
-    """The masks of a TOML or JSON mask file; ValueError with the file's name for a file
-    that is not one."""
+def load_mask_file(path: str | os.PathLike, side: str = REPLY) -> dict[str, tuple[Mask, ...]]:
+    """The masks of a TOML or JSON mask file, for replies (client replay's `--mask`) or,
+    with `side` REQUEST, for requests (server replay's `lab up --mask`: paths into a
+    command's request); ValueError with the file's name for a file that is not one."""
     origin = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -177,7 +194,7 @@ def load_mask_file(path: str | os.PathLike) -> dict[str, tuple[Mask, ...]]:
         if not isinstance(row, dict):
             raise ValueError(f"{origin}: [{name}] is a table of \"path\" = \"mask\"")
         for p in row:
-            err = path_error(name, p)
+            err = path_error(name, p, side)
             if err is not None:
                 raise ValueError(f"{origin}: {err}")
         out[name] = tuple(parse_mask(p, m, origin) for p, m in row.items())
@@ -202,3 +219,17 @@ class MaskSet:
         out += [Mask(f.path, MaskType.CAPTURED, f.kind, "re-binding")
                 for f in rebinding(name).hands_out]
         return out
+
+    def for_request(self, name: str) -> list[Mask]:
+        """The masks server replay matches a live request of command `name` with (a MaskSet
+        of request mask files): the files' first, then every field the client picks afresh
+        on each run (the re-binding table's `picks`: its device id, the ids of its messages
+        and uploads) is ignored; everything else must be as recorded."""
+        out = self.extra.get(name, []) + self.extra.get("*", [])
+        return out + [Mask(f.path, MaskType.IGNORE, None, "the client picks it")
+                      for f in rebinding(name).picks]
+
+    def listed(self) -> list[dict[str, str]]:
+        """The mask files' masks, as JSON: command, path, mask, origin."""
+        return [{"command": name, "path": m.path, "mask": m.name, "origin": m.origin}
+                for name, masks in self.extra.items() for m in masks]

@@ -42,6 +42,7 @@ from testbed.client.shortlink import ShortLink
 from testbed.client.web import WebClient
 from testbed.lab.addressing import LONG, PHONE_OCTET, SHORT, lab_host_address
 from testbed.lab.clock import Clock
+from testbed.lab.faults import FaultKind, FaultPlan, Faults
 from testbed.lab.manifest import Manifest
 from testbed.wire import CGI_PREFIX, RemoteProtocolError, pb
 from testbed.wire.errors import LocalProtocolError
@@ -105,7 +106,8 @@ class ClientReplay:
     def __init__(self, sessions: Sessions, manifest: Manifest, *, pace: Pace = Pace(),
                  masks: Optional[MaskSet] = None,
                  user_map: Optional[dict[str, str]] = None, clock: Optional[Clock] = None,
-                 progress: Optional[Callable[[int, int], None]] = None) -> None:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 faults: Optional[FaultPlan] = None) -> None:
         self.s = sessions
         self.manifest = manifest
         self.pace = pace
@@ -118,6 +120,8 @@ class ClientReplay:
         self.local_addr = lab_host_address(manifest.dns_address, PHONE_OCTET)
         self.ssl = ssl_context_for(manifest)
         self.result = ReplayResult(sessions.path, str(pace))
+        # faults on what the replay sends (`testbed.lab.faults`, the client's side)
+        self.faults = Faults(faults, self.clock) if faults else None
         self.users: dict[int, LabUser] = {}
         self.cannot: dict[int, str] = {}            # recorded uin -> why not
         self.links: dict[int, LongLink] = {}        # recorded flow -> live link
@@ -219,6 +223,8 @@ class ClientReplay:
         self.result.rows += self.unexpected()
         self.result.opened = list(self.targets.opened)
         self.result.substituted = self.bindings.substituted
+        if self.faults is not None:
+            self.result.faults = self.faults.to_dict()
         self.result.wall_s = time.monotonic() - t_wall
         return self.result
 
@@ -353,7 +359,13 @@ class ClientReplay:
         addr, port = self.targets.check(
             self.targets.host_address(SHORT, self.recorded_index(x, SHORT)), h.port, SHORT)
         short = ShortLink(addr, port, None, None, self.local_addr, timeout=self.reply_timeout())
-        status, ctype, body = await short.post(x.command.path, msg.SerializeToString())
+        body = msg.SerializeToString()
+        fault = self.faults.frame("short", x.name, len(body)) if self.faults else None
+        if fault is not None and fault.kind is FaultKind.DROP:
+            return self.row(x, Status.MISSING, detail=f"not sent ({fault.spec.text})")
+        if fault is not None:
+            await self.clock.sleep(fault.delay)
+        status, ctype, body = await short.post(x.command.path, body)
         return self.judged(x, recorded_reply(x, self.s.host_of),
                            http_reply_tree(status, ctype, body, x.command))
 
@@ -432,7 +444,7 @@ class ClientReplay:
             addr, port = self.targets.check(
                 self.targets.host_address(host, self.recorded_index(x, host)), port, host)
             link = await LongLink.connect(addr, port, local_addr=self.local_addr,
-                                          clock=self.clock,
+                                          clock=self.clock, faults=self.faults,
                                           on_notify=lambda sel, f=x.flow: self.on_push(f, sel))
             reopened = x.flow in self.links
             self.links[x.flow] = link

@@ -76,6 +76,7 @@ class ReplayResult:
     warnings: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     substituted: int = 0
+    faults: Optional[dict] = None       # the plan, its seed, and what it did (`--fault`)
 
     def by(self, status: Status) -> list[Row]:
         return [r for r in self.rows if r.status is status]
@@ -141,6 +142,7 @@ class ReplayResult:
             "rebound": self.substituted,
             "warnings": list(self.warnings),
             "targets": sorted({f"{a}:{p}" for _, a, p in self.opened}),
+            "faults": self.faults,
             "wall_s": round(self.wall_s, 3),
             "rows": [r.to_dict() for r in self.rows],
         }
@@ -179,6 +181,12 @@ def render(result: ReplayResult, console) -> None:
         console.print("masks used: " + "; ".join(
             f"{m['command']} {m['path']} {m['mask']} ({m['origin']}) x{m['times']}"
             for m in used), markup=False, highlight=False)
+    if result.faults is not None:
+        f = result.faults
+        console.print(f"faults: {', '.join(f['plan'])} (seed {f['seed']}): "
+                      + ("; ".join(f"{a['fault']} at {a['t']:.1f} s ({a['what']} #{a['n']})"
+                                   for a in f["applied"]) or "none applied"),
+                      markup=False, highlight=False)
     for w in result.warnings:
         console.print(f"warning: {w}", markup=False, highlight=False)
 
@@ -196,3 +204,38 @@ def summary(r: Row) -> str:
 
 def _short(host: str) -> str:
     return host.replace(".weixin.qq.com", "")
+
+
+def render_server_report(report: dict, console) -> None:
+    """Server replay's report (`ServerScript.report()`) as a table: what no live request
+    matched, and what the capture has that nobody asked for; then the counts."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=f"server replay of {escape(report['capture'])}")
+    for col, kw in (("", {}), ("t (s)", {"justify": "right"}), ("user", {}), ("where", {}),
+                    ("request", {}), ("detail", {"overflow": "fold"})):
+        t.add_column(col, **kw)
+    for m in report["unmatched"]:
+        t.add_row(f"[red]unmatched ({m['action']})[/]", f"{m['t']:.1f}", escape(m["user"] or ""),
+                  m["door"], escape(m["request"]), escape(m["detail"]))
+    for x in report["never_asked"]:
+        t.add_row("[yellow]never asked[/]", f"{x['t']:.1f}", escape(x["user"] or ""),
+                  escape(_short(x["host"])), escape(x["command"]),
+                  f"exchange {x['exchange']}, frame {x['frame']}")
+    for x in report["pushes_never_sent"]:
+        t.add_row("[yellow]push not sent[/]", f"{x['t']:.1f}", escape(x["user"] or ""),
+                  "long", "NOTIFY", escape(f"exchange {x['exchange']}: {x['why']}"))
+    if t.row_count:
+        console.print(t)
+    if report.get("masks"):
+        console.print("request masks: " + "; ".join(
+            f"{m['command']} {m['path']} {m['mask']} ({m['origin']})" for m in report["masks"]),
+            markup=False, highlight=False)
+    console.print(f"{report['answered']} of {report['replayable']} recorded requests answered, "
+                  f"{len(report['unmatched'])} live requests unmatched "
+                  f"({report['unmatched_policy']}), {report['pushes_sent']} of "
+                  f"{report['pushes']} pushes sent, {report['heartbeats_recorded']} recorded "
+                  f"heartbeats (answered by the link itself), "
+                  f"{len(report['not_replayable'])} recorded exchanges not replayable",
+                  markup=False, highlight=False)

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from google.protobuf.message import DecodeError
 
 from testbed.capture import events as ev
+from testbed.capture.connections import last_acknowledged
 from testbed.capture.packets import CaptureError
 from testbed.capture.resends import resends
 from testbed.lab.addressing import LONG, MAPABC, QLOGO, QPIC, SHORT
@@ -487,8 +488,7 @@ def s16(v: CaptureView, c: Context):
     if port is not None and any(not f["server"].endswith(f":{port}") for f in flows):
         problems.append(f"long link off port {port}")
     links = _long_links_by_party(v, flows)
-    overlapping = [p for p, fs in links.items()
-                   if any(a["end"] > b["start"] for a, b in zip(fs, fs[1:]))]
+    overlapping = _overlapping(v, links)
     if overlapping:
         problems.append(f"{', '.join(map(str, overlapping))}: two long connections at once")
     if c.phones is not None:
@@ -504,6 +504,26 @@ def s16(v: CaptureView, c: Context):
     per = ", ".join(f"{p}: {len(fs)}" for p, fs in sorted(links.items()))
     return True, (f"{len(flows)} long connections to port {port or '?'}, one per phone at a "
                   f"time ({per}), binary frames; " + "; ".join(found))
+
+
+def _overlapping(v: CaptureView, links: dict[Party, list[dict]]) -> list[Party]:
+    """The phones that used a long connection after their next one began. A connection's
+    last packet may come after that and prove nothing: on a lossy link the kernel of a
+    phone that gave a connection up still sends what was left in its send buffer, resends
+    what was not acknowledged, and resets the server's late packets; so where the last
+    packet is later, what counts is the last time the phone took in (acknowledged) bytes
+    the server sent on it, which a closed socket no longer does."""
+    late = [(a, b) for fs in links.values() for a, b in zip(fs, fs[1:]) if a["end"] > b["start"]]
+    if not late:
+        return []
+    try:
+        used = last_acknowledged(v.analysis.path,
+                                 [(a["client"], a["server"]) for a, _ in late])
+    except (CaptureError, OSError):
+        used = {}
+    return [p for p, fs in links.items()
+            if any(used.get((a["client"], a["server"]), a["end"]) > b["start"]
+                   for a, b in zip(fs, fs[1:]) if a["end"] > b["start"])]
 
 
 def _long_links_by_party(v: CaptureView, flows: list[dict]) -> dict[Party, list[dict]]:

@@ -10,8 +10,8 @@ from .commands import (BY_CGI, BY_CMD, BY_NAME, BY_PATH, CGI_PREFIX, COMMANDS, P
                        Command, Door, command_for_frame, decode_request, decode_response,
                        error_body, is_push, notify_body, parse_notify)
 from .connection import ClientConnection, ConnectionState, ServerConnection
-from .errors import (FrameTooLarge, LocalProtocolError, ProtocolError, RemoteProtocolError,
-                     Ret, ServiceError)
+from .errors import (FrameTooLarge, Hangup, LocalProtocolError, ProtocolError,
+                     RemoteProtocolError, Ret, ServiceError)
 from .frames import (DEFAULT_MAX_PACKET_LEN, HEADER_LEN, REPLY_OFFSET, Frame, FrameDecoder,
                      encode_frame, is_reply, reply_cmd, request_cmd)
 
@@ -19,7 +19,7 @@ __all__ = [
     "pb", "BY_CGI", "BY_CMD", "BY_NAME", "BY_PATH", "CGI_PREFIX", "COMMANDS", "PUSH_SEQ",
     "Command", "Door", "command_for_frame", "decode_request", "decode_response", "error_body",
     "is_push", "notify_body", "parse_notify", "ClientConnection", "ServerConnection",
-    "ConnectionState", "FrameTooLarge", "LocalProtocolError", "ProtocolError",
+    "ConnectionState", "FrameTooLarge", "Hangup", "LocalProtocolError", "ProtocolError",
     "RemoteProtocolError", "Ret", "ServiceError", "DEFAULT_MAX_PACKET_LEN", "HEADER_LEN", "REPLY_OFFSET", "Frame",
     "FrameDecoder", "encode_frame", "is_reply", "reply_cmd", "request_cmd",
 ]

@@ -46,3 +46,9 @@ class ServiceError(Exception):
         super().__init__(message or Ret(code).name)
         self.code = int(code)
         self.message = message
+
+
+class Hangup(Exception):
+    """A request gets no answer at all: the door closes its connection (server replay's
+    `--unmatched error`). Nothing is sent, so a client sees what a server that dropped it
+    would show."""

@@ -13,6 +13,13 @@ they are bound per recorded client.
 
 `GET` is the plain HTTP GET (the avatar and image CDNs): its `url` is the absolute URL it
 asked for. A command without a row carries only the `BaseRequest` (`BASE`).
+
+Server replay goes the other way: the lab answers with recorded replies, and it is the client
+that picks values afresh on every run (the ids of its messages and uploads, its device id).
+`picks` names those request fields: matching a live request to a recorded one lets them
+differ, and binds the recorded value to the live one; `echoes` names the reply fields that
+hand such a value back (a send's answer, a sync item of the message), where the live value
+is put in place of the recorded one.
 """
 
 from __future__ import annotations
@@ -28,14 +35,21 @@ class Field:
     path: str
 
 
+#: what every request's `BaseRequest` holds that its client picked: the device id
+BASE_PICKS = (Field("device_id", "base.device_id"),)
+
+
 @dataclass(frozen=True)
 class Rebind:
-    hands_out: tuple[Field, ...] = ()     # in the reply
-    carries: tuple[Field, ...] = ()       # in the request
+    hands_out: tuple[Field, ...] = ()     # in the reply: a value the lab hands out
+    carries: tuple[Field, ...] = ()       # in the request: a value the lab handed out
+    picks: tuple[Field, ...] = BASE_PICKS   # in the request: a value the client picked
+    echoes: tuple[Field, ...] = ()        # in the reply: a value the client picked
 
 
-#: the kinds of value a replay re-binds
-KINDS = ("uin", "session_key", "sync_key", "msg_id", "cdn_url", "avatar_url", "username")
+#: the kinds of value a replay re-binds (the lab's, then the client's own)
+KINDS = ("uin", "session_key", "sync_key", "msg_id", "cdn_url", "avatar_url", "username",
+         "client_msg_id", "device_id")
 PER_CLIENT = frozenset({"sync_key"})
 
 BASE = (Field("uin", "base.uin"), Field("session_key", "base.session_key"))
@@ -48,9 +62,12 @@ _SYNC = Rebind(
                Field("avatar_url", f"{_ITEM}.avatar_big_url"),
                Field("username", f"{_ITEM}.username"), Field("username", f"{_ITEM}.from_user"),
                Field("username", f"{_ITEM}.to_user")),
-    carries=BASE + (SYNC_KEY,))
+    carries=BASE + (SYNC_KEY,),
+    echoes=(Field("client_msg_id", f"{_ITEM}.client_msg_id"),))
 _UPLOAD = Rebind(hands_out=(Field("msg_id", "new_msg_id"),),
-                 carries=BASE + (Field("username", "to_user"),))
+                 carries=BASE + (Field("username", "to_user"),),
+                 picks=BASE_PICKS + (Field("client_msg_id", "client_media_id"),),
+                 echoes=(Field("client_msg_id", "client_media_id"),))
 _DOWNLOAD = Rebind(hands_out=(Field("msg_id", "msg_id"),),
                    carries=BASE + (Field("msg_id", "msg_id"),))
 _CONTACTS = (Field("username", "contacts[].username"),
@@ -64,7 +81,9 @@ REBINDING: dict[str, Rebind] = {
     "NEWINIT": _SYNC,
     "NEWSENDMSG": Rebind(hands_out=(Field("msg_id", "msgs[].new_msg_id"),
                                     Field("username", "msgs[].to_user")),
-                         carries=BASE + (Field("username", "msgs[].to_user"),)),
+                         carries=BASE + (Field("username", "msgs[].to_user"),),
+                         picks=BASE_PICKS + (Field("client_msg_id", "msgs[].client_msg_id"),),
+                         echoes=(Field("client_msg_id", "msgs[].client_msg_id"),)),
     "UPLOADMSGIMG": _UPLOAD, "UPLOADVOICE": _UPLOAD, "UPLOADVIDEO": _UPLOAD,
     "GETMSGIMG": _DOWNLOAD, "DOWNLOADVOICE": _DOWNLOAD, "DOWNLOADVIDEO": _DOWNLOAD,
     "GETCONTACT": Rebind(hands_out=_CONTACTS,
@@ -82,10 +101,11 @@ REBINDING: dict[str, Rebind] = {
     "LBSFIND": Rebind(hands_out=(Field("username", "contacts[].username"),
                                  Field("avatar_url", "contacts[].avatar_url")),
                       carries=BASE),
-    "GET": Rebind(carries=(Field("avatar_url", "url"), Field("cdn_url", "url"))),
+    "GET": Rebind(carries=(Field("avatar_url", "url"), Field("cdn_url", "url")), picks=()),
 }
 
 
 def rebinding(name: str) -> Rebind:
-    """The row of a command (or `GET`): what its reply hands out, what its request carries."""
+    """The row of a command (or `GET`): what its reply hands out, what its request carries,
+    what the client picks and where a reply echoes it."""
     return REBINDING.get(name, Rebind(carries=BASE))

@@ -63,6 +63,23 @@ def test_one_http_exchange_then_fin_is_short(tmp_path):
     assert (row["kind"], row["app"], row["requests"]) == ("short", "http", 1)
 
 
+def test_one_exchange_lived_a_minute_is_long_only_if_it_lived_a_wall_second(tmp_path):
+    """At time scale 1000 a slow request of 80 wall ms lives 80 protocol s: still short; a
+    connection held a wall minute at time scale 1 is long."""
+    c = Conn(step=0.020)
+    segs = c.handshake() + [c.c(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+                            c.s(b"HTTP/1.1 204 No Content\r\n\r\n")] + close(c)
+    path = write(tmp_path, segs)
+    a = analyze(str(path), time_scale=1000.0)
+    assert [(f["kind"], f["requests"]) for f in a.flows] == [("short", 1)]
+    c = Conn(step=0.020)
+    segs = c.handshake() + [c.c(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+                            c.s(b"HTTP/1.1 204 No Content\r\n\r\n"), c.c(ts=c.ts + 61.0)] \
+        + close(c)
+    row = only_flow(write(tmp_path, segs, "held.pcap"))
+    assert (row["kind"], row["requests"]) == ("long", 1)
+
+
 def test_a_tls_login_is_short_not_long(tmp_path):
     """A TLS 1.3 login: the handshake's three flights and the closing alerts are no
     exchanges; the one request answered is (as the lab's manualauth over TLS)."""

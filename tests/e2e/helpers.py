@@ -111,6 +111,23 @@ def alive(pid: int) -> bool:
         return False
 
 
+def process_group(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (a command started in a session of its
+    own, and what it started without one), from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
 def descendants(pid: int) -> set[int]:
     """Every live process below `pid` (children, their children...), from /proc."""
     parent_of = {}

@@ -173,7 +173,7 @@ async def test_offline_user_gets_250_messages_once_in_order(lab):
     while True:
         req = pb.NewSyncRequest(base=bob.base(), selector=7, key_buf=bob.sync_state.key_buf())
         resp = await bob.long_call("NEWSYNC", req)
-        bob._apply(resp)
+        bob.sync_state.apply(resp)
         pages += 1
         assert len(resp.cmd_list) <= 100
         if not resp.continue_flag:

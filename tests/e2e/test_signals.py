@@ -25,6 +25,8 @@ from testbed.lab.manifest import load_manifest
 
 from tests.conftest import netns_unavailable
 
+from .helpers import process_group
+
 STOP_WITHIN_S = 2.0
 STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -51,18 +53,7 @@ class Command:
 
     def group(self) -> list[int]:
         """PIDs of the processes in the command's process group, itself included."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[2]) == self.proc.pid and fields[0] != "Z":
-                pids.append(int(entry))
-        return pids
+        return process_group(self.proc.pid)
 
     def wait_until(self, condition, timeout: float = 30.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout
