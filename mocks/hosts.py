@@ -1,8 +1,8 @@
 """One lab host, started in this process: what `testbed serve ROLE` runs (in each worker).
 
-A `HostSpec` says everything a host needs (it pickles, so a supervisor hands it to its worker
-processes): its role, the addresses it binds, the store URL, the profile, the time line.
-`start_host(spec, store)` binds it and returns a `RunningHost` that says what it bound.
+A `HostSpec` (`mocks.hostspec`) says everything a host needs: its role, the addresses it
+binds, the store URL, the profile, the time line. `start_host(spec, store)` binds it and
+returns a `RunningHost` that says what it bound.
 
 Roles: `long` (the long link), `short` (the short link: plain HTTP and TLS), `mapabc`,
 `qlogo` and `qpic` (HTTP), `dns` (the lab's resolver, UDP and TCP on one port) and `nat` (the
@@ -13,16 +13,16 @@ store. `dns` and `nat` keep per-process state (query log, mappings) and run in o
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Optional
 
-from testbed.lab.clock import Clock
-from testbed.lab.profiles import DEFAULT_PROFILE, Limits, load_profile
+from testbed.lab.profiles import load_profile
 
 from . import cdn, mapabc
+from .addresses import HeldAddresses
 from .dns import LabDNS
 from .endpoints import Endpoint
+from .hostspec import HostSpec
 from .long_link import LongLinkServer
 from .nat import NatRelay
 from .service import Service
@@ -31,52 +31,6 @@ from .state import Store
 from .stats import process_name
 from .tls import LabCA
 from .web_server import AppServer
-
-ROLES = ("long", "short", "mapabc", "qlogo", "qpic", "dns", "nat")
-WORKER_ROLES = ("long", "short", "mapabc", "qlogo", "qpic")   # may run in N processes
-STORE_ROLES = ("long", "short", "qlogo", "qpic")              # read or write the lab's state
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    """What one host binds and serves. Durations are protocol seconds."""
-
-    role: str
-    listen: tuple[Endpoint, ...]
-    store: str = "memory:"
-    profile: str = DEFAULT_PROFILE
-    time_scale: float = 1.0
-    epoch: Optional[float] = None        # Unix time of protocol time 0 (shared by workers)
-    reuse_port: bool = False             # bind with SO_REUSEPORT (several workers)
-    idle_timeout_s: Optional[float] = None   # long: server idle timeout (default: profile)
-    max_packet_len: Optional[int] = None     # long (default: profile)
-    tls_listen: tuple[Endpoint, ...] = ()    # short
-    ca_dir: Optional[str] = None             # short: the lab CA (`LabCA.in_dir`)
-    records: tuple[tuple[str, tuple[str, ...]], ...] = ()   # dns: name -> A records
-    ttl: int = 600                           # dns
-    maps: tuple[tuple[Endpoint, Endpoint], ...] = ()        # nat: listen -> target
-    nat_timeout_s: Optional[float] = None    # nat: idle timeout (None: never expires)
-    nat_latency_s: float = 0.0               # nat
-    behind_relay: bool = False   # every client comes through a relay: no per-address counts
-
-    def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise ValueError(f"unknown host role {self.role!r}: one of {', '.join(ROLES)}")
-        if self.reuse_port and self.role not in WORKER_ROLES:
-            raise ValueError(f"{self.role} runs in one process")
-
-    def clock(self) -> Clock:
-        """This host's clock, on the time line every process given the same `epoch` shares."""
-        if self.epoch is None:
-            return Clock(self.time_scale)
-        return Clock(self.time_scale, epoch=self.epoch,
-                     origin=time.monotonic() - (time.time() - self.epoch))
-
-
-    def limits(self) -> Limits:
-        """The profile's limits as this host applies them."""
-        limits = load_profile(self.profile).limits
-        return limits.behind_relay() if self.behind_relay else limits
 
 
 @dataclass
@@ -178,6 +132,16 @@ async def _dns(spec: HostSpec, store: Optional[Store], host: RunningHost) -> Non
 
 
 async def _nat(spec: HostSpec, store: Optional[Store], host: RunningHost) -> None:
+    if spec.add_addresses:
+        held = HeldAddresses()
+
+        async def release() -> None:
+            held.release()
+
+        host._closers.append(release)
+        for address in dict.fromkeys(listen.host for listen, _ in spec.maps):
+            held.take(address)
+        host.details["added_addresses"] = [a for a, _ in held.added]
     limits = spec.limits()
     relay = NatRelay(spec.clock(), spec.nat_timeout_s, latency_s=spec.nat_latency_s,
                      max_connections_per_address=limits.max_connections_per_address,

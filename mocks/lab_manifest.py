@@ -11,16 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from testbed.lab.addressing import HOST_NAMES, LONG, MAPABC, QLOGO, QPIC, SHORT, is_lab_address
+from testbed.lab.addressing import HOST_NAMES, SHORT, is_lab_address
 from testbed.lab.manifest import HostEntry, Manifest
 from testbed.lab.profiles import load_profile
 
 from .endpoints import Endpoint
+from .hostspec import HOST_OF_ROLE
 from .service import Service
 from .state import Store
 
-# the ready file's role -> the manifest's host name
-HOST_OF_ROLE = {"long": LONG, "short": SHORT, "mapabc": MAPABC, "qlogo": QLOGO, "qpic": QPIC}
 
 
 @dataclass

@@ -13,12 +13,10 @@ answers directly: its TCP side is not behind that NAT).
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ from testbed.lab.addressing import HOST_NAMES, LONG, MAPABC, QLOGO, QPIC, SHORT
 from testbed.lab.manifest import Manifest
 from testbed.lab.profiles import load_profile
 
+from .addresses import is_local
 from .endpoints import Endpoint, parse_endpoint
 from .lab_manifest import LabParts, manifest_from_parts
 from .runner import FALLBACK_ADDRESS, LabConfig
@@ -57,17 +56,6 @@ class Child:
 
 class HostFailed(Exception):
     """A host process that would not start or that ended; the message says which and how."""
-
-
-def _addresses_available(address: str) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((address, 0))
-        except OSError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return False
-            raise
-    return True
 
 
 class ProcessLab:
@@ -133,7 +121,7 @@ class ProcessLab:
         epoch = time.time()
         plan = cfg.plan
         ports = cfg.ports or self.profile.port_plan(cfg.privileged_ports)
-        if self.place is not None or _addresses_available(plan.dns):
+        if self.place is not None or is_local(plan.dns):
             def addrs(host: str) -> list[str]:
                 return plan.addresses(host)
             dns = Endpoint(plan.dns, ports["dns"])

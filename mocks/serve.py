@@ -38,7 +38,8 @@ from typing import Callable, Optional
 from testbed.fleet import Channel, Fleet, WorkerFailed
 
 from .endpoints import Endpoint, reserve, reserved_endpoint
-from .hosts import STORE_ROLES, WORKER_ROLES, HostSpec, start_host
+from .hosts import start_host
+from .hostspec import STORE_ROLES, WORKER_ROLES, HostSpec
 from .service import Service
 from .state import make_store, redact_url
 

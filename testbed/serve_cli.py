@@ -79,7 +79,7 @@ def time_scale_of(args) -> float:
 
 
 def _add_common(p: argparse.ArgumentParser, role: str) -> None:
-    from mocks.hosts import STORE_ROLES, WORKER_ROLES
+    from mocks.hostspec import STORE_ROLES, WORKER_ROLES
     p.add_argument("--listen", action="append", type=_endpoint, default=None,
                    metavar="ADDR:PORT",
                    help="where to listen (repeatable; default: this host's addresses in "
@@ -99,6 +99,10 @@ def _add_common(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--ready-file", type=Path, default=None, metavar="PATH",
                    help="write what was bound here (JSON) once ready; removed on exit")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop if installed")
+    p.add_argument("--check", action="store_true",
+                   help="instead of serving: ask the host these options describe whether it "
+                        "is up (one request in its protocol to every address it serves); "
+                        "exit 0 if it answers, 1 if not (a container healthcheck)")
     if role in STORE_ROLES:
         p.add_argument("--store", default=os.environ.get(ENV_STORE, "memory:"), metavar="URL",
                        help="the lab's state: memory: (default, this process only) or "
@@ -159,17 +163,21 @@ def add_serve_parser(sub) -> None:
                                 "silently (default: never)")
             p.add_argument("--latency", type=nonneg_float, default=0.0, metavar="SECONDS",
                            help="fixed one-way latency (protocol seconds)")
+            p.add_argument("--add-addresses", action="store_true",
+                           help="a LISTEN address this host lacks (in 198.18.0.0/15) is added "
+                                "to the interface routing to it, and removed on exit: how one "
+                                "container fronts every host's address (needs CAP_NET_ADMIN)")
         p.set_defaults(serve_func=serve_main)
 
 
 def host_spec(args):
     """The `HostSpec` that `testbed serve ROLE` flags describe (ValueError: a bad value)."""
     from mocks.endpoints import Endpoint
-    from mocks.hosts import HostSpec
+    from mocks.hostspec import HostSpec
     from testbed.lab.addressing import HOST_NAMES, AddressPlan
     from testbed.lab.profiles import load_profile
 
-    from mocks.lab_manifest import HOST_OF_ROLE
+    from mocks.hostspec import HOST_OF_ROLE
 
     role = args.role
     profile = load_profile(args.profile)
@@ -192,7 +200,7 @@ def host_spec(args):
     else:
         listen = ()
         kwargs.update(maps=tuple(args.map), nat_timeout_s=args.idle_timeout,
-                      nat_latency_s=args.latency)
+                      nat_latency_s=args.latency, add_addresses=args.add_addresses)
     if role == "long":
         kwargs.update(idle_timeout_s=args.idle_timeout, max_packet_len=args.max_packet_len)
     if role == "short" and not args.no_tls:
@@ -237,7 +245,23 @@ async def open_store(url: str, console):
         return None, 1
 
 
+def check_main(args) -> int:
+    """`testbed serve ROLE ... --check`: 0 if the host answers everywhere it serves."""
+    from mocks.probe import probe
+    try:
+        spec = host_spec(args)
+    except ValueError as exc:
+        _say(f"error: {exc}")
+        return 2
+    problems = asyncio.run(probe(spec))
+    for line in problems:
+        _say(f"serve {args.role}: {line}")
+    return 1 if problems else 0
+
+
 def serve_main(args) -> int:
+    if args.check:
+        return check_main(args)
     from mocks.serve import HostError, HostProcess, ServeOptions
     from testbed.fleet import die_with_parent
 
@@ -321,6 +345,12 @@ def add_lab_parsers(lab_sub) -> None:
     man.add_argument("--server-idle", type=positive_float, metavar="SECONDS",
                      help="the long link's idle timeout (default: the long host's, else the "
                           "profile's)")
+    man.add_argument("--nat-timeout", type=positive_float, default=None, metavar="SECONDS",
+                     help="the hosts are reached through a carrier NAT (testbed serve nat) "
+                          "that forgets a connection idle this many protocol seconds: say so "
+                          "in the manifest, so clients expect silent deaths")
+    man.add_argument("--nat-latency", type=nonneg_float, default=0.0, metavar="SECONDS",
+                     help="with --nat-timeout: the NAT's one-way latency")
     man.set_defaults(serve_func=lab_manifest)
 
 
@@ -387,6 +417,10 @@ def lab_manifest(args) -> int:
         parts.ca_cert = str(args.ca.resolve())
     if args.server_idle:
         parts.server_idle_s = args.server_idle
+    if args.nat_timeout is not None:
+        from testbed.lab.addressing import HOST_NAMES
+        parts.extra["nat"] = {"idle_timeout_s": args.nat_timeout,
+                              "latency_s": args.nat_latency, "hosts": sorted(HOST_NAMES)}
 
     try:
         time_scale = time_scale_of(args)

@@ -358,6 +358,26 @@ class Store(abc.ABC):
     async def counters(self) -> dict[str, int]:
         """Every counter that was ever added to."""
 
+    # --- the phones of a shared lab (`testbed emulate --claim-users`, `testbed lab results`)
+    @abc.abstractmethod
+    async def claim_users(self, owner: str, count: int) -> list[str]:
+        """Claim `count` users that nobody has claimed for `owner` (a phone), lowest names
+        first, all or none, in one atomic step: of phones claiming at once no two get the
+        same user. A user stays claimed for the life of the lab. Returns their names,
+        sorted; `ValueError` saying how many are free if fewer than `count` are."""
+
+    @abc.abstractmethod
+    async def claims(self) -> dict[str, list[str]]:
+        """Every owner that claimed users -> their names, sorted."""
+
+    @abc.abstractmethod
+    async def put_result(self, owner: str, result: str) -> None:
+        """Keep a phone's result (JSON text) under its owner, replacing an earlier one."""
+
+    @abc.abstractmethod
+    async def results(self) -> dict[str, str]:
+        """Every owner's result, as `put_result` kept it."""
+
     # --- events (NOTIFY pushes, logouts) to every door of every process
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener(event)` for every event published through any store of the lab

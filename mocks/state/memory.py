@@ -53,6 +53,8 @@ class MemoryStore(Store):
         # key -> (failures in a row, protocol time of the last), least recent first
         self._login_failures: collections.OrderedDict[str, tuple[int, float]] = \
             collections.OrderedDict()
+        self._claims: dict[str, str] = {}       # username -> owner
+        self._results: dict[str, str] = {}      # owner -> result
 
     async def clear(self):
         self._reset()   # not the subscriptions: they outlive the data, as on Redis
@@ -262,6 +264,28 @@ class MemoryStore(Store):
 
     async def counters(self):
         return dict(self._counters)
+
+    async def claim_users(self, owner, count):
+        if count < 1:
+            raise ValueError(f"claim at least one user, not {count}")
+        free = sorted(n for n in self._by_name if n not in self._claims)[:count]
+        if len(free) < count:
+            raise ValueError(f"only {len(free)} unclaimed users left, {count} asked for")
+        for name in free:
+            self._claims[name] = owner
+        return free
+
+    async def claims(self):
+        out: dict[str, list[str]] = {}
+        for name, owner in sorted(self._claims.items()):
+            out.setdefault(owner, []).append(name)
+        return out
+
+    async def put_result(self, owner, result):
+        self._results[owner] = result
+
+    async def results(self):
+        return dict(self._results)
 
     async def publish(self, event: Event) -> None:
         for listener in list(self._listeners):

@@ -24,6 +24,8 @@ Layout (P is the prefix):
   P counters hash name -> count;      P events: the pub/sub channel
   P login-failures                    hash key -> "count last" of wrong logins, beside
   P login-last                        sorted set key by last (protocol time), for pruning
+  P claims   hash username -> the phone that claimed it (_CLAIM_USERS); P results  hash
+             phone -> its result (JSON)
 """
 
 from __future__ import annotations
@@ -212,6 +214,23 @@ return out
 """
 
 
+# KEYS: names, claims; ARGV: owner, count. The lowest free names, all or none: a list, or
+# the number free when that is fewer than asked.
+_CLAIM_USERS = """
+local want = tonumber(ARGV[2])
+local names = redis.call('HKEYS', KEYS[1])
+table.sort(names)
+local got = {}
+for _, n in ipairs(names) do
+  if #got == want then break end
+  if redis.call('HEXISTS', KEYS[2], n) == 0 then table.insert(got, n) end
+end
+if #got < want then return #got end
+for _, n in ipairs(got) do redis.call('HSET', KEYS[2], n, ARGV[1]) end
+return got
+"""
+
+
 def check_namespace(namespace: str) -> None:
     if not isinstance(namespace, str) or not NAMESPACE.fullmatch(namespace):
         raise ValueError(f"bad store namespace {namespace!r}: letters, digits and . _ : - "
@@ -245,6 +264,7 @@ class RedisStore(Store):
         self._k_counters, self.channel = p + "counters", p + "events"
         self._k_media_bytes = p + "media-bytes"
         self._k_login_failures, self._k_login_last = p + "login-failures", p + "login-last"
+        self._k_claims, self._k_results = p + "claims", p + "results"
         reg = client.register_script
         self._create_user = reg(_CREATE_USER)
         self._user_by_index = reg(_USER_BY_INDEX)
@@ -257,6 +277,7 @@ class RedisStore(Store):
         self._note_login_failure = reg(_NOTE_LOGIN_FAILURE)
         self._media_part = reg(_MEDIA_PART)
         self._candidates_near = reg(_CANDIDATES_NEAR)
+        self._claim_users = reg(_CLAIM_USERS)
 
     @classmethod
     async def connect(cls, url: str, namespace: str = "lab") -> "RedisStore":
@@ -569,6 +590,27 @@ class RedisStore(Store):
 
     async def counters(self):
         return {k.decode(): int(v) for k, v in (await self._r.hgetall(self._k_counters)).items()}
+
+    # ------------------------------------------------------------------ phones
+    async def claim_users(self, owner, count):
+        if count < 1:
+            raise ValueError(f"claim at least one user, not {count}")
+        got = await self._claim_users(keys=[self._k_names, self._k_claims], args=[owner, count])
+        if isinstance(got, int):
+            raise ValueError(f"only {got} unclaimed users left, {count} asked for")
+        return [n.decode() for n in got]
+
+    async def claims(self):
+        out: dict[str, list[str]] = {}
+        for name, owner in sorted((await self._r.hgetall(self._k_claims)).items()):
+            out.setdefault(owner.decode(), []).append(name.decode())
+        return out
+
+    async def put_result(self, owner, result):
+        await self._r.hset(self._k_results, owner, result)
+
+    async def results(self):
+        return {k.decode(): v.decode() for k, v in (await self._r.hgetall(self._k_results)).items()}
 
     # ------------------------------------------------------------------ events
     async def _listen(self) -> None:

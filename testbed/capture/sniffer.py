@@ -15,6 +15,9 @@ How it captures, as libpcap does on Linux:
 * on a loopback interface every frame is seen twice, once leaving (`PACKET_OUTGOING`) and
   once arriving: the outgoing copy is skipped; on other interfaces outgoing frames are kept
   (they are the host's own packets);
+* promiscuous, as libpcap is by default (`PACKET_ADD_MEMBERSHIP`, dropped with the socket):
+  on a bridge (a container network) that is what makes frames passing between two other
+  ports reach the socket, not only those to and from the host itself;
 * kernel receive timestamps (`SO_TIMESTAMPNS`), not the time Python got around to reading;
 * `PACKET_STATISTICS` read once at the end: packets that passed the filter (on `lo` both
   copies count) and packets the kernel dropped because the socket buffer was full.
@@ -54,6 +57,8 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 PACKET_OUTGOING = 4
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
 SO_ATTACH_FILTER = 26
 SO_TIMESTAMPNS = 35           # also SCM_TIMESTAMPNS
 SO_RCVBUFFORCE = 33
@@ -138,6 +143,12 @@ def _open(iface: str, bpf: Optional[str]) -> socket.socket:
             sock.bind((iface, ETH_P_ALL))
         except OSError as exc:
             raise SnifferError(f"cannot capture on {iface}: {exc}") from None
+        # struct packet_mreq {int ifindex; unsigned short type, alen; unsigned char addr[8]}
+        mreq = struct.pack("iHH8s", socket.if_nametoindex(iface), PACKET_MR_PROMISC, 0, b"")
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        except OSError:   # an interface that cannot be promiscuous: its own traffic, then
+            pass
         sock.setblocking(False)
         # counters start now: reading PACKET_STATISTICS resets them
         sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
@@ -231,12 +242,14 @@ def sniff(iface: str, out: Union[str, os.PathLike], bpf: Optional[str] = None, *
 
 def record_main(iface: str, out: Union[str, os.PathLike], bpf: Optional[str] = None,
                 duration: Optional[float] = None, *, comment: Optional[dict] = None,
-                as_json: bool = False) -> int:
-    """`testbed record`: capture until SIGINT/SIGTERM or `duration`; print the counts.
-    Exit status 0 after `duration`, 128 + the signal's number after SIGINT (130) or SIGTERM
+                as_json: bool = False, stop: Optional[threading.Event] = None,
+                on_ready=None) -> int:
+    """`testbed record`: capture until SIGINT/SIGTERM, `duration` or `stop` is set; print
+    the counts. `on_ready()` is called once capturing (from another thread). Exit status 0
+    after `duration` or `stop`, 128 + the signal's number after SIGINT (130) or SIGTERM
     (143), the capture closed cleanly either way; 2 when capturing is impossible (not root,
     no interface, bad filter). The counts go to stdout, as JSON with `as_json`."""
-    stop = threading.Event()
+    stop = stop or threading.Event()
     ready = threading.Event()
     previous = {}
     stopped_by: list[int] = []
@@ -256,6 +269,8 @@ def record_main(iface: str, out: Union[str, os.PathLike], bpf: Optional[str] = N
         if not stop.is_set():
             print(f"listening on {iface}" + (f", filter {bpf!r}" if bpf else "") +
                   f", writing {out}", file=sys.stderr, flush=True)
+            if on_ready is not None:
+                on_ready()
 
     threading.Thread(target=announce, daemon=True).start()
     try:

@@ -27,7 +27,7 @@ def host_rows(manifest, pids: dict[str, str] | None = None) -> list[tuple[str, .
 def host_pids(lab) -> dict[str, str]:
     """The processes of each host of a lab of processes ("PID PID ..."), by host name
     ("dns" for the resolver), as `host_rows` and `lab_doc` take them."""
-    from mocks.lab_manifest import HOST_OF_ROLE
+    from mocks.hostspec import HOST_OF_ROLE
     return {HOST_OF_ROLE.get(c.role, c.role): " ".join(map(str, c.pids)) for c in lab.children}
 
 

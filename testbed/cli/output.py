@@ -45,6 +45,19 @@ def os_error_text(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def metrics_table(metrics: dict[str, float], title: str = "what the phones did"):
+    """A scenario's metrics (`ScenarioResult.metrics`), one row each: `emulate`'s table and
+    `lab results`' for the phones of a lab merged."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in metrics.items():
+        t.add_row(k, f"{v:g}")
+    return t
+
+
 def note(console, text: str) -> None:
     """A diagnostic line (`note: ...`), printed as it is (no markup), never wrapped."""
     console.print(f"note: {text}", markup=False, highlight=False, soft_wrap=True)

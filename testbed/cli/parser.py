@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .netns import add_netns_options
     add_netns_options(up)
 
+    from testbed.phones_cli import add_results_parser, add_store_option
     from testbed.serve_cli import add_lab_parsers, add_serve_parser
     add_lab_parsers(lab_sub)
+    add_results_parser(lab_sub)
     add_serve_parser(sub)
 
     em = sub.add_parser("emulate", help="run emulated phones against a lab")
@@ -99,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "storyboard"))
     em.add_argument("--manifest", type=Path, default=Path("lab-manifest.json"),
                     help="the lab's manifest (default ./lab-manifest.json)")
-    em.add_argument("--clients", type=positive_int, default=2, help="phones (default 2)")
+    em.add_argument("--clients", type=positive_int, default=None,
+                    help="phones (default 2, or K with --claim-users K)")
     em.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS",
                     help="protocol seconds for the heartbeat scenario (default: 3 beats)")
     em.add_argument("--processes", type=positive_int, default=None,
@@ -111,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also give what each phone shows at the end (profile, contacts, "
                          "messages, people nearby, avatars): with --json under \"views\", "
                          "else a table of counts")
+    em.add_argument("--claim-users", type=positive_int, default=None, metavar="K",
+                    help="claim K of the lab's users that no other phone holds, from --store "
+                         "(atomic: phones started together never share an account), run as "
+                         "them and post the result into the store (`testbed lab results`)")
+    add_store_option(em, required=False, text="with --claim-users, the lab's store")
     em.set_defaults(handler=emulate.emulate)
 
     an = sub.add_parser("analyze", help="flows, DNS and TCP analysis of a capture")
@@ -149,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     de.set_defaults(handler=demo.demo)
 
     rec = sub.add_parser("record", help="capture from a network interface (root)")
-    rec.add_argument("--iface", default=None, help="interface, e.g. lo or a veth (root)")
+    rec.add_argument("--iface", default=None,
+                     help="interface, e.g. lo or a veth (root); route:ADDR for the one the "
+                          "kernel sends to ADDR through (a container network's bridge)")
     rec.add_argument("--out", required=True, type=Path, help="pcapng file to write")
     rec.add_argument("--filter", default=None, metavar="BPF",
                      help="capture filter, e.g. 'tcp port 8080 or udp port 5353'")
@@ -161,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--manifest", type=Path, default=None,
                      help="the manifest of the lab being recorded, kept in the capture "
                           "(without passwords) for analyze, verify and report")
+    rec.add_argument("--ready-file", type=Path, default=None, metavar="PATH",
+                     help="with --iface: write this file once capturing (a container "
+                          "healthcheck's `test -f PATH`); removed when recording stops")
+    rec.add_argument("--until-phones-done", action="store_true",
+                     help="with --iface: stop once every phone that claimed users of the lab "
+                          "(emulate --claim-users) has posted its result to --store")
+    add_store_option(rec, required=False, text="with --until-phones-done, the lab's store")
     rec.add_argument("--run", action="store_true",
                      help="instead of --iface: --run -- COMMAND ARGS... runs COMMAND in a "
                           "private network namespace and records its lo (no root needed "

@@ -59,6 +59,7 @@ class PhoneMetrics:
     intervals: list[float] = field(default_factory=list)   # idle seconds before each NOOP
     received: dict[int, float] = field(default_factory=dict)  # new_msg_id -> protocol time
     duplicates: int = 0
+    messages_sent: int = 0       # texts and media the server stored (retries counted once)
 
 
 class Phone:
@@ -331,8 +332,10 @@ class Phone:
         cid = uuid.uuid4().hex
         for attempt in range(tries):
             try:
-                return await self.session.send_text(to, content, client_msg_id=cid, door=door,
+                sent = await self.session.send_text(to, content, client_msg_id=cid, door=door,
                                                     timeout=self.request_timeout(20.0))
+                self.metrics.messages_sent += 1
+                return sent
             except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
                 if attempt == tries - 1:
                     raise
@@ -349,9 +352,11 @@ class Phone:
         pos = 0
         for attempt in range(tries):
             try:
-                return await self.session.upload(to, data, msg_type=msg_type,
+                sent = await self.session.upload(to, data, msg_type=msg_type,
                                                  client_media_id=cid, start_pos=pos,
                                                  timeout=self.request_timeout(20.0))
+                self.metrics.messages_sent += 1
+                return sent
             except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
                 if attempt == tries - 1:
                     raise

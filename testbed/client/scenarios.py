@@ -64,6 +64,13 @@ class ScenarioResult:
         d["ok"] = self.ok
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScenarioResult":
+        """The inverse of `to_dict` (other keys, such as a phone's claimed users, are left)."""
+        return cls(d["scenario"], d["clients"], [Step(**s) for s in d.get("steps", [])],
+                   dict(d.get("metrics", {})), d.get("wall_s", 0.0), list(d.get("errors", [])),
+                   list(d.get("views", [])))
+
 
 class Run:
     """The state of one scenario run: phones, clock, checked steps."""
@@ -430,7 +437,8 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
 def _collect_metrics(run: Run, phones: list[Phone]) -> None:
     m = run.result.metrics
     keys = ("heartbeats_sent", "heartbeats_answered", "silent_deaths", "links_closed",
-            "reconnects", "pushes", "syncs", "tcp_connections", "duplicates", "long_bytes")
+            "reconnects", "pushes", "syncs", "tcp_connections", "duplicates", "long_bytes",
+            "messages_sent")
     for k in keys:
         m[k] = m.get(k, 0) + sum(getattr(p.metrics, k) for p in phones)
     m["messages_received"] = m.get("messages_received", 0) + sum(

@@ -7,6 +7,7 @@ its own loopback source address and its own slice of the lab's users.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any, Optional
 
 from testbed.lab.addressing import client_address
@@ -22,6 +23,8 @@ async def _run_share(share: dict[str, Any], channel: Channel) -> dict[str, Any]:
     """One process's share of the phones (a fleet worker): its own source address and its
     own slice of the lab's users."""
     manifest = load_manifest(share["manifest_path"])
+    if share["users"] is not None:
+        manifest.users = share["users"]
     index, seed = share["index"], share["seed"]
     result = await run_scenario(
         share["name"], manifest, clients=share["clients"], duration=share["duration"],
@@ -32,13 +35,6 @@ async def _run_share(share: dict[str, Any], channel: Channel) -> dict[str, Any]:
     return result.to_dict()
 
 
-def _from_dict(d: dict[str, Any]) -> ScenarioResult:
-    d = dict(d)
-    steps = [Step(**s) for s in d.pop("steps")]
-    d.pop("ok", None)
-    return ScenarioResult(steps=steps, **d)
-
-
 def merge(results: list[ScenarioResult]) -> ScenarioResult:
     """One result for the whole swarm: a step holds if it held in every process."""
     if len(results) == 1:
@@ -46,16 +42,22 @@ def merge(results: list[ScenarioResult]) -> ScenarioResult:
     out = ScenarioResult(results[0].scenario, sum(r.clients for r in results))
     order: list[str] = []
     by_name: dict[str, list[Step]] = {}
+    medians: dict[str, list[float]] = {}
     for r in results:
         for s in r.steps:
             if s.name not in by_name:
                 order.append(s.name)
             by_name.setdefault(s.name, []).append(s)
         for k, v in r.metrics.items():
-            out.metrics[k] = out.metrics.get(k, 0) + v
+            if "median" in k:   # a median of each process's: not a sum
+                medians.setdefault(k, []).append(v)
+            else:
+                out.metrics[k] = out.metrics.get(k, 0) + v
         out.errors.extend(r.errors)
         out.views.extend(r.views)
         out.wall_s = max(out.wall_s, r.wall_s)
+    for k, values in medians.items():   # the median of the medians (of equal shares)
+        out.metrics[k] = statistics.median(values)
     for name in order:
         steps = by_name[name]
         out.steps.append(Step(name, all(s.ok for s in steps),
@@ -67,18 +69,20 @@ def merge(results: list[ScenarioResult]) -> ScenarioResult:
 async def swarm(name: str, manifest_path: str, clients: int, *,
                 processes: Optional[int] = None, duration: Optional[float] = None,
                 seed: Optional[int] = None, progress: Optional[ProgressFn] = None,
+                users: Optional[list[dict]] = None,
                 views: bool = False) -> ScenarioResult:
     """Run `clients` phones of one scenario over `processes` processes (default: as many as
-    the per-process cap needs; one runs in this event loop). A process that dies counts as
-    an error of its share of the phones; the others' results still come back. Cancelling
-    it stops every process. `views`: each phone's view at the end (`Phone.view`) in the
+    the per-process cap needs; one runs in this event loop), as the manifest's users or as
+    `users` (its entries, for a phone that claimed some). A process that dies counts as an
+    error of its share of the phones; the others' results still come back. Cancelling it
+    stops every process. `views`: each phone's view at the end (`Phone.view`) in the
     result."""
     if processes is None:
         processes = max(1, -(-clients // CLIENTS_PER_PROCESS))
     processes = max(1, min(processes, clients))
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
     payloads = [{"name": name, "manifest_path": str(manifest_path), "clients": shares[i],
-                 "duration": duration, "seed": seed, "index": i,
+                 "duration": duration, "seed": seed, "index": i, "users": users,
                  "user_offset": sum(shares[:i]), "views": views} for i in range(processes)]
     fractions = [0.0] * processes
 
@@ -95,5 +99,4 @@ async def swarm(name: str, manifest_path: str, clients: int, *,
     async with Fleet(_run_share, payloads, spawn=processes > 1, loop="asyncio",
                      name="emulate") as fleet:
         results = await fleet.run(on_message, on_failure)
-    return merge([_from_dict(d) for d in results])
-
+    return merge([ScenarioResult.from_dict(d) for d in results])

@@ -106,6 +106,14 @@ SERVER_NET = "198.19.0"
 GATEWAY_OCTET = 1   # the hotspot on the phone's link, the gateway on the servers' network
 STORE_OCTET = 6     # the store (Redis), where it is a host on the servers' network
 NET_PREFIX_LEN = 24
+# The container lab (docker-compose.yml) uses the same two networks: the hosts on the
+# servers' network at their octets and the store at STORE_OCTET; the phones on the phone's
+# network, numbered by Docker from PHONES_RANGE. `.1` of each is the Docker bridge's, so the
+# NAT container is NAT_OCTET on both; a container cannot route through another, so instead
+# of routing the phones it holds every host's public address (the host's octets on the
+# phone's network, what the lab DNS answers) and relays it to the host.
+NAT_OCTET = 2
+PHONES_RANGE = f"{PHONE_NET}.128/25"
 
 
 @dataclass(frozen=True)

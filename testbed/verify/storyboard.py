@@ -285,8 +285,7 @@ def s11(v: CaptureView, c: Context):
         who = names.get(req.base.uin)
         resp = x.response.message() if x.response is not None else None
         if resp is not None and resp.contacts:
-            found.append((x, [(ct.username, ct.distance_m, located.get(ct.username))
-                              for ct in resp.contacts]))
+            found.append((x, list(resp.contacts)))
         if who is not None:
             located.setdefault(who, x.request.index)
     if not sent:
@@ -294,20 +293,25 @@ def s11(v: CaptureView, c: Context):
     if not found:
         return False, f"{len(sent)} locations sent ({numbers(x.request.index for x in sent)}); " \
                       f"no answer lists anybody"
-    unknown = [(x, name) for x, people in found for name, _, at in people if at is None]
-    if unknown:
-        x, name = unknown[0]
-        return False, (f"packet {x.response.index} lists {name}, whose location the capture "
-                       f"never shows being sent (usernames known: {len(names)})")
+    # sent before the answer that lists it, not before the request: phones that ask at once
+    # are answered in any order (the other's location may reach the store in between)
+    for x, people in found:
+        for ct in people:
+            at = located.get(ct.username)
+            if at is None or at > x.response.index:
+                return False, (f"packet {x.response.index} lists {ct.username}, whose location "
+                               f"the capture never shows being sent before it (usernames "
+                               f"known: {len(names)})")
     locators = {x.party for x in sent if x.party is not None}
     if c.phones is not None and len(locators) < c.phones:
         return False, f"{len(locators)} of the {c.phones} phones sent their location"
     x, people = found[0]
-    name, dist, at = people[0]
+    ct = people[0]
     return True, (f"{len(sent)} locations sent by {len(locators)} phones "
                   f"({numbers(x.request.index for x in sent)}); {len(found)} answers list "
                   f"people, each one who had sent a location before: e.g. packet "
-                  f"{x.response.index} lists {name} at {dist} m (located in packet {at})")
+                  f"{x.response.index} lists {ct.username} at {ct.distance_m} m (located in "
+                  f"packet {located[ct.username]})")
 
 
 def s12(v: CaptureView, c: Context):

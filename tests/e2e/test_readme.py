@@ -20,6 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 # run elsewhere: the README's own first lines (setup, the test suite itself)
 NOT_HERE = {"bash .ci/setup": "installs the package: done before the tests run",
             "python -m pytest": "the suite this test belongs to"}
+# no Docker engine runs here: tests/compose/test_compose.py runs docker-compose.yml's
+# services as local processes, the phone scaled to 2 (and --scale N is only how many)
+DOCKER = {"docker compose up": "tests/compose/test_compose.py",
+          "docker compose up --scale phone=4": "tests/compose/test_compose.py"}
 
 
 def readme_commands() -> list[str]:
@@ -50,6 +54,21 @@ def in_namespace(request):
     return ["ip", "netns", "exec", request.getfixturevalue("netns")]
 
 
+def test_readme_lab_network_is_the_two_compose_commands():
+    """The "Lab network" section is what a user types, and the test that proves it (no
+    engine here) scales the service the second command scales."""
+    import yaml
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Lab network\n", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```bash\n(.*?)```", section, re.S)
+    cmds = [re.sub(r"\s+#.*$", "", ln).strip() for ln in block.splitlines() if ln.strip()]
+    assert cmds == list(DOCKER)
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    assert "phone" in services
+    proof = (REPO / DOCKER[cmds[1]]).read_text()
+    assert 'scale={"phone": PHONES}' in proof and "PHONES = 2" in proof
+
+
 def test_every_readme_command_runs(tmp_path, in_namespace):
     work = tmp_path / "work"
     (work / "tests" / "data").mkdir(parents=True)
@@ -71,6 +90,9 @@ def test_every_readme_command_runs(tmp_path, in_namespace):
     try:
         for cmd in readme_commands():
             if cmd in NOT_HERE:
+                continue
+            if cmd.startswith("docker "):
+                assert cmd in DOCKER, f"{cmd}: no test proves it"
                 continue
             argv = shlex.split(cmd)
             assert argv[0] == "testbed", cmd

@@ -175,6 +175,35 @@ def test_people_found_must_have_sent_a_location_first(capture):
     assert v.ok is False and "whose location the capture never shows being sent" in v.detail
 
 
+def test_a_location_counts_if_sent_before_the_answer_that_lists_it(capture):
+    """Phones that ask at once (the compose lab's) are answered in any order: a finder's
+    request may come before the location of the one it finds, its answer after."""
+    a = analyze(str(capture))
+    finds = [e for e in a.events if e.kind == "http_request" and e.get("cgi") == "lbsfind"]
+    answers = {e.flow: e for e in a.events if e.kind == "http_response"
+               and e.flow in {f.flow for f in finds}}
+    lister = next(f for f in finds if answers[f.flow].message().contacts)
+    listed = answers[lister.flow].message().contacts[0].username
+    located = next(f for f in finds if f is not lister and f.index < lister.index)
+    assert located.message().base.uin != lister.message().base.uin   # the other phone's
+    # the finder's request moved to just before the other's location (its answer stays)
+    a.events.remove(lister)
+    a.events.insert(a.events.index(located), lister)
+    lister.index = located.index - 1
+    v = {x.id: x for x in verify_storyboard(a)}["11"]
+    assert v.ok, v.detail
+    assert f"lists {listed}" in v.detail
+    # every other location moved after the answer: none was known when it was answered
+    last = max(e.index for e in a.events)
+    for i, f in enumerate(f for f in finds if f is not lister):
+        a.events.remove(f)
+        a.events.append(f)
+        f.index = last + 1 + i
+    v = {x.id: x for x in verify_storyboard(a)}["11"]
+    assert v.ok is False and f"lists {listed}, whose location the capture never shows " \
+        "being sent before it" in v.detail
+
+
 def test_an_avatar_no_answer_gave_fails_statement_12(capture):
     a = analyze(str(capture))
     a.events = [e for e in a.events if e.get("cgi") not in ("lbsfind", "batchgetheadimg")]

@@ -65,7 +65,7 @@ RULES: dict[str, Rule] = {
     "shared": Rule(("testbed.__init__", "testbed.argtypes", "testbed.console",
                     "testbed.eventloop", "testbed.fleet", "testbed.interrupt",
                     "testbed.png"), _({"wire"})),
-    "commands": Rule(("testbed.cli", "testbed.serve_cli", "testbed.demo",
+    "commands": Rule(("testbed.cli", "testbed.serve_cli", "testbed.phones_cli", "testbed.demo",
                       "testbed.pytest_plugin"),
                      _({"wire", "lab", "state", "service", "mocks", "client", "capture",
                         "verify", "report", "radio", "model", "replay", "study", "shared"})),

@@ -539,6 +539,39 @@ async def test_counters_add_up_across_connections(stores):
                                   "messages_stored": 2}
 
 
+# ---------------------------------------------------------------------- phones
+
+async def test_phones_claiming_at_once_never_share_a_user(stores):
+    a, b = stores
+    for i in range(1, 24):
+        await new_user(a, f"user{i:04d}")
+    # 11 phones of two users each on two connections: 22 of the 23 users, each once
+    got = await asyncio.gather(*((a, b)[i % 2].claim_users(f"phone-{i}", 2) for i in range(11)))
+    names = [n for g in got for n in g]
+    assert len(names) == len(set(names)) == 22
+    assert all(g == sorted(g) and len(g) == 2 for g in got)
+    assert sorted(names) == [f"user{i:04d}" for i in range(1, 23)]   # lowest names first
+    claims = await b.claims()
+    assert claims == {f"phone-{i}": g for i, g in enumerate(got)}
+    with pytest.raises(ValueError, match="only 1 unclaimed"):
+        await a.claim_users("phone-late", 2)          # all or none
+    assert "phone-late" not in await a.claims()
+    assert await b.claim_users("phone-last", 1) == ["user0023"]
+    with pytest.raises(ValueError):
+        await b.claim_users("phone-x", 0)
+
+
+async def test_phone_results_are_kept_by_owner(stores):
+    a, b = stores
+    assert await a.results() == {}
+    await a.put_result("host-1/7", '{"ok": false}')
+    await b.put_result("host-2/9", '{"ok": true, "名": 1}')
+    await b.put_result("host-1/7", '{"ok": true}')     # a phone's later result replaces it
+    assert await a.results() == {"host-1/7": '{"ok": true}', "host-2/9": '{"ok": true, "名": 1}'}
+    await a.clear()
+    assert await b.results() == {} and await b.claims() == {}
+
+
 # ---------------------------------------------------------------------- events
 
 async def test_events_reach_listeners_on_every_connection(stores):
