@@ -336,7 +336,7 @@ def test_compose_services_pass_the_storyboard_with_two_phones(netns, tmp_path):
 
     # `docker compose down`: the servers stop on SIGTERM
     for svc in ("dns", "long-1", "long-2", "short", "mapabc", "qlogo", "qpic", "nat"):
-        assert codes[svc] == 143, codes
+        assert codes[svc] == 143, (svc, codes)
 
 
 MUTATIONS = {
