@@ -14,6 +14,11 @@ from . import analyze, demo, emulate, lab, profiles, record, report, verify
 
 TIME_SCALE_HELP = ("protocol seconds per wall second of the lab that was captured, used when "
                    "the capture does not record it (a tcpdump of `testbed demo`: 100)")
+PHONES_HELP = ("the phones the storyboard ran with, used when the capture does not say (a "
+               "tcpdump of `testbed demo`: 2): counts are checked against it")
+ALL_LEGS_HELP = ("keep a relay's second copy of each connection (a sniffed lab that records "
+                 "or has a NAT relays every connection to a server's internal port; left out "
+                 "by default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "signalling, radio-on time, energy, battery share")
     an.add_argument("--time-scale", type=positive_float, default=None, metavar="K",
                     help=TIME_SCALE_HELP)
+    an.add_argument("--all-legs", action="store_true", help=ALL_LEGS_HELP)
     an.set_defaults(handler=analyze.analyze)
 
     ve = sub.add_parser("verify", help="check a capture against expectations")
@@ -136,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     ve.add_argument("--time-scale", type=positive_float, default=None, metavar="K",
                     help=TIME_SCALE_HELP)
+    ve.add_argument("--all-legs", action="store_true", help=ALL_LEGS_HELP)
+    ve.add_argument("--phones", type=positive_int, default=None, metavar="N",
+                    help=PHONES_HELP)
     ve.set_defaults(handler=verify.verify)
 
     de = sub.add_parser("demo", help="run the lab report's session, record, verify, report")
@@ -177,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a password that must never appear in clear (repeatable)")
     rp.add_argument("--time-scale", type=positive_float, default=None, metavar="K",
                     help=TIME_SCALE_HELP)
+    rp.add_argument("--all-legs", action="store_true", help=ALL_LEGS_HELP)
+    rp.add_argument("--phones", type=positive_int, default=None, metavar="N",
+                    help=PHONES_HELP)
     rp.set_defaults(handler=report.report)
 
     try:

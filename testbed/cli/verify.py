@@ -19,11 +19,12 @@ def verify(args) -> int:
 
     console = err_console()
     secrets = [s.encode() for s in args.secret]
-    a = open_analysis(args.capture, console, needles=secrets, time_scale=args.time_scale)
+    a = open_analysis(args.capture, console, needles=secrets, time_scale=args.time_scale,
+                      all_legs=args.all_legs)
     if a is None:
         return 2
     warn_incomplete(console, a)
-    verdicts = verify_storyboard(a, secrets=secrets)
+    verdicts = verify_storyboard(a, secrets=secrets, phones=args.phones)
     failed = [v for v in verdicts if v.ok is False]
     if args.json:
         print_json({"capture": str(args.capture), "ok": not failed,
