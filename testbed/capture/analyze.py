@@ -57,6 +57,8 @@ class FlowInfo:
     last_dir: str = ""
     tls_asked: bool = False     # TLS: client application data not answered yet
     tls_exchanges: int = 0      # TLS: client application data answered by the server's
+    tls_client_spoke: bool = False      # TLS: the client sent application data
+    tls_sealed_handshake: bool = False  # TLS 1.3: the client's Finished is still to come
     small_client_ts: list[float] = field(default_factory=list)
     noop_ts: list[float] = field(default_factory=list)
     probe_ts: list[float] = field(default_factory=list)   # keep-alives, idle empty ACKs
@@ -192,10 +194,21 @@ class Analyzer:
             direction = self._cur_dir
             if kind == ev.TLS_RECORD and fields.get("content_type") == TLS_APPLICATION_DATA:
                 if direction == "c2s":
-                    info.tls_asked = True
+                    if info.tls_sealed_handshake:
+                        # TLS 1.3: the client's first such record is its Finished, and what
+                        # answers it the server's session tickets: not an exchange
+                        info.tls_sealed_handshake = False
+                    else:
+                        info.tls_asked = True
                 elif info.tls_asked:
                     info.tls_asked = False
                     info.tls_exchanges += 1
+                elif not info.tls_client_spoke:
+                    # application data from the server before any from the client: TLS 1.3's
+                    # encrypted handshake (EncryptedExtensions to Finished)
+                    info.tls_sealed_handshake = True
+                if direction == "c2s":
+                    info.tls_client_spoke = True
             if kind == ev.TLS_CLIENT_HELLO and fields.get("sni"):
                 info.host = info.host or fields["sni"]
             elif kind == ev.HTTP_REQUEST and fields.get("host"):
@@ -304,11 +317,14 @@ class Analyzer:
         # a FIN from one side is a close by FIN, even if the capture ends before the other's
         closed = flow.closed_by or ("fin" if (flow.fin_c2s_ts or flow.fin_s2c_ts) else None)
         exchanges = found["exchanges"]
-        if found["app"] == "longlink" or found["heartbeat_s"] is not None or exchanges >= 3 \
-                or (exchanges and lived >= LONG_LIVED_S and wall >= LONG_LIVED_WALL_S):
+        if found["app"] == "longlink" or found["heartbeat_s"] is not None or exchanges >= 3:
             kind = "long"
         elif exchanges == 1 and closed is not None:
+            # however long it took: at a lab's time scale a login's few wall milliseconds
+            # of handshake are a protocol minute
             kind = "short"
+        elif exchanges and lived >= LONG_LIVED_S and wall >= LONG_LIVED_WALL_S:
+            kind = "long"
         else:
             kind = "other"          # nothing exchanged (a raced connection reset), 2, unclosed
         return {

@@ -31,6 +31,13 @@ def emulate(args) -> int:
     from .netns import enter_phone_namespace
     if (failed := enter_phone_namespace(manifest, console)) is not None:
         return failed
+    users = len(manifest.users)
+    if args.clients > users:
+        note(console, f"{args.clients} phones on a lab of {users} users: they share the "
+                      f"accounts, up to {-(-args.clients // users)} phones logged in as each "
+                      f"user (a later login of a user takes its long link over); for a phone "
+                      f"per account start the lab with `testbed lab up --users "
+                      f"{args.clients}`")
     notice = long_wait_notice(args.scenario, manifest.heartbeat_s, manifest.time_scale,
                               args.duration)
     if notice:

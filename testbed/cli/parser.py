@@ -135,8 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ve = sub.add_parser("verify", help="check a capture against expectations")
     ve.add_argument("capture", type=Path)
-    ve.add_argument("--storyboard", action="store_true",
-                    help="the lab report's statements (the default expectation set)")
+    ve.add_argument("--set", choices=sorted(verify.EXPECTATION_SETS), default="storyboard",
+                    help="the expectation set to check: " + "; ".join(
+                        f"{name}: {what}" for name, what in verify.EXPECTATION_SETS.items())
+                    + " (the only set so far, and the default)")
+    ve.add_argument("--storyboard", dest="set", action="store_const", const="storyboard",
+                    help="the same as --set storyboard")
     ve.add_argument("--secret", action="append", default=[], metavar="TEXT",
                     help="a password that must never appear in clear (repeatable)")
     ve.add_argument("--json", action="store_true", help="print the verdicts as JSON")
