@@ -112,7 +112,9 @@ class ShortLinkServer:
         except BodyTooLarge:
             await self._drain(request)
             return self._status(413, b"body over 1 MiB\n")
-        ctx = RequestContext(peer=request.remote or "")
+        ctx = RequestContext(peer=request.transport.get_extra_info("peername")
+                             if request.transport is not None else request.remote or "",
+                             door=Door.TLS if tls else Door.SHORT)
         try:
             await count_request(self.service.store, Door.TLS if tls else Door.SHORT,
                                 command.name, self.process)

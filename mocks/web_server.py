@@ -6,13 +6,20 @@ from typing import Optional
 
 from aiohttp import web
 
+from .request_log import RequestObserver, observing_middleware
+
 
 class AppServer:
-    """`await listen(addr, port)` for each address, `await close()` once."""
+    """`await listen(addr, port)` for each address, `await close()` once.
 
-    def __init__(self, app: web.Application) -> None:
+    With a `host` name, every request is told to `observer` (if set: `mocks.request_log`)."""
+
+    def __init__(self, app: web.Application, host: str = "") -> None:
         self.app = app
         self._runner: Optional[web.AppRunner] = None
+        self.observer: Optional[RequestObserver] = None
+        if host:
+            app.middlewares.insert(0, observing_middleware(host, lambda: self.observer))
 
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Serve on host:port (0: any free port; `reuse_port`: share it with other

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.markup import escape
 
-from .output import err_console, error, note, out_console, print_json
+from .output import err_console, note, open_manifest, out_console, print_json
 
 
 def emulate(args) -> int:
@@ -16,17 +16,10 @@ def emulate(args) -> int:
     from testbed import interrupt
     from testbed.client.scenarios import long_wait_notice
     from testbed.client.swarm import swarm
-    from testbed.lab.manifest import load_manifest
 
     console = err_console()
-    try:
-        manifest = load_manifest(args.manifest)
-    except FileNotFoundError:
-        error(console, f"no manifest at {args.manifest}: start a lab with `testbed lab up` "
-                       f"or pass --manifest")
-        return 2
-    except (ValueError, OSError) as exc:
-        error(console, str(exc), args.manifest)
+    manifest = open_manifest(args.manifest, console)
+    if manifest is None:
         return 2
     from .netns import enter_phone_namespace
     if (failed := enter_phone_namespace(manifest, console)) is not None:

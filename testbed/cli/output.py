@@ -76,3 +76,17 @@ def open_analysis(path: Path, console, needles=(), time_scale: Optional[float] =
 
 def doc_start(a) -> float:
     return a.first_ts or 0.0
+
+
+def open_manifest(path: Path, console):
+    """The lab manifest at `path`, or None after saying on `console` (one line) why not."""
+    from testbed.lab.manifest import load_manifest
+
+    try:
+        return load_manifest(path)
+    except FileNotFoundError:
+        error(console, f"no manifest at {path}: start a lab with `testbed lab up` or pass "
+                       f"--manifest")
+    except (ValueError, OSError) as exc:
+        error(console, str(exc), path)
+    return None

@@ -90,7 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "truncate:GETMSGIMG#1@100, split:NOOP#3@7, drop:short.NEWSYNC#1, "
                          "reset:long@120s, blackhole:long#1@300s, seed=N (repeatable; "
                          "docs/replay.md)")
+    up.add_argument("-v", "--verbose", dest="log_requests", action="store_true",
+                    help="a line on stderr per request served: time, host, client (and "
+                         "user), command, CGI, path or DNS name, result, milliseconds")
     up.set_defaults(handler=lab.lab_up)
+    st = lab_sub.add_parser("status", help="what of a running lab is up: each host probed")
+    st.add_argument("--manifest", type=Path, default=Path("lab-manifest.json"),
+                    help="the lab's manifest (default ./lab-manifest.json)")
+    st.add_argument("--timeout", type=positive_float, default=2.0, metavar="SECONDS",
+                    help="how long to wait for each host to answer (default 2)")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.set_defaults(handler=lab.lab_status)
 
     from .netns import add_netns_options
     add_netns_options(up)
