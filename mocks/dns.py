@@ -44,7 +44,7 @@ from testbed.wire.dns import (OPCODE_QUERY, RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_
                               TYPE_NS, TYPE_SOA, Question, build_response, error_response,
                               formerr, parse_query)
 
-from .request_log import RequestObserver, Served, endpoint
+from .served import RequestObserver, Served, endpoint
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from .dns import LabDNS
 from .long_link import LongLinkServer
 from .nat import NatRelay
 from .replay import ReplayService, dns_verdict, get_middleware
-from .request_log import RequestObserver
+from .served import RequestObserver
 from .service import Service
 from .short_link import ShortLinkServer
 from .state import MemoryStore, Store
@@ -95,7 +95,7 @@ class Lab:
 
     `clock` (default: a `Clock` at the config's time scale) times everything in the lab;
     a test passes a `ManualClock` (and gives the same one to its phones) to move time itself.
-    `observer` is told of every request a host answers (`mocks.request_log`: `lab up -v`).
+    `observer` is told of every request a host answers (`mocks.served`: `lab up -v`).
     """
 
     def __init__(self, config: LabConfig | None = None, store: Store | None = None,

@@ -28,7 +28,7 @@ from testbed.wire.commands import (ITEM_ADD_MSG, ITEM_MOD_CONTACT, ITEM_MOD_USER
                                    MSG_FRIEND_REQUEST, MSG_IMAGE, MSG_TEXT)
 
 from . import nearby
-from .request_log import RequestObserver, served
+from .served import RequestObserver, served
 from .stats import MESSAGES_STORED, error_key, report_key
 from .state import (ALL_SELECTOR, LOG_CONTACTS, LOG_KEYS, LOG_MESSAGES, LOG_PROFILE,
                     SELECTOR_BIT, MediaRecord, SessionEnded, SessionRecord, Store,
@@ -143,7 +143,7 @@ class Service:
     # ------------------------------------------------------------------ dispatch
     async def handle(self, command: Command, request: Message, ctx: RequestContext) -> Message:
         """Answer one decoded request; a `ServiceError` becomes `{1: BaseResponse{ret}}`.
-        `observer` (if set) is told of each request once answered (`mocks.request_log`)."""
+        `observer` (if set) is told of each request once answered (`mocks.served`)."""
         ctx.command = command
         observer = self.observer
         t0 = time.perf_counter() if observer is not None else 0.0

@@ -1,18 +1,20 @@
-"""An aiohttp `Application` served on any number of addresses (mapabc and the two CDNs)."""
+"""An aiohttp `Application` served on any number of addresses (mapabc and the two CDNs), and
+the middleware that tells a request observer (`mocks.served`) about each request."""
 
 from __future__ import annotations
 
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 from aiohttp import web
 
-from .request_log import RequestObserver, observing_middleware
+from .served import RequestObserver, Served
 
 
 class AppServer:
     """`await listen(addr, port)` for each address, `await close()` once.
 
-    With a `host` name, every request is told to `observer` (if set: `mocks.request_log`)."""
+    With a `host` name, every request is told to `observer` (if set: `mocks.served`)."""
 
     def __init__(self, app: web.Application, host: str = "") -> None:
         self.app = app
@@ -36,3 +38,26 @@ class AppServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def observing_middleware(host: str, observer: Callable[[], Optional[RequestObserver]]):
+    """An aiohttp middleware that tells `observer()` (looked up per request, None: nobody
+    listens) about every request to `host`, by path and status."""
+    @web.middleware
+    async def observe(request: web.Request, handler):
+        obs = observer()
+        if obs is None:
+            return await handler(request)
+        t0 = time.perf_counter()
+        status = "fault"
+        try:
+            response = await handler(request)
+            status = str(response.status)
+            return response
+        except web.HTTPException as exc:
+            status = str(exc.status)
+            raise
+        finally:
+            obs(Served(host, request.remote or "", request.path, status,
+                       (time.perf_counter() - t0) * 1000))
+    return observe

@@ -90,10 +90,12 @@ def served_rows(counts, lab) -> list[dict]:
     return rows
 
 
-def print_served(rows: list[dict], as_json: bool) -> None:
-    """The stop summary: a table on stdout (100 columns), or `{"served": rows}` with --json."""
+def print_served(rows: list[dict], as_json: bool, console) -> None:
+    """The stop summary: a table on stdout (100 columns); with --json, whose stdout is the
+    host document alone, a line on `console` (stderr)."""
     if as_json:
-        print_json({"served": rows})
+        note(console, "served: " + (", ".join(f"{r['host']} {r['requests']}" for r in rows)
+                                    or "nothing"))
         return
     from rich.table import Table
 
@@ -205,7 +207,7 @@ def lab_up(args) -> int:
 
     async def serve(store) -> int:
         from mocks.process_lab import HostFailed, ProcessLab
-        from mocks.request_log import ServedCounts, line
+        from mocks.served import ServedCounts, line
 
         processes = getattr(store, "namespace", None) is not None
         counts = ServedCounts()
@@ -291,7 +293,7 @@ def lab_up(args) -> int:
             if lab.manifest is not None:
                 after_stop(lab, args.report, console)
             if started and not processes:
-                print_served(served_rows(counts, lab), args.json)
+                print_served(served_rows(counts, lab), args.json, console)
 
     on = from_flag(args.uvloop, lambda text: console.print(f"[yellow]{text}[/yellow]"))
     return interrupt.run(run(), lambda main: run_on(main, on))

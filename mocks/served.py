@@ -14,8 +14,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from aiohttp import web
-
 from testbed.lab.addressing import LONG, SHORT
 from testbed.wire import Door
 
@@ -87,26 +85,3 @@ def served(command, request, ctx, result: str, ms: float) -> Served:
     if not user:
         user = str(getattr(request, "username", "") or "")
     return Served(host, endpoint(ctx.peer), what, result, ms, user)
-
-
-def observing_middleware(host: str, observer: Callable[[], Optional[RequestObserver]]):
-    """An aiohttp middleware that tells `observer()` (looked up per request, None: nobody
-    listens) about every request to `host`, by path and status."""
-    @web.middleware
-    async def observe(request: web.Request, handler):
-        obs = observer()
-        if obs is None:
-            return await handler(request)
-        t0 = time.perf_counter()
-        status = "fault"
-        try:
-            response = await handler(request)
-            status = str(response.status)
-            return response
-        except web.HTTPException as exc:
-            status = str(exc.status)
-            raise
-        finally:
-            obs(Served(host, request.remote or "", request.path, status,
-                       (time.perf_counter() - t0) * 1000))
-    return observe
