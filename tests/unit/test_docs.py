@@ -1,5 +1,5 @@
 """docs/protocol.md carries the whole wire contract, and the command table exactly as the code
-has it."""
+has it; docs/pytest.md the plugin's API as the code has it."""
 
 from pathlib import Path
 
@@ -45,3 +45,27 @@ def test_protocol_doc_carries_the_whole_contract():
         ours = _contract_sections(text).replace("[storyboard.md](storyboard.md)",
                                                 "`seed/lab-report.txt` and `STORYBOARD.md`")
         assert ours == _contract_sections(steering.read_text(encoding="utf-8"))
+
+
+def test_pytest_doc_gives_every_capture_view_method_whole():
+    """docs/pytest.md lists each public `CaptureView` method with its full signature (its
+    parameters and defaults as the code has them), and the phone's waits."""
+    import inspect
+
+    from testbed.client.phone import Phone
+    from testbed.verify.expect import CaptureView
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "pytest.md").read_text("utf-8")
+
+    def shown(fn) -> str:
+        sig = inspect.signature(fn)
+        params = [p.replace(annotation=inspect.Parameter.empty)
+                  for p in list(sig.parameters.values())[1:]]
+        return fn.__name__ + str(sig.replace(parameters=params,
+                                             return_annotation=inspect.Signature.empty))
+
+    methods = [f for n, f in inspect.getmembers(CaptureView, inspect.isfunction)
+               if not n.startswith("_")]
+    assert len(methods) >= 12
+    for fn in [*methods, Phone.wait_for_message, Phone.wait_for_push]:
+        assert f"`{shown(fn)}`" in text or f"`await phone.{shown(fn)}`" in text, shown(fn)
