@@ -27,12 +27,12 @@ def test_documented_example_runs_in_strict_mode_too(pytester):
     result.assert_outcomes(passed=1)
 
 
-def test_wait_helpers(pytester):
+def test_wait_helpers_and_specs_of_any_event_field(pytester):
     pytester.makepyfile(test_waits="""
         import asyncio
         import pytest
 
-        async def test_waits(lab, wx_client):
+        async def test_waits(lab, wx_client, recorder):
             alice, bob = await wx_client(0), await wx_client(1)
             await alice.send_text(bob.username, "one")
             assert await bob.wait_for_push(timeout=60) >= 1
@@ -45,6 +45,14 @@ def test_wait_helpers(pytester):
             assert (await bob.wait_for_message(text="two")).content == "two"
             with pytest.raises(asyncio.TimeoutError, match="no message .text 'never'"):
                 await bob.wait_for_message(text="never", timeout=100)
+            # a dict spec matches any event field: flow, packet, src, dst among them
+            wire = recorder.capture()
+            send = wire.first({"kind": "frame", "name": "NEWSENDMSG", "reply": False})
+            same = {"flow": send.flow, "packet": send.index, "src": send.src,
+                    "dst": f"{send.dst[0]}:{send.dst[1]}"}
+            assert wire.select({"kind": "frame", **same}) == [send]
+            assert send in wire.select({"src": send.src[0], "name": "NEWSENDMSG"})
+            wire.expect_count({"kind": "frame", "flow": send.flow}, at_least=2, at_most=1000)
 
         async def test_no_push(lab, wx_client):
             alice = await wx_client(0)
@@ -53,24 +61,6 @@ def test_wait_helpers(pytester):
     """)
     result = _run(pytester)
     result.assert_outcomes(passed=2)
-
-
-def test_dict_specs_match_any_event_field(pytester):
-    pytester.makepyfile(test_fields="""
-        async def test_fields(lab, wx_client, recorder):
-            alice, bob = await wx_client(0), await wx_client(1)
-            await alice.send_text(bob.username, "hi")
-            await bob.wait_for_message(text="hi")
-            wire = recorder.capture()
-            send = wire.first({"kind": "frame", "name": "NEWSENDMSG", "reply": False})
-            same = {"flow": send.flow, "packet": send.index, "src": send.src,
-                    "dst": f"{send.dst[0]}:{send.dst[1]}"}
-            assert wire.select({"kind": "frame", **same}) == [send]
-            assert send in wire.select({"src": send.src[0], "name": "NEWSENDMSG"})
-            wire.expect_count({"kind": "frame", "flow": send.flow}, at_least=2, at_most=1000)
-    """)
-    result = _run(pytester)
-    result.assert_outcomes(passed=1)
 
 
 def test_a_failed_test_shows_its_capture_and_ladder(pytester):
