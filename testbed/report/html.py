@@ -127,6 +127,19 @@ def _flow_tag(row: Row) -> str:
     return f"#{flows[0]}+{len(flows) - 1}"
 
 
+def _chat_text(doc: Optional[dict]) -> str:
+    """The text of a chat message a row carries in clear (a NEWSENDMSG's, a sync's first),
+    else ""."""
+    message = ((doc or {}).get("fields") or {}).get("message")
+    if not isinstance(message, dict):
+        return ""
+    for key in ("msgs", "add_msgs"):
+        for m in message.get(key) or []:
+            if isinstance(m, dict) and m.get("content") and m.get("msg_type", 1) == 1:
+                return clean(m["content"], 60)
+    return ""
+
+
 def render_ladder(ladder: Ladder, decoded: Optional[dict[int, dict]] = None) -> str:
     """The ladder as SVG; `decoded`: {row position: its event decoded}, carried by the row
     for the detail panel (`testbed.report.decoded`)."""
@@ -178,12 +191,15 @@ def render_ladder(ladder: Ladder, decoded: Optional[dict[int, dict]] = None) -> 
         xa, xb = xs[row.a], xs[row.b]
         cls = f"s-{row.style}" if row.style else "s-other"
         label = row.label
-        shown = clean(label, 96)
+        said = _chat_text(decoded.get(i))
+        shown = clean(f"{label} “{said}”" if said and not row.collapsed else label, 96)
+        ends = " ".join(ladder.columns[k].title for k in (row.a, row.b))
         tip = html.escape("\n".join(clean(d, 300) for d in [label, *row.detail]), quote=True)
         classes = f"msg {cls}" + (" collapsed" if row.collapsed else "")
         body.append(
             f'<g class="{classes}" data-kind="{esc(row.kind)}" data-label="{esc(label)}" '
             f'data-count="{row.count}" data-flows="{esc(_flows_attr(row))}" '
+            f'data-ends="{esc(ends)}" '
             f'data-t="{row.t:.3f}" data-i="{i}"'
             + (f' data-fields="{html.escape(fields_attr(decoded[i]), quote=True)}"'
                if i in decoded else "")
@@ -613,6 +629,7 @@ footer{color:var(--muted);font-size:12px;text-align:center}
 #detail{position:fixed;top:12px;right:12px;width:min(460px,40vw);max-height:85vh;overflow:auto;
 background:#fff;border:1px solid #d0d7de;border-radius:8px;box-shadow:0 4px 18px #0002;
 padding:10px 14px;font-size:12.5px;z-index:10}
+.msg.dim{opacity:.15}.filter{font-size:13px;margin:0 0 8px}#filter-count{color:var(--muted)}
 #detail[hidden]{display:none}#detail h3{margin:0 24px 8px 0;font-size:14px;word-break:break-all}
 #detail-close{position:absolute;top:6px;right:8px;border:0;background:none;font-size:18px;cursor:pointer}
 #detail ul{list-style:none;margin:0;padding-left:14px;border-left:1px solid #eaeef2}
@@ -716,6 +733,22 @@ SCRIPT = """
       }
       g.addEventListener('click', function () { highlight(arrows, g); show(g); });
     });
+    var filter = document.getElementById('filter');
+    if (filter) {
+      filter.addEventListener('input', function () {
+        var q = filter.value.trim().toLowerCase();
+        var shown = 0;
+        arrows.forEach(function (a) {
+          var hay = (a.getAttribute('data-label') + ' ' + a.getAttribute('data-ends') + ' ' +
+                     (a.getAttribute('data-fields') || '')).toLowerCase();
+          var on = !q || hay.indexOf(q) >= 0;
+          a.classList.toggle('dim', !on);
+          if (on) { shown++; }
+        });
+        document.getElementById('filter-count').textContent =
+          q ? shown + ' of ' + arrows.length + ' rows match' : '';
+      });
+    }
     Array.prototype.forEach.call(document.querySelectorAll('table.sortable'), sortable);
     body.setAttribute('data-arrows', String(arrows.length));
     body.setAttribute('data-clipped', String(clipped));
@@ -779,7 +812,10 @@ def render_report(analysis, verdicts: Iterable[Any], *, title: Optional[str] = N
         f'<section id="ladder"><h2>Ladder diagram</h2><p class="intro">{ladder.events} events '
         f'as {sum(1 for r in ladder.rows if not r.gap)} rows: a column per host, an arrow '
         f'per message; repeated exchanges are collapsed into one row.{omitted}</p>',
-        legend, render_ladder(ladder, decoded_rows(analysis, ladder.rows)),
+        legend, '<p class="filter"><label>Filter <input id="filter" type="search" '
+        'placeholder="host, command, CGI, user or text" size="40"></label> '
+        '<span id="filter-count"></span></p>',
+        render_ladder(ladder, decoded_rows(analysis, ladder.rows)),
         '<aside id="detail" hidden><button type="button" id="detail-close" '
         'aria-label="close">×</button><h3 id="detail-title"></h3>'
         '<div id="detail-body"></div></aside>',

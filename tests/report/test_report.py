@@ -566,4 +566,26 @@ def test_clicking_an_arrow_shows_its_decoded_fields(session, netns, tmp_path):
         text = click_row("DNS answer long.weixin.qq.com")
         answered = session["analysis"].dns[LONG]
         assert "addresses:" in text and all(f": {a}" in text for a in answered), text
+
+        # chat text on the arrow of a message sent in clear
+        labels = c.js("Array.prototype.map.call(document.querySelectorAll('g.msg'), "
+                      "function (g) { return g.querySelector('text.lb').textContent; })")
+        assert any(x.startswith("NEWSENDMSG seq") and "“你好 user0002, from user0001”" in x
+                   for x in labels), labels[:40]
+        # the filter box: typed into, it dims every row that does not match
+        c.click(*c.js("""(function () {
+            var f = document.getElementById('filter'); f.scrollIntoView({block: 'center'});
+            var r = f.getBoundingClientRect();
+            return [r.left + r.width / 2, r.top + r.height / 2]; })()"""))
+        c.send("Input.insertText", {"text": "mapi.mapabc"})
+        said = c.wait_for("document.getElementById('filter-count').textContent")
+        shown, total = map(int, re.match(r"(\d+) of (\d+) rows match", said).groups())
+        dimmed = c.js("document.querySelectorAll('g.msg.dim').length")
+        assert total == len(labels) and 0 < shown < total and dimmed == total - shown
+        lit = c.js("Array.prototype.map.call(document.querySelectorAll('g.msg:not(.dim)'), "
+                   "function (g) { return [g.getAttribute('data-ends'), "
+                   "g.getAttribute('data-label')]; })")
+        # the host's own arrows, and the DNS messages that name it
+        assert any(ends == f"phone {MAPABC}" for ends, _ in lit), lit
+        assert all(MAPABC in ends or MAPABC in label for ends, label in lit), lit
         assert not c.js("document.body.getAttribute('data-errors')")
