@@ -44,7 +44,7 @@ from testbed.wire.dns import (OPCODE_QUERY, RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_
                               TYPE_NS, TYPE_SOA, Question, build_response, error_response,
                               formerr, parse_query)
 
-from .served import RequestObserver, Served, endpoint
+from .served import RequestObserver, Served, endpoint, tell
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,8 @@ class LabDNS(asyncio.DatagramProtocol):
     def observe(self, client, t0: float, outcome: str) -> None:
         """Tell the observer (if any) of the query just answered (`outcome`, from `t0`)."""
         if self.observer is not None:
-            self.observer(Served("dns", endpoint(client), self._asked or "?", outcome,
-                                 (time.perf_counter() - t0) * 1000))
+            tell(self.observer, Served("dns", endpoint(client), self._asked or "?", outcome,
+                                       (time.perf_counter() - t0) * 1000))
         self._asked = ""
 
     def datagram_received(self, data: bytes, addr) -> None:

@@ -9,6 +9,7 @@ whose client went away before the answer is still told, with what the server dec
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Callable
 
 from testbed.lab.addressing import LONG, SHORT
 from testbed.wire import Door
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,15 @@ class Served:
 
 
 RequestObserver = Callable[[Served], None]
+
+
+def tell(observer: RequestObserver, served: Served) -> None:
+    """Give `served` to `observer`; an observer that fails (a closed stderr, say) is logged,
+    never the request's failure."""
+    try:
+        observer(served)
+    except Exception:  # noqa: BLE001 - the request was answered; only its log line is lost
+        log.exception("request observer failed")
 
 
 def line(s: Served) -> str:

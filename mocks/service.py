@@ -28,7 +28,7 @@ from testbed.wire.commands import (ITEM_ADD_MSG, ITEM_MOD_CONTACT, ITEM_MOD_USER
                                    MSG_FRIEND_REQUEST, MSG_IMAGE, MSG_TEXT)
 
 from . import nearby
-from .served import RequestObserver, served
+from .served import RequestObserver, served, tell
 from .stats import MESSAGES_STORED, error_key, report_key
 from .state import (ALL_SELECTOR, LOG_CONTACTS, LOG_KEYS, LOG_MESSAGES, LOG_PROFILE,
                     SELECTOR_BIT, MediaRecord, SessionEnded, SessionRecord, Store,
@@ -158,8 +158,8 @@ class Service:
             raise
         finally:
             if observer is not None:
-                observer(served(command, request, ctx, result,
-                                (time.perf_counter() - t0) * 1000))
+                tell(observer, served(command, request, ctx, result,
+                                      (time.perf_counter() - t0) * 1000))
 
     async def _auth(self, base: pb.BaseRequest) -> SessionRecord:
         session = await self.store.get_session(bytes(base.session_key))

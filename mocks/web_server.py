@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 from aiohttp import web
 
-from .served import RequestObserver, Served
+from .served import RequestObserver, Served, endpoint, tell
 
 
 class AppServer:
@@ -58,6 +58,8 @@ def observing_middleware(host: str, observer: Callable[[], Optional[RequestObser
             status = str(exc.status)
             raise
         finally:
-            obs(Served(host, request.remote or "", request.path, status,
-                       (time.perf_counter() - t0) * 1000))
+            peer = request.transport.get_extra_info("peername") \
+                if request.transport is not None else request.remote
+            tell(obs, Served(host, endpoint(peer), request.path, status,
+                             (time.perf_counter() - t0) * 1000))
     return observe
