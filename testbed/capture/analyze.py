@@ -317,14 +317,11 @@ class Analyzer:
         # a FIN from one side is a close by FIN, even if the capture ends before the other's
         closed = flow.closed_by or ("fin" if (flow.fin_c2s_ts or flow.fin_s2c_ts) else None)
         exchanges = found["exchanges"]
-        if found["app"] == "longlink" or found["heartbeat_s"] is not None or exchanges >= 3:
+        if found["app"] == "longlink" or found["heartbeat_s"] is not None or exchanges >= 3 \
+                or (exchanges and lived >= LONG_LIVED_S and wall >= LONG_LIVED_WALL_S):
             kind = "long"
         elif exchanges == 1 and closed is not None:
-            # however long it took: at a lab's time scale a login's few wall milliseconds
-            # of handshake are a protocol minute
             kind = "short"
-        elif exchanges and lived >= LONG_LIVED_S and wall >= LONG_LIVED_WALL_S:
-            kind = "long"
         else:
             kind = "other"          # nothing exchanged (a raced connection reset), 2, unclosed
         return {
