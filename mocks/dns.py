@@ -35,6 +35,7 @@ import collections
 import errno
 import ipaddress
 import logging
+import time
 from typing import Callable, Optional
 
 from testbed.capture.tap import GuardedTap
@@ -42,6 +43,8 @@ from testbed.wire.dns import (OPCODE_QUERY, RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_
                               TYPE_A,
                               TYPE_NS, TYPE_SOA, Question, build_response, error_response,
                               formerr, parse_query)
+
+from .served import RequestObserver, Served, endpoint, tell
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ class LabDNS(asyncio.DatagramProtocol):
             self.records[normalize(name)] = checked
         self.stats: collections.Counter = collections.Counter()
         self.seen: collections.deque[tuple[str, int]] = collections.deque(maxlen=SEEN_LIMIT)
+        self.observer: Optional[RequestObserver] = None   # told of every query answered
+        self._asked = ""        # the name of the query `answer` read last
         self.transport: Optional[asyncio.DatagramTransport] = None
         self.tap = GuardedTap(tap, "lab DNS") if tap is not None else None
         self.zones: dict[str, SOA] = {}
@@ -158,7 +163,15 @@ class LabDNS(asyncio.DatagramProtocol):
     def _tap_udp(self, src, dst, payload: bytes) -> None:
         self.tap.udp(tuple(src[:2]), tuple(dst[:2]), payload)
 
+    def observe(self, client, t0: float, outcome: str) -> None:
+        """Tell the observer (if any) of the query just answered (`outcome`, from `t0`)."""
+        if self.observer is not None:
+            tell(self.observer, Served("dns", endpoint(client), self._asked or "?", outcome,
+                                       (time.perf_counter() - t0) * 1000))
+        self._asked = ""
+
     def datagram_received(self, data: bytes, addr) -> None:
+        t0 = time.perf_counter()
         self.stats["queries"] += 1
         here = None
         if self.tap is not None and self.transport is not None:
@@ -179,6 +192,7 @@ class LabDNS(asyncio.DatagramProtocol):
                 if here is not None:
                     self._tap_udp(here, addr, reply)
         self.stats[outcome] += 1
+        self.observe(addr, t0, outcome)
 
     def answer(self, data: bytes, tcp: bool = False) -> tuple[Optional[bytes], str]:
         """The reply to one message (or None) and how it is counted; over TCP neither the
@@ -196,6 +210,7 @@ class LabDNS(asyncio.DatagramProtocol):
                 return formerr(int.from_bytes(data[:2], "big")), "formerr"
             return None, "dropped"
         self.seen.append((q.name, q.qtype))
+        self._asked = q.name
         if q.opcode != OPCODE_QUERY:
             return error_response(q.id, RCODE_NOTIMP, q), "notimp"
         name = normalize(q.name)
@@ -305,12 +320,15 @@ class _TCPConnection(asyncio.Protocol):
             msg = bytes(self.buf[2:2 + n])
             del self.buf[:2 + n]
             srv.stats["queries"] += 1
+            t0 = time.perf_counter()
             try:
                 reply, outcome = srv.answer(msg, tcp=True)
             except Exception:  # noqa: BLE001 - one bad message must never stop the resolver
                 log.exception("lab DNS failed on a %d-byte TCP message", n)
                 reply, outcome = None, "dropped"
             srv.stats[outcome] += 1
+            srv.observe(self.transport.get_extra_info("peername") if self.transport else "",
+                        t0, outcome)
             if reply is None:   # nothing to say to it: a TCP client learns that by a close
                 self.close()
                 return

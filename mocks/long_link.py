@@ -230,7 +230,7 @@ class LongLinkProtocol(asyncio.Protocol):
             self.queued_bytes -= req.size
             if self._reading_paused:
                 self._set_reading()
-            ctx = RequestContext(origin=self.link_id, peer=self.peer)
+            ctx = RequestContext(origin=self.link_id, peer=self.peer, door=Door.LONG)
             try:
                 await count_request(srv.service.store, Door.LONG, req.command.name, srv.process)
                 response = await srv.service.handle(req.command, req.message, ctx)

@@ -42,6 +42,7 @@ from .dns import LabDNS
 from .long_link import LongLinkServer
 from .nat import NatRelay
 from .replay import ReplayService, dns_verdict, get_middleware
+from .served import RequestObserver
 from .service import Service
 from .short_link import ShortLinkServer
 from .state import MemoryStore, Store
@@ -94,11 +95,14 @@ class Lab:
 
     `clock` (default: a `Clock` at the config's time scale) times everything in the lab;
     a test passes a `ManualClock` (and gives the same one to its phones) to move time itself.
+    `observer` is told of every request a host answers (`mocks.served`: `lab up -v`).
     """
 
     def __init__(self, config: LabConfig | None = None, store: Store | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None,
+                 observer: Optional[RequestObserver] = None) -> None:
         self.config = config or LabConfig()
+        self.observer = observer        # told of every request a host answers, if set
         self.profile: Profile = load_profile(self.config.profile)
         self.clock = clock or Clock(self.config.time_scale)
         self.store = store or MemoryStore()
@@ -127,11 +131,13 @@ class Lab:
         self.service = Service(self.store, self.clock,
                                nearby_radius_m=self.profile.nearby_radius_m,
                                limits=self.server_limits)
+        self.service.observer = observer
         self._make_servers()
         self.manifest: Optional[Manifest] = None
         self.manifest_path: Optional[Path] = None
         self._app_servers: list[AppServer] = []
         self._tmpdir: Optional[tempfile.TemporaryDirectory] = None
+        self._ca_file: Optional[Path] = None     # the CA PEM this lab wrote, removed on stop
         self.users = []
 
     # ------------------------------------------------------------------
@@ -227,7 +233,8 @@ class Lab:
         hosts[SHORT] = HostEntry(addrs(SHORT), short_port, tls_port=tls_port)
 
         for name in (MAPABC, QLOGO, QPIC):
-            server = AppServer(self.apps[name], limits=self.server_limits)
+            server = AppServer(self.apps[name], host=name, limits=self.server_limits)
+            server.observer = self.observer
             self._app_servers.append(server)
             hosts[name] = HostEntry(addrs(name), await same_port(name, ports["http"],
                                                                  server.listen))
@@ -238,6 +245,7 @@ class Lab:
                           backlog=self.server_limits.listen_backlog)
         if self.script is not None:
             self.dns.replay = dns_verdict(self.script, self.clock)
+        self.dns.observer = self.observer
         # DNS over TCP shares the UDP port; behind the relay (NAT or recorder) like every
         # other TCP server, so a capture shows it and the NAT forgets it like the rest
         await self.dns.listen(dns_addr, ports["dns"], tcp=self.relay is None)
@@ -292,6 +300,7 @@ class Lab:
 
     def _make_manifest(self, hosts, dns_addr, dns_port) -> Manifest:
         ca = self.ca.write_ca_pem(self._ca_path())
+        self._ca_file = ca
         users = [{"username": u.username, "password": u.password} for u in self.users]
         extra = {}
         if self.nat is not None:
@@ -324,8 +333,9 @@ class Lab:
         self._make_servers()   # fresh servers for a second attempt
 
     async def stop(self) -> None:
-        """Close every server, then the capture; remove the manifest. The capture is closed
-        and the manifest removed even when this is cancelled half-way (Ctrl-C)."""
+        """Close every server, then the capture; remove the manifest and the CA file the lab
+        wrote. The capture is closed and the files removed even when this is cancelled
+        half-way (Ctrl-C)."""
         try:
             await self._close_servers()
         finally:
@@ -334,11 +344,12 @@ class Lab:
                 self._flush_handle = None
             if self.tap is not None:
                 self.tap.close()   # after the relays: their closing FINs are in the capture
-            if self.manifest_path is not None:
-                try:
-                    os.unlink(self.manifest_path)
-                except FileNotFoundError:
-                    pass
+            for written in (self.manifest_path, self._ca_file):
+                if written is not None:
+                    try:
+                        os.unlink(written)
+                    except FileNotFoundError:
+                        pass
             if self._tmpdir is not None:
                 self._tmpdir.cleanup()
 

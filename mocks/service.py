@@ -5,7 +5,7 @@ table, count it under their door (`mocks.stats`) and call `Service.handle(comman
 ctx)`. Nothing here knows which door a request came through: what differs between commands
 (the message type an upload creates, the kind a report counts under) is in the command's
 row, and `ctx.origin` is only an id of the long link (if any) that must not be sent the
-NOTIFY its own request caused. Every counter lives in the store, so several processes can
+NOTIFY its own request caused (`ctx.door` only names the way in for the request log). Every counter lives in the store, so several processes can
 serve one lab.
 """
 
@@ -16,19 +16,21 @@ import logging
 import math
 import os
 import secrets
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from google.protobuf.message import Message
 
 from testbed.lab.addressing import LONG, QLOGO, QPIC, SHORT
 from testbed.lab.clock import Clock
 from testbed.lab.profiles import Limits
-from testbed.wire import Command, Ret, ServiceError, pb
+from testbed.wire import Command, Door, Ret, ServiceError, pb
 from testbed.wire.commands import (ITEM_ADD_MSG, ITEM_MOD_CONTACT, ITEM_MOD_USER_INFO,
                                    MSG_FRIEND_REQUEST, MSG_IMAGE, MSG_TEXT)
 
 from . import nearby
+from .served import RequestObserver, served, tell
 from .stats import MESSAGES_STORED, error_key, report_key
 from .state import (ALL_SELECTOR, LOG_CONTACTS, LOG_KEYS, LOG_MESSAGES, LOG_PROFILE,
                     SELECTOR_BIT, MediaRecord, QuotaExceeded, SessionEnded, SessionRecord,
@@ -61,7 +63,8 @@ class RequestContext:
     origin: Optional[str] = None  # id of the long link that carried the request, if any
     session: Optional[SessionRecord] = None   # set by identify on a long link
     notify_after: int = 0         # set by identify: selector to push right after the reply
-    peer: str = ""
+    peer: Any = ""                # the client as its door saw it: (address, port), or address
+    door: Optional[Door] = None   # the way in (for the request log)
 
 
 def avatar_url(key: str, size: int) -> str:
@@ -86,6 +89,7 @@ class Service:
         self.clock = clock or Clock()
         self.nearby_radius_m = nearby_radius_m
         self.limits = limits
+        self.observer: Optional[RequestObserver] = None   # told of every request answered
 
     # ------------------------------------------------------------------ lab set-up
     async def create_user(self, username: str, password: str, *, nickname: str = "",
@@ -142,13 +146,24 @@ class Service:
 
     # ------------------------------------------------------------------ dispatch
     async def handle(self, command: Command, request: Message, ctx: RequestContext) -> Message:
-        """Answer one decoded request; a `ServiceError` becomes `{1: BaseResponse{ret}}`."""
+        """Answer one decoded request; a `ServiceError` becomes `{1: BaseResponse{ret}}`.
+        `observer` (if set) is told of each request once answered (`mocks.served`)."""
         ctx.command = command
+        observer = self.observer
+        t0 = time.perf_counter() if observer is not None else 0.0
+        result = "fault"
         try:
-            return await getattr(self, command.method)(request, ctx)
+            answer = await getattr(self, command.method)(request, ctx)
+            result = "ok"
+            return answer
         except ServiceError as exc:
+            result = f"ret {int(exc.code)} ({exc.message})"
             await self.store.count({error_key(command.name, exc.code): 1})
             raise
+        finally:
+            if observer is not None:
+                tell(observer, served(command, request, ctx, result,
+                                      (time.perf_counter() - t0) * 1000))
 
     async def _auth(self, base: pb.BaseRequest) -> SessionRecord:
         session = await self.store.get_session(bytes(base.session_key))
@@ -178,9 +193,10 @@ class Service:
         # the throttle (docs/protocol.md section 11): wrong passwords in a row, counted in
         # the store (so every process of a lab sees one count) per account and per address
         lim, now = self.limits, self.clock.now()
+        address = ctx.peer[0] if isinstance(ctx.peer, (tuple, list)) and ctx.peer else ctx.peer
         watched = [(key, most) for key, most in (
             (user and f"uin:{user.uin}", lim.login_max_failures),
-            (ctx.peer and f"addr:{ctx.peer}", lim.login_max_failures_per_address))
+            (address and f"addr:{address}", lim.login_max_failures_per_address))
             if key and most > 0]
         for key, most in watched:
             count, last = await self.store.login_failures(key, now, lim.login_lockout_s)

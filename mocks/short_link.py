@@ -173,7 +173,9 @@ class ShortLinkServer:
             self.disconnects += 1
             log.debug("short link %s: client gone mid-body", request.remote)
             return self._status(400)
-        ctx = RequestContext(peer=request.remote or "")
+        ctx = RequestContext(peer=request.transport.get_extra_info("peername")
+                             if request.transport is not None else request.remote or "",
+                             door=Door.TLS if tls else Door.SHORT)
         try:
             await count_request(self.service.store, Door.TLS if tls else Door.SHORT,
                                 command.name, self.process)

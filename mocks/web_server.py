@@ -1,8 +1,10 @@
-"""An aiohttp `Application` served on any number of addresses (mapabc and the two CDNs)."""
+"""An aiohttp `Application` served on any number of addresses (mapabc and the two CDNs), and
+the middleware that tells a request observer (`mocks.served`) about each request."""
 
 from __future__ import annotations
 
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 from aiohttp import web
 
@@ -10,18 +12,25 @@ from testbed.lab.profiles import Limits
 
 from .http_site import SHUTDOWN_GRACE_S, GuardedSite, handler_options
 from .limits import AddressCap
+from .served import RequestObserver, Served, endpoint, tell
 
 
 class AppServer:
     """`await listen(addr, port)` for each address, `await close()` once; with the
     profile's `limits` (the head deadline, the backlog, the per-address cap over all its
-    addresses)."""
+    addresses).
 
-    def __init__(self, app: web.Application, *, limits: Limits = Limits()) -> None:
+    With a `host` name, every request is told to `observer` (if set: `mocks.served`)."""
+
+    def __init__(self, app: web.Application, host: str = "", *,
+                 limits: Limits = Limits()) -> None:
         self.app = app
         self.limits = limits
         self.address_cap = AddressCap(limits.max_connections_per_address)
         self._runner: Optional[web.AppRunner] = None
+        self.observer: Optional[RequestObserver] = None
+        if host:
+            app.middlewares.insert(0, observing_middleware(host, lambda: self.observer))
 
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Serve on host:port (0: any free port; `reuse_port`: share it with other
@@ -40,3 +49,28 @@ class AppServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def observing_middleware(host: str, observer: Callable[[], Optional[RequestObserver]]):
+    """An aiohttp middleware that tells `observer()` (looked up per request, None: nobody
+    listens) about every request to `host`, by path and status."""
+    @web.middleware
+    async def observe(request: web.Request, handler):
+        obs = observer()
+        if obs is None:
+            return await handler(request)
+        t0 = time.perf_counter()
+        status = "fault"
+        try:
+            response = await handler(request)
+            status = str(response.status)
+            return response
+        except web.HTTPException as exc:
+            status = str(exc.status)
+            raise
+        finally:
+            peer = request.transport.get_extra_info("peername") \
+                if request.transport is not None else request.remote
+            tell(obs, Served(host, endpoint(peer), request.path, status,
+                             (time.perf_counter() - t0) * 1000))
+    return observe

@@ -6,11 +6,16 @@ Fixtures:
   with its own event loop, so the fixture works for sync and async tests alike; errors raised
   inside server handlers fail the test that caused them.
 - `wx_client`: an async factory of logged-in emulated phones: `await wx_client(0)` (a lab
-  user by index or name).
+  user by index or name); a phone waits with `await phone.wait_for_message(text=...,
+  timeout=...)` and `await phone.wait_for_push()`.
 - `recorder`: what crossed the wire during this test: `recorder.capture()` is a
-  `CaptureView` with `expect_sequence(...)`, `heartbeat_interval()`, `expect_heartbeat(...)`;
-  `recorder.path` is the pcapng file. A spec naming a kind, field, command or door that does
-  not exist raises `testbed.verify.SpecError`, which lists the valid ones.
+  `CaptureView` with `expect_sequence(...)`, `expect_count(spec, at_least=, at_most=)`,
+  `heartbeat_interval()`, `expect_heartbeat(...)`; `recorder.path` is the pcapng file. A
+  spec naming a kind, field, command or door that does not exist raises
+  `testbed.verify.SpecError`, which lists the valid ones.
+
+A failed test that used the lab gets a "testbed capture" report section: its pcapng's path
+and the end of its ladder (`testbed.report.excerpt`). docs/pytest.md has every signature.
 
 Options (command line or ini): `--testbed-scope` / `testbed_scope` (function|session),
 `--testbed-time-scale` / `testbed_time_scale`, `--testbed-users` / `testbed_users`,
@@ -232,7 +237,8 @@ class Recorder:
         return analyze(str(self.path), needles=needles)
 
     def capture(self, needles=()):
-        """A `CaptureView` over the events of this test only."""
+        """A `CaptureView` over the events of this test only (its `.analysis` holds them
+        too)."""
         from testbed.verify import CaptureView
         a = self.analysis(needles)
         a.events = [e for e in a.events if e.ts >= self.since]
@@ -242,6 +248,31 @@ class Recorder:
 @pytest.fixture
 def recorder(lab):
     return Recorder(lab)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used the lab gets a "testbed capture" section: where its pcapng
+    is, and the end of its ladder (this test's messages only)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    handle = getattr(item, "funcargs", {}).get("lab")
+    if not isinstance(handle, LabHandle) or handle.lab is None or handle.record_path is None:
+        return
+    report.sections.append(("testbed capture", failure_section(handle)))
+
+
+def failure_section(handle: LabHandle) -> str:
+    """The capture's path and its ladder since the test started (`report.excerpt`)."""
+    text = f"capture: {handle.record_path} (open it in Wireshark, or `testbed report` it)"
+    try:
+        from testbed.report.excerpt import ladder_excerpt
+        a = Recorder(handle).capture().analysis
+        return f"{text}\n{ladder_excerpt(a)}"
+    except Exception as exc:  # noqa: BLE001 - the test's own failure is what matters
+        return f"{text}\n(no ladder: {type(exc).__name__}: {exc})"
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from .dissect import BODY_KEEP, HttpStream, LongLinkStream, TlsStream, classify,
 from .dns_tcp import DnsOverTcp
 from .events import Event, Kind
 from .flows import FlowTable
+from .legs import FIRST_BYTES, relay_legs
 from .packets import Datagram, Segment, decode, read_capture
 from .schema import SCHEMA_VERSION, tcp_counts
 from .tcp_analysis import DUPLICATE_ACK, KEEP_ALIVE
@@ -56,12 +57,15 @@ class FlowInfo:
     last_dir: str = ""
     tls_asked: bool = False     # TLS: client application data not answered yet
     tls_exchanges: int = 0      # TLS: client application data answered by the server's
+    tls_client_spoke: bool = False      # TLS: the client sent application data
+    tls_sealed_handshake: bool = False  # TLS 1.3: the client's Finished is still to come
     small_client_ts: list[float] = field(default_factory=list)
     noop_ts: list[float] = field(default_factory=list)
     probe_ts: list[float] = field(default_factory=list)   # keep-alives, idle empty ACKs
     needles: set = field(default_factory=set)
     tails: dict = field(default_factory=lambda: {"c2s": b"", "s2c": b""})
     burst: int = 0
+    first_c2s: bytes = b""      # the client's first bytes: a relay's leg sends the same
 
 
 @dataclass
@@ -83,6 +87,8 @@ class Analysis:
     arp: int = 0
     arp_messages: list[dict] = field(default_factory=list)   # the first MAX_ARP_KEPT
     handshakes: list[dict] = field(default_factory=list)
+    relay_legs: dict[int, int] = field(default_factory=dict)  # leg flow id -> relayed flow id
+    legs_kept: bool = False     # the legs are in flows and events (`all_legs`)
 
     @property
     def sniffed(self) -> bool:
@@ -128,6 +134,7 @@ class Analysis:
             "dns": {name: addrs for name, addrs in sorted(self.dns.items())},
             "flows": [{**f, "tcp": tcp_counts(f["tcp"])} for f in self.flows],
             "udp": self.udp, "tcp": tcp_counts(self.tcp),
+            "relay_legs": {"found": len(self.relay_legs), "kept": self.legs_kept},
         }
 
 
@@ -155,8 +162,10 @@ class Analyzer:
 
     def __init__(self, *, keep_events: bool = True, needles: Iterable[bytes] = (),
                  on_event: Optional[Callable[[Event], None]] = None,
-                 time_scale: float = 1.0, body_limit: int = BODY_KEEP) -> None:
+                 time_scale: float = 1.0, body_limit: int = BODY_KEEP,
+                 all_legs: bool = False) -> None:
         self.keep_events = keep_events
+        self.all_legs = all_legs
         self.body_limit = body_limit
         self.on_event = on_event
         self.needles = [n for n in needles if n]
@@ -185,10 +194,21 @@ class Analyzer:
             direction = self._cur_dir
             if kind == ev.TLS_RECORD and fields.get("content_type") == TLS_APPLICATION_DATA:
                 if direction == "c2s":
-                    info.tls_asked = True
+                    if info.tls_sealed_handshake:
+                        # TLS 1.3: the client's first such record is its Finished, and what
+                        # answers it the server's session tickets: not an exchange
+                        info.tls_sealed_handshake = False
+                    else:
+                        info.tls_asked = True
                 elif info.tls_asked:
                     info.tls_asked = False
                     info.tls_exchanges += 1
+                elif not info.tls_client_spoke:
+                    # application data from the server before any from the client: TLS 1.3's
+                    # encrypted handshake (EncryptedExtensions to Finished)
+                    info.tls_sealed_handshake = True
+                if direction == "c2s":
+                    info.tls_client_spoke = True
             if kind == ev.TLS_CLIENT_HELLO and fields.get("sni"):
                 info.host = info.host or fields["sni"]
             elif kind == ev.HTTP_REQUEST and fields.get("host"):
@@ -220,6 +240,8 @@ class Analyzer:
                 info.burst = 0
             info.last_dir = direction
         if direction == "c2s":
+            if len(info.first_c2s) < FIRST_BYTES:
+                info.first_c2s = (info.first_c2s + data)[:FIRST_BYTES]
             info.burst += len(data)
             if len(data) <= SMALL_MESSAGE and info.burst == len(data):
                 info.small_client_ts.append(ts)
@@ -285,6 +307,7 @@ class Analyzer:
             beats = sorted(info.small_client_ts + info.probe_ts)
         hb = _regular_interval(beats)
         return {"app": app, "host": info.host, "requests": requests, "exchanges": exchanges,
+                "first_c2s": info.first_c2s,
                 "heartbeat_s": None if hb is None else round(hb * self.time_scale, 3),
                 "violation": getattr(stream, "violation", None)}
 
@@ -429,7 +452,31 @@ class Analyzer:
         r.udp = [u.summary() for u in self.table.udp.values()]
         r.flows.sort(key=lambda f: (f["start"], f["id"]))
         r.events.sort(key=lambda e: (e.ts, e.index))
+        r.relay_legs = relay_legs(r.flows, {flow.id: found["first_c2s"]
+                                            for flow, found in self._ended})
+        r.legs_kept = self.all_legs
+        if r.relay_legs and not self.all_legs:
+            self._leave_out(set(r.relay_legs))
         return r
+
+    def _leave_out(self, legs: set[int]) -> None:
+        """The flows `legs` taken out of the flows, events, handshakes, needles and TCP
+        totals (not out of the packet count: they were captured)."""
+        r = self.result
+        for flow, _ in self._ended:
+            if flow.id in legs:
+                for name, n in flow.analysis.items():
+                    r.tcp[name] -= n
+        r.tcp = {name: n for name, n in r.tcp.items() if n}
+        r.flows = [f for f in r.flows if f["id"] not in legs]
+        r.events = [e for e in r.events if e.flow not in legs]
+        r.handshakes = [h for h in r.handshakes if h["flow"] not in legs]
+        for needle, seen in list(r.needles_seen.items()):
+            kept = [s for s in seen if s["flow"] not in legs]
+            if kept:
+                r.needles_seen[needle] = kept
+            else:
+                del r.needles_seen[needle]
 
 
 def recorded_time_scale(meta: Optional[dict]) -> Optional[float]:
@@ -452,9 +499,14 @@ def time_scale_of(meta: Optional[dict], assumed: Optional[float] = None) -> floa
 
 def analyze(path: str, *, keep_events: bool = True, needles: Iterable[bytes] = (),
             on_event: Optional[Callable[[Event], None]] = None,
-            body_limit: int = BODY_KEEP, time_scale: Optional[float] = None) -> Analysis:
+            body_limit: int = BODY_KEEP, time_scale: Optional[float] = None,
+            all_legs: bool = False) -> Analysis:
     """Read a capture file and return its analysis (partial if the file is damaged);
     events keep `body_limit` bytes of each body.
+
+    A relay's second copy of a connection (`testbed.capture.legs`: a sniffed lab that
+    records or has a NAT) is left out of the flows and events unless `all_legs`;
+    `on_event` sees every event as it is read, legs included.
 
     `time_scale`: protocol seconds per wall second to assume when the capture does not
     record its own (a tcpdump of a lab running at 100: 100)."""
@@ -462,7 +514,8 @@ def analyze(path: str, *, keep_events: bool = True, needles: Iterable[bytes] = (
     # the section comment is read when the file is opened, before any packet
     meta = cap.meta if isinstance(cap.meta, dict) else None
     a = Analyzer(keep_events=keep_events, needles=needles, on_event=on_event,
-                 time_scale=time_scale_of(meta, time_scale), body_limit=body_limit)
+                 time_scale=time_scale_of(meta, time_scale), body_limit=body_limit,
+                 all_legs=all_legs)
     a.result.path = str(path)
     a.result.meta = meta
     a.result.assumed_time_scale = time_scale

@@ -6,7 +6,8 @@ from rich.markup import escape
 
 from testbed.phones_cli import failed_result, posted
 
-from .output import err_console, error, metrics_table, note, out_console, print_json
+from .output import (err_console, error, metrics_table, note, open_manifest, out_console,
+                     print_json)
 
 
 def emulate(args) -> int:
@@ -18,17 +19,10 @@ def emulate(args) -> int:
     from testbed import interrupt
     from testbed.client.scenarios import long_wait_notice
     from testbed.client.swarm import swarm
-    from testbed.lab.manifest import load_manifest
 
     console = err_console()
-    try:
-        manifest = load_manifest(args.manifest)
-    except FileNotFoundError:
-        error(console, f"no manifest at {args.manifest}: start a lab with `testbed lab up` "
-                       f"or pass --manifest")
-        return 2
-    except (ValueError, OSError) as exc:
-        error(console, str(exc), args.manifest)
+    manifest = open_manifest(args.manifest, console)
+    if manifest is None:
         return 2
     clients = args.clients or args.claim_users or 2
     claimed = owner = names = None
@@ -40,6 +34,13 @@ def emulate(args) -> int:
     from .netns import enter_phone_namespace
     if (failed := enter_phone_namespace(manifest, console)) is not None:
         return failed
+    users = len(manifest.users)
+    if claimed is None and clients > users:
+        note(console, f"{clients} phones on a lab of {users} users: they share the "
+                      f"accounts, up to {-(-clients // users)} phones logged in as each "
+                      f"user (a later login of a user takes its long link over); for a phone "
+                      f"per account start the lab with `testbed lab up --users "
+                      f"{clients}`")
     notice = long_wait_notice(args.scenario, manifest.heartbeat_s, manifest.time_scale,
                               args.duration)
     if notice:

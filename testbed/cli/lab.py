@@ -1,10 +1,11 @@
-"""`testbed lab up`: run the mock hosts (`lab seed`, `lab manifest` and `serve` are in
-`testbed.serve_cli`)."""
+"""`testbed lab up` (`-v`: a line per request; what it served when it stops) and `testbed lab
+status` (`lab seed`, `lab manifest` and `serve` are in `testbed.serve_cli`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 from rich.markup import escape
 
@@ -71,6 +72,44 @@ def after_stop(lab, report_path, console) -> None:
     if report_path is not None:
         report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         note(console, f"replay report: {report_path}")
+
+
+def served_rows(counts, lab) -> list[dict]:
+    """What a one-process lab served, a row per host (`ServedCounts.rows`), with the long
+    link's heartbeats (answered on its fast path, not logged one by one) as a row of their
+    own."""
+    rows = counts.rows()
+    long = getattr(lab, "long", None)
+    if long is not None:
+        from testbed.lab.addressing import LONG
+        logged = counts.by_host.get(LONG, 0)
+        beats = max(0, long.frames_in - logged)
+        if beats:
+            rows.append({"host": f"{LONG} heartbeats", "requests": beats, "failed": 0,
+                         "most": {"NOOP": beats}})
+    return rows
+
+
+def print_served(rows: list[dict], as_json: bool, console) -> None:
+    """The stop summary: a table on stdout (100 columns); with --json, whose stdout is the
+    host document alone, a line on `console` (stderr)."""
+    if as_json:
+        note(console, "served: " + (", ".join(f"{r['host']} {r['requests']}" for r in rows)
+                                    or "nothing"))
+        return
+    from rich.table import Table
+
+    t = Table(title="served")
+    t.add_column("host", overflow="fold")
+    t.add_column("requests", justify="right")
+    t.add_column("not ok", justify="right")
+    t.add_column("most asked", overflow="fold")
+    for r in rows:
+        t.add_row(escape(r["host"]), str(r["requests"]), str(r["failed"]),
+                  escape(", ".join(f"{w} {n}" for w, n in r["most"].items())))
+    if not rows:
+        t.add_row("(nothing)", "0", "0", "")
+    out_console().print(t)
 
 
 def lab_up(args) -> int:
@@ -168,15 +207,26 @@ def lab_up(args) -> int:
 
     async def serve(store) -> int:
         from mocks.process_lab import HostFailed, ProcessLab
+        from mocks.served import ServedCounts, line
 
         processes = getattr(store, "namespace", None) is not None
+        counts = ServedCounts()
+
+        def observe(served) -> None:
+            counts.add(served)
+            if args.log_requests:
+                console.print(line(served), markup=False, highlight=False, soft_wrap=True)
+
         if processes:
+            if args.log_requests:
+                note(console, "-v logs the requests of the one-process lab; a lab of "
+                              "processes logs none (each `testbed serve` host is apart)")
             lab = ProcessLab(cfg, store, args.store, workers=args.workers or 2,
                              uvloop=args.uvloop)
         else:
             from testbed.capture.packets import CaptureError
             try:
-                lab = Lab(cfg, store=store)
+                lab = Lab(cfg, store=store, observer=observe)
             except (CaptureError, OSError) as exc:
                 error(console, f"--replay {exc}" if str(cfg.replay) in str(exc)
                       else f"--replay {cfg.replay}: {exc}")
@@ -235,12 +285,93 @@ def lab_up(args) -> int:
             await asyncio.Event().wait()    # until a signal cancels this task
             return 0
         finally:
-            if lab.manifest is not None:
+            started = lab.manifest is not None
+            if started:
                 console.print("stopping")
             with interrupt.cleaning_up():
                 await lab.stop()
             if lab.manifest is not None:
                 after_stop(lab, args.report, console)
+            if started and not processes:
+                print_served(served_rows(counts, lab), args.json, console)
 
     on = from_flag(args.uvloop, lambda text: console.print(f"[yellow]{text}[/yellow]"))
     return interrupt.run(run(), lambda main: run_on(main, on))
+
+
+async def probe_lab(manifest, timeout: float) -> list[dict]:
+    """Each host's endpoints (a row per address and port: TCP connect; the resolver: a DNS
+    query for the long host over UDP) and whether each answered within `timeout`."""
+    from testbed.client.resolver import Resolver, ResolveError
+    from testbed.lab.addressing import LONG
+
+    async def tcp(host: str, addr: str, port: int, what: str) -> dict:
+        row = {"host": host, "address": addr, "port": port, "what": what}
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(addr, port), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, asyncio.TimeoutError) or not getattr(exc, "errno", None):
+                return {**row, "up": False, "detail": f"no answer in {timeout:g} s"}
+            return {**row, "up": False, "detail": os.strerror(exc.errno)}
+        writer.close()
+        return {**row, "up": True, "detail": "accepts connections"}
+
+    async def dns() -> dict:
+        row = {"host": "lab resolver (DNS)", "address": manifest.dns_address,
+               "port": manifest.dns_port, "what": "udp"}
+        try:
+            found = await asyncio.wait_for(
+                Resolver(manifest.dns_address, manifest.dns_port).resolve(LONG), timeout)
+        except (OSError, ResolveError, asyncio.TimeoutError) as exc:
+            return {**row, "up": False, "detail": str(exc) or f"no answer in {timeout:g} s"}
+        return {**row, "up": True, "detail": f"{LONG}: {' '.join(found)}"}
+
+    probes = []
+    for name, h in manifest.hosts.items():
+        for addr in h.addresses:
+            probes.append(tcp(name, addr, h.port, "tcp"))
+            if h.tls_port:
+                probes.append(tcp(name, addr, h.tls_port, "tls"))
+    probes.append(dns())
+    return list(await asyncio.gather(*probes))
+
+
+def lab_status(args) -> int:
+    """`testbed lab status`: the manifest's lab, each host probed (table or --json); 0 when
+    everything answers, 1 when something does not, 2 without a readable manifest."""
+    import time
+
+    from rich.table import Table
+
+    from .output import open_manifest
+
+    console = err_console()
+    manifest = open_manifest(args.manifest, console)
+    if manifest is None:
+        return 2
+    rows = asyncio.run(probe_lab(manifest, args.timeout))
+    up = all(r["up"] for r in rows)
+    written = args.manifest.stat().st_mtime if args.manifest.exists() else None
+    if args.json:
+        print_json({"manifest": str(args.manifest.resolve()), "up": up,
+                    "profile": manifest.profile, "time_scale": manifest.time_scale,
+                    "users": len(manifest.users),
+                    "written_s_ago": None if written is None else round(time.time() - written, 1),
+                    "nat": manifest.extra.get("nat"), "endpoints": rows})
+    else:
+        t = Table(title=f"lab status: profile {manifest.profile}, time scale "
+                        f"{manifest.time_scale:g}, {len(manifest.users)} users")
+        for col in ("host", "address", "port", "state", "detail"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            t.add_row(r["host"], r["address"], f"{r['port']}" + (" (TLS)" if r["what"] == "tls"
+                                                                  else ""),
+                      "[green]up[/green]" if r["up"] else "[red]DOWN[/red]", escape(r["detail"]))
+        out_console().print(t)
+    if not up:
+        down = sum(not r["up"] for r in rows)
+        error(console, f"{down} of {len(rows)} endpoints of the lab in {args.manifest} do not "
+                       f"answer" + ("" if down < len(rows) else ": is the lab still up? (a lab "
+                                    "removes its manifest when it stops; this one was left by "
+                                    "a lab that was killed)"))
+    return 0 if up else 1

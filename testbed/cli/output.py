@@ -63,14 +63,16 @@ def note(console, text: str) -> None:
     console.print(f"note: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
-def open_analysis(path: Path, console, needles=(), time_scale: Optional[float] = None):
+def open_analysis(path: Path, console, needles=(), time_scale: Optional[float] = None,
+                  all_legs: bool = False):
     """The capture's analysis, or None after saying on `console` why it cannot be read.
-    `time_scale`: what to assume when the capture does not record its own."""
+    `time_scale`: what to assume when the capture does not record its own; `all_legs`:
+    keep a relay's second copy of each connection (`testbed.capture.legs`)."""
     from testbed.capture.analyze import analyze
     from testbed.capture.packets import CaptureError
 
     try:
-        a = analyze(str(path), needles=needles, time_scale=time_scale)
+        a = analyze(str(path), needles=needles, time_scale=time_scale, all_legs=all_legs)
     except (CaptureError, OSError) as exc:
         error(console, str(exc), path)
         return None
@@ -78,8 +80,26 @@ def open_analysis(path: Path, console, needles=(), time_scale: Optional[float] =
             and a.time_scale != time_scale:
         note(console, f"{path} records time scale {a.time_scale:g}; --time-scale "
                       f"{time_scale:g} ignored")
+    if a.relay_legs and not a.legs_kept:
+        note(console, f"{len(a.relay_legs)} connections were seen twice, once on each side "
+                      f"of the lab's relay: their relay legs are left out (--all-legs keeps "
+                      f"them)")
     return a
 
 
 def doc_start(a) -> float:
     return a.first_ts or 0.0
+
+
+def open_manifest(path: Path, console):
+    """The lab manifest at `path`, or None after saying on `console` (one line) why not."""
+    from testbed.lab.manifest import load_manifest
+
+    try:
+        return load_manifest(path)
+    except FileNotFoundError:
+        error(console, f"no manifest at {path}: start a lab with `testbed lab up` or pass "
+                       f"--manifest")
+    except (ValueError, OSError) as exc:
+        error(console, str(exc), path)
+    return None

@@ -14,6 +14,11 @@ from . import analyze, demo, emulate, lab, profiles, record, report, verify
 
 TIME_SCALE_HELP = ("protocol seconds per wall second of the lab that was captured, used when "
                    "the capture does not record it (a tcpdump of `testbed demo`: 100)")
+PHONES_HELP = ("the phones the storyboard ran with, used when the capture does not say (a "
+               "tcpdump of `testbed demo`: 2): counts are checked against it")
+ALL_LEGS_HELP = ("keep a relay's second copy of each connection (a sniffed lab that records "
+                 "or has a NAT relays every connection to a server's internal port; left out "
+                 "by default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "truncate:GETMSGIMG#1@100, split:NOOP#3@7, drop:short.NEWSYNC#1, "
                          "reset:long@120s, blackhole:long#1@300s, seed=N (repeatable; "
                          "docs/replay.md)")
+    up.add_argument("-v", "--verbose", dest="log_requests", action="store_true",
+                    help="a line on stderr per request served: time, host, client (and "
+                         "user), command, CGI, path or DNS name, result, milliseconds")
     up.set_defaults(handler=lab.lab_up)
+    st = lab_sub.add_parser("status", help="what of a running lab is up: each host probed")
+    st.add_argument("--manifest", type=Path, default=Path("lab-manifest.json"),
+                    help="the lab's manifest (default ./lab-manifest.json)")
+    st.add_argument("--timeout", type=positive_float, default=2.0, metavar="SECONDS",
+                    help="how long to wait for each host to answer (default 2)")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.set_defaults(handler=lab.lab_status)
 
     from .netns import add_netns_options
     add_netns_options(up)
@@ -133,17 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
                          "signalling, radio-on time, energy, battery share")
     an.add_argument("--time-scale", type=positive_float, default=None, metavar="K",
                     help=TIME_SCALE_HELP)
+    an.add_argument("--all-legs", action="store_true", help=ALL_LEGS_HELP)
     an.set_defaults(handler=analyze.analyze)
 
     ve = sub.add_parser("verify", help="check a capture against expectations")
     ve.add_argument("capture", type=Path)
-    ve.add_argument("--storyboard", action="store_true",
-                    help="the lab report's statements (the default expectation set)")
+    ve.add_argument("--set", choices=sorted(verify.EXPECTATION_SETS), default="storyboard",
+                    help="the expectation set to check: " + "; ".join(
+                        f"{name}: {what}" for name, what in verify.EXPECTATION_SETS.items())
+                    + " (the only set so far, and the default)")
+    ve.add_argument("--storyboard", dest="set", action="store_const", const="storyboard",
+                    help="the same as --set storyboard")
     ve.add_argument("--secret", action="append", default=[], metavar="TEXT",
                     help="a password that must never appear in clear (repeatable)")
     ve.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     ve.add_argument("--time-scale", type=positive_float, default=None, metavar="K",
                     help=TIME_SCALE_HELP)
+    ve.add_argument("--all-legs", action="store_true", help=ALL_LEGS_HELP)
+    ve.add_argument("--phones", type=positive_int, default=None, metavar="N",
+                    help=PHONES_HELP)
     ve.set_defaults(handler=verify.verify)
 
     de = sub.add_parser("demo", help="run the lab report's session, record, verify, report")
@@ -194,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a password that must never appear in clear (repeatable)")
     rp.add_argument("--time-scale", type=positive_float, default=None, metavar="K",
                     help=TIME_SCALE_HELP)
+    rp.add_argument("--all-legs", action="store_true", help=ALL_LEGS_HELP)
+    rp.add_argument("--phones", type=positive_int, default=None, metavar="N",
+                    help=PHONES_HELP)
     rp.set_defaults(handler=report.report)
 
     try:

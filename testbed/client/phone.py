@@ -13,7 +13,7 @@ import logging
 import random
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from testbed.lab.clock import Clock
 from testbed.lab.manifest import Manifest
@@ -97,6 +97,8 @@ class Phone:
         self._reconnecting = False
         self.errors: list[BaseException] = []
         self.nearby: Optional[NearbyResult] = None     # the last people_nearby
+        self._news = asyncio.Event()     # set (and replaced) when a message or push arrives
+        self._pushes_seen = 0            # pushes `wait_for_push` has handed out
 
     @property
     def username(self) -> str:
@@ -258,8 +260,59 @@ class Phone:
             raise
 
     # ------------------------------------------------------------------ sync
+    def _wake(self) -> None:
+        news, self._news = self._news, asyncio.Event()
+        news.set()
+
+    async def _wait_until(self, found: Callable[[], Any], timeout: float, what: str):
+        """`found()`'s first value that is not None, waiting `timeout` protocol seconds
+        (at least REQUEST_MIN_WALL wall seconds) for the arrivals that may change it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout(timeout)
+        while True:
+            value = found()
+            if value is not None:
+                return value
+            left = deadline - loop.time()
+            if left <= 0:
+                raise asyncio.TimeoutError(f"{self.username}: no {what} within {timeout:g} "
+                                           f"protocol s")
+            try:
+                await asyncio.wait_for(self._news.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    async def wait_for_message(self, text: Optional[str] = None, *,
+                               sender: Optional[str] = None, msg_type: Optional[int] = None,
+                               timeout: float = 60.0) -> pb.AddMsg:
+        """The first message this phone has received (by push-then-sync, or any sync) whose
+        content is `text`, from `sender`, of `msg_type` (each if given), waiting up to
+        `timeout` protocol seconds for it; `asyncio.TimeoutError` (saying what) if none
+        came. A message received before the call counts: no race with a fast push."""
+        def found():
+            for m in self.session.sync_state.messages:
+                if (text is None or m.content == text) and (
+                        sender is None or m.from_user == sender) and (
+                        msg_type is None or m.msg_type == msg_type):
+                    return m
+            return None
+        want = ", ".join(f"{k} {v!r}" for k, v in (("text", text), ("from", sender),
+                                                  ("msg_type", msg_type)) if v is not None)
+        return await self._wait_until(found, timeout, f"message ({want or 'any'})")
+
+    async def wait_for_push(self, timeout: float = 60.0) -> int:
+        """Wait for a NOTIFY this phone has not been handed yet (one arrived since the
+        last call counts), up to `timeout` protocol seconds; returns the pushes received so
+        far. `asyncio.TimeoutError` if none came."""
+        def found():
+            return self.metrics.pushes if self.metrics.pushes > self._pushes_seen else None
+        n = await self._wait_until(found, timeout, "push (NOTIFY)")
+        self._pushes_seen += 1
+        return n
+
     def _on_notify(self, selector: int) -> None:
         self.metrics.pushes += 1
+        self._wake()
         if self._stopping:
             return
         if self._sync_task is not None and not self._sync_task.done():
@@ -322,6 +375,7 @@ class Phone:
             self.metrics.received[msg.new_msg_id] = now
             if self.on_message is not None:
                 self.on_message(msg, now)
+        self._wake()
         return items
 
     # ------------------------------------------------------------------ sending

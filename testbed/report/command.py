@@ -13,10 +13,13 @@ def default_output(capture: str) -> Path:
 
 
 def report_main(capture: str, html_out: Optional[str], secrets: Sequence[str] = (), *,
-                time_scale: Optional[float] = None) -> int:
+                time_scale: Optional[float] = None, all_legs: bool = False,
+                phones: Optional[int] = None) -> int:
     """Analyse `capture` (searching for `secrets` in clear), verify the storyboard, write the
     HTML report to `html_out` (default `<capture>.html`) and print its path. `time_scale`:
-    what to assume when the capture does not record its own (`--time-scale`).
+    what to assume when the capture does not record its own (`--time-scale`); `all_legs`:
+    keep a relay's second copy of each connection (`--all-legs`); `phones`: the phones
+    the storyboard ran with when the capture does not say (`--phones`).
 
     Returns 0, or 2 with a message on stderr when the capture cannot be read or the report
     cannot be written. Failed storyboard statements do not change the exit status: the
@@ -29,13 +32,14 @@ def report_main(capture: str, html_out: Optional[str], secrets: Sequence[str] = 
 
     needles = [s.encode("utf-8") for s in secrets or () if s]
     try:
-        analysis = analyze(str(capture), needles=needles, time_scale=time_scale)
+        analysis = analyze(str(capture), needles=needles, time_scale=time_scale,
+                           all_legs=all_legs)
     except (CaptureError, OSError) as exc:
         text = str(exc)
         where = "" if str(capture) in text else f"{capture}: "
         print(f"testbed report: cannot read the capture: {where}{text}", file=sys.stderr)
         return 2
-    verdicts = verify_storyboard(analysis, secrets=needles)
+    verdicts = verify_storyboard(analysis, secrets=needles, phones=phones)
     out = Path(html_out) if html_out else default_output(str(capture))
     if out.is_dir():
         out = out / f"{Path(capture).name}.html"

@@ -28,6 +28,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from .decoded import decoded_rows, fields_attr
 from .ladder import Ladder, Row, build_ladder
 from .text import byte_size, clean
 from .timeline import Timeline, build_timeline
@@ -126,7 +127,23 @@ def _flow_tag(row: Row) -> str:
     return f"#{flows[0]}+{len(flows) - 1}"
 
 
-def render_ladder(ladder: Ladder) -> str:
+def _chat_text(doc: Optional[dict]) -> str:
+    """The text of a chat message a row carries in clear (a NEWSENDMSG's, a sync's first),
+    else ""."""
+    message = ((doc or {}).get("fields") or {}).get("message")
+    if not isinstance(message, dict):
+        return ""
+    for key in ("msgs", "add_msgs"):
+        for m in message.get(key) or []:
+            if isinstance(m, dict) and m.get("content") and m.get("msg_type", 1) == 1:
+                return clean(m["content"], 60)
+    return ""
+
+
+def render_ladder(ladder: Ladder, decoded: Optional[dict[int, dict]] = None) -> str:
+    """The ladder as SVG; `decoded`: {row position: its event decoded}, carried by the row
+    for the detail panel (`testbed.report.decoded`)."""
+    decoded = decoded or {}
     xs = _col_x(ladder)
     step = xs[1] - xs[0] if len(xs) > 1 else 200
     use_short = step < 150
@@ -153,7 +170,7 @@ def render_ladder(ladder: Ladder) -> str:
     threshold = _idle_threshold(ladder.rows)
     prev: Optional[Row] = None
     arrows = 0
-    for row in ladder.rows:
+    for i, row in enumerate(ladder.rows):
         if row.gap:
             body.append(f'<g class="more" transform="translate(0,{y:.1f})">'
                         f'<rect class="band" x="0" y="2" width="{WIDTH}" '
@@ -174,13 +191,19 @@ def render_ladder(ladder: Ladder) -> str:
         xa, xb = xs[row.a], xs[row.b]
         cls = f"s-{row.style}" if row.style else "s-other"
         label = row.label
-        shown = clean(label, 96)
+        said = _chat_text(decoded.get(i))
+        shown = clean(f"{label} “{said}”" if said and not row.collapsed else label, 96)
+        ends = " ".join(ladder.columns[k].title for k in (row.a, row.b))
         tip = html.escape("\n".join(clean(d, 300) for d in [label, *row.detail]), quote=True)
         classes = f"msg {cls}" + (" collapsed" if row.collapsed else "")
         body.append(
             f'<g class="{classes}" data-kind="{esc(row.kind)}" data-label="{esc(label)}" '
             f'data-count="{row.count}" data-flows="{esc(_flows_attr(row))}" '
-            f'data-t="{row.t:.3f}" transform="translate(0,{y:.1f})">'
+            f'data-ends="{esc(ends)}" '
+            f'data-t="{row.t:.3f}" data-i="{i}"'
+            + (f' data-fields="{html.escape(fields_attr(decoded[i]), quote=True)}"'
+               if i in decoded else "")
+            + f' transform="translate(0,{y:.1f})">'
             f'<title>{tip}</title>'
             f'<rect class="hit" x="0" y="0" width="{WIDTH}" height="{ROW_H}"/>'
             f'<text class="tt" x="78" y="17" text-anchor="end">{row.t:.1f}</text>'
@@ -603,6 +626,14 @@ svg text{font-family:inherit}
 .hb .reconnect text{font-size:11px;fill:var(--http)}
 .hb .close{stroke:#57606a;stroke-width:2.5}.hb .open{fill:var(--frame)}
 footer{color:var(--muted);font-size:12px;text-align:center}
+#detail{position:fixed;top:12px;right:12px;width:min(460px,40vw);max-height:85vh;overflow:auto;
+background:#fff;border:1px solid #d0d7de;border-radius:8px;box-shadow:0 4px 18px #0002;
+padding:10px 14px;font-size:12.5px;z-index:10}
+.msg.dim{opacity:.15}.filter{font-size:13px;margin:0 0 8px}#filter-count{color:var(--muted)}
+#detail[hidden]{display:none}#detail h3{margin:0 24px 8px 0;font-size:14px;word-break:break-all}
+#detail-close{position:absolute;top:6px;right:8px;border:0;background:none;font-size:18px;cursor:pointer}
+#detail ul{list-style:none;margin:0;padding-left:14px;border-left:1px solid #eaeef2}
+#detail>div>ul{padding-left:0;border:0}#detail .k{color:#57606a}#detail .v{word-break:break-all}
 """
 
 SCRIPT = """
@@ -646,7 +677,43 @@ SCRIPT = """
       if (flows.some(function (f) { return fs.indexOf(f) >= 0; })) { a.classList.add('sel'); }
     });
   }
+  function tree(value) {
+    if (value === null || typeof value !== 'object') {
+      var span = document.createElement('span');
+      span.className = 'v';
+      span.textContent = value === null ? 'null' : String(value);
+      return span;
+    }
+    var ul = document.createElement('ul');
+    Object.keys(value).forEach(function (k) {
+      var li = document.createElement('li');
+      var key = document.createElement('span');
+      key.className = 'k';
+      key.textContent = k + ': ';
+      li.appendChild(key);
+      li.appendChild(tree(value[k]));
+      ul.appendChild(li);
+    });
+    return ul;
+  }
+  function show(g) {
+    var raw = g.getAttribute('data-fields');
+    var doc = raw ? JSON.parse(raw) : null;
+    var panel = document.getElementById('detail');
+    if (!panel) { return; }
+    document.getElementById('detail-title').textContent = g.getAttribute('data-label');
+    var bodyEl = document.getElementById('detail-body');
+    bodyEl.textContent = '';
+    bodyEl.appendChild(doc ? tree(doc) : document.createTextNode('no decoded fields'));
+    panel.hidden = false;
+  }
   try {
+    var closer = document.getElementById('detail-close');
+    if (closer) {
+      closer.addEventListener('click', function () {
+        document.getElementById('detail').hidden = true;
+      });
+    }
     var svg = document.getElementById('ladder-svg');
     var arrows = Array.prototype.slice.call(document.querySelectorAll('#ladder-svg g.msg'));
     var expected = svg ? parseInt(svg.getAttribute('data-arrows'), 10) : 0;
@@ -664,8 +731,24 @@ SCRIPT = """
           clipped++;
         }
       }
-      g.addEventListener('click', function () { highlight(arrows, g); });
+      g.addEventListener('click', function () { highlight(arrows, g); show(g); });
     });
+    var filter = document.getElementById('filter');
+    if (filter) {
+      filter.addEventListener('input', function () {
+        var q = filter.value.trim().toLowerCase();
+        var shown = 0;
+        arrows.forEach(function (a) {
+          var hay = (a.getAttribute('data-label') + ' ' + a.getAttribute('data-ends') + ' ' +
+                     (a.getAttribute('data-fields') || '')).toLowerCase();
+          var on = !q || hay.indexOf(q) >= 0;
+          a.classList.toggle('dim', !on);
+          if (on) { shown++; }
+        });
+        document.getElementById('filter-count').textContent =
+          q ? shown + ' of ' + arrows.length + ' rows match' : '';
+      });
+    }
     Array.prototype.forEach.call(document.querySelectorAll('table.sortable'), sortable);
     body.setAttribute('data-arrows', String(arrows.length));
     body.setAttribute('data-clipped', String(clipped));
@@ -702,7 +785,8 @@ def render_report(analysis, verdicts: Iterable[Any], *, title: Optional[str] = N
             ("http", "HTTP"), ("frame", "long-link frame"), ("push", "push"),
             ("noop", "heartbeat (NOOP)"), ("rst", "RST, request without reply")))
         + " — dashed: the answer in the same row; bold: a collapsed run of repeats. "
-          "Hover an arrow for details, click it to highlight its connection.</p>")
+          "Hover an arrow for details; click it to see its decoded fields (the protobuf "
+          "body as a tree, HTTP headers, DNS answers) and highlight its connection.</p>")
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     from testbed import __version__
     return "".join([
@@ -728,7 +812,14 @@ def render_report(analysis, verdicts: Iterable[Any], *, title: Optional[str] = N
         f'<section id="ladder"><h2>Ladder diagram</h2><p class="intro">{ladder.events} events '
         f'as {sum(1 for r in ladder.rows if not r.gap)} rows: a column per host, an arrow '
         f'per message; repeated exchanges are collapsed into one row.{omitted}</p>',
-        legend, render_ladder(ladder), "</section>",
+        legend, '<p class="filter"><label>Filter <input id="filter" type="search" '
+        'placeholder="host, command, CGI, user or text" size="40"></label> '
+        '<span id="filter-count"></span></p>',
+        render_ladder(ladder, decoded_rows(analysis, ladder.rows)),
+        '<aside id="detail" hidden><button type="button" id="detail-close" '
+        'aria-label="close">×</button><h3 id="detail-title"></h3>'
+        '<div id="detail-body"></div></aside>',
+        "</section>",
         '<section id="flows"><h2>Flows</h2><p class="intro">Every TCP connection (click a '
         'header to sort). Start and duration in protocol seconds; ↑ from the client, ↓ from '
         'the server.</p>', render_flows(analysis), "</section>",

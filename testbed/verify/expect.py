@@ -48,7 +48,8 @@ class SpecError(ValueError):
 
 
 #: what a dict spec may name besides an event's fields
-ATTRIBUTES = ("kind", "host", "direction", "door", "command", "flow", "label")
+ATTRIBUTES = ("kind", "host", "direction", "door", "command", "flow", "label", "src", "dst",
+              "packet")
 _ALL_FIELDS = sorted({name for fields in ev.FIELDS.values() for name in fields}
                      - set(ATTRIBUTES))
 _COMMAND_NAME = re.compile(r"cmd \d+")     # a frame whose cmd is not in the table
@@ -80,8 +81,14 @@ def _check(spec: dict) -> None:
                     not isinstance(value, want) or (want is not bool and isinstance(value, bool))):
                 raise SpecError(f"{kind} field {key!r} is {want.__name__}, not {value!r}")
         elif key in ("host", "label") and not isinstance(value, str) or \
-                key == "flow" and value is not None and not isinstance(value, int):
-            raise SpecError(f"{key!r} is {'int' if key == 'flow' else 'str'}, not {value!r}")
+                key in ("flow", "packet") and value is not None and (
+                    not isinstance(value, int) or isinstance(value, bool)):
+            raise SpecError(f"{key!r} is {'int' if key in ('flow', 'packet') else 'str'}, "
+                            f"not {value!r}")
+        elif key in ("src", "dst") and not (
+                isinstance(value, str) or isinstance(value, tuple) and len(value) == 2):
+            raise SpecError(f"{key!r} is an address, 'address:port' or (address, port), "
+                            f"not {value!r}")
         if value is None:
             continue
         try:
@@ -113,10 +120,21 @@ def _check_name(kind: Optional[ev.Kind], value: str) -> None:
     raise exc
 
 
+def _at(endpoint: tuple, want) -> bool:
+    """An event's (address, port) against a spec's address, "address:port" or tuple."""
+    if isinstance(want, tuple):
+        return tuple(endpoint) == want
+    if ":" in want:
+        return f"{endpoint[0]}:{endpoint[1]}" == want
+    return endpoint[0] == want
+
+
 def match(spec: Matcher) -> Callable[[Event], bool]:
     """A predicate from a spec: a callable; a kind name; a `label` substring with `~`
     (`"~POST /cgi-bin/micromsg-bin/newsync"`); or a dict of `kind`, `host`, `direction`,
-    `door`, `command` (a command name), `flow`, `label` (substring) and field values (exact).
+    `door`, `command` (a command name), `flow`, `packet` (its number in the capture), `src`
+    and `dst` (an address, "address:port" or (address, port)), `label` (substring) and
+    field values (exact).
 
     A kind, field, command, cgi, door or direction that no event can have raises
     `SpecError`, which names the valid ones (`ev.Kind`, `ev.FIELDS`, the command table)."""
@@ -156,6 +174,12 @@ def match(spec: Matcher) -> Callable[[Event], bool]:
             elif k == "flow":
                 if e.flow != v:
                     return False
+            elif k == "packet":
+                if e.index != v:
+                    return False
+            elif k in ("src", "dst"):
+                if not _at(e.src if k == "src" else e.dst, v):
+                    return False
             elif e.fields.get(k) != v:
                 return False
         return True
@@ -172,20 +196,26 @@ class CaptureView:
 
     # -------------------------------------------------------------- queries
     def select(self, spec: Matcher, since: Optional[float] = None) -> list[Event]:
+        """Every event the spec matches (from capture time `since`, if given), in order."""
         pred = match(spec)
         return [e for e in self.events if pred(e) and (since is None or e.ts >= since)]
 
     def first(self, spec: Matcher) -> Optional[Event]:
+        """The first event the spec matches, or None."""
         pred = match(spec)
         return next((e for e in self.events if pred(e)), None)
 
     def count(self, spec: Matcher) -> int:
+        """How many events the spec matches."""
         return len(self.select(spec))
 
     def flows(self, **want: Any) -> list[dict]:
+        """The analysis's TCP flow rows (`testbed analyze --json`'s `flows`) whose keys
+        equal every `want`: `flows(host="long.weixin.qq.com", kind="long")`."""
         return [f for f in self.analysis.flows if all(f.get(k) == v for k, v in want.items())]
 
     def protocol_gaps(self, spec: Matcher) -> list[float]:
+        """The gaps between consecutive matching events, in protocol seconds."""
         ts = [e.ts for e in self.select(spec)]
         return [(b - a) * self.scale for a, b in zip(ts, ts[1:])]
 
@@ -227,6 +257,8 @@ class CaptureView:
 
     def expect_count(self, spec: Matcher, *, at_least: int = 1,
                      at_most: Optional[int] = None) -> int:
+        """The number of matching events; `ExpectationFailed` unless it is within
+        `at_least`..`at_most` (no upper bound when None)."""
         n = self.count(spec)
         if n < at_least or (at_most is not None and n > at_most):
             raise ExpectationFailed(f"{spec!r}: {n} events, expected "
@@ -235,6 +267,8 @@ class CaptureView:
 
     def expect_interval(self, spec: Matcher, seconds: float, *, tolerance: float = 0.1,
                         at_least: int = 2) -> list[float]:
+        """The protocol-second gaps between matching events; `ExpectationFailed` unless
+        there are `at_least` of them, each within `tolerance` (a fraction) of `seconds`."""
         gaps = self.protocol_gaps(spec)
         if len(gaps) < at_least:
             raise ExpectationFailed(f"{spec!r}: {len(gaps)} intervals, expected >= {at_least}")
@@ -245,6 +279,8 @@ class CaptureView:
         return gaps
 
     def expect_heartbeat(self, seconds: float, tolerance: float = 0.1) -> float:
+        """The median NOOP interval (`heartbeat_interval`); `ExpectationFailed` unless it is
+        within `tolerance` (a fraction) of `seconds`."""
         hb = self.heartbeat_interval()
         if hb is None or abs(hb - seconds) > tolerance * seconds:
             raise ExpectationFailed(f"heartbeat interval {hb} s, expected {seconds} s "
@@ -252,6 +288,8 @@ class CaptureView:
         return hb
 
     def expect_never_in_clear(self, needle: bytes) -> None:
+        """`ExpectationFailed` if `needle` crossed the wire readable (the capture must have
+        been analysed with it: `recorder.capture(needles=[b"..."])`)."""
         hits = self.in_clear(needle)
         if hits:
             raise ExpectationFailed(f"{needle!r} crossed the wire in clear: {hits}")

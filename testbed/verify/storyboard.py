@@ -632,15 +632,18 @@ def _bodies(profile: Optional[str]) -> Optional[str]:
 
 
 def verify_storyboard(analysis, *, secrets: Iterable[bytes] = (),
-                      heartbeat_s: Optional[float] = None) -> list[Verdict]:
-    """A verdict per storyboard statement."""
+                      heartbeat_s: Optional[float] = None,
+                      phones: Optional[int] = None) -> list[Verdict]:
+    """A verdict per storyboard statement. Counts are checked against the phones the
+    capture's comment says the storyboard ran with, else against `phones` (`verify
+    --phones`: a capture the testbed did not make), else not at all."""
     meta = analysis.meta or {}
     manifest = meta.get("manifest") or {}
     ports = manifest.get("hosts", {})
     if heartbeat_s is None:
         heartbeat_s = manifest.get("heartbeat_s")
     profile = meta.get("profile") or manifest.get("profile")
-    ctx = Context(tuple(secrets), heartbeat_s, ports, scenario_phones(meta),
+    ctx = Context(tuple(secrets), heartbeat_s, ports, scenario_phones(meta) or phones,
                   analysis.time_scale, profile, _bodies(profile))
     view = CaptureView(analysis)
     out = []

@@ -9,8 +9,8 @@ pytest_plugins = ["pytester"]
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
 
-def _run(pytester, *args):
-    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+def _run(pytester, *args, mode="auto"):
+    pytester.makeini(f"[pytest]\nasyncio_mode = {mode}\n")
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=240)
 
 
@@ -18,6 +18,66 @@ def test_documented_example_runs(pytester):
     pytester.makepyfile(test_example=(EXAMPLES / "test_new_scenario.py").read_text())
     result = _run(pytester)
     result.assert_outcomes(passed=1)
+
+
+def test_documented_example_runs_in_strict_mode_too(pytester):
+    """pytest-asyncio's default (strict) mode: the example's `pytestmark` is enough."""
+    pytester.makepyfile(test_example=(EXAMPLES / "test_new_scenario.py").read_text())
+    result = _run(pytester, mode="strict")
+    result.assert_outcomes(passed=1)
+
+
+def test_wait_helpers_and_specs_of_any_event_field(pytester):
+    pytester.makepyfile(test_waits="""
+        import asyncio
+        import pytest
+
+        async def test_waits(lab, wx_client, recorder):
+            alice, bob = await wx_client(0), await wx_client(1)
+            await alice.send_text(bob.username, "one")
+            assert await bob.wait_for_push(timeout=60) >= 1
+            first = await bob.wait_for_message(text="one", sender=alice.username)
+            assert first.content == "one" and first.to_user == bob.username
+            # a message already received is found at once: no race with a fast push
+            assert (await bob.wait_for_message(text="one", timeout=1)).new_msg_id \
+                == first.new_msg_id
+            await alice.send_text(bob.username, "two")
+            assert (await bob.wait_for_message(text="two")).content == "two"
+            with pytest.raises(asyncio.TimeoutError, match="no message .text 'never'"):
+                await bob.wait_for_message(text="never", timeout=100)
+            # a dict spec matches any event field: flow, packet, src, dst among them
+            wire = recorder.capture()
+            send = wire.first({"kind": "frame", "name": "NEWSENDMSG", "reply": False})
+            same = {"flow": send.flow, "packet": send.index, "src": send.src,
+                    "dst": f"{send.dst[0]}:{send.dst[1]}"}
+            assert wire.select({"kind": "frame", **same}) == [send]
+            assert send in wire.select({"src": send.src[0], "name": "NEWSENDMSG"})
+            wire.expect_count({"kind": "frame", "flow": send.flow}, at_least=2, at_most=1000)
+
+        async def test_no_push(lab, wx_client):
+            alice = await wx_client(0)
+            with pytest.raises(asyncio.TimeoutError, match="no push"):
+                await alice.wait_for_push(timeout=100)
+    """)
+    result = _run(pytester)
+    result.assert_outcomes(passed=2)
+
+
+def test_a_failed_test_shows_its_capture_and_ladder(pytester):
+    pytester.makepyfile(test_fails="""
+        async def test_fails(lab, wx_client, recorder):
+            alice, bob = await wx_client(0), await wx_client(1)
+            await alice.send_text(bob.username, "hi")
+            await bob.wait_for_message(text="hi")
+            recorder.capture().expect_count({"kind": "frame", "name": "NOTIFY"}, at_least=9)
+    """)
+    result = _run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*testbed capture*", "capture: *lab.pcapng (open it in "
+                                                     "Wireshark, or `testbed report` it)"])
+    result.stdout.fnmatch_lines(["* s  phone * --> long.weixin.qq.com  NEWSENDMSG seq *"
+                                 "(packet *)"])
+    result.stdout.fnmatch_lines(["*long.weixin.qq.com*NOTIFY*"])
 
 
 def test_wire_assertion_failure_is_reported(pytester):

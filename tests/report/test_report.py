@@ -520,3 +520,72 @@ def test_page_in_headless_chromium(session, netns, tmp_path):
     assert "data-errors" not in page.body, page.body.get("data-errors")
     assert page.body.get("data-arrows") == str(expected) == str(len(page.arrows))
     assert len(page.ticks) >= 3
+
+
+def test_clicking_an_arrow_shows_its_decoded_fields(session, netns, tmp_path):
+    """In a real Chromium: a mouse click on the NEWSENDMSG arrow opens the detail panel with
+    the frame's protobuf body as a tree (the chat text in it); the DNS answer's panel lists
+    its addresses; the panel closes."""
+    from tests.report.cdp import Chromium
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    url = session["html"].resolve().as_uri()
+    with Chromium(["ip", "netns", "exec", netns], browser, tmp_path / "profile") as c:
+        c.open(url)
+        rendered = c.wait_for("document.readyState === 'complete' && "
+                              "document.body.getAttribute('data-rendered') !== 'no' && "
+                              "document.body.getAttribute('data-rendered')")
+        assert rendered == "ok", c.js("document.body.getAttribute('data-errors')")
+        assert c.js("document.getElementById('detail').hidden") is True
+
+        def click_row(prefix: str) -> str:
+            x, y = c.js(f"""(function () {{
+                var g = Array.prototype.find.call(document.querySelectorAll('g.msg'),
+                    function (g) {{ return g.getAttribute('data-label').indexOf({prefix!r})
+                                    === 0; }});
+                g.scrollIntoView({{block: 'center'}});
+                var r = g.querySelector('rect.hit').getBoundingClientRect();
+                return [r.left + r.width * 0.6, r.top + r.height / 2];
+            }})()""")
+            c.click(x, y)
+            c.wait_for("!document.getElementById('detail').hidden")
+            return c.js("document.getElementById('detail-title').innerText + '\\n' + "
+                        "document.getElementById('detail-body').innerText")
+
+        text = click_row("NEWSENDMSG seq")
+        assert text.startswith("NEWSENDMSG seq")
+        for shown in ("fields:", "message:", "msgs:", "content: 你好 user0002, from user0001",
+                      "to_user: user0002", "src: ", "packet: "):
+            assert shown in text, (shown, text[:2000])
+        c.click(*c.js("""(function () {
+            var r = document.getElementById('detail-close').getBoundingClientRect();
+            return [r.left + r.width / 2, r.top + r.height / 2]; })()"""))
+        c.wait_for("document.getElementById('detail').hidden")
+        text = click_row("DNS answer long.weixin.qq.com")
+        answered = session["analysis"].dns[LONG]
+        assert "addresses:" in text and all(f": {a}" in text for a in answered), text
+
+        # chat text on the arrow of a message sent in clear
+        labels = c.js("Array.prototype.map.call(document.querySelectorAll('g.msg'), "
+                      "function (g) { return g.querySelector('text.lb').textContent; })")
+        assert any(x.startswith("NEWSENDMSG seq") and "“你好 user0002, from user0001”" in x
+                   for x in labels), labels[:40]
+        # the filter box: typed into, it dims every row that does not match
+        c.click(*c.js("""(function () {
+            var f = document.getElementById('filter'); f.scrollIntoView({block: 'center'});
+            var r = f.getBoundingClientRect();
+            return [r.left + r.width / 2, r.top + r.height / 2]; })()"""))
+        c.send("Input.insertText", {"text": "mapi.mapabc"})
+        said = c.wait_for("document.getElementById('filter-count').textContent")
+        shown, total = map(int, re.match(r"(\d+) of (\d+) rows match", said).groups())
+        dimmed = c.js("document.querySelectorAll('g.msg.dim').length")
+        assert total == len(labels) and 0 < shown < total and dimmed == total - shown
+        lit = c.js("Array.prototype.map.call(document.querySelectorAll('g.msg:not(.dim)'), "
+                   "function (g) { return [g.getAttribute('data-ends'), "
+                   "g.getAttribute('data-label')]; })")
+        # the host's own arrows, and the DNS messages that name it
+        assert any(ends == f"phone {MAPABC}" for ends, _ in lit), lit
+        assert all(MAPABC in ends or MAPABC in label for ends, label in lit), lit
+        assert not c.js("document.body.getAttribute('data-errors')")

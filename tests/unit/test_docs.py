@@ -1,5 +1,6 @@
 """docs/protocol.md carries the whole wire contract, and the command table exactly as the code
-has it; docs/robustness.md names only tests that exist."""
+has it; docs/robustness.md names only tests that exist; docs/pytest.md the plugin's API as the
+code has it."""
 
 from pathlib import Path
 
@@ -62,3 +63,27 @@ def test_every_test_robustness_md_names_exists():
         if test:
             where = [sources[file]] if file else sources.values()
             assert any(re.search(rf"^(async )?def {test}\(", s, re.M) for s in where), whole
+
+
+def test_pytest_doc_gives_every_capture_view_method_whole():
+    """docs/pytest.md lists each public `CaptureView` method with its full signature (its
+    parameters and defaults as the code has them), and the phone's waits."""
+    import inspect
+
+    from testbed.client.phone import Phone
+    from testbed.verify.expect import CaptureView
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "pytest.md").read_text("utf-8")
+
+    def shown(fn) -> str:
+        sig = inspect.signature(fn)
+        params = [p.replace(annotation=inspect.Parameter.empty)
+                  for p in list(sig.parameters.values())[1:]]
+        return fn.__name__ + str(sig.replace(parameters=params,
+                                             return_annotation=inspect.Signature.empty))
+
+    methods = [f for n, f in inspect.getmembers(CaptureView, inspect.isfunction)
+               if not n.startswith("_")]
+    assert len(methods) >= 12
+    for fn in [*methods, Phone.wait_for_message, Phone.wait_for_push]:
+        assert f"`{shown(fn)}`" in text or f"`await phone.{shown(fn)}`" in text, shown(fn)
