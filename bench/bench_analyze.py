@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -224,6 +225,160 @@ def synthesize(path: str, packets: int, seed: int = 1, concurrent: int = 300,
     f.write(out)
     f.close()
     stats["packets"] = n
+    stats["bytes"] = os.path.getsize(path)
+    return stats
+
+
+# ----------------------------------------------------------------------------- busy lab
+class _PcapWriter:
+    """Ethernet/IPv4/TCP frames into a pcap, sequence and acknowledgement numbers kept per
+    connection, buffered writes."""
+
+    _eth = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"
+    _hdr = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
+    _rec = struct.Struct("<IIII")
+
+    def __init__(self, path: str) -> None:
+        self.f = open(path, "wb")
+        self.out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        self.packets = 0
+
+    def segment(self, ts: float, conn: dict, c2s: bool, flags: int, payload: bytes = b"",
+                seq: Optional[int] = None) -> bytes:
+        """One segment of `conn` (its "c", "s", "cp", "sp", "cseq", "sseq"); `seq` given:
+        a copy sent again (the sequence numbers do not move)."""
+        if c2s:
+            src, dst, sport, dport, mine, theirs = (conn["c"], conn["s"], conn["cp"],
+                                                    conn["sp"], "cseq", "sseq")
+        else:
+            src, dst, sport, dport, mine, theirs = (conn["s"], conn["c"], conn["sp"],
+                                                    conn["cp"], "sseq", "cseq")
+        s = conn[mine] if seq is None else seq
+        ack = conn[theirs] if flags & 0x10 else 0
+        fr = self._eth + self._hdr.pack(0x45, 0, 40 + len(payload), 0, 0x4000, 64, 6, 0, src,
+                                        dst, sport, dport, s & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                                        0x50, flags, 502, 0, 0) + payload
+        if seq is None:
+            conn[mine] = s + len(payload) + (1 if flags & 0x03 else 0)
+        sec = int(ts)
+        self.out += self._rec.pack(sec, int((ts - sec) * 1e6), len(fr), len(fr))
+        self.out += fr
+        self.packets += 1
+        if len(self.out) > 1 << 22:
+            self.f.write(self.out)
+            self.out.clear()
+        return s
+
+    def close(self) -> None:
+        self.f.write(self.out)
+        self.f.close()
+
+
+def _busy_script(rnd: random.Random, kind: str, msgs: dict) -> list:
+    """The packets of one connection of a busy lab, as (c2s, flags, payload) steps: the
+    handshake, its messages each acknowledged by an empty ACK, and the close."""
+    SYN, SYNACK, ACK_, PSH, FINACK = 0x02, 0x12, 0x10, 0x18, 0x11
+    steps = [(True, SYN, b""), (False, SYNACK, b""), (True, ACK_, b"")]
+
+    def say(c2s: bool, payload: bytes) -> None:
+        steps.append((c2s, PSH, payload))
+        steps.append((not c2s, ACK_, b""))
+
+    if kind == "long":
+        for i in range(rnd.randrange(20, 60)):          # tens of small frames
+            r = rnd.random()
+            if r < 0.85:
+                req, resp = msgs["noop"][i % len(msgs["noop"])]
+            elif r < 0.92:
+                req, resp = msgs["sync"]
+            elif r < 0.97:
+                req, resp = msgs["send"][i % len(msgs["send"])]
+            else:                                       # a push, then the sync it asks for
+                say(False, msgs["notify"])
+                req, resp = msgs["sync"]
+            say(True, req)
+            say(False, resp)
+    else:                                               # a short HTTP exchange
+        req, head, body = msgs["cgi"] if kind == "cgi" else msgs["cdn"](rnd)
+        say(True, req)
+        answer = head + body
+        for k, off in enumerate(range(0, len(answer), 1448)):
+            steps.append((False, PSH, answer[off:off + 1448]))
+            if k % 2 or off + 1448 >= len(answer):      # delayed ACKs: every second one
+                steps.append((True, ACK_, b""))
+    closer = rnd.random() < 0.5
+    steps += [(closer, FINACK, b""), (not closer, FINACK, b""), (closer, ACK_, b"")]
+    return steps
+
+
+def _busy_messages(seed: int) -> dict:
+    from testbed.wire import REPLY_OFFSET as REPLY, encode_frame, notify_body, pb
+    rnd = random.Random(seed)
+    base = pb.BaseRequest(uin=7, session_key=b"k" * 16, device_id=b"bench")
+    sync_req = pb.NewSyncRequest(base=base, selector=7).SerializeToString()
+    sync_resp = pb.NewSyncResponse(continue_flag=0).SerializeToString()
+    send_resp = pb.NewSendMsgResponse(msgs=[pb.MicroMsgResponse(to_user="user0002")]
+                                      ).SerializeToString()
+    send = [(encode_frame(237, i, pb.NewSendMsgRequest(base=base, msgs=[pb.MicroMsgRequest(
+        to_user="user0002", content="x" * rnd.randrange(1, 200), client_msg_id=str(i))]
+    ).SerializeToString()), encode_frame(237 + REPLY, i, send_resp)) for i in range(16)]
+    cgi_body = (b"POST /cgi-bin/micromsg-bin/newsync HTTP/1.1\r\nHost: short.weixin.qq.com\r\n"
+                b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
+                % len(sync_req)) + sync_req
+    cgi_head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(sync_resp))
+    image = bytes(rnd.getrandbits(8) for _ in range(64 * 1024))
+
+    def cdn(r: random.Random) -> tuple[bytes, bytes, bytes]:
+        n = r.randrange(2048, len(image))
+        return (b"GET /mmsns/%d/0 HTTP/1.1\r\nHost: mmsns.qpic.cn\r\n\r\n" % r.randrange(1 << 30),
+                b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % n,
+                image[:n])
+    return {"noop": [(encode_frame(6, i), encode_frame(6 + REPLY, i)) for i in range(64)],
+            "sync": (encode_frame(121, 1, sync_req), encode_frame(121 + REPLY, 1, sync_resp)),
+            "send": send, "notify": encode_frame(24, 0, notify_body(7)),
+            "cgi": (cgi_body, cgi_head, sync_resp), "cdn": cdn}
+
+
+def synthesize_busy(path: str, packets: int, seed: int = 1, concurrent: int = 2000) -> dict:
+    """Write a pcap of a busy lab: `packets` frames of thousands of connections, `concurrent`
+    open at a time, each a long link (port 8080) with tens of small frames, mostly NOOPs,
+    and one in ten a short HTTP exchange (a CGI on port 80 or a CDN download); every data
+    segment acknowledged, a few sent twice. Returns what it put in."""
+    rnd = random.Random(seed)
+    msgs = _busy_messages(seed)
+    w = _PcapWriter(path)
+    ts = 1_700_000_000.0
+    open_: list[dict] = []
+    stats = {"packets": 0, "flows": 0, "retransmissions": 0, "http": 0}
+    port = 20000
+    while w.packets < packets:
+        while len(open_) < concurrent:
+            port = 20000 + (port - 19999) % 40000
+            r = rnd.random()
+            kind = "long" if r < 0.9 else "cgi" if r < 0.95 else "cdn"
+            stats["http"] += kind != "long"
+            open_.append({"c": bytes([198, 18, rnd.randrange(256), rnd.randrange(1, 255)]),
+                          "s": bytes([198, 19, 0, 11 if kind == "long" else 21]),
+                          "cp": port, "sp": 8080 if kind == "long" else 80,
+                          "cseq": rnd.getrandbits(32), "sseq": rnd.getrandbits(32),
+                          "steps": _busy_script(rnd, kind, msgs), "at": 0, "last": None})
+            stats["flows"] += 1
+        i = rnd.randrange(len(open_))
+        conn = open_[i]
+        ts += rnd.uniform(0.000001, 0.00004)
+        c2s, flags, payload = conn["steps"][conn["at"]]
+        conn["at"] += 1
+        seq = w.segment(ts, conn, c2s, flags, payload)
+        if payload and rnd.random() < 0.005:            # sent again: a retransmission
+            ts += 0.2
+            w.segment(ts, conn, c2s, flags, payload, seq=seq)
+            stats["retransmissions"] += 1
+        if conn["at"] == len(conn["steps"]):
+            open_[i] = open_[-1]
+            open_.pop()
+    w.close()
+    stats["packets"] = w.packets
     stats["bytes"] = os.path.getsize(path)
     return stats
 
