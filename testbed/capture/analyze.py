@@ -343,10 +343,13 @@ class Analyzer:
             n += 1
             item = decode(pkt)
             if type(item) is Segment:
-                self._cur_index = item.index
-                feed(item)
-                if events and item.flags & (SYN | FIN | RST):
-                    self._tcp_event(item)
+                if events:
+                    self._cur_index = item.index
+                    feed(item)
+                    if item.flags & 0x07:               # SYN, FIN or RST
+                        self._tcp_event(item)
+                else:
+                    feed(item)
             elif item is None:
                 self._other(pkt)
             else:

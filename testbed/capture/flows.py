@@ -335,7 +335,7 @@ class FlowTable:
                                 f"{type(s).__name__}")
             return
         (index, ts, src, sport, dst, dport, seq, ack, flags, window, payload, seglen,
-         wscale) = s[:13]
+         wscale, _mss, _sack_perm, _sack, _tsval, _tsecr) = s
         self._index = index
         ent = self._map.get((src, sport, dst, dport))
         reused = 0
@@ -362,9 +362,10 @@ class FlowTable:
         flow.last_ts = ts
         if flow.handshake is not None and not flags & SYN:
             self._handshake_ack(flow, c2s, s)
-        ta = flow._sequence.segment(c2s, ts, seq, ack, seglen, flags, window, wscale) | reused
-        if flags & (SYN | FIN | RST):
+        ta = flow._sequence.segment(c2s, ts, seq, ack, seglen, flags, window, wscale)
+        if flags & 0x07:                                 # SYN, FIN or RST
             self._control(flow, c2s, s, flags)
+            ta |= reused
         if flow.fin_next and flags & ACK:
             self._fin_acked(flow, "s2c" if c2s else "c2s", ack, index)
         if ta:

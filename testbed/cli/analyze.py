@@ -60,7 +60,8 @@ def analyze(args) -> int:
         except (ValueError, OSError) as exc:
             error(console, str(exc))
             return 2
-    a = open_analysis(args.capture, console, time_scale=args.time_scale)
+    a = open_analysis(args.capture, console, time_scale=args.time_scale,
+                      keep_events=args.events)
     if a is None:
         return 2
     doc = a.summary()

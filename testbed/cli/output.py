@@ -63,14 +63,17 @@ def note(console, text: str) -> None:
     console.print(f"note: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
-def open_analysis(path: Path, console, needles=(), time_scale: Optional[float] = None):
+def open_analysis(path: Path, console, needles=(), time_scale: Optional[float] = None,
+                  keep_events: bool = True):
     """The capture's analysis, or None after saying on `console` why it cannot be read.
-    `time_scale`: what to assume when the capture does not record its own."""
+    `time_scale`: what to assume when the capture does not record its own; `keep_events`
+    False when only the summary is printed (less memory, sooner)."""
     from testbed.capture.analyze import analyze
     from testbed.capture.packets import CaptureError
 
     try:
-        a = analyze(str(path), needles=needles, time_scale=time_scale)
+        a = analyze(str(path), needles=needles, time_scale=time_scale,
+                    keep_events=keep_events)
     except (CaptureError, OSError) as exc:
         error(console, str(exc), path)
         return None
