@@ -427,6 +427,10 @@ class Analyzer:
             self._emit(Event(ts, kind, flow, direction, src, dst, fields["name"], fields,
                              index))
 
+    def ended_flows(self) -> list:
+        """The TCP flows (`flows.TcpFlow`) in the order they ended."""
+        return [flow for flow, _found in self._ended]
+
     def finish(self) -> Analysis:
         self.table.close()
         r = self.result
@@ -459,13 +463,23 @@ def time_scale_of(meta: Optional[dict], assumed: Optional[float] = None) -> floa
 
 def analyze(path: str, *, keep_events: bool = True, needles: Iterable[bytes] = (),
             on_event: Optional[Callable[[Event], None]] = None,
-            body_limit: int = BODY_KEEP, time_scale: Optional[float] = None) -> Analysis:
+            body_limit: int = BODY_KEEP, time_scale: Optional[float] = None,
+            jobs: int = 1) -> Analysis:
     """Read a capture file and return its analysis (partial if the file is damaged);
     events keep `body_limit` bytes of each body.
 
     `time_scale`: protocol seconds per wall second to assume when the capture does not
-    record its own (a tcpdump of a lab running at 100: 100)."""
+    record its own (a tcpdump of a lab running at 100: 100). `jobs` > 1 shares the TCP
+    flows out over that many processes (`shards`): the same analysis, sooner on a big
+    file."""
     cap = read_capture(path)
+    if jobs > 1:
+        if on_event is not None:
+            raise ValueError("on_event takes events in this process: not with jobs > 1")
+        cap.close()
+        from .shards import analyze_sharded
+        return analyze_sharded(str(path), jobs, keep_events=keep_events, needles=needles,
+                               body_limit=body_limit, time_scale=time_scale)
     # the section comment is read when the file is opened, before any packet
     meta = cap.meta if isinstance(cap.meta, dict) else None
     a = Analyzer(keep_events=keep_events, needles=needles, on_event=on_event,
