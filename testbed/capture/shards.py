@@ -88,11 +88,14 @@ class _Owned:
 def _run_shard(path: str, shard: int, shards: int, options: dict) -> tuple:
     """Analyse one shard; its analysis and, by local flow id, each flow's first packet and
     the key of its end (the packet that ended it, or after every packet for the close)."""
+    options = dict(options)
+    assumed = options.pop("time_scale", None)
     cap = read_capture(path)
     meta = cap.meta if isinstance(cap.meta, dict) else None
-    a = Analyzer(time_scale=time_scale_of(meta), **options)
+    a = Analyzer(time_scale=time_scale_of(meta, assumed), **options)
     a.result.path = str(path)
     a.result.meta = meta
+    a.result.assumed_time_scale = assumed
     owned = _Owned(cap, shard, shards)
     a.feed_packets(owned)
     r = a.finish()
@@ -165,7 +168,8 @@ def merge(results: list[tuple]) -> Analysis:
     out = Analysis(path=base.path, packets=base.packets, first_ts=base.first_ts,
                    last_ts=base.last_ts, meta=base.meta, truncated=base.truncated,
                    error=base.error, drops=base.drops, dns=base.dns, udp=base.udp,
-                   arp=base.arp, arp_messages=base.arp_messages)
+                   arp=base.arp, arp_messages=base.arp_messages,
+                   assumed_time_scale=base.assumed_time_scale)
     tcp: dict[str, int] = {}
     handshakes, needles, events = [], [], []
     for k, (r, _firsts, ends) in enumerate(results):

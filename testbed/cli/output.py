@@ -64,16 +64,17 @@ def note(console, text: str) -> None:
 
 
 def open_analysis(path: Path, console, needles=(), time_scale: Optional[float] = None,
-                  keep_events: bool = True):
+                  keep_events: bool = True, jobs: int = 1):
     """The capture's analysis, or None after saying on `console` why it cannot be read.
     `time_scale`: what to assume when the capture does not record its own; `keep_events`
-    False when only the summary is printed (less memory, sooner)."""
+    False when only the summary is printed (less memory, sooner); `jobs` processes share
+    the TCP flows out."""
     from testbed.capture.analyze import analyze
     from testbed.capture.packets import CaptureError
 
     try:
         a = analyze(str(path), needles=needles, time_scale=time_scale,
-                    keep_events=keep_events)
+                    keep_events=keep_events, jobs=jobs)
     except (CaptureError, OSError) as exc:
         error(console, str(exc), path)
         return None

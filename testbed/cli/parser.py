@@ -147,6 +147,9 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                          "signalling, radio-on time, energy, battery share")
     an.add_argument("--time-scale", type=positive_float, default=None, metavar="K",
                     help=TIME_SCALE_HELP)
+    an.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                    help="share the TCP flows out over N processes (default 1): the same "
+                         "output, sooner on a big capture with many flows")
     an.set_defaults(handler=analyze.analyze)
 
     ve = sub.add_parser("verify", help="check a capture against expectations")
