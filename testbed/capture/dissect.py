@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections import deque
 from typing import Callable, Optional
 
 import dpkt
-import h11
 
 from testbed.wire import FrameDecoder, RemoteProtocolError
 from testbed.wire.commands import BY_PATH, NOOP_CMD, Command, command_for_frame, is_push
@@ -125,150 +123,181 @@ class TlsStream:
 
 
 # ---------------------------------------------------------------------- HTTP
-class HttpReader:
-    """The HTTP/1.x messages of one direction, read by h11 (framing by Content-Length,
-    chunks and trailers, or the close; 1xx, 204 and 304 without a body).
+class HttpDirection:
+    """An incremental, lenient HTTP/1.x message reader for one direction.
 
-    The requests are read by an h11 connection in the server's role; the responses by one
-    in the client's role, told before each response which request it answers (`method`:
-    a HEAD's answer has no body, a CONNECT's 2xx ends HTTP on the flow). Each message is
-    read by a connection of its own, so a message that h11 would not let a connection go on
-    after (`Connection: close`, HTTP/1.0) does not stop the reading of the next. A message
-    h11 refuses stops its direction (`broken`). Each message is a dict: the start line's
-    parts, `headers` (lower-case names, the last value of a repeated one), `head_len` (the
-    bytes of the head), `body` (its first `body_limit` bytes), `body_len`, `ts` (the time
-    of the data that completed its head)."""
+    Not h11: a reader on h11 (two connections per flow, the request side telling the
+    response side each method) gave the very same events on every capture the tests and
+    benchmarks read, but took ~140 us per request and response against ~12 us here, and
+    analyze() of the benchmark's lab-protocol capture 2.5 times as long; the issue that asked
+    for it allowed 10% (commit 66ebf42 has it, tests/unit/test_dissect.py the cases it
+    settled: 1xx, 204/304, HEAD, chunked with trailers, close-delimited bodies)."""
 
     def __init__(self, is_request: bool, body_limit: int = BODY_KEEP) -> None:
         self.is_request = is_request
         self.body_limit = body_limit
-        self.broken = False
-        self.conn: Optional[h11.Connection] = None   # reading the current message
-        self.buffered = 0            # bytes the connection holds while it reads a head
+        self.buf = bytearray()
+        self.state = "head"
         self.msg: Optional[dict] = None
+        self.remaining = 0
         self.body = bytearray()
+        self.body_len = 0
+        self.chunked = False
+        self.broken = False
+        self.ts = 0.0
+        self.no_body_next: list[bool] = []   # responses to HEAD carry no body
 
-    def _start(self, method: Optional[Callable[[], str]]) -> h11.Connection:
-        if self.is_request:
-            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_LIMIT)
-        else:
-            conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEADER_LIMIT)
-            # the request this response answers, as far as its framing depends on it
-            conn.send(h11.Request(method=method() if method else "GET", target="/",
-                                  headers=[("Host", "-")]))
-            conn.send(h11.EndOfMessage())
-        self.conn = conn
-        return conn
-
-    def feed(self, ts: float, data: bytes,
-             method: Optional[Callable[[], str]] = None) -> list[dict]:
-        """The messages `data` completes; `method()` names the request the next response
-        answers (responses only; "GET" when none is known)."""
+    def feed(self, ts: float, data: bytes) -> list[dict]:
         out: list[dict] = []
-        if self.broken or not data:      # (no data would tell h11 the flow has closed)
+        if self.broken:
             return out
-        try:
-            self._read(ts, data, method, out)
-        except (h11.RemoteProtocolError, h11.LocalProtocolError):
-            self.broken = True
-            self.conn = None
-        return out
+        self.buf += data
+        while True:
+            if self.state == "head":
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self.buf) > HEADER_LIMIT:
+                        self.broken = True
+                    return out
+                head = bytes(self.buf[:end])
+                del self.buf[:end + 4]
+                self.ts = ts
+                msg = self._parse_head(head)
+                if msg is None:
+                    self.broken = True
+                    return out
+                msg["head_len"] = end + 4
+                self.msg = msg
+                self.body = bytearray()
+                self.body_len = 0
+                te = msg["headers"].get("transfer-encoding", "").lower()
+                cl = msg["headers"].get("content-length")
+                self.chunked = "chunked" in te
+                status = msg.get("status", 0)
+                # one entry per request, taken for every response, so they stay paired
+                interim = 100 <= status < 200 and status != 101   # 100 Continue: more to come
+                head_reply = (not self.is_request and not interim and bool(self.no_body_next)
+                              and self.no_body_next.pop(0))
+                no_body = not self.is_request and (100 <= status < 200 or
+                                                   status in (204, 304) or head_reply)
+                if self.chunked and not no_body:
+                    self.state = "chunk-size"
+                elif cl is not None and cl.strip().isdigit() and not no_body:
+                    self.remaining = int(cl)
+                    self.state = "body" if self.remaining else "done"
+                elif self.is_request or no_body:
+                    self.state = "done"
+                else:
+                    self.remaining = -1     # until the connection closes
+                    self.state = "body"
+            if self.state == "body":
+                if self.remaining < 0:
+                    self._take(bytes(self.buf))
+                    self.buf.clear()
+                    return out
+                if not self._consume():
+                    return out
+                self.state = "done"
+            if self.state == "chunk-size":
+                end = self.buf.find(b"\r\n")
+                if end < 0:
+                    return out
+                size_text = bytes(self.buf[:end]).split(b";")[0].strip()
+                del self.buf[:end + 2]
+                try:
+                    size = int(size_text, 16)
+                except ValueError:
+                    self.broken = True
+                    return out
+                if size == 0:
+                    self.state = "trailer"
+                else:
+                    self.remaining = size
+                    self.state = "chunk"
+            if self.state == "chunk":
+                if not self._consume():
+                    return out
+                self.state = "chunk-end"
+            if self.state == "chunk-end":
+                if len(self.buf) < 2:
+                    return out
+                del self.buf[:2]
+                self.state = "chunk-size"
+                continue
+            if self.state == "trailer":
+                end = self.buf.find(b"\r\n")
+                if end < 0:
+                    return out
+                line = bytes(self.buf[:end])
+                del self.buf[:end + 2]
+                if line:
+                    continue
+                self.state = "done"
+            if self.state == "done":
+                out.append(self._finish())
+                self.state = "head"
+                if not self.buf:
+                    return out
 
     def close(self) -> list[dict]:
         """At the end of the flow: a body delimited by the close is complete now."""
-        if self.broken or self.conn is None or self.msg is None:
-            return []
-        out: list[dict] = []
-        try:
-            self._read(0.0, b"", None, out, closing=True)
-        except (h11.RemoteProtocolError, h11.LocalProtocolError):
-            return []      # a message cut short by the close is not reported
-        finally:
-            self.broken = True
-        return out
+        if self.state == "body" and self.remaining < 0 and self.msg is not None:
+            self.state = "head"
+            return [self._finish()]
+        return []
 
-    def _read(self, ts: float, data: bytes, method, out: list, closing: bool = False) -> None:
-        # `closing`: `data` is b"", the end of the flow (h11's end of input)
-        conn = self.conn
-        if conn is None:
-            if not data:
-                return
-            conn = self._start(method)
-            self.buffered = 0
-        conn.receive_data(data)
-        if self.msg is None:
-            self.buffered += len(data)
-        while True:
-            event = conn.next_event()
-            kind = type(event)
-            if kind is h11.Data:
-                self.msg["body_len"] += len(event.data)
-                room = self.body_limit - len(self.body)
-                if room > 0:
-                    self.body += event.data[:room]
-            elif kind is h11.Request or kind is h11.Response \
-                    or kind is h11.InformationalResponse:
-                msg = self._head(event)
-                msg["head_len"] = self.buffered - len(conn.trailing_data[0])
-                msg["ts"] = ts
-                if kind is h11.InformationalResponse:      # 1xx: the answer is yet to come
-                    self.buffered -= msg["head_len"]
-                    out.append(msg)
-                    continue
-                self.msg = msg
-                self.body = bytearray()
-                if conn.their_state is h11.SWITCHED_PROTOCOL:   # a CONNECT's tunnel
-                    out.append(self._finish())
-                    self.broken = True
-                    return
-            elif kind is h11.EndOfMessage:
-                out.append(self._finish())
-                rest = conn.trailing_data[0]
-                self.conn = None
-                if not rest or closing:
-                    return
-                conn = self._start(method)
-                conn.receive_data(rest)
-                self.buffered = len(rest)
-            elif event is h11.NEED_DATA:
-                return
-            else:                       # PAUSED (an upgrade) or closed: HTTP ends here
-                self.broken = True
-                return
+    def _consume(self) -> bool:
+        """Take up to `remaining` body bytes from the buffer; True once all have come."""
+        n = min(self.remaining, len(self.buf))
+        self._take(bytes(self.buf[:n]))
+        del self.buf[:n]
+        self.remaining -= n
+        return not self.remaining
 
-    def _head(self, event) -> dict:
-        headers = {name.decode("latin-1"): value.decode("latin-1")
-                   for name, value in event.headers}
-        version = "HTTP/" + event.http_version.decode("latin-1")
-        if self.is_request:
-            return {"method": event.method.decode("latin-1"),
-                    "uri": event.target.decode("latin-1"), "version": version,
-                    "headers": headers, "body_len": 0}
-        return {"version": version, "status": event.status_code,
-                "reason": event.reason.decode("latin-1"), "headers": headers, "body_len": 0,
-                "body": b""}
+    def _take(self, data: bytes) -> None:
+        self.body_len += len(data)
+        room = self.body_limit - len(self.body)
+        if room > 0:
+            self.body += data[:room]
 
     def _finish(self) -> dict:
         msg = self.msg
         msg["body"] = bytes(self.body)
+        msg["body_len"] = self.body_len
+        msg["ts"] = self.ts
         self.msg = None
-        self.body = bytearray()
         return msg
+
+    def _parse_head(self, head: bytes) -> Optional[dict]:
+        lines = head.split(b"\r\n")
+        try:
+            start = lines[0].decode("latin-1")
+        except Exception:  # noqa: BLE001
+            return None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                continue
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        parts = start.split(" ", 2)
+        if self.is_request:
+            if len(parts) < 3 or not parts[2].startswith("HTTP/"):
+                return None
+            return {"method": parts[0], "uri": parts[1], "version": parts[2], "headers": headers}
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            return None
+        return {"version": parts[0], "status": int(parts[1]),
+                "reason": parts[2] if len(parts) > 2 else "", "headers": headers}
 
 
 class HttpStream:
-    """The HTTP of one flow: requests from the client, responses from the server, each
-    response paired with the oldest request still waiting (an interim 1xx leaves it
-    waiting)."""
-
     def __init__(self, emit_fields: EmitFields, body_limit: int = BODY_KEEP) -> None:
         self.emit = emit_fields
-        self.req = HttpReader(True, body_limit)
-        self.resp = HttpReader(False, body_limit)
+        self.req = HttpDirection(True, body_limit)
+        self.resp = HttpDirection(False, body_limit)
         # requests awaiting their response, with their command-table row
         self.pending: list[tuple[dict, Optional[Command]]] = []
-        # the methods of the requests whose responses have not begun, for their framing
-        self.methods: deque[str] = deque()
         self.requests = 0
 
     def data(self, direction: str, ts: float, data: bytes) -> None:
@@ -276,11 +305,8 @@ class HttpStream:
             for msg in self.req.feed(ts, data):
                 self._request(msg)
         else:
-            for msg in self.resp.feed(ts, data, self._next_method):
+            for msg in self.resp.feed(ts, data):
                 self._response(msg)
-
-    def _next_method(self) -> str:
-        return self.methods.popleft() if self.methods else "GET"
 
     def close(self) -> None:
         for msg in self.resp.close():
@@ -290,7 +316,7 @@ class HttpStream:
         self.requests += 1
         command = BY_PATH.get(msg["uri"].split("?", 1)[0])
         self.pending.append((msg, command))
-        self.methods.append(msg["method"])
+        self.resp.no_body_next.append(msg["method"] == "HEAD")
         fields = {"method": msg["method"], "uri": msg["uri"], "version": msg["version"],
                   "headers": msg["headers"], "host": msg["headers"].get("host", ""),
                   "body_len": msg["body_len"], "body": msg["body"],
