@@ -27,6 +27,19 @@ events cost over reassembly (no target: they are for comparing one version with 
 Rates are packets per CPU second of the process doing the work (wall-clock rates are shown
 too): the machines are shared, and CPU time is what a busy neighbour disturbs least. The
 three run interleaved, several rounds, and the best round of each counts.
+
+Then the whole command, as a user runs it: on the first capture and on a second shape, a
+busy lab (`synthesize_busy`: thousands of connections, each a long link with tens of small
+frames, mostly NOOPs each acknowledged by an empty ACK, one in ten a short HTTP exchange;
+about 10 packets per event), the wall clock, start-up included, of
+
+  (f) `testbed analyze --json FILE`, pinned to one core               -- ours
+  (g) `python -c <the dpkt loop of (b)> FILE`, pinned to the same core  -- bare dpkt
+  (h) `tshark -r FILE -T fields -e tcp.stream -e tcp.len`, the same core -- tshark
+  (i) `testbed analyze --json --jobs 2 FILE`, on every core             -- ours, sharded
+
+interleaved, the median of the rounds, with the ratios (f) against (g) (target >= 1.5x) and
+(h) (target >= 2x), (i)'s speed-up over (f), and (f)'s peak RSS against the file's size.
 """
 
 from __future__ import annotations
@@ -483,6 +496,98 @@ def run_tshark(path: str) -> dict:
     return {"packets": lines, "seconds": wall, "cpu": cpu}
 
 
+DPKT_LOOP = """
+import sys, dpkt
+n = touched = 0
+with open(sys.argv[1], "rb") as f:
+    for _ts, buf in dpkt.pcap.Reader(f):
+        n += 1
+        touched += dpkt.ethernet.Ethernet(buf).data.data.seq & 1
+print(n)
+"""
+
+
+def command_lines(path: str, jobs: int = 2) -> dict[str, Optional[list[str]]]:
+    """The commands (f)-(i) of the module's docstring, by name (None: not installed)."""
+    tshark = shutil.which("tshark")
+    ours = [sys.executable, "-m", "testbed.cli", "analyze", "--json", path]
+    return {"ours": ours, "dpkt": [sys.executable, "-c", DPKT_LOOP, path],
+            "tshark": [tshark, "-r", path, "-T", "fields", "-e", "tcp.stream",
+                       "-e", "tcp.len"] if tshark else None,
+            "jobs": ours[:-1] + ["--jobs", str(jobs), path]}
+
+
+def run_command(argv: list[str], cpu: Optional[int]) -> dict:
+    """One command to its end, its output read and dropped: wall seconds, CPU seconds (its
+    own and its children's) and peak RSS; pinned to core `cpu` unless None."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def pin():
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                            preexec_fn=pin, cwd=str(REPO))
+    out = 0
+    for chunk in iter(lambda: proc.stdout.read(1 << 20), b""):
+        out += len(chunk)
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} ... exited {proc.returncode}")
+    return {"seconds": wall, "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss,
+            "output": out}
+
+
+def measure_commands(shapes: dict[str, tuple[str, dict]], rounds: int) -> bool:
+    """(f)-(i) of the module's docstring on each capture shape; prints them, True if every
+    target was met."""
+    import statistics
+    cpus = sorted(os.sched_getaffinity(0))
+    core = cpus[-1]
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for r in range(rounds):
+        for shape, (path, _st) in shapes.items():
+            names = list(command_lines(path).items())
+            if r % 2:
+                names.reverse()                  # a drift in the machine hits each alike
+            for name, argv in names:
+                if argv is None:
+                    continue
+                res = run_command(argv, None if name == "jobs" else core)
+                runs.setdefault((shape, name), []).append(res)
+    ok = True
+    print(f"the whole command, wall clock with start-up, median of {rounds} interleaved "
+          f"rounds; (f)-(h) pinned to core {core}, (i) on cores {cpus}:")
+    for shape, (path, st) in shapes.items():
+        med = {name: statistics.median(x["seconds"] for x in rs)
+               for (sh, name), rs in runs.items() if sh == shape}
+        ours = med["ours"]
+        peak = max(x["maxrss_kb"] for x in runs[(shape, "ours")]) / 1024
+        print(f"{shape}: {st['packets']:,} packets, {st['flows']:,} flows, "
+              f"{st['bytes'] / 2**20:.1f} MiB")
+        print(f"  (f) testbed analyze --json          {ours:7.2f} s  "
+              f"({st['packets'] / ours:,.0f} pkt/s), peak RSS {peak:.1f} MiB")
+        print(f"  (g) bare dpkt loop                  {med['dpkt']:7.2f} s")
+        if "tshark" in med:
+            print(f"  (h) tshark -e tcp.stream -e tcp.len {med['tshark']:7.2f} s")
+        else:
+            print("  (h) tshark: not installed")
+        print(f"  (i) testbed analyze --json --jobs 2 {med['jobs']:7.2f} s "
+              f"({ours / med['jobs']:.2f}x (f))")
+        r1 = med["dpkt"] / ours
+        print(f"  ratio ours/dpkt   = {r1:.2f}x (target >= {TARGET_DPKT}x)"
+              f"{'' if r1 >= TARGET_DPKT else '  BELOW TARGET'}")
+        ok &= r1 >= TARGET_DPKT
+        if "tshark" in med:
+            r2 = med["tshark"] / ours
+            print(f"  ratio ours/tshark = {r2:.2f}x (target >= {TARGET_TSHARK}x)"
+                  f"{'' if r2 >= TARGET_TSHARK else '  BELOW TARGET'}")
+            ok &= r2 >= TARGET_TSHARK
+    return ok
+
+
 def in_child(fn, path: str) -> dict:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -501,6 +606,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", metavar="PATH", help="also keep the synthesised capture here")
     ap.add_argument("--rounds", type=int, default=None,
                     help="interleaved rounds, best kept (default 3, or 2 for >200k packets)")
+    ap.add_argument("--command-rounds", type=int, default=None,
+                    help="rounds of the whole commands, median kept (default 3)")
     args = ap.parse_args(argv)
     n = args.packets or (100_000 if args.quick else 1_000_000)
     try:
@@ -528,6 +635,12 @@ def measure(n: int, args) -> None:
         print(f"synthesised {st_lab['packets']:,} packets of the lab's protocol, "
               f"{st_lab['flows']:,} flows, {st_lab['bytes'] / 1e6:.1f} MB "
               f"in {time.perf_counter() - t0:.1f} s")
+        busy_path = os.path.join(tmp, "busy.pcap")
+        t0 = time.perf_counter()
+        st_busy = synthesize_busy(busy_path, n)
+        print(f"synthesised {st_busy['packets']:,} packets of a busy lab, "
+              f"{st_busy['flows']:,} flows ({st_busy['http']:,} HTTP), "
+              f"{st_busy['bytes'] / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
         rounds = args.rounds or (3 if n <= 200_000 else 2)
         ours = dp = ts = None
         lab_flows = lab_events = lab_json = None
@@ -589,6 +702,9 @@ def measure(n: int, args) -> None:
               f"[{wrate(lab_json):,.0f}], {lab_json['events'] / lab_json['cpu']:,.0f} events/s")
         print(f"ratio (d)/(a') = {re_ / rf:.2f}x, (e)/(a') = {rj / rf:.2f}x "
               f"(what dissection and events cost over reassembly)")
+        ok &= measure_commands({"random payloads (the first capture)": (path, st),
+                                "busy lab": (busy_path, st_busy)},
+                               args.command_rounds or max(rounds, 3))
         if not ok:
             print("BELOW TARGET")
     finally:
