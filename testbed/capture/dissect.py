@@ -130,8 +130,9 @@ class HttpDirection:
     response side each method) gave the very same events on every capture the tests and
     benchmarks read, but took ~140 us per request and response against ~12 us here, and
     analyze() of the benchmark's lab-protocol capture 2.5 times as long; the issue that asked
-    for it allowed 10% (the commit "HTTP dissection on h11" has it, tests/unit/test_dissect.py the cases it
-    settled: 1xx, 204/304, HEAD, chunked with trailers, close-delimited bodies)."""
+    for it allowed 10% (the commit "HTTP dissection on h11" has it, tests/unit/test_dissect.py
+    the cases it settled: 1xx, 204/304, HEAD, chunked with trailers, close-delimited
+    bodies)."""
 
     def __init__(self, is_request: bool, body_limit: int = BODY_KEEP) -> None:
         self.is_request = is_request
