@@ -27,6 +27,19 @@ events cost over reassembly (no target: they are for comparing one version with 
 Rates are packets per CPU second of the process doing the work (wall-clock rates are shown
 too): the machines are shared, and CPU time is what a busy neighbour disturbs least. The
 three run interleaved, several rounds, and the best round of each counts.
+
+Then the whole command, as a user runs it: on the first capture and on a second shape, a
+busy lab (`synthesize_busy`: thousands of connections, each a long link with tens of small
+frames, mostly NOOPs each acknowledged by an empty ACK, one in ten a short HTTP exchange;
+about 10 packets per event), the wall clock, start-up included, of
+
+  (f) `testbed analyze --json FILE`, pinned to one core               -- ours
+  (g) `python -c <the dpkt loop of (b)> FILE`, pinned to the same core  -- bare dpkt
+  (h) `tshark -r FILE -T fields -e tcp.stream -e tcp.len`, the same core -- tshark
+  (i) `testbed analyze --json --jobs 2 FILE`, on every core             -- ours, sharded
+
+interleaved, the median of the rounds, with the ratios (f) against (g) (target >= 1.5x) and
+(h) (target >= 2x), (i)'s speed-up over (f), and (f)'s peak RSS against the file's size.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -228,6 +242,160 @@ def synthesize(path: str, packets: int, seed: int = 1, concurrent: int = 300,
     return stats
 
 
+# ----------------------------------------------------------------------------- busy lab
+class _PcapWriter:
+    """Ethernet/IPv4/TCP frames into a pcap, sequence and acknowledgement numbers kept per
+    connection, buffered writes."""
+
+    _eth = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"
+    _hdr = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
+    _rec = struct.Struct("<IIII")
+
+    def __init__(self, path: str) -> None:
+        self.f = open(path, "wb")
+        self.out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        self.packets = 0
+
+    def segment(self, ts: float, conn: dict, c2s: bool, flags: int, payload: bytes = b"",
+                seq: Optional[int] = None) -> bytes:
+        """One segment of `conn` (its "c", "s", "cp", "sp", "cseq", "sseq"); `seq` given:
+        a copy sent again (the sequence numbers do not move)."""
+        if c2s:
+            src, dst, sport, dport, mine, theirs = (conn["c"], conn["s"], conn["cp"],
+                                                    conn["sp"], "cseq", "sseq")
+        else:
+            src, dst, sport, dport, mine, theirs = (conn["s"], conn["c"], conn["sp"],
+                                                    conn["cp"], "sseq", "cseq")
+        s = conn[mine] if seq is None else seq
+        ack = conn[theirs] if flags & 0x10 else 0
+        fr = self._eth + self._hdr.pack(0x45, 0, 40 + len(payload), 0, 0x4000, 64, 6, 0, src,
+                                        dst, sport, dport, s & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                                        0x50, flags, 502, 0, 0) + payload
+        if seq is None:
+            conn[mine] = s + len(payload) + (1 if flags & 0x03 else 0)
+        sec = int(ts)
+        self.out += self._rec.pack(sec, int((ts - sec) * 1e6), len(fr), len(fr))
+        self.out += fr
+        self.packets += 1
+        if len(self.out) > 1 << 22:
+            self.f.write(self.out)
+            self.out.clear()
+        return s
+
+    def close(self) -> None:
+        self.f.write(self.out)
+        self.f.close()
+
+
+def _busy_script(rnd: random.Random, kind: str, msgs: dict) -> list:
+    """The packets of one connection of a busy lab, as (c2s, flags, payload) steps: the
+    handshake, its messages each acknowledged by an empty ACK, and the close."""
+    SYN, SYNACK, ACK_, PSH, FINACK = 0x02, 0x12, 0x10, 0x18, 0x11
+    steps = [(True, SYN, b""), (False, SYNACK, b""), (True, ACK_, b"")]
+
+    def say(c2s: bool, payload: bytes) -> None:
+        steps.append((c2s, PSH, payload))
+        steps.append((not c2s, ACK_, b""))
+
+    if kind == "long":
+        for i in range(rnd.randrange(20, 60)):          # tens of small frames
+            r = rnd.random()
+            if r < 0.85:
+                req, resp = msgs["noop"][i % len(msgs["noop"])]
+            elif r < 0.92:
+                req, resp = msgs["sync"]
+            elif r < 0.97:
+                req, resp = msgs["send"][i % len(msgs["send"])]
+            else:                                       # a push, then the sync it asks for
+                say(False, msgs["notify"])
+                req, resp = msgs["sync"]
+            say(True, req)
+            say(False, resp)
+    else:                                               # a short HTTP exchange
+        req, head, body = msgs["cgi"] if kind == "cgi" else msgs["cdn"](rnd)
+        say(True, req)
+        answer = head + body
+        for k, off in enumerate(range(0, len(answer), 1448)):
+            steps.append((False, PSH, answer[off:off + 1448]))
+            if k % 2 or off + 1448 >= len(answer):      # delayed ACKs: every second one
+                steps.append((True, ACK_, b""))
+    closer = rnd.random() < 0.5
+    steps += [(closer, FINACK, b""), (not closer, FINACK, b""), (closer, ACK_, b"")]
+    return steps
+
+
+def _busy_messages(seed: int) -> dict:
+    from testbed.wire import REPLY_OFFSET as REPLY, encode_frame, notify_body, pb
+    rnd = random.Random(seed)
+    base = pb.BaseRequest(uin=7, session_key=b"k" * 16, device_id=b"bench")
+    sync_req = pb.NewSyncRequest(base=base, selector=7).SerializeToString()
+    sync_resp = pb.NewSyncResponse(continue_flag=0).SerializeToString()
+    send_resp = pb.NewSendMsgResponse(msgs=[pb.MicroMsgResponse(to_user="user0002")]
+                                      ).SerializeToString()
+    send = [(encode_frame(237, i, pb.NewSendMsgRequest(base=base, msgs=[pb.MicroMsgRequest(
+        to_user="user0002", content="x" * rnd.randrange(1, 200), client_msg_id=str(i))]
+    ).SerializeToString()), encode_frame(237 + REPLY, i, send_resp)) for i in range(16)]
+    cgi_body = (b"POST /cgi-bin/micromsg-bin/newsync HTTP/1.1\r\nHost: short.weixin.qq.com\r\n"
+                b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
+                % len(sync_req)) + sync_req
+    cgi_head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(sync_resp))
+    image = bytes(rnd.getrandbits(8) for _ in range(64 * 1024))
+
+    def cdn(r: random.Random) -> tuple[bytes, bytes, bytes]:
+        n = r.randrange(2048, len(image))
+        return (b"GET /mmsns/%d/0 HTTP/1.1\r\nHost: mmsns.qpic.cn\r\n\r\n" % r.randrange(1 << 30),
+                b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % n,
+                image[:n])
+    return {"noop": [(encode_frame(6, i), encode_frame(6 + REPLY, i)) for i in range(64)],
+            "sync": (encode_frame(121, 1, sync_req), encode_frame(121 + REPLY, 1, sync_resp)),
+            "send": send, "notify": encode_frame(24, 0, notify_body(7)),
+            "cgi": (cgi_body, cgi_head, sync_resp), "cdn": cdn}
+
+
+def synthesize_busy(path: str, packets: int, seed: int = 1, concurrent: int = 2000) -> dict:
+    """Write a pcap of a busy lab: `packets` frames of thousands of connections, `concurrent`
+    open at a time, each a long link (port 8080) with tens of small frames, mostly NOOPs,
+    and one in ten a short HTTP exchange (a CGI on port 80 or a CDN download); every data
+    segment acknowledged, a few sent twice. Returns what it put in."""
+    rnd = random.Random(seed)
+    msgs = _busy_messages(seed)
+    w = _PcapWriter(path)
+    ts = 1_700_000_000.0
+    open_: list[dict] = []
+    stats = {"packets": 0, "flows": 0, "retransmissions": 0, "http": 0}
+    port = 20000
+    while w.packets < packets:
+        while len(open_) < concurrent:
+            port = 20000 + (port - 19999) % 40000
+            r = rnd.random()
+            kind = "long" if r < 0.9 else "cgi" if r < 0.95 else "cdn"
+            stats["http"] += kind != "long"
+            open_.append({"c": bytes([198, 18, rnd.randrange(256), rnd.randrange(1, 255)]),
+                          "s": bytes([198, 19, 0, 11 if kind == "long" else 21]),
+                          "cp": port, "sp": 8080 if kind == "long" else 80,
+                          "cseq": rnd.getrandbits(32), "sseq": rnd.getrandbits(32),
+                          "steps": _busy_script(rnd, kind, msgs), "at": 0, "last": None})
+            stats["flows"] += 1
+        i = rnd.randrange(len(open_))
+        conn = open_[i]
+        ts += rnd.uniform(0.000001, 0.00004)
+        c2s, flags, payload = conn["steps"][conn["at"]]
+        conn["at"] += 1
+        seq = w.segment(ts, conn, c2s, flags, payload)
+        if payload and rnd.random() < 0.005:            # sent again: a retransmission
+            ts += 0.2
+            w.segment(ts, conn, c2s, flags, payload, seq=seq)
+            stats["retransmissions"] += 1
+        if conn["at"] == len(conn["steps"]):
+            open_[i] = open_[-1]
+            open_.pop()
+    w.close()
+    stats["packets"] = w.packets
+    stats["bytes"] = os.path.getsize(path)
+    return stats
+
+
 # ----------------------------------------------------------------------------- the runs
 def run_ours(path: str, conn=None) -> dict:
     from testbed.capture.flows import FlowTable
@@ -328,6 +496,98 @@ def run_tshark(path: str) -> dict:
     return {"packets": lines, "seconds": wall, "cpu": cpu}
 
 
+DPKT_LOOP = """
+import sys, dpkt
+n = touched = 0
+with open(sys.argv[1], "rb") as f:
+    for _ts, buf in dpkt.pcap.Reader(f):
+        n += 1
+        touched += dpkt.ethernet.Ethernet(buf).data.data.seq & 1
+print(n)
+"""
+
+
+def command_lines(path: str, jobs: int = 2) -> dict[str, Optional[list[str]]]:
+    """The commands (f)-(i) of the module's docstring, by name (None: not installed)."""
+    tshark = shutil.which("tshark")
+    ours = [sys.executable, "-m", "testbed.cli", "analyze", "--json", path]
+    return {"ours": ours, "dpkt": [sys.executable, "-c", DPKT_LOOP, path],
+            "tshark": [tshark, "-r", path, "-T", "fields", "-e", "tcp.stream",
+                       "-e", "tcp.len"] if tshark else None,
+            "jobs": ours[:-1] + ["--jobs", str(jobs), path]}
+
+
+def run_command(argv: list[str], cpu: Optional[int]) -> dict:
+    """One command to its end, its output read and dropped: wall seconds, CPU seconds (its
+    own and its children's) and peak RSS; pinned to core `cpu` unless None."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def pin():
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                            preexec_fn=pin, cwd=str(REPO))
+    out = 0
+    for chunk in iter(lambda: proc.stdout.read(1 << 20), b""):
+        out += len(chunk)
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} ... exited {proc.returncode}")
+    return {"seconds": wall, "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss,
+            "output": out}
+
+
+def measure_commands(shapes: dict[str, tuple[str, dict]], rounds: int) -> bool:
+    """(f)-(i) of the module's docstring on each capture shape; prints them, True if every
+    target was met."""
+    import statistics
+    cpus = sorted(os.sched_getaffinity(0))
+    core = cpus[-1]
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for r in range(rounds):
+        for shape, (path, _st) in shapes.items():
+            names = list(command_lines(path).items())
+            if r % 2:
+                names.reverse()                  # a drift in the machine hits each alike
+            for name, argv in names:
+                if argv is None:
+                    continue
+                res = run_command(argv, None if name == "jobs" else core)
+                runs.setdefault((shape, name), []).append(res)
+    ok = True
+    print(f"the whole command, wall clock with start-up, median of {rounds} interleaved "
+          f"rounds; (f)-(h) pinned to core {core}, (i) on cores {cpus}:")
+    for shape, (path, st) in shapes.items():
+        med = {name: statistics.median(x["seconds"] for x in rs)
+               for (sh, name), rs in runs.items() if sh == shape}
+        ours = med["ours"]
+        peak = max(x["maxrss_kb"] for x in runs[(shape, "ours")]) / 1024
+        print(f"{shape}: {st['packets']:,} packets, {st['flows']:,} flows, "
+              f"{st['bytes'] / 2**20:.1f} MiB")
+        print(f"  (f) testbed analyze --json          {ours:7.2f} s  "
+              f"({st['packets'] / ours:,.0f} pkt/s), peak RSS {peak:.1f} MiB")
+        print(f"  (g) bare dpkt loop                  {med['dpkt']:7.2f} s")
+        if "tshark" in med:
+            print(f"  (h) tshark -e tcp.stream -e tcp.len {med['tshark']:7.2f} s")
+        else:
+            print("  (h) tshark: not installed")
+        print(f"  (i) testbed analyze --json --jobs 2 {med['jobs']:7.2f} s "
+              f"({ours / med['jobs']:.2f}x (f))")
+        r1 = med["dpkt"] / ours
+        print(f"  ratio ours/dpkt   = {r1:.2f}x (target >= {TARGET_DPKT}x)"
+              f"{'' if r1 >= TARGET_DPKT else '  BELOW TARGET'}")
+        ok &= r1 >= TARGET_DPKT
+        if "tshark" in med:
+            r2 = med["tshark"] / ours
+            print(f"  ratio ours/tshark = {r2:.2f}x (target >= {TARGET_TSHARK}x)"
+                  f"{'' if r2 >= TARGET_TSHARK else '  BELOW TARGET'}")
+            ok &= r2 >= TARGET_TSHARK
+    return ok
+
+
 def in_child(fn, path: str) -> dict:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -346,6 +606,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", metavar="PATH", help="also keep the synthesised capture here")
     ap.add_argument("--rounds", type=int, default=None,
                     help="interleaved rounds, best kept (default 3, or 2 for >200k packets)")
+    ap.add_argument("--command-rounds", type=int, default=None,
+                    help="rounds of the whole commands, median kept (default 3)")
     args = ap.parse_args(argv)
     n = args.packets or (100_000 if args.quick else 1_000_000)
     try:
@@ -373,6 +635,12 @@ def measure(n: int, args) -> None:
         print(f"synthesised {st_lab['packets']:,} packets of the lab's protocol, "
               f"{st_lab['flows']:,} flows, {st_lab['bytes'] / 1e6:.1f} MB "
               f"in {time.perf_counter() - t0:.1f} s")
+        busy_path = os.path.join(tmp, "busy.pcap")
+        t0 = time.perf_counter()
+        st_busy = synthesize_busy(busy_path, n)
+        print(f"synthesised {st_busy['packets']:,} packets of a busy lab, "
+              f"{st_busy['flows']:,} flows ({st_busy['http']:,} HTTP), "
+              f"{st_busy['bytes'] / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
         rounds = args.rounds or (3 if n <= 200_000 else 2)
         ours = dp = ts = None
         lab_flows = lab_events = lab_json = None
@@ -434,6 +702,9 @@ def measure(n: int, args) -> None:
               f"[{wrate(lab_json):,.0f}], {lab_json['events'] / lab_json['cpu']:,.0f} events/s")
         print(f"ratio (d)/(a') = {re_ / rf:.2f}x, (e)/(a') = {rj / rf:.2f}x "
               f"(what dissection and events cost over reassembly)")
+        ok &= measure_commands({"random payloads (the first capture)": (path, st),
+                                "busy lab": (busy_path, st_busy)},
+                               args.command_rounds or max(rounds, 3))
         if not ok:
             print("BELOW TARGET")
     finally:

@@ -60,7 +60,6 @@ class FlowInfo:
     tls_client_spoke: bool = False      # TLS: the client sent application data
     tls_sealed_handshake: bool = False  # TLS 1.3: the client's Finished is still to come
     small_client_ts: list[float] = field(default_factory=list)
-    noop_ts: list[float] = field(default_factory=list)
     probe_ts: list[float] = field(default_factory=list)   # keep-alives, idle empty ACKs
     needles: set = field(default_factory=set)
     tails: dict = field(default_factory=lambda: {"c2s": b"", "s2c": b""})
@@ -158,7 +157,10 @@ class Analyzer:
     """Feed packets (or a whole file) and collect events, flows and counts.
 
     `body_limit`: bytes of each message body the events keep (the rest is counted in
-    `body_len`); the replayer passes the profile's maximum packet length to keep them whole."""
+    `body_len`); the replayer passes the profile's maximum packet length to keep them whole.
+    Events are made only when they are kept or `on_event` takes them: the summary (flows,
+    counts, DNS) does not need them, and on a capture of many long links making one per
+    frame would cost more than everything else."""
 
     def __init__(self, *, keep_events: bool = True, needles: Iterable[bytes] = (),
                  on_event: Optional[Callable[[Event], None]] = None,
@@ -166,16 +168,15 @@ class Analyzer:
                  all_legs: bool = False) -> None:
         self.keep_events = keep_events
         self.all_legs = all_legs
-        self.body_limit = body_limit
+        self.events = keep_events or on_event is not None
+        self.body_limit = body_limit if self.events else 0
         self.on_event = on_event
         self.needles = [n for n in needles if n]
         self.result = Analysis(path="")
         self.time_scale = time_scale
-        self.info: dict[int, FlowInfo] = {}
         self.ip_names: dict[str, str] = {}
         self.table = FlowTable(on_data=self._on_data, on_flow_end=self._on_flow_end,
                                on_analysis=self._on_analysis)
-        self._handshakes: dict[tuple, dict] = {}
         self._ended: list[tuple] = []        # (flow, what its dissection found), by end
         self._cur_index = 0
         self._cur_dir = "c2s"
@@ -190,6 +191,8 @@ class Analyzer:
     def _flow_emitter(self, info: FlowInfo):
         # a stream reports a message while it reads the bytes of the direction it came from
         # (an HTTP response delimited by the close: see _on_flow_end)
+        events = self.events
+
         def emit(kind: Kind, ts: float, fields: dict, command: Optional[Command]) -> None:
             direction = self._cur_dir
             if kind == ev.TLS_RECORD and fields.get("content_type") == TLS_APPLICATION_DATA:
@@ -213,45 +216,52 @@ class Analyzer:
                 info.host = info.host or fields["sni"]
             elif kind == ev.HTTP_REQUEST and fields.get("host"):
                 info.host = info.host or fields["host"].split(":")[0]
-            src, dst = (info.client, info.server) if direction == "c2s" else \
-                (info.server, info.client)
-            self._emit(Event(ts, kind, info.id, direction, src, dst, info.host, fields,
-                             self._cur_index, command))
-            if kind == ev.FRAME and direction == "c2s" and fields["noop"] \
-                    and not fields["reply"]:
-                info.noop_ts.append(ts)
+            if events:
+                src, dst = (info.client, info.server) if direction == "c2s" else \
+                    (info.server, info.client)
+                self._emit(Event(ts, kind, info.id, direction, src, dst, info.host, fields,
+                                 self._cur_index, command))
         return emit
 
     # ---------------------------------------------------------------- flows
     def _flow_info(self, flow) -> FlowInfo:
-        info = self.info.get(flow.id)
+        info = flow.state
         if info is None:
-            info = FlowInfo(flow.id, tuple(flow.client), tuple(flow.server))
+            info = flow.state = FlowInfo(flow.id, tuple(flow.client), tuple(flow.server))
             info.host = self.ip_names.get(flow.server[0], "")
-            self.info[flow.id] = info
         return info
 
     def _on_data(self, flow, direction: str, ts: float, data: bytes) -> None:
-        info = self._flow_info(flow)
+        info = flow.state or self._flow_info(flow)
         self._cur_dir = direction
-        if direction != info.last_dir:
-            if direction == "c2s":
+        n = len(data)
+        if direction == "c2s":
+            if info.last_dir != "c2s":
                 info.exchanges += 1
                 info.burst = 0
-            info.last_dir = direction
-        if direction == "c2s":
+                info.last_dir = "c2s"
             if len(info.first_c2s) < FIRST_BYTES:
                 info.first_c2s = (info.first_c2s + data)[:FIRST_BYTES]
-            info.burst += len(data)
-            if len(data) <= SMALL_MESSAGE and info.burst == len(data):
+            info.burst += n
+            if n <= SMALL_MESSAGE and info.burst == n:
                 info.small_client_ts.append(ts)
+        elif info.last_dir != direction:
+            info.last_dir = direction
         if self.needles:
             self._scan(info, direction, data)
-        if info.app is None and (info.server[1] in DNS_PORTS or info.client[1] in DNS_PORTS):
+        stream = info.stream
+        if stream is not None:
+            stream.data(direction, ts, data)
+        elif info.app is None:
+            self._classify(info, direction, ts, data)
+
+    def _classify(self, info: FlowInfo, direction: str, ts: float, data: bytes) -> None:
+        """The first bytes of a flow: which dissector reads it."""
+        if info.server[1] in DNS_PORTS or info.client[1] in DNS_PORTS:
             # DNS has no first bytes to know it by: its port says it
             info.app = "dns"
             info.stream = DnsOverTcp(functools.partial(self._dns_in_flow, info))
-        if info.app is None:
+        else:
             info.head += data
             app = classify(bytes(info.head[:64]))
             if app is None and len(info.head) < 64:
@@ -263,7 +273,7 @@ class Analyzer:
             elif info.app == "http":
                 info.stream = HttpStream(emit, self.body_limit)
             elif info.app == "longlink":
-                info.stream = LongLinkStream(emit, self.body_limit)
+                info.stream = LongLinkStream(emit if self.events else None, self.body_limit)
             data = bytes(info.head)
             info.head = bytearray()
         if info.stream is not None:
@@ -288,7 +298,7 @@ class Analyzer:
         for needle in info.needles:
             self.result.needles_seen.setdefault(needle.decode("utf-8", "replace"), []).append(
                 {"flow": flow.id, "app": info.app, "host": info.host})
-        del self.info[flow.id]
+        flow.state = None
 
     def _dissected(self, flow, info: FlowInfo) -> dict:
         """What the dissection of a flow found, once its stream has ended."""
@@ -302,7 +312,7 @@ class Analyzer:
         if app in ("unknown", "tls", "none"):
             requests = exchanges
         if app == "longlink":
-            beats = info.noop_ts
+            beats = stream.noop_ts
         else:
             beats = sorted(info.small_client_ts + info.probe_ts)
         hb = _regular_interval(beats)
@@ -342,33 +352,53 @@ class Analyzer:
 
     # ---------------------------------------------------------------- packets
     def feed_packet(self, pkt) -> None:
+        """One packet, in capture order."""
+        self.feed_packets((pkt,))
+
+    def feed_packets(self, packets: Iterable) -> None:
+        """Packets in capture order (a whole `Capture`: the hot loop of `analyze`)."""
         r = self.result
-        r.packets += 1
-        if r.first_ts is None:
-            r.first_ts = pkt.ts
-        r.last_ts = pkt.ts
-        item = decode(pkt)
-        if item is None:
-            data = pkt.data
-            if pkt.linktype == 1 and len(data) >= 14 and data[12:14] == b"\x08\x06":
-                r.arp += 1
-                if len(data) >= 42 and data[14:20] == ARP_IPV4_ETHERNET \
-                        and len(r.arp_messages) < MAX_ARP_KEPT:
-                    r.arp_messages.append({
-                        "packet": pkt.index, "op": int.from_bytes(data[20:22], "big"),
-                        "sender": socket.inet_ntoa(data[28:32]),
-                        "target": socket.inet_ntoa(data[38:42])})
-            return
-        self._cur_index = pkt.index
-        if type(item) is Segment:
-            self.table.feed(item)
-            if item.flags & (SYN | FIN | RST) or self._handshakes:
-                self._control(item)
-        elif type(item) is Datagram:
-            self.table.feed(item)
-            if item.sport in DNS_PORTS or item.dport in DNS_PORTS:
-                self._dns(item.ts, item.payload, (item.src, item.sport),
-                          (item.dst, item.dport), item.index, None)
+        feed = self.table.feed
+        events = self.events
+        n = 0
+        ts = None
+        for pkt in packets:
+            n += 1
+            item = decode(pkt)
+            if type(item) is Segment:
+                if events:
+                    self._cur_index = item.index
+                    feed(item)
+                    if item.flags & 0x07:               # SYN, FIN or RST
+                        self._tcp_event(item)
+                else:
+                    feed(item)
+            elif item is None:
+                self._other(pkt)
+            else:
+                self._cur_index = item.index
+                feed(item)
+                if item.sport in DNS_PORTS or item.dport in DNS_PORTS:
+                    self._dns(item.ts, item.payload, (item.src, item.sport),
+                              (item.dst, item.dport), item.index, None)
+            if ts is None and r.first_ts is None:
+                r.first_ts = ts = pkt.ts
+        if n:
+            r.packets += n
+            r.last_ts = pkt.ts
+
+    def _other(self, pkt) -> None:
+        """A packet that is neither TCP nor UDP: ARP is counted, and its first messages kept."""
+        data = pkt.data
+        r = self.result
+        if pkt.linktype == 1 and len(data) >= 14 and data[12:14] == b"\x08\x06":
+            r.arp += 1
+            if len(data) >= 42 and data[14:20] == ARP_IPV4_ETHERNET \
+                    and len(r.arp_messages) < MAX_ARP_KEPT:
+                r.arp_messages.append({
+                    "packet": pkt.index, "op": int.from_bytes(data[20:22], "big"),
+                    "sender": socket.inet_ntoa(data[28:32]),
+                    "target": socket.inet_ntoa(data[38:42])})
 
     def _on_analysis(self, flow, seg, flags: int) -> None:
         # A client's keep-alive, or its empty ACK after a silence that acknowledges nothing
@@ -378,43 +408,17 @@ class Analyzer:
                 and seg.sport == flow.client[1] and seg.src == flow.client[0]:
             self._flow_info(flow).probe_ts.append(seg.ts)
 
-    def _lookup(self, s: Segment):
-        # FlowTable keys its flows by the directed 4-tuple
-        return self.table._map.get((s.src, s.sport, s.dst, s.dport))
-
-    def _control(self, s: Segment) -> None:
-        """SYN, SYN-ACK, FIN and RST as events, and the handshake's relative numbers."""
-        flags = s.flags
-        key = (s.src, s.sport, s.dst, s.dport)
-        rkey = (s.dst, s.dport, s.src, s.sport)
-        hs = self._handshakes.get(key)
-        if hs is not None and not flags & SYN and hs.get("isn_s") is not None:
-            hs["ack_seq"] = (s.seq - hs["isn_c"]) % (1 << 32)
-            hs["ack_ack"] = (s.ack - hs["isn_s"]) % (1 << 32)
-            hs["packets"].append(s.index)
-            self.result.handshakes.append({k: v for k, v in hs.items() if k != "key"})
-            del self._handshakes[key]
-        if not flags & (SYN | FIN | RST):
-            return
-        found = self._lookup(s)
+    def _tcp_event(self, s: Segment) -> None:
+        """SYN, SYN-ACK, FIN and RST as events."""
+        found = self.table.lookup(s)
         if found is None:
             return
         flow, c2s = found
-        info = self.info.get(flow.id)   # gone once the flow has ended (a late FIN)
+        flags = s.flags
+        info = flow.state   # gone once the flow has ended (a late FIN)
         host = (info.host if info else "") or self.ip_names.get(flow.server[0], "")
-        if flags & SYN and not flags & ACK:
-            if len(self._handshakes) > 4096:   # SYNs never answered: keep the map bounded
-                self._handshakes.pop(next(iter(self._handshakes)))
-            kind = ev.TCP_SYN
-            self._handshakes[key] = {"flow": flow.id, "key": key, "isn_c": s.seq, "isn_s": None,
-                                     "packets": [s.index]}
-        elif flags & SYN:
-            kind = ev.TCP_SYNACK
-            hs = self._handshakes.get(rkey)
-            if hs is not None:
-                hs["isn_s"] = s.seq
-                hs["syn_ack_ack"] = (s.ack - hs["isn_c"]) % (1 << 32)
-                hs["packets"].append(s.index)
+        if flags & SYN:
+            kind = ev.TCP_SYNACK if flags & ACK else ev.TCP_SYN
         elif flags & RST:
             kind = ev.TCP_RST
         else:
@@ -441,8 +445,18 @@ class Analyzer:
                     if a not in self.result.dns[fields["name"]]:
                         self.result.dns[fields["name"]].append(a)
                     self.ip_names.setdefault(a, fields["name"])
-        direction = "c2s" if kind == ev.DNS_QUERY else "s2c"
-        self._emit(Event(ts, kind, flow, direction, src, dst, fields["name"], fields, index))
+        if self.events:
+            direction = "c2s" if kind == ev.DNS_QUERY else "s2c"
+            self._emit(Event(ts, kind, flow, direction, src, dst, fields["name"], fields,
+                             index))
+
+    def ended_flows(self) -> list:
+        """The TCP flows (`flows.TcpFlow`) in the order they ended."""
+        return [flow for flow, _found in self._ended]
+
+    def first_client_bytes(self) -> dict[int, bytes]:
+        """Each ended flow's first client bytes (up to `legs.FIRST_BYTES`), by flow id."""
+        return {flow.id: found["first_c2s"] for flow, found in self._ended}
 
     def finish(self) -> Analysis:
         self.table.close()
@@ -450,33 +464,37 @@ class Analyzer:
         r.flows = [self._row(flow, found) for flow, found in self._ended]
         r.tcp = self.table.totals()
         r.udp = [u.summary() for u in self.table.udp.values()]
+        r.handshakes = self.table.handshakes
         r.flows.sort(key=lambda f: (f["start"], f["id"]))
         r.events.sort(key=lambda e: (e.ts, e.index))
-        r.relay_legs = relay_legs(r.flows, {flow.id: found["first_c2s"]
-                                            for flow, found in self._ended})
-        r.legs_kept = self.all_legs
-        if r.relay_legs and not self.all_legs:
-            self._leave_out(set(r.relay_legs))
+        find_relay_legs(r, self.first_client_bytes(), keep=self.all_legs)
         return r
 
-    def _leave_out(self, legs: set[int]) -> None:
-        """The flows `legs` taken out of the flows, events, handshakes, needles and TCP
-        totals (not out of the packet count: they were captured)."""
-        r = self.result
-        for flow, _ in self._ended:
-            if flow.id in legs:
-                for name, n in flow.analysis.items():
-                    r.tcp[name] -= n
-        r.tcp = {name: n for name, n in r.tcp.items() if n}
-        r.flows = [f for f in r.flows if f["id"] not in legs]
-        r.events = [e for e in r.events if e.flow not in legs]
-        r.handshakes = [h for h in r.handshakes if h["flow"] not in legs]
-        for needle, seen in list(r.needles_seen.items()):
-            kept = [s for s in seen if s["flow"] not in legs]
-            if kept:
-                r.needles_seen[needle] = kept
-            else:
-                del r.needles_seen[needle]
+
+def find_relay_legs(r: Analysis, first_bytes: dict[int, bytes], *, keep: bool) -> None:
+    """Finds a relay's second copies of connections among `r`'s flows (`legs.relay_legs`;
+    `first_bytes`: each flow's first client bytes) and, unless `keep`, takes them out of the
+    flows, events, handshakes, needles and TCP totals (not out of the packet count: they
+    were captured)."""
+    r.relay_legs = relay_legs(r.flows, first_bytes)
+    r.legs_kept = keep
+    legs = set(r.relay_legs)
+    if not legs or keep:
+        return
+    for f in r.flows:
+        if f["id"] in legs:
+            for name, n in f["tcp"].items():
+                r.tcp[name] -= n
+    r.tcp = {name: n for name, n in r.tcp.items() if n}
+    r.flows = [f for f in r.flows if f["id"] not in legs]
+    r.events = [e for e in r.events if e.flow not in legs]
+    r.handshakes = [h for h in r.handshakes if h["flow"] not in legs]
+    for needle, seen in list(r.needles_seen.items()):
+        kept = [s for s in seen if s["flow"] not in legs]
+        if kept:
+            r.needles_seen[needle] = kept
+        else:
+            del r.needles_seen[needle]
 
 
 def recorded_time_scale(meta: Optional[dict]) -> Optional[float]:
@@ -500,7 +518,7 @@ def time_scale_of(meta: Optional[dict], assumed: Optional[float] = None) -> floa
 def analyze(path: str, *, keep_events: bool = True, needles: Iterable[bytes] = (),
             on_event: Optional[Callable[[Event], None]] = None,
             body_limit: int = BODY_KEEP, time_scale: Optional[float] = None,
-            all_legs: bool = False) -> Analysis:
+            all_legs: bool = False, jobs: int = 1) -> Analysis:
     """Read a capture file and return its analysis (partial if the file is damaged);
     events keep `body_limit` bytes of each body.
 
@@ -509,8 +527,18 @@ def analyze(path: str, *, keep_events: bool = True, needles: Iterable[bytes] = (
     `on_event` sees every event as it is read, legs included.
 
     `time_scale`: protocol seconds per wall second to assume when the capture does not
-    record its own (a tcpdump of a lab running at 100: 100)."""
+    record its own (a tcpdump of a lab running at 100: 100). `jobs` > 1 shares the TCP
+    flows out over that many processes (`shards`): the same analysis, sooner on a big
+    file."""
     cap = read_capture(path)
+    if jobs > 1:
+        if on_event is not None:
+            raise ValueError("on_event takes events in this process: not with jobs > 1")
+        cap.close()
+        from .shards import analyze_sharded
+        return analyze_sharded(str(path), jobs, keep_events=keep_events, needles=needles,
+                               body_limit=body_limit, time_scale=time_scale,
+                               all_legs=all_legs)
     # the section comment is read when the file is opened, before any packet
     meta = cap.meta if isinstance(cap.meta, dict) else None
     a = Analyzer(keep_events=keep_events, needles=needles, on_event=on_event,
@@ -519,8 +547,7 @@ def analyze(path: str, *, keep_events: bool = True, needles: Iterable[bytes] = (
     a.result.path = str(path)
     a.result.meta = meta
     a.result.assumed_time_scale = time_scale
-    for pkt in cap:
-        a.feed_packet(pkt)
+    a.feed_packets(cap)
     r = a.finish()
     r.truncated = cap.truncated
     r.error = cap.error

@@ -70,12 +70,18 @@ class TcpFlow:
                  "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c",
                  "data_segments_c2s", "data_segments_s2c", "quiet_s", "closed_by",
                  "rst_by", "fin_first", "fin_c2s_ts", "fin_s2c_ts", "rst_ts", "ended", "end_ts",
-                 "fin_next", "fin_acks", "analysis", "_sequence", "_reassembly_c2s", "_reassembly_s2c", "mss",
-                 "wscale", "sack_perm")
+                 "fin_next", "fin_acks", "analysis", "_sequence", "_reassembly_c2s",
+                 "_reassembly_s2c", "mss", "wscale", "sack_perm", "first_index", "end_index",
+                 "handshake", "state")
 
     def __init__(self, id: int, client: tuple[str, int], server: tuple[str, int],
-                 ts: float) -> None:
+                 ts: float, first_index: int = 0) -> None:
         self.id = id
+        self.first_index = first_index   # its first packet's number
+        self.end_index: Optional[int] = None    # the packet that ended it (None: the close)
+        # the handshake while it goes on: (the SYN's direction is c2s, its record)
+        self.handshake: Optional[tuple[bool, dict]] = None
+        self.state = None                # whatever the table's user keeps per flow
         self.client = client
         self.server = server
         self.first_ts = ts
@@ -236,7 +242,9 @@ class FlowTable:
 
     Results: `flows` (TcpFlow, in order of first packet, ids 0.. as tshark's tcp.stream),
     `udp` ({(endpoint, endpoint) sorted: UdpConversation}), `totals()` / `counts`
-    (tcp.analysis filter name -> segments), `open` (flows not ended yet).
+    (tcp.analysis filter name -> segments), `open` (flows not ended yet), `handshakes`
+    (each completed three-way handshake, in the order they completed: the flow, both initial
+    sequence numbers, the SYN-ACK's and the ACK's numbers relative to them, the packets).
     """
 
     def __init__(self, on_data: Optional[OnData] = None,
@@ -263,6 +271,9 @@ class FlowTable:
         self.counts = Counts()               # tcp.analysis totals over all flows
         self.n_flows = 0
         self.open: dict[int, TcpFlow] = {}   # flows not ended yet, by id
+        self.handshakes: list[dict] = []
+        self._index = 0                      # the packet being fed
+        self._closing = False
         self._map: dict[tuple, tuple[TcpFlow, bool]] = {}
         self._umap: dict[tuple, tuple[UdpConversation, bool]] = {}
 
@@ -273,8 +284,14 @@ class FlowTable:
 
     def close(self) -> None:
         """End every open flow (flushing held data with gaps) and report it."""
+        self._closing = True
         for flow in list(self.open.values()):
             self._end(flow, flow.last_ts)
+
+    def lookup(self, s: Segment) -> Optional[tuple[TcpFlow, bool]]:
+        """The flow a segment belongs to (the latest on its 4-tuple) and whether it goes
+        client to server; None for a 4-tuple never fed (or forgotten)."""
+        return self._map.get((s.src, s.sport, s.dst, s.dport))
 
     # ------------------------------------------------------------------ TCP
     def _forget_ended(self, now: float) -> None:
@@ -299,7 +316,7 @@ class FlowTable:
         else:
             c2s = True                          # first sender
         client, server = (src, dst) if c2s else (dst, src)
-        flow = TcpFlow(self.n_flows, client, server, s.ts)
+        flow = TcpFlow(self.n_flows, client, server, s.ts, s.index)
         self.n_flows += 1
         if self.keep_flows:
             self.flows.append(flow)
@@ -318,7 +335,8 @@ class FlowTable:
                                 f"{type(s).__name__}")
             return
         (index, ts, src, sport, dst, dport, seq, ack, flags, window, payload, seglen,
-         wscale) = s[:13]
+         wscale, _mss, _sack_perm, _sack, _tsval, _tsecr) = s
+        self._index = index
         ent = self._map.get((src, sport, dst, dport))
         reused = 0
         if ent is None:
@@ -342,9 +360,12 @@ class FlowTable:
                 flow.data_segments_s2c += 1
         before = flow.last_ts
         flow.last_ts = ts
-        ta = flow._sequence.segment(c2s, ts, seq, ack, seglen, flags, window, wscale) | reused
-        if flags & (SYN | FIN | RST):
+        if flow.handshake is not None and not flags & SYN:
+            self._handshake_ack(flow, c2s, s)
+        ta = flow._sequence.segment(c2s, ts, seq, ack, seglen, flags, window, wscale)
+        if flags & 0x07:                                 # SYN, FIN or RST
             self._control(flow, c2s, s, flags)
+            ta |= reused
         if flow.fin_next and flags & ACK:
             self._fin_acked(flow, "s2c" if c2s else "c2s", ack, index)
         if ta:
@@ -399,9 +420,27 @@ class FlowTable:
 
     feed_segment = feed
 
+    def _handshake_ack(self, flow: TcpFlow, c2s: bool, s: Segment) -> None:
+        """The SYN's sender's next segment after the SYN-ACK completes the handshake."""
+        syn_c2s, hs = flow.handshake
+        if c2s == syn_c2s and hs["isn_s"] is not None:
+            hs["ack_seq"] = (s.seq - hs["isn_c"]) & M32
+            hs["ack_ack"] = (s.ack - hs["isn_s"]) & M32
+            hs["packets"].append(s.index)
+            self.handshakes.append(hs)
+            flow.handshake = None
+
     def _control(self, flow: TcpFlow, c2s: bool, s: Segment, flags: int) -> None:
         d = "c2s" if c2s else "s2c"
         if flags & SYN:
+            if not flags & ACK:       # a SYN (again): the handshake starts (again)
+                flow.handshake = (c2s, {"flow": flow.id, "isn_c": s.seq, "isn_s": None,
+                                        "packets": [s.index]})
+            elif flow.handshake is not None and flow.handshake[0] != c2s:
+                hs = flow.handshake[1]
+                hs["isn_s"] = s.seq
+                hs["syn_ack_ack"] = (s.ack - hs["isn_c"]) & M32
+                hs["packets"].append(s.index)
             if flags & ACK:
                 flow.synack_seen = True
             else:
@@ -550,6 +589,7 @@ class FlowTable:
         self._flush(flow, flow._reassembly_s2c, "s2c", ts)
         flow.ended = True
         flow.end_ts = ts
+        flow.end_index = None if self._closing else self._index
         self.open.pop(flow.id, None)
         if self.linger is not None:
             self._ended.append((ts, flow))

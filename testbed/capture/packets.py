@@ -31,6 +31,7 @@ per-packet objects but the result tuple.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import socket
@@ -222,9 +223,9 @@ class Capture:
         self._it = None
         self._pending = None
         if first is None:
-            return
-        yield first
-        yield from it
+            return iter(())
+        # the reader itself, not a generator around it: one frame less per packet
+        return itertools.chain((first,), it)
 
     def __enter__(self) -> "Capture":
         return self
@@ -257,266 +258,264 @@ class Capture:
             f = open(self.path, "rb", buffering=0)
         except OSError as exc:
             self._fail(f"cannot open: {exc}")
-            return
-        with f:
-            if self.format == "pcap":
-                yield from self._iter_pcap(f)
-            else:
-                yield from self._iter_pcapng(f)
+            return iter(())
+        return self._iter_pcap(f) if self.format == "pcap" else self._iter_pcapng(f)
 
     # -------------------------------------------------------------- pcap
     def _iter_pcap(self, f: io.RawIOBase) -> Iterator[Packet]:
-        hdr = _read_exact(f, 24)
-        if len(hdr) < 24:
-            self._fail(f"truncated pcap file header ({len(hdr)} of 24 bytes)", True)
-            return
-        magic = hdr[:4]
-        endian, nano, modified = _PCAP_MAGIC[magic]
-        self.byte_order = "little" if endian == "<" else "big"
-        self.nanosecond = nano
-        vmaj, vmin, _zone, _sigfigs, snaplen, network = struct.unpack_from(
-            endian + "HHiIII", hdr, 4)
-        self.version = (vmaj, vmin)
-        # Before format 2.3 a record held the original length first: always swap them
-        # back; 2.3 files were written both ways, so swap only where "captured" > "original".
-        swapped = 2 if (vmaj, vmin) < (2, 3) else 1 if (vmaj, vmin) == (2, 3) else 0
-        linktype = network & 0xFFFF
-        self.snaplen = snaplen
-        self.linktype = linktype
-        self.interfaces.append(Interface(linktype, snaplen, 10 ** 9 if nano else 10 ** 6))
-        limit = max(STD_MAX_PACKET, snaplen if snaplen <= MAX_RECORD else 0)
-        rec = struct.Struct(endian + "IIII")
-        unpack = rec.unpack_from
-        rlen = 24 if modified else 16
-        div = 1_000_000_000 if nano else 1_000_000
-        buf = b""
-        pos = 0
-        base = 24                        # file offset of buf[0]
-        index = 0
-        read = f.read
-        new = _new
-        P = Packet
-        while True:
-            n = len(buf)
-            if pos + rlen > n:
-                more = read(CHUNK)
-                if not more:
-                    if pos < n:
-                        self._fail(f"truncated packet record header at byte {base + pos} "
-                                   f"(packet {index + 1})", True)
+        with f:     # closed at the end, or when the reader is closed
+            hdr = _read_exact(f, 24)
+            if len(hdr) < 24:
+                self._fail(f"truncated pcap file header ({len(hdr)} of 24 bytes)", True)
+                return
+            magic = hdr[:4]
+            endian, nano, modified = _PCAP_MAGIC[magic]
+            self.byte_order = "little" if endian == "<" else "big"
+            self.nanosecond = nano
+            vmaj, vmin, _zone, _sigfigs, snaplen, network = struct.unpack_from(
+                endian + "HHiIII", hdr, 4)
+            self.version = (vmaj, vmin)
+            # Before format 2.3 a record held the original length first: always swap them
+            # back; 2.3 files were written both ways, so swap only where "captured" > "original".
+            swapped = 2 if (vmaj, vmin) < (2, 3) else 1 if (vmaj, vmin) == (2, 3) else 0
+            linktype = network & 0xFFFF
+            self.snaplen = snaplen
+            self.linktype = linktype
+            self.interfaces.append(Interface(linktype, snaplen, 10 ** 9 if nano else 10 ** 6))
+            limit = max(STD_MAX_PACKET, snaplen if snaplen <= MAX_RECORD else 0)
+            rec = struct.Struct(endian + "IIII")
+            unpack = rec.unpack_from
+            rlen = 24 if modified else 16
+            div = 1_000_000_000 if nano else 1_000_000
+            buf = b""
+            pos = 0
+            base = 24                        # file offset of buf[0]
+            index = 0
+            read = f.read
+            new = _new
+            P = Packet
+            while True:
+                n = len(buf)
+                if pos + rlen > n:
+                    more = read(CHUNK)
+                    if not more:
+                        if pos < n:
+                            self._fail(f"truncated packet record header at byte {base + pos} "
+                                       f"(packet {index + 1})", True)
+                        break
+                    buf = buf[pos:] + more
+                    base += pos
+                    pos = 0
+                    continue
+                sec, frac, caplen, origlen = unpack(buf, pos)
+                if swapped and (swapped == 2 or caplen > origlen):
+                    caplen, origlen = origlen, caplen
+                if caplen > limit:
+                    self._fail(f"corrupt packet record at byte {base + pos} (packet {index + 1}):"
+                               f" captured length {caplen} exceeds the maximum {limit}")
                     break
-                buf = buf[pos:] + more
-                base += pos
-                pos = 0
-                continue
-            sec, frac, caplen, origlen = unpack(buf, pos)
-            if swapped and (swapped == 2 or caplen > origlen):
-                caplen, origlen = origlen, caplen
-            if caplen > limit:
-                self._fail(f"corrupt packet record at byte {base + pos} (packet {index + 1}):"
-                           f" captured length {caplen} exceeds the maximum {limit}")
-                break
-            end = pos + rlen + caplen
-            if end > n:
-                need = end - n
-                more = _read_exact(f, max(CHUNK, need))
-                if len(more) < need:
-                    self._fail(f"truncated packet record at byte {base + pos} "
-                               f"(packet {index + 1}): {caplen} bytes announced, "
-                               f"{n - pos - rlen + len(more)} present", True)
-                    break
-                buf = buf[pos:] + more
-                base += pos
-                pos = 0
-                end = rlen + caplen
-            index += 1
-            data = buf[pos + rlen:end]
-            pos = end
-            self.packets_read = index
-            yield new(P, (index, sec + frac / div, linktype, data, origlen, 0))
+                end = pos + rlen + caplen
+                if end > n:
+                    need = end - n
+                    more = _read_exact(f, max(CHUNK, need))
+                    if len(more) < need:
+                        self._fail(f"truncated packet record at byte {base + pos} "
+                                   f"(packet {index + 1}): {caplen} bytes announced, "
+                                   f"{n - pos - rlen + len(more)} present", True)
+                        break
+                    buf = buf[pos:] + more
+                    base += pos
+                    pos = 0
+                    end = rlen + caplen
+                index += 1
+                data = buf[pos + rlen:end]
+                pos = end
+                self.packets_read = index
+                yield new(P, (index, sec + frac / div, linktype, data, origlen, 0))
 
     # -------------------------------------------------------------- pcapng
     def _iter_pcapng(self, f: io.RawIOBase) -> Iterator[Packet]:
-        read = f.read
-        buf = b""
-        pos = 0
-        base = 0
-        index = 0
-        endian = None
-        u32 = None
-        section_ifaces: list[int] = []      # section-local interface id -> global index
-        new = _new
-        P = Packet
-        while True:
-            n = len(buf)
-            if pos + 12 > n:
-                more = read(CHUNK)
-                if not more:
-                    if pos < n:
-                        self._fail(f"truncated block header at byte {base + pos} "
-                                   f"(after packet {index})", True)
+        with f:     # closed at the end, or when the reader is closed
+            read = f.read
+            buf = b""
+            pos = 0
+            base = 0
+            index = 0
+            endian = None
+            u32 = None
+            section_ifaces: list[int] = []      # section-local interface id -> global index
+            new = _new
+            P = Packet
+            while True:
+                n = len(buf)
+                if pos + 12 > n:
+                    more = read(CHUNK)
+                    if not more:
+                        if pos < n:
+                            self._fail(f"truncated block header at byte {base + pos} "
+                                       f"(after packet {index})", True)
+                        break
+                    buf = buf[pos:] + more
+                    base += pos
+                    pos = 0
+                    continue
+                btype_raw = buf[pos:pos + 4]
+                if btype_raw == b"\x0a\x0d\x0d\x0a":
+                    bom = buf[pos + 8:pos + 12]
+                    if bom == b"\x4d\x3c\x2b\x1a":
+                        endian = "<"
+                    elif bom == b"\x1a\x2b\x3c\x4d":
+                        endian = ">"
+                    else:
+                        self._fail(f"corrupt section header at byte {base + pos}: "
+                                   f"byte-order magic {bom.hex()}")
+                        break
+                    u32 = struct.Struct(endian + "I").unpack_from
+                    if not self.byte_order:
+                        self.byte_order = "little" if endian == "<" else "big"
+                elif endian is None:
+                    self._fail(f"corrupt file at byte {base + pos}: no section header block")
                     break
-                buf = buf[pos:] + more
-                base += pos
-                pos = 0
-                continue
-            btype_raw = buf[pos:pos + 4]
-            if btype_raw == b"\x0a\x0d\x0d\x0a":
-                bom = buf[pos + 8:pos + 12]
-                if bom == b"\x4d\x3c\x2b\x1a":
-                    endian = "<"
-                elif bom == b"\x1a\x2b\x3c\x4d":
-                    endian = ">"
-                else:
-                    self._fail(f"corrupt section header at byte {base + pos}: "
-                               f"byte-order magic {bom.hex()}")
+                btype = u32(buf, pos)[0]
+                blen = u32(buf, pos + 4)[0]
+                if blen < 12 or blen % 4 or blen > MAX_RECORD:
+                    self._fail(f"corrupt block at byte {base + pos} (after packet {index}): "
+                               f"block type 0x{btype:08x} claims length {blen}")
                     break
-                u32 = struct.Struct(endian + "I").unpack_from
-                if not self.byte_order:
-                    self.byte_order = "little" if endian == "<" else "big"
-            elif endian is None:
-                self._fail(f"corrupt file at byte {base + pos}: no section header block")
-                break
-            btype = u32(buf, pos)[0]
-            blen = u32(buf, pos + 4)[0]
-            if blen < 12 or blen % 4 or blen > MAX_RECORD:
-                self._fail(f"corrupt block at byte {base + pos} (after packet {index}): "
-                           f"block type 0x{btype:08x} claims length {blen}")
-                break
-            end = pos + blen
-            if end > n:
-                need = end - n
-                more = _read_exact(f, max(CHUNK, need))
-                if len(more) < need:
-                    what = "packet" if btype in (2, 3, 6) else "block"
-                    self._fail(f"truncated {what} block at byte {base + pos} "
-                               f"(packet {index + 1 if what == 'packet' else index}): "
-                               f"{blen} bytes announced, {n - pos + len(more)} present", True)
+                end = pos + blen
+                if end > n:
+                    need = end - n
+                    more = _read_exact(f, max(CHUNK, need))
+                    if len(more) < need:
+                        what = "packet" if btype in (2, 3, 6) else "block"
+                        self._fail(f"truncated {what} block at byte {base + pos} "
+                                   f"(packet {index + 1 if what == 'packet' else index}): "
+                                   f"{blen} bytes announced, {n - pos + len(more)} present", True)
+                        break
+                    buf = buf[pos:] + more
+                    base += pos
+                    pos = 0
+                    end = blen
+                if u32(buf, end - 4)[0] != blen:
+                    self._fail(f"corrupt block at byte {base + pos} (after packet {index}): "
+                               f"trailing length {u32(buf, end - 4)[0]} != {blen}")
                     break
-                buf = buf[pos:] + more
-                base += pos
-                pos = 0
-                end = blen
-            if u32(buf, end - 4)[0] != blen:
-                self._fail(f"corrupt block at byte {base + pos} (after packet {index}): "
-                           f"trailing length {u32(buf, end - 4)[0]} != {blen}")
-                break
-            start = pos
-            pos = end
-            if btype == 6:                                   # Enhanced Packet Block
-                if blen < 32:
-                    self._fail(f"corrupt enhanced packet block at byte {base + start}")
-                    break
-                iid, hi, lo, caplen, origlen = struct.unpack_from(endian + "IIIII", buf,
-                                                                    start + 8)
-                if caplen > blen - 32:
-                    self._fail(f"corrupt enhanced packet block at byte {base + start} "
-                               f"(packet {index + 1}): captured length {caplen} exceeds "
-                               f"the block")
-                    break
-                if iid >= len(section_ifaces):
-                    self._fail(f"corrupt enhanced packet block at byte {base + start} "
-                               f"(packet {index + 1}): unknown interface {iid}")
-                    break
-                g = section_ifaces[iid]
-                iface = self.interfaces[g]
-                index += 1
-                self.packets_read = index
-                ts = ((hi << 32) | lo) / iface.tsresol + iface.tsoffset
-                yield new(P, (index, ts, iface.linktype, buf[start + 28:start + 28 + caplen],
-                              origlen, g))
-                self._last_ts = ts
-            elif btype == 3:                                 # Simple Packet Block
-                if not section_ifaces:
-                    self._fail(f"corrupt simple packet block at byte {base + start}: "
-                               "no interface")
-                    break
-                origlen = u32(buf, start + 8)[0]
-                g = section_ifaces[0]
-                iface = self.interfaces[g]
-                caplen = min(origlen, blen - 16)
-                if iface.snaplen:
-                    caplen = min(caplen, iface.snaplen)
-                index += 1
-                self.packets_read = index
-                yield new(P, (index, self._last_ts, iface.linktype,
-                              buf[start + 12:start + 12 + caplen], origlen, g))
-            elif btype == 2:                                 # obsolete Packet Block
-                if blen < 32:
-                    self._fail(f"corrupt packet block at byte {base + start}")
-                    break
-                iid, _drops, hi, lo, caplen, origlen = struct.unpack_from(
-                    endian + "HHIIII", buf, start + 8)
-                if caplen > blen - 32 or iid >= len(section_ifaces):
-                    self._fail(f"corrupt packet block at byte {base + start} "
-                               f"(packet {index + 1})")
-                    break
-                g = section_ifaces[iid]
-                iface = self.interfaces[g]
-                index += 1
-                self.packets_read = index
-                ts = ((hi << 32) | lo) / iface.tsresol + iface.tsoffset
-                yield new(P, (index, ts, iface.linktype, buf[start + 28:start + 28 + caplen],
-                              origlen, g))
-                self._last_ts = ts
-            elif btype == 1:                                 # Interface Description Block
-                if blen < 20:
-                    self._fail(f"corrupt interface description block at byte {base + start}")
-                    break
-                linktype, _res, snaplen = struct.unpack_from(endian + "HHI", buf, start + 8)
-                tsresol, tsoffset, name = 10 ** 6, 0, ""
-                for code, val in _options(buf, start + 16, end - 4, endian):
-                    if code == 9 and len(val) >= 1:
-                        r = val[0]
-                        tsresol = (2 ** (r & 0x7F)) if r & 0x80 else 10 ** r
-                        if tsresol == 0 or r & 0x7F > 60:
-                            tsresol = 10 ** 6
-                    elif code == 14 and len(val) >= 8:
-                        tsoffset = struct.unpack_from(endian + "q", val)[0]
-                    elif code == 2:
-                        name = val.decode("utf-8", "replace")
-                section_ifaces.append(len(self.interfaces))
-                self.interfaces.append(Interface(linktype, snaplen, tsresol, name, tsoffset))
-                if self.linktype is None:
-                    self.linktype = linktype
-                    self.snaplen = snaplen
-                if tsresol > 10 ** 6:
-                    self.nanosecond = True
-            elif btype == 0x0A0D0D0A:                        # Section Header Block
-                if blen < 28:
-                    self._fail(f"corrupt section header at byte {base + start}")
-                    break
-                self.sections += 1
-                section_ifaces = []
-                for code, val in _options(buf, start + 24, end - 4, endian):
-                    if code == 1:
-                        text = val.decode("utf-8", "replace").rstrip("\x00")
-                        self.comments.append(text)
-                        if self.meta is None:
-                            try:
-                                doc = json.loads(text)
-                            except ValueError:
-                                doc = None
-                            if isinstance(doc, dict):
-                                self.meta = doc
-                    elif code in (3, 4) and getattr(self, _SHB_TEXT[code]) is None:
-                        setattr(self, _SHB_TEXT[code],
-                                val.decode("utf-8", "replace").rstrip("\x00"))
-            elif btype == 5:                                 # Interface Statistics Block
-                if blen < 24:
-                    self._fail(f"corrupt interface statistics block at byte {base + start}")
-                    break
-                iid = u32(buf, start + 8)[0]
-                if iid < len(section_ifaces):
+                start = pos
+                pos = end
+                if btype == 6:                                   # Enhanced Packet Block
+                    if blen < 32:
+                        self._fail(f"corrupt enhanced packet block at byte {base + start}")
+                        break
+                    iid, hi, lo, caplen, origlen = struct.unpack_from(endian + "IIIII", buf,
+                                                                        start + 8)
+                    if caplen > blen - 32:
+                        self._fail(f"corrupt enhanced packet block at byte {base + start} "
+                                   f"(packet {index + 1}): captured length {caplen} exceeds "
+                                   f"the block")
+                        break
+                    if iid >= len(section_ifaces):
+                        self._fail(f"corrupt enhanced packet block at byte {base + start} "
+                                   f"(packet {index + 1}): unknown interface {iid}")
+                        break
                     g = section_ifaces[iid]
-                    st = self.stats.setdefault(g, {})
-                    for code, val in _options(buf, start + 20, end - 4, endian):
-                        name = _ISB_OPTS.get(code)
-                        if name and len(val) >= 8:
-                            st[name] = struct.unpack_from(endian + "Q", val)[0]
-                    if "ifdrop" in st:
-                        self.drops[g] = st["ifdrop"]
-            # anything else (name resolution, decryption secrets, custom, ...): skipped
+                    iface = self.interfaces[g]
+                    index += 1
+                    self.packets_read = index
+                    ts = ((hi << 32) | lo) / iface.tsresol + iface.tsoffset
+                    yield new(P, (index, ts, iface.linktype, buf[start + 28:start + 28 + caplen],
+                                  origlen, g))
+                    self._last_ts = ts
+                elif btype == 3:                                 # Simple Packet Block
+                    if not section_ifaces:
+                        self._fail(f"corrupt simple packet block at byte {base + start}: "
+                                   "no interface")
+                        break
+                    origlen = u32(buf, start + 8)[0]
+                    g = section_ifaces[0]
+                    iface = self.interfaces[g]
+                    caplen = min(origlen, blen - 16)
+                    if iface.snaplen:
+                        caplen = min(caplen, iface.snaplen)
+                    index += 1
+                    self.packets_read = index
+                    yield new(P, (index, self._last_ts, iface.linktype,
+                                  buf[start + 12:start + 12 + caplen], origlen, g))
+                elif btype == 2:                                 # obsolete Packet Block
+                    if blen < 32:
+                        self._fail(f"corrupt packet block at byte {base + start}")
+                        break
+                    iid, _drops, hi, lo, caplen, origlen = struct.unpack_from(
+                        endian + "HHIIII", buf, start + 8)
+                    if caplen > blen - 32 or iid >= len(section_ifaces):
+                        self._fail(f"corrupt packet block at byte {base + start} "
+                                   f"(packet {index + 1})")
+                        break
+                    g = section_ifaces[iid]
+                    iface = self.interfaces[g]
+                    index += 1
+                    self.packets_read = index
+                    ts = ((hi << 32) | lo) / iface.tsresol + iface.tsoffset
+                    yield new(P, (index, ts, iface.linktype, buf[start + 28:start + 28 + caplen],
+                                  origlen, g))
+                    self._last_ts = ts
+                elif btype == 1:                                 # Interface Description Block
+                    if blen < 20:
+                        self._fail(f"corrupt interface description block at byte {base + start}")
+                        break
+                    linktype, _res, snaplen = struct.unpack_from(endian + "HHI", buf, start + 8)
+                    tsresol, tsoffset, name = 10 ** 6, 0, ""
+                    for code, val in _options(buf, start + 16, end - 4, endian):
+                        if code == 9 and len(val) >= 1:
+                            r = val[0]
+                            tsresol = (2 ** (r & 0x7F)) if r & 0x80 else 10 ** r
+                            if tsresol == 0 or r & 0x7F > 60:
+                                tsresol = 10 ** 6
+                        elif code == 14 and len(val) >= 8:
+                            tsoffset = struct.unpack_from(endian + "q", val)[0]
+                        elif code == 2:
+                            name = val.decode("utf-8", "replace")
+                    section_ifaces.append(len(self.interfaces))
+                    self.interfaces.append(Interface(linktype, snaplen, tsresol, name, tsoffset))
+                    if self.linktype is None:
+                        self.linktype = linktype
+                        self.snaplen = snaplen
+                    if tsresol > 10 ** 6:
+                        self.nanosecond = True
+                elif btype == 0x0A0D0D0A:                        # Section Header Block
+                    if blen < 28:
+                        self._fail(f"corrupt section header at byte {base + start}")
+                        break
+                    self.sections += 1
+                    section_ifaces = []
+                    for code, val in _options(buf, start + 24, end - 4, endian):
+                        if code == 1:
+                            text = val.decode("utf-8", "replace").rstrip("\x00")
+                            self.comments.append(text)
+                            if self.meta is None:
+                                try:
+                                    doc = json.loads(text)
+                                except ValueError:
+                                    doc = None
+                                if isinstance(doc, dict):
+                                    self.meta = doc
+                        elif code in (3, 4) and getattr(self, _SHB_TEXT[code]) is None:
+                            setattr(self, _SHB_TEXT[code],
+                                    val.decode("utf-8", "replace").rstrip("\x00"))
+                elif btype == 5:                                 # Interface Statistics Block
+                    if blen < 24:
+                        self._fail(f"corrupt interface statistics block at byte {base + start}")
+                        break
+                    iid = u32(buf, start + 8)[0]
+                    if iid < len(section_ifaces):
+                        g = section_ifaces[iid]
+                        st = self.stats.setdefault(g, {})
+                        for code, val in _options(buf, start + 20, end - 4, endian):
+                            name = _ISB_OPTS.get(code)
+                            if name and len(val) >= 8:
+                                st[name] = struct.unpack_from(endian + "Q", val)[0]
+                        if "ifdrop" in st:
+                            self.drops[g] = st["ifdrop"]
+                # anything else (name resolution, decryption secrets, custom, ...): skipped
 
 
 _PCAP_MAGIC = {

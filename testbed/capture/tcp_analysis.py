@@ -123,7 +123,7 @@ _LABELS = (
     (ZERO_WINDOW_PROBE_ACK, "TCP ZeroWindowProbeAck"),
 )
 
-FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 M32 = 0xFFFFFFFF
 HALF = 0x80000000
 FAST_RETRANSMISSION_WITHIN = 0.020   # s after the peer's last duplicate ACK
@@ -247,6 +247,53 @@ class Connection:
             me, peer = self.a, self.b
         else:
             me, peer = self.b, self.a
+        nxt = me.nxt
+        if (flags == ACK or flags == ACK | PSH) and seq == nxt and nxt and window \
+                and wscale < 0 and not self.handshake and not self.fresh:
+            # The common case, decided without the rules that cannot apply to it: a plain
+            # segment at the expected sequence number, the window open, the handshake over.
+            upto = peer.to_ack
+            if not upto or (upto - ack + HALF) & M32 >= HALF:    # acks nothing unseen
+                if not seglen:
+                    if ack != me.ack:                 # acknowledges something new
+                        me.dups = 0
+                        me.stalled = False
+                        if not me.to_ack or seq == me.to_ack:
+                            me.to_ack = nxt
+                        me.window = window
+                        me.ack = ack
+                        me.ack_ts = ts
+                        me.last = 0
+                        return 0
+                else:
+                    end = (seq + seglen) & M32
+                    acked = peer.ack
+                    if peer.window and not (acked and (acked - end + HALF) & M32 >= HALF):
+                        found = 0                     # in order, not yet acknowledged
+                        if peer.scale is not None:
+                            shift = 0 if peer.handshaking or peer.scale == SCALING_OFF \
+                                else peer.scale
+                            if (end - peer.ack - (peer.window << shift)) & M32 == 0:
+                                found = WINDOW_FULL
+                        if ack != me.ack:
+                            me.dups = 0
+                            me.stalled = False
+                        waiting = me.waiting
+                        n = len(waiting)
+                        if n >= MAX_WAITING or (n >= 32 and not n & 31):
+                            _forget_acked(waiting, acked)
+                            n = len(waiting)
+                        if n < MAX_WAITING:
+                            waiting.append(end)
+                        me.nxt = end
+                        me.nxt_ts = ts
+                        if not me.to_ack or seq == me.to_ack:
+                            me.to_ack = end
+                        me.window = window
+                        me.ack = ack
+                        me.ack_ts = ts
+                        me.last = found
+                        return found
         found = 0
         if flags & SYN and me.isn is not None:
             if flags & ACK:

@@ -35,10 +35,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _dispatch(argv: Optional[Sequence[str]]) -> int:
-    from .parser import build_parser, split_run_command
+    from .parser import build_parser, command_of, split_run_command
 
-    parser = build_parser()
     argv, command = split_run_command(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     args.run_command = command
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),

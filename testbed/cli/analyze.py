@@ -61,7 +61,7 @@ def analyze(args) -> int:
             error(console, str(exc))
             return 2
     a = open_analysis(args.capture, console, time_scale=args.time_scale,
-                      all_legs=args.all_legs)
+                      all_legs=args.all_legs, keep_events=args.events, jobs=args.jobs)
     if a is None:
         return 2
     doc = a.summary()

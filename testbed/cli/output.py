@@ -64,15 +64,18 @@ def note(console, text: str) -> None:
 
 
 def open_analysis(path: Path, console, needles=(), time_scale: Optional[float] = None,
-                  all_legs: bool = False):
+                  all_legs: bool = False, keep_events: bool = True, jobs: int = 1):
     """The capture's analysis, or None after saying on `console` why it cannot be read.
     `time_scale`: what to assume when the capture does not record its own; `all_legs`:
-    keep a relay's second copy of each connection (`testbed.capture.legs`)."""
+    keep a relay's second copy of each connection (`testbed.capture.legs`); `keep_events`
+    False when only the summary is printed (less memory, sooner); `jobs` processes share
+    the TCP flows out."""
     from testbed.capture.analyze import analyze
     from testbed.capture.packets import CaptureError
 
     try:
-        a = analyze(str(path), needles=needles, time_scale=time_scale, all_legs=all_legs)
+        a = analyze(str(path), needles=needles, time_scale=time_scale, all_legs=all_legs,
+                    keep_events=keep_events, jobs=jobs)
     except (CaptureError, OSError) as exc:
         error(console, str(exc), path)
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
 from testbed import __version__
 from testbed.argtypes import nonneg_float, positive_float, positive_int
@@ -21,9 +22,20 @@ ALL_LEGS_HELP = ("keep a relay's second copy of each connection (a sniffed lab t
                  "by default)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# the commands registered by modules that import much (the mocks, aiohttp): only when
+# they can be the one asked for
+HEAVY_COMMANDS = ("lab", "serve", "study", "replay")
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """Every command and its options; each command's handler is `args.handler(args) -> int`
-    (`args.study_func` for `study`)."""
+    (`args.study_func` for `study`).
+
+    `command`: the command about to be parsed, when known; the modules of the others in
+    `HEAVY_COMMANDS` are then not imported (`testbed analyze` starts sooner), and the
+    parser parses that command as the whole one would."""
+    def wanted(name: str) -> bool:
+        return command is None or command == name
     p = argparse.ArgumentParser(
         prog="testbed",
         description="A lab for the 2013 WeChat protocol: mock hosts, emulated phones, "
@@ -102,14 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the status as JSON")
     st.set_defaults(handler=lab.lab_status)
 
-    from .netns import add_netns_options
-    add_netns_options(up)
+    if wanted("lab") or wanted("serve"):
+        from .netns import add_netns_options
+        add_netns_options(up)
 
-    from testbed.phones_cli import add_results_parser, add_store_option
-    from testbed.serve_cli import add_lab_parsers, add_serve_parser
-    add_lab_parsers(lab_sub)
-    add_results_parser(lab_sub)
-    add_serve_parser(sub)
+        from testbed.serve_cli import add_lab_parsers, add_serve_parser
+        from testbed.phones_cli import add_results_parser
+        add_lab_parsers(lab_sub)
+        add_results_parser(lab_sub)
+        add_serve_parser(sub)
+    from testbed.phones_cli import add_store_option
 
     em = sub.add_parser("emulate", help="run emulated phones against a lab")
     em.add_argument("scenario", choices=("login", "chat", "media", "nearby", "heartbeat",
@@ -149,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--time-scale", type=positive_float, default=None, metavar="K",
                     help=TIME_SCALE_HELP)
     an.add_argument("--all-legs", action="store_true", help=ALL_LEGS_HELP)
+    an.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                    help="share the TCP flows out over N processes (default 1): the same "
+                         "output, sooner on a big capture with many flows")
     an.set_defaults(handler=analyze.analyze)
 
     ve = sub.add_parser("verify", help="check a capture against expectations")
@@ -222,19 +239,37 @@ def build_parser() -> argparse.ArgumentParser:
                     help=PHONES_HELP)
     rp.set_defaults(handler=report.report)
 
-    try:
-        from testbed.study.heartbeat import register as register_study
-    except ImportError:  # pragma: no cover - the study needs nothing optional to import
-        register_study = None
+    register_study = None
+    if wanted("study"):
+        try:
+            from testbed.study.heartbeat import register as register_study
+        except ImportError:  # pragma: no cover - the study needs nothing optional to import
+            pass
     if register_study is not None:
         register_study(sub)
-    from testbed.replay.command import register as register_replay
-    register_replay(sub)
+    if wanted("replay"):
+        from testbed.replay.command import register as register_replay
+        register_replay(sub)
 
     pr = sub.add_parser("profiles", help="list the built-in profiles")
     pr.add_argument("--json", action="store_true", help="every field of every profile as JSON")
     pr.set_defaults(handler=profiles.profiles)
     return p
+
+
+def command_of(argv: list[str]) -> Optional[str]:
+    """The command `argv` asks for when it is a light one (not in `HEAVY_COMMANDS`), which
+    `build_parser(command)` can then build alone; else None (the whole parser)."""
+    for word in argv:
+        if word in ("-v", "--verbose") or word.startswith("-v") and set(word[1:]) == {"v"}:
+            continue
+        if word.startswith("-") or word in HEAVY_COMMANDS:
+            return None
+        return word if word in LIGHT_COMMANDS else None
+    return None
+
+
+LIGHT_COMMANDS = ("emulate", "analyze", "verify", "report", "record", "demo", "profiles")
 
 
 def split_run_command(argv: list[str]) -> tuple[list[str], list[str]]:

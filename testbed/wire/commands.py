@@ -6,7 +6,7 @@ dissector and the replayer. Adding a command is one row here plus one service me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 from google.protobuf.message import DecodeError, Message
@@ -47,6 +47,13 @@ class Command:
     push_only: bool = False        # NOTIFY: a server push, never a request
     msg_type: Optional[int] = None     # uploads: the msg_type of the AddMsg it creates
     report_kind: Optional[str] = None  # behaviour logs: the kind its items are counted under
+
+    def __reduce__(self):
+        # a row of the table travels between processes (the sharded analysis) as itself,
+        # by its name; any other Command as its fields
+        if BY_NAME.get(self.name) is self:
+            return _command_named, (self.name,)
+        return Command, tuple(getattr(self, f.name) for f in fields(self))
 
     @property
     def reply_cmd(self) -> Optional[int]:
@@ -105,6 +112,10 @@ CMD_ITEM_TYPES: dict[int, type[Message]] = {
     1: pb.ModUserInfo, 2: pb.ModContact, 4: pb.DelContact, 5: pb.AddMsg,
 }
 ITEM_MOD_USER_INFO, ITEM_MOD_CONTACT, ITEM_DEL_CONTACT, ITEM_ADD_MSG = 1, 2, 4, 5
+
+
+def _command_named(name: str) -> Command:
+    return BY_NAME[name]
 
 
 def command_for_frame(cmd: int) -> Optional[Command]:

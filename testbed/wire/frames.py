@@ -115,6 +115,7 @@ class FrameDecoder:
         end = len(view)
         unpack = HEADER.unpack_from
         maxlen = self.max_packet_len
+        new = tuple.__new__          # a NamedTuple's own __new__ is Python code: skipped
         while end - pos >= HEADER_LEN:
             packet_len, header_len, version, cmd, seq = unpack(view, pos)
             if header_len != HEADER_LEN or version != VERSION or not HEADER_LEN <= packet_len <= maxlen:
@@ -129,7 +130,8 @@ class FrameDecoder:
                     return frames
             if end - pos < packet_len:
                 break
-            frames.append(Frame(cmd, seq, bytes(view[pos + HEADER_LEN:pos + packet_len])))
+            body = bytes(view[pos + HEADER_LEN:pos + packet_len])
+            frames.append(new(Frame, (cmd, seq, body)))
             pos += packet_len
         if buf:
             del buf[:pos]

@@ -120,3 +120,45 @@ def test_classify_and_dns():
     kind, fields = dns_events(a)
     assert kind == ev.DNS_ANSWER and fields["addresses"] == ["127.0.0.11", "127.0.0.12"]
     assert dns_events(b"\xff" * 7) is None
+
+
+def test_http_interim_trailers_no_body_and_cut_short():
+    """A request is reported once its body is in (after the 100 Continue that asked for the
+    body), with the time of its head; chunked trailers; 204 has no body even with
+    bytes after it; HTTP/1.0 and `Connection: close` do not stop the next message being
+    read; a body the close cuts short is not reported."""
+    out, times = [], []
+
+    def emit(kind, ts, fields, command):
+        out.append((kind, fields, command))
+        times.append(ts)
+    s = HttpStream(emit)
+    s.data("c2s", 1.0, b"POST /a HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: 3\r\n\r\n")
+    s.data("s2c", 2.0, b"HTTP/1.1 100 Continue\r\n\r\n")
+    s.data("c2s", 3.0, b"abc" + b"GET /b HTTP/1.0\r\nConnection: close\r\n\r\n"
+                       b"DELETE /c HTTP/1.1\r\nHost: h\r\n\r\n"
+                       b"GET /d HTTP/1.1\r\nHost: h\r\n\r\n")
+    s.data("s2c", 4.0, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"2\r\nxy\r\n0\r\nX-Trailer: 1\r\n\r\n"
+                       b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                       b"HTTP/1.1 204 No Content\r\n\r\n"
+                       b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
+    s.close()
+    reqs = [(f["method"], f["uri"], f["body"]) for k, f, _ in out if k == ev.HTTP_REQUEST]
+    assert reqs == [("POST", "/a", b"abc"), ("GET", "/b", b""), ("DELETE", "/c", b""),
+                    ("GET", "/d", b"")]
+    resps = [(f["status"], f.get("request_uri"), f["body"], f["head_len"])
+             for k, f, _ in out if k == ev.HTTP_RESPONSE]
+    assert resps == [(100, None, b"", 25), (200, "/a", b"xy", 47), (200, "/b", b"ok", 57),
+                     (204, "/c", b"", 27)]          # /d's answer was cut short by the close
+    assert times == [2.0, 1.0, 3.0, 3.0, 3.0, 4.0, 4.0, 4.0]
+
+
+def test_http_head_too_long_stops_that_direction_only():
+    out, s = collect(HttpStream)
+    s.data("c2s", 0, b"GET /x HTTP/1.1\r\nHost: h\r\nX-Long: " + b"a" * 70_000)
+    s.data("c2s", 0, b"\r\n\r\nGET /y HTTP/1.1\r\nHost: h\r\n\r\n")
+    s.data("s2c", 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert [(k, f.get("uri"), f.get("request_uri")) for k, f, _ in out] == [
+        (ev.HTTP_RESPONSE, None, None)]

@@ -1,0 +1,42 @@
+"""The parser built for one light command (`build_parser(command_of(argv))`, which leaves
+out the modules of the mocks) parses that command exactly as the whole parser does."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testbed.cli.parser import build_parser, command_of
+
+ARGVS = [
+    ["analyze", "x.pcapng", "--json", "--events", "--time-scale", "100"],
+    ["-v", "analyze", "x.pcap"],
+    ["-vv", "verify", "x.pcap", "--secret", "pw"],
+    ["report", "x.pcap", "--html", "out.html"],
+    ["emulate", "login"],
+    ["profiles", "--json"],
+]
+
+
+@pytest.mark.parametrize("argv", ARGVS, ids=lambda a: " ".join(a))
+def test_light_command_parses_as_the_whole_parser(argv):
+    assert command_of(argv) is not None
+    assert vars(build_parser(command_of(argv)).parse_args(argv)) == \
+        vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [["lab", "seed"], ["serve", "long"], ["study"], ["replay"],
+                                  ["analyse"], ["--version"], []])
+def test_other_commands_get_the_whole_parser(argv):
+    assert command_of(argv) is None
+
+
+def test_analyze_does_not_import_the_mocks():
+    capture = Path(__file__).resolve().parents[1] / "data" / "real" / "http-get.pcapng"
+    code = ("import sys; from testbed.cli import main; rc = main(['analyze', '--json', "
+            f"{str(capture)!r}]); sys.exit(rc or (3 if 'aiohttp' in sys.modules "
+            "or 'mocks.hosts' in sys.modules else 0))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert '"flows"' in r.stdout
