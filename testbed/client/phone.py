@@ -95,6 +95,7 @@ class Phone:
         self._sync_owed = False      # a NOTIFY's sync failed: retry it
         self._folded: Optional[LongLink] = None   # the link whose counts are in metrics
         self._reconnecting = False
+        self._reconnect_lock = asyncio.Lock()
         self.errors: list[BaseException] = []
         self.nearby: Optional[NearbyResult] = None     # the last people_nearby
 
@@ -166,12 +167,19 @@ class Phone:
             self.metrics.long_frames += link.frames_sent + link.frames_received
 
     async def reconnect(self) -> None:
-        """Drop the link and build a new one, backing off between failed attempts."""
-        self._reconnecting = True
-        try:
-            await self._reconnect()
-        finally:
-            self._reconnecting = False
+        """Drop the link and build a new one, backing off between failed attempts. Callers
+        that find the link broken at the same time (the heartbeat, a send) share one
+        reconnect: whoever comes second finds the new link and returns."""
+        stale = self.session.link
+        async with self._reconnect_lock:
+            link = self.session.link
+            if link is not stale and link is not None and link.is_open:
+                return
+            self._reconnecting = True
+            try:
+                await self._reconnect()
+            finally:
+                self._reconnecting = False
 
     async def _reconnect(self) -> None:
         if self.session.link is not None:
@@ -181,21 +189,23 @@ class Phone:
         while not self._stopping:
             self.metrics.reconnect_attempts += 1
             try:
-                await self._connect()
-            except RequestFailed as exc:
-                if exc.ret == Ret.SESSION_INVALID:   # the session is gone: log in again
-                    await self.session.login()
+                try:
+                    await self._connect()
+                except RequestFailed as exc:
+                    if exc.ret != Ret.SESSION_INVALID:
+                        raise
+                    await self.session.login()   # the session is gone: log in again
                     continue
-                raise
-            except (OSError, asyncio.TimeoutError, LinkClosed) as exc:
-                delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
-                delay *= 0.5 + self.rng.random()     # jitter, so phones do not stampede
-                log.info("%s: reconnect failed (%r); next try in %.0f s", self.username,
-                         exc, delay)
-                attempt += 1
+            except (OSError, asyncio.TimeoutError, LinkClosed, RequestFailed) as exc:
+                if isinstance(exc, RequestFailed) and not _transient(exc):
+                    raise
+                if self.session.link is not None:   # connected, not identified: drop it
+                    self.session.link.abort()
+                    self._account_link()
+                log.info("%s: reconnect failed (%r); trying again", self.username, exc)
                 self.metrics.reconnect_failures += 1
-                self.metrics.wakeups += 1
-                await self.clock.sleep(self.timeout(delay))
+                await self._back_off(attempt)    # jittered, so phones do not stampede
+                attempt += 1
                 continue
             self.metrics.reconnects += 1
             try:
@@ -325,30 +335,42 @@ class Phone:
         return items
 
     # ------------------------------------------------------------------ sending
+    async def _back_off(self, attempt: int) -> None:
+        """Wait before retry `attempt + 1` of a request, as a reconnect does."""
+        delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)] * (0.5 + self.rng.random())
+        self.metrics.wakeups += 1
+        await self.clock.sleep(self.timeout(delay))
+
     async def send_text(self, to: str, content: str, *, tries: int = 5,
-                        door: Door | str = Door.LONG) -> pb.MicroMsgResponse:
-        """Send once, whatever happens to the link: retries reuse the client_msg_id."""
+                        door: Door | str = Door.LONG,
+                        client_msg_id: Optional[str] = None) -> pb.MicroMsgResponse:
+        """Send once, whatever happens to the link or the server: retries (after a broken
+        link, a timeout or a server fault) reuse the client_msg_id, so the server stores the
+        message once however many of them reach it."""
         door = Door(door)
-        cid = uuid.uuid4().hex
+        cid = client_msg_id or uuid.uuid4().hex
         for attempt in range(tries):
             try:
                 sent = await self.session.send_text(to, content, client_msg_id=cid, door=door,
                                                     timeout=self.request_timeout(20.0))
                 self.metrics.messages_sent += 1
                 return sent
-            except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
-                if attempt == tries - 1:
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError, RequestFailed) as exc:
+                if attempt == tries - 1 or not _transient(exc):
                     raise
                 log.info("%s: send failed (%r), retrying with the same id", self.username, exc)
-                if door is Door.LONG:
-                    await self.reconnect()
+                if door is Door.LONG and not isinstance(exc, RequestFailed):
+                    await self.reconnect()    # which backs off if it must
+                else:                         # a server in trouble: give it time
+                    await self._back_off(attempt)
         raise AssertionError("unreachable")
 
     async def send_media(self, to: str, data: bytes, msg_type: int = MSG_IMAGE, *,
-                         tries: int = 5) -> pb.UploadMediaResponse:
+                         tries: int = 5,
+                         client_media_id: Optional[str] = None) -> pb.UploadMediaResponse:
         """An image, voice note or video (`msg_type` 3, 34 or 43), uploaded in chunks; after
-        a broken link, reconnect and resume where the server is."""
-        cid = uuid.uuid4().hex
+        a broken link or a server fault, reconnect and resume where the server is."""
+        cid = client_media_id or uuid.uuid4().hex
         pos = 0
         for attempt in range(tries):
             try:
@@ -357,12 +379,15 @@ class Phone:
                                                  timeout=self.request_timeout(20.0))
                 self.metrics.messages_sent += 1
                 return sent
-            except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
-                if attempt == tries - 1:
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError, RequestFailed) as exc:
+                if attempt == tries - 1 or not _transient(exc):
                     raise
                 log.info("%s: upload broke (%r); resuming", self.username, exc)
                 pos = 0     # the server answers -100 with where to resume
-                await self.reconnect()
+                if not isinstance(exc, RequestFailed):
+                    await self.reconnect()
+                else:
+                    await self._back_off(attempt)
         raise AssertionError("unreachable")
 
     async def download(self, msg_id: int, msg_type: int = MSG_IMAGE, *,
@@ -428,6 +453,12 @@ class Phone:
         resp = await self.session.cgi(cgi, pb.ReportRequest(
             base=self.session.base(), items=[pb.KV(key=k, value=v) for k, v in items.items()]))
         return resp.accepted
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth retrying with the same id: anything but an answer that refused the request
+    (a server fault, -1, is the server's trouble, not the request's)."""
+    return not isinstance(exc, RequestFailed) or exc.ret == Ret.SERVER_FAULT
 
 
 @dataclass

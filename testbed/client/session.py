@@ -167,17 +167,26 @@ class Session:
         last: Optional[Exception] = None
         for addr in addrs:
             try:
-                self.link = await LongLink.connect(addr, port, local_addr=self.local_addr,
-                                                   on_notify=self._notified, clock=self.clock,
-                                                   observer=self.link_observer)
+                link = await LongLink.connect(addr, port, local_addr=self.local_addr,
+                                              on_notify=self._notified, clock=self.clock,
+                                              observer=self.link_observer)
                 break
             except OSError as exc:
                 last = exc
         else:
             raise ConnectionError(f"no long-link address answered: {last!r}")
-        await self.long_call("IDENTIFY", pb.IdentifyRequest(base=self.base(),
-                                                            key_buf=self.sync_state.key_buf()))
-        return self.link
+        # `link` becomes the session's only once identified: a request sent meanwhile on
+        # the old one fails as a closed link (and is retried), never with "not identified"
+        try:
+            self._check("IDENTIFY", await link.call(
+                "IDENTIFY", pb.IdentifyRequest(base=self.base(),
+                                               key_buf=self.sync_state.key_buf()),
+                timeout=self.clock.floor_wall(DEFAULT_TIMEOUT_S, DEFAULT_TIMEOUT_S)))
+        except BaseException:
+            link.abort()
+            raise
+        self.link = link
+        return link
 
     def _notified(self, selector: int) -> None:
         if self.on_notify is not None:
