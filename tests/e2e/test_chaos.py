@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import pytest
 import redis.asyncio as aioredis
 
 from mocks.state import make_store
@@ -43,6 +44,9 @@ TIME_SCALE = 100.0
 NAT_TIMEOUT_S = 300.0            # protocol seconds: 3 s of wall time
 HEARTBEAT = "fixed:330"          # beyond the NAT's timeout: an idle link dies silently
 KILLS_PER_WORKER_MINUTE = 3      # under serve's crash-loop limit (5 deaths a minute)
+CIRCLE = 10                      # friends each user writes to (every pair would be N^2)
+SIZE = os.environ.get("TESTBED_CHAOS", "short")
+pytestmark = pytest.mark.timeout(300 if SIZE == "short" else 3600)
 
 
 @dataclass
@@ -114,6 +118,12 @@ async def _chaos(rng, run_dir, redis_url, namespace, phones, faults, stop) -> No
         await killer.aclose()
 
 
+def _circle(s: int, n: int) -> list[int]:
+    """Whom user s writes to: its CIRCLE nearest neighbours on a ring (all made friends)."""
+    half = min(CIRCLE, n - 1) // 2
+    return sorted({(s + d) % n for d in range(-half, half + 1) if d} - {s})
+
+
 def _plan(rng, n, messages, images, rounds):
     """[(round, sender, receiver, k-th message of that sender, is_image)]."""
     image_at = set(rng.sample(range(messages), images))
@@ -121,7 +131,7 @@ def _plan(rng, n, messages, images, rounds):
     plan = []
     for m in range(messages):
         s = rng.randrange(n)
-        r = rng.choice([j for j in range(n) if j != s])
+        r = rng.choice(_circle(s, n))
         plan.append((m * rounds // messages, s, r, count[s], m in image_at))
         count[s] += 1
     return plan
@@ -150,7 +160,8 @@ async def _run(tmp_path, redis_url, size, seed):
     namespace = f"chaos-{uuid.uuid4().hex[:12]}"
     proc, path = start_lab_up(tmp_path, "--time-scale", repr(TIME_SCALE), "--store",
                               f"{redis_url}?namespace={namespace}", "--workers", "2",
-                              "--nat-timeout", repr(NAT_TIMEOUT_S), users=n)
+                              "--nat-timeout", repr(NAT_TIMEOUT_S), "--friends", "none",
+                              users=n)
     run_dir = tmp_path / "m-run"
     phones: list[Phone] = []
     stop = asyncio.Event()          # the phones'
@@ -165,6 +176,10 @@ async def _run(tmp_path, redis_url, size, seed):
                         clock=clock, rng=random.Random(seed + i)) for i, u in enumerate(users)]
         for k in range(0, n, 50):
             await asyncio.gather(*(p.start() for p in phones[k:k + 50]))
+        for s in range(n):
+            for r in _circle(s, n):
+                if s < r or s not in _circle(r, n):
+                    await phones[s].add_friend(users[r]["username"])
         tasks = [asyncio.ensure_future(p.run(stop)) for p in phones]
         plan = _plan(rng, n, messages, images, rounds)
         chaos = asyncio.ensure_future(_chaos(random.Random(rng.random()), run_dir, redis_url,
@@ -187,6 +202,8 @@ async def _run(tmp_path, redis_url, size, seed):
                                   hashlib.sha256(image).digest() if image else None)
 
             await asyncio.gather(*(sender(s, todo) for s, todo in mine.items()))
+            print(f"chaos: round {rnd + 1}/{rounds} sent ({len(sent)} messages; "
+                  f"{len(faults.log)} faults so far)", flush=True)
             if rnd < rounds - 1:
                 # quiet past the NAT's timeout: every mapping is black-holed; the phones
                 # find out from an unanswered heartbeat (330 s), or a push or a send of the
@@ -275,7 +292,7 @@ async def _run(tmp_path, redis_url, size, seed):
 
 
 async def test_chaos_every_message_delivered_exactly_once(tmp_path, redis_url):
-    size = os.environ.get("TESTBED_CHAOS", "short")
+    size = SIZE
     seed = int(os.environ.get("TESTBED_CHAOS_SEED") or random.randrange(2 ** 32))
     print(f"chaos seed {seed} (TESTBED_CHAOS_SEED={seed} TESTBED_CHAOS={size} to repeat)")
     try:
