@@ -19,6 +19,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -170,6 +171,11 @@ async def _run(tmp_path, redis_url, size, seed):
     faults = Faults()
     try:
         manifest = await asyncio.to_thread(wait_manifest, proc, path, 120)
+        # the lab's diagnostics, read as they come: a pipe nobody reads fills up, and a host
+        # blocked writing to it restarts no worker
+        stderr: list[str] = []
+        reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
+        reader.start()
         clock = Clock(manifest.time_scale)
         users = manifest.users
         phones = [Phone(manifest, u["username"], u["password"], policy=HEARTBEAT,
@@ -273,6 +279,8 @@ async def _run(tmp_path, redis_url, size, seed):
 
         # the faults happened, and the lab lived through them
         assert proc.poll() is None, "the lab died under the faults"
+        restarted = sum("restarting" in line for line in stderr)
+        assert restarted >= faults.kills["long"] + faults.kills["short"], stderr[-20:]
         assert faults.kills["long"] and faults.kills["short"], faults.log
         assert faults.redis_kills["redis"] and faults.redis_kills["pubsub"], faults.log
         assert faults.resets and sum(p.metrics.silent_deaths for p in phones), faults.log
@@ -288,7 +296,7 @@ async def _run(tmp_path, redis_url, size, seed):
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(p.stop() for p in phones), return_exceptions=True)
         proc.send_signal(signal.SIGINT)
-        await asyncio.to_thread(proc.communicate, timeout=30)
+        await asyncio.to_thread(proc.wait, 30)
 
 
 async def test_chaos_every_message_delivered_exactly_once(tmp_path, redis_url):
