@@ -12,6 +12,7 @@ are in the same client process, so one clock times both ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -80,11 +81,37 @@ async def chat_worker(p: dict, channel) -> dict:
     return {"delays": delays, "wall": wall, "cpu": cpu}
 
 
-def _wait_manifest(proc: subprocess.Popen, path: Path, timeout: float = 300.0) -> None:
+@contextlib.asynccontextmanager
+async def lab_up(users: int, lab_args: list[str]):
+    """`testbed lab up --users N --friends none ARGS` on a random loopback /24, until the
+    block ends: yields (process, manifest path). Its stderr goes to a file (a pipe nobody
+    reads would fill and block the lab); it is stopped by its pid."""
+    plan = AddressPlan.random_loopback()
+    with tempfile.TemporaryDirectory(prefix="bench-lab-") as tmp:
+        manifest = Path(tmp) / "lab.json"
+        with open(Path(tmp) / "lab.log", "w+") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "testbed.cli", "lab", "up", "--users", str(users),
+                 "--friends", "none", "--manifest", str(manifest), "--subnet", plan.prefix,
+                 *lab_args], stdout=subprocess.DEVNULL, stderr=log)
+            try:
+                await asyncio.to_thread(_wait_manifest, proc, manifest, log)
+                yield proc, manifest
+            finally:
+                proc.send_signal(signal.SIGINT)     # our own lab, by its pid
+                try:
+                    await asyncio.to_thread(proc.wait, 30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _wait_manifest(proc: subprocess.Popen, path: Path, log, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            raise RuntimeError(f"lab up exited ({proc.returncode}): {proc.stderr.read()}")
+            log.seek(0)
+            raise RuntimeError(f"lab up exited ({proc.returncode}): {log.read()[-2000:]}")
         if time.monotonic() > deadline:
             raise RuntimeError("lab up: no manifest in time")
         time.sleep(0.05)
@@ -115,34 +142,19 @@ async def run_chat(lab_args: list[str], users: int, duration: float, clients: in
     lab's processes while chatting and how many there were."""
     if users % (2 * clients):
         raise ValueError("users must be a multiple of 2 x clients (whole pairs each)")
-    plan = AddressPlan.random_loopback()
-    with tempfile.TemporaryDirectory(prefix="bench-chat-") as tmp:
-        manifest = Path(tmp) / "lab.json"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "testbed.cli", "lab", "up", "--users", str(users),
-             "--friends", "none", "--manifest", str(manifest), "--subnet", plan.prefix,
-             *lab_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            await asyncio.to_thread(_wait_manifest, proc, manifest)
-            share = users // clients
-            fleet = Fleet(chat_worker, [{"manifest": str(manifest), "index": i,
-                                         "first": i * share, "count": share}
-                                        for i in range(clients)],
-                          loop=client_loop, name="chat-client")
-            async with fleet:
-                await fleet.collect("ready", timeout=600)
-                lab = _lab_processes(proc.pid)
-                window = c.CpuWindow(lab)
-                fleet.broadcast("go", duration)
-                results = await fleet.run()
-                cpu = window.stop()
-        finally:
-            proc.send_signal(signal.SIGINT)     # our own lab, by its pid
-            try:
-                await asyncio.to_thread(proc.communicate, timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+    async with lab_up(users, lab_args) as (proc, manifest):
+        share = users // clients
+        fleet = Fleet(chat_worker, [{"manifest": str(manifest), "index": i,
+                                     "first": i * share, "count": share}
+                                    for i in range(clients)],
+                      loop=client_loop, name="chat-client")
+        async with fleet:
+            await fleet.collect("ready", timeout=600)
+            lab = _lab_processes(proc.pid)
+            window = c.CpuWindow(lab)
+            fleet.broadcast("go", duration)
+            results = await fleet.run()
+            cpu = window.stop()
     delays = sorted(d for r in results for d in r["delays"])
     wall = max(r["wall"] for r in results)
     client_cores = sum(r["cpu"] for r in results) / cpu["wall"]

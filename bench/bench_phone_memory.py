@@ -17,19 +17,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as c  # noqa: E402
 import _chat  # noqa: E402
 
 from testbed.fleet import Fleet  # noqa: E402
-from testbed.lab.addressing import AddressPlan, client_address  # noqa: E402
+from testbed.lab.addressing import client_address  # noqa: E402
 
 TRACE_SAMPLE = 100
 
@@ -96,32 +92,16 @@ async def memory_worker(p: dict, channel) -> dict:
 
 
 async def bench(phones: int) -> dict:
-    plan = AddressPlan.random_loopback()
-    with tempfile.TemporaryDirectory(prefix="bench-phone-") as tmp:
-        manifest = Path(tmp) / "lab.json"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "testbed.cli", "lab", "up", "--users",
-             str(phones + 10), "--friends", "none", "--manifest", str(manifest),
-             "--subnet", plan.prefix], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True)
-        try:
-            await asyncio.to_thread(_chat._wait_manifest, proc, manifest)
-            out = {}
-            for i, kind in enumerate(("bare", "phone")):   # one at a time: the lab is shared
-                t = time.monotonic()
-                async with Fleet(memory_worker, [{"manifest": str(manifest), "index": i,
-                                                  "count": phones + 10, "kind": kind}],
-                                 name=f"memory-{kind}") as fleet:
-                    [out[kind]] = await fleet.run()
-                out[kind]["wall_s"] = time.monotonic() - t
-            return out
-        finally:
-            proc.send_signal(signal.SIGINT)     # our own lab, by its pid
-            try:
-                await asyncio.to_thread(proc.communicate, timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+    out = {}
+    async with _chat.lab_up(phones + 10, []) as (_, manifest):
+        for i, kind in enumerate(("bare", "phone")):   # one at a time: the lab is shared
+            t = time.monotonic()
+            async with Fleet(memory_worker, [{"manifest": str(manifest), "index": i,
+                                              "count": phones + 10, "kind": kind}],
+                             name=f"memory-{kind}") as fleet:
+                [out[kind]] = await fleet.run()
+            out[kind]["wall_s"] = time.monotonic() - t
+    return out
 
 
 def main() -> int:

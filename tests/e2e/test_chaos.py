@@ -230,7 +230,6 @@ async def _run(tmp_path, redis_url, size, seed):
                     if m.to_user == me and m.from_user != me]
 
         deadline = time.monotonic() + 60 + messages / 50
-        t0 = time.monotonic()
         while any(len(inbox(j)) < len(want) for j, want in expected.items()):
             if time.monotonic() > deadline:
                 short = {users[j]["username"]: len(want) - len(inbox(j))
