@@ -46,7 +46,7 @@ async def chat_worker(p: dict, channel) -> dict:
 
     phones = [Phone(manifest, u["username"], u["password"], local_addr=local,
                     on_message=heard) for u in users]
-    sem = asyncio.Semaphore(50)
+    sem = asyncio.Semaphore(20)   # logins at once: more time out on a busy machine
 
     async def start(ph):
         async with sem:
