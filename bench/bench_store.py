@@ -148,8 +148,8 @@ def main() -> int:
         try:
             c.note(f"store: {messages:,} messages a round, {rounds} rounds per store, "
                    f"redis-server pid {server.proc.pid} on {server.url}")
-            results = c.run(args.loop, bench(server.url, server.proc.pid, messages, rounds,
-                                             concurrencies))
+            results = c.run(bench(server.url, server.proc.pid, messages, rounds,
+                                  concurrencies), args.loop)
         finally:
             server.stop()
     rows = []

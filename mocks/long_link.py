@@ -27,7 +27,7 @@ from testbed.wire.frames import HEADER, reply_cmd
 
 from .limits import AddressCap, peer_address
 from .service import RequestContext, Service
-from .state import PushEvent, SessionEnded, new_link_id
+from .state import ALL_SELECTOR, EventsMissed, PushEvent, SessionEnded, new_link_id
 from .stats import count_request
 
 log = logging.getLogger(__name__)
@@ -385,6 +385,12 @@ class LongLinkServer:
             for link in tuple(self.by_uin.get(event.uin, ())):
                 if link.link_id != event.origin:
                     link.push(event.selector)
+        elif isinstance(event, EventsMissed):
+            # a push may have been lost: every identified link syncs, which costs an empty
+            # answer where nothing was
+            for link in tuple(self.links):
+                if link.session is not None:
+                    link.push(ALL_SELECTOR)
         elif isinstance(event, SessionEnded):
             for link in tuple(self.by_session.get(event.session_key, ())):
                 self.forget(link, keep_in_links=True)

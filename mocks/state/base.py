@@ -110,7 +110,15 @@ class QuotaExceeded(Exception):
         self.scope, self.held, self.limit, self.wanted = scope, held, limit, wanted
 
 
-Event = Union[PushEvent, SessionEnded]
+@dataclass(frozen=True)
+class EventsMissed:
+    """This store's subscription broke and has been renewed: events published meanwhile
+    were lost (Redis pub/sub keeps nothing for a subscriber that is away). A listener acts
+    as if any event could have happened: the long link pushes to every link it holds.
+    Never published; a store tells its own listeners."""
+
+
+Event = Union[PushEvent, SessionEnded, EventsMissed]
 Listener = Callable[[Event], None]
 
 
@@ -382,7 +390,8 @@ class Store(abc.ABC):
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener(event)` for every event published through any store of the lab
         (any process), in publish order per publisher; returns an unsubscribe. A networked
-        store may call it after `publish` has returned."""
+        store may call it after `publish` has returned, and calls it with `EventsMissed`
+        when its subscription broke and some events may never come."""
         self._listeners.append(listener)
 
         def unsubscribe() -> None:

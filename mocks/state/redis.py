@@ -40,9 +40,9 @@ from typing import Optional
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .base import (LOG_KEYS, LOG_MESSAGES, SELECTOR_BIT, Event, MediaPart, MediaRecord,
-                   PushEvent, QuotaExceeded, SessionRecord, Store, UploadRecord, UserRecord,
-                   decode_event, encode_event)
+from .base import (LOG_KEYS, LOG_MESSAGES, SELECTOR_BIT, Event, EventsMissed, MediaPart,
+                   MediaRecord, PushEvent, QuotaExceeded, SessionRecord, Store, UploadRecord,
+                   UserRecord, decode_event, encode_event)
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,11 @@ def check_namespace(namespace: str) -> None:
                          f"only, at most 64")
 
 
+def client_name(namespace: str) -> str:
+    """The name (`CLIENT SETNAME`) of every connection a lab's stores open."""
+    return f"testbed:{namespace}"
+
+
 class RedisStore(Store):
     """A lab's state in Redis; several of these (in any processes) may serve one lab.
 
@@ -285,8 +290,10 @@ class RedisStore(Store):
         check_namespace(namespace)
         # Blocking: past MAX_CONNECTIONS commands in flight, callers wait for a connection
         # (redis-py's default pool raises instead, which a busy server would turn into -1s)
+        # named after the lab, so `CLIENT LIST` on a shared server says which lab holds what
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS,
-                                                        timeout=POOL_WAIT_S)
+                                                        timeout=POOL_WAIT_S,
+                                                        client_name=client_name(namespace))
         client = aioredis.Redis.from_pool(pool)   # closing the client closes the pool
         store = cls(client, namespace)
         store.url = url
@@ -627,27 +634,39 @@ class RedisStore(Store):
 
     async def _read_events(self) -> None:
         pubsub = self._pubsub
+        broken = False
         while True:
             try:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                msg = await pubsub.get_message(timeout=None)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:  # redis-py reconnects and resubscribes
                 log.warning("store events: %s; retrying", exc)
+                broken = True
                 await asyncio.sleep(0.1)
                 continue
-            if msg is None or msg["type"] != "message":
+            if msg is None:
+                continue
+            if msg["type"] == "subscribe":
+                if broken:   # subscribed again: whatever was published meanwhile is lost
+                    broken = False
+                    self._dispatch(EventsMissed())
+                continue
+            if msg["type"] != "message":
                 continue
             try:
                 event = decode_event(msg["data"])
             except ValueError as exc:
                 log.warning("store events: ignored %s", exc)
                 continue
-            for listener in list(self._listeners):
-                try:
-                    listener(event)
-                except Exception:  # one listener's bug must not stop the others' events
-                    log.exception("store event listener failed")
+            self._dispatch(event)
+
+    def _dispatch(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # one listener's bug must not stop the others' events
+                log.exception("store event listener failed")
 
     async def publish(self, event: Event) -> None:
         await self._r.publish(self.channel, encode_event(event))

@@ -275,6 +275,15 @@ class LongLink:
             self._closing = self._closing or not self.closed.done()
             self._transport.abort()
 
+    def reset(self) -> None:
+        """End the link with a TCP reset rather than a FIN (as a phone losing its radio
+        bearer, or a middlebox, would), at once."""
+        if self._transport is not None:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.abort()
+
     async def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._closing = self._closing or not self.closed.done()

@@ -36,6 +36,9 @@ REQUEST_MIN_WALL = 1.0
 BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 SYNC_RETRY_S = 10.0   # protocol seconds before a failed newsync is tried again
 SHORT_SYNC_TRIES = 3  # a newsync over the short link, sent again when its answer is lost
+# back-off jitter for phones given no generator of their own: one for all (a Random holds
+# 2.5 KB of state, a tenth of an idle phone)
+_JITTER = random.Random()
 
 
 @dataclass
@@ -86,7 +89,7 @@ class Phone:
         self.sync_door = sync_door
         self.on_message = on_message
         self.metrics = PhoneMetrics()
-        self.rng = rng or random.Random()
+        self.rng = rng or _JITTER
         self._sync_task: Optional[asyncio.Task] = None
         self._sync_again = False
         self._stopping = False
@@ -95,6 +98,7 @@ class Phone:
         self._sync_owed = False      # a NOTIFY's sync failed: retry it
         self._folded: Optional[LongLink] = None   # the link whose counts are in metrics
         self._reconnecting = False
+        self._reconnect_lock = asyncio.Lock()
         self.errors: list[BaseException] = []
         self.nearby: Optional[NearbyResult] = None     # the last people_nearby
         self._news = asyncio.Event()     # set (and replaced) when a message or push arrives
@@ -168,12 +172,19 @@ class Phone:
             self.metrics.long_frames += link.frames_sent + link.frames_received
 
     async def reconnect(self) -> None:
-        """Drop the link and build a new one, backing off between failed attempts."""
-        self._reconnecting = True
-        try:
-            await self._reconnect()
-        finally:
-            self._reconnecting = False
+        """Drop the link and build a new one, backing off between failed attempts. Callers
+        that find the link broken at the same time (the heartbeat, a send) share one
+        reconnect: whoever comes second finds the new link and returns."""
+        stale = self.session.link
+        async with self._reconnect_lock:
+            link = self.session.link
+            if link is not stale and link is not None and link.is_open:
+                return
+            self._reconnecting = True
+            try:
+                await self._reconnect()
+            finally:
+                self._reconnecting = False
 
     async def _reconnect(self) -> None:
         if self.session.link is not None:
@@ -183,21 +194,23 @@ class Phone:
         while not self._stopping:
             self.metrics.reconnect_attempts += 1
             try:
-                await self._connect()
-            except RequestFailed as exc:
-                if exc.ret == Ret.SESSION_INVALID:   # the session is gone: log in again
-                    await self.session.login()
+                try:
+                    await self._connect()
+                except RequestFailed as exc:
+                    if exc.ret != Ret.SESSION_INVALID:
+                        raise
+                    await self.session.login()   # the session is gone: log in again
                     continue
-                raise
-            except (OSError, asyncio.TimeoutError, LinkClosed) as exc:
-                delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
-                delay *= 0.5 + self.rng.random()     # jitter, so phones do not stampede
-                log.info("%s: reconnect failed (%r); next try in %.0f s", self.username,
-                         exc, delay)
-                attempt += 1
+            except (OSError, asyncio.TimeoutError, LinkClosed, RequestFailed) as exc:
+                if isinstance(exc, RequestFailed) and not _transient(exc):
+                    raise
+                if self.session.link is not None:   # connected, not identified: drop it
+                    self.session.link.abort()
+                    self._account_link()
+                log.info("%s: reconnect failed (%r); trying again", self.username, exc)
                 self.metrics.reconnect_failures += 1
-                self.metrics.wakeups += 1
-                await self.clock.sleep(self.timeout(delay))
+                await self._back_off(attempt)    # jittered, so phones do not stampede
+                attempt += 1
                 continue
             self.metrics.reconnects += 1
             try:
@@ -379,30 +392,42 @@ class Phone:
         return items
 
     # ------------------------------------------------------------------ sending
+    async def _back_off(self, attempt: int) -> None:
+        """Wait before retry `attempt + 1` of a request, as a reconnect does."""
+        delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)] * (0.5 + self.rng.random())
+        self.metrics.wakeups += 1
+        await self.clock.sleep(self.timeout(delay))
+
     async def send_text(self, to: str, content: str, *, tries: int = 5,
-                        door: Door | str = Door.LONG) -> pb.MicroMsgResponse:
-        """Send once, whatever happens to the link: retries reuse the client_msg_id."""
+                        door: Door | str = Door.LONG,
+                        client_msg_id: Optional[str] = None) -> pb.MicroMsgResponse:
+        """Send once, whatever happens to the link or the server: retries (after a broken
+        link, a timeout or a server fault) reuse the client_msg_id, so the server stores the
+        message once however many of them reach it."""
         door = Door(door)
-        cid = uuid.uuid4().hex
+        cid = client_msg_id or uuid.uuid4().hex
         for attempt in range(tries):
             try:
                 sent = await self.session.send_text(to, content, client_msg_id=cid, door=door,
                                                     timeout=self.request_timeout(20.0))
                 self.metrics.messages_sent += 1
                 return sent
-            except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
-                if attempt == tries - 1:
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError, RequestFailed) as exc:
+                if attempt == tries - 1 or not _transient(exc):
                     raise
                 log.info("%s: send failed (%r), retrying with the same id", self.username, exc)
-                if door is Door.LONG:
-                    await self.reconnect()
+                if door is Door.LONG and not isinstance(exc, RequestFailed):
+                    await self.reconnect()    # which backs off if it must
+                else:                         # a server in trouble: give it time
+                    await self._back_off(attempt)
         raise AssertionError("unreachable")
 
     async def send_media(self, to: str, data: bytes, msg_type: int = MSG_IMAGE, *,
-                         tries: int = 5) -> pb.UploadMediaResponse:
+                         tries: int = 5,
+                         client_media_id: Optional[str] = None) -> pb.UploadMediaResponse:
         """An image, voice note or video (`msg_type` 3, 34 or 43), uploaded in chunks; after
-        a broken link, reconnect and resume where the server is."""
-        cid = uuid.uuid4().hex
+        a broken link or a server fault, reconnect and resume where the server is."""
+        cid = client_media_id or uuid.uuid4().hex
         pos = 0
         for attempt in range(tries):
             try:
@@ -411,12 +436,15 @@ class Phone:
                                                  timeout=self.request_timeout(20.0))
                 self.metrics.messages_sent += 1
                 return sent
-            except (asyncio.TimeoutError, LinkClosed, ConnectionError) as exc:
-                if attempt == tries - 1:
+            except (asyncio.TimeoutError, LinkClosed, ConnectionError, RequestFailed) as exc:
+                if attempt == tries - 1 or not _transient(exc):
                     raise
                 log.info("%s: upload broke (%r); resuming", self.username, exc)
                 pos = 0     # the server answers -100 with where to resume
-                await self.reconnect()
+                if not isinstance(exc, RequestFailed):
+                    await self.reconnect()
+                else:
+                    await self._back_off(attempt)
         raise AssertionError("unreachable")
 
     async def download(self, msg_id: int, msg_type: int = MSG_IMAGE, *,
@@ -482,6 +510,12 @@ class Phone:
         resp = await self.session.cgi(cgi, pb.ReportRequest(
             base=self.session.base(), items=[pb.KV(key=k, value=v) for k, v in items.items()]))
         return resp.accepted
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth retrying with the same id: anything but an answer that refused the request
+    (a server fault, -1, is the server's trouble, not the request's)."""
+    return not isinstance(exc, RequestFailed) or exc.ret == Ret.SERVER_FAULT
 
 
 @dataclass

@@ -7,6 +7,7 @@ the emulated phone's timing on top of this.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import ssl
@@ -72,8 +73,20 @@ class SyncState:
 
 
 def ssl_context_for(manifest: Manifest) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=manifest.ca_cert)
-    return ctx
+    """The context that trusts the lab's CA: one per CA file and process, shared by every
+    session (a context costs ~18 KB, which was half of a phone's memory), made again if the
+    file changes (a new lab at the same path)."""
+    cafile = manifest.ca_cert
+    try:
+        st = os.stat(cafile) if cafile else None
+    except OSError:
+        st = None        # no such file: create_default_context says so
+    return _ssl_context(cafile, st and (st.st_ino, st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(cafile: Optional[str], _stamp) -> ssl.SSLContext:
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
 
 
 class Session:
@@ -167,17 +180,26 @@ class Session:
         last: Optional[Exception] = None
         for addr in addrs:
             try:
-                self.link = await LongLink.connect(addr, port, local_addr=self.local_addr,
-                                                   on_notify=self._notified, clock=self.clock,
-                                                   observer=self.link_observer)
+                link = await LongLink.connect(addr, port, local_addr=self.local_addr,
+                                              on_notify=self._notified, clock=self.clock,
+                                              observer=self.link_observer)
                 break
             except OSError as exc:
                 last = exc
         else:
             raise ConnectionError(f"no long-link address answered: {last!r}")
-        await self.long_call("IDENTIFY", pb.IdentifyRequest(base=self.base(),
-                                                            key_buf=self.sync_state.key_buf()))
-        return self.link
+        # `link` becomes the session's only once identified: a request sent meanwhile on
+        # the old one fails as a closed link (and is retried), never with "not identified"
+        try:
+            self._check("IDENTIFY", await link.call(
+                "IDENTIFY", pb.IdentifyRequest(base=self.base(),
+                                               key_buf=self.sync_state.key_buf()),
+                timeout=self.clock.floor_wall(DEFAULT_TIMEOUT_S, DEFAULT_TIMEOUT_S)))
+        except BaseException:
+            link.abort()
+            raise
+        self.link = link
+        return link
 
     def _notified(self, selector: int) -> None:
         if self.on_notify is not None:

@@ -25,7 +25,8 @@ from testbed.lab.clock import Clock
 from testbed.wire import BY_NAME, Ret, ServiceError, pb
 
 from ..conftest import start_lab
-from .helpers import chat_round, descendants, start_lab_up, still_alive, wait_manifest
+from .helpers import (chat_round, descendants, logged_in, start_lab_up, still_alive, wait_for,
+                      wait_manifest)
 
 
 def cmdline(pid: int) -> str:
@@ -215,6 +216,74 @@ async def test_chat_among_50_users_across_two_labs_on_one_redis(tmp_path, redis_
         await lab_a.stop()
         await lab_b.stop()
     assert not lab_a.server_errors() and not lab_b.server_errors()
+
+
+def _send_elsewhere(redis_url, namespace, sender, password, to, content):
+    """Another worker's send, on its own store connections, in a thread of its own: the
+    caller's event loop, blocked meanwhile, cannot run its store's reconnect until the
+    message is stored and published."""
+    async def send():
+        service = Service(await make_store(redis_url, namespace=namespace))
+        try:
+            login = await service.handle(BY_NAME["MANUALAUTH"], pb.ManualAuthRequest(
+                username=sender, password=password), RequestContext())
+            base = pb.BaseRequest(session_key=login.session_key, uin=login.uin)
+            resp = await service.handle(BY_NAME["NEWSENDMSG"], pb.NewSendMsgRequest(
+                base=base, msgs=[pb.MicroMsgRequest(to_user=to, content=content,
+                                                    client_msg_id="gap-1")]),
+                RequestContext())
+            assert resp.msgs[0].ret == 0
+        finally:
+            await service.store.close()
+
+    import threading
+    failed = []
+    thread = threading.Thread(target=lambda: failed.extend(
+        [e for e in [_try(lambda: asyncio.run(send()))] if e]))
+    thread.start()
+    thread.join(30)
+    assert not failed, failed
+
+
+def _try(fn):
+    try:
+        fn()
+    except Exception as exc:   # noqa: BLE001 - handed to the test thread
+        return exc
+    return None
+
+
+async def test_a_push_published_while_the_event_connection_was_down_still_reaches_the_phone(
+        tmp_path, redis_stores, redis_url):
+    """Redis pub/sub keeps nothing for a subscriber that is away: the lab's event connection
+    is killed and a message is stored and published (by another worker) before the lab has
+    subscribed again. Its long link learns that it may have missed events and pushes to
+    every link it holds, so the phone syncs and gets the message."""
+    import redis
+
+    store = await redis_stores()
+    lab = await start_lab(tmp_path, store=store, users=2)
+    killer = redis.Redis.from_url(redis_url)
+    phone = None
+    try:
+        u, v = lab.manifest.users[:2]
+        phone = Phone(lab.manifest, u["username"], u["password"], clock=Clock(1.0))
+        await phone.start()
+        pushes = phone.metrics.pushes
+        # blocking calls from here on: the lab, in this loop, sees nothing until they return
+        assert killer.client_kill_filter(_type="pubsub") >= 1
+        _send_elsewhere(redis_url, store.namespace, v["username"], v["password"],
+                        u["username"], "sent into the gap")
+        await wait_for(lambda: phone.metrics.received, timeout=10)
+        [msg] = [m for m in phone.session.sync_state.messages if m.to_user == u["username"]]
+        assert msg.content == "sent into the gap"
+        assert phone.metrics.pushes > pushes
+    finally:
+        killer.close()
+        if phone is not None:
+            await phone.stop()
+        await lab.stop()
+    assert not lab.server_errors()
 
 
 # ---------------------------------------------------------------------- `testbed lab up`
