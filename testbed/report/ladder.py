@@ -2,8 +2,10 @@
 
 `build_ladder(analysis)` turns the analysis's events into rows a renderer draws as arrows:
 
-* columns: the phone (one per client address, up to `MAX_PHONE_COLUMNS`, else one shared
-  column), the resolver, the five lab hosts, and "other" only when something fits none;
+* columns: the phone (one per user, named by the user name its sync answers carried, up to
+  `MAX_PHONE_COLUMNS`, else one shared column; phones are told apart by the uin their
+  requests carry, so two phones behind one address get a column each, and what carries no
+  uin, DNS and the TLS login, has its address's column), the resolver, the five lab hosts, and "other" only when something fits none;
 * a row per message: DNS query and answer, the TCP handshake drawn compactly (one row: SYN,
   with the SYN-ACK as a return arrow), the TLS ClientHello and one "TLS records ×N" row per
   TLS connection, HTTP requests and responses, long-link frames, FIN (with the peer's FIN as
@@ -28,6 +30,32 @@ from testbed.capture import events as ev
 from testbed.lab.addressing import LONG, MAPABC, QLOGO, QPIC, SHORT
 
 from .text import byte_size, clean
+
+
+def _parties(analysis) -> tuple[dict[Any, int], dict[str, set[int]], dict[int, str]]:
+    """(flow id -> the uin its requests carry, address -> the uins seen from it, uin -> user
+    name) from the analysis's events (`testbed.verify.evidence`)."""
+    from testbed.verify.evidence import CaptureView, party_of, usernames
+
+    flow_uin: dict[Any, int] = {}
+    at: dict[str, set[int]] = {}
+    for e in getattr(analysis, "events", None) or ():
+        if e.direction != "c2s" or e.kind not in (ev.FRAME, ev.HTTP_REQUEST):
+            continue
+        try:
+            p = party_of(e)
+        except Exception:        # a body that does not decode names nobody
+            p = None
+        if p is None:
+            continue
+        if e.flow is not None:
+            flow_uin.setdefault(e.flow, p.uin)
+        at.setdefault(p.address, set()).add(p.uin)
+    try:
+        names = usernames(CaptureView(analysis))
+    except Exception:            # a synthetic analysis without what a view needs
+        names = {}
+    return flow_uin, at, names
 
 MAX_PHONE_COLUMNS = 3
 MAX_PERIOD = 6           # longest repeated pattern that is collapsed (rows)
@@ -132,7 +160,9 @@ class _Columns:
                 self.reverse_dns.setdefault(a, name)
         self.flow_host = {f.get("id"): f.get("host", "") for f in
                           (getattr(analysis, "flows", None) or []) if isinstance(f, dict)}
-        self.clients: list[str] = []
+        self.flow_uin, self.uins_at, self.names = _parties(analysis)
+        self.clients: list[str] = []           # "uin:N" for a known user, else the address
+        self.client_addrs: dict[str, str] = {}  # client key -> the address it sent from
         self.dns_seen: list[str] = []
         self.other_seen: list[str] = []
         self.host_addrs: dict[str, list[str]] = {}
@@ -167,24 +197,45 @@ class _Columns:
             self.other_seen.append(tag)
         return "other"
 
-    def client_addr(self, e) -> str:
+    def client_key(self, e) -> str:
+        """The phone an event belongs to: "uin:N" when its flow's requests carry a uin, or
+        its address is only ever one user's; else its address."""
         client, _ = self.ends(e)
         addr = str(client[0]) if client else ""
-        if addr not in self.clients:
-            self.clients.append(addr)
-        return addr
+        uin = self.flow_uin.get(e.flow) if e.flow is not None else None
+        if uin is None and len(self.uins_at.get(addr, ())) == 1:
+            (uin,) = self.uins_at[addr]
+        key = f"uin:{uin}" if uin is not None else addr
+        if key not in self.clients:
+            self.clients.append(key)
+            self.client_addrs[key] = addr
+        return key
+
+    def _phone_column(self, key: str, n: int) -> Column:
+        addr = self.client_addrs.get(key, key)
+        if key.startswith("uin:"):
+            uin = int(key[4:])
+            return Column(f"phone:{key}", clean(self.names.get(uin) or f"uin {uin}", 24),
+                          clean(f"uin {uin} · {addr}", 40), "phone")
+        if any(k.startswith("uin:") for k in self.clients):
+            # beside the users' columns: what came from this address without a uin
+            return Column(f"phone:{key}", clean(addr, 24), "without a uin (DNS, login, CDN)",
+                          "phone")
+        return Column(f"phone:{key}", f"phone {n}" if n else "phone", clean(addr, 40), "phone")
 
     def build(self, used_other: bool) -> tuple[list[Column], dict[str, int]]:
         cols: list[Column] = []
         index: dict[str, int] = {}
         if len(self.clients) <= 1:
-            cols.append(Column("phone", "phone", clean(self.clients[0] if self.clients
-                                                       else "", 40), "phone"))
+            col = self._phone_column(self.clients[0], 0) if self.clients else \
+                Column("phone", "phone", "", "phone")
+            col.key = "phone"
+            cols.append(col)
             index["phone"] = 0
         elif len(self.clients) <= MAX_PHONE_COLUMNS:
-            for i, addr in enumerate(self.clients):
-                index[f"phone:{addr}"] = len(cols)
-                cols.append(Column(f"phone:{addr}", f"phone {i + 1}", clean(addr, 40), "phone"))
+            for i, key in enumerate(self.clients):
+                index[f"phone:{key}"] = len(cols)
+                cols.append(self._phone_column(key, i + 1))
         else:
             index["phone"] = 0
             cols.append(Column("phone", "phones", f"{len(self.clients)} addresses", "phone"))
@@ -201,9 +252,9 @@ class _Columns:
             cols.append(Column("other", "other", clean(sub, 40), "other"))
         return cols, index
 
-    def phone_key(self, addr: str) -> str:
+    def phone_key(self, client: str) -> str:
         if 1 < len(self.clients) <= MAX_PHONE_COLUMNS:
-            return f"phone:{addr}"
+            return f"phone:{client}"
         return "phone"
 
 
@@ -311,7 +362,7 @@ def _messages(analysis, cols: _Columns) -> list[tuple[Row, str, str]]:
     fin_rows: dict[Any, tuple[Row, int, str]] = {}     # flow -> (row, position, direction)
     for e in events:
         t = (e.ts - first) * scale
-        client = cols.client_addr(e)
+        client = cols.client_key(e)
         server = cols.server_key(e)
         c2s = e.direction != "s2c"
         # columns are resolved later (they depend on every address seen): 0 = client, 1 = server

@@ -182,9 +182,18 @@ def test_one_arrow_per_collapsed_message(session):
     assert sum(int(re.search(r"×(\d+)", l).group(1)) for l in noops) == \
         sum(1 for e in session["analysis"].events if e.kind == ev.FRAME and e.get("noop")
             and not e.get("reply"))
-    # every host has its column, in the order
-    cols = [c.key for c in ladder.columns]
-    assert cols == ["phone", "dns", LONG, SHORT, MAPABC, QLOGO, QPIC]
+    # a column per phone, named by its user (the two phones share one address): each
+    # phone's heartbeats on its own; what carries no uin (DNS, the TLS login) on the
+    # address's column; then every host, in the order
+    phones = [c for c in ladder.columns if c.role == "phone"]
+    assert [c.key for c in ladder.columns[len(phones):]] == ["dns", LONG, SHORT, MAPABC, QLOGO,
+                                                             QPIC]
+    users = [i for i, c in enumerate(phones) if c.key.startswith("phone:uin:")]
+    assert len(users) == 2 and all(re.fullmatch(r"user\d{4}", phones[i].title) for i in users)
+    assert sorted({r.a for r in rows if r.label.startswith("NOOP")}) == users
+    assert {r.a for r in rows if r.kind == ev.DNS_QUERY} <= set(range(len(phones))) - set(users)
+    titles = [c.title for c in ladder.columns]
+    assert all(f">{phones[i].title}<" in session["text"] for i in users), titles
 
 
 def test_verdict_table_lists_every_statement(session):
@@ -586,6 +595,9 @@ def test_clicking_an_arrow_shows_its_decoded_fields(session, netns, tmp_path):
                    "function (g) { return [g.getAttribute('data-ends'), "
                    "g.getAttribute('data-label')]; })")
         # the host's own arrows, and the DNS messages that name it
-        assert any(ends == f"phone {MAPABC}" for ends, _ in lit), lit
+        phone_titles = {col.title for col in build_ladder(session["analysis"]).columns
+                        if col.role == "phone"}
+        assert any(ends.endswith(f" {MAPABC}") and ends[:-len(MAPABC) - 1] in phone_titles
+                   for ends, _ in lit), lit
         assert all(MAPABC in ends or MAPABC in label for ends, label in lit), lit
         assert not c.js("document.body.getAttribute('data-errors')")
