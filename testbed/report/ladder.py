@@ -447,7 +447,9 @@ def _place(messages, cols: _Columns, index: dict[str, int]) -> list[Row]:
 
 
 def _pull_replies(rows: list[Row], reach: int = 2 * MAX_PERIOD) -> list[Row]:
-    """Each reply drawn right after its request when the rows between are other connections'.
+    """Each heartbeat's reply drawn right after its NOOP when the rows between are other
+    connections' (only heartbeats: they are what collapses, and elsewhere the rows keep
+    the order of their times).
 
     Phones run side by side: two phones' NOOPs at the same moment arrive as NOOP, NOOP, reply,
     reply, and neither pair would collapse with the phone's earlier heartbeats. Rows of other
@@ -457,7 +459,7 @@ def _pull_replies(rows: list[Row], reach: int = 2 * MAX_PERIOD) -> list[Row]:
     rows = list(rows)
     for i in range(len(rows)):
         req = rows[i]
-        if req.reply or not req.flows or req.kind not in (ev.FRAME, ev.HTTP_REQUEST):
+        if req.reply or not req.flows or req.style != "noop":
             continue
         mine = set(req.flows)
         for j in range(i + 1, min(len(rows), i + 1 + reach)):

@@ -75,8 +75,9 @@ def test_a_failed_test_shows_its_capture_and_ladder(pytester):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*testbed capture*", "capture: *lab.pcapng (open it in "
                                                      "Wireshark, or `testbed report` it)"])
-    result.stdout.fnmatch_lines(["* s  phone * --> long.weixin.qq.com  NEWSENDMSG seq *"
-                                 "(packet *)"])
+    # the phone's column named by its user, its uin and address beside
+    result.stdout.fnmatch_lines(["* s *user0001 uin * · 127.* --> long.weixin.qq.com  "
+                                 "NEWSENDMSG seq *(packet *)"])
     result.stdout.fnmatch_lines(["*long.weixin.qq.com*NOTIFY*"])
 
 
