@@ -46,6 +46,18 @@ WAKE = {
     "lte-2012": (0.2601 * 1.2107 + 11.576 * 1.06, 0.2601 + 11.576, 7 + 1),
 }
 
+# A wake-up's figures above take its exchanges as instant. The lab's round trips are not: a
+# few wall ms for six phones through the NAT, as many hundred protocol ms at k = 200, past
+# LTE's 0.26 s promotion, and a reconnect's three in a row (handshake, IDENTIFY, newsync)
+# past UMTS's 2 s. The tail then starts at the last answer, so radio-on time, energy and
+# battery share may exceed the hand figure by each round trip, at most this many protocol
+# seconds (10 wall ms), in the power of the state the tail starts in.
+REPLY_SLACK_S = 2.0
+TAIL_W = {"umts-2010": 0.8, "lte-2012": 1.06}      # DCH; RRC_CONNECTED
+TAIL_KEYS = {"radio_on_s_per_day": lambda name: 1.0,
+             "energy_j_per_day": lambda name: TAIL_W[name],
+             "battery_share_per_day": lambda name: TAIL_W[name] / BATTERY_J}
+
 
 def run_study(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, COLUMNS="200")
@@ -53,14 +65,15 @@ def run_study(*args: str) -> subprocess.CompletedProcess:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
-def hand_schedule(policy: str, noop_timeout: float) -> tuple[int, int]:
-    """(wake-ups, packets) of one phone's window, from its heartbeat schedule alone."""
+def hand_schedule(policy: str, noop_timeout: float) -> tuple[int, int, int]:
+    """(wake-ups, packets, round trips) of one phone's window, from its heartbeat schedule
+    alone."""
     if policy == "fixed:270":
         beats = math.floor(WINDOW / 270)
-        return beats, 3 * beats
+        return beats, 3 * beats, beats
     cycle = 1680 + noop_timeout
     noops = math.floor((WINDOW - 1680) / cycle) + 1
-    return 2 * noops, 11 * noops
+    return 2 * noops, 11 * noops, 3 * noops
 
 
 def test_study_radio_agrees_with_a_hand_calculation(tmp_path):
@@ -88,7 +101,7 @@ def test_study_radio_agrees_with_a_hand_calculation(tmp_path):
 
     for policy in ("fixed:270", "fixed:1680"):
         p = by[policy]
-        wakeups, packets = hand_schedule(policy, noop_timeout)
+        wakeups, packets, trips = hand_schedule(policy, noop_timeout)
         per_day = wakeups * DAY / WINDOW
         for name, (joules, on_s, msgs) in WAKE.items():
             f = p["radio"][name]
@@ -102,6 +115,10 @@ def test_study_radio_agrees_with_a_hand_calculation(tmp_path):
                     "signalling_per_s": per_day * msgs * POPULATION / DAY,
                     "wakeups_per_s": per_day * POPULATION / DAY}
             for key, value in hand.items():
+                if key in TAIL_KEYS:
+                    most = value + trips * DAY / WINDOW * REPLY_SLACK_S * TAIL_KEYS[key](name)
+                    assert value * 0.99 <= f[key] <= most, (key, value, most, why)
+                    continue
                 assert f[key] == pytest.approx(value, rel=0.05), (key, why)
             # nothing was sent to the phones and no server closed a link: a server packet
             # that woke a radio could only be a reply held back by a stalled loop
