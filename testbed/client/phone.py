@@ -280,18 +280,18 @@ class Phone:
     async def _wait_until(self, found: Callable[[], Any], timeout: float, what: str):
         """`found()`'s first value that is not None, waiting `timeout` protocol seconds
         (at least REQUEST_MIN_WALL wall seconds) for the arrivals that may change it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout(timeout)
+        # the deadline on the phone's clock: protocol seconds (a wall-clock deadline of the
+        # same number waited 100 wall s for 100 protocol s at k = 100)
+        deadline = self.clock.now() + self.request_timeout(timeout)
         while True:
             value = found()
             if value is not None:
                 return value
-            left = deadline - loop.time()
-            if left <= 0:
+            if self.clock.now() >= deadline:
                 raise asyncio.TimeoutError(f"{self.username}: no {what} within {timeout:g} "
                                            f"protocol s")
             try:
-                await asyncio.wait_for(self._news.wait(), left)
+                await self.clock.wait_for(self._news.wait(), deadline - self.clock.now())
             except asyncio.TimeoutError:
                 pass
 
