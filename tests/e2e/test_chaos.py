@@ -81,10 +81,17 @@ async def _chaos(rng, run_dir, redis_url, namespace, phones, faults, stop) -> No
     deaths = collections.defaultdict(collections.deque)     # (role, index) -> kill times
     killer = aioredis.Redis.from_url(redis_url)
     name = client_name(namespace)
+    first = ["long", "short", "redis", "pubsub", "reset"]
+    rng.shuffle(first)
     try:
         while not stop.is_set():
             await asyncio.sleep(rng.uniform(0.2, 0.7))
-            kind = rng.choice(("long", "short", "redis", "pubsub", "reset", "reset"))
+            # every kind of fault first (a short run may be over before chance draws each),
+            # in an order of the seed's, then any
+            done = {**faults.kills, **faults.redis_kills, "reset": faults.resets}
+            missing = [k for k in first if not done.get(k)]
+            kind = missing[0] if missing else \
+                rng.choice(("long", "short", "redis", "pubsub", "reset", "reset"))
             if kind in ("long", "short"):
                 pids = _workers(run_dir, kind)
                 if not pids:
