@@ -35,17 +35,15 @@ from .text import byte_size, clean
 def _parties(analysis) -> tuple[dict[Any, int], dict[str, set[int]], dict[int, str]]:
     """(flow id -> the uin its requests carry, address -> the uins seen from it, uin -> user
     name) from the analysis's events (`testbed.verify.evidence`)."""
-    from testbed.verify.evidence import CaptureView, party_of, usernames
+    from testbed.verify.evidence import party_of, usernames
+    from testbed.verify.expect import CaptureView
 
     flow_uin: dict[Any, int] = {}
     at: dict[str, set[int]] = {}
     for e in getattr(analysis, "events", None) or ():
         if e.direction != "c2s" or e.kind not in (ev.FRAME, ev.HTTP_REQUEST):
             continue
-        try:
-            p = party_of(e)
-        except Exception:        # a body that does not decode names nobody
-            p = None
+        p = party_of(e)          # None for a body that does not decode
         if p is None:
             continue
         if e.flow is not None:
@@ -53,7 +51,7 @@ def _parties(analysis) -> tuple[dict[Any, int], dict[str, set[int]], dict[int, s
         at.setdefault(p.address, set()).add(p.uin)
     try:
         names = usernames(CaptureView(analysis))
-    except Exception:            # a synthetic analysis without what a view needs
+    except AttributeError:       # an analysis-like object without what a view needs
         names = {}
     return flow_uin, at, names
 
