@@ -462,7 +462,7 @@ def _pull_replies(rows: list[Row], reach: int = 2 * MAX_PERIOD) -> list[Row]:
         mine = set(req.flows)
         for j in range(i + 1, min(len(rows), i + 1 + reach)):
             q = rows[j]
-            if q.flows == req.flows and _is_reply_pair(req, q):
+            if _is_reply_pair(req, q):         # the same flow, the other way
                 if j > i + 1:
                     rows.insert(i + 1, rows.pop(j))
                 break
