@@ -421,7 +421,12 @@ def test_the_emulator_recovers_from_a_reset_and_a_black_hole_as_a_user_runs_it(t
     reconnects at once and starts its heartbeat anew (2 NOOPs in the 960 s, not 3), the
     second reconnects at its next unanswered heartbeat (a silent death): the two steps that
     fail, as a user predicts; nothing is lost."""
-    plan = ["reset:long#1@400s", "blackhole:long#2@600s"]
+    # A fault's time counts from the link's opening, the heartbeat phase's from its own start,
+    # X protocol s later (the earlier steps: ~20-40 s here, more on a busy machine). With NOOPs
+    # at 300, 600, 900 s of the phase, the reset must land after the first NOOP and late
+    # enough that the renewed heartbeat beats only once more before 960 s: 360 < 500 - X < 600
+    # for X up to 140 s (at 400 s, an X over 40 s gave the reset phone a third NOOP).
+    plan = ["reset:long#1@500s", "blackhole:long#2@600s"]
     result, rc, _ = _emulate_storyboard_under(tmp_path, plan)
     failed = [(s["name"], s["detail"]) for s in result["steps"] if not s["ok"]]
     assert failed == [("heartbeat every 300 s", "2..3 NOOPs per phone in 960 s"),
