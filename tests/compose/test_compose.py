@@ -270,6 +270,21 @@ def _verify(capture: Path) -> dict:
     return json.loads(p.stdout)
 
 
+def _up_then_results(run: LocalCompose, timeout: float):
+    """`up` (a failure with the timeline), `testbed lab results --json` once the jobs are
+    done, then `down`: the results' process and every service's exit code."""
+    try:
+        try:
+            took = run.up(timeout=timeout)
+        except ComposeFailed as exc:
+            raise AssertionError(f"{exc}\ntimeline: {run.timeline}") from None
+        results = run.run_one_off("results", ["testbed", "lab", "results", "--json"])
+    finally:
+        codes = run.down()
+    print(f"up in {took:.1f} s; timeline {run.timeline}")
+    return results, codes
+
+
 def test_compose_services_pass_the_storyboard_with_two_phones(netns, tmp_path):
     """`docker compose up --scale phone=2`, as local processes: every service starts in
     dependency order once its dependencies are healthy; the two phones claim distinct users
@@ -278,15 +293,7 @@ def test_compose_services_pass_the_storyboard_with_two_phones(netns, tmp_path):
     results, read back from Redis, count every message once."""
     _need_local_binaries()
     run = LocalCompose(COMPOSE, tmp_path, netns, scale={"phone": PHONES}, env={})
-    try:
-        try:
-            took = run.up(timeout=150)
-        except ComposeFailed as exc:
-            raise AssertionError(f"{exc}\ntimeline: {run.timeline}") from None
-        results = run.run_one_off("results", ["testbed", "lab", "results", "--json"])
-    finally:
-        codes = run.down()
-    print(f"up in {took:.1f} s; timeline {run.timeline}")
+    results, codes = _up_then_results(run, timeout=150)
     assert results.returncode == 0, results.stdout + results.stderr
     doc = json.loads(results.stdout)
 
@@ -403,15 +410,7 @@ def test_compose_study_profile_gathers_the_heartbeat_figures_through_redis(netns
 
     run = LocalCompose(COMPOSE, tmp_path, netns, scale={"study-phone": PHONES}, env=STUDY_ENV,
                        targets=["study"])
-    try:
-        try:
-            took = run.up(timeout=120)
-        except ComposeFailed as exc:
-            raise AssertionError(f"{exc}\ntimeline: {run.timeline}") from None
-        results = run.run_one_off("results", ["testbed", "lab", "results", "--json"])
-    finally:
-        run.down()
-    print(f"up in {took:.1f} s; timeline {run.timeline}")
+    results, _codes = _up_then_results(run, timeout=120)
     started = {who for _, who, what in run.timeline if what == "started"}
     assert {"study", "study-phone-1", "study-phone-2"} <= started
     assert not started & {"phone-1", "phone-2", "recorder", "report", "results"}
