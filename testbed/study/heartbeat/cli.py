@@ -115,7 +115,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     shared.add_argument("--wait", action="store_true",
                         help="with --collect: first wait until every phone that claimed "
                              "users of the lab has posted its result")
-    from testbed.phones_cli import add_store_option
+    from testbed.argtypes import add_store_option
     add_store_option(shared, required=False, text="with --manifest or --collect, the lab's store")
     hb.set_defaults(study_func=main_heartbeat)
     return hb
@@ -213,9 +213,6 @@ def main_heartbeat(args: argparse.Namespace) -> int:
 
             if mode == "manifest":
                 from .shared import run_share
-                from testbed.cli.netns import enter_phone_namespace
-                if enter_phone_namespace(manifest, err) is not None:
-                    raise RuntimeError("cannot enter the lab's phone namespace")
                 owner, result = await run_share(
                     config, manifest, args.store, report,
                     on_claim=lambda o, names: err.print(f"phone {o}: claimed {' '.join(names)}",
@@ -245,20 +242,10 @@ def main_heartbeat(args: argparse.Namespace) -> int:
 
 
 async def _collect(args: argparse.Namespace) -> StudyResult:
-    from mocks.state import make_store
-    from testbed.phones_cli import wait_phones_done
+    from mocks.lab_phones import read_shared
 
     from .shared import collect
-    store = await make_store(args.store)
-    try:
-        if getattr(store, "namespace", None) is None:
-            raise ValueError("--collect reads the lab's shared store: --store "
-                             "redis://HOST:PORT/DB")
-        if args.wait:
-            await wait_phones_done(store)
-        return await collect(store)
-    finally:
-        await store.close()
+    return collect(await read_shared(args.store, wait=args.wait))
 
 
 def _show(result: StudyResult, args: argparse.Namespace, err) -> None:

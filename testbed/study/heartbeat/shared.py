@@ -8,7 +8,7 @@ processes sharing a Redis store): phone hosts run its phones, the store gathers 
   lab of `manifest`, and posts what they did into the store under its phone name: a phone
   result that `testbed lab results` reads like any other (delivery counts), holding the
   share's `FleetReport` and study config.
-- `collect(store)`: every posted share, put on one time line (each host's clock started at
+- `collect(runs)`: every posted share, put on one time line (each host's clock started at
   its own moment; `FleetReport.shifted` moves its stamps by the difference of the hosts'
   start times, as Unix time says, so hosts of one machine agree exactly and hosts of several
   to their clocks' sync), merged into the `StudyResult` the one-process study makes.
@@ -55,7 +55,7 @@ def plan_share(config: StudyConfig, manifest, names: list[str]
     """The claimed users' phones, policies interleaved, and the sender (the last name). A
     phone's index is its user's place in the manifest (unique over every host), its message
     times drawn from the study's seed and that index."""
-    from testbed.phones_cli import claimed_users
+    from mocks.lab_phones import claimed_users
 
     entries = claimed_users(manifest.users, names)
     where = {u["username"]: i for i, u in enumerate(manifest.users)}
@@ -76,8 +76,8 @@ def phone_result(config: StudyConfig, names: list[str], report: FleetReport,
                  epoch0: float, wall_s: float) -> dict[str, Any]:
     """What a share posts: a phone result (`testbed lab results`: steps, delivery counts)
     with the share under "study"."""
+    from mocks.lab_phones import posted
     from testbed.client.scenarios import ScenarioResult, Step
-    from testbed.phones_cli import posted
 
     sent = delivered = caught = lost = dups = 0
     for o in report.outcomes:
@@ -112,8 +112,9 @@ async def run_share(config: StudyConfig, manifest, store_url: str,
     """Run this host's share of the study (`config` from `share_config`) and post it; this
     host's phone name and the figures of its share alone. A share that fails after claiming
     posts a failed result, so that nothing waits for it."""
+    from mocks.lab_phones import claim, phone_name, post_result, posted
+    from testbed.client.scenarios import ScenarioResult
     from testbed.lab.clock import Clock
-    from testbed.phones_cli import claim, failed_result, phone_name, post_result
 
     owner = phone_name()
     names = await claim(store_url, owner, users_needed(config))
@@ -128,8 +129,9 @@ async def run_share(config: StudyConfig, manifest, store_url: str,
             else None  # noqa: E731
         fleet = await PhoneFleet(manifest, clock, config, plans, sender, report=report).run()
     except BaseException as exc:
-        await post_result(store_url, owner, failed_result(SCENARIO, names,
-                                                          f"{type(exc).__name__}: {exc}"))
+        # a failed share's result, as `testbed emulate` posts one: nothing waits for it
+        failed = ScenarioResult(SCENARIO, len(names), errors=[f"{type(exc).__name__}: {exc}"])
+        await post_result(store_url, owner, posted(failed, names))
         raise
     wall = time.perf_counter() - wall0
     await post_result(store_url, owner, phone_result(config, names, fleet, epoch0, wall))
@@ -142,12 +144,10 @@ _SAME = ("nat_timeout_s", "policies", "hours", "time_scale", "messages_per_clien
          "seed", "server_idle_s", "profile", "drain_s", "radio", "population", "pause_gc")
 
 
-async def collect(store) -> StudyResult:
-    """Every share posted to `store` merged into one `StudyResult`; `ValueError` if there
-    is none, a study phone failed, or the shares ran different studies."""
-    from testbed.phones_cli import read_runs
-
-    runs = await read_runs(store)
+def collect(runs) -> StudyResult:
+    """Every share among the phones' results (`mocks.lab_phones.read_runs`) merged into one
+    `StudyResult`; `ValueError` if there is none, a study phone failed, or the shares ran
+    different studies."""
     failed = sorted(o for o, r in runs.results.items()
                     if r.get("scenario") == SCENARIO and "study" not in r)
     if failed:
