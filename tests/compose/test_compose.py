@@ -393,7 +393,8 @@ def test_a_wrong_command_variable_or_port_in_the_file_fails_the_run(netns, tmp_p
 # ---------------------------------------------------------------------- the study profile
 
 STUDY_ENV = {"TIME_SCALE": "2000", "NAT_TIMEOUT": "300", "STUDY_CLIENTS": "1",
-             "STUDY_HOURS": "1", "STUDY_MESSAGES": "96", "SHORT_WORKERS": "1", "LONG_WORKERS": "1"}
+             "STUDY_HOURS": "1", "STUDY_MESSAGES": "96", "SHORT_WORKERS": "1",
+             "LONG_WORKERS": "1", "USERS": str(PHONES * (3 + 1))}   # 3 policies + a sender
 
 
 def test_compose_study_profile_gathers_the_heartbeat_figures_through_redis(netns, tmp_path):
