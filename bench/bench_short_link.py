@@ -197,7 +197,8 @@ class ChildServers:
 
     def stats(self) -> dict:
         got = [ch.call("stats") for ch in self.children]
-        return {k: sum(g[k] for g in got) for k in ("connections", "requests")}
+        return {**{k: sum(g[k] for g in got) for k in ("connections", "requests")},
+                "per_worker": [g["requests"] for g in got]}
 
 
 class ServeShort:
@@ -262,7 +263,8 @@ class ServeShort:
         from mocks.stats import read_stats
         stats = asyncio.run(self._store(read_stats))
         served = sum(stats.served.values())
-        return {"connections": served, "requests": served}
+        return {"connections": served, "requests": served,
+                "per_worker": [n for _, n in sorted(stats.served.items())]}
 
 
 def _measure(kind, loop_kind, args, lua_dir, host, key, netns, servers) -> dict:
@@ -301,7 +303,9 @@ def _measure(kind, loop_kind, args, lua_dir, host, key, netns, servers) -> dict:
     r.update(kind=kind, loop=loop_kind, netns=netns, server_cpu=sum(cpu["per_pid"][:-1]),
              wrk_cpu=cpu["per_pid"][-1], other_cpu=cpu["other"], resp_len=resp_len,
              body_len=len(body), conns=after["connections"] - before["connections"],
-             served=after["requests"] - before["requests"])
+             served=after["requests"] - before["requests"],
+             per_worker=[a - b for a, b in zip(after["per_worker"], before["per_worker"])]
+             if len(after["per_worker"]) == len(before["per_worker"]) else after["per_worker"])
     return r
 
 
@@ -350,6 +354,8 @@ def main() -> int:
                     per = r["conns"] / r["served"] if r["served"] else float("nan")
                     errs = ", ".join(f"{k} {v}" for k, v in r["errors"].items() if v) or "none"
                     where = f"netns {r['netns']}" if r["netns"] else "host netns"
+                    if len(r["per_worker"]) > 1:   # SO_REUSEPORT's spread over the workers
+                        where += ", per worker " + "/".join(f"{n:,}" for n in r["per_worker"])
                     c.note(f"  {kind:9} on {loop_kind:7}: {r['rps']:>8,.0f} req/s  [{where}] "
                            f"({r['requests']:,} by wrk, {r['served']:,} served on "
                            f"{r['conns']:,} connections = {per:.3f} conn/req; non-2xx "

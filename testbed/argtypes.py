@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+
+ENV_STORE = "TESTBED_STORE"   # the lab's store, for every command that takes --store
 
 
 def _number(text: str) -> float:
@@ -49,3 +52,10 @@ def nonneg_int(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be zero or more: {text!r}")
     return v
+
+
+def add_store_option(p, *, required: bool, text: str) -> None:
+    """`--store URL` on parser (or group) `p`, `$TESTBED_STORE` its default."""
+    p.add_argument("--store", default=os.environ.get(ENV_STORE), metavar="URL",
+                   required=required and ENV_STORE not in os.environ,
+                   help=f"{text}: redis://HOST:PORT/DB[?namespace=NAME] ($TESTBED_STORE)")

@@ -9,77 +9,21 @@ containers against one lab of processes on Redis).
   files.
 - `testbed record --until-phones-done` stops recording once every phone that claimed users
   has posted its result (`wait_phones_done`).
+
+The store's side of it (claiming, posting, reading back) is `mocks.lab_phones`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
 from typing import Optional
 
-ENV_STORE = "TESTBED_STORE"
-# a phone that starts after the others must claim within this long after the last result
-# for the run to wait for it (phones of one `docker compose up` start within a second)
-SETTLE_S = 2.0
-POLL_S = 0.25
-
-
-def phone_name() -> str:
-    """This phone's owner name in the store: host name and PID, as the served counters
-    name a server process (every container has a host name of its own)."""
-    return f"{os.uname().nodename}/{os.getpid()}"
-
-
-def add_store_option(p: argparse.ArgumentParser, *, required: bool, text: str) -> None:
-    p.add_argument("--store", default=os.environ.get(ENV_STORE), metavar="URL",
-                   required=required and ENV_STORE not in os.environ,
-                   help=f"{text}: redis://HOST:PORT/DB[?namespace=NAME] ($TESTBED_STORE)")
-
-
-# ---------------------------------------------------------------------- claiming
-async def claim(store_url: str, owner: str, count: int) -> list[str]:
-    """Claim `count` users for `owner`; `ValueError` (bad URL, too few users) or
-    `ConnectionError` (store unreachable) with a message for the user."""
-    from mocks.state import make_store
-    store = await make_store(store_url)
-    try:
-        if getattr(store, "namespace", None) is None:
-            raise ValueError("--claim-users needs the lab's shared store: --store "
-                             "redis://HOST:PORT/DB (or $TESTBED_STORE)")
-        return await store.claim_users(owner, count)
-    finally:
-        await store.close()
-
-
-async def post_result(store_url: str, owner: str, result: dict) -> None:
-    from mocks.state import make_store
-    store = await make_store(store_url)
-    try:
-        await store.put_result(owner, json.dumps(result, ensure_ascii=False))
-    finally:
-        await store.close()
-
-
-def claimed_users(manifest_users: list[dict], names: list[str]) -> list[dict]:
-    """The manifest's entries (with passwords) of the claimed names; `ValueError` if the
-    manifest lacks one (it was written before the store was seeded)."""
-    by_name = {u["username"]: u for u in manifest_users}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise ValueError(f"the manifest does not list {', '.join(missing)}: write it after "
-                         f"seeding (testbed lab manifest)")
-    return [by_name[n] for n in names]
-
-
-def posted(result, names: list[str]) -> dict:
-    """A phone's result as it goes into the store: the scenario's, and the users it ran as."""
-    return {**result.to_dict(), "users": list(names)}
+from mocks.lab_phones import (PhoneRuns, claim, claimed_users, phone_name,  # noqa: F401
+                              post_result, posted, read_runs, wait_phones_done)
+from testbed.argtypes import ENV_STORE, add_store_option  # noqa: F401
 
 
 def failed_result(scenario: str, names: list[str], why: str) -> dict:
@@ -90,70 +34,18 @@ def failed_result(scenario: str, names: list[str], why: str) -> dict:
 
 
 # ---------------------------------------------------------------------- reading back
-@dataclass
-class PhoneRuns:
-    """Every phone of a lab: who claimed which users, whose results are in."""
-
-    claims: dict[str, list[str]] = field(default_factory=dict)
-    results: dict[str, dict] = field(default_factory=dict)
-    messages_stored: int = 0
-
-    @property
-    def running(self) -> list[str]:
-        return sorted(o for o in self.claims if o not in self.results)
-
-    @property
-    def done(self) -> bool:
-        return bool(self.results) and not self.running
-
-    @property
-    def ok(self) -> bool:
-        return self.done and all(r.get("ok") for r in self.results.values())
-
-    def merged(self):
-        from testbed.client.scenarios import ScenarioResult
-        from testbed.client.swarm import merge
-        return merge([ScenarioResult.from_dict(self.results[o]) for o in sorted(self.results)])
-
-    def to_dict(self) -> dict:
-        merged = self.merged().to_dict() if self.results else None
-        return {"ok": self.ok, "running": self.running, "claims": self.claims,
-                "phones": self.results, "merged": merged,
-                "messages_stored": self.messages_stored}
+def merged(runs: PhoneRuns):
+    """Every posted result as one `ScenarioResult` (`testbed.client.swarm.merge`)."""
+    from testbed.client.scenarios import ScenarioResult
+    from testbed.client.swarm import merge
+    return merge([ScenarioResult.from_dict(runs.results[o]) for o in sorted(runs.results)])
 
 
-async def read_runs(store) -> PhoneRuns:
-    from mocks.stats import read_stats
-    results = {}
-    for owner, text in (await store.results()).items():
-        try:
-            results[owner] = json.loads(text)
-        except ValueError:
-            results[owner] = {"ok": False, "errors": [f"unreadable result: {text[:80]!r}"]}
-    return PhoneRuns(await store.claims(), results, (await read_stats(store)).messages_stored)
-
-
-async def wait_phones_done(store, stop: Optional[threading.Event] = None,
-                           settle_s: float = SETTLE_S, new_only: bool = False
-                           ) -> Optional[PhoneRuns]:
-    """Wait until at least one phone has posted its result and every phone that claimed
-    users has, with nothing new for `settle_s`; None if `stop` is set first. With
-    `new_only`, results already there when it starts do not count (a recorder started again
-    on a lab whose earlier phones are done waits for the phones it records)."""
-    last, since = None, time.monotonic()
-    before: Optional[set[str]] = None
-    while stop is None or not stop.is_set():
-        runs = await read_runs(store)
-        if before is None:
-            before = set(runs.results) if new_only else set()
-        seen = (tuple(sorted(runs.claims)), tuple(sorted(runs.results)))
-        if seen != last:
-            last, since = seen, time.monotonic()
-        elif runs.done and set(runs.results) - before \
-                and time.monotonic() - since >= settle_s:
-            return runs
-        await asyncio.sleep(POLL_S)
-    return None
+def runs_dict(runs: PhoneRuns) -> dict:
+    """`testbed lab results --json`: every phone's result, merged, and the lab's count."""
+    return {"ok": runs.ok, "running": runs.running, "claims": runs.claims,
+            "phones": runs.results, "merged": merged(runs).to_dict() if runs.results else None,
+            "messages_stored": runs.messages_stored}
 
 
 async def check_store(store_url: Optional[str]) -> Optional[str]:
@@ -236,7 +128,7 @@ def lab_results(args) -> int:
     if isinstance(runs, int):
         return runs
     if args.json:
-        print(json.dumps(runs.to_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps(runs_dict(runs), indent=2, ensure_ascii=False))
         return 0 if runs.ok else 1
     scenarios = sorted({r.get("scenario", "?") for r in runs.results.values()})
     t = Table(title=f"phones of the lab: {len(runs.results)} done, {len(runs.running)} "
@@ -258,13 +150,13 @@ def lab_results(args) -> int:
     out = out_console()
     out.print(t)
     if runs.results:
-        merged = runs.merged()
-        failed = [s for s in merged.steps if not s.ok]
+        together = merged(runs)
+        failed = [s for s in together.steps if not s.ok]
         for s in failed:
             out.print(f"[red]failed:[/red] {escape(s.name)}: {escape(s.detail)}")
-        for e in merged.errors:
+        for e in together.errors:
             out.print(f"[red]error:[/red] {escape(e)}")
-        m = merged.metrics
+        m = together.metrics
         out.print(metrics_table(m, f"what the {len(runs.results)} phones did, merged"))
         out.print(f"delivery: the phones sent {m.get('messages_sent', 0):g} messages and the "
                   f"lab stored {runs.messages_stored}; {m.get('duplicates', 0):g} were "

@@ -123,7 +123,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         add_lab_parsers(lab_sub)
         add_results_parser(lab_sub)
         add_serve_parser(sub)
-    from testbed.phones_cli import add_store_option
+    from testbed.argtypes import add_store_option
 
     em = sub.add_parser("emulate", help="run emulated phones against a lab")
     em.add_argument("scenario", choices=("login", "chat", "media", "nearby", "heartbeat",

@@ -16,6 +16,9 @@ What stands in for what:
 - **images**: `testbed ...` runs this checkout's CLI (`python -m testbed.cli`, what the
   image's entry point is); anything else (`redis-server`, `redis-cli`, `test`) is the local
   binary of that name.
+- **profiles and targets**: as `docker compose [--profile P] up [SERVICE...]`: a service
+  with `profiles` runs only when one of them is enabled (naming a service enables its own);
+  with target services, only they and what they depend on run.
 - **compose**: a service starts once its dependencies meet their conditions
   (`service_started`, `service_healthy`, `service_completed_successfully`); a healthcheck's
   test runs every `interval` from one interval after the start (at most `timeout` each)
@@ -129,6 +132,7 @@ class Service:
     mounts: list[tuple[str, Path]]       # (target in the container, local directory)
     tmpfs: list[str]                     # targets of each container's own
     replicas: int = 1
+    profiles: tuple[str, ...] = ()
 
 
 def _argv(command) -> list[str]:
@@ -176,12 +180,32 @@ def services(doc: dict, workdir: Path, scale: dict[str, int]) -> dict[str, Servi
         out[name] = Service(name, _argv(spec.get("command", [])),
                             _environment(spec.get("environment")), _depends(spec.get("depends_on")),
                             health, mounts, [tmpfs] if isinstance(tmpfs, str) else list(tmpfs),
-                            scale.get(name, 1))
+                            scale.get(name, 1), tuple(spec.get("profiles", ())))
     for name, svc in out.items():
         for dep in svc.depends_on:
             if dep not in out:
                 raise ValueError(f"{name} depends on {dep}, which is not a service")
     return out
+
+
+def active(svcs: dict[str, Service], profiles=(), targets=None) -> dict[str, Service]:
+    """The services compose runs with these profiles enabled and these target services
+    (None: all), as `docker compose --profile P up [TARGET...]` picks them: the targets and
+    their dependencies, or every service whose profiles are enabled (or has none). A target
+    enables its own profiles; a service picked whose profiles are not enabled is an error."""
+    enabled = set(profiles) | {p for t in targets or () for p in svcs[t].profiles}
+    if targets is None:
+        return {n: s for n, s in svcs.items() if not s.profiles or enabled & set(s.profiles)}
+    picked, todo = {}, list(targets)
+    while todo:
+        name = todo.pop()
+        if name in picked:
+            continue
+        svc = picked[name] = svcs[name]
+        if svc.profiles and not enabled & set(svc.profiles):
+            raise ValueError(f"{name} is in profile {', '.join(svc.profiles)}, not enabled")
+        todo.extend(svc.depends_on)
+    return {n: s for n, s in svcs.items() if n in picked}
 
 
 def jobs(svcs: dict[str, Service]) -> set[str]:
@@ -233,13 +257,16 @@ class LocalCompose:
     netns: str
     scale: dict[str, int] = field(default_factory=dict)
     env: Optional[dict[str, str]] = None
+    profiles: tuple[str, ...] = ()
+    targets: Optional[list[str]] = None      # `docker compose up TARGET...`; None: all
     instances: dict[str, list[Instance]] = field(default_factory=dict)
     started: list[Instance] = field(default_factory=list)
     timeline: list[tuple[float, str, str]] = field(default_factory=list)   # (s, who, what)
 
     def __post_init__(self) -> None:
         self.doc = load(self.compose_file, self.env)
-        self.services = services(self.doc, self.workdir, self.scale)
+        self.defined = services(self.doc, self.workdir, self.scale)
+        self.services = active(self.defined, self.profiles, self.targets)
         self.jobs = jobs(self.services)
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         self._t0 = time.monotonic()
@@ -292,7 +319,7 @@ class LocalCompose:
     def run_one_off(self, service: str, argv: list[str], timeout: float = 60.0):
         """`docker compose run --rm SERVICE ARGV...`: ARGV with the service's environment,
         mounts and stand-in addresses; the finished process."""
-        inst = self._instance(self.services[service], f"{service}-run")
+        inst = self._instance(self.defined[service], f"{service}-run")
         return subprocess.run(self._exec(inst, argv), env=self._env(inst),
                               cwd=self._cwd(inst.name), capture_output=True, text=True,
                               timeout=timeout)

@@ -270,6 +270,21 @@ def _verify(capture: Path) -> dict:
     return json.loads(p.stdout)
 
 
+def _up_then_results(run: LocalCompose, timeout: float):
+    """`up` (a failure with the timeline), `testbed lab results --json` once the jobs are
+    done, then `down`: the results' process and every service's exit code."""
+    try:
+        try:
+            took = run.up(timeout=timeout)
+        except ComposeFailed as exc:
+            raise AssertionError(f"{exc}\ntimeline: {run.timeline}") from None
+        results = run.run_one_off("results", ["testbed", "lab", "results", "--json"])
+    finally:
+        codes = run.down()
+    print(f"up in {took:.1f} s; timeline {run.timeline}")
+    return results, codes
+
+
 def test_compose_services_pass_the_storyboard_with_two_phones(netns, tmp_path):
     """`docker compose up --scale phone=2`, as local processes: every service starts in
     dependency order once its dependencies are healthy; the two phones claim distinct users
@@ -278,15 +293,7 @@ def test_compose_services_pass_the_storyboard_with_two_phones(netns, tmp_path):
     results, read back from Redis, count every message once."""
     _need_local_binaries()
     run = LocalCompose(COMPOSE, tmp_path, netns, scale={"phone": PHONES}, env={})
-    try:
-        try:
-            took = run.up(timeout=150)
-        except ComposeFailed as exc:
-            raise AssertionError(f"{exc}\ntimeline: {run.timeline}") from None
-        results = run.run_one_off("results", ["testbed", "lab", "results", "--json"])
-    finally:
-        codes = run.down()
-    print(f"up in {took:.1f} s; timeline {run.timeline}")
+    results, codes = _up_then_results(run, timeout=150)
     assert results.returncode == 0, results.stdout + results.stderr
     doc = json.loads(results.stdout)
 
@@ -381,3 +388,64 @@ def test_a_wrong_command_variable_or_port_in_the_file_fails_the_run(netns, tmp_p
     ended = min(t for t, who, what in run.timeline
                 if who.startswith(blamed) and what.startswith("exited"))
     assert not [who for t, who, what in run.timeline if what == "started" and t > ended]
+
+
+# ---------------------------------------------------------------------- the study profile
+
+STUDY_ENV = {"TIME_SCALE": "2000", "NAT_TIMEOUT": "300", "STUDY_CLIENTS": "1",
+             "STUDY_HOURS": "1", "STUDY_MESSAGES": "96", "SHORT_WORKERS": "1",
+             "LONG_WORKERS": "1", "USERS": str(PHONES * (3 + 1))}   # 3 policies + a sender
+
+
+def test_compose_study_profile_gathers_the_heartbeat_figures_through_redis(netns, tmp_path):
+    """`docker compose up --scale study-phone=2 study`, as local processes (a short study:
+    one protocol hour at k = 2000, four messages a phone): only the study and what it needs
+    start; the two study phones claim distinct users through Redis, run the heartbeat study's
+    phones behind the lab's NAT and post their figures there; `study` merges them into the
+    study's table and ./captures/study.json: one study of two phones per policy, whose
+    delivery counts are what each phone posted and what the lab stored, and whose figures
+    show the NAT at work (a 28-minute heartbeat dies behind a 5-minute NAT, a 270 s one
+    lives)."""
+    _need_local_binaries()
+    from testbed.study.heartbeat import StudyResult
+
+    run = LocalCompose(COMPOSE, tmp_path, netns, scale={"study-phone": PHONES}, env=STUDY_ENV,
+                       targets=["study"])
+    results, _codes = _up_then_results(run, timeout=120)
+    started = {who for _, who, what in run.timeline if what == "started"}
+    assert {"study", "study-phone-1", "study-phone-2"} <= started
+    assert not started & {"phone-1", "phone-2", "recorder", "report", "results"}
+    when = {(who, what): t for t, who, what in run.timeline}
+    for i in range(1, PHONES + 1):
+        assert when[(f"study-phone-{i}", "exited 0")] <= when[("study", "started")]
+
+    # what each phone posted, read back from Redis like any phone's result
+    assert results.returncode == 0, results.stdout + results.stderr
+    doc = json.loads(results.stdout)
+    assert len(doc["phones"]) == PHONES and doc["running"] == []
+    claimed = [u for users in doc["claims"].values() for u in users]
+    assert len(claimed) == len(set(claimed)) == PHONES * (3 + 1)   # 3 policies + a sender
+    sent = {owner: r["metrics"]["messages_sent"] for owner, r in doc["phones"].items()}
+    assert all(r["ok"] and r["scenario"] == "heartbeat study" for r in doc["phones"].values())
+    assert min(sent.values()) > 0 and doc["messages_stored"] == sum(sent.values())
+
+    # the collector's figures: the whole study, merged from both phones
+    log = (tmp_path / "logs" / "study.log").read_text()
+    figures = tmp_path / "binds" / "captures" / "study.json"
+    result = StudyResult.from_dict(json.loads(figures.read_text()))
+    assert result.config["time_scale"] == 2000 and result.config["nat_timeout_s"] == 300
+    assert result.config["clients"] == PHONES and result.processes == PHONES
+    assert sorted(result.lag_by_process) == sorted(doc["phones"])
+    by = {p.policy: p for p in result.policies}
+    assert sorted(by) == ["fixed:1680", "fixed:270", "mars"]
+    for spec, p in by.items():
+        assert spec in log
+        assert p.clients == PHONES and p.heartbeats_sent > 0, p
+        assert p.messages_lost == 0 and p.duplicates == 0 and p.send_failures == 0, p
+        assert p.nat_expiries is None     # one NAT host for all: not told apart per phone
+    assert sum(p.messages_sent for p in result.policies) == sum(sent.values())
+    assert sum(p.messages_delivered + p.messages_caught_up for p in result.policies) == \
+        sum(r["metrics"]["messages_received"] for r in doc["phones"].values())
+    # every 28-minute link died behind the 5-minute NAT at least once; the 270 s ones less
+    assert by["fixed:1680"].silent_deaths >= PHONES
+    assert by["fixed:270"].silent_deaths < by["fixed:1680"].silent_deaths

@@ -161,6 +161,30 @@ def test_study_bad_arguments_exit_2(tmp_path, capsys):
     assert args.study_func(args) == 2
 
 
+
+def test_study_on_a_running_lab_bad_arguments_exit_2(tmp_path, capsys, monkeypatch):
+    """--manifest and --collect need the lab's store; the lab decides time scale, NAT and
+    server timeouts; a lab without a NAT cannot be studied; one mode at a time."""
+    monkeypatch.delenv("TESTBED_STORE", raising=False)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({
+        "contract": 1, "profile": "lab-report-2013", "time_scale": 100.0,
+        "dns": {"address": "127.0.0.1", "port": 53}, "hosts": {}, "ca_cert": "",
+        "users": [], "heartbeat_s": 270.0, "server_idle_s": 660.0}))
+    store = "redis://127.0.0.1:1/0"
+    for argv, says in (
+            (["--manifest", str(manifest)], "needs the lab's store"),
+            (["--collect"], "needs the lab's store"),
+            (["--collect", "--manifest", str(manifest), "--store", store], "one of them"),
+            (["--wait", "--store", store], "--wait is for --collect"),
+            (["--manifest", str(manifest), "--store", store, "--time-scale", "10"],
+             "the running lab decides"),
+            (["--manifest", str(manifest), "--store", store], "has no carrier NAT")):
+        args = _parser().parse_args(["study", "heartbeat", *argv])
+        assert args.study_func(args) == 2, argv
+        assert says in " ".join(capsys.readouterr().err.split()), argv
+
+
 def test_study_config_defaults_and_margin():
     c = StudyConfig()
     c.validate()

@@ -65,7 +65,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "delay of messages sent to them; with --radio, what that traffic costs "
                     "the phone's battery and the operator's signalling "
                     "(docs/heartbeat-study.md).")
-    hb.add_argument("--nat-timeout", type=positive_float, default=300.0,
+    hb.add_argument("--nat-timeout", type=positive_float, default=None,
                     metavar="SECONDS", help="carrier NAT idle timeout (default 300)")
     hb.add_argument("--policy", dest="policies", action="append", type=_arg_policy,
                     metavar="SPEC", help="heartbeat policy, repeatable: fixed:<seconds>, mars "
@@ -74,7 +74,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     help="phones per policy (default 100)")
     hb.add_argument("--hours", type=positive_float, default=24.0,
                     help="protocol hours each phone is measured (default 24)")
-    hb.add_argument("--time-scale", type=positive_float, default=2000.0,
+    hb.add_argument("--time-scale", type=positive_float, default=None,
                     help="protocol seconds per wall second (default 2000)")
     hb.add_argument("--messages-per-client-per-day", type=nonneg_float, default=4.0,
                     metavar="M", help="messages sent to each phone per day (default 4)")
@@ -100,20 +100,64 @@ def register(subparsers) -> argparse.ArgumentParser:
     hb.add_argument("--loop", choices=list(Loop), default=Loop.AUTO,
                     help="event loop (default: uvloop if installed)")
     hb.add_argument("--quiet", action="store_true", help="no progress bar")
+    shared = hb.add_argument_group(
+        "on a running lab", "the study's phones on hosts of their own against a lab of "
+        "processes on Redis (the container lab), its figures gathered through the store "
+        "(docs/heartbeat-study.md, 'On the container lab')")
+    shared.add_argument("--manifest", type=Path, default=None, metavar="FILE",
+                        help="run this host's share of the study against the lab of this "
+                             "manifest: --clients phones per policy and a sender, lab users "
+                             "claimed from --store; the lab's time scale and NAT timeout; "
+                             "its figures are posted to --store")
+    shared.add_argument("--collect", action="store_true",
+                        help="print (and --json, --plot) the figures of every share posted "
+                             "to --store, merged: the whole study")
+    shared.add_argument("--wait", action="store_true",
+                        help="with --collect: first wait until every phone that claimed "
+                             "users of the lab has posted its result")
+    from testbed.argtypes import add_store_option
+    add_store_option(shared, required=False, text="with --manifest or --collect, the lab's store")
     hb.set_defaults(study_func=main_heartbeat)
     return hb
 
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
-    return StudyConfig(nat_timeout_s=args.nat_timeout,
+    nat, scale = getattr(args, "nat_timeout", None), getattr(args, "time_scale", None)
+    return StudyConfig(nat_timeout_s=StudyConfig.nat_timeout_s if nat is None else nat,
                        policies=tuple(args.policies or StudyConfig.policies),
-                       clients=args.clients, hours=args.hours, time_scale=args.time_scale,
+                       clients=args.clients, hours=args.hours,
+                       time_scale=StudyConfig.time_scale if scale is None else scale,
                        messages_per_client_per_day=args.messages_per_client_per_day,
                        seed=args.seed, server_idle_s=args.server_idle,
                        processes=getattr(args, "processes", None),
                        loop=getattr(args, "loop", "auto"),
                        radio=tuple(getattr(args, "radio", ())),
                        population=getattr(args, "population", WECHAT_USERS_2013))
+
+
+def _shared_mode(args: argparse.Namespace) -> Optional[str]:
+    """"manifest", "collect" or None (the one-process study); ValueError for options that
+    do not go together."""
+    manifest, collect = getattr(args, "manifest", None), getattr(args, "collect", False)
+    if manifest is not None and collect:
+        raise ValueError("--manifest runs a share, --collect merges the shares: one of them")
+    if getattr(args, "wait", False) and not collect:
+        raise ValueError("--wait is for --collect")
+    if manifest is None and not collect:
+        return None
+    if not getattr(args, "store", None):
+        raise ValueError(f"{'--manifest' if manifest else '--collect'} needs the lab's store: "
+                         f"--store redis://HOST:PORT/DB (or $TESTBED_STORE)")
+    if manifest is not None:
+        given = [flag for flag, v in (("--nat-timeout", args.nat_timeout),
+                                      ("--time-scale", args.time_scale),
+                                      ("--server-idle", args.server_idle),
+                                      ("--processes", getattr(args, "processes", None)))
+                 if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: with --manifest the running lab decides "
+                             f"(its time scale and NAT timeout; the phones run in this process)")
+    return "manifest" if manifest is not None else "collect"
 
 
 def main_heartbeat(args: argparse.Namespace) -> int:
@@ -124,8 +168,19 @@ def main_heartbeat(args: argparse.Namespace) -> int:
                                TimeRemainingColumn)
 
     err = Console(stderr=True)
+    manifest = None
     try:
+        mode = _shared_mode(args)
         config = config_from_args(args)
+        if mode == "manifest":
+            from testbed.lab.manifest import load_manifest
+
+            from .shared import share_config
+            try:
+                manifest = load_manifest(args.manifest)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{args.manifest}: {exc}") from None
+            config = share_config(config, manifest)
         config.validate()
         loop = pick_loop(getattr(args, "loop", Loop.AUTO))
         for opt, target in (("--json", args.json), ("--plot", args.plot)):
@@ -140,7 +195,7 @@ def main_heartbeat(args: argparse.Namespace) -> int:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
 
-    quiet = getattr(args, "quiet", False)
+    quiet = getattr(args, "quiet", False) or mode == "collect"
     progress = Progress(TextColumn("[bold]heartbeat study[/bold]"), BarColumn(),
                         TextColumn("{task.completed:>7.0f}/{task.total:.0f} protocol s"),
                         TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -148,12 +203,22 @@ def main_heartbeat(args: argparse.Namespace) -> int:
                         disable=quiet, refresh_per_second=4)
 
     async def go() -> StudyResult:
+        if mode == "collect":
+            return await _collect(args)
         with progress:
             task = progress.add_task("starting", total=config.window_s)
 
             def report(done: float, total: float, what: str) -> None:
                 progress.update(task, completed=done, total=total, description=what)
 
+            if mode == "manifest":
+                from .shared import run_share
+                owner, result = await run_share(
+                    config, manifest, args.store, report,
+                    on_claim=lambda o, names: err.print(f"phone {o}: claimed {' '.join(names)}",
+                                                        soft_wrap=True))
+                err.print(f"phone {owner}: its share of the study posted to the store")
+                return result
             return await run_study(config, report)
 
     try:
@@ -163,10 +228,29 @@ def main_heartbeat(args: argparse.Namespace) -> int:
         log.error("heartbeat study failed: %s", exc)
         err.print(f"[red]study failed:[/red] {exc.name}: {exc.detail.strip().splitlines()[-1]}")
         return 1
+    except (ValueError, ConnectionError) as exc:   # the store: unreachable, or nothing in it
+        if mode is None:
+            log.exception("heartbeat study failed")
+        err.print(f"[red]study failed:[/red] {escape(str(exc))}", soft_wrap=True)
+        return 1
     except Exception as exc:
         log.exception("heartbeat study failed")
         err.print(f"[red]study failed:[/red] {exc!r}")
         return 1
+    _show(result, args, err)
+    return 0
+
+
+async def _collect(args: argparse.Namespace) -> StudyResult:
+    from mocks.lab_phones import read_shared
+
+    from .shared import collect
+    return collect(await read_shared(args.store, wait=args.wait))
+
+
+def _show(result: StudyResult, args: argparse.Namespace, err) -> None:
+    """The tables (stdout), the timing line and warnings (stderr), --json and --plot."""
+    from rich.console import Console
 
     # tables fit 100 columns (the figures file has every value): the one-row-per-policy
     # table needs TABLE_WIDTH, so narrower consoles get it turned, one row per figure
@@ -199,7 +283,6 @@ def main_heartbeat(args: argparse.Namespace) -> int:
     if args.plot is not None:
         write_plot(result, args.plot)
         err.print(f"plot: {args.plot}")
-    return 0
 
 
 def _main(argv=None) -> int:

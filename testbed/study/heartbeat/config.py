@@ -113,6 +113,14 @@ class StudyConfig:
     def window_s(self) -> float:
         return self.hours * 3600.0
 
+    def message_offsets(self, rng) -> list[float]:
+        """When one phone gets its messages: protocol seconds into its window, uniform over
+        it, `messages_per_client_per_day` a day on average (the fraction by a draw of `rng`)."""
+        per_window = self.messages_per_client_per_day * self.window_s / DAY_S
+        whole, frac = int(per_window), per_window - int(per_window)
+        k = whole + (1 if rng.random() < frac else 0)
+        return sorted(rng.uniform(0.0, self.window_s) for _ in range(k))
+
     def noop_timeout_effective(self) -> float:
         """The NOOP timeout the phones really wait, in protocol seconds: 20 s, but never
         under MIN_WALL_TIMEOUT wall seconds (100 protocol s at k = 2000)."""

@@ -72,6 +72,33 @@ class FleetReport:
     cpu_s: float
     max_rss_mb: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON holds it (a study phone posts it to the lab's store): a phone's received
+        messages as [new_msg_id, time] pairs, since JSON object keys are strings."""
+        d = dataclasses.asdict(self)
+        for o in d["outcomes"]:
+            o["received"] = sorted(o["received"].items())
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FleetReport":
+        outcomes = [PhoneOutcome(**{**o, "received": {int(i): t for i, t in o["received"]},
+                                    "sends": [tuple(s) for s in o["sends"]]})
+                    for o in d["outcomes"]]
+        return cls(**{**d, "outcomes": outcomes, "lag": [tuple(x) for x in d["lag"]]})
+
+    def shifted(self, dt: float) -> "FleetReport":
+        """The same report with every protocol time stamp `dt` later: a fleet of another
+        clock put on the time line of a clock started `dt` protocol seconds before its own."""
+        outcomes = [dataclasses.replace(
+            o, t0=o.t0 + dt, t_end=o.t_end + dt,
+            sends=[(a + dt, b + dt, i, e) for a, b, i, e in o.sends],
+            received={i: t + dt for i, t in o.received.items()}) for o in self.outcomes]
+        return dataclasses.replace(self, outcomes=outcomes,
+                                   lag=[(t + dt, lag) for t, lag in self.lag],
+                                   login_done=self.login_done + dt,
+                                   online_done=self.online_done + dt)
+
 
 class _RunningPhone:
     """A planned phone while it runs."""

@@ -155,9 +155,13 @@ def _radio(r: PolicyResult, cs: list[PhoneOutcome], days: float, names: tuple[st
 # ---------------------------------------------------------------------------- the run
 def study_result(cfg: StudyConfig, fleets: list[FleetReport],
                  lab_lag: Optional[list[tuple[float, float]]], wall: float, cpu: float,
-                 nat_stats: dict[str, Any], expiries: Optional[Counter]) -> StudyResult:
+                 nat_stats: dict[str, Any], expiries: Optional[Counter],
+                 hosts: Optional[list[str]] = None) -> StudyResult:
     """Every figure of the run. `lab_lag`: the lab loop's lag samples when the phones ran
-    in processes of their own (None: one loop for all, measured by the one fleet)."""
+    in processes of their own (None: one loop for all, measured by the one fleet).
+    `hosts`: the fleets were phone hosts of a lab running elsewhere (a shared lab,
+    `shared.collect`), by these names; the lab's loop is not measured, and this process
+    (the collector) was no part of the run."""
     k = cfg.time_scale
     outcomes = sorted((o for f in fleets for o in f.outcomes), key=lambda o: o.index)
     first = min(o.t0 for o in outcomes)
@@ -168,7 +172,9 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
                               names, cfg.population)
                 for p, spec in enumerate(cfg.policies)]
     # event-loop lag while phones were in their windows, per process
-    if lab_lag is not None:
+    if hosts is not None:
+        sources = list(zip(hosts, (f.lag for f in fleets)))
+    elif lab_lag is not None:
         sources = [("lab", lab_lag)] + [(f"phones-{i + 1}", f.lag) for i, f in enumerate(fleets)]
     else:
         sources = [("lab+phones", fleets[0].lag)]
@@ -202,7 +208,9 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
         stalls=stalls, timing_ok=stalls == 0,
         cpu_s=cpu, nat=nat_stats, drain_s=cfg.effective_drain_s(),
         noop_timeout_effective_s=cfg.noop_timeout_effective(),
-        event_loop=fleets[0].event_loop, processes=len(fleets) if lab_lag is not None else 0,
+        event_loop=fleets[0].event_loop,
+        processes=len(fleets) if lab_lag is not None or hosts is not None else 0,
         gc_paused=cfg.pause_gc,
-        max_rss_mb=max([max_rss_mb()] + [f.max_rss_mb for f in fleets]),
+        max_rss_mb=max(([] if hosts is not None else [max_rss_mb()])
+                       + [f.max_rss_mb for f in fleets]),
         radio_profiles=[prof.summary() for prof in profiles])

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from testbed.fleet import Fleet, Message
 from testbed.lab.addressing import client_address
 
-from .config import DAY_S, StudyConfig
+from .config import StudyConfig
 from .driver import FleetReport, PhonePlan, fleet_payload, run_fleet
 from .figures import expiries_in_windows, study_result
 from .measure import LagMonitor, cpu_seconds
@@ -74,14 +74,11 @@ class _Study:
         first = client_address(manifest.dns_address, 0)
         own = first is not None and _can_bind(first)
         rng = random.Random(cfg.seed)
-        per_window = cfg.messages_per_client_per_day * cfg.window_s / DAY_S
-        whole, frac = int(per_window), per_window - int(per_window)
         P = len(cfg.policies)
         for i in range(cfg.clients):
             for p in range(P):   # interleaved, so every policy's starts spread the same way
                 g = i * P + p
-                k = whole + (1 if rng.random() < frac else 0)
-                offsets = sorted(rng.uniform(0.0, cfg.window_s) for _ in range(k))
+                offsets = cfg.message_offsets(rng)
                 src = client_address(manifest.dns_address, g) if own else None
                 self.plans.append(PhonePlan(index=g, policy_index=p, policy=cfg.policies[p],
                                             username=users[g]["username"],
