@@ -213,9 +213,22 @@ class PcapngWriter:
         self._write_units(units, frame, origlen)
 
     def write_units(self, units: int, frame: bytes) -> None:
-        """One packet stamped in the writer's own units (microseconds, or nanoseconds with
-        `tsresol_ns`): the tap's path, one buffered write per packet."""
-        self._write_units(units, frame, None)
+        """One whole packet stamped in the writer's own units (microseconds, or nanoseconds
+        with `tsresol_ns`): the tap's path, one buffered write per packet."""
+        n = len(frame)
+        if n > self.snaplen or self.closed:
+            self._write_units(units, frame, None)
+            return
+        total = 32 + n + (-n & 3)
+        self._f.write(b"".join((_EPB_HEAD.pack(_EPB, total, 0, (units >> 32) & 0xFFFFFFFF,
+                                               units & 0xFFFFFFFF, n, n),
+                                frame, _TAILS[-n & 3], _U32.pack(total))))
+        self.packets += 1
+        self.bytes += n
+        if self.flush_interval is not None:
+            now = time.monotonic()
+            if now - self._last_flush >= self.flush_interval:
+                self.flush()
 
     def _write_units(self, units: int, frame: bytes, origlen: Optional[int]) -> None:
         if self.closed:

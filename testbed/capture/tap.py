@@ -108,11 +108,11 @@ class _Side:
     """What never changes in the frames one side of a connection sends: the header bytes
     around the fields that do, and the one's-complement sums of the constant words."""
 
-    __slots__ = ("pre", "mid", "addrs", "ip_sum", "tcp_sum", "src")
+    __slots__ = ("pre", "mid", "addrs", "ip_sum", "tcp_sum", "ip_id")
 
     def __init__(self, smac: bytes, dmac: bytes, sip: bytes, dip: bytes, sport: int,
-                 dport: int, proto: int) -> None:
-        self.src = sip
+                 dport: int, proto: int, ip_id: list) -> None:
+        self.ip_id = ip_id      # [next IP id] of the source address, shared by its sides
         self.pre = dmac + smac + struct.pack("!HBB", _ETH_IPV4, 0x45, 0)
         self.mid = struct.pack("!HBB", 0x4000, TTL, proto)
         ports = struct.pack("!HH", sport, dport)
@@ -139,10 +139,8 @@ class Conn:
         self.sip = ipaddress.IPv4Address(self.server[0]).packed
         self.cmac = mac_for(self.client[0])
         self.smac = mac_for(self.server[0])
-        self.up = _Side(self.cmac, self.smac, self.cip, self.sip, self.client[1],
-                        self.server[1], _PROTO_TCP)
-        self.down = _Side(self.smac, self.cmac, self.sip, self.cip, self.server[1],
-                          self.client[1], _PROTO_TCP)
+        self.up: Optional[_Side] = None      # the frames each way (made by the tap)
+        self.down: Optional[_Side] = None
         self.c_next = c_isn    # next sequence number the client sends
         self.s_next = s_isn
         self.c_rcv = 0         # what the client acknowledges (the server's bytes it has)
@@ -181,7 +179,7 @@ class Tap:
         self.if_name = if_name
         self.snaplen = snaplen
         self._rng = random.Random(seed)
-        self._ip_ids: dict[bytes, int] = {}
+        self._ip_ids: dict[bytes, list] = {}   # source address -> [its next IP id]
         self._last_us = 0
         self._target = writer_or_path
         self.writer: Optional[PcapngWriter] = None
@@ -277,13 +275,12 @@ class Tap:
         else:
             self.dropped += 1
 
-    def _ip_id(self, src: bytes) -> int:
-        ids = self._ip_ids
-        i = ids.get(src)
-        if i is None:
-            i = self._rng.randrange(0x10000)
-        ids[src] = (i + 1) & 0xFFFF
-        return i
+    def _ip_counter(self, src: bytes) -> list:
+        """The IP id counter of a source address (IDs start at random, per address)."""
+        ctr = self._ip_ids.get(src)
+        if ctr is None:
+            ctr = self._ip_ids[src] = [self._rng.randrange(0x10000)]
+        return ctr
 
     def _tcp(self, c: Conn, from_client: bool, seq: int, ack: int, flags: int,
              payload: bytes = b"", options: bytes = b"") -> bytes:
@@ -293,17 +290,21 @@ class Tap:
         body = options + payload if options else payload
         tcp_len = 20 + len(body)
         total = 20 + tcp_len
-        ip_id = self._ip_id(side.src)
+        ctr = side.ip_id
+        ip_id = ctr[0]
+        ctr[0] = (ip_id + 1) & 0xFFFF
         seq %= _MOD
         ack = ack % _MOD if flags & ACK else 0
         offflags = (20 + len(options)) << 10 | flags     # data offset in words, << 12
         tcp_sum = (side.tcp_sum + tcp_len + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16)
                    + (ack & 0xFFFF) + offflags + WINDOW)
-        if body:
-            tcp_sum += ones_sum(body)
+        if body:    # ones_sum, inline (the hot path)
+            b = int.from_bytes(body, "big")
+            tcp_sum += (b << 8 if len(body) & 1 else b) % 0xFFFF
+        # checksum_of, inline: -sum mod 0xFFFF
         head = _TCP_FRAME.pack(side.pre, total, ip_id, side.mid,
-                               checksum_of(side.ip_sum + total + ip_id), side.addrs, seq,
-                               ack, offflags, WINDOW, checksum_of(tcp_sum), 0)
+                               -(side.ip_sum + total + ip_id) % 0xFFFF, side.addrs, seq,
+                               ack, offflags, WINDOW, -tcp_sum % 0xFFFF, 0)
         return head + body if body else head
 
     # ------------------------------------------------------------------ TCP events
@@ -311,6 +312,11 @@ class Tap:
         """A connection was accepted: SYN, SYN-ACK, ACK (MSS option on both SYNs)."""
         rng = self._rng
         c = Conn(client, server, rng.getrandbits(32), rng.getrandbits(32))
+        # the client's counter first: its SYN is the first packet (the same draws as ever)
+        c.up = _Side(c.cmac, c.smac, c.cip, c.sip, c.client[1], c.server[1], _PROTO_TCP,
+                     self._ip_counter(c.cip))
+        c.down = _Side(c.smac, c.cmac, c.sip, c.cip, c.server[1], c.client[1], _PROTO_TCP,
+                       self._ip_counter(c.sip))
         self.connections += 1
         mss_opt = struct.pack("!BBH", 2, 4, self.mss)
         t = self._stamp(ts)
@@ -338,7 +344,18 @@ class Tap:
         mss = self.mss
         n = len(data)
         if n <= mss:     # most chunks: one segment, PSH, and the peer's ACK
-            self._segment(c, from_client, t, data, PSH, acked)
+            if from_client:
+                self._emit(t, self._tcp(c, True, c.c_next, c.c_rcv, ACK | PSH, data))
+                c.c_next = (c.c_next + n) % _MOD
+                if acked:
+                    c.s_rcv = c.c_next
+                    self._emit(self._next(), self._tcp(c, False, c.s_next, c.s_rcv, ACK))
+            else:
+                self._emit(t, self._tcp(c, False, c.s_next, c.s_rcv, ACK | PSH, data))
+                c.s_next = (c.s_next + n) % _MOD
+                if acked:
+                    c.c_rcv = c.s_next
+                    self._emit(self._next(), self._tcp(c, True, c.c_next, c.c_rcv, ACK))
         else:
             mv = memoryview(data)
             unacked = 0
@@ -413,11 +430,13 @@ class Tap:
         """One datagram (DNS): Ethernet/IPv4/UDP with its checksum."""
         sip = ipaddress.IPv4Address(src[0]).packed
         dip = ipaddress.IPv4Address(dst[0]).packed
+        ctr = self._ip_counter(sip)
         side = _Side(mac_for(src[0]), mac_for(dst[0]), sip, dip, int(src[1]), int(dst[1]),
-                     _PROTO_UDP)
+                     _PROTO_UDP, ctr)
         ulen = 8 + len(payload)
         total = 20 + ulen
-        ip_id = self._ip_id(sip)
+        ip_id = ctr[0]
+        ctr[0] = (ip_id + 1) & 0xFFFF
         cs = checksum_of(side.tcp_sum + 2 * ulen + ones_sum(payload))  # pseudo and header
         frame = _UDP_FRAME.pack(side.pre, total, ip_id, side.mid,
                                 checksum_of(side.ip_sum + total + ip_id), side.addrs, ulen,

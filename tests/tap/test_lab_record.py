@@ -36,7 +36,7 @@ async def recorded(tmp_path):
                           record_comment_extra={"scenario": "test_lab_record"})
     try:
         assert lab.record_path == path and lab.tap is not None and lab.tap.started
-        assert lab.nat is None and lab.relay is not None   # a pass-through relay
+        assert lab.relay is None and lab.transport_tap is not None   # the servers report
         alice, bob = await session(lab, 0), await session(lab, 1)
         await bob.login()
         await alice.login()
@@ -67,7 +67,7 @@ async def test_capture_is_clean_and_says_how_it_was_made(recorded):
     assert c["how"] == "tap" and c["synthesised"] is True
     assert c["profile"] == "lab-report-2013" and c["time_scale"] == lab.clock.scale
     assert c["fault_plan"] is None and c["seed"] is None and c["testbed_version"]
-    assert c["scenario"] == "test_lab_record" and c["tap"]["relay"] == "pass-through"
+    assert c["scenario"] == "test_lab_record" and c["tap"]["relay"] == "none"
     assert c["manifest"]["hosts"][LONG]["port"] == lab.manifest.hosts[LONG].port
     assert [u["username"] for u in c["manifest"]["users"]] == \
         [u["username"] for u in lab.manifest.users]
