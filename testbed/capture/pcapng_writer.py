@@ -212,19 +212,25 @@ class PcapngWriter:
         units = ts_ns if self.tsresol_ns else (ts_ns + 500) // 1000
         self._write_units(units, frame, origlen)
 
-    def write_units(self, units: int, frame: bytes) -> None:
-        """One whole packet stamped in the writer's own units (microseconds, or nanoseconds
-        with `tsresol_ns`): the tap's path, one buffered write per packet."""
-        n = len(frame)
-        if n > self.snaplen or self.closed:
-            self._write_units(units, frame, None)
-            return
-        total = 32 + n + (-n & 3)
-        self._f.write(b"".join((_EPB_HEAD.pack(_EPB, total, 0, (units >> 32) & 0xFFFFFFFF,
-                                               units & 0xFFFFFFFF, n, n),
-                                frame, _TAILS[-n & 3], _U32.pack(total))))
-        self.packets += 1
-        self.bytes += n
+    def write_units(self, units: int, *frames: bytes) -> None:
+        """Whole packets stamped in the writer's own units (microseconds, or nanoseconds
+        with `tsresol_ns`), the first at `units`, each next one unit later: the tap's path
+        (a segment and its ACK), one buffered write for them all."""
+        parts = []
+        for frame in frames:
+            n = len(frame)
+            if n > self.snaplen or self.closed:
+                self._write_units(units, frame, None)
+                units += 1
+                continue
+            total = 32 + n + (-n & 3)
+            parts += (_EPB_HEAD.pack(_EPB, total, 0, (units >> 32) & 0xFFFFFFFF,
+                                     units & 0xFFFFFFFF, n, n), frame, _TAILS[-n & 3],
+                      _U32.pack(total))
+            self.packets += 1
+            self.bytes += n
+            units += 1
+        self._f.write(b"".join(parts))
         if self.flush_interval is not None:
             now = time.monotonic()
             if now - self._last_flush >= self.flush_interval:

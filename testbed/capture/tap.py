@@ -266,14 +266,17 @@ class Tap:
             try:
                 w.write_units(ts_us * 1000 if w.tsresol_ns else ts_us, frame)
             except (OSError, ValueError):
-                self._errors += 1
-                self.dropped += 1
-                if self._errors == 1:
-                    log.exception("tap: cannot write %s", self.path)
+                self._write_failed(1)
         elif self._pending is not None and len(self._pending) < self.max_pending:
             self._pending.append((ts_us, frame))
         else:
             self.dropped += 1
+
+    def _write_failed(self, packets: int) -> None:
+        self._errors += 1
+        self.dropped += packets
+        if self._errors == 1:
+            log.exception("tap: cannot write %s", self.path)
 
     def _ip_counter(self, src: bytes) -> list:
         """The IP id counter of a source address (IDs start at random, per address)."""
@@ -343,19 +346,28 @@ class Tap:
         t = self._stamp(ts)
         mss = self.mss
         n = len(data)
-        if n <= mss:     # most chunks: one segment, PSH, and the peer's ACK
+        if n <= mss and acked:   # most chunks: one segment, PSH, and the peer's ACK
             if from_client:
-                self._emit(t, self._tcp(c, True, c.c_next, c.c_rcv, ACK | PSH, data))
-                c.c_next = (c.c_next + n) % _MOD
-                if acked:
-                    c.s_rcv = c.c_next
-                    self._emit(self._next(), self._tcp(c, False, c.s_next, c.s_rcv, ACK))
+                seg = self._tcp(c, True, c.c_next, c.c_rcv, ACK | PSH, data)
+                c.c_next = c.s_rcv = (c.c_next + n) % _MOD
+                ack = self._tcp(c, False, c.s_next, c.s_rcv, ACK)
             else:
-                self._emit(t, self._tcp(c, False, c.s_next, c.s_rcv, ACK | PSH, data))
-                c.s_next = (c.s_next + n) % _MOD
-                if acked:
-                    c.c_rcv = c.s_next
-                    self._emit(self._next(), self._tcp(c, True, c.c_next, c.c_rcv, ACK))
+                seg = self._tcp(c, False, c.s_next, c.s_rcv, ACK | PSH, data)
+                c.s_next = c.c_rcv = (c.s_next + n) % _MOD
+                ack = self._tcp(c, True, c.c_next, c.c_rcv, ACK)
+            w = self.writer
+            if w is not None and not self.closed and not w.tsresol_ns:
+                self._last_us = t + 1
+                self.packets += 2
+                try:
+                    w.write_units(t, seg, ack)
+                except (OSError, ValueError):
+                    self._write_failed(2)
+            else:
+                self._emit(t, seg)
+                self._emit(self._next(), ack)
+        elif n <= mss:
+            self._segment(c, from_client, t, data, PSH, False)
         else:
             mv = memoryview(data)
             unacked = 0
