@@ -175,3 +175,44 @@ async def test_live_capture_is_readable_while_the_lab_runs(tmp_path):
         assert [LONG] in rows
     finally:
         await lab.stop()
+
+
+@needs_tshark
+async def test_the_phones_fin_after_the_server_closed_first_is_recorded(tmp_path):
+    """With no relay the servers report their own connections: one the server closes first
+    (an HTTP `Connection: close`) still shows the phone's FIN after the server's, and bytes
+    sent into a connection the server closed draw a reset, as from a real closed socket."""
+    path = tmp_path / "close.pcapng"
+    lab = await start_lab(tmp_path, users=1, record=path)
+    try:
+        assert lab.relay is None
+        host = lab.manifest.hosts[SHORT]
+        local = (phone_of(lab), 0) if phone_of(lab) else None
+        request = (f"GET / HTTP/1.1\r\nHost: {SHORT}\r\nConnection: close\r\n\r\n").encode()
+        reader, writer = await asyncio.open_connection(host.addresses[0], host.port,
+                                                       local_addr=local)
+        writer.write(request)
+        assert (await reader.read()).startswith(b"HTTP/1.1 ")     # then the server's FIN
+        writer.close()
+        await writer.wait_closed()
+        reader, writer = await asyncio.open_connection(host.addresses[0], host.port,
+                                                       local_addr=local)
+        writer.write(request)
+        await reader.read()
+        writer.write(b"more, after the server closed")
+        await asyncio.sleep(0.2)
+        writer.close()
+        await asyncio.sleep(0.05)
+        assert lab.transport_tap.lingering == 0
+    finally:
+        await lab.stop()
+    rows = fields(path, "tcp.stream", "ip.src", "tcp.flags.fin", "tcp.flags.reset",
+                  filt=f"tcp.port=={host.port} && (tcp.flags.fin==1 || tcp.flags.reset==1)")
+    by_stream: dict[str, list] = {}
+    for stream, src, fin, rst in rows:
+        by_stream.setdefault(stream, []).append(
+            ("server" if src in host.addresses else "phone", "FIN" if fin in ("1", "True")
+             else "RST"))
+    assert [("server", "FIN"), ("phone", "FIN")] in by_stream.values(), by_stream
+    assert [("server", "FIN"), ("server", "RST")] in by_stream.values(), by_stream
+    assert tshark(path, *CHECKSUMS, "-Y", "tcp.checksum.status==2") == ""
