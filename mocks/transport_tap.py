@@ -51,7 +51,7 @@ class TransportTap:
 
     def __init__(self, tap: Any) -> None:
         self.tap = GuardedTap(tap, "lab transports")
-        self._lingering: set["_Tapped"] = set()
+        self._lingering: set["_TapBase"] = set()
 
     def wrap(self, factory: Callable[[], asyncio.BaseProtocol], *, ssl_context=None,
              ssl_handshake_timeout: Optional[float] = None,
@@ -81,8 +81,8 @@ class TransportTap:
             t.end_linger()
 
 
-class _Tapped(asyncio.Protocol):
-    """In front of one accepted connection's server protocol."""
+class _TapBase(asyncio.BaseProtocol):
+    """In front of one accepted connection's server protocol: all but how bytes arrive."""
 
     __slots__ = ("owner", "inner", "conn", "raw", "half_closed", "phone_fin", "inner_lost",
                  "timer")
@@ -105,10 +105,6 @@ class _Tapped(asyncio.Protocol):
         if peer and here:
             self.conn = self.owner.tap.tcp_open(tuple(peer[:2]), tuple(here[:2]))
         self.inner.connection_made(_TapTransport(transport, self))
-
-    def data_received(self, data: bytes) -> None:
-        if self._read(data):
-            self.inner.data_received(data)
 
     def _read(self, data) -> bool:
         """Report what the phone sent; False if the server had closed (a reset answers)."""
@@ -189,9 +185,20 @@ class _Tapped(asyncio.Protocol):
             self.timer = None
 
 
-class _TappedBuffered(_Tapped, asyncio.BufferedProtocol):
-    """The same in front of a buffered protocol (asyncio's `SSLProtocol` is one): the bytes
-    read are reported from the protocol's own buffer."""
+class _Tapped(_TapBase, asyncio.Protocol):
+    """In front of a server protocol that takes its bytes by `data_received`."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        if self._read(data):
+            self.inner.data_received(data)
+
+
+class _TappedBuffered(_TapBase, asyncio.BufferedProtocol):
+    """In front of a buffered protocol (asyncio's `SSLProtocol` is one): the bytes read are
+    reported from the protocol's own buffer. Not an `asyncio.Protocol`, which uvloop would
+    take for a reason to call `data_received` instead."""
 
     __slots__ = ("buf",)
 
@@ -214,7 +221,7 @@ class _TapTransport(asyncio.Transport):
 
     __slots__ = ("_raw", "_p", "_closing")
 
-    def __init__(self, raw: asyncio.Transport, p: _Tapped) -> None:
+    def __init__(self, raw: asyncio.Transport, p: _TapBase) -> None:
         super().__init__()
         self._raw = raw
         self._p = p

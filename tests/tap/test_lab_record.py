@@ -216,3 +216,32 @@ async def test_the_phones_fin_after_the_server_closed_first_is_recorded(tmp_path
     assert [("server", "FIN"), ("phone", "FIN")] in by_stream.values(), by_stream
     assert [("server", "FIN"), ("server", "RST")] in by_stream.values(), by_stream
     assert tshark(path, *CHECKSUMS, "-Y", "tcp.checksum.status==2") == ""
+
+
+@needs_tshark
+def test_recording_on_uvloop_keeps_tls_working_and_recorded(tmp_path):
+    """uvloop takes any `asyncio.Protocol` for a `data_received` one: the TLS port's tapped
+    protocol must stay a buffered one there, or every TLS login is reset."""
+    pytest.importorskip("uvloop")
+    from testbed.eventloop import run
+
+    path = tmp_path / "uv.pcapng"
+
+    async def main():
+        lab = await start_lab(tmp_path, users=1, record=path)
+        try:
+            s = await session(lab, 0)
+            await s.login()          # over TLS
+            await s.close()
+        finally:
+            await lab.stop()
+        assert not lab.server_errors()
+        return lab.manifest
+
+    m = run(main(), "uvloop")
+    tls_port = m.hosts[SHORT].tls_port
+    sni = fields(path, "tls.handshake.extensions_server_name",
+                 filt="tls.handshake.extensions_server_name",
+                 extra=("-d", f"tcp.port=={tls_port},tls"))
+    assert sni == [[SHORT]]
+    assert tshark(path, "-Y", "tcp.analysis.flags") == ""
