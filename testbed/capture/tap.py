@@ -36,8 +36,8 @@ Statistics Block written at `close()`. A tap closed without being started writes
 Rendering is cheap enough to record a busy lab (bench/bench_tap.py): each connection keeps a
 header template per direction (`_Side`: the MACs, addresses, ports and the one's-complement
 sums of the constant words), so a frame is one `struct` pack of the fields that change, and
-a payload's checksum is one `int.from_bytes` modulo 0xFFFF (`ones_sum`); the writer makes
-one buffered write per packet.
+a payload's checksum is one `int.from_bytes` modulo 0xFFFF (`ones_sum`); a segment and the
+ACK it draws go to the writer in one buffered write.
 
 Everything runs in the event-loop thread; nothing here is thread-safe, and nothing needs
 to be. Memory is bounded: packets go straight to the writer's buffered file.
