@@ -99,6 +99,7 @@ class LabDNS(asyncio.DatagramProtocol):
             self.zones.setdefault(zone, SOA(zone, f"{NS_LABEL}.{zone}", f"hostmaster.{zone}"))
         self.ns_address = ns_address
         self.tcp_server: Optional[asyncio.base_events.Server] = None
+        self.transport_tap = None   # a recording lab's `TransportTap`: TCP queries reported
         self.tcp_connections: set[_TCPConnection] = set()
         self.tcp_idle_s = tcp_idle_s
         self.max_tcp_connections = max_tcp_connections
@@ -129,7 +130,10 @@ class LabDNS(asyncio.DatagramProtocol):
     async def listen_tcp(self, host: str, port: int) -> int:
         """Serve DNS over TCP on host:port (port 0: any free one); returns the bound port."""
         loop = asyncio.get_running_loop()
-        self.tcp_server = await loop.create_server(lambda: _TCPConnection(self), host, port,
+        factory = lambda: _TCPConnection(self)  # noqa: E731
+        if self.transport_tap is not None:
+            factory = self.transport_tap.wrap(factory)
+        self.tcp_server = await loop.create_server(factory, host, port,
                                                    reuse_address=True, backlog=self.backlog)
         return self.tcp_server.sockets[0].getsockname()[1]
 

@@ -5,7 +5,8 @@ aiohttp's `TCPSite` takes a backlog but neither of asyncio's TLS deadlines
 (`ssl_handshake_timeout`, `ssl_shutdown_timeout`: without them a client that stops halfway
 through a handshake holds a socket for 60 s, and one that never sends close_notify holds it
 for 30 s after our response), and it has no per-address cap. `GuardedSite` is a `BaseSite`
-that listens with all of them and puts `CappedProtocol` in front of aiohttp's protocol.
+that listens with all of them and puts `CappedProtocol` in front of aiohttp's protocol (and,
+in a recording lab, `mocks.transport_tap` in front of both).
 `handler_options(limits)` are the options every aiohttp server of the lab is made with: the
 head deadline (aiohttp's keep-alive timeout, which it arms when a connection opens and only a
 complete request head stops), no lingering after a response (the short link drains a refused
@@ -110,15 +111,17 @@ class GuardedSite(web.BaseSite):
     """A TCP (or TLS) site of `runner` on host:port with the lab's limits: the backlog, the
     TLS handshake and close_notify deadlines, and `cap` per client address."""
 
-    __slots__ = ("_host", "_port", "_limits", "_cap", "_reuse_port")
+    __slots__ = ("_host", "_port", "_limits", "_cap", "_reuse_port", "_transport_tap")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, limits: Limits,
-                 cap: AddressCap, ssl_context=None, reuse_port: bool = False) -> None:
+                 cap: AddressCap, ssl_context=None, reuse_port: bool = False,
+                 transport_tap=None) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=limits.listen_backlog)
         self._host, self._port = host, port
         self._limits = limits
         self._cap = cap
         self._reuse_port = reuse_port
+        self._transport_tap = transport_tap   # a recording lab's `TransportTap`, if any
 
     @property
     def name(self) -> str:
@@ -129,11 +132,16 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         kwargs: dict[str, Any] = {}
+        tls = {}
         if self._ssl_context is not None:
-            kwargs = {"ssl": self._ssl_context,
-                      "ssl_handshake_timeout": self._limits.tls_handshake_wall_s,
-                      "ssl_shutdown_timeout": self._limits.tls_close_wall_s}
+            tls = {"ssl_handshake_timeout": self._limits.tls_handshake_wall_s,
+                   "ssl_shutdown_timeout": self._limits.tls_close_wall_s}
+        factory = lambda: CappedProtocol(server, self._cap)  # noqa: E731
+        if self._transport_tap is not None:     # TLS under the tap: it sees the records
+            factory = self._transport_tap.wrap(factory, ssl_context=self._ssl_context, **tls)
+        elif self._ssl_context is not None:
+            kwargs = {"ssl": self._ssl_context, **tls}
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: CappedProtocol(server, self._cap), self._host, self._port,
+            factory, self._host, self._port,
             backlog=self._backlog, reuse_address=True, reuse_port=self._reuse_port or None,
             **kwargs)

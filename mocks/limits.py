@@ -3,7 +3,7 @@
 One `AddressCap` per door (the long link, the short link, each NAT port): a connection from
 an address that already holds `limit` of that door's connections is closed at once, before
 any byte is read, so no single address can take all of a process's open files (20,000 here)
-from the others. Behind a relay (the carrier NAT, the recorder's pass-through) every
+from the others. Behind a relay (the carrier NAT, the faults' pass-through) every
 connection comes from the relay, so the lab puts the cap on the relay's public side and none
 on the servers behind it.
 """

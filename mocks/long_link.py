@@ -350,11 +350,15 @@ class LongLinkServer:
         self.pushes_sent = 0
         self.frames_in = 0
         self.bytes_in = 0
+        self.transport_tap = None   # a recording lab's `TransportTap`: connections reported
         self._unsubscribe = service.store.subscribe(self._on_event)
 
     async def listen(self, host: str, port: int, **kwargs) -> asyncio.base_events.Server:
         self.loop = asyncio.get_running_loop()
-        server = await self.loop.create_server(lambda: LongLinkProtocol(self), host, port,
+        factory = lambda: LongLinkProtocol(self)  # noqa: E731
+        if self.transport_tap is not None:
+            factory = self.transport_tap.wrap(factory)
+        server = await self.loop.create_server(factory, host, port,
                                                reuse_address=True,
                                                backlog=self.limits.listen_backlog, **kwargs)
         self.servers.append(server)

@@ -39,7 +39,8 @@ some protocol seconds after it opened.
 
 With `idle_timeout_s=None` the relay is a pure relay that never expires a mapping (only
 `blackhole_all()` still black-holes): the lab puts one in front of every TCP server when it
-records, so that a tap sees every connection (see below) even without a NAT.
+has faults, which live here (a lab that only records has no relay: its servers report to the
+tap themselves, `mocks/transport_tap.py`).
 
 The tap (`tap=`, an observer such as `testbed.capture.tap.Tap`) is told what crosses the wire
 between the phone and the relay's public address, which is what a capture at the phone would

@@ -2,10 +2,12 @@
 listen. (`testbed.lab` is the lab's configuration as data: profiles, plan, manifest, clock.)
 
 Recording (`LabConfig.record`): the lab writes a pcapng of everything a phone would see on
-its wire, made by the in-process tap (`testbed.capture.tap.Tap`, no privileges). A relay sits
-in front of every TCP server (the carrier NAT when one is configured, else a pass-through
-`NatRelay` that never expires anything) and reports every accepted connection, chunk, FIN and
-reset on its client side; the resolver reports every query and answer. The section comment
+its wire, made by the in-process tap (`testbed.capture.tap.Tap`, no privileges). When the lab
+has a relay in front of every TCP server (the carrier NAT, or the pass-through `NatRelay` that
+carries the faults), the relay reports every accepted connection, chunk, FIN and reset on its
+client side; otherwise the servers report their own connections (`mocks.transport_tap`: no
+relay hop, which would cost every byte once more); the resolver reports every query and
+answer. The section comment
 records the lab manifest without passwords, which exists only once every server is bound, so
 the tap buffers (bounded) until `start()` has the manifest, then opens the file, writes the
 section header with the comment and the buffered packets. In practice nothing is buffered:
@@ -41,6 +43,7 @@ from . import cdn, mapabc
 from .dns import LabDNS
 from .long_link import LongLinkServer
 from .nat import NatRelay
+from .transport_tap import TransportTap
 from .replay import ReplayService, dns_verdict, get_middleware
 from .served import RequestObserver
 from .service import Service
@@ -122,8 +125,11 @@ class Lab:
         self._record_started: Optional[float] = None
         self._flush_handle: Optional[asyncio.TimerHandle] = None
         self.nat: Optional[NatRelay] = None
-        self.relay: Optional[NatRelay] = None   # the NAT, or a pass-through when recording
+        self.relay: Optional[NatRelay] = None   # the NAT, or a pass-through with faults
         self._make_relay()
+        # recording with no relay: the servers' own connections go to the tap
+        self.transport_tap: Optional[TransportTap] = (
+            TransportTap(self.tap) if self.tap is not None and self.relay is None else None)
         # behind a relay every client has the relay's address: what counts per address
         # (connections, wrong logins) is counted where the relay still sees them, or not
         self.server_limits = self.profile.limits if self.relay is None else \
@@ -180,7 +186,8 @@ class Lab:
         cfg = self.config
         extra = {"tap": {"mss": self.tap.mss if self.tap else cfg.record_mss,
                          "isn_seed": self.tap.seed if self.tap else 0,
-                         "relay": "nat" if self.nat is not None else "pass-through"}}
+                         "relay": ("nat" if self.nat is not None else "pass-through"
+                                   if self.relay is not None else "none")}}
         if self.faults is not None:
             extra.update(fault_plan=self.faults.plan.describe(), seed=self.faults.plan.seed)
         if cfg.replay is not None:
@@ -235,6 +242,7 @@ class Lab:
         for name in (MAPABC, QLOGO, QPIC):
             server = AppServer(self.apps[name], host=name, limits=self.server_limits)
             server.observer = self.observer
+            server.transport_tap = self.transport_tap
             self._app_servers.append(server)
             hosts[name] = HostEntry(addrs(name), await same_port(name, ports["http"],
                                                                  server.listen))
@@ -246,6 +254,7 @@ class Lab:
         if self.script is not None:
             self.dns.replay = dns_verdict(self.script, self.clock)
         self.dns.observer = self.observer
+        self.dns.transport_tap = self.transport_tap
         # DNS over TCP shares the UDP port; behind the relay (NAT or recorder) like every
         # other TCP server, so a capture shows it and the NAT forgets it like the rest
         await self.dns.listen(dns_addr, ports["dns"], tcp=self.relay is None)
@@ -255,8 +264,8 @@ class Lab:
         return hosts, dns_addr, dns_port
 
     def _make_relay(self) -> None:
-        """The carrier NAT when configured; else a pass-through relay when recording or
-        faulting (the faults live in the relay, on what the phone's side of it sees)."""
+        """The carrier NAT when configured; else a pass-through relay when faulting (the
+        faults live in the relay, on what the phone's side of it sees)."""
         cfg = self.config
         limits = self.profile.limits
         caps = dict(max_connections_per_address=limits.max_connections_per_address,
@@ -268,7 +277,7 @@ class Lab:
             self.nat = NatRelay(self.clock, cfg.nat_timeout_s, latency_s=cfg.nat_latency_s,
                                 tap=self.tap, faults=self.faults, **caps)
             self.relay = self.nat
-        elif self.tap is not None or self.faults is not None:
+        elif self.faults is not None:
             self.relay = NatRelay(self.clock, None, tap=self.tap, faults=self.faults, **caps)
         else:
             self.relay = None
@@ -285,6 +294,7 @@ class Lab:
             idle_timeout_s=cfg.server_idle_s or self.profile.server_idle_s,
             max_packet_len=cfg.max_packet_len or self.profile.max_packet_len, limits=limits)
         self.short = ShortLinkServer(doors, faults=self.faults, limits=limits)
+        self.long.transport_tap = self.short.transport_tap = self.transport_tap
         self.apps = {MAPABC: mapabc.make_app(), QLOGO: cdn.make_qlogo_app(self.service),
                      QPIC: cdn.make_qpic_app(self.service)}
         if self.script is not None:
@@ -325,6 +335,8 @@ class Lab:
         if self.dns is not None:
             self.dns.close()
             self.dns = None
+        if self.transport_tap is not None:
+            self.transport_tap.close()    # connections still waiting for a phone's FIN
 
     async def _unbind(self) -> None:
         await self._close_servers()

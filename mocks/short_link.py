@@ -73,6 +73,7 @@ class ShortLinkServer:
         self.drained_bytes = 0      # bytes of refused bodies read and discarded
         self.address_cap = AddressCap(limits.max_connections_per_address)
         self.runners: list[web.ServerRunner] = []
+        self.transport_tap = None   # a recording lab's `TransportTap`: connections reported
         self._lowlevel = web.Server(self.handle, access_log=None, **handler_options(limits))
 
     @staticmethod
@@ -228,7 +229,8 @@ class ShortLinkServer:
                                   shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
         site = GuardedSite(runner, host, port, limits=self.limits, cap=self.address_cap,
-                           ssl_context=ssl_context, reuse_port=reuse_port)
+                           ssl_context=ssl_context, reuse_port=reuse_port,
+                           transport_tap=self.transport_tap)
         await site.start()
         self.runners.append(runner)
         return runner.addresses[-1][1]

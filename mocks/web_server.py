@@ -29,6 +29,7 @@ class AppServer:
         self.address_cap = AddressCap(limits.max_connections_per_address)
         self._runner: Optional[web.AppRunner] = None
         self.observer: Optional[RequestObserver] = None
+        self.transport_tap = None   # a recording lab's `TransportTap`: connections reported
         if host:
             app.middlewares.insert(0, observing_middleware(host, lambda: self.observer))
 
@@ -41,7 +42,7 @@ class AppServer:
                                          **handler_options(self.limits))
             await self._runner.setup()
         site = GuardedSite(self._runner, host, port, limits=self.limits, cap=self.address_cap,
-                           reuse_port=reuse_port)
+                           reuse_port=reuse_port, transport_tap=self.transport_tap)
         await site.start()
         return self._runner.addresses[-1][1]
 

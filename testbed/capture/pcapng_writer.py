@@ -67,6 +67,11 @@ MAX_COMMENT = 0xFFFF - 3  # an option's value is at most 65535 bytes (we keep it
 _USERS_KEPT = 50          # users listed in a comment whose manifest would not fit
 
 
+_EPB_HEAD = struct.Struct("<IIIIIII")
+_U32 = struct.Struct("<I")
+_TAILS = (b"", b"\0", b"\0\0", b"\0\0\0")   # padding to 4 bytes, by how much is missing
+
+
 def _pad4(n: int) -> int:
     return (4 - n % 4) % 4
 
@@ -207,6 +212,30 @@ class PcapngWriter:
         units = ts_ns if self.tsresol_ns else (ts_ns + 500) // 1000
         self._write_units(units, frame, origlen)
 
+    def write_units(self, units: int, *frames: bytes) -> None:
+        """Whole packets stamped in the writer's own units (microseconds, or nanoseconds
+        with `tsresol_ns`), the first at `units`, each next one unit later: the tap's path
+        (a segment and its ACK), one buffered write for them all."""
+        parts = []
+        for frame in frames:
+            n = len(frame)
+            if n > self.snaplen or self.closed:
+                self._write_units(units, frame, None)
+                units += 1
+                continue
+            total = 32 + n + (-n & 3)
+            parts += (_EPB_HEAD.pack(_EPB, total, 0, (units >> 32) & 0xFFFFFFFF,
+                                     units & 0xFFFFFFFF, n, n), frame, _TAILS[-n & 3],
+                      _U32.pack(total))
+            self.packets += 1
+            self.bytes += n
+            units += 1
+        self._f.write(b"".join(parts))
+        if self.flush_interval is not None:
+            now = time.monotonic()
+            if now - self._last_flush >= self.flush_interval:
+                self.flush()
+
     def _write_units(self, units: int, frame: bytes, origlen: Optional[int]) -> None:
         if self.closed:
             raise ValueError("write to a closed PcapngWriter")
@@ -216,13 +245,10 @@ class PcapngWriter:
         if n > self.snaplen:
             frame = frame[:self.snaplen]
             n = self.snaplen
-        pad = _pad4(n)
-        total = 32 + n + pad
-        f = self._f
-        f.write(struct.pack("<IIIIIII", _EPB, total, 0, (units >> 32) & 0xFFFFFFFF,
-                            units & 0xFFFFFFFF, n, origlen))
-        f.write(frame)
-        f.write(b"\0" * pad + struct.pack("<I", total))
+        total = 32 + n + (-n & 3)
+        self._f.write(b"".join((_EPB_HEAD.pack(_EPB, total, 0, (units >> 32) & 0xFFFFFFFF,
+                                               units & 0xFFFFFFFF, n, origlen),
+                                frame, _TAILS[-n & 3], _U32.pack(total))))
         self.packets += 1
         self.bytes += origlen
         if self.flush_interval is not None:

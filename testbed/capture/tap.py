@@ -33,19 +33,23 @@ manifest, which the comment records, only exists once every server is bound) buf
 order; packets beyond that bound are counted as drops and recorded in the Interface
 Statistics Block written at `close()`. A tap closed without being started writes nothing.
 
+Rendering is cheap enough to record a busy lab (bench/bench_tap.py): each connection keeps a
+header template per direction (`_Side`: the MACs, addresses, ports and the one's-complement
+sums of the constant words), so a frame is one `struct` pack of the fields that change, and
+a payload's checksum is one `int.from_bytes` modulo 0xFFFF (`ones_sum`); a segment and the
+ACK it draws go to the writer in one buffered write.
+
 Everything runs in the event-loop thread; nothing here is thread-safe, and nothing needs
 to be. Memory is bounded: packets go straight to the writer's buffered file.
 """
 
 from __future__ import annotations
 
-import array
 import ipaddress
 import logging
 import os
 import random
 import struct
-import sys
 import time
 from typing import Any, BinaryIO, Optional, Union
 
@@ -68,27 +72,31 @@ FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 _MOD = 1 << 32
 _TICK = 1e-6   # ordering offset between packets of one event (one microsecond)
 
-_LITTLE = sys.byteorder == "little"
+# Ethernet + IPv4 + TCP headers of one frame, the constant parts as templates of the
+# connection: pre (MACs, ethertype, version/IHL, TOS), total length, IP id, mid (DF, TTL,
+# protocol), IP checksum, addresses and ports, seq, ack, offset and flags, window, TCP
+# checksum, urgent pointer.
+_TCP_FRAME = struct.Struct("!16sHH4sH12sIIHHHH")
+_UDP_FRAME = struct.Struct("!16sHH4sH12sHH")
 
 
-def _sum16(data: bytes) -> int:
-    """The 16-bit one's-complement sum of `data` in *native* word order (RFC 1071: the sum
-    is byte-order independent, so it is stored back in native order with "=H")."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(array.array("H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
+def ones_sum(data: bytes) -> int:
+    """The 16-bit one's-complement sum of `data` (RFC 1071; big-endian words, an odd last
+    byte padded with zero), modulo 0xFFFF. As 2**16 = 1 (mod 0xFFFF), the number the bytes
+    spell is congruent to the sum of their words, and C does the whole sum in one
+    `int.from_bytes` and one remainder. Sums of parts add up modulo 0xFFFF."""
+    n = int.from_bytes(data, "big")
+    if len(data) & 1:
+        n <<= 8
+    return n % 0xFFFF
 
 
-def _checksum(*parts: bytes) -> bytes:
-    s = 0
-    for p in parts:
-        s += _sum16(p)
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return struct.pack("=H", ~s & 0xFFFF)
+def checksum_of(total: int) -> int:
+    """The Internet checksum (the complement of the folded sum) from a sum of `ones_sum`s
+    and 16-bit words. A folded sum congruent to 0 is 0xFFFF (the words are never all zero:
+    the IPv4 header's version and the pseudo-header's protocol are not), whose complement
+    is 0: so the checksum is -total mod 0xFFFF."""
+    return -total % 0xFFFF
 
 
 def mac_for(ip: str) -> bytes:
@@ -96,12 +104,33 @@ def mac_for(ip: str) -> bytes:
     return b"\x02\x00" + ipaddress.IPv4Address(ip).packed
 
 
+class _Side:
+    """What never changes in the frames one side of a connection sends: the header bytes
+    around the fields that do, and the one's-complement sums of the constant words."""
+
+    __slots__ = ("pre", "mid", "addrs", "ip_sum", "tcp_sum", "ip_id")
+
+    def __init__(self, smac: bytes, dmac: bytes, sip: bytes, dip: bytes, sport: int,
+                 dport: int, proto: int, ip_id: list) -> None:
+        self.ip_id = ip_id      # [next IP id] of the source address, shared by its sides
+        self.pre = dmac + smac + struct.pack("!HBB", _ETH_IPV4, 0x45, 0)
+        self.mid = struct.pack("!HBB", 0x4000, TTL, proto)
+        ports = struct.pack("!HH", sport, dport)
+        self.addrs = sip + dip + ports
+        addr_sum = ones_sum(sip + dip)
+        # IPv4 header: version/IHL/TOS, flags/fragment, TTL/protocol, addresses (the total
+        # length, the id and the checksum are added per packet)
+        self.ip_sum = 0x4500 + 0x4000 + (TTL << 8 | proto) + addr_sum
+        # TCP or UDP checksum: the pseudo-header's addresses and protocol, and the ports
+        self.tcp_sum = addr_sum + proto + ones_sum(ports)
+
+
 class Conn:
     """One rendered TCP connection (client side first)."""
 
     __slots__ = ("client", "server", "cip", "sip", "cmac", "smac", "c_next", "s_next",
                  "c_rcv", "s_rcv",
-                 "c_fin", "s_fin", "reset", "bytes_up", "bytes_down")
+                 "c_fin", "s_fin", "reset", "bytes_up", "bytes_down", "up", "down")
 
     def __init__(self, client: Addr, server: Addr, c_isn: int, s_isn: int) -> None:
         self.client = (str(client[0]), int(client[1]))
@@ -110,6 +139,8 @@ class Conn:
         self.sip = ipaddress.IPv4Address(self.server[0]).packed
         self.cmac = mac_for(self.client[0])
         self.smac = mac_for(self.server[0])
+        self.up: Optional[_Side] = None      # the frames each way (made by the tap)
+        self.down: Optional[_Side] = None
         self.c_next = c_isn    # next sequence number the client sends
         self.s_next = s_isn
         self.c_rcv = 0         # what the client acknowledges (the server's bytes it has)
@@ -148,7 +179,7 @@ class Tap:
         self.if_name = if_name
         self.snaplen = snaplen
         self._rng = random.Random(seed)
-        self._ip_ids: dict[bytes, int] = {}
+        self._ip_ids: dict[bytes, list] = {}   # source address -> [its next IP id]
         self._last_us = 0
         self._target = writer_or_path
         self.writer: Optional[PcapngWriter] = None
@@ -230,59 +261,65 @@ class Tap:
         if self.closed:
             return
         self.packets += 1
-        if self.writer is not None:
+        w = self.writer
+        if w is not None:
             try:
-                self.writer.write_ns(ts_us * 1000, frame)
+                w.write_units(ts_us * 1000 if w.tsresol_ns else ts_us, frame)
             except (OSError, ValueError):
-                self._errors += 1
-                self.dropped += 1
-                if self._errors == 1:
-                    log.exception("tap: cannot write %s", self.path)
+                self._write_failed(1)
         elif self._pending is not None and len(self._pending) < self.max_pending:
             self._pending.append((ts_us, frame))
         else:
             self.dropped += 1
 
-    def _ip_id(self, src: bytes) -> int:
-        i = self._ip_ids.get(src)
-        if i is None:
-            i = self._rng.randrange(0x10000)
-        self._ip_ids[src] = (i + 1) & 0xFFFF
-        return i
+    def _write_failed(self, packets: int) -> None:
+        self._errors += 1
+        self.dropped += packets
+        if self._errors == 1:
+            log.exception("tap: cannot write %s", self.path)
 
-    def _ipv4(self, src: bytes, dst: bytes, proto: int, payload: bytes) -> bytes:
-        hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload),
-                                    self._ip_id(src), 0x4000, TTL, proto, 0, src, dst))
-        hdr[10:12] = _checksum(bytes(hdr))
-        return bytes(hdr) + payload
-
-    @staticmethod
-    def _eth(src_mac: bytes, dst_mac: bytes, packet: bytes) -> bytes:
-        return dst_mac + src_mac + struct.pack("!H", _ETH_IPV4) + packet
+    def _ip_counter(self, src: bytes) -> list:
+        """The IP id counter of a source address (IDs start at random, per address)."""
+        ctr = self._ip_ids.get(src)
+        if ctr is None:
+            ctr = self._ip_ids[src] = [self._rng.randrange(0x10000)]
+        return ctr
 
     def _tcp(self, c: Conn, from_client: bool, seq: int, ack: int, flags: int,
              payload: bytes = b"", options: bytes = b"") -> bytes:
-        if from_client:
-            sip, dip, sport, dport, smac, dmac = c.cip, c.sip, c.client[1], c.server[1], \
-                c.cmac, c.smac
-        else:
-            sip, dip, sport, dport, smac, dmac = c.sip, c.cip, c.server[1], c.client[1], \
-                c.smac, c.cmac
-        off = (20 + len(options)) // 4
-        seg = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq % _MOD,
-                                    ack % _MOD if flags & ACK else 0, off << 4, flags, WINDOW,
-                                    0, 0))
-        seg += options
-        seg += payload
-        pseudo = sip + dip + struct.pack("!BBH", 0, _PROTO_TCP, len(seg))
-        seg[16:18] = _checksum(pseudo, bytes(seg))
-        return self._eth(smac, dmac, self._ipv4(sip, dip, _PROTO_TCP, bytes(seg)))
+        """One Ethernet/IPv4/TCP frame from the connection's header template: only the
+        lengths, the IP id, seq, ack, flags and the two checksums are computed."""
+        side = c.up if from_client else c.down
+        body = options + payload if options else payload
+        tcp_len = 20 + len(body)
+        total = 20 + tcp_len
+        ctr = side.ip_id
+        ip_id = ctr[0]
+        ctr[0] = (ip_id + 1) & 0xFFFF
+        seq %= _MOD
+        ack = ack % _MOD if flags & ACK else 0
+        offflags = (20 + len(options)) << 10 | flags     # data offset in words, << 12
+        tcp_sum = (side.tcp_sum + tcp_len + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16)
+                   + (ack & 0xFFFF) + offflags + WINDOW)
+        if body:    # ones_sum, inline (the hot path)
+            b = int.from_bytes(body, "big")
+            tcp_sum += (b << 8 if len(body) & 1 else b) % 0xFFFF
+        # checksum_of, inline: -sum mod 0xFFFF
+        head = _TCP_FRAME.pack(side.pre, total, ip_id, side.mid,
+                               -(side.ip_sum + total + ip_id) % 0xFFFF, side.addrs, seq,
+                               ack, offflags, WINDOW, -tcp_sum % 0xFFFF, 0)
+        return head + body if body else head
 
     # ------------------------------------------------------------------ TCP events
     def tcp_open(self, client: Addr, server: Addr, ts: Optional[float] = None) -> Conn:
         """A connection was accepted: SYN, SYN-ACK, ACK (MSS option on both SYNs)."""
         rng = self._rng
         c = Conn(client, server, rng.getrandbits(32), rng.getrandbits(32))
+        # the client's counter first: its SYN is the first packet (the same draws as ever)
+        c.up = _Side(c.cmac, c.smac, c.cip, c.sip, c.client[1], c.server[1], _PROTO_TCP,
+                     self._ip_counter(c.cip))
+        c.down = _Side(c.smac, c.cmac, c.sip, c.cip, c.server[1], c.client[1], _PROTO_TCP,
+                       self._ip_counter(c.sip))
         self.connections += 1
         mss_opt = struct.pack("!BBH", 2, 4, self.mss)
         t = self._stamp(ts)
@@ -309,32 +346,56 @@ class Tap:
         t = self._stamp(ts)
         mss = self.mss
         n = len(data)
-        mv = memoryview(data)
-        unacked = 0
-        for off in range(0, n, mss):
-            piece = bytes(mv[off:off + mss])
-            last = off + mss >= n
+        if n <= mss and acked:   # most chunks: one segment, PSH, and the peer's ACK
             if from_client:
-                seq, ack = c.c_next, c.c_rcv
+                seg = self._tcp(c, True, c.c_next, c.c_rcv, ACK | PSH, data)
+                c.c_next = c.s_rcv = (c.c_next + n) % _MOD
+                ack = self._tcp(c, False, c.s_next, c.s_rcv, ACK)
             else:
-                seq, ack = c.s_next, c.s_rcv
-            flags = ACK | (PSH if last else 0)
-            frame = self._tcp(c, from_client, seq, ack, flags, piece)
-            self._emit(t, frame)
-            if from_client:
-                c.c_next = (c.c_next + len(piece)) % _MOD
+                seg = self._tcp(c, False, c.s_next, c.s_rcv, ACK | PSH, data)
+                c.s_next = c.c_rcv = (c.s_next + n) % _MOD
+                ack = self._tcp(c, True, c.c_next, c.c_rcv, ACK)
+            w = self.writer
+            if w is not None and not self.closed and not w.tsresol_ns:
+                self._last_us = t + 1
+                self.packets += 2
+                try:
+                    w.write_units(t, seg, ack)
+                except (OSError, ValueError):
+                    self._write_failed(2)
             else:
-                c.s_next = (c.s_next + len(piece)) % _MOD
-            unacked += 1
-            if acked and (unacked == 2 or last):
-                self._peer_ack(c, from_client)
-                unacked = 0
-            if not last:
-                t = self._next()
+                self._emit(t, seg)
+                self._emit(self._next(), ack)
+        elif n <= mss:
+            self._segment(c, from_client, t, data, PSH, False)
+        else:
+            mv = memoryview(data)
+            unacked = 0
+            for off in range(0, n, mss):
+                last = off + mss >= n
+                unacked += 1
+                self._segment(c, from_client, t, bytes(mv[off:off + mss]),
+                              PSH if last else 0, acked and (unacked == 2 or last))
+                if unacked == 2:
+                    unacked = 0
+                if not last:
+                    t = self._next()
         if from_client:
             c.bytes_up += n
         else:
             c.bytes_down += n
+
+    def _segment(self, c: Conn, from_client: bool, t: int, piece: bytes, psh: int,
+                 acked: bool) -> None:
+        """One data segment at `t`, then (if `acked`) the receiver's ACK of everything."""
+        if from_client:
+            self._emit(t, self._tcp(c, True, c.c_next, c.c_rcv, ACK | psh, piece))
+            c.c_next = (c.c_next + len(piece)) % _MOD
+        else:
+            self._emit(t, self._tcp(c, False, c.s_next, c.s_rcv, ACK | psh, piece))
+            c.s_next = (c.s_next + len(piece)) % _MOD
+        if acked:
+            self._peer_ack(c, from_client)
 
     def _peer_ack(self, c: Conn, from_client: bool) -> None:
         """The receiver of `from_client`'s bytes acknowledges everything so far."""
@@ -381,16 +442,19 @@ class Tap:
         """One datagram (DNS): Ethernet/IPv4/UDP with its checksum."""
         sip = ipaddress.IPv4Address(src[0]).packed
         dip = ipaddress.IPv4Address(dst[0]).packed
+        ctr = self._ip_counter(sip)
+        side = _Side(mac_for(src[0]), mac_for(dst[0]), sip, dip, int(src[1]), int(dst[1]),
+                     _PROTO_UDP, ctr)
         ulen = 8 + len(payload)
-        seg = bytearray(struct.pack("!HHHH", int(src[1]), int(dst[1]), ulen, 0) + payload)
-        pseudo = sip + dip + struct.pack("!BBH", 0, _PROTO_UDP, ulen)
-        cs = _checksum(pseudo, bytes(seg))
-        if cs == b"\0\0":
-            cs = b"\xff\xff"   # 0 means "no checksum" in UDP
-        seg[6:8] = cs
+        total = 20 + ulen
+        ip_id = ctr[0]
+        ctr[0] = (ip_id + 1) & 0xFFFF
+        cs = checksum_of(side.tcp_sum + 2 * ulen + ones_sum(payload))  # pseudo and header
+        frame = _UDP_FRAME.pack(side.pre, total, ip_id, side.mid,
+                                checksum_of(side.ip_sum + total + ip_id), side.addrs, ulen,
+                                cs or 0xFFFF) + payload   # 0 means "no checksum" in UDP
         self.datagrams += 1
-        self._emit(self._stamp(ts), self._eth(mac_for(src[0]), mac_for(dst[0]),
-                                              self._ipv4(sip, dip, _PROTO_UDP, bytes(seg))))
+        self._emit(self._stamp(ts), frame)
 
     def stats(self) -> dict[str, Any]:
         return {"packets": self.packets, "dropped": self.dropped,

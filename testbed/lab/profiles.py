@@ -79,7 +79,7 @@ class Limits:
 
     def behind_relay(self) -> "Limits":
         """These limits for a server every client reaches through a relay (the carrier NAT,
-        the recorder's pass-through): all its clients share the relay's address, so what is
+        the faults' pass-through): all its clients share the relay's address, so what is
         counted per address is off there (the relay keeps the connection cap)."""
         return dataclasses.replace(self, max_connections_per_address=None,
                                    login_max_failures_per_address=0)

@@ -36,7 +36,7 @@ async def recorded(tmp_path):
                           record_comment_extra={"scenario": "test_lab_record"})
     try:
         assert lab.record_path == path and lab.tap is not None and lab.tap.started
-        assert lab.nat is None and lab.relay is not None   # a pass-through relay
+        assert lab.relay is None and lab.transport_tap is not None   # the servers report
         alice, bob = await session(lab, 0), await session(lab, 1)
         await bob.login()
         await alice.login()
@@ -67,7 +67,7 @@ async def test_capture_is_clean_and_says_how_it_was_made(recorded):
     assert c["how"] == "tap" and c["synthesised"] is True
     assert c["profile"] == "lab-report-2013" and c["time_scale"] == lab.clock.scale
     assert c["fault_plan"] is None and c["seed"] is None and c["testbed_version"]
-    assert c["scenario"] == "test_lab_record" and c["tap"]["relay"] == "pass-through"
+    assert c["scenario"] == "test_lab_record" and c["tap"]["relay"] == "none"
     assert c["manifest"]["hosts"][LONG]["port"] == lab.manifest.hosts[LONG].port
     assert [u["username"] for u in c["manifest"]["users"]] == \
         [u["username"] for u in lab.manifest.users]
@@ -175,3 +175,73 @@ async def test_live_capture_is_readable_while_the_lab_runs(tmp_path):
         assert [LONG] in rows
     finally:
         await lab.stop()
+
+
+@needs_tshark
+async def test_the_phones_fin_after_the_server_closed_first_is_recorded(tmp_path):
+    """With no relay the servers report their own connections: one the server closes first
+    (an HTTP `Connection: close`) still shows the phone's FIN after the server's, and bytes
+    sent into a connection the server closed draw a reset, as from a real closed socket."""
+    path = tmp_path / "close.pcapng"
+    lab = await start_lab(tmp_path, users=1, record=path)
+    try:
+        assert lab.relay is None
+        host = lab.manifest.hosts[SHORT]
+        local = (phone_of(lab), 0) if phone_of(lab) else None
+        request = (f"GET / HTTP/1.1\r\nHost: {SHORT}\r\nConnection: close\r\n\r\n").encode()
+        reader, writer = await asyncio.open_connection(host.addresses[0], host.port,
+                                                       local_addr=local)
+        writer.write(request)
+        assert (await reader.read()).startswith(b"HTTP/1.1 ")     # then the server's FIN
+        writer.close()
+        await writer.wait_closed()
+        reader, writer = await asyncio.open_connection(host.addresses[0], host.port,
+                                                       local_addr=local)
+        writer.write(request)
+        await reader.read()
+        writer.write(b"more, after the server closed")
+        await asyncio.sleep(0.2)
+        writer.close()
+        await asyncio.sleep(0.05)
+        assert lab.transport_tap.lingering == 0
+    finally:
+        await lab.stop()
+    rows = fields(path, "tcp.stream", "ip.src", "tcp.flags.fin", "tcp.flags.reset",
+                  filt=f"tcp.port=={host.port} && (tcp.flags.fin==1 || tcp.flags.reset==1)")
+    by_stream: dict[str, list] = {}
+    for stream, src, fin, rst in rows:
+        by_stream.setdefault(stream, []).append(
+            ("server" if src in host.addresses else "phone", "FIN" if fin in ("1", "True")
+             else "RST"))
+    assert [("server", "FIN"), ("phone", "FIN")] in by_stream.values(), by_stream
+    assert [("server", "FIN"), ("server", "RST")] in by_stream.values(), by_stream
+    assert tshark(path, *CHECKSUMS, "-Y", "tcp.checksum.status==2") == ""
+
+
+@needs_tshark
+def test_recording_on_uvloop_keeps_tls_working_and_recorded(tmp_path):
+    """uvloop takes any `asyncio.Protocol` for a `data_received` one: the TLS port's tapped
+    protocol must stay a buffered one there, or every TLS login is reset."""
+    pytest.importorskip("uvloop")
+    from testbed.eventloop import run
+
+    path = tmp_path / "uv.pcapng"
+
+    async def main():
+        lab = await start_lab(tmp_path, users=1, record=path)
+        try:
+            s = await session(lab, 0)
+            await s.login()          # over TLS
+            await s.close()
+        finally:
+            await lab.stop()
+        assert not lab.server_errors()
+        return lab.manifest
+
+    m = run(main(), "uvloop")
+    tls_port = m.hosts[SHORT].tls_port
+    sni = fields(path, "tls.handshake.extensions_server_name",
+                 filt="tls.handshake.extensions_server_name",
+                 extra=("-d", f"tcp.port=={tls_port},tls"))
+    assert sni == [[SHORT]]
+    assert tshark(path, "-Y", "tcp.analysis.flags") == ""

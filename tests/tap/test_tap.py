@@ -9,7 +9,9 @@ import pytest
 
 from testbed.capture.packets import read_capture
 from testbed.capture.pcapng_writer import PcapngWriter
-from testbed.capture.tap import Tap, mac_for
+import random
+
+from testbed.capture.tap import Tap, checksum_of, mac_for, ones_sum
 
 from .tshark import CHECKSUMS, conversations, fields, needs_tshark, tshark
 
@@ -193,3 +195,26 @@ def test_tap_over_an_existing_writer(tmp_path):
     tap.udp(("127.0.0.87", 1000), DNS, b"\0" * 12)
     tap.close()
     assert w.closed and w.packets == 1
+
+
+def rfc1071(data: bytes) -> int:
+    """The Internet checksum the slow way: 16-bit words, end-around carry, complement."""
+    if len(data) % 2:
+        data += b"\0"
+    s = 0
+    for i in range(0, len(data), 2):
+        s += data[i] << 8 | data[i + 1]
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def test_checksum_equals_the_word_by_word_sum():
+    rng = random.Random(5)
+    cases = [b"\x45", b"\xff\xff", b"\x12\x34\xed\xcb", b"\x00\x06\xff\xf9",
+             b"\xff" * 1461, b"\x80\x00" * 3, b"\x00\x01" + b"\x00" * 1459]
+    cases += [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 1600)))
+              for _ in range(300)]
+    for data in cases:
+        assert checksum_of(ones_sum(data)) == rfc1071(data), data[:16]
+        cut = rng.randrange(0, len(data) // 2 + 1) * 2     # parts add up
+        assert checksum_of(ones_sum(data[:cut]) + ones_sum(data[cut:])) == rfc1071(data)

@@ -34,7 +34,10 @@ class StudyConfig:
     seed: int = 1
     server_idle_s: Optional[float] = None   # None: the profile's (660 s)
     profile: str = "lab-report-2013"
-    start_concurrency: int = 8              # phones logging in (or going online) at once
+    # phones logging in (or going online) at once, per process: each step is a few round
+    # trips through busy loops, so 8 at a time left 3,000 phones 27 s of logins and 182 s
+    # between the first and the last going online; 64: 10 s and 51 s (docs/performance.md)
+    start_concurrency: int = 64
     processes: Optional[int] = None         # phone processes; 0: phones in the lab's process;
                                             # None: 2 where there are 2 CPUs or more, else 0
     loop: str = "auto"                      # event loop of phone processes: auto/asyncio/uvloop
