@@ -104,11 +104,10 @@ def _run_shard(path: str, shard: int, shards: int, options: dict) -> tuple:
     r = a.finish()
     r.packets, r.first_ts, r.last_ts = owned.count, owned.first_ts, owned.last_ts
     r.truncated, r.error, r.drops = cap.truncated, cap.error, dict(cap.drops or {})
-    flows = a.ended_flows()
-    firsts = {flow.id: flow.first_index for flow in flows}
-    ends = {flow.id: (0, flow.end_index) if flow.end_index is not None
-            else (1, flow.first_index) for flow in flows}
-    return r, firsts, ends, a.first_client_bytes()
+    ended = a.ended()
+    firsts = {id_: first for id_, first, _end, _head in ended}
+    ends = {id_: (0, end) if end is not None else (1, first) for id_, first, end, _head in ended}
+    return r, firsts, ends, {id_: head for id_, _first, _end, head in ended}
 
 
 def _child(conn, path: str, shard: int, shards: int, options: dict) -> None:
