@@ -25,8 +25,7 @@ from typing import Iterable, Iterator, Optional
 from .analyze import DNS_PORTS, Analysis, Analyzer, find_relay_legs, time_scale_of
 from .packets import Segment, decode, read_capture
 
-_ENDS = struct.Struct("!4s4sHH").unpack_from      # IPv4 addresses and TCP ports, from 26
-_IP4 = struct.Struct("!I").unpack
+_ENDS = struct.Struct("!IIHH").unpack_from      # IPv4 addresses and TCP ports, from 26
 _IPINT: dict[str, int] = {}
 
 
@@ -71,8 +70,8 @@ class _Owned:
                     # Ethernet, IPv4 without options, TCP: decided from the bytes (the
                     # addresses as numbers are what shard_of uses too)
                     src, dst, sport, dport = _ENDS(data, 26)
-                    if sport in DNS_PORTS or dport in DNS_PORTS or (
-                            _IP4(src)[0] ^ _IP4(dst)[0] ^ sport ^ dport) % n == mine:
+                    if (src ^ dst ^ sport ^ dport) % n == mine or sport in DNS_PORTS \
+                            or dport in DNS_PORTS:
                         yield pkt
                     continue
                 item = decode(pkt)
