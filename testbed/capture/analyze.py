@@ -2,8 +2,10 @@
 what the verifier and the report read.
 
 One pass over the file: packets are decoded, TCP segments reassembled per flow, stream bytes
-dissected into events. Memory is bounded by the open flows (and by the events kept, which a
-caller can switch off for huge captures).
+dissected into events. Memory follows the open flows: an ended flow keeps its state for
+its late packets for `LINGER_S` capture seconds, then only its row's values (about 1.2 KB) and
+its handshake (`Analysis.handshakes`, about 1 KB); the events kept, which a caller can switch
+off for huge captures, come on top.
 """
 
 from __future__ import annotations
