@@ -39,7 +39,9 @@ about 10 packets per event), the wall clock, start-up included, of
   (i) `testbed analyze --json --jobs 2 FILE`, on every core             -- ours, sharded
 
 interleaved, the median of the rounds, with the ratios (f) against (g) (target >= 1.5x) and
-(h) (target >= 2x), (i)'s speed-up over (f), and (f)'s peak RSS against the file's size.
+(h) (target >= 2x), (i)'s speed-up over (f), and (f)'s peak RSS against the file's size;
+and (f)'s peak RSS on a busy capture of a fifth of the packets: the bytes each flow more
+costs.
 """
 
 from __future__ import annotations
@@ -588,6 +590,20 @@ def measure_commands(shapes: dict[str, tuple[str, dict]], rounds: int) -> bool:
     return ok
 
 
+def memory_by_size(tmp: str, path: str, st: dict) -> None:
+    """Peak RSS of (f) on the busy capture and on one of a fifth of its packets: what each
+    flow more costs (what memory follows is the open flows, 2,000 in both, and those ended
+    in the last `analyze.LINGER_S` capture seconds; an ended flow is then its row)."""
+    small = os.path.join(tmp, "busy-small.pcap")
+    st_small = synthesize_busy(small, st["packets"] // 5)
+    peaks = [run_command(command_lines(p)["ours"], None)["maxrss_kb"] for p in (small, path)]
+    extra = st["flows"] - st_small["flows"]
+    print(f"peak RSS of (f) on the busy lab: {peaks[0] / 1024:.1f} MiB at "
+          f"{st_small['packets']:,} packets ({st_small['flows']:,} flows), "
+          f"{peaks[1] / 1024:.1f} MiB at {st['packets']:,} ({st['flows']:,} flows): "
+          f"{(peaks[1] - peaks[0]) * 1024 / max(extra, 1):,.0f} bytes per flow more")
+
+
 def in_child(fn, path: str) -> dict:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -705,6 +721,7 @@ def measure(n: int, args) -> None:
         ok &= measure_commands({"random payloads (the first capture)": (path, st),
                                 "busy lab": (busy_path, st_busy)},
                                args.command_rounds or max(rounds, 3))
+        memory_by_size(tmp, busy_path, st_busy)
         if not ok:
             print("BELOW TARGET")
     finally:

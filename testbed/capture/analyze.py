@@ -2,8 +2,10 @@
 what the verifier and the report read.
 
 One pass over the file: packets are decoded, TCP segments reassembled per flow, stream bytes
-dissected into events. Memory is bounded by the open flows (and by the events kept, which a
-caller can switch off for huge captures).
+dissected into events. Memory follows the open flows: an ended flow keeps its state for
+its late packets for `LINGER_S` capture seconds, then only its row's values (about 1.2 KB) and
+its handshake (`Analysis.handshakes`, about 1 KB); the events kept, which a caller can switch
+off for huge captures, come on top.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ DNS_PORTS = (53, 5353)      # DNS and the lab's unprivileged DNS (also mDNS over
 ARP_IPV4_ETHERNET = b"\x00\x01\x08\x00\x06\x04"   # hardware 1, protocol IPv4, sizes 6 and 4
 MAX_ARP_KEPT = 1000         # ARP messages kept (IPv4 over Ethernet: op, sender, target)
 MADE_BY = ("tap", "sniffer")   # a section comment's "how" (anything else: not the testbed's)
+# Capture seconds an ended flow stays findable by its 4-tuple, for its late packets (the
+# last ACK, a FIN sent again): a segment later than twice RFC 793's maximum segment
+# lifetime (TIME_WAIT at its longest) cannot belong to it, and starts a new flow.
+LINGER_S = 240.0
+#: the keys of a flow's row in `Analysis.flows`, in order
+ROW_KEYS = ("id", "client", "server", "host", "app", "kind", "requests", "closed_by",
+            "fin_acks", "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "start", "end",
+            "heartbeat_s", "data_segments_c2s", "data_segments_s2c", "violation", "tcp")
 
 
 @dataclass
@@ -175,9 +185,13 @@ class Analyzer:
         self.result = Analysis(path="")
         self.time_scale = time_scale
         self.ip_names: dict[str, str] = {}
+        # An ended flow stays findable for its late packets, then is folded into its
+        # compact record: memory follows the open flows, plus a record per ended one.
         self.table = FlowTable(on_data=self._on_data, on_flow_end=self._on_flow_end,
-                               on_analysis=self._on_analysis)
-        self._ended: list[tuple] = []        # (flow, what its dissection found), by end
+                               on_analysis=self._on_analysis, on_forget=self._on_forget,
+                               keep_flows=False, linger=LINGER_S)
+        self._lingering: dict[int, tuple] = {}   # id -> (flow, what its dissection found)
+        self._records: list[tuple] = []          # `_record` of each forgotten flow
         self._cur_index = 0
         self._cur_dir = "c2s"
 
@@ -293,8 +307,9 @@ class Analyzer:
         if isinstance(info.stream, HttpStream):
             self._cur_dir = "s2c"
             info.stream.close()
-        # the flow's packet counts can still grow (its last ACK): the row is made at finish
-        self._ended.append((flow, self._dissected(flow, info)))
+        # the flow's packet counts can still grow (its last ACK): the row is made when
+        # the table forgets it, or at finish
+        self._lingering[flow.id] = (flow, self._dissected(flow, info))
         for needle in info.needles:
             self.result.needles_seen.setdefault(needle.decode("utf-8", "replace"), []).append(
                 {"flow": flow.id, "app": info.app, "host": info.host})
@@ -321,7 +336,25 @@ class Analyzer:
                 "heartbeat_s": None if hb is None else round(hb * self.time_scale, 3),
                 "violation": getattr(stream, "violation", None)}
 
-    def _row(self, flow, found: dict) -> dict:
+    def _on_forget(self, flow) -> None:
+        _flow, found = self._lingering.pop(flow.id)
+        self._records.append(self._record(flow, found))
+
+    def _record(self, flow, found: dict) -> tuple:
+        """What is kept of an ended flow once its counts are final: its row's values
+        (`ROW_KEYS`; the host still to be named from DNS, which may come later), its first
+        client bytes, its first packet, the packet that ended it and its server address."""
+        return (self._row_values(flow, found), found["first_c2s"], flow.first_index,
+                flow.end_index, flow.server[0])
+
+    def _row(self, values: tuple, server_ip: str) -> dict:
+        row = dict(zip(ROW_KEYS, values))
+        row["host"] = row["host"] or self.ip_names.get(server_ip, "")
+        row["fin_acks"] = dict(zip(("c2s", "s2c"), row["fin_acks"]))
+        row["tcp"] = dict(row["tcp"])
+        return row
+
+    def _row_values(self, flow, found: dict) -> tuple:
         wall = flow.last_ts - flow.first_ts
         lived = wall * self.time_scale
         # a FIN from one side is a close by FIN, even if the capture ends before the other's
@@ -334,21 +367,13 @@ class Analyzer:
             kind = "short"
         else:
             kind = "other"          # nothing exchanged (a raced connection reset), 2, unclosed
-        return {
-            "id": flow.id, "client": f"{flow.client[0]}:{flow.client[1]}",
-            "server": f"{flow.server[0]}:{flow.server[1]}",
-            "host": found["host"] or self.ip_names.get(flow.server[0], ""),
-            "app": found["app"], "kind": kind, "requests": found["requests"],
-            "closed_by": closed, "fin_acks": dict(flow.fin_acks),
-            "packets_c2s": flow.packets_c2s, "packets_s2c": flow.packets_s2c,
-            "bytes_c2s": flow.bytes_c2s, "bytes_s2c": flow.bytes_s2c,
-            "start": flow.first_ts, "end": flow.last_ts,
-            "heartbeat_s": found["heartbeat_s"],
-            "data_segments_c2s": flow.data_segments_c2s,
-            "data_segments_s2c": flow.data_segments_s2c,
-            "violation": found["violation"],
-            "tcp": dict(flow.analysis),
-        }
+        fin_acks = flow.fin_acks
+        return (flow.id, f"{flow.client[0]}:{flow.client[1]}",
+                f"{flow.server[0]}:{flow.server[1]}", found["host"], found["app"], kind,
+                found["requests"], closed, (fin_acks["c2s"], fin_acks["s2c"]),
+                flow.packets_c2s, flow.packets_s2c, flow.bytes_c2s, flow.bytes_s2c,
+                flow.first_ts, flow.last_ts, found["heartbeat_s"], flow.data_segments_c2s,
+                flow.data_segments_s2c, found["violation"], tuple(flow.analysis.items()))
 
     # ---------------------------------------------------------------- packets
     def feed_packet(self, pkt) -> None:
@@ -450,24 +475,26 @@ class Analyzer:
             self._emit(Event(ts, kind, flow, direction, src, dst, fields["name"], fields,
                              index))
 
-    def ended_flows(self) -> list:
-        """The TCP flows (`flows.TcpFlow`) in the order they ended."""
-        return [flow for flow, _found in self._ended]
-
-    def first_client_bytes(self) -> dict[int, bytes]:
-        """Each ended flow's first client bytes (up to `legs.FIRST_BYTES`), by flow id."""
-        return {flow.id: found["first_c2s"] for flow, found in self._ended}
+    def ended(self) -> list[tuple]:
+        """Each TCP flow, after `finish`: (id, its first packet, the packet that ended it
+        or None for the end of the capture, its first client bytes)."""
+        return [(values[0], first, end, head)
+                for values, head, first, end, _ip in self._records]
 
     def finish(self) -> Analysis:
         self.table.close()
+        for flow, found in self._lingering.values():
+            self._records.append(self._record(flow, found))
+        self._lingering.clear()
         r = self.result
-        r.flows = [self._row(flow, found) for flow, found in self._ended]
+        r.flows = [self._row(values, ip) for values, _head, _first, _end, ip in self._records]
         r.tcp = self.table.totals()
         r.udp = [u.summary() for u in self.table.udp.values()]
         r.handshakes = self.table.handshakes
         r.flows.sort(key=lambda f: (f["start"], f["id"]))
         r.events.sort(key=lambda e: (e.ts, e.index))
-        find_relay_legs(r, self.first_client_bytes(), keep=self.all_legs)
+        find_relay_legs(r, {id_: head for id_, _first, _end, head in self.ended()},
+                        keep=self.all_legs)
         return r
 
 

@@ -239,6 +239,8 @@ class FlowTable:
                                            new SYN on the 4-tuple, or close()
       on_datagram(conv, direction, dgram)  every UDP datagram ("c2s": from the first sender)
       on_analysis(flow, segment, flags)    segments with tcp.analysis flags (tcp_analysis.*)
+      on_forget(flow)                      an ended flow is forgotten (`linger`): its
+                                           counts are final, its 4-tuple will be a new flow
 
     Results: `flows` (TcpFlow, in order of first packet, ids 0.. as tshark's tcp.stream),
     `udp` ({(endpoint, endpoint) sorted: UdpConversation}), `totals()` / `counts`
@@ -252,6 +254,7 @@ class FlowTable:
                  on_gap: Optional[Callable[[TcpFlow, str, float, int], None]] = None,
                  on_datagram: Optional[Callable[[UdpConversation, str, Datagram], None]] = None,
                  on_analysis: Optional[Callable[[TcpFlow, Segment, int], None]] = None,
+                 on_forget: Optional[Callable[[TcpFlow], None]] = None,
                  max_buffer: int = DEFAULT_MAX_BUFFER, keep_flows: bool = True,
                  linger: Optional[float] = None) -> None:
         self.on_data = on_data
@@ -259,6 +262,7 @@ class FlowTable:
         self.on_gap = on_gap
         self.on_datagram = on_datagram
         self.on_analysis = on_analysis
+        self.on_forget = on_forget
         self.max_buffer = max_buffer
         self.keep_flows = keep_flows
         # Ended flows stay findable by their 4-tuple (late ACKs, retransmitted FINs count in
@@ -304,6 +308,8 @@ class FlowTable:
                 ent = self._map.get(key)
                 if ent is not None and ent[0] is flow:
                     del self._map[key]
+            if self.on_forget is not None:
+                self.on_forget(flow)
 
     def _new_flow(self, s: Segment, flags: int) -> tuple[TcpFlow, bool]:
         if self._ended:

@@ -15,18 +15,11 @@ them (`testbed analyze --all-legs`).
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Iterable
 
 FIRST_BYTES = 64        # client bytes a flow is fingerprinted by
 LEG_DELAY_S = 2.0       # wall seconds between the phone's connection and the relay's at most
-
-
-def _ip(endpoint: str) -> str:
-    return endpoint.rpartition(":")[0]
-
-
-def _port(endpoint: str) -> str:
-    return endpoint.rpartition(":")[2]
 
 
 def relay_legs(flows: Iterable[dict], first_bytes: dict[int, bytes]) -> dict[int, int]:
@@ -36,23 +29,31 @@ def relay_legs(flows: Iterable[dict], first_bytes: dict[int, bytes]) -> dict[int
     A flow is a leg of an earlier one to the same server address on another port, begun
     at most LEG_DELAY_S after it, whose first client bytes are the same (and not empty);
     each connection has at most one leg, and a leg relays nothing itself."""
-    by_head: dict[tuple[str, bytes], list[dict]] = {}
+    # by server address and first bytes, then by server port: the connections not relayed
+    # yet, begun within LEG_DELAY_S, as (their order, start, id); by port, because on a busy
+    # lab thousands of connections go to one server port with the same first bytes, and
+    # none of them can be a leg of another
+    by_head: dict[tuple[str, bytes], dict[str, deque]] = {}
     legs: dict[int, int] = {}
-    relayed: set[int] = set()
-    for f in flows:
+    for order, f in enumerate(flows):
         head = first_bytes.get(f["id"], b"")
         if not head:
             continue
-        key = (_ip(f["server"]), head)
-        earlier = by_head.setdefault(key, [])
-        earlier[:] = [p for p in earlier if f["start"] - p["start"] <= LEG_DELAY_S]
-        for p in earlier:
-            if p["id"] in relayed or p["id"] in legs \
-                    or _port(p["server"]) == _port(f["server"]):
-                continue
-            legs[f["id"]] = p["id"]
-            relayed.add(p["id"])
-            break
+        ip, _, port = f["server"].rpartition(":")
+        ports = by_head.setdefault((ip, head), {})
+        start = f["start"]
+        best = None
+        for p, waiting in list(ports.items()):
+            while waiting and start - waiting[0][1] > LEG_DELAY_S:
+                waiting.popleft()
+            if not waiting:
+                del ports[p]
+            elif p != port and (best is None or waiting[0] < ports[best][0]):
+                best = p
+        if best is None:
+            ports.setdefault(port, deque()).append((order, start, f["id"]))
         else:
-            earlier.append(f)
+            legs[f["id"]] = ports[best].popleft()[2]
+            if not ports[best]:
+                del ports[best]
     return legs

@@ -25,8 +25,7 @@ from typing import Iterable, Iterator, Optional
 from .analyze import DNS_PORTS, Analysis, Analyzer, find_relay_legs, time_scale_of
 from .packets import Segment, decode, read_capture
 
-_ENDS = struct.Struct("!4s4sHH").unpack_from      # IPv4 addresses and TCP ports, from 26
-_IP4 = struct.Struct("!I").unpack
+_ENDS = struct.Struct("!IIHH").unpack_from      # IPv4 addresses and TCP ports, from 26
 _IPINT: dict[str, int] = {}
 
 
@@ -71,8 +70,8 @@ class _Owned:
                     # Ethernet, IPv4 without options, TCP: decided from the bytes (the
                     # addresses as numbers are what shard_of uses too)
                     src, dst, sport, dport = _ENDS(data, 26)
-                    if sport in DNS_PORTS or dport in DNS_PORTS or (
-                            _IP4(src)[0] ^ _IP4(dst)[0] ^ sport ^ dport) % n == mine:
+                    if (src ^ dst ^ sport ^ dport) % n == mine or sport in DNS_PORTS \
+                            or dport in DNS_PORTS:
                         yield pkt
                     continue
                 item = decode(pkt)
@@ -104,11 +103,10 @@ def _run_shard(path: str, shard: int, shards: int, options: dict) -> tuple:
     r = a.finish()
     r.packets, r.first_ts, r.last_ts = owned.count, owned.first_ts, owned.last_ts
     r.truncated, r.error, r.drops = cap.truncated, cap.error, dict(cap.drops or {})
-    flows = a.ended_flows()
-    firsts = {flow.id: flow.first_index for flow in flows}
-    ends = {flow.id: (0, flow.end_index) if flow.end_index is not None
-            else (1, flow.first_index) for flow in flows}
-    return r, firsts, ends, a.first_client_bytes()
+    ended = a.ended()
+    firsts = {id_: first for id_, first, _end, _head in ended}
+    ends = {id_: (0, end) if end is not None else (1, first) for id_, first, end, _head in ended}
+    return r, firsts, ends, {id_: head for id_, _first, _end, head in ended}
 
 
 def _child(conn, path: str, shard: int, shards: int, options: dict) -> None:

@@ -179,6 +179,40 @@ def test_the_row_is_made_once_per_flow(tmp_path, flags):
     assert len(a.flows) == (2 if flags == SYN else 1)
 
 
+
+def test_ended_flows_are_kept_as_their_rows(tmp_path, monkeypatch):
+    """On a capture longer than the linger, a flow that ended long ago is only its row
+    (memory follows the open flows), and the document is the one keeping every flow gives:
+    late ACKs within the linger count. A segment on a 4-tuple long forgotten is a new flow."""
+    from testbed.capture import analyze as analyze_module
+    from testbed.capture.analyze import LINGER_S, Analyzer
+    from testbed.capture.packets import read_capture
+
+    segs = []
+    for i in range(40):
+        c = Conn(client=("198.18.0.1", 41000 + i), t0=100.0 + 20 * i)
+        segs += c.handshake() + [c.c(b"GET / HTTP/1.1\r\n\r\n"),
+                                 c.s(b"HTTP/1.1 204 No\r\n\r\n")] + close(c)
+        segs.append(c.c(ts=c.ts + 30))                # a late ACK
+    first = Conn(client=("198.18.0.1", 41000))
+    segs.append(first.c(ts=100.0 + 20 * 40 + LINGER_S))
+    segs.sort(key=lambda s: s.ts)
+    p = write(tmp_path, segs)
+    a = Analyzer(keep_events=False)
+    a.feed_packets(read_capture(str(p)))
+    # the flows ended in the last LINGER_S capture seconds, and the open one
+    assert len(a.table._map) <= 2 * (LINGER_S / 20 + 2)
+    doc = a.finish().summary()
+    assert len(doc["flows"]) == 41 and doc["flows"][-1]["kind"] == "other"
+    assert [(f["packets_c2s"], f["packets_s2c"]) for f in doc["flows"][:40]] == [(6, 3)] * 40
+    monkeypatch.setattr(analyze_module, "LINGER_S", 1e9)
+    kept = Analyzer(keep_events=False)
+    kept.feed_packets(read_capture(str(p)))
+    doc_kept = kept.finish().summary()
+    assert len(kept.table._map) == 2 * 40
+    assert doc_kept["flows"][1:40] == doc["flows"][1:40]
+    assert doc_kept["flows"][0]["packets_c2s"] == 7  # the segment long after: the same flow
+
 # ------------------------------------------------------------------------ DNS over TCP
 def dns_message(qid: int, name: str, answers=(), cname: str = "") -> bytes:
     import dpkt

@@ -111,6 +111,26 @@ def test_long_link_frames_and_violation():
     assert out[1][1]["name"] == "cmd 1000000999" and out[1][2] is None   # not in the table
 
 
+
+def test_long_link_counts_without_events_are_the_counts_with_them():
+    """Without events a segment of one whole frame is read from its header: the requests,
+    NOOP times and violation are what the decoder finds, however the bytes are cut."""
+    frames = [encode_frame(6, 1), encode_frame(237, 2, b"x" * 40),
+              encode_frame(6 + 1_000_000_000, 1), encode_frame(6, 3), struct.pack(">IHHII", 16, 16, 2, 6, 9), encode_frame(6, 4)]
+    for cuts in ([], [3], [16, 17], [20, 60, 61]):
+        whole = b"".join(frames)
+        pieces = [whole[a:b] for a, b in zip([0] + cuts, cuts + [len(whole)])] if cuts \
+            else frames
+        streams = [LongLinkStream(), collect(LongLinkStream)[1]]
+        for i, piece in enumerate(pieces):
+            for st in streams:
+                st.data("c2s", float(i), piece)
+        counted, full = streams
+        assert (counted.requests, counted.noop_ts, counted.violation) == \
+            (full.requests, full.noop_ts, full.violation)
+        assert full.requests == 3 and len(full.noop_ts) == 2 and "version" in full.violation
+
+
 def test_classify_and_dns():
     assert classify(b"\x16\xf1\x04\x00" + b"\x00" * 20) == "unknown"    # MMTLS
     assert classify(b"PO") is None and classify(b"GET /") == "http"
