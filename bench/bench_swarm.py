@@ -60,7 +60,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -721,35 +720,6 @@ async def run_bench(args, netns: str | None) -> int:
 
 
 # ---------------------------------------------------------------------------- entry
-def run_in_netns(name: str) -> int:
-    """`ip netns exec` this very script (with --netns-inner) and wait; delete the namespace
-    afterwards. The inner run stops its own children; we stop only the inner process."""
-    cmd = ["ip", "netns", "exec", name, sys.executable, os.path.abspath(__file__),
-           *sys.argv[1:], "--netns-inner", name]
-    proc = subprocess.Popen(cmd)
-    try:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            # the inner run got the same SIGINT from the terminal; make sure it did
-            try:
-                proc.send_signal(signal.SIGINT)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            return 130
-    finally:
-        c.netns_delete(name)
-
-
 def _sigterm(*_):
     raise KeyboardInterrupt
 
@@ -792,7 +762,7 @@ def main() -> int:
     if args.netns_inner is None and not args.no_netns and os.geteuid() == 0:
         name = c.netns_create("bench-swarm")
         if name:
-            return run_in_netns(name)
+            return c.run_in_netns(name, __file__)
         c.note("could not create a network namespace: running in the host namespace")
     try:
         return asyncio.run(run_bench(args, args.netns_inner))
