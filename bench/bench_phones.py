@@ -5,8 +5,9 @@ A redis-server is started for the run and `testbed lab up --store redis://... --
 on it (W long-link and W short-link workers, SO_REUSEPORT; one process holds at most 20,000
 open files here, so 50,000 links need W >= 3), seeded with one user per phone. `--clients P`
 client processes (the testbed's fleet runner, `testbed.fleet.Fleet`) each bind their own
-source address (`client_address`: 127.99.0.1+i, its own ephemeral ports) and hold their
-share of the phones. Every phone is the full `Phone`: DNS, login over TLS, init sync over the
+source addresses (`--addresses` of them, `client_address`: 127.99.0.1+, phone by phone,
+each with its own ephemeral ports and under the lab's per-address connection cap) and hold
+their share of the phones. Every phone is the full `Phone`: DNS, login over TLS, init sync over the
 short link, long link with IDENTIFY, sync, then its heartbeat loop (`Phone.run`: a NOOP when
 the link has been quiet for the profile's interval, 300 protocol s).
 
@@ -102,7 +103,10 @@ async def phones_worker(p: dict, channel) -> dict:
     manifest = load_manifest(p["manifest"])
     users = manifest.users[p["first"]:p["first"] + p["count"]]
     manifest.users = []              # each phone holds the manifest: not 50,000 users
-    local = client_address(manifest.dns_address, p["index"])
+    # each phone binds one of the process's source addresses: phones come from many
+    # addresses, as real ones do (each with its own ports, under the lab's per-address cap)
+    k = p["addresses"]
+    sources = [client_address(manifest.dns_address, p["index"] * k + j) for j in range(k)]
     clock = Clock(manifest.time_scale)
     ssl_context_for(manifest)        # the one TLS context, before the baseline
     rtts = array.array("d")
@@ -118,12 +122,13 @@ async def phones_worker(p: dict, channel) -> dict:
         before = len(phones)
         mark_rtts = take_rtts()       # heartbeats of the phones already up, during the logins
 
-        async def one(u: dict) -> None:
+        async def one(i: int, u: dict) -> None:
             async with sem:
                 if time.time() > deadline:
                     failures["not started: --max-seconds"] += 1
                     return
-                ph = Phone(manifest, u["username"], u["password"], local_addr=local,
+                ph = Phone(manifest, u["username"], u["password"],
+                           local_addr=sources[i % k],
                            clock=clock, link_observer=HeartbeatTimer(rtts))
                 t = time.monotonic()
                 try:
@@ -138,7 +143,7 @@ async def phones_worker(p: dict, channel) -> dict:
                 runs.append(asyncio.ensure_future(ph.run(stop)))
 
         start = len(phones) + sum(failures.values())
-        await asyncio.gather(*(one(u) for u in users[start:target]))
+        await asyncio.gather(*(one(i, users[i]) for i in range(start, min(target, len(users)))))
         return {"up": len(phones), "added": len(phones) - before,
                 "wall": time.monotonic() - t0, "cpu": time.process_time() - cpu0,
                 "login_times": times.tobytes(), "rtts": mark_rtts + take_rtts(),
@@ -165,7 +170,7 @@ async def phones_worker(p: dict, channel) -> dict:
                                 and t.exception() is not None)
         return dict(out) | {"rtts": take_rtts()}
 
-    channel.send("ready", {"pid": os.getpid(), "src": local, "rss_base": c.rss_kb(),
+    channel.send("ready", {"pid": os.getpid(), "sources": sources, "rss_base": c.rss_kb(),
                            "users": len(users)})
     while True:
         kind, *args = await channel.receive()
@@ -257,7 +262,7 @@ async def run_bench(args) -> dict:
     result = {"config": {"steps": args.steps, "clients": args.clients,
                          "workers": args.workers, "time_scale": args.time_scale,
                          "heartbeat_s": hb_s, "window_s": args.window,
-                         "concurrency": args.concurrency, "client_loop": args.client_loop,
+                         "concurrency": args.concurrency, "addresses": args.addresses, "client_loop": args.client_loop,
                          "lab_uvloop": args.lab_uvloop, "max_seconds": args.max_seconds,
                          "netns": args.netns_inner},
               "steps": [], "stopped": ""}
@@ -290,7 +295,8 @@ async def _steps(args, proc, manifest, redis: RedisServer, deadline: float,
     result["seeded"] = {"lab_rss_kb": lab_rss0, "redis": redis0}
     shares = _shares(n, args.clients)
     payloads = [{"manifest": str(manifest), "index": i, "first": sum(shares[:i]),
-                 "count": shares[i], "concurrency": args.concurrency}
+                 "count": shares[i], "concurrency": args.concurrency,
+                 "addresses": args.addresses}
                 for i in range(args.clients)]
     async with Fleet(phones_worker, payloads, loop=args.client_loop,
                      name="phone-client") as fleet:
@@ -477,6 +483,8 @@ def main() -> int:
                        help="logins in flight per client process (32)")
         p.add_argument("--max-seconds", type=float, help="the whole run at most "
                        "(900; --quick 120)")
+        p.add_argument("--addresses", type=int, default=8,
+                       help="source addresses per client process (8), phone by phone")
         p.add_argument("--client-loop", choices=c.LOOPS,
                        default="uvloop" if c.have_uvloop() else "asyncio")
         p.add_argument("--lab-uvloop", action="store_true", help="run the lab on uvloop")
@@ -494,7 +502,7 @@ def main() -> int:
     args.window = args.window if args.window is not None else (4.0 if args.quick else 15.0)
     args.max_seconds = args.max_seconds or (120.0 if args.quick else 900.0)
     if args.steps != sorted(args.steps) or args.steps[0] < args.clients or \
-            min(args.clients, args.workers, args.concurrency) < 1 or args.window <= 0:
+            min(args.clients, args.workers, args.concurrency, args.addresses) < 1 or args.window <= 0:
         print("--steps must grow, from at least one phone per client process; --clients, "
               "--workers, --concurrency and --window must be positive", file=sys.stderr)
         return 2
