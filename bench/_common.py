@@ -324,6 +324,36 @@ def run_in_netns(name: str, script: str) -> int:
         netns_delete(name)
 
 
+def add_netns_options(p: argparse.ArgumentParser) -> None:
+    """--no-netns, and the hidden --netns-inner of the run re-executed in a namespace."""
+    p.add_argument("--no-netns", action="store_true", help="stay in the host network namespace")
+    p.add_argument("--netns-inner", help=argparse.SUPPRESS)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def run_isolated(prefix: str, script: str, args: argparse.Namespace,
+                 body: Callable[[], int]) -> int:
+    """`body()`, as root in a fresh network namespace (`script` re-executed there by
+    `run_in_netns`, unless --no-netns), else in the host's. Ctrl-C and SIGTERM stop it and
+    every process it started (even when started with SIGINT ignored, as a background job)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.netns_inner is None and not args.no_netns and os.geteuid() == 0:
+        name = netns_create(prefix)
+        if name:
+            return run_in_netns(name, script)
+        print("could not create a network namespace: running in the host namespace",
+              file=sys.stderr, flush=True)
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print("interrupted: stopped every process this benchmark started", flush=True)
+        return 130
+
+
 @atexit.register
 def _sweep_netns() -> None:
     _sweep()  # the processes first, then their namespaces

@@ -45,7 +45,6 @@ import asyncio
 import collections
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -464,10 +463,6 @@ def verdict(r: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- entry
-def _sigterm(*_):
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--steps", help="phones at each step, comma-separated "
@@ -488,10 +483,8 @@ def main() -> int:
         p.add_argument("--client-loop", choices=c.LOOPS,
                        default="uvloop" if c.have_uvloop() else "asyncio")
         p.add_argument("--lab-uvloop", action="store_true", help="run the lab on uvloop")
-        p.add_argument("--no-netns", action="store_true",
-                       help="stay in the host network namespace")
         p.add_argument("--json", action="store_true", help="the figures as JSON")
-        p.add_argument("--netns-inner", help=argparse.SUPPRESS)
+        c.add_netns_options(p)
 
     args = c.parse_args(__doc__.splitlines()[0], extra)
     args.steps = ([int(x) for x in args.steps.split(",")] if args.steps
@@ -516,25 +509,15 @@ def main() -> int:
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 1
-    # Ctrl-C and SIGTERM clean up, even when started with SIGINT ignored (a background job)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _sigterm)
-    if args.netns_inner is None and not args.no_netns and os.geteuid() == 0:
-        name = c.netns_create("bench-phones")
-        if name:
-            return c.run_in_netns(name, __file__)
-        say("could not create a network namespace: running in the host namespace")
-    try:
-        r = c.run(run_bench(args), "asyncio")
-    except KeyboardInterrupt:
-        print("interrupted: stopped every process this benchmark started", flush=True)
-        return 130
-    if args.json:
-        print(json.dumps(r, indent=2))
-    else:
-        print_report(r)
-    return 0
 
+    def body() -> int:
+        r = c.run(run_bench(args), "asyncio")
+        if args.json:
+            print(json.dumps(r, indent=2), flush=True)
+        else:
+            print_report(r)
+        return 0
+    return c.run_isolated("bench-phones", __file__, args, body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -720,10 +720,6 @@ async def run_bench(args, netns: str | None) -> int:
 
 
 # ---------------------------------------------------------------------------- entry
-def _sigterm(*_):
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--links", type=int, help="links in all (20,000; --quick 2,000)")
@@ -742,9 +738,7 @@ def main() -> int:
                        help="servers' event loop (asyncio, as the lab runs)")
         p.add_argument("--client-loop", choices=c.LOOPS,
                        default="uvloop" if c.have_uvloop() else "asyncio")
-        p.add_argument("--no-netns", action="store_true",
-                       help="stay in the host network namespace")
-        p.add_argument("--netns-inner", help=argparse.SUPPRESS)
+        c.add_netns_options(p)
 
     args = c.parse_args(__doc__.splitlines()[0], extra)
     args.links = args.links or (2000 if args.quick else 20000)
@@ -756,20 +750,8 @@ def main() -> int:
     if "uvloop" in (args.server_loop, args.client_loop) and not c.have_uvloop():
         print("uvloop is not installed")
         return 2
-    # Ctrl-C and SIGTERM clean up, even when started with SIGINT ignored (a background job)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _sigterm)
-    if args.netns_inner is None and not args.no_netns and os.geteuid() == 0:
-        name = c.netns_create("bench-swarm")
-        if name:
-            return c.run_in_netns(name, __file__)
-        c.note("could not create a network namespace: running in the host namespace")
-    try:
-        return asyncio.run(run_bench(args, args.netns_inner))
-    except KeyboardInterrupt:
-        print("interrupted: stopped every process this benchmark started", flush=True)
-        return 130
-
+    return c.run_isolated("bench-swarm", __file__, args,
+                          lambda: asyncio.run(run_bench(args, args.netns_inner)))
 
 if __name__ == "__main__":
     sys.exit(main())
