@@ -43,6 +43,7 @@ import argparse
 import array
 import asyncio
 import collections
+import gc
 import json
 import os
 import sys
@@ -89,6 +90,33 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+class GcPauses:
+    """The cyclic garbage collector's pauses in this process (`gc.callbacks`): with 12,500
+    phones in one process a full collection walks millions of objects while every phone's
+    event loop waits, which shows up as heartbeat latency."""
+
+    def __init__(self) -> None:
+        self.t0 = 0.0
+        self.total = self.longest = 0.0
+        self.count = 0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, _info: dict) -> None:
+        if phase == "start":
+            self.t0 = time.perf_counter()
+            return
+        took = time.perf_counter() - self.t0
+        self.total += took
+        self.longest = max(self.longest, took)
+        self.count += 1
+
+    def take(self) -> dict:
+        out = {"gc_s": self.total, "gc_max_s": self.longest, "gcs": self.count}
+        self.total = self.longest = 0.0
+        self.count = 0
+        return out
+
+
 # ---------------------------------------------------------------------------- client process
 async def phones_worker(p: dict, channel) -> dict:
     """A client process (a fleet worker): its slice of the lab's users, started as phones on
@@ -109,6 +137,7 @@ async def phones_worker(p: dict, channel) -> dict:
     clock = Clock(manifest.time_scale)
     ssl_context_for(manifest)        # the one TLS context, before the baseline
     rtts = array.array("d")
+    pauses = GcPauses()
     phones: list = []
     runs: list = []
     stop = asyncio.Event()
@@ -143,10 +172,13 @@ async def phones_worker(p: dict, channel) -> dict:
 
         start = len(phones) + sum(failures.values())
         await asyncio.gather(*(one(i, users[i]) for i in range(start, min(target, len(users)))))
+        if p["gc_freeze"]:   # what is up stays up: later collections need not walk it
+            gc.collect()
+            gc.freeze()
         return {"up": len(phones), "added": len(phones) - before,
                 "wall": time.monotonic() - t0, "cpu": time.process_time() - cpu0,
                 "login_times": times.tobytes(), "rtts": mark_rtts + take_rtts(),
-                "failures": dict(failures)}
+                "failures": dict(failures), **pauses.take()}
 
     def take_rtts() -> bytes:
         out = rtts.tobytes()
@@ -167,7 +199,7 @@ async def phones_worker(p: dict, channel) -> dict:
             out["open"] += link is not None and link.is_open
         out["run_errors"] = sum(1 for t in runs if t.done() and not t.cancelled()
                                 and t.exception() is not None)
-        return dict(out) | {"rtts": take_rtts()}
+        return dict(out) | {"rtts": take_rtts()} | pauses.take()
 
     channel.send("ready", {"pid": os.getpid(), "sources": sources, "rss_base": c.rss_kb(),
                            "users": len(users)})
@@ -238,12 +270,14 @@ def _shares(total: int, parts: int) -> list[int]:
 
 
 def _merge(marks: list[dict]) -> dict:
+    """Counts summed over the client processes; round trips pooled; the longest GC pause."""
     out = collections.Counter()
     rtts = array.array("d")
     for m in marks:
         rtts.frombytes(m["rtts"])
-        out.update({k: v for k, v in m.items() if k != "rtts"})
-    return dict(out) | {"rtts": sorted(rtts)}
+        out.update({k: v for k, v in m.items() if k not in ("rtts", "gc_max_s")})
+    return dict(out) | {"rtts": sorted(rtts),
+                        "gc_max_s": max((m["gc_max_s"] for m in marks), default=0.0)}
 
 
 async def run_bench(args) -> dict:
@@ -262,7 +296,8 @@ async def run_bench(args) -> dict:
                          "workers": args.workers, "time_scale": args.time_scale,
                          "heartbeat_s": hb_s, "window_s": args.window,
                          "concurrency": args.concurrency, "addresses": args.addresses, "client_loop": args.client_loop,
-                         "lab_uvloop": args.lab_uvloop, "max_seconds": args.max_seconds,
+                         "lab_uvloop": args.lab_uvloop,
+                         "gc_freeze": not args.no_gc_freeze, "max_seconds": args.max_seconds,
                          "netns": args.netns_inner},
               "steps": [], "stopped": ""}
     with tempfile.TemporaryDirectory(prefix="bench-phones-") as tmp:
@@ -295,7 +330,7 @@ async def _steps(args, proc, manifest, redis: RedisServer, deadline: float,
     shares = _shares(n, args.clients)
     payloads = [{"manifest": str(manifest), "index": i, "first": sum(shares[:i]),
                  "count": shares[i], "concurrency": args.concurrency,
-                 "addresses": args.addresses}
+                 "addresses": args.addresses, "gc_freeze": not args.no_gc_freeze}
                 for i in range(args.clients)]
     async with Fleet(phones_worker, payloads, loop=args.client_loop,
                      name="phone-client") as fleet:
@@ -384,6 +419,9 @@ async def _step(args, fleet, target: int, deadline: float, proc, redis, cpids, r
         "ramp_noop_p50_ms": _chat.pct(ramp_rtts, 0.5) * 1e3,
         "ramp_noop_p99_ms": _chat.pct(ramp_rtts, 0.99) * 1e3, "ramp_noops": len(ramp_rtts),
         "window": delta, "run_errors": m1.get("run_errors", 0),
+        "client_gc_window_s": m1["gc_s"], "client_gc_max_ms": m1["gc_max_s"] * 1e3,
+        "client_gc_logins_s": sum(g["gc_s"] for g in grown),
+        "client_gc_logins_max_ms": max(g["gc_max_s"] for g in grown) * 1e3,
         "cpu_ramp": share(ramp, ramp_roles), "cpu_window": share(w, roles),
         "load_before": load0, "load_after": load1,
         "lab_us_per_login": sum(ramp["per_pid"][:len(ramp_roles)]) * ramp["wall"]
@@ -414,7 +452,9 @@ def _progress(s: dict) -> None:
         f" KB, lab {s['lab_kb_per_phone']:.1f} KB, Redis {s['redis_kb_per_phone']:.2f} KB "
         f"per phone; {_failed(s)} failed logins, {_hb_errors(s)} heartbeat failures; CPU "
         f"per login: lab {s['lab_us_per_login'] / 1e3:.1f} ms, client "
-        f"{s['client_us_per_login'] / 1e3:.1f} ms; lab cores in logins: {roles}; "
+        f"{s['client_us_per_login'] / 1e3:.1f} ms; lab cores in logins: {roles}; client "
+        f"GC pauses: longest {s['client_gc_max_ms']:.0f} ms in the window, "
+        f"{s['client_gc_logins_max_ms']:.0f} ms in the logins; "
         f"load {s['load_after'][0]:.1f}")
 
 
@@ -474,12 +514,15 @@ def main() -> int:
                        help="protocol seconds per wall second (10; --quick 100)")
         p.add_argument("--window", type=float, help="seconds of heartbeats only, after "
                        "each step (15; --quick 4)")
-        p.add_argument("--concurrency", type=int, default=32,
-                       help="logins in flight per client process (32)")
+        p.add_argument("--concurrency", type=int, default=16,
+                       help="logins in flight per client process (16)")
         p.add_argument("--max-seconds", type=float, help="the whole run at most "
                        "(900; --quick 120)")
         p.add_argument("--addresses", type=int, default=8,
                        help="source addresses per client process (8), phone by phone")
+        p.add_argument("--no-gc-freeze", action="store_true",
+                       help="leave the phones up to the clients' garbage collector (by "
+                       "default each step ends with gc.freeze())")
         p.add_argument("--client-loop", choices=c.LOOPS,
                        default="uvloop" if c.have_uvloop() else "asyncio")
         p.add_argument("--lab-uvloop", action="store_true", help="run the lab on uvloop")
