@@ -12,7 +12,9 @@ short link, long link with IDENTIFY, sync, then its heartbeat loop (`Phone.run`:
 the link has been quiet for the profile's interval, 300 protocol s).
 
 The phones come up in steps (default 5,000, 10,000, 20,000, 50,000; at most
-`--concurrency` logins in flight per client process). After each step, a window of
+`--concurrency` logins in flight per client process). After each step the clients call
+`gc.freeze()` (the phones that are up are not walked by the collector again), then comes
+a window of
 `--window` seconds in which nothing but heartbeats happens. Per step: phones up, login rate
 and per-phone login time, client RSS per phone (over each client process's RSS before its
 first phone), lab RSS per phone (every process of the lab summed, over the lab before the
@@ -23,7 +25,7 @@ closed links, reconnects), failed logins, and the CPU of the lab, the clients, R
 everything else, with the load average. The time scale (default 10) makes the 300 s
 heartbeat one every 30 wall seconds per phone (1,667 NOOPs/s at 50,000) and the 20 s NOOP
 timeout 2 wall seconds; a NOOP answered later counts as a silent death and the phone
-reconnects, as a real one would.
+reconnects, as a real one would. The clients' GC pauses are reported too.
 
 It stops at the first step that did not bring every phone up, or when `--max-seconds` runs
 out (the step under way then stops logging in phones, and its window is still measured);
