@@ -338,13 +338,14 @@ async def _steps(args, proc, manifest, redis: RedisServer, deadline: float,
                      name="phone-client") as fleet:
         ready = await fleet.collect("ready", timeout=120)
         cpids = fleet.pids
+        totals: dict = {}     # the phones' heartbeat counts at the end of the last window
         for target in args.steps:
             left = deadline - time.monotonic()
             if left < args.window + WINDOW_MARGIN_S:
                 result["stopped"] = f"--max-seconds: no time left for the {target:,} step"
                 break
-            step = await _step(args, fleet, target, deadline, proc, redis, cpids, ready,
-                               lab_rss0, redis0)
+            step, totals = await _step(args, fleet, target, deadline, proc, redis, cpids,
+                                       ready, lab_rss0, redis0, totals)
             result["steps"].append(step)
             _progress(step)
             if step["up"] < target:
@@ -355,8 +356,14 @@ async def _steps(args, proc, manifest, redis: RedisServer, deadline: float,
         await asyncio.wait_for(fleet.run(), 60)
 
 
+HEARTBEAT_COUNTS = ("heartbeats_sent", "heartbeats_answered", "silent_deaths", "links_closed",
+                    "reconnects", "reconnect_failures")
+
+
 async def _step(args, fleet, target: int, deadline: float, proc, redis, cpids, ready,
-                lab_rss0, redis0) -> dict:
+                lab_rss0, redis0, before: dict) -> tuple[dict, dict]:
+    """One step: grow to `target` phones, then the window. Returns its figures and the
+    phones' heartbeat counts at its end (`before` of the next step)."""
     roles = ramp_roles = lab_roles(proc.pid)          # a restarted worker has a new pid
     pids = list(roles) + [redis.proc.pid] + cpids
     grow_until = time.time() + (deadline - time.monotonic()) - args.window - WINDOW_MARGIN_S
@@ -386,9 +393,8 @@ async def _step(args, fleet, target: int, deadline: float, proc, redis, cpids, r
     lab_rss = rss_by_role(lab_roles(proc.pid))
     mem = redis_memory(redis)
 
-    delta = {k: m1.get(k, 0) - m0.get(k, 0) for k in
-             ("heartbeats_sent", "heartbeats_answered", "silent_deaths", "links_closed",
-              "reconnects", "reconnect_failures")}
+    delta = {k: m1.get(k, 0) - m0.get(k, 0) for k in HEARTBEAT_COUNTS}
+    in_logins = {k: m0.get(k, 0) - before.get(k, 0) for k in HEARTBEAT_COUNTS}
     rtts = m1["rtts"]
 
     def share(cpu_win: dict, roles: dict) -> dict:
@@ -420,7 +426,7 @@ async def _step(args, fleet, target: int, deadline: float, proc, redis, cpids, r
         "noops_per_s": len(rtts) / w["wall"],
         "ramp_noop_p50_ms": _chat.pct(ramp_rtts, 0.5) * 1e3,
         "ramp_noop_p99_ms": _chat.pct(ramp_rtts, 0.99) * 1e3, "ramp_noops": len(ramp_rtts),
-        "window": delta, "run_errors": m1.get("run_errors", 0),
+        "window": delta, "during_logins": in_logins, "run_errors": m1.get("run_errors", 0),
         "client_gc_window_s": m1["gc_s"], "client_gc_max_ms": m1["gc_max_s"] * 1e3,
         "client_gc_logins_s": sum(g["gc_s"] for g in grown),
         "client_gc_logins_max_ms": max(g["gc_max_s"] for g in grown) * 1e3,
@@ -429,7 +435,7 @@ async def _step(args, fleet, target: int, deadline: float, proc, redis, cpids, r
         "lab_us_per_login": sum(ramp["per_pid"][:len(ramp_roles)]) * ramp["wall"]
         / max(1, added) * 1e6,
         "client_us_per_login": sum(g["cpu"] for g in grown) / max(1, added) * 1e6,
-    }
+    }, {k: m1.get(k, 0) for k in HEARTBEAT_COUNTS}
 
 
 async def _ask(fleet, kind: str) -> list:
@@ -441,9 +447,12 @@ def _failed(step: dict) -> int:
     return sum(step["failures"].values())
 
 
-def _hb_errors(step: dict) -> int:
-    d = step["window"]
-    return d["silent_deaths"] + d["links_closed"] + step["run_errors"]
+def _hb_errors(step: dict, when: str = "window") -> int:
+    """Heartbeats that failed (silent deaths, closed links) in the window or in the logins;
+    heartbeat loops that raised count in the window."""
+    d = step[when]
+    return d["silent_deaths"] + d["links_closed"] + (step["run_errors"] if when == "window"
+                                                     else 0)
 
 
 def _progress(s: dict) -> None:
@@ -452,7 +461,8 @@ def _progress(s: dict) -> None:
         f"{s['login_rate']:,.0f}/s); NOOP p50/p99 {s['noop_p50_ms']:.1f}/"
         f"{s['noop_p99_ms']:.1f} ms ({s['noops']:,}); client {s['client_kb_per_phone']:.1f}"
         f" KB, lab {s['lab_kb_per_phone']:.1f} KB, Redis {s['redis_kb_per_phone']:.2f} KB "
-        f"per phone; {_failed(s)} failed logins, {_hb_errors(s)} heartbeat failures; CPU "
+        f"per phone; {_failed(s)} failed logins, {_hb_errors(s)} heartbeat failures in the "
+        f"window, {_hb_errors(s, 'during_logins')} during the logins; CPU "
         f"per login: lab {s['lab_us_per_login'] / 1e3:.1f} ms, client "
         f"{s['client_us_per_login'] / 1e3:.1f} ms; lab cores in logins: {roles}; client "
         f"GC pauses: longest {s['client_gc_max_ms']:.0f} ms in the window, "
@@ -472,7 +482,7 @@ def print_report(r: dict) -> None:
             f"{s['redis_kb_per_phone']:.2f}",
             f"{s['noop_p50_ms']:.1f} / {s['noop_p99_ms']:.1f}",
             f"{s['ramp_noop_p99_ms']:.0f}", f"{s['noops']:,}",
-            f"{_failed(s)} / {_hb_errors(s)} / {s['window']['reconnects']}",
+            f"{_failed(s)} / {_hb_errors(s)} / {_hb_errors(s, 'during_logins')}",
             f"{pc(cr['lab'])}/{pc(cr['clients'])}/{pc(cr['redis'])}/{pc(cr['other'])}",
             f"{pc(cw['lab'])}/{pc(cw['clients'])}/{pc(cw['redis'])}/{pc(cw['other'])}",
             f"{s['load_after'][0]:.1f}"])
@@ -483,7 +493,7 @@ def print_report(r: dict) -> None:
         f" s (x{cfg['time_scale']:g}), {cfg['window_s']:g} s window",
         ["step", "phones up", "logins/s", "login p50/p99 s", "client KB/phone",
          "lab KB/phone", "Redis KB/phone", "NOOP p50/p99 ms", "p99 in logins ms",
-         "NOOPs in window", "failed logins / hb fails / reconnects",
+         "NOOPs in window", "failed logins / hb fails window / in logins",
          "CPU % logins lab/cli/redis/other", "CPU % window lab/cli/redis/other", "load 1m"],
         rows)
     for s in r["steps"]:
