@@ -753,5 +753,6 @@ def main() -> int:
     return c.run_isolated("bench-swarm", __file__, args,
                           lambda: asyncio.run(run_bench(args, args.netns_inner)))
 
+
 if __name__ == "__main__":
     sys.exit(main())
