@@ -537,7 +537,7 @@ def main() -> int:
         p.add_argument("--concurrency", type=int, default=16,
                        help="logins in flight per client process (16)")
         p.add_argument("--max-seconds", type=float, help="the whole run at most "
-                       "(900; --quick 120)")
+                       "(1200; --quick 120)")
         p.add_argument("--addresses", type=int, default=8,
                        help="source addresses per client process (8), phone by phone")
         p.add_argument("--no-gc-freeze", action="store_true",
@@ -556,7 +556,7 @@ def main() -> int:
     args.workers = args.workers or (2 if args.quick else 4)
     args.time_scale = args.time_scale or (100.0 if args.quick else 10.0)
     args.window = args.window if args.window is not None else (4.0 if args.quick else 15.0)
-    args.max_seconds = args.max_seconds or (120.0 if args.quick else 900.0)
+    args.max_seconds = args.max_seconds or (120.0 if args.quick else 1200.0)
     if args.steps != sorted(args.steps) or args.steps[0] < args.clients or \
             min(args.clients, args.workers, args.concurrency, args.addresses) < 1 or args.window <= 0:
         print("--steps must grow, from at least one phone per client process; --clients, "
