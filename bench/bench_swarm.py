@@ -70,7 +70,6 @@ import _common as c  # noqa: E402
 SERVER_ADDRS = ("127.77.0.11", "127.77.0.12")   # the long link's two A records
 NETNS_PORT = 8080                                # the long link's port, in our own namespace
 MIN_WALL_TIMEOUT = 0.05                          # as testbed.client.phone: timer jitter floor
-BACKLOG = 4096
 SAMPLE_EVERY_S = 5.0                             # identified_count() polls in the window
 
 
@@ -115,7 +114,7 @@ def server_main(conn, host: str, port: int, n: int, users: int, scale: float,
         clock = Clock(scale)
         srv = LongLinkServer(Service(store, clock), clock)
         base = c.rss_kb()
-        server = await srv.listen(host, port, backlog=BACKLOG)
+        server = await srv.listen(host, port)   # the accept backlog: the limits' 4,096
         conn.send(("ready", {"port": server.sockets[0].getsockname()[1], "rss_base": base,
                              "pid": os.getpid()}))
 
