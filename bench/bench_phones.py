@@ -14,7 +14,7 @@ the link has been quiet for the profile's interval, 300 protocol s).
 The phones come up in steps (default 5,000, 10,000, 20,000, 50,000; at most
 `--concurrency` logins in flight per client process). Every 500 phones up and after each
 step the clients call `gc.freeze()` (the phones that are up are not walked by the collector
-again: without it, collections paused a client for up to 0.6 s while phones logged in),
+again: without it, collections paused a client for up to 4 s while phones logged in),
 then comes a window of `--window` seconds in which nothing but heartbeats happens. Per
 step: phones up, login rate and per-phone login time, client RSS per phone (over each client process's RSS before its
 first phone), lab RSS per phone (every process of the lab summed, over the lab before the
