@@ -82,9 +82,10 @@ async def chat_worker(p: dict, channel) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def lab_up(users: int, lab_args: list[str]):
+async def lab_up(users: int, lab_args: list[str], ready_timeout: float = 300.0):
     """`testbed lab up --users N --friends none ARGS` on a random loopback /24, until the
-    block ends: yields (process, manifest path). Its stderr goes to a file (a pipe nobody
+    block ends: yields (process, manifest path); `ready_timeout` seconds for it to start
+    and seed its users. Its stderr goes to a file (a pipe nobody
     reads would fill and block the lab); it is stopped by its pid."""
     plan = AddressPlan.random_loopback()
     with tempfile.TemporaryDirectory(prefix="bench-lab-") as tmp:
@@ -95,7 +96,7 @@ async def lab_up(users: int, lab_args: list[str]):
                  "--friends", "none", "--manifest", str(manifest), "--subnet", plan.prefix,
                  *lab_args], stdout=subprocess.DEVNULL, stderr=log)
             try:
-                await asyncio.to_thread(_wait_manifest, proc, manifest, log)
+                await asyncio.to_thread(_wait_manifest, proc, manifest, log, ready_timeout)
                 yield proc, manifest
             finally:
                 proc.send_signal(signal.SIGINT)     # our own lab, by its pid
@@ -117,7 +118,7 @@ def _wait_manifest(proc: subprocess.Popen, path: Path, log, timeout: float = 300
         time.sleep(0.05)
 
 
-def _lab_processes(pid: int) -> list[int]:
+def lab_processes(pid: int) -> list[int]:
     """`pid` and every process below it (a lab of processes: its hosts and workers)."""
     out, frontier = [pid], {pid}
     while frontier:
@@ -150,7 +151,7 @@ async def run_chat(lab_args: list[str], users: int, duration: float, clients: in
                       loop=client_loop, name="chat-client")
         async with fleet:
             await fleet.collect("ready", timeout=600)
-            lab = _lab_processes(proc.pid)
+            lab = lab_processes(proc.pid)
             window = c.CpuWindow(lab)
             fleet.broadcast("go", duration)
             results = await fleet.run()

@@ -43,10 +43,11 @@ def raise_nofile() -> int:
     return hard
 
 
-def rss_kb() -> int:
-    """VmRSS of this process in KiB, after a full collection."""
-    gc.collect()
-    with open("/proc/self/status") as f:
+def rss_kb(pid: Optional[int] = None) -> int:
+    """VmRSS in KiB of this process, after a full collection, or of process `pid`."""
+    if pid is None:
+        gc.collect()
+    with open(f"/proc/{pid or 'self'}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
@@ -74,6 +75,14 @@ def system_busy_seconds() -> float:
     return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / _TICK
 
 
+def _cpu_or(pid: int, default: float) -> float:
+    """CPU seconds of `pid`, or `default` if it has ended (a lab worker that was restarted)."""
+    try:
+        return cpu_seconds(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return default
+
+
 class CpuWindow:
     """CPU used during a window: by given PIDs, and by everything else on the machine.
 
@@ -89,7 +98,7 @@ class CpuWindow:
 
     def stop(self) -> dict:
         wall = time.perf_counter() - self.t0
-        per = [(cpu_seconds(p) - a) / wall for p, a in zip(self.pids, self.p0)]
+        per = [(_cpu_or(p, a) - a) / wall for p, a in zip(self.pids, self.p0)]
         total = (system_busy_seconds() - self.sys0) / wall
         return {"wall": wall, "per_pid": per, "total": total,
                 "other": max(0.0, total - sum(per))}
@@ -282,6 +291,67 @@ class InNetns:
             finally:
                 os.close(self.home)
                 self.home = None
+
+
+def run_in_netns(name: str, script: str) -> int:
+    """`ip netns exec` the benchmark `script` with this run's arguments and `--netns-inner
+    NAME`, and wait; delete the namespace afterwards. The inner run stops its own children;
+    we stop only the inner process (Ctrl-C reaches it too; SIGINT, SIGTERM, then SIGKILL)."""
+    import subprocess
+    cmd = ["ip", "netns", "exec", name, sys.executable, os.path.abspath(script),
+           *sys.argv[1:], "--netns-inner", name]
+    proc = subprocess.Popen(cmd)
+    try:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            # the inner run got the same SIGINT from the terminal; make sure it did
+            try:
+                proc.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            return 130
+    finally:
+        netns_delete(name)
+
+
+def add_netns_options(p: argparse.ArgumentParser) -> None:
+    """--no-netns, and the hidden --netns-inner of the run re-executed in a namespace."""
+    p.add_argument("--no-netns", action="store_true", help="stay in the host network namespace")
+    p.add_argument("--netns-inner", help=argparse.SUPPRESS)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def run_isolated(prefix: str, script: str, args: argparse.Namespace,
+                 body: Callable[[], int]) -> int:
+    """`body()`, as root in a fresh network namespace (`script` re-executed there by
+    `run_in_netns`, unless --no-netns), else in the host's. Ctrl-C and SIGTERM stop it and
+    every process it started (even when started with SIGINT ignored, as a background job)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.netns_inner is None and not args.no_netns and os.geteuid() == 0:
+        name = netns_create(prefix)
+        if name:
+            return run_in_netns(name, script)
+        print("could not create a network namespace: running in the host namespace",
+              file=sys.stderr, flush=True)
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print("interrupted: stopped every process this benchmark started", flush=True)
+        return 130
 
 
 @atexit.register

@@ -60,7 +60,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,7 +70,6 @@ import _common as c  # noqa: E402
 SERVER_ADDRS = ("127.77.0.11", "127.77.0.12")   # the long link's two A records
 NETNS_PORT = 8080                                # the long link's port, in our own namespace
 MIN_WALL_TIMEOUT = 0.05                          # as testbed.client.phone: timer jitter floor
-BACKLOG = 4096
 SAMPLE_EVERY_S = 5.0                             # identified_count() polls in the window
 
 
@@ -116,7 +114,7 @@ def server_main(conn, host: str, port: int, n: int, users: int, scale: float,
         clock = Clock(scale)
         srv = LongLinkServer(Service(store, clock), clock)
         base = c.rss_kb()
-        server = await srv.listen(host, port, backlog=BACKLOG)
+        server = await srv.listen(host, port)   # the accept backlog: the limits' 4,096
         conn.send(("ready", {"port": server.sockets[0].getsockname()[1], "rss_base": base,
                              "pid": os.getpid()}))
 
@@ -721,39 +719,6 @@ async def run_bench(args, netns: str | None) -> int:
 
 
 # ---------------------------------------------------------------------------- entry
-def run_in_netns(name: str) -> int:
-    """`ip netns exec` this very script (with --netns-inner) and wait; delete the namespace
-    afterwards. The inner run stops its own children; we stop only the inner process."""
-    cmd = ["ip", "netns", "exec", name, sys.executable, os.path.abspath(__file__),
-           *sys.argv[1:], "--netns-inner", name]
-    proc = subprocess.Popen(cmd)
-    try:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            # the inner run got the same SIGINT from the terminal; make sure it did
-            try:
-                proc.send_signal(signal.SIGINT)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            return 130
-    finally:
-        c.netns_delete(name)
-
-
-def _sigterm(*_):
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--links", type=int, help="links in all (20,000; --quick 2,000)")
@@ -772,9 +737,7 @@ def main() -> int:
                        help="servers' event loop (asyncio, as the lab runs)")
         p.add_argument("--client-loop", choices=c.LOOPS,
                        default="uvloop" if c.have_uvloop() else "asyncio")
-        p.add_argument("--no-netns", action="store_true",
-                       help="stay in the host network namespace")
-        p.add_argument("--netns-inner", help=argparse.SUPPRESS)
+        c.add_netns_options(p)
 
     args = c.parse_args(__doc__.splitlines()[0], extra)
     args.links = args.links or (2000 if args.quick else 20000)
@@ -786,19 +749,8 @@ def main() -> int:
     if "uvloop" in (args.server_loop, args.client_loop) and not c.have_uvloop():
         print("uvloop is not installed")
         return 2
-    # Ctrl-C and SIGTERM clean up, even when started with SIGINT ignored (a background job)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _sigterm)
-    if args.netns_inner is None and not args.no_netns and os.geteuid() == 0:
-        name = c.netns_create("bench-swarm")
-        if name:
-            return run_in_netns(name)
-        c.note("could not create a network namespace: running in the host namespace")
-    try:
-        return asyncio.run(run_bench(args, args.netns_inner))
-    except KeyboardInterrupt:
-        print("interrupted: stopped every process this benchmark started", flush=True)
-        return 130
+    return c.run_isolated("bench-swarm", __file__, args,
+                          lambda: asyncio.run(run_bench(args, args.netns_inner)))
 
 
 if __name__ == "__main__":

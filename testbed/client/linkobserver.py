@@ -17,6 +17,8 @@ class LinkObserver:
     """The events of a long link's TCP connection. Every method does nothing here: override
     the ones you need."""
 
+    __slots__ = ()   # one per phone: a subclass may stay as small as its own fields
+
     def connecting(self) -> None:
         """The TCP connect starts: the SYN goes out."""
 
