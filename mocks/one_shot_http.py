@@ -160,8 +160,9 @@ class Exchange(asyncio.Protocol):
         self.transport = None
 
     def eof_received(self):
-        # a client that ends its side after a whole request still gets the answer
-        return True if self._state == _HANDLING else None
+        # a client that ends its side after a whole request still gets the answer (TLS
+        # cannot stay half-open: asyncio closes it whatever we return)
+        return True if self._state == _HANDLING and not self.secure else None
 
     def data_received(self, data: bytes) -> None:
         state = self._state
