@@ -85,7 +85,7 @@ class Exchange(asyncio.Protocol):
 
     __slots__ = ("server", "secure", "transport", "peer", "method", "path", "http10",
                  "body", "_address", "_parser", "_state", "_url", "_length", "_chunks",
-                 "_size", "_head_bytes", "_timer", "_start", "_drained", "_task")
+                 "_size", "_head_bytes", "_parsed", "_timer", "_start", "_drained", "_task")
 
     def __init__(self, server: "OneShotServer", secure: bool) -> None:
         self.server = server
@@ -101,7 +101,7 @@ class Exchange(asyncio.Protocol):
         self._url = b""
         self._length: Optional[int] = None
         self._chunks: list[bytes] = []
-        self._size = self._head_bytes = self._drained = 0
+        self._size = self._head_bytes = self._parsed = self._drained = 0
         self._timer: Optional[asyncio.TimerHandle] = None
         self._start = 0.0
         self._task: Optional[asyncio.Task] = None
@@ -175,9 +175,11 @@ class Exchange(asyncio.Protocol):
             if self._state == _BODY or self._state == _DRAIN:
                 self.on_message_complete()
         except (httptools.HttpParserError, _TooLarge) as exc:
-            self._malformed(exc)
+            # httptools raises its own error for one a callback raised, chained to it
+            cause = exc.__cause__ or exc.__context__
+            self._malformed(cause if isinstance(cause, _TooLarge) else exc)
         else:
-            if self._state == _HEAD:
+            if self._state == _HEAD:   # a head still coming (a field not ended yet)
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_HEAD:
                     self._malformed(_TooLarge(431, "request head too large"))
@@ -198,8 +200,13 @@ class Exchange(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._state != _HEAD:
             return
-        if len(name) + len(value) > MAX_LINE:
+        size = len(name) + len(value)
+        if size > MAX_LINE:
             raise _TooLarge(431, "header field too long")
+        # counted as parsed too: a whole head that came in one segment is bounded as well
+        self._parsed += size + 4
+        if self._parsed > MAX_HEAD:
+            raise _TooLarge(431, "request head too large")
         if len(name) == 14 and name.lower() == b"content-length":
             self._length = int(value)   # the parser has checked it is one decimal number
 
