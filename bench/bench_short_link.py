@@ -86,8 +86,7 @@ def server_main(conn, kind: str, loop_kind: str, host: str, session_key: bytes,
             await service.store.put_session(SessionRecord(session_key, user.uin, user.username))
             srv = ShortLinkServer(service)
             bound = await srv.listen(host, port, reuse_port=reuse_port)
-            runner = srv.runners[0]
-            counter = count_connections(runner)
+            connections = lambda: srv.http.connections  # noqa: E731
             requests = lambda: sum(srv.status_counts.values())  # noqa: E731
             info = (bound, user.uin)
         else:
@@ -109,10 +108,11 @@ def server_main(conn, kind: str, loop_kind: str, host: str, session_key: bytes,
             site = web.TCPSite(runner, host, 0, reuse_address=True)
             await site.start()
             counter = count_connections(runner)
+            connections = lambda: counter["connections"]  # noqa: E731
             requests = lambda: count["requests"]  # noqa: E731
             info = (runner.addresses[-1][1], 0)
         conn.send(("ready", info))
-        await c.control_loop(conn, {"stats": lambda: {"connections": counter["connections"],
+        await c.control_loop(conn, {"stats": lambda: {"connections": connections(),
                                                       "requests": requests()}})
         if srv is not None:
             await srv.close()

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
-
 from testbed.lab.clock import Clock
 from testbed.lab.faults import Fault, FaultKind
+
+from .one_shot_http import Exchange
 
 DROP_HOLD_S = 120.0        # protocol seconds a dropped response holds its connection...
 DROP_HOLD_WALL_S = 10.0    # ...and at least this much wall time (a client's own timeout)
@@ -25,28 +25,17 @@ async def _wait(clock: Clock, protocol_s: float, stopping: asyncio.Event) -> boo
     return False
 
 
-async def faulted_response(request: web.BaseRequest, fault: Fault, body: bytes,
-                           content_type: str, clock: Clock,
-                           stopping: asyncio.Event) -> web.StreamResponse:
+async def faulted_response(ex: Exchange, fault: Fault, body: bytes, content_type: str,
+                           clock: Clock, stopping: asyncio.Event) -> None:
     """Answer a CGI (status 200, `body`) as `fault` says: `drop` holds the connection
     without an answer (`DROP_HOLD_S`), then closes it; `delay` answers that much later;
     `truncate` sends the headers and the body's first bytes, then closes."""
     if fault.kind is FaultKind.DROP:
         await _wait(clock, clock.floor_wall(DROP_HOLD_S, DROP_HOLD_WALL_S), stopping)
-        request.transport.abort()
-        return web.Response()
-    if fault.kind is FaultKind.DELAY:
-        if not await _wait(clock, fault.delay, stopping):
-            request.transport.abort()
-            return web.Response()
-    headers = {"Content-Type": content_type, "Connection": "close"}
-    if fault.kind is FaultKind.TRUNCATE:
-        resp = web.StreamResponse(status=200, headers={**headers,
-                                                       "Content-Length": str(len(body))})
-        await resp.prepare(request)
-        await resp.write(body[:fault.offset])
-        request.transport.close()            # what was written goes, then the FIN
-        return resp
-    resp = web.Response(status=200, body=body, headers=headers)
-    resp.force_close()
-    return resp
+        ex.abort()
+        return
+    if fault.kind is FaultKind.DELAY and not await _wait(clock, fault.delay, stopping):
+        ex.abort()
+        return
+    ex.respond(200, body, content_type,
+               cut=fault.offset if fault.kind is FaultKind.TRUNCATE else None)

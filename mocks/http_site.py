@@ -7,10 +7,11 @@ through a handshake holds a socket for 60 s, and one that never sends close_noti
 for 30 s after our response), and it has no per-address cap. `GuardedSite` is a `BaseSite`
 that listens with all of them and puts `CappedProtocol` in front of aiohttp's protocol (and,
 in a recording lab, `mocks.transport_tap` in front of both).
-`handler_options(limits)` are the options every aiohttp server of the lab is made with: the
-head deadline (aiohttp's keep-alive timeout, which it arms when a connection opens and only a
-complete request head stops), no lingering after a response (the short link drains a refused
-body itself, bounded in bytes), and `QuietLog`.
+`server_options` are the listening socket's options (the short link's own server,
+`mocks.one_shot_http`, listens with them too); `handler_options(limits)` are the options
+every aiohttp server of the lab is made with: the head deadline (aiohttp's keep-alive
+timeout, which it arms when a connection opens and only a complete request head stops), no
+lingering after a response, and `QuietLog`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -54,6 +55,24 @@ class QuietLog(logging.LoggerAdapter):
             self.logger.info("%s: %s", text, detail)
             return
         super().log(level, msg, *args, exc_info=exc_info, **kwargs)
+
+
+def server_options(factory: Callable[[], asyncio.BaseProtocol], limits: Limits,
+                   ssl_context=None, transport_tap=None
+                   ) -> tuple[Callable[[], asyncio.BaseProtocol], dict[str, Any]]:
+    """The protocol factory and keyword arguments for `loop.create_server` of a lab HTTP
+    server: the backlog, on a TLS port the handshake and close_notify deadlines, and in a
+    recording lab `transport_tap` (`mocks.transport_tap`) in front, TLS made under it."""
+    kwargs: dict[str, Any] = {"backlog": limits.listen_backlog, "reuse_address": True}
+    tls: dict[str, Any] = {}
+    if ssl_context is not None:
+        tls = {"ssl_handshake_timeout": limits.tls_handshake_wall_s,
+               "ssl_shutdown_timeout": limits.tls_close_wall_s}
+    if transport_tap is not None:     # TLS under the tap: it sees the records
+        factory = transport_tap.wrap(factory, ssl_context=ssl_context, **tls)
+    elif ssl_context is not None:
+        kwargs.update(ssl=ssl_context, **tls)
+    return factory, kwargs
 
 
 def handler_options(limits: Limits) -> dict[str, Any]:
@@ -131,17 +150,7 @@ class GuardedSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         server = self._runner.server
-        kwargs: dict[str, Any] = {}
-        tls = {}
-        if self._ssl_context is not None:
-            tls = {"ssl_handshake_timeout": self._limits.tls_handshake_wall_s,
-                   "ssl_shutdown_timeout": self._limits.tls_close_wall_s}
-        factory = lambda: CappedProtocol(server, self._cap)  # noqa: E731
-        if self._transport_tap is not None:     # TLS under the tap: it sees the records
-            factory = self._transport_tap.wrap(factory, ssl_context=self._ssl_context, **tls)
-        elif self._ssl_context is not None:
-            kwargs = {"ssl": self._ssl_context, **tls}
+        factory, kwargs = server_options(lambda: CappedProtocol(server, self._cap), self._limits,
+                                         self._ssl_context, self._transport_tap)
         self._server = await asyncio.get_running_loop().create_server(
-            factory, self._host, self._port,
-            backlog=self._backlog, reuse_address=True, reuse_port=self._reuse_port or None,
-            **kwargs)
+            factory, self._host, self._port, reuse_port=self._reuse_port or None, **kwargs)

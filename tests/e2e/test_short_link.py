@@ -172,3 +172,20 @@ async def test_every_cgi_answers(lab):
     requests = (await read_stats(lab.store)).requests
     assert requests[("tls", "MANUALAUTH")] == 2
     assert requests[("short", "NEWSYNC")] == 1
+
+
+async def test_a_head_over_64_kib_is_431_and_a_half_closed_request_is_answered(lab):
+    """The HTTP layer's own bounds (mocks/one_shot_http.py): many small header fields adding
+    up past 64 KiB are refused; a client that ends its side after a whole request still
+    reads the answer."""
+    fields = "".join(f"X-{i}: {'y' * 60}\r\n" for i in range(1200))   # ~80 KB
+    resp = await http(lab, post(CGI_PREFIX + "newsync", extra=fields))
+    assert status_of(resp) == 431
+    assert status_of(await http(lab, post("/" + "a" * 9000))) == 414   # a line over 8,190
+    h = lab.manifest.hosts[SHORT]
+    r, w = await asyncio.open_connection(h.addresses[0], h.port)
+    w.write(post(CGI_PREFIX + "newsync"))
+    w.write_eof()
+    resp = await asyncio.wait_for(r.read(), 5)
+    assert status_of(resp) == 200 and pb.NewSyncResponse.FromString(body_of(resp)).base.ret
+    w.close()

@@ -83,8 +83,8 @@ def http(manifest, raw: bytes, *, tls: bool = False, index: int = 0,
          half_close: bool = False) -> bytes:
     """Send `raw` to the short link (its TLS port with `tls`) and return everything the
     server sent until it closed ("" if it only closed). With `half_close` our side ends
-    after `raw` (plain HTTP only): aiohttp then closes at once, answered or not, so a
-    request cut short costs no deadline."""
+    after `raw` (plain HTTP only): a whole request is still answered, one cut short is
+    closed at once, so it costs no deadline."""
     h = manifest.hosts[SHORT]
     sock = socket.create_connection((h.addresses[index % len(h.addresses)],
                                      h.tls_port if tls else h.port), timeout=TIMEOUT_S)
