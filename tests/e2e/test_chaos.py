@@ -44,8 +44,8 @@ SIZES = {   # users, messages, images among them, rounds (a NAT black-hole after
 TIME_SCALE = 100.0
 NAT_TIMEOUT_S = 300.0            # protocol seconds: 3 s of wall time
 HEARTBEAT = "fixed:330"          # beyond the NAT's timeout: an idle link dies silently
-# the NOOP at 330 s, its 20 s answer timeout, and a wall second of slack at k = 100
-SILENT_PAUSE_S = 330.0 + 20.0 + 100.0
+# the NOOP at 330 s, its 20 s answer timeout, and 1.5 wall s of slack at k = 100
+SILENT_PAUSE_S = 330.0 + 20.0 + 150.0
 KILLS_PER_WORKER_MINUTE = 3      # under serve's crash-loop limit (5 deaths a minute)
 CIRCLE = 10                      # friends each user writes to (every pair would be N^2)
 SIZE = os.environ.get("TESTBED_CHAOS", "short")
@@ -78,8 +78,8 @@ def _reset(phone: Phone) -> bool:
     return True
 
 
-async def _chaos(rng, run_dir, redis_url, namespace, phones, faults, stop) -> None:
-    """Until `stop`: every 0.2-0.7 s one fault, drawn from `rng`."""
+async def _chaos(rng, run_dir, redis_url, namespace, phones, faults, stop, hold) -> None:
+    """Until `stop`: every 0.2-0.7 s one fault, drawn from `rng`, none while `hold` is set."""
     deaths = collections.defaultdict(collections.deque)     # (role, index) -> kill times
     killer = aioredis.Redis.from_url(redis_url)
     name = client_name(namespace)
@@ -88,6 +88,8 @@ async def _chaos(rng, run_dir, redis_url, namespace, phones, faults, stop) -> No
     try:
         while not stop.is_set():
             await asyncio.sleep(rng.uniform(0.2, 0.7))
+            if hold.is_set():
+                continue
             # every kind of fault first (a short run may be over before chance draws each),
             # in an order of the seed's, then any
             done = {**faults.kills, **faults.redis_kills, "reset": faults.resets}
@@ -176,6 +178,7 @@ async def _run(tmp_path, redis_url, size, seed):
     phones: list[Phone] = []
     stop = asyncio.Event()          # the phones'
     quiet = asyncio.Event()         # the chaos driver's
+    hold = asyncio.Event()          # the driver holds its faults while set
     tasks = []
     faults = Faults()
     try:
@@ -198,7 +201,7 @@ async def _run(tmp_path, redis_url, size, seed):
         tasks = [asyncio.ensure_future(p.run(stop)) for p in phones]
         plan = _plan(rng, n, messages, images, rounds)
         chaos = asyncio.ensure_future(_chaos(random.Random(rng.random()), run_dir, redis_url,
-                                             namespace, phones, faults, quiet))
+                                             namespace, phones, faults, quiet, hold))
         tasks.append(chaos)
         sent = {}    # (sender, k) -> (receiver, new_msg_id, sha256 or None)
         doors = random.Random(rng.random())
@@ -227,10 +230,13 @@ async def _run(tmp_path, redis_url, size, seed):
                 pause = rng.uniform(NAT_TIMEOUT_S + 10, 400)
                 if rnd == 0:
                     # one pause that every idle phone's heartbeat falls into and waits out,
-                    # so that silent deaths happen whatever the machine's lag (with pauses
-                    # of 310-400 s only, a busy run once saw none)
+                    # with no other fault meanwhile: a worker killed or a link reset gives
+                    # its phones new links whose first NOOP is 330 s away, and with faults
+                    # every 0.2-0.7 s two busy runs saw no silent death at all
                     pause = max(pause, SILENT_PAUSE_S)
+                    hold.set()
                 await asyncio.sleep(pause / TIME_SCALE)
+                hold.clear()
         quiet.set()
         await chaos
 

@@ -14,15 +14,17 @@ import pytest
 
 from tests.conftest import netns_unavailable
 
+from .helpers import wait_manifest
+
 pytestmark = pytest.mark.skipif(netns_unavailable() is not None,
                                 reason=str(netns_unavailable()))
 
 HEARTBEAT = "17"   # "The long connection is kept alive by a heartbeat every 5 minutes"
 
 
-def _tcpdump_demo(netns: str, tmp_path):
-    """`tcpdump -i lo -w` while `testbed demo` runs, both in a namespace of their own (so
-    the capture holds the demo's traffic only)."""
+def _tcpdump(netns: str, tmp_path, run):
+    """`tcpdump -i lo -w` while `run()` makes traffic in namespace `netns` (so the capture
+    holds that traffic only)."""
     cap = tmp_path / "tcpdump.pcap"
     # immediate mode: else libpcap hands packets over a block at a time (up to 1 s late),
     # and the block still pending at SIGINT, the demo's last exchanges, is lost; a 32 MiB
@@ -37,15 +39,47 @@ def _tcpdump_demo(netns: str, tmp_path):
             ready, _, _ = select.select([dump.stderr], [], [], 10)
             assert ready and dump.poll() is None, f"tcpdump did not start: {heard}"
             heard += dump.stderr.readline()
-        demo = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m",
-                               "testbed.cli", "demo", "--out", str(tmp_path / "demo")],
-                              capture_output=True, text=True, timeout=180)
-        assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+        run()
     finally:
         dump.send_signal(signal.SIGINT)
         said = dump.communicate(timeout=30)[1]
     assert re.search(r"^0 packets dropped by kernel$", said, re.M), said
     return cap
+
+
+def _in(netns: str, *argv) -> list[str]:
+    return ["ip", "netns", "exec", netns, sys.executable, "-m", "testbed.cli", *argv]
+
+
+def _tcpdump_demo(netns: str, tmp_path):
+    """A tcpdump of `testbed demo` (which records through the servers' own transports: no
+    relay, each connection seen once)."""
+    def demo():
+        done = subprocess.run(_in(netns, "demo", "--out", str(tmp_path / "demo")),
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return _tcpdump(netns, tmp_path, demo)
+
+
+def _tcpdump_relayed_storyboard(netns: str, tmp_path):
+    """A tcpdump of the storyboard on a lab whose NAT relays every connection (`lab up
+    --nat-timeout`: phone -> relay, relay -> the server's internal port)."""
+    manifest = tmp_path / "m.json"
+
+    def storyboard():
+        lab = subprocess.Popen(_in(netns, "lab", "up", "--users", "2", "--time-scale", "100",
+                                   "--nat-timeout", "1e9", "--manifest", str(manifest)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_manifest(lab, manifest, timeout=120)
+            done = subprocess.run(_in(netns, "emulate", "storyboard", "--manifest",
+                                      str(manifest)), capture_output=True, text=True,
+                                  timeout=180)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        finally:
+            lab.send_signal(signal.SIGINT)       # our own lab, by its pid
+            lab.communicate(timeout=30)
+    return _tcpdump(netns, tmp_path, storyboard)
 
 
 def _testbed(*argv):
@@ -73,6 +107,8 @@ def test_a_tcpdump_of_the_demo_verifies_with_its_time_scale(netns, tmp_path):
                                    "--json").stdout)
     beats = [f["heartbeat_s"] for f in analysis["flows"] if f["heartbeat_s"]]
     assert beats and all(abs(b - 300) < 15 for b in beats), beats
+    # the demo records without a relay: nothing crosses the wire twice
+    assert analysis["relay_legs"]["found"] == 0
 
     report = _testbed("report", str(cap), "--time-scale", "100", "--html",
                       str(tmp_path / "r.html"))
@@ -80,12 +116,12 @@ def test_a_tcpdump_of_the_demo_verifies_with_its_time_scale(netns, tmp_path):
     assert "Traceback" not in report.stderr
 
 
-def test_a_sniffed_demo_shows_each_connection_once(netns, tmp_path):
+def test_a_sniffed_relayed_lab_shows_each_connection_once(netns, tmp_path):
     """tcpdump sees both sides of the lab's relay (phone -> relay, relay -> the server's
     internal port): the analysis counts each connection once, so the storyboard's counts
     are the scenario's (two phones: two TLS logins, two long links), checked with
     `--phones 2`; `--all-legs` keeps the relay's copies, and the counts then fail."""
-    cap = _tcpdump_demo(netns, tmp_path)
+    cap = _tcpdump_relayed_storyboard(netns, tmp_path)
 
     p = _testbed("verify", str(cap), "--time-scale", "100", "--phones", "2", "--json")
     assert p.returncode == 0, p.stdout[-3000:]
