@@ -12,6 +12,7 @@ with struct into a temporary directory. Then, in the same run, measures packets/
 and prints the ratios (targets: (a) >= 1.5x (b), (a) >= 2x (c)) and the peak RSS of (a), in
 a child process of its own, against the peak RSS of just reading the file: memory follows the
 open flows, not the file size. Exit status is always 0; a missed target prints BELOW TARGET.
+`--json` prints the same figures as one JSON document on stdout (the table then goes to stderr).
 
 The payloads of that capture are random bytes, which no dissector claims. A second capture of
 the same size carries the lab's protocol instead (long-link frames and CGI requests with their
@@ -47,7 +48,9 @@ costs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import json
 import multiprocessing as mp
 import os
 import random
@@ -542,9 +545,9 @@ def run_command(argv: list[str], cpu: Optional[int]) -> dict:
             "output": out}
 
 
-def measure_commands(shapes: dict[str, tuple[str, dict]], rounds: int) -> bool:
-    """(f)-(i) of the module's docstring on each capture shape; prints them, True if every
-    target was met."""
+def measure_commands(shapes: dict[str, tuple[str, dict]], rounds: int, fig: dict) -> bool:
+    """(f)-(i) of the module's docstring on each capture shape; prints them (and puts them
+    in `fig`), True if every target was met."""
     import statistics
     cpus = sorted(os.sched_getaffinity(0))
     core = cpus[-1]
@@ -579,6 +582,11 @@ def measure_commands(shapes: dict[str, tuple[str, dict]], rounds: int) -> bool:
         print(f"  (i) testbed analyze --json --jobs 2 {med['jobs']:7.2f} s "
               f"({ours / med['jobs']:.2f}x (f))")
         r1 = med["dpkt"] / ours
+        fig.setdefault("commands", {})[shape] = {
+            "packets": st["packets"], "flows": st["flows"], "bytes": st["bytes"],
+            "seconds": med, "ours_peak_rss_mib": peak, "ours_over_dpkt": r1,
+            "ours_over_tshark": med["tshark"] / ours if "tshark" in med else None,
+            "jobs2_speedup": ours / med["jobs"]}
         print(f"  ratio ours/dpkt   = {r1:.2f}x (target >= {TARGET_DPKT}x)"
               f"{'' if r1 >= TARGET_DPKT else '  BELOW TARGET'}")
         ok &= r1 >= TARGET_DPKT
@@ -590,7 +598,7 @@ def measure_commands(shapes: dict[str, tuple[str, dict]], rounds: int) -> bool:
     return ok
 
 
-def memory_by_size(tmp: str, path: str, st: dict) -> None:
+def memory_by_size(tmp: str, path: str, st: dict, fig: dict) -> None:
     """Peak RSS of (f) on the busy capture and on one of a fifth of its packets: what each
     flow more costs (what memory follows is the open flows, 2,000 in both, and those ended
     in the last `analyze.LINGER_S` capture seconds; an ended flow is then its row)."""
@@ -598,6 +606,8 @@ def memory_by_size(tmp: str, path: str, st: dict) -> None:
     st_small = synthesize_busy(small, st["packets"] // 5)
     peaks = [run_command(command_lines(p)["ours"], None)["maxrss_kb"] for p in (small, path)]
     extra = st["flows"] - st_small["flows"]
+    fig["busy_peak_rss_kib"] = {st_small["packets"]: peaks[0], st["packets"]: peaks[1]}
+    fig["busy_bytes_per_flow"] = (peaks[1] - peaks[0]) * 1024 / max(extra, 1)
     print(f"peak RSS of (f) on the busy lab: {peaks[0] / 1024:.1f} MiB at "
           f"{st_small['packets']:,} packets ({st_small['flows']:,} flows), "
           f"{peaks[1] / 1024:.1f} MiB at {st['packets']:,} ({st['flows']:,} flows): "
@@ -624,17 +634,27 @@ def main(argv=None) -> int:
                     help="interleaved rounds, best kept (default 3, or 2 for >200k packets)")
     ap.add_argument("--command-rounds", type=int, default=None,
                     help="rounds of the whole commands, median kept (default 3)")
+    ap.add_argument("--json", action="store_true",
+                    help="the figures as JSON on stdout (the table goes to stderr)")
     args = ap.parse_args(argv)
     n = args.packets or (100_000 if args.quick else 1_000_000)
-    try:
-        measure(n, args)
-    except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not fail CI
-        print(f"benchmark failed: {exc!r}")
-        print("BELOW TARGET")
+    fig: dict = {"packets": n, "targets": {"dpkt": TARGET_DPKT, "tshark": TARGET_TSHARK}}
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        try:
+            fig["ok"] = measure(n, args, fig)
+        except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not fail CI
+            fig["ok"] = False
+            fig["error"] = repr(exc)
+            print(f"benchmark failed: {exc!r}")
+            print("BELOW TARGET")
+    if args.json:
+        print(json.dumps(fig, indent=2))
     return 0
 
 
-def measure(n: int, args) -> None:
+def measure(n: int, args, fig: dict) -> bool:
+    """Every figure of the module's docstring, printed and put in `fig`; True if every
+    target was met."""
     tmp = tempfile.mkdtemp(prefix="bench-analyze-")
     try:
         path = os.path.join(tmp, "synth.pcap")
@@ -695,6 +715,12 @@ def measure(n: int, args) -> None:
         print(f"analysis: {ours['analysis']}")
         ok = True
         r1 = ro / rd
+        fig["pipeline"] = {
+            "pkt_per_cpu_s": {"ours": ro, "dpkt": rd, "tshark": rt if ts.get("cpu") else None},
+            "pkt_per_wall_s": {"ours": wrate(ours), "dpkt": wrate(dp)},
+            "ours_over_dpkt": r1, "ours_over_tshark": ro / rt if ts.get("cpu") else None,
+            "analysis": ours["analysis"], "peak_rss_kib": ours["maxrss_kb"],
+            "read_only_peak_rss_kib": base["maxrss_kb"]}
         print(f"ratio ours/dpkt   = {r1:.2f}x (target >= {TARGET_DPKT}x)"
               f"{'' if r1 >= TARGET_DPKT else '  BELOW TARGET'}")
         ok &= r1 >= TARGET_DPKT
@@ -716,14 +742,17 @@ def measure(n: int, args) -> None:
               f"{lab_events['events'] / lab_events['cpu']:,.0f} events/s")
         print(f"(e)  (d) + Event.to_dict() of each event: {rj:>10,.0f} pkt/s "
               f"[{wrate(lab_json):,.0f}], {lab_json['events'] / lab_json['cpu']:,.0f} events/s")
+        fig["lab_protocol"] = {"events": lab_events["events"], "reassembly_pkt_per_s": rf,
+                               "analyze_pkt_per_s": re_, "to_dict_pkt_per_s": rj}
         print(f"ratio (d)/(a') = {re_ / rf:.2f}x, (e)/(a') = {rj / rf:.2f}x "
               f"(what dissection and events cost over reassembly)")
         ok &= measure_commands({"random payloads (the first capture)": (path, st),
                                 "busy lab": (busy_path, st_busy)},
-                               args.command_rounds or max(rounds, 3))
-        memory_by_size(tmp, busy_path, st_busy)
+                               args.command_rounds or max(rounds, 3), fig)
+        memory_by_size(tmp, busy_path, st_busy, fig)
         if not ok:
             print("BELOW TARGET")
+        return ok
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

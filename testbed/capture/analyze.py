@@ -384,11 +384,18 @@ class Analyzer:
         """Packets in capture order (a whole `Capture`: the hot loop of `analyze`)."""
         r = self.result
         feed = self.table.feed
+        plain = self.table.feed_plain
         events = self.events
         n = 0
         ts = None
         for pkt in packets:
             n += 1
+            if ts is None and r.first_ts is None:
+                r.first_ts = ts = pkt.ts
+            if events:
+                self._cur_index = pkt.index
+            if plain(pkt):
+                continue
             item = decode(pkt)
             if type(item) is Segment:
                 if events:
@@ -406,8 +413,6 @@ class Analyzer:
                 if item.sport in DNS_PORTS or item.dport in DNS_PORTS:
                     self._dns(item.ts, item.payload, (item.src, item.sport),
                               (item.dst, item.dport), item.index, None)
-            if ts is None and r.first_ts is None:
-                r.first_ts = ts = pkt.ts
         if n:
             r.packets += n
             r.last_ts = pkt.ts

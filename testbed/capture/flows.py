@@ -30,7 +30,7 @@ import heapq
 from collections import deque
 from typing import Callable, Optional
 
-from .packets import Datagram, Segment
+from .packets import _A4, _FAST, Datagram, Segment
 from .tcp_analysis import REUSED_PORTS, Connection, Counts, filter_names
 
 __all__ = ["FlowTable", "TcpFlow", "UdpConversation", "DEFAULT_MAX_BUFFER"]
@@ -425,6 +425,77 @@ class FlowTable:
             self._end(flow, ts)
 
     feed_segment = feed
+
+    def feed_plain(self, pkt, *, _fast=_FAST, _a4=_A4.get) -> bool:
+        """Take a captured `Packet` that is the commonest kind, and say True; else False,
+        nothing changed, and the caller feeds `decode(pkt)` instead.
+
+        The commonest kind: Ethernet/IPv4/TCP without IP options, no TCP option but the
+        timestamps, only ACK (and PSH) set, on a known open flow past its handshake and
+        before any FIN, that the sequence analysis does not flag (`Connection.plain`),
+        empty or the next bytes in order of its direction. From the record's bytes to the
+        flow's counters, the analysis and `on_data` in one function, without a `Segment`:
+        a busy lab's capture is mostly such packets. For that speed it repeats the first
+        lines of `packets.decode` and the counting of `feed`; everything else is theirs.
+        (The keyword-only parameters are constants bound for speed; do not pass them.)
+        """
+        index, ts, lt, data, origlen, _iface = pkt
+        if lt != 1 or data[12:15] != b"\x08\x00\x45" or len(data) < 54:
+            return False
+        totlen, frag, proto, src, dst, sport, dport, seq, ack, off, flags, window = \
+            _fast(data, 16)
+        if proto != 6 or frag & 0x3FFF or (flags != 0x10 and flags != 0x18) or off & 1:
+            return False
+        hl = (off >> 4) << 2
+        if hl == 20:
+            start = 54
+        elif hl == 32 and data[54:58] == b"\x01\x01\x08\x0a":
+            start = 66
+        else:
+            return False
+        avail = origlen - 14
+        if totlen == 0 or totlen > avail:
+            totlen = avail
+        seglen = totlen - 20 - hl
+        a = _a4(src)
+        b = _a4(dst)
+        if seglen < 0 or a is None or b is None or len(data) < start + seglen:
+            return False
+        ent = self._map.get((a, sport, b, dport))
+        if ent is None:
+            return False
+        flow, c2s = ent
+        if flow.ended or flow.handshake is not None or flow.fin_next:
+            return False
+        if c2s:
+            h, other = flow._reassembly_c2s, flow._reassembly_s2c
+        else:
+            h, other = flow._reassembly_s2c, flow._reassembly_c2s
+        if h.fin is not None or other.fin is not None or other.heap:
+            return False
+        if seglen and (h.heap or not h.started or (h.nxt - seq) & M32):
+            return False
+        if not flow._sequence.plain(c2s, ts, seq, ack, seglen, window):
+            return False
+        self._index = index
+        if c2s:
+            flow.packets_c2s += 1
+            if seglen:
+                flow.bytes_c2s += seglen
+                flow.data_segments_c2s += 1
+        else:
+            flow.packets_s2c += 1
+            if seglen:
+                flow.bytes_s2c += seglen
+                flow.data_segments_s2c += 1
+        flow.last_ts = ts
+        other.peer_ack = ack
+        if seglen:
+            h.nxt += seglen
+            h.delivered += seglen
+            if self.on_data is not None:
+                self.on_data(flow, "c2s" if c2s else "s2c", ts, data[start:start + seglen])
+        return True
 
     def _handshake_ack(self, flow: TcpFlow, c2s: bool, s: Segment) -> None:
         """The SYN's sender's next segment after the SYN-ACK completes the handshake."""

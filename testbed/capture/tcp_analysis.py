@@ -236,6 +236,64 @@ class Connection:
                 ack = peer.ack
                 me.waiting = [e for e in me.waiting if (ack - e) & M32 >= HALF]
 
+    def plain(self, from_a: bool, ts: float, seq: int, ack: int, seglen: int,
+              window: int) -> bool:
+        """Take the commonest segment, an ACK (PSH allowed, no other flag, no window scale
+        option) that no rule flags, and say True; False, the state untouched, when it is
+        not one (then `segment` applies every rule). Decided without the rules that cannot
+        apply to it: at the expected sequence number, the window open, the handshake over,
+        acknowledging nothing unseen, and either empty and acknowledging something new or
+        data not yet acknowledged that does not fill the peer's window."""
+        if from_a:
+            me, peer = self.a, self.b
+        else:
+            me, peer = self.b, self.a
+        nxt = me.nxt
+        if seq != nxt or not nxt or not window or self.handshake or self.fresh:
+            return False
+        upto = peer.to_ack
+        if upto and (upto - ack + HALF) & M32 < HALF:        # acks something unseen
+            return False
+        if not seglen:
+            if ack == me.ack:                                 # acknowledges nothing new
+                return False
+            me.dups = 0
+            me.stalled = False
+            if not me.to_ack or seq == me.to_ack:
+                me.to_ack = nxt
+            me.window = window
+            me.ack = ack
+            me.ack_ts = ts
+            me.last = 0
+            return True
+        end = (seq + seglen) & M32
+        acked = peer.ack
+        if not peer.window or (acked and (acked - end + HALF) & M32 >= HALF):
+            return False                                      # already acknowledged
+        if peer.scale is not None:
+            shift = 0 if peer.handshaking or peer.scale == SCALING_OFF else peer.scale
+            if (end - peer.ack - (peer.window << shift)) & M32 == 0:
+                return False                                  # fills the window
+        if ack != me.ack:
+            me.dups = 0
+            me.stalled = False
+        waiting = me.waiting
+        n = len(waiting)
+        if n >= MAX_WAITING or (n >= 32 and not n & 31):      # prune now and then
+            _forget_acked(waiting, acked)
+            n = len(waiting)
+        if n < MAX_WAITING:
+            waiting.append(end)
+        me.nxt = end
+        me.nxt_ts = ts
+        if not me.to_ack or seq == me.to_ack:
+            me.to_ack = end
+        me.window = window
+        me.ack = ack
+        me.ack_ts = ts
+        me.last = 0
+        return True
+
     def segment(self, from_a: bool, ts: float, seq: int, ack: int, seglen: int, flags: int,
                 window: int, wscale: int = -1) -> int:
         """The `tcp.analysis` flags of one segment; then the state takes it in.
@@ -243,57 +301,13 @@ class Connection:
         `seglen` is the TCP payload length on the wire, `window` the raw window field,
         `wscale` the window scale option's shift (-1 when absent).
         """
+        if (flags == ACK or flags == ACK | PSH) and wscale < 0 \
+                and self.plain(from_a, ts, seq, ack, seglen, window):
+            return 0
         if from_a:
             me, peer = self.a, self.b
         else:
             me, peer = self.b, self.a
-        nxt = me.nxt
-        if (flags == ACK or flags == ACK | PSH) and seq == nxt and nxt and window \
-                and wscale < 0 and not self.handshake and not self.fresh:
-            # The common case, decided without the rules that cannot apply to it: a plain
-            # segment at the expected sequence number, the window open, the handshake over.
-            upto = peer.to_ack
-            if not upto or (upto - ack + HALF) & M32 >= HALF:    # acks nothing unseen
-                if not seglen:
-                    if ack != me.ack:                 # acknowledges something new
-                        me.dups = 0
-                        me.stalled = False
-                        if not me.to_ack or seq == me.to_ack:
-                            me.to_ack = nxt
-                        me.window = window
-                        me.ack = ack
-                        me.ack_ts = ts
-                        me.last = 0
-                        return 0
-                else:
-                    end = (seq + seglen) & M32
-                    acked = peer.ack
-                    if peer.window and not (acked and (acked - end + HALF) & M32 >= HALF):
-                        found = 0                     # in order, not yet acknowledged
-                        if peer.scale is not None:
-                            shift = 0 if peer.handshaking or peer.scale == SCALING_OFF \
-                                else peer.scale
-                            if (end - peer.ack - (peer.window << shift)) & M32 == 0:
-                                found = WINDOW_FULL
-                        if ack != me.ack:
-                            me.dups = 0
-                            me.stalled = False
-                        waiting = me.waiting
-                        n = len(waiting)
-                        if n >= MAX_WAITING or (n >= 32 and not n & 31):
-                            _forget_acked(waiting, acked)
-                            n = len(waiting)
-                        if n < MAX_WAITING:
-                            waiting.append(end)
-                        me.nxt = end
-                        me.nxt_ts = ts
-                        if not me.to_ack or seq == me.to_ack:
-                            me.to_ack = end
-                        me.window = window
-                        me.ack = ack
-                        me.ack_ts = ts
-                        me.last = found
-                        return found
         found = 0
         if flags & SYN and me.isn is not None:
             if flags & ACK:
