@@ -396,13 +396,34 @@ class BareEcho(asyncio.Protocol):
 
 
 # ---------------------------------------------------------------------------- output
+# the tables printed so far, when they go out as JSON (`--json` of a bench whose own code
+# prints no JSON): one document on stdout at exit, the tables themselves on stderr
+_json_tables: Optional[list[dict]] = None
+
+
 def parse_args(description: str, extra: Optional[Callable[[argparse.ArgumentParser], None]]
                = None) -> argparse.Namespace:
+    """The bench's arguments: `--quick`, what `extra` adds, and `--json` (unless `extra`
+    adds its own): every table `print_table` prints, as one JSON document on stdout."""
+    global _json_tables
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a few seconds, for a smoke run")
     if extra:
         extra(p)
-    return p.parse_args()
+    own_json = p.get_default("json") is not None
+    if not own_json:
+        p.add_argument("--json", action="store_true",
+                       help="the tables as one JSON document on stdout (then on stderr)")
+    args = p.parse_args()
+    if args.json and not own_json:
+        _json_tables = []
+        atexit.register(_print_json_tables)
+    return args
+
+
+def _print_json_tables() -> None:
+    import json
+    print(json.dumps({"tables": _json_tables}, indent=2), flush=True)
 
 
 def verdict(ratio: float, target: float, higher_is_better: bool = True) -> str:
@@ -411,25 +432,33 @@ def verdict(ratio: float, target: float, higher_is_better: bool = True) -> str:
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A table on stdout (on stderr, and kept for the JSON document, under `--json`)."""
+    out = sys.stdout
+    if _json_tables is not None:
+        _json_tables.append({"title": title, "columns": columns,
+                             "rows": [[x if isinstance(x, (int, float)) or x is None
+                                       else str(x) for x in r] for r in rows]})
+        out = sys.stderr
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:  # plain lines
-        print(title)
-        print("  " + " | ".join(columns))
+        print(title, file=out)
+        print("  " + " | ".join(columns), file=out)
         for r in rows:
-            print("  " + " | ".join(str(x) for x in r))
+            print("  " + " | ".join(str(x) for x in r), file=out)
         return
     t = Table(title=title)
     for c in columns:
         t.add_column(c, justify="left" if c == columns[0] else "right")
     for r in rows:
         t.add_row(*[str(x) for x in r])
-    Console(width=max(100, 20 * len(columns))).print(t)
+    Console(width=max(100, 20 * len(columns)), file=out).print(t)
 
 
 def note(msg: str) -> None:
-    print(msg, flush=True)
+    """A diagnostic line: on stderr, so that stdout holds the tables (or the JSON) only."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:

@@ -325,7 +325,7 @@ def main() -> int:
     args = c.parse_args(__doc__.splitlines()[0], extra)
     args.duration = args.duration or (2.0 if args.quick else 10.0)
     if not os.path.exists(args.wrk):
-        print(f"wrk not found at {args.wrk}: apt-get install wrk")
+        c.note(f"wrk not found at {args.wrk}: apt-get install wrk")
         return 0
     loops = c.available_loops()
     scale_out = not args.no_scale_out and "uvloop" in loops
