@@ -118,6 +118,13 @@ def run(main: Awaitable[Any], runner: Callable[[Awaitable[Any]], Any] = asyncio.
             if handler is not None:
                 signal.signal(sig, handler)
 
+    def defer(signum: int, _frame: Any) -> None:
+        # before the loop takes the signals over and after it gives them back: noted, not
+        # raised (an exception raised inside the loop's constructor leaves a half-made loop
+        # whose __del__ prints a traceback at exit)
+        if not got and _stopping is None:
+            got.append(signum)
+
     async def guarded() -> Any:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
@@ -140,6 +147,13 @@ def run(main: Awaitable[Any], runner: Callable[[Awaitable[Any]], Any] = asyncio.
 
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, on_signal, sig)
+        if got:      # a signal came while the loop was being made: main never starts
+            if asyncio.iscoroutine(main):
+                main.close()
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, defer)
+            return None
         try:
             return await main
         except asyncio.CancelledError:
@@ -150,8 +164,10 @@ def run(main: Awaitable[Any], runner: Callable[[Awaitable[Any]], Any] = asyncio.
             # the default handlers (a traceback, or death by SIGTERM)
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
-            restore()
+                signal.signal(sig, defer)
 
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, defer)
     try:
         result = runner(guarded())
     finally:

@@ -31,6 +31,33 @@ def test_a_signal_cancels_the_main_task_and_its_clean_up_runs():
     assert signal.getsignal(signal.SIGTERM) is before     # the caller's handler is back
 
 
+def test_a_signal_while_the_loop_is_being_made_stops_cleanly():
+    """A SIGTERM that comes before the loop runs (a host stopped as it starts): the loop is
+    made and closed whole, the main coroutine never starts (and is closed: no "never
+    awaited" warning), and the signal's exit follows. Raised inside the loop's constructor,
+    it left a half-made loop whose __del__ printed a traceback at exit."""
+    started = []
+
+    async def main():
+        started.append(True)
+
+    loops = []
+
+    def runner(coro):
+        signal.raise_signal(signal.SIGTERM)     # before any loop exists
+        with asyncio.Runner() as r:
+            loops.append(r.get_loop())
+            return r.run(coro)
+
+    coro = main()
+    with interrupt.catch_signals():
+        with pytest.raises(interrupt.Interrupted) as info:
+            interrupt.run(coro, runner)
+    assert info.value.signal_name == "SIGTERM" and started == []
+    assert coro.cr_frame is None                 # closed, not left for the collector
+    assert len(loops) == 1 and loops[0].is_closed()
+
+
 def test_a_lost_cancellation_is_sent_again():
     """A task that swallows its cancellation (as 3.11's wait_for can) is cancelled again."""
     async def main():
