@@ -117,6 +117,19 @@ class TcpFlow:
         self._reassembly_s2c = _Reassembly()
 
     # ------------------------------------------------------------------ summary
+    def count(self, c2s: bool, seglen: int) -> None:
+        """One more packet one way, with `seglen` bytes of payload on the wire."""
+        if c2s:
+            self.packets_c2s += 1
+            if seglen:
+                self.bytes_c2s += seglen
+                self.data_segments_c2s += 1
+        else:
+            self.packets_s2c += 1
+            if seglen:
+                self.bytes_s2c += seglen
+                self.data_segments_s2c += 1
+
     @property
     def packets(self) -> dict[str, int]:
         return {"c2s": self.packets_c2s, "s2c": self.packets_s2c}
@@ -354,16 +367,7 @@ class FlowTable:
                     self._end(flow, ts)
                 flow, c2s = self._new_flow(s, flags)
                 reused = REUSED_PORTS
-        if c2s:
-            flow.packets_c2s += 1
-            if seglen:
-                flow.bytes_c2s += seglen
-                flow.data_segments_c2s += 1
-        else:
-            flow.packets_s2c += 1
-            if seglen:
-                flow.bytes_s2c += seglen
-                flow.data_segments_s2c += 1
+        flow.count(c2s, seglen)
         before = flow.last_ts
         flow.last_ts = ts
         if flow.handshake is not None and not flags & SYN:
@@ -436,7 +440,7 @@ class FlowTable:
         empty or the next bytes in order of its direction. From the record's bytes to the
         flow's counters, the analysis and `on_data` in one function, without a `Segment`:
         a busy lab's capture is mostly such packets. For that speed it repeats the first
-        lines of `packets.decode` and the counting of `feed`; everything else is theirs.
+        lines of `packets.decode`; the counting is `TcpFlow.count`, as in `feed`.
         (The keyword-only parameters are constants bound for speed; do not pass them.)
         """
         index, ts, lt, data, origlen, _iface = pkt
@@ -478,16 +482,7 @@ class FlowTable:
         if not flow._sequence.plain(c2s, ts, seq, ack, seglen, window):
             return False
         self._index = index
-        if c2s:
-            flow.packets_c2s += 1
-            if seglen:
-                flow.bytes_c2s += seglen
-                flow.data_segments_c2s += 1
-        else:
-            flow.packets_s2c += 1
-            if seglen:
-                flow.bytes_s2c += seglen
-                flow.data_segments_s2c += 1
+        flow.count(c2s, seglen)
         flow.last_ts = ts
         other.peer_ack = ack
         if seglen:

@@ -259,33 +259,28 @@ class Connection:
                 return False
             me.dups = 0
             me.stalled = False
-            if not me.to_ack or seq == me.to_ack:
-                me.to_ack = nxt
-            me.window = window
-            me.ack = ack
-            me.ack_ts = ts
-            me.last = 0
-            return True
-        end = (seq + seglen) & M32
-        acked = peer.ack
-        if not peer.window or (acked and (acked - end + HALF) & M32 >= HALF):
-            return False                                      # already acknowledged
-        if peer.scale is not None:
-            shift = 0 if peer.handshaking or peer.scale == SCALING_OFF else peer.scale
-            if (end - peer.ack - (peer.window << shift)) & M32 == 0:
-                return False                                  # fills the window
-        if ack != me.ack:
-            me.dups = 0
-            me.stalled = False
-        waiting = me.waiting
-        n = len(waiting)
-        if n >= MAX_WAITING or (n >= 32 and not n & 31):      # prune now and then
-            _forget_acked(waiting, acked)
+            end = nxt
+        else:
+            end = (seq + seglen) & M32
+            acked = peer.ack
+            if not peer.window or (acked and (acked - end + HALF) & M32 >= HALF):
+                return False                                  # already acknowledged
+            if peer.scale is not None:
+                shift = 0 if peer.handshaking or peer.scale == SCALING_OFF else peer.scale
+                if (end - peer.ack - (peer.window << shift)) & M32 == 0:
+                    return False                              # fills the window
+            if ack != me.ack:
+                me.dups = 0
+                me.stalled = False
+            waiting = me.waiting
             n = len(waiting)
-        if n < MAX_WAITING:
-            waiting.append(end)
-        me.nxt = end
-        me.nxt_ts = ts
+            if n >= MAX_WAITING or (n >= 32 and not n & 31):  # prune now and then
+                _forget_acked(waiting, acked)
+                n = len(waiting)
+            if n < MAX_WAITING:
+                waiting.append(end)
+            me.nxt = end
+            me.nxt_ts = ts
         if not me.to_ack or seq == me.to_ack:
             me.to_ack = end
         me.window = window
