@@ -14,6 +14,7 @@ import sys
 import time
 
 from testbed.client.session import Session
+from testbed.fleet import end_with_parent
 from testbed.lab.addressing import LONG, SHORT, AddressPlan
 from testbed.lab.manifest import load_manifest
 from testbed.lab.profiles import load_profile
@@ -53,13 +54,15 @@ async def wait_for(predicate, timeout=10.0, interval=0.005):
 
 def start_lab_up(tmp_path, *extra, users: int = 3, name: str = "m.json", plan=None):
     """`testbed lab up` as a subprocess on a random loopback /24 (or `plan`'s): (process,
-    manifest path)."""
+    manifest path). It gets SIGTERM if pytest dies first (a timeout's os._exit, a killed
+    CI job), so no lab outlives the run that started it."""
     manifest = tmp_path / name
     plan = plan or AddressPlan.random_loopback()
     proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "lab", "up", "--users",
                              str(users), "--manifest", str(manifest), "--subnet", plan.prefix,
                              *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=end_with_parent())
     return proc, manifest
 
 
@@ -83,7 +86,7 @@ def start_serve(role, ready_file, *args, env=None):
     return subprocess.Popen([sys.executable, "-m", "testbed.cli", "serve", role, *args,
                              "--ready-file", str(ready_file)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=end_with_parent())
 
 
 def wait_ready(proc, ready_file, timeout=60.0, want=None):
