@@ -351,6 +351,7 @@ class LongLinkServer:
         self.frames_in = 0
         self.bytes_in = 0
         self.transport_tap = None   # a recording lab's `TransportTap`: connections reported
+        self._rechecks: set[asyncio.Task] = set()   # sessions checked after missed events
         self._unsubscribe = service.store.subscribe(self._on_event)
 
     async def listen(self, host: str, port: int, **kwargs) -> asyncio.base_events.Server:
@@ -395,12 +396,33 @@ class LongLinkServer:
             for link in tuple(self.links):
                 if link.session is not None:
                     link.push(ALL_SELECTOR)
+            # and so may a logout: the store says which of our sessions still exist
+            if self.by_session and self.loop is not None:
+                task = self.loop.create_task(self._end_lost_sessions(tuple(self.by_session)))
+                self._rechecks.add(task)
+                task.add_done_callback(self._rechecks.discard)
         elif isinstance(event, SessionEnded):
-            for link in tuple(self.by_session.get(event.session_key, ())):
-                self.forget(link, keep_in_links=True)
-                link.session = None
-                link.conn.unidentify()
-                link.close_bounded()
+            self._end_session(event.session_key)
+
+    def _end_session(self, session_key: bytes) -> None:
+        for link in tuple(self.by_session.get(session_key, ())):
+            self.forget(link, keep_in_links=True)
+            link.session = None
+            link.conn.unidentify()
+            link.close_bounded()
+
+    async def _end_lost_sessions(self, keys: tuple[bytes, ...]) -> None:
+        """End the links of every session in `keys` that the store no longer holds: their
+        `SessionEnded` may have been published while the subscription was down."""
+        try:
+            for key in keys:
+                if key in self.by_session and await self.service.store.get_session(key) is None:
+                    self._end_session(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:   # noqa: BLE001 - the store is down again: the next
+            # resubscription sends EventsMissed again, and so rechecks
+            log.warning("long link: could not recheck sessions after missed events: %s", exc)
 
     def record_error(self, exc: BaseException) -> None:
         log.exception("long link handler failed", exc_info=exc)
@@ -411,6 +433,8 @@ class LongLinkServer:
 
     async def close(self) -> None:
         self._unsubscribe()
+        for task in tuple(self._rechecks):
+            task.cancel()
         for server in self.servers:
             server.close()
         for link in list(self.links):

@@ -218,31 +218,39 @@ async def test_chat_among_50_users_across_two_labs_on_one_redis(tmp_path, redis_
     assert not lab_a.server_errors() and not lab_b.server_errors()
 
 
-def _send_elsewhere(redis_url, namespace, sender, password, to, content):
-    """Another worker's send, on its own store connections, in a thread of its own: the
-    caller's event loop, blocked meanwhile, cannot run its store's reconnect until the
-    message is stored and published."""
-    async def send():
+def _elsewhere(redis_url, namespace, work):
+    """`await work(service)` as another worker would: its own store connections, in a
+    thread of its own, so that the caller's event loop, blocked meanwhile, cannot run its
+    store's reconnect until the work is stored and published."""
+    async def run():
         service = Service(await make_store(redis_url, namespace=namespace))
         try:
-            login = await service.handle(BY_NAME["MANUALAUTH"], pb.ManualAuthRequest(
-                username=sender, password=password), RequestContext())
-            base = pb.BaseRequest(session_key=login.session_key, uin=login.uin)
-            resp = await service.handle(BY_NAME["NEWSENDMSG"], pb.NewSendMsgRequest(
-                base=base, msgs=[pb.MicroMsgRequest(to_user=to, content=content,
-                                                    client_msg_id="gap-1")]),
-                RequestContext())
-            assert resp.msgs[0].ret == 0
+            await work(service)
         finally:
             await service.store.close()
 
     import threading
     failed = []
     thread = threading.Thread(target=lambda: failed.extend(
-        [e for e in [_try(lambda: asyncio.run(send()))] if e]))
+        [e for e in [_try(lambda: asyncio.run(run()))] if e]))
     thread.start()
     thread.join(30)
     assert not failed, failed
+
+
+def _send_elsewhere(redis_url, namespace, sender, password, to, content):
+    """Another worker's send (see `_elsewhere`)."""
+    async def send(service):
+        login = await service.handle(BY_NAME["MANUALAUTH"], pb.ManualAuthRequest(
+            username=sender, password=password), RequestContext())
+        base = pb.BaseRequest(session_key=login.session_key, uin=login.uin)
+        resp = await service.handle(BY_NAME["NEWSENDMSG"], pb.NewSendMsgRequest(
+            base=base, msgs=[pb.MicroMsgRequest(to_user=to, content=content,
+                                                client_msg_id="gap-1")]),
+            RequestContext())
+        assert resp.msgs[0].ret == 0
+
+    _elsewhere(redis_url, namespace, send)
 
 
 def _try(fn):
@@ -284,6 +292,58 @@ async def test_a_push_published_while_the_event_connection_was_down_still_reache
             await phone.stop()
         await lab.stop()
     assert not lab.server_errors()
+
+
+async def test_a_logout_published_while_the_event_connection_was_down_still_closes_the_link(
+        tmp_path, redis_stores, redis_url):
+    """A session logged out (by another worker) while this lab's event connection is down:
+    its SessionEnded is lost with the subscription, so on subscribing again the long link
+    asks the store which of its sessions still exist and closes the links of the others;
+    the other user's link stays up."""
+    import redis
+
+    store = await redis_stores()
+    lab = await start_lab(tmp_path, store=store, users=2)
+    killer = redis.Redis.from_url(redis_url)
+    gone = kept = None
+    try:
+        gone, kept = await logged_in(lab, 0), await logged_in(lab, 1)
+        # blocking calls from here on: the lab, in this loop, sees nothing until they return
+        assert killer.client_kill_filter(_type="pubsub") >= 1
+        _logout_elsewhere(redis_url, store.namespace, gone.session_key, gone.uin)
+        reason = await asyncio.wait_for(asyncio.shield(gone.link.closed), 10)
+        assert reason is None                     # closed by the server, not an error
+        await kept.link.noop()                    # still identified and answered
+        assert not kept.link.closed.done()
+        assert gone.session_key not in lab.long.by_session
+        assert kept.session_key in lab.long.by_session
+    finally:
+        killer.close()
+        for s in (gone, kept):
+            if s is not None:
+                await s.close()
+        await lab.stop()
+    assert not lab.server_errors()
+
+
+def _logout_elsewhere(redis_url, namespace, session_key, uin):
+    """Another worker's LOGOUT of a session, in a thread of its own (see _send_elsewhere)."""
+    async def logout():
+        service = Service(await make_store(redis_url, namespace=namespace))
+        try:
+            resp = await service.handle(BY_NAME["LOGOUT"], pb.LogoutRequest(
+                base=pb.BaseRequest(session_key=session_key, uin=uin)), RequestContext())
+            assert resp.base.ret == 0
+        finally:
+            await service.store.close()
+
+    import threading
+    failed = []
+    thread = threading.Thread(target=lambda: failed.extend(
+        [e for e in [_try(lambda: asyncio.run(logout()))] if e]))
+    thread.start()
+    thread.join(30)
+    assert not failed, failed
 
 
 # ---------------------------------------------------------------------- `testbed lab up`
