@@ -327,23 +327,13 @@ async def test_a_logout_published_while_the_event_connection_was_down_still_clos
 
 
 def _logout_elsewhere(redis_url, namespace, session_key, uin):
-    """Another worker's LOGOUT of a session, in a thread of its own (see _send_elsewhere)."""
-    async def logout():
-        service = Service(await make_store(redis_url, namespace=namespace))
-        try:
-            resp = await service.handle(BY_NAME["LOGOUT"], pb.LogoutRequest(
-                base=pb.BaseRequest(session_key=session_key, uin=uin)), RequestContext())
-            assert resp.base.ret == 0
-        finally:
-            await service.store.close()
+    """Another worker's LOGOUT of a session (see `_elsewhere`)."""
+    async def logout(service):
+        resp = await service.handle(BY_NAME["LOGOUT"], pb.LogoutRequest(
+            base=pb.BaseRequest(session_key=session_key, uin=uin)), RequestContext())
+        assert resp.base.ret == 0
 
-    import threading
-    failed = []
-    thread = threading.Thread(target=lambda: failed.extend(
-        [e for e in [_try(lambda: asyncio.run(logout()))] if e]))
-    thread.start()
-    thread.join(30)
-    assert not failed, failed
+    _elsewhere(redis_url, namespace, logout)
 
 
 # ---------------------------------------------------------------------- `testbed lab up`
