@@ -12,8 +12,9 @@ FORMERR when there is at least a query id to answer, otherwise nothing, and no m
 stop the server: each one is handled under its own try/except and counted.
 
 DNS over TCP (RFC 7766) is served on the same port: two-byte length-prefixed messages,
-several per connection, answered in order; connections are capped in number and closed when
-idle, so clients that never finish hold nothing for long.
+several per connection, answered in order; connections are capped in number, in all and per
+client address (so one client cannot take every slot), and closed when idle, so clients that
+never finish hold nothing for long.
 
 `stats` counts every message under "queries" and then under exactly one of "answered"
 (NOERROR), "nxdomain", "formerr", "notimp", "refused" or "dropped", so queries == the sum of
@@ -44,6 +45,7 @@ from testbed.wire.dns import (OPCODE_QUERY, RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_
                               TYPE_NS, TYPE_SOA, Question, build_response, error_response,
                               formerr, parse_query)
 
+from .limits import AddressCap
 from .served import RequestObserver, Served, endpoint, tell
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ _QR_BIT = 0x80              # in the third header byte: set on responses
 _TC_BIT = 0x02              # in the third header byte: the answer was truncated
 MAX_TCP_MESSAGE = 0xFFFF    # the two-byte length prefix's bound
 MAX_TCP_CONNECTIONS = 256   # at once; a connection beyond this is closed at once
+# from one client address at once: without it one address could hold every slot above and
+# leave the other phones no DNS over TCP
+MAX_TCP_PER_ADDRESS = 16
 TCP_IDLE_S = 10.0           # wall seconds a TCP client may stay silent (RFC 7766 6.2.3)
 NS_LABEL = "ns"
 PORT_TRIES = 20              # port 0: UDP ports tried until the same TCP port is free
@@ -78,7 +83,9 @@ class LabDNS(asyncio.DatagramProtocol):
 
     def __init__(self, records: dict[str, list[str]], ttl: int = 600, *, tap=None,
                  ns_address: Optional[str] = None, tcp_idle_s: float = TCP_IDLE_S,
-                 max_tcp_connections: int = MAX_TCP_CONNECTIONS, backlog: int = 4096) -> None:
+                 max_tcp_connections: int = MAX_TCP_CONNECTIONS,
+                 max_tcp_per_address: Optional[int] = MAX_TCP_PER_ADDRESS,
+                 backlog: int = 4096) -> None:
         if not 0 <= ttl <= 0x7FFFFFFF:
             raise ValueError(f"TTL {ttl} outside 0..2^31-1")
         self.ttl = ttl
@@ -103,6 +110,7 @@ class LabDNS(asyncio.DatagramProtocol):
         self.tcp_connections: set[_TCPConnection] = set()
         self.tcp_idle_s = tcp_idle_s
         self.max_tcp_connections = max_tcp_connections
+        self.tcp_address_cap = AddressCap(max_tcp_per_address)
         self.backlog = backlog
         #: server replay: (name, qtype) -> "answer", "refuse" or "drop"
         self.replay: Optional[Callable[[str, int], str]] = None
@@ -286,13 +294,19 @@ class _TCPConnection(asyncio.Protocol):
         self.buf = bytearray()
         self.idle: Optional[asyncio.TimerHandle] = None
         self.writing_paused = False   # our answers back up: answer and read nothing more
+        self.client: Optional[str] = None   # its address, once admitted under the caps
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        if len(self.server.tcp_connections) >= self.server.max_tcp_connections:
+        srv = self.server
+        peer = transport.get_extra_info("peername")
+        client = peer[0] if peer else ""
+        if len(srv.tcp_connections) >= srv.max_tcp_connections \
+                or not srv.tcp_address_cap.admit(client):
             transport.abort()
             return
-        self.server.tcp_connections.add(self)
+        self.client = client
+        srv.tcp_connections.add(self)
         self._rearm()
 
     def _rearm(self) -> None:
@@ -358,6 +372,9 @@ class _TCPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.server.tcp_connections.discard(self)
+        if self.client is not None:
+            self.server.tcp_address_cap.release(self.client)
+            self.client = None
         if self.idle is not None:
             self.idle.cancel()
             self.idle = None

@@ -203,6 +203,35 @@ async def test_silent_and_excess_tcp_clients_are_closed():
         dns.close()
 
 
+async def test_one_address_cannot_take_every_tcp_slot():
+    """Connections from one client address beyond its cap are closed at once; another
+    address is still answered over TCP while the first holds its share."""
+    dns = LabDNS(RECORDS, max_tcp_connections=8, max_tcp_per_address=2)
+    await dns.listen("127.0.0.1", 0)
+    try:
+        addr, port = dns.address
+        held = [await asyncio.open_connection(addr, port, local_addr=("127.0.0.1", 0))
+                for _ in range(2)]
+        extra_r, extra_w = await asyncio.open_connection(addr, port,
+                                                         local_addr=("127.0.0.1", 0))
+        assert await asyncio.wait_for(extra_r.read(), 2) == b""     # over its cap: closed
+        extra_w.close()
+        other_r, other_w = await asyncio.open_connection(addr, port,
+                                                         local_addr=("127.0.0.2", 0))
+        other_w.write(framed(build_query("long.weixin.qq.com", 5)))
+        n = struct.unpack(">H", await asyncio.wait_for(other_r.readexactly(2), 2))[0]
+        assert dpkt.dns.DNS(await other_r.readexactly(n)).id == 5
+        other_w.close()
+        for _, w in held:       # a slot given back is the address's again
+            w.close()
+        await wait_for(lambda: not dns.tcp_connections, 2)
+        (reply,) = await tcp_exchange(addr, port, framed(build_query("long.weixin.qq.com", 6)),
+                                      1)
+        assert reply.id == 6
+    finally:
+        dns.close()
+
+
 async def test_a_tcp_query_dripped_a_byte_at_a_time_is_cut_at_the_idle_deadline():
     """Each byte used to restart the idle deadline, so a query of 300 bytes dripped one every
     50 ms held its connection for 15 s (and 256 such held every TCP slot); now the deadline
