@@ -146,7 +146,12 @@ class LongLink:
             command = BY_CMD.get(cmd)
             self._sender.frame(command.name if command is not None else f"cmd {cmd}", data)
         if deadline is not None:
-            self._arm()
+            timer = self._timer
+            # armed early enough already (it re-arms for the rest when it fires)
+            if timer is None or timer.cancelled or timer.when > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self.clock.call_at(deadline, self._on_timer)
         return fut
 
     async def request(self, cmd: int, body: bytes = b"", timeout: float = 10.0) -> bytes:
@@ -195,10 +200,22 @@ class LongLink:
         if fut.cancelled() and self._futures.get(seq) is fut:
             del self._futures[seq]
             self.conn.forget(seq)
+            if not self._futures:
+                self._disarm()
+
+    def _disarm(self) -> None:
+        """Nothing is pending: the deadline timer has nothing to time out (a heartbeat's
+        NOOP answered in time would otherwise wake the loop once more for nothing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _settle(self, seq: int, result: Optional[bytes] = None,
                 exc: Optional[BaseException] = None) -> None:
-        fut = self._futures.pop(seq, None)
+        futures = self._futures
+        fut = futures.pop(seq, None)
+        if not futures:
+            self._disarm()
         if fut is None or fut.done():
             return
         if exc is not None:

@@ -8,7 +8,9 @@ back-off and syncs so that nothing is missed. All waits are in protocol time on 
 
 from __future__ import annotations
 
+import array
 import asyncio
+import functools
 import logging
 import random
 import uuid
@@ -59,7 +61,9 @@ class PhoneMetrics:
     tcp_connections: int = 0     # long links opened
     long_bytes: int = 0          # application bytes both ways on closed long links
     long_frames: int = 0
-    intervals: list[float] = field(default_factory=list)   # idle seconds before each NOOP
+    # idle seconds before each NOOP: 8 bytes each (a list of floats held 32, ~10 KB per
+    # phone and protocol day at fixed:270); the heartbeat study reads them all
+    intervals: array.array = field(default_factory=lambda: array.array("d"))
     received: dict[int, float] = field(default_factory=dict)  # new_msg_id -> protocol time
     duplicates: int = 0
     messages_sent: int = 0       # texts and media the server stored (retries counted once)
@@ -224,6 +228,9 @@ class Phone:
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the link alive until `stop` is set (or the phone is stopped): the heartbeat
         loop."""
+        # one waiter for the whole loop, not one per beat: a Task, `asyncio.wait` and a
+        # timeout context per NOOP were most of the phone's CPU per heartbeat
+        stopped = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set() and not self._stopping:
                 link = self.session.link
@@ -237,15 +244,7 @@ class Phone:
                 clock = self.clock
                 due = link.last_tx + interval
                 if due > clock.now():
-                    stop_wait = asyncio.ensure_future(stop.wait())
-                    try:
-                        async with clock.timeout_at(due):
-                            await asyncio.wait({stop_wait, link.closed},
-                                               return_when=asyncio.FIRST_COMPLETED)
-                    except TimeoutError:
-                        pass
-                    finally:
-                        stop_wait.cancel()
+                    await _until(clock, due, stopped, link.closed)
                     if stop.is_set() or not link.is_open:
                         continue
                     if link.last_tx + interval > clock.now():
@@ -271,6 +270,8 @@ class Phone:
         except Exception as exc:
             self.errors.append(exc)
             raise
+        finally:
+            stopped.cancel()
 
     # ------------------------------------------------------------------ sync
     def _wake(self) -> None:
@@ -510,6 +511,27 @@ class Phone:
         resp = await self.session.cgi(cgi, pb.ReportRequest(
             base=self.session.base(), items=[pb.KV(key=k, value=v) for k, v in items.items()]))
         return resp.accepted
+
+
+def _wake(waiter: asyncio.Future, *_: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _until(clock: Clock, when: float, *futures: asyncio.Future) -> None:
+    """Return at protocol time `when` on `clock`, or as soon as one of `futures` is done:
+    one future and one clock timer, no task (the heartbeat's wait, once per beat)."""
+    waiter = asyncio.get_running_loop().create_future()
+    wake = functools.partial(_wake, waiter)
+    timer = clock.call_at(when, wake)
+    for f in futures:
+        f.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        for f in futures:
+            f.remove_done_callback(wake)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -137,6 +137,22 @@ async def test_fixed_270_stays_online_behind_a_300s_nat(tmp_path):
         await d.close()
 
 
+async def test_an_answered_heartbeat_leaves_no_timer_behind(tmp_path):
+    """Each beat sets the phone's wait and its NOOP's deadline; once the NOOP is answered
+    neither is left on the clock (a deadline left set woke the loop once more per NOOP, for
+    nothing: at 3,000 phones and k = 2000 thousands of wake-ups a second)."""
+    d = await Drive.start(tmp_path, "fixed:270")
+    try:
+        for _ in range(5):
+            assert await d.heartbeat()
+            answered = d.clock.timers()
+            await d.clock.advance(d.phone.policy.noop_timeout_s + 1)   # past its deadline
+            assert d.clock.timers() == answered
+        assert d.phone.metrics.heartbeats_answered == 5
+    finally:
+        await d.close()
+
+
 async def test_fixed_1680_dies_at_every_heartbeat_and_loses_nothing(tmp_path):
     d = await Drive.start(tmp_path, "fixed:1680")
     try:
