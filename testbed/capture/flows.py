@@ -41,9 +41,10 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 M32 = 0xFFFFFFFF
 HALF = 0x80000000
 DEFAULT_MAX_BUFFER = 4 << 20      # out-of-order bytes held per direction before skipping
-# Ethernet/IPv4/TCP from byte 16: total length, fragment field, protocol, (addresses and
-# ports skipped: they are the flow's key) seq, ack, data offset, flags, window
-_PLAIN = struct.Struct("!HxxHxBxx12xIIBBH").unpack_from
+# Ethernet/IPv4/TCP from byte 12: ethertype, IP version and header length, total length,
+# fragment field, protocol, (addresses and ports skipped: they are the flow's key) seq,
+# ack, data offset and flags, window
+_PLAIN = struct.Struct("!HBxHxxHxBxx12xIIHH").unpack_from
 
 
 def _raw_key(src: str, sport: int, dst: str, dport: int) -> Optional[bytes]:
@@ -470,7 +471,7 @@ class FlowTable:
                                                      pkt.index)
 
     def feed_frame(self, buf, at: int, caplen: int, origlen: int, ts: float, index: int, *,
-                   _plain=_PLAIN, _ip=b"\x08\x00\x45", _tsopt=b"\x01\x01\x08\x0a") -> bool:
+                   _plain=_PLAIN, _tsopt=b"\x01\x01\x08\x0a") -> bool:
         """Take an Ethernet frame (`caplen` bytes of `buf` from `at`: `Capture.scan` offers
         each record from its read buffer) that is the commonest kind, and say True; else
         False, nothing changed, and the caller feeds `decode` of its packet instead.
@@ -484,21 +485,21 @@ class FlowTable:
         address and port bytes (`_raw`); the counting is `TcpFlow.count`'s.
         (The keyword-only parameters are constants bound for speed; do not pass them.)
         """
-        if caplen < 54 or buf[at + 12:at + 15] != _ip:
+        if caplen < 54:
             return False
-        totlen, frag, proto, seq, ack, off, flags, window = _plain(buf, at + 16)
-        if proto != 6 or frag & 0x3FFF or (flags != 0x10 and flags != 0x18) or off & 1:
+        ether, vihl, totlen, frag, proto, seq, ack, offflags, window = _plain(buf, at + 12)
+        if ether != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF:
             return False
-        hl = (off >> 4) << 2
-        if hl == 20:
+        # the data offset (5: no option) and the flags: ACK, or ACK and PSH, nothing else
+        if offflags == 0x5010 or offflags == 0x5018:
             start = 54
-        elif hl == 32 and buf[at + 54:at + 58] == _tsopt:
-            start = 66
+        elif (offflags == 0x8010 or offflags == 0x8018) and buf[at + 54:at + 58] == _tsopt:
+            start = 66                       # the timestamps option alone
         else:
             return False
         if totlen == 0 or totlen > origlen - 14:
             totlen = origlen - 14
-        seglen = totlen - 20 - hl
+        seglen = totlen - start + 14
         if seglen < 0 or caplen < start + seglen:
             return False
         ent = self._raw.get(buf[at + 26:at + 38])
