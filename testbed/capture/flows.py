@@ -404,7 +404,7 @@ class FlowTable:
         before = flow.last_ts
         flow.last_ts = ts
         if flow.handshake is not None and not flags & SYN:
-            self._handshake_ack(flow, c2s, s)
+            self._handshake_ack(flow, c2s, seq, ack, index)
         ta = flow._sequence.segment(c2s, ts, seq, ack, seglen, flags, window, wscale)
         if flags & 0x07:                                 # SYN, FIN or RST
             self._control(flow, c2s, s, flags)
@@ -477,8 +477,7 @@ class FlowTable:
         False, nothing changed, and the caller feeds `decode` of its packet instead.
 
         The commonest kind: Ethernet/IPv4/TCP without IP options, no TCP option but the
-        timestamps, only ACK (and PSH) set, on a known open flow past its handshake and
-        before any FIN, that the sequence analysis does not flag (`Connection.plain`),
+        timestamps, only ACK (and PSH) set, on a known open flow before any FIN, that the sequence analysis does not flag (`Connection.plain`),
         empty or the next bytes in order of its direction. From the frame's bytes to the
         flow's counters, the analysis and `on_data` in one function, without a `Segment`:
         a busy lab's capture is mostly such packets. The flow is found by the frame's
@@ -506,14 +505,16 @@ class FlowTable:
         if ent is None:
             return False
         flow, c2s, h, other, sequence = ent
-        if flow.ended or flow.handshake is not None or flow.fin_next \
-                or h.fin is not None or other.fin is not None or other.heap:
+        if flow.ended or flow.fin_next or h.fin is not None or other.fin is not None \
+                or other.heap:
             return False
         if seglen and (h.heap or not h.started or (h.nxt - seq) & M32):
             return False
         if not sequence.plain(c2s, ts, seq, ack, seglen, window):
             return False
         self._index = index
+        if flow.handshake is not None:
+            self._handshake_ack(flow, c2s, seq, ack, index)
         flow.last_ts = ts
         other.peer_ack = ack
         if c2s:
@@ -534,13 +535,13 @@ class FlowTable:
                 self.on_data(flow, "c2s" if c2s else "s2c", ts, buf[at:at + seglen])
         return True
 
-    def _handshake_ack(self, flow: TcpFlow, c2s: bool, s: Segment) -> None:
+    def _handshake_ack(self, flow: TcpFlow, c2s: bool, seq: int, ack: int, index: int) -> None:
         """The SYN's sender's next segment after the SYN-ACK completes the handshake."""
         syn_c2s, hs = flow.handshake
         if c2s == syn_c2s and hs["isn_s"] is not None:
-            hs["ack_seq"] = (s.seq - hs["isn_c"]) & M32
-            hs["ack_ack"] = (s.ack - hs["isn_s"]) & M32
-            hs["packets"].append(s.index)
+            hs["ack_seq"] = (seq - hs["isn_c"]) & M32
+            hs["ack_ack"] = (ack - hs["isn_s"]) & M32
+            hs["packets"].append(index)
             self.handshakes.append(hs)
             flow.handshake = None
 
