@@ -505,8 +505,8 @@ class FlowTable:
         if ent is None:
             return False
         flow, c2s, h, other, sequence = ent
-        if flow.ended or flow.fin_next or h.fin is not None or other.fin is not None \
-                or other.heap:
+        # (a FIN waiting for its ACK, `fin_next`, has set its direction's `fin`)
+        if flow.ended or h.fin is not None or other.fin is not None or other.heap:
             return False
         if seglen and (h.heap or not h.started or (h.nxt - seq) & M32):
             return False
