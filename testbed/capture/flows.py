@@ -512,7 +512,7 @@ class FlowTable:
             return False
         if not sequence.plain(c2s, ts, seq, ack, seglen, window):
             return False
-        self._index = index
+        # (`_index` is left alone: only the ending of a flow reads it, which this is not)
         if flow.handshake is not None:
             self._handshake_ack(flow, c2s, seq, ack, index)
         flow.last_ts = ts
