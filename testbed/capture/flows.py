@@ -515,18 +515,9 @@ class FlowTable:
         # (`_index` is left alone: only the ending of a flow reads it, which this is not)
         if flow.handshake is not None:
             self._handshake_ack(flow, c2s, seq, ack, index)
+        flow.count(c2s, seglen)
         flow.last_ts = ts
         other.peer_ack = ack
-        if c2s:
-            flow.packets_c2s += 1
-            if seglen:
-                flow.bytes_c2s += seglen
-                flow.data_segments_c2s += 1
-        else:
-            flow.packets_s2c += 1
-            if seglen:
-                flow.bytes_s2c += seglen
-                flow.data_segments_s2c += 1
         if seglen:
             h.nxt += seglen
             h.delivered += seglen

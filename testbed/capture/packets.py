@@ -1,7 +1,8 @@
 """Reading capture files (pcap and pcapng) and decoding their packets to TCP/UDP.
 
-`read_capture(path)` streams a file and yields `Packet`s; it never reads the whole file into
-memory, never raises for damage inside the file (it stops at the damage and says where in
+`read_capture(path)` streams a file and yields `Packet`s (or, by `Capture.scan`, hands each
+frame to a callback from its read buffer, a `Packet` only for those the callback leaves);
+it never reads the whole file into memory, never raises for damage inside the file (it stops at the damage and says where in
 `Capture.error`, with `Capture.truncated` set when the file simply ends early), and raises
 `CaptureError` only when the file is not a capture at all (missing, empty, unknown magic).
 
