@@ -25,7 +25,7 @@ from .dns_tcp import DnsOverTcp
 from .events import Event, Kind
 from .flows import FlowTable
 from .legs import FIRST_BYTES, relay_legs
-from .packets import Datagram, Segment, decode, read_capture
+from .packets import Capture, Datagram, Segment, decode, read_capture
 from .schema import SCHEMA_VERSION, tcp_counts
 from .tcp_analysis import DUPLICATE_ACK, KEEP_ALIVE
 
@@ -381,41 +381,59 @@ class Analyzer:
         self.feed_packets((pkt,))
 
     def feed_packets(self, packets: Iterable) -> None:
-        """Packets in capture order (a whole `Capture`: the hot loop of `analyze`)."""
+        """Packets in capture order."""
         r = self.result
-        feed = self.table.feed
         plain = self.table.feed_plain
+        general = self._decoded
         events = self.events
         n = 0
-        ts = None
+        pkt = None
         for pkt in packets:
             n += 1
-            if ts is None and r.first_ts is None:
-                r.first_ts = ts = pkt.ts
+            if n == 1 and r.first_ts is None:
+                r.first_ts = pkt.ts
             if events:
                 self._cur_index = pkt.index
-            if plain(pkt):
-                continue
-            item = decode(pkt)
-            if type(item) is Segment:
-                if events:
-                    self._cur_index = item.index
-                    feed(item)
-                    if item.flags & 0x07:               # SYN, FIN or RST
-                        self._tcp_event(item)
-                else:
-                    feed(item)
-            elif item is None:
-                self._other(pkt)
-            else:
-                self._cur_index = item.index
-                feed(item)
-                if item.sport in DNS_PORTS or item.dport in DNS_PORTS:
-                    self._dns(item.ts, item.payload, (item.src, item.sport),
-                              (item.dst, item.dport), item.index, None)
+            if not plain(pkt):
+                general(pkt)
         if n:
             r.packets += n
             r.last_ts = pkt.ts
+
+    def feed_capture(self, cap: Capture) -> None:
+        """A whole capture (the hot loop of `analyze`): without events, by `Capture.scan`,
+        its commonest frames taken from the read buffer by `FlowTable.feed_frame`."""
+        if self.events:
+            # the events need the number of every packet before the flow table sees it
+            self.feed_packets(cap)
+            return
+        n, first, last = cap.scan(self._decoded, self.table.feed_frame)
+        r = self.result
+        if n:
+            if r.first_ts is None:
+                r.first_ts = first
+            r.packets += n
+            r.last_ts = last
+
+    def _decoded(self, pkt) -> None:
+        """A packet the flow table's fast path did not take: decoded, then fed."""
+        item = decode(pkt)
+        if type(item) is Segment:
+            if self.events:
+                self._cur_index = item.index
+                self.table.feed(item)
+                if item.flags & 0x07:               # SYN, FIN or RST
+                    self._tcp_event(item)
+            else:
+                self.table.feed(item)
+        elif item is None:
+            self._other(pkt)
+        else:
+            self._cur_index = item.index
+            self.table.feed(item)
+            if item.sport in DNS_PORTS or item.dport in DNS_PORTS:
+                self._dns(item.ts, item.payload, (item.src, item.sport),
+                          (item.dst, item.dport), item.index, None)
 
     def _other(self, pkt) -> None:
         """A packet that is neither TCP nor UDP: ARP is counted, and its first messages kept."""
@@ -579,7 +597,7 @@ def analyze(path: str, *, keep_events: bool = True, needles: Iterable[bytes] = (
     a.result.path = str(path)
     a.result.meta = meta
     a.result.assumed_time_scale = time_scale
-    a.feed_packets(cap)
+    a.feed_capture(cap)
     r = a.finish()
     r.truncated = cap.truncated
     r.error = cap.error

@@ -19,7 +19,7 @@ import dpkt
 
 from testbed.wire import FrameDecoder, RemoteProtocolError
 from testbed.wire.commands import BY_PATH, NOOP_CMD, Command, command_for_frame, is_push
-from testbed.wire.frames import HEADER, HEADER_LEN, REPLY_OFFSET, VERSION, is_reply, request_cmd
+from testbed.wire.frames import REPLY_OFFSET, is_reply, request_cmd
 
 from . import events as ev
 from .events import Kind
@@ -345,8 +345,6 @@ class HttpStream:
 
 
 # ---------------------------------------------------------------------- long link
-_header = HEADER.unpack_from
-
 
 class LongLinkStream:
     """Frames each way with the sans-I/O decoder; names from the command table.
@@ -367,19 +365,18 @@ class LongLinkStream:
 
     def data(self, direction: str, ts: float, data: bytes) -> None:
         dec = self.dec[direction]
-        if dec.error is not None:
-            return
-        if self.emit is None and len(data) >= HEADER_LEN and not dec.buffered:
+        if self.emit is None:
             # One whole frame in the segment, as a phone sends them, and only counts wanted:
             # its header says all (the decoder would copy the body into a Frame)
-            packet_len, header_len, version, cmd, _seq = _header(data)
-            if packet_len == len(data) and header_len == HEADER_LEN and version == VERSION \
-                    and packet_len <= dec.max_packet_len:
+            cmd = dec.whole_frame(data)
+            if cmd is not None:
                 if cmd < REPLY_OFFSET and direction == "c2s":
                     self.requests += 1
                     if cmd == NOOP_CMD:
                         self.noop_ts.append(ts)
                 return
+        if dec.error is not None:
+            return
         try:
             frames = dec.receive_data(data)
         except RemoteProtocolError as exc:

@@ -27,10 +27,12 @@ ended flows are forgotten `linger` capture-seconds after their end, summaries in
 from __future__ import annotations
 
 import heapq
+import socket
+import struct
 from collections import deque
 from typing import Callable, Optional
 
-from .packets import _A4, _FAST, Datagram, Segment
+from .packets import Datagram, Segment
 from .tcp_analysis import REUSED_PORTS, Connection, Counts, filter_names
 
 __all__ = ["FlowTable", "TcpFlow", "UdpConversation", "DEFAULT_MAX_BUFFER"]
@@ -39,6 +41,22 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 M32 = 0xFFFFFFFF
 HALF = 0x80000000
 DEFAULT_MAX_BUFFER = 4 << 20      # out-of-order bytes held per direction before skipping
+# Ethernet/IPv4/TCP from byte 12: ethertype, IP version and header length, total length,
+# fragment field, protocol, (addresses and ports skipped: they are the flow's key) seq,
+# ack, data offset and flags, window
+_PLAIN = struct.Struct("!HBxHxxHxBxx12xIIHH").unpack_from
+
+
+def _raw_key(src: str, sport: int, dst: str, dport: int) -> Optional[bytes]:
+    """The bytes an Ethernet/IPv4/TCP frame carries from its 26th: both addresses, both
+    ports (None for IPv6)."""
+    if ":" in src:
+        return None
+    return _aton(src) + _aton(dst) + _PORTS(sport, dport)
+
+
+_aton = socket.inet_aton
+_PORTS = struct.Struct("!HH").pack
 
 
 class _Reassembly:
@@ -293,6 +311,9 @@ class FlowTable:
         self._closing = False
         self._map: dict[tuple, tuple[TcpFlow, bool]] = {}
         self._umap: dict[tuple, tuple[UdpConversation, bool]] = {}
+        # IPv4 flows by the bytes of their addresses and ports as a frame carries them:
+        # (flow, c2s, its reassembly that way, the other way, its sequence analysis)
+        self._raw: dict[bytes, tuple] = {}
 
     # ------------------------------------------------------------------ input
     def totals(self) -> dict[str, int]:
@@ -321,6 +342,10 @@ class FlowTable:
                 ent = self._map.get(key)
                 if ent is not None and ent[0] is flow:
                     del self._map[key]
+                raw = _raw_key(*key)
+                ent = self._raw.get(raw)
+                if ent is not None and ent[0] is flow:
+                    del self._raw[raw]
             if self.on_forget is not None:
                 self.on_forget(flow)
 
@@ -342,6 +367,14 @@ class FlowTable:
         self.open[flow.id] = flow
         self._map[(s.src, s.sport, s.dst, s.dport)] = (flow, c2s)
         self._map[(s.dst, s.dport, s.src, s.sport)] = (flow, not c2s)
+        raw = _raw_key(s.src, s.sport, s.dst, s.dport)
+        if raw is not None:
+            h, other = flow._reassembly_c2s, flow._reassembly_s2c
+            if not c2s:
+                h, other = other, h
+            self._raw[raw] = (flow, c2s, h, other, flow._sequence)
+            self._raw[raw[4:8] + raw[:4] + raw[10:] + raw[8:10]] = \
+                (flow, not c2s, other, h, flow._sequence)
         return flow, c2s
 
     def feed(self, s) -> None:
@@ -371,7 +404,7 @@ class FlowTable:
         before = flow.last_ts
         flow.last_ts = ts
         if flow.handshake is not None and not flags & SYN:
-            self._handshake_ack(flow, c2s, s)
+            self._handshake_ack(flow, c2s, seq, ack, index)
         ta = flow._sequence.segment(c2s, ts, seq, ack, seglen, flags, window, wscale)
         if flags & 0x07:                                 # SYN, FIN or RST
             self._control(flow, c2s, s, flags)
@@ -430,58 +463,58 @@ class FlowTable:
 
     feed_segment = feed
 
-    def feed_plain(self, pkt, *, _fast=_FAST, _a4=_A4.get) -> bool:
-        """Take a captured `Packet` that is the commonest kind, and say True; else False,
-        nothing changed, and the caller feeds `decode(pkt)` instead.
+    def feed_plain(self, pkt) -> bool:
+        """Take a captured `Packet` that is the commonest kind (see `feed_frame`) and say
+        True; else False, nothing changed, and the caller feeds `decode(pkt)` instead."""
+        data = pkt.data
+        return pkt.linktype == 1 and self.feed_frame(data, 0, len(data), pkt.origlen, pkt.ts,
+                                                     pkt.index)
+
+    def feed_frame(self, buf, at: int, caplen: int, origlen: int, ts: float, index: int, *,
+                   _plain=_PLAIN, _tsopt=b"\x01\x01\x08\x0a") -> bool:
+        """Take an Ethernet frame (`caplen` bytes of `buf` from `at`: `Capture.scan` offers
+        each record from its read buffer) that is the commonest kind, and say True; else
+        False, nothing changed, and the caller feeds `decode` of its packet instead.
 
         The commonest kind: Ethernet/IPv4/TCP without IP options, no TCP option but the
-        timestamps, only ACK (and PSH) set, on a known open flow past its handshake and
-        before any FIN, that the sequence analysis does not flag (`Connection.plain`),
-        empty or the next bytes in order of its direction. From the record's bytes to the
+        timestamps, only ACK (and PSH) set, on a known open flow before any FIN, that the sequence analysis does not flag (`Connection.plain`),
+        empty or the next bytes in order of its direction. From the frame's bytes to the
         flow's counters, the analysis and `on_data` in one function, without a `Segment`:
-        a busy lab's capture is mostly such packets. For that speed it repeats the first
-        lines of `packets.decode`; the counting is `TcpFlow.count`, as in `feed`.
+        a busy lab's capture is mostly such packets. The flow is found by the frame's
+        address and port bytes (`_raw`); the counting is `TcpFlow.count`'s.
         (The keyword-only parameters are constants bound for speed; do not pass them.)
         """
-        index, ts, lt, data, origlen, _iface = pkt
-        if lt != 1 or data[12:15] != b"\x08\x00\x45" or len(data) < 54:
+        if caplen < 54:
             return False
-        totlen, frag, proto, src, dst, sport, dport, seq, ack, off, flags, window = \
-            _fast(data, 16)
-        if proto != 6 or frag & 0x3FFF or (flags != 0x10 and flags != 0x18) or off & 1:
+        ether, vihl, totlen, frag, proto, seq, ack, offflags, window = _plain(buf, at + 12)
+        if ether != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF:
             return False
-        hl = (off >> 4) << 2
-        if hl == 20:
+        # the data offset (5: no option) and the flags: ACK, or ACK and PSH, nothing else
+        if offflags == 0x5010 or offflags == 0x5018:
             start = 54
-        elif hl == 32 and data[54:58] == b"\x01\x01\x08\x0a":
-            start = 66
+        elif (offflags == 0x8010 or offflags == 0x8018) and buf[at + 54:at + 58] == _tsopt:
+            start = 66                       # the timestamps option alone
         else:
             return False
-        avail = origlen - 14
-        if totlen == 0 or totlen > avail:
-            totlen = avail
-        seglen = totlen - 20 - hl
-        a = _a4(src)
-        b = _a4(dst)
-        if seglen < 0 or a is None or b is None or len(data) < start + seglen:
+        if totlen == 0 or totlen > origlen - 14:
+            totlen = origlen - 14
+        seglen = totlen - start + 14
+        if seglen < 0 or caplen < start + seglen:
             return False
-        ent = self._map.get((a, sport, b, dport))
+        ent = self._raw.get(buf[at + 26:at + 38])
         if ent is None:
             return False
-        flow, c2s = ent
-        if flow.ended or flow.handshake is not None or flow.fin_next:
-            return False
-        if c2s:
-            h, other = flow._reassembly_c2s, flow._reassembly_s2c
-        else:
-            h, other = flow._reassembly_s2c, flow._reassembly_c2s
-        if h.fin is not None or other.fin is not None or other.heap:
+        flow, c2s, h, other, sequence = ent
+        # (a FIN waiting for its ACK, `fin_next`, has set its direction's `fin`)
+        if flow.ended or h.fin is not None or other.fin is not None or other.heap:
             return False
         if seglen and (h.heap or not h.started or (h.nxt - seq) & M32):
             return False
-        if not flow._sequence.plain(c2s, ts, seq, ack, seglen, window):
+        if not sequence.plain(c2s, ts, seq, ack, seglen, window):
             return False
-        self._index = index
+        # (`_index` is left alone: only the ending of a flow reads it, which this is not)
+        if flow.handshake is not None:
+            self._handshake_ack(flow, c2s, seq, ack, index)
         flow.count(c2s, seglen)
         flow.last_ts = ts
         other.peer_ack = ack
@@ -489,16 +522,17 @@ class FlowTable:
             h.nxt += seglen
             h.delivered += seglen
             if self.on_data is not None:
-                self.on_data(flow, "c2s" if c2s else "s2c", ts, data[start:start + seglen])
+                at += start
+                self.on_data(flow, "c2s" if c2s else "s2c", ts, buf[at:at + seglen])
         return True
 
-    def _handshake_ack(self, flow: TcpFlow, c2s: bool, s: Segment) -> None:
+    def _handshake_ack(self, flow: TcpFlow, c2s: bool, seq: int, ack: int, index: int) -> None:
         """The SYN's sender's next segment after the SYN-ACK completes the handshake."""
         syn_c2s, hs = flow.handshake
         if c2s == syn_c2s and hs["isn_s"] is not None:
-            hs["ack_seq"] = (s.seq - hs["isn_c"]) & M32
-            hs["ack_ack"] = (s.ack - hs["isn_s"]) & M32
-            hs["packets"].append(s.index)
+            hs["ack_seq"] = (seq - hs["isn_c"]) & M32
+            hs["ack_ack"] = (ack - hs["isn_s"]) & M32
+            hs["packets"].append(index)
             self.handshakes.append(hs)
             flow.handshake = None
 

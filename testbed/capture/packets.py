@@ -1,7 +1,8 @@
 """Reading capture files (pcap and pcapng) and decoding their packets to TCP/UDP.
 
-`read_capture(path)` streams a file and yields `Packet`s; it never reads the whole file into
-memory, never raises for damage inside the file (it stops at the damage and says where in
+`read_capture(path)` streams a file and yields `Packet`s (or, by `Capture.scan`, hands each
+frame to a callback from its read buffer, a `Packet` only for those the callback leaves);
+it never reads the whole file into memory, never raises for damage inside the file (it stops at the damage and says where in
 `Capture.error`, with `Capture.truncated` set when the file simply ends early), and raises
 `CaptureError` only when the file is not a capture at all (missing, empty, unknown magic).
 
@@ -36,7 +37,7 @@ import json
 import os
 import socket
 import struct
-from typing import Iterator, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 __all__ = [
     "CaptureError", "Capture", "Packet", "Segment", "Datagram", "Interface",
@@ -262,35 +263,45 @@ class Capture:
         return self._iter_pcap(f) if self.format == "pcap" else self._iter_pcapng(f)
 
     # -------------------------------------------------------------- pcap
-    def _iter_pcap(self, f: io.RawIOBase) -> Iterator[Packet]:
+    def _pcap_header(self, f: io.RawIOBase) -> Optional[tuple]:
+        """Read the file header: how to read the records (`_PcapLayout`), or None when
+        the header itself is cut short."""
+        hdr = _read_exact(f, 24)
+        if len(hdr) < 24:
+            self._fail(f"truncated pcap file header ({len(hdr)} of 24 bytes)", True)
+            return None
+        endian, nano, modified = _PCAP_MAGIC[hdr[:4]]
+        self.byte_order = "little" if endian == "<" else "big"
+        self.nanosecond = nano
+        vmaj, vmin, _zone, _sigfigs, snaplen, network = struct.unpack_from(
+            endian + "HHiIII", hdr, 4)
+        self.version = (vmaj, vmin)
+        linktype = network & 0xFFFF
+        self.snaplen = snaplen
+        self.linktype = linktype
+        self.interfaces.append(Interface(linktype, snaplen, 10 ** 9 if nano else 10 ** 6))
+        # Before format 2.3 a record held the original length first: always swap them
+        # back; 2.3 files were written both ways, so swap only where "captured" > "original".
+        swapped = 2 if (vmaj, vmin) < (2, 3) else 1 if (vmaj, vmin) == (2, 3) else 0
+        return _PcapLayout(_RECORD[endian], 24 if modified else 16, swapped, linktype,
+                           max(STD_MAX_PACKET, snaplen if snaplen <= MAX_RECORD else 0),
+                           1_000_000_000 if nano else 1_000_000)
+
+    def _iter_pcap(self, f: io.RawIOBase, resume: Optional[tuple] = None) -> Iterator[Packet]:
+        """The packets of a pcap file; `resume`: (file offset, packets before it, the
+        file's layout) to go on from where `scan` stopped."""
         with f:     # closed at the end, or when the reader is closed
-            hdr = _read_exact(f, 24)
-            if len(hdr) < 24:
-                self._fail(f"truncated pcap file header ({len(hdr)} of 24 bytes)", True)
-                return
-            magic = hdr[:4]
-            endian, nano, modified = _PCAP_MAGIC[magic]
-            self.byte_order = "little" if endian == "<" else "big"
-            self.nanosecond = nano
-            vmaj, vmin, _zone, _sigfigs, snaplen, network = struct.unpack_from(
-                endian + "HHiIII", hdr, 4)
-            self.version = (vmaj, vmin)
-            # Before format 2.3 a record held the original length first: always swap them
-            # back; 2.3 files were written both ways, so swap only where "captured" > "original".
-            swapped = 2 if (vmaj, vmin) < (2, 3) else 1 if (vmaj, vmin) == (2, 3) else 0
-            linktype = network & 0xFFFF
-            self.snaplen = snaplen
-            self.linktype = linktype
-            self.interfaces.append(Interface(linktype, snaplen, 10 ** 9 if nano else 10 ** 6))
-            limit = max(STD_MAX_PACKET, snaplen if snaplen <= MAX_RECORD else 0)
-            rec = struct.Struct(endian + "IIII")
-            unpack = rec.unpack_from
-            rlen = 24 if modified else 16
-            div = 1_000_000_000 if nano else 1_000_000
+            if resume is None:
+                layout = self._pcap_header(f)
+                if layout is None:
+                    return
+                base, index = 24, 0          # base: the file offset of buf[0]
+            else:
+                base, index, layout = resume
+                f.seek(base)
+            unpack, rlen, swapped, linktype, limit, div = layout
             buf = b""
             pos = 0
-            base = 24                        # file offset of buf[0]
-            index = 0
             read = f.read
             new = _new
             P = Packet
@@ -332,6 +343,106 @@ class Capture:
                 pos = end
                 self.packets_read = index
                 yield new(P, (index, sec + frac / div, linktype, data, origlen, 0))
+
+    def scan(self, other: Callable[[Packet], object],
+             take: Optional[Callable[..., bool]] = None
+             ) -> tuple[int, Optional[float], Optional[float]]:
+        """Read every packet, as iterating does, to a callback: faster than iterating
+        when most packets are of one kind that `take` handles from the file's bytes.
+
+        `take(buf, at, caplen, origlen, ts, index)` is offered each Ethernet frame, as
+        `caplen` bytes of `buf` from `at` (no `Packet` is made for it); it returns True
+        when it took the frame, False to leave it to `other(packet)`, which gets every
+        packet `take` did not take (all of them without `take`). The frames of a classic
+        pcap file are offered from its read buffer; a pcapng file's or a pcap file's
+        older than format 2.4 are read as iterating reads them, then offered.
+        Returns (packets read, the first one's time, the last one's), None for no packet.
+        Like iterating, it reads from the start and leaves `error`, `truncated`,
+        `packets_read` and the rest set as iterating to the end does.
+        """
+        self.close()
+        self._it = self._pending = None
+        self._primed = True
+        self._reset()
+        if self.format == "pcap":
+            try:
+                f = open(self.path, "rb", buffering=0)
+            except OSError as exc:
+                self._fail(f"cannot open: {exc}")
+                return 0, None, None
+            with f:
+                layout = self._pcap_header(f)
+                if layout is None:
+                    return 0, None, None
+                if not layout.swapped:
+                    return self._scan_pcap(f, layout, other, take)
+                return self._scan_packets(self._iter_pcap(f, (24, 0, layout)), other, take)
+        return self._scan_packets(self._iterate(), other, take)
+
+    @staticmethod
+    def _scan_packets(packets: Iterator[Packet], other, take, count: int = 0,
+                      first: Optional[float] = None, last: Optional[float] = None
+                      ) -> tuple[int, Optional[float], Optional[float]]:
+        """`scan` by iterating: each Ethernet frame offered to `take` in its own bytes."""
+        for pkt in packets:
+            count += 1
+            last = pkt.ts
+            if first is None:
+                first = last
+            if take is None or pkt.linktype != 1 \
+                    or not take(pkt.data, 0, len(pkt.data), pkt.origlen, last, pkt.index):
+                other(pkt)
+        return count, first, last
+
+    def _scan_pcap(self, f: io.RawIOBase, layout: "_PcapLayout", other, take
+                   ) -> tuple[int, Optional[float], Optional[float]]:
+        """`scan` of a pcap file whose records need no swapping, from its read buffer.
+        Damage (a record too long, one cut short) is left to `_iter_pcap`, resumed at that
+        record, which says so in `error` as iterating does."""
+        unpack, rlen, _swapped, linktype, limit, div = layout
+        if linktype != 1:
+            take = None
+        buf = b""
+        n = pos = 0
+        base = 24                            # file offset of buf[0]
+        index = 0
+        first = ts = None
+        new = _new
+        P = Packet
+        while True:
+            if pos + rlen <= n:
+                sec, frac, caplen, origlen = unpack(buf, pos)
+                end = pos + rlen + caplen
+                if end <= n and caplen <= limit:
+                    index += 1
+                    at = pos + rlen
+                    pos = end
+                    ts = sec + frac / div
+                    if first is None:
+                        first = ts
+                    if take is None or not take(buf, at, caplen, origlen, ts, index):
+                        other(new(P, (index, ts, linktype, buf[at:end], origlen, 0)))
+                    continue
+                if caplen > limit:
+                    break
+                need = end - n
+            else:
+                need = pos + rlen - n
+            more = _read_exact(f, max(CHUNK, need))
+            if len(more) < need:
+                if not more and pos == n:            # the end, on a record's boundary
+                    self.packets_read = index
+                    return index, first, ts
+                break
+            buf = buf[pos:] + more
+            n = len(buf)
+            base += pos
+            pos = 0
+        # damage at `base + pos`: the general reader says what it is
+        self.packets_read = index
+        return self._scan_packets(self._iter_pcap(open(self.path, "rb", buffering=0),
+                                                  (base + pos, index, layout)),
+                                  other, take, index, first, ts)
 
     # -------------------------------------------------------------- pcapng
     def _iter_pcapng(self, f: io.RawIOBase) -> Iterator[Packet]:
@@ -517,6 +628,19 @@ class Capture:
                             self.drops[g] = st["ifdrop"]
                 # anything else (name resolution, decryption secrets, custom, ...): skipped
 
+
+class _PcapLayout(NamedTuple):
+    """How a pcap file's records are read (from its file header)."""
+
+    unpack: Callable            # the record header: (seconds, fraction, caplen, origlen)
+    rlen: int                   # bytes of a record header (24 in the "modified" format)
+    swapped: int                # 0: lengths as written; 1: swapped where caplen > origlen; 2: always
+    linktype: int
+    limit: int                  # a captured length above this is damage
+    div: int                    # fraction units per second
+
+
+_RECORD = {e: struct.Struct(e + "IIII").unpack_from for e in "<>"}
 
 _PCAP_MAGIC = {
     # magic bytes as found in the file -> (struct endian, nanosecond, modified record)

@@ -45,18 +45,49 @@ def shard_of(seg: Segment, shards: int) -> int:
 
 
 class _Owned:
-    """The packets of a capture one shard reads, counting all of them."""
+    """The packets of a capture one shard reads, counting all of them: iterated, or as
+    `Capture.scan`'s callbacks in front of an analyser's (`take` and `other`)."""
 
-    def __init__(self, packets: Iterable, shard: int, shards: int) -> None:
+    def __init__(self, packets: Iterable, shard: int, shards: int,
+                 analyzer: Optional[Analyzer] = None) -> None:
         self.packets = packets
         self.shard = shard
         self.shards = shards
         self.count = 0
         self.first_ts: Optional[float] = None
         self.last_ts: Optional[float] = None
+        if analyzer is not None:
+            self._feed_frame = analyzer.table.feed_frame
+            self._decoded = analyzer._decoded
+
+    def _ours(self, src: int, dst: int, sport: int, dport: int) -> bool:
+        return (src ^ dst ^ sport ^ dport) % self.shards == self.shard \
+            or sport in DNS_PORTS or dport in DNS_PORTS
+
+    def take(self, buf, at: int, caplen: int, origlen: int, ts: float, index: int) -> bool:
+        """`Capture.scan`'s `take`: an Ethernet/IPv4/TCP frame of another shard is taken
+        (and dropped), one of this shard's offered to the flow table's fast path."""
+        if caplen >= 54 and buf[at + 12:at + 15] == b"\x08\x00\x45" and buf[at + 23] == 6:
+            # Ethernet, IPv4 without options, TCP: decided from the bytes (the addresses
+            # as numbers are what shard_of uses too)
+            if not self._ours(*_ENDS(buf, at + 26)):
+                return True
+            return self._feed_frame(buf, at, caplen, origlen, ts, index)
+        return False
+
+    def other(self, pkt) -> None:
+        """`Capture.scan`'s `other`: what `take` did not take, to the analyser if ours."""
+        data = pkt.data
+        if pkt.linktype == 1 and len(data) >= 54 and data[12:15] == b"\x08\x00\x45" \
+                and data[23] == 6:
+            self._decoded(pkt)                  # `take` found it ours
+            return
+        item = decode(pkt)
+        if type(item) is not Segment or item.sport in DNS_PORTS \
+                or item.dport in DNS_PORTS or shard_of(item, self.shards) == self.shard:
+            self._decoded(pkt)
 
     def __iter__(self) -> Iterator:
-        mine, n = self.shard, self.shards
         count = 0
         pkt = None
         try:
@@ -67,16 +98,12 @@ class _Owned:
                 data = pkt.data
                 if pkt.linktype == 1 and len(data) >= 54 and data[12:15] == b"\x08\x00\x45" \
                         and data[23] == 6:
-                    # Ethernet, IPv4 without options, TCP: decided from the bytes (the
-                    # addresses as numbers are what shard_of uses too)
-                    src, dst, sport, dport = _ENDS(data, 26)
-                    if (src ^ dst ^ sport ^ dport) % n == mine or sport in DNS_PORTS \
-                            or dport in DNS_PORTS:
+                    if self._ours(*_ENDS(data, 26)):
                         yield pkt
                     continue
                 item = decode(pkt)
                 if type(item) is not Segment or item.sport in DNS_PORTS \
-                        or item.dport in DNS_PORTS or shard_of(item, n) == mine:
+                        or item.dport in DNS_PORTS or shard_of(item, self.shards) == self.shard:
                     yield pkt
         finally:
             self.count = count
@@ -98,10 +125,15 @@ def _run_shard(path: str, shard: int, shards: int, options: dict) -> tuple:
     a.result.path = str(path)
     a.result.meta = meta
     a.result.assumed_time_scale = assumed
-    owned = _Owned(cap, shard, shards)
-    a.feed_packets(owned)
+    owned = _Owned(cap, shard, shards, a)
+    if a.events:
+        # the events need the number of every packet before the flow table sees it
+        a.feed_packets(owned)
+        seen = owned.count, owned.first_ts, owned.last_ts
+    else:
+        seen = cap.scan(owned.other, owned.take)
     r = a.finish()
-    r.packets, r.first_ts, r.last_ts = owned.count, owned.first_ts, owned.last_ts
+    r.packets, r.first_ts, r.last_ts = seen
     r.truncated, r.error, r.drops = cap.truncated, cap.error, dict(cap.drops or {})
     ended = a.ended()
     firsts = {id_: first for id_, first, _end, _head in ended}

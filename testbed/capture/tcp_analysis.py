@@ -243,13 +243,14 @@ class Connection:
         not one (then `segment` applies every rule). Decided without the rules that cannot
         apply to it: at the expected sequence number, the window open, the handshake over,
         acknowledging nothing unseen, and either empty and acknowledging something new or
-        data not yet acknowledged that does not fill the peer's window."""
+        data not yet acknowledged that does not fill the peer's window. (It may be the ACK
+        that ends the handshake: no rule it could meet depends on the handshake.)"""
         if from_a:
             me, peer = self.a, self.b
         else:
             me, peer = self.b, self.a
         nxt = me.nxt
-        if seq != nxt or not nxt or not window or self.handshake or self.fresh:
+        if seq != nxt or not nxt or not window or self.fresh:
             return False
         upto = peer.to_ack
         if upto and (upto - ack + HALF) & M32 < HALF:        # acks something unseen
@@ -287,6 +288,8 @@ class Connection:
         me.ack = ack
         me.ack_ts = ts
         me.last = 0
+        if self.handshake:
+            self._handshake_acked(me, peer, ts)
         return True
 
     def segment(self, from_a: bool, ts: float, seq: int, ack: int, seglen: int, flags: int,
@@ -417,11 +420,16 @@ class Connection:
             elif flags & ACK and peer.scale == SCALING_OFF:
                 me.scale = SCALING_OFF
         elif self.handshake and flags & ACK:
-            me.handshaking = False
-            if self.syn_ts and not self.rtt:
-                self.rtt = ts - self.syn_ts
-            self.handshake = peer.handshaking or bool(self.syn_ts and not self.rtt)
+            self._handshake_acked(me, peer, ts)
         return found
+
+    def _handshake_acked(self, me: _Side, peer: _Side, ts: float) -> None:
+        """An ACK without SYN from `me` during the handshake: its round trip, once the
+        first such ACK after a SYN gives it, and whether the handshake goes on."""
+        me.handshaking = False
+        if self.syn_ts and not self.rtt:
+            self.rtt = ts - self.syn_ts
+        self.handshake = peer.handshaking or bool(self.syn_ts and not self.rtt)
 
 
 class TcpAnalyzer:

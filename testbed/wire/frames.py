@@ -100,6 +100,19 @@ class FrameDecoder:
             return HEADER_LEN - held if held else 0
         return HEADER.unpack_from(self._buf)[0] - held   # a held header was checked
 
+    def whole_frame(self, data: bytes):
+        """The command of `data` when it is one whole frame with a good header and nothing is
+        held (then it is taken: `receive_data` would have returned just it); else None and
+        nothing changed. For a reader that wants only the commands of the frames a phone
+        sends one to a segment, without a copy of each body."""
+        if self._buf or self._error is not None or len(data) < HEADER_LEN:
+            return None
+        packet_len, header_len, version, cmd, _seq = HEADER.unpack_from(data)
+        if packet_len != len(data) or header_len != HEADER_LEN or version != VERSION \
+                or packet_len > self.max_packet_len:
+            return None
+        return cmd
+
     def receive_data(self, data: bytes) -> list[Frame]:
         """Feed bytes; return every frame now complete, in order."""
         if self._error is not None:

@@ -531,3 +531,65 @@ def test_reads_what_the_project_writer_writes(tmp_path):
     assert [pk.data for pk in pkts] == [F1, F3]
     assert abs(pkts[0].ts - 1_700_000_000.123456789) < 1e-6
     assert decode(pkts[1]).payload == b"GET / HTTP/1.0\r\n\r\n"
+
+
+# ============================================================================== scan
+def _scanned(path, take_every: int = 0):
+    """`Capture.scan` of a file: the packets `other` got and those `take` took (every
+    `take_every`-th frame offered, rebuilt from the bytes it was offered), in order."""
+    got = []
+
+    def take(buf, at, caplen, origlen, ts, index):
+        if not take_every or index % take_every:
+            return False
+        got.append(Packet(index, ts, 1, bytes(buf[at:at + caplen]), origlen, 0))
+        return True
+
+    cap = read_capture(path)
+    n, first, last = cap.scan(got.append, take if take_every else None)
+    assert n == len(got) == cap.packets_read
+    assert (first, last) == ((got[0].ts, got[-1].ts) if got else (None, None))
+    return cap, got
+
+
+def _scan_cases(tmp_path):
+    chunky = [(1.0 + i, tcp_frame(seq=i, payload=bytes([i % 251]) * (i % 1500)))
+              for i in range(1600)]        # over 1 MiB: records across read chunks
+    huge = bytearray(pcap_bytes(FRAMES))
+    struct.pack_into("<I", huge, 24 + 16 + len(F1) + 8, 0xFFFFFFF0)   # 2nd record's caplen
+    small = _small_files()
+    cases = {"le": pcap_bytes(FRAMES), "be": pcap_bytes(FRAMES, endian=">"),
+             "nano": pcap_bytes(FRAMES, nano=True),
+             "modified": pcap_bytes([(5.0, F3[:40], len(F3)), (6.0, F1)], modified=True),
+             "2.2": pcap_bytes([(1.0, F3[:40], len(F3)), (2.0, F1, len(F1))],
+                               version=(2, 2), lengths_swapped=True, snaplen=40),
+             "raw-ip": pcap_bytes([(1.0, F3[14:])], linktype=101),
+             "chunks": pcap_bytes(chunky), "huge": bytes(huge), "pcapng": small["pcapng"],
+             "empty": pcap_bytes([])}
+    for cut in range(24, len(small["pcap"]), 7):
+        cases[f"cut{cut}"] = small["pcap"][:cut]
+    for cut in range(28, len(small["pcapng"]), 9):
+        cases[f"ngcut{cut}"] = small["pcapng"][:cut]
+    return {name: write(tmp_path, data, name) for name, data in cases.items()}
+
+
+def test_scan_reads_what_iterating_reads(tmp_path):
+    """Every packet once, in order, with the same bytes, lengths, times and numbers, and
+    the same damage reported, whether `take` takes frames from the read buffer or not."""
+    for name, path in _scan_cases(tmp_path).items():
+        ref = read_capture(path)
+        pkts = list(ref)
+        for every in (0, 1, 2):
+            cap, got = _scanned(path, every)
+            assert got == pkts, (name, every)
+            assert (cap.error, cap.truncated, cap.version, cap.interfaces) == \
+                (ref.error, ref.truncated, ref.version, ref.interfaces), (name, every)
+        assert len(list(cap)) == len(pkts), name          # and it can be iterated after
+
+
+def test_scan_offers_only_ethernet_frames(tmp_path):
+    p = write(tmp_path, pcap_bytes([(1.0, F3[14:])], linktype=101))
+    offered = []
+    cap = read_capture(p)
+    cap.scan(lambda pkt: None, lambda *frame: offered.append(frame))
+    assert offered == []

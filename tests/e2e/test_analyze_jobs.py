@@ -23,12 +23,14 @@ def _analyze(path: Path, *options: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("path", REPO_FILES + [GOLDEN / "storyboard.pcapng"],
                          ids=lambda p: p.name)
-def test_jobs_print_what_one_process_prints(path):
-    one = _analyze(path, "--events")
+@pytest.mark.parametrize("events", [("--events",), ()], ids=["events", "summary"])
+def test_jobs_print_what_one_process_prints(path, events):
+    # with events each shard reads packet by packet, without them by `Capture.scan`
+    one = _analyze(path, *events)
     assert one.returncode == 0, one.stderr
     assert '"flows"' in one.stdout
     for jobs in ("2", "3"):
-        many = _analyze(path, "--events", "--jobs", jobs)
+        many = _analyze(path, *events, "--jobs", jobs)
         assert many.returncode == 0, many.stderr
         assert many.stdout == one.stdout, f"--jobs {jobs} differs on {path.name}"
 

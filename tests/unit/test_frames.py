@@ -472,3 +472,20 @@ def test_corrupted_streams_agree_with_the_reference(frames, data):
     if not raised:
         consumed = sum(16 + len(f.body) for f in ref_frames)
         assert dec.buffered == len(stream) - consumed
+
+
+def test_whole_frame_reads_one_whole_frame_and_nothing_else():
+    """`whole_frame` says a segment's command when the segment is exactly one good frame
+    and nothing is held, as receive_data would decode it; else None and nothing changed."""
+    d = FrameDecoder(max_packet_len=64)
+    assert d.whole_frame(SENDMSG) == 237 and d.whole_frame(HEARTBEAT_REPLY) == 1000000006
+    assert d.buffered == 0
+    for other in (SENDMSG[:-1], SENDMSG + HEARTBEAT_REQUEST, SENDMSG[:10], b"",
+                  encode_frame(6, 1, b"x" * 60, max_packet_len=100)):      # over 64 bytes
+        assert d.whole_frame(other) is None
+    assert d.receive_data(SENDMSG[:10]) == [] and d.whole_frame(SENDMSG) is None
+    assert d.receive_data(SENDMSG[10:]) == [SENDMSG_F]          # what was held is whole
+    bad = FrameDecoder()
+    with pytest.raises(RemoteProtocolError):
+        bad.receive_data(b"\x00\x00\x00\x10\x00\x11" + b"\x00" * 10)
+    assert bad.whole_frame(SENDMSG) is None                      # a poisoned decoder
