@@ -24,6 +24,8 @@ from .measure import (LagMonitor, RadioWindow, cpu_seconds, loop_name, max_rss_m
 
 log = logging.getLogger(__name__)
 
+LOGIN_TRIES = 5   # a login-phase request sent this many times before the phone gives up
+
 
 @dataclass
 class PhonePlan:
@@ -71,6 +73,7 @@ class FleetReport:
     event_loop: str
     cpu_s: float
     max_rss_mb: float
+    login_retries: int = 0             # login-phase requests sent again (`PhoneFleet._again`)
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON holds it (a study phone posts it to the lab's store): a phone's received
@@ -159,6 +162,7 @@ class PhoneFleet:
         self.lag = LagMonitor(clock)
         self.radio_profiles = config.radio_profiles()
         self.logged_in = 0
+        self.login_retries = 0
         self.login_done = math.nan
         self.online_done = math.nan
         self.everyone_in = asyncio.Event()
@@ -208,8 +212,6 @@ class PhoneFleet:
 
     # ------------------------------------------------------------------ one phone
     async def _send(self, p: _RunningPhone, off: float, k: int) -> None:
-        import aiohttp
-
         from testbed.client.shortlink import HTTPStatusError
 
         await self.sleep_until(p.t0 + off)
@@ -221,8 +223,7 @@ class PhoneFleet:
             try:
                 r = await self.sender.send_text(p.plan.username, f"study {p.plan.index}/{k}",
                                                 client_msg_id=cid, door="short")
-            except (OSError, asyncio.TimeoutError, aiohttp.ClientError,
-                    HTTPStatusError) as exc:
+            except (OSError, asyncio.TimeoutError, HTTPStatusError) as exc:
                 rec[3] = repr(exc)
                 log.info("send to %s failed (%r); retrying", p.plan.username, exc)
                 await asyncio.sleep(0.02 * (attempt + 1))
@@ -255,6 +256,22 @@ class PhoneFleet:
             except transient:
                 pass
 
+    async def _again(self, p: _RunningPhone, request: Callable[[], Any]) -> None:
+        """A short-link request of the login phase, sent again (as a phone does) when its
+        connection broke or timed out: every short-link connection crosses the carrier NAT,
+        and a loop that lags 150 ms of wall time at k = 2000 (on a busy machine) leaves one
+        idle past the NAT's 300 protocol seconds, so the NAT forgets it midway."""
+        for attempt in range(LOGIN_TRIES):
+            try:
+                return await request()
+            except (ConnectionError, asyncio.TimeoutError, OSError) as exc:
+                if attempt == LOGIN_TRIES - 1:
+                    raise
+                self.login_retries += 1
+                log.info("%s: %s failed (%r); again", p.plan.username,
+                         getattr(request, "__name__", "request"), exc)
+                await asyncio.sleep(0.01 * (attempt + 1))
+
     async def _log_in(self, p: _RunningPhone, sem: asyncio.Semaphore) -> None:
         """Phase 1: TLS login and newinit on the short link; no long link yet."""
         from testbed.client.phone import Phone
@@ -268,8 +285,8 @@ class PhoneFleet:
                             on_message=lambda _m, _t, ev=p.arrived: ev.set(),
                             rng=random.Random(p.plan.seed),
                             link_observer=p.radio.observer if p.radio else None)
-            await p.phone.session.login()
-            await p.phone.session.init()
+            await self._again(p, p.phone.session.login)
+            await self._again(p, p.phone.session.init)
         self.logged_in += 1
         if self.logged_in == len(self.phones):
             self.login_done = self.clock.now()
@@ -387,7 +404,7 @@ class PhoneFleet:
                            lag=self.lag.samples,
                            login_done=self.login_done, online_done=self.online_done,
                            event_loop=loop_name(), cpu_s=cpu_seconds() - cpu0,
-                           max_rss_mb=max_rss_mb())
+                           max_rss_mb=max_rss_mb(), login_retries=self.login_retries)
 
 
 async def run_fleet(payload: dict[str, Any], channel) -> FleetReport:
