@@ -22,7 +22,7 @@ from testbed.lab.addressing import client_address
 from .config import StudyConfig
 from .driver import FleetReport, PhonePlan, fleet_payload, run_fleet
 from .figures import expiries_in_windows, study_result
-from .measure import LagMonitor, cpu_seconds
+from .measure import LagMonitor, cpu_seconds, process_age_s
 from .results import StudyResult
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,9 @@ class _Study:
         try:
             with tempfile.TemporaryDirectory(prefix="testbed-study-") as tmp:
                 await self.start_lab(Path(tmp))
+                age = process_age_s()
+                startup = None if age is None else \
+                    age - (time.monotonic() - self.lab.clock.origin)
                 lab_lag = LagMonitor(self.lab.clock)
                 nproc = self.cfg.phone_processes()
                 lag_task = asyncio.ensure_future(lab_lag.run()) if nproc else None
@@ -134,7 +137,7 @@ class _Study:
             expiries = (expiries_in_windows(outcomes, self.expiries, self.by_source)
                         if self.nat_attributed else None)
             return study_result(self.cfg, fleets, lab_lag.samples if nproc else None, wall,
-                                cpu, nat_stats, expiries)
+                                cpu, nat_stats, expiries, startup_wall_s=startup)
         finally:
             if self.cfg.pause_gc and gc_was:
                 gc.enable()
