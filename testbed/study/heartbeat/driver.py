@@ -18,6 +18,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from testbed.lab.addressing import LONG
+
 from .config import StudyConfig
 from .measure import (LagMonitor, RadioWindow, cpu_seconds, loop_name, max_rss_mb,
                       quiescent, snapshot, window)
@@ -25,6 +27,7 @@ from .measure import (LagMonitor, RadioWindow, cpu_seconds, loop_name, max_rss_m
 log = logging.getLogger(__name__)
 
 LOGIN_TRIES = 5   # a login-phase request sent this many times before the phone gives up
+LOGIN_WAIT_S = 2.0   # wall seconds the first try waits for its answer, doubled each try
 
 
 @dataclass
@@ -141,9 +144,11 @@ class _RunningPhone:
 class PhoneFleet:
     """Phones and a sender in one event loop (the lab's, or a phone process's).
 
-    Phase 1 logs every phone in (TLS) and takes its newinit on the short link; once every
-    phone of the study is in (`barrier`), phase 2 opens each phone's long link and its window
-    starts: the costly TLS handshakes are over before any heartbeat's timing matters."""
+    Phase 1 logs every phone in (TLS), takes its newinit on the short link and resolves
+    the long link's name, `start_concurrency` phones at a time; once every phone of the
+    study is in (`barrier`), phase 2 opens each phone's long link, `online_concurrency` at a
+    time, and its window starts: the costly TLS handshakes are over before any heartbeat's
+    timing matters."""
 
     def __init__(self, manifest, clock, config: StudyConfig, plans: list[PhonePlan],
                  sender: tuple[str, str, Optional[str]], *,
@@ -166,6 +171,7 @@ class PhoneFleet:
         self.login_done = math.nan
         self.online_done = math.nan
         self.everyone_in = asyncio.Event()
+        self._online = asyncio.Semaphore(config.online_concurrency)
         self._barrier_task: Optional[asyncio.Future] = None
 
     # ------------------------------------------------------------------ helpers
@@ -263,7 +269,10 @@ class PhoneFleet:
         idle past the NAT's 300 protocol seconds, so the NAT forgets it midway."""
         for attempt in range(LOGIN_TRIES):
             try:
-                return await request()
+                # the NAT releases a forgotten connection only after its linger (3.6 s of
+                # wall time at k = 2000): a try waits less, and the next one longer, so
+                # that a lab slow to answer is not asked again and again
+                return await asyncio.wait_for(request(), LOGIN_WAIT_S * 2 ** attempt)
             except (ConnectionError, asyncio.TimeoutError, OSError) as exc:
                 if attempt == LOGIN_TRIES - 1:
                     raise
@@ -287,6 +296,9 @@ class PhoneFleet:
                             link_observer=p.radio.observer if p.radio else None)
             await self._again(p, p.phone.session.login)
             await self._again(p, p.phone.session.init)
+            # asked now, not when going online: one round trip fewer after the barrier,
+            # when every phone online beside it heartbeats (the session keeps the answer)
+            await p.phone.session.resolve(LONG)
         self.logged_in += 1
         if self.logged_in == len(self.phones):
             self.login_done = self.clock.now()
@@ -313,7 +325,7 @@ class PhoneFleet:
     async def _drive(self, p: _RunningPhone, sem: asyncio.Semaphore) -> None:
         await self._log_in(p, sem)
         await self.everyone_in.wait()
-        async with sem:
+        async with self._online:
             await self._go_online(p)
         p.t0 = self.clock.now()
         p.baseline = snapshot(p.phone)
