@@ -419,15 +419,22 @@ class PhoneFleet:
                            max_rss_mb=max_rss_mb(), login_retries=self.login_retries)
 
 
-async def run_fleet(payload: dict[str, Any], channel) -> FleetReport:
-    """A fleet worker: run the plans of `payload` against the lab of its manifest.
+async def run_fleet(payload: Optional[dict[str, Any]], channel) -> FleetReport:
+    """A fleet worker: run the plans of `payload` against the lab of its manifest (None:
+    started before the lab, it imports what a phone needs and waits for the payload, a
+    "plan" from the parent).
 
     Its clock takes the lab clock's wall origin (both read CLOCK_MONOTONIC), so protocol
     times in every process are one time line. The barrier: "logged_in" to the parent once
     every phone here is in, then wait for its "go" (sent when every fleet is in)."""
+    from testbed.client.phone import Phone  # noqa: F401 - imported while the lab starts
     from testbed.lab.clock import Clock
     from testbed.lab.manifest import Manifest
 
+    while payload is None:
+        kind, *args = await channel.receive()
+        if kind == "plan":
+            payload = args[0]
     cfg = StudyConfig.from_dict(payload["config"])
     if payload["own_process"] and cfg.pause_gc:   # the lab's process paused its own
         gc.collect()
