@@ -3,8 +3,10 @@ under a minute of wall time, with no event-loop stalls).
 
 Runs `testbed study heartbeat` (its three default policies behind the 300 s NAT, k = 2000)
 twice in the same run: the baseline at 100 phones per policy, then at `--clients` (1,000),
-both with `--processes` phone processes. Prints each run's wall time (set-up apart), CPU,
-peak RSS, loop lag and stalls, messages lost or duplicated, the CPU per heartbeat event
+both with `--processes` phone processes. Prints each run's wall time; when every window
+was open, counted from the command's start (imports and the lab's start included); when
+the last phone had logged in and when the last was online, counted from the lab's start;
+CPU, peak RSS, loop lag and stalls, messages lost or duplicated, the CPU per heartbeat event
 (CPU seconds of every process over the NOOPs and reconnects of the windows: set-up included,
 so the 100-phone baseline carries more of it), and the large run's wall time per phone as a
 ratio of the baseline's (1 means it scales linearly).
