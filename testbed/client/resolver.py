@@ -4,31 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 
 from testbed.lab.addressing import is_lab_address
 from testbed.wire import dns
+
+
+MAX_ANSWER = 4096   # the lab's answers fit 512 bytes; a bigger datagram is read whole
 
 
 class ResolveError(Exception):
     pass
 
 
-class _Query(asyncio.DatagramProtocol):
-    def __init__(self, qid: int) -> None:
-        self.qid = qid
-        self.answer: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    def datagram_received(self, data: bytes, addr) -> None:
+def _read(sock: socket.socket, qid: int, answer: asyncio.Future) -> None:
+    """The socket is readable: the first datagram that parses and carries our id answers;
+    an ICMP error (port unreachable) fails the try."""
+    while not answer.done():
+        try:
+            data = sock.recv(MAX_ANSWER)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            answer.set_exception(exc)
+            return
         try:
             ans = dns.parse_response(data)
         except Exception:  # noqa: BLE001 - a bad datagram is ignored, like a real stub
-            return
-        if ans.id == self.qid and not self.answer.done():
-            self.answer.set_result(ans)
-
-    def error_received(self, exc) -> None:
-        if not self.answer.done():
-            self.answer.set_exception(exc)
+            continue
+        if ans.id == qid:
+            answer.set_result(ans)
 
 
 class Resolver:
@@ -48,17 +53,26 @@ class Resolver:
         loop = asyncio.get_running_loop()
         last: Exception | None = None
         for _ in range(self.tries):
+            # a socket of its own for each try, as a stub resolver's random source port:
+            # a bare non-blocking socket (a datagram endpoint cost more than the query)
             qid = random.randrange(1, 0xFFFF)
-            transport, proto = await loop.create_datagram_endpoint(
-                lambda: _Query(qid), remote_addr=(self.server, self.port),
-                local_addr=(self.local_addr, 0) if self.local_addr else None)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                transport.sendto(dns.build_query(name, qid, qtype))
-                return await asyncio.wait_for(proto.answer, self.timeout)
+                sock.setblocking(False)
+                if self.local_addr:
+                    sock.bind((self.local_addr, 0))
+                sock.connect((self.server, self.port))
+                answer = loop.create_future()
+                loop.add_reader(sock.fileno(), _read, sock, qid, answer)
+                try:
+                    sock.send(dns.build_query(name, qid, qtype))
+                    return await asyncio.wait_for(answer, self.timeout)
+                finally:
+                    loop.remove_reader(sock.fileno())
             except (asyncio.TimeoutError, OSError) as exc:
                 last = exc
             finally:
-                transport.close()
+                sock.close()
         raise ResolveError(f"{name}: no answer from {self.server}:{self.port} ({last!r})")
 
     async def resolve(self, name: str) -> list[str]:

@@ -1,16 +1,27 @@
-"""CGI calls over the short link: one TCP connection per request, as the report saw."""
+"""CGI calls over the short link: one TCP connection per request, as the report saw.
+
+Each request is its own connection (PROTOCOL.md section 3: the server closes after its
+answer), so the client is one `asyncio.Protocol` per request with the `httptools` response
+parser, the request written with one `transport.write`: what the server side does too
+(`mocks.one_shot_http`). aiohttp's client made a session, a connector and its happy-eyeballs
+machinery for every request, which was about a third of a phone's login CPU (a TLS login
+2.6 against 1.8 ms of both sides' CPU, a plain one 0.66 against 0.34 ms; docs/performance.md).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import NamedTuple, Optional
 
-import aiohttp
+import httptools
 from google.protobuf.message import Message
 
 from testbed.lab.addressing import SHORT
 from testbed.wire import BY_CGI, CGI_PREFIX
 from testbed.wire.commands import decode_response
+
+MAX_REPLY = 64 << 20   # an answer larger than this is not a short-link answer
 
 
 class HTTPStatusError(Exception):
@@ -28,9 +39,78 @@ class ShortReply(NamedTuple):
     body: bytes
 
 
+class _Exchange(asyncio.Protocol):
+    """One request on its own connection: written when connected, its answer parsed as it
+    comes; `answer` resolves to the `ShortReply`, or to `ConnectionError` when the
+    connection ends before the whole answer came (or what came is not HTTP)."""
+
+    __slots__ = ("request", "answer", "transport", "parser", "content_type", "chunks",
+                 "size", "header")
+
+    def __init__(self, request: bytes, answer: asyncio.Future) -> None:
+        self.request = request
+        self.answer = answer
+        self.transport: Optional[asyncio.Transport] = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.content_type = ""
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.header = b""
+
+    def _fail(self, why: str) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ConnectionError(why))
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- asyncio
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer.done():
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(f"not an HTTP answer: {exc}")
+
+    def eof_received(self):
+        return None   # the answer ends at its Content-Length; an EOF before it is a loss
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        if not self.answer.done():
+            self.answer.set_exception(ConnectionError(
+                "the server closed the connection before the whole answer"
+                + (f" ({exc!r})" if exc else "")))
+
+    # -- httptools
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 12 and name.lower() == b"content-type":
+            self.content_type = value.decode("latin-1")
+
+    def on_body(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > MAX_REPLY:
+            raise ValueError("answer too large")   # surfaces as HttpParserError
+        self.chunks.append(data)
+
+    def on_message_complete(self) -> None:
+        if not self.answer.done():
+            chunks = self.chunks
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self.answer.set_result(ShortReply(self.parser.get_status_code(),
+                                              self.content_type, body))
+        if self.transport is not None:
+            self.transport.close()
+
+
 class ShortLink:
     """Posts CGI requests to `short.weixin.qq.com`: the first address that accepts, falling
-    back to the next A record when a connect fails."""
+    back to the next A record when a connect fails. `timeout`: wall seconds for one request,
+    connect to answer."""
 
     def __init__(self, address: str | list[str], port: int, tls_port: Optional[int] = None,
                  ssl_context: Optional[ssl.SSLContext] = None,
@@ -40,11 +120,7 @@ class ShortLink:
         self.bytes_sent = self.bytes_received = self.requests = 0
         self.ssl_context = ssl_context
         self.local_addr = local_addr
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-
-    def _connector(self) -> aiohttp.TCPConnector:
-        return aiohttp.TCPConnector(force_close=True, limit=0,
-                                    local_addr=(self.local_addr, 0) if self.local_addr else None)
+        self.timeout = timeout
 
     @property
     def address(self) -> str:
@@ -57,34 +133,41 @@ class ShortLink:
         if tls and (self.tls_port is None or self.ssl_context is None):
             raise ValueError("no TLS port or CA for this short link")
         port = self.tls_port if tls else self.port
-        headers = {"Host": f"{SHORT}:{port}", "Content-Type": "application/octet-stream",
-                   "Connection": "close"}
+        request = (b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/octet-stream"
+                   b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                   % (path.encode(), SHORT.encode(), port, len(body))) + body
+        loop = asyncio.get_running_loop()
+        local = (self.local_addr, 0) if self.local_addr else None
         last: Optional[Exception] = None
         for i, addr in enumerate(self.addresses):
-            url = f"{'https' if tls else 'http'}://{addr}:{port}{path}"
+            answer = loop.create_future()
+            transport = None
             try:
-                async with aiohttp.ClientSession(connector=self._connector(),
-                                                 timeout=self.timeout,
-                                                 auto_decompress=False) as http:
-                    async with http.post(url, data=body, headers=headers,
-                                         ssl=self.ssl_context if tls else None,
-                                         server_hostname=SHORT if tls else None) as resp:
-                        data = await resp.read()
-                        ctype = resp.headers.get("Content-Type", "")
-            except aiohttp.ClientConnectorError as exc:
-                last = exc
-                continue
-            except aiohttp.ClientError as exc:
-                # connected, then the answer did not come whole (the server closed the
-                # connection first, or cut the body short): the request is lost, as a
-                # broken long link loses one, and a caller retries it the same way
-                raise ConnectionError(f"{SHORT} {path}: {exc}") from exc
+                async with asyncio.timeout(self.timeout):
+                    try:
+                        transport, _ = await loop.create_connection(
+                            lambda: _Exchange(request, answer), addr, port,
+                            ssl=self.ssl_context if tls else None,
+                            server_hostname=SHORT if tls else None, local_addr=local)
+                    except OSError as exc:   # refused, unreachable, a failed handshake
+                        last = exc
+                        continue
+                    # connected, then the answer did not come whole (the server closed the
+                    # connection first, or cut the body short): the request is lost, as a
+                    # broken long link loses one, and a caller retries it the same way
+                    try:
+                        reply = await answer
+                    except ConnectionError as exc:
+                        raise ConnectionError(f"{SHORT} {path}: {exc}") from None
+            finally:
+                if transport is not None and not transport.is_closing():
+                    transport.abort()   # given up on (a timeout): nothing more is read
             if i:  # remember the address that works
                 self.addresses.insert(0, self.addresses.pop(i))
             self.requests += 1
             self.bytes_sent += len(body)
-            self.bytes_received += len(data)
-            return ShortReply(resp.status, ctype, data)
+            self.bytes_received += len(reply.body)
+            return reply
         raise ConnectionError(f"no address of {SHORT} answered: {last!r}")
 
     async def call(self, cgi: str, request: Message, *, tls: bool = False) -> Message:

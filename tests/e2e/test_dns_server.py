@@ -72,6 +72,21 @@ async def test_a_record_two_addresses_ttl_600(dns):
     assert server.seen[-1] == ("long.weixin.qq.com", TYPE_A)
 
 
+async def test_a_question_asked_again_gets_the_same_answer_under_its_own_id(dns):
+    server, client = dns
+    fresh = LabDNS(RECORDS)   # never asked: builds every answer it gives
+    for qid in (1, 2, 0xBEEF):
+        for name in ("long.weixin.qq.com", "nosuch.weixin.qq.com"):
+            query = build_query(name, qid)
+            reply = await client.ask(query)
+            assert reply[:2] == query[:2]
+            assert reply[2:] == fresh.answer(query)[0][2:]
+            fresh = LabDNS(RECORDS)
+            assert server.seen[-1] == (name, TYPE_A)
+    assert server.stats["queries"] == 6
+    assert server.stats["answered"] == server.stats["nxdomain"] == 3
+
+
 async def test_case_insensitive(dns):
     server, client = dns
     # (No trailing-dot case: on the wire a name never has one; the configured

@@ -34,10 +34,14 @@ class StudyConfig:
     seed: int = 1
     server_idle_s: Optional[float] = None   # None: the profile's (660 s)
     profile: str = "lab-report-2013"
-    # phones logging in (or going online) at once, per process: each step is a few round
-    # trips through busy loops, so 8 at a time left 3,000 phones 27 s of logins and 182 s
-    # between the first and the last going online; 64: 10 s and 51 s (docs/performance.md)
+    # phones logging in at once, per process: each login is a few round trips through
+    # busy loops, so 8 at a time left 3,000 phones 27 s of logins, 64 10 s; more in flight
+    # make each round trip longer than the NAT keeps an idle connection (docs/performance.md)
     start_concurrency: int = 64
+    # phones going online at once, per process: once the first are online their heartbeats
+    # (every 135 ms of wall time for fixed:270 at k = 2000) load every loop, so the rest
+    # should follow fast; a step is three round trips (connect, IDENTIFY, newsync), no TLS
+    online_concurrency: int = 256
     processes: Optional[int] = None         # phone processes; 0: phones in the lab's process;
                                             # None: 2 where there are 2 CPUs or more, else 0
     loop: str = "auto"                      # event loop of phone processes: auto/asyncio/uvloop
@@ -76,8 +80,8 @@ class StudyConfig:
             raise ValueError(f"--server-idle must be positive, got {self.server_idle_s!r}")
         if self.drain_s is not None and not (math.isfinite(self.drain_s) and self.drain_s >= 0):
             raise ValueError(f"drain_s must be >= 0, got {self.drain_s!r}")
-        if self.start_concurrency < 1:
-            raise ValueError("start_concurrency must be >= 1")
+        if self.start_concurrency < 1 or self.online_concurrency < 1:
+            raise ValueError("start_concurrency and online_concurrency must be >= 1")
         if self.processes is not None and (not isinstance(self.processes, int)
                                            or not 0 <= self.processes <= 64):
             raise ValueError(f"--processes must be 0 (phones in the lab's process) to 64, or "

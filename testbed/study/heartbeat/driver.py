@@ -18,11 +18,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from testbed.lab.addressing import LONG
+
 from .config import StudyConfig
 from .measure import (LagMonitor, RadioWindow, cpu_seconds, loop_name, max_rss_mb,
                       quiescent, snapshot, window)
 
 log = logging.getLogger(__name__)
+
+LOGIN_TRIES = 5   # a login-phase request sent this many times before the phone gives up
+LOGIN_WAIT_S = 2.0   # wall seconds the first try waits for its answer, doubled each try
 
 
 @dataclass
@@ -71,6 +76,7 @@ class FleetReport:
     event_loop: str
     cpu_s: float
     max_rss_mb: float
+    login_retries: int = 0             # login-phase requests sent again (`PhoneFleet._again`)
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON holds it (a study phone posts it to the lab's store): a phone's received
@@ -138,9 +144,11 @@ class _RunningPhone:
 class PhoneFleet:
     """Phones and a sender in one event loop (the lab's, or a phone process's).
 
-    Phase 1 logs every phone in (TLS) and takes its newinit on the short link; once every
-    phone of the study is in (`barrier`), phase 2 opens each phone's long link and its window
-    starts: the costly TLS handshakes are over before any heartbeat's timing matters."""
+    Phase 1 logs every phone in (TLS), takes its newinit on the short link and resolves
+    the long link's name, `start_concurrency` phones at a time; once every phone of the
+    study is in (`barrier`), phase 2 opens each phone's long link, `online_concurrency` at a
+    time, and its window starts: the costly TLS handshakes are over before any heartbeat's
+    timing matters."""
 
     def __init__(self, manifest, clock, config: StudyConfig, plans: list[PhonePlan],
                  sender: tuple[str, str, Optional[str]], *,
@@ -159,9 +167,11 @@ class PhoneFleet:
         self.lag = LagMonitor(clock)
         self.radio_profiles = config.radio_profiles()
         self.logged_in = 0
+        self.login_retries = 0
         self.login_done = math.nan
         self.online_done = math.nan
         self.everyone_in = asyncio.Event()
+        self._online = asyncio.Semaphore(config.online_concurrency)
         self._barrier_task: Optional[asyncio.Future] = None
 
     # ------------------------------------------------------------------ helpers
@@ -208,8 +218,6 @@ class PhoneFleet:
 
     # ------------------------------------------------------------------ one phone
     async def _send(self, p: _RunningPhone, off: float, k: int) -> None:
-        import aiohttp
-
         from testbed.client.shortlink import HTTPStatusError
 
         await self.sleep_until(p.t0 + off)
@@ -221,8 +229,7 @@ class PhoneFleet:
             try:
                 r = await self.sender.send_text(p.plan.username, f"study {p.plan.index}/{k}",
                                                 client_msg_id=cid, door="short")
-            except (OSError, asyncio.TimeoutError, aiohttp.ClientError,
-                    HTTPStatusError) as exc:
+            except (OSError, asyncio.TimeoutError, HTTPStatusError) as exc:
                 rec[3] = repr(exc)
                 log.info("send to %s failed (%r); retrying", p.plan.username, exc)
                 await asyncio.sleep(0.02 * (attempt + 1))
@@ -255,6 +262,25 @@ class PhoneFleet:
             except transient:
                 pass
 
+    async def _again(self, p: _RunningPhone, request: Callable[[], Any]) -> None:
+        """A short-link request of the login phase, sent again (as a phone does) when its
+        connection broke or timed out: every short-link connection crosses the carrier NAT,
+        and a loop that lags 150 ms of wall time at k = 2000 (on a busy machine) leaves one
+        idle past the NAT's 300 protocol seconds, so the NAT forgets it midway."""
+        for attempt in range(LOGIN_TRIES):
+            try:
+                # the NAT releases a forgotten connection only after its linger (3.6 s of
+                # wall time at k = 2000): a try waits less, and the next one longer, so
+                # that a lab slow to answer is not asked again and again
+                return await asyncio.wait_for(request(), LOGIN_WAIT_S * 2 ** attempt)
+            except (ConnectionError, asyncio.TimeoutError, OSError) as exc:
+                if attempt == LOGIN_TRIES - 1:
+                    raise
+                self.login_retries += 1
+                log.info("%s: %s failed (%r); again", p.plan.username,
+                         getattr(request, "__name__", "request"), exc)
+                await asyncio.sleep(0.01 * (attempt + 1))
+
     async def _log_in(self, p: _RunningPhone, sem: asyncio.Semaphore) -> None:
         """Phase 1: TLS login and newinit on the short link; no long link yet."""
         from testbed.client.phone import Phone
@@ -268,8 +294,11 @@ class PhoneFleet:
                             on_message=lambda _m, _t, ev=p.arrived: ev.set(),
                             rng=random.Random(p.plan.seed),
                             link_observer=p.radio.observer if p.radio else None)
-            await p.phone.session.login()
-            await p.phone.session.init()
+            await self._again(p, p.phone.session.login)
+            await self._again(p, p.phone.session.init)
+            # asked now, not when going online: one round trip fewer after the barrier,
+            # when every phone online beside it heartbeats (the session keeps the answer)
+            await p.phone.session.resolve(LONG)
         self.logged_in += 1
         if self.logged_in == len(self.phones):
             self.login_done = self.clock.now()
@@ -296,7 +325,7 @@ class PhoneFleet:
     async def _drive(self, p: _RunningPhone, sem: asyncio.Semaphore) -> None:
         await self._log_in(p, sem)
         await self.everyone_in.wait()
-        async with sem:
+        async with self._online:
             await self._go_online(p)
         p.t0 = self.clock.now()
         p.baseline = snapshot(p.phone)
@@ -387,18 +416,25 @@ class PhoneFleet:
                            lag=self.lag.samples,
                            login_done=self.login_done, online_done=self.online_done,
                            event_loop=loop_name(), cpu_s=cpu_seconds() - cpu0,
-                           max_rss_mb=max_rss_mb())
+                           max_rss_mb=max_rss_mb(), login_retries=self.login_retries)
 
 
-async def run_fleet(payload: dict[str, Any], channel) -> FleetReport:
-    """A fleet worker: run the plans of `payload` against the lab of its manifest.
+async def run_fleet(payload: Optional[dict[str, Any]], channel) -> FleetReport:
+    """A fleet worker: run the plans of `payload` against the lab of its manifest (None:
+    started before the lab, it imports what a phone needs and waits for the payload, a
+    "plan" from the parent).
 
     Its clock takes the lab clock's wall origin (both read CLOCK_MONOTONIC), so protocol
     times in every process are one time line. The barrier: "logged_in" to the parent once
     every phone here is in, then wait for its "go" (sent when every fleet is in)."""
+    from testbed.client.phone import Phone  # noqa: F401 - imported while the lab starts
     from testbed.lab.clock import Clock
     from testbed.lab.manifest import Manifest
 
+    while payload is None:
+        kind, *args = await channel.receive()
+        if kind == "plan":
+            payload = args[0]
     cfg = StudyConfig.from_dict(payload["config"])
     if payload["own_process"] and cfg.pause_gc:   # the lab's process paused its own
         gc.collect()

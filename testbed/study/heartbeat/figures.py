@@ -156,12 +156,14 @@ def _radio(r: PolicyResult, cs: list[PhoneOutcome], days: float, names: tuple[st
 def study_result(cfg: StudyConfig, fleets: list[FleetReport],
                  lab_lag: Optional[list[tuple[float, float]]], wall: float, cpu: float,
                  nat_stats: dict[str, Any], expiries: Optional[Counter],
-                 hosts: Optional[list[str]] = None) -> StudyResult:
+                 hosts: Optional[list[str]] = None,
+                 startup_wall_s: Optional[float] = None) -> StudyResult:
     """Every figure of the run. `lab_lag`: the lab loop's lag samples when the phones ran
     in processes of their own (None: one loop for all, measured by the one fleet).
     `hosts`: the fleets were phone hosts of a lab running elsewhere (a shared lab,
     `shared.collect`), by these names; the lab's loop is not measured, and this process
-    (the collector) was no part of the run."""
+    (the collector) was no part of the run. `startup_wall_s`: from the process's start to
+    the lab clock's, when known."""
     k = cfg.time_scale
     outcomes = sorted((o for f in fleets for o in f.outcomes), key=lambda o: o.index)
     first = min(o.t0 for o in outcomes)
@@ -196,6 +198,7 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
         config=cfg.to_dict(), policies=policies, wall_s=wall,
         # the lab's clock starts with the lab: protocol time / k is wall time since then
         setup_wall_s=online_done / k, login_wall_s=login_done / k,
+        login_retries=sum(f.login_retries for f in fleets), startup_wall_s=startup_wall_s,
         start_spread_s=max(o.t0 for o in outcomes) - first,
         protocol_span_s=max(o.t_end for o in outcomes) - first,
         max_loop_lag_s=(allv[-1] if allv else 0.0) * k,

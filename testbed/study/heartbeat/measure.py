@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import resource
 import time
 from typing import Any, Optional
@@ -113,6 +114,19 @@ def loop_name() -> str:
 def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
     ru = resource.getrusage(who)
     return ru.ru_utime + ru.ru_stime
+
+
+def process_age_s() -> Optional[float]:
+    """Wall seconds since this process started (Linux, to the kernel's 10 ms tick; None
+    elsewhere): what a study's set-up took from the command's start, imports included."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        # the fields after the command name (which may hold spaces) in parentheses
+        start_ticks = int(stat[stat.rindex(b")") + 2:].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def max_rss_mb() -> float:

@@ -22,7 +22,7 @@ from testbed.lab.addressing import client_address
 from .config import StudyConfig
 from .driver import FleetReport, PhonePlan, fleet_payload, run_fleet
 from .figures import expiries_in_windows, study_result
-from .measure import LagMonitor, cpu_seconds
+from .measure import LagMonitor, cpu_seconds, process_age_s
 from .results import StudyResult
 
 log = logging.getLogger(__name__)
@@ -111,58 +111,68 @@ class _Study:
         if self.cfg.pause_gc:
             gc.collect()
             gc.disable()
+        nproc = self.cfg.phone_processes()
+        n = min(nproc, self.cfg.clients * len(self.cfg.policies)) if nproc else 1
         try:
             with tempfile.TemporaryDirectory(prefix="testbed-study-") as tmp:
-                await self.start_lab(Path(tmp))
-                lab_lag = LagMonitor(self.lab.clock)
-                nproc = self.cfg.phone_processes()
-                lag_task = asyncio.ensure_future(lab_lag.run()) if nproc else None
                 try:
-                    self.plan()
-                    fleets = await self._run_fleets(nproc)
+                    # the phone processes start (and import) while the lab starts; their
+                    # plans follow once the lab and its users exist
+                    async with Fleet(run_fleet, [None] * n, spawn=nproc > 0,
+                                     loop=self.cfg.loop, name="study-phones") as fleet:
+                        await self.start_lab(Path(tmp))
+                        age = process_age_s()
+                        startup = None if age is None else \
+                            age - (time.monotonic() - self.lab.clock.origin)
+                        lab_lag = LagMonitor(self.lab.clock)
+                        lag_task = asyncio.ensure_future(lab_lag.run()) if nproc else None
+                        try:
+                            self.plan()
+                            fleets = await self._run_fleets(fleet, n, nproc)
+                        finally:
+                            if lag_task is not None:
+                                lag_task.cancel()
                     nat_stats = dataclasses.asdict(self.lab.nat.stats) if self.lab.nat else {}
                     errors = self.lab.server_errors()
                     if errors:
                         raise RuntimeError(f"lab handlers raised: {errors!r}")
                 finally:
-                    if lag_task is not None:
-                        lag_task.cancel()
-                    await self.lab.stop()
+                    if self.lab is not None:
+                        await self.lab.stop()
             wall = time.perf_counter() - wall0
             cpu = cpu_seconds() + cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
             outcomes = [o for f in fleets for o in f.outcomes]
             expiries = (expiries_in_windows(outcomes, self.expiries, self.by_source)
                         if self.nat_attributed else None)
             return study_result(self.cfg, fleets, lab_lag.samples if nproc else None, wall,
-                                cpu, nat_stats, expiries)
+                                cpu, nat_stats, expiries, startup_wall_s=startup)
         finally:
             if self.cfg.pause_gc and gc_was:
                 gc.enable()
 
-    async def _run_fleets(self, nproc: int) -> list[FleetReport]:
-        """One fleet in the lab's loop (`nproc` 0), or one per phone process; a fleet sends
-        "progress" ticks and "logged_in", and all go online on the one "go"."""
-        n = min(nproc, len(self.plans)) if nproc else 1
-        payloads = [fleet_payload(self.cfg, self.lab, self.plans[i::n], self.sender,
-                                  own_process=nproc > 0) for i in range(n)]
+    async def _run_fleets(self, fleet: Fleet, n: int, nproc: int) -> list[FleetReport]:
+        """The `n` fleets of `fleet` (one in the lab's loop when `nproc` is 0, else one per
+        phone process) get their plans ("plan"); a fleet sends "progress" ticks and
+        "logged_in", and all go online on the one "go"."""
+        for i in range(n):
+            fleet.send(i, "plan", fleet_payload(self.cfg, self.lab, self.plans[i::n],
+                                                self.sender, own_process=nproc > 0))
         last: dict[int, tuple] = {}
         logged_in: set[int] = set()
 
-        async with Fleet(run_fleet, payloads, spawn=nproc > 0, loop=self.cfg.loop,
-                         name="study-phones") as fleet:
-            def on_message(m: Message) -> None:
-                if m.kind == "progress":   # the slowest fleet's, once every fleet has said
-                    last[m.worker] = m.args
-                    if len(last) == n:
-                        done = min(v[0] for v in last.values())
-                        what = next(v[2] for v in last.values() if v[0] == done)
-                        self._report(done, m.args[1], what)
-                elif m.kind == "logged_in":
-                    logged_in.add(m.worker)
-                    if len(logged_in) == n:
-                        fleet.broadcast("go")
+        def on_message(m: Message) -> None:
+            if m.kind == "progress":   # the slowest fleet's, once every fleet has said
+                last[m.worker] = m.args
+                if len(last) == n:
+                    done = min(v[0] for v in last.values())
+                    what = next(v[2] for v in last.values() if v[0] == done)
+                    self._report(done, m.args[1], what)
+            elif m.kind == "logged_in":
+                logged_in.add(m.worker)
+                if len(logged_in) == n:
+                    fleet.broadcast("go")
 
-            return await fleet.run(on_message)
+        return await fleet.run(on_message)
 
 
 async def run_study(config: StudyConfig, progress: Optional[ProgressFn] = None) -> StudyResult:

@@ -22,8 +22,10 @@ def _fmt_s(v: Optional[float]) -> str:
 
 
 def timing_summary(result: StudyResult) -> str:
+    started = "" if result.startup_wall_s is None else \
+        f"; {result.startup_wall_s + result.setup_wall_s:.1f} s from the command's start"
     return (f"wall {result.wall_s:.1f} s (set-up {result.setup_wall_s:.1f} s, of which "
-            f"logins {result.login_wall_s:.1f} s), CPU "
+            f"logins {result.login_wall_s:.1f} s{started}), CPU "
             f"{result.cpu_s:.1f} s, peak RSS {result.max_rss_mb:.0f} MB, on {result.event_loop}; "
             f"event-loop lag while phones ran: p50 {result.p50_loop_lag_s:.1f}, p99 "
             f"{result.p99_loop_lag_s:.1f}, max {result.max_loop_lag_s:.1f} protocol s "

@@ -106,8 +106,10 @@ class StudyResult:
     config: dict[str, Any]
     policies: list[PolicyResult]
     wall_s: float = 0.0                     # whole run, lab start to lab stop
-    setup_wall_s: float = 0.0               # until the last phone was online
+    setup_wall_s: float = 0.0               # lab start until the last phone was online
+    startup_wall_s: Optional[float] = None  # before it: the command's start to the lab's
     login_wall_s: float = 0.0               # of which: every phone's TLS login and newinit
+    login_retries: int = 0                  # login-phase requests sent again (a broken link)
     start_spread_s: float = 0.0             # protocol s between first and last window start
     protocol_span_s: float = 0.0            # protocol time from first start to last stop
     # event-loop lag (wall lag x k, protocol seconds) while phones were in their windows
