@@ -11,11 +11,8 @@ frame's cmd, a CGI path) or None.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from typing import Callable, Optional
-
-import dpkt
 
 from testbed.wire import FrameDecoder, RemoteProtocolError
 from testbed.wire.commands import BY_PATH, NOOP_CMD, Command, command_for_frame, is_push
@@ -408,6 +405,12 @@ class LongLinkStream:
 # ---------------------------------------------------------------------- DNS
 def dns_events(payload: bytes) -> Optional[tuple[Kind, dict]]:
     """(kind, fields) for a DNS message, or None if it does not parse."""
+    # imported with the first DNS message: dpkt loads every protocol it knows (a third of
+    # the start-up of `testbed analyze`), and a capture of TCP alone needs none of it
+    import ipaddress
+
+    import dpkt
+
     try:
         msg = dpkt.dns.DNS(payload)
     except Exception:  # noqa: BLE001 - any malformed datagram is simply not DNS to us
