@@ -351,6 +351,10 @@ class LongLinkStream:
     and `violation`. With `emit_fields` None no event is made (the hot path of a capture
     of many long links, analysed for its summary only)."""
 
+    # slots: thousands of these are each touched by a few segments in turn, and an object
+    # without a __dict__ is fewer cache lines to fetch
+    __slots__ = ("emit", "body_limit", "dec", "violation", "requests", "noop_ts")
+
     def __init__(self, emit_fields: Optional[EmitFields] = None,
                  body_limit: int = BODY_KEEP) -> None:
         self.emit = emit_fields
