@@ -45,18 +45,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     # each command's module is imported only when its parser is built
     if wanted("lab") or wanted("serve"):
         _lab(sub, wanted)
-    if wanted("emulate"):
-        _emulate(sub)
-    if wanted("analyze"):
-        _analyze(sub)
-    if wanted("verify"):
-        _verify(sub)
-    if wanted("demo"):
-        _demo(sub)
-    if wanted("record"):
-        _record(sub)
-    if wanted("report"):
-        _report(sub)
+    for name, add in (("emulate", _emulate), ("analyze", _analyze), ("verify", _verify),
+                      ("demo", _demo), ("record", _record), ("report", _report)):
+        if wanted(name):
+            add(sub)
     register_study = None
     if wanted("study"):
         try:
