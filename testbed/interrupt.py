@@ -19,13 +19,18 @@ on Ctrl-C.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 import sys
 import threading
 import weakref
-from typing import Any, Awaitable, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Optional
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio is imported by the commands that run a loop, not here: `run_command` wraps every
+# command, and a command without a loop (`testbed analyze`) would pay for it at start-up
 
 __all__ = ["Interrupted", "catch_signals", "cleaning_up", "run", "run_command",
            "STOP_SIGNALS"]
@@ -59,6 +64,8 @@ _cleaning: "weakref.WeakSet[asyncio.Task]" = weakref.WeakSet()   # inside cleani
 def cleaning_up() -> Iterator[None]:
     """Around a clean-up that awaits, in the task a signal cancelled: the cancellation is not
     sent again while it runs (it has been received: this is what it started)."""
+    import asyncio
+
     task = asyncio.current_task()
     if task is None:
         yield
@@ -99,12 +106,17 @@ def catch_signals() -> Iterator[None]:
         _stopping, _catching = None, False
 
 
-def run(main: Awaitable[Any], runner: Callable[[Awaitable[Any]], Any] = asyncio.run) -> Any:
-    """`runner(main)` (asyncio.run, uvloop.run, ...), with SIGINT and SIGTERM cancelling
-    `main` instead of killing the process; raises `Interrupted` once `main` has finished
-    after such a signal, whatever it returned. Within `catch_signals()`, signals after the
-    first are ignored until the command ends; otherwise the handlers found on entry are back
-    once `main` has finished. Outside the main thread: just `runner(main)`."""
+def run(main: Awaitable[Any],
+        runner: Optional[Callable[[Awaitable[Any]], Any]] = None) -> Any:
+    """`runner(main)` (asyncio.run by default, uvloop.run, ...), with SIGINT and SIGTERM
+    cancelling `main` instead of killing the process; raises `Interrupted` once `main` has
+    finished after such a signal, whatever it returned. Within `catch_signals()`, signals
+    after the first are ignored until the command ends; otherwise the handlers found on entry
+    are back once `main` has finished. Outside the main thread: just `runner(main)`."""
+    import asyncio
+
+    if runner is None:
+        runner = asyncio.run
     if threading.current_thread() is not threading.main_thread():
         return runner(main)
     got: list[int] = []

@@ -51,9 +51,13 @@ ROW_KEYS = ("id", "client", "server", "host", "app", "kind", "requests", "closed
             "heartbeat_s", "data_segments_c2s", "data_segments_s2c", "violation", "tcp")
 
 
-@dataclass
+@dataclass(slots=True)
 class FlowInfo:
-    """Per-flow state the dissection keeps beside the reassembly."""
+    """Per-flow state the dissection keeps beside the reassembly.
+
+    A long link's bytes go straight to its `sink` (its stream) once its first client bytes
+    are in and no needle is looked for: its requests and heartbeat come from its frames, so
+    `exchanges`, `burst` and `small_client_ts` are not kept for it from then on."""
 
     id: int
     client: tuple[str, int]
@@ -75,6 +79,7 @@ class FlowInfo:
     tails: dict = field(default_factory=lambda: {"c2s": b"", "s2c": b""})
     burst: int = 0
     first_c2s: bytes = b""      # the client's first bytes: a relay's leg sends the same
+    sink: Optional[Callable[[str, float, bytes], None]] = None
 
 
 @dataclass
@@ -248,6 +253,10 @@ class Analyzer:
     def _on_data(self, flow, direction: str, ts: float, data: bytes) -> None:
         info = flow.state or self._flow_info(flow)
         self._cur_dir = direction
+        sink = info.sink
+        if sink is not None:
+            sink(direction, ts, data)
+            return
         n = len(data)
         if direction == "c2s":
             if info.last_dir != "c2s":
@@ -268,6 +277,8 @@ class Analyzer:
             stream.data(direction, ts, data)
         elif info.app is None:
             self._classify(info, direction, ts, data)
+        if info.app == "longlink" and len(info.first_c2s) == FIRST_BYTES and not self.needles:
+            info.sink = info.stream.data
 
     def _classify(self, info: FlowInfo, direction: str, ts: float, data: bytes) -> None:
         """The first bytes of a flow: which dissector reads it."""

@@ -11,11 +11,8 @@ frame's cmd, a CGI path) or None.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from typing import Callable, Optional
-
-import dpkt
 
 from testbed.wire import FrameDecoder, RemoteProtocolError
 from testbed.wire.commands import BY_PATH, NOOP_CMD, Command, command_for_frame, is_push
@@ -354,6 +351,10 @@ class LongLinkStream:
     and `violation`. With `emit_fields` None no event is made (the hot path of a capture
     of many long links, analysed for its summary only)."""
 
+    # slots: thousands of these are each touched by a few segments in turn, and an object
+    # without a __dict__ is fewer cache lines to fetch
+    __slots__ = ("emit", "body_limit", "dec", "violation", "requests", "noop_ts")
+
     def __init__(self, emit_fields: Optional[EmitFields] = None,
                  body_limit: int = BODY_KEEP) -> None:
         self.emit = emit_fields
@@ -408,6 +409,12 @@ class LongLinkStream:
 # ---------------------------------------------------------------------- DNS
 def dns_events(payload: bytes) -> Optional[tuple[Kind, dict]]:
     """(kind, fields) for a DNS message, or None if it does not parse."""
+    # imported with the first DNS message: dpkt loads every protocol it knows (a third of
+    # the start-up of `testbed analyze`), and a capture of TCP alone needs none of it
+    import ipaddress
+
+    import dpkt
+
     try:
         msg = dpkt.dns.DNS(payload)
     except Exception:  # noqa: BLE001 - any malformed datagram is simply not DNS to us

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
 from testbed.wire.choices import Choice
@@ -119,6 +118,8 @@ class Event:
         if decode:
             msg = self.message()
             if msg is not None:
+                from google.protobuf.json_format import MessageToDict   # with the messages
+
                 fields["message"] = MessageToDict(msg, preserving_proto_field_name=True)
         return {"ts": self.ts, "kind": str(self.kind), "label": self.label(), "flow": self.flow,
                 "direction": self.direction, "src": f"{self.src[0]}:{self.src[1]}",

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
-
-from .output import doc_start, err_console, error, open_analysis, out_console, print_json
+from .output import LazyConsole, doc_start, error, open_analysis, out_console, print_json
 
 
 def flow_table(flows: list[dict]):
     """The flows as a table that fits 100 columns: each connection on two lines (client,
     then server), host names elided when they must be (`--json` has them whole)."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="flows", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -35,6 +34,8 @@ def flow_table(flows: list[dict]):
 def warn_incomplete(console, a) -> None:
     """On stderr: the capture is truncated, or the kernel dropped packets."""
     if a.truncated:
+        from rich.markup import escape
+
         console.print(f"[yellow]warning:[/yellow] {escape(a.path)} is truncated: "
                       f"{escape(str(a.error))}; what "
                       f"follows covers the packets before that point", highlight=False,
@@ -47,11 +48,7 @@ def warn_incomplete(console, a) -> None:
 
 def analyze(args) -> int:
     """The analysis of a capture: tables on stdout (or `--json`), problems on stderr."""
-    import json
-
-    from rich.table import Table
-
-    console = err_console()
+    console = LazyConsole()      # rich is imported only if there is something to say
     radios = []
     for name in args.radio:
         from testbed.radio import load_radio_profile
@@ -74,6 +71,11 @@ def analyze(args) -> int:
     if args.json:
         print_json(doc)
     else:
+        import json
+
+        from rich.markup import escape
+        from rich.table import Table
+
         out = out_console()
         scale = ""
         if a.time_scale != 1 or a.time_scale_source == "assumed":

@@ -24,6 +24,20 @@ def err_console():
     return Console(stderr=True)
 
 
+class LazyConsole:
+    """`err_console()`, made when first used: a command with nothing to say on stderr (the
+    analysis of a sound capture) does not import rich. Only for printing: rich's own
+    classes (`Progress(console=...)`) want the console itself."""
+
+    def __init__(self) -> None:
+        self._console = None
+
+    def __getattr__(self, name: str):
+        if self._console is None:
+            self._console = err_console()
+        return getattr(self._console, name)
+
+
 def print_json(doc: Any) -> None:
     """A `--json` document on stdout, written as it is encoded: a top-level key a line, and
     a list under it an item a line (the flows of a big capture), each piece by the C

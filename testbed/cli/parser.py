@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from testbed import __version__
-from testbed.argtypes import nonneg_float, positive_float, positive_int
-
-from . import analyze, demo, emulate, lab, profiles, record, report, verify
+from testbed.argtypes import add_store_option, nonneg_float, positive_float, positive_int
 
 
 TIME_SCALE_HELP = ("protocol seconds per wall second of the lab that was captured, used when "
@@ -43,6 +41,34 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"testbed {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    # each command's module is imported only when its parser is built
+    if wanted("lab") or wanted("serve"):
+        _lab(sub, wanted)
+    for name, add in (("emulate", _emulate), ("analyze", _analyze), ("verify", _verify),
+                      ("demo", _demo), ("record", _record), ("report", _report)):
+        if wanted(name):
+            add(sub)
+    register_study = None
+    if wanted("study"):
+        try:
+            from testbed.study.heartbeat import register as register_study
+        except ImportError:  # pragma: no cover - the study needs nothing optional to import
+            pass
+    if register_study is not None:
+        register_study(sub)
+    if wanted("replay"):
+        from testbed.replay.command import register as register_replay
+        register_replay(sub)
+
+    if wanted("profiles"):
+        _profiles(sub)
+    return p
+
+
+def _lab(sub, wanted):
+    """`lab` and its actions (with `serve`, which its modules also register)."""
+    from . import lab
 
     lab_p = sub.add_parser("lab", help="run the mock hosts")
     lab_sub = lab_p.add_subparsers(dest="lab_command", metavar="ACTION")
@@ -123,7 +149,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         add_lab_parsers(lab_sub)
         add_results_parser(lab_sub)
         add_serve_parser(sub)
-    from testbed.argtypes import add_store_option
+
+
+def _emulate(sub):
+    from . import emulate
 
     em = sub.add_parser("emulate", help="run emulated phones against a lab")
     em.add_argument("scenario", choices=("login", "chat", "media", "nearby", "heartbeat",
@@ -150,6 +179,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     add_store_option(em, required=False, text="with --claim-users, the lab's store")
     em.set_defaults(handler=emulate.emulate)
 
+
+def _analyze(sub):
+    from . import analyze
+
     an = sub.add_parser("analyze", help="flows, DNS and TCP analysis of a capture")
     an.add_argument("capture", type=Path)
     an.add_argument("--json", action="store_true", help="print the analysis as JSON")
@@ -167,6 +200,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                     help="share the TCP flows out over N processes (default 1): the same "
                          "output, sooner on a big capture with many flows")
     an.set_defaults(handler=analyze.analyze)
+
+
+def _verify(sub):
+    from . import verify
 
     ve = sub.add_parser("verify", help="check a capture against expectations")
     ve.add_argument("capture", type=Path)
@@ -186,6 +223,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                     help=PHONES_HELP)
     ve.set_defaults(handler=verify.verify)
 
+
+def _demo(sub):
+    from . import demo
+
     de = sub.add_parser("demo", help="run the lab report's session, record, verify, report")
     de.add_argument("--out", type=Path, default=Path("captures/demo"),
                     help="where demo.pcapng and report.html go (default ./captures/demo)")
@@ -195,6 +236,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     de.add_argument("--json", action="store_true",
                     help="print the verdicts, the scenario's steps and the files as JSON")
     de.set_defaults(handler=demo.demo)
+
+
+def _record(sub):
+    from . import record
 
     rec = sub.add_parser("record", help="capture from a network interface (root)")
     rec.add_argument("--iface", default=None,
@@ -226,6 +271,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                      help="print the capture's counts as JSON on stdout")
     rec.set_defaults(handler=record.record, usage_error=rec.error)
 
+
+def _report(sub):
+    from . import report
+
     rp = sub.add_parser("report", help="a self-contained HTML report of a capture")
     rp.add_argument("capture", type=Path)
     rp.add_argument("--html", type=Path, default=None, metavar="OUT",
@@ -239,22 +288,13 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                     help=PHONES_HELP)
     rp.set_defaults(handler=report.report)
 
-    register_study = None
-    if wanted("study"):
-        try:
-            from testbed.study.heartbeat import register as register_study
-        except ImportError:  # pragma: no cover - the study needs nothing optional to import
-            pass
-    if register_study is not None:
-        register_study(sub)
-    if wanted("replay"):
-        from testbed.replay.command import register as register_replay
-        register_replay(sub)
+
+def _profiles(sub):
+    from . import profiles
 
     pr = sub.add_parser("profiles", help="list the built-in profiles")
     pr.add_argument("--json", action="store_true", help="every field of every profile as JSON")
     pr.set_defaults(handler=profiles.profiles)
-    return p
 
 
 def command_of(argv: list[str]) -> Optional[str]:

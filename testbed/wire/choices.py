@@ -8,13 +8,14 @@ that a name not in the set is an error that says which names are: `Door("lnog")`
 
 from __future__ import annotations
 
-import difflib
 from enum import StrEnum
 from typing import Any, Iterable
 
 
 def unknown(what: str, value: Any, valid: Iterable[str]) -> ValueError:
     """The error for `value` that is not one of `valid`: it names them, and the closest."""
+    import difflib      # only for an error: not on every import of the enums
+
     valid = [str(v) for v in valid]
     close = difflib.get_close_matches(str(value), valid, n=1) if isinstance(value, str) else []
     hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -11,7 +11,6 @@ from typing import Optional
 
 from google.protobuf.message import DecodeError, Message
 
-from . import mm_pb2 as pb
 from .choices import Choice
 from .errors import LocalProtocolError, RemoteProtocolError
 from .frames import reply_cmd, request_cmd
@@ -39,8 +38,8 @@ class Command:
 
     name: str                      # upper-case long-link name, or the CGI name
     method: str                    # service method name
-    request: Optional[type[Message]]
-    response: Optional[type[Message]]
+    request_type: Optional[str]    # the request's message in mm.proto (`request`)
+    response_type: Optional[str]   # the response's
     cmd: Optional[int] = None      # long-link command id, None if short-link only
     cgi: Optional[str] = None      # CGI name, None if long-link only
     tls_only: bool = False         # short link: served only on the TLS port
@@ -56,6 +55,16 @@ class Command:
         return Command, tuple(getattr(self, f.name) for f in fields(self))
 
     @property
+    def request(self) -> Optional[type[Message]]:
+        """The request's protobuf class (None: the request has no body)."""
+        return None if self.request_type is None else getattr(_messages(), self.request_type)
+
+    @property
+    def response(self) -> Optional[type[Message]]:
+        """The response's protobuf class (None: the reply has no body)."""
+        return None if self.response_type is None else getattr(_messages(), self.response_type)
+
+    @property
     def reply_cmd(self) -> Optional[int]:
         return None if self.cmd is None or self.push_only else reply_cmd(self.cmd)
 
@@ -66,39 +75,39 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("NOOP", "noop", None, None, cmd=6),
-    Command("IDENTIFY", "identify", pb.IdentifyRequest, pb.IdentifyResponse, cmd=205),
-    Command("NEWSENDMSG", "newsendmsg", pb.NewSendMsgRequest, pb.NewSendMsgResponse,
+    Command("IDENTIFY", "identify", "IdentifyRequest", "IdentifyResponse", cmd=205),
+    Command("NEWSENDMSG", "newsendmsg", "NewSendMsgRequest", "NewSendMsgResponse",
             cmd=237, cgi="newsendmsg"),
-    Command("NEWSYNC", "newsync", pb.NewSyncRequest, pb.NewSyncResponse, cmd=121, cgi="newsync"),
-    Command("GETCONTACT", "getcontact", pb.GetContactRequest, pb.GetContactResponse,
+    Command("NEWSYNC", "newsync", "NewSyncRequest", "NewSyncResponse", cmd=121, cgi="newsync"),
+    Command("GETCONTACT", "getcontact", "GetContactRequest", "GetContactResponse",
             cmd=71, cgi="getcontact"),
-    Command("UPLOADMSGIMG", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=9,
+    Command("UPLOADMSGIMG", "upload_media", "UploadMediaRequest", "UploadMediaResponse", cmd=9,
             msg_type=MSG_IMAGE),
-    Command("UPLOADVOICE", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=19,
+    Command("UPLOADVOICE", "upload_media", "UploadMediaRequest", "UploadMediaResponse", cmd=19,
             msg_type=MSG_VOICE),
-    Command("UPLOADVIDEO", "upload_media", pb.UploadMediaRequest, pb.UploadMediaResponse, cmd=39,
+    Command("UPLOADVIDEO", "upload_media", "UploadMediaRequest", "UploadMediaResponse", cmd=39,
             msg_type=MSG_VIDEO),
-    Command("GETMSGIMG", "download_media", pb.DownloadMediaRequest, pb.DownloadMediaResponse,
+    Command("GETMSGIMG", "download_media", "DownloadMediaRequest", "DownloadMediaResponse",
             cmd=10),
-    Command("DOWNLOADVOICE", "download_media", pb.DownloadMediaRequest,
-            pb.DownloadMediaResponse, cmd=20),
-    Command("DOWNLOADVIDEO", "download_media", pb.DownloadMediaRequest,
-            pb.DownloadMediaResponse, cmd=40),
+    Command("DOWNLOADVOICE", "download_media", "DownloadMediaRequest",
+            "DownloadMediaResponse", cmd=20),
+    Command("DOWNLOADVIDEO", "download_media", "DownloadMediaRequest",
+            "DownloadMediaResponse", cmd=40),
     Command("NOTIFY", "", None, None, cmd=NOTIFY_CMD, push_only=True),
-    Command("MANUALAUTH", "manualauth", pb.ManualAuthRequest, pb.ManualAuthResponse,
+    Command("MANUALAUTH", "manualauth", "ManualAuthRequest", "ManualAuthResponse",
             cgi="manualauth", tls_only=True),
-    Command("NEWINIT", "newinit", pb.NewSyncRequest, pb.NewSyncResponse, cgi="newinit"),
-    Command("VERIFYUSER", "verifyuser", pb.VerifyUserRequest, pb.VerifyUserResponse,
+    Command("NEWINIT", "newinit", "NewSyncRequest", "NewSyncResponse", cgi="newinit"),
+    Command("VERIFYUSER", "verifyuser", "VerifyUserRequest", "VerifyUserResponse",
             cgi="verifyuser"),
-    Command("GETPROFILE", "getprofile", pb.GetProfileRequest, pb.GetProfileResponse,
+    Command("GETPROFILE", "getprofile", "GetProfileRequest", "GetProfileResponse",
             cgi="getprofile"),
-    Command("BATCHGETHEADIMG", "batchgetheadimg", pb.BatchGetHeadImgRequest,
-            pb.BatchGetHeadImgResponse, cgi="batchgetheadimg"),
-    Command("LBSFIND", "lbsfind", pb.LbsFindRequest, pb.LbsFindResponse, cgi="lbsfind"),
-    Command("LOGOUT", "logout", pb.LogoutRequest, pb.LogoutResponse, cgi="logout"),
-    Command("STATREPORT", "report", pb.ReportRequest, pb.ReportResponse, cgi="statreport",
+    Command("BATCHGETHEADIMG", "batchgetheadimg", "BatchGetHeadImgRequest",
+            "BatchGetHeadImgResponse", cgi="batchgetheadimg"),
+    Command("LBSFIND", "lbsfind", "LbsFindRequest", "LbsFindResponse", cgi="lbsfind"),
+    Command("LOGOUT", "logout", "LogoutRequest", "LogoutResponse", cgi="logout"),
+    Command("STATREPORT", "report", "ReportRequest", "ReportResponse", cgi="statreport",
             report_kind="statreport"),
-    Command("KVREPORT", "report", pb.ReportRequest, pb.ReportResponse, cgi="kvreport",
+    Command("KVREPORT", "report", "ReportRequest", "ReportResponse", cgi="kvreport",
             report_kind="kvreport"),
 )
 
@@ -107,15 +116,30 @@ BY_CGI: dict[str, Command] = {c.cgi: c for c in COMMANDS if c.cgi is not None}
 BY_PATH: dict[str, Command] = {c.path: c for c in COMMANDS if c.path is not None}
 BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS}
 
-#: NewSync CmdItem.cmd_id -> body type
-CMD_ITEM_TYPES: dict[int, type[Message]] = {
-    1: pb.ModUserInfo, 2: pb.ModContact, 4: pb.DelContact, 5: pb.AddMsg,
-}
+# NewSync CmdItem.cmd_id -> its body's message in mm.proto (`CMD_ITEM_TYPES`: the classes)
+_CMD_ITEM_NAMES = {1: "ModUserInfo", 2: "ModContact", 4: "DelContact", 5: "AddMsg"}
 ITEM_MOD_USER_INFO, ITEM_MOD_CONTACT, ITEM_DEL_CONTACT, ITEM_ADD_MSG = 1, 2, 4, 5
 
 
 def _command_named(name: str) -> Command:
     return BY_NAME[name]
+
+
+def _messages():
+    # mm_pb2 (and with it protobuf's descriptor pool) is loaded when a body is first
+    # decoded or made, not with the table: reading a capture's frames and CGI paths (the
+    # summary of `testbed analyze`) needs only the table
+    from . import mm_pb2
+    return mm_pb2
+
+
+def __getattr__(name: str):
+    if name == "CMD_ITEM_TYPES":      # NewSync CmdItem.cmd_id -> body type
+        pb = _messages()
+        types: dict[int, type[Message]] = {k: getattr(pb, v) for k, v in _CMD_ITEM_NAMES.items()}
+        globals()[name] = types
+        return types
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def command_for_frame(cmd: int) -> Optional[Command]:
@@ -155,6 +179,7 @@ def decode_response(command: Command, body: bytes) -> Optional[Message]:
 
 def error_body(ret: int, errmsg: str = "") -> bytes:
     """`{1: BaseResponse{ret}}`: decodes as any response type."""
+    pb = _messages()
     return pb.ErrorResponse(base=pb.BaseResponse(ret=ret, errmsg=errmsg)).SerializeToString()
 
 
