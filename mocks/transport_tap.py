@@ -149,12 +149,22 @@ class _TapBase(asyncio.BaseProtocol):
 
     def server_close(self) -> None:
         """The server's `close()`: the FIN after what is buffered, then read on."""
-        self.server_fin()
         raw = self.raw
         if self.phone_fin or raw.is_closing() or not raw.can_write_eof():
+            self.server_fin()
             raw.close()
             return
-        raw.write_eof()
+        try:
+            raw.write_eof()
+        except OSError:
+            # the phone reset the connection and this loop has not read that yet: no FIN
+            # can go out, and a transport's close() must not raise; the capture shows the
+            # reset, as the socket's end does
+            if self.conn is not None:
+                self.owner.tap.tcp_close(self.conn, True, reset=True)
+            raw.abort()
+            return
+        self.server_fin()
         self.half_closed = True
         self.owner._lingering.add(self)
         self.timer = asyncio.get_running_loop().call_later(LINGER_S, self.end_linger)
