@@ -1,0 +1,138 @@
+"""The client ShortLink against servers that answer in every way HTTP/1.1 allows (and some it
+does not): what comes back, or which error, and that no connection is left open."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+import pytest
+
+from testbed.client.shortlink import ShortLink
+
+
+async def serve(answer):
+    """A loopback server that reads one request head and then runs `answer(reader, writer)`;
+    returns (server, port, writers) so a test can check every connection was closed."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader, writer):
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        await answer(reader, writer)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], writers
+
+
+def short(port: int, timeout: float = 2.0) -> ShortLink:
+    return ShortLink("127.0.0.1", port, timeout=timeout)
+
+
+async def test_a_close_delimited_answer_is_the_bytes_up_to_the_close():
+    async def answer(reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                     b"Connection: close\r\n\r\nhello, ")
+        await writer.drain()
+        writer.write(b"world")
+        writer.close()
+
+    server, port, _ = await serve(answer)
+    async with server:
+        reply = await short(port).post("/x", b"q")
+    assert reply == (200, "application/octet-stream", b"hello, world")
+
+
+async def test_a_close_delimited_answer_cut_by_a_reset_is_lost():
+    async def answer(reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npart")
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        writer.transport.abort()   # RST, not FIN
+
+    server, port, _ = await serve(answer)
+    async with server:
+        with pytest.raises(ConnectionError):
+            await short(port).post("/x", b"q")
+
+
+async def test_a_chunked_answer_is_joined():
+    async def answer(reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\nabc\r\n")
+        await writer.drain()
+        writer.write(b"2\r\nde\r\n0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)   # the client must not wait for the close
+
+    server, port, writers = await serve(answer)
+    async with server:
+        reply = await asyncio.wait_for(short(port).post("/x", b"q"), 2)
+    assert reply.status == 200 and reply.body == b"abcde"
+
+
+async def test_a_body_short_of_its_content_length_is_a_connection_error():
+    async def answer(reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        writer.close()
+
+    server, port, _ = await serve(answer)
+    async with server:
+        with pytest.raises(ConnectionError, match="before the whole answer"):
+            await short(port).post("/x", b"q")
+
+
+async def test_an_interim_100_is_skipped_for_the_final_answer():
+    async def answer(reader, writer):
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    server, port, _ = await serve(answer)
+    async with server:
+        reply = await short(port).post("/x", b"q")
+    assert (reply.status, reply.body) == (200, b"ok")
+
+
+async def test_no_answer_is_a_timeout_and_the_connection_is_closed():
+    gone = asyncio.Event()
+
+    async def answer(reader, writer):
+        try:
+            await reader.read()   # returns once the client has closed its end
+        except ConnectionError:
+            pass
+        gone.set()
+
+    server, port, _ = await serve(answer)
+    async with server:
+        with pytest.raises(TimeoutError):
+            await short(port, timeout=0.2).post("/x", b"q")
+        await asyncio.wait_for(gone.wait(), 1)
+
+
+async def test_what_is_not_http_is_a_connection_error():
+    async def answer(reader, writer):
+        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    server, port, _ = await serve(answer)
+    async with server:
+        with pytest.raises(ConnectionError, match="not an HTTP answer"):
+            await asyncio.wait_for(short(port).post("/x", b"q"), 2)
+
+
+async def test_a_tls_failure_names_the_tls_error():
+    async def plain(reader, writer):   # answers the ClientHello in clear
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(plain, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = ShortLink("127.0.0.1", port, tls_port=port, ssl_context=ssl.create_default_context())
+    async with server:
+        with pytest.raises(ConnectionError, match="SSL"):
+            await asyncio.wait_for(link.post("/x", b"q", tls=True), 2)
