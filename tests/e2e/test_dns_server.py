@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import tracemalloc
 
 import dpkt
 import pytest
@@ -200,3 +201,22 @@ def test_seen_is_bounded():
     for _ in range(10_050):
         server.answer(q)
     assert len(server.seen) == 10_000
+
+
+def test_kept_answers_do_not_hold_big_queries():
+    """Over TCP a query may be up to 64 KiB and what follows its question is not read, so
+    the kept answers must not keep such queries: 300 distinct ones of 60 KB held 18 MB for
+    the server's life."""
+    server = LabDNS(RECORDS)
+    pad = b"\0" * 60_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(300):
+            reply, outcome = server.answer(build_query(f"x{i}.weixin.qq.com", i) + pad,
+                                           tcp=True)
+            assert outcome == "nxdomain" and reply[:2] == i.to_bytes(2, "big")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000
