@@ -106,7 +106,9 @@ class _Exchange(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > MAX_REPLY:
-            raise ValueError("answer too large")   # surfaces as HttpParserError
+            # said here: raised, it would surface as httptools' "`on_body` callback error"
+            self._fail(f"an answer over {MAX_REPLY} bytes is not a short-link answer")
+            return
         self.chunks.append(data)
 
     def on_message_complete(self) -> None:

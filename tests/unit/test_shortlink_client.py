@@ -9,6 +9,7 @@ import ssl
 
 import pytest
 
+from testbed.client import shortlink
 from testbed.client.shortlink import ShortLink
 
 
@@ -136,3 +137,17 @@ async def test_a_tls_failure_names_the_tls_error():
     async with server:
         with pytest.raises(ConnectionError, match="SSL"):
             await asyncio.wait_for(link.post("/x", b"q", tls=True), 2)
+
+
+async def test_an_answer_over_the_bound_says_so(monkeypatch):
+    monkeypatch.setattr(shortlink, "MAX_REPLY", 10)
+
+    async def answer(reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100)
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    server, port, _ = await serve(answer)
+    async with server:
+        with pytest.raises(ConnectionError, match="over 10 bytes"):
+            await asyncio.wait_for(short(port).post("/x", b"q"), 2)
