@@ -88,6 +88,25 @@ async def test_a_question_asked_again_gets_the_same_answer_under_its_own_id(dns)
     assert server.stats["answered"] == server.stats["nxdomain"] == 3
 
 
+async def test_a_kept_answer_is_never_given_to_a_question_that_differs(dns):
+    """Answers are kept by the query's bytes after its id: the type, the flags and an EDNS
+    record each make another question (the name's case too, though the lab's answers do not
+    depend on it)."""
+    server, _ = dns
+    base = build_query("long.weixin.qq.com", 7)
+    no_rd = base[:2] + bytes([base[2] & ~0x01]) + base[3:]
+    opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"   # EDNS0, 1232 bytes
+    edns = base[:10] + b"\x00\x01" + base[12:] + opt
+    variants = [build_query("LONG.Weixin.qq.com", 8), build_query("long.weixin.qq.com", 9,
+                                                                   TYPE_AAAA), no_rd, edns]
+    server.answer(base)
+    for query in variants:
+        server.answer(query)                   # kept now, if it is to be
+        assert server.answer(query) == LabDNS(RECORDS).answer(query)
+    assert [server.answer(q)[0][2:] for q in [base] + variants] == \
+        [LabDNS(RECORDS).answer(q)[0][2:] for q in [base] + variants]
+
+
 async def test_case_insensitive(dns):
     server, client = dns
     # (No trailing-dot case: on the wire a name never has one; the configured
