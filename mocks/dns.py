@@ -45,7 +45,7 @@ from testbed.wire.dns import (OPCODE_QUERY, RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_
                               TYPE_NS, TYPE_SOA, Question, build_response, error_response,
                               formerr, parse_query)
 
-from .limits import AddressCap
+from .limits import AddressCap, peer_address
 from .served import RequestObserver, Served, endpoint, tell
 
 log = logging.getLogger(__name__)
@@ -328,8 +328,7 @@ class _TCPConnection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         srv = self.server
-        peer = transport.get_extra_info("peername")
-        client = peer[0] if peer else ""
+        client = peer_address(transport.get_extra_info("peername"))
         if len(srv.tcp_connections) >= srv.max_tcp_connections \
                 or not srv.tcp_address_cap.admit(client):
             transport.abort()
