@@ -58,7 +58,7 @@ class _Exchange(asyncio.Protocol):
         self.chunks: list[bytes] = []
         self.size = 0
         self.headed = False   # the answer's head is in
-        self.framed = False   # it has a Content-Length or a Transfer-Encoding
+        self.framed = False   # it has a Content-Length or is chunked
 
     def _fail(self, why: str) -> None:
         if not self.answer.done():
@@ -97,8 +97,12 @@ class _Exchange(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 12 and name.lower() == b"content-type":
             self.content_type = value.decode("latin-1")
-        elif name.lower() in (b"content-length", b"transfer-encoding"):
-            self.framed = True
+        else:
+            name = name.lower()
+            # a coding other than chunked last leaves the body to the close (RFC 9112 6.3)
+            if name == b"content-length" or (name == b"transfer-encoding"
+                                             and value.rstrip().lower().endswith(b"chunked")):
+                self.framed = True
 
     def on_headers_complete(self) -> None:
         self.headed = True

@@ -45,6 +45,17 @@ async def test_a_close_delimited_answer_is_the_bytes_up_to_the_close():
     assert reply == (200, "application/octet-stream", b"hello, world")
 
 
+async def test_an_answer_in_another_coding_than_chunked_ends_at_the_close():
+    async def answer(reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzipped")
+        writer.close()
+
+    server, port, _ = await serve(answer)
+    async with server:
+        reply = await short(port).post("/x", b"q")
+    assert (reply.status, reply.body) == (200, b"zipped")
+
+
 async def test_a_close_delimited_answer_cut_by_a_reset_is_lost():
     async def answer(reader, writer):
         writer.write(b"HTTP/1.1 200 OK\r\n\r\npart")
