@@ -14,17 +14,14 @@ from testbed.client.shortlink import ShortLink
 
 
 async def serve(answer):
-    """A loopback server that reads one request head and then runs `answer(reader, writer)`;
-    returns (server, port, writers) so a test can check every connection was closed."""
-    writers: list[asyncio.StreamWriter] = []
-
+    """A loopback server that reads one request head and then runs `answer(reader, writer)`:
+    (server, its port)."""
     async def handle(reader, writer):
-        writers.append(writer)
         await reader.readuntil(b"\r\n\r\n")
         await answer(reader, writer)
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1], writers
+    return server, server.sockets[0].getsockname()[1]
 
 
 def short(port: int, timeout: float = 2.0) -> ShortLink:
@@ -39,7 +36,7 @@ async def test_a_close_delimited_answer_is_the_bytes_up_to_the_close():
         writer.write(b"world")
         writer.close()
 
-    server, port, _ = await serve(answer)
+    server, port = await serve(answer)
     async with server:
         reply = await short(port).post("/x", b"q")
     assert reply == (200, "application/octet-stream", b"hello, world")
@@ -50,7 +47,7 @@ async def test_an_answer_in_another_coding_than_chunked_ends_at_the_close():
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzipped")
         writer.close()
 
-    server, port, _ = await serve(answer)
+    server, port = await serve(answer)
     async with server:
         reply = await short(port).post("/x", b"q")
     assert (reply.status, reply.body) == (200, b"zipped")
@@ -64,7 +61,7 @@ async def test_a_close_delimited_answer_cut_by_a_reset_is_lost():
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
         writer.transport.abort()   # RST, not FIN
 
-    server, port, _ = await serve(answer)
+    server, port = await serve(answer)
     async with server:
         with pytest.raises(ConnectionError):
             await short(port).post("/x", b"q")
@@ -79,7 +76,7 @@ async def test_a_chunked_answer_is_joined():
         await writer.drain()
         await asyncio.sleep(5)   # the client must not wait for the close
 
-    server, port, writers = await serve(answer)
+    server, port = await serve(answer)
     async with server:
         reply = await asyncio.wait_for(short(port).post("/x", b"q"), 2)
     assert reply.status == 200 and reply.body == b"abcde"
@@ -90,7 +87,7 @@ async def test_a_body_short_of_its_content_length_is_a_connection_error():
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
         writer.close()
 
-    server, port, _ = await serve(answer)
+    server, port = await serve(answer)
     async with server:
         with pytest.raises(ConnectionError, match="before the whole answer"):
             await short(port).post("/x", b"q")
@@ -102,7 +99,7 @@ async def test_an_interim_100_is_skipped_for_the_final_answer():
                      b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         writer.close()
 
-    server, port, _ = await serve(answer)
+    server, port = await serve(answer)
     async with server:
         reply = await short(port).post("/x", b"q")
     assert (reply.status, reply.body) == (200, b"ok")
@@ -118,7 +115,7 @@ async def test_no_answer_is_a_timeout_and_the_connection_is_closed():
             pass
         gone.set()
 
-    server, port, _ = await serve(answer)
+    server, port = await serve(answer)
     async with server:
         with pytest.raises(TimeoutError):
             await short(port, timeout=0.2).post("/x", b"q")
@@ -131,7 +128,7 @@ async def test_what_is_not_http_is_a_connection_error():
         await writer.drain()
         await asyncio.sleep(5)
 
-    server, port, _ = await serve(answer)
+    server, port = await serve(answer)
     async with server:
         with pytest.raises(ConnectionError, match="not an HTTP answer"):
             await asyncio.wait_for(short(port).post("/x", b"q"), 2)
@@ -158,7 +155,7 @@ async def test_an_answer_over_the_bound_says_so(monkeypatch):
         await writer.drain()
         await asyncio.sleep(5)
 
-    server, port, _ = await serve(answer)
+    server, port = await serve(answer)
     async with server:
         with pytest.raises(ConnectionError, match="over 10 bytes"):
             await asyncio.wait_for(short(port).post("/x", b"q"), 2)
