@@ -24,6 +24,14 @@ async def serve(answer):
     return server, server.sockets[0].getsockname()[1]
 
 
+async def until_closed(reader) -> None:
+    """Hold the connection until the client closes or resets it."""
+    try:
+        await reader.read()
+    except ConnectionError:
+        pass
+
+
 def short(port: int, timeout: float = 2.0) -> ShortLink:
     return ShortLink("127.0.0.1", port, timeout=timeout)
 
@@ -74,7 +82,7 @@ async def test_a_chunked_answer_is_joined():
         await writer.drain()
         writer.write(b"2\r\nde\r\n0\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(5)   # the client must not wait for the close
+        await until_closed(reader)   # the client must not wait for our close
 
     server, port = await serve(answer)
     async with server:
@@ -109,10 +117,7 @@ async def test_no_answer_is_a_timeout_and_the_connection_is_closed():
     gone = asyncio.Event()
 
     async def answer(reader, writer):
-        try:
-            await reader.read()   # returns once the client has closed its end
-        except ConnectionError:
-            pass
+        await until_closed(reader)
         gone.set()
 
     server, port = await serve(answer)
@@ -126,7 +131,7 @@ async def test_what_is_not_http_is_a_connection_error():
     async def answer(reader, writer):
         writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(5)
+        await until_closed(reader)
 
     server, port = await serve(answer)
     async with server:
@@ -153,7 +158,7 @@ async def test_an_answer_over_the_bound_says_so(monkeypatch):
     async def answer(reader, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100)
         await writer.drain()
-        await asyncio.sleep(5)
+        await until_closed(reader)
 
     server, port = await serve(answer)
     async with server:
