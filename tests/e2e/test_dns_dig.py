@@ -15,10 +15,9 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from mocks.dns import MAX_TCP_PER_ADDRESS, LabDNS
+from mocks.dns import LabDNS
 from mocks.runner import LabConfig
 from testbed.capture.analyze import analyze
-from testbed.lab.addressing import client_address
 from testbed.wire.dns import RCODE_NOERROR, RCODE_NOTIMP, build_query
 
 from ..conftest import start_lab
@@ -231,27 +230,6 @@ async def test_one_address_cannot_take_every_tcp_slot():
         assert reply.id == 6
     finally:
         dns.close()
-
-
-async def test_behind_the_nat_every_phone_has_its_tcp_slots(tmp_path: Path):
-    """Behind the carrier NAT every connection reaches the resolver from the relay's address,
-    so the per-address cap there would have been one cap for all phones (the relay keeps
-    its own per client): more phones than `MAX_TCP_PER_ADDRESS` all held and answered."""
-    lab = await start_lab(tmp_path, users=1, nat_timeout_s=300.0)
-    held = []
-    try:
-        m = lab.manifest
-        for i in range(MAX_TCP_PER_ADDRESS + 4):
-            held.append(await asyncio.open_connection(
-                m.dns_address, m.dns_port, local_addr=(client_address(m.dns_address, i), 0)))
-        for i, (reader, writer) in enumerate(held):
-            writer.write(framed(build_query("long.weixin.qq.com", 1000 + i)))
-            n = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), 5))[0]
-            assert dpkt.dns.DNS(await reader.readexactly(n)).id == 1000 + i
-    finally:
-        for _, writer in held:
-            writer.close()
-        await lab.stop()
 
 
 async def test_a_tcp_query_dripped_a_byte_at_a_time_is_cut_at_the_idle_deadline():

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import struct
 import tracemalloc
 
 import dpkt
 import pytest
 
-from mocks.dns import LabDNS
+from mocks.dns import MAX_TCP_PER_ADDRESS, LabDNS
+from testbed.lab.addressing import client_address
 from testbed.wire.dns import (RCODE_FORMERR, RCODE_NOERROR, RCODE_NXDOMAIN, TYPE_A, TYPE_AAAA,
                               build_query, parse_response)
+
+from ..conftest import start_lab
 
 RECORDS = {
     "long.weixin.qq.com": ["127.0.0.11", "127.0.0.12"],
@@ -239,3 +243,25 @@ def test_kept_answers_do_not_hold_big_queries():
     finally:
         tracemalloc.stop()
     assert held < 1_000_000
+
+
+async def test_behind_the_nat_every_phone_has_its_tcp_slots(tmp_path):
+    """Behind the carrier NAT every connection reaches the resolver from the relay's address,
+    so the per-address cap there would have been one cap for all phones (the relay keeps
+    its own per client): more phones than `MAX_TCP_PER_ADDRESS` all held and answered."""
+    lab = await start_lab(tmp_path, users=1, nat_timeout_s=300.0)
+    held = []
+    try:
+        m = lab.manifest
+        for i in range(MAX_TCP_PER_ADDRESS + 4):
+            held.append(await asyncio.open_connection(
+                m.dns_address, m.dns_port, local_addr=(client_address(m.dns_address, i), 0)))
+        for i, (reader, writer) in enumerate(held):
+            query = build_query("long.weixin.qq.com", 1000 + i)
+            writer.write(struct.pack(">H", len(query)) + query)
+            n = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), 5))[0]
+            assert dpkt.dns.DNS(await reader.readexactly(n)).id == 1000 + i
+    finally:
+        for _, writer in held:
+            writer.close()
+        await lab.stop()
