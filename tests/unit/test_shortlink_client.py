@@ -32,32 +32,36 @@ async def until_closed(reader) -> None:
         pass
 
 
+async def post_to(*pieces: bytes, close: bool = True):
+    """What `ShortLink.post` gives for a server that answers `pieces` (each sent on its
+    own) and then closes (or, `close` False, holds the connection until the client ends
+    it)."""
+    async def answer(reader, writer):
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+        if close:
+            writer.close()
+        else:
+            await until_closed(reader)
+
+    server, port = await serve(answer)
+    async with server:
+        return await asyncio.wait_for(short(port).post("/x", b"q"), 2)
+
+
 def short(port: int, timeout: float = 2.0) -> ShortLink:
     return ShortLink("127.0.0.1", port, timeout=timeout)
 
 
 async def test_a_close_delimited_answer_is_the_bytes_up_to_the_close():
-    async def answer(reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                     b"Connection: close\r\n\r\nhello, ")
-        await writer.drain()
-        writer.write(b"world")
-        writer.close()
-
-    server, port = await serve(answer)
-    async with server:
-        reply = await short(port).post("/x", b"q")
+    reply = await post_to(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                          b"Connection: close\r\n\r\nhello, ", b"world")
     assert reply == (200, "application/octet-stream", b"hello, world")
 
 
 async def test_an_answer_in_another_coding_than_chunked_ends_at_the_close():
-    async def answer(reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzipped")
-        writer.close()
-
-    server, port = await serve(answer)
-    async with server:
-        reply = await short(port).post("/x", b"q")
+    reply = await post_to(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzipped")
     assert (reply.status, reply.body) == (200, b"zipped")
 
 
@@ -76,40 +80,20 @@ async def test_a_close_delimited_answer_cut_by_a_reset_is_lost():
 
 
 async def test_a_chunked_answer_is_joined():
-    async def answer(reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"3\r\nabc\r\n")
-        await writer.drain()
-        writer.write(b"2\r\nde\r\n0\r\n\r\n")
-        await writer.drain()
-        await until_closed(reader)   # the client must not wait for our close
-
-    server, port = await serve(answer)
-    async with server:
-        reply = await asyncio.wait_for(short(port).post("/x", b"q"), 2)
+    # held open: the client must not wait for the server's close
+    reply = await post_to(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"3\r\nabc\r\n", b"2\r\nde\r\n0\r\n\r\n", close=False)
     assert reply.status == 200 and reply.body == b"abcde"
 
 
 async def test_a_body_short_of_its_content_length_is_a_connection_error():
-    async def answer(reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        writer.close()
-
-    server, port = await serve(answer)
-    async with server:
-        with pytest.raises(ConnectionError, match="before the whole answer"):
-            await short(port).post("/x", b"q")
+    with pytest.raises(ConnectionError, match="before the whole answer"):
+        await post_to(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
 
 
 async def test_an_interim_100_is_skipped_for_the_final_answer():
-    async def answer(reader, writer):
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n"
-                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        writer.close()
-
-    server, port = await serve(answer)
-    async with server:
-        reply = await short(port).post("/x", b"q")
+    reply = await post_to(b"HTTP/1.1 100 Continue\r\n\r\n"
+                          b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert (reply.status, reply.body) == (200, b"ok")
 
 
@@ -128,15 +112,8 @@ async def test_no_answer_is_a_timeout_and_the_connection_is_closed():
 
 
 async def test_what_is_not_http_is_a_connection_error():
-    async def answer(reader, writer):
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-        await writer.drain()
-        await until_closed(reader)
-
-    server, port = await serve(answer)
-    async with server:
-        with pytest.raises(ConnectionError, match="not an HTTP answer"):
-            await asyncio.wait_for(short(port).post("/x", b"q"), 2)
+    with pytest.raises(ConnectionError, match="not an HTTP answer"):
+        await post_to(b"SSH-2.0-OpenSSH\r\n\r\n", close=False)
 
 
 async def test_a_tls_failure_names_the_tls_error():
@@ -154,13 +131,6 @@ async def test_a_tls_failure_names_the_tls_error():
 
 async def test_an_answer_over_the_bound_says_so(monkeypatch):
     monkeypatch.setattr(shortlink, "MAX_REPLY", 10)
-
-    async def answer(reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100)
-        await writer.drain()
-        await until_closed(reader)
-
-    server, port = await serve(answer)
-    async with server:
-        with pytest.raises(ConnectionError, match="over 10 bytes"):
-            await asyncio.wait_for(short(port).post("/x", b"q"), 2)
+    with pytest.raises(ConnectionError, match="over 10 bytes"):
+        await post_to(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100,
+                      close=False)
