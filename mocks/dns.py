@@ -221,7 +221,8 @@ class LabDNS(asyncio.DatagramProtocol):
         while the server listens), so the answers to the first `ANSWERS_KEPT` distinct
         questions (of at most `KEPT_QUERY_MAX` bytes) are kept and the next query asking the
         same gets the kept bytes under its own id: dpkt's parse and build were most of a
-        query's cost, and 3,000 phones ask the same two questions. Not under server replay, whose verdicts may change."""
+        query's cost, and 3,000 phones ask the same two questions. Not under server replay,
+        whose verdicts may change."""
         key = (tcp, data[2:])
         kept = self._answers.get(key) if self.replay is None and len(data) > 2 else None
         if kept is not None:

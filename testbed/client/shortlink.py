@@ -160,7 +160,7 @@ class ShortLink:
         loop = asyncio.get_running_loop()
         local = (self.local_addr, 0) if self.local_addr else None
         last: Optional[Exception] = None
-        for i, addr in enumerate(self.addresses):
+        for i, addr in enumerate(tuple(self.addresses)):   # others may reorder the list
             answer = loop.create_future()
             transport = None
             try:
@@ -183,8 +183,11 @@ class ShortLink:
             finally:
                 if transport is not None and not transport.is_closing():
                     transport.abort()   # given up on (a timeout): nothing more is read
-            if i:  # remember the address that works
-                self.addresses.insert(0, self.addresses.pop(i))
+            # remember the address that works: by value, as requests at once reorder the
+            # list while each waits (its index may hold another address by now)
+            if i and self.addresses[0] != addr:
+                self.addresses.remove(addr)
+                self.addresses.insert(0, addr)
             self.requests += 1
             self.bytes_sent += len(body)
             self.bytes_received += len(reply.body)

@@ -134,3 +134,51 @@ async def test_an_answer_over_the_bound_says_so(monkeypatch):
     with pytest.raises(ConnectionError, match="over 10 bytes"):
         await post_to(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100,
                       close=False)
+
+
+async def test_requests_at_once_leave_the_address_that_answers_first():
+    """Two requests fall back from a refusing address at once: the one that answers is
+    first for the next (each used to move whatever sat at its index then, the refusing
+    one back in front)."""
+    async def answer(reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    server, port = await serve(answer)
+    link = ShortLink(["127.0.0.2", "127.0.0.1"], port, timeout=2)   # .2: nothing listens
+    async with server:
+        replies = await asyncio.gather(*(link.post("/x", b"q") for _ in range(2)))
+    assert [r.body for r in replies] == [b"ok", b"ok"]
+    assert link.addresses == ["127.0.0.1", "127.0.0.2"]
+
+
+async def test_a_request_tries_every_address_while_another_reorders_them(tmp_path):
+    """A request whose first try is slow to fail goes on to the next address it had, not
+    to the next index of a list another request has reordered meanwhile (it tried the
+    failing address twice and never the good one)."""
+    from mocks.tls import CA_PEM, LabCA
+
+    async def good(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    async def slow_not_tls(reader, writer):   # the handshake fails 0.3 s in
+        await asyncio.sleep(0.3)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        writer.close()
+
+    ca = LabCA.in_dir(tmp_path)
+    tls = await asyncio.start_server(good, "127.0.0.1", 0, ssl=ca.server_context())
+    port = tls.sockets[0].getsockname()[1]
+    bad = await asyncio.start_server(slow_not_tls, "127.0.0.2", port)
+    link = ShortLink(["127.0.0.2", "127.0.0.1"], port, tls_port=port, timeout=5,
+                     ssl_context=ssl.create_default_context(cafile=str(tmp_path / CA_PEM)))
+
+    async def later():
+        await asyncio.sleep(0.1)
+        return await link.post("/x", b"q", tls=True)
+
+    async with tls, bad:
+        replies = await asyncio.gather(link.post("/x", b"q", tls=True), later())
+    assert [r.body for r in replies] == [b"ok", b"ok"]
