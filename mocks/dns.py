@@ -45,7 +45,7 @@ from testbed.wire.dns import (OPCODE_QUERY, RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_
                               TYPE_NS, TYPE_SOA, Question, build_response, error_response,
                               formerr, parse_query)
 
-from .limits import AddressCap
+from .limits import AddressCap, peer_address
 from .served import RequestObserver, Served, endpoint, tell
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ TCP_IDLE_S = 10.0           # wall seconds a TCP client may stay silent (RFC 776
 NS_LABEL = "ns"
 PORT_TRIES = 20              # port 0: UDP ports tried until the same TCP port is free
 ANSWERS_KEPT = 1024          # distinct questions whose answers are kept (see `answer`)
+# the longest query kept: over TCP a query may be 64 KiB, 1,024 of them 64 MB held for good
+KEPT_QUERY_MAX = MAX_DATAGRAM
 _KEPT_OUTCOMES = frozenset({"answered", "nxdomain", "notimp"})
 
 
@@ -217,9 +219,10 @@ class LabDNS(asyncio.DatagramProtocol):
 
         An answer is a function of the query's bytes after its id (the zones never change
         while the server listens), so the answers to the first `ANSWERS_KEPT` distinct
-        questions are kept and the next query asking the same gets the kept bytes under its
-        own id: dpkt's parse and build were most of a query's cost, and 3,000 phones ask
-        the same two questions. Not under server replay, whose verdicts may change."""
+        questions (of at most `KEPT_QUERY_MAX` bytes) are kept and the next query asking the
+        same gets the kept bytes under its own id: dpkt's parse and build were most of a
+        query's cost, and 3,000 phones ask the same two questions. Not under server replay,
+        whose verdicts may change."""
         key = (tcp, data[2:])
         kept = self._answers.get(key) if self.replay is None and len(data) > 2 else None
         if kept is not None:
@@ -229,7 +232,8 @@ class LabDNS(asyncio.DatagramProtocol):
             return data[:2] + tail, outcome
         reply, outcome = self._answer(data, tcp)
         if (reply is not None and outcome in _KEPT_OUTCOMES and self.replay is None
-                and len(self._answers) < ANSWERS_KEPT and self.seen):
+                and len(self._answers) < ANSWERS_KEPT and len(data) <= KEPT_QUERY_MAX
+                and self.seen):
             name, qtype = self.seen[-1]
             self._answers[key] = (reply[2:], outcome, name, qtype)
         return reply, outcome
@@ -325,8 +329,7 @@ class _TCPConnection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         srv = self.server
-        peer = transport.get_extra_info("peername")
-        client = peer[0] if peer else ""
+        client = peer_address(transport.get_extra_info("peername"))
         if len(srv.tcp_connections) >= srv.max_tcp_connections \
                 or not srv.tcp_address_cap.admit(client):
             transport.abort()

@@ -249,8 +249,11 @@ class Lab:
 
         records = {name: hosts[name].addresses for name in HOST_NAMES}
         dns_addr = plan.dns if plan else FALLBACK_ADDRESS
+        # behind a relay every TCP client has the relay's address: the per-address cap
+        # there would be one cap for all phones (the relay keeps one per client)
         self.dns = LabDNS(records, tap=self.tap, ns_address=dns_addr,
-                          backlog=self.server_limits.listen_backlog)
+                          backlog=self.server_limits.listen_backlog,
+                          **({} if self.relay is None else {"max_tcp_per_address": None}))
         if self.script is not None:
             self.dns.replay = dns_verdict(self.script, self.clock)
         self.dns.observer = self.observer

@@ -477,8 +477,9 @@ class FlowTable:
         False, nothing changed, and the caller feeds `decode` of its packet instead.
 
         The commonest kind: Ethernet/IPv4/TCP without IP options, no TCP option but the
-        timestamps, only ACK (and PSH) set, on a known open flow before any FIN, that the sequence analysis does not flag (`Connection.plain`),
-        empty or the next bytes in order of its direction. From the frame's bytes to the
+        timestamps, only ACK (and PSH) set, on a known open flow before any FIN, that the
+        sequence analysis does not flag (`Connection.plain`), empty or the next bytes in
+        order of its direction. From the frame's bytes to the
         flow's counters, the analysis and `on_data` in one function, without a `Segment`:
         a busy lab's capture is mostly such packets. The flow is found by the frame's
         address and port bytes (`_raw`); the counting is `TcpFlow.count`'s.

@@ -2,9 +2,10 @@
 
 `read_capture(path)` streams a file and yields `Packet`s (or, by `Capture.scan`, hands each
 frame to a callback from its read buffer, a `Packet` only for those the callback leaves);
-it never reads the whole file into memory, never raises for damage inside the file (it stops at the damage and says where in
-`Capture.error`, with `Capture.truncated` set when the file simply ends early), and raises
-`CaptureError` only when the file is not a capture at all (missing, empty, unknown magic).
+it never reads the whole file into memory, never raises for damage inside the file (it
+stops at the damage and says where in `Capture.error`, with `Capture.truncated` set when
+the file simply ends early), and raises `CaptureError` only when the file is not a capture
+at all (missing, empty, unknown magic).
 
 Supported:
 - pcap: both byte orders, microsecond (a1b2c3d4) and nanosecond (a1b23c4d) magic, the

@@ -241,7 +241,7 @@ class Connection:
         """Take the commonest segment, an ACK (PSH allowed, no other flag, no window scale
         option) that no rule flags, and say True; False, the state untouched, when it is
         not one (then `segment` applies every rule). Decided without the rules that cannot
-        apply to it: at the expected sequence number, the window open, the handshake over,
+        apply to it: at the expected sequence number, the window open, both ISNs known,
         acknowledging nothing unseen, and either empty and acknowledging something new or
         data not yet acknowledged that does not fill the peer's window. (It may be the ACK
         that ends the handshake: no rule it could meet depends on the handshake.)"""

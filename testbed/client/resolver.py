@@ -10,7 +10,7 @@ from testbed.lab.addressing import is_lab_address
 from testbed.wire import dns
 
 
-MAX_ANSWER = 4096   # the lab's answers fit 512 bytes; a bigger datagram is read whole
+MAX_ANSWER = 4096   # read per datagram: the lab's answers fit 512 bytes, an EDNS-sized one 4096
 
 
 class ResolveError(Exception):

@@ -42,10 +42,12 @@ class ShortReply(NamedTuple):
 class _Exchange(asyncio.Protocol):
     """One request on its own connection: written when connected, its answer parsed as it
     comes; `answer` resolves to the `ShortReply`, or to `ConnectionError` when the
-    connection ends before the whole answer came (or what came is not HTTP)."""
+    connection ends before the whole answer came (or what came is not HTTP). An answer with
+    neither Content-Length nor chunked coding ends at the server's close (RFC 9112 6.3);
+    interim 1xx answers are skipped."""
 
     __slots__ = ("request", "answer", "transport", "parser", "content_type", "chunks",
-                 "size", "header")
+                 "size", "headed", "framed")
 
     def __init__(self, request: bytes, answer: asyncio.Future) -> None:
         self.request = request
@@ -55,7 +57,8 @@ class _Exchange(asyncio.Protocol):
         self.content_type = ""
         self.chunks: list[bytes] = []
         self.size = 0
-        self.header = b""
+        self.headed = False   # the answer's head is in
+        self.framed = False   # it has a Content-Length or is chunked
 
     def _fail(self, why: str) -> None:
         if not self.answer.done():
@@ -77,7 +80,11 @@ class _Exchange(asyncio.Protocol):
             self._fail(f"not an HTTP answer: {exc}")
 
     def eof_received(self):
-        return None   # the answer ends at its Content-Length; an EOF before it is a loss
+        # httptools has no call for "the stream ended", so the close that ends an unframed
+        # body is read here; for a framed one, an EOF before its end is a loss
+        if self.headed and not self.framed and not self.answer.done():
+            self.on_message_complete()
+        return None
 
     def connection_lost(self, exc) -> None:
         self.transport = None
@@ -90,19 +97,33 @@ class _Exchange(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 12 and name.lower() == b"content-type":
             self.content_type = value.decode("latin-1")
+        else:
+            name = name.lower()
+            # a coding other than chunked last leaves the body to the close (RFC 9112 6.3)
+            if name == b"content-length" or (name == b"transfer-encoding"
+                                             and value.rstrip().lower().endswith(b"chunked")):
+                self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.headed = True
 
     def on_body(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > MAX_REPLY:
-            raise ValueError("answer too large")   # surfaces as HttpParserError
+            # said here: raised, it would surface as httptools' "`on_body` callback error"
+            self._fail(f"an answer over {MAX_REPLY} bytes is not a short-link answer")
+            return
         self.chunks.append(data)
 
     def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:   # interim: the final answer follows
+            self.content_type, self.headed, self.framed = "", False, False
+            return
         if not self.answer.done():
             chunks = self.chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self.answer.set_result(ShortReply(self.parser.get_status_code(),
-                                              self.content_type, body))
+            self.answer.set_result(ShortReply(status, self.content_type, body))
         if self.transport is not None:
             self.transport.close()
 
@@ -139,7 +160,7 @@ class ShortLink:
         loop = asyncio.get_running_loop()
         local = (self.local_addr, 0) if self.local_addr else None
         last: Optional[Exception] = None
-        for i, addr in enumerate(self.addresses):
+        for i, addr in enumerate(tuple(self.addresses)):   # others may reorder the list
             answer = loop.create_future()
             transport = None
             try:
@@ -162,8 +183,11 @@ class ShortLink:
             finally:
                 if transport is not None and not transport.is_closing():
                     transport.abort()   # given up on (a timeout): nothing more is read
-            if i:  # remember the address that works
-                self.addresses.insert(0, self.addresses.pop(i))
+            # remember the address that works: by value, as requests at once reorder the
+            # list while each waits (its index may hold another address by now)
+            if i and self.addresses[0] != addr:
+                self.addresses.remove(addr)
+                self.addresses.insert(0, addr)
             self.requests += 1
             self.bytes_sent += len(body)
             self.bytes_received += len(reply.body)

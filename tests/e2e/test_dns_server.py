@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import struct
+import tracemalloc
 
 import dpkt
 import pytest
 
-from mocks.dns import LabDNS
+from mocks.dns import MAX_TCP_PER_ADDRESS, LabDNS
+from testbed.lab.addressing import client_address
 from testbed.wire.dns import (RCODE_FORMERR, RCODE_NOERROR, RCODE_NXDOMAIN, TYPE_A, TYPE_AAAA,
                               build_query, parse_response)
+
+from ..conftest import start_lab
 
 RECORDS = {
     "long.weixin.qq.com": ["127.0.0.11", "127.0.0.12"],
@@ -85,6 +90,25 @@ async def test_a_question_asked_again_gets_the_same_answer_under_its_own_id(dns)
             assert server.seen[-1] == (name, TYPE_A)
     assert server.stats["queries"] == 6
     assert server.stats["answered"] == server.stats["nxdomain"] == 3
+
+
+async def test_a_kept_answer_is_never_given_to_a_question_that_differs(dns):
+    """Answers are kept by the query's bytes after its id: the type, the flags and an EDNS
+    record each make another question (the name's case too, though the lab's answers do not
+    depend on it)."""
+    server, _ = dns
+    base = build_query("long.weixin.qq.com", 7)
+    no_rd = base[:2] + bytes([base[2] & ~0x01]) + base[3:]
+    opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"   # EDNS0, 1232 bytes
+    edns = base[:10] + b"\x00\x01" + base[12:] + opt
+    variants = [build_query("LONG.Weixin.qq.com", 8), build_query("long.weixin.qq.com", 9,
+                                                                   TYPE_AAAA), no_rd, edns]
+    server.answer(base)
+    for query in variants:
+        server.answer(query)                   # kept now, if it is to be
+        assert server.answer(query) == LabDNS(RECORDS).answer(query)
+    assert [server.answer(q)[0][2:] for q in [base] + variants] == \
+        [LabDNS(RECORDS).answer(q)[0][2:] for q in [base] + variants]
 
 
 async def test_case_insensitive(dns):
@@ -200,3 +224,44 @@ def test_seen_is_bounded():
     for _ in range(10_050):
         server.answer(q)
     assert len(server.seen) == 10_000
+
+
+def test_kept_answers_do_not_hold_big_queries():
+    """Over TCP a query may be up to 64 KiB and what follows its question is not read, so
+    the kept answers must not keep such queries: 300 distinct ones of 60 KB held 18 MB for
+    the server's life."""
+    server = LabDNS(RECORDS)
+    pad = b"\0" * 60_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(300):
+            reply, outcome = server.answer(build_query(f"x{i}.weixin.qq.com", i) + pad,
+                                           tcp=True)
+            assert outcome == "nxdomain" and reply[:2] == i.to_bytes(2, "big")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000
+
+
+async def test_behind_the_nat_every_phone_has_its_tcp_slots(tmp_path):
+    """Behind the carrier NAT every connection reaches the resolver from the relay's address,
+    so the per-address cap there would have been one cap for all phones (the relay keeps
+    its own per client): more phones than `MAX_TCP_PER_ADDRESS` all held and answered."""
+    lab = await start_lab(tmp_path, users=1, nat_timeout_s=300.0)
+    held = []
+    try:
+        m = lab.manifest
+        for i in range(MAX_TCP_PER_ADDRESS + 4):
+            held.append(await asyncio.open_connection(
+                m.dns_address, m.dns_port, local_addr=(client_address(m.dns_address, i), 0)))
+        for i, (reader, writer) in enumerate(held):
+            query = build_query("long.weixin.qq.com", 1000 + i)
+            writer.write(struct.pack(">H", len(query)) + query)
+            n = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), 5))[0]
+            assert dpkt.dns.DNS(await reader.readexactly(n)).id == 1000 + i
+    finally:
+        for _, writer in held:
+            writer.close()
+        await lab.stop()

@@ -108,7 +108,7 @@ class StudyResult:
     wall_s: float = 0.0                     # whole run, lab start to lab stop
     setup_wall_s: float = 0.0               # lab start until the last phone was online
     startup_wall_s: Optional[float] = None  # before it: the command's start to the lab's
-    login_wall_s: float = 0.0               # of which: every phone's TLS login and newinit
+    login_wall_s: float = 0.0               # of which: TLS logins, newinits, long-link names
     login_retries: int = 0                  # login-phase requests sent again (a broken link)
     start_spread_s: float = 0.0             # protocol s between first and last window start
     protocol_span_s: float = 0.0            # protocol time from first start to last stop
