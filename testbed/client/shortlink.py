@@ -150,7 +150,8 @@ class ShortLink:
     async def post(self, path: str, body: bytes, *, tls: bool = False) -> ShortReply:
         """Raw POST; returns its status, content type and body. Each call is its own
         connection. `ConnectionError` when no address accepts it, or the answer does not
-        come whole; `asyncio.TimeoutError` when it does not come in time."""
+        come whole; `TimeoutError` (naming the request and the address) when it does not come in
+        time."""
         if tls and (self.tls_port is None or self.ssl_context is None):
             raise ValueError("no TLS port or CA for this short link")
         port = self.tls_port if tls else self.port
@@ -180,6 +181,10 @@ class ShortLink:
                         reply = await answer
                     except ConnectionError as exc:
                         raise ConnectionError(f"{SHORT} {path}: {exc}") from None
+            except TimeoutError:
+                # asyncio's own says nothing: a user needs to know which request and where
+                raise TimeoutError(f"{SHORT} {path} ({addr}:{port}): no answer within "
+                                   f"{self.timeout:g} s") from None
             finally:
                 if transport is not None and not transport.is_closing():
                     transport.abort()   # given up on (a timeout): nothing more is read

@@ -106,7 +106,8 @@ async def test_no_answer_is_a_timeout_and_the_connection_is_closed():
 
     server, port = await serve(answer)
     async with server:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError, match=rf"/x \(127\.0\.0\.1:{port}\): no answer "
+                                               r"within 0\.2 s"):
             await short(port, timeout=0.2).post("/x", b"q")
         await asyncio.wait_for(gone.wait(), 1)
 
