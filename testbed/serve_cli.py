@@ -222,13 +222,19 @@ def _say(line: str) -> None:
 
 
 def _run(coro, use_uvloop: bool):
+    # through interrupt.run: a SIGTERM that comes while the loop is being made (a lab
+    # stopping its hosts as one fails to start) is noted there, not raised inside the loop's
+    # constructor, which left a half-made loop whose __del__ printed a traceback
+    from testbed import interrupt
+
+    runner = None
     if use_uvloop:
         try:
             import uvloop
-            return uvloop.run(coro)
+            runner = uvloop.run
         except ImportError:
             _say("uvloop not installed; using asyncio")
-    return asyncio.run(coro)
+    return interrupt.run(coro, runner)
 
 
 async def open_store(url: str, console):
