@@ -146,12 +146,7 @@ class LongLink:
             command = BY_CMD.get(cmd)
             self._sender.frame(command.name if command is not None else f"cmd {cmd}", data)
         if deadline is not None:
-            timer = self._timer
-            # armed early enough already (it re-arms for the rest when it fires)
-            if timer is None or timer.cancelled or timer.when > deadline:
-                if timer is not None:
-                    timer.cancel()
-                self._timer = self.clock.call_at(deadline, self._on_timer)
+            self._arm(deadline)   # its own deadline: no need to ask the connection for all
         return fut
 
     async def request(self, cmd: int, body: bytes = b"", timeout: float = 10.0) -> bytes:
@@ -206,9 +201,7 @@ class LongLink:
     def _disarm(self) -> None:
         """Nothing is pending: the deadline timer has nothing to time out (a heartbeat's
         NOOP answered in time would otherwise wake the loop once more for nothing)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._arm(None)
 
     def _settle(self, seq: int, result: Optional[bytes] = None,
                 exc: Optional[BaseException] = None) -> None:
@@ -223,9 +216,8 @@ class LongLink:
         else:
             fut.set_result(result)
 
-    def _arm(self) -> None:
-        """One clock timer per link, at the connection's earliest request deadline."""
-        when = self.conn.get_timer()
+    def _arm(self, when: Optional[float]) -> None:
+        """One clock timer per link, firing by `when` (a request deadline; None: no timer)."""
         timer = self._timer
         if timer is not None and not timer.cancelled and when is not None \
                 and timer.when <= when:
@@ -240,7 +232,7 @@ class LongLink:
             if isinstance(ev, TimedOut):
                 self._settle(ev.seq, exc=asyncio.TimeoutError(
                     f"no reply to cmd {ev.cmd} seq {ev.seq}"))
-        self._arm()
+        self._arm(self.conn.get_timer())   # the earliest deadline still pending
 
     def _received(self, data: bytes) -> None:
         if self._holed:
@@ -275,9 +267,7 @@ class LongLink:
             timer.cancel()
         if self._sender is not None:
             self._sender.close()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
         futures, self._futures = self._futures, {}
         for fut in futures.values():
             if not fut.done():
