@@ -225,16 +225,10 @@ def _run(coro, use_uvloop: bool):
     # through interrupt.run: a SIGTERM that comes while the loop is being made (a lab
     # stopping its hosts as one fails to start) is noted there, not raised inside the loop's
     # constructor, which left a half-made loop whose __del__ printed a traceback
-    from testbed import interrupt
+    from testbed import eventloop, interrupt
 
-    runner = None
-    if use_uvloop:
-        try:
-            import uvloop
-            runner = uvloop.run
-        except ImportError:
-            _say("uvloop not installed; using asyncio")
-    return interrupt.run(coro, runner)
+    loop = eventloop.from_flag(use_uvloop, _say)
+    return interrupt.run(coro, lambda main: eventloop.run(main, loop))
 
 
 async def open_store(url: str, console):
