@@ -273,7 +273,7 @@ class PhoneFleet:
                 # wall time at k = 2000): a try waits less, and the next one longer, so
                 # that a lab slow to answer is not asked again and again
                 return await asyncio.wait_for(request(), LOGIN_WAIT_S * 2 ** attempt)
-            except (ConnectionError, asyncio.TimeoutError, OSError) as exc:
+            except (asyncio.TimeoutError, OSError) as exc:   # ConnectionError is an OSError
                 if attempt == LOGIN_TRIES - 1:
                     raise
                 self.login_retries += 1
