@@ -2,7 +2,9 @@
 
 Only what a 2013 phone asks is answered, the way an authoritative server that does not
 recurse answers it: A queries for the lab's names with every configured address (the client
-picks one and falls back to the next), TTL 600, AA set and RA clear. Each host's parent name is
+picks one and falls back to the next), TTL 600, AA set and RA clear. Names match whatever
+their case, and an answer echoes the question in the case it was asked (clients that
+randomise it, 0x20, check that). Each host's parent name is
 a zone (`weixin.qq.com`, `mapabc.com`, `qlogo.cn`, `qpic.cn`) with an SOA and one NS,
 `ns.<zone>`, whose A record is the resolver's own address, so `dig SOA` and `dig NS` show a
 well-formed zone. Other types for a known name are NOERROR with an empty answer (and the SOA
@@ -71,6 +73,20 @@ _KEPT_OUTCOMES = frozenset({"answered", "nxdomain", "notimp"})
 def normalize(name: str) -> str:
     """DNS names compare case-insensitively and the root dot is optional in configuration."""
     return name.rstrip(".").lower()
+
+
+def _name_end(data: bytes) -> int:
+    """Where the name of a message's first question ends (it starts at byte 12), or -1 when
+    it is not plain labels (a pointer, an extended label type) or runs off the end."""
+    i, n = 12, len(data)
+    while i < n:
+        length = data[i]
+        if length == 0:
+            return i + 1
+        if length > 63:
+            return -1
+        i += 1 + length
+    return -1
 
 
 def zone_of(host: str) -> str:
@@ -218,22 +234,30 @@ class LabDNS(asyncio.DatagramProtocol):
         query nor the answer is held to the 512 bytes of a classic datagram.
 
         An answer is a function of the query's bytes after its id (the zones never change
-        while the server listens), so the answers to the first `ANSWERS_KEPT` distinct
-        questions (of at most `KEPT_QUERY_MAX` bytes) are kept and the next query asking the
-        same gets the kept bytes under its own id: dpkt's parse and build were most of a
-        query's cost, and 3,000 phones ask the same two questions. Not under server replay,
-        whose verdicts may change."""
-        key = (tcp, data[2:])
-        kept = self._answers.get(key) if self.replay is None and len(data) > 2 else None
+        while the server listens) but for the name's case, which it echoes as asked (0x20
+        randomisation); so the answers to the first `ANSWERS_KEPT` distinct questions (of at
+        most `KEPT_QUERY_MAX` bytes, the name case-folded) are kept and the next query asking
+        the same gets the kept bytes under its own id and in its own case: dpkt's parse and
+        build were most of a query's cost, and 3,000 phones ask the same two questions. Not
+        under server replay, whose verdicts may change."""
+        # kept by the question's name case-folded (names compare so) and every other byte
+        # as it is; a name that is not plain labels (a pointer) is not kept
+        end = _name_end(data) if self.replay is None else -1
+        if end < 0:
+            return self._answer(data, tcp)
+        key = (tcp, data[2:12], data[12:end].lower(), data[end:])
+        kept = self._answers.get(key)
         if kept is not None:
             tail, outcome, name, qtype = kept
             self.seen.append((name, qtype))
             self._asked = name
-            return data[:2] + tail, outcome
+            # the answer's question sits where the query's does: the asker's case written
+            # there reaches every name dpkt pointed at it (the answers' owners, the zone)
+            return data[:2] + tail[:10] + data[12:end] + tail[end - 2:], outcome
         reply, outcome = self._answer(data, tcp)
-        if (reply is not None and outcome in _KEPT_OUTCOMES and self.replay is None
+        if (reply is not None and outcome in _KEPT_OUTCOMES
                 and len(self._answers) < ANSWERS_KEPT and len(data) <= KEPT_QUERY_MAX
-                and self.seen):
+                and self.seen and reply[12:end].lower() == key[2]):
             name, qtype = self.seen[-1]
             self._answers[key] = (reply[2:], outcome, name, qtype)
         return reply, outcome
@@ -251,11 +275,11 @@ class LabDNS(asyncio.DatagramProtocol):
             if len(data) >= 2 and (len(data) < 3 or not data[2] & _QR_BIT):
                 return formerr(int.from_bytes(data[:2], "big")), "formerr"
             return None, "dropped"
-        self.seen.append((q.name, q.qtype))
-        self._asked = q.name
+        name = normalize(q.name)   # matched so; the answer echoes `q.name` as asked
+        self.seen.append((name, q.qtype))
+        self._asked = name
         if q.opcode != OPCODE_QUERY:
             return error_response(q.id, RCODE_NOTIMP, q), "notimp"
-        name = normalize(q.name)
         if self.replay is not None:
             verdict = self.replay(name, q.qtype)
             if verdict == "drop":

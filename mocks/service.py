@@ -241,8 +241,10 @@ class Service:
         if lim.login_max_failures > 0:
             await self.store.clear_login_failures(f"uin:{user.uin}")
         key = os.urandom(16)
-        await self.store.put_session(SessionRecord(key, user.uin, user.username,
-                                                   bytes(req.base.device_id)))
+        ended = await self.store.put_session(SessionRecord(key, user.uin, user.username,
+                                                           bytes(req.base.device_id)))
+        if ended is not None:   # the device's earlier session: its links close, as at logout
+            await self.store.publish(SessionEnded(ended, user.uin))
         return pb.ManualAuthResponse(base=self._ok(), uin=user.uin, session_key=key,
                                      nickname=user.nickname, long_hosts=[LONG],
                                      short_hosts=[SHORT])

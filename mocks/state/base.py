@@ -94,7 +94,8 @@ class PushEvent:
 
 @dataclass(frozen=True)
 class SessionEnded:
-    """A session logged out: its long links are closed."""
+    """A session logged out, or ended by its device's next login: its long links are
+    closed."""
 
     session_key: bytes
     uin: int
@@ -194,13 +195,21 @@ class Store(abc.ABC):
 
     # --- sessions
     @abc.abstractmethod
-    async def put_session(self, session: SessionRecord) -> None: ...
+    async def put_session(self, session: SessionRecord) -> Optional[bytes]:
+        """Store a new session, one per device: the session the same user's same device
+        (`device_id`) held ends with it, in the same atomic step (a login sent again after
+        its answer was lost must not leave the first one behind). Returns the ended
+        session's key, or None; a session without a device id ends none."""
 
     @abc.abstractmethod
     async def get_session(self, session_key: bytes) -> Optional[SessionRecord]: ...
 
     @abc.abstractmethod
     async def delete_session(self, session_key: bytes) -> bool: ...
+
+    @abc.abstractmethod
+    async def session_count(self) -> int:
+        """How many sessions the lab holds (every user's, every device's)."""
 
     # --- sync logs
     @abc.abstractmethod

@@ -37,6 +37,7 @@ class MemoryStore(Store):
         self._by_name: dict[str, int] = {}
         self._by_avatar: dict[str, int] = {}
         self._sessions: dict[bytes, SessionRecord] = {}
+        self._by_device: dict[tuple[int, bytes], bytes] = {}   # (uin, device) -> its session
         self._logs: dict[tuple[int, int], list[bytes]] = {}
         self._friends: dict[int, set[int]] = {}
         self._pending: set[tuple[int, int]] = set()
@@ -84,13 +85,30 @@ class MemoryStore(Store):
         return len(self._users)
 
     async def put_session(self, session):
+        ended = None
+        if session.device_id:
+            device = (session.uin, session.device_id)
+            ended = self._by_device.get(device)
+            if ended is not None:
+                del self._sessions[ended]
+            self._by_device[device] = session.session_key
         self._sessions[session.session_key] = session
+        return ended
 
     async def get_session(self, session_key):
         return self._sessions.get(session_key)
 
     async def delete_session(self, session_key):
-        return self._sessions.pop(session_key, None) is not None
+        session = self._sessions.pop(session_key, None)
+        if session is None:
+            return False
+        device = (session.uin, session.device_id)
+        if self._by_device.get(device) == session_key:
+            del self._by_device[device]
+        return True
+
+    async def session_count(self):
+        return len(self._sessions)
 
     async def append(self, uin, log, item, origin=None):
         items = self._logs.setdefault((uin, log), [])

@@ -10,6 +10,8 @@ Layout (P is the prefix):
   P users    hash uin -> JSON [username, password, nickname, sex, city, signature, avatar]
   P names, P avatars                  hash username / avatar key -> uin
   P sessions hash session_key -> JSON [uin, username, device_id hex]
+  P devices  hash "uin:device_id hex" -> its session's key (one session per device; kept
+                                      with P sessions in _PUT_SESSION and _DELETE_SESSION)
   P log:UIN:K                         list of serialized CmdItems (the sync key is its length);
                                       appended to and published from in one script
   P friends:UIN                       set of uins;  P pending  set of "to:from"
@@ -185,6 +187,32 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return count
 """
 
+# KEYS: sessions, devices; ARGV: session key, its JSON, its "uin:device" ('' for no
+# device). The device's earlier session ends here; its key is returned (false if none).
+_PUT_SESSION = """
+local ended = false
+if ARGV[3] ~= '' then
+  ended = redis.call('HGET', KEYS[2], ARGV[3])
+  if ended then redis.call('HDEL', KEYS[1], ended) end
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return ended
+"""
+
+# KEYS: sessions, devices; ARGV: session key. 1 if it was there.
+_DELETE_SESSION = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local s = cjson.decode(raw)
+local device = string.format('%d:%s', s[1], s[3])
+if s[3] ~= '' and redis.call('HGET', KEYS[2], device) == ARGV[1] then
+  redis.call('HDEL', KEYS[2], device)
+end
+return 1
+"""
+
 # KEYS: meta, data; ARGV: start, max_len
 _MEDIA_PART = """
 local r = redis.call('HMGET', KEYS[1], 'sender', 'receiver', 'msg_type')
@@ -263,6 +291,7 @@ class RedisStore(Store):
         self._k_uins, self._k_users = p + "uins", p + "users"
         self._k_names, self._k_avatars = p + "names", p + "avatars"
         self._k_sessions, self._k_pending = p + "sessions", p + "pending"
+        self._k_devices = p + "devices"
         self._k_msgid, self._k_sends = p + "msgid", p + "sends"
         self._k_upload_seq, self._k_cdn = p + "upload-seq", p + "cdn"
         self._k_geo, self._k_locations, self._k_polar = p + "geo", p + "locations", p + "polar"
@@ -283,6 +312,8 @@ class RedisStore(Store):
         self._media_part = reg(_MEDIA_PART)
         self._candidates_near = reg(_CANDIDATES_NEAR)
         self._claim_users = reg(_CLAIM_USERS)
+        self._put_session = reg(_PUT_SESSION)
+        self._delete_session = reg(_DELETE_SESSION)
 
     @classmethod
     async def connect(cls, url: str, namespace: str = "lab") -> "RedisStore":
@@ -354,8 +385,12 @@ class RedisStore(Store):
 
     # ------------------------------------------------------------------ sessions
     async def put_session(self, session):
-        await self._r.hset(self._k_sessions, session.session_key, json.dumps(
-            [session.uin, session.username, session.device_id.hex()]))
+        device = session.device_id.hex()
+        ended = await self._put_session(
+            keys=[self._k_sessions, self._k_devices],
+            args=[session.session_key, json.dumps([session.uin, session.username, device]),
+                  f"{session.uin}:{device}" if device else ""])
+        return bytes(ended) if ended else None
 
     async def get_session(self, session_key):
         raw = await self._r.hget(self._k_sessions, session_key)
@@ -365,7 +400,11 @@ class RedisStore(Store):
         return SessionRecord(bytes(session_key), uin, username, bytes.fromhex(device))
 
     async def delete_session(self, session_key):
-        return await self._r.hdel(self._k_sessions, session_key) == 1
+        return await self._delete_session(keys=[self._k_sessions, self._k_devices],
+                                          args=[session_key]) == 1
+
+    async def session_count(self):
+        return await self._r.hlen(self._k_sessions)
 
     # ------------------------------------------------------------------ sync logs
     async def append(self, uin, log, item, origin=None):

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from testbed.lab.clock import Clock
+from testbed.lab.clock import Clock, wake
 from testbed.lab.manifest import Manifest
 from testbed.wire import Door, Ret, pb
 from testbed.wire.commands import MSG_IMAGE
@@ -513,25 +513,20 @@ class Phone:
         return resp.accepted
 
 
-def _wake(waiter: asyncio.Future, *_: object) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 async def _until(clock: Clock, when: float, *futures: asyncio.Future) -> None:
     """Return at protocol time `when` on `clock`, or as soon as one of `futures` is done:
     one future and one clock timer, no task (the heartbeat's wait, once per beat)."""
     waiter = asyncio.get_running_loop().create_future()
-    wake = functools.partial(_wake, waiter)
-    timer = clock.call_at(when, wake)
+    on_done = functools.partial(wake, waiter)
+    timer = clock.call_at(when, wake, waiter)
     for f in futures:
-        f.add_done_callback(wake)
+        f.add_done_callback(on_done)
     try:
         await waiter
     finally:
         timer.cancel()
         for f in futures:
-            f.remove_done_callback(wake)
+            f.remove_done_callback(on_done)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -130,8 +130,9 @@ class _Exchange(asyncio.Protocol):
 
 class ShortLink:
     """Posts CGI requests to `short.weixin.qq.com`: the first address that accepts, falling
-    back to the next A record when a connect fails. `timeout`: wall seconds for one request,
-    connect to answer."""
+    back to the next A record when a connect fails or takes more than its share of the time
+    (the time left split evenly among the addresses left). `timeout`: wall seconds for one
+    request, connect to answer, over all the addresses it tries."""
 
     def __init__(self, address: str | list[str], port: int, tls_port: Optional[int] = None,
                  ssl_context: Optional[ssl.SSLContext] = None,
@@ -150,8 +151,8 @@ class ShortLink:
     async def post(self, path: str, body: bytes, *, tls: bool = False) -> ShortReply:
         """Raw POST; returns its status, content type and body. Each call is its own
         connection. `ConnectionError` when no address accepts it, or the answer does not
-        come whole; `TimeoutError` (naming the request and the address) when it does not come in
-        time."""
+        come whole; `TimeoutError` (naming the request, the addresses tried and the timeout)
+        when it does not come in time."""
         if tls and (self.tls_port is None or self.ssl_context is None):
             raise ValueError("no TLS port or CA for this short link")
         port = self.tls_port if tls else self.port
@@ -160,31 +161,43 @@ class ShortLink:
                    % (path.encode(), SHORT.encode(), port, len(body))) + body
         loop = asyncio.get_running_loop()
         local = (self.local_addr, 0) if self.local_addr else None
+        deadline = loop.time() + self.timeout
+        addrs = tuple(self.addresses)   # others may reorder the list
+        tried: list[str] = []
         last: Optional[Exception] = None
-        for i, addr in enumerate(tuple(self.addresses)):   # others may reorder the list
+        for i, addr in enumerate(addrs):
+            tried.append(addr)
+            # each address left gets an equal share of the time left, so one that never
+            # accepts (a black hole: its SYNs dropped) costs its share and the next is
+            # tried; the last has all that is left, the request's total still the bound
+            share = (deadline - loop.time()) / (len(addrs) - i)
             answer = loop.create_future()
             transport = None
             try:
-                async with asyncio.timeout(self.timeout):
-                    try:
+                try:
+                    async with asyncio.timeout(share):
                         transport, _ = await loop.create_connection(
                             lambda: _Exchange(request, answer), addr, port,
                             ssl=self.ssl_context if tls else None,
                             server_hostname=SHORT if tls else None, local_addr=local)
-                    except OSError as exc:   # refused, unreachable, a failed handshake
-                        last = exc
+                except TimeoutError:   # before OSError: it is one
+                    last = TimeoutError(f"{addr}:{port} did not connect within {share:.3g} s")
+                    if i + 1 < len(addrs):
                         continue
-                    # connected, then the answer did not come whole (the server closed the
-                    # connection first, or cut the body short): the request is lost, as a
-                    # broken long link loses one, and a caller retries it the same way
-                    try:
+                    raise self._timed_out(path, tried, port) from None
+                except OSError as exc:   # refused, unreachable, a failed handshake
+                    last = exc
+                    continue
+                # connected, then the answer did not come whole (the server closed the
+                # connection first, or cut the body short): the request is lost, as a
+                # broken long link loses one, and a caller retries it the same way
+                try:
+                    async with asyncio.timeout_at(deadline):
                         reply = await answer
-                    except ConnectionError as exc:
-                        raise ConnectionError(f"{SHORT} {path}: {exc}") from None
-            except TimeoutError:
-                # asyncio's own says nothing: a user needs to know which request and where
-                raise TimeoutError(f"{SHORT} {path} ({addr}:{port}): no answer within "
-                                   f"{self.timeout:g} s") from None
+                except ConnectionError as exc:
+                    raise ConnectionError(f"{SHORT} {path}: {exc}") from None
+                except TimeoutError:
+                    raise self._timed_out(path, tried, port) from None
             finally:
                 if transport is not None and not transport.is_closing():
                     transport.abort()   # given up on (a timeout): nothing more is read
@@ -198,6 +211,11 @@ class ShortLink:
             self.bytes_received += len(reply.body)
             return reply
         raise ConnectionError(f"no address of {SHORT} answered: {last!r}")
+
+    def _timed_out(self, path: str, tried: list[str], port: int) -> TimeoutError:
+        # asyncio's own says nothing: a user needs to know which request and where
+        where = ", ".join(f"{addr}:{port}" for addr in tried)
+        return TimeoutError(f"{SHORT} {path} ({where}): no answer within {self.timeout:g} s")
 
     async def call(self, cgi: str, request: Message, *, tls: bool = False) -> Message:
         command = BY_CGI[cgi]

@@ -220,7 +220,7 @@ class ManualClock(Clock):
             await asyncio.sleep(0)
             return
         fut = asyncio.get_running_loop().create_future()
-        timer = self.call_at(when, _resolve, fut)
+        timer = self.call_at(when, wake, fut)
         try:
             await fut
         finally:
@@ -230,9 +230,13 @@ class ManualClock(Clock):
         return _ManualTimeout(self, when)
 
 
-def _resolve(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def wake(waiter: asyncio.Future, *_: object) -> None:
+    """Resolve `waiter` (to None) unless it is done already: the callback of a clock timer
+    (`call_at(when, wake, waiter)`) or of another future's end (`add_done_callback(
+    functools.partial(wake, waiter))`, whose argument, that future, it ignores), so that one
+    future waits for whichever comes first."""
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _ManualTimeout:

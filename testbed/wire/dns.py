@@ -55,7 +55,11 @@ def build_query(name: str, qid: int, qtype: int = TYPE_A, opcode: int = OPCODE_Q
 
 
 def parse_query(data: bytes) -> Question:
-    """Read the single question of a query; `RemoteProtocolError` for anything malformed."""
+    """Read the single question of a query; `RemoteProtocolError` for anything malformed.
+
+    The name keeps the asker's case (less a trailing dot): an answer echoes it as asked,
+    which clients that randomise the case of their queries (0x20) check; compare names
+    case-insensitively (`mocks.dns.normalize`)."""
     try:
         msg = dpkt.dns.DNS(data)
     except (dpkt.UnpackError, IndexError, ValueError, UnicodeDecodeError) as exc:
@@ -65,7 +69,7 @@ def parse_query(data: bytes) -> Question:
     if len(msg.qd) != 1:
         raise RemoteProtocolError(f"{len(msg.qd)} questions, expected 1")
     q = msg.qd[0]
-    return Question(msg.id, q.name.rstrip(".").lower(), q.type, msg.opcode, bool(msg.rd))
+    return Question(msg.id, q.name.rstrip("."), q.type, msg.opcode, bool(msg.rd))
 
 
 def _a(name: str, address: str, ttl: int):

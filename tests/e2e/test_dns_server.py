@@ -94,8 +94,8 @@ async def test_a_question_asked_again_gets_the_same_answer_under_its_own_id(dns)
 
 async def test_a_kept_answer_is_never_given_to_a_question_that_differs(dns):
     """Answers are kept by the query's bytes after its id: the type, the flags and an EDNS
-    record each make another question (the name's case too, though the lab's answers do not
-    depend on it)."""
+    record each make another question (the name's case does not, but the kept answer comes
+    back in the asker's case)."""
     server, _ = dns
     base = build_query("long.weixin.qq.com", 7)
     no_rd = base[:2] + bytes([base[2] & ~0x01]) + base[3:]
@@ -120,6 +120,20 @@ async def test_case_insensitive(dns):
         assert ans.rcode == RCODE_NOERROR and len(ans.addresses) == 2, name
     assert parse_response(await client.ask(build_query("short.weixin.qq.com", 8))).addresses \
         == ("127.0.0.21", "127.0.0.22")
+
+
+async def test_an_answer_echoes_the_askers_case_kept_or_not(dns):
+    """0x20 case randomisation: the question and the records' owner come back in the case
+    asked, the first time and from the kept answers (which another case filled)."""
+    _, client = dns
+    await client.ask(build_query("long.weixin.qq.com", 1))
+    for qid, name in enumerate(["LoNg.WeIxIn.qq.com", "LoNg.WeIxIn.qq.com",
+                                "lOnG.wEiXiN.QQ.COM"], 2):
+        msg = full(await client.ask(build_query(name, qid)))
+        assert msg.id == qid and len(msg.an) == 2
+        assert [r.name for r in msg.qd + msg.an] == [name] * 3
+    msg = full(await client.ask(build_query("NoSuch.WeIxIn.qq.com", 9)))
+    assert msg.rcode == RCODE_NXDOMAIN and msg.qd[0].name == "NoSuch.WeIxIn.qq.com"
 
 
 @pytest.mark.parametrize("qtype", [TYPE_AAAA, dpkt.dns.DNS_MX, dpkt.dns.DNS_TXT, 255])
@@ -191,7 +205,7 @@ async def test_500_garbage_datagrams_then_still_answers(dns):
     client.transport.sendto(build_query("LONG.weixin.qq.com", 0x7777))
     while True:
         msg = full(await asyncio.wait_for(client.replies.get(), 2.0))
-        if msg.id == 0x7777 and msg.qd and msg.qd[0].name == "long.weixin.qq.com":
+        if msg.id == 0x7777 and msg.qd and msg.qd[0].name == "LONG.weixin.qq.com":
             break
     ans = parse_response(bytes(msg))
     assert ans.rcode == RCODE_NOERROR and ans.addresses == ("127.0.0.11", "127.0.0.12")

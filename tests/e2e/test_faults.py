@@ -242,6 +242,27 @@ async def test_a_lost_short_link_sync_is_sent_again_and_brings_the_message_once(
         await bed.close()
 
 
+async def test_a_login_sent_again_after_its_answer_was_lost_leaves_one_session(tmp_path):
+    """The lab logged the phone in but its answer was cut: the phone's second login (as the
+    study's login phase sends it) replaces the first session, which it never learnt the
+    key of, instead of leaving it on the server beside the new one."""
+    lab = await start_lab(tmp_path, users=1, clock=ManualClock(),
+                          faults=FaultPlan.parse(["truncate:short.MANUALAUTH#1@20"], seed=1))
+    u = lab.manifest.users[0]
+    session = Session(lab.manifest, u["username"], u["password"], clock=lab.clock)
+    try:
+        with pytest.raises(ConnectionError, match="before the whole answer"):
+            await session.login()
+        assert await lab.store.session_count() == 1     # handled: only the answer was lost
+        await session.login()
+        assert await lab.store.session_count() == 1
+        assert [i.cmd_id for i in await session.init()]   # the key it holds is the one
+    finally:
+        await session.close()
+        await lab.stop()
+    assert not lab.server_errors()
+
+
 async def test_the_plan_and_its_seed_are_in_the_capture(tmp_path):
     out = tmp_path / "faulted.pcapng"
     bed = await Bed.start(tmp_path, "delay:NOTIFY#*=1s..5s", record=out)

@@ -202,7 +202,7 @@ async def test_idempotent_resend(lab):
 
 async def test_logout_closes_that_sessions_links_with_fin(lab):
     alice = await logged_in(lab, 0)
-    other_device = await logged_in(lab, 0)   # same user, second session
+    other_device = await logged_in(lab, 0, device_id=b"other-device-001")   # same user
     await alice.logout()
     exc = await asyncio.wait_for(alice.link.closed, 5)
     assert exc is None          # a clean FIN, not a reset

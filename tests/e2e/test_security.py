@@ -135,7 +135,7 @@ class KeyRecordingStore(MemoryStore):
 
     async def put_session(self, session):
         self.session_keys.append(session.session_key)
-        await super().put_session(session)
+        return await super().put_session(session)
 
 
 def secret_forms(store: KeyRecordingStore, manifest) -> dict[str, str]:

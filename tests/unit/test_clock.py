@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import pytest
 
-from testbed.lab.clock import Clock, ManualClock
+from testbed.lab.clock import Clock, ManualClock, wake
 
 
 # ---------------------------------------------------------------------- manual clock
@@ -28,6 +29,21 @@ async def test_manual_timers_fire_in_order_each_at_its_own_time():
     assert clock.next_timer() == 500.0
     with pytest.raises(ValueError):
         await clock.advance_to(10.0)
+
+
+async def test_wake_resolves_a_waiter_once_from_a_timer_or_another_futures_end():
+    """One waiter for whichever comes first: the timer and the other future both wake it,
+    the second without an InvalidStateError."""
+    clock = ManualClock()
+    loop = asyncio.get_running_loop()
+    waiter, other = loop.create_future(), loop.create_future()
+    clock.call_at(10.0, wake, waiter)
+    other.add_done_callback(functools.partial(wake, waiter))
+    other.set_result("ignored")
+    await asyncio.sleep(0)
+    assert waiter.done() and waiter.result() is None
+    await clock.advance(10.0)    # the timer finds it done
+    assert waiter.result() is None
 
 
 async def test_manual_time_stands_still_without_advance():

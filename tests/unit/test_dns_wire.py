@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import dpkt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -75,11 +76,16 @@ def test_query_wire_format():
 
 def test_parse_query_of_a_hand_built_query():
     raw = raw_message(42, 0x0100, [("Short.WEIXIN.qq.com", TYPE_AAAA)])
-    assert parse_query(raw) == Question(42, SHORT, TYPE_AAAA)
+    assert parse_query(raw) == Question(42, "Short.WEIXIN.qq.com", TYPE_AAAA)
 
 
-def test_parse_query_normalises_case():
-    assert parse_query(build_query("LONG.Weixin.QQ.Com", 1)).name == LONG
+def test_an_answer_echoes_the_case_of_the_question():
+    """0x20: a client that mixes the case of its query checks the answer's question (and
+    its records' owner) came back in that case."""
+    q = parse_query(build_query("LONG.Weixin.QQ.Com", 1))
+    assert q.name == "LONG.Weixin.QQ.Com"
+    msg = dpkt.dns.DNS(build_response(q, ["127.0.0.11"]))
+    assert [r.name for r in msg.qd + msg.an] == ["LONG.Weixin.QQ.Com"] * 2
 
 
 @pytest.mark.parametrize("data", [

@@ -183,3 +183,46 @@ async def test_a_request_tries_every_address_while_another_reorders_them(tmp_pat
     async with tls, bad:
         replies = await asyncio.gather(link.post("/x", b"q", tls=True), later())
     assert [r.body for r in replies] == [b"ok", b"ok"]
+
+
+class BlackHole:
+    """A loopback address:port that never accepts: a listener with backlog 0 whose accept
+    queue one connection fills, so Linux drops the SYNs of every connect after it (which
+    then hangs, as one to a black-holed address does)."""
+
+    def __init__(self, host: str, port: int = 0) -> None:
+        self.listener = socket.create_server((host, port), backlog=0)
+        self.port = self.listener.getsockname()[1]
+        self.filler = socket.create_connection((host, self.port), timeout=2)
+
+    def __enter__(self) -> "BlackHole":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.filler.close()
+        self.listener.close()
+
+
+async def test_a_black_holed_first_address_costs_its_share_and_the_next_answers():
+    """A connect that hangs on the first address gives up after its share of the request's
+    time and the next address answers (it used the whole timeout and raised)."""
+    async def answer(reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    server, port = await serve(answer)
+    link = ShortLink(["127.0.0.2", "127.0.0.1"], port, timeout=0.6)
+    with BlackHole("127.0.0.2", port):
+        async with server:
+            reply = await link.post("/x", b"q")
+    assert reply.body == b"ok"
+    assert link.addresses == ["127.0.0.1", "127.0.0.2"]
+
+
+async def test_every_address_black_holed_is_a_timeout_naming_them_all():
+    with BlackHole("127.0.0.2") as first, BlackHole("127.0.0.3", first.port):
+        link = ShortLink(["127.0.0.2", "127.0.0.3"], first.port, timeout=0.2)
+        with pytest.raises(TimeoutError, match=rf"/x \(127\.0\.0\.2:{first.port}, "
+                                               rf"127\.0\.0\.3:{first.port}\): no answer "
+                                               r"within 0\.2 s"):
+            await link.post("/x", b"q")

@@ -116,6 +116,28 @@ async def test_sessions(stores):
     assert await a.get_session(key) is None
 
 
+async def test_a_device_logging_in_again_ends_its_earlier_session(stores):
+    """One session per device: the same user's same device replaces its session (returned,
+    so its links can be closed); another device, another user or no device id adds one."""
+    a, b = stores
+    first, again = SessionRecord(b"1" * 16, 7, "alice", b"phone"), \
+        SessionRecord(b"2" * 16, 7, "alice", b"phone")
+    others = [SessionRecord(b"3" * 16, 7, "alice", b"tablet"),
+              SessionRecord(b"4" * 16, 8, "bob", b"phone"),
+              SessionRecord(b"5" * 16, 7, "alice"), SessionRecord(b"6" * 16, 7, "alice")]
+    assert await a.put_session(first) is None
+    for s in others:
+        assert await a.put_session(s) is None
+    assert await b.put_session(again) == first.session_key
+    assert await a.get_session(first.session_key) is None
+    assert await a.get_session(again.session_key) == again
+    assert await b.session_count() == 5
+    # its device freed by a logout, the device's next login ends nothing
+    assert await a.delete_session(again.session_key) is True
+    assert await b.put_session(first) is None
+    assert await a.session_count() == 5
+
+
 # ---------------------------------------------------------------------- sync logs
 
 async def test_logs_append_and_read(store):

@@ -266,7 +266,9 @@ class PhoneFleet:
         """A short-link request of the login phase, sent again (as a phone does) when its
         connection broke or timed out: every short-link connection crosses the carrier NAT,
         and a loop that lags 150 ms of wall time at k = 2000 (on a busy machine) leaves one
-        idle past the NAT's 300 protocol seconds, so the NAT forgets it midway."""
+        idle past the NAT's 300 protocol seconds, so the NAT forgets it midway. A login the
+        lab handled but whose answer was lost is safe to send again: the lab keeps one
+        session per device, so the second ends the first (docs/protocol.md, section 5)."""
         for attempt in range(LOGIN_TRIES):
             try:
                 # the NAT releases a forgotten connection only after its linger (3.6 s of
