@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import ssl
 import uuid
@@ -28,6 +29,10 @@ from .linkobserver import LinkObserver
 from .longlink import LinkClosed, LongLink
 from .resolver import Resolver
 from .shortlink import ShortLink
+
+# Each Session is one device: the lab keeps one session per device (a device's next login
+# ends its earlier one), so two Sessions of one user in one process must not share an id.
+_DEVICES = itertools.count()
 
 CHUNK = 64 * 1024
 # A long-link request's timeout when the caller names none: 10 protocol seconds, and at
@@ -103,7 +108,8 @@ class Session:
         self.clock = clock or Clock(manifest.time_scale)
         self.username, self.password = username, password
         self.local_addr = local_addr
-        self.device_id = device_id or hashlib.md5(f"{username}:{os.getpid()}".encode()).digest()
+        self.device_id = device_id or hashlib.md5(
+            f"{username}:{os.getpid()}:{next(_DEVICES)}".encode()).digest()
         self.resolver = Resolver(manifest.dns_address, manifest.dns_port, local_addr=local_addr)
         self.ssl = ssl_context_for(manifest)
         self.uin = 0
