@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import functools
 import logging
 import random
 import uuid
@@ -103,6 +102,7 @@ class Phone:
         self._folded: Optional[LongLink] = None   # the link whose counts are in metrics
         self._reconnecting = False
         self._reconnect_lock = asyncio.Lock()
+        self._beat: Optional[asyncio.Future] = None   # the heartbeat's wait, while it waits
         self.errors: list[BaseException] = []
         self.nearby: Optional[NearbyResult] = None     # the last people_nearby
         self._news = asyncio.Event()     # set (and replaced) when a message or push arrives
@@ -229,8 +229,12 @@ class Phone:
         """Keep the link alive until `stop` is set (or the phone is stopped): the heartbeat
         loop."""
         # one waiter for the whole loop, not one per beat: a Task, `asyncio.wait` and a
-        # timeout context per NOOP were most of the phone's CPU per heartbeat
+        # timeout context per NOOP were most of the phone's CPU per heartbeat. It, and each
+        # link's closing, wake the beat's wait (`_beat`) through callbacks set once, not
+        # once per beat.
         stopped = asyncio.ensure_future(stop.wait())
+        stopped.add_done_callback(self._wake_beat)
+        watched: Optional[LongLink] = None
         try:
             while not stop.is_set() and not self._stopping:
                 link = self.session.link
@@ -238,13 +242,16 @@ class Phone:
                     self.metrics.links_closed += 1
                     await self.reconnect()
                     continue
+                if link is not watched:
+                    watched = link
+                    link.closed.add_done_callback(self._wake_beat)
                 if self._sync_owed and (self._sync_task is None or self._sync_task.done()):
                     self._sync_task = asyncio.ensure_future(self._sync_loop())
                 interval = self.policy.interval()
                 clock = self.clock
                 due = link.last_tx + interval
                 if due > clock.now():
-                    await _until(clock, due, stopped, link.closed)
+                    await self._beat_until(due)
                     if stop.is_set() or not link.is_open:
                         continue
                     if link.last_tx + interval > clock.now():
@@ -272,6 +279,21 @@ class Phone:
             raise
         finally:
             stopped.cancel()
+
+    async def _beat_until(self, when: float) -> None:
+        """The heartbeat's wait: until protocol time `when`, or until the loop is stopped
+        or its link closes (`_wake_beat`); one future and one clock timer per beat."""
+        waiter = self._beat = asyncio.get_running_loop().create_future()
+        timer = self.clock.call_at(when, self._wake_beat)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._beat = None
+
+    def _wake_beat(self, *_: object) -> None:
+        if self._beat is not None:
+            wake(self._beat)
 
     # ------------------------------------------------------------------ sync
     def _wake(self) -> None:
@@ -511,22 +533,6 @@ class Phone:
         resp = await self.session.cgi(cgi, pb.ReportRequest(
             base=self.session.base(), items=[pb.KV(key=k, value=v) for k, v in items.items()]))
         return resp.accepted
-
-
-async def _until(clock: Clock, when: float, *futures: asyncio.Future) -> None:
-    """Return at protocol time `when` on `clock`, or as soon as one of `futures` is done:
-    one future and one clock timer, no task (the heartbeat's wait, once per beat)."""
-    waiter = asyncio.get_running_loop().create_future()
-    on_done = functools.partial(wake, waiter)
-    timer = clock.call_at(when, wake, waiter)
-    for f in futures:
-        f.add_done_callback(on_done)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        for f in futures:
-            f.remove_done_callback(on_done)
 
 
 def _transient(exc: BaseException) -> bool:

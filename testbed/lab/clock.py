@@ -103,8 +103,12 @@ class Clock:
         return self.call_at(self.now() + delay, callback, *args)
 
     def _arm(self, timer: Timer) -> None:
-        wall = (timer.when - self.now()) / self.scale
-        timer._handle = asyncio.get_running_loop().call_later(wall if wall > 0 else 0, timer)
+        # at the loop's own time of the deadline, not `call_later(delay from now)`: uvloop
+        # adds a delay to the time it read when the iteration began (to the millisecond),
+        # so a timer set late in a busy iteration woke that much early and was set again.
+        # Both loops' `time()` is CLOCK_MONOTONIC, the clock's origin too.
+        timer._handle = asyncio.get_running_loop().call_at(
+            self._wall0 + timer.when / self.scale, timer)
 
     def _fire(self, timer: Timer) -> None:
         if timer.cancelled:
