@@ -149,7 +149,12 @@ class LongLink:
             # cost a loop callback per reply)
             fut.add_done_callback(functools.partial(self._request_done, seq))
         if self._sender is None:
-            self.send_raw(data)
+            if not self._holed:   # `send_raw`, whose check of the link was made above
+                self._transport.write(data)
+                self.bytes_sent += len(data)
+                if self.observer is not None:
+                    self.observer.sent(len(data))
+                self.last_tx = self.clock.now()
         else:
             command = BY_CMD.get(cmd)
             self._sender.frame(command.name if command is not None else f"cmd {cmd}", data)

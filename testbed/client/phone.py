@@ -235,11 +235,14 @@ class Phone:
         stopped = asyncio.ensure_future(stop.wait())
         stopped.add_done_callback(self._wake_beat)
         watched: Optional[LongLink] = None
+        clock, metrics, policy = self.clock, self.metrics, self.policy
+        create_future = asyncio.get_running_loop().create_future
+        noop_timeout = self.timeout(policy.noop_timeout_s)
         try:
             while not stop.is_set() and not self._stopping:
                 link = self.session.link
                 if link is None or not link.is_open:
-                    self.metrics.links_closed += 1
+                    metrics.links_closed += 1
                     await self.reconnect()
                     continue
                 if link is not watched:
@@ -247,49 +250,46 @@ class Phone:
                     link.closed.add_done_callback(self._wake_beat)
                 if self._sync_owed and (self._sync_task is None or self._sync_task.done()):
                     self._sync_task = asyncio.ensure_future(self._sync_loop())
-                interval = self.policy.interval()
-                clock = self.clock
+                interval = policy.interval()
                 due = link.last_tx + interval
-                if due > clock.now():
-                    await self._beat_until(due)
+                now = clock.now()
+                if due > now:
+                    # the beat's wait: one future and one clock timer, woken early by a stop
+                    # or the link's closing (`_wake_beat`)
+                    waiter = self._beat = create_future()
+                    timer = clock.call_at(due, self._wake_beat)
+                    try:
+                        await waiter
+                    finally:
+                        timer.cancel()
+                        self._beat = None
                     if stop.is_set() or not link.is_open:
                         continue
-                    if link.last_tx + interval > clock.now():
+                    now = clock.now()
+                    if link.last_tx + interval > now:
                         continue   # the link carried something meanwhile: NAT state is fresh
-                idle = clock.now() - link.last_tx
-                self.metrics.wakeups += 1
-                self.metrics.heartbeats_sent += 1
-                self.metrics.intervals.append(idle)
+                metrics.wakeups += 1
+                metrics.heartbeats_sent += 1
+                metrics.intervals.append(now - link.last_tx)
                 try:
-                    await link.noop(timeout=self.timeout(self.policy.noop_timeout_s))
+                    await link.noop(timeout=noop_timeout)
                 except (asyncio.TimeoutError, LinkClosed):
                     if stop.is_set():
                         break
                     if link.is_open:   # no answer on an open link: it died silently
-                        self.metrics.silent_deaths += 1
-                        self.policy.on_failure(interval)
+                        metrics.silent_deaths += 1
+                        policy.on_failure(interval)
                     else:
-                        self.metrics.links_closed += 1
+                        metrics.links_closed += 1
                     await self.reconnect()
                     continue
-                self.metrics.heartbeats_answered += 1
-                self.policy.on_success(interval)
+                metrics.heartbeats_answered += 1
+                policy.on_success(interval)
         except Exception as exc:
             self.errors.append(exc)
             raise
         finally:
             stopped.cancel()
-
-    async def _beat_until(self, when: float) -> None:
-        """The heartbeat's wait: until protocol time `when`, or until the loop is stopped
-        or its link closes (`_wake_beat`); one future and one clock timer per beat."""
-        waiter = self._beat = asyncio.get_running_loop().create_future()
-        timer = self.clock.call_at(when, self._wake_beat)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._beat = None
 
     def _wake_beat(self, *_: object) -> None:
         if self._beat is not None:

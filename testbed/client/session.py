@@ -200,7 +200,8 @@ class Session:
 
     async def connect_long(self) -> LongLink:
         """Resolve `long.weixin.qq.com`, connect to the first address that answers, identify."""
-        addrs = await self.resolve(LONG)
+        # known after the first time: no coroutine for the look-up of every reconnect
+        addrs = self.addresses.get(LONG) or await self.resolve(LONG)
         port = self.manifest.hosts[LONG].port
         last: Optional[Exception] = None
         for addr in addrs:

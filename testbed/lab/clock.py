@@ -36,8 +36,18 @@ class Timer:
         self._clock = clock
         self.cancelled = False
 
-    def __call__(self) -> None:   # what the event loop calls: the clock decides
-        self._clock._fire(self)
+    def __call__(self) -> None:
+        # what the event loop calls: not before `when` (the loop may wake a little early:
+        # then it is set again), and not once cancelled; in one method, not a call of the
+        # clock's: every heartbeat and request deadline of the lab and phones comes here
+        if self.cancelled:
+            return
+        clock = self._clock
+        if clock.now() < self.when:
+            clock._arm(self)
+            return
+        self._handle = None
+        self._callback(*self._args)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -109,14 +119,6 @@ class Clock:
         # Both loops' `time()` is CLOCK_MONOTONIC, the clock's origin too.
         timer._handle = asyncio.get_running_loop().call_at(
             self._wall0 + timer.when / self.scale, timer)
-
-    def _fire(self, timer: Timer) -> None:
-        if timer.cancelled:
-            return
-        if self.now() < timer.when:   # the loop woke early: not yet
-            self._arm(timer)
-            return
-        timer._run()
 
     async def sleep_until(self, when: float) -> None:
         """Return at protocol time `when`."""
