@@ -113,12 +113,13 @@ class Clock:
         return self.call_at(self.now() + delay, callback, *args)
 
     def _arm(self, timer: Timer) -> None:
-        # at the loop's own time of the deadline, not `call_later(delay from now)`: uvloop
-        # adds a delay to the time it read when the iteration began (to the millisecond),
-        # so a timer set late in a busy iteration woke that much early and was set again.
-        # Both loops' `time()` is CLOCK_MONOTONIC, the clock's origin too.
+        # at the loop's own time of the deadline (`call_at` a monotonic time), not
+        # `call_later(delay)`: uvloop adds a delay to the time it read when the iteration
+        # began (to the millisecond), so a timer set late in a busy iteration woke that much
+        # early and was set again. Both loops' `time()` is CLOCK_MONOTONIC; the delay is
+        # taken from `now()`, so a clock whose `now()` is its own (a test's) still works.
         timer._handle = asyncio.get_running_loop().call_at(
-            self._wall0 + timer.when / self.scale, timer)
+            time.monotonic() + (timer.when - self.now()) / self.scale, timer)
 
     async def sleep_until(self, when: float) -> None:
         """Return at protocol time `when`."""
