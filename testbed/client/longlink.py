@@ -85,9 +85,12 @@ class LongLink:
         loop = asyncio.get_running_loop()
         if link.observer is not None:
             link.observer.connecting()
-        await asyncio.wait_for(loop.create_connection(
-            lambda: _LinkProtocol(link), host, port,
-            local_addr=(local_addr, 0) if local_addr else None), timeout)
+        # a timeout context, not `wait_for`: that wraps the connect in a Task of its own,
+        # once per reconnect (tens of thousands in the heartbeat study)
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(
+                lambda: _LinkProtocol(link), host, port,
+                local_addr=(local_addr, 0) if local_addr else None)
         link.address = (host, port)
         if link.faults is not None:
             link._fault_timers = [link.clock.call_later(f.spec.at, link._link_fault, f)
@@ -132,16 +135,26 @@ class LongLink:
                       timeout: Optional[float] = None) -> asyncio.Future:
         """Send one request frame; the future resolves to the reply's body, or fails with
         TimeoutError after `timeout` protocol seconds (None: it waits until the link
-        closes). Cancelling the future forgets the request."""
+        closes). Cancelling the future forgets the request (at once, or by its deadline:
+        a late reply is then dropped)."""
         if not self.is_open:
             raise LinkClosed("long link is closed")
         deadline = None if timeout is None else self.clock.now() + timeout
         seq, data = self.conn.send_request(cmd, body, seq=seq, deadline=deadline)
         fut = asyncio.get_running_loop().create_future()
         self._futures[seq] = fut
-        fut.add_done_callback(functools.partial(self._request_done, seq))
+        if deadline is None:
+            # only a request that may wait forever is forgotten when cancelled: one with a
+            # deadline is by then (a callback per request, the heartbeat's NOOPs included,
+            # cost a loop callback per reply)
+            fut.add_done_callback(functools.partial(self._request_done, seq))
         if self._sender is None:
-            self.send_raw(data)
+            if not self._holed:   # `send_raw`, whose check of the link was made above
+                self._transport.write(data)
+                self.bytes_sent += len(data)
+                if self.observer is not None:
+                    self.observer.sent(len(data))
+                self.last_tx = self.clock.now()
         else:
             command = BY_CMD.get(cmd)
             self._sender.frame(command.name if command is not None else f"cmd {cmd}", data)
@@ -159,10 +172,14 @@ class LongLink:
         """Send a table command by name and decode its reply."""
         command = BY_NAME[name]
         body = request.SerializeToString() if request is not None else b""
-        return decode_response(command, await self.request(command.cmd, body, timeout))
+        return decode_response(command, await self.request_frame(command.cmd, body,
+                                                                 timeout=timeout))
 
-    async def noop(self, timeout: float = 10.0) -> None:
-        await self.request(NOOP_CMD, b"", timeout)
+    def noop(self, timeout: float = 10.0) -> asyncio.Future:
+        """Send a NOOP: a future of its reply's (empty) body, TimeoutError after `timeout`
+        protocol seconds. The request's own future, not a coroutine around it: the
+        heartbeat sends one per beat."""
+        return self.request_frame(NOOP_CMD, b"", timeout=timeout)
 
     # ------------------------------------------------------------------ faults
     def _write_frame(self, data: bytes) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import functools
 import logging
 import random
 import uuid
@@ -103,6 +102,7 @@ class Phone:
         self._folded: Optional[LongLink] = None   # the link whose counts are in metrics
         self._reconnecting = False
         self._reconnect_lock = asyncio.Lock()
+        self._beat: Optional[asyncio.Future] = None   # the heartbeat's wait, while it waits
         self.errors: list[BaseException] = []
         self.nearby: Optional[NearbyResult] = None     # the last people_nearby
         self._news = asyncio.Event()     # set (and replaced) when a message or push arrives
@@ -229,49 +229,71 @@ class Phone:
         """Keep the link alive until `stop` is set (or the phone is stopped): the heartbeat
         loop."""
         # one waiter for the whole loop, not one per beat: a Task, `asyncio.wait` and a
-        # timeout context per NOOP were most of the phone's CPU per heartbeat
+        # timeout context per NOOP were most of the phone's CPU per heartbeat. It, and each
+        # link's closing, wake the beat's wait (`_beat`) through callbacks set once, not
+        # once per beat.
         stopped = asyncio.ensure_future(stop.wait())
+        stopped.add_done_callback(self._wake_beat)
+        watched: Optional[LongLink] = None
+        clock, metrics, policy = self.clock, self.metrics, self.policy
+        create_future = asyncio.get_running_loop().create_future
+        noop_timeout = self.timeout(policy.noop_timeout_s)
         try:
             while not stop.is_set() and not self._stopping:
                 link = self.session.link
                 if link is None or not link.is_open:
-                    self.metrics.links_closed += 1
+                    metrics.links_closed += 1
                     await self.reconnect()
                     continue
+                if link is not watched:
+                    watched = link
+                    link.closed.add_done_callback(self._wake_beat)
                 if self._sync_owed and (self._sync_task is None or self._sync_task.done()):
                     self._sync_task = asyncio.ensure_future(self._sync_loop())
-                interval = self.policy.interval()
-                clock = self.clock
+                interval = policy.interval()
                 due = link.last_tx + interval
-                if due > clock.now():
-                    await _until(clock, due, stopped, link.closed)
+                now = clock.now()
+                if due > now:
+                    # the beat's wait: one future and one clock timer, woken early by a stop
+                    # or the link's closing (`_wake_beat`)
+                    waiter = self._beat = create_future()
+                    timer = clock.call_at(due, self._wake_beat)
+                    try:
+                        await waiter
+                    finally:
+                        timer.cancel()
+                        self._beat = None
                     if stop.is_set() or not link.is_open:
                         continue
-                    if link.last_tx + interval > clock.now():
+                    now = clock.now()
+                    if link.last_tx + interval > now:
                         continue   # the link carried something meanwhile: NAT state is fresh
-                idle = clock.now() - link.last_tx
-                self.metrics.wakeups += 1
-                self.metrics.heartbeats_sent += 1
-                self.metrics.intervals.append(idle)
+                metrics.wakeups += 1
+                metrics.heartbeats_sent += 1
+                metrics.intervals.append(now - link.last_tx)
                 try:
-                    await link.noop(timeout=self.timeout(self.policy.noop_timeout_s))
+                    await link.noop(timeout=noop_timeout)
                 except (asyncio.TimeoutError, LinkClosed):
                     if stop.is_set():
                         break
                     if link.is_open:   # no answer on an open link: it died silently
-                        self.metrics.silent_deaths += 1
-                        self.policy.on_failure(interval)
+                        metrics.silent_deaths += 1
+                        policy.on_failure(interval)
                     else:
-                        self.metrics.links_closed += 1
+                        metrics.links_closed += 1
                     await self.reconnect()
                     continue
-                self.metrics.heartbeats_answered += 1
-                self.policy.on_success(interval)
+                metrics.heartbeats_answered += 1
+                policy.on_success(interval)
         except Exception as exc:
             self.errors.append(exc)
             raise
         finally:
             stopped.cancel()
+
+    def _wake_beat(self, *_: object) -> None:
+        if self._beat is not None:
+            wake(self._beat)
 
     # ------------------------------------------------------------------ sync
     def _wake(self) -> None:
@@ -511,22 +533,6 @@ class Phone:
         resp = await self.session.cgi(cgi, pb.ReportRequest(
             base=self.session.base(), items=[pb.KV(key=k, value=v) for k, v in items.items()]))
         return resp.accepted
-
-
-async def _until(clock: Clock, when: float, *futures: asyncio.Future) -> None:
-    """Return at protocol time `when` on `clock`, or as soon as one of `futures` is done:
-    one future and one clock timer, no task (the heartbeat's wait, once per beat)."""
-    waiter = asyncio.get_running_loop().create_future()
-    on_done = functools.partial(wake, waiter)
-    timer = clock.call_at(when, wake, waiter)
-    for f in futures:
-        f.add_done_callback(on_done)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        for f in futures:
-            f.remove_done_callback(on_done)
 
 
 def _transient(exc: BaseException) -> bool:

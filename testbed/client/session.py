@@ -56,8 +56,20 @@ class SyncState:
     contacts: dict[str, pb.ModContact] = field(default_factory=dict)
     profile: Optional[pb.ModUserInfo] = None
 
+    # the last `key_buf()` and the keys it was made of: every IDENTIFY and newsync sends
+    # one, and the keys change only when a sync brings something
+    _key_buf: Optional[tuple[tuple, pb.SyncKey]] = field(default=None, init=False,
+                                                          repr=False, compare=False)
+
     def key_buf(self) -> pb.SyncKey:
-        return pb.SyncKey(keys=[pb.KeyVal(key=k, val=v) for k, v in sorted(self.keys.items())])
+        """The sync keys as a `SyncKey`, in key order (do not modify it: it is kept for
+        the next call while the keys stay the same)."""
+        items = tuple(sorted(self.keys.items()))
+        cached = self._key_buf
+        if cached is None or cached[0] != items:
+            cached = self._key_buf = (items, pb.SyncKey(
+                keys=[pb.KeyVal(key=k, val=v) for k, v in items]))
+        return cached[1]
 
     def apply(self, resp: pb.NewSyncResponse) -> None:
         """A newsync or newinit answer: its items (messages, contacts, the profile) and
@@ -120,12 +132,19 @@ class Session:
         self.short: Optional[ShortLink] = None
         self.on_notify = on_notify
         self.addresses: dict[str, list[str]] = {}
+        self._base: Optional[tuple[tuple, pb.BaseRequest]] = None   # see base()
 
     # ------------------------------------------------------------------ plumbing
     def base(self) -> pb.BaseRequest:
-        return pb.BaseRequest(session_key=self.session_key, uin=self.uin,
-                              device_id=self.device_id, client_version=0x25000901,
-                              device_type="android-17")
+        """The BaseRequest of this session's requests (do not modify it: it is kept while
+        the session key, uin and device stay the same, as every request carries one)."""
+        stamp = (self.session_key, self.uin, self.device_id)
+        cached = self._base
+        if cached is None or cached[0] != stamp:
+            cached = self._base = (stamp, pb.BaseRequest(
+                session_key=self.session_key, uin=self.uin, device_id=self.device_id,
+                client_version=0x25000901, device_type="android-17"))
+        return cached[1]
 
     async def resolve(self, host: str) -> list[str]:
         if host not in self.addresses:
@@ -181,7 +200,8 @@ class Session:
 
     async def connect_long(self) -> LongLink:
         """Resolve `long.weixin.qq.com`, connect to the first address that answers, identify."""
-        addrs = await self.resolve(LONG)
+        # known after the first time: no coroutine for the look-up of every reconnect
+        addrs = self.addresses.get(LONG) or await self.resolve(LONG)
         port = self.manifest.hosts[LONG].port
         last: Optional[Exception] = None
         for addr in addrs:

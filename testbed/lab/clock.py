@@ -36,8 +36,18 @@ class Timer:
         self._clock = clock
         self.cancelled = False
 
-    def __call__(self) -> None:   # what the event loop calls: the clock decides
-        self._clock._fire(self)
+    def __call__(self) -> None:
+        # what the event loop calls: not before `when` (the loop may wake a little early:
+        # then it is set again), and not once cancelled; in one method, not a call of the
+        # clock's: every heartbeat and request deadline of the lab and phones comes here
+        if self.cancelled:
+            return
+        clock = self._clock
+        if clock.now() < self.when:
+            clock._arm(self)
+            return
+        self._handle = None
+        self._callback(*self._args)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -103,16 +113,13 @@ class Clock:
         return self.call_at(self.now() + delay, callback, *args)
 
     def _arm(self, timer: Timer) -> None:
-        wall = (timer.when - self.now()) / self.scale
-        timer._handle = asyncio.get_running_loop().call_later(wall if wall > 0 else 0, timer)
-
-    def _fire(self, timer: Timer) -> None:
-        if timer.cancelled:
-            return
-        if self.now() < timer.when:   # the loop woke early: not yet
-            self._arm(timer)
-            return
-        timer._run()
+        # at the loop's own time of the deadline (`call_at` a monotonic time), not
+        # `call_later(delay)`: uvloop adds a delay to the time it read when the iteration
+        # began (to the millisecond), so a timer set late in a busy iteration woke that much
+        # early and was set again. Both loops' `time()` is CLOCK_MONOTONIC; the delay is
+        # taken from `now()`, so a clock whose `now()` is its own (a test's) still works.
+        timer._handle = asyncio.get_running_loop().call_at(
+            time.monotonic() + (timer.when - self.now()) / self.scale, timer)
 
     async def sleep_until(self, when: float) -> None:
         """Return at protocol time `when`."""

@@ -392,21 +392,22 @@ class ClientConnection(_Connection):
         pending = self._pending
         for frame in self._frames(data):
             cmd, seq, body = frame
-            if is_push(cmd, seq):
+            # replies first, the tests inlined: a heartbeat's answer is most of what comes
+            if cmd >= REPLY_OFFSET:
+                entry = pending.pop(seq, None)
+                if entry is None:
+                    events.append(Stray(frame, f"no request pending with seq {seq}"))
+                elif cmd - REPLY_OFFSET != entry[0]:
+                    events.append(WrongReply(seq, reply_cmd(entry[0]), cmd, body))
+                else:
+                    events.append(Reply(entry[0], seq, body))
+            elif is_push(cmd, seq):
                 try:
                     events.append(Push(parse_notify(body)))
                 except RemoteProtocolError as exc:
                     events.append(Stray(frame, str(exc)))
-            elif not is_reply(cmd):
-                events.append(Stray(frame, f"the server sent request cmd {cmd}"))
             else:
-                entry = pending.pop(seq, None)
-                if entry is None:
-                    events.append(Stray(frame, f"no request pending with seq {seq}"))
-                elif cmd != reply_cmd(entry[0]):
-                    events.append(WrongReply(seq, reply_cmd(entry[0]), cmd, body))
-                else:
-                    events.append(Reply(entry[0], seq, body))
+                events.append(Stray(frame, f"the server sent request cmd {cmd}"))
         return events
 
     def get_timer(self) -> Optional[float]:

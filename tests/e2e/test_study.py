@@ -124,6 +124,9 @@ def test_study_phones_in_their_own_processes(tmp_path):
     assert data["processes"] == 2
     assert data["event_loop"].startswith("asyncio."), data["event_loop"]   # in the phones too
     assert set(data["lag_by_process"]) == {"lab", "phones-1", "phones-2"}
+    cpu = data["cpu_by_process"]        # each phone process's, the lab's the rest
+    assert set(cpu) == {"lab", "phones-1", "phones-2"} and min(cpu.values()) > 0
+    assert sum(cpu.values()) == pytest.approx(data["cpu_s"])
     by = {p["policy"]: p for p in data["policies"]}
     p270, p1680 = by["fixed:270"], by["fixed:1680"]
     # each beat is 270 s after the last reply: a few wall ms of lag per beat is as many

@@ -50,6 +50,7 @@ def test_shares_merge_into_one_study_on_one_time_line():
     assert result.wall_s == pytest.approx(3.5)
     assert sorted(result.lag_by_process) == ["phone-a/1", "phone-b/2"]
     assert result.cpu_s == 3.0 and p.nat_expiries is None
+    assert result.cpu_by_process == {"phone-a/1": 1.5, "phone-b/2": 1.5}   # no lab here
 
 
 def test_shares_that_cannot_be_merged_are_refused():

@@ -192,6 +192,11 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
                              "p99_s": (percentile(vs, 99) or 0.0) * k,
                              "p50_s": (percentile(vs, 50) or 0.0) * k,
                              "samples": len(vs)} for name, vs in lags.items()}
+    # CPU seconds of each phone process's fleet (from its start: logins included); the
+    # lab's process has the rest of `cpu`
+    cpu_by_process = {name: f.cpu_s for (name, _), f in zip(sources[-len(fleets):], fleets)}
+    if lab_lag is not None and hosts is None:
+        cpu_by_process["lab"] = max(0.0, cpu - sum(cpu_by_process.values()))
     login_done = max(f.login_done for f in fleets)
     online_done = max(f.online_done for f in fleets)
     return StudyResult(
@@ -209,7 +214,7 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
         lag_histogram=histogram([v * k for v in allv]), lag_by_process=lag_by_process,
         timing_margin_s=margin, stall_threshold_s=None if margin is None else margin / 2,
         stalls=stalls, timing_ok=stalls == 0,
-        cpu_s=cpu, nat=nat_stats, drain_s=cfg.effective_drain_s(),
+        cpu_s=cpu, cpu_by_process=cpu_by_process, nat=nat_stats, drain_s=cfg.effective_drain_s(),
         noop_timeout_effective_s=cfg.noop_timeout_effective(),
         event_loop=fleets[0].event_loop,
         processes=len(fleets) if lab_lag is not None or hosts is not None else 0,

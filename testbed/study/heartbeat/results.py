@@ -127,6 +127,8 @@ class StudyResult:
     stalls: int = 0                         # in-window lag samples at least that long
     timing_ok: bool = True                  # no such stall: deaths are the policies' own
     cpu_s: float = 0.0                      # CPU time (user + system), phone processes included
+    # of which each phone process's fleet (named as in lag_by_process) and the lab's
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
     nat: dict[str, Any] = field(default_factory=dict)
     drain_s: float = 0.0
     noop_timeout_effective_s: float = 0.0
