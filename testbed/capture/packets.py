@@ -38,7 +38,7 @@ import json
 import os
 import socket
 import struct
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import Callable, Container, Iterator, NamedTuple, Optional
 
 __all__ = [
     "CaptureError", "Capture", "Packet", "Segment", "Datagram", "Interface",
@@ -346,7 +346,8 @@ class Capture:
                 yield new(P, (index, sec + frac / div, linktype, data, origlen, 0))
 
     def scan(self, other: Callable[[Packet], object],
-             take: Optional[Callable[..., bool]] = None
+             take: Optional[Callable[..., bool]] = None,
+             share: Optional[tuple[int, int, Container[int]]] = None
              ) -> tuple[int, Optional[float], Optional[float]]:
         """Read every packet, as iterating does, to a callback: faster than iterating
         when most packets are of one kind that `take` handles from the file's bytes.
@@ -360,6 +361,12 @@ class Capture:
         Returns (packets read, the first one's time, the last one's), None for no packet.
         Like iterating, it reads from the start and leaves `error`, `truncated`,
         `packets_read` and the rest set as iterating to the end does.
+
+        `share` = (shard, shards, ports): one of `shards` readers sharing out the TCP flows
+        (`shards.py`). An Ethernet/IPv4/TCP frame without IP options whose addresses and
+        ports, as numbers XORed, are not `shard` modulo `shards`, and neither of whose ports
+        is in `ports`, is counted but offered to neither callback: skipped in the read loop
+        itself, the cheapest a reader of others' flows can make them.
         """
         self.close()
         self._it = self._pending = None
@@ -376,33 +383,49 @@ class Capture:
                 if layout is None:
                     return 0, None, None
                 if not layout.swapped:
-                    return self._scan_pcap(f, layout, other, take)
-                return self._scan_packets(self._iter_pcap(f, (24, 0, layout)), other, take)
-        return self._scan_packets(self._iterate(), other, take)
+                    return self._scan_pcap(f, layout, other, take, share)
+                return self._scan_packets(self._iter_pcap(f, (24, 0, layout)), other, take,
+                                          share)
+        return self._scan_packets(self._iterate(), other, take, share)
 
     @staticmethod
-    def _scan_packets(packets: Iterator[Packet], other, take, count: int = 0,
+    def _scan_packets(packets: Iterator[Packet], other, take, share=None, count: int = 0,
                       first: Optional[float] = None, last: Optional[float] = None
                       ) -> tuple[int, Optional[float], Optional[float]]:
         """`scan` by iterating: each Ethernet frame offered to `take` in its own bytes."""
+        if share is not None:
+            shard, shards, ports = share
         for pkt in packets:
             count += 1
             last = pkt.ts
             if first is None:
                 first = last
-            if take is None or pkt.linktype != 1 \
-                    or not take(pkt.data, 0, len(pkt.data), pkt.origlen, last, pkt.index):
+            if pkt.linktype != 1:
+                other(pkt)
+                continue
+            data = pkt.data
+            if share is not None and len(data) >= 54:
+                head, proto, a, b, sport, dport = _SHARED(data, 12)
+                if head == _SHAREABLE and proto == 6 and (a ^ b ^ sport ^ dport) % shards != shard \
+                        and sport not in ports and dport not in ports:
+                    continue                        # another reader's flow
+            if take is None or not take(data, 0, len(data), pkt.origlen, last, pkt.index):
                 other(pkt)
         return count, first, last
 
-    def _scan_pcap(self, f: io.RawIOBase, layout: "_PcapLayout", other, take
+    def _scan_pcap(self, f: io.RawIOBase, layout: "_PcapLayout", other, take, share=None
                    ) -> tuple[int, Optional[float], Optional[float]]:
         """`scan` of a pcap file whose records need no swapping, from its read buffer.
         Damage (a record too long, one cut short) is left to `_iter_pcap`, resumed at that
         record, which says so in `error` as iterating does."""
         unpack, rlen, _swapped, linktype, limit, div = layout
         if linktype != 1:
-            take = None
+            take = share = None
+        sharing = share is not None
+        if sharing:
+            shard, shards, ports = share
+        shared = _SHARED
+        shareable = _SHAREABLE
         buf = b""
         n = pos = 0
         base = 24                            # file offset of buf[0]
@@ -421,6 +444,12 @@ class Capture:
                     ts = sec + frac / div
                     if first is None:
                         first = ts
+                    if sharing and caplen >= 54:
+                        head, proto, a, b, sport, dport = shared(buf, at + 12)
+                        if head == shareable and proto == 6 \
+                                and (a ^ b ^ sport ^ dport) % shards != shard \
+                                and sport not in ports and dport not in ports:
+                            continue                # another reader's flow
                     if take is None or not take(buf, at, caplen, origlen, ts, index):
                         other(new(P, (index, ts, linktype, buf[at:end], origlen, 0)))
                     continue
@@ -443,7 +472,7 @@ class Capture:
         self.packets_read = index
         return self._scan_packets(self._iter_pcap(open(self.path, "rb", buffering=0),
                                                   (base + pos, index, layout)),
-                                  other, take, index, first, ts)
+                                  other, take, share, index, first, ts)
 
     # -------------------------------------------------------------- pcapng
     def _iter_pcapng(self, f: io.RawIOBase) -> Iterator[Packet]:
@@ -642,6 +671,10 @@ class _PcapLayout(NamedTuple):
 
 
 _RECORD = {e: struct.Struct(e + "IIII").unpack_from for e in "<>"}
+# from an Ethernet frame's byte 12: the EtherType and the IPv4 version and header length,
+# the IP protocol, the addresses and the TCP ports (`scan`'s `share`)
+_SHARED = struct.Struct("!3s8xB2xIIHH").unpack_from
+_SHAREABLE = b"\x08\x00\x45"               # IPv4 without options
 
 _PCAP_MAGIC = {
     # magic bytes as found in the file -> (struct endian, nanosecond, modified record)

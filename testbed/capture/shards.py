@@ -46,7 +46,7 @@ def shard_of(seg: Segment, shards: int) -> int:
 
 class _Owned:
     """The packets of a capture one shard reads, counting all of them: iterated, or as
-    `Capture.scan`'s callbacks in front of an analyser's (`take` and `other`)."""
+    `Capture.scan`'s `other` in front of an analyser's."""
 
     def __init__(self, packets: Iterable, shard: int, shards: int,
                  analyzer: Optional[Analyzer] = None) -> None:
@@ -57,30 +57,19 @@ class _Owned:
         self.first_ts: Optional[float] = None
         self.last_ts: Optional[float] = None
         if analyzer is not None:
-            self._feed_frame = analyzer.table.feed_frame
             self._decoded = analyzer._decoded
 
     def _ours(self, src: int, dst: int, sport: int, dport: int) -> bool:
         return (src ^ dst ^ sport ^ dport) % self.shards == self.shard \
             or sport in DNS_PORTS or dport in DNS_PORTS
 
-    def take(self, buf, at: int, caplen: int, origlen: int, ts: float, index: int) -> bool:
-        """`Capture.scan`'s `take`: an Ethernet/IPv4/TCP frame of another shard is taken
-        (and dropped), one of this shard's offered to the flow table's fast path."""
-        if caplen >= 54 and buf[at + 12:at + 15] == b"\x08\x00\x45" and buf[at + 23] == 6:
-            # Ethernet, IPv4 without options, TCP: decided from the bytes (the addresses
-            # as numbers are what shard_of uses too)
-            if not self._ours(*_ENDS(buf, at + 26)):
-                return True
-            return self._feed_frame(buf, at, caplen, origlen, ts, index)
-        return False
-
     def other(self, pkt) -> None:
-        """`Capture.scan`'s `other`: what `take` did not take, to the analyser if ours."""
+        """`Capture.scan`'s `other` (its `share` skipped the others' plain frames): what
+        the fast path did not take, to the analyser if ours."""
         data = pkt.data
         if pkt.linktype == 1 and len(data) >= 54 and data[12:15] == b"\x08\x00\x45" \
                 and data[23] == 6:
-            self._decoded(pkt)                  # `take` found it ours
+            self._decoded(pkt)                  # `share` found it ours
             return
         item = decode(pkt)
         if type(item) is not Segment or item.sport in DNS_PORTS \
@@ -131,7 +120,7 @@ def _run_shard(path: str, shard: int, shards: int, options: dict) -> tuple:
         a.feed_packets(owned)
         seen = owned.count, owned.first_ts, owned.last_ts
     else:
-        seen = cap.scan(owned.other, owned.take)
+        seen = cap.scan(owned.other, a.table.feed_frame, (shard, shards, DNS_PORTS))
     r = a.finish()
     r.packets, r.first_ts, r.last_ts = seen
     r.truncated, r.error, r.drops = cap.truncated, cap.error, dict(cap.drops or {})
