@@ -38,7 +38,7 @@ import json
 import os
 import socket
 import struct
-from typing import Callable, Container, Iterator, NamedTuple, Optional
+from typing import Callable, Container, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 __all__ = [
     "CaptureError", "Capture", "Packet", "Segment", "Datagram", "Interface",
@@ -347,7 +347,7 @@ class Capture:
 
     def scan(self, other: Callable[[Packet], object],
              take: Optional[Callable[..., bool]] = None,
-             share: Optional[tuple[int, int, Container[int]]] = None
+             share: Optional["Share"] = None
              ) -> tuple[int, Optional[float], Optional[float]]:
         """Read every packet, as iterating does, to a callback: faster than iterating
         when most packets are of one kind that `take` handles from the file's bytes.
@@ -362,11 +362,11 @@ class Capture:
         Like iterating, it reads from the start and leaves `error`, `truncated`,
         `packets_read` and the rest set as iterating to the end does.
 
-        `share` = (shard, shards, ports): one of `shards` readers sharing out the TCP flows
-        (`shards.py`). An Ethernet/IPv4/TCP frame without IP options whose addresses and
-        ports, as numbers XORed, are not `shard` modulo `shards`, and neither of whose ports
-        is in `ports`, is counted but offered to neither callback: skipped in the read loop
-        itself, the cheapest a reader of others' flows can make them.
+        `share`: this reader is one of several sharing out the TCP flows (`Share`); the
+        plain frames (Ethernet/IPv4/TCP without IP options) of the others' flows are
+        counted but offered to neither callback: skipped in the read loop itself, the
+        cheapest a reader of others' flows can make them (and handed to them by their
+        offsets where `share.hand` says so and the file is read `in_place`).
         """
         self.close()
         self._it = self._pending = None
@@ -394,7 +394,8 @@ class Capture:
                       ) -> tuple[int, Optional[float], Optional[float]]:
         """`scan` by iterating: each Ethernet frame offered to `take` in its own bytes."""
         if share is not None:
-            shard, shards, ports = share
+            owners, me, ports = share.owners, share.me, share.ports
+            buckets = len(owners)
         for pkt in packets:
             count += 1
             last = pkt.ts
@@ -406,8 +407,8 @@ class Capture:
             data = pkt.data
             if share is not None and len(data) >= 54:
                 head, proto, a, b, sport, dport = _SHARED(data, 12)
-                if head == _SHAREABLE and proto == 6 and (a ^ b ^ sport ^ dport) % shards != shard \
-                        and sport not in ports and dport not in ports:
+                if head == _SHAREABLE and proto == 6 and sport not in ports \
+                        and dport not in ports and owners[(a ^ b ^ sport ^ dport) % buckets] != me:
                     continue                        # another reader's flow
             if take is None or not take(data, 0, len(data), pkt.origlen, last, pkt.index):
                 other(pkt)
@@ -422,8 +423,13 @@ class Capture:
         if linktype != 1:
             take = share = None
         sharing = share is not None
+        hand = flush = None
         if sharing:
-            shard, shards, ports = share
+            owners, me, ports = share.owners, share.me, share.ports
+            buckets = len(owners)
+            if share.hand is not None:
+                hand, flush = share.hand, share.flush
+                everyone = [h for h in hand if h is not None]
         shared = _SHARED
         shareable = _SHAREABLE
         buf = b""
@@ -444,12 +450,22 @@ class Capture:
                     ts = sec + frac / div
                     if first is None:
                         first = ts
-                    if sharing and caplen >= 54:
-                        head, proto, a, b, sport, dport = shared(buf, at + 12)
-                        if head == shareable and proto == 6 \
-                                and (a ^ b ^ sport ^ dport) % shards != shard \
-                                and sport not in ports and dport not in ports:
-                            continue                # another reader's flow
+                    if sharing:
+                        if caplen >= 54:
+                            head, proto, a, b, sport, dport = shared(buf, at + 12)
+                            if head == shareable and proto == 6 and sport not in ports \
+                                    and dport not in ports:
+                                owner = owners[(a ^ b ^ sport ^ dport) % buckets]
+                                if owner != me:
+                                    if hand is not None:      # another reader's flow
+                                        hand[owner].extend((base + at - rlen, index))
+                                    continue
+                            elif hand is not None:            # every reader's
+                                for h in everyone:
+                                    h.extend((base + at - rlen, index))
+                        elif hand is not None:
+                            for h in everyone:
+                                h.extend((base + at - rlen, index))
                     if take is None or not take(buf, at, caplen, origlen, ts, index):
                         other(new(P, (index, ts, linktype, buf[at:end], origlen, 0)))
                     continue
@@ -458,6 +474,8 @@ class Capture:
                 need = end - n
             else:
                 need = pos + rlen - n
+            if flush is not None:
+                flush()                              # what was handed from this buffer
             more = _read_exact(f, max(CHUNK, need))
             if len(more) < need:
                 if not more and pos == n:            # the end, on a record's boundary
@@ -468,11 +486,68 @@ class Capture:
             n = len(buf)
             base += pos
             pos = 0
-        # damage at `base + pos`: the general reader says what it is
+        # damage at `base + pos`: the general reader says what it is (and reads no further)
         self.packets_read = index
         return self._scan_packets(self._iter_pcap(open(self.path, "rb", buffering=0),
                                                   (base + pos, index, layout)),
                                   other, take, share, index, first, ts)
+
+    @property
+    def in_place(self) -> bool:
+        """Whether `scan` reads the records from the file's bytes (a classic pcap file of
+        format 2.4, Ethernet): where `Share.hand` and `scan_handed` apply."""
+        return self.format == "pcap" and self.version is not None \
+            and self.version > (2, 3) and self.linktype == 1
+
+    def scan_handed(self, batches: Iterable[Sequence[int]], other: Callable[[Packet], object],
+                    take: Callable[..., bool]) -> int:
+        """`scan` of the records another reader's `Share.hand` handed this one (`in_place`
+        files only): `batches` of (file offset, packet number) pairs, flattened, in file
+        order. The file is read forward (the gaps between them longer than a read buffer
+        skipped); returns the number of records read."""
+        with open(self.path, "rb", buffering=0) as f:
+            layout = self._pcap_header(f)
+            if layout is None:
+                return 0
+            unpack, rlen, _swapped, linktype, _limit, div = layout
+            buf = b""
+            base = n = 0                         # file offset of buf[0], its length
+            count = 0
+            new = _new
+            P = Packet
+            for batch in batches:
+                it = iter(batch)
+                for offset, index in zip(it, it):
+                    pos = offset - base
+                    if pos + rlen > n:
+                        buf, base, pos, n = self._forward(f, buf, base, offset, rlen)
+                    sec, frac, caplen, origlen = unpack(buf, pos)
+                    end = pos + rlen + caplen
+                    if end > n:
+                        buf, base, pos, n = self._forward(f, buf, base, offset, rlen + caplen)
+                        end = pos + rlen + caplen
+                    count += 1
+                    at = pos + rlen
+                    ts = sec + frac / div
+                    if not take(buf, at, caplen, origlen, ts, index):
+                        other(new(P, (index, ts, linktype, buf[at:end], origlen, 0)))
+            return count
+
+    @staticmethod
+    def _forward(f, buf: bytes, base: int, offset: int, need: int) -> tuple:
+        """The read buffer moved on to hold `need` bytes from file offset `offset`:
+        (buffer, its file offset, `offset` in it, its length)."""
+        end = base + len(buf)
+        if offset < end:
+            buf = buf[offset - base:]
+        else:
+            buf = b""
+            f.seek(offset)
+        more = _read_exact(f, max(CHUNK, need - len(buf)))
+        buf += more
+        if len(buf) < need:
+            raise CaptureError(f"{f.name}: a record handed at byte {offset} is past the end")
+        return buf, offset, 0, len(buf)
 
     # -------------------------------------------------------------- pcapng
     def _iter_pcapng(self, f: io.RawIOBase) -> Iterator[Packet]:
@@ -657,6 +732,20 @@ class Capture:
                         if "ifdrop" in st:
                             self.drops[g] = st["ifdrop"]
                 # anything else (name resolution, decryption secrets, custom, ...): skipped
+
+
+class Share(NamedTuple):
+    """How one of several readers of a capture shares its TCP flows out with the others
+    (`Capture.scan`; `shards.py`)."""
+
+    owners: Sequence[int]       # the reader of each bucket: a flow's bucket is its addresses
+    #                             and ports, as numbers XORed, modulo len(owners)
+    me: int                     # this reader
+    ports: Container[int]       # a flow with one of these ports is every reader's
+    hand: Optional[list] = None  # by reader, an array('q') to extend with (file offset,
+    #                             packet number) of each record of theirs (every reader's
+    #                             too; None at `me`): they do not read the file themselves
+    flush: Optional[Callable[[], None]] = None  # sends `hand` on: after each buffer
 
 
 class _PcapLayout(NamedTuple):
