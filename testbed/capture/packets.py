@@ -428,7 +428,8 @@ class Capture:
             owners, me, ports = share.owners, share.me, share.ports
             buckets = len(owners)
             if share.hand is not None:
-                hand, flush = share.hand, share.flush
+                flush = share.flush
+                hand = [None if h is None else h.append for h in share.hand]
                 everyone = [h for h in hand if h is not None]
         shared = _SHARED
         shareable = _SHAREABLE
@@ -458,14 +459,18 @@ class Capture:
                                 owner = owners[(a ^ b ^ sport ^ dport) % buckets]
                                 if owner != me:
                                     if hand is not None:      # another reader's flow
-                                        hand[owner].extend((base + at - rlen, index))
+                                        give = hand[owner]
+                                        give(base + at - rlen)
+                                        give(index)
                                     continue
                             elif hand is not None:            # every reader's
-                                for h in everyone:
-                                    h.extend((base + at - rlen, index))
+                                for give in everyone:
+                                    give(base + at - rlen)
+                                    give(index)
                         elif hand is not None:
-                            for h in everyone:
-                                h.extend((base + at - rlen, index))
+                            for give in everyone:
+                                give(base + at - rlen)
+                                give(index)
                     if take is None or not take(buf, at, caplen, origlen, ts, index):
                         other(new(P, (index, ts, linktype, buf[at:end], origlen, 0)))
                     continue

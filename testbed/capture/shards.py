@@ -39,9 +39,9 @@ from .packets import Segment, Share, decode, read_capture
 _ENDS = struct.Struct("!IIHH").unpack_from      # IPv4 addresses and TCP ports, from 26
 _IPINT: dict[str, int] = {}
 BUCKETS = 16            # hash buckets per shard (`owners`)
-WALK_BUCKETS = 2        # of them, what shard 0 gives up when it walks the file for all: the
-#                         walk costs about what an eighth of its flows' work does (the busy
-#                         lab's capture of bench/bench_analyze.py)
+WALK_BUCKETS = 3        # of them, what shard 0 gives up when it walks the file for all: the
+#                         walk and the hand-off cost about what 3/16 of its flows' work does
+#                         (bench/bench_analyze.py's captures, shards timed one by one)
 
 
 def owners(shards: int, walker: bool = False) -> tuple[int, ...]:
