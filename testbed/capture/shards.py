@@ -246,7 +246,8 @@ def _result(p, conn) -> tuple:
 def analyze_sharded(path: str, jobs: int, *, all_legs: bool = False, **options) -> Analysis:
     """`analyze(path)` by `jobs` processes (see the module's docstring); the same result."""
     ctx = mp.get_context("fork")
-    walker = read_capture(path).in_place and not options.get("keep_events", True)
+    with read_capture(path) as cap:
+        walker = cap.in_place and not options.get("keep_events", True)
     table = owners(jobs, walker)
     children = []                               # (process, its results, its records)
     try:
