@@ -558,6 +558,11 @@ def find_relay_legs(r: Analysis, first_bytes: dict[int, bytes], *, keep: bool) -
             del r.needles_seen[needle]
 
 
+class ShardError(RuntimeError):
+    """One of the processes of `analyze(jobs=...)` (`shards`) failed, or died: what it
+    said, or how."""
+
+
 def recorded_time_scale(meta: Optional[dict]) -> Optional[float]:
     """The time scale a capture's section comment recorded, or None when it says nothing
     usable."""

@@ -38,7 +38,7 @@ import json
 import os
 import socket
 import struct
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import Callable, Container, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 __all__ = [
     "CaptureError", "Capture", "Packet", "Segment", "Datagram", "Interface",
@@ -346,7 +346,8 @@ class Capture:
                 yield new(P, (index, sec + frac / div, linktype, data, origlen, 0))
 
     def scan(self, other: Callable[[Packet], object],
-             take: Optional[Callable[..., bool]] = None
+             take: Optional[Callable[..., bool]] = None,
+             share: Optional["Share"] = None
              ) -> tuple[int, Optional[float], Optional[float]]:
         """Read every packet, as iterating does, to a callback: faster than iterating
         when most packets are of one kind that `take` handles from the file's bytes.
@@ -360,6 +361,12 @@ class Capture:
         Returns (packets read, the first one's time, the last one's), None for no packet.
         Like iterating, it reads from the start and leaves `error`, `truncated`,
         `packets_read` and the rest set as iterating to the end does.
+
+        `share`: this reader is one of several sharing out the TCP flows (`Share`); the
+        plain frames (Ethernet/IPv4/TCP without IP options) of the others' flows are
+        counted but offered to neither callback: skipped in the read loop itself, the
+        cheapest a reader of others' flows can make them (and handed to them by their
+        offsets where `share.hand` says so and the file is read `in_place`).
         """
         self.close()
         self._it = self._pending = None
@@ -376,33 +383,56 @@ class Capture:
                 if layout is None:
                     return 0, None, None
                 if not layout.swapped:
-                    return self._scan_pcap(f, layout, other, take)
-                return self._scan_packets(self._iter_pcap(f, (24, 0, layout)), other, take)
-        return self._scan_packets(self._iterate(), other, take)
+                    return self._scan_pcap(f, layout, other, take, share)
+                return self._scan_packets(self._iter_pcap(f, (24, 0, layout)), other, take,
+                                          share)
+        return self._scan_packets(self._iterate(), other, take, share)
 
     @staticmethod
-    def _scan_packets(packets: Iterator[Packet], other, take, count: int = 0,
+    def _scan_packets(packets: Iterator[Packet], other, take, share=None, count: int = 0,
                       first: Optional[float] = None, last: Optional[float] = None
                       ) -> tuple[int, Optional[float], Optional[float]]:
         """`scan` by iterating: each Ethernet frame offered to `take` in its own bytes."""
+        if share is not None:
+            owners, me, ports = share.owners, share.me, share.ports
+            buckets = len(owners)
         for pkt in packets:
             count += 1
             last = pkt.ts
             if first is None:
                 first = last
-            if take is None or pkt.linktype != 1 \
-                    or not take(pkt.data, 0, len(pkt.data), pkt.origlen, last, pkt.index):
+            if pkt.linktype != 1:
+                other(pkt)
+                continue
+            data = pkt.data
+            if share is not None and len(data) >= 54:
+                head, proto, a, b, sport, dport = _SHARED(data, 12)
+                if head == _SHAREABLE and proto == 6 and sport not in ports \
+                        and dport not in ports and owners[(a ^ b ^ sport ^ dport) % buckets] != me:
+                    continue                        # another reader's flow
+            if take is None or not take(data, 0, len(data), pkt.origlen, last, pkt.index):
                 other(pkt)
         return count, first, last
 
-    def _scan_pcap(self, f: io.RawIOBase, layout: "_PcapLayout", other, take
+    def _scan_pcap(self, f: io.RawIOBase, layout: "_PcapLayout", other, take, share=None
                    ) -> tuple[int, Optional[float], Optional[float]]:
         """`scan` of a pcap file whose records need no swapping, from its read buffer.
         Damage (a record too long, one cut short) is left to `_iter_pcap`, resumed at that
         record, which says so in `error` as iterating does."""
         unpack, rlen, _swapped, linktype, limit, div = layout
         if linktype != 1:
-            take = None
+            take = share = None
+        sharing = share is not None
+        hand = flush = None
+        if sharing:
+            owners, me, ports = share.owners, share.me, share.ports
+            buckets = len(owners)
+            if share.hand is not None:
+                flush = share.flush
+                hand = [None if h is None else h.append for h in share.hand]
+                everyone = [h for h in hand if h is not None]
+        shared = _SHARED
+        shareable = _SHAREABLE
         buf = b""
         n = pos = 0
         base = 24                            # file offset of buf[0]
@@ -421,6 +451,26 @@ class Capture:
                     ts = sec + frac / div
                     if first is None:
                         first = ts
+                    if sharing:
+                        if caplen >= 54:
+                            head, proto, a, b, sport, dport = shared(buf, at + 12)
+                            if head == shareable and proto == 6 and sport not in ports \
+                                    and dport not in ports:
+                                owner = owners[(a ^ b ^ sport ^ dport) % buckets]
+                                if owner != me:
+                                    if hand is not None:      # another reader's flow
+                                        give = hand[owner]
+                                        give(base + at - rlen)
+                                        give(index)
+                                    continue
+                            elif hand is not None:            # every reader's
+                                for give in everyone:
+                                    give(base + at - rlen)
+                                    give(index)
+                        elif hand is not None:
+                            for give in everyone:
+                                give(base + at - rlen)
+                                give(index)
                     if take is None or not take(buf, at, caplen, origlen, ts, index):
                         other(new(P, (index, ts, linktype, buf[at:end], origlen, 0)))
                     continue
@@ -429,6 +479,8 @@ class Capture:
                 need = end - n
             else:
                 need = pos + rlen - n
+            if flush is not None:
+                flush()                              # what was handed from this buffer
             more = _read_exact(f, max(CHUNK, need))
             if len(more) < need:
                 if not more and pos == n:            # the end, on a record's boundary
@@ -439,11 +491,68 @@ class Capture:
             n = len(buf)
             base += pos
             pos = 0
-        # damage at `base + pos`: the general reader says what it is
+        # damage at `base + pos`: the general reader says what it is (and reads no further)
         self.packets_read = index
         return self._scan_packets(self._iter_pcap(open(self.path, "rb", buffering=0),
                                                   (base + pos, index, layout)),
-                                  other, take, index, first, ts)
+                                  other, take, share, index, first, ts)
+
+    @property
+    def in_place(self) -> bool:
+        """Whether `scan` reads the records from the file's bytes (a classic pcap file of
+        format 2.4, Ethernet): where `Share.hand` and `scan_handed` apply."""
+        return self.format == "pcap" and self.version is not None \
+            and self.version > (2, 3) and self.linktype == 1
+
+    def scan_handed(self, batches: Iterable[Sequence[int]], other: Callable[[Packet], object],
+                    take: Callable[..., bool]) -> int:
+        """`scan` of the records another reader's `Share.hand` handed this one (`in_place`
+        files only): `batches` of (file offset, packet number) pairs, flattened, in file
+        order. The file is read forward (the gaps between them longer than a read buffer
+        skipped); returns the number of records read."""
+        with open(self.path, "rb", buffering=0) as f:
+            layout = self._pcap_header(f)
+            if layout is None:
+                return 0
+            unpack, rlen, _swapped, linktype, _limit, div = layout
+            buf = b""
+            base = n = 0                         # file offset of buf[0], its length
+            count = 0
+            new = _new
+            P = Packet
+            for batch in batches:
+                it = iter(batch)
+                for offset, index in zip(it, it):
+                    pos = offset - base
+                    if pos + rlen > n:
+                        buf, base, pos, n = self._forward(f, buf, base, offset, rlen)
+                    sec, frac, caplen, origlen = unpack(buf, pos)
+                    end = pos + rlen + caplen
+                    if end > n:
+                        buf, base, pos, n = self._forward(f, buf, base, offset, rlen + caplen)
+                        end = pos + rlen + caplen
+                    count += 1
+                    at = pos + rlen
+                    ts = sec + frac / div
+                    if not take(buf, at, caplen, origlen, ts, index):
+                        other(new(P, (index, ts, linktype, buf[at:end], origlen, 0)))
+            return count
+
+    @staticmethod
+    def _forward(f, buf: bytes, base: int, offset: int, need: int) -> tuple:
+        """The read buffer moved on to hold `need` bytes from file offset `offset`:
+        (buffer, its file offset, `offset` in it, its length)."""
+        end = base + len(buf)
+        if offset < end:
+            buf = buf[offset - base:]
+        else:
+            buf = b""
+            f.seek(offset)
+        more = _read_exact(f, max(CHUNK, need - len(buf)))
+        buf += more
+        if len(buf) < need:
+            raise CaptureError(f"{f.name}: a record handed at byte {offset} is past the end")
+        return buf, offset, 0, len(buf)
 
     # -------------------------------------------------------------- pcapng
     def _iter_pcapng(self, f: io.RawIOBase) -> Iterator[Packet]:
@@ -630,6 +739,20 @@ class Capture:
                 # anything else (name resolution, decryption secrets, custom, ...): skipped
 
 
+class Share(NamedTuple):
+    """How one of several readers of a capture shares its TCP flows out with the others
+    (`Capture.scan`; `shards.py`)."""
+
+    owners: Sequence[int]       # the reader of each bucket: a flow's bucket is its addresses
+    #                             and ports, as numbers XORed, modulo len(owners)
+    me: int                     # this reader
+    ports: Container[int]       # a flow with one of these ports is every reader's
+    hand: Optional[list] = None  # by reader, an array('q') to extend with (file offset,
+    #                             packet number) of each record of theirs (every reader's
+    #                             too; None at `me`): they do not read the file themselves
+    flush: Optional[Callable[[], None]] = None  # sends `hand` on: after each buffer
+
+
 class _PcapLayout(NamedTuple):
     """How a pcap file's records are read (from its file header)."""
 
@@ -642,6 +765,10 @@ class _PcapLayout(NamedTuple):
 
 
 _RECORD = {e: struct.Struct(e + "IIII").unpack_from for e in "<>"}
+# from an Ethernet frame's byte 12: the EtherType and the IPv4 version and header length,
+# the IP protocol, the addresses and the TCP ports (`scan`'s `share`)
+_SHARED = struct.Struct("!3s8xB2xIIHH").unpack_from
+_SHAREABLE = b"\x08\x00\x45"               # IPv4 without options
 
 _PCAP_MAGIC = {
     # magic bytes as found in the file -> (struct endian, nanosecond, modified record)

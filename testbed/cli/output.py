@@ -111,13 +111,13 @@ def open_analysis(path: Path, console, needles=(), time_scale: Optional[float] =
     keep a relay's second copy of each connection (`testbed.capture.legs`); `keep_events`
     False when only the summary is printed (less memory, sooner); `jobs` processes share
     the TCP flows out."""
-    from testbed.capture.analyze import analyze
+    from testbed.capture.analyze import ShardError, analyze
     from testbed.capture.packets import CaptureError
 
     try:
         a = analyze(str(path), needles=needles, time_scale=time_scale, all_legs=all_legs,
                     keep_events=keep_events, jobs=jobs)
-    except (CaptureError, OSError) as exc:
+    except (CaptureError, OSError, ShardError) as exc:
         error(console, str(exc), path)
         return None
     if time_scale is not None and a.time_scale_source == "capture" \

@@ -78,3 +78,56 @@ def test_jobs_leave_out_the_same_relay_legs(tmp_path):
             many = _analyze(path, "--events", "--jobs", jobs, *legs)
             assert many.returncode == 0, many.stderr
             assert many.stdout == one.stdout, f"--jobs {jobs} {legs} differs"
+
+
+def _busy_capture(path: Path) -> Path:
+    """Small connections interleaved (some VLAN-tagged, one DNS over TCP), then a bulk
+    flow of 2 MiB (longer than a read buffer: the other shards' records jump past it), more
+    small ones, and a damaged record header (a length no record has) where reading stops."""
+    import struct
+
+    from ..capture.builders import ACK, FIN, Conn, ether, segment_ip, segments_pcap
+
+    def small(first: int, t0: float) -> list:
+        segs = []
+        for i in range(first, first + 16):
+            dns = i == first + 3
+            conn = Conn(client=("198.18.0.%d" % (10 + i % 7), 41000 + 3 * i),
+                        server=("198.18.1.1", 53 if dns else 8080), t0=t0 + i * 0.01,
+                        step=0.003)
+            segs += conn.handshake()
+            for j in range(6):
+                segs += [conn.c(b"GET /%d/%d HTTP/1.1\r\nHost: h\r\n\r\n" % (i, j)),
+                         conn.s(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), conn.c()]
+            segs += [conn.c(flags=FIN | ACK), conn.s(flags=FIN | ACK), conn.c()]
+        return segs
+
+    bulk = Conn(client=("198.18.0.99", 45000), server=("198.18.1.2", 9000), t0=20.0,
+                step=0.0001)
+    segs = small(0, 10.0) + bulk.handshake() + \
+        [bulk.c(bytes(1400)) for _ in range(1500)] + small(16, 30.0)
+    segs.sort(key=lambda s: s.ts)
+
+    def frame(s):
+        tagged = s.sport % 5 == 0 or s.dport % 5 == 0
+        return ether(segment_ip(s), vlans=(7,) if tagged else ())
+    data = segments_pcap([s._replace(index=n + 1) for n, s in enumerate(segs)], frame)
+    path.write_bytes(data + struct.pack("<IIII", 40, 0, 1 << 30, 1 << 30) + bytes(64))
+    return path
+
+
+def test_jobs_hand_out_records_as_one_process_reads_them(tmp_path):
+    """Without events, shard 0 walks the pcap file and hands the others their records: the
+    same document, the damage reported alike, whatever the number of processes."""
+    import json
+
+    path = _busy_capture(tmp_path / "busy.pcap")
+    one = _analyze(path)
+    assert one.returncode == 0, one.stderr
+    doc = json.loads(one.stdout)
+    assert "corrupt packet record" in doc["error"]
+    assert len(doc["flows"]) == 33
+    for jobs in ("2", "3"):
+        many = _analyze(path, "--jobs", jobs)
+        assert many.returncode == 0, many.stderr
+        assert many.stdout == one.stdout, f"--jobs {jobs} differs"
