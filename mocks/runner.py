@@ -42,6 +42,7 @@ from testbed.replay.sessions import load_sessions
 from . import cdn, mapabc
 from .dns import LabDNS
 from .long_link import LongLinkServer
+from .memory_transport import LocalServers
 from .nat import NatRelay
 from .transport_tap import TransportTap
 from .replay import ReplayService, dns_verdict, get_middleware
@@ -213,13 +214,13 @@ class Lab:
             return plan.addresses(host) if plan else [FALLBACK_ADDRESS] * (2 if host in (LONG, SHORT) else 1)
 
         async def long_server(addr: str, port: int) -> int:
-            server = await self.long.listen(addr, port)
+            server = await self.long.listen(addr, port, local=self.local)
             return server.sockets[0].getsockname()[1]
 
         tls_ctx = self.ca.server_context()
 
         async def short_plain(addr: str, port: int) -> int:
-            return await self.short.listen(addr, port)
+            return await self.short.listen(addr, port, local=self.local)
 
         async def short_tls(addr: str, port: int) -> int:
             return await self.short.listen(addr, port, ssl_context=tls_ctx)
@@ -274,6 +275,10 @@ class Lab:
         caps = dict(max_connections_per_address=limits.max_connections_per_address,
                     backlog=limits.listen_backlog)
         self.nat = None
+        # the long-link servers behind the relay, reached from it in memory: a NOOP crosses
+        # loopback once in this process (phone -> relay), not three times
+        self.local: Optional[LocalServers] = LocalServers()
+        caps["local"] = self.local
         if cfg.nat_timeout_s is not None:
             if not cfg.nat_timeout_s > 0:
                 raise ValueError(f"NAT timeout must be positive, got {cfg.nat_timeout_s}")
@@ -284,6 +289,7 @@ class Lab:
             self.relay = NatRelay(self.clock, None, tap=self.tap, faults=self.faults, **caps)
         else:
             self.relay = None
+            self.local = None
 
     def _make_servers(self) -> None:
         """The doors and the HTTP apps, on the service (or, under server replay, on the
