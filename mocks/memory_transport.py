@@ -137,16 +137,19 @@ class MemoryTransport(asyncio.Transport):
 
     # -- WriteTransport
     def write(self, data) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, "
-                            f"not {type(data).__name__!r}")
+        if type(data) is not bytes:   # kept as written: a bytearray may change after
+            if not isinstance(data, (bytearray, memoryview)):
+                raise TypeError(f"data argument must be a bytes-like object, "
+                                f"not {type(data).__name__!r}")
+            data = bytes(data)
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data or self._dead:   # a lost connection's writes go nowhere, as asyncio's
             return
-        self._buf.append(bytes(data))
+        self._buf.append(data)
         self._size += len(data)
-        self._schedule_flush()
+        if self._flush_handle is None:   # `_schedule_flush`, inline: once per NOOP each way
+            self._flush_handle = self._loop.call_soon(self._flush)
         if self._size > self._high and not self._writing_paused:
             self._writing_paused = True
             self._call("pause_writing")

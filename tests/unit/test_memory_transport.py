@@ -67,7 +67,11 @@ def lost_count(p: Recorder) -> int:
 async def test_data_is_delivered_later_in_order_never_inside_write():
     c, s, ct, st = await pair()
     ct.write(b"ab")
-    ct.write(b"cd")
+    later = bytearray(b"cd")
+    ct.write(later)
+    later[:] = b"XX"                          # what was written, not what it became
+    with pytest.raises(TypeError):
+        ct.write("text")
     assert s.data == b""                      # no re-entrancy: nothing until the loop runs
     assert ct.get_write_buffer_size() == 4
     await settle()
