@@ -185,12 +185,7 @@ class MemoryTransport(asyncio.Transport):
     # -- the connection
     def start(self, waiter: Optional[asyncio.Future] = None) -> None:
         """`connection_made` (then `waiter`'s result, if it still waits)."""
-        try:
-            self._protocol.connection_made(self)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal(exc, "connection_made")
+        self._invoke("connection_made", self)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -219,12 +214,7 @@ class MemoryTransport(asyncio.Transport):
             data = buf[0] if len(buf) == 1 else b"".join(buf)
             self._buf = []
             self._size = 0
-            try:
-                peer._protocol.data_received(data)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                peer._fatal(exc, "data_received")
+            peer._invoke("data_received", data)
             if self._writing_paused and self._size <= self._low and not self._dead:
                 self._writing_paused = False
                 self._call("resume_writing")
@@ -235,15 +225,9 @@ class MemoryTransport(asyncio.Transport):
                 return
         if (self._eof or self._closing) and not self._fin_sent:
             self._fin_sent = True
-            try:
-                keep_open = peer._protocol.eof_received()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                peer._fatal(exc, "eof_received")
-            else:
-                if not keep_open:
-                    peer.close()
+            keep_open = peer._invoke("eof_received")
+            if not keep_open:        # (a failed callback has reset it: close is a no-op)
+                peer.close()
         if self._closing and not self._dead:
             self._finish()
 
@@ -279,13 +263,19 @@ class MemoryTransport(asyncio.Transport):
         if reset_peer and peer is not None and not peer._dead:
             peer._force_close(_reset_error(), reset_peer=False)
 
-    def _fatal(self, exc: BaseException, callback: str) -> None:
-        """A protocol callback raised: reported, and the connection reset (asyncio's
-        transports end with `connection_lost(exc)` too)."""
-        self._loop.call_exception_handler({
-            "message": f"Fatal error: protocol.{callback}() call failed.",
-            "exception": exc, "transport": self, "protocol": self._protocol})
-        self._force_close(exc)
+    def _invoke(self, callback: str, *args):
+        """Our protocol's `callback(*args)`; one that raises is reported and the connection
+        reset (asyncio's transports end with `connection_lost(exc)` too)."""
+        try:
+            return getattr(self._protocol, callback)(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": f"Fatal error: protocol.{callback}() call failed.",
+                "exception": exc, "transport": self, "protocol": self._protocol})
+            self._force_close(exc)
+            return None
 
     def _connection_lost(self, exc: Optional[BaseException]) -> None:
         if self._lost:

@@ -31,7 +31,17 @@ user space); and an arrival is stamped when `data_received` runs, so at time sca
 loop lagging d wall seconds misjudges idleness by up to k*d protocol seconds.
 
 Both legs are bare `asyncio.Protocol`s with `__slots__` (no streams, no task per mapping once
-connected), so thousands of mappings cost a few KB each. The relay parses nothing, unless the
+connected), so thousands of mappings cost a few KB each.
+
+The upstream leg is in memory when the target is a server of the relay's own event loop
+(`local=`, the lab's `mocks.memory_transport.LocalServers`: its long link and the short
+link's plain port): a `MemoryTransport` pair with a socket's transport semantics (half-close,
+reset, back-pressure, the peername and sockname a loopback socket would have), so a NOOP
+crosses loopback once in the lab's process (phone -> relay) instead of three times. Any other
+target (another process's, `testbed serve nat`'s, the short link's TLS port) is reached by
+`loop.create_connection`. The client leg is always a socket, and the tap watches only that
+side, so captures are unchanged. On a memory leg `abort()` is always a reset (there is no
+socket to set `SO_LINGER` on), so the server sees an aborted mapping as a reset, not a FIN. The relay parses nothing, unless the
 lab has frame faults (`faults=`, `testbed.lab.faults`): then what a long-link server sends is
 read as whole frames, each sent on through the faults (dropped, delayed, duplicated,
 truncated, split in two segments), and a connection to any host can be reset or black-holed
