@@ -34,7 +34,8 @@ Both legs are bare `asyncio.Protocol`s with `__slots__` (no streams, no task per
 connected), so thousands of mappings cost a few KB each.
 
 The upstream leg is in memory when the target is a server of the relay's own event loop
-(`local=`, the lab's `mocks.memory_transport.LocalServers`: its long link and the short
+(`local=`, the lab's `mocks.memory_transport.LocalServers` with `LabConfig.nat_upstream`
+"memory", not the default: its long link and the short
 link's plain port): a `MemoryTransport` pair with a socket's transport semantics (half-close,
 reset, back-pressure, the peername and sockname a loopback socket would have), so a NOOP
 crosses loopback once in the lab's process (phone -> relay) instead of three times. Any other

@@ -30,6 +30,7 @@ from typing import Optional
 
 from testbed.capture.pcapng_writer import capture_comment
 from testbed.capture.tap import Tap
+from testbed.lab import NAT_UPSTREAMS
 from testbed.lab.addressing import HOST_NAMES, LONG, MAPABC, QLOGO, QPIC, SHORT, AddressPlan
 from testbed.lab.clock import Clock
 from testbed.lab.faults import FaultPlan, Faults
@@ -75,6 +76,9 @@ class LabConfig:
     max_packet_len: Optional[int] = None
     nat_timeout_s: Optional[float] = None   # put a carrier NAT in front of every TCP host
     nat_latency_s: float = 0.0
+    # the relay's upstream leg to the servers of this process: "socket" (loopback, as any
+    # client) or "memory" (`mocks.memory_transport`); see testbed.lab.NAT_UPSTREAMS
+    nat_upstream: str = "socket"
     record: Optional[Path] = None        # write a pcapng made by the in-process tap here
     record_comment_extra: dict = field(default_factory=dict)  # added to its section comment
     record_mss: int = 1460               # the tap's segment size
@@ -275,9 +279,13 @@ class Lab:
         caps = dict(max_connections_per_address=limits.max_connections_per_address,
                     backlog=limits.listen_backlog)
         self.nat = None
-        # the long-link servers behind the relay, reached from it in memory: a NOOP crosses
-        # loopback once in this process (phone -> relay), not three times
-        self.local: Optional[LocalServers] = LocalServers()
+        if cfg.nat_upstream not in NAT_UPSTREAMS:
+            raise ValueError(f"NAT upstream must be one of {', '.join(NAT_UPSTREAMS)}, got "
+                             f"{cfg.nat_upstream!r}")
+        # "memory": the servers behind the relay, reached from it in memory, so a NOOP
+        # crosses loopback once in this process (phone -> relay), not three times
+        self.local: Optional[LocalServers] = (LocalServers() if cfg.nat_upstream == "memory"
+                                              else None)
         caps["local"] = self.local
         if cfg.nat_timeout_s is not None:
             if not cfg.nat_timeout_s > 0:
@@ -325,6 +333,7 @@ class Lab:
         if self.nat is not None:
             extra["nat"] = {"idle_timeout_s": self.nat.idle_timeout_s,
                             "latency_s": self.config.nat_latency_s,
+                            "upstream": "memory" if self.local is not None else "socket",
                             "hosts": sorted(h for h in hosts)}
         return Manifest(profile=self.profile.name, time_scale=self.clock.scale,
                         dns_address=dns_addr, dns_port=dns_port, hosts=hosts,

@@ -565,20 +565,32 @@ async def test_backpressure_bounds_relay_memory(make_relay, latency_s):
         await hold.stop()
 
 
-# -- the lab: its NAT reaches its own servers in memory
+# -- the lab: its NAT reaches its own servers by socket, or in memory when asked
 
-async def test_the_labs_nat_reaches_its_long_link_in_memory_counted_as_a_socket(tmp_path):
-    lab = await start_lab(tmp_path, users=1, nat_timeout_s=300.0)
+@pytest.mark.parametrize("upstream", [None, "memory"])
+async def test_the_labs_nat_reaches_its_long_link_as_configured_counted_as_a_socket(
+        tmp_path, upstream):
+    """By default (`LabConfig.nat_upstream` "socket") the relay connects to the long link by
+    loopback socket; with "memory" the link is a `MemoryTransport`, and the server sees what
+    a socket from the relay would show."""
+    kwargs = {} if upstream is None else {"nat_upstream": upstream}
+    lab = await start_lab(tmp_path, users=1, nat_timeout_s=300.0, **kwargs)
     try:
+        assert lab.manifest.extra["nat"]["upstream"] == (upstream or "socket")
         entry = lab.manifest.hosts[LONG]
         reader, writer = await asyncio.open_connection(entry.addresses[0], entry.port)
         writer.write(HEADER.pack(16, 16, 1, 6, 7))                      # a NOOP, seq 7
         assert await asyncio.wait_for(reader.readexactly(16), 10) == \
             HEADER.pack(16, 16, 1, 1000000006, 7)
         (link,) = lab.long.links
-        assert isinstance(link.transport, MemoryTransport)
-        # the server sees what a socket from the relay would show: the kernel's source
-        # address for the lab's block, an ephemeral port, counted as any connection
+        if upstream == "memory":
+            assert isinstance(link.transport, MemoryTransport)
+            assert link.transport.get_extra_info("socket") is None
+        else:
+            assert not isinstance(link.transport, MemoryTransport)
+            assert link.transport.get_extra_info("socket") is not None
+        # the kernel's source address for the lab's block, an ephemeral port, counted as
+        # any connection
         assert link.peer[0] == "127.0.0.1" and 32768 <= link.peer[1] < 61000
         assert lab.long.connections_total == 1
         writer.close()
@@ -586,3 +598,25 @@ async def test_the_labs_nat_reaches_its_long_link_in_memory_counted_as_a_socket(
         assert lab.nat.stats.closed_by_client == 1
     finally:
         await lab.stop()
+
+
+def test_a_lab_refuses_an_unknown_nat_upstream():
+    from mocks.runner import Lab, LabConfig
+
+    with pytest.raises(ValueError, match="socket, memory"):
+        Lab(LabConfig(nat_timeout_s=300.0, nat_upstream="pipe"))
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--nat-upstream", "memory"], "give --nat-timeout S"),
+    (["--nat-upstream", "memory", "--nat-timeout", "300", "--store", "redis://127.0.0.1:1/0"],
+     "needs the one-process lab")])
+def test_lab_up_refuses_a_memory_upstream_it_cannot_have(tmp_path, capsys, argv, said):
+    """`lab up --nat-upstream memory` without a relay in the lab's process: exit 2, said."""
+    from testbed.cli.parser import build_parser
+
+    args = build_parser().parse_args(["lab", "up", "--manifest", str(tmp_path / "m.json"),
+                                      *argv])
+    assert args.handler(args) == 2
+    assert said in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "m.json").exists()
