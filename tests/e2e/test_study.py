@@ -126,6 +126,7 @@ def test_study_phones_in_their_own_processes(tmp_path):
     assert data["processes"] == 2
     assert data["event_loop"].startswith("asyncio."), data["event_loop"]   # in the phones too
     assert set(data["lag_by_process"]) == {"lab", "phones-1", "phones-2"}
+    assert sum(v["stalls"] for v in data["lag_by_process"].values()) == data["stalls"]
     cpu = data["cpu_by_process"]        # each phone process's, the lab's the rest
     assert set(cpu) == {"lab", "phones-1", "phones-2"} and min(cpu.values()) > 0
     assert sum(cpu.values()) == pytest.approx(data["cpu_s"])
