@@ -26,6 +26,7 @@ from testbed.wire.connection import FrameTimeout, IdleTimeout, Request
 from testbed.wire.frames import HEADER, reply_cmd
 
 from .limits import AddressCap, peer_address
+from .memory_transport import LocalServers
 from .service import RequestContext, Service
 from .state import ALL_SELECTOR, EventsMissed, PushEvent, SessionEnded, new_link_id
 from .stats import count_request
@@ -354,15 +355,22 @@ class LongLinkServer:
         self._rechecks: set[asyncio.Task] = set()   # sessions checked after missed events
         self._unsubscribe = service.store.subscribe(self._on_event)
 
-    async def listen(self, host: str, port: int, **kwargs) -> asyncio.base_events.Server:
+    async def listen(self, host: str, port: int, *, local: Optional[LocalServers] = None,
+                     **kwargs) -> asyncio.base_events.Server:
+        """Listen on host:port (`kwargs` to `loop.create_server`); with `local` (the lab's
+        `LocalServers`), a relay in this loop reaches it in memory too. Not when tapped:
+        a recorded connection must be the socket the tap watches."""
         self.loop = asyncio.get_running_loop()
         factory = lambda: LongLinkProtocol(self)  # noqa: E731
         if self.transport_tap is not None:
             factory = self.transport_tap.wrap(factory)
+            local = None
         server = await self.loop.create_server(factory, host, port,
                                                reuse_address=True,
                                                backlog=self.limits.listen_backlog, **kwargs)
         self.servers.append(server)
+        if local is not None:
+            local.add(server, factory)
         return server
 
     def bind(self, link: LongLinkProtocol, session) -> None:

@@ -31,7 +31,18 @@ user space); and an arrival is stamped when `data_received` runs, so at time sca
 loop lagging d wall seconds misjudges idleness by up to k*d protocol seconds.
 
 Both legs are bare `asyncio.Protocol`s with `__slots__` (no streams, no task per mapping once
-connected), so thousands of mappings cost a few KB each. The relay parses nothing, unless the
+connected), so thousands of mappings cost a few KB each.
+
+The upstream leg is in memory when the target is a server of the relay's own event loop
+(`local=`, the lab's `mocks.memory_transport.LocalServers` with `LabConfig.nat_upstream`
+"memory", not the default: its long link and the short
+link's plain port): a `MemoryTransport` pair with a socket's transport semantics (half-close,
+reset, back-pressure, the peername and sockname a loopback socket would have), so a NOOP
+crosses loopback once in the lab's process (phone -> relay) instead of three times. Any other
+target (another process's, `testbed serve nat`'s, the short link's TLS port) is reached by
+`loop.create_connection`. The client leg is always a socket, and the tap watches only that
+side, so captures are unchanged. On a memory leg `abort()` is always a reset (there is no
+socket to set `SO_LINGER` on), so the server sees an aborted mapping as a reset, not a FIN. The relay parses nothing, unless the
 lab has frame faults (`faults=`, `testbed.lab.faults`): then what a long-link server sends is
 read as whole frames, each sent on through the faults (dropped, delayed, duplicated,
 truncated, split in two segments), and a connection to any host can be reset or black-holed
@@ -75,6 +86,7 @@ from testbed.wire.errors import RemoteProtocolError
 from testbed.wire.frames import HEADER, HEADER_LEN, VERSION, FrameDecoder
 
 from .limits import AddressCap, peer_address
+from .memory_transport import LocalServers
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +428,10 @@ class _Mapping:
     async def _connect(self) -> None:
         relay = self.relay
         try:
-            await relay._loop.create_connection(lambda: _Leg(self, False), *self.target)
+            if relay.local is None:
+                await relay._loop.create_connection(lambda: _Leg(self, False), *self.target)
+            else:   # in memory when the target is a server of this loop
+                await relay.local.connect(lambda: _Leg(self, False), *self.target)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # refused, unreachable, timed out: the client leg goes
@@ -700,6 +715,8 @@ class NatRelay:
     phone for studies.
     `tap` (optional) is told every connection, chunk, FIN and reset on the client side (see
     the module docstring); `testbed.capture.tap.Tap` renders them as packets.
+    `local` (optional, `mocks.memory_transport.LocalServers`): the servers of this loop by
+    address; an upstream leg to one of them is an in-memory connection, not a socket.
     """
 
     def __init__(self, clock: Clock, idle_timeout_s: Optional[float], latency_s: float = 0.0,
@@ -707,7 +724,7 @@ class NatRelay:
                  on_event: Optional[Callable[[NatEvent], None]] = None,
                  tap=None, faults: Optional[Faults] = None,
                  max_connections_per_address: Optional[int] = None,
-                 backlog: int = 4096) -> None:
+                 backlog: int = 4096, local: Optional[LocalServers] = None) -> None:
         if idle_timeout_s is not None and not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be positive, got {idle_timeout_s!r}")
         if latency_s < 0 or blackhole_linger_s < 0:
@@ -723,6 +740,7 @@ class NatRelay:
         # live or black-holed, holds one); the servers behind see only the relay
         self.address_cap = AddressCap(max_connections_per_address)
         self.backlog = backlog
+        self.local = local   # the lab's servers in this loop: upstream legs in memory
         self._stats = NatStats()
         self._mappings: set[_Mapping] = set()
         self._servers: list[asyncio.AbstractServer] = []

@@ -28,6 +28,7 @@ from testbed.lab.profiles import Limits
 
 from .http_site import SHUTDOWN_GRACE_S, server_options
 from .limits import AddressCap, peer_address
+from .memory_transport import LocalServers
 
 log = logging.getLogger(__name__)
 
@@ -363,10 +364,12 @@ class OneShotServer:
         self._servers: list[asyncio.base_events.Server] = []
 
     async def listen(self, host: str, port: int, ssl_context=None, *,
-                     reuse_port: bool = False, transport_tap=None) -> int:
+                     reuse_port: bool = False, transport_tap=None,
+                     local: Optional[LocalServers] = None) -> int:
         """Serve on host:port (TLS if `ssl_context`; `reuse_port`: share the port with other
-        processes, `SO_REUSEPORT`; `transport_tap`: a recording lab's, `mocks.transport_tap`);
-        returns the bound port."""
+        processes, `SO_REUSEPORT`; `transport_tap`: a recording lab's, `mocks.transport_tap`;
+        `local`: the lab's `LocalServers`, where a plain, untapped port is added so that a
+        relay in this loop reaches it in memory); returns the bound port."""
         self.loop = asyncio.get_running_loop()
         secure = ssl_context is not None
         factory, kwargs = server_options(lambda: Exchange(self, secure), self.limits,
@@ -374,6 +377,8 @@ class OneShotServer:
         server = await self.loop.create_server(factory, host, port,
                                                reuse_port=reuse_port or None, **kwargs)
         self._servers.append(server)
+        if local is not None and not secure and transport_tap is None:
+            local.add(server, factory)
         return server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:

@@ -30,6 +30,7 @@ from typing import Optional
 
 from testbed.capture.pcapng_writer import capture_comment
 from testbed.capture.tap import Tap
+from testbed.lab import NAT_UPSTREAMS
 from testbed.lab.addressing import HOST_NAMES, LONG, MAPABC, QLOGO, QPIC, SHORT, AddressPlan
 from testbed.lab.clock import Clock
 from testbed.lab.faults import FaultPlan, Faults
@@ -42,6 +43,7 @@ from testbed.replay.sessions import load_sessions
 from . import cdn, mapabc
 from .dns import LabDNS
 from .long_link import LongLinkServer
+from .memory_transport import LocalServers
 from .nat import NatRelay
 from .transport_tap import TransportTap
 from .replay import ReplayService, dns_verdict, get_middleware
@@ -74,6 +76,9 @@ class LabConfig:
     max_packet_len: Optional[int] = None
     nat_timeout_s: Optional[float] = None   # put a carrier NAT in front of every TCP host
     nat_latency_s: float = 0.0
+    # the relay's upstream leg to the servers of this process: "socket" (loopback, as any
+    # client) or "memory" (`mocks.memory_transport`); see testbed.lab.NAT_UPSTREAMS
+    nat_upstream: str = "socket"
     record: Optional[Path] = None        # write a pcapng made by the in-process tap here
     record_comment_extra: dict = field(default_factory=dict)  # added to its section comment
     record_mss: int = 1460               # the tap's segment size
@@ -213,13 +218,13 @@ class Lab:
             return plan.addresses(host) if plan else [FALLBACK_ADDRESS] * (2 if host in (LONG, SHORT) else 1)
 
         async def long_server(addr: str, port: int) -> int:
-            server = await self.long.listen(addr, port)
+            server = await self.long.listen(addr, port, local=self.local)
             return server.sockets[0].getsockname()[1]
 
         tls_ctx = self.ca.server_context()
 
         async def short_plain(addr: str, port: int) -> int:
-            return await self.short.listen(addr, port)
+            return await self.short.listen(addr, port, local=self.local)
 
         async def short_tls(addr: str, port: int) -> int:
             return await self.short.listen(addr, port, ssl_context=tls_ctx)
@@ -274,6 +279,14 @@ class Lab:
         caps = dict(max_connections_per_address=limits.max_connections_per_address,
                     backlog=limits.listen_backlog)
         self.nat = None
+        if cfg.nat_upstream not in NAT_UPSTREAMS:
+            raise ValueError(f"NAT upstream must be one of {', '.join(NAT_UPSTREAMS)}, got "
+                             f"{cfg.nat_upstream!r}")
+        # "memory": the servers behind the relay, reached from it in memory, so a NOOP
+        # crosses loopback once in this process (phone -> relay), not three times
+        self.local: Optional[LocalServers] = (LocalServers() if cfg.nat_upstream == "memory"
+                                              else None)
+        caps["local"] = self.local
         if cfg.nat_timeout_s is not None:
             if not cfg.nat_timeout_s > 0:
                 raise ValueError(f"NAT timeout must be positive, got {cfg.nat_timeout_s}")
@@ -284,6 +297,7 @@ class Lab:
             self.relay = NatRelay(self.clock, None, tap=self.tap, faults=self.faults, **caps)
         else:
             self.relay = None
+            self.local = None
 
     def _make_servers(self) -> None:
         """The doors and the HTTP apps, on the service (or, under server replay, on the
@@ -319,6 +333,7 @@ class Lab:
         if self.nat is not None:
             extra["nat"] = {"idle_timeout_s": self.nat.idle_timeout_s,
                             "latency_s": self.config.nat_latency_s,
+                            "upstream": "memory" if self.local is not None else "socket",
                             "hosts": sorted(h for h in hosts)}
         return Manifest(profile=self.profile.name, time_scale=self.clock.scale,
                         dns_address=dns_addr, dns_port=dns_port, hosts=hosts,

@@ -19,6 +19,7 @@ from testbed.wire import (BY_PATH, Door, Hangup, RemoteProtocolError, Ret, Servi
                           decode_request, error_body)
 
 from .faults import faulted_response
+from .memory_transport import LocalServers
 from .one_shot_http import Exchange, OneShotServer, Reply
 from .service import RequestContext, Service
 from .stats import count_request
@@ -100,11 +101,12 @@ class ShortLinkServer:
         ex.respond(200, out, OCTET)
 
     async def listen(self, host: str, port: int, ssl_context=None, *,
-                     reuse_port: bool = False) -> int:
+                     reuse_port: bool = False, local: Optional[LocalServers] = None) -> int:
         """Serve on host:port (TLS if `ssl_context`; `reuse_port`: share the port with other
-        worker processes, `SO_REUSEPORT`); returns the bound port."""
+        worker processes, `SO_REUSEPORT`; `local`: the lab's `LocalServers`, for a relay in
+        this loop to reach the plain port in memory); returns the bound port."""
         return await self.http.listen(host, port, ssl_context, reuse_port=reuse_port,
-                                      transport_tap=self.transport_tap)
+                                      transport_tap=self.transport_tap, local=local)
 
     async def close(self) -> None:
         self._stopping.set()         # held (faulted) responses let go

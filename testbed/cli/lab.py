@@ -129,6 +129,15 @@ def lab_up(args) -> int:
     from .netns import lab_up_netns, not_netns_error
 
     console = err_console()
+    if args.nat_upstream == "memory" and (args.netns
+                                          or args.store.startswith(("redis", "unix"))):
+        error(console, "--nat-upstream memory needs the one-process lab (memory: store, not "
+                       "--netns): elsewhere the NAT is a process of its own")
+        return 2
+    if args.nat_upstream == "memory" and args.nat_timeout is None and not args.fault:
+        error(console, "--nat-upstream memory is how the NAT reaches the hosts: give "
+                       "--nat-timeout S (or a --fault, whose relay it is too)")
+        return 2
     if args.netns and (args.replay is not None or args.fault):
         error(console, f"{'--replay' if args.replay is not None else '--fault'} needs the "
                        f"one-process lab (not --netns: every host is a process there)")
@@ -179,7 +188,7 @@ def lab_up(args) -> int:
                     time_scale=args.time_scale, plan=plan,
                     privileged_ports=args.privileged_ports, manifest_path=args.manifest,
                     nat_timeout_s=args.nat_timeout, nat_latency_s=args.nat_latency,
-                    record=args.record, replay=args.replay,
+                    nat_upstream=args.nat_upstream, record=args.record, replay=args.replay,
                     unmatched=args.unmatched or "fail", replay_masks=replay_masks,
                     faults=faults)
 
@@ -271,7 +280,9 @@ def lab_up(args) -> int:
             if args.nat_timeout is not None:
                 console.print(f"carrier NAT in front of every TCP host: idle timeout "
                               f"{args.nat_timeout:g} s, latency {args.nat_latency:g} s"
-                              + (f" (pid {pids['nat']})" if pids else ""))
+                              + (f" (pid {pids['nat']})" if pids else "")
+                              + (", hosts reached in memory"
+                                 if args.nat_upstream == "memory" else ""))
             if processes:
                 console.print(f"state: Redis {redact_url(store.url)}, namespace "
                               f"{store.namespace}; every host a `testbed serve` process, "

@@ -68,6 +68,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 def _lab(sub, wanted):
     """`lab` and its actions (with `serve`, which its modules also register)."""
+    from testbed.lab import NAT_UPSTREAMS
+
     from . import lab
 
     lab_p = sub.add_parser("lab", help="run the mock hosts")
@@ -92,6 +94,10 @@ def _lab(sub, wanted):
                          "connection idle this many protocol seconds (e.g. 300)")
     up.add_argument("--nat-latency", type=nonneg_float, default=0.0, metavar="SECONDS",
                     help="fixed one-way latency the NAT adds (protocol seconds)")
+    up.add_argument("--nat-upstream", choices=NAT_UPSTREAMS, default="socket",
+                    help="how the one-process lab's NAT (or --fault relay) reaches the hosts "
+                         "behind it: a loopback socket (default) or an in-memory transport "
+                         "pair, cheaper per packet (docs/lab.md)")
     up.add_argument("--record", type=Path, default=None, metavar="FILE",
                     help="record everything with the in-process tap to this pcapng (with "
                          "--netns: sniff the phone's link)")

@@ -1,4 +1,6 @@
-"""The carrier-NAT relay (mocks/nat.py) over real loopback sockets.
+"""The carrier-NAT relay (mocks/nat.py) over real loopback sockets, its upstream leg a
+socket or, as in the lab, an in-memory pair (`mocks.memory_transport`): the same tests, the
+same answers.
 
 Time is a `ManualClock`: a test moves it (`await clock.advance(40)`) and the relay's timers
 (idle expiry, linger, latency) fire then and only then, so nothing here depends on how fast
@@ -15,8 +17,13 @@ import struct
 
 import pytest
 
+from mocks.memory_transport import LocalServers, MemoryTransport
 from mocks.nat import NatRelay, NatStats
+from testbed.lab.addressing import LONG
 from testbed.lab.clock import Clock, ManualClock
+from testbed.wire.frames import HEADER
+
+from ..conftest import start_lab
 
 HOST = "127.0.0.1"
 
@@ -51,9 +58,17 @@ class Target:
         self._hold = asyncio.Event()
 
     async def start(self) -> "Target":
-        self.server = await asyncio.start_server(self.handle, HOST, 0, backlog=1024)
+        self.server = await asyncio.get_running_loop().create_server(self.factory, HOST, 0,
+                                                                     backlog=1024)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
+
+    def factory(self) -> asyncio.StreamReaderProtocol:
+        """What `asyncio.start_server` makes per connection (here, to be registered in a
+        `LocalServers` too)."""
+        loop = asyncio.get_running_loop()
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), self.handle,
+                                            loop=loop)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.append(writer)
@@ -140,7 +155,8 @@ async def assert_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 def rst_close(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if sock is not None:   # an in-memory transport's abort is a reset already
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
 
 
@@ -151,13 +167,19 @@ async def target():
     await t.stop()
 
 
-@pytest.fixture
-async def make_relay():
+@pytest.fixture(params=["socket", "memory"])
+async def make_relay(request):
+    """A relay in front of a target; every test runs twice: the upstream leg a socket, and
+    in memory (`mocks.memory_transport`, the target registered as a server of this loop)."""
     relays: list[NatRelay] = []
 
     async def make(target: Target, *, clock: Clock | None = None, idle_timeout_s: float = 30.0,
                    **kwargs) -> tuple[NatRelay, int]:
-        relay = NatRelay(clock or ManualClock(), idle_timeout_s, **kwargs)
+        local = None
+        if request.param == "memory" and target.server is not None:
+            local = LocalServers()
+            local.add(target.server, target.factory)
+        relay = NatRelay(clock or ManualClock(), idle_timeout_s, local=local, **kwargs)
         relays.append(relay)
         port = await relay.add_mapping(HOST, 0, HOST, target.port)
         return relay, port
@@ -541,3 +563,60 @@ async def test_backpressure_bounds_relay_memory(make_relay, latency_s):
         writer.transport.abort()
     finally:
         await hold.stop()
+
+
+# -- the lab: its NAT reaches its own servers by socket, or in memory when asked
+
+@pytest.mark.parametrize("upstream", [None, "memory"])
+async def test_the_labs_nat_reaches_its_long_link_as_configured_counted_as_a_socket(
+        tmp_path, upstream):
+    """By default (`LabConfig.nat_upstream` "socket") the relay connects to the long link by
+    loopback socket; with "memory" the link is a `MemoryTransport`, and the server sees what
+    a socket from the relay would show."""
+    kwargs = {} if upstream is None else {"nat_upstream": upstream}
+    lab = await start_lab(tmp_path, users=1, nat_timeout_s=300.0, **kwargs)
+    try:
+        assert lab.manifest.extra["nat"]["upstream"] == (upstream or "socket")
+        entry = lab.manifest.hosts[LONG]
+        reader, writer = await asyncio.open_connection(entry.addresses[0], entry.port)
+        writer.write(HEADER.pack(16, 16, 1, 6, 7))                      # a NOOP, seq 7
+        assert await asyncio.wait_for(reader.readexactly(16), 10) == \
+            HEADER.pack(16, 16, 1, 1000000006, 7)
+        (link,) = lab.long.links
+        if upstream == "memory":
+            assert isinstance(link.transport, MemoryTransport)
+            assert link.transport.get_extra_info("socket") is None
+        else:
+            assert not isinstance(link.transport, MemoryTransport)
+            assert link.transport.get_extra_info("socket") is not None
+        # the kernel's source address for the lab's block, an ephemeral port, counted as
+        # any connection
+        assert link.peer[0] == "127.0.0.1" and 32768 <= link.peer[1] < 61000
+        assert lab.long.connections_total == 1
+        writer.close()
+        await wait_until(lambda: not lab.long.links and lab.nat.stats.mappings_active == 0)
+        assert lab.nat.stats.closed_by_client == 1
+    finally:
+        await lab.stop()
+
+
+def test_a_lab_refuses_an_unknown_nat_upstream():
+    from mocks.runner import Lab, LabConfig
+
+    with pytest.raises(ValueError, match="socket, memory"):
+        Lab(LabConfig(nat_timeout_s=300.0, nat_upstream="pipe"))
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--nat-upstream", "memory"], "give --nat-timeout S"),
+    (["--nat-upstream", "memory", "--nat-timeout", "300", "--store", "redis://127.0.0.1:1/0"],
+     "needs the one-process lab")])
+def test_lab_up_refuses_a_memory_upstream_it_cannot_have(tmp_path, capsys, argv, said):
+    """`lab up --nat-upstream memory` without a relay in the lab's process: exit 2, said."""
+    from testbed.cli.parser import build_parser
+
+    args = build_parser().parse_args(["lab", "up", "--manifest", str(tmp_path / "m.json"),
+                                      *argv])
+    assert args.handler(args) == 2
+    assert said in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "m.json").exists()

@@ -42,6 +42,7 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
     by = {p["policy"]: p for p in data["policies"]}
     assert list(by) == POLICIES
     assert data["config"]["clients"] == 3 and data["config"]["nat_timeout_s"] == 300
+    assert data["config"]["nat_upstream"] == "socket"      # the default: as on main
     for p in by.values():
         assert p["clients"] == 3
         assert p["window_s"] >= 3 * 3600
@@ -118,12 +119,14 @@ def test_study_phones_in_their_own_processes(tmp_path):
         "study", "heartbeat", "--policy", "fixed:270", "--policy", "fixed:1680",
         "--clients", "2", "--hours", "1", "--time-scale", "500",
         "--messages-per-client-per-day", "48", "--processes", "2", "--json", str(out),
-        "--loop", "asyncio", "--quiet"])
+        "--loop", "asyncio", "--nat-upstream", "memory", "--quiet"])
     assert args.study_func(args) == 0
     data = json.loads(out.read_text())
+    assert data["config"]["nat_upstream"] == "memory"    # as the lab had it (its manifest)
     assert data["processes"] == 2
     assert data["event_loop"].startswith("asyncio."), data["event_loop"]   # in the phones too
     assert set(data["lag_by_process"]) == {"lab", "phones-1", "phones-2"}
+    assert sum(v["stalls"] for v in data["lag_by_process"].values()) == data["stalls"]
     cpu = data["cpu_by_process"]        # each phone process's, the lab's the rest
     assert set(cpu) == {"lab", "phones-1", "phones-2"} and min(cpu.values()) > 0
     assert sum(cpu.values()) == pytest.approx(data["cpu_s"])
@@ -148,7 +151,8 @@ def test_study_bad_arguments_exit_2(tmp_path, capsys):
     parser = _parser()
     for bad in (["--policy", "sometimes"], ["--clients", "0"], ["--hours", "-1"],
                 ["--time-scale", "zero"], ["--nat-timeout", "0"],
-                ["--messages-per-client-per-day", "-2"], ["--processes", "-1"]):
+                ["--messages-per-client-per-day", "-2"], ["--processes", "-1"],
+                ["--nat-upstream", "pipe"]):
         with pytest.raises(SystemExit) as exc:
             parser.parse_args(["study", "heartbeat", *bad])
         assert exc.value.code == 2, bad
@@ -182,6 +186,8 @@ def test_study_on_a_running_lab_bad_arguments_exit_2(tmp_path, capsys, monkeypat
             (["--wait", "--store", store], "--wait is for --collect"),
             (["--manifest", str(manifest), "--store", store, "--time-scale", "10"],
              "the running lab decides"),
+            (["--manifest", str(manifest), "--store", store, "--nat-upstream", "memory"],
+             "the running lab decides"),
             (["--manifest", str(manifest), "--store", store], "has no carrier NAT")):
         args = _parser().parse_args(["study", "heartbeat", *argv])
         assert args.study_func(args) == 2, argv
@@ -193,12 +199,15 @@ def test_study_config_defaults_and_margin():
     c.validate()
     assert c.policies == ("fixed:270", "fixed:1680", "mars") and c.clients == 100
     assert c.hours == 24 and c.time_scale == 2000 and c.messages_per_client_per_day == 4
+    assert c.nat_upstream == "socket"
     assert c.phone_processes() in (0, 2)
     assert timing_margin(c) == 30
     # at k = 2000 the phone's NOOP timeout is floored at 50 ms of wall time: 100 protocol s
     assert c.noop_timeout_effective() == 100
     with pytest.raises(ValueError, match="fixed"):
         StudyConfig(policies=("fixed:x",)).validate()
+    with pytest.raises(ValueError, match="--nat-upstream"):
+        StudyConfig(nat_upstream="pipe").validate()
 
 
 def test_plot_without_matplotlib_names_the_extra(tmp_path):

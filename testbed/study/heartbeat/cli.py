@@ -14,6 +14,7 @@ from testbed import interrupt
 from testbed.argtypes import nonneg_float, positive_float, positive_int
 from testbed.console import table_width
 from testbed.fleet import WorkerFailed
+from testbed.lab import NAT_UPSTREAMS
 from testbed.eventloop import Loop, pick as pick_loop, run as run_on
 
 from .config import WECHAT_USERS_2013, StudyConfig
@@ -97,6 +98,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     hb.add_argument("--processes", type=_arg_processes, default=None, metavar="N",
                     help="run the phones in N processes of their own, the lab in this one; "
                          "0: everything in one process (default: 2 with 2 CPUs or more)")
+    hb.add_argument("--nat-upstream", choices=NAT_UPSTREAMS, default=None,
+                    help="how the lab's NAT reaches the long link behind it: a loopback "
+                         "socket (default) or an in-memory transport pair, cheaper per NOOP "
+                         "but with more event-loop stalls at 1,000 phones a policy "
+                         "(docs/performance.md); recorded in the --json config")
     hb.add_argument("--loop", choices=list(Loop), default=Loop.AUTO,
                     help="event loop (default: uvloop if installed)")
     hb.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -130,6 +136,8 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
                        messages_per_client_per_day=args.messages_per_client_per_day,
                        seed=args.seed, server_idle_s=args.server_idle,
                        processes=getattr(args, "processes", None),
+                       nat_upstream=getattr(args, "nat_upstream", None)
+                       or StudyConfig.nat_upstream,
                        loop=getattr(args, "loop", "auto"),
                        radio=tuple(getattr(args, "radio", ())),
                        population=getattr(args, "population", WECHAT_USERS_2013))
@@ -152,11 +160,13 @@ def _shared_mode(args: argparse.Namespace) -> Optional[str]:
         given = [flag for flag, v in (("--nat-timeout", args.nat_timeout),
                                       ("--time-scale", args.time_scale),
                                       ("--server-idle", args.server_idle),
-                                      ("--processes", getattr(args, "processes", None)))
+                                      ("--processes", getattr(args, "processes", None)),
+                                      ("--nat-upstream", getattr(args, "nat_upstream", None)))
                  if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)}: with --manifest the running lab decides "
-                             f"(its time scale and NAT timeout; the phones run in this process)")
+                             f"(its time scale and NAT, a process of its own; the phones run "
+                             f"in this process)")
     return "manifest" if manifest is not None else "collect"
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from testbed.eventloop import Loop
+from testbed.lab import NAT_UPSTREAMS
 from testbed.lab.addressing import MAX_CLIENTS
 from testbed.radio.link import TCPIP_HEADER_BYTES  # noqa: F401 (the study's byte estimate)
 
@@ -42,6 +43,8 @@ class StudyConfig:
     # (every 135 ms of wall time for fixed:270 at k = 2000) load every loop, so the rest
     # should follow fast; a step is three round trips (connect, IDENTIFY, newsync), no TLS
     online_concurrency: int = 256
+    # how the lab's NAT reaches the long link: "socket" or "memory" (`LabConfig.nat_upstream`)
+    nat_upstream: str = "socket"
     processes: Optional[int] = None         # phone processes; 0: phones in the lab's process;
                                             # None: 2 where there are 2 CPUs or more, else 0
     loop: str = "auto"                      # event loop of phone processes: auto/asyncio/uvloop
@@ -57,6 +60,9 @@ class StudyConfig:
         if not _positive(self.nat_timeout_s):
             raise ValueError(f"--nat-timeout must be a positive number of seconds, "
                              f"got {self.nat_timeout_s!r}")
+        if self.nat_upstream not in NAT_UPSTREAMS:
+            raise ValueError(f"--nat-upstream must be one of {', '.join(NAT_UPSTREAMS)}, "
+                             f"got {self.nat_upstream!r}")
         if not self.policies:
             raise ValueError("give at least one --policy (fixed:<seconds> or mars)")
         seen = set()

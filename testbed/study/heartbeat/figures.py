@@ -187,11 +187,17 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
         whole_max = max(whole_max, max((lag for _, lag in samples), default=0.0))
     allv = sorted(v for vs in lags.values() for v in vs)
     margin = timing_margin(cfg)
-    stalls = 0 if margin is None else sum(1 for v in allv if v * k >= margin / 2)
+
+    def stalls_in(vs: list[float]) -> int:
+        return 0 if margin is None else sum(1 for v in vs if v * k >= margin / 2)
+
+    stalls = stalls_in(allv)
+    # which loop stalled: the count above pools every process's samples
     lag_by_process = {name: {"max_s": (vs[-1] if vs else 0.0) * k,
                              "p99_s": (percentile(vs, 99) or 0.0) * k,
                              "p50_s": (percentile(vs, 50) or 0.0) * k,
-                             "samples": len(vs)} for name, vs in lags.items()}
+                             "samples": len(vs), "stalls": stalls_in(vs)}
+                      for name, vs in lags.items()}
     # CPU seconds of each phone process's fleet (from its start: logins included); the
     # lab's process has the rest of `cpu`
     cpu_by_process = {name: f.cpu_s for (name, _), f in zip(sources[-len(fleets):], fleets)}

@@ -57,8 +57,11 @@ class _Study:
         lab = await start_lab(LabConfig(
             users=cfg.clients * len(cfg.policies) + 1, friends="none", profile=cfg.profile,
             time_scale=cfg.time_scale, nat_timeout_s=cfg.nat_timeout_s,
+            nat_upstream=cfg.nat_upstream,
             server_idle_s=cfg.server_idle_s, manifest_path=workdir / "manifest.json"))
         self.lab = lab
+        # the figures' config says how the lab's NAT reached the long link, as the lab has it
+        self.cfg = dataclasses.replace(cfg, nat_upstream=lab.manifest.extra["nat"]["upstream"])
         # the sender must be allowed to message every phone; "all" would make N^2 pairs
         sender_rec = lab.users[-1]
         for rec in lab.users[:-1]:
