@@ -123,6 +123,10 @@ class LongLink:
     def send_raw(self, data: bytes) -> None:
         if not self.is_open:
             raise LinkClosed("long link is closed")
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """Write `data` on the open link (unless a fault holed it), counted and stamped."""
         if self._holed:
             return
         self._transport.write(data)
@@ -149,12 +153,7 @@ class LongLink:
             # cost a loop callback per reply)
             fut.add_done_callback(functools.partial(self._request_done, seq))
         if self._sender is None:
-            if not self._holed:   # `send_raw`, whose check of the link was made above
-                self._transport.write(data)
-                self.bytes_sent += len(data)
-                if self.observer is not None:
-                    self.observer.sent(len(data))
-                self.last_tx = self.clock.now()
+            self._send(data)   # the link's check was made above
         else:
             command = BY_CMD.get(cmd)
             self._sender.frame(command.name if command is not None else f"cmd {cmd}", data)
