@@ -129,8 +129,9 @@ def lab_up(args) -> int:
     from .netns import lab_up_netns, not_netns_error
 
     console = err_console()
-    if args.nat_upstream == "memory" and (args.netns
-                                          or args.store.startswith(("redis", "unix"))):
+    # a Redis store makes every host a `testbed serve` process of its own
+    processes = args.store.startswith(("redis", "unix"))
+    if args.nat_upstream == "memory" and (args.netns or processes):
         error(console, "--nat-upstream memory needs the one-process lab (memory: store, not "
                        "--netns): elsewhere the NAT is a process of its own")
         return 2
@@ -153,11 +154,11 @@ def lab_up(args) -> int:
     except ValueError as exc:
         error(console, str(exc))
         return 2
-    if args.workers is not None and not args.store.startswith(("redis", "unix")):
+    if args.workers is not None and not processes:
         error(console, "--workers needs a store the workers share: --store "
                        "redis://HOST:PORT/DB")
         return 2
-    if args.record is not None and args.store.startswith(("redis", "unix")):
+    if args.record is not None and processes:
         error(console, "--record needs the one-process lab (the in-process tap); on Redis "
                        "every host is a process: record with `testbed record --iface lo`")
         return 2
@@ -170,7 +171,6 @@ def lab_up(args) -> int:
     except ValueError as exc:
         error(console, f"--mask {exc}")
         return 2
-    processes = args.store.startswith(("redis", "unix"))
     if args.replay is not None and processes:
         error(console, "--replay needs the one-process lab (memory: store)")
         return 2
