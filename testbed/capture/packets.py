@@ -452,21 +452,19 @@ class Capture:
                     if first is None:
                         first = ts
                     if sharing:
+                        owner = -1                            # every reader's
                         if caplen >= 54:
                             head, proto, a, b, sport, dport = shared(buf, at + 12)
                             if head == shareable and proto == 6 and sport not in ports \
                                     and dport not in ports:
                                 owner = owners[(a ^ b ^ sport ^ dport) % buckets]
-                                if owner != me:
-                                    if hand is not None:      # another reader's flow
-                                        give = hand[owner]
-                                        give(base + at - rlen)
-                                        give(index)
-                                    continue
-                            elif hand is not None:            # every reader's
-                                for give in everyone:
+                        if owner >= 0:
+                            if owner != me:
+                                if hand is not None:          # another reader's flow
+                                    give = hand[owner]
                                     give(base + at - rlen)
                                     give(index)
+                                continue
                         elif hand is not None:
                             for give in everyone:
                                 give(base + at - rlen)
