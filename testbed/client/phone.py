@@ -103,6 +103,14 @@ class Phone:
         self._reconnecting = False
         self._reconnect_lock = asyncio.Lock()
         self._beat: Optional[asyncio.Future] = None   # the heartbeat's wait, while it waits
+        # the callback chain's state while `_beats` runs: its link, the interval it waits
+        # out, its timer, the NOOP out (None between beats), the stop and the NOOP timeout
+        self._beat_link: Optional[LongLink] = None
+        self._beat_interval = 0.0
+        self._beat_timer = None
+        self._beat_noop: Optional[asyncio.Future] = None
+        self._beat_stop: Optional[asyncio.Event] = None
+        self._noop_timeout = 0.0
         self.errors: list[BaseException] = []
         self.nearby: Optional[NearbyResult] = None     # the last people_nearby
         self._news = asyncio.Event()     # set (and replaced) when a message or push arrives
@@ -228,16 +236,17 @@ class Phone:
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the link alive until `stop` is set (or the phone is stopped): the heartbeat
         loop."""
-        # one waiter for the whole loop, not one per beat: a Task, `asyncio.wait` and a
-        # timeout context per NOOP were most of the phone's CPU per heartbeat. It, and each
-        # link's closing, wake the beat's wait (`_beat`) through callbacks set once, not
-        # once per beat.
+        # The steady beat (wait, NOOP, answer, the next wait) is a chain of callbacks on one
+        # future (`_beats`), not this coroutine woken twice per beat: a Task step per wait
+        # and per answer was most of the Python a beat cost. The coroutine takes over for
+        # whatever is not a plain beat: a reconnect, a failed NOOP, a sync owed, the stop.
+        # The stop and each link's closing wake the chain's wait through callbacks set once.
         stopped = asyncio.ensure_future(stop.wait())
         stopped.add_done_callback(self._wake_beat)
+        self._beat_stop = stop
         watched: Optional[LongLink] = None
         clock, metrics, policy = self.clock, self.metrics, self.policy
-        create_future = asyncio.get_running_loop().create_future
-        noop_timeout = self.timeout(policy.noop_timeout_s)
+        self._noop_timeout = noop_timeout = self.timeout(policy.noop_timeout_s)
         try:
             while not stop.is_set() and not self._stopping:
                 link = self.session.link
@@ -251,48 +260,131 @@ class Phone:
                 if self._sync_owed and (self._sync_task is None or self._sync_task.done()):
                     self._sync_task = asyncio.ensure_future(self._sync_loop())
                 interval = policy.interval()
-                due = link.last_tx + interval
                 now = clock.now()
-                if due > now:
-                    # the beat's wait: one future and one clock timer, woken early by a stop
-                    # or the link's closing (`_wake_beat`)
-                    waiter = self._beat = create_future()
-                    timer = clock.call_at(due, self._wake_beat)
-                    try:
-                        await waiter
-                    finally:
-                        timer.cancel()
-                        self._beat = None
-                    if stop.is_set() or not link.is_open:
+                if link.last_tx + interval > now:
+                    # beats by callbacks until one fails (its interval and error come back)
+                    # or something calls for this loop (None)
+                    failed = await self._beats(link, interval)
+                    if failed is None:
                         continue
-                    now = clock.now()
-                    if link.last_tx + interval > now:
-                        continue   # the link carried something meanwhile: NAT state is fresh
-                metrics.wakeups += 1
-                metrics.heartbeats_sent += 1
-                metrics.intervals.append(now - link.last_tx)
-                try:
-                    await link.noop(timeout=noop_timeout)
-                except (asyncio.TimeoutError, LinkClosed):
-                    if stop.is_set():
-                        break
-                    if link.is_open:   # no answer on an open link: it died silently
-                        metrics.silent_deaths += 1
-                        policy.on_failure(interval)
-                    else:
-                        metrics.links_closed += 1
-                    await self.reconnect()
-                    continue
-                metrics.heartbeats_answered += 1
-                policy.on_success(interval)
+                    interval, exc = failed
+                else:
+                    metrics.wakeups += 1
+                    metrics.heartbeats_sent += 1
+                    metrics.intervals.append(now - link.last_tx)
+                    try:
+                        await link.noop(timeout=noop_timeout)
+                        exc = None
+                    except (asyncio.TimeoutError, LinkClosed) as e:
+                        exc = e
+                    if exc is None:
+                        metrics.heartbeats_answered += 1
+                        policy.on_success(interval)
+                        continue
+                if stop.is_set():
+                    break
+                if link.is_open:   # no answer on an open link: it died silently
+                    metrics.silent_deaths += 1
+                    policy.on_failure(interval)
+                else:
+                    metrics.links_closed += 1
+                await self.reconnect()
         except Exception as exc:
             self.errors.append(exc)
             raise
         finally:
             stopped.cancel()
 
+    async def _beats(self, link: LongLink, interval: float):
+        """Heartbeat `link` by callbacks (`_beat_due`, `_beat_answered`, `_beat_next`) until
+        a NOOP fails: (its interval, its error); None when `run` must look again (the stop,
+        the link closed or replaced, a sync owed, a beat already due)."""
+        waiter = self._beat = asyncio.get_running_loop().create_future()
+        self._beat_link = link
+        self._beat_interval = interval
+        self._beat_timer = self.clock.call_at(link.last_tx + interval, self._beat_due)
+        try:
+            return await waiter
+        finally:
+            self._beat = None
+            if self._beat_timer is not None:
+                self._beat_timer.cancel()
+                self._beat_timer = None
+            noop, self._beat_noop = self._beat_noop, None
+            if noop is not None:   # cancelled while a NOOP was out: forget it, as awaiting it
+                noop.remove_done_callback(self._beat_answered)
+                noop.cancel()
+
+    def _beat_end(self, result: Any = None, exc: Optional[BaseException] = None) -> None:
+        """Hand the heartbeat back to `run`."""
+        waiter = self._beat
+        if waiter is None or waiter.done():
+            return
+        if exc is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(result)
+
+    def _beat_due(self) -> None:
+        """The chain's timer: the link was quiet for the interval, unless it carried
+        something meanwhile (then wait again, from its last write)."""
+        self._beat_timer = None
+        link = self._beat_link
+        try:
+            if self._beat_stop.is_set() or not link.is_open:
+                return self._beat_end()
+            now = self.clock.now()
+            if link.last_tx + self._beat_interval > now:
+                return self._beat_next()   # the link carried something: NAT state is fresh
+            metrics = self.metrics
+            metrics.wakeups += 1
+            metrics.heartbeats_sent += 1
+            metrics.intervals.append(now - link.last_tx)
+            try:
+                noop = link.noop(timeout=self._noop_timeout)
+            except LinkClosed as exc:
+                return self._beat_end((self._beat_interval, exc))
+            self._beat_noop = noop
+            noop.add_done_callback(self._beat_answered)
+        except Exception as exc:
+            self._beat_end(exc=exc)
+
+    def _beat_answered(self, noop: asyncio.Future) -> None:
+        self._beat_noop = None
+        try:
+            exc = noop.exception()
+            if exc is not None:
+                if isinstance(exc, (asyncio.TimeoutError, LinkClosed)):
+                    return self._beat_end((self._beat_interval, exc))
+                return self._beat_end(exc=exc)
+            self.metrics.heartbeats_answered += 1
+            self.policy.on_success(self._beat_interval)
+            self._beat_next()
+        except Exception as exc:
+            self._beat_end(exc=exc)
+
+    def _beat_next(self) -> None:
+        """What the top of `run`'s loop checks, then the next beat's timer, or back to
+        `run` for anything else."""
+        link = self._beat_link
+        if self._beat_stop.is_set() or self._stopping or self.session.link is not link \
+                or not link.is_open \
+                or (self._sync_owed and (self._sync_task is None or self._sync_task.done())):
+            return self._beat_end()
+        interval = self.policy.interval()
+        due = link.last_tx + interval
+        if due <= self.clock.now():
+            return self._beat_end()   # due already: `run` sends it
+        self._beat_interval = interval
+        self._beat_timer = self.clock.call_at(due, self._beat_due)
+
     def _wake_beat(self, *_: object) -> None:
-        if self._beat is not None:
+        # the stop or a link's closing; not while a NOOP is out: its outcome comes first
+        # (the link's closing fails it), as `run` awaiting it would see
+        if self._beat is not None and self._beat_noop is None:
+            if self._beat_timer is not None:
+                self._beat_timer.cancel()
+                self._beat_timer = None
             wake(self._beat)
 
     # ------------------------------------------------------------------ sync

@@ -118,8 +118,13 @@ class Clock:
         # began (to the millisecond), so a timer set late in a busy iteration woke that much
         # early and was set again. Both loops' `time()` is CLOCK_MONOTONIC; the delay is
         # taken from `now()`, so a clock whose `now()` is its own (a test's) still works.
-        timer._handle = asyncio.get_running_loop().call_at(
-            time.monotonic() + (timer.when - self.now()) / self.scale, timer)
+        # For this class's own `now()` that is `origin + when / scale`, no clock read at all
+        # (every heartbeat and NOOP deadline of the phones and the lab is armed here).
+        if type(self).now is _CLOCK_NOW:
+            at = self._wall0 + timer.when / self.scale
+        else:
+            at = time.monotonic() + (timer.when - self.now()) / self.scale
+        timer._handle = asyncio.get_running_loop().call_at(at, timer)
 
     async def sleep_until(self, when: float) -> None:
         """Return at protocol time `when`."""
@@ -146,6 +151,9 @@ class Clock:
         """`aw`'s result, or TimeoutError after `timeout` protocol seconds (it is cancelled)."""
         async with self.timeout(timeout):
             return await aw
+
+
+_CLOCK_NOW = Clock.now
 
 
 class ManualClock(Clock):
