@@ -85,7 +85,6 @@ from testbed.wire.commands import command_for_frame
 from testbed.wire.errors import RemoteProtocolError
 from testbed.wire.frames import HEADER, HEADER_LEN, VERSION, FrameDecoder
 
-from .accept import BatchServer, start_batch_server
 from .limits import AddressCap, peer_address
 from .memory_transport import LocalServers
 
@@ -744,7 +743,7 @@ class NatRelay:
         self.local = local   # the lab's servers in this loop: upstream legs in memory
         self._stats = NatStats()
         self._mappings: set[_Mapping] = set()
-        self._servers: list[BatchServer] = []
+        self._servers: list[asyncio.AbstractServer] = []
         self._ports: dict[int, tuple[str, int]] = {}
         self._closing = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -777,9 +776,7 @@ class NatRelay:
             self._loop = loop
         target = (target_host, target_port)
         box: list[int] = [listen_port]
-        # every waiting connection per readiness: uvloop's own server accepts one per loop
-        # iteration, and thousands of reconnects queued here (docs/performance.md)
-        server = await start_batch_server(
+        server = await loop.create_server(
             lambda: _Leg(_Mapping(self, target, box[0], host), True),
             listen_host, listen_port, backlog=backlog or self.backlog, reuse_address=True)
         port = server.sockets[0].getsockname()[1]
