@@ -21,6 +21,7 @@ from testbed.wire.commands import NOOP_CMD, decode_response
 from testbed.wire.connection import Push, Reply, TimedOut, WrongReply
 
 from .linkobserver import LinkObserver
+from .source_ports import create_connection_from
 
 
 class LinkClosed(ConnectionError):
@@ -88,9 +89,11 @@ class LongLink:
         # a timeout context, not `wait_for`: that wraps the connect in a Task of its own,
         # once per reconnect (tens of thousands in the heartbeat study)
         async with asyncio.timeout(timeout):
-            await loop.create_connection(
-                lambda: _LinkProtocol(link), host, port,
-                local_addr=(local_addr, 0) if local_addr else None)
+            if local_addr:      # a port not reused while a NAT may hold its old mapping
+                await create_connection_from(loop, lambda: _LinkProtocol(link), host, port,
+                                             local_addr)
+            else:
+                await loop.create_connection(lambda: _LinkProtocol(link), host, port)
         link.address = (host, port)
         if link.faults is not None:
             link._fault_timers = [link.clock.call_later(f.spec.at, link._link_fault, f)
