@@ -269,17 +269,14 @@ class Phone:
                         continue
                     interval, exc = failed
                 else:
-                    metrics.wakeups += 1
-                    metrics.heartbeats_sent += 1
-                    metrics.intervals.append(now - link.last_tx)
+                    self._beat_sent(link, now)
                     try:
                         await link.noop(timeout=noop_timeout)
                         exc = None
                     except (asyncio.TimeoutError, LinkClosed) as e:
                         exc = e
                     if exc is None:
-                        metrics.heartbeats_answered += 1
-                        policy.on_success(interval)
+                        self._beat_ok(interval)
                         continue
                 if stop.is_set():
                     break
@@ -315,6 +312,18 @@ class Phone:
                 noop.remove_done_callback(self._beat_answered)
                 noop.cancel()
 
+    def _beat_sent(self, link: LongLink, now: float) -> None:
+        """Count a heartbeat going out on `link` at `now` (a wake-up, and its interval)."""
+        metrics = self.metrics
+        metrics.wakeups += 1
+        metrics.heartbeats_sent += 1
+        metrics.intervals.append(now - link.last_tx)
+
+    def _beat_ok(self, interval: float) -> None:
+        """A heartbeat sent after `interval` was answered: count it, tell the policy."""
+        self.metrics.heartbeats_answered += 1
+        self.policy.on_success(interval)
+
     def _beat_end(self, result: Any = None, exc: Optional[BaseException] = None) -> None:
         """Hand the heartbeat back to `run`."""
         waiter = self._beat
@@ -336,10 +345,7 @@ class Phone:
             now = self.clock.now()
             if link.last_tx + self._beat_interval > now:
                 return self._beat_next()   # the link carried something: NAT state is fresh
-            metrics = self.metrics
-            metrics.wakeups += 1
-            metrics.heartbeats_sent += 1
-            metrics.intervals.append(now - link.last_tx)
+            self._beat_sent(link, now)
             try:
                 noop = link.noop(timeout=self._noop_timeout)
             except LinkClosed as exc:
@@ -357,8 +363,7 @@ class Phone:
                 if isinstance(exc, (asyncio.TimeoutError, LinkClosed)):
                     return self._beat_end((self._beat_interval, exc))
                 return self._beat_end(exc=exc)
-            self.metrics.heartbeats_answered += 1
-            self.policy.on_success(self._beat_interval)
+            self._beat_ok(self._beat_interval)
             self._beat_next()
         except Exception as exc:
             self._beat_end(exc=exc)
