@@ -264,8 +264,18 @@ class _Bucket:
             del buckets[self.end]
         self.timer = None
         self.live = 0
+        error = None
         for timer in self.timers:
-            timer._run()
+            try:
+                timer._run()
+            except Exception as exc:    # noqa: BLE001 - raised below
+                # one failing callback must not lose the rest of the bucket (each would have
+                # been a loop handle of its own); the first error is raised after them, to
+                # the loop's exception handler, or out of a manual clock's `advance`
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
 
 
 class ManualClock(Clock):

@@ -7,6 +7,8 @@ import asyncio
 import math
 import random
 
+import pytest
+
 from testbed.lab.clock import WHEEL_RESOLUTION_WALL_S, Clock, ManualClock
 
 
@@ -114,6 +116,20 @@ async def test_a_timer_set_again_from_its_callback_fires_again():
     clock.coarse.call_at(10.0, tick, 0)                 # (8, 12]: fires at 12
     await clock.advance_to(100.0)
     assert seen == [(0, 12.0), (1, 24.0), (2, 24.0)]
+
+
+async def test_a_failing_callback_does_not_lose_the_rest_of_its_bucket():
+    clock = WallManualClock(scale=1000)
+    fired = []
+
+    def fail() -> None:
+        raise RuntimeError("a callback's bug")
+
+    clock.coarse.call_at(9.0, fail)
+    clock.coarse.call_at(10.0, fired.append, "after it")
+    with pytest.raises(RuntimeError, match="a callback's bug"):
+        await clock.advance_to(12.0)       # as an exact timer's error would
+    assert fired == ["after it"]
 
 
 # ---------------------------------------------------------------------- real clocks
