@@ -5,7 +5,8 @@ is answered inline from `data_received`; every other request goes through the co
 to `Service.handle`, one at a time per link so replies keep the order of requests.
 
 A link is closed when it breaks the framing, sends nothing for the idle timeout, or leaves a
-frame unfinished past the frame deadline (both on the lab clock); a close that must flush
+frame unfinished past the frame deadline (both on the lab clock, by one of its coarse timers:
+never early, at most a few milliseconds of wall time late); a close that must flush
 replies to a peer that does not read them becomes an abort after `CLOSE_FLUSH_WALL_S`, so no
 peer holds a socket by not reading. An address over the per-address cap is closed at once.
 """
@@ -289,8 +290,11 @@ class LongLinkProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _arm_idle(self) -> None:
+        # a coarse timer (never early, a few ms of wall time late at most: an idle link
+        # closes at 660 s plus that, a frame deadline of at least a wall second likewise),
+        # so the links set again at every heartbeat share a few event-loop timers
         when = self.conn.get_timer()
-        self.idle_timer = None if when is None else self.server.clock.call_at(
+        self.idle_timer = None if when is None else self.server.clock.coarse.call_at(
             when, self._idle_check)
 
     def _rearm(self) -> None:

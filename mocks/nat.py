@@ -20,8 +20,11 @@ Idleness is judged exactly, against protocol-time stamps taken when bytes arrive
 arriving when `now - last_activity > idle_timeout_s` finds the mapping already dead. A single
 lazy timer per mapping on the relay's clock (set for the earliest possible expiry and set
 again for the rest when traffic came meanwhile, never touched on the data path) marks and
-counts mappings that expire with no traffic at all, and later runs the linger release. Every
-timer is on the clock, so a test's `ManualClock` drives expiry, linger and latency.
+counts mappings that expire with no traffic at all, and later runs the linger release; it is
+one of the clock's coarse timers (`Clock.coarse`: a few milliseconds of wall time late at
+most, never early), so a silent expiry is marked and a linger ends that much late, while the
+latency lines keep exact timers. Every timer is on the clock, so a test's `ManualClock`
+(where coarse timers are exact) drives expiry, linger and latency.
 
 Limits of the emulation: the relay terminates TCP, so after expiry the phone's kernel gets
 its writes ACKed by ours and never sees the ETIMEDOUT a real black hole ends in (death must be
@@ -470,7 +473,11 @@ class _Mapping:
 
     # -- timer: idle check while live, linger release once black-holed
     def _arm(self, protocol_delay: float) -> None:
-        self.timer = self.relay.clock.call_later(protocol_delay, self._on_timer)
+        # coarse (a few ms of wall time late at most, never early): idleness is judged
+        # exactly when bytes arrive, so this timer only marks the silent expiries and ends
+        # the linger, and thousands of mappings set again at every heartbeat share a few
+        # event-loop timers
+        self.timer = self.relay.clock.coarse.call_later(protocol_delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None

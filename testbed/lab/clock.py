@@ -8,6 +8,11 @@ swap in a `ManualClock` whose time moves only when the test says so.
 
 A timer on a `Clock` never fires before its protocol time: the event loop may wake a little
 early (uvloop rounds its timers to the millisecond), so a timer that does is set again.
+
+`Clock.coarse` is a `TimerWheel` on the clock: timers that may fire a few milliseconds of wall
+time late (never early) and share one event-loop timer per such slice of time, for the many
+deadlines whose exact instant does not matter (a NAT mapping's idle check, a link's idle
+timeout); the exact ones (latency, request timeouts) stay on `call_at`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
@@ -32,7 +38,7 @@ class Timer:
         self.when = when
         self._callback = callback
         self._args = args
-        self._handle: Optional[asyncio.Handle] = None
+        self._handle: Any = None    # the loop's handle, or a coarse timer's bucket
         self._clock = clock
         self.cancelled = False
 
@@ -51,6 +57,9 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # what it would have called goes now, not when the loop or a coarse timer's bucket
+        # lets go of the timer (a bucket keeps its cancelled timers until its end)
+        self._callback = self._args = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -64,7 +73,7 @@ class Timer:
 class Clock:
     """Protocol time = (wall seconds since `origin`) * scale, with timers on the running loop."""
 
-    __slots__ = ("scale", "_wall0", "_epoch0")
+    __slots__ = ("scale", "_wall0", "_epoch0", "coarse")
 
     def __init__(self, scale: float = 1.0, epoch: float | None = None,
                  origin: float | None = None) -> None:
@@ -75,6 +84,7 @@ class Clock:
         self.scale = float(scale)
         self._wall0 = time.monotonic() if origin is None else float(origin)
         self._epoch0 = time.time() if epoch is None else float(epoch)
+        self.coarse = TimerWheel(self)
 
     @property
     def origin(self) -> float:
@@ -154,6 +164,118 @@ class Clock:
 
 
 _CLOCK_NOW = Clock.now
+
+# how late a coarse timer may be, in wall seconds: a few loop iterations of a busy lab, well
+# under the 7.5 ms a study counts as a stall, and 4 protocol s a bucket at k = 1,000
+WHEEL_RESOLUTION_WALL_S = 0.004
+
+
+class TimerWheel:
+    """Coarse timers on a clock: `call_at` / `call_later` as the clock's, returning the same
+    `Timer`, but its deadline is put in a bucket of `width` protocol seconds (the
+    `resolution_wall_s` of wall time that is at the clock's scale) and each bucket that holds
+    a timer has one timer of its own on the clock, at the bucket's end, that runs the
+    bucket's timers in the order they were set. Setting a timer is a dict look-up and an
+    append, and cancelling one only counts it off its bucket (the bucket keeps it, and skips
+    it at its end; the bucket's own timer is cancelled when none is left in it), so thousands
+    of deadlines set again at every heartbeat cost a few event-loop timers per
+    `resolution_wall_s`, not one each.
+
+    A coarse timer never fires before its `when` (its bucket ends at or after every deadline
+    in it, and the clock's own timer is never early), and on a real clock at most
+    `resolution_wall_s` of wall time after it, beyond the event loop's own lateness: at any
+    scale, milliseconds of wall time. A manual clock has no wall time: its buckets are exact
+    deadlines (width 0), so a test sees a coarse timer fire at its `when`, as `call_at`'s.
+
+    Buckets belong to the running loop: a clock taken to another event loop starts new
+    buckets there (a bucket runs its timers where its own clock timer was set).
+    """
+
+    __slots__ = ("clock", "width", "_buckets", "_loop")
+
+    def __init__(self, clock: Clock, resolution_wall_s: float = WHEEL_RESOLUTION_WALL_S) -> None:
+        self.clock = clock
+        # a manual clock's `floor_wall` gives no wall time a duration: width 0, exact buckets
+        self.width = clock.floor_wall(0.0, resolution_wall_s)
+        self._buckets: dict[float, _Bucket] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Call `callback(*args)` at protocol time `when` or a little later (see the class)."""
+        timer = Timer(when, callback, args, self.clock)
+        # (no loop is running when a test sets a manual clock's timer from plain code)
+        loop = asyncio._get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._buckets = {}
+        width = self.width
+        if width:
+            end = math.ceil(when / width) * width
+            if end < when:      # the product rounded below `when`: the next bucket's end
+                end = (math.ceil(when / width) + 1) * width
+        else:
+            end = when
+        bucket = self._buckets.get(end)
+        if bucket is None:
+            bucket = self._buckets[end] = _Bucket(self, end)
+        bucket.timers.append(timer)
+        bucket.live += 1
+        timer._handle = bucket    # what `Timer.cancel` tells
+        return timer
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Call `callback(*args)` `delay` protocol seconds from now, or a little later."""
+        return self.call_at(self.clock.now() + delay, callback, *args)
+
+    def pending(self) -> int:
+        """How many coarse timers are set (not cancelled, not fired)."""
+        return sum(b.live for b in self._buckets.values())
+
+
+class _Bucket:
+    """The timers of one slice of a `TimerWheel`, run by one clock timer at its `end`; a
+    member timer's `_handle`, so that cancelling the timer counts it off here."""
+
+    __slots__ = ("wheel", "end", "timers", "live", "timer")
+
+    def __init__(self, wheel: TimerWheel, end: float) -> None:
+        self.wheel = wheel
+        self.end = end
+        self.timers: list[Timer] = []
+        self.live = 0
+        self.timer = wheel.clock.call_at(end, self._fire)
+
+    def cancel(self) -> None:
+        # a member timer was cancelled (Timer.cancel) before the bucket's end: the last one
+        # takes the bucket away
+        if self.timer is None:
+            return              # cancelled by a timer the bucket runs before it: skipped
+        self.live -= 1
+        if not self.live:
+            self.timer.cancel()
+            buckets = self.wheel._buckets
+            if buckets.get(self.end) is self:
+                del buckets[self.end]
+
+    def _fire(self) -> None:
+        # out of the wheel first: a timer set meanwhile for this slice makes a new bucket
+        buckets = self.wheel._buckets
+        if buckets.get(self.end) is self:
+            del buckets[self.end]
+        self.timer = None
+        self.live = 0
+        error = None
+        for timer in self.timers:
+            try:
+                timer._run()
+            except Exception as exc:    # noqa: BLE001 - raised below
+                # one failing callback must not lose the rest of the bucket (each would have
+                # been a loop handle of its own); the first error is raised after them, to
+                # the loop's exception handler, or out of a manual clock's `advance`
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
 
 
 class ManualClock(Clock):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from testbed.lab.clock import ManualClock
+from testbed.lab.clock import WHEEL_RESOLUTION_WALL_S, Clock, ManualClock
 from testbed.wire import encode_frame, pb
 
 from .helpers import HEADER, logged_in, raw_long, read_frame, wait_for
@@ -231,6 +231,29 @@ async def test_idle_link_is_closed(tmp_path):
         await clock.advance(0.25)             # 20 s after the last byte: closed with a FIN
         assert lab.long.idle_closed == 1
         assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        await lab.stop()
+
+
+async def test_on_a_real_clock_an_idle_link_closes_at_its_timeout_never_before(tmp_path):
+    """The idle timer is one of the clock's coarse timers: at k = 100 (20 protocol s are
+    0.2 s of wall time, a bucket 0.4 protocol s) the close comes after 20 s of silence,
+    never sooner, and a few milliseconds of wall time after it on a quiet machine."""
+    from tests.conftest import start_lab
+    clock = Clock(scale=100)
+    lab = await start_lab(tmp_path, users=1, server_idle_s=20, clock=clock)
+    try:
+        reader, writer = await raw_long(lab)
+        for seq in (1, 2, 3):        # each NOOP moves the deadline on
+            sent = clock.now()        # before the server's stamp of the bytes
+            writer.write(encode_frame(6, seq))
+            assert await read_frame(reader) == (6 + REPLY, seq, b"")
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        silent = clock.now() - sent
+        assert silent >= 20.0
+        # a bucket, and what a loaded machine's loops add (0.2 s of wall time)
+        assert silent <= 20.0 + clock.to_protocol(WHEEL_RESOLUTION_WALL_S + 0.2)
+        assert lab.long.idle_closed == 1
     finally:
         await lab.stop()
 
