@@ -34,7 +34,7 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
         *[x for p in POLICIES for x in ("--policy", p)],
         "--clients", "3", "--hours", "3", "--time-scale", "1200",
         "--messages-per-client-per-day", "16", "--seed", "7", "--processes", "0",
-        "--json", str(out), "--plot", str(png), "--quiet"])
+        "--online-per-s", "20", "--json", str(out), "--plot", str(png), "--quiet"])
     assert args.study_func is main_heartbeat
     assert args.study_func(args) == 0
 
@@ -96,6 +96,10 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
     if timing_ok:
         assert p270["delay_p99_s"] < 100, why   # a live link hears its NOTIFY at once
 
+    # 9 phones online at 20 a wall second: the last 8 / 20 s (480 protocol s) after the
+    # first, plus how long going online takes
+    assert data["config"]["online_per_s"] == 20
+    assert 480 <= data["start_spread_s"] < 480 + 600, data["start_spread_s"]
     assert data["max_loop_lag_s"] >= 0 and data["lag_samples"] > 0
     assert data["processes"] == 0 and list(data["lag_by_process"]) == ["lab+phones"]
     assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 5000
@@ -152,7 +156,7 @@ def test_study_bad_arguments_exit_2(tmp_path, capsys):
     for bad in (["--policy", "sometimes"], ["--clients", "0"], ["--hours", "-1"],
                 ["--time-scale", "zero"], ["--nat-timeout", "0"],
                 ["--messages-per-client-per-day", "-2"], ["--processes", "-1"],
-                ["--nat-upstream", "pipe"]):
+                ["--nat-upstream", "pipe"], ["--online-per-s", "-5"]):
         with pytest.raises(SystemExit) as exc:
             parser.parse_args(["study", "heartbeat", *bad])
         assert exc.value.code == 2, bad
