@@ -103,10 +103,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                     help="run the phones in N processes of their own, the lab in this one; "
                          "0: everything in one process (default: 2 with 2 CPUs or more)")
     hb.add_argument("--nat-upstream", choices=NAT_UPSTREAMS, default=None,
-                    help="how the lab's NAT reaches the long link behind it: a loopback "
-                         "socket (default) or an in-memory transport pair, cheaper per NOOP "
-                         "but with more event-loop stalls at 1,000 phones a policy "
-                         "(docs/performance.md); recorded in the --json config")
+                    help="how the lab's NAT reaches the long link behind it: an in-memory "
+                         "transport pair (default: a quarter less of the lab's CPU, fewer "
+                         "event-loop stalls) or a loopback socket (docs/performance.md); the "
+                         "phones reach the NAT by TCP either way; recorded in the --json config")
     hb.add_argument("--loop", choices=list(Loop), default=Loop.AUTO,
                     help="event loop (default: uvloop if installed)")
     hb.add_argument("--quiet", action="store_true", help="no progress bar")

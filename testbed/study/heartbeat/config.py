@@ -46,10 +46,13 @@ class StudyConfig:
     # phones each process takes online per wall second, evenly, in plan order (0: as fast
     # as `online_concurrency` lets them): 1,500 at once saturated every loop for half a
     # second of wall time, the windows' first stalls, and bunched the phones' first beats
-    # (and fixed:1680's first deaths) as much
-    online_per_s: float = 1000.0
-    # how the lab's NAT reaches the long link: "socket" or "memory" (`LabConfig.nat_upstream`)
-    nat_upstream: str = "socket"
+    # (and fixed:1680's first deaths) as much; at 1,000 a second the lab still stalled
+    # while they came
+    online_per_s: float = 500.0
+    # how the lab's NAT reaches the long link: "socket" or "memory" (`LabConfig.nat_upstream`);
+    # in memory the lab spends a quarter less CPU and, with the phones' beats kept on their
+    # phase, stalls less too (docs/performance.md); the phones' leg is loopback TCP either way
+    nat_upstream: str = "memory"
     processes: Optional[int] = None         # phone processes; 0: phones in the lab's process;
                                             # None: 2 where there are 2 CPUs or more, else 0
     loop: str = "auto"                      # event loop of phone processes: auto/asyncio/uvloop
