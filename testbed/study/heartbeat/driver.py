@@ -147,8 +147,8 @@ class PhoneFleet:
     Phase 1 logs every phone in (TLS), takes its newinit on the short link and resolves
     the long link's name, `start_concurrency` phones at a time; once every phone of the
     study is in (`barrier`), phase 2 opens each phone's long link, `online_per_s` a wall
-    second (and `online_concurrency` at most at a time), and its window starts: the costly TLS handshakes are over before any heartbeat's
-    timing matters."""
+    second (`online_concurrency` at most at a time), and its window starts: the costly TLS
+    handshakes are over before any heartbeat's timing matters."""
 
     def __init__(self, manifest, clock, config: StudyConfig, plans: list[PhonePlan],
                  sender: tuple[str, str, Optional[str]], *,
