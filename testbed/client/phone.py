@@ -110,6 +110,10 @@ class Phone:
         self._beat_timer = None
         self._beat_noop: Optional[asyncio.Future] = None
         self._beat_stop: Optional[asyncio.Event] = None
+        # where the chain's beats are anchored: when its timer was due, and the link's
+        # `bytes_sent` right after its own NOOP went out (None: no NOOP of the chain yet)
+        self._beat_at = 0.0
+        self._beat_sent_mark: Optional[int] = None
         self._noop_timeout = 0.0
         self.errors: list[BaseException] = []
         self.nearby: Optional[NearbyResult] = None     # the last people_nearby
@@ -299,7 +303,9 @@ class Phone:
         waiter = self._beat = asyncio.get_running_loop().create_future()
         self._beat_link = link
         self._beat_interval = interval
-        self._beat_timer = self.clock.call_at(link.last_tx + interval, self._beat_due)
+        self._beat_sent_mark = None
+        self._beat_at = link.last_tx + interval
+        self._beat_timer = self.clock.call_at(self._beat_at, self._beat_due)
         try:
             return await waiter
         finally:
@@ -343,13 +349,15 @@ class Phone:
             if self._beat_stop.is_set() or not link.is_open:
                 return self._beat_end()
             now = self.clock.now()
-            if link.last_tx + self._beat_interval > now:
+            if link.bytes_sent != self._beat_sent_mark \
+                    and link.last_tx + self._beat_interval > now:
                 return self._beat_next()   # the link carried something: NAT state is fresh
             self._beat_sent(link, now)
             try:
                 noop = link.noop(timeout=self._noop_timeout)
             except LinkClosed as exc:
                 return self._beat_end((self._beat_interval, exc))
+            self._beat_sent_mark = link.bytes_sent
             self._beat_noop = noop
             noop.add_done_callback(self._beat_answered)
         except Exception as exc:
@@ -377,10 +385,20 @@ class Phone:
                 or (self._sync_owed and (self._sync_task is None or self._sync_task.done())):
             return self._beat_end()
         interval = self.policy.interval()
-        due = link.last_tx + interval
+        # After a beat of the chain's own, with nothing else sent since, the next is due an
+        # interval after the last was due, not after it went out: a loop busy for a moment
+        # sends every beat due in it late, and timing each phone's next from its late one
+        # would keep those phones beating together for the rest of the run, a burst that
+        # makes the next moment busy too. The NAT never sees a longer gap this way: the
+        # gap is the interval plus this beat's lateness less the last one's.
+        if link.bytes_sent == self._beat_sent_mark:
+            due = self._beat_at + interval
+        else:
+            due = link.last_tx + interval
         if due <= self.clock.now():
             return self._beat_end()   # due already: `run` sends it
         self._beat_interval = interval
+        self._beat_at = due
         self._beat_timer = self.clock.call_at(due, self._beat_due)
 
     def _wake_beat(self, *_: object) -> None:

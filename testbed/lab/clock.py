@@ -348,6 +348,18 @@ class ManualClock(Clock):
         self._t = when
         await self._settle()
 
+    async def stall_to(self, when: float) -> None:
+        """Move time to `when` as a loop busy until then would: the timers due on the way
+        fire at `when`, late, in the order they were due."""
+        if when < self._t:
+            raise ValueError(f"time does not run backwards: {when} < {self._t}")
+        await self._settle()
+        self._t = when
+        heap = self._heap
+        while heap and heap[0][0] <= when:
+            heapq.heappop(heap)[2]._run()
+        await self._settle()
+
     async def _settle(self) -> None:
         for _ in range(self.settle_rounds):
             await asyncio.sleep(0)

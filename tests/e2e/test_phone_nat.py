@@ -153,6 +153,35 @@ async def test_an_answered_heartbeat_leaves_no_timer_behind(tmp_path):
         await d.close()
 
 
+async def test_a_late_heartbeat_leaves_the_next_on_its_phase(tmp_path):
+    """A loop busy for a moment sends the beat due in it late; the next is due an interval
+    after the late one was due, not after it went out (phones delayed together would
+    otherwise beat together from then on). The NAT sees a shorter gap, never a longer one;
+    once the link carries something else, the interval counts from that again."""
+    d = await Drive.start(tmp_path, "fixed:270")
+    try:
+        p, m, clock = d.phone, d.phone.metrics, d.clock
+        link = p.session.link
+        due = link.last_tx + 270.0
+        await clock.stall_to(due + 20.0)          # the beat goes out 20 s late
+        await wait_for(lambda: m.heartbeats_answered == 1)
+        assert link.last_tx == due + 20.0
+        await clock.advance_to(due + 270.0 - 1.0)
+        assert m.heartbeats_sent == 1              # not early ...
+        await clock.advance_to(due + 270.0)        # ... and back on its phase
+        await wait_for(lambda: m.heartbeats_answered == 2)
+        assert await d.heartbeat()                 # then a whole interval again
+        assert m.intervals == pytest.approx([290.0, 250.0, 270.0])
+        await clock.stall_to(link.last_tx + 270.0 + 5.0)   # late again, then a message
+        await wait_for(lambda: m.heartbeats_answered == 4)
+        await d.message(clock.now() + 100.0)
+        assert await d.heartbeat()                 # from the message's sync, not the phase
+        assert m.intervals == pytest.approx([290.0, 250.0, 270.0, 275.0, 270.0])
+        assert m.silent_deaths == 0 and d.lab.nat.stats.mappings_expired == 0
+    finally:
+        await d.close()
+
+
 async def test_fixed_1680_dies_at_every_heartbeat_and_loses_nothing(tmp_path):
     d = await Drive.start(tmp_path, "fixed:1680")
     try:

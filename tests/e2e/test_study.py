@@ -34,7 +34,7 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
         *[x for p in POLICIES for x in ("--policy", p)],
         "--clients", "3", "--hours", "3", "--time-scale", "1200",
         "--messages-per-client-per-day", "16", "--seed", "7", "--processes", "0",
-        "--json", str(out), "--plot", str(png), "--quiet"])
+        "--online-per-s", "20", "--json", str(out), "--plot", str(png), "--quiet"])
     assert args.study_func is main_heartbeat
     assert args.study_func(args) == 0
 
@@ -42,7 +42,7 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
     by = {p["policy"]: p for p in data["policies"]}
     assert list(by) == POLICIES
     assert data["config"]["clients"] == 3 and data["config"]["nat_timeout_s"] == 300
-    assert data["config"]["nat_upstream"] == "socket"      # the default: as on main
+    assert data["config"]["nat_upstream"] == "memory"      # the study's default
     for p in by.values():
         assert p["clients"] == 3
         assert p["window_s"] >= 3 * 3600
@@ -96,6 +96,10 @@ def test_study_heartbeat_cli_shows_the_shape(tmp_path):
     if timing_ok:
         assert p270["delay_p99_s"] < 100, why   # a live link hears its NOTIFY at once
 
+    # 9 phones online at 20 a wall second: the last 8 / 20 s (480 protocol s) after the
+    # first, plus how long going online takes
+    assert data["config"]["online_per_s"] == 20
+    assert 480 <= data["start_spread_s"] < 480 + 600, data["start_spread_s"]
     assert data["max_loop_lag_s"] >= 0 and data["lag_samples"] > 0
     assert data["processes"] == 0 and list(data["lag_by_process"]) == ["lab+phones"]
     assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 5000
@@ -119,10 +123,10 @@ def test_study_phones_in_their_own_processes(tmp_path):
         "study", "heartbeat", "--policy", "fixed:270", "--policy", "fixed:1680",
         "--clients", "2", "--hours", "1", "--time-scale", "500",
         "--messages-per-client-per-day", "48", "--processes", "2", "--json", str(out),
-        "--loop", "asyncio", "--nat-upstream", "memory", "--quiet"])
+        "--loop", "asyncio", "--nat-upstream", "socket", "--quiet"])
     assert args.study_func(args) == 0
     data = json.loads(out.read_text())
-    assert data["config"]["nat_upstream"] == "memory"    # as the lab had it (its manifest)
+    assert data["config"]["nat_upstream"] == "socket"    # as the lab had it (its manifest)
     assert data["processes"] == 2
     assert data["event_loop"].startswith("asyncio."), data["event_loop"]   # in the phones too
     assert set(data["lag_by_process"]) == {"lab", "phones-1", "phones-2"}
@@ -152,7 +156,7 @@ def test_study_bad_arguments_exit_2(tmp_path, capsys):
     for bad in (["--policy", "sometimes"], ["--clients", "0"], ["--hours", "-1"],
                 ["--time-scale", "zero"], ["--nat-timeout", "0"],
                 ["--messages-per-client-per-day", "-2"], ["--processes", "-1"],
-                ["--nat-upstream", "pipe"]):
+                ["--nat-upstream", "pipe"], ["--online-per-s", "-5"]):
         with pytest.raises(SystemExit) as exc:
             parser.parse_args(["study", "heartbeat", *bad])
         assert exc.value.code == 2, bad
@@ -199,7 +203,7 @@ def test_study_config_defaults_and_margin():
     c.validate()
     assert c.policies == ("fixed:270", "fixed:1680", "mars") and c.clients == 100
     assert c.hours == 24 and c.time_scale == 2000 and c.messages_per_client_per_day == 4
-    assert c.nat_upstream == "socket"
+    assert c.nat_upstream == "memory" and c.online_per_s == 500
     assert c.phone_processes() in (0, 2)
     assert timing_margin(c) == 30
     # at k = 2000 the phone's NOOP timeout is floored at 50 ms of wall time: 100 protocol s

@@ -31,6 +31,20 @@ async def test_manual_timers_fire_in_order_each_at_its_own_time():
         await clock.advance_to(10.0)
 
 
+async def test_a_stall_fires_the_timers_due_in_it_late_in_their_order():
+    clock = ManualClock(start=100.0)
+    fired = []
+    clock.call_at(130.0, lambda: fired.append(("b", clock.now())))
+    clock.call_at(110.0, lambda: fired.append(("a", clock.now())))
+    clock.call_at(200.0, lambda: fired.append(("after", clock.now())))
+    await clock.stall_to(150.0)
+    assert fired == [("a", 150.0), ("b", 150.0)] and clock.now() == 150.0
+    await clock.advance_to(200.0)
+    assert fired[-1] == ("after", 200.0)
+    with pytest.raises(ValueError):
+        await clock.stall_to(10.0)
+
+
 async def test_wake_resolves_a_waiter_once_from_a_timer_or_another_futures_end():
     """One waiter for whichever comes first: the timer and the other future both wake it,
     the second without an InvalidStateError."""

@@ -15,7 +15,7 @@ How it is measured (docs/heartbeat-study.md explains each choice):
 * set-up: every phone logs in over TLS, takes newinit on the short link and resolves the
   long link's name first (`start_concurrency` at a time per process; a request the NAT
   forgot is sent again); only when all are in do phones open their long links
-  (`online_concurrency` at a time per process), so the costly handshakes are over before
+  (`online_per_s` a wall second per process, evenly), so the costly handshakes are over before
   any heartbeat's timing matters. A phone's window opens when its long link is
   identified and synced, and closes `hours` later, at the first moment no heartbeat or
   reconnect is in flight (so every heartbeat counted has its outcome counted); its counters

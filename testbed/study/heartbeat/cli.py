@@ -82,6 +82,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     hb.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     hb.add_argument("--server-idle", type=positive_float, default=None,
                     metavar="SECONDS", help="server idle timeout (default: the profile's)")
+    hb.add_argument("--online-per-s", type=nonneg_float, default=StudyConfig.online_per_s,
+                    metavar="N", help="phones each phone process takes online per wall "
+                    "second once all are logged in, evenly (default %(default)g; 0: all at "
+                    "once, which stalls the loops and bunches the first heartbeats)")
     hb.add_argument("--radio", dest="radio", action="append", default=[], metavar="PROFILE",
                     help="what the phones' traffic costs a cellular radio on this profile "
                          "(umts-2010, lte-2012, or a profile .json; repeatable): wake-ups, "
@@ -99,10 +103,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                     help="run the phones in N processes of their own, the lab in this one; "
                          "0: everything in one process (default: 2 with 2 CPUs or more)")
     hb.add_argument("--nat-upstream", choices=NAT_UPSTREAMS, default=None,
-                    help="how the lab's NAT reaches the long link behind it: a loopback "
-                         "socket (default) or an in-memory transport pair, cheaper per NOOP "
-                         "but with more event-loop stalls at 1,000 phones a policy "
-                         "(docs/performance.md); recorded in the --json config")
+                    help="how the lab's NAT reaches the long link behind it: an in-memory "
+                         "transport pair (default: a quarter less of the lab's CPU, fewer "
+                         "event-loop stalls) or a loopback socket (docs/performance.md); the "
+                         "phones reach the NAT by TCP either way; recorded in the --json config")
     hb.add_argument("--loop", choices=list(Loop), default=Loop.AUTO,
                     help="event loop (default: uvloop if installed)")
     hb.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -135,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
                        time_scale=StudyConfig.time_scale if scale is None else scale,
                        messages_per_client_per_day=args.messages_per_client_per_day,
                        seed=args.seed, server_idle_s=args.server_idle,
+                       online_per_s=getattr(args, "online_per_s", StudyConfig.online_per_s),
                        processes=getattr(args, "processes", None),
                        nat_upstream=getattr(args, "nat_upstream", None)
                        or StudyConfig.nat_upstream,

@@ -43,8 +43,16 @@ class StudyConfig:
     # (every 135 ms of wall time for fixed:270 at k = 2000) load every loop, so the rest
     # should follow fast; a step is three round trips (connect, IDENTIFY, newsync), no TLS
     online_concurrency: int = 256
-    # how the lab's NAT reaches the long link: "socket" or "memory" (`LabConfig.nat_upstream`)
-    nat_upstream: str = "socket"
+    # phones each process takes online per wall second, evenly, in plan order (0: as fast
+    # as `online_concurrency` lets them): 1,500 at once saturated every loop for half a
+    # second of wall time, the windows' first stalls, and bunched the phones' first beats
+    # (and fixed:1680's first deaths) as much; at 1,000 a second the lab still stalled
+    # while they came
+    online_per_s: float = 500.0
+    # how the lab's NAT reaches the long link: "socket" or "memory" (`LabConfig.nat_upstream`);
+    # in memory the lab spends a quarter less CPU and, with the phones' beats kept on their
+    # phase, stalls less too (docs/performance.md); the phones' leg is loopback TCP either way
+    nat_upstream: str = "memory"
     processes: Optional[int] = None         # phone processes; 0: phones in the lab's process;
                                             # None: 2 where there are 2 CPUs or more, else 0
     loop: str = "auto"                      # event loop of phone processes: auto/asyncio/uvloop
@@ -88,6 +96,10 @@ class StudyConfig:
             raise ValueError(f"drain_s must be >= 0, got {self.drain_s!r}")
         if self.start_concurrency < 1 or self.online_concurrency < 1:
             raise ValueError("start_concurrency and online_concurrency must be >= 1")
+        if not (isinstance(self.online_per_s, (int, float))
+                and math.isfinite(self.online_per_s) and self.online_per_s >= 0):
+            raise ValueError(f"--online-per-s must be a number of phones >= 0 (0: all at "
+                             f"once), got {self.online_per_s!r}")
         if self.processes is not None and (not isinstance(self.processes, int)
                                            or not 0 <= self.processes <= 64):
             raise ValueError(f"--processes must be 0 (phones in the lab's process) to 64, or "

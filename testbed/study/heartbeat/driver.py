@@ -146,9 +146,9 @@ class PhoneFleet:
 
     Phase 1 logs every phone in (TLS), takes its newinit on the short link and resolves
     the long link's name, `start_concurrency` phones at a time; once every phone of the
-    study is in (`barrier`), phase 2 opens each phone's long link, `online_concurrency` at a
-    time, and its window starts: the costly TLS handshakes are over before any heartbeat's
-    timing matters."""
+    study is in (`barrier`), phase 2 opens each phone's long link, `online_per_s` a wall
+    second (`online_concurrency` at most at a time), and its window starts: the costly TLS
+    handshakes are over before any heartbeat's timing matters."""
 
     def __init__(self, manifest, clock, config: StudyConfig, plans: list[PhonePlan],
                  sender: tuple[str, str, Optional[str]], *,
@@ -160,6 +160,7 @@ class PhoneFleet:
         self.window = config.window_s
         self.drain = config.effective_drain_s()
         self.phones = [_RunningPhone(p) for p in plans]
+        self.go_at = math.nan     # protocol time every phone of the study was in
         self.sender_user = sender
         self.sender = None
         self.report = report
@@ -314,6 +315,7 @@ class PhoneFleet:
     async def _cross_barrier(self) -> None:
         if self.barrier is not None:
             await self.barrier()
+        self.go_at = self.clock.now()
         self.everyone_in.set()
 
     async def _go_online(self, p: _RunningPhone) -> None:
@@ -329,9 +331,14 @@ class PhoneFleet:
                 if attempt == 2:
                     raise
 
-    async def _drive(self, p: _RunningPhone, sem: asyncio.Semaphore) -> None:
+    async def _drive(self, p: _RunningPhone, sem: asyncio.Semaphore, turn: int) -> None:
+        """One phone's study: logged in, online in its `turn` (`online_per_s`), its window,
+        its drain."""
         await self._log_in(p, sem)
         await self.everyone_in.wait()
+        if self.cfg.online_per_s > 0:
+            await self.sleep_until(self.go_at + self.clock.to_protocol(
+                turn / self.cfg.online_per_s))
         async with self._online:
             await self._go_online(p)
         p.t0 = self.clock.now()
@@ -409,7 +416,8 @@ class PhoneFleet:
             self.sender = Session(self.manifest, user, password, local_addr=source)
             await self.sender.login()
             sem = asyncio.Semaphore(self.cfg.start_concurrency)
-            drives = [asyncio.ensure_future(self._drive(p, sem)) for p in self.phones]
+            drives = [asyncio.ensure_future(self._drive(p, sem, j))
+                      for j, p in enumerate(self.phones)]
             try:
                 await asyncio.gather(*drives)
             except BaseException:
