@@ -3,9 +3,10 @@ as a ratio of a NOOP's round trip measured on the same links in the same run.
 
 What the heartbeat study's `fixed:1680` phones do at every beat (tens of thousands of times
 a run), without the heartbeats around it: a lab as the study starts it (a carrier NAT in
-front of the long link, k = 2000; its idle timeout 3,000 s, so that no link of the NOOP
-baseline expires between two of its rounds) in this process, `--phones` phones in a
-spawned process of their own, each from its own source address, logged in and online.
+front of the long link, its upstream leg the study's unless `--nat-upstream` says, k =
+2000; its idle timeout 3,000 s, so that no link of the NOOP baseline expires between two of
+its rounds) in this process, `--phones` phones in a spawned process of their own, each
+from its own source address, logged in and online.
 
 * The baseline: after a round of reconnects (unmeasured: the NAT forgot the early phones'
   links while the last ones logged in), `--rounds` rounds in which every phone sends a
@@ -38,6 +39,11 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as c  # noqa: E402
+
+from testbed.lab import NAT_UPSTREAMS  # noqa: E402
+from testbed.study.heartbeat.config import StudyConfig  # noqa: E402
+
+STUDY_UPSTREAM = StudyConfig.nat_upstream
 
 TIME_SCALE = 2000.0
 # 1.5 s of wall time: no link expires between two rounds of the NOOP baseline (300 s would
@@ -132,8 +138,9 @@ def main() -> int:
                        help="NOOPs and reconnects per phone (60; 3 quick)")
         p.add_argument("--concurrency", type=int, default=32,
                        help="phones under way at once (32)")
-        p.add_argument("--nat-upstream", choices=("socket", "memory"), default="socket",
-                       help="how the NAT reaches the long link (as `lab up --nat-upstream`)")
+        p.add_argument("--nat-upstream", choices=NAT_UPSTREAMS, default=STUDY_UPSTREAM,
+                       help="how the NAT reaches the long link (as `study heartbeat "
+                            f"--nat-upstream`; default {STUDY_UPSTREAM}, the study's)")
         p.add_argument("--loop", default="uvloop" if c.have_uvloop() else "asyncio",
                        help="event loop of both processes")
     args = c.parse_args(__doc__.splitlines()[0], extra)
