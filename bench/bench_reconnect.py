@@ -124,6 +124,11 @@ async def _call(child: c.Child, *msg):
     return child.recv(5.0)
 
 
+def _ratio(a: float, b: float) -> str:
+    # a short window (--quick) may show no CPU tick at all (they are 10 ms)
+    return f"{a / b:.1f}" if b else "-"
+
+
 def _window(cpu: c.CpuWindow) -> dict:
     got = cpu.stop()
     return {"wall_s": got["wall"], "lab_s": got["per_pid"][0] * got["wall"],
@@ -201,12 +206,12 @@ def main() -> int:
     for name, key in (("lab", "lab_s"), ("phones", "phones_s")):
         per_rec, per_noop = rec[key] / got, noop[key] / n
         rows.append([name, f"{rec[key]:.2f}", f"{1e6 * per_rec:.0f}", f"{noop[key]:.2f}",
-                     f"{1e6 * per_noop:.1f}", f"{per_rec / per_noop:.1f}"])
+                     f"{1e6 * per_noop:.1f}", _ratio(per_rec, per_noop)])
     both_rec = (rec["lab_s"] + rec["phones_s"]) / got
     both_noop = (noop["lab_s"] + noop["phones_s"]) / n
     rows.append(["both", f"{rec['lab_s'] + rec['phones_s']:.2f}", f"{1e6 * both_rec:.0f}",
                  f"{noop['lab_s'] + noop['phones_s']:.2f}", f"{1e6 * both_noop:.1f}",
-                 f"{both_rec / both_noop:.1f}"])
+                 _ratio(both_rec, both_noop)])
     c.print_table(
         f"reconnects: {phones:,} phones x {rounds} rounds, k = {TIME_SCALE:g}, NAT "
         f"{NAT_TIMEOUT_S:g} s, upstream {args.nat_upstream}, {args.loop}",
