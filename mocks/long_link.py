@@ -150,9 +150,12 @@ class LongLinkProtocol(asyncio.Protocol):
                 else:
                     chunk, data = data, b""
             if not self._feed(chunk, now, out):
+                self._start_work()
                 return
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.queue:
+            self._start_work()   # after the replies above: they answer earlier frames
         if conn.frame_started is not None:
             # a frame was begun: its deadline may come before the timer set for idleness
             timer = self.idle_timer
@@ -192,14 +195,36 @@ class LongLinkProtocol(asyncio.Protocol):
         self.close_bounded()
 
     def _request(self, req: Request) -> None:
+        """Queue a request for the worker (`data_received` starts it once the replies it
+        wrote itself are out)."""
         if self.queue is None:
             self.queue = collections.deque()
         self.queue.append(req)
         self.queued_bytes += req.size
-        if self.worker is None or self.worker.done():
-            self.worker = self.server.loop.create_task(self._work())
         if self._backlogged:
             self._set_reading()
+
+    def _start_work(self) -> None:
+        """Answer the queued requests, unless a worker already does. On a store that never
+        waits (`Store.waits`: the in-memory one) at once, in this callback, with no Task:
+        each reconnect's IDENTIFY and newsync made a Task of its own, tens of thousands in
+        the heartbeat study. Should the service wait all the same, a Task takes the work on
+        from that wait. On any other store a Task from the start (its calls time out with
+        `asyncio.timeout`, which needs one)."""
+        worker = self.worker
+        if worker is not None and not worker.done():
+            return
+        self.worker = None
+        work = self._work()
+        loop = self.server.loop
+        if self.server.service.store.waits:
+            self.worker = loop.create_task(work)
+            return
+        try:
+            waiting = work.send(None)
+        except StopIteration:
+            return
+        self.worker = loop.create_task(_go_on(work, waiting))
 
     @property
     def _backlogged(self) -> bool:
@@ -320,6 +345,36 @@ class LongLinkProtocol(asyncio.Protocol):
             self.close_bounded()
             return
         self._arm_idle()
+
+
+class _Rest:
+    """Awaiting it runs coroutine `coro` on from where it yielded `waiting` (begun outside a
+    Task, by `coro.send(None)`): the awaiting Task waits for that future, then resumes the
+    coroutine, and every later wait, result and thrown-in cancellation goes to it, as if it
+    had been the Task's own from the start (what `yield from` does, after the first step)."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro, waiting) -> None:
+        self.coro, self.waiting = coro, waiting
+
+    def __await__(self):
+        coro, waiting = self.coro, self.waiting
+        while True:
+            try:
+                yield waiting
+            except BaseException as exc:   # a cancellation, thrown into the coroutine
+                step, arg = coro.throw, exc
+            else:
+                step, arg = coro.send, None
+            try:
+                waiting = step(arg)
+            except StopIteration as done:
+                return done.value
+
+
+async def _go_on(coro, waiting):
+    return await _Rest(coro, waiting)
 
 
 class LongLinkServer:

@@ -12,7 +12,11 @@ reproduces it on loopback:
   seconds is black-holed: from then on bytes from either side are read and discarded, and
   nothing at all is sent to either side (the server's FIN or reset is not passed on either);
 * a black-holed mapping is finally released (both legs aborted) `blackhole_linger_s` protocol
-  seconds after it expired, so resources stay bounded;
+  seconds after it expired, so resources stay bounded; its server leg ends with a reset (at
+  the release, or when the phone's FIN or reset reaches the hole first): the server hears
+  nothing of the phone's that the NAT forgot, and the relay's side of that leg is left in no
+  TIME_WAIT (a FIN left one there per reconnect of the heartbeat study, tens of thousands
+  in the kernel's tables, each connect and segment of the lab slower for them);
 * before expiry a FIN is relayed as a FIN (half-close) and a reset on one leg aborts the other;
 * an optional fixed one-way latency delays every chunk (and FIN), preserving order.
 
@@ -45,7 +49,8 @@ crosses loopback once in the lab's process (phone -> relay) instead of three tim
 target (another process's, `testbed serve nat`'s, the short link's TLS port) is reached by
 `loop.create_connection`. The client leg is always a socket, and the tap watches only that
 side, so captures are unchanged. On a memory leg `abort()` is always a reset (there is no
-socket to set `SO_LINGER` on), so the server sees an aborted mapping as a reset, not a FIN. The relay parses nothing, unless the
+socket to set `SO_LINGER` on), so the server sees any aborted mapping as a reset, not a FIN
+(on a socket leg only a black-holed one). The relay parses nothing, unless the
 lab has frame faults (`faults=`, `testbed.lab.faults`): then what a long-link server sends is
 read as whole frames, each sent on through the faults (dropped, delayed, duplicated,
 truncated, split in two segments), and a connection to any host can be reset or black-holed
@@ -595,10 +600,11 @@ class _Mapping:
             return True
         if self.state == _BLACKHOLED:
             if leg.is_client:
-                # The phone gave up; the NAT had forgotten it: the FIN goes nowhere. Close
-                # the server leg quietly and keep the client leg (no FIN back) until linger.
+                # The phone gave up; the NAT had forgotten it: the FIN goes nowhere. Reset
+                # the server leg (no TIME_WAIT left behind) and keep the client leg (no FIN
+                # back) until linger.
                 if self.server is not None:
-                    self.server.abort()
+                    self.server.reset()
                 return True
             return False  # server FIN: close our server leg, tell the client nothing
         return False
@@ -703,13 +709,16 @@ class _Mapping:
         relay._event(NatEventKind.CLOSE, self)
 
     def release(self) -> None:
-        """Free a mapping now: abort both legs (linger over, or the relay closes)."""
+        """Free a mapping now: abort both legs (linger over, or the relay closes); a
+        black-holed mapping's server leg with a reset."""
         if self.state == _DONE:
             return
+        holed = self.state == _BLACKHOLED
         self._end(None)
-        for lg in (self.client, self.server):
-            if lg is not None:
-                lg.abort()
+        if self.client is not None:
+            self.client.abort()
+        if self.server is not None:
+            (self.server.reset if holed else self.server.abort)()
 
 
 class NatRelay:

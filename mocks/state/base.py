@@ -172,6 +172,10 @@ def decode_event(data: bytes) -> Event:
 class Store(abc.ABC):
     """State of one lab. Usernames are unique; uins are assigned by the store from 1."""
 
+    # whether a call may wait (for I/O): a store whose coroutines never await says False,
+    # and the long link then answers a request in the callback that read it, with no Task
+    waits = True
+
     def __init__(self) -> None:
         self._listeners: list[Listener] = []   # of this store object, see `subscribe`
 

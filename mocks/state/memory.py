@@ -28,6 +28,8 @@ class _Upload:
 class MemoryStore(Store):
     """Coroutines that never await: each call is atomic on the event loop."""
 
+    waits = False
+
     def __init__(self) -> None:
         super().__init__()
         self._reset()

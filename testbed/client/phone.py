@@ -96,7 +96,6 @@ class Phone:
         self._sync_task: Optional[asyncio.Task] = None
         self._sync_again = False
         self._stopping = False
-        self._link_ok = asyncio.Event()
         self._sync_lock = asyncio.Lock()
         self._sync_owed = False      # a NOTIFY's sync failed: retry it
         self._folded: Optional[LongLink] = None   # the link whose counts are in metrics
@@ -174,10 +173,8 @@ class Phone:
 
     # ------------------------------------------------------------------ long link
     async def _connect(self) -> None:
-        link = await self.session.connect_long()
+        await self.session.connect_long()
         self.metrics.tcp_connections += 1
-        self._link_ok.set()
-        link.closed.add_done_callback(lambda _f: self._link_ok.clear())
 
     def _account_link(self) -> None:
         """Fold the current link's counts into `metrics`, once per link."""

@@ -125,12 +125,19 @@ def _command_named(name: str) -> Command:
     return BY_NAME[name]
 
 
+_MM_PB2 = None
+
+
 def _messages():
     # mm_pb2 (and with it protobuf's descriptor pool) is loaded when a body is first
     # decoded or made, not with the table: reading a capture's frames and CGI paths (the
-    # summary of `testbed analyze`) needs only the table
-    from . import mm_pb2
-    return mm_pb2
+    # summary of `testbed analyze`) needs only the table. Kept once loaded: an import
+    # statement per call cost a microsecond, and every request and reply decoded calls it
+    global _MM_PB2
+    if _MM_PB2 is None:
+        from . import mm_pb2
+        _MM_PB2 = mm_pb2
+    return _MM_PB2
 
 
 def __getattr__(name: str):
@@ -154,11 +161,12 @@ def is_push(cmd: int, seq: int) -> bool:
 
 def decode_request(command: Command, body: bytes) -> Optional[Message]:
     """Parse a request body; `RemoteProtocolError` if it is not the command's request."""
-    if command.request is None:  # NOOP: an empty body is the whole request
+    kind = command.request
+    if kind is None:  # NOOP: an empty body is the whole request
         if body:
             raise RemoteProtocolError(f"{command.name}: takes no body, got {len(body)} bytes")
         return None
-    msg = command.request()
+    msg = kind()
     try:
         msg.ParseFromString(body)
     except (DecodeError, ValueError, RuntimeError) as exc:  # upb raises DecodeError
@@ -167,9 +175,10 @@ def decode_request(command: Command, body: bytes) -> Optional[Message]:
 
 
 def decode_response(command: Command, body: bytes) -> Optional[Message]:
-    if command.response is None:  # NOOP: the reply has no body to decode
+    kind = command.response
+    if kind is None:  # NOOP: the reply has no body to decode
         return None
-    msg = command.response()
+    msg = kind()
     try:
         msg.ParseFromString(body)
     except (DecodeError, ValueError, RuntimeError) as exc:

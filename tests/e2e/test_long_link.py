@@ -40,6 +40,30 @@ async def test_frames_split_and_coalesced(lab):
     writer.close()
 
 
+async def test_replies_keep_the_order_of_requests_in_one_read(lab):
+    """NOOPs (answered by the link itself) and an IDENTIFY (answered by the service, at once
+    on the in-memory store) in one write, each way round: the replies come in the order of
+    the requests."""
+    s = await logged_in(lab, 0, long=False)
+    identify = pb.IdentifyRequest(base=s.base()).SerializeToString()
+    reader, writer = await raw_long(lab)
+    writer.write(encode_frame(6, 1) + encode_frame(6, 2) + encode_frame(205, 3, identify))
+    got = [await read_frame(reader) for _ in range(3)]
+    assert [(f.cmd, f.seq) for f in got] == [(6 + REPLY, 1), (6 + REPLY, 2), (205 + REPLY, 3)]
+    assert pb.IdentifyResponse.FromString(got[2].body).base.ret == 0
+    # and a request before a NOOP: both answered (the NOTIFY the IDENTIFY earned, seq 0,
+    # comes in between)
+    writer.write(encode_frame(121, 4, pb.NewSyncRequest(base=s.base(), selector=7)
+                              .SerializeToString()) + encode_frame(6, 5))
+    seqs = set()
+    while seqs != {4, 5}:
+        f = await read_frame(reader)
+        if f.seq:
+            seqs.add(f.seq)
+    writer.close()
+    await s.close()
+
+
 async def test_request_checks_in_order(lab):
     s = await logged_in(lab, 0, long=False)
     reader, writer = await raw_long(lab)

@@ -16,13 +16,15 @@ import pytest
 
 from mocks.long_link import MAX_QUEUED_BYTES
 from mocks.state import MemoryStore
+from mocks.stats import read_stats
 from testbed.client.session import RequestFailed
 from testbed.lab.addressing import LONG
-from testbed.wire import Ret, encode_frame, pb
+from testbed.wire import Door, Ret, encode_frame, pb
 from testbed.wire.frames import FrameDecoder
 
 from ..conftest import start_lab
-from .helpers import limits_profile, logged_in, start_lab_up, wait_for, wait_manifest
+from .helpers import (limits_profile, logged_in, raw_long, read_frame, start_lab_up, wait_for,
+                      wait_manifest)
 
 MIB = 1 << 20
 USERS = 8
@@ -151,6 +153,37 @@ async def test_a_link_is_not_read_past_a_few_mib_of_waiting_requests(tmp_path):
         assert {pb.UploadMediaResponse.FromString(f.body).base.ret for f in got} == \
             {Ret.SESSION_INVALID}
         sock.close()
+        await phone.close()
+    finally:
+        store.gate.set()
+        await lab.stop()
+    assert lab.server_errors() == []
+
+
+async def test_a_request_waiting_for_the_store_ends_with_its_link(tmp_path):
+    """A newsync read while the store is stuck waits for it (its work goes on in a Task from
+    that wait); the link closes meanwhile: the work is cancelled there, so when the store
+    answers again the request is never served (not counted, no error)."""
+    store = SlowStore()
+    lab = await start_lab(tmp_path, users=1, store=store)
+    try:
+        phone = await logged_in(lab, 0, long=False)
+        reader, writer = await raw_long(lab)
+        writer.write(encode_frame(205, 1, pb.IdentifyRequest(base=phone.base())
+                                  .SerializeToString()))
+        assert (await read_frame(reader)).seq == 1
+        [link] = lab.long.links
+        served = (await read_stats(store)).requests[(Door.LONG, "NEWSYNC")]
+        store.gate.clear()
+        writer.write(encode_frame(121, 2, pb.NewSyncRequest(base=phone.base(), selector=7)
+                                  .SerializeToString()))
+        await wait_for(lambda: link.worker is not None and not link.queue, 10)
+        writer.transport.abort()
+        await wait_for(lambda: not lab.long.links, 10)
+        store.gate.set()
+        await asyncio.sleep(0.05)
+        assert link.worker.cancelled()
+        assert (await read_stats(store)).requests[(Door.LONG, "NEWSYNC")] == served
         await phone.close()
     finally:
         store.gate.set()

@@ -425,6 +425,9 @@ async def test_client_close_after_expiry_closes_server_quietly(target, make_rela
     assert target.ended == 0
     writer.close()
     await wait_until(lambda: target.ended == 1)  # the server leg is closed by the NAT
+    # with a reset, not the phone's FIN (which went into the hole), and none of it is
+    # relayed: the server has nothing to answer, and no TIME_WAIT is left on the relay
+    assert (target.resets, target.eofs) == (1, 0)
     assert relay.stats.mappings_blackholed == 1  # the phone's leg waits for the linger
 
 
@@ -447,6 +450,7 @@ async def test_blackhole_linger_release(target, make_relay):
     assert relay.stats.mappings_released == 1
     assert await read_closed(reader) in ("eof", "reset")
     await wait_until(lambda: target.ended == 1)
+    assert (target.resets, target.eofs) == (1, 0)   # the forgotten mapping's server leg
     st = relay.stats
     assert st.mappings_blackholed == 0 and st.mappings_released == 1
     assert st.mappings_expired == 1 and len(relay) == 0
