@@ -302,7 +302,7 @@ class Phone:
         self._beat_interval = interval
         self._beat_sent_mark = None
         self._beat_at = link.last_tx + interval
-        self._beat_timer = self.clock.call_at(self._beat_at, self._beat_due)
+        self._beat_timer = self.clock.fine.call_at(self._beat_at, self._beat_due)
         try:
             return await waiter
         finally:
@@ -396,7 +396,9 @@ class Phone:
             return self._beat_end()   # due already: `run` sends it
         self._beat_interval = interval
         self._beat_at = due
-        self._beat_timer = self.clock.call_at(due, self._beat_due)
+        # on the clock's fine wheel: at most a millisecond of wall time late, as uvloop's
+        # own timers; the phones of a process whose beats fall in one share a loop timer
+        self._beat_timer = self.clock.fine.call_at(due, self._beat_due)
 
     def _wake_beat(self, *_: object) -> None:
         # the stop or a link's closing; not while a NOOP is out: its outcome comes first

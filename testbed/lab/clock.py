@@ -12,7 +12,10 @@ early (uvloop rounds its timers to the millisecond), so a timer that does is set
 `Clock.coarse` is a `TimerWheel` on the clock: timers that may fire a few milliseconds of wall
 time late (never early) and share one event-loop timer per such slice of time, for the many
 deadlines whose exact instant does not matter (a NAT mapping's idle check, a link's idle
-timeout); the exact ones (latency, request timeouts) stay on `call_at`.
+timeout); the exact ones (latency, fault timers) stay on `call_at`. `Clock.fine` is one with
+slices of a millisecond, uvloop's own timer resolution, for a phone's heartbeat timer: the
+~11,000 beats a wall second of a phone process's 1,500 phones at k = 2000 then share about
+one loop timer a millisecond instead of one each.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ class Timer:
 class Clock:
     """Protocol time = (wall seconds since `origin`) * scale, with timers on the running loop."""
 
-    __slots__ = ("scale", "_wall0", "_epoch0", "coarse")
+    __slots__ = ("scale", "_wall0", "_epoch0", "coarse", "fine")
 
     def __init__(self, scale: float = 1.0, epoch: float | None = None,
                  origin: float | None = None) -> None:
@@ -85,6 +88,7 @@ class Clock:
         self._wall0 = time.monotonic() if origin is None else float(origin)
         self._epoch0 = time.time() if epoch is None else float(epoch)
         self.coarse = TimerWheel(self)
+        self.fine = TimerWheel(self, FINE_RESOLUTION_WALL_S)
 
     @property
     def origin(self) -> float:
@@ -168,6 +172,8 @@ _CLOCK_NOW = Clock.now
 # how late a coarse timer may be, in wall seconds: a few loop iterations of a busy lab, well
 # under the 7.5 ms a study counts as a stall, and 4 protocol s a bucket at k = 1,000
 WHEEL_RESOLUTION_WALL_S = 0.004
+# `Clock.fine`'s: what uvloop rounds its own timers to, so a beat is no later than it could be
+FINE_RESOLUTION_WALL_S = 0.001
 
 
 class TimerWheel:

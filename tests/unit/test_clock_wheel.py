@@ -9,7 +9,8 @@ import random
 
 import pytest
 
-from testbed.lab.clock import WHEEL_RESOLUTION_WALL_S, Clock, ManualClock
+from testbed.lab.clock import (FINE_RESOLUTION_WALL_S, WHEEL_RESOLUTION_WALL_S, Clock,
+                               ManualClock)
 
 
 class WallManualClock(ManualClock):
@@ -134,9 +135,9 @@ async def test_a_failing_callback_does_not_lose_the_rest_of_its_bucket():
 
 # ---------------------------------------------------------------------- real clocks
 
-async def _lateness_wall(scale: float, n: int = 200) -> list[float]:
-    """Wall seconds each of `n` coarse timers, spread over 0.2 s of wall time, fired after
-    its deadline (negative: early)."""
+async def _lateness_wall(scale: float, n: int = 200, wheel: str = "coarse") -> list[float]:
+    """Wall seconds each of `n` timers of the clock's `wheel`, spread over 0.2 s of wall
+    time, fired after its deadline (negative: early)."""
     clock = Clock(scale=scale)
     rng = random.Random(7)
     late: list[float] = []
@@ -150,7 +151,7 @@ async def _lateness_wall(scale: float, n: int = 200) -> list[float]:
     start = clock.now()
     for _ in range(n):
         when = start + clock.to_protocol(rng.uniform(0.01, 0.2))
-        clock.coarse.call_at(when, fired, when)
+        getattr(clock, wheel).call_at(when, fired, when)
     await asyncio.wait_for(done, 5.0)
     return late
 
@@ -163,6 +164,15 @@ async def test_on_a_real_clock_late_by_milliseconds_of_wall_time_at_any_scale():
         assert min(late) >= 0.0, scale
         assert max(late) <= WHEEL_RESOLUTION_WALL_S + 0.1, (scale, max(late))
         assert Clock(scale=scale).coarse.width == WHEEL_RESOLUTION_WALL_S * scale
+
+
+async def test_the_fine_wheel_slices_a_millisecond_and_is_never_early():
+    # the phones' heartbeat timers: a slice of 1 ms of wall time, 2 protocol s at k = 2000
+    late = await _lateness_wall(2000.0, wheel="fine")
+    assert min(late) >= 0.0
+    assert max(late) <= FINE_RESOLUTION_WALL_S + 0.1, max(late)
+    assert Clock(scale=2000.0).fine.width == FINE_RESOLUTION_WALL_S * 2000.0
+    assert ManualClock(scale=2000.0).fine.width == 0      # exact on a manual clock
 
 
 def test_a_clock_taken_to_another_event_loop_still_fires_its_coarse_timers():
