@@ -340,16 +340,11 @@ class ManualClock(Clock):
 
     async def advance_to(self, when: float) -> None:
         """Move time forward to protocol time `when`, firing what falls due on the way."""
-        if when < self._t:
-            raise ValueError(f"time does not run backwards: {when} < {self._t}")
+        self._forward(when)
         await self._settle()
         while (due := self.next_timer()) is not None and due <= when:
             self._t = max(self._t, due)
-            heap = self._heap
-            # (a timer set during this for a time already reached is due at once: call_at
-            # hands it to the loop, so this inner loop always ends)
-            while heap and heap[0][0] <= self._t:
-                heapq.heappop(heap)[2]._run()
+            self._run_due()
             await self._settle()
         self._t = when
         await self._settle()
@@ -357,14 +352,22 @@ class ManualClock(Clock):
     async def stall_to(self, when: float) -> None:
         """Move time to `when` as a loop busy until then would: the timers due on the way
         fire at `when`, late, in the order they were due."""
-        if when < self._t:
-            raise ValueError(f"time does not run backwards: {when} < {self._t}")
+        self._forward(when)
         await self._settle()
         self._t = when
-        heap = self._heap
-        while heap and heap[0][0] <= when:
-            heapq.heappop(heap)[2]._run()
+        self._run_due()
         await self._settle()
+
+    def _forward(self, when: float) -> None:
+        if when < self._t:
+            raise ValueError(f"time does not run backwards: {when} < {self._t}")
+
+    def _run_due(self) -> None:
+        """Fire, in time order, every timer due by now. (A timer set meanwhile for a time
+        already reached is due at once: `call_at` hands it to the loop, so this ends.)"""
+        heap = self._heap
+        while heap and heap[0][0] <= self._t:
+            heapq.heappop(heap)[2]._run()
 
     async def _settle(self) -> None:
         for _ in range(self.settle_rounds):
