@@ -15,7 +15,10 @@ deadlines whose exact instant does not matter (a NAT mapping's idle check, a lin
 timeout); the exact ones (latency, fault timers) stay on `call_at`. `Clock.fine` is one with
 slices of a millisecond, uvloop's own timer resolution, for a phone's heartbeat timer: the
 ~11,000 beats a wall second of a phone process's 1,500 phones at k = 2000 then share about
-one loop timer a millisecond instead of one each.
+one loop timer a millisecond instead of one each. A coarse bucket that comes due runs its
+timers only after the loop has read what waits on its sockets (`TimerWheel(after_io=True)`):
+uvloop runs due timers before it polls, so after a stall a deadline would otherwise be judged
+before the bytes that came in time.
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ class Clock:
     """Protocol time = (wall seconds since `origin`) * scale, with timers on the running loop."""
 
     __slots__ = ("scale", "_wall0", "_epoch0", "coarse", "fine")
+    # its time is the wall's: a loop behind it can find a deadline due before it has read
+    # what came in time (`TimerWheel(after_io=True)`)
+    follows_wall = True
 
     def __init__(self, scale: float = 1.0, epoch: float | None = None,
                  origin: float | None = None) -> None:
@@ -87,7 +93,7 @@ class Clock:
         self.scale = float(scale)
         self._wall0 = time.monotonic() if origin is None else float(origin)
         self._epoch0 = time.time() if epoch is None else float(epoch)
-        self.coarse = TimerWheel(self)
+        self.coarse = TimerWheel(self, after_io=True)
         self.fine = TimerWheel(self, FINE_RESOLUTION_WALL_S)
 
     @property
@@ -197,12 +203,16 @@ class TimerWheel:
     buckets there (a bucket runs its timers where its own clock timer was set).
     """
 
-    __slots__ = ("clock", "width", "_buckets", "_loop")
+    __slots__ = ("clock", "width", "after_io", "_buckets", "_loop")
 
-    def __init__(self, clock: Clock, resolution_wall_s: float = WHEEL_RESOLUTION_WALL_S) -> None:
+    def __init__(self, clock: Clock, resolution_wall_s: float = WHEEL_RESOLUTION_WALL_S, *,
+                 after_io: bool = False) -> None:
         self.clock = clock
         # a manual clock's `floor_wall` gives no wall time a duration: width 0, exact buckets
         self.width = clock.floor_wall(0.0, resolution_wall_s)
+        # run a bucket's timers only once the loop has read what is waiting on its sockets
+        # (on a real clock): see `_Bucket._due`
+        self.after_io = after_io and clock.follows_wall
         self._buckets: dict[float, _Bucket] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
 
@@ -249,7 +259,7 @@ class _Bucket:
         self.end = end
         self.timers: list[Timer] = []
         self.live = 0
-        self.timer = wheel.clock.call_at(end, self._fire)
+        self.timer = wheel.clock.call_at(end, self._due if wheel.after_io else self._fire)
 
     def cancel(self) -> None:
         # a member timer was cancelled (Timer.cancel) before the bucket's end: the last one
@@ -262,6 +272,23 @@ class _Bucket:
             buckets = self.wheel._buckets
             if buckets.get(self.end) is self:
                 del buckets[self.end]
+
+    def _due(self) -> None:
+        # A deadline that says "nothing came in time" (a NAT mapping's idle check, a NOOP's
+        # or a request's deadline, a link's idle timeout) must not be decided before the
+        # bytes that did come in time are read. An event loop runs its due timers before it
+        # polls its sockets, so after a stall (a busy loop, a process waiting for a core) a
+        # reply that arrived on time still waits in the kernel when its deadline fires, and a
+        # live link was taken for dead: a NAT expired a mapping whose NOOP was there, a phone
+        # aborted a link whose answer was there, and each false death made a reconnect that
+        # loaded the loops more. Two `call_soon` rounds put the bucket after one poll of
+        # the sockets (uvloop runs the callbacks ready before a poll and those they add
+        # after it; asyncio's own loop polls between rounds): microseconds when the loop is
+        # idle, what was waiting when it is behind.
+        self.wheel._loop.call_soon(self._after_poll)
+
+    def _after_poll(self) -> None:
+        self.wheel._loop.call_soon(self._fire)
 
     def _fire(self) -> None:
         # out of the wheel first: a timer set meanwhile for this slice makes a new bucket
@@ -300,6 +327,7 @@ class ManualClock(Clock):
     """
 
     __slots__ = ("_t", "_heap", "_order", "settle_rounds")
+    follows_wall = False   # time moves when a test says, never while I/O waits
 
     def __init__(self, start: float = 0.0, *, scale: float = 1.0,
                  epoch: float | None = None, settle_rounds: int = 8) -> None:

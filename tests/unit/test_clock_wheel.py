@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import socket
+import time
 
 import pytest
 
@@ -191,3 +193,67 @@ def test_a_clock_taken_to_another_event_loop_still_fires_its_coarse_timers():
 
     asyncio.run(set_and_leave())
     assert asyncio.run(set_and_wait()) >= when
+
+
+
+# ------------------------------------------------- deadlines after what came in time
+
+class _Stall(asyncio.Protocol):
+    """At its first read: `then()`, and the loop blocked for `stall_s`."""
+
+    def __init__(self, then, stall_s: float) -> None:
+        self.then = then
+        self.stall_s = stall_s
+
+    def data_received(self, data: bytes) -> None:
+        if self.then is not None:
+            self.then()
+            self.then = None
+            time.sleep(self.stall_s)
+
+
+class _Reader(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+
+async def _read_by_a_deadline_after_a_stall(wheel: str) -> bytes:
+    """A deadline on the clock's `wheel` 20 ms of wall time away; a read on one socket sends
+    bytes to another socket of the loop, in time, and blocks the loop for 60 ms (a stall, as
+    a busy read makes): what that other socket's protocol had read when the deadline's
+    callback ran."""
+    loop = asyncio.get_running_loop()
+    clock = Clock(scale=1000)
+    (busy, busy_peer), (mine, peer) = socket.socketpair(), socket.socketpair()
+    busy_t, _ = await loop.create_connection(
+        lambda: _Stall(lambda: peer.send(b"in time"), 0.060), sock=busy)
+    transport, reader = await loop.create_connection(_Reader, sock=mine)
+    try:
+        seen = loop.create_future()
+        getattr(clock, wheel).call_later(20.0, lambda: seen.set_result(bytes(reader.data)))
+        busy_peer.send(b"go")
+        return await asyncio.wait_for(seen, 5)
+    finally:
+        busy_t.close()
+        transport.close()
+        busy_peer.close()
+        peer.close()
+
+
+def test_a_coarse_deadline_is_decided_after_what_came_in_time_is_read():
+    # uvloop (libuv) runs its due timers before it polls the sockets: a NOOP deadline or a
+    # NAT idle check that fired first took a live link for dead; asyncio's own loop reads
+    # what one poll found before its due timers, and keeps that order with the wheel
+    uvloop = pytest.importorskip("uvloop")
+    assert uvloop.run(_read_by_a_deadline_after_a_stall("coarse")) == b"in time"
+    assert asyncio.run(_read_by_a_deadline_after_a_stall("coarse")) == b"in time"
+
+
+def test_a_fine_timer_does_not_wait_for_the_sockets():
+    # a heartbeat goes when due: it decides nothing about what came in (and shows that the
+    # stall above does put the deadline before the read on uvloop)
+    uvloop = pytest.importorskip("uvloop")
+    assert uvloop.run(_read_by_a_deadline_after_a_stall("fine")) == b""
