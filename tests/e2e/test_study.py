@@ -227,3 +227,16 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path):
     assert p.returncode == 2
     assert "pip install 'wechat-testbed[plot]'" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "p.png").exists()
+
+
+def test_the_nats_figures_come_also_when_it_holds_no_mapping_at_the_end(tmp_path):
+    # a NAT that never expires a link lets every mapping close with its phone: it holds
+    # none at the end, and its figures were once dropped as if there were no NAT at all
+    out = tmp_path / "study.json"
+    args = _parser().parse_args([
+        "study", "heartbeat", "--policy", "fixed:270", "--clients", "2", "--hours", "0.5",
+        "--nat-timeout", "3600", "--processes", "0", "--json", str(out), "--quiet"])
+    assert args.study_func(args) == 0
+    nat = json.loads(out.read_text())["nat"]
+    assert nat["mappings_opened"] >= 2 and nat["mappings_expired"] == 0
+    assert nat["mappings_active"] == 0

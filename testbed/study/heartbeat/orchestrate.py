@@ -135,7 +135,8 @@ class _Study:
                         finally:
                             if lag_task is not None:
                                 lag_task.cancel()
-                    nat_stats = dataclasses.asdict(self.lab.nat.stats) if self.lab.nat else {}
+                    nat_stats = (dataclasses.asdict(self.lab.nat.stats) if self.lab.nat is not None
+                                 else {})
                     errors = self.lab.server_errors()
                     if errors:
                         raise RuntimeError(f"lab handlers raised: {errors!r}")
