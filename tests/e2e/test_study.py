@@ -131,6 +131,14 @@ def test_study_phones_in_their_own_processes(tmp_path):
     assert data["event_loop"].startswith("asyncio."), data["event_loop"]   # in the phones too
     assert set(data["lag_by_process"]) == {"lab", "phones-1", "phones-2"}
     assert sum(v["stalls"] for v in data["lag_by_process"].values()) == data["stalls"]
+    # each loop's wait for a CPU while phones ran (where the kernel says), and its stalls
+    # that were mostly that: the figures' totals are the processes' sums
+    if data["cpu_wait_s"] is not None:
+        by = data["lag_by_process"].values()
+        assert all(v["cpu_wait_s"] >= 0 and 0 <= v["stalls_waiting_for_cpu"] <= v["stalls"]
+                   for v in by)
+        assert sum(v["cpu_wait_s"] for v in by) == pytest.approx(data["cpu_wait_s"])
+        assert sum(v["stalls_waiting_for_cpu"] for v in by) == data["stalls_waiting_for_cpu"]
     cpu = data["cpu_by_process"]        # each phone process's, the lab's the rest
     assert set(cpu) == {"lab", "phones-1", "phones-2"} and min(cpu.values()) > 0
     assert sum(cpu.values()) == pytest.approx(data["cpu_s"])

@@ -148,6 +148,18 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
                        population=getattr(args, "population", WECHAT_USERS_2013))
 
 
+def stall_advice(result: StudyResult) -> str:
+    """What to do about the stalls: most of them the machine's (its processes waiting for a
+    CPU) or not known to be."""
+    n = result.stalls_waiting_for_cpu
+    if n is not None and n * 2 >= result.stalls:
+        return (f"{n} of them were mostly a wait for a CPU (the loops waited "
+                f"{result.cpu_wait_s:.1f} s for one while phones ran): the run needs more "
+                f"cores than it got; use fewer --clients or a lower --time-scale, or give "
+                f"it the machine to itself.")
+    return "A busy machine does this; rerun, or use a lower --time-scale."
+
+
 def _shared_mode(args: argparse.Namespace) -> Optional[str]:
     """"manifest", "collect" or None (the one-process study); ValueError for options that
     do not go together."""
@@ -279,8 +291,8 @@ def _show(result: StudyResult, args: argparse.Namespace, err) -> None:
                   f"for {result.stall_threshold_s:g} protocol s or more (half the "
                   f"{result.timing_margin_s:g} s slack of the tightest policy under the NAT "
                   f"timeout): some silent deaths of policies that should survive, and some "
-                  f"late messages, may be the testbed's doing, not the policy's. A busy "
-                  f"machine does this; rerun, or use a lower --time-scale.", soft_wrap=True)
+                  f"late messages, may be the testbed's doing, not the policy's. "
+                  f"{stall_advice(result)}", soft_wrap=True)
     late = [(p.policy, f) for p in result.policies for f in p.radio.values()
             if f.late_wakeups > 0.01 * f.wakeups]
     if late:

@@ -77,6 +77,8 @@ class FleetReport:
     cpu_s: float
     max_rss_mb: float
     login_retries: int = 0             # login-phase requests sent again (`PhoneFleet._again`)
+    # wall s the fleet's loop waited for a CPU in each `lag` sample (empty: not known)
+    lag_cpu_wait: list[float] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON holds it (a study phone posts it to the lab's store): a phone's received
@@ -431,7 +433,7 @@ class PhoneFleet:
         sem = asyncio.Semaphore(32)
         await asyncio.gather(*(self._catch_up(p, sem) for p in self.phones))
         return FleetReport(outcomes=[p.outcome() for p in self.phones],
-                           lag=self.lag.samples,
+                           lag=self.lag.samples, lag_cpu_wait=self.lag.cpu_waits,
                            login_done=self.login_done, online_done=self.online_done,
                            event_loop=loop_name(), cpu_s=cpu_seconds() - cpu0,
                            max_rss_mb=max_rss_mb(), login_retries=self.login_retries)

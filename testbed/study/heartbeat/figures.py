@@ -11,7 +11,8 @@ from typing import Any, Optional
 from .config import DAY_S, LATE_S, TCP_CONN_SEGMENTS, TCPIP_HEADER_BYTES, StudyConfig, \
     timing_margin
 from .driver import FleetReport, PhoneOutcome
-from .measure import histogram, lag_between, max_rss_mb, percentile
+from .measure import (LagMonitor, cpu_wait_between, histogram, lag_between, max_rss_mb,
+                      percentile)
 from .results import PolicyResult, RadioFigures, StudyResult
 
 
@@ -154,11 +155,11 @@ def _radio(r: PolicyResult, cs: list[PhoneOutcome], days: float, names: tuple[st
 
 # ---------------------------------------------------------------------------- the run
 def study_result(cfg: StudyConfig, fleets: list[FleetReport],
-                 lab_lag: Optional[list[tuple[float, float]]], wall: float, cpu: float,
+                 lab_lag: Optional[LagMonitor], wall: float, cpu: float,
                  nat_stats: dict[str, Any], expiries: Optional[Counter],
                  hosts: Optional[list[str]] = None,
                  startup_wall_s: Optional[float] = None) -> StudyResult:
-    """Every figure of the run. `lab_lag`: the lab loop's lag samples when the phones ran
+    """Every figure of the run. `lab_lag`: the lab loop's lag monitor when the phones ran
     in processes of their own (None: one loop for all, measured by the one fleet).
     `hosts`: the fleets were phone hosts of a lab running elsewhere (a shared lab,
     `shared.collect`), by these names; the lab's loop is not measured, and this process
@@ -175,32 +176,42 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
                 for p, spec in enumerate(cfg.policies)]
     # event-loop lag while phones were in their windows, per process
     if hosts is not None:
-        sources = list(zip(hosts, (f.lag for f in fleets)))
+        sources = [(h, f.lag, f.lag_cpu_wait) for h, f in zip(hosts, fleets)]
     elif lab_lag is not None:
-        sources = [("lab", lab_lag)] + [(f"phones-{i + 1}", f.lag) for i, f in enumerate(fleets)]
+        sources = [("lab", lab_lag.samples, lab_lag.cpu_waits)] + [
+            (f"phones-{i + 1}", f.lag, f.lag_cpu_wait) for i, f in enumerate(fleets)]
     else:
-        sources = [("lab+phones", fleets[0].lag)]
+        sources = [("lab+phones", fleets[0].lag, fleets[0].lag_cpu_wait)]
     lags: dict[str, list[float]] = {}
     whole_max = 0.0
-    for name, samples in sources:
+    for name, samples, _ in sources:
         lags[name] = lag_between(samples, first, last_window_end)
         whole_max = max(whole_max, max((lag for _, lag in samples), default=0.0))
     allv = sorted(v for vs in lags.values() for v in vs)
     margin = timing_margin(cfg)
+    stall_wall_s = None if margin is None else margin / 2 / k
 
     def stalls_in(vs: list[float]) -> int:
         return 0 if margin is None else sum(1 for v in vs if v * k >= margin / 2)
 
     stalls = stalls_in(allv)
-    # which loop stalled: the count above pools every process's samples
+    # which loop stalled: the count above pools every process's samples; and, where the
+    # kernel says, how long each loop waited for a CPU in the windows (a machine short of
+    # cores) and how many of its stalls were mostly that
+    waited = {name: cpu_wait_between(samples, waits, first, last_window_end, stall_wall_s)
+              for name, samples, waits in sources}
     lag_by_process = {name: {"max_s": (vs[-1] if vs else 0.0) * k,
                              "p99_s": (percentile(vs, 99) or 0.0) * k,
                              "p50_s": (percentile(vs, 50) or 0.0) * k,
-                             "samples": len(vs), "stalls": stalls_in(vs)}
+                             "samples": len(vs), "stalls": stalls_in(vs),
+                             "cpu_wait_s": None if waited[name] is None else waited[name][0],
+                             "stalls_waiting_for_cpu":
+                                 None if waited[name] is None else waited[name][1]}
                       for name, vs in lags.items()}
+    known = [w for w in waited.values() if w is not None]
     # CPU seconds of each phone process's fleet (from its start: logins included); the
     # lab's process has the rest of `cpu`
-    cpu_by_process = {name: f.cpu_s for (name, _), f in zip(sources[-len(fleets):], fleets)}
+    cpu_by_process = {name: f.cpu_s for (name, _, _), f in zip(sources[-len(fleets):], fleets)}
     if lab_lag is not None and hosts is None:
         cpu_by_process["lab"] = max(0.0, cpu - sum(cpu_by_process.values()))
     login_done = max(f.login_done for f in fleets)
@@ -220,6 +231,8 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
         lag_histogram=histogram([v * k for v in allv]), lag_by_process=lag_by_process,
         timing_margin_s=margin, stall_threshold_s=None if margin is None else margin / 2,
         stalls=stalls, timing_ok=stalls == 0,
+        cpu_wait_s=sum(w for w, _ in known) if known else None,
+        stalls_waiting_for_cpu=sum(n for _, n in known) if known else None,
         cpu_s=cpu, cpu_by_process=cpu_by_process, nat=nat_stats, drain_s=cfg.effective_drain_s(),
         noop_timeout_effective_s=cfg.noop_timeout_effective(),
         event_loop=fleets[0].event_loop,

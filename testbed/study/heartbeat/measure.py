@@ -83,27 +83,95 @@ class RadioWindow:
 
 # ---------------------------------------------------------------------------- an event loop
 class LagMonitor:
-    """How late a short wall sleep wakes up: the event loop's lag, stamped in protocol time."""
+    """How late a short wall sleep wakes up: the event loop's lag, stamped in protocol time;
+    and, where the kernel tells (`CpuWait`), how long the loop's thread waited for a CPU in
+    each sample: a lag made by a machine short of cores, not by the loop's own work."""
 
     def __init__(self, clock, period: float = LAG_PERIOD_S) -> None:
         self.clock = clock
         self.period = period
         self.samples: list[tuple[float, float]] = []   # (protocol time, wall s of lag)
+        self.cpu_waits: list[float] = []   # wall s waited for a CPU, per sample (or none)
 
     async def run(self) -> None:
         perf = time.perf_counter
         period = self.period
         now = self.clock.now
         append = self.samples.append
-        while True:
-            t = perf()
-            await asyncio.sleep(period)
-            append((now(), max(0.0, perf() - t - period)))
+        waits = CpuWait.of_this_thread()
+        if waits is None:
+            while True:
+                t = perf()
+                await asyncio.sleep(period)
+                append((now(), max(0.0, perf() - t - period)))
+        waited = waits.read
+        append_wait = self.cpu_waits.append
+        try:
+            w0 = waited()
+            while True:
+                t = perf()
+                await asyncio.sleep(period)
+                append((now(), max(0.0, perf() - t - period)))
+                w1 = waited()
+                append_wait(w1 - w0)
+                w0 = w1
+        finally:
+            waits.close()
+
+
+class CpuWait:
+    """The time a thread has spent runnable but waiting for a CPU, as the kernel counts it
+    (`/proc/thread-self/schedstat`, its second field: Linux with schedstat info). It moves
+    by the scheduler's tick (4 ms on a 250 Hz kernel), so one sample says little and a sum
+    over a window is what to read."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def of_this_thread(cls) -> Optional["CpuWait"]:
+        """For the calling thread; None where the kernel does not say."""
+        try:
+            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            return None
+        probe = cls(fd)
+        try:
+            probe.read()
+        except (OSError, ValueError, IndexError):
+            probe.close()
+            return None
+        return probe
+
+    def read(self) -> float:
+        """Seconds waited so far."""
+        return int(os.pread(self._fd, 96, 0).split()[1]) / 1e9
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def lag_between(samples: list[tuple[float, float]], a: float, b: float) -> list[float]:
     """The lags (sorted) of the samples stamped from protocol time a to b."""
     return sorted(lag for t, lag in samples if a <= t <= b)
+
+
+def cpu_wait_between(samples: list[tuple[float, float]], waits: list[float], a: float,
+                     b: float, stall_wall_s: Optional[float]) -> Optional[tuple[float, int]]:
+    """Of the samples stamped from protocol time a to b: the wall seconds their thread
+    waited for a CPU, and how many of those lagging `stall_wall_s` or more waited for one
+    at least half their lag (a stall the machine made). None without the waits."""
+    if not waits:           # (the last sample may have lost its wait to the cancel)
+        return None
+    total, stalls = 0.0, 0
+    for (t, lag), w in zip(samples, waits):
+        if a <= t <= b:
+            total += w
+            if stall_wall_s is not None and lag >= stall_wall_s and w >= lag / 2:
+                stalls += 1
+    return total, stalls
 
 
 def loop_name() -> str:

@@ -148,7 +148,7 @@ class _Study:
             outcomes = [o for f in fleets for o in f.outcomes]
             expiries = (expiries_in_windows(outcomes, self.expiries, self.by_source)
                         if self.nat_attributed else None)
-            return study_result(self.cfg, fleets, lab_lag.samples if nproc else None, wall,
+            return study_result(self.cfg, fleets, lab_lag if nproc else None, wall,
                                 cpu, nat_stats, expiries, startup_wall_s=startup)
         finally:
             if self.cfg.pause_gc and gc_was:

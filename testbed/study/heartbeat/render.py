@@ -30,7 +30,16 @@ def timing_summary(result: StudyResult) -> str:
             f"event-loop lag while phones ran: p50 {result.p50_loop_lag_s:.1f}, p99 "
             f"{result.p99_loop_lag_s:.1f}, max {result.max_loop_lag_s:.1f} protocol s "
             f"({result.max_loop_lag_wall_ms:.1f} ms wall); stalls over the "
-            f"{result.stall_threshold_s or 0:g} s threshold: {result.stalls}")
+            f"{result.stall_threshold_s or 0:g} s threshold: {result.stalls}{_waiting(result)}")
+
+
+def _waiting(result: StudyResult) -> str:
+    """How much of the lag was the machine's: the loops' wait for a CPU (where known)."""
+    if result.cpu_wait_s is None:
+        return ""
+    of_stalls = (f", {result.stalls_waiting_for_cpu} of them mostly waiting for a CPU"
+                 if result.stalls else "")
+    return f"{of_stalls}; the loops waited {result.cpu_wait_s:.1f} s for a CPU while phones ran"
 
 
 TABLE_WIDTH = 150   # what the one-row-per-policy table needs; narrower consoles get it turned

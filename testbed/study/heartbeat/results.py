@@ -126,6 +126,11 @@ class StudyResult:
     stall_threshold_s: Optional[float] = None   # half of it (see timing_margin)
     stalls: int = 0                         # in-window lag samples at least that long
     timing_ok: bool = True                  # no such stall: deaths are the policies' own
+    # wall s the loops waited for a CPU in the windows, summed over the processes, and the
+    # stalls that were mostly such a wait (the machine's, not the loop's own work); None
+    # where the kernel does not say (`measure.CpuWait`)
+    cpu_wait_s: Optional[float] = None
+    stalls_waiting_for_cpu: Optional[int] = None
     cpu_s: float = 0.0                      # CPU time (user + system), phone processes included
     # of which each phone process's fleet (named as in lag_by_process) and the lab's
     cpu_by_process: dict[str, float] = field(default_factory=dict)
