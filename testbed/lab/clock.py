@@ -274,21 +274,23 @@ class _Bucket:
                 del buckets[self.end]
 
     def _due(self) -> None:
-        # A deadline that says "nothing came in time" (a NAT mapping's idle check, a NOOP's
-        # or a request's deadline, a link's idle timeout) must not be decided before the
-        # bytes that did come in time are read. An event loop runs its due timers before it
-        # polls its sockets, so after a stall (a busy loop, a process waiting for a core) a
-        # reply that arrived on time still waits in the kernel when its deadline fires, and a
-        # live link was taken for dead: a NAT expired a mapping whose NOOP was there, a phone
-        # aborted a link whose answer was there, and each false death made a reconnect that
-        # loaded the loops more. Two `call_soon` rounds put the bucket after one poll of
-        # the sockets (uvloop runs the callbacks ready before a poll and those they add
-        # after it; asyncio's own loop polls between rounds): microseconds when the loop is
-        # idle, what was waiting when it is behind.
-        self.wheel._loop.call_soon(self._after_poll)
+        # A deadline that says "nothing came in time" (a phone's NOOP or request deadline, a
+        # link's idle timeout) must not be decided before the bytes that did come in time
+        # are read. uvloop runs its due timers before it polls its sockets, so after a stall
+        # in a read (a busy loop, a process waiting for a core) a reply that arrived on time
+        # still waited in the kernel when its deadline fired, and a live link was taken for
+        # dead: a phone aborted a link whose answer was there, and each false death made a
+        # reconnect that loaded the loops more. Two `call_soon` rounds put the bucket after
+        # one poll of the sockets (uvloop runs the callbacks ready before a poll and those
+        # they add after it; asyncio's own loop polls between rounds): microseconds when the
+        # loop is idle, what was waiting when it is behind. (The NAT's idle check gains
+        # nothing: it judges a NOOP by when its loop reads it, `mocks/nat.py`.) On the loop
+        # the bucket's clock timer was set on, which is running this.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._after_poll, loop)
 
-    def _after_poll(self) -> None:
-        self.wheel._loop.call_soon(self._fire)
+    def _after_poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon(self._fire)
 
     def _fire(self) -> None:
         # out of the wheel first: a timer set meanwhile for this slice makes a new bucket

@@ -189,16 +189,18 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
         whole_max = max(whole_max, max((lag for _, lag in samples), default=0.0))
     allv = sorted(v for vs in lags.values() for v in vs)
     margin = timing_margin(cfg)
-    stall_wall_s = None if margin is None else margin / 2 / k
+
+    def is_stall(v: float) -> bool:     # a wall lag of at least half the slack, scaled
+        return margin is not None and v * k >= margin / 2
 
     def stalls_in(vs: list[float]) -> int:
-        return 0 if margin is None else sum(1 for v in vs if v * k >= margin / 2)
+        return sum(1 for v in vs if is_stall(v))
 
     stalls = stalls_in(allv)
     # which loop stalled: the count above pools every process's samples; and, where the
     # kernel says, how long each loop waited for a CPU in the windows (a machine short of
     # cores) and how many of its stalls were mostly that
-    waited = {name: cpu_wait_between(samples, waits, first, last_window_end, stall_wall_s)
+    waited = {name: cpu_wait_between(samples, waits, first, last_window_end, is_stall)
               for name, samples, waits in sources}
     lag_by_process = {name: {"max_s": (vs[-1] if vs else 0.0) * k,
                              "p99_s": (percentile(vs, 99) or 0.0) * k,
@@ -208,7 +210,8 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
                              "stalls_waiting_for_cpu":
                                  None if waited[name] is None else waited[name][1]}
                       for name, vs in lags.items()}
-    known = [w for w in waited.values() if w is not None]
+    # the totals only where every loop's waits are known: a part would read as the whole
+    known = None if None in waited.values() else list(waited.values())
     # CPU seconds of each phone process's fleet (from its start: logins included); the
     # lab's process has the rest of `cpu`
     cpu_by_process = {name: f.cpu_s for (name, _, _), f in zip(sources[-len(fleets):], fleets)}

@@ -9,7 +9,7 @@ import math
 import os
 import resource
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 LAG_PERIOD_S = 0.005        # wall seconds between lag probes
 LAG_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 100.0)   # protocol seconds
@@ -99,31 +99,36 @@ class LagMonitor:
         now = self.clock.now
         append = self.samples.append
         waits = CpuWait.of_this_thread()
-        if waits is None:
-            while True:
-                t = perf()
-                await asyncio.sleep(period)
-                append((now(), max(0.0, perf() - t - period)))
-        waited = waits.read
         append_wait = self.cpu_waits.append
         try:
-            w0 = waited()
+            w0 = 0.0 if waits is None else waits.read()
             while True:
                 t = perf()
                 await asyncio.sleep(period)
                 append((now(), max(0.0, perf() - t - period)))
-                w1 = waited()
-                append_wait(w1 - w0)
-                w0 = w1
+                if waits is not None:
+                    try:
+                        w1 = waits.read()
+                    except (OSError, ValueError, IndexError):
+                        # the kernel stopped saying: no wait is known for the run, and the
+                        # lag goes on being measured
+                        waits.close()
+                        waits = None
+                        self.cpu_waits.clear()
+                        continue
+                    append_wait(w1 - w0)
+                    w0 = w1
         finally:
-            waits.close()
+            if waits is not None:
+                waits.close()
 
 
 class CpuWait:
     """The time a thread has spent runnable but waiting for a CPU, as the kernel counts it
-    (`/proc/thread-self/schedstat`, its second field: Linux with schedstat info). It moves
-    by the scheduler's tick (4 ms on a 250 Hz kernel), so one sample says little and a sum
-    over a window is what to read."""
+    (`/proc/thread-self/schedstat`, its second field: Linux with schedstat info). The kernel
+    brings it up to date when it schedules the thread, and a wait is a scheduler slice or a
+    tick (4 ms on a 250 Hz kernel), so one sample says little and a sum over a window is
+    what to read."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -137,8 +142,10 @@ class CpuWait:
             return None
         probe = cls(fd)
         try:
-            probe.read()
+            ran = int(os.pread(fd, 96, 0).split()[0])
         except (OSError, ValueError, IndexError):
+            ran = 0
+        if not ran:     # "0 0 0": a kernel that does not count (a running thread has run)
             probe.close()
             return None
         return probe
@@ -159,17 +166,18 @@ def lag_between(samples: list[tuple[float, float]], a: float, b: float) -> list[
 
 
 def cpu_wait_between(samples: list[tuple[float, float]], waits: list[float], a: float,
-                     b: float, stall_wall_s: Optional[float]) -> Optional[tuple[float, int]]:
+                     b: float, is_stall: Callable[[float], bool]) -> Optional[tuple[float, int]]:
     """Of the samples stamped from protocol time a to b: the wall seconds their thread
-    waited for a CPU, and how many of those lagging `stall_wall_s` or more waited for one
-    at least half their lag (a stall the machine made). None without the waits."""
-    if not waits:           # (the last sample may have lost its wait to the cancel)
+    waited for a CPU, and how many of the stalls among them (`is_stall(wall lag)`) waited
+    for one at least half their lag (a stall the machine made). None without the waits
+    (`LagMonitor.cpu_waits`, one a sample)."""
+    if not waits or len(waits) != len(samples):
         return None
     total, stalls = 0.0, 0
     for (t, lag), w in zip(samples, waits):
         if a <= t <= b:
             total += w
-            if stall_wall_s is not None and lag >= stall_wall_s and w >= lag / 2:
+            if w >= lag / 2 and is_stall(lag):
                 stalls += 1
     return total, stalls
 

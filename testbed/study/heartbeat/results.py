@@ -121,7 +121,7 @@ class StudyResult:
     max_loop_lag_whole_s: float = 0.0
     lag_samples: int = 0
     lag_histogram: dict[str, int] = field(default_factory=dict)   # protocol s -> samples
-    lag_by_process: dict[str, dict[str, float]] = field(default_factory=dict)
+    lag_by_process: dict[str, dict[str, Optional[float]]] = field(default_factory=dict)
     timing_margin_s: Optional[float] = None # slack of the tightest policy below the NAT timeout
     stall_threshold_s: Optional[float] = None   # half of it (see timing_margin)
     stalls: int = 0                         # in-window lag samples at least that long
