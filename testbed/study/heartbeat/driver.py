@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 from testbed.lab.addressing import LONG
 
 from .config import StudyConfig
+from .fdtable import grow_fd_table
 from .measure import (LagMonitor, RadioWindow, cpu_seconds, loop_name, max_rss_mb,
                       quiescent, snapshot, window)
 
@@ -410,6 +411,7 @@ class PhoneFleet:
     async def run(self) -> FleetReport:
         from testbed.client.session import Session
 
+        grow_fd_table()     # not while the phones go online: each growth stalls the loop
         cpu0 = cpu_seconds()
         lag_task = asyncio.ensure_future(self.lag.run())
         ticker = asyncio.ensure_future(self._ticker())

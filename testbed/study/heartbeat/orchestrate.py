@@ -20,6 +20,7 @@ from testbed.fleet import Fleet, Message
 from testbed.lab.addressing import client_address
 
 from .config import StudyConfig
+from .fdtable import grow_fd_table
 from .driver import FleetReport, PhonePlan, fleet_payload, run_fleet
 from .figures import expiries_in_windows, study_result
 from .measure import LagMonitor, cpu_seconds, process_age_s
@@ -110,6 +111,7 @@ class _Study:
     async def run(self) -> StudyResult:
         wall0 = time.perf_counter()
         cpu0 = cpu_seconds() + cpu_seconds(resource.RUSAGE_CHILDREN)
+        grow_fd_table()     # the lab's, before its phones connect (`fdtable`)
         gc_was = gc.isenabled()
         if self.cfg.pause_gc:
             gc.collect()
