@@ -3,10 +3,11 @@
 The kernel grows a process's table of open files by doubling it (at 256, 512, 1,024 ...
 descriptors), and in a process with more than one thread each growth waits for an RCU grace
 period: 4-14 ms of wall time on the study's machine, in whatever call opened the descriptor
-(an accept, a connect). The study's processes open one or two descriptors a phone while the
-phones go online, so each doubling stalled a loop at the same moments of the day, whatever
-the number of phones (docs/performance.md). Grown once at the start, the table never grows
-again: the kernel does not shrink it.
+(an accept, a connect). The lab's process (it has threads) opens a descriptor or two a
+phone while the phones go online, so each doubling stalled its loop at the same moments of
+the day, whatever the number of phones (docs/performance.md). Grown once at the start, the
+table never grows again: the kernel does not shrink it. A fleet grows its own too, for
+when its process has threads.
 """
 
 from __future__ import annotations
