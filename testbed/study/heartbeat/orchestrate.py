@@ -20,8 +20,8 @@ from testbed.fleet import Fleet, Message
 from testbed.lab.addressing import client_address
 
 from .config import StudyConfig
-from .fdtable import grow_fd_table
 from .driver import FleetReport, PhonePlan, fleet_payload, run_fleet
+from .fdtable import grow_fd_table
 from .figures import expiries_in_windows, study_result
 from .measure import LagMonitor, cpu_seconds, process_age_s
 from .results import StudyResult
