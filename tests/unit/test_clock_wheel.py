@@ -195,7 +195,6 @@ def test_a_clock_taken_to_another_event_loop_still_fires_its_coarse_timers():
     assert asyncio.run(set_and_wait()) >= when
 
 
-
 # ------------------------------------------------- deadlines after what came in time
 
 class _Stall(asyncio.Protocol):
@@ -244,9 +243,9 @@ async def _read_by_a_deadline_after_a_stall(wheel: str) -> bytes:
 
 
 def test_a_coarse_deadline_is_decided_after_what_came_in_time_is_read():
-    # uvloop (libuv) runs its due timers before it polls the sockets: a NOOP deadline or a
-    # NAT idle check that fired first took a live link for dead; asyncio's own loop reads
-    # what one poll found before its due timers, and keeps that order with the wheel
+    # uvloop (libuv) runs its due timers before it polls the sockets: a phone's NOOP
+    # deadline that fired first took a live link for dead; asyncio's own loop reads what
+    # one poll found before its due timers, and keeps that order with the wheel
     uvloop = pytest.importorskip("uvloop")
     assert uvloop.run(_read_by_a_deadline_after_a_stall("coarse")) == b"in time"
     assert asyncio.run(_read_by_a_deadline_after_a_stall("coarse")) == b"in time"

@@ -23,8 +23,8 @@ def grow_fd_table(descriptors: int | None = None) -> int:
     """Make the kernel's table hold `descriptors` (default: the soft limit of open files,
     at most `MAX_RESERVED`) now, without opening or closing any descriptor of the caller's
     (the table is grown by a duplicate at the top, closed at once). Returns the size asked
-    for; where it cannot grow (no `F_DUPFD` there, or the limit is lower), as much as it
-    could and nothing else."""
+    for, never more than the soft limit; 0 where the table could not be grown (the
+    duplicate failed), with nothing else changed."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = MAX_RESERVED if soft == resource.RLIM_INFINITY else min(soft, MAX_RESERVED)
     want = min(limit, descriptors or limit)

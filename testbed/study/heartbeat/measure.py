@@ -142,7 +142,7 @@ class CpuWait:
             return None
         probe = cls(fd)
         try:
-            ran = int(os.pread(fd, 96, 0).split()[0])
+            ran, _ = probe._counts()
         except (OSError, ValueError, IndexError):
             ran = 0
         if not ran:     # "0 0 0": a kernel that does not count (a running thread has run)
@@ -152,7 +152,12 @@ class CpuWait:
 
     def read(self) -> float:
         """Seconds waited so far."""
-        return int(os.pread(self._fd, 96, 0).split()[1]) / 1e9
+        return self._counts()[1] / 1e9
+
+    def _counts(self) -> tuple[int, int]:
+        # nanoseconds on a CPU, nanoseconds waiting for one (then the slices: not read)
+        ran, waited = os.pread(self._fd, 96, 0).split()[:2]
+        return int(ran), int(waited)
 
     def close(self) -> None:
         if self._fd >= 0:
