@@ -231,6 +231,7 @@ class Instance:
     next_probe: float = 0.0
     failures: int = 0
     started_at: float = 0.0
+    exit_code: Optional[int] = None   # as the run noted it; None while it runs
 
     def local(self, text: str) -> str:
         """A string of this container's as its stand-in sees it: addresses, mount paths."""
@@ -363,7 +364,9 @@ class LocalCompose:
         if condition == "service_healthy":
             return all(i.healthy for i in group)
         if condition == "service_completed_successfully":
-            return all(i.proc.poll() == 0 for i in group)
+            # the exit as noted, not a fresh poll: a dependent must never start before the
+            # timeline says its dependency ended
+            return all(i.exit_code == 0 for i in group)
         raise ValueError(f"unknown depends_on condition {condition!r}")
 
     # ------------------------------------------------------------------ run
@@ -372,17 +375,12 @@ class LocalCompose:
         `ComposeFailed` at the first failure, or if it takes longer than `timeout`."""
         t0 = self._t0 = time.monotonic()
         waiting = dict(self.services)
-        ended: set[str] = set()
         while True:
             now = time.monotonic()
-            for name, svc in list(waiting.items()):
-                if all(self._met(d, c) for d, c in svc.depends_on.items()):
-                    del waiting[name]
-                    self._start(svc)
             for inst in self.started:
                 code = inst.proc.poll()
-                if code is not None and inst.name not in ended:
-                    ended.add(inst.name)
+                if code is not None and inst.exit_code is None:
+                    inst.exit_code = code
                     self._note(inst.name, f"exited {code}")
                 if code is not None:
                     if inst.service.name not in self.jobs:
@@ -392,7 +390,11 @@ class LocalCompose:
                         raise ComposeFailed(f"{inst.name} exited with {code}\n{inst.tail()}")
                 elif inst.service.health is not None and not inst.healthy:
                     self._poll_health(inst, now)
-            if not waiting and all(i.proc.poll() == 0 for i in self.started
+            for name, svc in list(waiting.items()):
+                if all(self._met(d, c) for d, c in svc.depends_on.items()):
+                    del waiting[name]
+                    self._start(svc)
+            if not waiting and all(i.exit_code == 0 for i in self.started
                                    if i.service.name in self.jobs):
                 return now - t0
             if now - t0 > timeout:
