@@ -20,11 +20,13 @@ DEFAULT_NAMESPACE = "lab"
 
 def split_namespace(url: str) -> tuple[str, Optional[str]]:
     """The URL without its `namespace` query parameter, and that parameter (if any)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    # the query is cut off the URL as written, not rebuilt by `urlunsplit`: that writes
+    # `unix:///path` back as `unix:/path`, which redis-py 8 refuses
+    base, _, query_text = url.partition("?")
+    query = parse_qsl(query_text, keep_blank_values=True)
     names = [v for k, v in query if k == "namespace"]
     rest = urlencode([(k, v) for k, v in query if k != "namespace"])
-    return urlunsplit(parts._replace(query=rest)), (names[-1] if names else None)
+    return (f"{base}?{rest}" if rest else base), (names[-1] if names else None)
 
 
 def redact_url(url: str) -> str:

@@ -17,6 +17,7 @@ from mocks import nearby
 from mocks.state import (LOG_CONTACTS, LOG_MESSAGES, LOG_PROFILE, MediaRecord, MemoryStore,
                          PushEvent, QuotaExceeded, SessionEnded, SessionRecord, UploadRecord,
                          make_store, new_link_id)
+from mocks.state.factory import split_namespace
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -643,3 +644,32 @@ async def test_make_store_names_the_store_by_url():
     for bad in ("postgres://x/1", "redis-ish", "http://127.0.0.1/"):
         with pytest.raises(ValueError):
             await make_store(bad)
+
+
+def test_the_namespace_comes_off_a_store_url_that_keeps_its_form():
+    # redis-py 8 refuses `unix:/path`, the form urllib writes a `unix:///path` URL back in
+    assert split_namespace("unix:///run/r.sock?db=0&namespace=lab-a") == \
+        ("unix:///run/r.sock?db=0", "lab-a")
+    assert split_namespace("unix:///run/r.sock?namespace=b") == ("unix:///run/r.sock", "b")
+    assert split_namespace("redis://u:pw@127.0.0.1:6379/2?namespace=x&namespace=y") == \
+        ("redis://u:pw@127.0.0.1:6379/2", "y")
+    assert split_namespace("redis://127.0.0.1:6379/0") == ("redis://127.0.0.1:6379/0", None)
+
+
+async def test_a_store_opens_on_the_servers_unix_socket_with_a_namespace(redis_url, tmp_path):
+    """What the namespace lab hands its hosts: the socket, reachable from any namespace."""
+    from mocks.state.redis_server import RedisServer
+
+    server = RedisServer(tmp_path).start()
+    try:
+        namespace = f"test-{uuid.uuid4().hex[:12]}"
+        store = await make_store(f"{server.unix_url}&namespace={namespace}")
+        try:
+            assert store.namespace == namespace
+            uin = await new_user(store, "over-the-socket")
+            assert (await store.user_by_name("over-the-socket")).uin == uin.uin
+        finally:
+            await store.clear()
+            await store.close()
+    finally:
+        server.stop()
