@@ -657,7 +657,8 @@ def test_the_namespace_comes_off_a_store_url_that_keeps_its_form():
 
 
 async def test_a_store_opens_on_the_servers_unix_socket_with_a_namespace(redis_url, tmp_path):
-    """What the namespace lab hands its hosts: the socket, reachable from any namespace."""
+    """What the namespace lab hands its hosts: the socket, reachable from any namespace.
+    (`redis_url` only for its check: a missing redis-server skips this, or fails it in CI.)"""
     from mocks.state.redis_server import RedisServer
 
     server = RedisServer(tmp_path).start()
@@ -666,8 +667,8 @@ async def test_a_store_opens_on_the_servers_unix_socket_with_a_namespace(redis_u
         store = await make_store(f"{server.unix_url}&namespace={namespace}")
         try:
             assert store.namespace == namespace
-            uin = await new_user(store, "over-the-socket")
-            assert (await store.user_by_name("over-the-socket")).uin == uin.uin
+            user = await new_user(store, "over-the-socket")
+            assert (await store.user_by_name("over-the-socket")).uin == user.uin
         finally:
             await store.clear()
             await store.close()
