@@ -6,7 +6,7 @@ import struct
 
 import dpkt
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from testbed.wire import dns
@@ -278,7 +278,7 @@ def test_parse_response_random_bytes_raise_only_remote_protocol_error(data):
         pass
 
 
-@settings(max_examples=100, deadline=None)
+@budget()
 @given(qid=st.integers(0, 0xFFFF),
        labels=st.lists(st.from_regex(r"[a-z0-9]{1,20}", fullmatch=True), min_size=1,
                        max_size=4),

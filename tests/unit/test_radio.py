@@ -16,12 +16,14 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from testbed.radio import RadioMeter, load_radio_profile, radio_profile_names, simulate
 from testbed.radio import doc as radio_doc
 from testbed.radio.profile import profile_from_dict
+
+from ..fuzzing import budget
 
 UMTS = load_radio_profile("umts-2010")
 LTE = load_radio_profile("lte-2012")
@@ -139,7 +141,7 @@ timelines = st.lists(st.tuples(st.floats(0, 500, allow_nan=False),
                      max_size=40)
 
 
-@settings(max_examples=150, deadline=None)
+@budget(1.5)
 @given(timelines, st.sampled_from(["umts-2010", "lte-2012"]))
 def test_invariants(timeline, name):
     p = load_radio_profile(name)
