@@ -73,8 +73,9 @@ def netns():
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """The URL of a redis-server started for this test session (and stopped after it).
+def redis_server(tmp_path_factory):
+    """A redis-server started for this test session (and stopped after it), on a TCP port
+    (`url`) and a Unix socket (`unix_url`).
 
     Skips the test where redis-server is not installed, unless TESTBED_REQUIRE_REDIS=1 (CI),
     where that is a failure."""
@@ -85,9 +86,15 @@ def redis_url(tmp_path_factory):
         pytest.skip(reason)
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server):
+    """The URL of the session's redis-server (`redis_server`)."""
+    return redis_server.url
 
 
 @pytest.fixture

@@ -656,21 +656,14 @@ def test_the_namespace_comes_off_a_store_url_that_keeps_its_form():
     assert split_namespace("redis://127.0.0.1:6379/0") == ("redis://127.0.0.1:6379/0", None)
 
 
-async def test_a_store_opens_on_the_servers_unix_socket_with_a_namespace(redis_url, tmp_path):
-    """What the namespace lab hands its hosts: the socket, reachable from any namespace.
-    (`redis_url` only for its check: a missing redis-server skips this, or fails it in CI.)"""
-    from mocks.state.redis_server import RedisServer
-
-    server = RedisServer(tmp_path).start()
+async def test_a_store_opens_on_the_servers_unix_socket_with_a_namespace(redis_server):
+    """What the namespace lab hands its hosts: the socket, reachable from any namespace."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    store = await make_store(f"{redis_server.unix_url}&namespace={namespace}")
     try:
-        namespace = f"test-{uuid.uuid4().hex[:12]}"
-        store = await make_store(f"{server.unix_url}&namespace={namespace}")
-        try:
-            assert store.namespace == namespace
-            user = await new_user(store, "over-the-socket")
-            assert (await store.user_by_name("over-the-socket")).uin == user.uin
-        finally:
-            await store.clear()
-            await store.close()
+        assert store.namespace == namespace
+        user = await new_user(store, "over-the-socket")
+        assert (await store.user_by_name("over-the-socket")).uin == user.uin
     finally:
-        server.stop()
+        await store.clear()
+        await store.close()
