@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pytest
 
@@ -159,6 +160,27 @@ def test_study_phones_in_their_own_processes(tmp_path):
         assert 0 < p["delay_p50_s"] < 1800 + 200
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs this process may use")
+def test_pinned_loops_run_on_cpus_of_their_own(tmp_path):
+    """--pin-cpus: the lab's loop on the first usable CPU, the phone process on the next
+    (as each loop saw its own affinity), and the caller's thread back as it was."""
+    before = os.sched_getaffinity(0)
+    cpus = sorted(before)
+    out = tmp_path / "study.json"
+    args = _parser().parse_args([
+        "study", "heartbeat", "--policy", "fixed:270", "--clients", "2", "--hours", "1",
+        "--time-scale", "1000", "--processes", "1", "--pin-cpus", "--json", str(out),
+        "--quiet"])
+    assert args.study_func(args) == 0
+    data = json.loads(out.read_text())
+    assert data["config"]["pin_cpus"] is True
+    assert data["cpus_by_process"] == {"lab": [cpus[0]], "phones-1": [cpus[1]]}
+    assert os.sched_getaffinity(0) == before
+    p270 = data["policies"][0]
+    assert p270["heartbeats_sent"] >= 2 * 12 and p270["messages_lost"] == 0
+
+
 def test_study_bad_arguments_exit_2(tmp_path, capsys):
     parser = _parser()
     for bad in (["--policy", "sometimes"], ["--clients", "0"], ["--hours", "-1"],
@@ -175,6 +197,12 @@ def test_study_bad_arguments_exit_2(tmp_path, capsys):
     args = parser.parse_args(["study", "heartbeat", "--json", str(tmp_path)])
     assert args.study_func(args) == 2
     assert "is a directory" in capsys.readouterr().err
+    # --pin-cpus: phones in processes of their own, and a CPU for each loop
+    for argv, says in ((["--processes", "0"], "processes of their own"),
+                       (["--processes", "64"], "CPUs, this process may use")):
+        args = parser.parse_args(["study", "heartbeat", "--pin-cpus", *argv])
+        assert args.study_func(args) == 2, argv
+        assert says in " ".join(capsys.readouterr().err.split()), argv
     # `testbed study` alone: help, exit 2
     args = parser.parse_args(["study"])
     assert args.study_func(args) == 2
@@ -199,6 +227,8 @@ def test_study_on_a_running_lab_bad_arguments_exit_2(tmp_path, capsys, monkeypat
             (["--manifest", str(manifest), "--store", store, "--time-scale", "10"],
              "the running lab decides"),
             (["--manifest", str(manifest), "--store", store, "--nat-upstream", "memory"],
+             "the running lab decides"),
+            (["--manifest", str(manifest), "--store", store, "--pin-cpus"],
              "the running lab decides"),
             (["--manifest", str(manifest), "--store", store], "has no carrier NAT")):
         args = _parser().parse_args(["study", "heartbeat", *argv])

@@ -102,6 +102,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     hb.add_argument("--processes", type=_arg_processes, default=None, metavar="N",
                     help="run the phones in N processes of their own, the lab in this one; "
                          "0: everything in one process (default: 2 with 2 CPUs or more)")
+    hb.add_argument("--pin-cpus", action="store_true",
+                    help="run the lab's loop on a CPU of its own and each phone process on "
+                         "another (needs 1 + --processes CPUs); the JSON's cpus_by_process "
+                         "says where each ran")
     hb.add_argument("--nat-upstream", choices=NAT_UPSTREAMS, default=None,
                     help="how the lab's NAT reaches the long link behind it: an in-memory "
                          "transport pair (default: a quarter less of the lab's CPU, fewer "
@@ -141,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
                        seed=args.seed, server_idle_s=args.server_idle,
                        online_per_s=getattr(args, "online_per_s", StudyConfig.online_per_s),
                        processes=getattr(args, "processes", None),
+                       pin_cpus=getattr(args, "pin_cpus", False),
                        nat_upstream=getattr(args, "nat_upstream", None)
                        or StudyConfig.nat_upstream,
                        loop=getattr(args, "loop", "auto"),
@@ -178,6 +183,7 @@ def _shared_mode(args: argparse.Namespace) -> Optional[str]:
                                       ("--time-scale", args.time_scale),
                                       ("--server-idle", args.server_idle),
                                       ("--processes", getattr(args, "processes", None)),
+                                      ("--pin-cpus", getattr(args, "pin_cpus", False) or None),
                                       ("--nat-upstream", getattr(args, "nat_upstream", None)))
                  if v is not None]
         if given:

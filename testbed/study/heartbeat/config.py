@@ -57,6 +57,10 @@ class StudyConfig:
                                             # None: 2 where there are 2 CPUs or more, else 0
     loop: str = "auto"                      # event loop of phone processes: auto/asyncio/uvloop
     pause_gc: bool = True                   # no cyclic GC during the run (see run_study)
+    # each loop on a CPU of its own (the lab's first, then one per phone process): two loops
+    # on two cores that the scheduler left sharing one waited for each other for seconds
+    # (docs/performance.md, 6 December)
+    pin_cpus: bool = False
     drain_s: Optional[float] = None         # None: longest policy interval + 2 NOOP timeouts + 120
     radio: tuple[str, ...] = ()             # radio profiles (names or .json paths) to cost
     population: float = WECHAT_USERS_2013   # users, for the operator's view of the radio
@@ -105,6 +109,14 @@ class StudyConfig:
             raise ValueError(f"--processes must be 0 (phones in the lab's process) to 64, or "
                              f"auto, got {self.processes!r}")
         Loop(self.loop)           # a ValueError naming the loops
+        if self.pin_cpus:
+            n, have = self.phone_processes(), len(usable_cpus())
+            if n < 1:
+                raise ValueError("--pin-cpus needs the phones in processes of their own "
+                                 "(--processes 1 or more)")
+            if 1 + n > have:
+                raise ValueError(f"--pin-cpus needs a CPU for the lab and one for each phone "
+                                 f"process: {1 + n} CPUs, this process may use {have}")
         names = [p.name for p in self.radio_profiles()]   # raises for an unknown profile
         if len(set(names)) != len(names):
             raise ValueError(f"a radio profile is given twice: {', '.join(names)}")
@@ -158,6 +170,14 @@ class StudyConfig:
             return self.drain_s
         return max(_max_interval(p) for p in self.policies) \
             + 2 * self.noop_timeout_effective() + 120.0
+
+
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on, in order (all of them where the OS does not say)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return list(range(os.cpu_count() or 1))
 
 
 def timing_margin(config: StudyConfig) -> Optional[float]:

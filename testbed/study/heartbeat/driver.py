@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import math
+import os
 import random
 import uuid
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any, Callable, Optional
 
 from testbed.lab.addressing import LONG
 
-from .config import StudyConfig
+from .config import StudyConfig, usable_cpus
 from .fdtable import grow_fd_table
 from .measure import (LagMonitor, RadioWindow, cpu_seconds, loop_name, max_rss_mb,
                       quiescent, snapshot, window)
@@ -80,6 +81,7 @@ class FleetReport:
     login_retries: int = 0             # login-phase requests sent again (`PhoneFleet._again`)
     # wall s the fleet's loop waited for a CPU in each `lag` sample (empty: not known)
     lag_cpu_wait: list[float] = dataclasses.field(default_factory=list)
+    cpus: list[int] = dataclasses.field(default_factory=list)   # the CPUs its loop ran on
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON holds it (a study phone posts it to the lab's store): a phone's received
@@ -438,7 +440,8 @@ class PhoneFleet:
                            lag=self.lag.samples, lag_cpu_wait=self.lag.cpu_waits,
                            login_done=self.login_done, online_done=self.online_done,
                            event_loop=loop_name(), cpu_s=cpu_seconds() - cpu0,
-                           max_rss_mb=max_rss_mb(), login_retries=self.login_retries)
+                           max_rss_mb=max_rss_mb(), login_retries=self.login_retries,
+                           cpus=usable_cpus())
 
 
 async def run_fleet(payload: Optional[dict[str, Any]], channel) -> FleetReport:
@@ -458,6 +461,8 @@ async def run_fleet(payload: Optional[dict[str, Any]], channel) -> FleetReport:
         if kind == "plan":
             payload = args[0]
     cfg = StudyConfig.from_dict(payload["config"])
+    if payload.get("cpu") is not None:
+        os.sched_setaffinity(0, {payload["cpu"]})
     if payload["own_process"] and cfg.pause_gc:   # the lab's process paused its own
         gc.collect()
         gc.disable()
@@ -475,8 +480,10 @@ async def run_fleet(payload: Optional[dict[str, Any]], channel) -> FleetReport:
 
 
 def fleet_payload(config: StudyConfig, lab, plans: list[PhonePlan],
-                  sender: tuple[str, str, Optional[str]], own_process: bool) -> dict[str, Any]:
-    """What `run_fleet` needs, picklable: for a phone process, or for the lab's own loop."""
+                  sender: tuple[str, str, Optional[str]], own_process: bool,
+                  cpu: Optional[int] = None) -> dict[str, Any]:
+    """What `run_fleet` needs, picklable: for a phone process (pinned to `cpu` if given),
+    or for the lab's own loop."""
     return {"config": config.to_dict(), "manifest": lab.manifest.to_dict(),
             "wall0": lab.clock.origin, "plans": [dataclasses.asdict(p) for p in plans],
-            "sender": sender, "own_process": own_process}
+            "sender": sender, "own_process": own_process, "cpu": cpu}

@@ -158,7 +158,8 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
                  lab_lag: Optional[LagMonitor], wall: float, cpu: float,
                  nat_stats: dict[str, Any], expiries: Optional[Counter],
                  hosts: Optional[list[str]] = None,
-                 startup_wall_s: Optional[float] = None) -> StudyResult:
+                 startup_wall_s: Optional[float] = None,
+                 lab_cpus: Optional[list[int]] = None) -> StudyResult:
     """Every figure of the run. `lab_lag`: the lab loop's lag monitor when the phones ran
     in processes of their own (None: one loop for all, measured by the one fleet).
     `hosts`: the fleets were phone hosts of a lab running elsewhere (a shared lab,
@@ -215,8 +216,11 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
     # CPU seconds of each phone process's fleet (from its start: logins included); the
     # lab's process has the rest of `cpu`
     cpu_by_process = {name: f.cpu_s for (name, _, _), f in zip(sources[-len(fleets):], fleets)}
+    cpus_by_process = {name: f.cpus for (name, _, _), f in zip(sources[-len(fleets):], fleets)}
     if lab_lag is not None and hosts is None:
         cpu_by_process["lab"] = max(0.0, cpu - sum(cpu_by_process.values()))
+        if lab_cpus is not None:
+            cpus_by_process["lab"] = lab_cpus
     login_done = max(f.login_done for f in fleets)
     online_done = max(f.online_done for f in fleets)
     return StudyResult(
@@ -236,7 +240,8 @@ def study_result(cfg: StudyConfig, fleets: list[FleetReport],
         stalls=stalls, timing_ok=stalls == 0,
         cpu_wait_s=sum(w for w, _ in known) if known else None,
         stalls_waiting_for_cpu=sum(n for _, n in known) if known else None,
-        cpu_s=cpu, cpu_by_process=cpu_by_process, nat=nat_stats, drain_s=cfg.effective_drain_s(),
+        cpu_s=cpu, cpu_by_process=cpu_by_process, cpus_by_process=cpus_by_process,
+        nat=nat_stats, drain_s=cfg.effective_drain_s(),
         noop_timeout_effective_s=cfg.noop_timeout_effective(),
         event_loop=fleets[0].event_loop,
         processes=len(fleets) if lab_lag is not None or hosts is not None else 0,

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import random
 import resource
 import socket
@@ -19,7 +20,7 @@ from typing import Callable, Optional
 from testbed.fleet import Fleet, Message
 from testbed.lab.addressing import client_address
 
-from .config import StudyConfig
+from .config import StudyConfig, usable_cpus
 from .driver import FleetReport, PhonePlan, fleet_payload, run_fleet
 from .fdtable import grow_fd_table
 from .figures import expiries_in_windows, study_result
@@ -117,6 +118,7 @@ class _Study:
             gc.collect()
             gc.disable()
         nproc = self.cfg.phone_processes()
+        affinity = usable_cpus() if self.cfg.pin_cpus else None
         n = min(nproc, self.cfg.clients * len(self.cfg.policies)) if nproc else 1
         try:
             with tempfile.TemporaryDirectory(prefix="testbed-study-") as tmp:
@@ -137,6 +139,7 @@ class _Study:
                         finally:
                             if lag_task is not None:
                                 lag_task.cancel()
+                    lab_cpus = usable_cpus()
                     nat_stats = (dataclasses.asdict(self.lab.nat.stats) if self.lab.nat is not None
                                  else {})
                     errors = self.lab.server_errors()
@@ -151,8 +154,11 @@ class _Study:
             expiries = (expiries_in_windows(outcomes, self.expiries, self.by_source)
                         if self.nat_attributed else None)
             return study_result(self.cfg, fleets, lab_lag if nproc else None, wall,
-                                cpu, nat_stats, expiries, startup_wall_s=startup)
+                                cpu, nat_stats, expiries, startup_wall_s=startup,
+                                lab_cpus=lab_cpus)
         finally:
+            if affinity is not None:   # the caller's thread as it was
+                os.sched_setaffinity(0, affinity)
             if self.cfg.pause_gc and gc_was:
                 gc.enable()
 
@@ -160,9 +166,13 @@ class _Study:
         """The `n` fleets of `fleet` (one in the lab's loop when `nproc` is 0, else one per
         phone process) get their plans ("plan"); a fleet sends "progress" ticks and
         "logged_in", and all go online on the one "go"."""
+        cpus = usable_cpus() if self.cfg.pin_cpus else None
+        if cpus is not None:   # the lab's loop (this thread) on the first, a phone process
+            os.sched_setaffinity(0, {cpus[0]})   # on each of the next (validated: enough)
         for i in range(n):
             fleet.send(i, "plan", fleet_payload(self.cfg, self.lab, self.plans[i::n],
-                                                self.sender, own_process=nproc > 0))
+                                                self.sender, own_process=nproc > 0,
+                                                cpu=None if cpus is None else cpus[1 + i]))
         last: dict[int, tuple] = {}
         logged_in: set[int] = set()
 

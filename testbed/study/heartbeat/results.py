@@ -134,6 +134,8 @@ class StudyResult:
     cpu_s: float = 0.0                      # CPU time (user + system), phone processes included
     # of which each phone process's fleet (named as in lag_by_process) and the lab's
     cpu_by_process: dict[str, float] = field(default_factory=dict)
+    # the CPUs each loop's thread could run on at the end (one each with --pin-cpus)
+    cpus_by_process: dict[str, list[int]] = field(default_factory=dict)
     nat: dict[str, Any] = field(default_factory=dict)
     drain_s: float = 0.0
     noop_timeout_effective_s: float = 0.0
