@@ -118,6 +118,7 @@ class _Study:
             gc.collect()
             gc.disable()
         nproc = self.cfg.phone_processes()
+        # with pin_cpus: the CPUs the loops are pinned to, and what this thread gets back
         affinity = usable_cpus() if self.cfg.pin_cpus else None
         n = min(nproc, self.cfg.clients * len(self.cfg.policies)) if nproc else 1
         try:
@@ -135,7 +136,7 @@ class _Study:
                         lag_task = asyncio.ensure_future(lab_lag.run()) if nproc else None
                         try:
                             self.plan()
-                            fleets = await self._run_fleets(fleet, n, nproc)
+                            fleets = await self._run_fleets(fleet, n, nproc, affinity)
                         finally:
                             if lag_task is not None:
                                 lag_task.cancel()
@@ -162,13 +163,14 @@ class _Study:
             if self.cfg.pause_gc and gc_was:
                 gc.enable()
 
-    async def _run_fleets(self, fleet: Fleet, n: int, nproc: int) -> list[FleetReport]:
+    async def _run_fleets(self, fleet: Fleet, n: int, nproc: int,
+                          cpus: Optional[list[int]]) -> list[FleetReport]:
         """The `n` fleets of `fleet` (one in the lab's loop when `nproc` is 0, else one per
         phone process) get their plans ("plan"); a fleet sends "progress" ticks and
-        "logged_in", and all go online on the one "go"."""
-        cpus = usable_cpus() if self.cfg.pin_cpus else None
-        if cpus is not None:   # the lab's loop (this thread) on the first, a phone process
-            os.sched_setaffinity(0, {cpus[0]})   # on each of the next (validated: enough)
+        "logged_in", and all go online on the one "go". With `cpus` (pin_cpus), this
+        thread runs on the first of them and each phone process on one of the next."""
+        if cpus is not None:   # `StudyConfig.validate` made sure there are enough
+            os.sched_setaffinity(0, {cpus[0]})
         for i in range(n):
             fleet.send(i, "plan", fleet_payload(self.cfg, self.lab, self.plans[i::n],
                                                 self.sender, own_process=nproc > 0,
