@@ -102,6 +102,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     hb.add_argument("--processes", type=_arg_processes, default=None, metavar="N",
                     help="run the phones in N processes of their own, the lab in this one; "
                          "0: everything in one process (default: 2 with 2 CPUs or more)")
+    hb.add_argument("--shards", type=positive_int, default=0, metavar="N",
+                    help="run the study as N labs, each in a process of its own with its "
+                         "share of the phones in its loop, their long links reaching its NAT "
+                         "in memory (no loopback TCP); the figures merged, each shard's loop "
+                         "measured (docs/heartbeat-study.md, 'Shards')")
     hb.add_argument("--pin-cpus", action="store_true",
                     help="run the lab's loop on a CPU of its own and each phone process on "
                          "another (needs 1 + --processes CPUs); the JSON's cpus_by_process "
@@ -146,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
                        online_per_s=getattr(args, "online_per_s", StudyConfig.online_per_s),
                        processes=getattr(args, "processes", None),
                        pin_cpus=getattr(args, "pin_cpus", False),
+                       shards=getattr(args, "shards", 0) or 0,
                        nat_upstream=getattr(args, "nat_upstream", None)
                        or StudyConfig.nat_upstream,
                        loop=getattr(args, "loop", "auto"),
@@ -184,6 +190,7 @@ def _shared_mode(args: argparse.Namespace) -> Optional[str]:
                                       ("--server-idle", args.server_idle),
                                       ("--processes", getattr(args, "processes", None)),
                                       ("--pin-cpus", getattr(args, "pin_cpus", False) or None),
+                                      ("--shards", getattr(args, "shards", 0) or None),
                                       ("--nat-upstream", getattr(args, "nat_upstream", None)))
                  if v is not None]
         if given:

@@ -61,6 +61,10 @@ class StudyConfig:
     # on two cores that the scheduler left sharing one waited for each other for seconds
     # (docs/performance.md, 6 December)
     pin_cpus: bool = False
+    # 0: one lab for every phone. N: N labs, each in a process of its own with its share of
+    # the phones in its loop, whose long links reach its NAT in memory (no loopback TCP: a
+    # third of the socket study's CPU was the kernel's); the figures merged (`shards`)
+    shards: int = 0
     drain_s: Optional[float] = None         # None: longest policy interval + 2 NOOP timeouts + 120
     radio: tuple[str, ...] = ()             # radio profiles (names or .json paths) to cost
     population: float = WECHAT_USERS_2013   # users, for the operator's view of the radio
@@ -109,6 +113,22 @@ class StudyConfig:
             raise ValueError(f"--processes must be 0 (phones in the lab's process) to 64, or "
                              f"auto, got {self.processes!r}")
         Loop(self.loop)           # a ValueError naming the loops
+        if not isinstance(self.shards, int) or not 0 <= self.shards <= 64:
+            raise ValueError(f"--shards must be a whole number from 1 to 64, got "
+                             f"{self.shards!r}")
+        if self.shards:
+            if self.processes is not None:
+                raise ValueError("--shards runs each lab's phones in its own loop: give "
+                                 "--shards or --processes, not both")
+            if self.pin_cpus:
+                raise ValueError("--pin-cpus pins the lab and phone processes of one lab: "
+                                 "not with --shards")
+            if self.nat_upstream != "memory":
+                raise ValueError("--shards keeps every long link in memory, so the NAT's "
+                                 "upstream leg too: not with --nat-upstream socket")
+            if self.shards > self.clients:
+                raise ValueError(f"--shards {self.shards} is more labs than --clients "
+                                 f"{self.clients}: each needs a phone of every policy")
         if self.pin_cpus:
             n, have = self.phone_processes(), len(usable_cpus())
             if n < 1:
@@ -140,6 +160,12 @@ class StudyConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
         return cls(**{**d, "policies": tuple(d["policies"]), "radio": tuple(d.get("radio", ()))})
+
+    def shard_clients(self) -> list[int]:
+        """Phones per policy in each shard (`shards` of them, the first ones one more
+        where `clients` does not divide evenly)."""
+        n = self.shards
+        return [self.clients // n + (1 if s < self.clients % n else 0) for s in range(n)]
 
     def phone_processes(self) -> int:
         if self.processes is not None:
