@@ -235,9 +235,9 @@ async def test_local_servers_connect_in_memory_and_refuse_once_closed():
         assert not isinstance(sock_t, MemoryTransport)
         sock_t.close()
         bound, _ = await local.connect(Recorder, "127.0.0.1", other.sockets[0].getsockname()[1],
-                                       source=("127.0.0.1", 0))   # bound there, as local_addr
+                                       source=("127.0.0.9", 0))   # bound there, as local_addr
         assert not isinstance(bound, MemoryTransport)
-        assert bound.get_extra_info("sockname")[0] == "127.0.0.1"
+        assert bound.get_extra_info("sockname")[0] == "127.0.0.9"
         bound.close()
         other.close()
     finally:

@@ -7,6 +7,7 @@ memory), whose parts are merged into the same figures."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -80,10 +81,12 @@ class _Study:
     indices and message times), run in the lab's loop with their long links in memory."""
 
     def __init__(self, config: StudyConfig, progress: Optional[ProgressFn],
-                 share: Optional[tuple[int, int]] = None) -> None:
+                 share: Optional[tuple[int, int]] = None,
+                 workdir: Optional[Path] = None) -> None:
         self.cfg = config
         self.progress = progress
         self.share = share
+        self.workdir = workdir   # for the lab's files (None: a temporary directory)
         self.lab = None
         self.plans: list[PhonePlan] = []
         self.sender: tuple[str, str, Optional[str]] = ("", "", None)
@@ -182,7 +185,8 @@ class _Study:
         n = min(nproc, self.cfg.clients * len(self.cfg.policies)) if nproc else 1
         lab_lag = None
         try:
-            with tempfile.TemporaryDirectory(prefix="testbed-study-") as tmp:
+            with (contextlib.nullcontext(self.workdir) if self.workdir is not None
+                  else tempfile.TemporaryDirectory(prefix="testbed-study-")) as tmp:
                 try:
                     if self.share:
                         startup = await self._start(Path(tmp))
@@ -267,8 +271,10 @@ async def run_shard(payload: dict[str, Any], channel) -> _Parts:
     """A shard's worker (`testbed.fleet.Fleet`, a process of its own): its lab and its
     share of the phones, "progress" to the parent, its parts as the result."""
     cfg = StudyConfig.from_dict(payload["config"])
+    workdir = Path(payload["workdir"])
+    workdir.mkdir()
     study = _Study(cfg, lambda *msg: channel.send("progress", *msg),
-                   share=tuple(payload["share"]))
+                   share=tuple(payload["share"]), workdir=workdir)
     return await study.run_parts()
 
 
@@ -298,7 +304,6 @@ async def _run_sharded(config: StudyConfig, progress: Optional[ProgressFn]) -> S
     for n in config.shard_clients():
         bounds.append((lo, lo + n))
         lo += n
-    payloads = [{"config": config.to_dict(), "share": b} for b in bounds]
     last: dict[int, tuple] = {}
 
     def on_message(m: Message) -> None:
@@ -311,9 +316,15 @@ async def _run_sharded(config: StudyConfig, progress: Optional[ProgressFn]) -> S
                 except Exception:
                     log.exception("progress callback failed")
 
-    async with Fleet(run_shard, payloads, spawn=True, loop=config.loop,
-                     name="study-shard") as fleet:
-        parts = await fleet.run(on_message)
+    # the shards' labs keep their files (the manifest: passwords) here, removed by this
+    # process once every shard has stopped, however they stop (a shard gets SIGTERM)
+    with tempfile.TemporaryDirectory(prefix="testbed-study-") as tmp:
+        payloads = [{"config": config.to_dict(), "share": b,
+                     "workdir": str(Path(tmp) / f"shard-{i + 1}")}
+                    for i, b in enumerate(bounds)]
+        async with Fleet(run_shard, payloads, spawn=True, loop=config.loop,
+                         name="study-shard") as fleet:
+            parts = await fleet.run(on_message)
     age = process_age_s()
     first = min(p.origin for p in parts)
     startup = None if age is None else age - (time.monotonic() - first)
