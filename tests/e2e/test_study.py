@@ -15,6 +15,7 @@ import pytest
 
 from testbed.study.heartbeat import (StudyConfig, StudyResult, main_heartbeat, register,
                                      render_table, timing_margin)
+from testbed.study.heartbeat.config import usable_cpus
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 POLICIES = ["fixed:270", "fixed:1680", "mars"]
@@ -258,7 +259,7 @@ def test_study_bad_arguments_exit_2(tmp_path, capsys):
         assert args.study_func(args) == 2, argv
         assert says in " ".join(capsys.readouterr().err.split()), argv
     with pytest.raises(SystemExit) as exc:
-        parser.parse_args(["study", "heartbeat", "--shards", "0"])
+        parser.parse_args(["study", "heartbeat", "--shards", "-1"])
     assert exc.value.code == 2
     # `testbed study` alone: help, exit 2
     args = parser.parse_args(["study"])
@@ -302,6 +303,12 @@ def test_study_config_defaults_and_margin():
     assert c.hours == 24 and c.time_scale == 2000 and c.messages_per_client_per_day == 4
     assert c.nat_upstream == "memory" and c.online_per_s == 500
     assert c.phone_processes() in (0, 2)
+    # two labs by default where two CPUs may run them, none once the layout is asked for
+    assert c.shard_count() == (2 if len(usable_cpus()) >= 2 else 0)
+    for asked in ({"processes": 2}, {"pin_cpus": True}, {"nat_upstream": "socket"},
+                  {"shards": 0}, {"clients": 1}):
+        assert StudyConfig(**asked).shard_count() == 0, asked
+    assert StudyConfig(shards=3, clients=1000).shard_clients() == [334, 333, 333]
     assert timing_margin(c) == 30
     # at k = 2000 the phone's NOOP timeout is floored at 50 ms of wall time: 100 protocol s
     assert c.noop_timeout_effective() == 100

@@ -341,6 +341,8 @@ async def run_study(config: StudyConfig, progress: Optional[ProgressFn] = None) 
     the lab's objects stalls the loop 50-80 ms, 100-160 protocol seconds at k = 2000, enough
     to kill links that should live. Reference counting still frees nearly everything."""
     config.validate()
+    # the layout the run takes, as its figures' config says
+    config = dataclasses.replace(config, shards=config.shard_count())
     if config.shards:
         return await _run_sharded(config, progress)
     return await _Study(config, progress).run()
