@@ -471,16 +471,20 @@ async def run_fleet(payload: Optional[dict[str, Any]], channel) -> FleetReport:
         gc.collect()
         gc.disable()
 
-    async def barrier() -> None:
-        channel.send("logged_in")
-        while (await channel.receive())[0] != "go":
-            pass
-
     fleet = PhoneFleet(Manifest.from_dict(payload["manifest"]),
                        Clock(cfg.time_scale, origin=payload["wall0"]), cfg,
                        [PhonePlan(**p) for p in payload["plans"]], tuple(payload["sender"]),
-                       report=lambda *msg: channel.send(*msg), barrier=barrier)
+                       report=lambda *msg: channel.send(*msg),
+                       barrier=lambda: wait_for_go(channel))
     return await fleet.run()
+
+
+async def wait_for_go(channel) -> None:
+    """A study worker's barrier: "logged_in" to the parent, then wait for its "go" (sent
+    once every worker has said it, `orchestrate._workers_messages`)."""
+    channel.send("logged_in")
+    while (await channel.receive())[0] != "go":
+        pass
 
 
 def fleet_payload(config: StudyConfig, lab, plans: list[PhonePlan],

@@ -26,7 +26,8 @@ from testbed.fleet import Fleet, Message
 from testbed.lab.addressing import client_address
 
 from .config import StudyConfig, usable_cpus
-from .driver import FleetReport, PhoneFleet, PhonePlan, fleet_payload, run_fleet
+from .driver import (FleetReport, PhoneFleet, PhonePlan, fleet_payload, run_fleet,
+                     wait_for_go)
 from .fdtable import grow_fd_table
 from .figures import expiries_in_windows, study_result
 from .measure import LagMonitor, cpu_seconds, process_age_s
@@ -44,6 +45,27 @@ def _can_bind(addr: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _workers_messages(fleet: Fleet, report: ProgressFn) -> Callable[[Message], None]:
+    """The parent's side of a fleet of study workers (phone processes or shards): the
+    slowest one's "progress" to `report` once every worker has said, and "go" to all once
+    every one has said "logged_in" (`wait_for_go`)."""
+    last: dict[int, tuple] = {}
+    logged_in: set[int] = set()
+
+    def on_message(m: Message) -> None:
+        if m.kind == "progress":
+            last[m.worker] = m.args
+            if len(last) == len(fleet):
+                done = min(v[0] for v in last.values())
+                what = next(v[2] for v in last.values() if v[0] == done)
+                report(done, m.args[1], what)
+        elif m.kind == "logged_in":
+            logged_in.add(m.worker)
+            if len(logged_in) == len(fleet):
+                fleet.broadcast("go")
+    return on_message
 
 
 def memory_connector(local) -> Callable[..., Any]:
@@ -82,10 +104,12 @@ class _Study:
 
     def __init__(self, config: StudyConfig, progress: Optional[ProgressFn],
                  share: Optional[tuple[int, int]] = None,
-                 workdir: Optional[Path] = None) -> None:
+                 workdir: Optional[Path] = None,
+                 barrier: Optional[Callable[[], Any]] = None) -> None:
         self.cfg = config
         self.progress = progress
         self.share = share
+        self.barrier = barrier   # a shard's: awaited once its phones are in, before online
         self.workdir = workdir   # for the lab's files (None: a temporary directory)
         self.lab = None
         self.plans: list[PhonePlan] = []
@@ -233,6 +257,7 @@ class _Study:
         self.lab.nat.accept_in_memory(local)
         fleet = PhoneFleet(self.lab.manifest, self.lab.clock, self.cfg, self.plans,
                            self.sender, connector=memory_connector(local),
+                           barrier=self.barrier,
                            report=lambda kind, *args: self._report(*args)
                            if kind == "progress" else None)
         return await fleet.run()
@@ -249,32 +274,22 @@ class _Study:
             fleet.send(i, "plan", fleet_payload(self.cfg, self.lab, self.plans[i::n],
                                                 self.sender, own_process=nproc > 0,
                                                 cpu=None if cpus is None else cpus[1 + i]))
-        last: dict[int, tuple] = {}
-        logged_in: set[int] = set()
-
-        def on_message(m: Message) -> None:
-            if m.kind == "progress":   # the slowest fleet's, once every fleet has said
-                last[m.worker] = m.args
-                if len(last) == n:
-                    done = min(v[0] for v in last.values())
-                    what = next(v[2] for v in last.values() if v[0] == done)
-                    self._report(done, m.args[1], what)
-            elif m.kind == "logged_in":
-                logged_in.add(m.worker)
-                if len(logged_in) == n:
-                    fleet.broadcast("go")
-
-        return await fleet.run(on_message)
+        return await fleet.run(_workers_messages(fleet, self._report))
 
 
 async def run_shard(payload: dict[str, Any], channel) -> _Parts:
     """A shard's worker (`testbed.fleet.Fleet`, a process of its own): its lab and its
-    share of the phones, "progress" to the parent, its parts as the result."""
+    share of the phones, "progress" to the parent, its parts as the result. Its phones go
+    online on the parent's "go", once every shard's are logged in ("logged_in"): a shard
+    still logging in (a TLS handshake is milliseconds of its loop) is not measured while
+    the others' windows run."""
     cfg = StudyConfig.from_dict(payload["config"])
     workdir = Path(payload["workdir"])
     workdir.mkdir()
+
     study = _Study(cfg, lambda *msg: channel.send("progress", *msg),
-                   share=tuple(payload["share"]), workdir=workdir)
+                   share=tuple(payload["share"]), workdir=workdir,
+                   barrier=lambda: wait_for_go(channel))
     return await study.run_parts()
 
 
@@ -304,17 +319,13 @@ async def _run_sharded(config: StudyConfig, progress: Optional[ProgressFn]) -> S
     for n in config.shard_clients():
         bounds.append((lo, lo + n))
         lo += n
-    last: dict[int, tuple] = {}
 
-    def on_message(m: Message) -> None:
-        if m.kind == "progress" and progress is not None:   # the slowest shard's
-            last[m.worker] = m.args
-            if len(last) == len(payloads):
-                done, total, what = min(last.values(), key=lambda v: v[0])
-                try:
-                    progress(done, total, what)
-                except Exception:
-                    log.exception("progress callback failed")
+    def report(done: float, total: float, what: str) -> None:
+        if progress is not None:
+            try:
+                progress(done, total, what)
+            except Exception:
+                log.exception("progress callback failed")
 
     # the shards' labs keep their files (the manifest: passwords) here, removed by this
     # process once every shard has stopped, however they stop (a shard gets SIGTERM)
@@ -324,7 +335,7 @@ async def _run_sharded(config: StudyConfig, progress: Optional[ProgressFn]) -> S
                     for i, b in enumerate(bounds)]
         async with Fleet(run_shard, payloads, spawn=True, loop=config.loop,
                          name="study-shard") as fleet:
-            parts = await fleet.run(on_message)
+            parts = await fleet.run(_workers_messages(fleet, report))
     age = process_age_s()
     first = min(p.origin for p in parts)
     startup = None if age is None else age - (time.monotonic() - first)
