@@ -3,7 +3,8 @@ under a minute of wall time, with no event-loop stalls).
 
 Runs `testbed study heartbeat` (its three default policies behind the 300 s NAT, k = 2000)
 twice in the same run: the baseline at 100 phones per policy, then at `--clients` (1,000),
-both with `--processes` phone processes. Prints each run's wall time; when every window
+both in the study's default layout (two shards on 2 CPUs or more), or with `--shards N` or
+`--processes P` (one lab, its phones in P processes) as given. Prints each run's wall time; when every window
 was open, counted from the command's start (imports and the lab's start included); when
 the last phone had logged in and when the last was online, counted from the lab's start;
 CPU, peak RSS, loop lag and stalls, messages lost or duplicated, the CPU per heartbeat event
@@ -11,7 +12,8 @@ CPU, peak RSS, loop lag and stalls, messages lost or duplicated, the CPU per hea
 so the 100-phone baseline carries more of it), and the large run's wall time per phone as a
 ratio of the baseline's (1 means it scales linearly).
 
-    python bench/bench_study.py [--quick] [--clients N] [--hours H] [--processes P] [--json]
+    python bench/bench_study.py [--quick] [--clients N] [--hours H] [--shards N | --processes P]
+                                [--json]
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ import _common as c  # noqa: E402
 TARGET_WALL_S = 60.0
 
 
-def study(clients: int, hours: float, processes: int, out: Path) -> dict:
+def study(clients: int, hours: float, layout: list[str], out: Path) -> dict:
     done = subprocess.run([sys.executable, "-m", "testbed.cli", "study", "heartbeat",
-                           "--clients", str(clients), "--hours", repr(hours),
-                           "--processes", str(processes), "--json", str(out), "--quiet"],
+                           "--clients", str(clients), "--hours", repr(hours), *layout,
+                           "--json", str(out), "--quiet"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           timeout=1800)
     if done.returncode != 0:
@@ -44,17 +46,21 @@ def main() -> int:
     def extra(p):
         p.add_argument("--clients", type=int, help="phones per policy (1,000; 200 quick)")
         p.add_argument("--hours", type=float, help="protocol hours (24; 2 quick)")
-        p.add_argument("--processes", type=int, default=2, help="phone processes (2)")
+        p.add_argument("--shards", type=int, help="labs (the study's default: 2 on 2 CPUs)")
+        p.add_argument("--processes", type=int,
+                       help="one lab, its phones in this many processes")
         p.add_argument("--json", action="store_true", help="the figures as JSON")
     args = c.parse_args(__doc__.splitlines()[0], extra)
     clients = args.clients or (200 if args.quick else 1000)
     hours = args.hours or (2.0 if args.quick else 24.0)
     base_clients = max(1, clients // 10)
+    layout = [*(["--shards", str(args.shards)] if args.shards is not None else []),
+              *(["--processes", str(args.processes)] if args.processes is not None else [])]
     runs = {}
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
         for n in (base_clients, clients):
             print(f"study: {n:,} phones per policy, {hours:g} h", file=sys.stderr, flush=True)
-            runs[n] = study(n, hours, args.processes, Path(tmp) / f"{n}.json")
+            runs[n] = study(n, hours, layout, Path(tmp) / f"{n}.json")
     rows, out = [], {}
     for n, d in runs.items():
         pol = d["policies"].values() if isinstance(d["policies"], dict) else d["policies"]
@@ -71,7 +77,8 @@ def main() -> int:
                   "run_s": run_s, "cpu_s": d["cpu_s"], "max_rss_mb": d["max_rss_mb"],
                   "stalls": d["stalls"], "timing_ok": d["timing_ok"],
                   "p99_loop_lag_s": d["p99_loop_lag_s"], "lost": lost, "duplicates": dup,
-                  "heartbeat_events": events, "cpu_us_per_event": per_event_us}
+                  "heartbeat_events": events, "cpu_us_per_event": per_event_us,
+                  "shards": d["config"].get("shards"), "processes": d["processes"]}
         rows.append([f"{n:,}", f"{d['wall_s']:.1f}", f"{open_s:.1f}",
                      f"{d['login_wall_s']:.1f}", f"{d['setup_wall_s']:.1f}",
                      f"{d['cpu_s']:.0f}", f"{events:,}", f"{per_event_us:.0f}",
@@ -83,8 +90,10 @@ def main() -> int:
         print(json.dumps({"runs": list(out.values()), "wall_per_phone_vs_baseline": ratio,
                           "target_wall_s": TARGET_WALL_S}, indent=2))
         return 0
-    c.print_table(f"heartbeat study: 3 policies, {hours:g} protocol h, k = 2000, "
-                  f"{args.processes} phone processes",
+    d = runs[clients]
+    shape = (f"{d['config']['shards']} shards" if d["config"].get("shards")
+             else f"one lab, {d['processes']} phone processes")
+    c.print_table(f"heartbeat study: 3 policies, {hours:g} protocol h, k = 2000, {shape}",
                   ["phones/policy", "wall s", "windows open s", "logins done s",
                    "online s", "CPU s", "NOOPs + reconnects", "CPU µs per event",
                    "peak RSS MB",

@@ -324,18 +324,23 @@ class LocalServers:
         return tuple(address) in self._servers
 
     async def connect(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
-                      host: str, port: int) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
-        """As `loop.create_connection(protocol_factory, host, port)`: in memory when a
-        server of this loop listens there."""
+                      host: str, port: int, source: Optional[tuple[str, int]] = None
+                      ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        """As `loop.create_connection(protocol_factory, host, port, local_addr=source)`: in
+        memory when a server of this loop listens there (from `source`, the client's
+        address and port as the server sees them; default: the address the kernel would
+        pick and a port of the ephemeral range)."""
         loop = asyncio.get_running_loop()
         entry = self._servers.get((host, port))
         if entry is None or entry[1].get_loop() is not loop:
-            return await loop.create_connection(protocol_factory, host, port)
+            return await loop.create_connection(protocol_factory, host, port,
+                                                local_addr=source)
         factory, server = entry
         if not server.is_serving():
             raise ConnectionRefusedError(errno.ECONNREFUSED,
                                          f"Connect call failed {(host, port)}")
-        source = (self._source(host), next(self._ports))
+        if source is None:
+            source = (self._source(host), next(self._ports))
         protocol = protocol_factory()
         client, accepted = MemoryTransport.pair(loop, protocol, source, factory(),
                                                 (host, port))

@@ -760,6 +760,8 @@ class NatRelay:
         self._stats = NatStats()
         self._mappings: set[_Mapping] = set()
         self._servers: list[asyncio.AbstractServer] = []
+        self._factories: list[Callable[[], asyncio.Protocol]] = []   # one per server
+        self._clients_in: list[LocalServers] = []   # where clients may reach it in memory
         self._ports: dict[int, tuple[str, int]] = {}
         self._closing = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -792,14 +794,28 @@ class NatRelay:
             self._loop = loop
         target = (target_host, target_port)
         box: list[int] = [listen_port]
+        factory = lambda: _Leg(_Mapping(self, target, box[0], host), True)  # noqa: E731
         server = await loop.create_server(
-            lambda: _Leg(_Mapping(self, target, box[0], host), True),
-            listen_host, listen_port, backlog=backlog or self.backlog, reuse_address=True)
+            factory, listen_host, listen_port, backlog=backlog or self.backlog,
+            reuse_address=True)
         port = server.sockets[0].getsockname()[1]
         box[0] = port
         self._servers.append(server)
+        self._factories.append(factory)
+        for local in self._clients_in:
+            local.add(server, factory)
         self._ports[port] = target
         return port
+
+    def accept_in_memory(self, local: LocalServers) -> None:
+        """Let clients in this loop reach every mapping's listener, now and to come, in
+        memory through `local` (`LocalServers.connect`): the heartbeat study's phones when
+        they share the lab's loop, whose long links then cost no loopback TCP. A memory
+        client is a mapping like a socket's: its source address and port are the ones
+        it passes to `connect`, and every rule of the NAT applies to it."""
+        self._clients_in.append(local)
+        for server, factory in zip(self._servers, self._factories):
+            local.add(server, factory)
 
     def blackhole_all(self) -> int:
         """Forget every live mapping now (a NAT reboot, or the phone changing cell).

@@ -9,7 +9,7 @@ import asyncio
 import functools
 import socket
 import struct
-from typing import Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from google.protobuf.message import Message
 
@@ -22,6 +22,11 @@ from testbed.wire.connection import Push, Reply, TimedOut, WrongReply
 
 from .linkobserver import LinkObserver
 from .source_ports import create_connection_from
+
+# opens a long link's connection instead of the loop (`LongLink.connect`): (protocol factory,
+# host, port, source address or None) -> (transport, protocol)
+Connector = Callable[[Callable[[], asyncio.Protocol], str, int, Optional[str]],
+                     Awaitable[tuple[asyncio.BaseTransport, Any]]]
 
 
 class LinkClosed(ConnectionError):
@@ -79,9 +84,13 @@ class LongLink:
 
     @classmethod
     async def connect(cls, host: str, port: int, *, local_addr: Optional[str] = None,
-                      timeout: float = 5.0, **kwargs) -> "LongLink":
+                      timeout: float = 5.0, connector: Optional[Connector] = None,
+                      **kwargs) -> "LongLink":
         """Open the TCP connection; `timeout` is wall seconds (a connect is not protocol
-        time: it is the kernel's)."""
+        time: it is the kernel's). `connector`, if given, opens it instead of the loop:
+        `await connector(protocol_factory, host, port, local_addr)` returns (transport,
+        protocol), as `loop.create_connection` does (the heartbeat study's in-memory leg to
+        a NAT in the same loop, `mocks.memory_transport.LocalServers`)."""
         link = cls(**kwargs)
         loop = asyncio.get_running_loop()
         if link.observer is not None:
@@ -89,7 +98,9 @@ class LongLink:
         # a timeout context, not `wait_for`: that wraps the connect in a Task of its own,
         # once per reconnect (tens of thousands in the heartbeat study)
         async with asyncio.timeout(timeout):
-            if local_addr:      # a port not reused while a NAT may hold its old mapping
+            if connector is not None:
+                await connector(lambda: _LinkProtocol(link), host, port, local_addr)
+            elif local_addr:      # a port not reused while a NAT may hold its old mapping
                 await create_connection_from(loop, lambda: _LinkProtocol(link), host, port,
                                              local_addr)
             else:

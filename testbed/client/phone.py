@@ -23,7 +23,7 @@ from testbed.wire.commands import MSG_IMAGE
 
 from .heartbeat import HeartbeatPolicy, parse_policy
 from .linkobserver import LinkObserver
-from .longlink import LinkClosed, LongLink
+from .longlink import Connector, LinkClosed, LongLink
 from .session import RequestFailed, Session
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,15 @@ class PhoneMetrics:
 
 class Phone:
     """One emulated phone for one user. `link_observer` watches its long links on the wire
-    (`testbed.client.linkobserver`)."""
+    (`testbed.client.linkobserver`); `connector`, if given, opens them (`LongLink.connect`)."""
 
     def __init__(self, manifest: Manifest, username: str, password: str, *,
                  policy: HeartbeatPolicy | str | None = None, clock: Optional[Clock] = None,
                  sync_door: Door | str = Door.LONG, local_addr: Optional[str] = None,
                  on_message: Optional[Callable[[pb.AddMsg, float], None]] = None,
                  rng: Optional[random.Random] = None,
-                 link_observer: Optional[LinkObserver] = None) -> None:
+                 link_observer: Optional[LinkObserver] = None,
+                 connector: Optional[Connector] = None) -> None:
         sync_door = Door(sync_door)
         if sync_door is Door.TLS:   # the phone syncs in clear or on its long link
             raise ValueError("sync_door is 'long' or 'short'")
@@ -88,7 +89,7 @@ class Phone:
         self.policy = parse_policy(policy) if isinstance(policy, str) else policy
         self.session = Session(manifest, username, password, local_addr=local_addr,
                                on_notify=self._on_notify, clock=self.clock,
-                               link_observer=link_observer)
+                               link_observer=link_observer, connector=connector)
         self.sync_door = sync_door
         self.on_message = on_message
         self.metrics = PhoneMetrics()

@@ -26,7 +26,7 @@ from testbed.wire.commands import (CMD_ITEM_TYPES, ITEM_ADD_MSG, ITEM_DEL_CONTAC
                                    ITEM_MOD_CONTACT, ITEM_MOD_USER_INFO, MSG_TEXT)
 
 from .linkobserver import LinkObserver
-from .longlink import LinkClosed, LongLink
+from .longlink import Connector, LinkClosed, LongLink
 from .resolver import Resolver
 from .shortlink import ShortLink
 
@@ -114,9 +114,11 @@ class Session:
                  local_addr: Optional[str] = None, device_id: Optional[bytes] = None,
                  on_notify: Optional[Callable[[int], None]] = None,
                  clock: Optional[Clock] = None,
-                 link_observer: Optional[LinkObserver] = None) -> None:
+                 link_observer: Optional[LinkObserver] = None,
+                 connector: Optional[Connector] = None) -> None:
         self.manifest = manifest
         self.link_observer = link_observer
+        self.connector = connector   # opens the long links (`LongLink.connect`), if given
         self.clock = clock or Clock(manifest.time_scale)
         self.username, self.password = username, password
         self.local_addr = local_addr
@@ -208,7 +210,8 @@ class Session:
             try:
                 link = await LongLink.connect(addr, port, local_addr=self.local_addr,
                                               on_notify=self._notified, clock=self.clock,
-                                              observer=self.link_observer)
+                                              observer=self.link_observer,
+                                              connector=self.connector)
                 break
             except OSError as exc:
                 last = exc

@@ -624,3 +624,43 @@ def test_lab_up_refuses_a_memory_upstream_it_cannot_have(tmp_path, capsys, argv,
     assert args.handler(args) == 2
     assert said in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "m.json").exists()
+
+
+# -- clients in memory (the heartbeat study's shards)
+
+
+async def test_clients_reach_the_relay_in_memory_under_its_rules(target, make_relay):
+    """`accept_in_memory`: a client of this loop reaches a mapping's listener through
+    `LocalServers.connect` with no socket, the relay sees the source it gave, and idle
+    expiry black-holes it as it would a socket client; mappings added later are reachable
+    too, and a socket client is served as before."""
+    events = []
+    relay, port = await make_relay(target, idle_timeout_s=30,
+                                   on_event=lambda e: events.append((e.kind, e.client)))
+    local = LocalServers()
+    relay.accept_in_memory(local)
+    later = await relay.add_mapping(HOST, 0, HOST, target.port)
+    loop = asyncio.get_running_loop()
+    clients = []
+    for i, p in enumerate((port, later)):
+        reader = asyncio.StreamReader()
+        transport, proto = await local.connect(
+            lambda: asyncio.StreamReaderProtocol(reader), HOST, p,
+            source=("127.0.0.9", 40000 + i))
+        assert isinstance(transport, MemoryTransport)
+        writer = asyncio.StreamWriter(transport, proto, reader, loop)
+        clients.append(writer)
+        assert await echo(reader, writer, b"ping %d" % i) == b"ping %d" % i
+    assert [c for kind, c in events if kind == "open"] == [("127.0.0.9", 40000),
+                                                           ("127.0.0.9", 40001)]
+    await relay.clock.advance(40.0)   # 40 protocol seconds of silence > 30
+    assert relay.stats.mappings_expired == 2
+    holed = relay.stats.bytes_blackholed
+    writer.write(b"into the hole")
+    await wait_until(lambda: relay.stats.bytes_blackholed == holed + 13)
+    await assert_silent(reader, writer)                # nothing comes back
+    sock_r, sock_w = await connect(port)               # a socket client, as before
+    assert await echo(sock_r, sock_w, b"socket") == b"socket"
+    sock_w.close()
+    for w in clients:
+        w.transport.abort()

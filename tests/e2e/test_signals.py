@@ -201,6 +201,16 @@ def test_study_stops(command):
     c.stop(signal.SIGTERM)
 
 
+def test_sharded_study_stops(command):
+    """Ctrl-C in a study of two shards: each shard's lab and phones stop with it."""
+    c = command("study", "heartbeat", "--clients", "2", "--policy", "fixed:270", "--hours",
+                "24", "--time-scale", "100", "--shards", "2", "--quiet")
+    # itself, multiprocessing's resource tracker and the two shards
+    c.wait_until(lambda: len(c.group()) >= 4, what="the shards' processes")
+    time.sleep(1.5)
+    c.stop(signal.SIGINT)
+
+
 @pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
 def test_record_iface_stops(command, tmp_path):
     out = tmp_path / "lo.pcapng"

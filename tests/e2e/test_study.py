@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 
 import pytest
 
 from testbed.study.heartbeat import (StudyConfig, StudyResult, main_heartbeat, register,
                                      render_table, timing_margin)
+from testbed.study.heartbeat.config import usable_cpus
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 POLICIES = ["fixed:270", "fixed:1680", "mars"]
@@ -160,6 +162,51 @@ def test_study_phones_in_their_own_processes(tmp_path):
         assert 0 < p["delay_p50_s"] < 1800 + 200
 
 
+def test_study_in_shards(tmp_path):
+    """--shards 2: two labs in processes of their own, each with its share of the phones
+    (long links in memory to its NAT), merged into one study: every phone counted once with
+    the whole study's message plan, each shard's loop measured, the NATs' counts added."""
+    clients, seed, per_day = 3, 5, 48
+    out = tmp_path / "study.json"
+    args = _parser().parse_args([
+        "study", "heartbeat", "--policy", "fixed:270", "--policy", "fixed:1680",
+        "--clients", str(clients), "--hours", "1", "--time-scale", "500",
+        "--messages-per-client-per-day", str(per_day), "--seed", str(seed),
+        "--shards", "2", "--json", str(out), "--quiet"])
+    assert args.study_func(args) == 0
+    data = json.loads(out.read_text())
+    assert data["config"]["shards"] == 2 and data["processes"] == 2
+    assert set(data["lag_by_process"]) == {"shard-1", "shard-2"}
+    assert sum(v["stalls"] for v in data["lag_by_process"].values()) == data["stalls"]
+    cpu = data["cpu_by_process"]
+    assert set(cpu) == {"shard-1", "shard-2"} and min(cpu.values()) > 0
+    assert sum(cpu.values()) == pytest.approx(data["cpu_s"])
+    by = {p["policy"]: p for p in data["policies"]}
+    p270, p1680 = by["fixed:270"], by["fixed:1680"]
+    assert p270["clients"] == p1680["clients"] == clients      # 2 + 1 phones of each
+    # the one-lab study's message plan, whatever lab a phone ran in: one draw per phone
+    # from the seed, in the order of the whole study's phones
+    cfg = StudyConfig(policies=("fixed:270", "fixed:1680"), clients=clients, hours=1,
+                      messages_per_client_per_day=per_day, seed=seed)
+    rng, planned = random.Random(seed), [0, 0]
+    for _ in range(clients):
+        for p in range(2):
+            planned[p] += len(cfg.message_offsets(rng))
+    assert [p270["messages_sent"], p1680["messages_sent"]] == planned
+    for p in (p270, p1680):
+        assert p["messages_delivered"] == p["messages_sent"]
+        assert p["messages_lost"] == 0 and p["duplicates"] == 0
+    # 13 beats a phone in the hour, 12 on a busy machine, and a message's push and sync
+    # puts the next beat an interval after them: up to one beat fewer per message
+    assert p270["heartbeats_sent"] >= clients * 12 - planned[0]
+    assert p270["silent_deaths"] == 0 or not data["timing_ok"]
+    # every fixed:1680 beat dies twice an hour, and each shard's NAT said so of its phones
+    # (the memory leg's mappings carry the phones' source addresses as a socket's would)
+    assert p1680["silent_deaths"] == p1680["heartbeats_sent"] >= clients * 2
+    assert p1680["nat_expiries"] >= p1680["silent_deaths"]
+    assert data["nat"]["mappings_opened"] >= 2 * clients + p1680["reconnects"]
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs two CPUs this process may use")
 def test_pinned_loops_run_on_cpus_of_their_own(tmp_path):
@@ -203,6 +250,17 @@ def test_study_bad_arguments_exit_2(tmp_path, capsys):
         args = parser.parse_args(["study", "heartbeat", "--pin-cpus", *argv])
         assert args.study_func(args) == 2, argv
         assert says in " ".join(capsys.readouterr().err.split()), argv
+    # --shards: a lab per shard with its phones in its loop, every long link in memory
+    for argv, says in ((["--shards", "2", "--processes", "1"], "not both"),
+                       (["--shards", "2", "--pin-cpus"], "not with --shards"),
+                       (["--shards", "2", "--nat-upstream", "socket"], "not with --nat-upstream"),
+                       (["--shards", "4", "--clients", "3"], "more labs than --clients")):
+        args = parser.parse_args(["study", "heartbeat", *argv])
+        assert args.study_func(args) == 2, argv
+        assert says in " ".join(capsys.readouterr().err.split()), argv
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["study", "heartbeat", "--shards", "-1"])
+    assert exc.value.code == 2
     # `testbed study` alone: help, exit 2
     args = parser.parse_args(["study"])
     assert args.study_func(args) == 2
@@ -230,6 +288,8 @@ def test_study_on_a_running_lab_bad_arguments_exit_2(tmp_path, capsys, monkeypat
              "the running lab decides"),
             (["--manifest", str(manifest), "--store", store, "--pin-cpus"],
              "the running lab decides"),
+            (["--manifest", str(manifest), "--store", store, "--shards", "2"],
+             "the running lab decides"),
             (["--manifest", str(manifest), "--store", store], "has no carrier NAT")):
         args = _parser().parse_args(["study", "heartbeat", *argv])
         assert args.study_func(args) == 2, argv
@@ -243,6 +303,12 @@ def test_study_config_defaults_and_margin():
     assert c.hours == 24 and c.time_scale == 2000 and c.messages_per_client_per_day == 4
     assert c.nat_upstream == "memory" and c.online_per_s == 500
     assert c.phone_processes() in (0, 2)
+    # two labs by default where two CPUs may run them, none once the layout is asked for
+    assert c.shard_count() == (2 if len(usable_cpus()) >= 2 else 0)
+    for asked in ({"processes": 2}, {"pin_cpus": True}, {"nat_upstream": "socket"},
+                  {"shards": 0}, {"clients": 1}):
+        assert StudyConfig(**asked).shard_count() == 0, asked
+    assert StudyConfig(shards=3, clients=1000).shard_clients() == [334, 333, 333]
     assert timing_margin(c) == 30
     # at k = 2000 the phone's NOOP timeout is floored at 50 ms of wall time: 100 protocol s
     assert c.noop_timeout_effective() == 100

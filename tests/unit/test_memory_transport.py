@@ -223,12 +223,22 @@ async def test_local_servers_connect_in_memory_and_refuse_once_closed():
         await settle()
         assert accepted[0].data == b"hi"
         transport.abort()
+        # from a source of the caller's: what the server sees as its peer
+        given, _ = await local.connect(Recorder, "127.0.0.1", port, source=("127.0.0.9", 40001))
+        assert given.get_extra_info("sockname") == ("127.0.0.9", 40001)
+        assert accepted[1].transport.get_extra_info("peername") == ("127.0.0.9", 40001)
+        given.abort()
         # an address nobody registered: a socket, as loop.create_connection
         other = await loop.create_server(Recorder, "127.0.0.1", 0)
         sock_t, _ = await local.connect(Recorder, "127.0.0.1",
                                         other.sockets[0].getsockname()[1])
         assert not isinstance(sock_t, MemoryTransport)
         sock_t.close()
+        bound, _ = await local.connect(Recorder, "127.0.0.1", other.sockets[0].getsockname()[1],
+                                       source=("127.0.0.9", 0))   # bound there, as local_addr
+        assert not isinstance(bound, MemoryTransport)
+        assert bound.get_extra_info("sockname")[0] == "127.0.0.9"
+        bound.close()
         other.close()
     finally:
         server.close()

@@ -25,7 +25,8 @@ from .results import StudyResult
 log = logging.getLogger(__name__)
 
 
-def _arg_processes(text: str) -> Optional[int]:
+def _arg_count_or_auto(text: str) -> Optional[int]:
+    """0 to 64, or auto (None): --processes and --shards."""
     if text == "auto":
         return None
     try:
@@ -99,9 +100,16 @@ def register(subparsers) -> argparse.ArgumentParser:
     hb.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                     help="draw wake-ups/day and silent deaths per policy, with --radio the "
                          "battery share and the operator's signalling (needs matplotlib)")
-    hb.add_argument("--processes", type=_arg_processes, default=None, metavar="N",
+    hb.add_argument("--processes", type=_arg_count_or_auto, default=None, metavar="N",
                     help="run the phones in N processes of their own, the lab in this one; "
                          "0: everything in one process (default: 2 with 2 CPUs or more)")
+    hb.add_argument("--shards", type=_arg_count_or_auto, default=None, metavar="N",
+                    help="run the study as N labs, each in a process of its own with its "
+                         "share of the phones in its loop, their long links reaching its NAT "
+                         "in memory (no loopback TCP); the figures merged, each shard's loop "
+                         "measured; 0: one lab, the phones by TCP (default: 2 with 2 CPUs or "
+                         "more, unless --processes, --pin-cpus or --nat-upstream socket is "
+                         "given; docs/heartbeat-study.md, 'Shards')")
     hb.add_argument("--pin-cpus", action="store_true",
                     help="run the lab's loop on a CPU of its own and each phone process on "
                          "another (needs 1 + --processes CPUs); the JSON's cpus_by_process "
@@ -146,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
                        online_per_s=getattr(args, "online_per_s", StudyConfig.online_per_s),
                        processes=getattr(args, "processes", None),
                        pin_cpus=getattr(args, "pin_cpus", False),
+                       shards=getattr(args, "shards", None),
                        nat_upstream=getattr(args, "nat_upstream", None)
                        or StudyConfig.nat_upstream,
                        loop=getattr(args, "loop", "auto"),
@@ -184,6 +193,7 @@ def _shared_mode(args: argparse.Namespace) -> Optional[str]:
                                       ("--server-idle", args.server_idle),
                                       ("--processes", getattr(args, "processes", None)),
                                       ("--pin-cpus", getattr(args, "pin_cpus", False) or None),
+                                      ("--shards", getattr(args, "shards", None)),
                                       ("--nat-upstream", getattr(args, "nat_upstream", None)))
                  if v is not None]
         if given:

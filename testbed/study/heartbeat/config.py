@@ -61,6 +61,12 @@ class StudyConfig:
     # on two cores that the scheduler left sharing one waited for each other for seconds
     # (docs/performance.md, 6 December)
     pin_cpus: bool = False
+    # 0: one lab for every phone. N: N labs, each in a process of its own with its share of
+    # the phones in its loop, whose long links reach its NAT in memory (no loopback TCP: a
+    # third of the socket study's CPU was the kernel's); the figures merged. None: 2 where
+    # two CPUs or more may run this process and nothing else is asked of the layout
+    # (`processes`, `pin_cpus`, the NAT's upstream by socket), else 0 (`shard_count`)
+    shards: Optional[int] = None
     drain_s: Optional[float] = None         # None: longest policy interval + 2 NOOP timeouts + 120
     radio: tuple[str, ...] = ()             # radio profiles (names or .json paths) to cost
     population: float = WECHAT_USERS_2013   # users, for the operator's view of the radio
@@ -109,6 +115,23 @@ class StudyConfig:
             raise ValueError(f"--processes must be 0 (phones in the lab's process) to 64, or "
                              f"auto, got {self.processes!r}")
         Loop(self.loop)           # a ValueError naming the loops
+        if self.shards is not None and (not isinstance(self.shards, int)
+                                        or not 0 <= self.shards <= 64):
+            raise ValueError(f"--shards must be a whole number from 0 (one lab) to 64, or "
+                             f"auto, got {self.shards!r}")
+        if self.shards:
+            if self.processes is not None:
+                raise ValueError("--shards runs each lab's phones in its own loop: give "
+                                 "--shards or --processes, not both")
+            if self.pin_cpus:
+                raise ValueError("--pin-cpus pins the lab and phone processes of one lab: "
+                                 "not with --shards")
+            if self.nat_upstream != "memory":
+                raise ValueError("--shards keeps every long link in memory, so the NAT's "
+                                 "upstream leg too: not with --nat-upstream socket")
+            if self.shards > self.clients:
+                raise ValueError(f"--shards {self.shards} is more labs than --clients "
+                                 f"{self.clients}: each needs a phone of every policy")
         if self.pin_cpus:
             n, have = self.phone_processes(), len(usable_cpus())
             if n < 1:
@@ -140,6 +163,20 @@ class StudyConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
         return cls(**{**d, "policies": tuple(d["policies"]), "radio": tuple(d.get("radio", ()))})
+
+    def shard_count(self) -> int:
+        """The labs the study runs: `shards`, or what its default (None) comes to here."""
+        if self.shards is not None:
+            return self.shards
+        auto = (self.processes is None and not self.pin_cpus and self.nat_upstream == "memory"
+                and self.clients >= 2 and len(usable_cpus()) >= 2)
+        return 2 if auto else 0
+
+    def shard_clients(self) -> list[int]:
+        """Phones per policy in each shard (`shard_count()` of them, the first ones one
+        more where `clients` does not divide evenly)."""
+        n = self.shard_count()
+        return [self.clients // n + (1 if s < self.clients % n else 0) for s in range(n)]
 
     def phone_processes(self) -> int:
         if self.processes is not None:

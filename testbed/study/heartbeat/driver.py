@@ -153,13 +153,16 @@ class PhoneFleet:
     the long link's name, `start_concurrency` phones at a time; once every phone of the
     study is in (`barrier`), phase 2 opens each phone's long link, `online_per_s` a wall
     second (`online_concurrency` at most at a time), and its window starts: the costly TLS
-    handshakes are over before any heartbeat's timing matters."""
+    handshakes are over before any heartbeat's timing matters. `connector`, if given, opens
+    the phones' long links (`LongLink.connect`)."""
 
     def __init__(self, manifest, clock, config: StudyConfig, plans: list[PhonePlan],
                  sender: tuple[str, str, Optional[str]], *,
                  report: Optional[Callable[..., None]] = None,
-                 barrier: Optional[Callable[[], Any]] = None) -> None:
+                 barrier: Optional[Callable[[], Any]] = None,
+                 connector: Optional[Callable[..., Any]] = None) -> None:
         self.manifest = manifest
+        self.connector = connector   # opens the phones' long links (`LongLink.connect`)
         self.clock = clock
         self.cfg = config
         self.window = config.window_s
@@ -306,7 +309,8 @@ class PhoneFleet:
                             policy=p.plan.policy, clock=self.clock, local_addr=p.plan.source,
                             on_message=lambda _m, _t, ev=p.arrived: ev.set(),
                             rng=random.Random(p.plan.seed),
-                            link_observer=p.radio.observer if p.radio else None)
+                            link_observer=p.radio.observer if p.radio else None,
+                            connector=self.connector)
             await self._again(p, p.phone.session.login)
             await self._again(p, p.phone.session.init)
             # asked now, not when going online: one round trip fewer after the barrier,
@@ -467,16 +471,20 @@ async def run_fleet(payload: Optional[dict[str, Any]], channel) -> FleetReport:
         gc.collect()
         gc.disable()
 
-    async def barrier() -> None:
-        channel.send("logged_in")
-        while (await channel.receive())[0] != "go":
-            pass
-
     fleet = PhoneFleet(Manifest.from_dict(payload["manifest"]),
                        Clock(cfg.time_scale, origin=payload["wall0"]), cfg,
                        [PhonePlan(**p) for p in payload["plans"]], tuple(payload["sender"]),
-                       report=lambda *msg: channel.send(*msg), barrier=barrier)
+                       report=lambda *msg: channel.send(*msg),
+                       barrier=lambda: wait_for_go(channel))
     return await fleet.run()
+
+
+async def wait_for_go(channel) -> None:
+    """A study worker's barrier: "logged_in" to the parent, then wait for its "go" (sent
+    once every worker has said it, `orchestrate._workers_messages`)."""
+    channel.send("logged_in")
+    while (await channel.receive())[0] != "go":
+        pass
 
 
 def fleet_payload(config: StudyConfig, lab, plans: list[PhonePlan],
