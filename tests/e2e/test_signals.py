@@ -191,24 +191,19 @@ async def test_emulate_stops_with_its_phone_processes(command, tmp_path, sig, gr
         await lab.stop()
 
 
-def test_study_stops(command):
+@pytest.mark.parametrize("layout, group, sig", [
+    # one lab, its phones in a process of its own: itself, the resource tracker, the phones
+    (["--processes", "1"], 3, signal.SIGTERM),
+    # two shards, each a lab and its phones in a process of its own
+    (["--shards", "2"], 4, signal.SIGINT)], ids=["phone-process", "shards"])
+def test_study_stops(command, layout, group, sig):
     c = command("study", "heartbeat", "--clients", "2", "--policy", "fixed:270", "--hours",
-                "24", "--time-scale", "100", "--processes", "1", "--quiet")
-    # the phone process has started once the group holds more than the study itself and
+                "24", "--time-scale", "100", *layout, "--quiet")
+    # the workers have started once the group holds more than the study itself and
     # multiprocessing's resource tracker
-    c.wait_until(lambda: len(c.group()) >= 3, what="the phone process")
-    time.sleep(1.0)
-    c.stop(signal.SIGTERM)
-
-
-def test_sharded_study_stops(command):
-    """Ctrl-C in a study of two shards: each shard's lab and phones stop with it."""
-    c = command("study", "heartbeat", "--clients", "2", "--policy", "fixed:270", "--hours",
-                "24", "--time-scale", "100", "--shards", "2", "--quiet")
-    # itself, multiprocessing's resource tracker and the two shards
-    c.wait_until(lambda: len(c.group()) >= 4, what="the shards' processes")
+    c.wait_until(lambda: len(c.group()) >= group, what="the study's processes")
     time.sleep(1.5)
-    c.stop(signal.SIGINT)
+    c.stop(sig)
 
 
 @pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
