@@ -47,6 +47,25 @@ def _can_bind(addr: str) -> bool:
         return False
 
 
+def _guarded(progress: Optional[ProgressFn]) -> ProgressFn:
+    """`progress` as the run calls it: nothing without one, and a callback that raises is
+    logged, not let end the study."""
+    def report(done: float, total: float, what: str) -> None:
+        if progress is not None:
+            try:
+                progress(done, total, what)
+            except Exception:
+                log.exception("progress callback failed")
+    return report
+
+
+def _startup_wall_s(origin: float) -> Optional[float]:
+    """Wall seconds from this process's start to a lab clock's `origin` (None: not
+    known)."""
+    age = process_age_s()
+    return None if age is None else age - (time.monotonic() - origin)
+
+
 def _workers_messages(fleet: Fleet, report: ProgressFn) -> Callable[[Message], None]:
     """The parent's side of a fleet of study workers (phone processes or shards): the
     slowest one's "progress" to `report` once every worker has said, and "go" to all once
@@ -107,7 +126,7 @@ class _Study:
                  workdir: Optional[Path] = None,
                  barrier: Optional[Callable[[], Any]] = None) -> None:
         self.cfg = config
-        self.progress = progress
+        self._report = _guarded(progress)
         self.share = share
         self.barrier = barrier   # a shard's: awaited once its phones are in, before online
         self.workdir = workdir   # for the lab's files (None: a temporary directory)
@@ -173,13 +192,6 @@ class _Study:
         if event.kind == "expire" and event.client is not None:
             self.expiries.append((event.client[0], event.at))
 
-    def _report(self, done: float, total: float, what: str) -> None:
-        if self.progress is not None:
-            try:
-                self.progress(done, total, what)
-            except Exception:
-                log.exception("progress callback failed")
-
     async def run(self) -> StudyResult:
         parts = await self.run_parts()
         return study_result(self.cfg, parts.fleets, parts.lab_lag, parts.wall, parts.cpu,
@@ -190,8 +202,7 @@ class _Study:
         """The lab and the plans; the wall seconds from this process's start to the lab
         clock's (None: not known)."""
         await self.start_lab(workdir)
-        age = process_age_s()
-        startup = None if age is None else age - (time.monotonic() - self.lab.clock.origin)
+        startup = _startup_wall_s(self.lab.clock.origin)
         self.plan()
         return startup
 
@@ -286,7 +297,6 @@ async def run_shard(payload: dict[str, Any], channel) -> _Parts:
     cfg = StudyConfig.from_dict(payload["config"])
     workdir = Path(payload["workdir"])
     workdir.mkdir()
-
     study = _Study(cfg, lambda *msg: channel.send("progress", *msg),
                    share=tuple(payload["share"]), workdir=workdir,
                    barrier=lambda: wait_for_go(channel))
@@ -320,13 +330,6 @@ async def _run_sharded(config: StudyConfig, progress: Optional[ProgressFn]) -> S
         bounds.append((lo, lo + n))
         lo += n
 
-    def report(done: float, total: float, what: str) -> None:
-        if progress is not None:
-            try:
-                progress(done, total, what)
-            except Exception:
-                log.exception("progress callback failed")
-
     # the shards' labs keep their files (the manifest: passwords) here, removed by this
     # process once every shard has stopped, however they stop (a shard gets SIGTERM)
     with tempfile.TemporaryDirectory(prefix="testbed-study-") as tmp:
@@ -335,10 +338,8 @@ async def _run_sharded(config: StudyConfig, progress: Optional[ProgressFn]) -> S
                     for i, b in enumerate(bounds)]
         async with Fleet(run_shard, payloads, spawn=True, loop=config.loop,
                          name="study-shard") as fleet:
-            parts = await fleet.run(_workers_messages(fleet, report))
-    age = process_age_s()
-    first = min(p.origin for p in parts)
-    startup = None if age is None else age - (time.monotonic() - first)
+            parts = await fleet.run(_workers_messages(fleet, _guarded(progress)))
+    startup = _startup_wall_s(min(p.origin for p in parts))
     return merge_shards(config, parts, time.perf_counter() - wall0, startup)
 
 
